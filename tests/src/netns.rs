@@ -1,0 +1,110 @@
+//! Network namespaces that delete themselves.
+
+use std::{
+    fs::File,
+    path::Path,
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace created for one test; deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `vip-<pid>-<n>-<tag>` with its loopback up.
+    pub fn new(tag: &str) -> Result<Self> {
+        let name = format!("vip-{}-{}-{tag}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        run(Command::new("ip").args(["netns", "add", &name])).with_context(|| format!("creating netns {name}"))?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NAME ARGS...`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut c = Command::new("ip");
+        c.arg("-n").arg(&self.name).args(args);
+        run(&mut c)
+    }
+
+    /// Runs a command inside the namespace and returns its output whatever its status.
+    pub fn output(&self, argv: &[&str]) -> Result<Output> {
+        self.command(argv).output().with_context(|| format!("running {argv:?} in {}", self.name))
+    }
+
+    /// Runs a command inside the namespace; fails unless it succeeds.
+    pub fn exec(&self, argv: &[&str]) -> Result<String> {
+        run(&mut self.command(argv)).with_context(|| format!("in netns {}", self.name))
+    }
+
+    /// A command that will run inside the namespace.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(argv);
+        c
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+    }
+
+    /// Runs `f` on a thread that has entered the namespace: sockets it creates belong
+    /// to the namespace for their whole life.
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = Path::new("/run/netns").join(&self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("entering netns {}: {e}", path.display()));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// The MAC address of an interface in this namespace.
+    pub fn mac(&self, iface: &str) -> Result<String> {
+        let out = self.ip(&["-br", "link", "show", "dev", iface])?;
+        out.split_whitespace()
+            .nth(2)
+            .map(str::to_string)
+            .with_context(|| format!("no MAC for {iface} in `{out}`"))
+    }
+
+    pub fn exists(&self) -> bool {
+        Path::new("/run/netns").join(&self.name).exists()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let ok = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok && !std::thread::panicking() {
+            panic!("could not delete netns {}", self.name);
+        }
+    }
+}
+
+/// Runs a command to completion; its stderr becomes the error if it fails.
+pub(crate) fn run(c: &mut Command) -> Result<String> {
+    let out = c.output().with_context(|| format!("spawning {c:?}"))?;
+    if !out.status.success() {
+        bail!("{c:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,131 @@
+//! Helpers shared by the integration tests: configs, traffic and frame parsing.
+#![allow(dead_code)]
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use lab::{Agent, Lan, Netns};
+use vip::mac::Mac;
+
+pub const VIP: &str = "10.0.0.50";
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+pub const WINDOW: Duration = Duration::from_millis(300);
+
+/// A node config with one group `web` holding `vips`, in `role`, plus `extra` lines
+/// appended to the group.
+pub fn config(node: &str, vips: &[&str], role: &str, extra: &str) -> String {
+    let vips: Vec<String> = vips.iter().map(|v| format!("\"{v}\"")).collect();
+    format!(
+        "[node]\nname = \"{node}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [{}]\nrole = \"{role}\"\n{extra}\n",
+        vips.join(", ")
+    )
+}
+
+pub fn mac(s: &str) -> Mac {
+    s.parse().expect("MAC")
+}
+
+/// A lab with hosts a, b (servers, XDP_TX enabled towards the switch) and c (client).
+pub fn lan() -> Lan {
+    let mut lan = Lan::new(&["a", "b", "c"]).expect("building the lab");
+    lan.enable_xdp_tx(&["a", "b"]).expect("xdp-pass on the switch ports");
+    lan
+}
+
+/// Starts an agent on `host` with `config`.
+pub fn agent(lan: &Lan, host: &str, config: &str) -> Agent {
+    Agent::start(&lan.host(host).ns, host, config).expect("starting the agent")
+}
+
+pub fn counter(agent: &Agent, vip: &str, name: &str) -> u64 {
+    agent.vip_status(vip).expect("status")[name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// ARP replies on the wire whose sender IP is `ip`, as (sender MAC, frame).
+pub fn arp_replies_for(frames: &[Vec<u8>], ip: Ipv4Addr) -> Vec<Mac> {
+    frames
+        .iter()
+        .filter(|f| f.len() >= 42 && f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == ip.octets())
+        .map(|f| Mac(f[22..28].try_into().unwrap()))
+        .collect()
+}
+
+/// The MAC the client's kernel has for `ip` (after resolving it with a ping).
+pub fn kernel_neighbour(ns: &Netns, ip: &str) -> Option<String> {
+    let out = ns.ip(&["neigh", "show", ip, "dev", "eth0"]).ok()?;
+    let mut it = out.split_whitespace();
+    it.position(|w| w == "lladdr")?;
+    it.next().map(str::to_string)
+}
+
+/// Binds a UDP socket in `ns`.
+pub fn udp_bind(ns: &Netns, addr: SocketAddr) -> UdpSocket {
+    let s = ns.run_in(|| UdpSocket::bind(addr)).expect("bind UDP");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+/// Sends `n` datagrams of `size` bytes from `ns` to `to`.
+pub fn udp_send(ns: &Netns, to: SocketAddr, n: usize, size: usize) {
+    ns.run_in(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
+        for i in 0..n {
+            let mut payload = vec![0u8; size];
+            payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            s.send_to(&payload, to).expect("send");
+            // Keep the veth queues from dropping a burst.
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+}
+
+/// Receives until `n` datagrams arrived or a 2 s gap; returns how many arrived.
+pub fn udp_count(s: &UdpSocket, n: usize) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut got = 0;
+    while got < n {
+        match s.recv_from(&mut buf) {
+            Ok(_) => got += 1,
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// A TCP echo round trip from `client` to `server_addr`, where `listener` lives.
+pub fn tcp_round_trip(client: &Netns, listener: TcpListener, to: SocketAddr) -> String {
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).expect("server read");
+        c.write_all(&buf[..n]).expect("server write");
+    });
+    let reply = client.run_in(|| {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"hello vip").expect("client write");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).expect("client read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    server.join().expect("server thread");
+    reply
+}
+
+pub fn ping(ns: &Netns, ip: &str) -> bool {
+    ns.output(&["ping", "-c", "1", "-W", "2", ip]).map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Drops the lab and checks every namespace of it is gone.
+pub fn teardown(lan: Lan) {
+    let names = lan.namespaces();
+    drop(lan);
+    for n in names {
+        assert!(!std::path::Path::new("/run/netns").join(&n).exists(), "namespace {n} left behind");
+    }
+}

@@ -1,0 +1,160 @@
+//! Map keys and values shared by the XDP program (`vip-ebpf`) and the agent.
+//!
+//! Every type is `#[repr(C)]` with fixed-width integers and explicit padding so both
+//! sides agree on the layout byte for byte; sizes are pinned with `const` asserts.
+//! Byte order: addresses and MACs are kept exactly as they appear on the wire
+//! (network order); every other integer is host order.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Map names, as the loader finds them in the object file.
+pub mod maps {
+    pub const VIPS_V4: &str = "VIPS_V4";
+    pub const VIPS_V6: &str = "VIPS_V6";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    pub const LEASES: &str = "LEASES";
+    pub const REDIRECT_DEVS: &str = "REDIRECT_DEVS";
+}
+
+/// Program names in the object file.
+pub mod programs {
+    /// The data plane.
+    pub const VIP: &str = "vip_xdp";
+    /// Returns XDP_PASS and nothing else: the floor the benchmarks compare against.
+    pub const PASS: &str = "vip_xdp_pass";
+}
+
+/// What the data plane does with a VIP's traffic.
+pub mod action {
+    /// Entry present but inert: pass everything, answer nothing.
+    pub const NONE: u32 = 0;
+    /// Answer ARP/NS with `own_mac`; pass VIP packets to the local stack.
+    pub const LOCAL: u32 = 1;
+    /// Answer ARP/NS; rewrite Ethernet to `src_mac`/`dst_mac` and redirect to `ifindex`.
+    pub const REDIRECT: u32 = 2;
+    /// Do not answer ARP/NS; rewrite Ethernet to `src_mac` -> `dst_mac` (the active
+    /// node) and send back out of the same interface.
+    pub const FORWARD: u32 = 3;
+
+    pub const fn name(action: u32) -> &'static str {
+        match action {
+            NONE => "none",
+            LOCAL => "local",
+            REDIRECT => "redirect",
+            FORWARD => "forward",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Bits of [`VipEntry::flags`].
+pub mod flags {
+    /// The entry is gated by its group's lease in `LEASES`: once the lease has
+    /// expired the entry behaves as if absent (XDP_PASS, no answers).
+    pub const LEASED: u32 = 1 << 0;
+}
+
+/// Value of the `VIPS_V4` (key: IPv4 address, 4 bytes in network order) and `VIPS_V6`
+/// (key: 16 bytes in network order) hash maps.
+///
+/// A hash-map update replaces the whole value under RCU, so the data plane never sees a
+/// half-written entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipEntry {
+    /// One of [`action`].
+    pub action: u32,
+    /// Bits of [`flags`].
+    pub flags: u32,
+    /// Index into `VIP_STATS`; unique per VIP.
+    pub stats_index: u32,
+    /// Index into `LEASES`; one per group.
+    pub group_index: u32,
+    /// REDIRECT: ifindex of the target interface (the key in `REDIRECT_DEVS`).
+    pub ifindex: u32,
+    /// MAC of the interface the program is attached to: the answer to ARP/NS.
+    pub own_mac: [u8; 6],
+    /// Source MAC written into steered frames.
+    pub src_mac: [u8; 6],
+    /// Destination MAC written into steered frames (target, or the active node).
+    pub dst_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<VipEntry>() == 40);
+
+/// Per-VIP counters, one copy per CPU (`VIP_STATS`, a per-CPU array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipStats {
+    /// IP packets addressed to the VIP (ARP/NS not included).
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub arp_replies: u64,
+    pub nd_replies: u64,
+    pub passed: u64,
+    pub redirected: u64,
+    pub forwarded: u64,
+    /// Packets passed because the group's lease had expired.
+    pub lease_expired: u64,
+}
+const _: () = assert!(size_of::<VipStats>() == 64);
+
+impl VipStats {
+    /// Sum of the per-CPU copies.
+    pub fn add(&mut self, o: &VipStats) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.arp_replies += o.arp_replies;
+        self.nd_replies += o.nd_replies;
+        self.passed += o.passed;
+        self.redirected += o.redirected;
+        self.forwarded += o.forwarded;
+        self.lease_expired += o.lease_expired;
+    }
+}
+
+/// Indexes of the `GLOBAL_STATS` per-CPU array (u64 each).
+pub mod global {
+    /// A frame too short for the headers it announces, on a path we inspect.
+    pub const PARSE_ERRORS: u32 = 0;
+    /// Processing of a VIP frame given up (e.g. a redirect the kernel refused);
+    /// the frame was passed.
+    pub const ABORTS: u32 = 1;
+    /// ARP requests / NS for a VIP that we did not answer: malformed, gratuitous, not
+    /// addressed to us, or for a VIP this node does not own now.
+    pub const NOT_ANSWERED: u32 = 2;
+    /// 802.1Q / 802.1ad tagged frames, always passed untouched.
+    pub const VLAN_PASSED: u32 = 3;
+    /// VIP traffic whose Ethernet destination was not our MAC (flooded by a switch):
+    /// passed, never steered, so no frame is ever duplicated.
+    pub const NOT_OUR_MAC: u32 = 4;
+    /// An entry pointed at a stats slot outside the array.
+    pub const BAD_STATS_INDEX: u32 = 5;
+    pub const COUNT: u32 = 8;
+
+    pub const NAMES: [&str; COUNT as usize] = [
+        "parse_errors",
+        "aborts",
+        "not_answered",
+        "vlan_passed",
+        "not_our_mac",
+        "bad_stats_index",
+        "reserved6",
+        "reserved7",
+    ];
+}
+
+/// Capacity defaults; the agent may size the maps differently at load time.
+pub const DEFAULT_MAX_VIPS: u32 = 4096;
+pub const MAX_GROUPS: u32 = 1024;
+pub const MAX_REDIRECT_DEVS: u32 = 256;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: repr(C), integers and byte arrays only, no implicit padding.
+    unsafe impl aya::Pod for super::VipEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VipStats {}
+}

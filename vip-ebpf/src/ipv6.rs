@@ -1,0 +1,257 @@
+//! IPv6: neighbour solicitations for the VIPs we own, answered in place with a
+//! neighbour advertisement; other packets addressed to a VIP are steered.
+//!
+//! An NS is answered only when RFC 4861 7.1.1 holds: hop limit 255, ICMPv6 code 0,
+//! valid checksum, length >= 24, a unicast target we own, options of non-zero length,
+//! and, from the unspecified address (a DAD probe), a solicited-node destination and no
+//! source link-layer option. It must arrive either for the solicited-node group of the
+//! target (multicast) or unicast to the VIP and our MAC (unreachability detection).
+//!
+//! As for ARP, the data plane is the only thing that answers an NS for a VIP in the
+//! table: one it does not answer (malformed, longer than `MAX_NS_LEN`, for a VIP we
+//! do not own now, lease expired) is dropped so the kernel cannot answer it either.
+//! NS behind extension headers are not parsed and pass to the kernel.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use vip_common::global;
+
+use crate::{
+    maps::{self, VIPS_V6},
+    packet::{ptr_at, Error, Frame, Mac, ETH_HLEN},
+};
+
+const IPV6_HLEN: usize = 40;
+const ICMPV6: u8 = 58;
+const NS: u8 = 135;
+const NA: u8 = 136;
+const NS_MIN_LEN: usize = 24;
+/// NS + source link-layer option + nonce + room for one more option.
+const MAX_NS_LEN: usize = 64;
+const OPT_SOURCE_LL: u8 = 1;
+const OPT_TARGET_LL: u8 = 2;
+const NA_LEN: usize = 32;
+const NA_FRAME_LEN: usize = ETH_HLEN + IPV6_HLEN + NA_LEN;
+const NA_FLAG_SOLICITED: u8 = 0x40;
+const NA_FLAG_OVERRIDE: u8 = 0x20;
+const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+#[repr(C)]
+struct Ipv6Hdr {
+    vtcfl: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    if ip.vtcfl[0] >> 4 != 6 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    if ip.next_header == ICMPV6 {
+        let icmp_type: *const u8 = ptr_at(ctx, ETH_HLEN + IPV6_HLEN)?;
+        // SAFETY: bounds checked by ptr_at.
+        if unsafe { *icmp_type } == NS {
+            return solicitation(ctx, frame, ip);
+        }
+    }
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    match unsafe { VIPS_V6.get(ip.dst) } {
+        Some(entry) => maps::steer(ctx, frame, entry),
+        None => Ok(xdp_action::XDP_PASS),
+    }
+}
+
+#[inline(always)]
+fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Error> {
+    const BASE: usize = ETH_HLEN + IPV6_HLEN;
+    let ns: *const [u8; NS_MIN_LEN] = ptr_at(ctx, BASE)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ns = unsafe { &*ns };
+    let mut target = [0u8; 16];
+    target.copy_from_slice(&ns[8..24]);
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    let Some(entry) = (unsafe { VIPS_V6.get(target) }) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let len = u16::from_be_bytes(ip.payload_len) as usize;
+    let from_unspecified = ip.src == [0u8; 16];
+    let shape_ok = ip.hop_limit == 255
+        && ns[1] == 0
+        && len >= NS_MIN_LEN
+        && len <= MAX_NS_LEN
+        && len % 8 == 0
+        && (frame.len as usize) >= BASE + len
+        && addressed_to_us(frame, &ip.dst, &target, &entry.own_mac)
+        && (!from_unspecified || ip.dst != target);
+    if !shape_ok || !maps::answers(entry) {
+        return not_answered();
+    }
+    let Ok(has_source_ll) = options(ctx, BASE, len) else {
+        return not_answered();
+    };
+    if (from_unspecified && has_source_ll) || !checksum_ok(ctx, ip, BASE, len)? {
+        return not_answered();
+    }
+
+    // Everything the answer needs, before the frame is resized.
+    let eth_src: *const Mac = ptr_at(ctx, 6)?;
+    // SAFETY: bounds checked by ptr_at.
+    let requester: Mac = unsafe { *eth_src };
+    let (dst_ip, dst_mac, flags) = if from_unspecified {
+        // Defend the address against a DAD probe: tell all nodes.
+        (ALL_NODES, [0x33, 0x33, 0, 0, 0, 1], NA_FLAG_OVERRIDE)
+    } else {
+        (ip.src, requester, NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE)
+    };
+    let own_mac = entry.own_mac;
+    let stats_entry = *entry;
+
+    let delta = NA_FRAME_LEN as i32 - frame.len as i32;
+    // SAFETY: the helper checks the new size itself.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Err(Error::Aborted);
+    }
+    let out: *mut [u8; NA_FRAME_LEN] = ptr_at(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at (after the resize).
+    let out = unsafe { &mut *out };
+    out[0..6].copy_from_slice(&dst_mac);
+    out[6..12].copy_from_slice(&own_mac);
+    out[12] = 0x86;
+    out[13] = 0xdd;
+    let ip6 = &mut out[ETH_HLEN..ETH_HLEN + IPV6_HLEN];
+    ip6[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    ip6[4..6].copy_from_slice(&(NA_LEN as u16).to_be_bytes());
+    ip6[6] = ICMPV6;
+    ip6[7] = 255;
+    ip6[8..24].copy_from_slice(&target);
+    ip6[24..40].copy_from_slice(&dst_ip);
+    let na = &mut out[BASE..BASE + NA_LEN];
+    na[0] = NA;
+    na[1] = 0;
+    na[2] = 0;
+    na[3] = 0;
+    na[4] = flags;
+    na[5] = 0;
+    na[6] = 0;
+    na[7] = 0;
+    na[8..24].copy_from_slice(&target);
+    na[24] = OPT_TARGET_LL;
+    na[25] = 1;
+    na[26..32].copy_from_slice(&own_mac);
+    let mut sum = sum16(&target) + sum16(&dst_ip) + NA_LEN as u32 + ICMPV6 as u32;
+    sum += (NA as u32) << 8;
+    sum += (flags as u32) << 8;
+    sum += sum16(&target);
+    sum += ((OPT_TARGET_LL as u32) << 8) | 1;
+    sum += mac_sum(&own_mac);
+    let csum = !fold(sum);
+    na[2..4].copy_from_slice(&csum.to_be_bytes());
+
+    if let Some(stats) = maps::stats(&stats_entry) {
+        stats.nd_replies += 1;
+    }
+    Ok(xdp_action::XDP_TX)
+}
+
+#[inline(always)]
+fn not_answered() -> Result<u32, Error> {
+    maps::count_global(global::NOT_ANSWERED);
+    Ok(xdp_action::XDP_DROP)
+}
+
+/// The NS must reach us either as the target's solicited-node multicast or unicast
+/// to the VIP at our MAC.
+#[inline(always)]
+fn addressed_to_us(frame: &Frame, dst: &[u8; 16], target: &[u8; 16], own_mac: &Mac) -> bool {
+    if dst == target {
+        return frame.dst == *own_mac;
+    }
+    let solicited_node = dst[0] == 0xff
+        && dst[1] == 0x02
+        && dst[2..11] == [0, 0, 0, 0, 0, 0, 0, 0, 0]
+        && dst[11] == 0x01
+        && dst[12] == 0xff
+        && dst[13..16] == target[13..16];
+    solicited_node && frame.dst == [0x33, 0x33, 0xff, target[13], target[14], target[15]]
+}
+
+/// Walks the options; returns whether a source link-layer option is present, or an
+/// error for a zero-length or overrunning option (the NS must then be ignored).
+#[inline(always)]
+fn options(ctx: &XdpContext, base: usize, len: usize) -> Result<bool, Error> {
+    let mut off = NS_MIN_LEN;
+    let mut has_source_ll = false;
+    for _ in 0..(MAX_NS_LEN - NS_MIN_LEN) / 8 {
+        if off >= len {
+            return Ok(has_source_ll);
+        }
+        let opt: *const [u8; 2] = ptr_at(ctx, base + (off & (MAX_NS_LEN - 1)))?;
+        // SAFETY: bounds checked by ptr_at.
+        let (kind, units) = unsafe { ((*opt)[0], (*opt)[1] as usize) };
+        if units == 0 {
+            return Err(Error::Aborted);
+        }
+        if kind == OPT_SOURCE_LL {
+            has_source_ll = true;
+        }
+        off += units * 8;
+    }
+    if off == len {
+        Ok(has_source_ll)
+    } else {
+        Err(Error::Aborted)
+    }
+}
+
+/// Verifies the ICMPv6 checksum over the pseudo-header and `len` bytes of message.
+#[inline(always)]
+fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, base: usize, len: usize) -> Result<bool, Error> {
+    let mut sum = sum16(&ip.src) + sum16(&ip.dst) + len as u32 + ICMPV6 as u32;
+    let mut chunk = 0;
+    while chunk < MAX_NS_LEN / 8 {
+        if chunk * 8 >= len {
+            break;
+        }
+        let p: *const [u8; 8] = ptr_at(ctx, base + chunk * 8)?;
+        // SAFETY: bounds checked by ptr_at.
+        let b = unsafe { &*p };
+        sum += u16::from_be_bytes([b[0], b[1]]) as u32
+            + u16::from_be_bytes([b[2], b[3]]) as u32
+            + u16::from_be_bytes([b[4], b[5]]) as u32
+            + u16::from_be_bytes([b[6], b[7]]) as u32;
+        chunk += 1;
+    }
+    Ok(fold(sum) == 0xffff)
+}
+
+#[inline(always)]
+fn sum16(a: &[u8; 16]) -> u32 {
+    let mut s = 0u32;
+    let mut i = 0;
+    while i < 16 {
+        s += u16::from_be_bytes([a[i], a[i + 1]]) as u32;
+        i += 2;
+    }
+    s
+}
+
+#[inline(always)]
+fn mac_sum(m: &Mac) -> u32 {
+    u16::from_be_bytes([m[0], m[1]]) as u32
+        + u16::from_be_bytes([m[2], m[3]]) as u32
+        + u16::from_be_bytes([m[4], m[5]]) as u32
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}

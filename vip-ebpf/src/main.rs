@@ -1,0 +1,67 @@
+//! The vip data plane: an XDP program that answers ARP and IPv6 neighbour
+//! solicitations for the VIPs this node owns and steers VIP traffic (pass, redirect,
+//! forward). Everything that is not a VIP leaves exactly as it came: XDP_PASS, untouched.
+//!
+//! The program only reads its maps (the agent writes them) and increments counters.
+//! Every path funnels through `try_vip_xdp`, whose errors all become XDP_PASS: a frame
+//! we cannot make sense of is the kernel's business, never dropped by us.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod ipv4;
+mod ipv6;
+mod maps;
+mod packet;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use vip_common::global;
+
+use packet::{Error, Frame};
+
+#[xdp]
+pub fn vip_xdp(ctx: XdpContext) -> u32 {
+    match try_vip_xdp(&ctx) {
+        Ok(action) => action,
+        Err(Error::Truncated) => {
+            maps::count_global(global::PARSE_ERRORS);
+            xdp_action::XDP_PASS
+        }
+        Err(Error::Aborted) => {
+            maps::count_global(global::ABORTS);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
+    let frame = Frame::new(ctx)?;
+    match frame.ethertype {
+        packet::ETH_P_IP => ipv4::handle(ctx, &frame),
+        packet::ETH_P_ARP => arp::handle(ctx, &frame),
+        packet::ETH_P_IPV6 => ipv6::handle(ctx, &frame),
+        packet::ETH_P_8021Q | packet::ETH_P_8021AD => {
+            // VIPs are not VLAN-aware: tagged frames are the kernel's, untouched.
+            maps::count_global(global::VLAN_PASSED);
+            Ok(xdp_action::XDP_PASS)
+        }
+        _ => Ok(xdp_action::XDP_PASS),
+    }
+}
+
+/// The benchmarks' floor: the cheapest program there is.
+#[xdp]
+pub fn vip_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,123 @@
+//! The maps the agent writes and the program reads, and the steering shared by the
+//! IPv4 and IPv6 data paths.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use vip_common::{action, flags, global, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_GROUPS,
+    MAX_REDIRECT_DEVS};
+
+use crate::packet::{self, Error, Frame};
+
+/// IPv4 VIP (4 bytes, network order, as a native-endian u32) -> entry.
+#[map]
+pub static VIPS_V4: HashMap<u32, VipEntry> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// IPv6 VIP (16 bytes, network order) -> entry.
+#[map]
+pub static VIPS_V6: HashMap<[u8; 16], VipEntry> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Per-VIP counters, indexed by `VipEntry::stats_index`.
+#[map]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Program-wide counters, indexed by `vip_common::global`.
+#[map]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::COUNT, 0);
+
+/// Per-group lease: bpf_ktime_get_ns() deadline after which leased entries are inert.
+/// A u64 array value is written atomically, so renewing never tears.
+#[map]
+pub static LEASES: Array<u64> = Array::with_max_entries(MAX_GROUPS, 0);
+
+/// Redirect targets, keyed by ifindex.
+#[map]
+pub static REDIRECT_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_DEVS, 0);
+
+#[inline(always)]
+pub fn count_global(index: u32) {
+    if let Some(counter) = GLOBAL_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, nobody else writes it concurrently.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn stats(entry: &VipEntry) -> Option<&mut VipStats> {
+    match VIP_STATS.get_ptr_mut(entry.stats_index) {
+        // SAFETY: per-CPU slot, nobody else writes it concurrently.
+        Some(p) => Some(unsafe { &mut *p }),
+        None => {
+            count_global(global::BAD_STATS_INDEX);
+            None
+        }
+    }
+}
+
+/// True when the entry is gated by a lease that has run out.
+#[inline(always)]
+pub fn lease_expired(entry: &VipEntry) -> bool {
+    if entry.flags & flags::LEASED == 0 {
+        return false;
+    }
+    match LEASES.get(entry.group_index) {
+        // SAFETY: a helper without side effects.
+        Some(deadline) => (unsafe { bpf_ktime_get_ns() }) > *deadline,
+        None => true,
+    }
+}
+
+/// True when this node answers ARP/NS for the entry now.
+#[inline(always)]
+pub fn answers(entry: &VipEntry) -> bool {
+    (entry.action == action::LOCAL || entry.action == action::REDIRECT) && !lease_expired(entry)
+}
+
+/// Steers one IP packet addressed to a VIP according to its entry.
+#[inline(always)]
+pub fn steer(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<u32, Error> {
+    // A frame flooded to us for another node's MAC is not ours to act on: steering it
+    // would duplicate it.
+    if frame.dst != entry.own_mac {
+        count_global(global::NOT_OUR_MAC);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let Some(stats) = stats(entry) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    stats.rx_packets += 1;
+    stats.rx_bytes += frame.len;
+    if lease_expired(entry) {
+        stats.lease_expired += 1;
+        return Ok(xdp_action::XDP_PASS);
+    }
+    match entry.action {
+        action::REDIRECT => {
+            // On a missing devmap entry the helper returns XDP_PASS (the flags' low bits).
+            match REDIRECT_DEVS.redirect(entry.ifindex, xdp_action::XDP_PASS as u64) {
+                Ok(act) => {
+                    packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
+                    stats.redirected += 1;
+                    Ok(act)
+                }
+                Err(_) => {
+                    stats.passed += 1;
+                    Err(Error::Aborted)
+                }
+            }
+        }
+        action::FORWARD => {
+            packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
+            stats.forwarded += 1;
+            Ok(xdp_action::XDP_TX)
+        }
+        _ => {
+            stats.passed += 1;
+            Ok(xdp_action::XDP_PASS)
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Bounds-checked access to the frame and the Ethernet header.
+
+use aya_ebpf::programs::XdpContext;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+
+pub type Mac = [u8; 6];
+
+#[derive(Clone, Copy)]
+pub enum Error {
+    /// The frame is shorter than the headers it announces.
+    Truncated,
+    /// We gave up on a frame we meant to act on (a helper failed).
+    Aborted,
+}
+
+/// The one bounds check: a pointer to a `T` at `offset`, if the frame holds it whole.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Error> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return Err(Error::Truncated);
+    }
+    Ok((start + offset) as *mut T)
+}
+
+/// What every path needs from the Ethernet header.
+pub struct Frame {
+    pub dst: Mac,
+    pub ethertype: u16,
+    /// Total frame length in bytes.
+    pub len: u64,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext) -> Result<Self, Error> {
+        let eth: *const [u8; ETH_HLEN] = ptr_at(ctx, 0)?;
+        // SAFETY: ptr_at checked that ETH_HLEN bytes are inside the frame.
+        let eth = unsafe { &*eth };
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&eth[0..6]);
+        Ok(Frame {
+            dst,
+            ethertype: u16::from_be_bytes([eth[12], eth[13]]),
+            len: (ctx.data_end() - ctx.data()) as u64,
+        })
+    }
+}
+
+/// Rewrites the Ethernet addresses in place (the frame is at least ETH_HLEN long).
+#[inline(always)]
+pub fn set_macs(ctx: &XdpContext, dst: &Mac, src: &Mac) -> Result<(), Error> {
+    let eth: *mut [Mac; 2] = ptr_at(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { *eth = [*dst, *src] };
+    Ok(())
+}
+
+#[inline(always)]
+pub fn is_multicast(mac: &Mac) -> bool {
+    mac[0] & 1 != 0
+}
+
+pub const BROADCAST: Mac = [0xff; 6];

@@ -1,0 +1,105 @@
+//! Builds the XDP program (`vip-ebpf`) with the BPF toolchain and embeds the object in
+//! the `vip` binary, so `cargo build --release` yields one self-contained executable.
+//!
+//! The host rustup toolchain has no `core` for bpfel-unknown-none; Debian's rustc
+//! (/usr/bin/rustc, package rustc-web) ships one, and bpf-linker links the object.
+//! `cargo xtask setup` installs both. With `VIP_EBPF_STUB=1` the data plane is left out
+//! (an empty object is embedded) so `cargo check`, clippy and unit tests work anywhere;
+//! such a binary refuses to start an agent and says why.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap().to_path_buf();
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("vip.bpf.o");
+    println!("cargo:rerun-if-env-changed=VIP_EBPF_STUB");
+    println!("cargo:rerun-if-env-changed=VIP_BPF_RUSTC");
+    println!("cargo:rustc-check-cfg=cfg(vip_ebpf_stub)");
+    for p in ["vip-ebpf/src", "vip-ebpf/Cargo.toml", "vip-ebpf/Cargo.lock", "vip-common/src"] {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+
+    if env::var("VIP_EBPF_STUB").is_ok_and(|v| v == "1") {
+        println!("cargo:warning=VIP_EBPF_STUB=1: building vip WITHOUT its XDP program");
+        println!("cargo:rustc-cfg=vip_ebpf_stub");
+        fs::write(&out, []).unwrap();
+        return;
+    }
+
+    let rustc = env::var("VIP_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
+    let linker = find_bpf_linker();
+    let mut missing = Vec::new();
+    if !has_bpf_core(&rustc) {
+        missing.push(format!("{rustc} with a core for bpfel-unknown-none (Debian: rustc-web libstd-rust-web-dev-bpf)"));
+    }
+    if linker.is_none() {
+        missing.push("bpf-linker (cargo install bpf-linker, built on LLVM 22)".into());
+    }
+    if !missing.is_empty() {
+        panic!(
+            "\n\nThe eBPF toolchain is missing: {}.\nRun `cargo xtask setup` to install it, \
+             or set VIP_EBPF_STUB=1 to build without the data plane (check/clippy/unit tests).\n\n",
+            missing.join("; ")
+        );
+    }
+    let linker = linker.unwrap();
+
+    let target_dir = env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join("bpf");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root.join("vip-ebpf"))
+        .args(["build", "--release", "--target", "bpfel-unknown-none", "--target-dir"])
+        .arg(&target_dir);
+    // The outer build's settings must not leak into the BPF build.
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTDOCFLAGS",
+        "CARGO_MAKEFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTC", &rustc)
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
+    let status = cmd.status().expect("running cargo for vip-ebpf");
+    if !status.success() {
+        panic!("building vip-ebpf failed ({status}); see the output above");
+    }
+    let obj = target_dir.join("bpfel-unknown-none/release/vip");
+    fs::copy(&obj, &out).unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
+}
+
+fn has_bpf_core(rustc: &str) -> bool {
+    let Ok(output) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    Path::new(&sysroot)
+        .join("lib/rustlib/bpfel-unknown-none/lib")
+        .read_dir()
+        .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-"))))
+}
+
+fn find_bpf_linker() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = env::var_os("CARGO_HOME").or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string())) {
+        dirs.push(PathBuf::from(home).join("bin"));
+    }
+    dirs.into_iter().map(|d| d.join("bpf-linker")).find(|p| p.is_file())
+}

@@ -1,0 +1,619 @@
+//! The agent's TOML configuration: parsing, and validation with errors that name the
+//! key at fault. Validation is in two steps: `parse` checks everything that needs no
+//! host (syntax, types, ranges, duplicates); `check_host` checks the config against the
+//! interfaces of this host (the VIP's subnet must be on-link, it must not be a real
+//! address of the host, named interfaces must exist).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{host::Interface, mac::Mac};
+
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vip/vip.sock";
+/// Above this many VIPs on one node the configuration is accepted with a warning.
+pub const RECOMMENDED_MAX_VIPS: usize = 10;
+pub const DEFAULT_GARP_COUNT: u32 = 3;
+pub const DEFAULT_GARP_INTERVAL_MS: u64 = 50;
+pub const MAX_VIPS_LIMIT: u32 = 1 << 20;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: Node,
+    pub groups: Vec<Group>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub interface: String,
+    pub control_socket: PathBuf,
+    pub xdp_mode: XdpMode,
+    pub max_vips: u32,
+    pub garp: Garp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Driver mode: the program runs in the NIC driver before any skb exists.
+    Native,
+    /// Generic mode: works on any interface, at kernel-stack speed.
+    Skb,
+}
+
+impl XdpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+        }
+    }
+}
+
+impl std::str::FromStr for XdpMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" | "driver" | "drv" => Ok(XdpMode::Native),
+            "skb" | "generic" => Ok(XdpMode::Skb),
+            _ => Err(format!("`{s}` is not an XDP mode (expected \"native\" or \"skb\")")),
+        }
+    }
+}
+
+/// Gratuitous ARP / unsolicited NA burst sent on takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Garp {
+    pub count: u32,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub name: String,
+    pub vips: Vec<Vip>,
+    pub role: Role,
+    pub redirect: Option<Redirect>,
+    /// While standby, hand VIP traffic that still reaches us to this MAC.
+    pub forward_to: Option<Mac>,
+    pub garp: Garp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Vip {
+    pub addr: IpAddr,
+    /// The subnet prefix the VIP belongs to (its on-link subnet).
+    pub prefix: u8,
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Active,
+    Standby,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    pub interface: String,
+    /// Destination MAC for redirected frames; discovered from the veth peer if absent.
+    pub mac: Option<Mac>,
+}
+
+/// One thing wrong with a configuration, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+// ---- the file's shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default)]
+    group: Vec<RawGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    interface: String,
+    control_socket: Option<PathBuf>,
+    xdp_mode: Option<String>,
+    max_vips: Option<u32>,
+    garp_count: Option<u32>,
+    garp_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: String,
+    vips: Vec<String>,
+    role: Option<String>,
+    redirect_to: Option<String>,
+    redirect_mac: Option<String>,
+    forward_to: Option<String>,
+    garp_count: Option<u32>,
+    garp_interval_ms: Option<u64>,
+}
+
+/// Reads and validates (without host checks) a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates everything that does not depend on the host.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let mut problems = Vec::new();
+    let mut p = |key: String, message: String| problems.push(Problem { key, message });
+
+    if raw.node.name.trim().is_empty() {
+        p("node.name".into(), "must not be empty".into());
+    }
+    if raw.node.interface.trim().is_empty() {
+        p("node.interface".into(), "must not be empty".into());
+    }
+    let xdp_mode = match raw.node.xdp_mode.as_deref().map(str::parse::<XdpMode>) {
+        None => XdpMode::Native,
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            p("node.xdp_mode".into(), e);
+            XdpMode::Native
+        }
+    };
+    let node_garp = garp(
+        "node",
+        raw.node.garp_count,
+        raw.node.garp_interval_ms,
+        Garp {
+            count: DEFAULT_GARP_COUNT,
+            interval: Duration::from_millis(DEFAULT_GARP_INTERVAL_MS),
+        },
+        &mut p,
+    );
+
+    let mut groups = Vec::new();
+    let mut seen_groups: HashMap<String, usize> = HashMap::new();
+    let mut seen_vips: HashMap<IpAddr, String> = HashMap::new();
+    for (gi, g) in raw.group.iter().enumerate() {
+        let gkey = format!("group[{}]", if g.name.is_empty() { gi.to_string() } else { g.name.clone() });
+        if g.name.trim().is_empty() {
+            p(format!("{gkey}.name"), "must not be empty".into());
+        } else if let Some(prev) = seen_groups.insert(g.name.clone(), gi) {
+            p(format!("{gkey}.name"), format!("group name `{}` is used twice (groups {prev} and {gi})", g.name));
+        }
+        if g.vips.is_empty() {
+            p(format!("{gkey}.vips"), "must list at least one VIP".into());
+        }
+        let mut vips = Vec::new();
+        for (vi, s) in g.vips.iter().enumerate() {
+            let key = format!("{gkey}.vips[{vi}]");
+            match parse_vip(s) {
+                Ok(v) => {
+                    if let Some(other) = seen_vips.insert(v.addr, g.name.clone()) {
+                        let where_ = if other == g.name { "twice in this group".to_string() } else { format!("also in group `{other}`") };
+                        p(key, format!("VIP {} is listed {where_}; a VIP belongs to exactly one group", v.addr));
+                    } else {
+                        vips.push(v);
+                    }
+                }
+                Err(e) => p(key, format!("`{s}`: {e}")),
+            }
+        }
+        let role = match g.role.as_deref() {
+            Some("active") => Role::Active,
+            Some("standby") => Role::Standby,
+            Some(other) => {
+                p(format!("{gkey}.role"), format!("`{other}` is not a role (expected \"active\" or \"standby\")"));
+                Role::Standby
+            }
+            None => {
+                p(format!("{gkey}.role"), "is required (\"active\" or \"standby\")".into());
+                Role::Standby
+            }
+        };
+        let redirect_mac = parse_mac_key(&gkey, "redirect_mac", g.redirect_mac.as_deref(), &mut p);
+        let redirect = match (&g.redirect_to, redirect_mac) {
+            (Some(i), mac) if !i.trim().is_empty() => Some(Redirect { interface: i.clone(), mac }),
+            (Some(_), _) => {
+                p(format!("{gkey}.redirect_to"), "must not be empty".into());
+                None
+            }
+            (None, Some(_)) => {
+                p(format!("{gkey}.redirect_mac"), "needs redirect_to".into());
+                None
+            }
+            (None, None) => None,
+        };
+        let forward_to = parse_mac_key(&gkey, "forward_to", g.forward_to.as_deref(), &mut p);
+        let garp = garp(&gkey, g.garp_count, g.garp_interval_ms, node_garp, &mut p);
+        groups.push(Group { name: g.name.clone(), vips, role, redirect, forward_to, garp });
+    }
+
+    let total: usize = groups.iter().map(|g| g.vips.len()).sum();
+    let max_vips = raw.node.max_vips.unwrap_or(vip_common::DEFAULT_MAX_VIPS);
+    if max_vips == 0 || max_vips > MAX_VIPS_LIMIT {
+        p("node.max_vips".into(), format!("{max_vips} is out of range 1..={MAX_VIPS_LIMIT}"));
+    } else if (total as u64) > max_vips as u64 {
+        p("node.max_vips".into(), format!("{total} VIPs are configured but max_vips is {max_vips}"));
+    }
+    if groups.len() > vip_common::MAX_GROUPS as usize {
+        p("group".into(), format!("{} groups; at most {} are supported", groups.len(), vip_common::MAX_GROUPS));
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    Ok(Config {
+        node: Node {
+            name: raw.node.name,
+            interface: raw.node.interface,
+            control_socket: raw.node.control_socket.unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            xdp_mode,
+            max_vips,
+            garp: node_garp,
+        },
+        groups,
+    })
+}
+
+fn garp(
+    key: &str,
+    count: Option<u32>,
+    interval_ms: Option<u64>,
+    default: Garp,
+    p: &mut impl FnMut(String, String),
+) -> Garp {
+    let mut g = default;
+    if let Some(c) = count {
+        if c > 100 {
+            p(format!("{key}.garp_count"), format!("{c} is out of range 0..=100"));
+        } else {
+            g.count = c;
+        }
+    }
+    if let Some(ms) = interval_ms {
+        if !(1..=60_000).contains(&ms) {
+            p(format!("{key}.garp_interval_ms"), format!("{ms} is out of range 1..=60000"));
+        } else {
+            g.interval = Duration::from_millis(ms);
+        }
+    }
+    g
+}
+
+fn parse_mac_key(gkey: &str, name: &str, v: Option<&str>, p: &mut impl FnMut(String, String)) -> Option<Mac> {
+    let s = v?;
+    match s.parse::<Mac>() {
+        Ok(m) if m.is_unicast() => Some(m),
+        Ok(_) => {
+            p(format!("{gkey}.{name}"), format!("`{s}` is not a unicast MAC address"));
+            None
+        }
+        Err(e) => {
+            p(format!("{gkey}.{name}"), e.to_string());
+            None
+        }
+    }
+}
+
+/// Parses `ADDRESS/PREFIX` and rejects addresses that can never be a VIP.
+pub fn parse_vip(s: &str) -> Result<Vip, String> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or("expected ADDRESS/PREFIX with the VIP's subnet prefix, like 10.0.0.50/24")?;
+    let addr: IpAddr = a.parse().map_err(|_| format!("`{a}` is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or(format!("prefix `{p}` is not in 1..={max}"))?;
+    let bad = match addr {
+        IpAddr::V4(v4) => {
+            if v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local() {
+                Some("not a unicast address usable as a VIP")
+            } else if prefix < 31 && (addr == network(addr, prefix) || addr == broadcast4(addr, prefix)) {
+                Some("the network or broadcast address of its subnet")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() || v6.is_unicast_link_local() {
+                Some("not a global or unique-local unicast address usable as a VIP")
+            } else {
+                None
+            }
+        }
+    };
+    match bad {
+        Some(why) => Err(format!("{addr} is {why}")),
+        None => Ok(Vip { addr, prefix }),
+    }
+}
+
+/// The network address of `addr/prefix`.
+pub fn network(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix as u32) };
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+fn broadcast4(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) | (u32::MAX >> prefix as u32)).into()),
+        v6 => v6,
+    }
+}
+
+/// What `check_host` found that is worth saying but not fatal.
+#[derive(Debug, Default)]
+pub struct HostReport {
+    pub warnings: Vec<String>,
+}
+
+/// Checks the configuration against this host's interfaces. `lookup` resolves an
+/// interface by name; `all_addrs` lists every address on the host by interface.
+pub fn check_host(
+    cfg: &Config,
+    lookup: &dyn Fn(&str) -> Option<Interface>,
+    all_addrs: &HashMap<String, Vec<(IpAddr, u8)>>,
+) -> Result<HostReport, ConfigError> {
+    let mut problems = Vec::new();
+    let mut report = HostReport::default();
+    let Some(iface) = lookup(&cfg.node.interface) else {
+        return Err(ConfigError::Invalid(vec![Problem {
+            key: "node.interface".into(),
+            message: format!("interface `{}` does not exist on this host", cfg.node.interface),
+        }]));
+    };
+    let total: usize = cfg.groups.iter().map(|g| g.vips.len()).sum();
+    if total > RECOMMENDED_MAX_VIPS {
+        report.warnings.push(format!(
+            "{total} VIPs on this node: more than the recommended {RECOMMENDED_MAX_VIPS} per server"
+        ));
+    }
+    // Addresses that are VIP-shaped (/32, /128) on our interface are taken as leftovers
+    // of an earlier run (ours or another HA tool's), not as real addresses.
+    let subnets: Vec<(IpAddr, u8)> = iface
+        .addrs
+        .iter()
+        .copied()
+        .filter(|(a, p)| !is_host_prefix(*a, *p) && !is_link_local(*a))
+        .collect();
+    for g in &cfg.groups {
+        for (vi, vip) in g.vips.iter().enumerate() {
+            let key = format!("group[{}].vips[{vi}]", g.name);
+            for (ifname, addrs) in all_addrs {
+                for (a, p) in addrs {
+                    if *a == vip.addr {
+                        if ifname == &iface.name && is_host_prefix(*a, *p) {
+                            report.warnings.push(format!(
+                                "VIP {} is already assigned on {ifname} (left over by an earlier run?); \
+                                 it is removed while this node is not active",
+                                vip.addr
+                            ));
+                        } else {
+                            problems.push(Problem {
+                                key: key.clone(),
+                                message: format!("{} is a real address of this host (on {ifname}); a VIP must be an address no interface owns", vip.addr),
+                            });
+                        }
+                    }
+                }
+            }
+            let on_link = subnets
+                .iter()
+                .any(|(a, p)| *p == vip.prefix && a.is_ipv4() == vip.addr.is_ipv4() && network(*a, *p) == network(vip.addr, vip.prefix));
+            if !on_link {
+                let have: Vec<String> = subnets
+                    .iter()
+                    .filter(|(a, _)| a.is_ipv4() == vip.addr.is_ipv4())
+                    .map(|(a, p)| format!("{}/{p}", network(*a, *p)))
+                    .collect();
+                problems.push(Problem {
+                    key,
+                    message: format!(
+                        "{vip} is not in a subnet of interface {} ({}); a VIP binds only to servers of its own subnet",
+                        iface.name,
+                        if have.is_empty() { "it has no such address".to_string() } else { have.join(", ") }
+                    ),
+                });
+            }
+        }
+        if let Some(r) = &g.redirect {
+            if lookup(&r.interface).is_none() {
+                problems.push(Problem {
+                    key: format!("group[{}].redirect_to", g.name),
+                    message: format!("interface `{}` does not exist on this host", r.interface),
+                });
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn is_host_prefix(a: IpAddr, p: u8) -> bool {
+    (a.is_ipv4() && p == 32) || (a.is_ipv6() && p == 128)
+}
+
+fn is_link_local(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => v.is_link_local(),
+        IpAddr::V6(v) => v.is_unicast_link_local(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "a"
+interface = "eth0"
+
+[[group]]
+name = "web"
+vips = ["10.0.0.50/24"]
+role = "active"
+"#;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text) {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn eth0(addrs: &[(&str, u8)]) -> Interface {
+        Interface {
+            name: "eth0".into(),
+            index: 2,
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            addrs: addrs.iter().map(|(a, p)| (a.parse().unwrap(), *p)).collect(),
+            kind: None,
+            up: true,
+        }
+    }
+
+    fn host(cfg: &Config, iface: Interface) -> Result<HostReport, ConfigError> {
+        let all: HashMap<_, _> = [(iface.name.clone(), iface.addrs.clone())].into();
+        check_host(cfg, &|n| (n == iface.name).then(|| iface.clone()), &all)
+    }
+
+    #[test]
+    fn good_config_has_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.node.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.node.xdp_mode, XdpMode::Native);
+        assert_eq!(c.groups[0].vips[0].to_string(), "10.0.0.50/24");
+        assert_eq!(c.groups[0].role, Role::Active);
+        assert_eq!(c.groups[0].garp.count, DEFAULT_GARP_COUNT);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse(&GOOD.replace("role = ", "rol = ")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `rol`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let p = problems(&GOOD.replace("\"10.0.0.50/24\"", "\"10.0.0.50\", \"10.0.0.300/24\", \"10.0.0.51/33\""));
+        let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["group[web].vips[0]", "group[web].vips[1]", "group[web].vips[2]"]);
+        assert!(p[0].message.contains("ADDRESS/PREFIX"));
+        let p = problems(&GOOD.replace("\"active\"", "\"master\""));
+        assert_eq!(p[0].key, "group[web].role");
+        let p = problems(&GOOD.replace("\"10.0.0.50/24\"", "\"10.0.0.255/24\""));
+        assert!(p[0].message.contains("broadcast"), "{p:?}");
+        let p = problems(&GOOD.replace("\"10.0.0.50/24\"", "\"fe80::1/64\""));
+        assert!(p[0].message.contains("unicast"), "{p:?}");
+    }
+
+    #[test]
+    fn vip_in_two_groups() {
+        let text = format!("{GOOD}\n[[group]]\nname = \"db\"\nvips = [\"10.0.0.50/24\"]\nrole = \"standby\"\n");
+        let p = problems(&text);
+        assert_eq!(p[0].key, "group[db].vips[0]");
+        assert!(p[0].message.contains("also in group `web`"), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_group_names() {
+        let text = format!("{GOOD}\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.51/24\"]\nrole = \"standby\"\n");
+        assert_eq!(problems(&text)[0].key, "group[web].name");
+    }
+
+    #[test]
+    fn subnet_rule() {
+        let c = parse(GOOD).unwrap();
+        assert!(host(&c, eth0(&[("10.0.0.1", 24)])).is_ok());
+        let e = host(&c, eth0(&[("10.1.0.1", 24)])).unwrap_err().to_string();
+        assert!(e.contains("group[web].vips[0]") && e.contains("10.1.0.0/24"), "{e}");
+        // Same network, different prefix: not the VIP's subnet.
+        assert!(host(&c, eth0(&[("10.0.0.1", 16)])).is_err());
+    }
+
+    #[test]
+    fn real_address_rule() {
+        let c = parse(&GOOD.replace("10.0.0.50/24", "10.0.0.1/24")).unwrap();
+        let e = host(&c, eth0(&[("10.0.0.1", 24)])).unwrap_err().to_string();
+        assert!(e.contains("real address"), "{e}");
+        // A /32 leftover of ours is a warning, not a real address.
+        let c = parse(GOOD).unwrap();
+        let r = host(&c, eth0(&[("10.0.0.1", 24), ("10.0.0.50", 32)])).unwrap();
+        assert!(r.warnings[0].contains("already assigned"));
+    }
+
+    #[test]
+    fn more_than_ten_vips_warns() {
+        let vips: Vec<String> = (10..22).map(|i| format!("\"10.0.0.{i}/24\"")).collect();
+        let c = parse(&GOOD.replace("\"10.0.0.50/24\"", &vips.join(","))).unwrap();
+        let r = host(&c, eth0(&[("10.0.0.1", 24)])).unwrap();
+        assert!(r.warnings.iter().any(|w| w.contains("recommended")), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn missing_interface() {
+        let c = parse(GOOD).unwrap();
+        let e = check_host(&c, &|_| None, &HashMap::new()).unwrap_err().to_string();
+        assert!(e.contains("node.interface"), "{e}");
+    }
+}

@@ -1,0 +1,212 @@
+//! The control socket: one JSON request per connection, one JSON response.
+//!
+//! `{"command":"status"}`, `{"command":"promote","group":"web"}`,
+//! `{"command":"demote","group":"web","forward_to":"02:..."}`. A malformed request gets
+//! an error response and changes nothing. Only root or the agent's own user may change
+//! state; anyone who can open the socket (0600 by default) may read status.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::{fs::PermissionsExt, net::UnixStream as StdUnixStream},
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{mac::Mac, status::Status};
+
+/// A request larger than this is refused without being parsed.
+pub const MAX_REQUEST: usize = 64 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Promote { group: String },
+    Demote {
+        group: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        forward_to: Option<Mac>,
+    },
+}
+
+impl Request {
+    /// Whether the request changes state (and so needs a permitted peer).
+    pub fn mutates(&self) -> bool {
+        !matches!(self, Request::Status)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<Status>>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response { ok: true, message: Some(message.into()), ..Default::default() }
+    }
+    pub fn error(e: impl Into<String>) -> Self {
+        Response { ok: false, error: Some(e.into()), ..Default::default() }
+    }
+}
+
+/// A request on its way to the agent, with the slot for its answer.
+pub type Envelope = (Request, oneshot::Sender<Response>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: another agent is already listening there")]
+    InUse { path: String },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the agent at {path}: {source} (is `vip agent` running? use --socket to name another socket)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent sent an unreadable answer: {0}")]
+    BadResponse(String),
+}
+
+/// Creates the listening socket (mode 0600), replacing a stale file but never a live agent's.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let p = path.display().to_string();
+    let io = |source| ControlError::Io { path: p.clone(), source };
+    if path.exists() {
+        if StdUnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse { path: p });
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    // Bind under a restrictive umask so the socket is never briefly world-accessible.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Accepts connections until the agent goes away.
+pub async fn serve(listener: UnixListener, agent: mpsc::Sender<Envelope>) {
+    // SAFETY: geteuid cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, agent, own_uid)).await {
+                log::debug!("control connection: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(mut stream: UnixStream, agent: mpsc::Sender<Envelope>, own_uid: u32) {
+    let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let mut buf = Vec::new();
+    let mut limited = (&mut stream).take(MAX_REQUEST as u64 + 1);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match limited.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let response = if buf.len() > MAX_REQUEST {
+        Response::error(format!("request larger than {MAX_REQUEST} bytes"))
+    } else {
+        let line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
+        match serde_json::from_slice::<Request>(line) {
+            Err(e) => Response::error(format!("malformed request: {e}")),
+            Ok(req) if req.mutates() && !permitted(peer_uid, own_uid) => Response::error(format!(
+                "permission denied: uid {} may not change state (only root or uid {own_uid})",
+                peer_uid.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into())
+            )),
+            Ok(req) => {
+                let (tx, rx) = oneshot::channel();
+                if agent.send((req, tx)).await.is_err() {
+                    Response::error("the agent is shutting down")
+                } else {
+                    rx.await.unwrap_or_else(|_| Response::error("the agent dropped the request"))
+                }
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    out.push(b'\n');
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+fn permitted(peer: Option<u32>, own: u32) -> bool {
+    matches!(peer, Some(0)) || peer == Some(own)
+}
+
+/// Sends one request and waits for the answer (the CLI's side).
+pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    let p = path.display().to_string();
+    let mut stream = StdUnixStream::connect(path).map_err(|source| ControlError::Connect { path: p.clone(), source })?;
+    let io = |source| ControlError::Io { path: p.clone(), source };
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::BadResponse(format!("{e}: {answer:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        let r: Request = serde_json::from_str(r#"{"command":"demote","group":"web","forward_to":"02:00:00:00:00:0b"}"#).unwrap();
+        assert_eq!(r, Request::Demote { group: "web".into(), forward_to: Some("02:00:00:00:00:0b".parse().unwrap()) });
+        assert!(serde_json::from_str::<Request>(r#"{"command":"promote"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"promote","group":"a","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"demote","group":"a","forward_to":"zz"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
+        assert!(serde_json::from_str::<Request>("\u{0}\u{1}").is_err());
+    }
+
+    #[test]
+    fn only_root_or_owner_mutate() {
+        assert!(permitted(Some(0), 1000));
+        assert!(permitted(Some(1000), 1000));
+        assert!(!permitted(Some(1001), 1000));
+        assert!(!permitted(None, 0));
+    }
+}

@@ -1,0 +1,256 @@
+//! The XDP data plane: loads the embedded program, attaches it, and owns its maps.
+//! This is the only module that talks to the BPF side; everything above it speaks in
+//! VIPs and entries.
+
+use std::net::IpAddr;
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    Ebpf, EbpfLoader,
+};
+use vip_common::{global, maps, programs, VipEntry, VipStats};
+
+use crate::config::XdpMode;
+
+/// The XDP object built by build.rs (empty in a VIP_EBPF_STUB build).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("this vip binary was built with VIP_EBPF_STUB=1 and has no XDP program; rebuild it after `cargo xtask setup`")]
+    Stub,
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no {0}")]
+    Missing(&'static str),
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("attaching XDP to {iface} in {mode} mode: {source}; try `--xdp-mode skb`")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("BPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("BPF map {map}: {source}")]
+    MapIo {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// The loaded program and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    vips_v4: HashMap<MapData, u32, VipEntry>,
+    vips_v6: HashMap<MapData, [u8; 16], VipEntry>,
+    stats: PerCpuArray<MapData, VipStats>,
+    global: PerCpuArray<MapData, u64>,
+    leases: Array<MapData, u64>,
+    redirect: DevMapHash<MapData>,
+    link: Option<XdpLinkId>,
+    max_vips: u32,
+}
+
+impl Dataplane {
+    /// Loads the program (the kernel verifier runs here) with room for `max_vips`.
+    pub fn load(max_vips: u32) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::Stub);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::VIPS_V4, max_vips)
+            .map_max_entries(maps::VIPS_V6, max_vips)
+            .map_max_entries(maps::VIP_STATS, max_vips)
+            .load(OBJECT)?;
+        for name in [programs::VIP, programs::PASS] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing("XDP program"))?
+                .try_into()?;
+            prog.load()?;
+        }
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        let vips_v4 = HashMap::try_from(take(maps::VIPS_V4)?).map_err(map_err(maps::VIPS_V4))?;
+        let vips_v6 = HashMap::try_from(take(maps::VIPS_V6)?).map_err(map_err(maps::VIPS_V6))?;
+        let stats = PerCpuArray::try_from(take(maps::VIP_STATS)?).map_err(map_err(maps::VIP_STATS))?;
+        let global = PerCpuArray::try_from(take(maps::GLOBAL_STATS)?).map_err(map_err(maps::GLOBAL_STATS))?;
+        let leases = Array::try_from(take(maps::LEASES)?).map_err(map_err(maps::LEASES))?;
+        let redirect = DevMapHash::try_from(take(maps::REDIRECT_DEVS)?).map_err(map_err(maps::REDIRECT_DEVS))?;
+        Ok(Dataplane { ebpf, vips_v4, vips_v6, stats, global, leases, redirect, link: None, max_vips })
+    }
+
+    pub fn max_vips(&self) -> u32 {
+        self.max_vips
+    }
+
+    /// The data-plane program, for attaching or BPF_PROG_TEST_RUN.
+    pub fn program(&self) -> &Xdp {
+        self.program_named(programs::VIP)
+    }
+
+    /// The do-nothing program the benchmarks measure as their floor.
+    pub fn pass_program(&self) -> &Xdp {
+        self.program_named(programs::PASS)
+    }
+
+    fn program_named(&self, name: &str) -> &Xdp {
+        // Both programs were found and loaded in `load`.
+        self.ebpf
+            .program(name)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("programs are checked at load")
+    }
+
+    /// Attaches the data plane to `iface`. Detached when `self` is dropped.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        self.link = Some(self.attach_program(programs::VIP, iface, mode)?);
+        Ok(())
+    }
+
+    /// Attaches the do-nothing program to `iface` (native mode). On a veth this turns
+    /// on NAPI, without which the kernel silently drops frames that XDP_TX or
+    /// XDP_REDIRECT send into it from its peer. Detached when `self` is dropped.
+    pub fn attach_pass(&mut self, iface: &str) -> Result<()> {
+        self.attach_program(programs::PASS, iface, XdpMode::Native).map(|_| ())
+    }
+
+    fn attach_program(&mut self, name: &str, iface: &str, mode: XdpMode) -> Result<XdpLinkId> {
+        let (aya_mode, mode_name) = match mode {
+            XdpMode::Native => (AyaXdpMode::Driver, "native"),
+            XdpMode::Skb => (AyaXdpMode::Skb, "skb"),
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Missing("XDP program"))?
+            .try_into()?;
+        prog.attach(iface, aya_mode)
+            .map_err(|source| DataplaneError::Attach { iface: iface.into(), mode: mode_name, source })
+    }
+
+    /// Installs or replaces the entry for a VIP (atomic for the data plane).
+    pub fn set_vip(&mut self, addr: IpAddr, entry: &VipEntry) -> Result<()> {
+        match addr {
+            IpAddr::V4(a) => self
+                .vips_v4
+                .insert(u32::from_ne_bytes(a.octets()), entry, 0)
+                .map_err(map_err(maps::VIPS_V4)),
+            IpAddr::V6(a) => self.vips_v6.insert(a.octets(), entry, 0).map_err(map_err(maps::VIPS_V6)),
+        }
+    }
+
+    /// Removes a VIP's entry; absent already is not an error.
+    pub fn remove_vip(&mut self, addr: IpAddr) -> Result<()> {
+        let r = match addr {
+            IpAddr::V4(a) => self.vips_v4.remove(&u32::from_ne_bytes(a.octets())),
+            IpAddr::V6(a) => self.vips_v6.remove(&a.octets()),
+        };
+        match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(map_err(maps::VIPS_V4)(e)),
+        }
+    }
+
+    /// The entry the data plane holds for a VIP, if any.
+    pub fn vip(&self, addr: IpAddr) -> Option<VipEntry> {
+        match addr {
+            IpAddr::V4(a) => self.vips_v4.get(&u32::from_ne_bytes(a.octets()), 0).ok(),
+            IpAddr::V6(a) => self.vips_v6.get(&a.octets(), 0).ok(),
+        }
+    }
+
+    /// A VIP's counters, summed over CPUs.
+    pub fn stats(&self, index: u32) -> Result<VipStats> {
+        let per_cpu = self.stats.get(&index, 0).map_err(map_err(maps::VIP_STATS))?;
+        let mut sum = VipStats::default();
+        for s in per_cpu.iter() {
+            sum.add(s);
+        }
+        Ok(sum)
+    }
+
+    /// Zeroes a counter slot before it is given to a VIP.
+    pub fn reset_stats(&mut self, index: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::MapIo { map: maps::VIP_STATS, source: e })?;
+        let zero = PerCpuValues::try_from(vec![VipStats::default(); cpus])
+            .map_err(|e| DataplaneError::MapIo { map: maps::VIP_STATS, source: e })?;
+        self.stats.set(index, zero, 0).map_err(map_err(maps::VIP_STATS))
+    }
+
+    /// Program-wide counters, by name, summed over CPUs.
+    pub fn global_stats(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::new();
+        for i in 0..global::COUNT {
+            let v = self.global.get(&i, 0).map_err(map_err(maps::GLOBAL_STATS))?;
+            out.push((global::NAMES[i as usize], v.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// Sets a group's lease deadline (CLOCK_MONOTONIC ns). One 8-byte array write:
+    /// the data plane never sees a torn value.
+    pub fn set_lease(&mut self, group: u32, deadline_ns: u64) -> Result<()> {
+        self.leases.set(group, deadline_ns, 0).map_err(map_err(maps::LEASES))
+    }
+
+    /// Makes `ifindex` a redirect target.
+    pub fn add_redirect_target(&mut self, ifindex: u32) -> Result<()> {
+        self.redirect
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::MapIo { map: maps::REDIRECT_DEVS, source: std::io::Error::other(e.to_string()) })
+    }
+
+    /// Runs one frame through the data plane with BPF_PROG_TEST_RUN.
+    pub fn test_run(&self, frame: &[u8]) -> std::result::Result<TestOutcome, ProgramError> {
+        run(self.program(), frame, 1)
+    }
+}
+
+/// What BPF_PROG_TEST_RUN reported for one frame.
+#[derive(Debug, Clone)]
+pub struct TestOutcome {
+    pub action: u32,
+    pub frame: Vec<u8>,
+    /// Average time per run.
+    pub duration: std::time::Duration,
+}
+
+/// Runs `frame` through `prog` `repeat` times (the kernel averages the duration).
+pub fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> std::result::Result<TestOutcome, ProgramError> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.repeat = repeat;
+    let r = prog.test_run(opts)?;
+    out.truncate(r.data_size_out as usize);
+    Ok(TestOutcome { action: r.return_value, frame: out, duration: r.duration })
+}
+
+/// XDP return codes by name, for messages and tables.
+pub fn action_name(code: u32) -> &'static str {
+    match code {
+        0 => "XDP_ABORTED",
+        1 => "XDP_DROP",
+        2 => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "XDP_?",
+    }
+}

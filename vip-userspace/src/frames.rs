@@ -1,0 +1,220 @@
+//! Builders for the frames vip sends (gratuitous ARP, unsolicited NA) and the ones
+//! its tests and benchmarks feed the data plane. Plain byte layouts, no parsing.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::mac::Mac;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
+/// Ethernet's minimum frame (without FCS): shorter frames are padded to it on the wire.
+pub const ETH_MIN_LEN: usize = 60;
+
+pub fn ethernet(dst: Mac, src: Mac, ethertype: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(128);
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// An Ethernet/IPv4 ARP frame, padded to the Ethernet minimum.
+pub fn arp(eth_dst: Mac, op: u16, sha: Mac, spa: Ipv4Addr, tha: Mac, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut f = ethernet(eth_dst, sha, ETH_P_ARP);
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha.0);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&tha.0);
+    f.extend_from_slice(&tpa.octets());
+    f.resize(ETH_MIN_LEN, 0);
+    f
+}
+
+/// A broadcast ARP request for `tpa`.
+pub fn arp_request(sha: Mac, spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    arp(Mac::BROADCAST, ARP_REQUEST, sha, spa, Mac::ZERO, tpa)
+}
+
+/// Gratuitous ARP in request form (sender IP == target IP), as keepalived sends it:
+/// every host that has the IP cached updates its entry to `mac`.
+pub fn gratuitous_arp(mac: Mac, ip: Ipv4Addr) -> Vec<u8> {
+    arp(Mac::BROADCAST, ARP_REQUEST, mac, ip, Mac::ZERO, ip)
+}
+
+/// Internet checksum over `data`, continuing from `sum`.
+pub fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [last] = chunks.remainder() {
+        sum += (*last as u32) << 8;
+    }
+    sum
+}
+
+pub fn csum_fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// ICMPv6 checksum of `msg` (checksum field zeroed) between `src` and `dst`.
+pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
+    let mut sum = csum_add(0, &src.octets());
+    sum = csum_add(sum, &dst.octets());
+    sum = csum_add(sum, &(msg.len() as u32).to_be_bytes());
+    sum = csum_add(sum, &[0, 0, 0, 58]);
+    csum_fold(csum_add(sum, msg))
+}
+
+/// An Ethernet/IPv6 frame around an ICMPv6 message whose checksum is filled in.
+pub fn icmpv6(eth_dst: Mac, eth_src: Mac, src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, mut msg: Vec<u8>) -> Vec<u8> {
+    msg[2] = 0;
+    msg[3] = 0;
+    let c = icmpv6_checksum(src, dst, &msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = ethernet(eth_dst, eth_src, ETH_P_IPV6);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    f.push(58);
+    f.push(hop_limit);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&msg);
+    f
+}
+
+/// The solicited-node multicast address of `ip` and its Ethernet group.
+pub fn solicited_node(ip: Ipv6Addr) -> (Ipv6Addr, Mac) {
+    let o = ip.octets();
+    let addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | o[13] as u16, u16::from_be_bytes([o[14], o[15]]));
+    (addr, Mac([0x33, 0x33, 0xff, o[13], o[14], o[15]]))
+}
+
+/// A neighbour solicitation for `target`; `src` unspecified makes it a DAD probe
+/// (then no source link-layer option is included).
+pub fn neighbour_solicitation(eth_src: Mac, src: Ipv6Addr, target: Ipv6Addr, unicast_to: Option<Mac>) -> Vec<u8> {
+    let mut msg = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(&target.octets());
+    if !src.is_unspecified() {
+        msg.extend_from_slice(&[1, 1]);
+        msg.extend_from_slice(&eth_src.0);
+    }
+    let (dst, eth_dst) = match unicast_to {
+        Some(mac) => (target, mac),
+        None => solicited_node(target),
+    };
+    icmpv6(eth_dst, eth_src, src, dst, 255, msg)
+}
+
+pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+pub const ALL_NODES_MAC: Mac = Mac([0x33, 0x33, 0, 0, 0, 1]);
+
+/// A neighbour advertisement with the override flag and our link-layer address.
+pub fn neighbour_advertisement(eth_dst: Mac, mac: Mac, ip: Ipv6Addr, dst: Ipv6Addr, solicited: bool) -> Vec<u8> {
+    let flags = 0x20 | if solicited { 0x40 } else { 0 };
+    let mut msg = vec![136, 0, 0, 0, flags, 0, 0, 0];
+    msg.extend_from_slice(&ip.octets());
+    msg.extend_from_slice(&[2, 1]);
+    msg.extend_from_slice(&mac.0);
+    icmpv6(eth_dst, mac, ip, dst, 255, msg)
+}
+
+/// Unsolicited NA to all nodes (override set): IPv6's gratuitous ARP.
+pub fn unsolicited_na(mac: Mac, ip: Ipv6Addr) -> Vec<u8> {
+    neighbour_advertisement(ALL_NODES_MAC, mac, ip, ALL_NODES, false)
+}
+
+/// An IPv4 header (checksum filled in) + UDP (checksum 0, allowed for IPv4).
+pub fn udp4(eth_dst: Mac, eth_src: Mac, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = ethernet(eth_dst, eth_src, ETH_P_IP);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = csum_fold(csum_add(0, &ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    if f.len() < ETH_MIN_LEN {
+        f.resize(ETH_MIN_LEN, 0);
+    }
+    f
+}
+
+/// An IPv6 header + UDP with its (mandatory) checksum.
+pub fn udp6(eth_dst: Mac, eth_src: Mac, src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut sum = csum_add(0, &src.octets());
+    sum = csum_add(sum, &dst.octets());
+    sum = csum_add(sum, &(len as u32).to_be_bytes());
+    sum = csum_add(sum, &[0, 0, 0, 17]);
+    let c = csum_fold(csum_add(sum, &udp));
+    udp[6..8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+    let mut f = ethernet(eth_dst, eth_src, ETH_P_IPV6);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&len.to_be_bytes());
+    f.push(17);
+    f.push(64);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&udp);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garp_layout() {
+        let mac = Mac([2, 0, 0, 0, 0, 0xa]);
+        let f = gratuitous_arp(mac, Ipv4Addr::new(10, 0, 0, 50));
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[12..14], &[8, 6]);
+        assert_eq!(&f[20..22], &[0, 1]);
+        assert_eq!(&f[28..32], &f[38..42]); // spa == tpa
+    }
+
+    #[test]
+    fn na_checksum_verifies() {
+        let mac = Mac([2, 0, 0, 0, 0, 0xa]);
+        let ip: Ipv6Addr = "2001:db8::50".parse().unwrap();
+        let f = unsolicited_na(mac, ip);
+        assert_eq!(f.len(), 14 + 40 + 32);
+        // Summing a message including its checksum gives 0 after folding.
+        let msg = &f[54..];
+        let mut sum = csum_add(0, &ip.octets());
+        sum = csum_add(sum, &ALL_NODES.octets());
+        sum = csum_add(sum, &(msg.len() as u32).to_be_bytes());
+        sum = csum_add(sum, &[0, 0, 0, 58]);
+        assert_eq!(csum_fold(csum_add(sum, msg)), 0);
+    }
+
+    #[test]
+    fn solicited_node_address() {
+        let (a, m) = solicited_node("2001:db8::12:3456".parse().unwrap());
+        assert_eq!(a, "ff02::1:ff12:3456".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(m, Mac([0x33, 0x33, 0xff, 0x12, 0x34, 0x56]));
+    }
+}

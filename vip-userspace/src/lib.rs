@@ -1,0 +1,16 @@
+//! vip: a fast, exact data plane for virtual-IP failover.
+//!
+//! The agent (`agent`) loads the XDP program (`dataplane`), programs one map entry per
+//! VIP, announces takeovers (`garp`), manages the VIP addresses (`netlink`) and answers
+//! the CLI on a unix socket (`control`). `config` parses and validates the TOML file.
+
+pub mod agent;
+pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod frames;
+pub mod garp;
+pub mod host;
+pub mod mac;
+pub mod netlink;
+pub mod status;

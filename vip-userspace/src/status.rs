@@ -1,0 +1,91 @@
+//! What `vip status` shows: the agent's state and counters, as JSON for scripts and
+//! as a table for people.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub node: String,
+    pub interface: String,
+    pub xdp_mode: String,
+    pub groups: Vec<GroupStatus>,
+    /// Program-wide data-plane counters by name.
+    pub global: BTreeMap<String, u64>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupStatus {
+    pub name: String,
+    /// "active" or "standby" (init and fault count as standby).
+    pub role: String,
+    /// init, standby, active or fault.
+    pub state: String,
+    /// Why the group is in this state.
+    pub reason: String,
+    /// When it entered it (Unix time, ms).
+    pub since_unix_ms: u64,
+    pub transitions: u64,
+    /// MAC that standby traffic is forwarded to, if any.
+    pub forward_to: Option<String>,
+    pub vips: Vec<VipStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct VipStatus {
+    pub address: String,
+    pub prefix: u8,
+    /// The data plane's action now: local, redirect, forward or none.
+    pub action: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub arp_replies: u64,
+    pub nd_replies: u64,
+    pub passed: u64,
+    pub redirected: u64,
+    pub forwarded: u64,
+    pub lease_expired: u64,
+}
+
+impl Status {
+    /// A table readable at a glance.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "node {}  interface {} (xdp {})", self.node, self.interface, self.xdp_mode);
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        let _ = writeln!(
+            s,
+            "{:<12} {:<8} {:<26} {:<9} {:>10} {:>12} {:>8} {:>8} {:>10} {:>10}",
+            "GROUP", "STATE", "VIP", "ACTION", "RX_PKTS", "RX_BYTES", "ARP", "ND", "REDIRECT", "FORWARD"
+        );
+        for g in &self.groups {
+            for (i, v) in g.vips.iter().enumerate() {
+                let (name, state) = if i == 0 { (g.name.as_str(), g.state.as_str()) } else { ("", "") };
+                let _ = writeln!(
+                    s,
+                    "{:<12} {:<8} {:<26} {:<9} {:>10} {:>12} {:>8} {:>8} {:>10} {:>10}",
+                    name,
+                    state,
+                    format!("{}/{}", v.address, v.prefix),
+                    v.action,
+                    v.rx_packets,
+                    v.rx_bytes,
+                    v.arp_replies,
+                    v.nd_replies,
+                    v.redirected,
+                    v.forwarded
+                );
+            }
+            let _ = writeln!(s, "{:<12} ({})", "", g.reason);
+        }
+        let nonzero: Vec<String> = self.global.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        if !nonzero.is_empty() {
+            let _ = writeln!(s, "data plane: {}", nonzero.join(" "));
+        }
+        s
+    }
+}

@@ -20,7 +20,12 @@ fn main() {
     println!("cargo:rerun-if-env-changed=VIP_EBPF_STUB");
     println!("cargo:rerun-if-env-changed=VIP_BPF_RUSTC");
     println!("cargo:rustc-check-cfg=cfg(vip_ebpf_stub)");
-    for p in ["vip-ebpf/src", "vip-ebpf/Cargo.toml", "vip-ebpf/Cargo.lock", "vip-common/src"] {
+    for p in [
+        "vip-ebpf/src",
+        "vip-ebpf/Cargo.toml",
+        "vip-ebpf/Cargo.lock",
+        "vip-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
 
@@ -56,7 +61,13 @@ fn main() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root.join("vip-ebpf"))
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // The outer build's settings must not leak into the BPF build.
     for var in [
@@ -91,15 +102,21 @@ fn has_bpf_core(rustc: &str) -> bool {
     Path::new(&sysroot)
         .join("lib/rustlib/bpfel-unknown-none/lib")
         .read_dir()
-        .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-"))))
+        .is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
+        })
 }
 
 fn find_bpf_linker() -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = env::var_os("PATH")
         .map(|p| env::split_paths(&p).collect())
         .unwrap_or_default();
-    if let Some(home) = env::var_os("CARGO_HOME").or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string())) {
+    if let Some(home) = env::var_os("CARGO_HOME")
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string()))
+    {
         dirs.push(PathBuf::from(home).join("bin"));
     }
-    dirs.into_iter().map(|d| d.join("bpf-linker")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("bpf-linker"))
+        .find(|p| p.is_file())
 }

@@ -27,7 +27,13 @@ impl Capture {
         let ifindex = nix::net::if_::if_nametoindex(iface)? as i32;
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                proto as i32,
+            )
+        };
         if fd < 0 {
             bail!("packet socket: {}", std::io::Error::last_os_error());
         }
@@ -40,10 +46,17 @@ impl Capture {
         sll.sll_ifindex = ifindex;
         // SAFETY: valid address and length.
         let r = unsafe {
-            libc::bind(fd.as_raw_fd(), &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
         };
         if r < 0 {
-            bail!("bind packet socket to {iface}: {}", std::io::Error::last_os_error());
+            bail!(
+                "bind packet socket to {iface}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(Capture { fd, ifindex })
     }
@@ -100,9 +113,14 @@ impl Capture {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            let r =
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
             if r <= 0 {
                 return None;
             }
@@ -124,7 +142,7 @@ impl Capture {
             if n < 0 {
                 return None;
             }
-            if sll.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if sll.sll_pkttype != libc::PACKET_OUTGOING {
                 buf.truncate(n as usize);
                 return Some(buf);
             }

@@ -4,11 +4,13 @@
 
 mod capture;
 mod netns;
+mod probe;
 mod process;
 mod topology;
 
 pub use capture::Capture;
 pub use netns::Netns;
+pub use probe::{outage, Outage, Probe, Prober, Responder};
 pub use process::{vip_bin, Agent, Proc};
 pub use topology::{Host, Lan};
 

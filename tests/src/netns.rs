@@ -20,8 +20,13 @@ pub struct Netns {
 impl Netns {
     /// Creates `vip-<pid>-<n>-<tag>` with its loopback up.
     pub fn new(tag: &str) -> Result<Self> {
-        let name = format!("vip-{}-{}-{tag}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        run(Command::new("ip").args(["netns", "add", &name])).with_context(|| format!("creating netns {name}"))?;
+        let name = format!(
+            "vip-{}-{}-{tag}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run(Command::new("ip").args(["netns", "add", &name]))
+            .with_context(|| format!("creating netns {name}"))?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -36,7 +41,9 @@ impl Netns {
 
     /// Runs a command inside the namespace and returns its output whatever its status.
     pub fn output(&self, argv: &[&str]) -> Result<Output> {
-        self.command(argv).output().with_context(|| format!("running {argv:?} in {}", self.name))
+        self.command(argv)
+            .output()
+            .with_context(|| format!("running {argv:?} in {}", self.name))
     }
 
     /// Runs a command inside the namespace; fails unless it succeeds.
@@ -53,7 +60,8 @@ impl Netns {
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// Runs `f` on a thread that has entered the namespace: sockets it creates belong
@@ -62,7 +70,8 @@ impl Netns {
         let path = Path::new("/run/netns").join(&self.name);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+                let file =
+                    File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
                 nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
                     .unwrap_or_else(|e| panic!("entering netns {}: {e}", path.display()));
                 f()
@@ -104,7 +113,11 @@ impl Drop for Netns {
 pub(crate) fn run(c: &mut Command) -> Result<String> {
     let out = c.output().with_context(|| format!("spawning {c:?}"))?;
     if !out.status.success() {
-        bail!("{c:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{c:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

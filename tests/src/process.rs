@@ -35,8 +35,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Result<Self> {
-        let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
-        Ok(Proc { name: name.into(), child: Some(child) })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.into(),
+            child: Some(child),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -51,7 +56,9 @@ impl Proc {
 
     /// Exit status if the process has ended.
     pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM, then waits up to `grace` before SIGKILL; returns the exit status.
@@ -97,30 +104,62 @@ impl Agent {
     }
 
     pub fn start_with(ns: &Netns, name: &str, config: &str, extra: &[&str]) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("vip-lab-{}-{}-{name}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "vip-lab-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         fs::create_dir_all(&dir)?;
         let socket = dir.join("vip.sock");
         let log = dir.join("agent.log");
         let cfg_path = dir.join("vip.toml");
-        let config = config.replacen("[node]", &format!("[node]\ncontrol_socket = \"{}\"", socket.display()), 1);
+        let config = config.replacen(
+            "[node]",
+            &format!("[node]\ncontrol_socket = \"{}\"", socket.display()),
+            1,
+        );
         fs::write(&cfg_path, config)?;
         let bin = vip_bin();
-        let mut cmd = ns.command(&[bin.to_str().unwrap_or("vip"), "agent", "--config", cfg_path.to_str().unwrap_or("")]);
+        let mut cmd = ns.command(&[
+            bin.to_str().unwrap_or("vip"),
+            "agent",
+            "--config",
+            cfg_path.to_str().unwrap_or(""),
+        ]);
         cmd.args(extra);
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         cmd.stdout(Stdio::null()).stderr(fs::File::create(&log)?);
         let proc = Proc::spawn(&format!("agent {name}"), cmd)?;
-        let mut agent = Agent { proc, socket, log, config: cfg_path, dir };
+        let mut agent = Agent {
+            proc,
+            socket,
+            log,
+            config: cfg_path,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(st) = agent.proc.try_status() {
-                bail!("agent {name} exited ({st}) during start:\n{}", agent.log_text());
+                bail!(
+                    "agent {name} exited ({st}) during start:\n{}",
+                    agent.log_text()
+                );
             }
-            if agent.cli(&["status", "--json"]).map(|o| o.status.success()).unwrap_or(false) {
+            if agent
+                .cli(&["status", "--json"])
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
                 return Ok(agent);
             }
             if Instant::now() > deadline {
-                bail!("agent {name} did not answer within 15 s:\n{}", agent.log_text());
+                bail!(
+                    "agent {name} did not answer within 15 s:\n{}",
+                    agent.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -140,7 +179,10 @@ impl Agent {
     pub fn status(&self) -> Result<serde_json::Value> {
         let out = self.cli(&["status", "--json"])?;
         if !out.status.success() {
-            bail!("vip status failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "vip status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }

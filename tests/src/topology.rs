@@ -40,7 +40,11 @@ impl Lan {
         switch.ip(&["link", "set", "br0", "up"])?;
         // The switch must not answer anything itself.
         switch.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        let mut lan = Lan { helpers: Vec::new(), hosts: Vec::new(), switch };
+        let mut lan = Lan {
+            helpers: Vec::new(),
+            hosts: Vec::new(),
+            switch,
+        };
         for (i, name) in names.iter().enumerate() {
             lan.add_host(name, 10 + i as u8)?;
         }
@@ -51,13 +55,25 @@ impl Lan {
         let ns = Netns::new(name)?;
         let port = format!("p-{name}");
         crate::netns::run(std::process::Command::new("ip").args([
-            "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port, "netns", &self.switch.name,
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.switch.name,
         ]))
         .with_context(|| format!("creating the veth of {name}"))?;
         self.switch.ip(&["link", "set", &port, "master", "br0"])?;
         // Put VLAN tags back into the frame on the way out, as a trunk without VLAN
         // offload does: an XDP program cannot see a tag that travels as skb metadata.
-        self.switch.exec(&["ethtool", "-K", &port, "txvlan", "off"])?;
+        self.switch
+            .exec(&["ethtool", "-K", &port, "txvlan", "off"])?;
         self.switch.ip(&["link", "set", &port, "up"])?;
         let ip4 = Ipv4Addr::new(10, 0, 0, n);
         let ip6: Ipv6Addr = format!("2001:db8::{n}").parse()?;
@@ -68,12 +84,22 @@ impl Lan {
         // partial checksums, which XDP_TX/REDIRECT turn into corrupt ones.
         ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
         let mac = ns.mac("eth0")?;
-        self.hosts.push(Host { name: name.into(), ns, ip4, ip6, mac, port });
+        self.hosts.push(Host {
+            name: name.into(),
+            ns,
+            ip4,
+            ip6,
+            mac,
+            port,
+        });
         Ok(())
     }
 
     pub fn host(&self, name: &str) -> &Host {
-        self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no host {name}"))
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name}"))
     }
 
     /// Lets XDP_TX from these hosts reach the bridge (NAPI on their switch ports).
@@ -86,7 +112,10 @@ impl Lan {
     pub fn xdp_pass(&mut self, ns: &str, ifaces: &[String]) -> Result<()> {
         let bin = vip_bin();
         let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(&bin).arg("xdp-pass").args(ifaces);
+        cmd.args(["netns", "exec", ns])
+            .arg(&bin)
+            .arg("xdp-pass")
+            .args(ifaces);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut p = Proc::spawn("xdp-pass", cmd)?;
         // It prints one line once attached.
@@ -97,7 +126,10 @@ impl Lan {
             let out = self_ip_link(ns, &ifaces[0]);
             out.contains("xdp").then_some(true)
         });
-        anyhow::ensure!(ok == Some(true), "vip xdp-pass did not attach to {ifaces:?} in {ns}");
+        anyhow::ensure!(
+            ok == Some(true),
+            "vip xdp-pass did not attach to {ifaces:?} in {ns}"
+        );
         self.helpers.push(p);
         Ok(())
     }

@@ -22,20 +22,29 @@ fn client_kernel_learns_the_active_mac_and_arping_gets_one_answer() {
 
     // The kernel's own neighbour code resolves the VIP to the active's MAC.
     assert!(ping(&c.ns, VIP), "client cannot ping the VIP");
-    assert_eq!(kernel_neighbour(&c.ns, VIP).as_deref(), Some(a.mac.as_str()));
+    assert_eq!(
+        kernel_neighbour(&c.ns, VIP).as_deref(),
+        Some(a.mac.as_str())
+    );
 
     // arping: one answer per request, every one from the active.
-    let out = c.ns.output(&["arping", "-c", "3", "-i", "eth0", VIP]).expect("arping");
+    let out =
+        c.ns.output(&["arping", "-c", "3", "-i", "eth0", VIP])
+            .expect("arping");
     let text = String::from_utf8_lossy(&out.stdout);
     let answers: Vec<&str> = text.lines().filter(|l| l.contains("bytes from")).collect();
     assert_eq!(answers.len(), 3, "arping output:\n{text}");
-    assert!(answers.iter().all(|l| l.contains(&a.mac)), "an answer not from the active:\n{text}");
+    assert!(
+        answers.iter().all(|l| l.contains(&a.mac)),
+        "an answer not from the active:\n{text}"
+    );
     assert!(!text.contains(&b.mac));
 
     // On the wire: exactly one reply to one request.
     let cap = Capture::open(&c.ns, "eth0").unwrap();
     cap.clear();
-    cap.send(&frames::arp_request(mac(&c.mac), c.ip4, VIP4)).unwrap();
+    cap.send(&frames::arp_request(mac(&c.mac), c.ip4, VIP4))
+        .unwrap();
     let replies = arp_replies_for(&cap.collect(WINDOW, |_| true), VIP4);
     assert_eq!(replies, vec![mac(&a.mac)]);
     assert_eq!(counter(&standby, VIP, "arp_replies"), 0);
@@ -51,13 +60,20 @@ fn standby_stays_silent() {
     let lan = lan();
     let c = lan.host("c");
     let standby = agent(&lan, "b", &config("b", &["10.0.0.50/24"], "standby", ""));
-    let out = c.ns.output(&["arping", "-c", "2", "-i", "eth0", VIP]).expect("arping");
+    let out =
+        c.ns.output(&["arping", "-c", "2", "-i", "eth0", VIP])
+            .expect("arping");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("bytes from"), "a standby answered:\n{text}");
     assert!(!ping(&c.ns, VIP));
     assert_eq!(counter(&standby, VIP, "arp_replies"), 0);
-    let not_answered = standby.status().unwrap()["global"]["not_answered"].as_u64().unwrap();
-    assert!(not_answered >= 2, "requests were not seen by the data plane: {not_answered}");
+    let not_answered = standby.status().unwrap()["global"]["not_answered"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        not_answered >= 2,
+        "requests were not seen by the data plane: {not_answered}"
+    );
     drop(standby);
     teardown(lan);
 }
@@ -89,11 +105,24 @@ fn malformed_arp_is_never_answered() {
     let mut f = good.clone();
     f[16..18].copy_from_slice(&[0x86, 0xdd]);
     cases.push(("protocol type IPv6", f));
-    cases.push(("a reply", frames::arp(mac("ff:ff:ff:ff:ff:ff"), frames::ARP_REPLY, me, c.ip4, vip::mac::Mac::ZERO, VIP4)));
+    cases.push((
+        "a reply",
+        frames::arp(
+            mac("ff:ff:ff:ff:ff:ff"),
+            frames::ARP_REPLY,
+            me,
+            c.ip4,
+            vip::mac::Mac::ZERO,
+            VIP4,
+        ),
+    ));
     let mut f = good.clone();
     f[20..22].copy_from_slice(&[0, 3]);
     cases.push(("opcode 3 (RARP)", f));
-    cases.push(("gratuitous (sender IP = VIP)", frames::gratuitous_arp(me, VIP4)));
+    cases.push((
+        "gratuitous (sender IP = VIP)",
+        frames::gratuitous_arp(me, VIP4),
+    ));
     let mut f = good.clone();
     f[22..28].copy_from_slice(&[0x01, 0, 0x5e, 0, 0, 1]);
     cases.push(("multicast sender MAC", f));
@@ -111,7 +140,11 @@ fn malformed_arp_is_never_answered() {
         let replies = arp_replies_for(&cap.collect(WINDOW, |_| true), VIP4);
         assert!(replies.is_empty(), "{what}: answered by {replies:?}");
     }
-    assert_eq!(counter(&active, VIP, "arp_replies"), 0, "the data plane answered a malformed request");
+    assert_eq!(
+        counter(&active, VIP, "arp_replies"),
+        0,
+        "the data plane answered a malformed request"
+    );
 
     // Well-formed variants are answered: trailing padding, and an ARP probe (RFC 5227,
     // sender 0.0.0.0), which is answered to defend the address.
@@ -140,8 +173,16 @@ fn non_vip_arp_and_traffic_are_the_kernels() {
     // The kernel answers for a's real address and carries its traffic.
     let real = a.ip4.to_string();
     assert!(ping(&c.ns, &real));
-    assert_eq!(kernel_neighbour(&c.ns, &real).as_deref(), Some(a.mac.as_str()));
-    assert!(c.ns.output(&["ping", "-6", "-c", "1", "-W", "2", &a.ip6.to_string()]).unwrap().status.success());
+    assert_eq!(
+        kernel_neighbour(&c.ns, &real).as_deref(),
+        Some(a.mac.as_str())
+    );
+    assert!(c
+        .ns
+        .output(&["ping", "-6", "-c", "1", "-W", "2", &a.ip6.to_string()])
+        .unwrap()
+        .status
+        .success());
     let sock = udp_bind(&a.ns, (a.ip4, 5001).into());
     udp_send(&c.ns, (a.ip4, 5001).into(), 20, 100);
     assert_eq!(udp_count(&sock, 20), 20);

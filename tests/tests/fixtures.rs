@@ -44,7 +44,12 @@ struct Case {
 }
 
 fn case(name: &'static str, frame: Vec<u8>, action: u32, out: Option<Vec<u8>>) -> Case {
-    Case { name, frame, action, out }
+    Case {
+        name,
+        frame,
+        action,
+        out,
+    }
 }
 
 fn entry(act: u32, slot: u32, group: u32) -> VipEntry {
@@ -54,7 +59,11 @@ fn entry(act: u32, slot: u32, group: u32) -> VipEntry {
         group_index: group,
         own_mac: OWN.0,
         src_mac: OWN.0,
-        dst_mac: if act == action::FORWARD { ACTIVE.0 } else { [0; 6] },
+        dst_mac: if act == action::FORWARD {
+            ACTIVE.0
+        } else {
+            [0; 6]
+        },
         ..Default::default()
     }
 }
@@ -71,7 +80,10 @@ fn fixture_table() {
         return;
     }
     let ns = Netns::new("fixtures").unwrap();
-    ns.ip(&["link", "add", "svc", "type", "veth", "peer", "name", "svc-peer"]).unwrap();
+    ns.ip(&[
+        "link", "add", "svc", "type", "veth", "peer", "name", "svc-peer",
+    ])
+    .unwrap();
     ns.run_in(|| run_table(&ns));
 }
 
@@ -86,9 +98,11 @@ fn run_table(_ns: &Netns) {
     redirect.ifindex = svc;
     redirect.src_mac = Mac([0x02, 0, 0, 0, 0, 0x0e]).0;
     redirect.dst_mac = TARGET.0;
-    dp.set_vip(IpAddr::V4(LOCAL4), &entry(action::LOCAL, 0, 0)).unwrap();
+    dp.set_vip(IpAddr::V4(LOCAL4), &entry(action::LOCAL, 0, 0))
+        .unwrap();
     dp.set_vip(IpAddr::V4(REDIR4), &redirect).unwrap();
-    dp.set_vip(IpAddr::V4(FWD4), &entry(action::FORWARD, 2, 0)).unwrap();
+    dp.set_vip(IpAddr::V4(FWD4), &entry(action::FORWARD, 2, 0))
+        .unwrap();
     let mut leased = entry(action::LOCAL, 3, 1);
     leased.flags = flags::LEASED;
     let mut expired = entry(action::LOCAL, 4, 2);
@@ -97,8 +111,10 @@ fn run_table(_ns: &Netns) {
     dp.set_vip(IpAddr::V4(EXPIRED4), &expired).unwrap();
     dp.set_lease(1, monotonic_ns() + 60_000_000_000).unwrap();
     dp.set_lease(2, monotonic_ns().saturating_sub(1)).unwrap();
-    dp.set_vip(IpAddr::V6(local6), &entry(action::LOCAL, 5, 0)).unwrap();
-    dp.set_vip(IpAddr::V6(fwd6), &entry(action::FORWARD, 6, 0)).unwrap();
+    dp.set_vip(IpAddr::V6(local6), &entry(action::LOCAL, 5, 0))
+        .unwrap();
+    dp.set_vip(IpAddr::V6(fwd6), &entry(action::FORWARD, 6, 0))
+        .unwrap();
     for i in 0..8 {
         dp.reset_stats(i).unwrap();
     }
@@ -111,59 +127,266 @@ fn run_table(_ns: &Netns) {
     let na_solicited = frames::neighbour_advertisement(CLIENT, OWN, local6, client6, true);
 
     let mut cases = vec![
-        case("ARP request for a local VIP", arp_req(LOCAL4), XDP_TX, Some(arp_reply_from_us(LOCAL4))),
-        case("ARP request for a redirected VIP", arp_req(REDIR4), XDP_TX, Some(arp_reply_from_us(REDIR4))),
-        case("ARP request for a forwarded VIP (standby)", arp_req(FWD4), XDP_DROP, None),
-        case("ARP request for a VIP with a live lease", arp_req(LEASED4), XDP_TX, Some(arp_reply_from_us(LEASED4))),
-        case("ARP request for a VIP with an expired lease", arp_req(EXPIRED4), XDP_DROP, None),
+        case(
+            "ARP request for a local VIP",
+            arp_req(LOCAL4),
+            XDP_TX,
+            Some(arp_reply_from_us(LOCAL4)),
+        ),
+        case(
+            "ARP request for a redirected VIP",
+            arp_req(REDIR4),
+            XDP_TX,
+            Some(arp_reply_from_us(REDIR4)),
+        ),
+        case(
+            "ARP request for a forwarded VIP (standby)",
+            arp_req(FWD4),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "ARP request for a VIP with a live lease",
+            arp_req(LEASED4),
+            XDP_TX,
+            Some(arp_reply_from_us(LEASED4)),
+        ),
+        case(
+            "ARP request for a VIP with an expired lease",
+            arp_req(EXPIRED4),
+            XDP_DROP,
+            None,
+        ),
         case("ARP request for a non-VIP", arp_req(OTHER4), XDP_PASS, None),
-        case("ARP reply about a VIP", frames::arp(OWN, ARP_REPLY, CLIENT, CLIENT4, OWN, LOCAL4), XDP_PASS, None),
-        case("gratuitous ARP for a VIP", frames::gratuitous_arp(ACTIVE, LOCAL4), XDP_PASS, None),
-        case("ARP request truncated", arp_req(LOCAL4)[..34].to_vec(), XDP_PASS, None),
+        case(
+            "ARP reply about a VIP",
+            frames::arp(OWN, ARP_REPLY, CLIENT, CLIENT4, OWN, LOCAL4),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "gratuitous ARP for a VIP",
+            frames::gratuitous_arp(ACTIVE, LOCAL4),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "ARP request truncated",
+            arp_req(LOCAL4)[..34].to_vec(),
+            XDP_PASS,
+            None,
+        ),
         case("IPv4 to a local VIP", udp(OWN, LOCAL4), XDP_PASS, None),
-        case("IPv4 to a local VIP for another MAC (flooded)", udp(ACTIVE, LOCAL4), XDP_PASS, None),
-        case("IPv4 to a redirected VIP", udp(OWN, REDIR4), XDP_REDIRECT, Some(with_macs(udp(OWN, REDIR4), TARGET, Mac([2, 0, 0, 0, 0, 0x0e])))),
-        case("IPv4 to a forwarded VIP", udp(OWN, FWD4), XDP_TX, Some(with_macs(udp(OWN, FWD4), ACTIVE, OWN))),
-        case("IPv4 to a VIP with an expired lease", udp(OWN, EXPIRED4), XDP_PASS, None),
+        case(
+            "IPv4 to a local VIP for another MAC (flooded)",
+            udp(ACTIVE, LOCAL4),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "IPv4 to a redirected VIP",
+            udp(OWN, REDIR4),
+            XDP_REDIRECT,
+            Some(with_macs(
+                udp(OWN, REDIR4),
+                TARGET,
+                Mac([2, 0, 0, 0, 0, 0x0e]),
+            )),
+        ),
+        case(
+            "IPv4 to a forwarded VIP",
+            udp(OWN, FWD4),
+            XDP_TX,
+            Some(with_macs(udp(OWN, FWD4), ACTIVE, OWN)),
+        ),
+        case(
+            "IPv4 to a VIP with an expired lease",
+            udp(OWN, EXPIRED4),
+            XDP_PASS,
+            None,
+        ),
         case("IPv4 to a non-VIP", udp(OWN, OTHER4), XDP_PASS, None),
-        case("IPv4 with a bad version", { let mut f = udp(OWN, LOCAL4); f[14] = 0x65; f }, XDP_PASS, None),
-        case("IPv4 truncated header", udp(OWN, LOCAL4)[..30].to_vec(), XDP_PASS, None),
-        case("LLDP", { let mut f = frames::ethernet(Mac([1, 0x80, 0xc2, 0, 0, 0xe]), CLIENT, 0x88cc); f.resize(60, 7); f }, XDP_PASS, None),
-        case("802.1Q tagged ARP request for a VIP", { let g = arp_req(LOCAL4); let mut f = g[..12].to_vec(); f.extend_from_slice(&[0x81, 0, 0, 5]); f.extend_from_slice(&g[12..]); f }, XDP_PASS, None),
-        case("Ethernet header only (the kernel refuses shorter)", udp(OWN, LOCAL4)[..14].to_vec(), XDP_PASS, None),
-        case("NS (solicited-node) for a local IPv6 VIP", ns_multicast.clone(), XDP_TX, Some(na_solicited.clone())),
-        case("NS (unicast, NUD) for a local IPv6 VIP", frames::neighbour_solicitation(CLIENT, client6, local6, Some(OWN)), XDP_TX, Some(na_solicited.clone())),
-        case("NS (DAD probe) for a local IPv6 VIP", frames::neighbour_solicitation(CLIENT, Ipv6Addr::UNSPECIFIED, local6, None), XDP_TX, Some(frames::unsolicited_na(OWN, local6))),
-        case("NS for a forwarded IPv6 VIP", frames::neighbour_solicitation(CLIENT, client6, fwd6, None), XDP_DROP, None),
-        case("NS for a non-VIP", frames::neighbour_solicitation(CLIENT, client6, v6("2001:db8::99"), None), XDP_PASS, None),
-        case("NS with hop limit 64", { let mut f = ns_multicast.clone(); f[21] = 64; f }, XDP_DROP, None),
-        case("NS with a bad checksum", { let mut f = ns_multicast.clone(); f[57] ^= 0xff; f }, XDP_DROP, None),
-        case("NS with code 1", { let mut f = ns_multicast.clone(); f[55] = 1; f }, XDP_DROP, None),
-        case("NS with a zero-length option", { let mut f = ns_multicast.clone(); f[79] = 0; f }, XDP_DROP, None),
-        case("NS to the wrong solicited-node group", frames::icmpv6(Mac([0x33, 0x33, 0xff, 0, 0, 0x99]), CLIENT, client6, v6("ff02::1:ff00:99"), 255, ns_multicast[54..].to_vec()), XDP_DROP, None),
+        case(
+            "IPv4 with a bad version",
+            {
+                let mut f = udp(OWN, LOCAL4);
+                f[14] = 0x65;
+                f
+            },
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "IPv4 truncated header",
+            udp(OWN, LOCAL4)[..30].to_vec(),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "LLDP",
+            {
+                let mut f = frames::ethernet(Mac([1, 0x80, 0xc2, 0, 0, 0xe]), CLIENT, 0x88cc);
+                f.resize(60, 7);
+                f
+            },
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "802.1Q tagged ARP request for a VIP",
+            {
+                let g = arp_req(LOCAL4);
+                let mut f = g[..12].to_vec();
+                f.extend_from_slice(&[0x81, 0, 0, 5]);
+                f.extend_from_slice(&g[12..]);
+                f
+            },
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "Ethernet header only (the kernel refuses shorter)",
+            udp(OWN, LOCAL4)[..14].to_vec(),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "NS (solicited-node) for a local IPv6 VIP",
+            ns_multicast.clone(),
+            XDP_TX,
+            Some(na_solicited.clone()),
+        ),
+        case(
+            "NS (unicast, NUD) for a local IPv6 VIP",
+            frames::neighbour_solicitation(CLIENT, client6, local6, Some(OWN)),
+            XDP_TX,
+            Some(na_solicited.clone()),
+        ),
+        case(
+            "NS (DAD probe) for a local IPv6 VIP",
+            frames::neighbour_solicitation(CLIENT, Ipv6Addr::UNSPECIFIED, local6, None),
+            XDP_TX,
+            Some(frames::unsolicited_na(OWN, local6)),
+        ),
+        case(
+            "NS for a forwarded IPv6 VIP",
+            frames::neighbour_solicitation(CLIENT, client6, fwd6, None),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "NS for a non-VIP",
+            frames::neighbour_solicitation(CLIENT, client6, v6("2001:db8::99"), None),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "NS with hop limit 64",
+            {
+                let mut f = ns_multicast.clone();
+                f[21] = 64;
+                f
+            },
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "NS with a bad checksum",
+            {
+                let mut f = ns_multicast.clone();
+                f[57] ^= 0xff;
+                f
+            },
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "NS with code 1",
+            {
+                let mut f = ns_multicast.clone();
+                f[55] = 1;
+                f
+            },
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "NS with a zero-length option",
+            {
+                let mut f = ns_multicast.clone();
+                f[79] = 0;
+                f
+            },
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "NS to the wrong solicited-node group",
+            frames::icmpv6(
+                Mac([0x33, 0x33, 0xff, 0, 0, 0x99]),
+                CLIENT,
+                client6,
+                v6("ff02::1:ff00:99"),
+                255,
+                ns_multicast[54..].to_vec(),
+            ),
+            XDP_DROP,
+            None,
+        ),
         case("NS truncated", ns_multicast[..70].to_vec(), XDP_PASS, None),
         case("IPv6 to a local VIP", udp6(OWN, local6), XDP_PASS, None),
-        case("IPv6 to a forwarded VIP", udp6(OWN, fwd6), XDP_TX, Some(with_macs(udp6(OWN, fwd6), ACTIVE, OWN))),
-        case("IPv6 to a non-VIP", udp6(OWN, v6("2001:db8::99")), XDP_PASS, None),
+        case(
+            "IPv6 to a forwarded VIP",
+            udp6(OWN, fwd6),
+            XDP_TX,
+            Some(with_macs(udp6(OWN, fwd6), ACTIVE, OWN)),
+        ),
+        case(
+            "IPv6 to a non-VIP",
+            udp6(OWN, v6("2001:db8::99")),
+            XDP_PASS,
+            None,
+        ),
     ];
     // A DAD probe must carry no source link-layer option.
     let mut dad_with_option = frames::neighbour_solicitation(CLIENT, client6, local6, None);
     dad_with_option[22..38].copy_from_slice(&[0; 16]);
     let msg = dad_with_option[54..].to_vec();
     let (sn, sn_mac) = frames::solicited_node(local6);
-    cases.push(case("DAD probe with a source link-layer option", frames::icmpv6(sn_mac, CLIENT, Ipv6Addr::UNSPECIFIED, sn, 255, msg), XDP_DROP, None));
+    cases.push(case(
+        "DAD probe with a source link-layer option",
+        frames::icmpv6(sn_mac, CLIENT, Ipv6Addr::UNSPECIFIED, sn, 255, msg),
+        XDP_DROP,
+        None,
+    ));
 
     let mut failures = Vec::new();
     for c in &cases {
-        let r = dp.test_run(&c.frame).unwrap_or_else(|e| panic!("{}: BPF_PROG_TEST_RUN failed: {e}", c.name));
+        let r = dp
+            .test_run(&c.frame)
+            .unwrap_or_else(|e| panic!("{}: BPF_PROG_TEST_RUN failed: {e}", c.name));
         let want = c.out.as_ref().unwrap_or(&c.frame);
         if r.action != c.action {
-            failures.push(format!("{}: {} (wanted {})", c.name, action_name(r.action), action_name(c.action)));
+            failures.push(format!(
+                "{}: {} (wanted {})",
+                c.name,
+                action_name(r.action),
+                action_name(c.action)
+            ));
         } else if &r.frame != want {
-            failures.push(format!("{}: frame out differs\n  got  {:02x?}\n  want {:02x?}", c.name, r.frame, want));
+            failures.push(format!(
+                "{}: frame out differs\n  got  {:02x?}\n  want {:02x?}",
+                c.name, r.frame, want
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 
     // Counters follow what was run.
     let s = |i| dp.stats(i).unwrap();

@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use vip_common::{action, flags, global, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_GROUPS,
-    MAX_REDIRECT_DEVS};
+use vip_common::{
+    action, flags, global, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
+};
 
 use crate::packet::{self, Error, Frame};
 

@@ -38,6 +38,7 @@ use crate::{
 pub struct Options {
     pub config: PathBuf,
     pub xdp_mode: Option<XdpMode>,
+    pub interface: Option<String>,
 }
 
 /// A group's state, VRRP-style.
@@ -103,7 +104,11 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Some(m) = opts.xdp_mode {
         cfg.node.xdp_mode = m;
     }
-    let iface = host::interface(&cfg.node.interface).with_context(|| "node.interface".to_string())?;
+    if let Some(i) = opts.interface {
+        cfg.node.interface = i;
+    }
+    let iface =
+        host::interface(&cfg.node.interface).with_context(|| "node.interface".to_string())?;
     let all = host::all_addresses().context("listing host addresses")?;
     let report = config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?;
     for w in &report.warnings {
@@ -140,7 +145,11 @@ impl Agent {
     pub fn start(cfg: Config, iface: Interface, mut warnings: Vec<String>) -> Result<Self> {
         let mut dp = Dataplane::load(cfg.node.max_vips).context("loading the XDP data plane")?;
         dp.attach(&iface.name, cfg.node.xdp_mode)?;
-        log::info!("XDP attached to {} ({} mode)", iface.name, cfg.node.xdp_mode.as_str());
+        log::info!(
+            "XDP attached to {} ({} mode)",
+            iface.name,
+            cfg.node.xdp_mode.as_str()
+        );
         if iface.kind.as_deref() == Some("veth") {
             let w = format!(
                 "{} is a veth: ARP/NS answers and forwarded frames (XDP_TX) reach its peer only if \
@@ -152,7 +161,9 @@ impl Agent {
             warnings.push(w);
         }
         let nl = Netlink::open().context("opening rtnetlink")?;
-        let socket = Arc::new(PacketSocket::open(iface.index).context("opening a packet socket for announcements")?);
+        let socket = Arc::new(
+            PacketSocket::open(iface.index).context("opening a packet socket for announcements")?,
+        );
 
         let mut groups = Vec::new();
         let mut slot = 0u32;
@@ -180,7 +191,15 @@ impl Agent {
                 announcer: None,
             });
         }
-        let mut agent = Agent { cfg, iface, dp, nl, socket, groups, warnings };
+        let mut agent = Agent {
+            cfg,
+            iface,
+            dp,
+            nl,
+            socket,
+            groups,
+            warnings,
+        };
         for gi in 0..agent.groups.len() {
             let g = &agent.groups[gi];
             match g.cfg.role {
@@ -195,16 +214,23 @@ impl Agent {
     }
 
     fn group_index(&self, name: &str) -> Result<usize, String> {
-        self.groups.iter().position(|g| g.cfg.name == name).ok_or_else(|| {
-            let names: Vec<_> = self.groups.iter().map(|g| g.cfg.name.as_str()).collect();
-            format!("no group named `{name}` (groups: {})", names.join(", "))
-        })
+        self.groups
+            .iter()
+            .position(|g| g.cfg.name == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = self.groups.iter().map(|g| g.cfg.name.as_str()).collect();
+                format!("no group named `{name}` (groups: {})", names.join(", "))
+            })
     }
 
     /// Answers one control request.
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => Response { ok: true, status: Some(Box::new(self.status())), ..Default::default() },
+            Request::Status => Response {
+                ok: true,
+                status: Some(Box::new(self.status())),
+                ..Default::default()
+            },
             Request::Promote { group } => {
                 let gi = match self.group_index(&group) {
                     Ok(gi) => gi,
@@ -282,8 +308,16 @@ impl Agent {
     /// Takes the group's VIPs: entries, then addresses, then the announcement burst.
     pub fn activate(&mut self, gi: usize, reason: &str) -> Result<()> {
         let g = &self.groups[gi];
-        let act = if g.redirect.is_some() { action::REDIRECT } else { action::LOCAL };
-        let entries: Vec<(IpAddr, VipEntry)> = g.vips.iter().map(|v| (v.vip.addr, self.entry(g, v, act))).collect();
+        let act = if g.redirect.is_some() {
+            action::REDIRECT
+        } else {
+            action::LOCAL
+        };
+        let entries: Vec<(IpAddr, VipEntry)> = g
+            .vips
+            .iter()
+            .map(|v| (v.vip.addr, self.entry(g, v, act)))
+            .collect();
         for (addr, e) in &entries {
             self.dp
                 .set_vip(*addr, e)
@@ -291,8 +325,16 @@ impl Agent {
         }
         if act == action::LOCAL {
             for v in &g.vips {
-                if let Err(e) = self.nl.add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr)) {
-                    log::error!("group {}: adding {} to {}: {e}", g.cfg.name, v.vip.addr, self.iface.name);
+                if let Err(e) =
+                    self.nl
+                        .add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
+                {
+                    log::error!(
+                        "group {}: adding {} to {}: {e}",
+                        g.cfg.name,
+                        v.vip.addr,
+                        self.iface.name
+                    );
                 }
             }
         }
@@ -303,22 +345,44 @@ impl Agent {
 
     /// Gives the group's VIPs up: stop answering (or forward to `forward_to`), then
     /// remove the addresses.
-    pub fn deactivate(&mut self, gi: usize, state: State, forward_to: Option<Mac>, reason: &str) -> Result<()> {
+    pub fn deactivate(
+        &mut self,
+        gi: usize,
+        state: State,
+        forward_to: Option<Mac>,
+        reason: &str,
+    ) -> Result<()> {
         if let Some(h) = self.groups[gi].announcer.take() {
             h.abort();
         }
         self.groups[gi].forward_to = forward_to;
         let g = &self.groups[gi];
-        let act = if forward_to.is_some() { action::FORWARD } else { action::NONE };
-        let entries: Vec<(IpAddr, VipEntry)> = g.vips.iter().map(|v| (v.vip.addr, self.entry(g, v, act))).collect();
+        let act = if forward_to.is_some() {
+            action::FORWARD
+        } else {
+            action::NONE
+        };
+        let entries: Vec<(IpAddr, VipEntry)> = g
+            .vips
+            .iter()
+            .map(|v| (v.vip.addr, self.entry(g, v, act)))
+            .collect();
         for (addr, e) in &entries {
             self.dp
                 .set_vip(*addr, e)
                 .with_context(|| format!("group {}: programming VIP {addr}", g.cfg.name))?;
         }
         for v in &g.vips {
-            if let Err(e) = self.nl.del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr)) {
-                log::error!("group {}: removing {} from {}: {e}", g.cfg.name, v.vip.addr, self.iface.name);
+            if let Err(e) =
+                self.nl
+                    .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
+            {
+                log::error!(
+                    "group {}: removing {} from {}: {e}",
+                    g.cfg.name,
+                    v.vip.addr,
+                    self.iface.name
+                );
             }
         }
         self.set_state(gi, state, reason);
@@ -347,18 +411,34 @@ impl Agent {
             .iter()
             .map(|g| GroupStatus {
                 name: g.cfg.name.clone(),
-                role: if g.state == State::Active { "active" } else { "standby" }.into(),
+                role: if g.state == State::Active {
+                    "active"
+                } else {
+                    "standby"
+                }
+                .into(),
                 state: g.state.as_str().into(),
                 reason: g.reason.clone(),
-                since_unix_ms: g.since.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                since_unix_ms: g
+                    .since
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
                 transitions: g.transitions,
-                forward_to: g.forward_to.filter(|_| g.state != State::Active).map(|m| m.to_string()),
+                forward_to: g
+                    .forward_to
+                    .filter(|_| g.state != State::Active)
+                    .map(|m| m.to_string()),
                 vips: g
                     .vips
                     .iter()
                     .map(|v| {
                         let s = self.dp.stats(v.slot).unwrap_or_default();
-                        let act = self.dp.vip(v.vip.addr).map(|e| e.action).unwrap_or(action::NONE);
+                        let act = self
+                            .dp
+                            .vip(v.vip.addr)
+                            .map(|e| e.action)
+                            .unwrap_or(action::NONE);
                         VipStatus {
                             address: v.vip.addr.to_string(),
                             prefix: v.vip.prefix,
@@ -404,9 +484,16 @@ impl Agent {
             let g = &self.groups[gi];
             for v in &g.vips {
                 if let Err(e) = self.dp.remove_vip(v.vip.addr) {
-                    log::warn!("group {}: removing map entry {}: {e}", g.cfg.name, v.vip.addr);
+                    log::warn!(
+                        "group {}: removing map entry {}: {e}",
+                        g.cfg.name,
+                        v.vip.addr
+                    );
                 }
-                if let Err(e) = self.nl.del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr)) {
+                if let Err(e) =
+                    self.nl
+                        .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
+                {
                     log::warn!("group {}: removing {}: {e}", g.cfg.name, v.vip.addr);
                 }
             }
@@ -440,7 +527,9 @@ fn redirect_target(
         None => {
             let link = nl.link(iface.index, None).with_context(|| key.clone())?;
             let peer = match (link.kind.as_deref(), link.link) {
-                (Some("veth"), Some(peer)) => nl.link(peer, link.link_netnsid).ok().and_then(|l| l.mac),
+                (Some("veth"), Some(peer)) => {
+                    nl.link(peer, link.link_netnsid).ok().and_then(|l| l.mac)
+                }
                 _ => None,
             };
             peer.with_context(|| {
@@ -448,12 +537,17 @@ fn redirect_target(
             })?
         }
     };
-    dp.add_redirect_target(iface.index).with_context(|| key.clone())?;
+    dp.add_redirect_target(iface.index)
+        .with_context(|| key.clone())?;
     if iface.kind.as_deref() == Some("veth") {
         warnings.push(format!(
             "redirect target {} is a veth: redirected frames reach its peer only if the peer has an XDP program (`vip xdp-pass PEER`)",
             iface.name
         ));
     }
-    Ok(RedirectTarget { ifindex: iface.index, src_mac: iface.mac, dst_mac })
+    Ok(RedirectTarget {
+        ifindex: iface.index,
+        src_mac: iface.mac,
+        dst_mac,
+    })
 }

@@ -64,7 +64,9 @@ impl std::str::FromStr for XdpMode {
         match s {
             "native" | "driver" | "drv" => Ok(XdpMode::Native),
             "skb" | "generic" => Ok(XdpMode::Skb),
-            _ => Err(format!("`{s}` is not an XDP mode (expected \"native\" or \"skb\")")),
+            _ => Err(format!(
+                "`{s}` is not an XDP mode (expected \"native\" or \"skb\")"
+            )),
         }
     }
 }
@@ -219,11 +221,24 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let mut seen_groups: HashMap<String, usize> = HashMap::new();
     let mut seen_vips: HashMap<IpAddr, String> = HashMap::new();
     for (gi, g) in raw.group.iter().enumerate() {
-        let gkey = format!("group[{}]", if g.name.is_empty() { gi.to_string() } else { g.name.clone() });
+        let gkey = format!(
+            "group[{}]",
+            if g.name.is_empty() {
+                gi.to_string()
+            } else {
+                g.name.clone()
+            }
+        );
         if g.name.trim().is_empty() {
             p(format!("{gkey}.name"), "must not be empty".into());
         } else if let Some(prev) = seen_groups.insert(g.name.clone(), gi) {
-            p(format!("{gkey}.name"), format!("group name `{}` is used twice (groups {prev} and {gi})", g.name));
+            p(
+                format!("{gkey}.name"),
+                format!(
+                    "group name `{}` is used twice (groups {prev} and {gi})",
+                    g.name
+                ),
+            );
         }
         if g.vips.is_empty() {
             p(format!("{gkey}.vips"), "must list at least one VIP".into());
@@ -234,8 +249,18 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             match parse_vip(s) {
                 Ok(v) => {
                     if let Some(other) = seen_vips.insert(v.addr, g.name.clone()) {
-                        let where_ = if other == g.name { "twice in this group".to_string() } else { format!("also in group `{other}`") };
-                        p(key, format!("VIP {} is listed {where_}; a VIP belongs to exactly one group", v.addr));
+                        let where_ = if other == g.name {
+                            "twice in this group".to_string()
+                        } else {
+                            format!("also in group `{other}`")
+                        };
+                        p(
+                            key,
+                            format!(
+                                "VIP {} is listed {where_}; a VIP belongs to exactly one group",
+                                v.addr
+                            ),
+                        );
                     } else {
                         vips.push(v);
                     }
@@ -247,17 +272,26 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             Some("active") => Role::Active,
             Some("standby") => Role::Standby,
             Some(other) => {
-                p(format!("{gkey}.role"), format!("`{other}` is not a role (expected \"active\" or \"standby\")"));
+                p(
+                    format!("{gkey}.role"),
+                    format!("`{other}` is not a role (expected \"active\" or \"standby\")"),
+                );
                 Role::Standby
             }
             None => {
-                p(format!("{gkey}.role"), "is required (\"active\" or \"standby\")".into());
+                p(
+                    format!("{gkey}.role"),
+                    "is required (\"active\" or \"standby\")".into(),
+                );
                 Role::Standby
             }
         };
         let redirect_mac = parse_mac_key(&gkey, "redirect_mac", g.redirect_mac.as_deref(), &mut p);
         let redirect = match (&g.redirect_to, redirect_mac) {
-            (Some(i), mac) if !i.trim().is_empty() => Some(Redirect { interface: i.clone(), mac }),
+            (Some(i), mac) if !i.trim().is_empty() => Some(Redirect {
+                interface: i.clone(),
+                mac,
+            }),
             (Some(_), _) => {
                 p(format!("{gkey}.redirect_to"), "must not be empty".into());
                 None
@@ -270,18 +304,38 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         };
         let forward_to = parse_mac_key(&gkey, "forward_to", g.forward_to.as_deref(), &mut p);
         let garp = garp(&gkey, g.garp_count, g.garp_interval_ms, node_garp, &mut p);
-        groups.push(Group { name: g.name.clone(), vips, role, redirect, forward_to, garp });
+        groups.push(Group {
+            name: g.name.clone(),
+            vips,
+            role,
+            redirect,
+            forward_to,
+            garp,
+        });
     }
 
     let total: usize = groups.iter().map(|g| g.vips.len()).sum();
     let max_vips = raw.node.max_vips.unwrap_or(vip_common::DEFAULT_MAX_VIPS);
     if max_vips == 0 || max_vips > MAX_VIPS_LIMIT {
-        p("node.max_vips".into(), format!("{max_vips} is out of range 1..={MAX_VIPS_LIMIT}"));
+        p(
+            "node.max_vips".into(),
+            format!("{max_vips} is out of range 1..={MAX_VIPS_LIMIT}"),
+        );
     } else if (total as u64) > max_vips as u64 {
-        p("node.max_vips".into(), format!("{total} VIPs are configured but max_vips is {max_vips}"));
+        p(
+            "node.max_vips".into(),
+            format!("{total} VIPs are configured but max_vips is {max_vips}"),
+        );
     }
     if groups.len() > vip_common::MAX_GROUPS as usize {
-        p("group".into(), format!("{} groups; at most {} are supported", groups.len(), vip_common::MAX_GROUPS));
+        p(
+            "group".into(),
+            format!(
+                "{} groups; at most {} are supported",
+                groups.len(),
+                vip_common::MAX_GROUPS
+            ),
+        );
     }
 
     if !problems.is_empty() {
@@ -291,7 +345,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         node: Node {
             name: raw.node.name,
             interface: raw.node.interface,
-            control_socket: raw.node.control_socket.unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            control_socket: raw
+                .node
+                .control_socket
+                .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
             xdp_mode,
             max_vips,
             garp: node_garp,
@@ -310,14 +367,20 @@ fn garp(
     let mut g = default;
     if let Some(c) = count {
         if c > 100 {
-            p(format!("{key}.garp_count"), format!("{c} is out of range 0..=100"));
+            p(
+                format!("{key}.garp_count"),
+                format!("{c} is out of range 0..=100"),
+            );
         } else {
             g.count = c;
         }
     }
     if let Some(ms) = interval_ms {
         if !(1..=60_000).contains(&ms) {
-            p(format!("{key}.garp_interval_ms"), format!("{ms} is out of range 1..=60000"));
+            p(
+                format!("{key}.garp_interval_ms"),
+                format!("{ms} is out of range 1..=60000"),
+            );
         } else {
             g.interval = Duration::from_millis(ms);
         }
@@ -325,12 +388,20 @@ fn garp(
     g
 }
 
-fn parse_mac_key(gkey: &str, name: &str, v: Option<&str>, p: &mut impl FnMut(String, String)) -> Option<Mac> {
+fn parse_mac_key(
+    gkey: &str,
+    name: &str,
+    v: Option<&str>,
+    p: &mut impl FnMut(String, String),
+) -> Option<Mac> {
     let s = v?;
     match s.parse::<Mac>() {
         Ok(m) if m.is_unicast() => Some(m),
         Ok(_) => {
-            p(format!("{gkey}.{name}"), format!("`{s}` is not a unicast MAC address"));
+            p(
+                format!("{gkey}.{name}"),
+                format!("`{s}` is not a unicast MAC address"),
+            );
             None
         }
         Err(e) => {
@@ -345,7 +416,9 @@ pub fn parse_vip(s: &str) -> Result<Vip, String> {
     let (a, p) = s
         .split_once('/')
         .ok_or("expected ADDRESS/PREFIX with the VIP's subnet prefix, like 10.0.0.50/24")?;
-    let addr: IpAddr = a.parse().map_err(|_| format!("`{a}` is not an IP address"))?;
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("`{a}` is not an IP address"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix: u8 = p
         .parse()
@@ -354,16 +427,27 @@ pub fn parse_vip(s: &str) -> Result<Vip, String> {
         .ok_or(format!("prefix `{p}` is not in 1..={max}"))?;
     let bad = match addr {
         IpAddr::V4(v4) => {
-            if v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local() {
+            if v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_link_local()
+            {
                 Some("not a unicast address usable as a VIP")
-            } else if prefix < 31 && (addr == network(addr, prefix) || addr == broadcast4(addr, prefix)) {
+            } else if prefix < 31
+                && (addr == network(addr, prefix) || addr == broadcast4(addr, prefix))
+            {
                 Some("the network or broadcast address of its subnet")
             } else {
                 None
             }
         }
         IpAddr::V6(v6) => {
-            if v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() || v6.is_unicast_link_local() {
+            if v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local()
+            {
                 Some("not a global or unique-local unicast address usable as a VIP")
             } else {
                 None
@@ -380,11 +464,19 @@ pub fn parse_vip(s: &str) -> Result<Vip, String> {
 pub fn network(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix as u32)
+            };
             IpAddr::V4((u32::from(a) & mask).into())
         }
         IpAddr::V6(a) => {
-            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix as u32) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix as u32)
+            };
             IpAddr::V6((u128::from(a) & mask).into())
         }
     }
@@ -415,7 +507,10 @@ pub fn check_host(
     let Some(iface) = lookup(&cfg.node.interface) else {
         return Err(ConfigError::Invalid(vec![Problem {
             key: "node.interface".into(),
-            message: format!("interface `{}` does not exist on this host", cfg.node.interface),
+            message: format!(
+                "interface `{}` does not exist on this host",
+                cfg.node.interface
+            ),
         }]));
     };
     let total: usize = cfg.groups.iter().map(|g| g.vips.len()).sum();
@@ -453,9 +548,11 @@ pub fn check_host(
                     }
                 }
             }
-            let on_link = subnets
-                .iter()
-                .any(|(a, p)| *p == vip.prefix && a.is_ipv4() == vip.addr.is_ipv4() && network(*a, *p) == network(vip.addr, vip.prefix));
+            let on_link = subnets.iter().any(|(a, p)| {
+                *p == vip.prefix
+                    && a.is_ipv4() == vip.addr.is_ipv4()
+                    && network(*a, *p) == network(vip.addr, vip.prefix)
+            });
             if !on_link {
                 let have: Vec<String> = subnets
                     .iter()
@@ -526,7 +623,10 @@ role = "active"
             name: "eth0".into(),
             index: 2,
             mac: Mac([2, 0, 0, 0, 0, 1]),
-            addrs: addrs.iter().map(|(a, p)| (a.parse().unwrap(), *p)).collect(),
+            addrs: addrs
+                .iter()
+                .map(|(a, p)| (a.parse().unwrap(), *p))
+                .collect(),
             kind: None,
             up: true,
         }
@@ -549,15 +649,27 @@ role = "active"
 
     #[test]
     fn unknown_key_is_named() {
-        let e = parse(&GOOD.replace("role = ", "rol = ")).unwrap_err().to_string();
+        let e = parse(&GOOD.replace("role = ", "rol = "))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `rol`"), "{e}");
     }
 
     #[test]
     fn bad_values_are_named() {
-        let p = problems(&GOOD.replace("\"10.0.0.50/24\"", "\"10.0.0.50\", \"10.0.0.300/24\", \"10.0.0.51/33\""));
+        let p = problems(&GOOD.replace(
+            "\"10.0.0.50/24\"",
+            "\"10.0.0.50\", \"10.0.0.300/24\", \"10.0.0.51/33\"",
+        ));
         let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["group[web].vips[0]", "group[web].vips[1]", "group[web].vips[2]"]);
+        assert_eq!(
+            keys,
+            [
+                "group[web].vips[0]",
+                "group[web].vips[1]",
+                "group[web].vips[2]"
+            ]
+        );
         assert!(p[0].message.contains("ADDRESS/PREFIX"));
         let p = problems(&GOOD.replace("\"active\"", "\"master\""));
         assert_eq!(p[0].key, "group[web].role");
@@ -569,7 +681,9 @@ role = "active"
 
     #[test]
     fn vip_in_two_groups() {
-        let text = format!("{GOOD}\n[[group]]\nname = \"db\"\nvips = [\"10.0.0.50/24\"]\nrole = \"standby\"\n");
+        let text = format!(
+            "{GOOD}\n[[group]]\nname = \"db\"\nvips = [\"10.0.0.50/24\"]\nrole = \"standby\"\n"
+        );
         let p = problems(&text);
         assert_eq!(p[0].key, "group[db].vips[0]");
         assert!(p[0].message.contains("also in group `web`"), "{p:?}");
@@ -577,7 +691,9 @@ role = "active"
 
     #[test]
     fn duplicate_group_names() {
-        let text = format!("{GOOD}\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.51/24\"]\nrole = \"standby\"\n");
+        let text = format!(
+            "{GOOD}\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.51/24\"]\nrole = \"standby\"\n"
+        );
         assert_eq!(problems(&text)[0].key, "group[web].name");
     }
 
@@ -586,7 +702,10 @@ role = "active"
         let c = parse(GOOD).unwrap();
         assert!(host(&c, eth0(&[("10.0.0.1", 24)])).is_ok());
         let e = host(&c, eth0(&[("10.1.0.1", 24)])).unwrap_err().to_string();
-        assert!(e.contains("group[web].vips[0]") && e.contains("10.1.0.0/24"), "{e}");
+        assert!(
+            e.contains("group[web].vips[0]") && e.contains("10.1.0.0/24"),
+            "{e}"
+        );
         // Same network, different prefix: not the VIP's subnet.
         assert!(host(&c, eth0(&[("10.0.0.1", 16)])).is_err());
     }
@@ -607,13 +726,19 @@ role = "active"
         let vips: Vec<String> = (10..22).map(|i| format!("\"10.0.0.{i}/24\"")).collect();
         let c = parse(&GOOD.replace("\"10.0.0.50/24\"", &vips.join(","))).unwrap();
         let r = host(&c, eth0(&[("10.0.0.1", 24)])).unwrap();
-        assert!(r.warnings.iter().any(|w| w.contains("recommended")), "{:?}", r.warnings);
+        assert!(
+            r.warnings.iter().any(|w| w.contains("recommended")),
+            "{:?}",
+            r.warnings
+        );
     }
 
     #[test]
     fn missing_interface() {
         let c = parse(GOOD).unwrap();
-        let e = check_host(&c, &|_| None, &HashMap::new()).unwrap_err().to_string();
+        let e = check_host(&c, &|_| None, &HashMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node.interface"), "{e}");
     }
 }

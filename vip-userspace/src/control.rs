@@ -29,7 +29,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    Promote { group: String },
+    Promote {
+        group: String,
+    },
     Demote {
         group: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,10 +59,18 @@ pub struct Response {
 
 impl Response {
     pub fn ok(message: impl Into<String>) -> Self {
-        Response { ok: true, message: Some(message.into()), ..Default::default() }
+        Response {
+            ok: true,
+            message: Some(message.into()),
+            ..Default::default()
+        }
     }
     pub fn error(e: impl Into<String>) -> Self {
-        Response { ok: false, error: Some(e.into()), ..Default::default() }
+        Response {
+            ok: false,
+            error: Some(e.into()),
+            ..Default::default()
+        }
     }
 }
 
@@ -90,7 +100,10 @@ pub enum ControlError {
 /// Creates the listening socket (mode 0600), replacing a stale file but never a live agent's.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let p = path.display().to_string();
-    let io = |source| ControlError::Io { path: p.clone(), source };
+    let io = |source| ControlError::Io {
+        path: p.clone(),
+        source,
+    };
     if path.exists() {
         if StdUnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse { path: p });
@@ -151,14 +164,17 @@ async fn handle(mut stream: UnixStream, agent: mpsc::Sender<Envelope>, own_uid: 
             Err(e) => Response::error(format!("malformed request: {e}")),
             Ok(req) if req.mutates() && !permitted(peer_uid, own_uid) => Response::error(format!(
                 "permission denied: uid {} may not change state (only root or uid {own_uid})",
-                peer_uid.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into())
+                peer_uid
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| "unknown".into())
             )),
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
                 if agent.send((req, tx)).await.is_err() {
                     Response::error("the agent is shutting down")
                 } else {
-                    rx.await.unwrap_or_else(|_| Response::error("the agent dropped the request"))
+                    rx.await
+                        .unwrap_or_else(|_| Response::error("the agent dropped the request"))
                 }
             }
         }
@@ -167,6 +183,11 @@ async fn handle(mut stream: UnixStream, agent: mpsc::Sender<Envelope>, own_uid: 
     out.push(b'\n');
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
+    // Read what an oversized request still has in flight, so closing does not reset
+    // the connection before the client has read our answer (bounded: 1 MiB, and the
+    // caller's timeout).
+    let mut sink = (&mut stream).take(1 << 20);
+    let _ = tokio::io::copy(&mut sink, &mut tokio::io::sink()).await;
 }
 
 fn permitted(peer: Option<u32>, own: u32) -> bool {
@@ -176,9 +197,17 @@ fn permitted(peer: Option<u32>, own: u32) -> bool {
 /// Sends one request and waits for the answer (the CLI's side).
 pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
     let p = path.display().to_string();
-    let mut stream = StdUnixStream::connect(path).map_err(|source| ControlError::Connect { path: p.clone(), source })?;
-    let io = |source| ControlError::Io { path: p.clone(), source };
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    let mut stream = StdUnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: p.clone(),
+        source,
+    })?;
+    let io = |source| ControlError::Io {
+        path: p.clone(),
+        source,
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
     let mut line = serde_json::to_vec(req).map_err(|e| ControlError::BadResponse(e.to_string()))?;
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
@@ -193,11 +222,25 @@ mod tests {
 
     #[test]
     fn request_wire_format() {
-        let r: Request = serde_json::from_str(r#"{"command":"demote","group":"web","forward_to":"02:00:00:00:00:0b"}"#).unwrap();
-        assert_eq!(r, Request::Demote { group: "web".into(), forward_to: Some("02:00:00:00:00:0b".parse().unwrap()) });
+        let r: Request = serde_json::from_str(
+            r#"{"command":"demote","group":"web","forward_to":"02:00:00:00:00:0b"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::Demote {
+                group: "web".into(),
+                forward_to: Some("02:00:00:00:00:0b".parse().unwrap())
+            }
+        );
         assert!(serde_json::from_str::<Request>(r#"{"command":"promote"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"command":"promote","group":"a","x":1}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"command":"demote","group":"a","forward_to":"zz"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"command":"promote","group":"a","x":1}"#).is_err()
+        );
+        assert!(serde_json::from_str::<Request>(
+            r#"{"command":"demote","group":"a","forward_to":"zz"}"#
+        )
+        .is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
         assert!(serde_json::from_str::<Request>("\u{0}\u{1}").is_err());
     }

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    maps::{xdp::DevMapHash, Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
     Ebpf, EbpfLoader,
 };
 use vip_common::{global, maps, programs, VipEntry, VipStats};
@@ -84,14 +84,28 @@ impl Dataplane {
                 .try_into()?;
             prog.load()?;
         }
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
         let vips_v4 = HashMap::try_from(take(maps::VIPS_V4)?).map_err(map_err(maps::VIPS_V4))?;
         let vips_v6 = HashMap::try_from(take(maps::VIPS_V6)?).map_err(map_err(maps::VIPS_V6))?;
-        let stats = PerCpuArray::try_from(take(maps::VIP_STATS)?).map_err(map_err(maps::VIP_STATS))?;
-        let global = PerCpuArray::try_from(take(maps::GLOBAL_STATS)?).map_err(map_err(maps::GLOBAL_STATS))?;
+        let stats =
+            PerCpuArray::try_from(take(maps::VIP_STATS)?).map_err(map_err(maps::VIP_STATS))?;
+        let global = PerCpuArray::try_from(take(maps::GLOBAL_STATS)?)
+            .map_err(map_err(maps::GLOBAL_STATS))?;
         let leases = Array::try_from(take(maps::LEASES)?).map_err(map_err(maps::LEASES))?;
-        let redirect = DevMapHash::try_from(take(maps::REDIRECT_DEVS)?).map_err(map_err(maps::REDIRECT_DEVS))?;
-        Ok(Dataplane { ebpf, vips_v4, vips_v6, stats, global, leases, redirect, link: None, max_vips })
+        let redirect = DevMapHash::try_from(take(maps::REDIRECT_DEVS)?)
+            .map_err(map_err(maps::REDIRECT_DEVS))?;
+        Ok(Dataplane {
+            ebpf,
+            vips_v4,
+            vips_v6,
+            stats,
+            global,
+            leases,
+            redirect,
+            link: None,
+            max_vips,
+        })
     }
 
     pub fn max_vips(&self) -> u32 {
@@ -126,7 +140,8 @@ impl Dataplane {
     /// on NAPI, without which the kernel silently drops frames that XDP_TX or
     /// XDP_REDIRECT send into it from its peer. Detached when `self` is dropped.
     pub fn attach_pass(&mut self, iface: &str) -> Result<()> {
-        self.attach_program(programs::PASS, iface, XdpMode::Native).map(|_| ())
+        self.attach_program(programs::PASS, iface, XdpMode::Native)
+            .map(|_| ())
     }
 
     fn attach_program(&mut self, name: &str, iface: &str, mode: XdpMode) -> Result<XdpLinkId> {
@@ -140,7 +155,11 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing("XDP program"))?
             .try_into()?;
         prog.attach(iface, aya_mode)
-            .map_err(|source| DataplaneError::Attach { iface: iface.into(), mode: mode_name, source })
+            .map_err(|source| DataplaneError::Attach {
+                iface: iface.into(),
+                mode: mode_name,
+                source,
+            })
     }
 
     /// Installs or replaces the entry for a VIP (atomic for the data plane).
@@ -150,7 +169,10 @@ impl Dataplane {
                 .vips_v4
                 .insert(u32::from_ne_bytes(a.octets()), entry, 0)
                 .map_err(map_err(maps::VIPS_V4)),
-            IpAddr::V6(a) => self.vips_v6.insert(a.octets(), entry, 0).map_err(map_err(maps::VIPS_V6)),
+            IpAddr::V6(a) => self
+                .vips_v6
+                .insert(a.octets(), entry, 0)
+                .map_err(map_err(maps::VIPS_V6)),
         }
     }
 
@@ -162,7 +184,9 @@ impl Dataplane {
         };
         match r {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
             Err(e) => Err(map_err(maps::VIPS_V4)(e)),
         }
     }
@@ -177,7 +201,10 @@ impl Dataplane {
 
     /// A VIP's counters, summed over CPUs.
     pub fn stats(&self, index: u32) -> Result<VipStats> {
-        let per_cpu = self.stats.get(&index, 0).map_err(map_err(maps::VIP_STATS))?;
+        let per_cpu = self
+            .stats
+            .get(&index, 0)
+            .map_err(map_err(maps::VIP_STATS))?;
         let mut sum = VipStats::default();
         for s in per_cpu.iter() {
             sum.add(s);
@@ -187,17 +214,29 @@ impl Dataplane {
 
     /// Zeroes a counter slot before it is given to a VIP.
     pub fn reset_stats(&mut self, index: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::MapIo { map: maps::VIP_STATS, source: e })?;
-        let zero = PerCpuValues::try_from(vec![VipStats::default(); cpus])
-            .map_err(|e| DataplaneError::MapIo { map: maps::VIP_STATS, source: e })?;
-        self.stats.set(index, zero, 0).map_err(map_err(maps::VIP_STATS))
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::MapIo {
+            map: maps::VIP_STATS,
+            source: e,
+        })?;
+        let zero = PerCpuValues::try_from(vec![VipStats::default(); cpus]).map_err(|e| {
+            DataplaneError::MapIo {
+                map: maps::VIP_STATS,
+                source: e,
+            }
+        })?;
+        self.stats
+            .set(index, zero, 0)
+            .map_err(map_err(maps::VIP_STATS))
     }
 
     /// Program-wide counters, by name, summed over CPUs.
     pub fn global_stats(&self) -> Result<Vec<(&'static str, u64)>> {
         let mut out = Vec::new();
         for i in 0..global::COUNT {
-            let v = self.global.get(&i, 0).map_err(map_err(maps::GLOBAL_STATS))?;
+            let v = self
+                .global
+                .get(&i, 0)
+                .map_err(map_err(maps::GLOBAL_STATS))?;
             out.push((global::NAMES[i as usize], v.iter().sum()));
         }
         Ok(out)
@@ -206,14 +245,19 @@ impl Dataplane {
     /// Sets a group's lease deadline (CLOCK_MONOTONIC ns). One 8-byte array write:
     /// the data plane never sees a torn value.
     pub fn set_lease(&mut self, group: u32, deadline_ns: u64) -> Result<()> {
-        self.leases.set(group, deadline_ns, 0).map_err(map_err(maps::LEASES))
+        self.leases
+            .set(group, deadline_ns, 0)
+            .map_err(map_err(maps::LEASES))
     }
 
     /// Makes `ifindex` a redirect target.
     pub fn add_redirect_target(&mut self, ifindex: u32) -> Result<()> {
         self.redirect
             .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| DataplaneError::MapIo { map: maps::REDIRECT_DEVS, source: std::io::Error::other(e.to_string()) })
+            .map_err(|e| DataplaneError::MapIo {
+                map: maps::REDIRECT_DEVS,
+                source: std::io::Error::other(e.to_string()),
+            })
     }
 
     /// Runs one frame through the data plane with BPF_PROG_TEST_RUN.
@@ -232,7 +276,11 @@ pub struct TestOutcome {
 }
 
 /// Runs `frame` through `prog` `repeat` times (the kernel averages the duration).
-pub fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> std::result::Result<TestOutcome, ProgramError> {
+pub fn run(
+    prog: &Xdp,
+    frame: &[u8],
+    repeat: u32,
+) -> std::result::Result<TestOutcome, ProgramError> {
     let mut out = vec![0u8; frame.len() + 256];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
@@ -240,7 +288,11 @@ pub fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> std::result::Result<TestOut
     opts.repeat = repeat;
     let r = prog.test_run(opts)?;
     out.truncate(r.data_size_out as usize);
-    Ok(TestOutcome { action: r.return_value, frame: out, duration: r.duration })
+    Ok(TestOutcome {
+        action: r.return_value,
+        frame: out,
+        duration: r.duration,
+    })
 }
 
 /// XDP return codes by name, for messages and tables.

@@ -75,7 +75,14 @@ pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
 }
 
 /// An Ethernet/IPv6 frame around an ICMPv6 message whose checksum is filled in.
-pub fn icmpv6(eth_dst: Mac, eth_src: Mac, src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, mut msg: Vec<u8>) -> Vec<u8> {
+pub fn icmpv6(
+    eth_dst: Mac,
+    eth_src: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    mut msg: Vec<u8>,
+) -> Vec<u8> {
     msg[2] = 0;
     msg[3] = 0;
     let c = icmpv6_checksum(src, dst, &msg);
@@ -94,13 +101,27 @@ pub fn icmpv6(eth_dst: Mac, eth_src: Mac, src: Ipv6Addr, dst: Ipv6Addr, hop_limi
 /// The solicited-node multicast address of `ip` and its Ethernet group.
 pub fn solicited_node(ip: Ipv6Addr) -> (Ipv6Addr, Mac) {
     let o = ip.octets();
-    let addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | o[13] as u16, u16::from_be_bytes([o[14], o[15]]));
+    let addr = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | o[13] as u16,
+        u16::from_be_bytes([o[14], o[15]]),
+    );
     (addr, Mac([0x33, 0x33, 0xff, o[13], o[14], o[15]]))
 }
 
 /// A neighbour solicitation for `target`; `src` unspecified makes it a DAD probe
 /// (then no source link-layer option is included).
-pub fn neighbour_solicitation(eth_src: Mac, src: Ipv6Addr, target: Ipv6Addr, unicast_to: Option<Mac>) -> Vec<u8> {
+pub fn neighbour_solicitation(
+    eth_src: Mac,
+    src: Ipv6Addr,
+    target: Ipv6Addr,
+    unicast_to: Option<Mac>,
+) -> Vec<u8> {
     let mut msg = vec![135, 0, 0, 0, 0, 0, 0, 0];
     msg.extend_from_slice(&target.octets());
     if !src.is_unspecified() {
@@ -118,7 +139,13 @@ pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 pub const ALL_NODES_MAC: Mac = Mac([0x33, 0x33, 0, 0, 0, 1]);
 
 /// A neighbour advertisement with the override flag and our link-layer address.
-pub fn neighbour_advertisement(eth_dst: Mac, mac: Mac, ip: Ipv6Addr, dst: Ipv6Addr, solicited: bool) -> Vec<u8> {
+pub fn neighbour_advertisement(
+    eth_dst: Mac,
+    mac: Mac,
+    ip: Ipv6Addr,
+    dst: Ipv6Addr,
+    solicited: bool,
+) -> Vec<u8> {
     let flags = 0x20 | if solicited { 0x40 } else { 0 };
     let mut msg = vec![136, 0, 0, 0, flags, 0, 0, 0];
     msg.extend_from_slice(&ip.octets());
@@ -133,7 +160,15 @@ pub fn unsolicited_na(mac: Mac, ip: Ipv6Addr) -> Vec<u8> {
 }
 
 /// An IPv4 header (checksum filled in) + UDP (checksum 0, allowed for IPv4).
-pub fn udp4(eth_dst: Mac, eth_src: Mac, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub fn udp4(
+    eth_dst: Mac,
+    eth_src: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut f = ethernet(eth_dst, eth_src, ETH_P_IP);
     let total = (20 + 8 + payload.len()) as u16;
     let mut ip = vec![0x45, 0];
@@ -156,7 +191,15 @@ pub fn udp4(eth_dst: Mac, eth_src: Mac, src: Ipv4Addr, dst: Ipv4Addr, sport: u16
 }
 
 /// An IPv6 header + UDP with its (mandatory) checksum.
-pub fn udp6(eth_dst: Mac, eth_src: Mac, src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub fn udp6(
+    eth_dst: Mac,
+    eth_src: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let len = (8 + payload.len()) as u16;
     let mut udp = Vec::new();
     udp.extend_from_slice(&sport.to_be_bytes());

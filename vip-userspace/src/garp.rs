@@ -32,7 +32,10 @@ impl PacketSocket {
     /// Sends one complete Ethernet frame.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         if frame.len() < 14 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame shorter than an Ethernet header"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame shorter than an Ethernet header",
+            ));
         }
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -69,7 +72,13 @@ pub fn announcement(mac: Mac, addr: IpAddr) -> Vec<u8> {
 
 /// Sends `garp.count` rounds of announcements for `addrs`, the first at once, then one
 /// every `garp.interval`. Runs until done or aborted (a demotion aborts it).
-pub async fn burst(socket: Arc<PacketSocket>, mac: Mac, addrs: Vec<IpAddr>, garp: Garp, label: String) {
+pub async fn burst(
+    socket: Arc<PacketSocket>,
+    mac: Mac,
+    addrs: Vec<IpAddr>,
+    garp: Garp,
+    label: String,
+) {
     let frames: Vec<_> = addrs.iter().map(|a| announcement(mac, *a)).collect();
     for round in 0..garp.count {
         if round > 0 {

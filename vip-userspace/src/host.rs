@@ -1,9 +1,6 @@
 //! Facts about this host's interfaces, as the kernel reports them.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use crate::{mac::Mac, netlink::Netlink};
 
@@ -34,10 +31,19 @@ pub enum HostError {
 
 /// Looks an interface up by name.
 pub fn interface(name: &str) -> Result<Interface, HostError> {
-    let index = nix::net::if_::if_nametoindex(name).map_err(|_| HostError::NoSuchInterface(name.into()))?;
-    let io = |source| HostError::Io { name: name.into(), source };
-    let link = Netlink::open().and_then(|nl| nl.link(index, None)).map_err(io)?;
-    let addrs = all_addresses().map_err(io)?.remove(name).unwrap_or_default();
+    let index =
+        nix::net::if_::if_nametoindex(name).map_err(|_| HostError::NoSuchInterface(name.into()))?;
+    let io = |source| HostError::Io {
+        name: name.into(),
+        source,
+    };
+    let link = Netlink::open()
+        .and_then(|nl| nl.link(index, None))
+        .map_err(io)?;
+    let addrs = all_addresses()
+        .map_err(io)?
+        .remove(name)
+        .unwrap_or_default();
     Ok(Interface {
         name: name.into(),
         index,

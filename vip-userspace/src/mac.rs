@@ -17,7 +17,11 @@ impl Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -55,7 +59,9 @@ impl TryFrom<&[u8]> for Mac {
     type Error = MacParseError;
 
     fn try_from(b: &[u8]) -> Result<Self, Self::Error> {
-        <[u8; 6]>::try_from(b).map(Mac).map_err(|_| MacParseError(format!("{b:02x?}")))
+        <[u8; 6]>::try_from(b)
+            .map(Mac)
+            .map_err(|_| MacParseError(format!("{b:02x?}")))
     }
 }
 

@@ -13,7 +13,11 @@ use vip::{
 };
 
 #[derive(Parser)]
-#[command(name = "vip", version, about = "XDP data plane for virtual-IP failover")]
+#[command(
+    name = "vip",
+    version,
+    about = "XDP data plane for virtual-IP failover"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,6 +32,9 @@ enum Command {
         /// Override node.xdp_mode: native (driver) or skb (generic).
         #[arg(long, value_parser = parse_mode)]
         xdp_mode: Option<XdpMode>,
+        /// Override node.interface.
+        #[arg(long)]
+        interface: Option<String>,
     },
     /// Validate a configuration file; exits non-zero if it is invalid.
     CheckConfig {
@@ -70,7 +77,9 @@ fn parse_mode(s: &str) -> Result<XdpMode, String> {
 }
 
 fn parse_mac(s: &str) -> Result<Mac, String> {
-    let m: Mac = s.parse().map_err(|e: vip::mac::MacParseError| e.to_string())?;
+    let m: Mac = s
+        .parse()
+        .map_err(|e: vip::mac::MacParseError| e.to_string())?;
     if !m.is_unicast() {
         return Err(format!("{m} is not a unicast MAC address"));
     }
@@ -93,12 +102,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Agent { config, xdp_mode } => {
+        Command::Agent {
+            config,
+            xdp_mode,
+            interface,
+        } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(agent::run(agent::Options { config, xdp_mode }))?;
+            rt.block_on(agent::run(agent::Options {
+                config,
+                xdp_mode,
+                interface,
+            }))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file, no_host } => {
@@ -111,13 +128,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             let vips: usize = cfg.groups.iter().map(|g| g.vips.len()).sum();
-            println!("{}: ok ({} groups, {vips} VIPs)", file.display(), cfg.groups.len());
+            println!(
+                "{}: ok ({} groups, {vips} VIPs)",
+                file.display(),
+                cfg.groups.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, socket } => {
             let resp = control::request(&socket, &Request::Status)?;
             let Some(status) = resp.status.filter(|_| resp.ok) else {
-                bail!("{}", resp.error.unwrap_or_else(|| "the agent returned no status".into()));
+                bail!(
+                    "{}",
+                    resp.error
+                        .unwrap_or_else(|| "the agent returned no status".into())
+                );
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -131,7 +156,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for i in &interfaces {
                 dp.attach_pass(i)?;
             }
-            eprintln!("xdp-pass attached to {}; waiting for SIGTERM", interfaces.join(", "));
+            eprintln!(
+                "xdp-pass attached to {}; waiting for SIGTERM",
+                interfaces.join(", ")
+            );
             let mut set = nix::sys::signal::SigSet::empty();
             set.add(nix::sys::signal::Signal::SIGTERM);
             set.add(nix::sys::signal::Signal::SIGINT);
@@ -140,7 +168,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Promote { group, socket } => simple(&socket, Request::Promote { group }),
-        Command::Demote { group, forward_to, socket } => simple(&socket, Request::Demote { group, forward_to }),
+        Command::Demote {
+            group,
+            forward_to,
+            socket,
+        } => simple(&socket, Request::Demote { group, forward_to }),
     }
 }
 
@@ -150,6 +182,9 @@ fn simple(socket: &std::path::Path, req: Request) -> Result<ExitCode> {
         println!("{}", resp.message.unwrap_or_else(|| "ok".into()));
         Ok(ExitCode::SUCCESS)
     } else {
-        bail!("{}", resp.error.unwrap_or_else(|| "the agent refused".into()))
+        bail!(
+            "{}",
+            resp.error.unwrap_or_else(|| "the agent refused".into())
+        )
     }
 }

@@ -105,7 +105,12 @@ impl Netlink {
     pub fn del_address(&self, ifindex: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
         let msg = addr_msg(ifindex, addr, prefix);
         match self.request(RTM_DELADDR, 0, &msg) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL) | Some(libc::ENOENT)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EADDRNOTAVAIL) | Some(libc::ENOENT)
+                ) =>
+            {
                 Ok(())
             }
             r => r,
@@ -134,7 +139,11 @@ impl Netlink {
 
     /// The MAC the kernel's neighbour table holds for `addr` on `ifindex`, if any.
     pub fn neighbour(&self, ifindex: u32, addr: IpAddr) -> io::Result<Option<Mac>> {
-        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let family = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         // struct ndmsg: family, pad1, pad2, ifindex, state, flags, type
         let mut msg = vec![family as u8, 0, 0, 0];
         msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
@@ -184,7 +193,12 @@ impl Netlink {
         msg.extend_from_slice(body);
         // SAFETY: sending a buffer we own on our socket.
         let n = unsafe {
-            libc::send(self.fd.as_raw_fd(), msg.as_ptr() as *const libc::c_void, msg.len(), 0)
+            libc::send(
+                self.fd.as_raw_fd(),
+                msg.as_ptr() as *const libc::c_void,
+                msg.len(),
+                0,
+            )
         };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -195,7 +209,12 @@ impl Netlink {
         loop {
             // SAFETY: receiving into a buffer we own.
             let n = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0)
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -210,7 +229,10 @@ impl Netlink {
                 let mty = u16::from_ne_bytes([data[4], data[5]]);
                 let mseq = u32::from_ne_bytes(data[8..12].try_into().unwrap_or_default());
                 if mlen < NLMSG_HDRLEN || mlen > data.len() {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad netlink length"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "bad netlink length",
+                    ));
                 }
                 let payload = &data[NLMSG_HDRLEN..mlen];
                 data = &data[align4(mlen).min(data.len())..];
@@ -219,7 +241,12 @@ impl Netlink {
                 }
                 match mty {
                     NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(payload.get(0..4).and_then(|b| b.try_into().ok()).unwrap_or_default());
+                        let code = i32::from_ne_bytes(
+                            payload
+                                .get(0..4)
+                                .and_then(|b| b.try_into().ok())
+                                .unwrap_or_default(),
+                        );
                         if code == 0 {
                             if dump {
                                 continue;
@@ -237,14 +264,22 @@ impl Netlink {
 }
 
 fn addr_msg(ifindex: u32, addr: IpAddr, prefix: u8) -> Vec<u8> {
-    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // struct ifaddrmsg: family, prefixlen, flags, scope, index
     let mut msg = vec![family as u8, prefix, 0, 0];
     msg.extend_from_slice(&ifindex.to_ne_bytes());
     let bytes = ip_bytes(addr);
     push_attr(&mut msg, IFA_LOCAL, &bytes);
     push_attr(&mut msg, IFA_ADDRESS, &bytes);
-    push_attr(&mut msg, IFA_FLAGS, &(IFA_F_NODAD | IFA_F_NOPREFIXROUTE).to_ne_bytes());
+    push_attr(
+        &mut msg,
+        IFA_FLAGS,
+        &(IFA_F_NODAD | IFA_F_NOPREFIXROUTE).to_ne_bytes(),
+    );
     msg
 }
 
@@ -286,16 +321,22 @@ fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 
 fn parse_link(body: &[u8]) -> io::Result<LinkInfo> {
     if body.len() < 16 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "short ifinfomsg"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short ifinfomsg",
+        ));
     }
     let mut info = LinkInfo::default();
     for (ty, v) in attrs(&body[16..]) {
         match ty {
             IFLA_ADDRESS if v.len() == 6 => info.mac = Mac::try_from(v).ok(),
             IFLA_IFNAME => {
-                info.name = String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).into()
+                info.name =
+                    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).into()
             }
-            IFLA_LINK if v.len() == 4 => info.link = Some(u32::from_ne_bytes(v.try_into().unwrap_or_default())),
+            IFLA_LINK if v.len() == 4 => {
+                info.link = Some(u32::from_ne_bytes(v.try_into().unwrap_or_default()))
+            }
             IFLA_LINK_NETNSID if v.len() == 4 => {
                 info.link_netnsid = Some(i32::from_ne_bytes(v.try_into().unwrap_or_default()))
             }
@@ -303,7 +344,10 @@ fn parse_link(body: &[u8]) -> io::Result<LinkInfo> {
             IFLA_LINKINFO => {
                 for (t, kv) in attrs(v) {
                     if t == IFLA_INFO_KIND {
-                        info.kind = Some(String::from_utf8_lossy(kv.split(|b| *b == 0).next().unwrap_or(&[])).into());
+                        info.kind = Some(
+                            String::from_utf8_lossy(kv.split(|b| *b == 0).next().unwrap_or(&[]))
+                                .into(),
+                        );
                     }
                 }
             }

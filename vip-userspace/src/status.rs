@@ -53,18 +53,35 @@ impl Status {
     /// A table readable at a glance.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "node {}  interface {} (xdp {})", self.node, self.interface, self.xdp_mode);
+        let _ = writeln!(
+            s,
+            "node {}  interface {} (xdp {})",
+            self.node, self.interface, self.xdp_mode
+        );
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");
         }
         let _ = writeln!(
             s,
             "{:<12} {:<8} {:<26} {:<9} {:>10} {:>12} {:>8} {:>8} {:>10} {:>10}",
-            "GROUP", "STATE", "VIP", "ACTION", "RX_PKTS", "RX_BYTES", "ARP", "ND", "REDIRECT", "FORWARD"
+            "GROUP",
+            "STATE",
+            "VIP",
+            "ACTION",
+            "RX_PKTS",
+            "RX_BYTES",
+            "ARP",
+            "ND",
+            "REDIRECT",
+            "FORWARD"
         );
         for g in &self.groups {
             for (i, v) in g.vips.iter().enumerate() {
-                let (name, state) = if i == 0 { (g.name.as_str(), g.state.as_str()) } else { ("", "") };
+                let (name, state) = if i == 0 {
+                    (g.name.as_str(), g.state.as_str())
+                } else {
+                    ("", "")
+                };
                 let _ = writeln!(
                     s,
                     "{:<12} {:<8} {:<26} {:<9} {:>10} {:>12} {:>8} {:>8} {:>10} {:>10}",
@@ -82,7 +99,12 @@ impl Status {
             }
             let _ = writeln!(s, "{:<12} ({})", "", g.reason);
         }
-        let nonzero: Vec<String> = self.global.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        let nonzero: Vec<String> = self
+            .global
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         if !nonzero.is_empty() {
             let _ = writeln!(s, "data plane: {}", nonzero.join(" "));
         }

@@ -31,7 +31,8 @@ pub fn mac(s: &str) -> Mac {
 /// A lab with hosts a, b (servers, XDP_TX enabled towards the switch) and c (client).
 pub fn lan() -> Lan {
     let mut lan = Lan::new(&["a", "b", "c"]).expect("building the lab");
-    lan.enable_xdp_tx(&["a", "b"]).expect("xdp-pass on the switch ports");
+    lan.enable_xdp_tx(&["a", "b"])
+        .expect("xdp-pass on the switch ports");
     lan
 }
 
@@ -41,14 +42,18 @@ pub fn agent(lan: &Lan, host: &str, config: &str) -> Agent {
 }
 
 pub fn counter(agent: &Agent, vip: &str, name: &str) -> u64 {
-    agent.vip_status(vip).expect("status")[name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+    agent.vip_status(vip).expect("status")[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 /// ARP replies on the wire whose sender IP is `ip`, as (sender MAC, frame).
 pub fn arp_replies_for(frames: &[Vec<u8>], ip: Ipv4Addr) -> Vec<Mac> {
     frames
         .iter()
-        .filter(|f| f.len() >= 42 && f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == ip.octets())
+        .filter(|f| {
+            f.len() >= 42 && f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == ip.octets()
+        })
         .map(|f| Mac(f[22..28].try_into().unwrap()))
         .collect()
 }
@@ -118,7 +123,9 @@ pub fn tcp_round_trip(client: &Netns, listener: TcpListener, to: SocketAddr) -> 
 }
 
 pub fn ping(ns: &Netns, ip: &str) -> bool {
-    ns.output(&["ping", "-c", "1", "-W", "2", ip]).map(|o| o.status.success()).unwrap_or(false)
+    ns.output(&["ping", "-c", "1", "-W", "2", ip])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Drops the lab and checks every namespace of it is gone.
@@ -126,6 +133,9 @@ pub fn teardown(lan: Lan) {
     let names = lan.namespaces();
     drop(lan);
     for n in names {
-        assert!(!std::path::Path::new("/run/netns").join(&n).exists(), "namespace {n} left behind");
+        assert!(
+            !std::path::Path::new("/run/netns").join(&n).exists(),
+            "namespace {n} left behind"
+        );
     }
 }

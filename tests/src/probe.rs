@@ -1,0 +1,185 @@
+//! UDP probes across a failover: servers answer "who am I", a client probes the VIP at
+//! a fixed interval and records who answered each probe.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::Netns;
+
+/// Answers every datagram on `addr` (in its namespace) with `name` and the probe's
+/// sequence number. Binds even while the VIP is not assigned (ip_nonlocal_bind).
+pub struct Responder {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Responder {
+    pub fn start(ns: &Netns, addr: SocketAddr, name: &str) -> Result<Self> {
+        let key = if addr.is_ipv4() {
+            "net.ipv4.ip_nonlocal_bind"
+        } else {
+            "net.ipv6.ip_nonlocal_bind"
+        };
+        ns.sysctl(key, "1")?;
+        let sock = ns
+            .run_in(|| UdpSocket::bind(addr))
+            .with_context(|| format!("binding {addr} in {}", ns.name))?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let name = name.as_bytes().to_vec();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    if n >= 8 {
+                        let mut reply = buf[..8].to_vec();
+                        reply.extend_from_slice(&name);
+                        let _ = sock.send_to(&reply, from);
+                    }
+                }
+            }
+        });
+        Ok(Responder {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One probe and its fate.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub seq: u64,
+    pub sent: Duration,
+    pub answered_by: Option<String>,
+    pub received: Option<Duration>,
+}
+
+/// A client sending a probe every `interval` until stopped.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Probe>>>,
+    pub start: Instant,
+}
+
+impl Prober {
+    pub fn start(ns: &Netns, to: SocketAddr, interval: Duration) -> Result<Self> {
+        let bind: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let sock = ns.run_in(|| UdpSocket::bind(bind))?;
+        sock.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let start = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let mut probes: Vec<Probe> = Vec::new();
+            let mut next = Instant::now();
+            let mut buf = [0u8; 128];
+            let mut seq = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if now >= next {
+                    let _ = sock.send_to(&seq.to_be_bytes(), to);
+                    probes.push(Probe {
+                        seq,
+                        sent: now - start,
+                        answered_by: None,
+                        received: None,
+                    });
+                    seq += 1;
+                    next += interval;
+                }
+                while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    if n < 8 {
+                        continue;
+                    }
+                    let q = u64::from_be_bytes(buf[..8].try_into().unwrap_or_default());
+                    if let Some(p) = probes.get_mut(q as usize) {
+                        if p.answered_by.is_none() {
+                            p.answered_by = Some(String::from_utf8_lossy(&buf[8..n]).into_owned());
+                            p.received = Some(Instant::now() - start);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            probes
+        });
+        Ok(Prober {
+            stop,
+            thread: Some(thread),
+            start,
+        })
+    }
+
+    /// Stops probing (after a last grace period for answers in flight).
+    pub fn finish(mut self) -> Vec<Probe> {
+        std::thread::sleep(Duration::from_millis(50));
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a failover looked like from the client.
+#[derive(Debug, Clone)]
+pub struct Outage {
+    /// Last answer from `from` to the first answer from `to` (by send time).
+    pub outage: Duration,
+    /// Probes sent in between that nobody answered.
+    pub lost: usize,
+    /// Probes answered by neither (over the whole run).
+    pub unanswered_total: usize,
+}
+
+/// Measures the switch from `from` to `to` in a probe record; None if it never happened.
+pub fn outage(probes: &[Probe], from: &str, to: &str) -> Option<Outage> {
+    let first_new = probes
+        .iter()
+        .position(|p| p.answered_by.as_deref() == Some(to))?;
+    let last_old = probes[..first_new]
+        .iter()
+        .rposition(|p| p.answered_by.as_deref() == Some(from))?;
+    let lost = probes[last_old + 1..first_new]
+        .iter()
+        .filter(|p| p.answered_by.is_none())
+        .count();
+    Some(Outage {
+        outage: probes[first_new].sent.saturating_sub(probes[last_old].sent),
+        lost,
+        unanswered_total: probes.iter().filter(|p| p.answered_by.is_none()).count(),
+    })
+}

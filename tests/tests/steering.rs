@@ -50,7 +50,7 @@ fn redirect_delivers_into_a_container_namespace() {
     }
     let mut lan = lan();
     let ctr = Netns::new("ctr").unwrap();
-    let (a, c) = (lan.host("a"), lan.host("c"));
+    let a = lan.host("a");
     // A container: its eth0 holds the VIP; the host side `svc` is its gateway.
     lab_veth(&a.ns, "svc", &ctr);
     ctr.ip(&["addr", "add", "10.0.0.50/32", "dev", "eth0"])

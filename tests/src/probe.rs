@@ -77,6 +77,7 @@ pub struct Probe {
 /// A client sending a probe every `interval` until stopped.
 pub struct Prober {
     stop: Arc<AtomicBool>,
+    sending: Arc<AtomicBool>,
     thread: Option<JoinHandle<Vec<Probe>>>,
     pub start: Instant,
 }
@@ -92,6 +93,8 @@ impl Prober {
         sock.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let sending = Arc::new(AtomicBool::new(true));
+        let send_on = sending.clone();
         let start = Instant::now();
         let thread = std::thread::spawn(move || {
             let mut probes: Vec<Probe> = Vec::new();
@@ -100,7 +103,7 @@ impl Prober {
             let mut seq = 0u64;
             while !s.load(Ordering::Relaxed) {
                 let now = Instant::now();
-                if now >= next {
+                if now >= next && send_on.load(Ordering::Relaxed) {
                     let _ = sock.send_to(&seq.to_be_bytes(), to);
                     probes.push(Probe {
                         seq,
@@ -129,13 +132,15 @@ impl Prober {
         });
         Ok(Prober {
             stop,
+            sending,
             thread: Some(thread),
             start,
         })
     }
 
-    /// Stops probing (after a last grace period for answers in flight).
+    /// Stops probing, then waits a grace period for the answers in flight.
     pub fn finish(mut self) -> Vec<Probe> {
+        self.sending.store(false, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(50));
         self.stop.store(true, Ordering::Relaxed);
         self.thread

@@ -1,36 +1,44 @@
-//! The agent: owns the data plane and the VIP addresses, moves groups between roles,
-//! announces takeovers and answers the control socket.
+//! The agent: owns the data plane and the VIP addresses, moves groups between roles
+//! (statically, by its own election, or on keepalived's notifications), announces
+//! takeovers and answers the control socket.
 //!
-//! Order of a takeover: the map entries first (the data plane answers ARP/NS from that
-//! instant), then the addresses (local sockets accept the VIP), then the gratuitous
-//! ARP / unsolicited NA burst. A demotion reverses it: entries first (we stop answering
-//! at once), then the addresses.
+//! Order of a takeover: the lease and map entries first (the data plane answers ARP/NS
+//! from that instant), then the addresses (local sockets accept the VIP), then the
+//! gratuitous ARP / unsolicited NA burst. A step-down reverses it: entries first (we
+//! stop answering at once, or forward to the new active), then the addresses.
+//!
+//! Every method runs on the agent's single task; nothing here blocks for long (netlink
+//! and map updates take microseconds).
 
 use std::{
-    collections::BTreeMap,
-    net::IpAddr,
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::{
+    net::UdpSocket,
     signal::unix::{signal, SignalKind},
     sync::mpsc,
     task::JoinHandle,
 };
-use vip_common::{action, VipEntry};
+use vip_common::{action, flags, VipEntry};
 
 use crate::{
+    advert::{Advert, Kind},
     config::{self, Config, Group, Role, XdpMode},
     control::{self, Envelope, Request, Response},
     dataplane::Dataplane,
+    election::{Action, Election, Params, Pin, State},
     garp::{self, PacketSocket},
+    health::{self, Tracker},
     host::{self, Interface},
     mac::Mac,
     netlink::Netlink,
-    status::{GroupStatus, Status, VipStatus},
+    status::{ActivePeer, ElectionStatus, GroupStatus, Status, VipStatus},
 };
 
 /// What the command line may override in the config.
@@ -39,26 +47,6 @@ pub struct Options {
     pub config: PathBuf,
     pub xdp_mode: Option<XdpMode>,
     pub interface: Option<String>,
-}
-
-/// A group's state, VRRP-style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Init,
-    Standby,
-    Active,
-    Fault,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Init => "init",
-            State::Standby => "standby",
-            State::Active => "active",
-            State::Fault => "fault",
-        }
-    }
 }
 
 /// Where redirected frames go.
@@ -74,6 +62,15 @@ struct VipRuntime {
     slot: u32,
 }
 
+/// Advertisement problems, counted per group.
+#[derive(Debug, Default, Clone)]
+struct AdvertErrors {
+    auth_failures: u64,
+    replays: u64,
+    malformed: u64,
+    unknown_peers: u64,
+}
+
 struct GroupRuntime {
     cfg: Group,
     index: u32,
@@ -85,20 +82,57 @@ struct GroupRuntime {
     redirect: Option<RedirectTarget>,
     vips: Vec<VipRuntime>,
     announcer: Option<JoinHandle<()>>,
+    election: Option<Election>,
+    key: Option<Vec<u8>>,
+    /// Highest sequence number seen per peer (replay protection).
+    last_seq: HashMap<IpAddr, u64>,
+    errors: AdvertErrors,
+    checks: Vec<(&'static str, Tracker, String)>,
+    /// Until when a drained step-down keeps forwarding (static/keepalived groups).
+    drain_until: Option<Instant>,
+    lease_deadline: Option<u64>,
 }
 
-/// The running agent. Every method runs on the agent's single task.
+impl GroupRuntime {
+    fn healthy(&self) -> bool {
+        self.checks.iter().all(|(_, t, _)| t.state() != Some(false))
+    }
+
+    fn leased(&self) -> bool {
+        self.election.is_some()
+    }
+}
+
+/// Datagram sockets of the election, one per address family in use.
+struct AdvertSockets {
+    v4: Option<Arc<UdpSocket>>,
+    v6: Option<Arc<UdpSocket>>,
+}
+
+/// The running agent.
 pub struct Agent {
     cfg: Config,
     iface: Interface,
     dp: Dataplane,
     nl: Netlink,
     socket: Arc<PacketSocket>,
+    adverts: AdvertSockets,
     groups: Vec<GroupRuntime>,
     warnings: Vec<String>,
+    /// Our sequence number for advertisements: wall-clock ns at start, then +1, so it
+    /// keeps growing across restarts.
+    seq: u64,
+    unknown_group_adverts: u64,
 }
 
-/// Runs the agent until SIGTERM/SIGINT, then removes everything it added.
+/// Events from the agent's helper tasks.
+enum Event {
+    Datagram(Vec<u8>, SocketAddr),
+    Health(health::Report),
+}
+
+/// Runs the agent until SIGTERM/SIGINT, hands elected VIPs over, then removes
+/// everything it added.
 pub async fn run(opts: Options) -> Result<()> {
     let mut cfg = config::load(&opts.config)?;
     if let Some(m) = opts.xdp_mode {
@@ -107,16 +141,18 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Some(i) = opts.interface {
         cfg.node.interface = i;
     }
-    let iface =
-        host::interface(&cfg.node.interface).with_context(|| "node.interface".to_string())?;
+    let iface = host::interface(&cfg.node.interface).context("node.interface")?;
     let all = host::all_addresses().context("listing host addresses")?;
     let report = config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?;
     for w in &report.warnings {
         log::warn!("{w}");
     }
+    let keys = config::load_keys(&cfg)?;
     let listener = control::bind(&cfg.node.control_socket)?;
     let socket_path = cfg.node.control_socket.clone();
-    let mut agent = Agent::start(cfg, iface, report.warnings)?;
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(1024);
+    let mut agent = Agent::start(cfg, iface, keys, report.warnings).await?;
+    agent.spawn_helpers(&ev_tx);
 
     let (tx, mut rx) = mpsc::channel::<Envelope>(64);
     let server = tokio::spawn(control::serve(listener, tx));
@@ -124,16 +160,20 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     log::info!("agent ready: control socket {}", socket_path.display());
     loop {
+        let deadline = agent.next_deadline();
         tokio::select! {
             Some((req, reply)) = rx.recv() => {
                 let resp = agent.handle(req);
                 let _ = reply.send(resp);
             }
-            _ = term.recv() => { log::info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { log::info!("SIGINT: shutting down"); break; }
+            Some(ev) = ev_rx.recv() => agent.event(ev),
+            _ = tokio::time::sleep_until(deadline.into()) => agent.tick(),
+            _ = term.recv() => { log::info!("SIGTERM: handing over and shutting down"); break; }
+            _ = int.recv() => { log::info!("SIGINT: handing over and shutting down"); break; }
         }
     }
     server.abort();
+    agent.hand_over_all(&mut ev_rx).await;
     agent.shutdown();
     let _ = std::fs::remove_file(&socket_path);
     log::info!("agent stopped; data plane detached, addresses removed");
@@ -141,30 +181,22 @@ pub async fn run(opts: Options) -> Result<()> {
 }
 
 impl Agent {
-    /// Loads and attaches the data plane and puts every group in its configured role.
-    pub fn start(cfg: Config, iface: Interface, mut warnings: Vec<String>) -> Result<Self> {
+    /// Loads and attaches the data plane and puts every group in its starting state.
+    pub async fn start(
+        cfg: Config,
+        iface: Interface,
+        mut keys: HashMap<String, Vec<u8>>,
+        mut warnings: Vec<String>,
+    ) -> Result<Self> {
         let mut dp = Dataplane::load(cfg.node.max_vips).context("loading the XDP data plane")?;
         dp.attach(&iface.name, cfg.node.xdp_mode)?;
-        log::info!(
-            "XDP attached to {} ({} mode)",
-            iface.name,
-            cfg.node.xdp_mode.as_str()
-        );
-        if iface.kind.as_deref() == Some("veth") {
-            let w = format!(
-                "{} is a veth: ARP/NS answers and forwarded frames (XDP_TX) reach its peer only if \
-                 the peer has NAPI, i.e. an XDP program on it (`vip xdp-pass PEER`); otherwise \
-                 the kernel drops them silently",
-                iface.name
-            );
-            log::warn!("{w}");
-            warnings.push(w);
-        }
+        log::info!("XDP attached to {} ({} mode)", iface.name, cfg.node.xdp_mode.as_str());
+        warnings.extend(interface_warnings(&iface));
         let nl = Netlink::open().context("opening rtnetlink")?;
-        let socket = Arc::new(
-            PacketSocket::open(iface.index).context("opening a packet socket for announcements")?,
-        );
+        let socket = Arc::new(PacketSocket::open(iface.index).context("opening a packet socket for announcements")?);
 
+        let adverts = bind_advert_sockets(&cfg, &iface).await?;
+        let now = Instant::now();
         let mut groups = Vec::new();
         let mut slot = 0u32;
         for (gi, g) in cfg.groups.iter().enumerate() {
@@ -178,6 +210,33 @@ impl Agent {
                 vips.push(VipRuntime { vip: *v, slot });
                 slot += 1;
             }
+            let election = match &g.election {
+                Some(e) => {
+                    let me = primary_address(&iface, e.peers[0].is_ipv4()).with_context(|| {
+                        format!("group[{}].peers: interface {} has no address of the peers' family", g.name, iface.name)
+                    })?;
+                    let mut el = Election::new(Params {
+                        priority: e.priority,
+                        interval: e.advert_interval,
+                        preempt: e.preempt,
+                        preempt_delay: e.preempt_delay,
+                        me,
+                    });
+                    el.start(now);
+                    Some(el)
+                }
+                None => None,
+            };
+            let mut checks = Vec::new();
+            if g.track.interface {
+                checks.push(("track_interface", Tracker::new(1, 1), String::new()));
+            }
+            if let Some(c) = &g.track.script {
+                checks.push(("track_script", Tracker::new(c.rise, c.fall), String::new()));
+            }
+            if let Some(c) = &g.track.tcp {
+                checks.push(("track_tcp", Tracker::new(c.rise, c.fall), String::new()));
+            }
             groups.push(GroupRuntime {
                 cfg: g.clone(),
                 index: gi as u32,
@@ -189,60 +248,318 @@ impl Agent {
                 redirect,
                 vips,
                 announcer: None,
+                election,
+                key: keys.remove(&g.name),
+                last_seq: HashMap::new(),
+                errors: AdvertErrors::default(),
+                checks,
+                drain_until: None,
+                lease_deadline: None,
             });
         }
-        let mut agent = Agent {
-            cfg,
-            iface,
-            dp,
-            nl,
-            socket,
-            groups,
-            warnings,
-        };
+        let seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        let mut agent = Agent { cfg, iface, dp, nl, socket, adverts, groups, warnings, seq, unknown_group_adverts: 0 };
         for gi in 0..agent.groups.len() {
             let g = &agent.groups[gi];
-            match g.cfg.role {
-                Role::Active => agent.activate(gi, "configured role: active")?,
-                Role::Standby => {
-                    let fwd = g.forward_to;
-                    agent.deactivate(gi, State::Standby, fwd, "configured role: standby")?
-                }
+            let elected = g.election.is_some();
+            let driven = g.cfg.keepalived_instance.is_some();
+            if elected {
+                agent.deactivate(gi, State::Standby, None, "electing: waiting for the active")?;
+            } else if driven {
+                agent.deactivate(gi, State::Standby, None, "waiting for keepalived")?;
+            } else if g.checks.is_empty() && g.cfg.role == Role::Active {
+                agent.activate(gi, "configured role: active")?;
+            } else if g.cfg.role == Role::Active {
+                agent.deactivate(gi, State::Init, None, "configured role: active, waiting for health checks")?;
+            } else {
+                let fwd = g.forward_to;
+                agent.deactivate(gi, State::Standby, fwd, "configured role: standby")?;
             }
         }
         Ok(agent)
     }
 
+    /// Starts the tasks that feed the loop: advert receivers and health checks.
+    fn spawn_helpers(&self, tx: &mpsc::Sender<Event>) {
+        for sock in [&self.adverts.v4, &self.adverts.v6].into_iter().flatten() {
+            let (sock, tx) = (sock.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                loop {
+                    match sock.recv_from(&mut buf).await {
+                        Ok((n, from)) => {
+                            if tx.send(Event::Datagram(buf[..n].to_vec(), from)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => log::warn!("receiving advertisements: {e}"),
+                    }
+                }
+            });
+        }
+        let (htx, mut hrx) = mpsc::channel::<health::Report>(64);
+        let mut iface_groups = Vec::new();
+        let mut poll = Duration::from_millis(100);
+        for (gi, g) in self.groups.iter().enumerate() {
+            if g.cfg.track.interface {
+                iface_groups.push(gi);
+                if let Some(e) = &g.cfg.election {
+                    poll = poll.min(e.advert_interval);
+                }
+            }
+            if let Some(c) = &g.cfg.track.script {
+                tokio::spawn(health::run_script(gi, c.clone(), htx.clone()));
+            }
+            if let Some(c) = &g.cfg.track.tcp {
+                tokio::spawn(health::run_tcp(gi, c.clone(), htx.clone()));
+            }
+        }
+        if !iface_groups.is_empty() {
+            tokio::spawn(health::run_interface(iface_groups, self.iface.name.clone(), poll, htx.clone()));
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(r) = hrx.recv().await {
+                if tx.send(Event::Health(r)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     fn group_index(&self, name: &str) -> Result<usize, String> {
-        self.groups
-            .iter()
-            .position(|g| g.cfg.name == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = self.groups.iter().map(|g| g.cfg.name.as_str()).collect();
-                format!("no group named `{name}` (groups: {})", names.join(", "))
-            })
+        self.groups.iter().position(|g| g.cfg.name == name).ok_or_else(|| {
+            let names: Vec<_> = self.groups.iter().map(|g| g.cfg.name.as_str()).collect();
+            format!("no group named `{name}` (groups: {})", names.join(", "))
+        })
+    }
+
+    /// The next instant something is due: an election timer, a drain, a lease renewal.
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(1);
+        for g in &self.groups {
+            if let Some(t) = g.election.as_ref().and_then(|e| e.next_deadline()) {
+                next = next.min(t);
+            }
+            if let Some(t) = g.drain_until {
+                next = next.min(t);
+            }
+        }
+        next.max(now)
+    }
+
+    /// Runs due timers of every group.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        for gi in 0..self.groups.len() {
+            if let Some(e) = self.groups[gi].election.as_mut() {
+                let actions = e.tick(now);
+                self.apply(gi, actions);
+            }
+            if self.groups[gi].drain_until.is_some_and(|t| now >= t) {
+                self.groups[gi].drain_until = None;
+                if self.groups[gi].state != State::Active {
+                    if let Err(e) = self.set_entries(gi, None) {
+                        log::error!("group {}: ending the drain: {e:#}", self.groups[gi].cfg.name);
+                    }
+                }
+            }
+        }
+        self.renew_leases();
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Datagram(b, from) => self.datagram(&b, from),
+            Event::Health((gi, name, ok, detail)) => self.health(gi, name, ok, detail),
+        }
+        self.renew_leases();
+    }
+
+    /// One advertisement from the network: authenticate, check the sender and the
+    /// sequence, then feed the group's election. Anything wrong is counted and dropped.
+    fn datagram(&mut self, b: &[u8], from: SocketAddr) {
+        let from_ip = canonical(from.ip());
+        let mut group = None;
+        let decoded = Advert::decode_with(b, |name| {
+            group = self.groups.iter().position(|g| g.cfg.name == name && g.election.is_some());
+            group.and_then(|gi| self.groups[gi].key.as_deref())
+        });
+        let is_peer = |g: &GroupRuntime| g.cfg.election.as_ref().is_some_and(|e| e.peers.contains(&from_ip));
+        let gi = match group {
+            Some(gi) => gi,
+            // Not attributable by its name: charge it to a group the sender is a peer of.
+            None => match self.groups.iter().position(is_peer) {
+                Some(gi) if decoded.is_err() => gi,
+                _ => {
+                    self.unknown_group_adverts += 1;
+                    log::debug!("advertisement from {from_ip} for no elected group of ours");
+                    return;
+                }
+            },
+        };
+        let g = &mut self.groups[gi];
+        if !is_peer(g) {
+            g.errors.unknown_peers += 1;
+            log::warn!("group {}: advertisement from {from_ip}, which is not a peer; ignored", g.cfg.name);
+            return;
+        }
+        let ad = match decoded {
+            Ok(ad) => ad,
+            Err(e) => {
+                if e.is_auth() {
+                    g.errors.auth_failures += 1;
+                    log::warn!("group {}: advertisement from {from_ip} failed authentication ({e}); ignored", g.cfg.name);
+                } else {
+                    g.errors.malformed += 1;
+                    log::warn!("group {}: malformed advertisement from {from_ip} ({e}); ignored", g.cfg.name);
+                }
+                return;
+            }
+        };
+        if ad.addr != from_ip {
+            g.errors.malformed += 1;
+            log::warn!("group {}: advertisement from {from_ip} claims to be from {}; ignored", g.cfg.name, ad.addr);
+            return;
+        }
+        if g.last_seq.get(&from_ip).is_some_and(|last| ad.seq <= *last) {
+            g.errors.replays += 1;
+            log::warn!("group {}: replayed advertisement from {from_ip} (sequence {}); ignored", g.cfg.name, ad.seq);
+            return;
+        }
+        g.last_seq.insert(from_ip, ad.seq);
+        log::trace!("group {}: {:?} from {from_ip} priority {}", g.cfg.name, ad.kind, ad.priority);
+        let actions = match g.election.as_mut() {
+            Some(e) => e.receive(&ad, Instant::now()),
+            None => return,
+        };
+        self.apply(gi, actions);
+    }
+
+    fn health(&mut self, gi: usize, name: &str, ok: bool, detail: String) {
+        let Some(g) = self.groups.get_mut(gi) else { return };
+        let was = g.healthy();
+        let Some((_, tracker, last)) = g.checks.iter_mut().find(|(n, _, _)| *n == name) else { return };
+        let changed = tracker.feed(ok);
+        *last = detail.clone();
+        let first_results = g.checks.iter().all(|(_, t, _)| t.state().is_some());
+        let now_healthy = g.healthy();
+        if changed.is_some() {
+            log::info!("group {}: {name} {} ({detail})", g.cfg.name, if ok { "healthy" } else { "failing" });
+        }
+        if was == now_healthy && !(now_healthy && first_results && g.state == State::Init) {
+            return;
+        }
+        let reason = format!("{name}: {detail}");
+        if let Some(e) = g.election.as_mut() {
+            let actions = e.set_healthy(now_healthy, &reason, Instant::now());
+            self.apply(gi, actions);
+            return;
+        }
+        // Static and keepalived-driven groups: fault gives up, recovery restores the
+        // configured role (static) or waits for keepalived.
+        let res = if !now_healthy {
+            self.deactivate(gi, State::Fault, None, &reason)
+        } else if !first_results {
+            Ok(())
+        } else if g.cfg.keepalived_instance.is_none() && g.cfg.role == Role::Active {
+            self.activate(gi, &format!("healthy again ({reason})"))
+        } else {
+            let fwd = g.cfg.forward_to;
+            self.deactivate(gi, State::Standby, fwd, &format!("healthy again ({reason})"))
+        };
+        if let Err(e) = res {
+            log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
+        }
+    }
+
+    /// Carries out what an election decided.
+    fn apply(&mut self, gi: usize, actions: Vec<Action>) {
+        for a in actions {
+            let res = match a {
+                Action::TakeOver { reason } => self.activate(gi, &reason),
+                Action::StepDown { forward_to, reason } => self.step_down(gi, forward_to, &reason),
+                Action::Fault { reason } => self.deactivate(gi, State::Fault, None, &reason),
+                Action::Recover { reason } => {
+                    self.set_state(gi, State::Standby, &format!("recovered: {reason}"));
+                    Ok(())
+                }
+                Action::ForwardTo(mac) => {
+                    if self.groups[gi].state == State::Standby && self.groups[gi].drain_until.is_none() {
+                        self.groups[gi].forward_to = mac;
+                        self.set_entries(gi, mac)
+                    } else {
+                        Ok(())
+                    }
+                }
+                Action::Send(kind) => {
+                    self.send_advert(gi, kind);
+                    Ok(())
+                }
+                Action::Reannounce => {
+                    self.announce(gi);
+                    Ok(())
+                }
+            };
+            if let Err(e) = res {
+                log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
+            }
+        }
+    }
+
+    fn send_advert(&mut self, gi: usize, kind: Kind) {
+        self.seq += 1;
+        let g = &self.groups[gi];
+        let (Some(e), Some(cfg)) = (g.election.as_ref(), g.cfg.election.as_ref()) else { return };
+        let ad = Advert {
+            kind,
+            priority: if kind == Kind::Release { 0 } else { e.effective_priority() },
+            interval_ms: cfg.advert_interval.as_millis().min(u16::MAX as u128) as u16,
+            hold_ms: 0,
+            mac: self.iface.mac,
+            addr: e.params().me,
+            seq: self.seq,
+            group: g.cfg.name.clone(),
+        };
+        let bytes = ad.encode(g.key.as_deref());
+        for peer in &cfg.peers {
+            let sock = if peer.is_ipv4() { &self.adverts.v4 } else { &self.adverts.v6 };
+            if let Some(s) = sock {
+                if let Err(err) = s.try_send_to(&bytes, SocketAddr::new(*peer, self.cfg.node.advert_port)) {
+                    log::debug!("group {}: advertisement to {peer}: {err}", g.cfg.name);
+                }
+            }
+        }
     }
 
     /// Answers one control request.
     pub fn handle(&mut self, req: Request) -> Response {
+        let now = Instant::now();
+        let named = |this: &Self, g: &str| this.group_index(g);
         match req {
-            Request::Status => Response {
-                ok: true,
-                status: Some(Box::new(self.status())),
-                ..Default::default()
-            },
+            Request::Status => Response { ok: true, status: Some(Box::new(self.status())), ..Default::default() },
             Request::Promote { group } => {
-                let gi = match self.group_index(&group) {
+                let gi = match named(self, &group) {
                     Ok(gi) => gi,
                     Err(e) => return Response::error(e),
                 };
-                match self.activate(gi, "promoted by `vip promote`") {
-                    Ok(()) => Response::ok(format!("group {group} is active")),
+                let res = match self.groups[gi].election.as_mut() {
+                    Some(e) => {
+                        let actions = e.promote(now);
+                        self.apply(gi, actions);
+                        Ok(())
+                    }
+                    None => self.activate(gi, "promoted by `vip promote`"),
+                };
+                self.renew_leases();
+                match res {
+                    Ok(()) => Response::ok(format!("group {group} is {}", self.groups[gi].state.as_str())),
                     Err(e) => Response::error(format!("{e:#}")),
                 }
             }
             Request::Demote { group, forward_to } => {
-                let gi = match self.group_index(&group) {
+                let gi = match named(self, &group) {
                     Ok(gi) => gi,
                     Err(e) => return Response::error(e),
                 };
@@ -251,22 +568,79 @@ impl Agent {
                         return Response::error(format!("forward_to {m} is not a unicast MAC"));
                     }
                 }
-                let fwd = forward_to.or(self.groups[gi].cfg.forward_to);
-                match self.deactivate(gi, State::Standby, fwd, "demoted by `vip demote`") {
-                    Ok(()) => Response::ok(match fwd {
+                let res = match self.groups[gi].election.as_mut() {
+                    Some(e) => {
+                        let actions = e.demote(forward_to, now);
+                        self.apply(gi, actions);
+                        Ok(())
+                    }
+                    None => {
+                        let fwd = forward_to.or(self.groups[gi].cfg.forward_to);
+                        self.deactivate(gi, State::Standby, fwd, "demoted by `vip demote`")
+                    }
+                };
+                self.renew_leases();
+                let g = &self.groups[gi];
+                match res {
+                    Ok(()) if g.state == State::Active => Response::ok(format!(
+                        "group {group} is handing over: serving until a standby takes over, then forwarding to it"
+                    )),
+                    Ok(()) => Response::ok(match g.forward_to {
                         Some(m) => format!("group {group} is standby, forwarding to {m}"),
                         None => format!("group {group} is standby"),
                     }),
                     Err(e) => Response::error(format!("{e:#}")),
                 }
             }
+            Request::Resume { group } => {
+                let gi = match named(self, &group) {
+                    Ok(gi) => gi,
+                    Err(e) => return Response::error(e),
+                };
+                match self.groups[gi].election.as_mut() {
+                    Some(e) => {
+                        let actions = e.resume(now);
+                        self.apply(gi, actions);
+                        Response::ok(format!("group {group} is back under the election"))
+                    }
+                    None => Response::error(format!("group {group} is not elected (no peers); nothing to resume")),
+                }
+            }
+            Request::Notify { kind, name, state, priority } => self.notify(&kind, &name, &state, priority),
         }
     }
 
-    fn entry(&self, g: &GroupRuntime, v: &VipRuntime, act: u32) -> VipEntry {
+    /// keepalived's notify: `TYPE NAME STATE [PRIORITY]`.
+    fn notify(&mut self, kind: &str, name: &str, state: &str, priority: Option<u8>) -> Response {
+        if !matches!(kind, "INSTANCE" | "GROUP") {
+            return Response::error(format!("unknown notify type `{kind}` (expected INSTANCE or GROUP)"));
+        }
+        let Some(gi) = self.groups.iter().position(|g| g.cfg.keepalived_instance.as_deref() == Some(name)) else {
+            return Response::error(format!("no group has keepalived_instance = \"{name}\""));
+        };
+        let reason = format!("keepalived: {kind} {name} {state}{}", priority.map(|p| format!(" (priority {p})")).unwrap_or_default());
+        if !self.groups[gi].healthy() && state == "MASTER" {
+            return Response::error(format!("group {} is faulty ({}); not taking over", self.groups[gi].cfg.name, self.health_detail(gi)));
+        }
+        let res = match state {
+            "MASTER" => self.activate(gi, &reason),
+            "BACKUP" | "STOP" => {
+                let fwd = self.groups[gi].cfg.forward_to;
+                self.deactivate(gi, State::Standby, fwd, &reason)
+            }
+            "FAULT" => self.deactivate(gi, State::Fault, None, &reason),
+            other => return Response::error(format!("unknown keepalived state `{other}` (expected MASTER, BACKUP, FAULT or STOP)")),
+        };
+        match res {
+            Ok(()) => Response::ok(format!("group {} is {}", self.groups[gi].cfg.name, self.groups[gi].state.as_str())),
+            Err(e) => Response::error(format!("{e:#}")),
+        }
+    }
+
+    fn entry(&self, g: &GroupRuntime, v: &VipRuntime, act: u32, forward_to: Option<Mac>) -> VipEntry {
         let mut e = VipEntry {
             action: act,
-            flags: 0,
+            flags: if g.leased() { flags::LEASED } else { 0 },
             stats_index: v.slot,
             group_index: g.index,
             own_mac: self.iface.mac.0,
@@ -281,7 +655,7 @@ impl Agent {
                     e.dst_mac = r.dst_mac.0;
                 }
             }
-            action::FORWARD => e.dst_mac = g.forward_to.unwrap_or_default().0,
+            action::FORWARD => e.dst_mac = forward_to.unwrap_or_default().0,
             _ => {}
         }
         e
@@ -292,32 +666,69 @@ impl Agent {
         if g.state != state {
             g.transitions += 1;
             g.since = SystemTime::now();
+            let vips: Vec<String> = g.vips.iter().map(|v| v.vip.to_string()).collect();
+            log::info!(
+                "group {}: {} -> {} ({reason}); VIPs {}",
+                g.cfg.name,
+                g.state.as_str(),
+                state.as_str(),
+                vips.join(", ")
+            );
         }
-        let vips: Vec<String> = g.vips.iter().map(|v| v.vip.to_string()).collect();
-        log::info!(
-            "group {}: {} -> {} ({reason}); VIPs {}",
-            g.cfg.name,
-            g.state.as_str(),
-            state.as_str(),
-            vips.join(", ")
-        );
         g.state = state;
         g.reason = reason.to_string();
     }
 
-    /// Takes the group's VIPs: entries, then addresses, then the announcement burst.
+    /// Standby entries: forward to `mac`, or inert.
+    fn set_entries(&mut self, gi: usize, mac: Option<Mac>) -> Result<()> {
+        let g = &self.groups[gi];
+        let act = if mac.is_some() { action::FORWARD } else { action::NONE };
+        let entries: Vec<(IpAddr, VipEntry)> =
+            g.vips.iter().map(|v| (v.vip.addr, self.entry(g, v, act, mac))).collect();
+        if mac.is_some() && g.leased() {
+            let lease = self.lease_of(gi);
+            self.dp.set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
+        }
+        for (addr, e) in &entries {
+            self.dp
+                .set_vip(*addr, e)
+                .with_context(|| format!("group {}: programming VIP {addr}", g.cfg.name))?;
+        }
+        Ok(())
+    }
+
+    fn lease_of(&self, gi: usize) -> Duration {
+        self.groups[gi].cfg.election.as_ref().map(|e| e.lease).unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Keeps the data plane's leases alive for groups that act (active, or forwarding).
+    fn renew_leases(&mut self) {
+        let now = host::monotonic_ns();
+        for gi in 0..self.groups.len() {
+            let g = &self.groups[gi];
+            if !g.leased() || !(g.state == State::Active || g.forward_to.is_some()) {
+                continue;
+            }
+            let deadline = now + self.lease_of(gi).as_nanos() as u64;
+            let index = g.index;
+            if let Err(e) = self.dp.set_lease(index, deadline) {
+                log::error!("group {}: renewing the lease: {e:#}", g.cfg.name);
+            } else {
+                self.groups[gi].lease_deadline = Some(deadline);
+            }
+        }
+    }
+
+    /// Takes the group's VIPs: lease and entries, then addresses, then announcements.
     pub fn activate(&mut self, gi: usize, reason: &str) -> Result<()> {
         let g = &self.groups[gi];
-        let act = if g.redirect.is_some() {
-            action::REDIRECT
-        } else {
-            action::LOCAL
-        };
-        let entries: Vec<(IpAddr, VipEntry)> = g
-            .vips
-            .iter()
-            .map(|v| (v.vip.addr, self.entry(g, v, act)))
-            .collect();
+        if g.leased() {
+            let lease = self.lease_of(gi);
+            self.dp.set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
+        }
+        let act = if g.redirect.is_some() { action::REDIRECT } else { action::LOCAL };
+        let entries: Vec<(IpAddr, VipEntry)> =
+            g.vips.iter().map(|v| (v.vip.addr, self.entry(g, v, act, None))).collect();
         for (addr, e) in &entries {
             self.dp
                 .set_vip(*addr, e)
@@ -325,120 +736,140 @@ impl Agent {
         }
         if act == action::LOCAL {
             for v in &g.vips {
-                if let Err(e) =
-                    self.nl
-                        .add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
-                {
-                    log::error!(
-                        "group {}: adding {} to {}: {e}",
-                        g.cfg.name,
-                        v.vip.addr,
-                        self.iface.name
-                    );
+                if let Err(e) = self.nl.add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr)) {
+                    log::error!("group {}: adding {} to {}: {e}", g.cfg.name, v.vip.addr, self.iface.name);
                 }
             }
         }
+        self.groups[gi].forward_to = None;
+        self.groups[gi].drain_until = None;
         self.set_state(gi, State::Active, reason);
         self.announce(gi);
         Ok(())
     }
 
+    /// A step-down decided by the election: towards a known successor, forward for
+    /// the drain period (and as long as it keeps advertising), else inert.
+    fn step_down(&mut self, gi: usize, forward_to: Option<Mac>, reason: &str) -> Result<()> {
+        self.deactivate(gi, State::Standby, forward_to, reason)
+    }
+
     /// Gives the group's VIPs up: stop answering (or forward to `forward_to`), then
     /// remove the addresses.
-    pub fn deactivate(
-        &mut self,
-        gi: usize,
-        state: State,
-        forward_to: Option<Mac>,
-        reason: &str,
-    ) -> Result<()> {
+    pub fn deactivate(&mut self, gi: usize, state: State, forward_to: Option<Mac>, reason: &str) -> Result<()> {
         if let Some(h) = self.groups[gi].announcer.take() {
             h.abort();
         }
+        let was_active = self.groups[gi].state == State::Active;
+        let forward_to = if state == State::Fault { None } else { forward_to };
         self.groups[gi].forward_to = forward_to;
+        self.set_entries(gi, forward_to)?;
         let g = &self.groups[gi];
-        let act = if forward_to.is_some() {
-            action::FORWARD
-        } else {
-            action::NONE
-        };
-        let entries: Vec<(IpAddr, VipEntry)> = g
-            .vips
-            .iter()
-            .map(|v| (v.vip.addr, self.entry(g, v, act)))
-            .collect();
-        for (addr, e) in &entries {
-            self.dp
-                .set_vip(*addr, e)
-                .with_context(|| format!("group {}: programming VIP {addr}", g.cfg.name))?;
-        }
         for v in &g.vips {
-            if let Err(e) =
-                self.nl
-                    .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
-            {
-                log::error!(
-                    "group {}: removing {} from {}: {e}",
-                    g.cfg.name,
-                    v.vip.addr,
-                    self.iface.name
-                );
+            if let Err(e) = self.nl.del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr)) {
+                log::error!("group {}: removing {} from {}: {e}", g.cfg.name, v.vip.addr, self.iface.name);
             }
+        }
+        // Static groups forward only for the drain period after giving the VIP up,
+        // unless the config asks for it permanently.
+        if was_active && forward_to.is_some() && g.election.is_none() && g.cfg.forward_to.is_none() {
+            self.groups[gi].drain_until = Some(Instant::now() + g.cfg.drain);
         }
         self.set_state(gi, state, reason);
         Ok(())
     }
 
-    /// Starts (or restarts) the group's gratuitous ARP / unsolicited NA burst.
+    /// Starts (or restarts) the group's gratuitous ARP / unsolicited NA burst, and the
+    /// periodic refresh if configured.
     fn announce(&mut self, gi: usize) {
         let g = &mut self.groups[gi];
         if let Some(h) = g.announcer.take() {
             h.abort();
         }
-        let addrs = g.vips.iter().map(|v| v.vip.addr).collect();
-        g.announcer = Some(tokio::spawn(garp::burst(
-            self.socket.clone(),
-            self.iface.mac,
-            addrs,
-            g.cfg.garp,
-            g.cfg.name.clone(),
-        )));
+        let addrs: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
+        let (sock, mac, garp, name, refresh) =
+            (self.socket.clone(), self.iface.mac, g.cfg.garp, g.cfg.name.clone(), g.cfg.garp_refresh);
+        g.announcer = Some(tokio::spawn(async move {
+            garp::burst(sock.clone(), mac, addrs.clone(), garp, name.clone()).await;
+            if let Some(every) = refresh {
+                loop {
+                    tokio::time::sleep(every).await;
+                    garp::burst(sock.clone(), mac, addrs.clone(), config::Garp { count: 1, ..garp }, name.clone()).await;
+                }
+            }
+        }));
+    }
+
+    fn health_detail(&self, gi: usize) -> String {
+        let g = &self.groups[gi];
+        let parts: Vec<String> = g
+            .checks
+            .iter()
+            .map(|(n, t, d)| {
+                let s = match t.state() {
+                    Some(true) => "ok",
+                    Some(false) => "failing",
+                    None => "pending",
+                };
+                if d.is_empty() { format!("{n} {s}") } else { format!("{n} {s} ({d})") }
+            })
+            .collect();
+        parts.join("; ")
     }
 
     pub fn status(&self) -> Status {
+        let now_mono = host::monotonic_ns();
         let groups = self
             .groups
             .iter()
-            .map(|g| GroupStatus {
+            .enumerate()
+            .map(|(gi, g)| GroupStatus {
                 name: g.cfg.name.clone(),
-                role: if g.state == State::Active {
-                    "active"
-                } else {
-                    "standby"
-                }
-                .into(),
+                role: if g.state == State::Active { "active" } else { "standby" }.into(),
                 state: g.state.as_str().into(),
                 reason: g.reason.clone(),
-                since_unix_ms: g
-                    .since
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
+                since_unix_ms: g.since.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
                 transitions: g.transitions,
-                forward_to: g
-                    .forward_to
-                    .filter(|_| g.state != State::Active)
-                    .map(|m| m.to_string()),
+                mode: if g.election.is_some() {
+                    "elected"
+                } else if g.cfg.keepalived_instance.is_some() {
+                    "keepalived"
+                } else {
+                    "static"
+                }
+                .into(),
+                forward_to: g.forward_to.filter(|_| g.state != State::Active).map(|m| m.to_string()),
+                healthy: g.healthy(),
+                health: self.health_detail(gi),
+                election: g.election.as_ref().map(|e| ElectionStatus {
+                    priority: e.params().priority,
+                    effective_priority: e.effective_priority(),
+                    pinned: match e.pin() {
+                        Pin::None => None,
+                        Pin::Active => Some("active".into()),
+                        Pin::Standby => Some("standby".into()),
+                    },
+                    advert_interval_ms: e.params().interval.as_millis() as u64,
+                    current_active: if g.state == State::Active {
+                        Some(ActivePeer { address: e.params().me.to_string(), mac: self.iface.mac.to_string(), priority: e.effective_priority(), this_node: true })
+                    } else {
+                        e.active().map(|a| ActivePeer { address: a.addr.to_string(), mac: a.mac.to_string(), priority: a.priority, this_node: false })
+                    },
+                    adverts_sent: e.counters.adverts_sent,
+                    adverts_received: e.counters.adverts_received,
+                    split_brains: e.counters.split_brains,
+                    auth_failures: g.errors.auth_failures,
+                    replays: g.errors.replays,
+                    malformed: g.errors.malformed,
+                    unknown_peers: g.errors.unknown_peers,
+                    lease_remaining_ms: g.lease_deadline.map(|d| d.saturating_sub(now_mono) / 1_000_000),
+                }),
                 vips: g
                     .vips
                     .iter()
                     .map(|v| {
                         let s = self.dp.stats(v.slot).unwrap_or_default();
-                        let act = self
-                            .dp
-                            .vip(v.vip.addr)
-                            .map(|e| e.action)
-                            .unwrap_or(action::NONE);
+                        let act = self.dp.vip(v.vip.addr).map(|e| e.action).unwrap_or(action::NONE);
                         VipStatus {
                             address: v.vip.addr.to_string(),
                             prefix: v.vip.prefix,
@@ -456,7 +887,7 @@ impl Agent {
                     .collect(),
             })
             .collect();
-        let global: BTreeMap<String, u64> = self
+        let mut global: BTreeMap<String, u64> = self
             .dp
             .global_stats()
             .unwrap_or_default()
@@ -464,6 +895,7 @@ impl Agent {
             .filter(|(k, _)| !k.starts_with("reserved"))
             .map(|(k, v)| (k.to_string(), v))
             .collect();
+        global.insert("adverts_for_unknown_groups".into(), self.unknown_group_adverts);
         Status {
             node: self.cfg.node.name.clone(),
             interface: self.iface.name.clone(),
@@ -471,6 +903,50 @@ impl Agent {
             groups,
             global,
             warnings: self.warnings.clone(),
+        }
+    }
+
+    /// Planned handover of every elected active group: release, keep serving until a
+    /// successor is heard (bounded), then forward to it for the drain period.
+    async fn hand_over_all(&mut self, events: &mut mpsc::Receiver<Event>) {
+        let now = Instant::now();
+        let mut longest_drain = Duration::ZERO;
+        let mut any = false;
+        for gi in 0..self.groups.len() {
+            if self.groups[gi].state != State::Active {
+                continue;
+            }
+            if let Some(e) = self.groups[gi].election.as_mut() {
+                let actions = e.shutdown(now);
+                any = true;
+                longest_drain = longest_drain.max(self.groups[gi].cfg.drain);
+                self.apply(gi, actions);
+            }
+        }
+        if !any {
+            return;
+        }
+        // Wait for successors (the elections give up on their own after 4 intervals).
+        let handing_over = |a: &Agent| a.groups.iter().any(|g| g.election.as_ref().is_some_and(|e| e.handing_over()));
+        let limit = Instant::now() + Duration::from_secs(10);
+        while handing_over(self) && Instant::now() < limit {
+            self.pump(events, self.next_deadline().min(limit)).await;
+        }
+        let forwarding = self.groups.iter().any(|g| g.forward_to.is_some());
+        if forwarding {
+            log::info!("draining: forwarding stale-cache traffic to the new active for {} ms", longest_drain.as_millis());
+            let until = Instant::now() + longest_drain;
+            while Instant::now() < until {
+                self.pump(events, self.next_deadline().min(until)).await;
+            }
+        }
+    }
+
+    /// Processes events until `until`.
+    async fn pump(&mut self, events: &mut mpsc::Receiver<Event>, until: Instant) {
+        tokio::select! {
+            Some(ev) = events.recv() => self.event(ev),
+            _ = tokio::time::sleep_until(until.into()) => self.tick(),
         }
     }
 
@@ -484,21 +960,90 @@ impl Agent {
             let g = &self.groups[gi];
             for v in &g.vips {
                 if let Err(e) = self.dp.remove_vip(v.vip.addr) {
-                    log::warn!(
-                        "group {}: removing map entry {}: {e}",
-                        g.cfg.name,
-                        v.vip.addr
-                    );
+                    log::warn!("group {}: removing map entry {}: {e}", g.cfg.name, v.vip.addr);
                 }
-                if let Err(e) =
-                    self.nl
-                        .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
-                {
+                if let Err(e) = self.nl.del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr)) {
                     log::warn!("group {}: removing {}: {e}", g.cfg.name, v.vip.addr);
                 }
             }
         }
     }
+}
+
+/// IPv4-mapped IPv6 sources (from a dual-stack socket) as plain IPv4.
+fn canonical(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(a),
+        v4 => v4,
+    }
+}
+
+/// The address we speak for ourselves in adverts: the first subnet address of the
+/// interface in that family (not a VIP-shaped /32 or /128, not link-local).
+fn primary_address(iface: &Interface, v4: bool) -> Option<IpAddr> {
+    iface
+        .addrs
+        .iter()
+        .find(|(a, p)| {
+            a.is_ipv4() == v4
+                && match a {
+                    IpAddr::V4(x) => *p < 32 && !x.is_link_local(),
+                    IpAddr::V6(x) => *p < 128 && !x.is_unicast_link_local(),
+                }
+        })
+        .map(|(a, _)| *a)
+}
+
+/// Binds the election's sockets on our primary addresses (so adverts leave from them).
+async fn bind_advert_sockets(cfg: &Config, iface: &Interface) -> Result<AdvertSockets> {
+    let port = cfg.node.advert_port;
+    let mut out = AdvertSockets { v4: None, v6: None };
+    for v4 in [true, false] {
+        let needed = cfg.groups.iter().filter_map(|g| g.election.as_ref()).any(|e| e.peers.iter().any(|p| p.is_ipv4() == v4));
+        if !needed {
+            continue;
+        }
+        let Some(me) = primary_address(iface, v4) else {
+            bail!("interface {} has no {} address to send advertisements from", iface.name, if v4 { "IPv4" } else { "IPv6" });
+        };
+        let sock = UdpSocket::bind(SocketAddr::new(me, port))
+            .await
+            .with_context(|| format!("binding the advertisement socket {me}:{port} (node.advert_port)"))?;
+        if v4 {
+            out.v4 = Some(Arc::new(sock));
+        } else {
+            out.v6 = Some(Arc::new(sock));
+        }
+    }
+    Ok(out)
+}
+
+/// Warnings about the interface that the operator should hear at start.
+fn interface_warnings(iface: &Interface) -> Vec<String> {
+    let mut w = Vec::new();
+    if iface.kind.as_deref() == Some("veth") {
+        w.push(format!(
+            "{} is a veth: ARP/NS answers and forwarded frames (XDP_TX) reach its peer only if \
+             the peer has NAPI, i.e. an XDP program on it (`vip xdp-pass PEER`); otherwise \
+             the kernel drops them silently",
+            iface.name
+        ));
+    }
+    let vlans = host::vlan_uppers(&iface.name);
+    if !vlans.is_empty() {
+        w.push(format!(
+            "{} carries VLANs ({}): if its NIC strips VLAN tags (rx-vlan-offload), XDP sees tagged \
+             frames as untagged and would answer for VIPs on every VLAN; turn it off with \
+             `ethtool -K {} rxvlan off`",
+            iface.name,
+            vlans.join(", "),
+            iface.name
+        ));
+    }
+    for x in &w {
+        log::warn!("{x}");
+    }
+    w
 }
 
 /// The prefix VIP addresses are added with: a host route's, so adding one never
@@ -527,27 +1072,23 @@ fn redirect_target(
         None => {
             let link = nl.link(iface.index, None).with_context(|| key.clone())?;
             let peer = match (link.kind.as_deref(), link.link) {
-                (Some("veth"), Some(peer)) => {
-                    nl.link(peer, link.link_netnsid).ok().and_then(|l| l.mac)
-                }
+                (Some("veth"), Some(peer)) => nl.link(peer, link.link_netnsid).ok().and_then(|l| l.mac),
                 _ => None,
             };
             peer.with_context(|| {
-                format!("{key}: cannot discover the MAC behind `{}` (not a veth, or its peer is unreachable); set redirect_mac", r.interface)
+                format!(
+                    "{key}: cannot discover the MAC behind `{}` (not a veth, or its peer is unreachable); set redirect_mac",
+                    r.interface
+                )
             })?
         }
     };
-    dp.add_redirect_target(iface.index)
-        .with_context(|| key.clone())?;
+    dp.add_redirect_target(iface.index).with_context(|| key.clone())?;
     if iface.kind.as_deref() == Some("veth") {
         warnings.push(format!(
             "redirect target {} is a veth: redirected frames reach its peer only if the peer has an XDP program (`vip xdp-pass PEER`)",
             iface.name
         ));
     }
-    Ok(RedirectTarget {
-        ifindex: iface.index,
-        src_mac: iface.mac,
-        dst_mac,
-    })
+    Ok(RedirectTarget { ifindex: iface.index, src_mac: iface.mac, dst_mac })
 }

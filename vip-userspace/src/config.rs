@@ -22,6 +22,12 @@ pub const RECOMMENDED_MAX_VIPS: usize = 10;
 pub const DEFAULT_GARP_COUNT: u32 = 3;
 pub const DEFAULT_GARP_INTERVAL_MS: u64 = 50;
 pub const MAX_VIPS_LIMIT: u32 = 1 << 20;
+pub const DEFAULT_ADVERT_PORT: u16 = 4112;
+pub const DEFAULT_ADVERT_INTERVAL_MS: u64 = 100;
+pub const MIN_ADVERT_INTERVAL_MS: u64 = 10;
+pub const DEFAULT_DRAIN_MS: u64 = 1000;
+/// Shortest accepted shared secret.
+pub const MIN_KEY_LEN: usize = 16;
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +44,8 @@ pub struct Node {
     pub xdp_mode: XdpMode,
     pub max_vips: u32,
     pub garp: Garp,
+    /// UDP port the election's advertisements use.
+    pub advert_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +95,50 @@ pub struct Group {
     /// While standby, hand VIP traffic that still reaches us to this MAC.
     pub forward_to: Option<Mac>,
     pub garp: Garp,
+    /// Present when the group is elected among `peers`; `role` is then only the start.
+    pub election: Option<Election>,
+    /// keepalived decides: its notify events for this VRRP instance drive the group.
+    pub keepalived_instance: Option<String>,
+    /// Health checks; a failing one moves the group to `fault` (gives the VIPs up).
+    pub track: Track,
+    /// Re-send the announcements this often while active (None: only on takeover).
+    pub garp_refresh: Option<Duration>,
+    /// After a planned handover, forward stale-cache traffic to the new active this long.
+    pub drain: Duration,
+}
+
+/// Built-in election parameters (VRRP-like, unicast).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Election {
+    pub peers: Vec<IpAddr>,
+    /// 1..=254; the highest wins, ties by the higher primary address.
+    pub priority: u8,
+    pub advert_interval: Duration,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    pub auth_key_file: Option<PathBuf>,
+    /// How long the data plane keeps acting on its own if the agent stops renewing.
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Track {
+    /// Fault while `node.interface` is down.
+    pub interface: bool,
+    pub script: Option<Check>,
+    pub tcp: Option<Check>,
+}
+
+/// A periodic check: a command (exit 0 is healthy) or a TCP connect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// Argv of the command, or `[address]` for a TCP check.
+    pub target: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to become healthy, failures to become faulty.
+    pub rise: u32,
+    pub fall: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,6 +214,18 @@ struct RawNode {
     max_vips: Option<u32>,
     garp_count: Option<u32>,
     garp_interval_ms: Option<u64>,
+    advert_port: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    command: Option<Vec<String>>,
+    address: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    rise: Option<u32>,
+    fall: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +239,19 @@ struct RawGroup {
     forward_to: Option<String>,
     garp_count: Option<u32>,
     garp_interval_ms: Option<u64>,
+    garp_refresh_ms: Option<u64>,
+    drain_ms: Option<u64>,
+    peers: Option<Vec<String>>,
+    priority: Option<i64>,
+    advert_interval_ms: Option<u64>,
+    preempt: Option<bool>,
+    preempt_delay_ms: Option<u64>,
+    auth_key_file: Option<PathBuf>,
+    lease_ms: Option<u64>,
+    keepalived_instance: Option<String>,
+    track_interface: Option<bool>,
+    track_script: Option<RawCheck>,
+    track_tcp: Option<RawCheck>,
 }
 
 /// Reads and validates (without host checks) a configuration file.
@@ -268,7 +345,17 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 Err(e) => p(key, format!("`{s}`: {e}")),
             }
         }
+        let elected = g.peers.is_some();
+        let driven = g.keepalived_instance.is_some();
         let role = match g.role.as_deref() {
+            Some(_) if elected || driven => {
+                let by = if elected { "the election (peers)" } else { "keepalived" };
+                p(
+                    format!("{gkey}.role"),
+                    format!("is for static groups; this group's role comes from {by}"),
+                );
+                Role::Standby
+            }
             Some("active") => Role::Active,
             Some("standby") => Role::Standby,
             Some(other) => {
@@ -278,14 +365,58 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 );
                 Role::Standby
             }
+            None if elected || driven => Role::Standby,
             None => {
                 p(
                     format!("{gkey}.role"),
-                    "is required (\"active\" or \"standby\")".into(),
+                    "is required (\"active\" or \"standby\"), or give `peers` to elect it".into(),
                 );
                 Role::Standby
             }
         };
+        if elected && driven {
+            p(
+                format!("{gkey}.keepalived_instance"),
+                "a group is either elected by vip (peers) or driven by keepalived, not both".into(),
+            );
+        }
+        let election = election(&gkey, g, &mut p);
+        if !elected {
+            for (set, key) in [
+                (g.priority.is_some(), "priority"),
+                (g.advert_interval_ms.is_some(), "advert_interval_ms"),
+                (g.preempt.is_some(), "preempt"),
+                (g.preempt_delay_ms.is_some(), "preempt_delay_ms"),
+                (g.auth_key_file.is_some(), "auth_key_file"),
+                (g.lease_ms.is_some(), "lease_ms"),
+            ] {
+                if set {
+                    p(format!("{gkey}.{key}"), "only applies to elected groups (with `peers`)".into());
+                }
+            }
+        }
+        if let Some(i) = &g.keepalived_instance {
+            if i.trim().is_empty() {
+                p(format!("{gkey}.keepalived_instance"), "must not be empty".into());
+            }
+        }
+        let track = Track {
+            interface: g.track_interface.unwrap_or(elected),
+            script: check(&gkey, "track_script", g.track_script.as_ref(), true, &mut p),
+            tcp: check(&gkey, "track_tcp", g.track_tcp.as_ref(), false, &mut p),
+        };
+        let garp_refresh = match g.garp_refresh_ms {
+            None | Some(0) => None,
+            Some(ms) if ms < 100 => {
+                p(format!("{gkey}.garp_refresh_ms"), format!("{ms} is below 100 ms"));
+                None
+            }
+            Some(ms) => Some(Duration::from_millis(ms)),
+        };
+        let drain = Duration::from_millis(g.drain_ms.unwrap_or(DEFAULT_DRAIN_MS));
+        if drain > Duration::from_secs(60) {
+            p(format!("{gkey}.drain_ms"), "is above 60000".into());
+        }
         let redirect_mac = parse_mac_key(&gkey, "redirect_mac", g.redirect_mac.as_deref(), &mut p);
         let redirect = match (&g.redirect_to, redirect_mac) {
             (Some(i), mac) if !i.trim().is_empty() => Some(Redirect {
@@ -311,9 +442,25 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             redirect,
             forward_to,
             garp,
+            election,
+            keepalived_instance: g.keepalived_instance.clone(),
+            track,
+            garp_refresh,
+            drain,
         });
     }
 
+    let mut instances: HashMap<&str, &str> = HashMap::new();
+    for g in &groups {
+        if let Some(i) = &g.keepalived_instance {
+            if let Some(other) = instances.insert(i.as_str(), g.name.as_str()) {
+                p(
+                    format!("group[{}].keepalived_instance", g.name),
+                    format!("instance `{i}` already drives group `{other}`"),
+                );
+            }
+        }
+    }
     let total: usize = groups.iter().map(|g| g.vips.len()).sum();
     let max_vips = raw.node.max_vips.unwrap_or(vip_common::DEFAULT_MAX_VIPS);
     if max_vips == 0 || max_vips > MAX_VIPS_LIMIT {
@@ -352,9 +499,155 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             xdp_mode,
             max_vips,
             garp: node_garp,
+            advert_port: raw.node.advert_port.unwrap_or(DEFAULT_ADVERT_PORT),
         },
         groups,
     })
+}
+
+/// The election settings of a group with `peers`.
+fn election(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Option<Election> {
+    let peers_raw = g.peers.as_ref()?;
+    let mut peers = Vec::new();
+    if peers_raw.is_empty() {
+        p(format!("{gkey}.peers"), "must list at least one peer address".into());
+    }
+    for (i, s) in peers_raw.iter().enumerate() {
+        match s.parse::<IpAddr>() {
+            Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => {
+                p(format!("{gkey}.peers[{i}]"), format!("{a} is not a unicast peer address"))
+            }
+            Ok(a) if peers.contains(&a) => p(format!("{gkey}.peers[{i}]"), format!("{a} is listed twice")),
+            Ok(a) => peers.push(a),
+            Err(_) => p(format!("{gkey}.peers[{i}]"), format!("`{s}` is not an IP address")),
+        }
+    }
+    let priority = match g.priority {
+        None => 100,
+        Some(v @ 1..=254) => v as u8,
+        Some(v) => {
+            p(format!("{gkey}.priority"), format!("{v} is out of range 1..=254"));
+            100
+        }
+    };
+    let interval_ms = g.advert_interval_ms.unwrap_or(DEFAULT_ADVERT_INTERVAL_MS);
+    if !(MIN_ADVERT_INTERVAL_MS..=60_000).contains(&interval_ms) {
+        p(
+            format!("{gkey}.advert_interval_ms"),
+            format!("{interval_ms} is out of range {MIN_ADVERT_INTERVAL_MS}..=60000"),
+        );
+    }
+    let interval_ms = interval_ms.clamp(MIN_ADVERT_INTERVAL_MS, 60_000);
+    // The lease must run out no later than a standby takes over (3 intervals).
+    let lease_ms = g.lease_ms.unwrap_or(3 * interval_ms);
+    if lease_ms < interval_ms || lease_ms > 3 * interval_ms {
+        p(
+            format!("{gkey}.lease_ms"),
+            format!(
+                "{lease_ms} must be between one and three advert intervals ({interval_ms}..={}), so the data plane stops answering before a standby takes over",
+                3 * interval_ms
+            ),
+        );
+    }
+    let preempt_delay_ms = g.preempt_delay_ms.unwrap_or(0);
+    if preempt_delay_ms > 3_600_000 {
+        p(format!("{gkey}.preempt_delay_ms"), "is above one hour".into());
+    }
+    Some(Election {
+        peers,
+        priority,
+        advert_interval: Duration::from_millis(interval_ms),
+        preempt: g.preempt.unwrap_or(true),
+        preempt_delay: Duration::from_millis(preempt_delay_ms),
+        auth_key_file: g.auth_key_file.clone(),
+        lease: Duration::from_millis(lease_ms.clamp(interval_ms, 3 * interval_ms)),
+    })
+}
+
+/// A health check: `track_script` needs `command`, `track_tcp` needs `address`.
+fn check(
+    gkey: &str,
+    name: &str,
+    raw: Option<&RawCheck>,
+    script: bool,
+    p: &mut impl FnMut(String, String),
+) -> Option<Check> {
+    let r = raw?;
+    let key = format!("{gkey}.{name}");
+    let target = match (script, &r.command, &r.address) {
+        (true, Some(c), None) if !c.is_empty() && !c[0].is_empty() => c.clone(),
+        (true, _, _) => {
+            p(key, "needs `command` (a non-empty argv list) and no `address`".into());
+            return None;
+        }
+        (false, None, Some(a)) => match a.parse::<std::net::SocketAddr>() {
+            Ok(_) => vec![a.clone()],
+            Err(_) => {
+                p(format!("{key}.address"), format!("`{a}` is not ADDRESS:PORT"));
+                return None;
+            }
+        },
+        (false, _, _) => {
+            p(key, "needs `address` (ADDRESS:PORT) and no `command`".into());
+            return None;
+        }
+    };
+    let interval = r.interval_ms.unwrap_or(1000);
+    let timeout = r.timeout_ms.unwrap_or(interval.min(1000));
+    let (rise, fall) = (r.rise.unwrap_or(1), r.fall.unwrap_or(1));
+    let mut ok = true;
+    if !(10..=3_600_000).contains(&interval) {
+        p(format!("{key}.interval_ms"), format!("{interval} is out of range 10..=3600000"));
+        ok = false;
+    }
+    if timeout == 0 || timeout > interval.max(10) {
+        p(format!("{key}.timeout_ms"), format!("{timeout} must be in 1..=interval_ms"));
+        ok = false;
+    }
+    for (v, n) in [(rise, "rise"), (fall, "fall")] {
+        if !(1..=100).contains(&v) {
+            p(format!("{key}.{n}"), format!("{v} is out of range 1..=100"));
+            ok = false;
+        }
+    }
+    ok.then(|| Check {
+        target,
+        interval: Duration::from_millis(interval),
+        timeout: Duration::from_millis(timeout),
+        rise,
+        fall,
+    })
+}
+
+/// Reads the shared secrets of elected groups, by group name.
+pub fn load_keys(cfg: &Config) -> Result<HashMap<String, Vec<u8>>, ConfigError> {
+    let mut keys = HashMap::new();
+    let mut problems = Vec::new();
+    for g in &cfg.groups {
+        let Some(path) = g.election.as_ref().and_then(|e| e.auth_key_file.as_ref()) else {
+            continue;
+        };
+        let key = format!("group[{}].auth_key_file", g.name);
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let trimmed = bytes.trim_ascii().to_vec();
+                if trimmed.len() < MIN_KEY_LEN {
+                    problems.push(Problem {
+                        key,
+                        message: format!("{}: the key has {} bytes; at least {MIN_KEY_LEN} are required", path.display(), trimmed.len()),
+                    });
+                } else {
+                    keys.insert(g.name.clone(), trimmed);
+                }
+            }
+            Err(e) => problems.push(Problem { key, message: format!("reading {}: {e}", path.display()) }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(keys)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
 }
 
 fn garp(

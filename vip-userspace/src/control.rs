@@ -37,6 +37,16 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         forward_to: Option<Mac>,
     },
+    /// Undo promote/demote pins: back to the election.
+    Resume { group: String },
+    /// keepalived's notify arguments: TYPE NAME STATE [PRIORITY].
+    Notify {
+        kind: String,
+        name: String,
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        priority: Option<u8>,
+    },
 }
 
 impl Request {

@@ -74,6 +74,17 @@ pub fn all_addresses() -> std::io::Result<HashMap<String, Vec<(IpAddr, u8)>>> {
     Ok(out)
 }
 
+/// Names of the VLAN devices stacked on `name`.
+pub fn vlan_uppers(name: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/sys/class/net/{name}")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("upper_")).map(str::to_string))
+        .filter(|upper| interface(upper).is_ok_and(|i| i.kind.as_deref() == Some("vlan")))
+        .collect()
+}
+
 /// The current CLOCK_MONOTONIC time in ns: the clock bpf_ktime_get_ns() reads.
 pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)

@@ -4,12 +4,15 @@
 //! VIP, announces takeovers (`garp`), manages the VIP addresses (`netlink`) and answers
 //! the CLI on a unix socket (`control`). `config` parses and validates the TOML file.
 
+pub mod advert;
 pub mod agent;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod election;
 pub mod frames;
 pub mod garp;
+pub mod health;
 pub mod host;
 pub mod mac;
 pub mod netlink;

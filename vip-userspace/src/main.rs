@@ -64,6 +64,24 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// Undo `promote`/`demote` for an elected GROUP: back to the election.
+    Resume {
+        group: String,
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// keepalived notify hook: `notify "/usr/bin/vip notify"` passes TYPE NAME STATE PRIORITY.
+    Notify {
+        /// INSTANCE or GROUP.
+        kind: String,
+        /// The VRRP instance name (matched against keepalived_instance).
+        name: String,
+        /// MASTER, BACKUP, FAULT or STOP.
+        state: String,
+        priority: Option<u8>,
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Lab helper: attach a do-nothing XDP program to veth interfaces so they accept
     /// frames that XDP_TX/XDP_REDIRECT send from their peers; runs until SIGTERM.
     XdpPass {
@@ -166,6 +184,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             set.thread_block().context("blocking signals")?;
             set.wait().context("waiting for a signal")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { group, socket } => simple(&socket, Request::Resume { group }),
+        Command::Notify { kind, name, state, priority, socket } => {
+            simple(&socket, Request::Notify { kind, name, state, priority })
         }
         Command::Promote { group, socket } => simple(&socket, Request::Promote { group }),
         Command::Demote {

@@ -28,9 +28,44 @@ pub struct GroupStatus {
     /// When it entered it (Unix time, ms).
     pub since_unix_ms: u64,
     pub transitions: u64,
+    /// static, elected or keepalived.
+    pub mode: String,
     /// MAC that standby traffic is forwarded to, if any.
     pub forward_to: Option<String>,
+    /// False while a health check fails (the group is then in fault).
+    pub healthy: bool,
+    /// Each check and its last result.
+    pub health: String,
+    /// Present for elected groups.
+    pub election: Option<ElectionStatus>,
     pub vips: Vec<VipStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ElectionStatus {
+    pub priority: u8,
+    /// 255 while pinned active by `vip promote`, 0 while pinned standby by `vip demote`.
+    pub effective_priority: u8,
+    pub pinned: Option<String>,
+    pub advert_interval_ms: u64,
+    pub current_active: Option<ActivePeer>,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub split_brains: u64,
+    pub auth_failures: u64,
+    pub replays: u64,
+    pub malformed: u64,
+    pub unknown_peers: u64,
+    /// Time left on the data plane's lease (active or forwarding), if one is held.
+    pub lease_remaining_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActivePeer {
+    pub address: String,
+    pub mac: String,
+    pub priority: u8,
+    pub this_node: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -98,6 +133,30 @@ impl Status {
                 );
             }
             let _ = writeln!(s, "{:<12} ({})", "", g.reason);
+            if let Some(e) = &g.election {
+                let active = match &e.current_active {
+                    Some(a) if a.this_node => "this node".to_string(),
+                    Some(a) => format!("{} ({}, priority {})", a.address, a.mac, a.priority),
+                    None => "unknown".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "{:<12} priority {}{}  active: {active}  adverts sent {} received {}  rejected: auth {} replay {} malformed {} unknown-peer {}  split-brains {}",
+                    "",
+                    e.effective_priority,
+                    e.pinned.as_ref().map(|p| format!(" (pinned {p})")).unwrap_or_default(),
+                    e.adverts_sent,
+                    e.adverts_received,
+                    e.auth_failures,
+                    e.replays,
+                    e.malformed,
+                    e.unknown_peers,
+                    e.split_brains
+                );
+            }
+            if !g.health.is_empty() {
+                let _ = writeln!(s, "{:<12} health: {}", "", g.health);
+            }
         }
         let nonzero: Vec<String> = self
             .global

@@ -1,0 +1,306 @@
+//! The built-in election in namespaces: three nodes elect the highest priority; a
+//! killed active is replaced by the next; it comes back and preempts (or not); forged,
+//! replayed and malformed advertisements change nothing; a split brain heals; a failing
+//! health check gives the VIP up; a stopped agent's lease stops ARP answers.
+
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use common::*;
+use lab::{privileged, wait_for, Agent, Capture, Lan, Responder};
+use nix::sys::signal::Signal;
+use vip::{advert::Advert, frames};
+
+const INTERVAL: u64 = 20;
+
+/// An elected node config: `me` among `all` servers of the lab.
+fn elected(lan: &Lan, me: &str, all: &[&str], priority: u8, extra: &str) -> String {
+    let peers: Vec<String> = all.iter().filter(|n| **n != me).map(|n| format!("\"{}\"", lan.host(n).ip4)).collect();
+    format!(
+        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\npeers = [{}]\npriority = {priority}\nadvert_interval_ms = {INTERVAL}\n{extra}\n",
+        peers.join(", ")
+    )
+}
+
+fn servers_lan(names: &[&str]) -> Lan {
+    let mut all: Vec<&str> = names.to_vec();
+    all.push("c");
+    let mut lan = Lan::new(&all).expect("lab");
+    lan.enable_xdp_tx(names).expect("xdp-pass");
+    lan
+}
+
+fn state(a: &Agent) -> String {
+    a.status().map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string()).unwrap_or_else(|_| "down".into())
+}
+
+/// Waits until `agents` show exactly the expected states.
+fn expect_states(agents: &[(&str, &Agent)], want: &[&str]) {
+    let ok = wait_for(Duration::from_secs(5), || {
+        let got: Vec<String> = agents.iter().map(|(_, a)| state(a)).collect();
+        (got == want).then_some(())
+    });
+    if ok.is_none() {
+        let got: Vec<String> = agents.iter().map(|(n, a)| format!("{n}={}", state(a))).collect();
+        panic!("states {got:?}, wanted {want:?}");
+    }
+}
+
+fn election(a: &Agent) -> serde_json::Value {
+    a.status().unwrap()["groups"][0]["election"].clone()
+}
+
+/// The client's kernel ends up with `mac` for the VIP (it keeps talking to it).
+fn client_reaches(lan: &Lan, mac: &str) {
+    let c = lan.host("c");
+    let ok = wait_for(Duration::from_secs(3), || {
+        ping(&c.ns, VIP);
+        (kernel_neighbour(&c.ns, VIP).as_deref() == Some(mac)).then_some(())
+    });
+    assert!(ok.is_some(), "client's neighbour entry is {:?}, wanted {mac}", kernel_neighbour(&c.ns, VIP));
+}
+
+#[test]
+fn three_nodes_elect_fail_over_and_preempt() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan(&["a", "b", "e"]);
+    let all = ["a", "b", "e"];
+    let mut a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
+    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 150, "")).unwrap();
+    let e = Agent::start(&lan.host("e").ns, "e", &elected(&lan, "e", &all, 100, "")).unwrap();
+    expect_states(&[("a", &a), ("b", &b), ("e", &e)], &["active", "standby", "standby"]);
+    client_reaches(&lan, &lan.host("a").mac);
+    let eb = election(&b);
+    assert_eq!(eb["current_active"]["address"], lan.host("a").ip4.to_string());
+    assert!(eb["adverts_received"].as_u64().unwrap() > 0);
+
+    // The active dies: the next priority takes over, the client follows.
+    a.proc.signal(Signal::SIGKILL).unwrap();
+    expect_states(&[("b", &b), ("e", &e)], &["active", "standby"]);
+    client_reaches(&lan, &lan.host("b").mac);
+    let reason = b.status().unwrap()["groups"][0]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("no advertisement from the active"), "{reason}");
+    drop(a);
+
+    // It comes back with the highest priority and preempts.
+    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
+    expect_states(&[("a", &a), ("b", &b), ("e", &e)], &["active", "standby", "standby"]);
+    client_reaches(&lan, &lan.host("a").mac);
+    let reason = a.status().unwrap()["groups"][0]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("preempting"), "{reason}");
+    // b yielded and forwards stale-cache traffic to a.
+    assert_eq!(b.status().unwrap()["groups"][0]["forward_to"], lan.host("a").mac);
+    drop((a, b, e));
+    teardown(lan);
+}
+
+#[test]
+fn without_preempt_a_returning_node_stays_standby() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan(&["a", "b"]);
+    let all = ["a", "b"];
+    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
+    expect_states(&[("b", &b)], &["active"]);
+    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "preempt = false")).unwrap();
+    std::thread::sleep(Duration::from_millis(INTERVAL * 20));
+    expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
+    client_reaches(&lan, &lan.host("b").mac);
+    drop((a, b));
+    teardown(lan);
+}
+
+/// A UDP datagram to `dst` on the advert port whose IP source claims to be `src`, sent
+/// by the client (with its own MAC, so the switch keeps learning the real ports).
+fn spoofed(lan: &Lan, src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+    let (s, d, c) = (lan.host(src), lan.host(dst), lan.host("c"));
+    frames::udp4(mac(&d.mac), mac(&c.mac), s.ip4, d.ip4, 4112, 4112, payload)
+}
+
+#[test]
+fn forged_replayed_and_malformed_adverts_change_nothing() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan(&["a", "b"]);
+    let dir = std::env::temp_dir().join(format!("vip-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("web.key");
+    std::fs::write(&key, "correct horse battery staple\n").unwrap();
+    let extra = format!("auth_key_file = \"{}\"", key.display());
+    let all = ["a", "b"];
+    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, &extra)).unwrap();
+    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, &extra)).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+
+    // Capture a genuine advertisement from a to b, to replay it later.
+    let on_b = Capture::open(&lan.host("b").ns, "eth0").unwrap();
+    let genuine = on_b
+        .collect(Duration::from_millis(INTERVAL * 5), |f| f.len() > 42 && f[23] == 17 && f[36..38] == [0x10, 0x10])
+        .pop()
+        .expect("no advertisement seen on b");
+    let payload = genuine[42..].to_vec();
+    let ad = Advert::decode(&payload, Some(b"correct horse battery staple")).expect("a real advert");
+    assert_eq!(ad.priority, 200);
+
+    let c = Capture::open(&lan.host("c").ns, "eth0").unwrap();
+    // Forged: a wrong key, no key at all, claiming priority 254 from b's address to a.
+    let mut forged = ad.clone();
+    forged.addr = lan.host("b").ip4.into();
+    forged.priority = 254;
+    forged.seq = u64::MAX - 1;
+    for (what, bytes) in [("wrong key", forged.encode(Some(b"not the key at all!!"))), ("no key", forged.encode(None))] {
+        for _ in 0..5 {
+            c.send(&spoofed(&lan, "b", "a", &bytes)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(INTERVAL * 2));
+        expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+        let _ = what;
+    }
+    // Replayed: the genuine advertisement again, spoofed from a to b.
+    std::thread::sleep(Duration::from_millis(INTERVAL * 2));
+    for _ in 0..5 {
+        c.send(&spoofed(&lan, "a", "b", &payload)).unwrap();
+    }
+    // Malformed: garbage and truncations from a's address.
+    c.send(&spoofed(&lan, "a", "b", b"hello, this is not an advertisement at all")).unwrap();
+    c.send(&spoofed(&lan, "a", "b", &payload[..20])).unwrap();
+    // From a host that is not a peer.
+    let from_c = frames::udp4(mac(&lan.host("b").mac), mac(&lan.host("c").mac), lan.host("c").ip4, lan.host("b").ip4, 4112, 4112, &payload);
+    c.send(&from_c).unwrap();
+    std::thread::sleep(Duration::from_millis(INTERVAL * 5));
+
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    let ea = election(&a);
+    let eb = election(&b);
+    assert_eq!(ea["auth_failures"], 10, "{ea}");
+    assert_eq!(eb["replays"], 5, "{eb}");
+    assert_eq!(eb["malformed"], 2, "{eb}");
+    assert_eq!(eb["unknown_peers"], 1, "{eb}");
+    assert_eq!(ea["split_brains"], 0);
+    assert!(a.log_text().contains("failed authentication"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    drop((a, b));
+    teardown(lan);
+}
+
+#[test]
+fn split_brain_heals_lower_priority_yields() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan(&["a", "b"]);
+    let all = ["a", "b"];
+    // Partition a and b from each other's adverts (the client still sees both).
+    for n in ["a", "b"] {
+        lan.host(n).ns.exec(&["nft", "add table inet part"]).unwrap();
+        lan.host(n).ns.exec(&["nft", "add chain inet part in { type filter hook input priority 0 ; }"]).unwrap();
+        lan.host(n).ns.exec(&["nft", "add rule inet part in udp dport 4112 drop"]).unwrap();
+    }
+    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
+    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "active"]);
+    // Heal.
+    for n in ["a", "b"] {
+        lan.host(n).ns.exec(&["nft", "delete table inet part"]).unwrap();
+    }
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    assert!(election(&b)["split_brains"].as_u64().unwrap() + election(&a)["split_brains"].as_u64().unwrap() >= 1
+        || b.status().unwrap()["groups"][0]["reason"].as_str().unwrap().contains("yielding"));
+    assert!(b.log_text().contains("yielding"), "{}", b.log_text());
+    client_reaches(&lan, &lan.host("a").mac);
+    drop((a, b));
+    teardown(lan);
+}
+
+#[test]
+fn a_failing_health_check_gives_the_vip_up() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan(&["a", "b"]);
+    let all = ["a", "b"];
+    let flag = std::env::temp_dir().join(format!("vip-healthy-{}", std::process::id()));
+    std::fs::write(&flag, "").unwrap();
+    let check = format!(
+        "track_script = {{ command = [\"test\", \"-e\", \"{}\"], interval_ms = 20, timeout_ms = 20, rise = 2, fall = 2 }}",
+        flag.display()
+    );
+    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, &check)).unwrap();
+    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    std::fs::remove_file(&flag).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["fault", "active"]);
+    client_reaches(&lan, &lan.host("b").mac);
+    let sa = a.status().unwrap();
+    assert_eq!(sa["groups"][0]["healthy"], false);
+    assert!(sa["groups"][0]["reason"].as_str().unwrap().contains("track_script"), "{sa}");
+    assert_eq!(sa["groups"][0]["vips"][0]["action"], "none");
+    // Recovery: standby again, then preempts (higher priority).
+    std::fs::write(&flag, "").unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    std::fs::remove_file(&flag).unwrap();
+    drop((a, b));
+    teardown(lan);
+}
+
+#[test]
+fn lease_expiry_stops_arp_answers_of_a_stopped_agent() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan(&["a", "b"]);
+    // b never runs: a is active alone.
+    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &["a", "b"], 200, "")).unwrap();
+    expect_states(&[("a", &a)], &["active"]);
+    let c = lan.host("c");
+    let cap = Capture::open(&c.ns, "eth0").unwrap();
+    let ask = || {
+        cap.clear();
+        cap.send(&frames::arp_request(mac(&c.mac), c.ip4, VIP4)).unwrap();
+        arp_replies_for(&cap.collect(Duration::from_millis(100), |_| true), VIP4).len()
+    };
+    assert_eq!(ask(), 1);
+    a.proc.signal(Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(INTERVAL * 3 + 50));
+    // Neither the data plane (lease expired) nor the kernel (request dropped) answers.
+    for _ in 0..3 {
+        assert_eq!(ask(), 0, "a stopped agent's node still answers ARP");
+    }
+    a.proc.signal(Signal::SIGCONT).unwrap();
+    assert!(wait_for(Duration::from_secs(2), || (ask() == 1).then_some(())).is_some(), "answers did not resume");
+    drop(a);
+    teardown(lan);
+}
+
+#[test]
+fn planned_handover_loses_nothing() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan(&["a", "b"]);
+    let all = ["a", "b"];
+    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
+    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    let to: SocketAddr = (VIP4, 7007).into();
+    let _ra = Responder::start(&lan.host("a").ns, to, "a").unwrap();
+    let _rb = Responder::start(&lan.host("b").ns, to, "b").unwrap();
+    let prober = lab::Prober::start(&lan.host("c").ns, to, Duration::from_millis(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = a.cli(&["demote", "web"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let probes = prober.finish();
+    let o = lab::outage(&probes, "a", "b").expect("the client never moved to b");
+    assert_eq!(o.lost, 0, "probes lost in a planned handover: {o:?}");
+    assert_eq!(o.unanswered_total, 0, "{o:?}");
+    assert_eq!(a.status().unwrap()["groups"][0]["election"]["pinned"], "standby");
+    drop((a, b));
+    teardown(lan);
+}

@@ -1,0 +1,653 @@
+//! The built-in election of one group: a VRRP-like state machine over unicast
+//! advertisements, with no I/O and no clock of its own (time comes in as an argument),
+//! so every rule is unit-tested.
+//!
+//! * The active node advertises every interval. A standby takes over when it has heard
+//!   nothing for 3 intervals plus a skew that is shorter for higher priorities, so the
+//!   best standby wins without a vote storm; on a release (planned handover) it waits
+//!   for the skew only.
+//! * A standby with a higher priority than the active preempts it (after
+//!   `preempt_delay`), unless `preempt = false`.
+//! * Two actives (a healed partition): the lower (priority, address) yields at once,
+//!   the winner re-announces.
+//! * A planned handover (demote, SIGTERM, being preempted) keeps serving until the new
+//!   active is heard, then hands its stale-cache traffic to the new active's MAC.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    advert::{Advert, Kind},
+    mac::Mac,
+};
+
+/// A group's state, VRRP-style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Init,
+    Standby,
+    Active,
+    Fault,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Init => "init",
+            State::Standby => "standby",
+            State::Active => "active",
+            State::Fault => "fault",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub priority: u8,
+    pub interval: Duration,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    /// Our primary address: identity and tie-breaker.
+    pub me: IpAddr,
+}
+
+/// An operator's override of the election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    None,
+    /// `vip promote`: active whatever the priorities (acts as priority 255).
+    Active,
+    /// `vip demote`: never takes over (acts as priority 0).
+    Standby,
+}
+
+/// What the election wants the agent to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Take the VIPs (entries, addresses, announcements).
+    TakeOver { reason: String },
+    /// Give them up; hand stale-cache traffic to `forward_to` if known.
+    StepDown { forward_to: Option<Mac>, reason: String },
+    /// Give them up because a health check failed.
+    Fault { reason: String },
+    /// Health is back: standby again.
+    Recover { reason: String },
+    /// As standby, the active we forward to changed (None: none known).
+    ForwardTo(Option<Mac>),
+    /// Send this kind of advertisement to every peer.
+    Send(Kind),
+    /// Send the gratuitous ARP / unsolicited NA burst again.
+    Reannounce,
+}
+
+/// The node we believe active (not us).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub addr: IpAddr,
+    pub mac: Mac,
+    pub priority: u8,
+    pub last_seen: Instant,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub split_brains: u64,
+}
+
+#[derive(Debug)]
+pub struct Election {
+    p: Params,
+    state: State,
+    pin: Pin,
+    healthy: bool,
+    /// Standby: when we take over if nothing is heard.
+    master_down_at: Option<Instant>,
+    /// Standby: when we preempt a lower-priority active.
+    preempt_at: Option<Instant>,
+    /// Active: when the next advertisement is due.
+    next_advert_at: Option<Instant>,
+    /// Active, handing over: until when we wait for a new active before giving up.
+    handover_until: Option<Instant>,
+    active: Option<Peer>,
+    forwarding: Option<Mac>,
+    pub counters: Counters,
+}
+
+impl Election {
+    pub fn new(p: Params) -> Self {
+        Election {
+            p,
+            state: State::Init,
+            pin: Pin::None,
+            healthy: true,
+            master_down_at: None,
+            preempt_at: None,
+            next_advert_at: None,
+            handover_until: None,
+            active: None,
+            forwarding: None,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn pin(&self) -> Pin {
+        self.pin
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.p
+    }
+
+    /// The active node as we know it (None while we are active ourselves).
+    pub fn active(&self) -> Option<&Peer> {
+        self.active.as_ref()
+    }
+
+    /// True while we are active but waiting for a successor.
+    pub fn handing_over(&self) -> bool {
+        self.handover_until.is_some()
+    }
+
+    /// The priority we advertise and compare with.
+    pub fn effective_priority(&self) -> u8 {
+        match self.pin {
+            Pin::None => self.p.priority,
+            Pin::Active => 255,
+            Pin::Standby => 0,
+        }
+    }
+
+    fn skew(&self) -> Duration {
+        let prio = self.effective_priority().max(1) as u32;
+        self.p.interval * (256 - prio) / 256
+    }
+
+    /// How long a standby waits for an advertisement before taking over.
+    pub fn master_down_interval(&self) -> Duration {
+        self.p.interval * 3 + self.skew()
+    }
+
+    /// The next instant `tick` has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.master_down_at, self.preempt_at, self.next_advert_at, self.handover_until]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Leaves `init`: standby, waiting for the active.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        self.state = State::Standby;
+        self.master_down_at = Some(now + self.master_down_interval());
+        Vec::new()
+    }
+
+    /// Advances time: adverts due, timers expired.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match self.state {
+            State::Active => {
+                if let Some(until) = self.handover_until {
+                    if now >= until {
+                        // Nobody took over: step down anyway (the operator asked us to).
+                        self.handover_until = None;
+                        out.extend(self.step_down(now, None, "handed over, but no standby took over".into()));
+                        return out;
+                    }
+                }
+                if self.next_advert_at.is_some_and(|t| now >= t) {
+                    let kind = if self.handing_over() { Kind::Release } else { Kind::Advert };
+                    out.push(self.send(kind));
+                    self.next_advert_at = Some(now + self.p.interval);
+                }
+            }
+            State::Standby | State::Init => {
+                if let Some(a) = &self.active {
+                    // Stop forwarding to an active we no longer hear.
+                    if now.saturating_duration_since(a.last_seen) > self.p.interval * 3 {
+                        self.active = None;
+                        out.extend(self.forward(None));
+                    }
+                }
+                if !self.healthy || self.pin == Pin::Standby {
+                    self.master_down_at = None;
+                    self.preempt_at = None;
+                    return out;
+                }
+                if self.preempt_at.is_some_and(|t| now >= t) {
+                    let who = self.active.as_ref().map(|a| format!("{} (priority {})", a.addr, a.priority)).unwrap_or_default();
+                    out.extend(self.take_over(now, format!("preempting lower-priority active {who}")));
+                } else if self.master_down_at.is_some_and(|t| now >= t) {
+                    let why = format!(
+                        "no advertisement from the active for {} ms",
+                        self.master_down_interval().as_millis()
+                    );
+                    out.extend(self.take_over(now, why));
+                }
+            }
+            State::Fault => {}
+        }
+        out
+    }
+
+    /// An advertisement from a peer (already authenticated and checked for replay).
+    pub fn receive(&mut self, ad: &Advert, now: Instant) -> Vec<Action> {
+        self.counters.adverts_received += 1;
+        let mut out = Vec::new();
+        match ad.kind {
+            Kind::Advert => {
+                let theirs = (ad.priority, ad.addr);
+                let ours = (self.effective_priority(), self.p.me);
+                self.active = Some(Peer { addr: ad.addr, mac: ad.mac, priority: ad.priority, last_seen: now });
+                match self.state {
+                    State::Active if self.handing_over() => {
+                        self.handover_until = None;
+                        let why = format!("handed over to {} (priority {})", ad.addr, ad.priority);
+                        out.extend(self.step_down(now, Some(ad.mac), why));
+                    }
+                    State::Active if theirs > ours => {
+                        let why = if ad.priority > self.effective_priority() {
+                            format!("yielding to higher-priority active {} (priority {})", ad.addr, ad.priority)
+                        } else {
+                            format!("split brain with {} (equal priority, higher address): yielding", ad.addr)
+                        };
+                        if ad.priority <= self.effective_priority() {
+                            self.counters.split_brains += 1;
+                        }
+                        out.extend(self.step_down(now, Some(ad.mac), why));
+                    }
+                    State::Active => {
+                        // Two actives and we win: say so at once and re-announce.
+                        self.counters.split_brains += 1;
+                        self.active = None;
+                        out.push(self.send(Kind::Advert));
+                        out.push(Action::Reannounce);
+                    }
+                    State::Standby | State::Init => {
+                        let preempts = self.p.preempt
+                            && self.pin != Pin::Standby
+                            && self.healthy
+                            && self.effective_priority() > ad.priority;
+                        if preempts || self.pin == Pin::Active {
+                            if self.preempt_at.is_none() {
+                                self.preempt_at = Some(now + if self.pin == Pin::Active { Duration::ZERO } else { self.p.preempt_delay });
+                            }
+                        } else {
+                            self.preempt_at = None;
+                            self.master_down_at = Some(now + self.master_down_interval());
+                        }
+                        out.extend(self.forward(Some(ad.mac)));
+                        out.extend(self.tick(now));
+                    }
+                    State::Fault => {}
+                }
+            }
+            Kind::Release => {
+                if self.active.as_ref().is_some_and(|a| a.addr == ad.addr) || self.active.is_none() {
+                    if matches!(self.state, State::Standby | State::Init) && self.healthy && self.pin != Pin::Standby {
+                        // Planned handover: the best standby goes first.
+                        self.master_down_at = Some(now + self.skew());
+                    }
+                }
+            }
+            Kind::Hold => {
+                if self.active.as_ref().is_some_and(|a| a.addr == ad.addr) && self.state != State::Active {
+                    let hold = Duration::from_millis(ad.hold_ms as u64);
+                    self.master_down_at = Some(now + hold.max(self.master_down_interval()));
+                    if let Some(a) = &mut self.active {
+                        a.last_seen = now + hold;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Health of the group's checks changed.
+    pub fn set_healthy(&mut self, healthy: bool, reason: &str, now: Instant) -> Vec<Action> {
+        if healthy == self.healthy {
+            return Vec::new();
+        }
+        self.healthy = healthy;
+        let mut out = Vec::new();
+        if !healthy {
+            if self.state == State::Active {
+                out.push(self.send(Kind::Release));
+            }
+            self.state = State::Fault;
+            self.master_down_at = None;
+            self.preempt_at = None;
+            self.next_advert_at = None;
+            self.handover_until = None;
+            out.push(Action::Fault { reason: reason.to_string() });
+        } else if self.state == State::Fault {
+            self.state = State::Standby;
+            self.master_down_at = Some(now + self.master_down_interval());
+            out.push(Action::Recover { reason: reason.to_string() });
+            out.extend(self.forward(self.active.as_ref().map(|a| a.mac)));
+        }
+        out
+    }
+
+    /// `vip promote`: active now, and stays so until `resume` or a restart.
+    pub fn promote(&mut self, now: Instant) -> Vec<Action> {
+        self.pin = Pin::Active;
+        self.handover_until = None;
+        if !self.healthy {
+            return Vec::new();
+        }
+        if self.state == State::Active {
+            return vec![self.send(Kind::Advert), Action::Reannounce];
+        }
+        self.take_over(now, "promoted by `vip promote`".into())
+    }
+
+    /// `vip demote`: hand over (keep serving until a successor is heard, then forward
+    /// to it); stays standby until `resume` or a restart. With `forward_to`, step down
+    /// at once towards that MAC.
+    pub fn demote(&mut self, forward_to: Option<Mac>, now: Instant) -> Vec<Action> {
+        self.pin = Pin::Standby;
+        self.master_down_at = None;
+        self.preempt_at = None;
+        match (self.state, forward_to) {
+            (State::Active, Some(mac)) => {
+                let mut out = vec![self.send(Kind::Release)];
+                out.extend(self.step_down(now, Some(mac), "demoted by `vip demote`".into()));
+                out
+            }
+            (State::Active, None) => self.hand_over(now),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Back to the election after promote/demote.
+    pub fn resume(&mut self, now: Instant) -> Vec<Action> {
+        self.pin = Pin::None;
+        if matches!(self.state, State::Standby | State::Init) && self.healthy {
+            self.master_down_at = Some(now + self.master_down_interval());
+        }
+        Vec::new()
+    }
+
+    /// Planned handover for shutdown: like `demote` without pinning.
+    pub fn shutdown(&mut self, now: Instant) -> Vec<Action> {
+        if self.state == State::Active {
+            self.hand_over(now)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A restart is about to happen: tell peers to hold for `hold`.
+    pub fn hold(&mut self) -> Vec<Action> {
+        if self.state == State::Active {
+            vec![self.send(Kind::Hold)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn hand_over(&mut self, now: Instant) -> Vec<Action> {
+        // Successors take over after their skew (< 1 interval); allow 3 more intervals.
+        self.handover_until = Some(now + self.p.interval * 4);
+        self.next_advert_at = Some(now + self.p.interval);
+        vec![self.send(Kind::Release)]
+    }
+
+    fn take_over(&mut self, now: Instant, reason: String) -> Vec<Action> {
+        self.state = State::Active;
+        self.master_down_at = None;
+        self.preempt_at = None;
+        self.handover_until = None;
+        self.active = None;
+        self.forwarding = None;
+        self.next_advert_at = Some(now + self.p.interval);
+        vec![Action::TakeOver { reason }, self.send(Kind::Advert)]
+    }
+
+    fn step_down(&mut self, now: Instant, forward_to: Option<Mac>, reason: String) -> Vec<Action> {
+        self.state = State::Standby;
+        self.next_advert_at = None;
+        self.preempt_at = None;
+        self.master_down_at = (self.pin != Pin::Standby).then(|| now + self.master_down_interval());
+        self.forwarding = forward_to;
+        vec![Action::StepDown { forward_to, reason }]
+    }
+
+    fn forward(&mut self, mac: Option<Mac>) -> Option<Action> {
+        if self.forwarding == mac || self.state == State::Fault {
+            return None;
+        }
+        self.forwarding = mac;
+        Some(Action::ForwardTo(mac))
+    }
+
+    fn send(&mut self, kind: Kind) -> Action {
+        self.counters.adverts_sent += 1;
+        Action::Send(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn node(prio: u8, last: u8) -> Election {
+        Election::new(Params {
+            priority: prio,
+            interval: 100 * MS,
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            me: format!("10.0.0.{last}").parse().unwrap(),
+        })
+    }
+
+    fn advert(kind: Kind, prio: u8, last: u8) -> Advert {
+        Advert {
+            kind,
+            priority: prio,
+            interval_ms: 100,
+            hold_ms: 0,
+            mac: Mac([2, 0, 0, 0, 0, last]),
+            addr: format!("10.0.0.{last}").parse().unwrap(),
+            seq: 1,
+            group: "web".into(),
+        }
+    }
+
+    fn took_over(a: &[Action]) -> bool {
+        a.iter().any(|a| matches!(a, Action::TakeOver { .. }))
+    }
+
+    #[test]
+    fn standby_takes_over_after_three_intervals_plus_skew() {
+        let t0 = Instant::now();
+        let mut e = node(150, 10);
+        e.start(t0);
+        let md = e.master_down_interval();
+        assert_eq!(md, 300 * MS + 100 * MS * 106 / 256);
+        assert!(!took_over(&e.tick(t0 + md - MS)));
+        let a = e.tick(t0 + md);
+        assert!(took_over(&a), "{a:?}");
+        assert!(a.contains(&Action::Send(Kind::Advert)));
+        assert_eq!(e.state(), State::Active);
+    }
+
+    #[test]
+    fn higher_priority_standby_waits_less() {
+        assert!(node(200, 1).master_down_interval() < node(100, 2).master_down_interval());
+    }
+
+    #[test]
+    fn adverts_keep_a_standby_waiting_and_it_forwards_to_the_active() {
+        let t0 = Instant::now();
+        let mut e = node(100, 11);
+        e.start(t0);
+        let a = e.receive(&advert(Kind::Advert, 150, 10), t0 + 200 * MS);
+        assert_eq!(a, vec![Action::ForwardTo(Some(Mac([2, 0, 0, 0, 0, 10])))]);
+        assert!(!took_over(&e.tick(t0 + 450 * MS)));
+        assert!(took_over(&e.tick(t0 + 200 * MS + e.master_down_interval())));
+    }
+
+    #[test]
+    fn preemption_and_no_preemption() {
+        let t0 = Instant::now();
+        let mut e = node(200, 12);
+        e.start(t0);
+        assert!(took_over(&e.receive(&advert(Kind::Advert, 150, 10), t0)));
+
+        let mut e = node(200, 12);
+        e.p.preempt = false;
+        e.start(t0);
+        assert!(!took_over(&e.receive(&advert(Kind::Advert, 150, 10), t0)));
+        assert!(!took_over(&e.tick(t0 + 250 * MS)));
+
+        let mut e = node(200, 12);
+        e.p.preempt_delay = 500 * MS;
+        e.start(t0);
+        assert!(!took_over(&e.receive(&advert(Kind::Advert, 150, 10), t0)));
+        assert!(!took_over(&e.receive(&advert(Kind::Advert, 150, 10), t0 + 100 * MS)));
+        assert!(took_over(&e.tick(t0 + 500 * MS)));
+    }
+
+    #[test]
+    fn equal_priority_never_preempts() {
+        let t0 = Instant::now();
+        let mut e = node(150, 99);
+        e.start(t0);
+        assert!(!took_over(&e.receive(&advert(Kind::Advert, 150, 10), t0)));
+    }
+
+    #[test]
+    fn active_yields_to_higher_priority_and_forwards_to_it() {
+        let t0 = Instant::now();
+        let mut e = node(100, 10);
+        e.start(t0);
+        e.tick(t0 + e.master_down_interval());
+        let a = e.receive(&advert(Kind::Advert, 200, 12), t0 + 1000 * MS);
+        assert!(matches!(&a[0], Action::StepDown { forward_to: Some(m), .. } if *m == Mac([2, 0, 0, 0, 0, 12])));
+        assert_eq!(e.state(), State::Standby);
+        assert_eq!(e.counters.split_brains, 0);
+    }
+
+    #[test]
+    fn split_brain_lower_address_yields_winner_reannounces() {
+        let t0 = Instant::now();
+        let mut low = node(150, 10);
+        let mut high = node(150, 11);
+        for e in [&mut low, &mut high] {
+            e.start(t0);
+            e.tick(t0 + Duration::from_secs(1));
+            assert_eq!(e.state(), State::Active);
+        }
+        let a = high.receive(&advert(Kind::Advert, 150, 10), t0 + 2000 * MS);
+        assert!(a.contains(&Action::Reannounce) && a.contains(&Action::Send(Kind::Advert)), "{a:?}");
+        assert_eq!(high.state(), State::Active);
+        let a = low.receive(&advert(Kind::Advert, 150, 11), t0 + 2000 * MS);
+        assert!(matches!(a[0], Action::StepDown { .. }), "{a:?}");
+        assert_eq!((low.counters.split_brains, high.counters.split_brains), (1, 1));
+    }
+
+    #[test]
+    fn release_lets_the_best_standby_take_over_after_its_skew() {
+        let t0 = Instant::now();
+        let mut e = node(200, 12);
+        e.p.preempt = false;
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        e.receive(&advert(Kind::Release, 150, 10), t0 + 50 * MS);
+        assert!(!took_over(&e.tick(t0 + 50 * MS + e.skew() - MS)));
+        assert!(took_over(&e.tick(t0 + 50 * MS + e.skew())));
+    }
+
+    #[test]
+    fn demote_hands_over_then_forwards_to_the_successor() {
+        let t0 = Instant::now();
+        let mut e = node(200, 10);
+        e.start(t0);
+        e.tick(t0 + Duration::from_secs(1));
+        let a = e.demote(None, t0 + 2000 * MS);
+        assert_eq!(a, vec![Action::Send(Kind::Release)]);
+        assert_eq!(e.state(), State::Active, "keeps serving until a successor is heard");
+        // Adverts continue as releases.
+        assert_eq!(e.tick(t0 + 2100 * MS), vec![Action::Send(Kind::Release)]);
+        let a = e.receive(&advert(Kind::Advert, 100, 11), t0 + 2150 * MS);
+        assert!(matches!(&a[0], Action::StepDown { forward_to: Some(m), .. } if *m == Mac([2, 0, 0, 0, 0, 11])));
+        // Pinned standby: never takes over, even alone.
+        assert!(!took_over(&e.tick(t0 + Duration::from_secs(10))));
+        e.resume(t0 + Duration::from_secs(10));
+        assert!(took_over(&e.tick(t0 + Duration::from_secs(11))));
+    }
+
+    #[test]
+    fn demote_without_successor_gives_up_after_a_while() {
+        let t0 = Instant::now();
+        let mut e = node(200, 10);
+        e.start(t0);
+        e.tick(t0 + Duration::from_secs(1));
+        e.demote(None, t0 + 2000 * MS);
+        let a = e.tick(t0 + 2400 * MS);
+        assert!(matches!(&a[0], Action::StepDown { forward_to: None, .. }), "{a:?}");
+    }
+
+    #[test]
+    fn promote_pins_active_against_higher_priority() {
+        let t0 = Instant::now();
+        let mut e = node(50, 10);
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 200, 12), t0);
+        assert!(took_over(&e.promote(t0 + 10 * MS)));
+        assert_eq!(e.effective_priority(), 255);
+        assert!(e.receive(&advert(Kind::Advert, 200, 12), t0 + 20 * MS).contains(&Action::Reannounce));
+        assert_eq!(e.state(), State::Active);
+    }
+
+    #[test]
+    fn fault_gives_up_and_recovers_to_standby() {
+        let t0 = Instant::now();
+        let mut e = node(200, 10);
+        e.start(t0);
+        e.tick(t0 + Duration::from_secs(1));
+        let a = e.set_healthy(false, "track_script failed", t0 + 2000 * MS);
+        assert_eq!(a[0], Action::Send(Kind::Release));
+        assert!(matches!(a[1], Action::Fault { .. }));
+        assert!(e.tick(t0 + Duration::from_secs(10)).is_empty(), "a faulty node never takes over");
+        let a = e.set_healthy(true, "track_script ok", t0 + Duration::from_secs(10));
+        assert!(matches!(a[0], Action::Recover { .. }));
+        assert_eq!(e.state(), State::Standby);
+        assert!(took_over(&e.tick(t0 + Duration::from_secs(11))));
+    }
+
+    #[test]
+    fn forgets_an_active_it_no_longer_hears() {
+        let t0 = Instant::now();
+        let mut e = node(100, 11);
+        e.p.preempt = false;
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        let a = e.tick(t0 + 301 * MS);
+        assert!(a.contains(&Action::ForwardTo(None)), "{a:?}");
+    }
+
+    #[test]
+    fn active_advertises_every_interval() {
+        let t0 = Instant::now();
+        let mut e = node(100, 10);
+        e.start(t0);
+        let t1 = t0 + e.master_down_interval();
+        e.tick(t1);
+        assert_eq!(e.next_deadline(), Some(t1 + 100 * MS));
+        assert_eq!(e.tick(t1 + 100 * MS), vec![Action::Send(Kind::Advert)]);
+        assert!(e.tick(t1 + 150 * MS).is_empty());
+    }
+}

@@ -1,8 +1,8 @@
 //! `cargo xtask demo`: the main job on its embedded default.
 //!
 //! A bridge ("the switch") with two servers and a client, each in its own network
-//! namespace; an agent on each server; the client probes the VIP every 10 ms and
-//! we show who answers, fail over, and show it again with the counters.
+//! namespace; an elected agent on each server; the client probes the VIP every 5 ms.
+//! Server a loses its link, b takes over; a comes back and preempts without a loss.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -12,9 +12,11 @@ use lab::{outage, Agent, Lan, Prober, Responder};
 const VIP: &str = "10.0.0.50";
 const PORT: u16 = 7007;
 
-fn config(node: &str, role: &str) -> String {
+/// Elected with the defaults (100 ms adverts), a preferred over b.
+fn config(lan: &Lan, node: &str, peer: &str, priority: u8) -> String {
     format!(
-        "[node]\nname = \"{node}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"{VIP}/24\"]\nrole = \"{role}\"\n"
+        "[node]\nname = \"{node}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"{VIP}/24\"]\npeers = [\"{}\"]\npriority = {priority}\n",
+        lan.host(peer).ip4
     )
 }
 
@@ -33,54 +35,42 @@ pub fn run(vip: &Path) -> Result<()> {
         a.ip4, a.mac, b.ip4, b.mac, c.ip4, c.mac
     );
 
-    say("starting the agents: a active, b standby");
-    let agent_a = Agent::start(&a.ns, "a", &config("a", "active"))?;
-    let agent_b = Agent::start(&b.ns, "b", &config("b", "standby"))?;
+    say("starting the agents: elected (unicast adverts every 100 ms), a priority 200, b priority 100");
+    let agent_a = Agent::start(&a.ns, "a", &config(&lan, "a", "b", 200))?;
+    let agent_b = Agent::start(&b.ns, "b", &config(&lan, "b", "a", 100))?;
     let to: SocketAddr = format!("{VIP}:{PORT}").parse()?;
     let _ra = Responder::start(&a.ns, to, "a")?;
     let _rb = Responder::start(&b.ns, to, "b")?;
+    wait_state(&agent_a, "active")?;
 
-    say("the client probes the VIP every 10 ms (UDP; the answer names the server)");
-    let prober = Prober::start(&c.ns, to, Duration::from_millis(10))?;
-    std::thread::sleep(Duration::from_millis(1500));
+    say("the client probes the VIP every 5 ms (UDP; the answer names the server)");
+    let prober = Prober::start(&c.ns, to, Duration::from_millis(5))?;
+    std::thread::sleep(Duration::from_millis(1000));
     show_neighbour(&lan)?;
     table("a", &agent_a)?;
     table("b", &agent_b)?;
 
-    say("planned failover, make before break: `vip promote web` on b, then `vip demote web --forward-to <b>` on a");
-    let b_mac = lan.host("b").mac.clone();
-    cli(&agent_b, &["promote", "web"])?;
-    cli(&agent_a, &["demote", "web", "--forward-to", &b_mac])?;
-    std::thread::sleep(Duration::from_millis(1500));
+    say("failure: server a loses its link (ip link set eth0 down)");
+    lan.host("a").ns.ip(&["link", "set", "eth0", "down"])?;
+    wait_state(&agent_b, "active")?;
+    std::thread::sleep(Duration::from_millis(1000));
     let probes = prober.finish();
-
     show_neighbour(&lan)?;
-    let by = |n: &str| {
-        probes
-            .iter()
-            .filter(|p| p.answered_by.as_deref() == Some(n))
-            .count()
-    };
-    println!(
-        "    probes sent {}, answered by a {}, by b {}, unanswered {}",
-        probes.len(),
-        by("a"),
-        by("b"),
-        probes.iter().filter(|p| p.answered_by.is_none()).count()
-    );
-    match outage(&probes, "a", "b") {
-        Some(o) => println!(
-            "    failover a -> b: outage {:.1} ms, {} probes lost",
-            o.outage.as_secs_f64() * 1e3,
-            o.lost
-        ),
-        None => bail!("the client never reached b after the failover"),
-    }
+    report(&probes, "a", "b")?;
+    table("b", &agent_b)?;
+
+    say("repair: a's link comes back; a (priority 200) preempts, b hands its stale-cache traffic over");
+    let prober = Prober::start(&c.ns, to, Duration::from_millis(5))?;
+    std::thread::sleep(Duration::from_millis(300));
+    lan.host("a").ns.ip(&["link", "set", "eth0", "up"])?;
+    wait_state(&agent_a, "active")?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let probes = prober.finish();
+    show_neighbour(&lan)?;
+    report(&probes, "b", "a")?;
     table("a", &agent_a)?;
     table("b", &agent_b)?;
-    if by("b") == 0 {
-        bail!("b never answered");
-    }
+
     say("cleaning up: agents stopped, namespaces deleted");
     drop((agent_a, agent_b));
     drop(lan);
@@ -88,25 +78,47 @@ pub fn run(vip: &Path) -> Result<()> {
     Ok(())
 }
 
-fn say(s: &str) {
-    println!("\n==> {}", s.replace("{VIP}", VIP));
+fn wait_state(agent: &Agent, want: &str) -> Result<()> {
+    let ok = lab::wait_for(Duration::from_secs(10), || {
+        let s = agent.status().ok()?;
+        (s["groups"][0]["state"] == want).then_some(())
+    });
+    ok.with_context(|| {
+        format!(
+            "{} never became {want}:\n{}",
+            agent.proc.name,
+            agent.log_text()
+        )
+    })
 }
 
-fn cli(agent: &Agent, args: &[&str]) -> Result<()> {
-    let out = agent.cli(args)?;
-    print!(
-        "    $ vip {}\n    {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout)
+fn report(probes: &[lab::Probe], from: &str, to: &str) -> Result<()> {
+    let by = |n: &str| {
+        probes
+            .iter()
+            .filter(|p| p.answered_by.as_deref() == Some(n))
+            .count()
+    };
+    println!(
+        "    probes sent {}, answered by {from} {}, by {to} {}, unanswered {}",
+        probes.len(),
+        by(from),
+        by(to),
+        probes.iter().filter(|p| p.answered_by.is_none()).count()
     );
-    if !out.status.success() {
-        bail!(
-            "vip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    match outage(probes, from, to) {
+        Some(o) => println!(
+            "    {from} -> {to}: outage {:.1} ms, {} probes lost",
+            o.outage.as_secs_f64() * 1e3,
+            o.lost
+        ),
+        None => bail!("the client never reached {to}"),
     }
     Ok(())
+}
+
+fn say(s: &str) {
+    println!("\n==> {}", s.replace("{VIP}", VIP));
 }
 
 fn table(name: &str, agent: &Agent) -> Result<()> {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a fresh machine needs, in one place.
 
 mod demo;
+mod failover;
 mod setup;
 
 use std::{
@@ -35,6 +36,14 @@ enum Cmd {
     },
     /// The demo: a switch, two servers and a client in namespaces; a live failover.
     Demo,
+    /// Failover benchmark: vip and keepalived, each fault, same run.
+    #[command(hide = true)]
+    BenchFailover {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Build, then run every test (unit, fixtures, namespace tests).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -74,6 +83,12 @@ fn run() -> Result<()> {
             demo::run(&vip)
         }
         Cmd::Test { args } => test(&args),
+        Cmd::BenchFailover { quick, runs } => {
+            let vip = build()?;
+            let v = failover::run(&vip, quick, runs)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! and map updates take microseconds).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::Arc,
@@ -29,9 +29,9 @@ use vip_common::{action, flags, VipEntry};
 
 use crate::{
     advert::{Advert, Kind},
-    config::{self, Config, Group, Role, XdpMode},
+    config::{self, Config, Group, Pin as PinConfig, Role, XdpMode},
     control::{self, Envelope, Request, Response},
-    dataplane::Dataplane,
+    dataplane::{self, Dataplane},
     election::{Action, Election, Params, Pin, State},
     garp::{self, PacketSocket},
     health::{self, Tracker},
@@ -91,6 +91,10 @@ struct GroupRuntime {
     /// Until when a drained step-down keeps forwarding (static/keepalived groups).
     drain_until: Option<Instant>,
     lease_deadline: Option<u64>,
+    /// Transitions by "state/reason kind", for metrics.
+    transition_reasons: BTreeMap<String, u64>,
+    /// Health-check tasks, aborted when the group goes away.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl GroupRuntime {
@@ -123,6 +127,21 @@ pub struct Agent {
     /// keeps growing across restarts.
     seq: u64,
     unknown_group_adverts: u64,
+    opts: Options,
+    /// Counter slots in use (VIP_STATS indexes).
+    slots: BTreeSet<u32>,
+    health_tx: Option<mpsc::Sender<health::Report>>,
+    /// Set when a control request ends the main loop.
+    exit: Option<Exit>,
+}
+
+/// How the agent leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Hand over, remove everything (SIGTERM/SIGINT).
+    Stop,
+    /// Leave the pinned data plane serving for the next agent; peers hold.
+    Restart { hold: Duration },
 }
 
 /// Events from the agent's helper tasks.
@@ -131,35 +150,81 @@ enum Event {
     Health(health::Report),
 }
 
-/// Runs the agent until SIGTERM/SIGINT, hands elected VIPs over, then removes
-/// everything it added.
-pub async fn run(opts: Options) -> Result<()> {
+/// Loads, validates and checks a config against this host, with the command line's
+/// overrides; nothing is changed on the host.
+fn load_config(opts: &Options) -> Result<(Config, Interface, HashMap<String, Vec<u8>>, Vec<String>)> {
     let mut cfg = config::load(&opts.config)?;
     if let Some(m) = opts.xdp_mode {
         cfg.node.xdp_mode = m;
     }
-    if let Some(i) = opts.interface {
-        cfg.node.interface = i;
+    if let Some(i) = &opts.interface {
+        cfg.node.interface = i.clone();
+        if let PinConfig::Default(_) = cfg.node.pin {
+            cfg.node.pin = PinConfig::Default(std::path::Path::new("/sys/fs/bpf/vip").join(i));
+        }
     }
     let iface = host::interface(&cfg.node.interface).context("node.interface")?;
     let all = host::all_addresses().context("listing host addresses")?;
     let report = config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?;
-    for w in &report.warnings {
+    let keys = config::load_keys(&cfg)?;
+    Ok((cfg, iface, keys, report.warnings))
+}
+
+/// Where the data plane is pinned: the configured directory (which must be on bpffs),
+/// or the default one when bpffs is mounted; else nowhere (with a warning).
+fn pin_dir(cfg: &Config, warnings: &mut Vec<String>) -> Result<Option<PathBuf>> {
+    match &cfg.node.pin {
+        PinConfig::Off => Ok(None),
+        PinConfig::Dir(d) => {
+            if !dataplane::on_bpffs(d) {
+                bail!("node.pin_dir: {} is not on a bpf filesystem (mount -t bpf bpf DIR)", d.display());
+            }
+            Ok(Some(d.clone()))
+        }
+        PinConfig::Default(d) => {
+            if dataplane::on_bpffs(d) {
+                Ok(Some(d.clone()))
+            } else {
+                warnings.push(format!(
+                    "no bpf filesystem at {}: the data plane is not pinned, so a restart of the agent interrupts it \
+                     (mount bpffs, or set node.pin_dir)",
+                    d.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                ));
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT (hand over, remove everything) or a restart
+/// request (leave the pinned data plane serving). SIGHUP reloads the config.
+pub async fn run(opts: Options) -> Result<()> {
+    let (cfg, iface, keys, mut warnings) = load_config(&opts)?;
+    for w in &warnings {
         log::warn!("{w}");
     }
-    let keys = config::load_keys(&cfg)?;
-    let listener = control::bind(&cfg.node.control_socket)?;
+    let listener = control::bind(&cfg.node.control_socket, cfg.node.control_group.as_deref())?;
     let socket_path = cfg.node.control_socket.clone();
+    let metrics_listen = cfg.node.metrics_listen;
+    let pin = pin_dir(&cfg, &mut warnings)?;
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(1024);
-    let mut agent = Agent::start(cfg, iface, keys, report.warnings).await?;
+    let mut agent = Agent::start(cfg, iface, keys, warnings, pin, opts).await?;
     agent.spawn_helpers(&ev_tx);
 
     let (tx, mut rx) = mpsc::channel::<Envelope>(64);
-    let server = tokio::spawn(control::serve(listener, tx));
+    let server = tokio::spawn(control::serve(listener, tx.clone()));
+    let metrics = match metrics_listen {
+        Some(addr) => Some(tokio::spawn(crate::metrics::serve(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("node.metrics_listen: binding {addr}"))?,
+            tx,
+        ))),
+        None => None,
+    };
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     log::info!("agent ready: control socket {}", socket_path.display());
-    loop {
+    while agent.exit.is_none() {
         let deadline = agent.next_deadline();
         tokio::select! {
             Some((req, reply)) = rx.recv() => {
@@ -168,119 +233,286 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             Some(ev) = ev_rx.recv() => agent.event(ev),
             _ = tokio::time::sleep_until(deadline.into()) => agent.tick(),
-            _ = term.recv() => { log::info!("SIGTERM: handing over and shutting down"); break; }
-            _ = int.recv() => { log::info!("SIGINT: handing over and shutting down"); break; }
+            _ = hup.recv() => match agent.reload() {
+                Ok(summary) => log::info!("SIGHUP: {summary}"),
+                Err(e) => log::error!("SIGHUP: reload refused, running state kept: {e:#}"),
+            },
+            _ = term.recv() => { log::info!("SIGTERM: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
+            _ = int.recv() => { log::info!("SIGINT: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
         }
     }
     server.abort();
-    agent.hand_over_all(&mut ev_rx).await;
-    agent.shutdown();
-    let _ = std::fs::remove_file(&socket_path);
-    log::info!("agent stopped; data plane detached, addresses removed");
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    match agent.exit {
+        Some(Exit::Restart { hold }) => {
+            agent.prepare_restart(hold);
+            let _ = std::fs::remove_file(&socket_path);
+            log::info!("agent exiting for a restart; the data plane keeps serving (peers hold {} ms)", hold.as_millis());
+        }
+        _ => {
+            agent.hand_over_all(&mut ev_rx).await;
+            agent.shutdown();
+            let _ = std::fs::remove_file(&socket_path);
+            log::info!("agent stopped; data plane detached, addresses removed");
+        }
+    }
     Ok(())
 }
 
+/// `vip agent --cleanup`: removes what an agent with this config may have left (a
+/// pinned data plane, VIP addresses), without starting one.
+pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
+    let mut cfg = config::load(&opts.config)?;
+    if let Some(i) = &opts.interface {
+        cfg.node.interface = i.clone();
+    }
+    let mut done = Vec::new();
+    if let Some(d) = cfg.node.pin.dir() {
+        let removed = dataplane::remove_pins(d).with_context(|| format!("removing pins under {}", d.display()))?;
+        if !removed.is_empty() {
+            done.push(format!("removed {} (data plane detached)", d.display()));
+        }
+    }
+    if let Ok(iface) = host::interface(&cfg.node.interface) {
+        let nl = Netlink::open().context("opening rtnetlink")?;
+        for g in &cfg.groups {
+            for v in &g.vips {
+                if iface.addrs.iter().any(|(a, p)| *a == v.addr && *p == host_prefix(v.addr)) {
+                    nl.del_address(iface.index, v.addr, host_prefix(v.addr))?;
+                    done.push(format!("removed address {} from {}", v.addr, iface.name));
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.node.control_socket);
+    Ok(done)
+}
+
 impl Agent {
-    /// Loads and attaches the data plane and puts every group in its starting state.
+    /// Loads and attaches the data plane (adopting a pinned one if an earlier agent
+    /// left it) and puts every group in its starting state.
     pub async fn start(
         cfg: Config,
         iface: Interface,
         mut keys: HashMap<String, Vec<u8>>,
         mut warnings: Vec<String>,
+        pin: Option<PathBuf>,
+        opts: Options,
     ) -> Result<Self> {
-        let mut dp = Dataplane::load(cfg.node.max_vips).context("loading the XDP data plane")?;
+        let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref()).context("loading the XDP data plane")?;
         dp.attach(&iface.name, cfg.node.xdp_mode)?;
-        log::info!("XDP attached to {} ({} mode)", iface.name, cfg.node.xdp_mode.as_str());
+        let adopted = dp.adopted();
+        log::info!(
+            "XDP attached to {} ({} mode){}",
+            iface.name,
+            cfg.node.xdp_mode.as_str(),
+            match (&pin, adopted) {
+                (Some(d), true) => format!("; adopted the running data plane pinned at {}", d.display()),
+                (Some(d), false) => format!("; pinned at {}", d.display()),
+                (None, _) => String::new(),
+            }
+        );
         warnings.extend(interface_warnings(&iface));
         let nl = Netlink::open().context("opening rtnetlink")?;
         let socket = Arc::new(PacketSocket::open(iface.index).context("opening a packet socket for announcements")?);
-
         let adverts = bind_advert_sockets(&cfg, &iface).await?;
-        let now = Instant::now();
-        let mut groups = Vec::new();
-        let mut slot = 0u32;
-        for (gi, g) in cfg.groups.iter().enumerate() {
-            let redirect = match &g.redirect {
-                Some(r) => Some(redirect_target(&nl, &mut dp, &g.name, r, &mut warnings)?),
-                None => None,
-            };
-            let mut vips = Vec::new();
-            for v in &g.vips {
-                dp.reset_stats(slot)?;
-                vips.push(VipRuntime { vip: *v, slot });
-                slot += 1;
-            }
-            let election = match &g.election {
-                Some(e) => {
-                    let me = primary_address(&iface, e.peers[0].is_ipv4()).with_context(|| {
-                        format!("group[{}].peers: interface {} has no address of the peers' family", g.name, iface.name)
-                    })?;
-                    let mut el = Election::new(Params {
-                        priority: e.priority,
-                        interval: e.advert_interval,
-                        preempt: e.preempt,
-                        preempt_delay: e.preempt_delay,
-                        me,
-                    });
-                    el.start(now);
-                    Some(el)
-                }
-                None => None,
-            };
-            let mut checks = Vec::new();
-            if g.track.interface {
-                checks.push(("track_interface", Tracker::new(1, 1), String::new()));
-            }
-            if let Some(c) = &g.track.script {
-                checks.push(("track_script", Tracker::new(c.rise, c.fall), String::new()));
-            }
-            if let Some(c) = &g.track.tcp {
-                checks.push(("track_tcp", Tracker::new(c.rise, c.fall), String::new()));
-            }
-            groups.push(GroupRuntime {
-                cfg: g.clone(),
-                index: gi as u32,
-                state: State::Init,
-                reason: "starting".into(),
-                since: SystemTime::now(),
-                transitions: 0,
-                forward_to: g.forward_to,
-                redirect,
-                vips,
-                announcer: None,
-                election,
-                key: keys.remove(&g.name),
-                last_seq: HashMap::new(),
-                errors: AdvertErrors::default(),
-                checks,
-                drain_until: None,
-                lease_deadline: None,
-            });
-        }
         let seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        let mut agent = Agent { cfg, iface, dp, nl, socket, adverts, groups, warnings, seq, unknown_group_adverts: 0 };
-        for gi in 0..agent.groups.len() {
-            let g = &agent.groups[gi];
-            let elected = g.election.is_some();
-            let driven = g.cfg.keepalived_instance.is_some();
-            if elected {
-                agent.deactivate(gi, State::Standby, None, "electing: waiting for the active")?;
-            } else if driven {
-                agent.deactivate(gi, State::Standby, None, "waiting for keepalived")?;
-            } else if g.checks.is_empty() && g.cfg.role == Role::Active {
-                agent.activate(gi, "configured role: active")?;
-            } else if g.cfg.role == Role::Active {
-                agent.deactivate(gi, State::Init, None, "configured role: active, waiting for health checks")?;
-            } else {
-                let fwd = g.forward_to;
-                agent.deactivate(gi, State::Standby, fwd, "configured role: standby")?;
+        let groups_cfg = cfg.groups.clone();
+        let mut agent = Agent {
+            cfg,
+            iface,
+            dp,
+            nl,
+            socket,
+            adverts,
+            groups: Vec::new(),
+            warnings: Vec::new(),
+            seq,
+            unknown_group_adverts: 0,
+            opts,
+            slots: BTreeSet::new(),
+            health_tx: None,
+            exit: None,
+        };
+        // Counter slots an adopted data plane already uses keep their VIPs (and counts).
+        let mut previous: HashMap<IpAddr, VipEntry> = HashMap::new();
+        if adopted {
+            for g in &groups_cfg {
+                for v in &g.vips {
+                    if let Some(e) = agent.dp.vip(v.addr) {
+                        if e.stats_index < agent.cfg.node.max_vips && agent.slots.insert(e.stats_index) {
+                            previous.insert(v.addr, e);
+                        }
+                    }
+                }
             }
+            agent.remove_stale_entries(&groups_cfg);
         }
+        for g in &groups_cfg {
+            let key = keys.remove(&g.name);
+            agent.add_group(g, key, &previous, &mut warnings)?;
+        }
+        agent.warnings = warnings;
         Ok(agent)
     }
 
+    /// Entries an earlier agent left for VIPs this config no longer has.
+    fn remove_stale_entries(&mut self, groups: &[Group]) {
+        let wanted: BTreeSet<IpAddr> = groups.iter().flat_map(|g| g.vips.iter().map(|v| v.addr)).collect();
+        for addr in self.dp.vip_addrs() {
+            if !wanted.contains(&addr) {
+                log::info!("removing the entry for {addr}, which is no longer configured");
+                if let Err(e) = self.dp.remove_vip(addr) {
+                    log::warn!("removing the stale entry for {addr}: {e:#}");
+                }
+                let _ = self.nl.del_address(self.iface.index, addr, host_prefix(addr));
+            }
+        }
+    }
+
+    fn alloc_slot(&mut self) -> Result<u32> {
+        let slot = (0..self.cfg.node.max_vips)
+            .find(|s| !self.slots.contains(s))
+            .context("no free counter slot (node.max_vips)")?;
+        self.slots.insert(slot);
+        Ok(slot)
+    }
+
+    fn alloc_group_index(&self) -> Result<u32> {
+        let used: BTreeSet<u32> = self.groups.iter().map(|g| g.index).collect();
+        (0..vip_common::MAX_GROUPS).find(|i| !used.contains(i)).context("too many groups")
+    }
+
+    /// Creates a group's runtime and puts it in its starting state. `previous` holds
+    /// the entries an adopted data plane had for its VIPs.
+    fn add_group(
+        &mut self,
+        g: &Group,
+        key: Option<Vec<u8>>,
+        previous: &HashMap<IpAddr, VipEntry>,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let redirect = match &g.redirect {
+            Some(r) => Some(redirect_target(&self.nl, &mut self.dp, &g.name, r, warnings)?),
+            None => None,
+        };
+        let mut vips = Vec::new();
+        let mut was_active = !g.vips.is_empty();
+        for v in &g.vips {
+            let slot = match previous.get(&v.addr) {
+                Some(e) => e.stats_index,
+                None => {
+                    let slot = self.alloc_slot()?;
+                    self.dp.reset_stats(slot)?;
+                    slot
+                }
+            };
+            was_active &= previous.get(&v.addr).is_some_and(|e| e.action == action::LOCAL || e.action == action::REDIRECT);
+            vips.push(VipRuntime { vip: *v, slot });
+        }
+        let election = match &g.election {
+            Some(e) => Some(Election::new(self.election_params(g, e)?)),
+            None => None,
+        };
+        let mut checks = Vec::new();
+        if g.track.interface {
+            checks.push(("track_interface", Tracker::new(1, 1), String::new()));
+        }
+        if let Some(c) = &g.track.script {
+            checks.push(("track_script", Tracker::new(c.rise, c.fall), String::new()));
+        }
+        if let Some(c) = &g.track.tcp {
+            checks.push(("track_tcp", Tracker::new(c.rise, c.fall), String::new()));
+        }
+        let index = self.alloc_group_index()?;
+        self.groups.push(GroupRuntime {
+            cfg: g.clone(),
+            index,
+            state: State::Init,
+            reason: "starting".into(),
+            since: SystemTime::now(),
+            transitions: 0,
+            forward_to: g.forward_to,
+            redirect,
+            vips,
+            announcer: None,
+            election,
+            key,
+            last_seq: HashMap::new(),
+            errors: AdvertErrors::default(),
+            checks,
+            drain_until: None,
+            lease_deadline: None,
+            transition_reasons: BTreeMap::new(),
+            tasks: Vec::new(),
+        });
+        let gi = self.groups.len() - 1;
+        self.spawn_checks(gi);
+        let g = &self.groups[gi];
+        let elected = g.election.is_some();
+        let driven = g.cfg.keepalived_instance.is_some();
+        if elected && was_active {
+            // A restart: the predecessor was active and asked the peers to hold.
+            let actions = self.groups[gi].election.as_mut().map(|e| e.start_active(now)).unwrap_or_default();
+            self.activate(gi, "adopted the running data plane (was active)")?;
+            self.apply(gi, actions);
+        } else if elected {
+            if let Some(e) = self.groups[gi].election.as_mut() {
+                e.start(now);
+            }
+            self.deactivate(gi, State::Standby, None, "electing: waiting for the active")?;
+        } else if driven && was_active {
+            self.activate(gi, "adopted the running data plane (keepalived's last word was MASTER)")?;
+        } else if driven {
+            self.deactivate(gi, State::Standby, None, "waiting for keepalived")?;
+        } else if g.checks.is_empty() && g.cfg.role == Role::Active {
+            self.activate(gi, "configured role: active")?;
+        } else if g.cfg.role == Role::Active {
+            self.deactivate(gi, State::Init, None, "configured role: active, waiting for health checks")?;
+        } else {
+            let fwd = g.forward_to;
+            self.deactivate(gi, State::Standby, fwd, "configured role: standby")?;
+        }
+        Ok(())
+    }
+
+    fn election_params(&self, g: &Group, e: &config::Election) -> Result<Params> {
+        let me = primary_address(&self.iface, e.peers[0].is_ipv4()).with_context(|| {
+            format!("group[{}].peers: interface {} has no address of the peers' family", g.name, self.iface.name)
+        })?;
+        Ok(Params { priority: e.priority, interval: e.advert_interval, preempt: e.preempt, preempt_delay: e.preempt_delay, me })
+    }
+
+    /// Removes a group: gives its VIPs up (a release lets a standby take over at once),
+    /// frees its slots and stops its tasks.
+    fn remove_group(&mut self, gi: usize) {
+        if self.groups[gi].state == State::Active {
+            if self.groups[gi].election.is_some() {
+                self.send_advert(gi, Kind::Release);
+            }
+        }
+        let g = self.groups.remove(gi);
+        if let Some(h) = g.announcer {
+            h.abort();
+        }
+        for t in g.tasks {
+            t.abort();
+        }
+        for v in &g.vips {
+            if let Err(e) = self.dp.remove_vip(v.vip.addr) {
+                log::warn!("group {}: removing map entry {}: {e:#}", g.cfg.name, v.vip.addr);
+            }
+            let _ = self.nl.del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr));
+            self.slots.remove(&v.slot);
+        }
+        log::info!("group {}: removed", g.cfg.name);
+    }
+
     /// Starts the tasks that feed the loop: advert receivers and health checks.
-    fn spawn_helpers(&self, tx: &mpsc::Sender<Event>) {
+    fn spawn_helpers(&mut self, tx: &mpsc::Sender<Event>) {
         for sock in [&self.adverts.v4, &self.adverts.v6].into_iter().flatten() {
             let (sock, tx) = (sock.clone(), tx.clone());
             tokio::spawn(async move {
@@ -298,25 +530,6 @@ impl Agent {
             });
         }
         let (htx, mut hrx) = mpsc::channel::<health::Report>(64);
-        let mut iface_groups = Vec::new();
-        let mut poll = Duration::from_millis(100);
-        for (gi, g) in self.groups.iter().enumerate() {
-            if g.cfg.track.interface {
-                iface_groups.push(gi);
-                if let Some(e) = &g.cfg.election {
-                    poll = poll.min(e.advert_interval);
-                }
-            }
-            if let Some(c) = &g.cfg.track.script {
-                tokio::spawn(health::run_script(gi, c.clone(), htx.clone()));
-            }
-            if let Some(c) = &g.cfg.track.tcp {
-                tokio::spawn(health::run_tcp(gi, c.clone(), htx.clone()));
-            }
-        }
-        if !iface_groups.is_empty() {
-            tokio::spawn(health::run_interface(iface_groups, self.iface.name.clone(), poll, htx.clone()));
-        }
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(r) = hrx.recv().await {
@@ -325,6 +538,30 @@ impl Agent {
                 }
             }
         });
+        self.health_tx = Some(htx);
+        for gi in 0..self.groups.len() {
+            self.spawn_checks(gi);
+        }
+    }
+
+    /// Starts the health-check tasks of one group (none before `spawn_helpers`).
+    fn spawn_checks(&mut self, gi: usize) {
+        let Some(htx) = self.health_tx.clone() else { return };
+        let g = &mut self.groups[gi];
+        for t in g.tasks.drain(..) {
+            t.abort();
+        }
+        let name = g.cfg.name.clone();
+        if g.cfg.track.interface {
+            let poll = g.cfg.election.as_ref().map(|e| e.advert_interval).unwrap_or(Duration::from_millis(100)).min(Duration::from_millis(100));
+            g.tasks.push(tokio::spawn(health::run_interface(name.clone(), self.iface.name.clone(), poll, htx.clone())));
+        }
+        if let Some(c) = &g.cfg.track.script {
+            g.tasks.push(tokio::spawn(health::run_script(name.clone(), c.clone(), htx.clone())));
+        }
+        if let Some(c) = &g.cfg.track.tcp {
+            g.tasks.push(tokio::spawn(health::run_tcp(name, c.clone(), htx)));
+        }
     }
 
     fn group_index(&self, name: &str) -> Result<usize, String> {
@@ -372,7 +609,11 @@ impl Agent {
     fn event(&mut self, ev: Event) {
         match ev {
             Event::Datagram(b, from) => self.datagram(&b, from),
-            Event::Health((gi, name, ok, detail)) => self.health(gi, name, ok, detail),
+            Event::Health((group, name, ok, detail)) => {
+                if let Some(gi) = self.groups.iter().position(|g| g.cfg.name == group) {
+                    self.health(gi, name, ok, detail);
+                }
+            }
         }
         self.renew_leases();
     }
@@ -508,7 +749,15 @@ impl Agent {
         }
     }
 
+    fn send_hold(&mut self, gi: usize, hold: Duration) {
+        self.send_advert_with(gi, Kind::Hold, hold.as_millis().min(u16::MAX as u128) as u16);
+    }
+
     fn send_advert(&mut self, gi: usize, kind: Kind) {
+        self.send_advert_with(gi, kind, 0);
+    }
+
+    fn send_advert_with(&mut self, gi: usize, kind: Kind, hold_ms: u16) {
         self.seq += 1;
         let g = &self.groups[gi];
         let (Some(e), Some(cfg)) = (g.election.as_ref(), g.cfg.election.as_ref()) else { return };
@@ -516,7 +765,7 @@ impl Agent {
             kind,
             priority: if kind == Kind::Release { 0 } else { e.effective_priority() },
             interval_ms: cfg.advert_interval.as_millis().min(u16::MAX as u128) as u16,
-            hold_ms: 0,
+            hold_ms,
             mac: self.iface.mac,
             addr: e.params().me,
             seq: self.seq,
@@ -607,6 +856,210 @@ impl Agent {
                 }
             }
             Request::Notify { kind, name, state, priority } => self.notify(&kind, &name, &state, priority),
+            Request::Reload => match self.reload() {
+                Ok(summary) => Response::ok(summary),
+                Err(e) => Response::error(format!("reload refused, running state kept: {e:#}")),
+            },
+            Request::Restart { hold_ms } => {
+                if self.dp.pin_dir().is_none() {
+                    return Response::error(
+                        "the data plane is not pinned (no bpf filesystem): a restart would interrupt it; \
+                         mount bpffs or set node.pin_dir, or stop the agent instead",
+                    );
+                }
+                if !(100..=60_000).contains(&hold_ms) {
+                    return Response::error(format!("hold_ms {hold_ms} is out of range 100..=60000"));
+                }
+                self.exit = Some(Exit::Restart { hold: Duration::from_millis(hold_ms as u64) });
+                Response::ok(format!(
+                    "exiting for a restart: the data plane keeps serving and peers hold for {hold_ms} ms; start the agent again"
+                ))
+            }
+        }
+    }
+
+    /// Re-reads the config and applies the difference: only groups and VIPs that
+    /// changed are touched. Everything is validated first; a bad config changes
+    /// nothing.
+    pub fn reload(&mut self) -> Result<String> {
+        let (new, iface, mut keys, warnings) = load_config(&self.opts)?;
+        let (a, b) = (&self.cfg.node, &new.node);
+        let fixed = [
+            ("node.interface", a.interface != b.interface),
+            ("node.xdp_mode", a.xdp_mode != b.xdp_mode),
+            ("node.control_socket", a.control_socket != b.control_socket),
+            ("node.control_group", a.control_group != b.control_group),
+            ("node.max_vips", a.max_vips != b.max_vips),
+            ("node.advert_port", a.advert_port != b.advert_port),
+            ("node.pin / node.pin_dir", a.pin != b.pin),
+            ("node.metrics_listen", a.metrics_listen != b.metrics_listen),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            bail!("{key} changed: that needs a restart of the agent; nothing was changed");
+        }
+        let families = |c: &Config| c.groups.iter().filter_map(|g| g.election.as_ref()).flat_map(|e| e.peers.iter().map(|p| p.is_ipv4())).collect::<BTreeSet<_>>();
+        let have: BTreeSet<bool> = [self.adverts.v4.is_some().then_some(true), self.adverts.v6.is_some().then_some(false)].into_iter().flatten().collect();
+        if !families(&new).is_subset(&have) {
+            bail!("the config adds peers of an address family the agent has no advertisement socket for; restart the agent to apply it; nothing was changed");
+        }
+        // Resolve what can fail before touching anything.
+        for g in &new.groups {
+            if let Some(r) = &g.redirect {
+                host::interface(&r.interface).with_context(|| format!("group[{}].redirect_to", g.name))?;
+            }
+            if let Some(e) = &g.election {
+                self.election_params(g, e)?;
+            }
+        }
+        let total: usize = new.groups.iter().map(|g| g.vips.len()).sum();
+        if total > self.cfg.node.max_vips as usize {
+            bail!("{total} VIPs exceed node.max_vips {}", self.cfg.node.max_vips);
+        }
+
+        let now = Instant::now();
+        let mut summary = Vec::new();
+        let mut warnings = warnings;
+        // Groups gone, or changed in kind (static / elected / keepalived, redirect): removed.
+        let kind = |g: &Group| (g.election.is_some(), g.keepalived_instance.clone(), g.redirect.clone(), g.role);
+        let mut gi = 0;
+        while gi < self.groups.len() {
+            let old = &self.groups[gi].cfg;
+            match new.groups.iter().find(|g| g.name == old.name) {
+                Some(g) if kind(g) == kind(old) => gi += 1,
+                _ => {
+                    summary.push(format!("removed group {}", old.name));
+                    self.remove_group(gi);
+                }
+            }
+        }
+        for g in &new.groups {
+            let key = keys.remove(&g.name);
+            let Some(gi) = self.groups.iter().position(|r| r.cfg.name == g.name) else {
+                self.add_group(g, key, &HashMap::new(), &mut warnings)?;
+                summary.push(format!("added group {}", g.name));
+                continue;
+            };
+            if self.groups[gi].cfg == *g && self.groups[gi].key == key {
+                continue;
+            }
+            let changed = self.update_group(gi, g, key, now)?;
+            summary.push(format!("group {}: {changed}", g.name));
+        }
+        self.cfg = new;
+        self.iface = iface;
+        self.warnings = warnings;
+        self.renew_leases();
+        Ok(if summary.is_empty() { "reloaded: nothing changed".into() } else { format!("reloaded: {}", summary.join("; ")) })
+    }
+
+    /// Applies a changed group of the same kind: VIPs added/removed, settings updated.
+    fn update_group(&mut self, gi: usize, g: &Group, key: Option<Vec<u8>>, now: Instant) -> Result<String> {
+        let mut what = Vec::new();
+        let old_vips: Vec<config::Vip> = self.groups[gi].vips.iter().map(|v| v.vip).collect();
+        // VIPs removed.
+        let mut k = 0;
+        while k < self.groups[gi].vips.len() {
+            let v = self.groups[gi].vips[k].vip;
+            if g.vips.iter().any(|n| n.addr == v.addr) {
+                k += 1;
+                continue;
+            }
+            let slot = self.groups[gi].vips.remove(k).slot;
+            self.dp.remove_vip(v.addr)?;
+            let _ = self.nl.del_address(self.iface.index, v.addr, host_prefix(v.addr));
+            self.slots.remove(&slot);
+            what.push(format!("-{v}"));
+        }
+        // VIPs added: programmed for the group's current state.
+        let mut added = Vec::new();
+        for v in &g.vips {
+            if old_vips.iter().any(|o| o.addr == v.addr) {
+                continue;
+            }
+            let slot = self.alloc_slot()?;
+            self.dp.reset_stats(slot)?;
+            self.groups[gi].vips.push(VipRuntime { vip: *v, slot });
+            added.push(*v);
+            what.push(format!("+{v}"));
+        }
+        let settings_changed = {
+            let mut a = self.groups[gi].cfg.clone();
+            let mut b = g.clone();
+            a.vips.clear();
+            b.vips.clear();
+            a != b || self.groups[gi].key != key
+        };
+        let track_changed = self.groups[gi].cfg.track != g.track;
+        self.groups[gi].cfg = g.clone();
+        self.groups[gi].key = key;
+        if let Some(e) = &g.election {
+            let p = self.election_params(g, e)?;
+            if let Some(el) = self.groups[gi].election.as_mut() {
+                el.set_params(p, now);
+            }
+        }
+        if track_changed {
+            let mut checks = Vec::new();
+            if g.track.interface {
+                checks.push(("track_interface", Tracker::new(1, 1), String::new()));
+            }
+            if let Some(c) = &g.track.script {
+                checks.push(("track_script", Tracker::new(c.rise, c.fall), String::new()));
+            }
+            if let Some(c) = &g.track.tcp {
+                checks.push(("track_tcp", Tracker::new(c.rise, c.fall), String::new()));
+            }
+            self.groups[gi].checks = checks;
+            self.spawn_checks(gi);
+        }
+        if !added.is_empty() {
+            let state = self.groups[gi].state;
+            if state == State::Active {
+                let gr = &self.groups[gi];
+                let act = if gr.redirect.is_some() { action::REDIRECT } else { action::LOCAL };
+                let entries: Vec<(IpAddr, VipEntry)> = gr
+                    .vips
+                    .iter()
+                    .filter(|v| added.iter().any(|a| a.addr == v.vip.addr))
+                    .map(|v| (v.vip.addr, self.entry(gr, v, act, None)))
+                    .collect();
+                for (addr, e) in &entries {
+                    self.dp.set_vip(*addr, e)?;
+                    if act == action::LOCAL {
+                        self.nl.add_address(self.iface.index, *addr, host_prefix(*addr))?;
+                    }
+                }
+                let socket = self.socket.clone();
+                let (mac, garp, name) = (self.iface.mac, g.garp, g.name.clone());
+                let addrs: Vec<IpAddr> = added.iter().map(|v| v.addr).collect();
+                tokio::spawn(garp::burst(socket, mac, addrs, garp, name));
+            } else {
+                let fwd = self.groups[gi].forward_to;
+                self.set_entries(gi, fwd)?;
+            }
+        }
+        if settings_changed {
+            what.push("settings updated".into());
+        }
+        Ok(what.join(" "))
+    }
+
+    /// Before exiting for a restart: peers hold, leases cover the gap, pins stay.
+    fn prepare_restart(&mut self, hold: Duration) {
+        let deadline = host::monotonic_ns() + hold.as_nanos() as u64;
+        for gi in 0..self.groups.len() {
+            if let Some(h) = self.groups[gi].announcer.take() {
+                h.abort();
+            }
+            if self.groups[gi].state == State::Active && self.groups[gi].election.is_some() {
+                self.send_hold(gi, hold);
+            }
+            let (leased, index) = (self.groups[gi].leased(), self.groups[gi].index);
+            if leased {
+                if let Err(e) = self.dp.set_lease(index, deadline) {
+                    log::error!("group {}: extending the lease for the restart: {e:#}", self.groups[gi].cfg.name);
+                }
+            }
         }
     }
 
@@ -666,6 +1119,7 @@ impl Agent {
         if g.state != state {
             g.transitions += 1;
             g.since = SystemTime::now();
+            *g.transition_reasons.entry(format!("{}/{}", state.as_str(), reason_kind(reason))).or_default() += 1;
             let vips: Vec<String> = g.vips.iter().map(|v| v.vip.to_string()).collect();
             log::info!(
                 "group {}: {} -> {} ({reason}); VIPs {}",
@@ -830,6 +1284,7 @@ impl Agent {
                 reason: g.reason.clone(),
                 since_unix_ms: g.since.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
                 transitions: g.transitions,
+                transition_reasons: g.transition_reasons.clone(),
                 mode: if g.election.is_some() {
                     "elected"
                 } else if g.cfg.keepalived_instance.is_some() {
@@ -953,6 +1408,14 @@ impl Agent {
     /// Removes every entry and address this agent added; the data plane detaches when
     /// the agent is dropped.
     pub fn shutdown(&mut self) {
+        for g in &mut self.groups {
+            for t in g.tasks.drain(..) {
+                t.abort();
+            }
+        }
+        if let Err(e) = self.dp.detach_and_unpin() {
+            log::warn!("removing the pinned data plane: {e:#}");
+        }
         for gi in 0..self.groups.len() {
             if let Some(h) = self.groups[gi].announcer.take() {
                 h.abort();
@@ -968,6 +1431,29 @@ impl Agent {
             }
         }
     }
+}
+
+/// A short, stable label for a transition's reason (for metrics).
+fn reason_kind(reason: &str) -> &'static str {
+    const KINDS: [(&str, &str); 16] = [
+        ("no advertisement", "peer_silent"),
+        ("preempting", "preempt"),
+        ("yielding", "yield"),
+        ("split brain", "split_brain"),
+        ("handed over", "handover"),
+        ("promoted", "promote"),
+        ("demoted", "demote"),
+        ("recovered", "recover"),
+        ("healthy again", "recover"),
+        ("track_", "health"),
+        ("keepalived", "keepalived"),
+        ("adopted", "adopted"),
+        ("configured", "configured"),
+        ("electing", "start"),
+        ("waiting", "start"),
+        ("starting", "start"),
+    ];
+    KINDS.iter().find(|(p, _)| reason.contains(p)).map(|(_, k)| *k).unwrap_or("other")
 }
 
 /// IPv4-mapped IPv6 sources (from a dual-stack socket) as plain IPv4.

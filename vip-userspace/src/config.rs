@@ -46,6 +46,30 @@ pub struct Node {
     pub garp: Garp,
     /// UDP port the election's advertisements use.
     pub advert_port: u16,
+    /// Where the data plane is pinned so it outlives the agent (hitless restart).
+    pub pin: Pin,
+    /// Members of this group may use the control socket (mode 0660); otherwise 0600.
+    pub control_group: Option<String>,
+    /// Prometheus endpoint (`ADDRESS:PORT`), off by default.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// `/sys/fs/bpf/vip/<interface>` when bpffs is mounted there, else unpinned.
+    Default(PathBuf),
+    /// Configured: must be on a bpf filesystem.
+    Dir(PathBuf),
+    Off,
+}
+
+impl Pin {
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            Pin::Default(p) | Pin::Dir(p) => Some(p),
+            Pin::Off => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +239,10 @@ struct RawNode {
     garp_count: Option<u32>,
     garp_interval_ms: Option<u64>,
     advert_port: Option<u16>,
+    pin: Option<bool>,
+    pin_dir: Option<PathBuf>,
+    control_group: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -450,6 +478,32 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         });
     }
 
+    let pin = match (raw.node.pin, &raw.node.pin_dir) {
+        (Some(false), Some(_)) => {
+            p("node.pin_dir".into(), "is set but node.pin = false".into());
+            Pin::Off
+        }
+        (Some(false), None) => Pin::Off,
+        (_, Some(d)) if !d.is_absolute() => {
+            p("node.pin_dir".into(), format!("{} is not an absolute path", d.display()));
+            Pin::Off
+        }
+        (_, Some(d)) => Pin::Dir(d.clone()),
+        (_, None) => Pin::Default(Path::new("/sys/fs/bpf/vip").join(&raw.node.interface)),
+    };
+    let metrics_listen = match raw.node.metrics_listen.as_deref() {
+        None | Some("") => None,
+        Some(a) => match a.parse::<std::net::SocketAddr>() {
+            Ok(sa) => Some(sa),
+            Err(_) => {
+                p("node.metrics_listen".into(), format!("`{a}` is not ADDRESS:PORT (e.g. \"127.0.0.1:9477\")"));
+                None
+            }
+        },
+    };
+    if raw.node.control_group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+        p("node.control_group".into(), "must not be empty".into());
+    }
     let mut instances: HashMap<&str, &str> = HashMap::new();
     for g in &groups {
         if let Some(i) = &g.keepalived_instance {
@@ -500,6 +554,9 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             max_vips,
             garp: node_garp,
             advert_port: raw.node.advert_port.unwrap_or(DEFAULT_ADVERT_PORT),
+            pin,
+            control_group: raw.node.control_group.clone(),
+            metrics_listen,
         },
         groups,
     })

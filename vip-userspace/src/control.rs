@@ -38,7 +38,16 @@ pub enum Request {
         forward_to: Option<Mac>,
     },
     /// Undo promote/demote pins: back to the election.
-    Resume { group: String },
+    Resume {
+        group: String,
+    },
+    /// Re-read the config file and apply the difference (all-or-nothing validation).
+    Reload,
+    /// Exit leaving the pinned data plane serving; peers hold for `hold_ms`.
+    Restart {
+        #[serde(default = "default_hold_ms")]
+        hold_ms: u32,
+    },
     /// keepalived's notify arguments: TYPE NAME STATE [PRIORITY].
     Notify {
         kind: String,
@@ -47,6 +56,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         priority: Option<u8>,
     },
+}
+
+fn default_hold_ms() -> u32 {
+    5000
 }
 
 impl Request {
@@ -103,13 +116,34 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("permission denied opening the control socket {path}: it is for root, the agent's user and members of node.control_group")]
+    Denied { path: String },
     #[error("the agent sent an unreadable answer: {0}")]
     BadResponse(String),
 }
 
-/// Creates the listening socket (mode 0600), replacing a stale file but never a live agent's.
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+/// The control socket and the group (besides root and the agent's user) allowed on it.
+pub struct Listener {
+    inner: UnixListener,
+    group: Option<u32>,
+}
+
+/// Creates the listening socket (mode 0600, or 0660 owned by `group`), replacing a
+/// stale file but never a live agent's.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<Listener, ControlError> {
     let p = path.display().to_string();
+    let gid = match group {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Some(g.gid),
+            _ => {
+                return Err(ControlError::Io {
+                    path: p,
+                    source: std::io::Error::other(format!("node.control_group: no group named `{name}` on this host")),
+                })
+            }
+        },
+    };
     let io = |source| ControlError::Io {
         path: p.clone(),
         source,
@@ -128,29 +162,42 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = listener.map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
+    let mode = match gid {
+        Some(g) => {
+            nix::unistd::chown(path, None, Some(g)).map_err(|e| io(e.into()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    Ok(Listener { inner: listener, group: gid.map(|g| g.as_raw()) })
 }
 
 /// Accepts connections until the agent goes away.
-pub async fn serve(listener: UnixListener, agent: mpsc::Sender<Envelope>) {
+pub async fn serve(listener: Listener, agent: mpsc::Sender<Envelope>) {
     // SAFETY: geteuid cannot fail.
     let own_uid = unsafe { libc::geteuid() };
+    let group = listener.group;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.inner.accept().await else {
             continue;
         };
         let agent = agent.clone();
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, agent, own_uid)).await {
+            if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, agent, own_uid, group)).await {
                 log::debug!("control connection: {e}");
             }
         });
     }
 }
 
-async fn handle(mut stream: UnixStream, agent: mpsc::Sender<Envelope>, own_uid: u32) {
-    let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
+async fn handle(mut stream: UnixStream, agent: mpsc::Sender<Envelope>, own_uid: u32, group: Option<u32>) {
+    let cred = stream.peer_cred().ok();
+    let peer_uid = cred.map(|c| c.uid());
+    let in_group = match (group, cred) {
+        (Some(g), Some(c)) => c.gid() == g || c.pid().is_some_and(|pid| supplementary_groups(pid).contains(&g)),
+        _ => false,
+    };
     let mut buf = Vec::new();
     let mut limited = (&mut stream).take(MAX_REQUEST as u64 + 1);
     let mut chunk = [0u8; 4096];
@@ -172,11 +219,10 @@ async fn handle(mut stream: UnixStream, agent: mpsc::Sender<Envelope>, own_uid: 
         let line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
         match serde_json::from_slice::<Request>(line) {
             Err(e) => Response::error(format!("malformed request: {e}")),
-            Ok(req) if req.mutates() && !permitted(peer_uid, own_uid) => Response::error(format!(
-                "permission denied: uid {} may not change state (only root or uid {own_uid})",
-                peer_uid
-                    .map(|u| u.to_string())
-                    .unwrap_or_else(|| "unknown".into())
+            Ok(req) if req.mutates() && !(permitted(peer_uid, own_uid) || in_group) => Response::error(format!(
+                "permission denied: uid {} may not change state (only root, uid {own_uid}{})",
+                peer_uid.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into()),
+                group.map(|g| format!(" or members of gid {g}")).unwrap_or_default()
             )),
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
@@ -200,6 +246,16 @@ async fn handle(mut stream: UnixStream, agent: mpsc::Sender<Envelope>, own_uid: 
     let _ = tokio::io::copy(&mut sink, &mut tokio::io::sink()).await;
 }
 
+/// The supplementary groups of a process, from /proc.
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 fn permitted(peer: Option<u32>, own: u32) -> bool {
     matches!(peer, Some(0)) || peer == Some(own)
 }
@@ -207,9 +263,12 @@ fn permitted(peer: Option<u32>, own: u32) -> bool {
 /// Sends one request and waits for the answer (the CLI's side).
 pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
     let p = path.display().to_string();
-    let mut stream = StdUnixStream::connect(path).map_err(|source| ControlError::Connect {
-        path: p.clone(),
-        source,
+    let mut stream = StdUnixStream::connect(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ControlError::Denied { path: p.clone() }
+        } else {
+            ControlError::Connect { path: p.clone(), source }
+        }
     })?;
     let io = |source| ControlError::Io {
         path: p.clone(),

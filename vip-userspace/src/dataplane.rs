@@ -2,11 +2,16 @@
 //! This is the only module that talks to the BPF side; everything above it speaks in
 //! VIPs and entries.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{xdp::DevMapHash, Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
     Ebpf, EbpfLoader,
 };
 use vip_common::{global, maps, programs, VipEntry, VipStats};
@@ -39,6 +44,12 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
+    #[error("pinning under {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("BPF map {map}: {source}")]
     MapIo {
         map: &'static str,
@@ -64,19 +75,81 @@ pub struct Dataplane {
     redirect: DevMapHash<MapData>,
     link: Option<XdpLinkId>,
     max_vips: u32,
+    /// Where the maps and the attachment are pinned, if they are.
+    pin_dir: Option<PathBuf>,
+    pinned_link: Option<PinnedLink>,
+    adopted: bool,
+}
+
+/// The pinned objects, one file each under the pin directory.
+const PINNED_MAPS: [&str; 6] = [
+    maps::VIPS_V4,
+    maps::VIPS_V6,
+    maps::VIP_STATS,
+    maps::GLOBAL_STATS,
+    maps::LEASES,
+    maps::REDIRECT_DEVS,
+];
+const LINK_PIN: &str = "link";
+
+/// Whether `path` (or its nearest existing ancestor) is on a bpf filesystem.
+pub fn on_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let mut p = Some(path);
+    while let Some(dir) = p {
+        if dir.exists() {
+            return nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+        }
+        p = dir.parent();
+    }
+    false
+}
+
+/// Detaches and removes a pinned data plane (the program detaches when its link
+/// pin goes); absent pins are not an error. Returns what was removed.
+pub fn remove_pins(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    if !dir.exists() {
+        return Ok(removed);
+    }
+    for name in std::iter::once(LINK_PIN).chain(PINNED_MAPS) {
+        let p = dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p)?;
+            removed.push(name.to_string());
+        }
+    }
+    std::fs::remove_dir(dir)?;
+    Ok(removed)
 }
 
 impl Dataplane {
     /// Loads the program (the kernel verifier runs here) with room for `max_vips`.
     pub fn load(max_vips: u32) -> Result<Self> {
+        Self::open(max_vips, None)
+    }
+
+    /// Loads the program with its maps pinned under `pin_dir`: maps already pinned
+    /// there (by an earlier agent) are reused, with their entries and counters, so a
+    /// restarted agent adopts a running data plane.
+    pub fn open(max_vips: u32, pin_dir: Option<&Path>) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::Stub);
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(maps::VIPS_V4, max_vips)
             .map_max_entries(maps::VIPS_V6, max_vips)
-            .map_max_entries(maps::VIP_STATS, max_vips)
-            .load(OBJECT)?;
+            .map_max_entries(maps::VIP_STATS, max_vips);
+        let mut adopted = false;
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Pin { path: dir.into(), source })?;
+            adopted = dir.join(LINK_PIN).exists();
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         for name in [programs::VIP, programs::PASS] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -105,7 +178,32 @@ impl Dataplane {
             redirect,
             link: None,
             max_vips,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            pinned_link: None,
+            adopted,
         })
+    }
+
+    /// True when an earlier agent's pinned data plane was found and reused.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Detaches the program and removes every pin (a real stop or uninstall).
+    pub fn detach_and_unpin(&mut self) -> Result<()> {
+        if let Some(link) = self.pinned_link.take() {
+            let path = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN)).unwrap_or_default();
+            let fd = link.unpin().map_err(|source| DataplaneError::Pin { path, source })?;
+            drop(fd);
+        }
+        if let Some(dir) = self.pin_dir.take() {
+            remove_pins(&dir).map_err(|source| DataplaneError::Pin { path: dir, source })?;
+        }
+        Ok(())
     }
 
     pub fn max_vips(&self) -> u32 {
@@ -130,9 +228,41 @@ impl Dataplane {
             .expect("programs are checked at load")
     }
 
-    /// Attaches the data plane to `iface`. Detached when `self` is dropped.
+    /// Attaches the data plane to `iface`. Unpinned, it detaches when `self` is
+    /// dropped. Pinned, the attachment outlives the agent; if an earlier agent's
+    /// attachment is pinned, its program is replaced atomically by ours (an upgrade
+    /// never leaves the interface without a program).
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
-        self.link = Some(self.attach_program(programs::VIP, iface, mode)?);
+        let Some(dir) = self.pin_dir.clone() else {
+            self.link = Some(self.attach_program(programs::VIP, iface, mode)?);
+            return Ok(());
+        };
+        let link_path = dir.join(LINK_PIN);
+        let pin_err = |source| DataplaneError::Pin { path: link_path.clone(), source };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(programs::VIP)
+            .ok_or(DataplaneError::Missing("XDP program"))?
+            .try_into()?;
+        let id = if link_path.exists() {
+            let old = PinnedLink::from_pin(&link_path).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
+            let fd: FdLink = old.unpin().map_err(pin_err)?;
+            let xdp = XdpLink::try_from(fd).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
+            prog.attach_to_link(xdp)?
+        } else {
+            self.attach_program(programs::VIP, iface, mode)?
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(programs::VIP)
+            .ok_or(DataplaneError::Missing("XDP program"))?
+            .try_into()?;
+        let link = prog.take_link(id)?;
+        let fd = FdLink::try_from(link).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
+        let pinned = fd
+            .pin(&link_path)
+            .map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
+        self.pinned_link = Some(pinned);
         Ok(())
     }
 
@@ -189,6 +319,13 @@ impl Dataplane {
             }
             Err(e) => Err(map_err(maps::VIPS_V4)(e)),
         }
+    }
+
+    /// Every VIP the data plane holds an entry for.
+    pub fn vip_addrs(&self) -> Vec<IpAddr> {
+        let v4 = self.vips_v4.keys().filter_map(|k| k.ok()).map(|k| IpAddr::from(k.to_ne_bytes()));
+        let v6 = self.vips_v6.keys().filter_map(|k| k.ok()).map(IpAddr::from);
+        v4.chain(v6).collect()
     }
 
     /// The entry the data plane holds for a VIP, if any.

@@ -183,6 +183,23 @@ impl Election {
             .min()
     }
 
+    /// New settings from a reload; timers keep running under the new interval.
+    pub fn set_params(&mut self, p: Params, now: Instant) {
+        self.p = p;
+        if self.master_down_at.is_some() {
+            self.master_down_at = Some(now + self.master_down_interval());
+        }
+    }
+
+    /// Resumes as active without an election: a restarted agent that found the data
+    /// plane serving (its predecessor was active and asked peers to hold).
+    pub fn start_active(&mut self, now: Instant) -> Vec<Action> {
+        self.state = State::Active;
+        self.master_down_at = None;
+        self.next_advert_at = Some(now + self.p.interval);
+        vec![self.send(Kind::Advert)]
+    }
+
     /// Leaves `init`: standby, waiting for the active.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         self.state = State::Standby;

@@ -53,17 +53,17 @@ impl Tracker {
     }
 }
 
-/// A check result on its way to the agent: (group index, check name, success, detail).
-pub type Report = (usize, &'static str, bool, String);
+/// A check result on its way to the agent: (group name, check name, success, detail).
+pub type Report = (String, &'static str, bool, String);
 
 /// Runs a command check forever, reporting each result.
-pub async fn run_script(group: usize, check: Check, tx: mpsc::Sender<Report>) {
+pub async fn run_script(group: String, check: Check, tx: mpsc::Sender<Report>) {
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (ok, detail) = script_once(&check).await;
-        if tx.send((group, "track_script", ok, detail)).await.is_err() {
+        if tx.send((group.clone(), "track_script", ok, detail)).await.is_err() {
             return;
         }
     }
@@ -89,7 +89,7 @@ async fn script_once(check: &Check) -> (bool, String) {
 }
 
 /// Runs a TCP connect check forever, reporting each result.
-pub async fn run_tcp(group: usize, check: Check, tx: mpsc::Sender<Report>) {
+pub async fn run_tcp(group: String, check: Check, tx: mpsc::Sender<Report>) {
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let addr = check.target[0].clone();
@@ -101,14 +101,14 @@ pub async fn run_tcp(group: usize, check: Check, tx: mpsc::Sender<Report>) {
             Ok(Err(e)) => (false, format!("connect {addr}: {e}")),
             Err(_) => (false, format!("connect {addr}: timed out after {} ms", check.timeout.as_millis())),
         };
-        if tx.send((group, "track_tcp", ok, detail)).await.is_err() {
+        if tx.send((group.clone(), "track_tcp", ok, detail)).await.is_err() {
             return;
         }
     }
 }
 
-/// Polls the interface's operational state.
-pub async fn run_interface(groups: Vec<usize>, iface: String, every: Duration, tx: mpsc::Sender<Report>) {
+/// Polls the interface's operational state for one group.
+pub async fn run_interface(group: String, iface: String, every: Duration, tx: mpsc::Sender<Report>) {
     let path = format!("/sys/class/net/{iface}/operstate");
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -117,10 +117,8 @@ pub async fn run_interface(groups: Vec<usize>, iface: String, every: Duration, t
         let state = tokio::fs::read_to_string(&path).await.unwrap_or_else(|_| "missing".into());
         let state = state.trim().to_string();
         let ok = matches!(state.as_str(), "up" | "unknown");
-        for g in &groups {
-            if tx.send((*g, "track_interface", ok, format!("{iface} is {state}"))).await.is_err() {
-                return;
-            }
+        if tx.send((group.clone(), "track_interface", ok, format!("{iface} is {state}"))).await.is_err() {
+            return;
         }
     }
 }

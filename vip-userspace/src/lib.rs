@@ -15,5 +15,6 @@ pub mod garp;
 pub mod health;
 pub mod host;
 pub mod mac;
+pub mod metrics;
 pub mod netlink;
 pub mod status;

@@ -25,10 +25,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent in the foreground (logs to stderr; SIGTERM/SIGINT stop it cleanly).
+    /// Run the agent in the foreground (logs to stderr; SIGTERM/SIGINT stop it cleanly,
+    /// SIGHUP reloads the config).
     Agent {
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not run: remove what an agent with this config left behind (pinned data
+        /// plane, VIP addresses, socket), for an uninstall.
+        #[arg(long)]
+        cleanup: bool,
         /// Override node.xdp_mode: native (driver) or skb (generic).
         #[arg(long, value_parser = parse_mode)]
         xdp_mode: Option<XdpMode>,
@@ -61,6 +66,29 @@ enum Command {
         group: String,
         #[arg(long, value_parser = parse_mac)]
         forward_to: Option<Mac>,
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Re-read the agent's config file and apply the difference (like SIGHUP).
+    Reload {
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Hitless restart: the agent exits leaving the pinned data plane serving and
+    /// asks peers to hold; start the (new) agent again within the hold time.
+    Restart {
+        #[arg(long, default_value_t = 5000)]
+        hold_ms: u32,
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// A live per-VIP packets/s view, refreshed in place.
+    Watch {
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
@@ -122,18 +150,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Agent {
             config,
+            cleanup,
             xdp_mode,
             interface,
         } => {
+            let opts = agent::Options { config, xdp_mode, interface };
+            if cleanup {
+                let done = agent::cleanup(&opts)?;
+                if done.is_empty() {
+                    println!("nothing to clean up");
+                }
+                for d in done {
+                    println!("{d}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(agent::run(agent::Options {
-                config,
-                xdp_mode,
-                interface,
-            }))?;
+            rt.block_on(agent::run(opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file, no_host } => {
@@ -185,6 +221,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             set.wait().context("waiting for a signal")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reload { socket } => simple(&socket, Request::Reload),
+        Command::Restart { hold_ms, socket } => simple(&socket, Request::Restart { hold_ms }),
+        Command::Watch { interval_ms, count, socket } => watch(&socket, interval_ms, count),
         Command::Resume { group, socket } => simple(&socket, Request::Resume { group }),
         Command::Notify { kind, name, state, priority, socket } => {
             simple(&socket, Request::Notify { kind, name, state, priority })
@@ -208,5 +247,53 @@ fn simple(socket: &std::path::Path, req: Request) -> Result<ExitCode> {
             "{}",
             resp.error.unwrap_or_else(|| "the agent refused".into())
         )
+    }
+}
+
+/// `vip watch`: polls the agent and redraws a per-VIP rate table in place.
+fn watch(socket: &std::path::Path, interval_ms: u64, count: Option<u64>) -> Result<ExitCode> {
+    use std::{collections::HashMap, io::Write, time::Instant};
+    let interval = std::time::Duration::from_millis(interval_ms.max(100));
+    let mut last: HashMap<String, (u64, u64, u64)> = HashMap::new();
+    let mut last_t = Instant::now();
+    let mut n = 0u64;
+    loop {
+        let resp = control::request(socket, &Request::Status)?;
+        let Some(status) = resp.status else {
+            bail!("{}", resp.error.unwrap_or_else(|| "the agent returned no status".into()));
+        };
+        let dt = last_t.elapsed().as_secs_f64().max(1e-3);
+        last_t = Instant::now();
+        let mut out = String::new();
+        out.push_str(&format!(
+            "vip watch: node {} on {} (every {} ms; Ctrl-C to stop)\n{:<12} {:<8} {:<26} {:<9} {:>12} {:>12} {:>10}\n",
+            status.node, status.interface, interval.as_millis(), "GROUP", "STATE", "VIP", "ACTION", "PKTS/S", "BITS/S", "ARP+ND/S"
+        ));
+        for g in &status.groups {
+            for v in &g.vips {
+                let key = format!("{}/{}", g.name, v.address);
+                let now = (v.rx_packets, v.rx_bytes, v.arp_replies + v.nd_replies);
+                let rate = |a: u64, b: u64| if n == 0 { 0.0 } else { a.saturating_sub(b) as f64 / dt };
+                let prev = last.insert(key, now).unwrap_or(now);
+                out.push_str(&format!(
+                    "{:<12} {:<8} {:<26} {:<9} {:>12.0} {:>12.0} {:>10.0}\n",
+                    g.name,
+                    g.state,
+                    format!("{}/{}", v.address, v.prefix),
+                    v.action,
+                    rate(now.0, prev.0),
+                    rate(now.1, prev.1) * 8.0,
+                    rate(now.2, prev.2)
+                ));
+            }
+        }
+        // Clear the screen and draw from the top: refresh in place.
+        print!("\x1b[H\x1b[2J{out}");
+        std::io::stdout().flush()?;
+        n += 1;
+        if count.is_some_and(|c| n >= c) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(interval);
     }
 }

@@ -28,6 +28,8 @@ pub struct GroupStatus {
     /// When it entered it (Unix time, ms).
     pub since_unix_ms: u64,
     pub transitions: u64,
+    /// Transitions by "state/reason kind" (e.g. "active/peer_silent").
+    pub transition_reasons: BTreeMap<String, u64>,
     /// static, elected or keepalived.
     pub mode: String,
     /// MAC that standby traffic is forwarded to, if any.

@@ -1,0 +1,145 @@
+//! The Prometheus endpoint (`node.metrics_listen`, off by default): every scrape asks
+//! the agent for its status over the same channel as the control socket and renders
+//! it with the prometheus-client crate; served by hyper.
+
+use std::convert::Infallible;
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request as HttpRequest, Response as HttpResponse};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    control::{Envelope, Request},
+    status::Status,
+};
+
+type Labels = Vec<(String, String)>;
+
+/// Serves `/metrics` until aborted.
+pub async fn serve(listener: TcpListener, agent: mpsc::Sender<Envelope>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
+                let agent = agent.clone();
+                async move { Ok::<_, Infallible>(respond(req.uri().path(), &agent).await) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+async fn respond(path: &str, agent: &mpsc::Sender<Envelope>) -> HttpResponse<Full<Bytes>> {
+    let reply = |code: u16, ctype: &str, body: String| {
+        HttpResponse::builder()
+            .status(code)
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    if path != "/metrics" {
+        return reply(404, "text/plain", "see /metrics\n".into());
+    }
+    let (tx, rx) = oneshot::channel();
+    if agent.send((Request::Status, tx)).await.is_err() {
+        return reply(503, "text/plain", "the agent is shutting down\n".into());
+    }
+    match rx.await.ok().and_then(|r| r.status) {
+        Some(status) => reply(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&status)),
+        None => reply(503, "text/plain", "no status\n".into()),
+    }
+}
+
+/// Renders a status as OpenMetrics text; every name starts with `vip_`.
+pub fn render(s: &Status) -> String {
+    let mut reg = Registry::with_prefix("vip");
+    let counter = |reg: &mut Registry, name: &str, help: &str| {
+        let f = Family::<Labels, Counter>::default();
+        reg.register(name, help, f.clone());
+        f
+    };
+    let gauge = |reg: &mut Registry, name: &str, help: &str| {
+        let f = Family::<Labels, Gauge>::default();
+        reg.register(name, help, f.clone());
+        f
+    };
+    let per_vip: Vec<(&str, &str, fn(&crate::status::VipStatus) -> u64)> = vec![
+        ("rx_packets", "IP packets addressed to the VIP", |v| v.rx_packets),
+        ("rx_bytes", "Bytes of those packets", |v| v.rx_bytes),
+        ("arp_replies", "ARP requests answered by the data plane", |v| v.arp_replies),
+        ("nd_replies", "Neighbour solicitations answered by the data plane", |v| v.nd_replies),
+        ("passed", "VIP packets passed to the local stack", |v| v.passed),
+        ("redirected", "VIP packets redirected to another interface", |v| v.redirected),
+        ("forwarded", "VIP packets forwarded to the active node", |v| v.forwarded),
+        ("lease_expired", "VIP packets passed because the lease had expired", |v| v.lease_expired),
+    ];
+    for (name, help, get) in per_vip {
+        let f = counter(&mut reg, name, help);
+        for g in &s.groups {
+            for v in &g.vips {
+                let l = vec![("group".into(), g.name.clone()), ("vip".into(), v.address.clone())];
+                f.get_or_create(&l).inc_by(get(v));
+            }
+        }
+    }
+    let action = gauge(&mut reg, "vip_action", "1 for the data plane's current action of the VIP");
+    let active = gauge(&mut reg, "group_active", "1 while this node is active for the group");
+    let state = gauge(&mut reg, "group_state", "1 for the group's current state");
+    let healthy = gauge(&mut reg, "group_healthy", "0 while a health check fails");
+    let transitions = counter(&mut reg, "group_transitions", "State transitions, by new state and reason");
+    let lease = gauge(&mut reg, "lease_remaining_milliseconds", "Time left on the data plane's lease");
+    let election: Vec<(&str, &str, fn(&crate::status::ElectionStatus) -> u64)> = vec![
+        ("adverts_sent", "Advertisements sent", |e| e.adverts_sent),
+        ("adverts_received", "Advertisements accepted", |e| e.adverts_received),
+        ("advert_auth_failures", "Advertisements that failed authentication", |e| e.auth_failures),
+        ("advert_replays", "Replayed advertisements ignored", |e| e.replays),
+        ("advert_malformed", "Malformed advertisements ignored", |e| e.malformed),
+        ("advert_unknown_peers", "Advertisements from addresses that are not peers", |e| e.unknown_peers),
+        ("split_brains", "Two actives seen (partition healed)", |e| e.split_brains),
+    ];
+    let election: Vec<_> = election.into_iter().map(|(n, h, get)| (counter(&mut reg, n, h), get)).collect();
+    let priority = gauge(&mut reg, "group_priority", "Effective election priority");
+    for g in &s.groups {
+        let gl = vec![("group".to_string(), g.name.clone())];
+        active.get_or_create(&gl).set((g.state == "active") as i64);
+        healthy.get_or_create(&gl).set(g.healthy as i64);
+        let mut sl = gl.clone();
+        sl.push(("state".into(), g.state.clone()));
+        state.get_or_create(&sl).set(1);
+        for v in &g.vips {
+            let l = vec![("group".into(), g.name.clone()), ("vip".into(), v.address.clone()), ("action".into(), v.action.clone())];
+            action.get_or_create(&l).set(1);
+        }
+        for (k, n) in &g.transition_reasons {
+            let (to, why) = k.split_once('/').unwrap_or((k.as_str(), "other"));
+            let l = vec![("group".into(), g.name.clone()), ("to".into(), to.to_string()), ("reason".into(), why.to_string())];
+            transitions.get_or_create(&l).inc_by(*n);
+        }
+        if let Some(e) = &g.election {
+            for (f, get) in &election {
+                f.get_or_create(&gl).inc_by(get(e));
+            }
+            priority.get_or_create(&gl).set(e.effective_priority as i64);
+            if let Some(ms) = e.lease_remaining_ms {
+                lease.get_or_create(&gl).set(ms as i64);
+            }
+        }
+    }
+    let dp = counter(&mut reg, "dataplane_events", "Program-wide data-plane counters, by kind");
+    for (k, v) in &s.global {
+        dp.get_or_create(&vec![("kind".to_string(), k.clone())]).inc_by(*v);
+    }
+    let mut out = String::new();
+    let _ = encode(&mut out, &reg);
+    out
+}

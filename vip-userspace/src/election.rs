@@ -5,7 +5,7 @@
 //! * The active node advertises every interval. A standby takes over when it has heard
 //!   nothing for 3 intervals plus a skew that is shorter for higher priorities, so the
 //!   best standby wins without a vote storm; on a release (planned handover) it waits
-//!   for the skew only.
+//!   for the skew only. The skew is a quarter of VRRP's (see `skew`).
 //! * A standby with a higher priority than the active preempts it (after
 //!   `preempt_delay`), unless `preempt = false`.
 //! * Two actives (a healed partition): the lower (priority, address) yields at once,
@@ -165,9 +165,14 @@ impl Election {
         }
     }
 
+    /// The priority-based part of the takeover delay: a quarter of VRRP's
+    /// `(256 - priority) / 256` interval. It only has to order standbys (a LAN delivers
+    /// the winner's advert in microseconds; a rare tie is a split brain that heals
+    /// at the next advert, and the loser forwards meanwhile), and every bit of it is
+    /// outage when a single standby takes over.
     fn skew(&self) -> Duration {
         let prio = self.effective_priority().max(1) as u32;
-        self.p.interval * (256 - prio) / 256
+        self.p.interval * (256 - prio) / 1024
     }
 
     /// How long a standby waits for an advertisement before taking over.
@@ -492,7 +497,7 @@ mod tests {
         let mut e = node(150, 10);
         e.start(t0);
         let md = e.master_down_interval();
-        assert_eq!(md, 300 * MS + 100 * MS * 106 / 256);
+        assert_eq!(md, 300 * MS + 100 * MS * 106 / 1024);
         assert!(!took_over(&e.tick(t0 + md - MS)));
         let a = e.tick(t0 + md);
         assert!(took_over(&a), "{a:?}");

@@ -121,3 +121,25 @@ pub(crate) fn run(c: &mut Command) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// A private bpf filesystem for one test, visible inside `ip netns exec` (mounted in
+/// the host's mount namespace before the agents start); unmounted on drop.
+pub struct Bpffs {
+    pub dir: std::path::PathBuf,
+}
+
+impl Bpffs {
+    pub fn mount() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("vip-bpffs-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir)).context("mounting a bpffs")?;
+        Ok(Bpffs { dir })
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

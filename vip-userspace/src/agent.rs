@@ -153,6 +153,20 @@ enum Event {
 /// Loads, validates and checks a config against this host, with the command line's
 /// overrides; nothing is changed on the host.
 fn load_config(opts: &Options) -> Result<(Config, Interface, HashMap<String, Vec<u8>>, Vec<String>)> {
+    check_config(parse_config(opts)?)
+}
+
+/// Host checks and keys of a parsed config.
+fn check_config(cfg: Config) -> Result<(Config, Interface, HashMap<String, Vec<u8>>, Vec<String>)> {
+    let iface = host::interface(&cfg.node.interface).context("node.interface")?;
+    let all = host::all_addresses().context("listing host addresses")?;
+    let report = config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?;
+    let keys = config::load_keys(&cfg)?;
+    Ok((cfg, iface, keys, report.warnings))
+}
+
+/// The config file with the command line's overrides applied.
+fn parse_config(opts: &Options) -> Result<Config> {
     let mut cfg = config::load(&opts.config)?;
     if let Some(m) = opts.xdp_mode {
         cfg.node.xdp_mode = m;
@@ -163,11 +177,7 @@ fn load_config(opts: &Options) -> Result<(Config, Interface, HashMap<String, Vec
             cfg.node.pin = PinConfig::Default(std::path::Path::new("/sys/fs/bpf/vip").join(i));
         }
     }
-    let iface = host::interface(&cfg.node.interface).context("node.interface")?;
-    let all = host::all_addresses().context("listing host addresses")?;
-    let report = config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?;
-    let keys = config::load_keys(&cfg)?;
-    Ok((cfg, iface, keys, report.warnings))
+    Ok(cfg)
 }
 
 /// Where the data plane is pinned: the configured directory (which must be on bpffs),
@@ -241,6 +251,8 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = int.recv() => { log::info!("SIGINT: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
         }
     }
+    // Let the answer to the request that ended the loop reach its client.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     server.abort();
     if let Some(m) = metrics {
         m.abort();
@@ -882,7 +894,7 @@ impl Agent {
     /// changed are touched. Everything is validated first; a bad config changes
     /// nothing.
     pub fn reload(&mut self) -> Result<String> {
-        let (new, iface, mut keys, warnings) = load_config(&self.opts)?;
+        let new = parse_config(&self.opts)?;
         let (a, b) = (&self.cfg.node, &new.node);
         let fixed = [
             ("node.interface", a.interface != b.interface),
@@ -897,6 +909,7 @@ impl Agent {
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{key} changed: that needs a restart of the agent; nothing was changed");
         }
+        let (new, iface, mut keys, warnings) = check_config(new)?;
         let families = |c: &Config| c.groups.iter().filter_map(|g| g.election.as_ref()).flat_map(|e| e.peers.iter().map(|p| p.is_ipv4())).collect::<BTreeSet<_>>();
         let have: BTreeSet<bool> = [self.adverts.v4.is_some().then_some(true), self.adverts.v6.is_some().then_some(false)].into_iter().flatten().collect();
         if !families(&new).is_subset(&have) {

@@ -321,4 +321,31 @@ mod tests {
         assert!(!permitted(Some(1001), 1000));
         assert!(!permitted(None, 0));
     }
+
+    /// Random and mutated requests: parsing never panics.
+    #[test]
+    fn request_parser_survives_mutations() {
+        let valid = [
+            r#"{"command":"status"}"#,
+            r#"{"command":"demote","group":"web","forward_to":"02:00:00:00:00:0b"}"#,
+            r#"{"command":"notify","kind":"INSTANCE","name":"VI_1","state":"MASTER","priority":150}"#,
+            r#"{"command":"restart","hold_ms":3000}"#,
+        ];
+        let mut x: u64 = 0xdead_beef_cafe;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as usize
+        };
+        for i in 0..50_000 {
+            let mut b = valid[i % valid.len()].as_bytes().to_vec();
+            for _ in 0..1 + rnd() % 3 {
+                let k = rnd() % b.len();
+                b[k] = rnd() as u8;
+            }
+            b.truncate(rnd() % (b.len() + 1));
+            let _ = serde_json::from_slice::<Request>(&b);
+        }
+    }
 }

@@ -1127,4 +1127,10 @@ role = "active"
             }
         }
     }
+
+    #[test]
+    fn shipped_example_parses() {
+        let c = parse(include_str!("../../dist/vip.toml")).expect("dist/vip.toml");
+        assert!(c.groups[0].election.is_some());
+    }
 }

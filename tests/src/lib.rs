@@ -9,7 +9,7 @@ mod process;
 mod topology;
 
 pub use capture::Capture;
-pub use netns::{Bpffs, Netns};
+pub use netns::{veth, Bpffs, Netns};
 pub use probe::{outage, Outage, Probe, Prober, Responder};
 pub use process::{vip_bin, Agent, Proc};
 pub use topology::{Host, Lan};

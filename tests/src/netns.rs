@@ -143,3 +143,10 @@ impl Drop for Bpffs {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// A veth pair: `a_name` in `a`, `b_name` in `b`.
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+    run(Command::new("ip").args(["link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name]))
+        .with_context(|| format!("veth {a_name}@{} <-> {b_name}@{}", a.name, b.name))
+        .map(|_| ())
+}

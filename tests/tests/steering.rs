@@ -52,7 +52,7 @@ fn redirect_delivers_into_a_container_namespace() {
     let ctr = Netns::new("ctr").unwrap();
     let a = lan.host("a");
     // A container: its eth0 holds the VIP; the host side `svc` is its gateway.
-    lab_veth(&a.ns, "svc", &ctr);
+    lab::veth(&a.ns, "svc", &ctr, "eth0").unwrap();
     ctr.ip(&["addr", "add", "10.0.0.50/32", "dev", "eth0"])
         .unwrap();
     ctr.ip(&["link", "set", "eth0", "up"]).unwrap();
@@ -107,32 +107,6 @@ fn redirect_delivers_into_a_container_namespace() {
     drop(sock);
     drop(lan);
     drop(ctr);
-}
-
-/// A veth `host_side` in `host` whose peer is `eth0` in `other`.
-fn lab_veth(host: &Netns, host_side: &str, other: &Netns) {
-    let out = std::process::Command::new("ip")
-        .args([
-            "link",
-            "add",
-            host_side,
-            "netns",
-            &host.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &other.name,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -16,6 +16,11 @@ pub mod maps {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const LEASES: &str = "LEASES";
     pub const REDIRECT_DEVS: &str = "REDIRECT_DEVS";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const EIPS_IN: &str = "EIPS_IN";
+    pub const EIPS_OUT: &str = "EIPS_OUT";
+    pub const OWNERS: &str = "OWNERS";
+    pub const EIP_STATS: &str = "EIP_STATS";
 }
 
 /// Program names in the object file.
@@ -146,6 +151,88 @@ pub mod global {
     ];
 }
 
+/// Program-wide settings (`SETTINGS`, an array of one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// When non-zero, VIP entries apply only to frames arriving on this ifindex (a
+    /// gateway attaches the same program to its external interface too).
+    pub vip_ifindex: u32,
+    /// Non-zero when elastic IPs are configured: skips their lookups otherwise.
+    pub eip_enabled: u32,
+}
+const _: () = assert!(size_of::<Settings>() == 8);
+
+/// An elastic IP's 1:1 mapping onto a VIP, the value of `EIPS_IN` (key: the EIP)
+/// and of `EIPS_OUT` (key: the VIP); keys are IPv4 addresses in network order as a
+/// native-endian u32, like `VIPS_V4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EipEntry {
+    /// The elastic (public) IPv4 address, network order.
+    pub eip: [u8; 4],
+    /// The VIP it is bound to, network order.
+    pub vip: [u8; 4],
+    /// ifindex of the external interface (where the EIP is answered and arrives).
+    pub ext_ifindex: u32,
+    /// ifindex of the internal interface (the VIP's subnet).
+    pub int_ifindex: u32,
+    /// MAC of the external interface: ARP answers for the EIP, source of outbound frames.
+    pub ext_mac: [u8; 6],
+    /// MAC of the internal interface: source of inbound frames towards the VIP's owner.
+    pub int_mac: [u8; 6],
+    /// Index into `EIP_STATS`.
+    pub stats_index: u32,
+}
+const _: () = assert!(size_of::<EipEntry>() == 32);
+
+/// The node that owns a VIP now, as the data plane learned it from ARP on the
+/// internal segment (`OWNERS`, key: the VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Owner {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// bpf_ktime_get_ns() of the last update.
+    pub updated_ns: u64,
+}
+const _: () = assert!(size_of::<Owner>() == 16);
+
+/// Per-EIP counters, one copy per CPU (`EIP_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EipStats {
+    /// Packets to the EIP translated and sent to the VIP's owner.
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    /// Packets from the VIP translated and sent out of the external interface.
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    /// Translated, then handed to the kernel to route (no owner/neighbour known yet).
+    pub to_kernel: u64,
+    /// Owner changes learned from ARP or traffic on the internal segment.
+    pub owner_changes: u64,
+    pub arp_replies: u64,
+    /// ICMP errors whose quoted header was translated too.
+    pub icmp_errors: u64,
+}
+const _: () = assert!(size_of::<EipStats>() == 64);
+
+impl EipStats {
+    pub fn add(&mut self, o: &EipStats) {
+        self.in_packets += o.in_packets;
+        self.in_bytes += o.in_bytes;
+        self.out_packets += o.out_packets;
+        self.out_bytes += o.out_bytes;
+        self.to_kernel += o.to_kernel;
+        self.owner_changes += o.owner_changes;
+        self.arp_replies += o.arp_replies;
+        self.icmp_errors += o.icmp_errors;
+    }
+}
+
+pub const MAX_EIPS: u32 = 1024;
+
 /// Capacity defaults; the agent may size the maps differently at load time.
 pub const DEFAULT_MAX_VIPS: u32 = 4096;
 pub const MAX_GROUPS: u32 = 1024;
@@ -157,4 +244,12 @@ mod pod {
     unsafe impl aya::Pod for super::VipEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::VipStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EipEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EipStats {}
 }

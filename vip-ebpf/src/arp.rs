@@ -22,27 +22,59 @@ use crate::{
 
 /// The Ethernet/IPv4 ARP body, all fields in network order.
 #[repr(C)]
-struct ArpEthIpv4 {
-    htype: [u8; 2],
-    ptype: [u8; 2],
-    hlen: u8,
-    plen: u8,
-    op: [u8; 2],
-    sha: Mac,
-    spa: [u8; 4],
-    tha: Mac,
-    tpa: [u8; 4],
+pub struct ArpEthIpv4 {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: [u8; 2],
+    pub sha: Mac,
+    pub spa: [u8; 4],
+    pub tha: Mac,
+    pub tpa: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<ArpEthIpv4>() == 28);
 
-const OP_REQUEST: [u8; 2] = [0, 1];
+pub const OP_REQUEST: [u8; 2] = [0, 1];
 const OP_REPLY: [u8; 2] = [0, 2];
+
+/// The ARP body of the frame (the frame is ours until we return).
+#[inline(always)]
+pub fn body(ctx: &XdpContext) -> Result<&mut ArpEthIpv4, Error> {
+    let arp: *mut ArpEthIpv4 = ptr_at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    Ok(unsafe { &mut *arp })
+}
+
+/// A request we may answer: Ethernet/IPv4, from a unicast sender, broadcast or to
+/// `own_mac`, and not gratuitous (the caller checked the opcode and spa != tpa).
+#[inline(always)]
+pub fn well_formed(arp: &ArpEthIpv4, frame: &Frame, own_mac: &Mac) -> bool {
+    arp.htype == [0, 1]
+        && arp.ptype == [0x08, 0x00]
+        && arp.hlen == 6
+        && arp.plen == 4
+        && !is_multicast(&arp.sha)
+        && (frame.dst == BROADCAST || frame.dst == *own_mac)
+}
+
+/// Turns the request into our reply, in place: "`tpa` is at `own_mac`".
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, arp: &mut ArpEthIpv4, own_mac: &Mac) -> Result<(), Error> {
+    let requester = arp.sha;
+    let requester_ip = arp.spa;
+    let ip = arp.tpa;
+    arp.op = OP_REPLY;
+    arp.tha = requester;
+    arp.tpa = requester_ip;
+    arp.sha = *own_mac;
+    arp.spa = ip;
+    crate::packet::set_macs(ctx, &requester, own_mac)
+}
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
-    let arp: *mut ArpEthIpv4 = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by ptr_at; the frame is ours until we return.
-    let arp = unsafe { &mut *arp };
+    let arp = body(ctx)?;
     let tpa = u32::from_ne_bytes(arp.tpa);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     let Some(entry) = (unsafe { VIPS_V4.get(tpa) }) else {
@@ -52,25 +84,11 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     if arp.op != OP_REQUEST || arp.spa == arp.tpa {
         return Ok(xdp_action::XDP_PASS);
     }
-    let well_formed = arp.htype == [0, 1]
-        && arp.ptype == [0x08, 0x00]
-        && arp.hlen == 6
-        && arp.plen == 4
-        && !is_multicast(&arp.sha)
-        && (frame.dst == BROADCAST || frame.dst == entry.own_mac);
-    if !well_formed || !maps::answers(entry) {
+    if !well_formed(arp, frame, &entry.own_mac) || !maps::answers(entry) {
         maps::count_global(global::NOT_ANSWERED);
         return Ok(xdp_action::XDP_DROP);
     }
-
-    let requester = arp.sha;
-    let requester_ip = arp.spa;
-    arp.op = OP_REPLY;
-    arp.tha = requester;
-    arp.tpa = requester_ip;
-    arp.sha = entry.own_mac;
-    arp.spa = tpa.to_ne_bytes();
-    crate::packet::set_macs(ctx, &requester, &entry.own_mac)?;
+    reply(ctx, arp, &entry.own_mac)?;
     if let Some(stats) = maps::stats(entry) {
         stats.arp_replies += 1;
     }

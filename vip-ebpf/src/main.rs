@@ -9,6 +9,7 @@
 #![no_main]
 
 mod arp;
+mod eip;
 mod ipv4;
 mod ipv6;
 mod maps;
@@ -37,10 +38,36 @@ pub fn vip_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
     let frame = Frame::new(ctx)?;
+    let settings = maps::settings();
+    // On a gateway the same program also runs on the external interface, where the
+    // VIP rules do not apply.
+    let vips = settings.vip_ifindex == 0 || settings.vip_ifindex == ctx.ingress_ifindex() as u32;
     match frame.ethertype {
-        packet::ETH_P_IP => ipv4::handle(ctx, &frame),
-        packet::ETH_P_ARP => arp::handle(ctx, &frame),
-        packet::ETH_P_IPV6 => ipv6::handle(ctx, &frame),
+        packet::ETH_P_IP => {
+            if settings.eip_enabled != 0 {
+                if let Some(act) = eip::ipv4(ctx, &frame)? {
+                    return Ok(act);
+                }
+            }
+            if vips {
+                ipv4::handle(ctx, &frame)
+            } else {
+                Ok(xdp_action::XDP_PASS)
+            }
+        }
+        packet::ETH_P_ARP => {
+            if settings.eip_enabled != 0 {
+                if let Some(act) = eip::arp(ctx, &frame)? {
+                    return Ok(act);
+                }
+            }
+            if vips {
+                arp::handle(ctx, &frame)
+            } else {
+                Ok(xdp_action::XDP_PASS)
+            }
+        }
+        packet::ETH_P_IPV6 if vips => ipv6::handle(ctx, &frame),
         packet::ETH_P_8021Q | packet::ETH_P_8021AD => {
             // VIPs are not VLAN-aware: tagged frames are the kernel's, untouched.
             maps::count_global(global::VLAN_PASSED);

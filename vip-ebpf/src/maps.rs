@@ -9,7 +9,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use vip_common::{
-    action, flags, global, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
+    action, flags, global, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS,
+    MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
 use crate::packet::{self, Error, Frame};
@@ -38,6 +39,32 @@ pub static LEASES: Array<u64> = Array::with_max_entries(MAX_GROUPS, 0);
 /// Redirect targets, keyed by ifindex.
 #[map]
 pub static REDIRECT_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_DEVS, 0);
+
+/// Program-wide settings (one entry).
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Elastic IP -> mapping (inbound).
+#[map]
+pub static EIPS_IN: HashMap<u32, EipEntry> = HashMap::with_max_entries(MAX_EIPS, 0);
+
+/// VIP -> mapping (outbound).
+#[map]
+pub static EIPS_OUT: HashMap<u32, EipEntry> = HashMap::with_max_entries(MAX_EIPS, 0);
+
+/// VIP -> its current owner, learned from ARP on the internal segment.
+#[map]
+pub static OWNERS: HashMap<u32, Owner> = HashMap::with_max_entries(MAX_EIPS, 0);
+
+/// Per-EIP counters.
+#[map]
+pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_EIPS, 0);
+
+/// The settings (all zero when the agent wrote none).
+#[inline(always)]
+pub fn settings() -> Settings {
+    SETTINGS.get(0).copied().unwrap_or_default()
+}
 
 #[inline(always)]
 pub fn count_global(index: u32) {

@@ -133,6 +133,13 @@ pub struct Agent {
     health_tx: Option<mpsc::Sender<health::Report>>,
     /// Set when a control request ends the main loop.
     exit: Option<Exit>,
+    eips: Vec<EipRuntime>,
+}
+
+/// One elastic IP as the agent programmed it.
+struct EipRuntime {
+    cfg: config::Eip,
+    entry: vip_common::EipEntry,
 }
 
 /// How the agent leaves.
@@ -343,6 +350,7 @@ impl Agent {
             warnings: Vec::new(),
             seq,
             unknown_group_adverts: 0,
+            eips: Vec::new(),
             opts,
             slots: BTreeSet::new(),
             health_tx: None,
@@ -366,6 +374,7 @@ impl Agent {
             let key = keys.remove(&g.name);
             agent.add_group(g, key, &previous, &mut warnings)?;
         }
+        agent.setup_eips(&mut warnings)?;
         agent.warnings = warnings;
         Ok(agent)
     }
@@ -905,6 +914,7 @@ impl Agent {
             ("node.advert_port", a.advert_port != b.advert_port),
             ("node.pin / node.pin_dir", a.pin != b.pin),
             ("node.metrics_listen", a.metrics_listen != b.metrics_listen),
+            ("eip (elastic IPs)", self.cfg.eips != new.eips),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{key} changed: that needs a restart of the agent; nothing was changed");
@@ -1371,6 +1381,30 @@ impl Agent {
             groups,
             global,
             warnings: self.warnings.clone(),
+            eips: self
+                .eips
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let st = self.dp.eip_stats(i as u32).unwrap_or_default();
+                    let owner = self.dp.owner(e.cfg.vip);
+                    crate::status::EipStatus {
+                        address: e.cfg.address.to_string(),
+                        vip: e.cfg.vip.to_string(),
+                        external_interface: e.cfg.external_interface.clone(),
+                        internal_interface: e.cfg.internal_interface.clone(),
+                        owner: owner.map(|o| Mac(o.mac).to_string()),
+                        owner_age_ms: owner.map(|o| now_mono.saturating_sub(o.updated_ns) / 1_000_000),
+                        in_packets: st.in_packets,
+                        in_bytes: st.in_bytes,
+                        out_packets: st.out_packets,
+                        out_bytes: st.out_bytes,
+                        to_kernel: st.to_kernel,
+                        owner_changes: st.owner_changes,
+                        arp_replies: st.arp_replies,
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -1420,7 +1454,56 @@ impl Agent {
 
     /// Removes every entry and address this agent added; the data plane detaches when
     /// the agent is dropped.
+    /// Programs the elastic IPs: the same program attached to their external (and
+    /// internal, if not ours already) interfaces, entries in both directions.
+    fn setup_eips(&mut self, warnings: &mut Vec<String>) -> Result<()> {
+        if self.cfg.eips.is_empty() {
+            return Ok(());
+        }
+        let mut attached: BTreeSet<String> = [self.iface.name.clone()].into();
+        for (i, e) in self.cfg.eips.clone().iter().enumerate() {
+            let key = format!("eip[{i}]");
+            let ext = host::interface(&e.external_interface).with_context(|| format!("{key}.external_interface"))?;
+            let int = host::interface(&e.internal_interface).with_context(|| format!("{key}.internal_interface"))?;
+            for ifc in [&ext, &int] {
+                if attached.insert(ifc.name.clone()) {
+                    self.dp.attach_extra(&ifc.name, self.cfg.node.xdp_mode).with_context(|| format!("{key}: attaching to {}", ifc.name))?;
+                    log::info!("XDP attached to {} for elastic IPs", ifc.name);
+                    warnings.extend(interface_warnings(ifc));
+                }
+                self.dp.add_redirect_target(ifc.index)?;
+            }
+            let entry = vip_common::EipEntry {
+                eip: e.address.octets(),
+                vip: e.vip.octets(),
+                ext_ifindex: ext.index,
+                int_ifindex: int.index,
+                ext_mac: ext.mac.0,
+                int_mac: int.mac.0,
+                stats_index: i as u32,
+            };
+            if !self.dp.adopted() {
+                self.dp.reset_eip_stats(i as u32)?;
+            }
+            self.dp.set_eip(&entry)?;
+            log::info!("elastic IP {} <-> VIP {} ({} / {})", e.address, e.vip, ext.name, int.name);
+            self.eips.push(EipRuntime { cfg: e.clone(), entry });
+        }
+        self.dp.set_settings(&vip_common::Settings { vip_ifindex: self.iface.index, eip_enabled: 1 })?;
+        if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0") {
+            let w = "net.ipv4.ip_forward is 0: elastic-IP packets whose next hop is not known yet are handed to \
+                     the kernel to route, which then drops them; set it to 1 on a gateway"
+                .to_string();
+            log::warn!("{w}");
+            warnings.push(w);
+        }
+        Ok(())
+    }
+
     pub fn shutdown(&mut self) {
+        for e in &self.eips {
+            let _ = self.dp.remove_eip(&e.entry);
+        }
         for g in &mut self.groups {
             for t in g.tasks.drain(..) {
                 t.abort();

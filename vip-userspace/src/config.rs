@@ -34,6 +34,17 @@ pub const MIN_KEY_LEN: usize = 16;
 pub struct Config {
     pub node: Node,
     pub groups: Vec<Group>,
+    /// Elastic IPs this node translates as a gateway.
+    pub eips: Vec<Eip>,
+}
+
+/// A public IPv4 address mapped 1:1 onto a VIP by this node (a gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eip {
+    pub address: std::net::Ipv4Addr,
+    pub vip: std::net::Ipv4Addr,
+    pub external_interface: String,
+    pub internal_interface: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -226,6 +237,17 @@ struct RawConfig {
     node: RawNode,
     #[serde(default)]
     group: Vec<RawGroup>,
+    #[serde(default)]
+    eip: Vec<RawEip>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEip {
+    address: String,
+    vip: String,
+    external_interface: String,
+    internal_interface: String,
 }
 
 #[derive(Deserialize)]
@@ -539,6 +561,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         );
     }
 
+    let eips = eips(&raw.eip, &mut p);
+
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
     }
@@ -559,7 +583,65 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             metrics_listen,
         },
         groups,
+        eips,
     })
+}
+
+/// Elastic IPs, with the seed's limits: IPv4 only, one EIP per VIP, one VIP per EIP,
+/// and an IPv6 VIP cannot bind an elastic IP.
+fn eips(raw: &[RawEip], p: &mut impl FnMut(String, String)) -> Vec<Eip> {
+    let mut out: Vec<Eip> = Vec::new();
+    for (i, e) in raw.iter().enumerate() {
+        let key = format!("eip[{i}]");
+        let address = match e.address.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) if !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()) => Some(a),
+            Ok(IpAddr::V4(a)) => {
+                p(format!("{key}.address"), format!("{a} is not a unicast address"));
+                None
+            }
+            Ok(IpAddr::V6(a)) => {
+                p(format!("{key}.address"), format!("{a}: elastic IPs are IPv4 addresses"));
+                None
+            }
+            Err(_) => {
+                p(format!("{key}.address"), format!("`{}` is not an IP address", e.address));
+                None
+            }
+        };
+        let vip = match e.vip.split('/').next().unwrap_or("").parse::<IpAddr>() {
+            Ok(IpAddr::V4(v)) => Some(v),
+            Ok(IpAddr::V6(v)) => {
+                p(format!("{key}.vip"), format!("{v} is an IPv6 VIP: an IPv6 VIP cannot bind an elastic IP"));
+                None
+            }
+            Err(_) => {
+                p(format!("{key}.vip"), format!("`{}` is not an IP address", e.vip));
+                None
+            }
+        };
+        for (k, v) in [("external_interface", &e.external_interface), ("internal_interface", &e.internal_interface)] {
+            if v.trim().is_empty() {
+                p(format!("{key}.{k}"), "must not be empty".into());
+            }
+        }
+        if e.external_interface == e.internal_interface {
+            p(format!("{key}.internal_interface"), "must differ from external_interface".into());
+        }
+        let (Some(address), Some(vip)) = (address, vip) else { continue };
+        if let Some(j) = out.iter().position(|o| o.address == address) {
+            p(format!("{key}.address"), format!("{address} is already the elastic IP of eip[{j}]: one VIP per elastic IP"));
+            continue;
+        }
+        if let Some(j) = out.iter().position(|o| o.vip == vip) {
+            p(format!("{key}.vip"), format!("{vip} is already bound to eip[{j}]: a VIP binds to at most one elastic IP"));
+            continue;
+        }
+        out.push(Eip { address, vip, external_interface: e.external_interface.clone(), internal_interface: e.internal_interface.clone() });
+    }
+    if out.len() > vip_common::MAX_EIPS as usize {
+        p("eip".into(), format!("at most {} elastic IPs", vip_common::MAX_EIPS));
+    }
+    out
 }
 
 /// The election settings of a group with `peers`.
@@ -928,6 +1010,31 @@ pub fn check_host(
             }
         }
     }
+    for (i, e) in cfg.eips.iter().enumerate() {
+        let key = format!("eip[{i}]");
+        for (k, name) in [("external_interface", &e.external_interface), ("internal_interface", &e.internal_interface)] {
+            if lookup(name).is_none() {
+                problems.push(Problem { key: format!("{key}.{k}"), message: format!("interface `{name}` does not exist on this host") });
+            }
+        }
+        if let Some(int) = lookup(&e.internal_interface) {
+            let on_link = int.addrs.iter().any(|(a, p)| {
+                a.is_ipv4() && !is_host_prefix(*a, *p) && network(*a, *p) == network(IpAddr::V4(e.vip), *p)
+            });
+            if !on_link {
+                problems.push(Problem {
+                    key: format!("{key}.vip"),
+                    message: format!("{} is not in a subnet of the internal interface {}", e.vip, int.name),
+                });
+            }
+        }
+        if let Some((ifname, _)) = all_addrs.iter().find(|(_, v)| v.iter().any(|(a, _)| *a == IpAddr::V4(e.address))) {
+            problems.push(Problem {
+                key: format!("{key}.address"),
+                message: format!("{} is an address of this host (on {ifname}); the elastic IP must be answered by vip, not the kernel", e.address),
+            });
+        }
+    }
     if problems.is_empty() {
         Ok(report)
     } else {
@@ -1132,5 +1239,20 @@ role = "active"
     fn shipped_example_parses() {
         let c = parse(include_str!("../../dist/vip.toml")).expect("dist/vip.toml");
         assert!(c.groups[0].election.is_some());
+    }
+
+    #[test]
+    fn eip_limits() {
+        let eip = |a: &str, v: &str| format!("\n[[eip]]\naddress = \"{a}\"\nvip = \"{v}\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n");
+        let c = parse(&format!("{GOOD}{}", eip("203.0.113.10", "10.0.0.50"))).unwrap();
+        assert_eq!(c.eips[0].vip.to_string(), "10.0.0.50");
+        let p = problems(&format!("{GOOD}{}", eip("203.0.113.10", "2001:db8::50")));
+        assert!(p[0].message.contains("an IPv6 VIP cannot bind an elastic IP"), "{p:?}");
+        let p = problems(&format!("{GOOD}{}{}", eip("203.0.113.10", "10.0.0.50"), eip("203.0.113.11", "10.0.0.50")));
+        assert!(p[0].key == "eip[1].vip" && p[0].message.contains("at most one elastic IP"), "{p:?}");
+        let p = problems(&format!("{GOOD}{}{}", eip("203.0.113.10", "10.0.0.50"), eip("203.0.113.10", "10.0.0.51")));
+        assert!(p[0].key == "eip[1].address" && p[0].message.contains("one VIP per elastic IP"), "{p:?}");
+        let p = problems(&format!("{GOOD}{}", eip("2001:db8::1", "10.0.0.50")));
+        assert!(p[0].message.contains("IPv4"), "{p:?}");
     }
 }

@@ -14,7 +14,7 @@ use aya::{
         xdp::XdpLink,xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
     Ebpf, EbpfLoader,
 };
-use vip_common::{global, maps, programs, VipEntry, VipStats};
+use vip_common::{global, maps, programs, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats};
 
 use crate::config::XdpMode;
 
@@ -74,6 +74,13 @@ pub struct Dataplane {
     leases: Array<MapData, u64>,
     redirect: DevMapHash<MapData>,
     link: Option<XdpLinkId>,
+    /// Attachments to further interfaces (a gateway's external side).
+    extra_links: Vec<(String, Option<PinnedLink>)>,
+    settings: Array<MapData, Settings>,
+    eips_in: HashMap<MapData, u32, EipEntry>,
+    eips_out: HashMap<MapData, u32, EipEntry>,
+    owners: HashMap<MapData, u32, Owner>,
+    eip_stats: PerCpuArray<MapData, EipStats>,
     max_vips: u32,
     /// Where the maps and the attachment are pinned, if they are.
     pin_dir: Option<PathBuf>,
@@ -82,13 +89,18 @@ pub struct Dataplane {
 }
 
 /// The pinned objects, one file each under the pin directory.
-const PINNED_MAPS: [&str; 6] = [
+const PINNED_MAPS: [&str; 11] = [
     maps::VIPS_V4,
     maps::VIPS_V6,
     maps::VIP_STATS,
     maps::GLOBAL_STATS,
     maps::LEASES,
     maps::REDIRECT_DEVS,
+    maps::SETTINGS,
+    maps::EIPS_IN,
+    maps::EIPS_OUT,
+    maps::OWNERS,
+    maps::EIP_STATS,
 ];
 const LINK_PIN: &str = "link";
 
@@ -112,11 +124,12 @@ pub fn remove_pins(dir: &Path) -> std::io::Result<Vec<String>> {
     if !dir.exists() {
         return Ok(removed);
     }
-    for name in std::iter::once(LINK_PIN).chain(PINNED_MAPS) {
-        let p = dir.join(name);
-        if p.exists() {
-            std::fs::remove_file(&p)?;
-            removed.push(name.to_string());
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(LINK_PIN) || PINNED_MAPS.contains(&name.as_str()) {
+            std::fs::remove_file(entry.path())?;
+            removed.push(name);
         }
     }
     std::fs::remove_dir(dir)?;
@@ -168,6 +181,11 @@ impl Dataplane {
         let leases = Array::try_from(take(maps::LEASES)?).map_err(map_err(maps::LEASES))?;
         let redirect = DevMapHash::try_from(take(maps::REDIRECT_DEVS)?)
             .map_err(map_err(maps::REDIRECT_DEVS))?;
+        let settings = Array::try_from(take(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
+        let eips_in = HashMap::try_from(take(maps::EIPS_IN)?).map_err(map_err(maps::EIPS_IN))?;
+        let eips_out = HashMap::try_from(take(maps::EIPS_OUT)?).map_err(map_err(maps::EIPS_OUT))?;
+        let owners = HashMap::try_from(take(maps::OWNERS)?).map_err(map_err(maps::OWNERS))?;
+        let eip_stats = PerCpuArray::try_from(take(maps::EIP_STATS)?).map_err(map_err(maps::EIP_STATS))?;
         Ok(Dataplane {
             ebpf,
             vips_v4,
@@ -177,6 +195,12 @@ impl Dataplane {
             leases,
             redirect,
             link: None,
+            extra_links: Vec::new(),
+            settings,
+            eips_in,
+            eips_out,
+            owners,
+            eip_stats,
             max_vips,
             pin_dir: pin_dir.map(Path::to_path_buf),
             pinned_link: None,
@@ -193,8 +217,87 @@ impl Dataplane {
         self.pin_dir.as_deref()
     }
 
+    /// Attaches the same program (same maps) to a further interface: a gateway's
+    /// external side. Pinned as `link-<iface>` next to the main attachment.
+    pub fn attach_extra(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        let pin_path = self.pin_dir.as_ref().map(|d| d.join(format!("{LINK_PIN}-{iface}")));
+        let pin_err = |p: &Path, e: String| DataplaneError::Pin { path: p.to_path_buf(), source: std::io::Error::other(e) };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(programs::VIP)
+            .ok_or(DataplaneError::Missing("XDP program"))?
+            .try_into()?;
+        let id = match &pin_path {
+            Some(p) if p.exists() => {
+                let old = PinnedLink::from_pin(p).map_err(|e| pin_err(p, e.to_string()))?;
+                let fd: FdLink = old.unpin().map_err(|e| pin_err(p, e.to_string()))?;
+                let xdp = XdpLink::try_from(fd).map_err(|e| pin_err(p, e.to_string()))?;
+                prog.attach_to_link(xdp)?
+            }
+            _ => self.attach_program(programs::VIP, iface, mode)?,
+        };
+        let pinned = match pin_path {
+            Some(p) => {
+                let prog: &mut Xdp = self
+                    .ebpf
+                    .program_mut(programs::VIP)
+                    .ok_or(DataplaneError::Missing("XDP program"))?
+                    .try_into()?;
+                let link = prog.take_link(id)?;
+                let fd = FdLink::try_from(link).map_err(|e| pin_err(&p, e.to_string()))?;
+                Some(fd.pin(&p).map_err(|e| pin_err(&p, e.to_string()))?)
+            }
+            None => None,
+        };
+        self.extra_links.push((iface.to_string(), pinned));
+        Ok(())
+    }
+
+    pub fn set_settings(&mut self, s: &Settings) -> Result<()> {
+        self.settings.set(0, s, 0).map_err(map_err(maps::SETTINGS))
+    }
+
+    /// Installs an EIP <-> VIP mapping in both directions.
+    pub fn set_eip(&mut self, e: &EipEntry) -> Result<()> {
+        self.eips_in.insert(u32::from_ne_bytes(e.eip), e, 0).map_err(map_err(maps::EIPS_IN))?;
+        self.eips_out.insert(u32::from_ne_bytes(e.vip), e, 0).map_err(map_err(maps::EIPS_OUT))
+    }
+
+    pub fn remove_eip(&mut self, e: &EipEntry) -> Result<()> {
+        let _ = self.eips_in.remove(&u32::from_ne_bytes(e.eip));
+        let _ = self.eips_out.remove(&u32::from_ne_bytes(e.vip));
+        let _ = self.owners.remove(&u32::from_ne_bytes(e.vip));
+        Ok(())
+    }
+
+    /// The owner of a VIP as the data plane learned it.
+    pub fn owner(&self, vip: std::net::Ipv4Addr) -> Option<Owner> {
+        self.owners.get(&u32::from_ne_bytes(vip.octets()), 0).ok()
+    }
+
+    pub fn eip_stats(&self, index: u32) -> Result<EipStats> {
+        let per_cpu = self.eip_stats.get(&index, 0).map_err(map_err(maps::EIP_STATS))?;
+        let mut sum = EipStats::default();
+        for s in per_cpu.iter() {
+            sum.add(s);
+        }
+        Ok(sum)
+    }
+
+    pub fn reset_eip_stats(&mut self, index: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::MapIo { map: maps::EIP_STATS, source: e })?;
+        let zero = PerCpuValues::try_from(vec![EipStats::default(); cpus])
+            .map_err(|e| DataplaneError::MapIo { map: maps::EIP_STATS, source: e })?;
+        self.eip_stats.set(index, zero, 0).map_err(map_err(maps::EIP_STATS))
+    }
+
     /// Detaches the program and removes every pin (a real stop or uninstall).
     pub fn detach_and_unpin(&mut self) -> Result<()> {
+        for (_, link) in self.extra_links.drain(..) {
+            if let Some(l) = link {
+                drop(l.unpin());
+            }
+        }
         if let Some(link) = self.pinned_link.take() {
             let path = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN)).unwrap_or_default();
             let fd = link.unpin().map_err(|source| DataplaneError::Pin { path, source })?;

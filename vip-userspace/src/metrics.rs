@@ -135,6 +135,21 @@ pub fn render(s: &Status) -> String {
             }
         }
     }
+    let eip: Vec<(&str, &str, fn(&crate::status::EipStatus) -> u64)> = vec![
+        ("eip_in_packets", "Packets to the elastic IP sent to the VIP's owner", |e| e.in_packets),
+        ("eip_in_bytes", "Bytes of those packets", |e| e.in_bytes),
+        ("eip_out_packets", "Packets from the VIP sent out as the elastic IP", |e| e.out_packets),
+        ("eip_out_bytes", "Bytes of those packets", |e| e.out_bytes),
+        ("eip_to_kernel", "Translated packets handed to the kernel to route", |e| e.to_kernel),
+        ("eip_owner_changes", "VIP owner changes learned from ARP", |e| e.owner_changes),
+        ("eip_arp_replies", "ARP requests for the elastic IP answered", |e| e.arp_replies),
+    ];
+    for (name, help, get) in eip {
+        let f = counter(&mut reg, name, help);
+        for e in &s.eips {
+            f.get_or_create(&vec![("eip".to_string(), e.address.clone()), ("vip".to_string(), e.vip.clone())]).inc_by(get(e));
+        }
+    }
     let dp = counter(&mut reg, "dataplane_events", "Program-wide data-plane counters, by kind");
     for (k, v) in &s.global {
         dp.get_or_create(&vec![("kind".to_string(), k.clone())]).inc_by(*v);

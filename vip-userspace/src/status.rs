@@ -14,6 +14,28 @@ pub struct Status {
     /// Program-wide data-plane counters by name.
     pub global: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
+    /// Elastic IPs this node translates (a gateway).
+    #[serde(default)]
+    pub eips: Vec<EipStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct EipStatus {
+    pub address: String,
+    pub vip: String,
+    pub external_interface: String,
+    pub internal_interface: String,
+    /// The VIP's owner as the data plane learned it from ARP, and how long ago.
+    pub owner: Option<String>,
+    pub owner_age_ms: Option<u64>,
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    /// Translated but handed to the kernel to route (next hop not known yet).
+    pub to_kernel: u64,
+    pub owner_changes: u64,
+    pub arp_replies: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -159,6 +181,21 @@ impl Status {
             if !g.health.is_empty() {
                 let _ = writeln!(s, "{:<12} health: {}", "", g.health);
             }
+        }
+        for e in &self.eips {
+            let _ = writeln!(
+                s,
+                "eip {} -> {}  owner {}  in {} pkts / {} B  out {} pkts / {} B  via kernel {}  owner changes {}",
+                e.address,
+                e.vip,
+                e.owner.as_deref().unwrap_or("unknown"),
+                e.in_packets,
+                e.in_bytes,
+                e.out_packets,
+                e.out_bytes,
+                e.to_kernel,
+                e.owner_changes
+            );
         }
         let nonzero: Vec<String> = self
             .global

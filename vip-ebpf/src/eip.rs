@@ -1,0 +1,300 @@
+//! Elastic IPs: a gateway maps one public IPv4 address 1:1 onto a VIP.
+//!
+//! * Inbound, on the external interface: a packet to the EIP gets the VIP as its
+//!   destination (IPv4 and TCP/UDP checksums updated incrementally, TTL decremented as
+//!   a router does) and goes to the VIP's current owner on the internal interface.
+//! * Outbound, on the internal interface: a packet from the VIP, routed to us, gets the
+//!   EIP as its source and goes to the external side's next hop (from the kernel's FIB
+//!   and neighbour table, `bpf_fib_lookup`).
+//! * The owner is learned from ARP on the internal segment (a takeover's gratuitous ARP
+//!   included), in the data plane itself: the very packet that announces a failover
+//!   moves the EIP's traffic. Until an owner is known, the kernel's neighbour table
+//!   (through the FIB) is the fallback; without either, the translated packet is handed
+//!   to the kernel, which routes it and resolves the neighbour (ip_forward must be on).
+//! * Fragments: every fragment's address is translated; only the first carries the
+//!   TCP/UDP checksum, which is updated there. ICMP errors (types 3, 11, 12): the
+//!   quoted header's address is translated too (its own checksum updated, which keeps
+//!   the ICMP checksum valid); the quoted transport checksum is left as it is. ARP
+//!   requests for the EIP on the external segment are answered like a VIP's.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
+use vip_common::{EipEntry, EipStats, Owner};
+
+use crate::{
+    arp,
+    maps::{EIPS_IN, EIPS_OUT, EIP_STATS, OWNERS, REDIRECT_DEVS},
+    packet::{self, ptr_at, Error, Frame, Mac, ETH_HLEN},
+};
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const AF_INET: u8 = 2;
+const FIB_SUCCESS: i64 = 0;
+
+#[inline(always)]
+fn stats(e: &EipEntry) -> Option<&mut EipStats> {
+    // SAFETY: per-CPU slot, nobody else writes it concurrently.
+    EIP_STATS.get_ptr_mut(e.stats_index).map(|p| unsafe { &mut *p })
+}
+
+/// ARP on a gateway: answers requests for an EIP on its external interface, learns
+/// VIP owners on the internal one. None: not ours, continue with the VIP rules.
+#[inline(always)]
+pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
+    let body = arp::body(ctx)?;
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    if let Some(e) = unsafe { EIPS_IN.get(u32::from_ne_bytes(body.tpa)) } {
+        if e.ext_ifindex == ingress && body.op == arp::OP_REQUEST && body.spa != body.tpa {
+            if !arp::well_formed(body, frame, &e.ext_mac) {
+                return Ok(Some(xdp_action::XDP_DROP));
+            }
+            let ext_mac = e.ext_mac;
+            let entry = *e;
+            arp::reply(ctx, body, &ext_mac)?;
+            if let Some(s) = stats(&entry) {
+                s.arp_replies += 1;
+            }
+            return Ok(Some(xdp_action::XDP_TX));
+        }
+    }
+    // SAFETY: as above.
+    if let Some(e) = unsafe { EIPS_OUT.get(u32::from_ne_bytes(body.spa)) } {
+        if e.int_ifindex == ingress && !packet::is_multicast(&body.sha) && body.sha != [0; 6] {
+            learn(e, u32::from_ne_bytes(body.spa), body.sha);
+        }
+    }
+    Ok(None)
+}
+
+/// Records the VIP's owner if it changed (a map write only on a change).
+#[inline(always)]
+fn learn(e: &EipEntry, vip: u32, mac: Mac) {
+    // SAFETY: as above.
+    let known = unsafe { OWNERS.get(vip) }.map(|o| o.mac);
+    if known == Some(mac) {
+        return;
+    }
+    // SAFETY: a helper without side effects.
+    let owner = Owner { mac, _pad: [0; 2], updated_ns: unsafe { bpf_ktime_get_ns() } };
+    if OWNERS.insert(vip, owner, 0).is_ok() {
+        let entry = *e;
+        if let Some(s) = stats(&entry) {
+            s.owner_changes += 1;
+        }
+    }
+}
+
+/// IPv4 on a gateway: translates EIP traffic in either direction. None: not EIP
+/// traffic, continue with the VIP rules.
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
+    let ip: *mut [u8; 20] = ptr_at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &mut *ip };
+    if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
+        return Ok(None);
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    if let Some(e) = unsafe { EIPS_IN.get(dst) } {
+        if e.ext_ifindex == ingress && frame.dst == e.ext_mac {
+            let entry = *e;
+            return inbound(ctx, frame, &entry).map(Some);
+        }
+    }
+    let src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    // SAFETY: as above.
+    if let Some(e) = unsafe { EIPS_OUT.get(src) } {
+        if e.int_ifindex == ingress && frame.dst == e.int_mac {
+            let entry = *e;
+            return outbound(ctx, frame, &entry).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+#[inline(always)]
+fn inbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> {
+    if !translate(ctx, 16, &e.eip, &e.vip, 12)? {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let vip = u32::from_ne_bytes(e.vip);
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    let next = match unsafe { OWNERS.get(vip) } {
+        Some(o) => Some((o.mac, e.int_mac)),
+        None => fib(ctx, e.eip, e.vip, e.int_ifindex),
+    };
+    send(ctx, frame, e, next, e.int_ifindex, true)
+}
+
+#[inline(always)]
+fn outbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> {
+    if !translate(ctx, 12, &e.vip, &e.eip, 16)? {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let ip: *const [u8; 20] = ptr_at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let dst = unsafe { [(*ip)[16], (*ip)[17], (*ip)[18], (*ip)[19]] };
+    let next = fib(ctx, e.eip, dst, e.ext_ifindex);
+    send(ctx, frame, e, next, e.ext_ifindex, false)
+}
+
+/// Sets the MACs and redirects, or hands the (translated) packet to the kernel.
+#[inline(always)]
+fn send(ctx: &XdpContext, frame: &Frame, e: &EipEntry, next: Option<(Mac, Mac)>, out: u32, inbound: bool) -> Result<u32, Error> {
+    let s = stats(e);
+    let Some((dst, src)) = next else {
+        if let Some(s) = s {
+            s.to_kernel += 1;
+        }
+        return Ok(xdp_action::XDP_PASS);
+    };
+    match REDIRECT_DEVS.redirect(out, xdp_action::XDP_PASS as u64) {
+        Ok(act) => {
+            packet::set_macs(ctx, &dst, &src)?;
+            if let Some(s) = s {
+                if inbound {
+                    s.in_packets += 1;
+                    s.in_bytes += frame.len;
+                } else {
+                    s.out_packets += 1;
+                    s.out_bytes += frame.len;
+                }
+            }
+            Ok(act)
+        }
+        Err(_) => {
+            if let Some(s) = s {
+                s.to_kernel += 1;
+            }
+            Ok(xdp_action::XDP_PASS)
+        }
+    }
+}
+
+/// The next hop towards `dst` from the kernel's FIB and neighbour table, if it leaves
+/// through `want_ifindex`: (destination MAC, source MAC).
+#[inline(always)]
+fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], want_ifindex: u32) -> Option<(Mac, Mac)> {
+    // SAFETY: bpf_fib_lookup is plain data; zero is a valid value of every field.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: the helper reads and writes `p` only.
+    let r = unsafe {
+        bpf_fib_lookup(ctx.ctx as *mut _, &mut p, core::mem::size_of::<FibParams>() as i32, 0)
+    };
+    (r == FIB_SUCCESS && p.ifindex == want_ifindex).then_some((p.dmac, p.smac))
+}
+
+/// Rewrites the IPv4 address at `at` (12 source, 16 destination) from `old` to `new`,
+/// with every checksum that covers it, and decrements the TTL as a router does. For
+/// an ICMP error, the quoted header's address at `quoted` (the other direction) is
+/// rewritten too. False: leave the packet to the kernel (TTL expiring).
+#[inline(always)]
+fn translate(ctx: &XdpContext, at: usize, old: &[u8; 4], new: &[u8; 4], quoted: usize) -> Result<bool, Error> {
+    let ip: *mut [u8; 20] = ptr_at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &mut *ip };
+    if ip[8] <= 1 {
+        return Ok(false);
+    }
+    // Only the two address fields are ever rewritten; constants keep the indexing
+    // provably in bounds.
+    let at = if at == 12 { 12 } else { 16 };
+    let mut csum = [ip[10], ip[11]];
+    csum = replace4(csum, *old, *new);
+    // TTL and protocol share a 16-bit word.
+    let word = [ip[8], ip[9]];
+    ip[8] -= 1;
+    csum = replace2(csum, word, [ip[8], ip[9]]);
+    ip[at] = new[0];
+    ip[at + 1] = new[1];
+    ip[at + 2] = new[2];
+    ip[at + 3] = new[3];
+    ip[10] = csum[0];
+    ip[11] = csum[1];
+
+    let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+    if !first_fragment {
+        return Ok(true);
+    }
+    let proto = ip[9];
+    let l4 = ETH_HLEN + (((ip[0] & 0x0f) as usize) * 4 & 0x3c);
+    match proto {
+        PROTO_TCP => {
+            let c: *mut [u8; 2] = ptr_at(ctx, l4 + 16)?;
+            // SAFETY: bounds checked by ptr_at.
+            unsafe { *c = replace4(*c, *old, *new) };
+        }
+        PROTO_UDP => {
+            let c: *mut [u8; 2] = ptr_at(ctx, l4 + 6)?;
+            // SAFETY: bounds checked by ptr_at.
+            unsafe {
+                if *c != [0, 0] {
+                    let n = replace4(*c, *old, *new);
+                    *c = if n == [0, 0] { [0xff, 0xff] } else { n };
+                }
+            }
+        }
+        PROTO_ICMP => {
+            // The whole ICMP header: a 1-byte read at a variable offset compiles to a
+            // bounds check the verifier cannot follow.
+            let t: *const [u8; 8] = ptr_at(ctx, l4)?;
+            // SAFETY: bounds checked by ptr_at.
+            if matches!(unsafe { (*t)[0] }, 3 | 11 | 12) {
+                let inner: *mut [u8; 20] = ptr_at(ctx, l4 + 8)?;
+                // SAFETY: bounds checked by ptr_at.
+                let inner = unsafe { &mut *inner };
+                let q = if quoted == 12 { 12 } else { 16 };
+                if [inner[q], inner[q + 1], inner[q + 2], inner[q + 3]] == *old {
+                    let c = replace4([inner[10], inner[11]], *old, *new);
+                    inner[q] = new[0];
+                    inner[q + 1] = new[1];
+                    inner[q + 2] = new[2];
+                    inner[q + 3] = new[3];
+                    inner[10] = c[0];
+                    inner[11] = c[1];
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(true)
+}
+
+/// RFC 1624 incremental update of a checksum for a 32-bit field change.
+#[inline(always)]
+fn replace4(csum: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
+    let mut sum = (!u16::from_be_bytes(csum)) as u32;
+    sum += (!u16::from_be_bytes([old[0], old[1]])) as u32;
+    sum += (!u16::from_be_bytes([old[2], old[3]])) as u32;
+    sum += u16::from_be_bytes([new[0], new[1]]) as u32;
+    sum += u16::from_be_bytes([new[2], new[3]]) as u32;
+    fold(sum)
+}
+
+/// The same for a 16-bit word.
+#[inline(always)]
+fn replace2(csum: [u8; 2], old: [u8; 2], new: [u8; 2]) -> [u8; 2] {
+    let mut sum = (!u16::from_be_bytes(csum)) as u32;
+    sum += (!u16::from_be_bytes(old)) as u32;
+    sum += u16::from_be_bytes(new) as u32;
+    fold(sum)
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> [u8; 2] {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}

@@ -130,9 +130,14 @@ pub struct Bpffs {
 
 impl Bpffs {
     pub fn mount() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("vip-bpffs-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "vip-bpffs-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir)?;
-        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir)).context("mounting a bpffs")?;
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir))
+            .context("mounting a bpffs")?;
         Ok(Bpffs { dir })
     }
 }
@@ -146,7 +151,10 @@ impl Drop for Bpffs {
 
 /// A veth pair: `a_name` in `a`, `b_name` in `b`.
 pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-    run(Command::new("ip").args(["link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name]))
-        .with_context(|| format!("veth {a_name}@{} <-> {b_name}@{}", a.name, b.name))
-        .map(|_| ())
+    run(Command::new("ip").args([
+        "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns",
+        &b.name,
+    ]))
+    .with_context(|| format!("veth {a_name}@{} <-> {b_name}@{}", a.name, b.name))
+    .map(|_| ())
 }

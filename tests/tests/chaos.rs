@@ -15,7 +15,11 @@ use vip::frames;
 const INTERVAL: u64 = 20;
 
 fn elected(lan: &Lan, me: &str, all: &[&str], priority: u8, pin: &Path) -> String {
-    let peers: Vec<String> = all.iter().filter(|n| **n != me).map(|n| format!("\"{}\"", lan.host(n).ip4)).collect();
+    let peers: Vec<String> = all
+        .iter()
+        .filter(|n| **n != me)
+        .map(|n| format!("\"{}\"", lan.host(n).ip4))
+        .collect();
     format!(
         "[node]\nname = \"{me}\"\ninterface = \"eth0\"\npin_dir = \"{}/{me}\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\npeers = [{}]\npriority = {priority}\nadvert_interval_ms = {INTERVAL}\n",
         pin.display(),
@@ -24,7 +28,9 @@ fn elected(lan: &Lan, me: &str, all: &[&str], priority: u8, pin: &Path) -> Strin
 }
 
 fn state(a: &Agent) -> String {
-    a.status().map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string()).unwrap_or_else(|_| "down".into())
+    a.status()
+        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_else(|_| "down".into())
 }
 
 /// Who answers an ARP request for the VIP, as seen on the client's wire.
@@ -32,14 +38,21 @@ fn answerers(lan: &Lan) -> Vec<vip::mac::Mac> {
     let c = lan.host("c");
     let cap = Capture::open(&c.ns, "eth0").unwrap();
     cap.clear();
-    cap.send(&frames::arp_request(mac(&c.mac), c.ip4, VIP4)).unwrap();
+    cap.send(&frames::arp_request(mac(&c.mac), c.ip4, VIP4))
+        .unwrap();
     arp_replies_for(&cap.collect(Duration::from_millis(150), |_| true), VIP4)
 }
 
 fn exactly_one_answers(lan: &Lan, who: &str) {
     let want = vec![mac(&lan.host(who).mac)];
-    let ok = wait_for(Duration::from_secs(3), || (answerers(lan) == want).then_some(()));
-    assert!(ok.is_some(), "ARP for the VIP answered by {:?}, wanted only {who}", answerers(lan));
+    let ok = wait_for(Duration::from_secs(3), || {
+        (answerers(lan) == want).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "ARP for the VIP answered by {:?}, wanted only {who}",
+        answerers(lan)
+    );
 }
 
 /// Open descriptors of a process, at rest (the least of a few samples: a control
@@ -48,7 +61,9 @@ fn fds(pid: u32) -> usize {
     (0..5)
         .map(|_| {
             std::thread::sleep(Duration::from_millis(20));
-            std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0)
         })
         .min()
         .unwrap_or(0)
@@ -57,7 +72,11 @@ fn fds(pid: u32) -> usize {
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -70,20 +89,28 @@ fn agents_killed_during_a_takeover() {
     let mut lan = Lan::new(&["a", "b", "e", "c"]).unwrap();
     lan.enable_xdp_tx(&["a", "b", "e"]).unwrap();
     let all = ["a", "b", "e"];
-    let start = |n: &str, p: u8| Agent::start(&lan.host(n).ns, n, &elected(&lan, n, &all, p, &bpffs.dir)).unwrap();
+    let start = |n: &str, p: u8| {
+        Agent::start(&lan.host(n).ns, n, &elected(&lan, n, &all, p, &bpffs.dir)).unwrap()
+    };
     let mut a = start("a", 200);
     let mut b = start("b", 150);
     let e = start("e", 100);
-    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active").then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active")
+        .then_some(()))
+    .is_some());
     exactly_one_answers(&lan, "a");
 
     // a dies; b dies the moment it takes over; e must end up the only one answering,
     // although a's and b's programs stay attached (pinned) with the VIP on their hosts.
     a.proc.signal(Signal::SIGKILL).unwrap();
-    let took = wait_for(Duration::from_secs(3), || (state(&b) == "active").then_some(()));
+    let took = wait_for(Duration::from_secs(3), || {
+        (state(&b) == "active").then_some(())
+    });
     assert!(took.is_some());
     b.proc.signal(Signal::SIGKILL).unwrap();
-    assert!(wait_for(Duration::from_secs(3), || (state(&e) == "active").then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(3), || (state(&e) == "active")
+        .then_some(()))
+    .is_some());
     exactly_one_answers(&lan, "e");
     let _ = (a.proc.try_status(), b.proc.try_status());
 
@@ -91,7 +118,11 @@ fn agents_killed_during_a_takeover() {
     drop((a, b));
     let a = start("a", 200);
     let b = start("b", 150);
-    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active" && state(&b) == "standby" && state(&e) == "standby").then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active"
+        && state(&b) == "standby"
+        && state(&e) == "standby")
+        .then_some(()))
+    .is_some());
     exactly_one_answers(&lan, "a");
     drop((a, b, e));
     for n in all {
@@ -108,21 +139,39 @@ fn a_flapping_link_settles_on_one_active() {
     let bpffs = Bpffs::mount().unwrap();
     let lan = lan();
     let all = ["a", "b"];
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, &bpffs.dir)).unwrap();
-    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, &bpffs.dir)).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active").then_some(())).is_some());
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &all, 200, &bpffs.dir),
+    )
+    .unwrap();
+    let b = Agent::start(
+        &lan.host("b").ns,
+        "b",
+        &elected(&lan, "b", &all, 100, &bpffs.dir),
+    )
+    .unwrap();
+    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active")
+        .then_some(()))
+    .is_some());
     let to: SocketAddr = (VIP4, 7007).into();
     let _ra = Responder::start(&lan.host("a").ns, to, "a").unwrap();
     let _rb = Responder::start(&lan.host("b").ns, to, "b").unwrap();
     let prober = Prober::start(&lan.host("c").ns, to, Duration::from_millis(1)).unwrap();
     let flaps = 20;
     for i in 0..flaps {
-        lan.host("a").ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+        lan.host("a")
+            .ns
+            .ip(&["link", "set", "eth0", "down"])
+            .unwrap();
         std::thread::sleep(Duration::from_millis(if i % 2 == 0 { 30 } else { 120 }));
         lan.host("a").ns.ip(&["link", "set", "eth0", "up"]).unwrap();
         std::thread::sleep(Duration::from_millis(150));
     }
-    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active" && state(&b) == "standby").then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active"
+        && state(&b) == "standby")
+        .then_some(()))
+    .is_some());
     std::thread::sleep(Duration::from_millis(300));
     let probes = prober.finish();
     exactly_one_answers(&lan, "a");
@@ -130,7 +179,10 @@ fn a_flapping_link_settles_on_one_active() {
     // takeover bound (3 intervals + skew), with a generous margin for a loaded machine.
     let lost = probes.iter().filter(|p| p.answered_by.is_none()).count();
     let bound = flaps * (120 + 4 * INTERVAL as usize + 50);
-    assert!(lost <= bound, "lost {lost} probes over {flaps} flaps (bound {bound})");
+    assert!(
+        lost <= bound,
+        "lost {lost} probes over {flaps} flaps (bound {bound})"
+    );
     eprintln!("{flaps} link flaps: {lost} of {} probes lost", probes.len());
     drop((a, b));
     teardown(lan);
@@ -142,16 +194,28 @@ fn a_thousand_promote_demote_cycles_leak_nothing() {
         return;
     }
     let lan = lan();
-    let a = agent(&lan, "a", &config("a", &["10.0.0.50/24"], "active", "garp_count = 1"));
+    let a = agent(
+        &lan,
+        "a",
+        &config("a", &["10.0.0.50/24"], "active", "garp_count = 1"),
+    );
     let pid = a.proc.pid();
     let cycle = |n: usize| {
         for _ in 0..n {
             for cmd in ["demote", "promote"] {
-                let r = vip::control::request(&a.socket, &if cmd == "demote" {
-                    vip::control::Request::Demote { group: "web".into(), forward_to: None }
-                } else {
-                    vip::control::Request::Promote { group: "web".into() }
-                })
+                let r = vip::control::request(
+                    &a.socket,
+                    &if cmd == "demote" {
+                        vip::control::Request::Demote {
+                            group: "web".into(),
+                            forward_to: None,
+                        }
+                    } else {
+                        vip::control::Request::Promote {
+                            group: "web".into(),
+                        }
+                    },
+                )
                 .unwrap();
                 assert!(r.ok, "{r:?}");
             }
@@ -168,7 +232,11 @@ fn a_thousand_promote_demote_cycles_leak_nothing() {
     assert_eq!(s["groups"][0]["state"], "active");
     assert_eq!(s["groups"][0]["transitions"], 2 * 1050 + 1);
     exactly_one_answers(&lan, "a");
-    let addrs = lan.host("a").ns.ip(&["-4", "addr", "show", "dev", "eth0"]).unwrap();
+    let addrs = lan
+        .host("a")
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "eth0"])
+        .unwrap();
     assert_eq!(addrs.matches("10.0.0.50/32").count(), 1, "{addrs}");
     drop(a);
     teardown(lan);
@@ -181,9 +249,17 @@ fn ten_thousand_vips() {
     }
     let lan = lan();
     let a_host = lan.host("a");
-    a_host.ns.ip(&["addr", "add", "10.1.0.10/16", "dev", "eth0"]).unwrap();
-    lan.host("c").ns.ip(&["addr", "add", "10.1.0.12/16", "dev", "eth0"]).unwrap();
-    let vips: Vec<String> = (0..10_000u32).map(|i| format!("\"10.1.{}.{}/16\"", 1 + i / 250, 1 + i % 250)).collect();
+    a_host
+        .ns
+        .ip(&["addr", "add", "10.1.0.10/16", "dev", "eth0"])
+        .unwrap();
+    lan.host("c")
+        .ns
+        .ip(&["addr", "add", "10.1.0.12/16", "dev", "eth0"])
+        .unwrap();
+    let vips: Vec<String> = (0..10_000u32)
+        .map(|i| format!("\"10.1.{}.{}/16\"", 1 + i / 250, 1 + i % 250))
+        .collect();
     let cfg = format!(
         "[node]\nname = \"a\"\ninterface = \"eth0\"\nmax_vips = 10240\n\n[[group]]\nname = \"many\"\nvips = [{}]\nrole = \"active\"\ngarp_count = 1\n",
         vips.join(", ")
@@ -193,21 +269,44 @@ fn ten_thousand_vips() {
     let up = t0.elapsed();
     let s = a.status().unwrap();
     assert_eq!(s["groups"][0]["vips"].as_array().unwrap().len(), 10_000);
-    assert!(a.log_text().contains("recommended 10"), "no warning above 10 VIPs");
+    assert!(
+        a.log_text().contains("recommended 10"),
+        "no warning above 10 VIPs"
+    );
     // A few VIPs anywhere in the table answer, from the kernel's own neighbour code.
     let c = lan.host("c");
     for vip in ["10.1.1.1", "10.1.20.125", "10.1.40.250"] {
         assert!(ping(&c.ns, vip), "{vip} unreachable");
-        assert_eq!(kernel_neighbour(&c.ns, vip).as_deref(), Some(a_host.mac.as_str()));
+        assert_eq!(
+            kernel_neighbour(&c.ns, vip).as_deref(),
+            Some(a_host.mac.as_str())
+        );
     }
-    let addrs = a_host.ns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]).unwrap();
+    let addrs = a_host
+        .ns
+        .ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
     assert_eq!(addrs.lines().filter(|l| l.contains("/32")).count(), 10_000);
-    eprintln!("10k VIPs: agent up in {:.0} ms, RSS {} kB", up.as_secs_f64() * 1e3, rss_kb(a.proc.pid()));
+    eprintln!(
+        "10k VIPs: agent up in {:.0} ms, RSS {} kB",
+        up.as_secs_f64() * 1e3,
+        rss_kb(a.proc.pid())
+    );
     let t1 = std::time::Instant::now();
     assert!(a.stop().unwrap().success());
-    eprintln!("10k VIPs: stopped and cleaned in {:.0} ms", t1.elapsed().as_secs_f64() * 1e3);
-    let addrs = a_host.ns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]).unwrap();
-    assert_eq!(addrs.lines().filter(|l| l.contains("/32")).count(), 0, "VIPs left behind");
+    eprintln!(
+        "10k VIPs: stopped and cleaned in {:.0} ms",
+        t1.elapsed().as_secs_f64() * 1e3
+    );
+    let addrs = a_host
+        .ns
+        .ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert_eq!(
+        addrs.lines().filter(|l| l.contains("/32")).count(),
+        0,
+        "VIPs left behind"
+    );
     drop(a);
     teardown(lan);
 }

@@ -22,15 +22,21 @@ fn topology() -> (Lan, Netns) {
     let i = Netns::new("inet").unwrap();
     let g = lan.host("g");
     veth(&g.ns, "eth1", &i, "eth0").unwrap();
-    g.ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "eth1"]).unwrap();
+    g.ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "eth1"])
+        .unwrap();
     g.ns.ip(&["link", "set", "eth1", "up"]).unwrap();
     g.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    i.ip(&["addr", "add", "198.51.100.10/24", "dev", "eth0"]).unwrap();
+    i.ip(&["addr", "add", "198.51.100.10/24", "dev", "eth0"])
+        .unwrap();
     i.ip(&["link", "set", "eth0", "up"]).unwrap();
-    i.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.1"]).unwrap();
+    i.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.1"])
+        .unwrap();
     i.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
     for s in ["a", "b"] {
-        lan.host(s).ns.ip(&["route", "add", "default", "via", &g.ip4.to_string()]).unwrap();
+        lan.host(s)
+            .ns
+            .ip(&["route", "add", "default", "via", &g.ip4.to_string()])
+            .unwrap();
     }
     // Frames g redirects out of eth1 reach i only if i's side has NAPI.
     let iname = i.name.clone();
@@ -48,7 +54,9 @@ fn elected(lan: &Lan, me: &str, peer: &str, priority: u8) -> String {
 const GATEWAY: &str = "[node]\nname = \"g\"\ninterface = \"eth0\"\n\n[[eip]]\naddress = \"203.0.113.10\"\nvip = \"10.0.0.50\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n";
 
 fn state(a: &Agent) -> String {
-    a.status().map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string()).unwrap_or_default()
+    a.status()
+        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -59,7 +67,10 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
     let (lan, inet) = topology();
     let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", "b", 200)).unwrap();
     let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", "a", 100)).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active" && state(&b) == "standby").then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active"
+        && state(&b) == "standby")
+        .then_some(()))
+    .is_some());
     let g = Agent::start(&lan.host("g").ns, "g", GATEWAY).unwrap();
     let to: SocketAddr = (EIP, 7007).into();
     let _ra = Responder::start(&lan.host("a").ns, (VIP4, 7007).into(), "a").unwrap();
@@ -67,13 +78,20 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
 
     // The gateway learns the owner from ARP (here: a's kernel resolving the gateway, or
     // a's next announcement); meanwhile the kernel's neighbour table is the fallback.
-    assert!(ping(&inet, &EIP.to_string()), "ping through the EIP failed:\n{}", g.log_text());
+    assert!(
+        ping(&inet, &EIP.to_string()),
+        "ping through the EIP failed:\n{}",
+        g.log_text()
+    );
     let cap = Capture::open(&inet, "eth0").unwrap();
     cap.clear();
 
     // TCP and UDP through the EIP.
     let listener = lab_listen(&lan.host("a").ns, (VIP4, 8080).into());
-    assert_eq!(tcp_round_trip(&inet, listener, (EIP, 8080).into()), "hello vip");
+    assert_eq!(
+        tcp_round_trip(&inet, listener, (EIP, 8080).into()),
+        "hello vip"
+    );
 
     // A datagram that must be fragmented arrives whole (every fragment translated,
     // the first one's UDP checksum updated).
@@ -84,9 +102,14 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
         s.send_to(&payload, (EIP, 7008)).unwrap();
     });
     let mut buf = vec![0u8; 4000];
-    let (n, from) = big.recv_from(&mut buf).expect("the fragmented datagram did not arrive");
+    let (n, from) = big
+        .recv_from(&mut buf)
+        .expect("the fragmented datagram did not arrive");
     assert_eq!(n, 3000);
-    assert_eq!(from.ip(), std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10)));
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10))
+    );
     assert!(buf[..n].iter().enumerate().all(|(k, b)| *b == k as u8));
 
     // An ICMP error quoting the VIP reaches the client translated: its connected
@@ -98,35 +121,72 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
         s.send(b"anyone?").unwrap();
         s.recv(&mut [0u8; 16]).map_err(|e| e.kind())
     });
-    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "the ICMP error was not translated back");
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the ICMP error was not translated back"
+    );
 
     // Nothing on the internet side ever carries the VIP.
     let seen = cap.collect(Duration::from_millis(100), |_| true);
     let vip = VIP4.octets();
-    assert!(!seen.iter().any(|f| f.windows(4).any(|w| w == vip)), "the VIP leaked to the internet side");
+    assert!(
+        !seen.iter().any(|f| f.windows(4).any(|w| w == vip)),
+        "the VIP leaked to the internet side"
+    );
 
     // Failover under probes: a loses its link; b takes over; the gateway follows.
     let prober = Prober::start(&inet, to, Duration::from_millis(1)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let owner = |g: &Agent| g.status().unwrap()["eips"][0]["owner"].as_str().unwrap_or("").to_string();
-    assert!(wait_for(Duration::from_secs(2), || (owner(&g) == lan.host("a").mac).then_some(())).is_some(), "gateway never learned a");
-    lan.host("a").ns.ip(&["link", "set", "eth0", "down"]).unwrap();
-    assert!(wait_for(Duration::from_secs(3), || (state(&b) == "active").then_some(())).is_some());
+    let owner = |g: &Agent| {
+        g.status().unwrap()["eips"][0]["owner"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        wait_for(Duration::from_secs(2), || (owner(&g) == lan.host("a").mac)
+            .then_some(()))
+        .is_some(),
+        "gateway never learned a"
+    );
+    lan.host("a")
+        .ns
+        .ip(&["link", "set", "eth0", "down"])
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(3), || (state(&b) == "active")
+        .then_some(()))
+    .is_some());
     std::thread::sleep(Duration::from_millis(500));
     let probes = prober.finish();
     let o = outage(&probes, "a", "b").expect("the internet client never reached b through the EIP");
-    eprintln!("EIP failover (link down, {INTERVAL} ms adverts): outage {:.1} ms, {} probes lost", o.outage.as_secs_f64() * 1e3, o.lost);
-    assert!(o.outage < Duration::from_millis(INTERVAL * 4 + 200), "{o:?}");
+    eprintln!(
+        "EIP failover (link down, {INTERVAL} ms adverts): outage {:.1} ms, {} probes lost",
+        o.outage.as_secs_f64() * 1e3,
+        o.lost
+    );
+    assert!(
+        o.outage < Duration::from_millis(INTERVAL * 4 + 200),
+        "{o:?}"
+    );
     assert_eq!(owner(&g), lan.host("b").mac);
     let e = &g.status().unwrap()["eips"][0];
-    assert!(e["in_packets"].as_u64().unwrap() > 100 && e["out_packets"].as_u64().unwrap() > 100, "{e}");
+    assert!(
+        e["in_packets"].as_u64().unwrap() > 100 && e["out_packets"].as_u64().unwrap() > 100,
+        "{e}"
+    );
     assert!(e["owner_changes"].as_u64().unwrap() >= 2, "{e}");
     // On an external segment where the EIP is on-link, ARP for it is answered by the
     // gateway's external interface.
     let cap = Capture::open(&inet, "eth0").unwrap();
     cap.clear();
     let me = mac(&inet.mac("eth0").unwrap());
-    cap.send(&vip::frames::arp_request(me, Ipv4Addr::new(198, 51, 100, 10), EIP)).unwrap();
+    cap.send(&vip::frames::arp_request(
+        me,
+        Ipv4Addr::new(198, 51, 100, 10),
+        EIP,
+    ))
+    .unwrap();
     let replies = arp_replies_for(&cap.collect(WINDOW, |_| true), EIP);
     assert_eq!(replies, vec![mac(&lan.host("g").ns.mac("eth1").unwrap())]);
     assert_eq!(g.status().unwrap()["eips"][0]["arp_replies"], 1);

@@ -16,7 +16,11 @@ const INTERVAL: u64 = 20;
 
 /// An elected node config: `me` among `all` servers of the lab.
 fn elected(lan: &Lan, me: &str, all: &[&str], priority: u8, extra: &str) -> String {
-    let peers: Vec<String> = all.iter().filter(|n| **n != me).map(|n| format!("\"{}\"", lan.host(n).ip4)).collect();
+    let peers: Vec<String> = all
+        .iter()
+        .filter(|n| **n != me)
+        .map(|n| format!("\"{}\"", lan.host(n).ip4))
+        .collect();
     format!(
         "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\npeers = [{}]\npriority = {priority}\nadvert_interval_ms = {INTERVAL}\n{extra}\n",
         peers.join(", ")
@@ -32,7 +36,9 @@ fn servers_lan(names: &[&str]) -> Lan {
 }
 
 fn state(a: &Agent) -> String {
-    a.status().map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string()).unwrap_or_else(|_| "down".into())
+    a.status()
+        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_else(|_| "down".into())
 }
 
 /// Waits until `agents` show exactly the expected states.
@@ -42,7 +48,10 @@ fn expect_states(agents: &[(&str, &Agent)], want: &[&str]) {
         (got == want).then_some(())
     });
     if ok.is_none() {
-        let got: Vec<String> = agents.iter().map(|(n, a)| format!("{n}={}", state(a))).collect();
+        let got: Vec<String> = agents
+            .iter()
+            .map(|(n, a)| format!("{n}={}", state(a)))
+            .collect();
         panic!("states {got:?}, wanted {want:?}");
     }
 }
@@ -58,7 +67,11 @@ fn client_reaches(lan: &Lan, mac: &str) {
         ping(&c.ns, VIP);
         (kernel_neighbour(&c.ns, VIP).as_deref() == Some(mac)).then_some(())
     });
-    assert!(ok.is_some(), "client's neighbour entry is {:?}, wanted {mac}", kernel_neighbour(&c.ns, VIP));
+    assert!(
+        ok.is_some(),
+        "client's neighbour entry is {:?}, wanted {mac}",
+        kernel_neighbour(&c.ns, VIP)
+    );
 }
 
 #[test]
@@ -68,31 +81,52 @@ fn three_nodes_elect_fail_over_and_preempt() {
     }
     let lan = servers_lan(&["a", "b", "e"]);
     let all = ["a", "b", "e"];
-    let mut a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
+    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
     let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 150, "")).unwrap();
     let e = Agent::start(&lan.host("e").ns, "e", &elected(&lan, "e", &all, 100, "")).unwrap();
-    expect_states(&[("a", &a), ("b", &b), ("e", &e)], &["active", "standby", "standby"]);
+    expect_states(
+        &[("a", &a), ("b", &b), ("e", &e)],
+        &["active", "standby", "standby"],
+    );
     client_reaches(&lan, &lan.host("a").mac);
     let eb = election(&b);
-    assert_eq!(eb["current_active"]["address"], lan.host("a").ip4.to_string());
+    assert_eq!(
+        eb["current_active"]["address"],
+        lan.host("a").ip4.to_string()
+    );
     assert!(eb["adverts_received"].as_u64().unwrap() > 0);
 
     // The active dies: the next priority takes over, the client follows.
     a.proc.signal(Signal::SIGKILL).unwrap();
     expect_states(&[("b", &b), ("e", &e)], &["active", "standby"]);
     client_reaches(&lan, &lan.host("b").mac);
-    let reason = b.status().unwrap()["groups"][0]["reason"].as_str().unwrap().to_string();
-    assert!(reason.contains("no advertisement from the active"), "{reason}");
+    let reason = b.status().unwrap()["groups"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("no advertisement from the active"),
+        "{reason}"
+    );
     drop(a);
 
     // It comes back with the highest priority and preempts.
     let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
-    expect_states(&[("a", &a), ("b", &b), ("e", &e)], &["active", "standby", "standby"]);
+    expect_states(
+        &[("a", &a), ("b", &b), ("e", &e)],
+        &["active", "standby", "standby"],
+    );
     client_reaches(&lan, &lan.host("a").mac);
-    let reason = a.status().unwrap()["groups"][0]["reason"].as_str().unwrap().to_string();
+    let reason = a.status().unwrap()["groups"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(reason.contains("preempting"), "{reason}");
     // b yielded and forwards stale-cache traffic to a.
-    assert_eq!(b.status().unwrap()["groups"][0]["forward_to"], lan.host("a").mac);
+    assert_eq!(
+        b.status().unwrap()["groups"][0]["forward_to"],
+        lan.host("a").mac
+    );
     drop((a, b, e));
     teardown(lan);
 }
@@ -106,7 +140,12 @@ fn without_preempt_a_returning_node_stays_standby() {
     let all = ["a", "b"];
     let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
     expect_states(&[("b", &b)], &["active"]);
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "preempt = false")).unwrap();
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &all, 200, "preempt = false"),
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(INTERVAL * 20));
     expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
     client_reaches(&lan, &lan.host("b").mac);
@@ -133,18 +172,31 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
     std::fs::write(&key, "correct horse battery staple\n").unwrap();
     let extra = format!("auth_key_file = \"{}\"", key.display());
     let all = ["a", "b"];
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, &extra)).unwrap();
-    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, &extra)).unwrap();
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &all, 200, &extra),
+    )
+    .unwrap();
+    let b = Agent::start(
+        &lan.host("b").ns,
+        "b",
+        &elected(&lan, "b", &all, 100, &extra),
+    )
+    .unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
 
     // Capture a genuine advertisement from a to b, to replay it later.
     let on_b = Capture::open(&lan.host("b").ns, "eth0").unwrap();
     let genuine = on_b
-        .collect(Duration::from_millis(INTERVAL * 5), |f| f.len() > 42 && f[23] == 17 && f[36..38] == [0x10, 0x10])
+        .collect(Duration::from_millis(INTERVAL * 5), |f| {
+            f.len() > 42 && f[23] == 17 && f[36..38] == [0x10, 0x10]
+        })
         .pop()
         .expect("no advertisement seen on b");
     let payload = genuine[42..].to_vec();
-    let ad = Advert::decode(&payload, Some(b"correct horse battery staple")).expect("a real advert");
+    let ad =
+        Advert::decode(&payload, Some(b"correct horse battery staple")).expect("a real advert");
     assert_eq!(ad.priority, 200);
 
     let c = Capture::open(&lan.host("c").ns, "eth0").unwrap();
@@ -153,7 +205,10 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
     forged.addr = lan.host("b").ip4.into();
     forged.priority = 254;
     forged.seq = u64::MAX - 1;
-    for (what, bytes) in [("wrong key", forged.encode(Some(b"not the key at all!!"))), ("no key", forged.encode(None))] {
+    for (what, bytes) in [
+        ("wrong key", forged.encode(Some(b"not the key at all!!"))),
+        ("no key", forged.encode(None)),
+    ] {
         for _ in 0..5 {
             c.send(&spoofed(&lan, "b", "a", &bytes)).unwrap();
         }
@@ -167,10 +222,24 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
         c.send(&spoofed(&lan, "a", "b", &payload)).unwrap();
     }
     // Malformed: garbage and truncations from a's address.
-    c.send(&spoofed(&lan, "a", "b", b"hello, this is not an advertisement at all")).unwrap();
+    c.send(&spoofed(
+        &lan,
+        "a",
+        "b",
+        b"hello, this is not an advertisement at all",
+    ))
+    .unwrap();
     c.send(&spoofed(&lan, "a", "b", &payload[..20])).unwrap();
     // From a host that is not a peer.
-    let from_c = frames::udp4(mac(&lan.host("b").mac), mac(&lan.host("c").mac), lan.host("c").ip4, lan.host("b").ip4, 4112, 4112, &payload);
+    let from_c = frames::udp4(
+        mac(&lan.host("b").mac),
+        mac(&lan.host("c").mac),
+        lan.host("c").ip4,
+        lan.host("b").ip4,
+        4112,
+        4112,
+        &payload,
+    );
     c.send(&from_c).unwrap();
     std::thread::sleep(Duration::from_millis(INTERVAL * 5));
 
@@ -197,20 +266,42 @@ fn split_brain_heals_lower_priority_yields() {
     let all = ["a", "b"];
     // Partition a and b from each other's adverts (the client still sees both).
     for n in ["a", "b"] {
-        lan.host(n).ns.exec(&["nft", "add table inet part"]).unwrap();
-        lan.host(n).ns.exec(&["nft", "add chain inet part in { type filter hook input priority 0 ; }"]).unwrap();
-        lan.host(n).ns.exec(&["nft", "add rule inet part in udp dport 4112 drop"]).unwrap();
+        lan.host(n)
+            .ns
+            .exec(&["nft", "add table inet part"])
+            .unwrap();
+        lan.host(n)
+            .ns
+            .exec(&[
+                "nft",
+                "add chain inet part in { type filter hook input priority 0 ; }",
+            ])
+            .unwrap();
+        lan.host(n)
+            .ns
+            .exec(&["nft", "add rule inet part in udp dport 4112 drop"])
+            .unwrap();
     }
     let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
     let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["active", "active"]);
     // Heal.
     for n in ["a", "b"] {
-        lan.host(n).ns.exec(&["nft", "delete table inet part"]).unwrap();
+        lan.host(n)
+            .ns
+            .exec(&["nft", "delete table inet part"])
+            .unwrap();
     }
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
-    assert!(election(&b)["split_brains"].as_u64().unwrap() + election(&a)["split_brains"].as_u64().unwrap() >= 1
-        || b.status().unwrap()["groups"][0]["reason"].as_str().unwrap().contains("yielding"));
+    assert!(
+        election(&b)["split_brains"].as_u64().unwrap()
+            + election(&a)["split_brains"].as_u64().unwrap()
+            >= 1
+            || b.status().unwrap()["groups"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("yielding")
+    );
     assert!(b.log_text().contains("yielding"), "{}", b.log_text());
     client_reaches(&lan, &lan.host("a").mac);
     drop((a, b));
@@ -230,7 +321,12 @@ fn a_failing_health_check_gives_the_vip_up() {
         "track_script = {{ command = [\"test\", \"-e\", \"{}\"], interval_ms = 20, timeout_ms = 20, rise = 2, fall = 2 }}",
         flag.display()
     );
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, &check)).unwrap();
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &all, 200, &check),
+    )
+    .unwrap();
     let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
     std::fs::remove_file(&flag).unwrap();
@@ -238,7 +334,13 @@ fn a_failing_health_check_gives_the_vip_up() {
     client_reaches(&lan, &lan.host("b").mac);
     let sa = a.status().unwrap();
     assert_eq!(sa["groups"][0]["healthy"], false);
-    assert!(sa["groups"][0]["reason"].as_str().unwrap().contains("track_script"), "{sa}");
+    assert!(
+        sa["groups"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("track_script"),
+        "{sa}"
+    );
     assert_eq!(sa["groups"][0]["vips"][0]["action"], "none");
     // Recovery: standby again, then preempts (higher priority).
     std::fs::write(&flag, "").unwrap();
@@ -255,13 +357,19 @@ fn lease_expiry_stops_arp_answers_of_a_stopped_agent() {
     }
     let lan = servers_lan(&["a", "b"]);
     // b never runs: a is active alone.
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &["a", "b"], 200, "")).unwrap();
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &["a", "b"], 200, ""),
+    )
+    .unwrap();
     expect_states(&[("a", &a)], &["active"]);
     let c = lan.host("c");
     let cap = Capture::open(&c.ns, "eth0").unwrap();
     let ask = || {
         cap.clear();
-        cap.send(&frames::arp_request(mac(&c.mac), c.ip4, VIP4)).unwrap();
+        cap.send(&frames::arp_request(mac(&c.mac), c.ip4, VIP4))
+            .unwrap();
         arp_replies_for(&cap.collect(Duration::from_millis(100), |_| true), VIP4).len()
     };
     assert_eq!(ask(), 1);
@@ -272,7 +380,10 @@ fn lease_expiry_stops_arp_answers_of_a_stopped_agent() {
         assert_eq!(ask(), 0, "a stopped agent's node still answers ARP");
     }
     a.proc.signal(Signal::SIGCONT).unwrap();
-    assert!(wait_for(Duration::from_secs(2), || (ask() == 1).then_some(())).is_some(), "answers did not resume");
+    assert!(
+        wait_for(Duration::from_secs(2), || (ask() == 1).then_some(())).is_some(),
+        "answers did not resume"
+    );
     drop(a);
     teardown(lan);
 }
@@ -293,14 +404,21 @@ fn planned_handover_loses_nothing() {
     let prober = lab::Prober::start(&lan.host("c").ns, to, Duration::from_millis(1)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let out = a.cli(&["demote", "web"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
     std::thread::sleep(Duration::from_millis(500));
     let probes = prober.finish();
     let o = lab::outage(&probes, "a", "b").expect("the client never moved to b");
     assert_eq!(o.lost, 0, "probes lost in a planned handover: {o:?}");
     assert_eq!(o.unanswered_total, 0, "{o:?}");
-    assert_eq!(a.status().unwrap()["groups"][0]["election"]["pinned"], "standby");
+    assert_eq!(
+        a.status().unwrap()["groups"][0]["election"]["pinned"],
+        "standby"
+    );
     drop((a, b));
     teardown(lan);
 }

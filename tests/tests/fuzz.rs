@@ -69,7 +69,11 @@ fn entry(act: u32, slot: u32, group: u32, ifindex: u32) -> VipEntry {
         group_index: group,
         ifindex,
         own_mac: OWN.0,
-        src_mac: if act == action::REDIRECT { SVC.0 } else { OWN.0 },
+        src_mac: if act == action::REDIRECT {
+            SVC.0
+        } else {
+            OWN.0
+        },
         dst_mac: match act {
             action::FORWARD => ACTIVE.0,
             action::REDIRECT => TARGET.0,
@@ -99,7 +103,9 @@ fn model(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
                 return pass;
             }
             let tpa = Ipv4Addr::new(f[38], f[39], f[40], f[41]);
-            let Some((e, live)) = t.v4.get(&tpa) else { return pass };
+            let Some((e, live)) = t.v4.get(&tpa) else {
+                return pass;
+            };
             let (spa, sha) = (&f[28..32], &f[22..28]);
             if f[20..22] != [0, 1] || spa == &f[38..42] {
                 return pass;
@@ -169,18 +175,24 @@ fn solicitation(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
         return (PASS, f.to_vec());
     }
     let target = Ipv6Addr::from(<[u8; 16]>::try_from(&f[BASE + 8..BASE + 24]).unwrap());
-    let Some((e, live)) = t.v6.get(&target) else { return (PASS, f.to_vec()) };
+    let Some((e, live)) = t.v6.get(&target) else {
+        return (PASS, f.to_vec());
+    };
     let drop = (DROP, f.to_vec());
     let len = u16::from_be_bytes([f[18], f[19]]) as usize;
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
     let unspecified = src.is_unspecified();
     let (sn, sn_mac) = frames::solicited_node(target);
-    let to_us = if dst == target { f[0..6] == OWN.0 } else { dst == sn && f[0..6] == sn_mac.0 };
+    let to_us = if dst == target {
+        f[0..6] == OWN.0
+    } else {
+        dst == sn && f[0..6] == sn_mac.0
+    };
     let shape = f[21] == 255
         && f[BASE + 1] == 0
         && (24..=64).contains(&len)
-        && len % 8 == 0
+        && len.is_multiple_of(8)
         && f.len() >= BASE + len
         && to_us
         && (!unspecified || dst != target);
@@ -228,7 +240,14 @@ fn seeds(t: &Table) -> Vec<Vec<u8>> {
     v4.push(Ipv4Addr::new(10, 0, 0, 99));
     for ip in v4 {
         s.push(frames::arp_request(CLIENT, c4, ip));
-        s.push(frames::arp(OWN, frames::ARP_REQUEST, CLIENT, c4, Mac::ZERO, ip));
+        s.push(frames::arp(
+            OWN,
+            frames::ARP_REQUEST,
+            CLIENT,
+            c4,
+            Mac::ZERO,
+            ip,
+        ));
         s.push(frames::arp_request(CLIENT, Ipv4Addr::UNSPECIFIED, ip));
         s.push(frames::arp(OWN, frames::ARP_REPLY, CLIENT, c4, OWN, ip));
         s.push(frames::gratuitous_arp(ACTIVE, ip));
@@ -240,7 +259,12 @@ fn seeds(t: &Table) -> Vec<Vec<u8>> {
     for ip in v6 {
         s.push(frames::neighbour_solicitation(CLIENT, c6, ip, None));
         s.push(frames::neighbour_solicitation(CLIENT, c6, ip, Some(OWN)));
-        s.push(frames::neighbour_solicitation(CLIENT, Ipv6Addr::UNSPECIFIED, ip, None));
+        s.push(frames::neighbour_solicitation(
+            CLIENT,
+            Ipv6Addr::UNSPECIFIED,
+            ip,
+            None,
+        ));
         s.push(frames::neighbour_advertisement(OWN, CLIENT, c6, ip, true));
         s.push(frames::udp6(OWN, CLIENT, c6, ip, 4000, 53, b"fuzz"));
         // An NS with a nonce option (RFC 7527 style): 24 + 8 + 8 bytes.
@@ -291,7 +315,11 @@ fn mutate(r: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
             _ => {
                 // A stack of 1-3 VLAN tags.
                 for _ in 0..1 + r.below(3) {
-                    let tpid = if r.below(2) == 0 { [0x81, 0] } else { [0x88, 0xa8] };
+                    let tpid = if r.below(2) == 0 {
+                        [0x81, 0]
+                    } else {
+                        [0x88, 0xa8]
+                    };
                     let tag = [tpid[0], tpid[1], r.byte() & 0x0f, r.byte()];
                     f.splice(12..12, tag);
                 }
@@ -310,7 +338,10 @@ fn data_plane_matches_its_model_on_100k_frames() {
         return;
     }
     let ns = Netns::new("fuzz").unwrap();
-    ns.ip(&["link", "add", "svc", "type", "veth", "peer", "name", "svc-peer"]).unwrap();
+    ns.ip(&[
+        "link", "add", "svc", "type", "veth", "peer", "name", "svc-peer",
+    ])
+    .unwrap();
     let (n, bad) = ns.run_in(|| {
         let svc = nix::net::if_::if_nametoindex("svc").unwrap();
         let mut dp = Dataplane::load(64).expect("load");
@@ -371,7 +402,12 @@ fn data_plane_matches_its_model_on_100k_frames() {
         assert!(by_action[1] > 100 && by_action[3] > 100 && by_action[4] > 10, "{by_action:?}");
         (total, bad)
     });
-    assert!(bad.is_empty(), "{} of {n} frames disagree with the model:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {n} frames disagree with the model:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -411,24 +447,35 @@ fn control_socket_survives_random_messages() {
                 let m = valid[r.below(valid.len())].as_bytes();
                 m[..r.below(m.len())].to_vec()
             }
-            _ => format!(r#"{{"command":"{}","group":"{}"}}"#, ["promote", "demote", "resume", "x"][r.below(4)], ["nosuch", "", "\u{0}"][r.below(3)]).into_bytes(),
+            _ => format!(
+                r#"{{"command":"{}","group":"{}"}}"#,
+                ["promote", "demote", "resume", "x"][r.below(4)],
+                ["nosuch", "", "\u{0}"][r.below(3)]
+            )
+            .into_bytes(),
         };
         // Random messages may not demote the only group: status and unknown groups only.
         if String::from_utf8_lossy(&msg).contains("\"web\"") {
             continue;
         }
-        let mut s = UnixStream::connect(&a.socket).unwrap_or_else(|e| panic!("message {i}: agent gone? {e}"));
+        let mut s = UnixStream::connect(&a.socket)
+            .unwrap_or_else(|e| panic!("message {i}: agent gone? {e}"));
         s.write_all(&msg).unwrap();
         let _ = s.write_all(b"\n");
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("message {i}: unreadable answer {out:?}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("message {i}: unreadable answer {out:?}: {e}"));
         assert!(v["ok"].is_boolean());
         answered += 1;
     }
     eprintln!("sent {answered} random control messages, each answered");
     assert!(answered > n / 2);
-    assert_eq!(snapshot(&a), before, "random messages changed the agent's state");
+    assert_eq!(
+        snapshot(&a),
+        before,
+        "random messages changed the agent's state"
+    );
     drop(a);
     teardown(lan);
 }

@@ -9,7 +9,13 @@ use std::{process::Stdio, time::Duration};
 use common::*;
 use lab::{privileged, vip_bin, wait_for, Agent, Lan, Proc};
 
-fn keepalived_conf(lan: &Lan, me: &str, peer: &str, priority: u8, socket: &std::path::Path) -> String {
+fn keepalived_conf(
+    lan: &Lan,
+    me: &str,
+    peer: &str,
+    priority: u8,
+    socket: &std::path::Path,
+) -> String {
     format!(
         r#"global_defs {{
     router_id {me}
@@ -46,25 +52,46 @@ fn keepalived(lan: &Lan, host: &str, conf: &str, dir: &std::path::Path) -> Proc 
     std::fs::write(&conf_path, conf).unwrap();
     let pid = |k: &str| dir.join(format!("{k}-{host}.pid")).display().to_string();
     let mut cmd = lan.host(host).ns.command(&[
-        "keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp", "--no-syslog",
-        "-f", conf_path.to_str().unwrap(), "-p", &pid("ka"), "-r", &pid("vrrp"),
+        "keepalived",
+        "--dont-fork",
+        "--log-console",
+        "--log-detail",
+        "--vrrp",
+        "--no-syslog",
+        "-f",
+        conf_path.to_str().unwrap(),
+        "-p",
+        &pid("ka"),
+        "-r",
+        &pid("vrrp"),
     ]);
-    cmd.stdout(Stdio::null()).stderr(std::fs::File::create(dir.join(format!("keepalived-{host}.log"))).unwrap());
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("keepalived-{host}.log"))).unwrap());
     Proc::spawn(&format!("keepalived {host}"), cmd).unwrap()
 }
 
 fn state(a: &Agent) -> String {
-    a.status().map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string()).unwrap_or_default()
+    a.status()
+        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_default()
 }
 
 fn wait_states(a: &Agent, b: &Agent, want: (&str, &str), dir: &std::path::Path) {
-    let ok = wait_for(Duration::from_secs(10), || ((state(a).as_str(), state(b).as_str()) == want).then_some(()));
+    let ok = wait_for(Duration::from_secs(10), || {
+        ((state(a).as_str(), state(b).as_str()) == want).then_some(())
+    });
     if ok.is_none() {
         let logs: String = ["a", "b"]
             .iter()
-            .map(|h| std::fs::read_to_string(dir.join(format!("keepalived-{h}.log"))).unwrap_or_default())
+            .map(|h| {
+                std::fs::read_to_string(dir.join(format!("keepalived-{h}.log"))).unwrap_or_default()
+            })
             .collect();
-        panic!("states ({}, {}), wanted {want:?}\nkeepalived logs:\n{logs}", state(a), state(b));
+        panic!(
+            "states ({}, {}), wanted {want:?}\nkeepalived logs:\n{logs}",
+            state(a),
+            state(b)
+        );
     }
 }
 
@@ -81,15 +108,38 @@ fn keepalived_decides_vip_follows() {
     };
     let a = Agent::start(&lan.host("a").ns, "a", &cfg("a")).unwrap();
     let b = Agent::start(&lan.host("b").ns, "b", &cfg("b")).unwrap();
-    assert_eq!((state(&a), state(&b)), ("standby".into(), "standby".into()), "vip must wait for keepalived");
+    assert_eq!(
+        (state(&a), state(&b)),
+        ("standby".into(), "standby".into()),
+        "vip must wait for keepalived"
+    );
 
-    let mut ka = keepalived(&lan, "a", &keepalived_conf(&lan, "a", "b", 150, &a.socket), &dir);
-    let _kb = keepalived(&lan, "b", &keepalived_conf(&lan, "b", "a", 100, &b.socket), &dir);
+    let mut ka = keepalived(
+        &lan,
+        "a",
+        &keepalived_conf(&lan, "a", "b", 150, &a.socket),
+        &dir,
+    );
+    let _kb = keepalived(
+        &lan,
+        "b",
+        &keepalived_conf(&lan, "b", "a", 100, &b.socket),
+        &dir,
+    );
     wait_states(&a, &b, ("active", "standby"), &dir);
-    let reason = a.status().unwrap()["groups"][0]["reason"].as_str().unwrap().to_string();
-    assert!(reason.contains("keepalived: INSTANCE VI_1 MASTER"), "{reason}");
+    let reason = a.status().unwrap()["groups"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("keepalived: INSTANCE VI_1 MASTER"),
+        "{reason}"
+    );
     assert!(ping(&lan.host("c").ns, VIP));
-    assert_eq!(kernel_neighbour(&lan.host("c").ns, VIP).as_deref(), Some(lan.host("a").mac.as_str()));
+    assert_eq!(
+        kernel_neighbour(&lan.host("c").ns, VIP).as_deref(),
+        Some(lan.host("a").mac.as_str())
+    );
 
     // keepalived on a stops: it hands over (priority 0), b's keepalived takes over and
     // tells vip on b; a's keepalived tells vip on a it stopped.
@@ -100,14 +150,21 @@ fn keepalived_decides_vip_follows() {
         ping(&c.ns, VIP);
         (kernel_neighbour(&c.ns, VIP).as_deref() == Some(lan.host("b").mac.as_str())).then_some(())
     });
-    assert!(moved.is_some(), "client still at {:?}", kernel_neighbour(&c.ns, VIP));
+    assert!(
+        moved.is_some(),
+        "client still at {:?}",
+        kernel_neighbour(&c.ns, VIP)
+    );
     assert_eq!(a.vip_status(VIP).unwrap()["action"], "none");
     assert_eq!(b.vip_status(VIP).unwrap()["action"], "local");
 
     // Bad notifications change nothing and say why.
-    let out = b.cli(&["notify", "INSTANCE", "VI_9", "MASTER", "100"]).unwrap();
+    let out = b
+        .cli(&["notify", "INSTANCE", "VI_9", "MASTER", "100"])
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no group has keepalived_instance = \"VI_9\""));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("no group has keepalived_instance = \"VI_9\""));
     let out = b.cli(&["notify", "INSTANCE", "VI_1", "PANIC"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown keepalived state"));
     assert_eq!(state(&b), "active");

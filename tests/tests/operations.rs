@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::*;
-use lab::{outage, privileged, vip_bin, wait_for, Agent, Bpffs, Lan, Prober, Responder};
+use lab::{privileged, vip_bin, wait_for, Agent, Bpffs, Lan, Prober, Responder};
 
 const INTERVAL: u64 = 20;
 
@@ -23,12 +23,21 @@ fn elected(lan: &Lan, me: &str, peer: &str, priority: u8, extra_node: &str) -> S
 }
 
 fn state(a: &Agent) -> String {
-    a.status().map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string()).unwrap_or_default()
+    a.status()
+        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_default()
 }
 
 fn xdp_prog_id(lan: &Lan, host: &str) -> Option<String> {
-    let out = lan.host(host).ns.ip(&["-d", "link", "show", "dev", "eth0"]).ok()?;
-    out.split("prog/xdp id ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string)
+    let out = lan
+        .host(host)
+        .ns
+        .ip(&["-d", "link", "show", "dev", "eth0"])
+        .ok()?;
+    out.split("prog/xdp id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string)
 }
 
 #[test]
@@ -42,7 +51,10 @@ fn hitless_restart_loses_nothing_and_cleanup_uninstalls() {
     let cfg_a = elected(&lan, "a", "b", 200, &pin);
     let mut a = Agent::start(&lan.host("a").ns, "a", &cfg_a).unwrap();
     let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", "a", 100, "")).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active" && state(&b) == "standby").then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active"
+        && state(&b) == "standby")
+        .then_some(()))
+    .is_some());
     assert!(bpffs.dir.join("a/link").exists() && bpffs.dir.join("a/VIPS_V4").exists());
     let to: SocketAddr = (VIP4, 7007).into();
     let _ra = Responder::start(&lan.host("a").ns, to, "a").unwrap();
@@ -55,20 +67,42 @@ fn hitless_restart_loses_nothing_and_cleanup_uninstalls() {
 
     // Restart: the old agent exits, the program stays attached and serving.
     let out = a.cli(&["restart", "--hold-ms", "3000"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let st = wait_for(Duration::from_secs(5), || a.proc.try_status()).expect("the agent did not exit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st =
+        wait_for(Duration::from_secs(5), || a.proc.try_status()).expect("the agent did not exit");
     assert!(st.success(), "{}", a.log_text());
-    assert!(xdp_prog_id(&lan, "a").is_some(), "the data plane went away with the agent");
+    assert!(
+        xdp_prog_id(&lan, "a").is_some(),
+        "the data plane went away with the agent"
+    );
     std::thread::sleep(Duration::from_millis(200));
     drop(a);
     let a = Agent::start(&lan.host("a").ns, "a", &cfg_a).unwrap();
     assert_eq!(state(&a), "active");
-    assert!(a.status().unwrap()["groups"][0]["reason"].as_str().unwrap().contains("adopted"));
+    assert!(a.status().unwrap()["groups"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("adopted"));
     std::thread::sleep(Duration::from_millis(300));
     let probes = prober.finish();
-    assert_eq!(probes.iter().filter(|p| p.answered_by.is_none()).count(), 0, "probes lost across the restart");
-    assert!(probes.iter().all(|p| p.answered_by.as_deref() == Some("a")), "b answered during a's restart");
-    assert_eq!(b.status().unwrap()["groups"][0]["transitions"], b_transitions, "b moved during a's restart");
+    assert_eq!(
+        probes.iter().filter(|p| p.answered_by.is_none()).count(),
+        0,
+        "probes lost across the restart"
+    );
+    assert!(
+        probes.iter().all(|p| p.answered_by.as_deref() == Some("a")),
+        "b answered during a's restart"
+    );
+    assert_eq!(
+        b.status().unwrap()["groups"][0]["transitions"],
+        b_transitions,
+        "b moved during a's restart"
+    );
     // Counters survived; the program was replaced in place by the new agent's.
     assert!(a.vip_status(VIP).unwrap()["rx_packets"].as_u64().unwrap() > before);
     assert_ne!(xdp_prog_id(&lan, "a").unwrap(), prog_before);
@@ -78,11 +112,33 @@ fn hitless_restart_loses_nothing_and_cleanup_uninstalls() {
     assert!(out.status.success());
     let mut a = a;
     wait_for(Duration::from_secs(5), || a.proc.try_status()).expect("exit");
-    let out = lan.host("a").ns.output(&[vip_bin().to_str().unwrap(), "agent", "--cleanup", "--config", a.config.to_str().unwrap()]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(xdp_prog_id(&lan, "a").is_none(), "XDP still attached after --cleanup");
+    let out = lan
+        .host("a")
+        .ns
+        .output(&[
+            vip_bin().to_str().unwrap(),
+            "agent",
+            "--cleanup",
+            "--config",
+            a.config.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        xdp_prog_id(&lan, "a").is_none(),
+        "XDP still attached after --cleanup"
+    );
     assert!(!bpffs.dir.join("a").exists(), "pins left after --cleanup");
-    assert!(!lan.host("a").ns.ip(&["addr", "show", "dev", "eth0"]).unwrap().contains("10.0.0.50"));
+    assert!(!lan
+        .host("a")
+        .ns
+        .ip(&["addr", "show", "dev", "eth0"])
+        .unwrap()
+        .contains("10.0.0.50"));
     drop((a, b));
     teardown(lan);
     drop(bpffs);
@@ -95,8 +151,19 @@ fn sigterm_with_pins_removes_them() {
     }
     let bpffs = Bpffs::mount().unwrap();
     let lan = lan();
-    let cfg = format!("{}pin_dir = \"{}/a\"\n", config("a", &["10.0.0.50/24"], "active", "").replacen("[[group]]", "", 0).split("\n\n").next().unwrap().to_string() + "\n", bpffs.dir.display());
-    let cfg = format!("{cfg}\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\nrole = \"active\"\n");
+    let cfg = format!(
+        "{}pin_dir = \"{}/a\"\n",
+        config("a", &["10.0.0.50/24"], "active", "")
+            .replacen("[[group]]", "", 0)
+            .split("\n\n")
+            .next()
+            .unwrap()
+            .to_string()
+            + "\n",
+        bpffs.dir.display()
+    );
+    let cfg =
+        format!("{cfg}\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\nrole = \"active\"\n");
     let mut a = Agent::start(&lan.host("a").ns, "a", &cfg).unwrap();
     assert!(bpffs.dir.join("a/link").exists());
     assert!(a.stop().unwrap().success());
@@ -128,20 +195,43 @@ fn reload_applies_a_diff_and_refuses_bad_configs() {
 
     // Good reload: db gains a VIP and a setting; web is not touched.
     let cur = std::fs::read_to_string(&a.config).unwrap();
-    let sock_line = cur.lines().find(|l| l.starts_with("control_socket")).unwrap().to_string();
+    let sock_line = cur
+        .lines()
+        .find(|l| l.starts_with("control_socket"))
+        .unwrap()
+        .to_string();
     let write = |text: &str| {
-        std::fs::write(&a.config, text.replacen("[node]", &format!("[node]\n{sock_line}"), 1)).unwrap();
+        std::fs::write(
+            &a.config,
+            text.replacen("[node]", &format!("[node]\n{sock_line}"), 1),
+        )
+        .unwrap();
     };
     write(&two_groups("garp_count = 5", ", \"10.0.0.52/24\""));
     let out = a.cli(&["reload"]).unwrap();
     let msg = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(msg.contains("group db: +10.0.0.52/24 settings updated"), "{msg}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        msg.contains("group db: +10.0.0.52/24 settings updated"),
+        "{msg}"
+    );
     assert!(!msg.contains("web"), "{msg}");
     let cap = lab::Capture::open(&c.ns, "eth0").unwrap();
     cap.clear();
-    cap.send(&vip::frames::arp_request(mac(&c.mac), c.ip4, "10.0.0.52".parse().unwrap())).unwrap();
-    assert_eq!(arp_replies_for(&cap.collect(WINDOW, |_| true), "10.0.0.52".parse().unwrap()).len(), 1);
+    cap.send(&vip::frames::arp_request(
+        mac(&c.mac),
+        c.ip4,
+        "10.0.0.52".parse().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(
+        arp_replies_for(&cap.collect(WINDOW, |_| true), "10.0.0.52".parse().unwrap()).len(),
+        1
+    );
     let web_after = a.status().unwrap()["groups"][0].clone();
     assert_eq!(web_before["transitions"], web_after["transitions"]);
     assert_eq!(web_before["since_unix_ms"], web_after["since_unix_ms"]);
@@ -163,7 +253,10 @@ fn reload_applies_a_diff_and_refuses_bad_configs() {
     for (bad, why) in [
         (two_groups("", ", \"10.9.0.52/24\""), "not in a subnet"),
         (two_groups("colour = 1", ""), "unknown field"),
-        (two_groups("", "").replace("\"eth0\"", "\"lo\""), "node.interface changed"),
+        (
+            two_groups("", "").replace("\"eth0\"", "\"lo\""),
+            "node.interface changed",
+        ),
         ("this is not toml".to_string(), "expected"),
     ] {
         write(&bad);
@@ -183,7 +276,11 @@ fn reload_applies_a_diff_and_refuses_bad_configs() {
     assert!(gone.is_some(), "SIGHUP did not reload");
     assert!(a.log_text().contains("SIGHUP: reloaded"));
     let probes = prober.finish();
-    assert_eq!(probes.iter().filter(|p| p.answered_by.is_none()).count(), 0, "web lost traffic during reloads");
+    assert_eq!(
+        probes.iter().filter(|p| p.answered_by.is_none()).count(),
+        0,
+        "web lost traffic during reloads"
+    );
     drop(a);
     teardown(lan);
 }
@@ -194,12 +291,17 @@ fn metrics_endpoint_and_watch() {
         return;
     }
     let lan = lan();
-    let cfg = config("a", &["10.0.0.50/24"], "active", "").replacen("interface = \"eth0\"", "interface = \"eth0\"\nmetrics_listen = \"127.0.0.1:9477\"", 1);
+    let cfg = config("a", &["10.0.0.50/24"], "active", "").replacen(
+        "interface = \"eth0\"",
+        "interface = \"eth0\"\nmetrics_listen = \"127.0.0.1:9477\"",
+        1,
+    );
     let a = agent(&lan, "a", &cfg);
     udp_send(&lan.host("c").ns, (VIP4, 9).into(), 10, 32);
     let body = lan.host("a").ns.run_in(|| {
         let mut s = std::net::TcpStream::connect("127.0.0.1:9477").expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -214,7 +316,10 @@ fn metrics_endpoint_and_watch() {
     ] {
         assert!(body.contains(want), "missing `{want}` in:\n{body}");
     }
-    assert!(body.lines().filter(|l| !l.starts_with('#') && !l.is_empty() && l.contains('{')).all(|l| l.starts_with("vip_")));
+    assert!(body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty() && l.contains('{'))
+        .all(|l| l.starts_with("vip_")));
 
     let sender = std::thread::spawn({
         let ns = lan.host("c").ns.name.clone();
@@ -232,8 +337,14 @@ fn metrics_endpoint_and_watch() {
     sender.join().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains("PKTS/S") && text.contains("10.0.0.50/24"), "{text}");
-    assert!(text.matches("\x1b[H\x1b[2J").count() == 3, "not refreshed in place");
+    assert!(
+        text.contains("PKTS/S") && text.contains("10.0.0.50/24"),
+        "{text}"
+    );
+    assert!(
+        text.matches("\x1b[H\x1b[2J").count() == 3,
+        "not refreshed in place"
+    );
     drop(a);
     teardown(lan);
 }
@@ -245,15 +356,27 @@ fn only_permitted_users_change_state() {
     }
     let lan = lan();
     // `users` (gid 100) exists on Debian; nobody (65534) is not in it.
-    let cfg = config("a", &["10.0.0.50/24"], "active", "").replacen("interface = \"eth0\"", "interface = \"eth0\"\ncontrol_group = \"users\"", 1);
+    let cfg = config("a", &["10.0.0.50/24"], "active", "").replacen(
+        "interface = \"eth0\"",
+        "interface = \"eth0\"\ncontrol_group = \"users\"",
+        1,
+    );
     let a = agent(&lan, "a", &cfg);
     let meta = std::fs::metadata(&a.socket).unwrap();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), 100);
     // The socket's directory must be traversable for the test users.
-    std::fs::set_permissions(a.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(vip_bin().parent().unwrap(), std::fs::Permissions::from_mode(0o755)).ok();
+    std::fs::set_permissions(
+        a.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        vip_bin().parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .ok();
     let as_user = |groups: &str, args: &[&str]| {
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534"]);
@@ -267,17 +390,34 @@ fn only_permitted_users_change_state() {
     };
     let out = as_user("", &["demote", "web"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied opening the control socket"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("permission denied opening the control socket"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = as_user("100", &["demote", "web"]);
-    assert!(out.status.success(), "a member of control_group was refused: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "a member of control_group was refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(state(&a), "standby");
     // A socket opened too widely by mistake: the agent still checks the caller.
     std::fs::set_permissions(&a.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = as_user("", &["promote", "web"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied: uid 65534 may not change state"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("permission denied: uid 65534 may not change state"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = as_user("", &["status"]);
-    assert!(out.status.success(), "status is readable by anyone who can connect");
+    assert!(
+        out.status.success(),
+        "status is readable by anyone who can connect"
+    );
     assert_eq!(state(&a), "standby");
     drop(a);
     teardown(lan);

@@ -39,7 +39,9 @@ const FIB_SUCCESS: i64 = 0;
 #[inline(always)]
 fn stats(e: &EipEntry) -> Option<&mut EipStats> {
     // SAFETY: per-CPU slot, nobody else writes it concurrently.
-    EIP_STATS.get_ptr_mut(e.stats_index).map(|p| unsafe { &mut *p })
+    EIP_STATS
+        .get_ptr_mut(e.stats_index)
+        .map(|p| unsafe { &mut *p })
 }
 
 /// ARP on a gateway: answers requests for an EIP on its external interface, learns
@@ -81,7 +83,11 @@ fn learn(e: &EipEntry, vip: u32, mac: Mac) {
         return;
     }
     // SAFETY: a helper without side effects.
-    let owner = Owner { mac, _pad: [0; 2], updated_ns: unsafe { bpf_ktime_get_ns() } };
+    let owner = Owner {
+        mac,
+        _pad: [0; 2],
+        updated_ns: unsafe { bpf_ktime_get_ns() },
+    };
     if OWNERS.insert(vip, owner, 0).is_ok() {
         let entry = *e;
         if let Some(s) = stats(&entry) {
@@ -148,7 +154,14 @@ fn outbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error>
 
 /// Sets the MACs and redirects, or hands the (translated) packet to the kernel.
 #[inline(always)]
-fn send(ctx: &XdpContext, frame: &Frame, e: &EipEntry, next: Option<(Mac, Mac)>, out: u32, inbound: bool) -> Result<u32, Error> {
+fn send(
+    ctx: &XdpContext,
+    frame: &Frame,
+    e: &EipEntry,
+    next: Option<(Mac, Mac)>,
+    out: u32,
+    inbound: bool,
+) -> Result<u32, Error> {
     let s = stats(e);
     let Some((dst, src)) = next else {
         if let Some(s) = s {
@@ -191,7 +204,12 @@ fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], want_ifindex: u32) -> Optio
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: the helper reads and writes `p` only.
     let r = unsafe {
-        bpf_fib_lookup(ctx.ctx as *mut _, &mut p, core::mem::size_of::<FibParams>() as i32, 0)
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
     };
     (r == FIB_SUCCESS && p.ifindex == want_ifindex).then_some((p.dmac, p.smac))
 }
@@ -201,7 +219,13 @@ fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], want_ifindex: u32) -> Optio
 /// an ICMP error, the quoted header's address at `quoted` (the other direction) is
 /// rewritten too. False: leave the packet to the kernel (TTL expiring).
 #[inline(always)]
-fn translate(ctx: &XdpContext, at: usize, old: &[u8; 4], new: &[u8; 4], quoted: usize) -> Result<bool, Error> {
+fn translate(
+    ctx: &XdpContext,
+    at: usize,
+    old: &[u8; 4],
+    new: &[u8; 4],
+    quoted: usize,
+) -> Result<bool, Error> {
     let ip: *mut [u8; 20] = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &mut *ip };

@@ -191,7 +191,11 @@ fn options(ctx: &XdpContext, base: usize, len: usize) -> Result<bool, Error> {
     for _ in 0..(MAX_NS_LEN - NS_MIN_LEN) / 8 {
         if off >= len {
             // An option that runs past the message makes the NS invalid.
-            return if off == len { Ok(has_source_ll) } else { Err(Error::Aborted) };
+            return if off == len {
+                Ok(has_source_ll)
+            } else {
+                Err(Error::Aborted)
+            };
         }
         let opt: *const [u8; 2] = ptr_at(ctx, base + (off & (MAX_NS_LEN - 1)))?;
         // SAFETY: bounds checked by ptr_at.

@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use vip_common::{
-    action, flags, global, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS,
-    MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
+    action, flags, global, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
+    DEFAULT_MAX_VIPS, MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
 use crate::packet::{self, Error, Frame};

@@ -78,7 +78,10 @@ pub enum DecodeError {
 impl DecodeError {
     /// Failures of authentication, as opposed to plain malformed datagrams.
     pub fn is_auth(&self) -> bool {
-        matches!(self, DecodeError::Unauthenticated | DecodeError::BadAuth | DecodeError::UnexpectedAuth)
+        matches!(
+            self,
+            DecodeError::Unauthenticated | DecodeError::BadAuth | DecodeError::UnexpectedAuth
+        )
     }
 }
 
@@ -129,7 +132,10 @@ impl Advert {
     }
 
     /// Parses a datagram, authenticating it with the key `key_for` gives for its group.
-    pub fn decode_with<'k>(b: &[u8], key_for: impl FnOnce(&str) -> Option<&'k [u8]>) -> Result<Advert, DecodeError> {
+    pub fn decode_with<'k>(
+        b: &[u8],
+        key_for: impl FnOnce(&str) -> Option<&'k [u8]>,
+    ) -> Result<Advert, DecodeError> {
         if b.len() < HEADER + 1 {
             return Err(DecodeError::TooShort(b.len()));
         }
@@ -154,14 +160,16 @@ impl Advert {
         if b.len() != want {
             return Err(DecodeError::BadLength { got: b.len(), want });
         }
-        let group = std::str::from_utf8(&b[HEADER..HEADER + n]).map_err(|_| DecodeError::BadName)?;
+        let group =
+            std::str::from_utf8(&b[HEADER..HEADER + n]).map_err(|_| DecodeError::BadName)?;
         match (key_for(group), signed) {
             (Some(_), false) => return Err(DecodeError::Unauthenticated),
             (None, true) => return Err(DecodeError::UnexpectedAuth),
             (Some(k), true) => {
                 let mut m = <Hmac<Sha256>>::new_from_slice(k).map_err(|_| DecodeError::BadAuth)?;
                 m.update(&b[..HEADER + n]);
-                m.verify_slice(&b[HEADER + n..]).map_err(|_| DecodeError::BadAuth)?;
+                m.verify_slice(&b[HEADER + n..])
+                    .map_err(|_| DecodeError::BadAuth)?;
             }
             (None, false) => {}
         }
@@ -220,7 +228,10 @@ mod tests {
     fn round_trip_with_and_without_key() {
         let a = sample();
         assert_eq!(Advert::decode(&a.encode(None), None).unwrap(), a);
-        assert_eq!(Advert::decode(&a.encode(Some(b"secret")), Some(b"secret")).unwrap(), a);
+        assert_eq!(
+            Advert::decode(&a.encode(Some(b"secret")), Some(b"secret")).unwrap(),
+            a
+        );
         let mut v6 = sample();
         v6.addr = "2001:db8::10".parse().unwrap();
         v6.kind = Kind::Hold;
@@ -231,9 +242,18 @@ mod tests {
     #[test]
     fn authentication() {
         let a = sample();
-        assert_eq!(Advert::decode(&a.encode(Some(b"other")), Some(b"secret")), Err(DecodeError::BadAuth));
-        assert_eq!(Advert::decode(&a.encode(None), Some(b"secret")), Err(DecodeError::Unauthenticated));
-        assert_eq!(Advert::decode(&a.encode(Some(b"k")), None), Err(DecodeError::UnexpectedAuth));
+        assert_eq!(
+            Advert::decode(&a.encode(Some(b"other")), Some(b"secret")),
+            Err(DecodeError::BadAuth)
+        );
+        assert_eq!(
+            Advert::decode(&a.encode(None), Some(b"secret")),
+            Err(DecodeError::Unauthenticated)
+        );
+        assert_eq!(
+            Advert::decode(&a.encode(Some(b"k")), None),
+            Err(DecodeError::UnexpectedAuth)
+        );
         // Any flipped bit breaks the tag.
         let good = a.encode(Some(b"secret"));
         for i in 0..good.len() {
@@ -267,7 +287,14 @@ mod tests {
                 b[i] = rnd() as u8;
             }
             b.truncate((rnd() as usize) % (good.len() + 1));
-            let _ = Advert::decode(&b, if rnd() % 2 == 0 { Some(b"secret") } else { None });
+            let _ = Advert::decode(
+                &b,
+                if rnd() % 2 == 0 {
+                    Some(b"secret")
+                } else {
+                    None
+                },
+            );
         }
         assert_eq!(Advert::decode(b"VIPA", None), Err(DecodeError::TooShort(4)));
         let mut b = sample().encode(None);

@@ -159,12 +159,15 @@ enum Event {
 
 /// Loads, validates and checks a config against this host, with the command line's
 /// overrides; nothing is changed on the host.
-fn load_config(opts: &Options) -> Result<(Config, Interface, HashMap<String, Vec<u8>>, Vec<String>)> {
+/// A config ready to run: itself, its interface, its keys, its warnings.
+type Checked = (Config, Interface, HashMap<String, Vec<u8>>, Vec<String>);
+
+fn load_config(opts: &Options) -> Result<Checked> {
     check_config(parse_config(opts)?)
 }
 
 /// Host checks and keys of a parsed config.
-fn check_config(cfg: Config) -> Result<(Config, Interface, HashMap<String, Vec<u8>>, Vec<String>)> {
+fn check_config(cfg: Config) -> Result<Checked> {
     let iface = host::interface(&cfg.node.interface).context("node.interface")?;
     let all = host::all_addresses().context("listing host addresses")?;
     let report = config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?;
@@ -194,7 +197,10 @@ fn pin_dir(cfg: &Config, warnings: &mut Vec<String>) -> Result<Option<PathBuf>> 
         PinConfig::Off => Ok(None),
         PinConfig::Dir(d) => {
             if !dataplane::on_bpffs(d) {
-                bail!("node.pin_dir: {} is not on a bpf filesystem (mount -t bpf bpf DIR)", d.display());
+                bail!(
+                    "node.pin_dir: {} is not on a bpf filesystem (mount -t bpf bpf DIR)",
+                    d.display()
+                );
             }
             Ok(Some(d.clone()))
         }
@@ -232,7 +238,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let server = tokio::spawn(control::serve(listener, tx.clone()));
     let metrics = match metrics_listen {
         Some(addr) => Some(tokio::spawn(crate::metrics::serve(
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("node.metrics_listen: binding {addr}"))?,
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("node.metrics_listen: binding {addr}"))?,
             tx,
         ))),
         None => None,
@@ -268,7 +276,10 @@ pub async fn run(opts: Options) -> Result<()> {
         Some(Exit::Restart { hold }) => {
             agent.prepare_restart(hold);
             let _ = std::fs::remove_file(&socket_path);
-            log::info!("agent exiting for a restart; the data plane keeps serving (peers hold {} ms)", hold.as_millis());
+            log::info!(
+                "agent exiting for a restart; the data plane keeps serving (peers hold {} ms)",
+                hold.as_millis()
+            );
         }
         _ => {
             agent.hand_over_all(&mut ev_rx).await;
@@ -289,7 +300,8 @@ pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
     }
     let mut done = Vec::new();
     if let Some(d) = cfg.node.pin.dir() {
-        let removed = dataplane::remove_pins(d).with_context(|| format!("removing pins under {}", d.display()))?;
+        let removed = dataplane::remove_pins(d)
+            .with_context(|| format!("removing pins under {}", d.display()))?;
         if !removed.is_empty() {
             done.push(format!("removed {} (data plane detached)", d.display()));
         }
@@ -298,7 +310,11 @@ pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
         let nl = Netlink::open().context("opening rtnetlink")?;
         for g in &cfg.groups {
             for v in &g.vips {
-                if iface.addrs.iter().any(|(a, p)| *a == v.addr && *p == host_prefix(v.addr)) {
+                if iface
+                    .addrs
+                    .iter()
+                    .any(|(a, p)| *a == v.addr && *p == host_prefix(v.addr))
+                {
                     nl.del_address(iface.index, v.addr, host_prefix(v.addr))?;
                     done.push(format!("removed address {} from {}", v.addr, iface.name));
                 }
@@ -320,7 +336,8 @@ impl Agent {
         pin: Option<PathBuf>,
         opts: Options,
     ) -> Result<Self> {
-        let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref()).context("loading the XDP data plane")?;
+        let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref())
+            .context("loading the XDP data plane")?;
         dp.attach(&iface.name, cfg.node.xdp_mode)?;
         let adopted = dp.adopted();
         log::info!(
@@ -328,16 +345,22 @@ impl Agent {
             iface.name,
             cfg.node.xdp_mode.as_str(),
             match (&pin, adopted) {
-                (Some(d), true) => format!("; adopted the running data plane pinned at {}", d.display()),
+                (Some(d), true) =>
+                    format!("; adopted the running data plane pinned at {}", d.display()),
                 (Some(d), false) => format!("; pinned at {}", d.display()),
                 (None, _) => String::new(),
             }
         );
         warnings.extend(interface_warnings(&iface));
         let nl = Netlink::open().context("opening rtnetlink")?;
-        let socket = Arc::new(PacketSocket::open(iface.index).context("opening a packet socket for announcements")?);
+        let socket = Arc::new(
+            PacketSocket::open(iface.index).context("opening a packet socket for announcements")?,
+        );
         let adverts = bind_advert_sockets(&cfg, &iface).await?;
-        let seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        let seq = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         let groups_cfg = cfg.groups.clone();
         let mut agent = Agent {
             cfg,
@@ -362,7 +385,9 @@ impl Agent {
             for g in &groups_cfg {
                 for v in &g.vips {
                     if let Some(e) = agent.dp.vip(v.addr) {
-                        if e.stats_index < agent.cfg.node.max_vips && agent.slots.insert(e.stats_index) {
+                        if e.stats_index < agent.cfg.node.max_vips
+                            && agent.slots.insert(e.stats_index)
+                        {
                             previous.insert(v.addr, e);
                         }
                     }
@@ -381,14 +406,19 @@ impl Agent {
 
     /// Entries an earlier agent left for VIPs this config no longer has.
     fn remove_stale_entries(&mut self, groups: &[Group]) {
-        let wanted: BTreeSet<IpAddr> = groups.iter().flat_map(|g| g.vips.iter().map(|v| v.addr)).collect();
+        let wanted: BTreeSet<IpAddr> = groups
+            .iter()
+            .flat_map(|g| g.vips.iter().map(|v| v.addr))
+            .collect();
         for addr in self.dp.vip_addrs() {
             if !wanted.contains(&addr) {
                 log::info!("removing the entry for {addr}, which is no longer configured");
                 if let Err(e) = self.dp.remove_vip(addr) {
                     log::warn!("removing the stale entry for {addr}: {e:#}");
                 }
-                let _ = self.nl.del_address(self.iface.index, addr, host_prefix(addr));
+                let _ = self
+                    .nl
+                    .del_address(self.iface.index, addr, host_prefix(addr));
             }
         }
     }
@@ -403,7 +433,9 @@ impl Agent {
 
     fn alloc_group_index(&self) -> Result<u32> {
         let used: BTreeSet<u32> = self.groups.iter().map(|g| g.index).collect();
-        (0..vip_common::MAX_GROUPS).find(|i| !used.contains(i)).context("too many groups")
+        (0..vip_common::MAX_GROUPS)
+            .find(|i| !used.contains(i))
+            .context("too many groups")
     }
 
     /// Creates a group's runtime and puts it in its starting state. `previous` holds
@@ -417,7 +449,13 @@ impl Agent {
     ) -> Result<()> {
         let now = Instant::now();
         let redirect = match &g.redirect {
-            Some(r) => Some(redirect_target(&self.nl, &mut self.dp, &g.name, r, warnings)?),
+            Some(r) => Some(redirect_target(
+                &self.nl,
+                &mut self.dp,
+                &g.name,
+                r,
+                warnings,
+            )?),
             None => None,
         };
         let mut vips = Vec::new();
@@ -431,7 +469,9 @@ impl Agent {
                     slot
                 }
             };
-            was_active &= previous.get(&v.addr).is_some_and(|e| e.action == action::LOCAL || e.action == action::REDIRECT);
+            was_active &= previous
+                .get(&v.addr)
+                .is_some_and(|e| e.action == action::LOCAL || e.action == action::REDIRECT);
             vips.push(VipRuntime { vip: *v, slot });
         }
         let election = match &g.election {
@@ -477,7 +517,11 @@ impl Agent {
         let driven = g.cfg.keepalived_instance.is_some();
         if elected && was_active {
             // A restart: the predecessor was active and asked the peers to hold.
-            let actions = self.groups[gi].election.as_mut().map(|e| e.start_active(now)).unwrap_or_default();
+            let actions = self.groups[gi]
+                .election
+                .as_mut()
+                .map(|e| e.start_active(now))
+                .unwrap_or_default();
             self.activate(gi, "adopted the running data plane (was active)")?;
             self.apply(gi, actions);
         } else if elected {
@@ -486,13 +530,21 @@ impl Agent {
             }
             self.deactivate(gi, State::Standby, None, "electing: waiting for the active")?;
         } else if driven && was_active {
-            self.activate(gi, "adopted the running data plane (keepalived's last word was MASTER)")?;
+            self.activate(
+                gi,
+                "adopted the running data plane (keepalived's last word was MASTER)",
+            )?;
         } else if driven {
             self.deactivate(gi, State::Standby, None, "waiting for keepalived")?;
         } else if g.checks.is_empty() && g.cfg.role == Role::Active {
             self.activate(gi, "configured role: active")?;
         } else if g.cfg.role == Role::Active {
-            self.deactivate(gi, State::Init, None, "configured role: active, waiting for health checks")?;
+            self.deactivate(
+                gi,
+                State::Init,
+                None,
+                "configured role: active, waiting for health checks",
+            )?;
         } else {
             let fwd = g.forward_to;
             self.deactivate(gi, State::Standby, fwd, "configured role: standby")?;
@@ -502,18 +554,25 @@ impl Agent {
 
     fn election_params(&self, g: &Group, e: &config::Election) -> Result<Params> {
         let me = primary_address(&self.iface, e.peers[0].is_ipv4()).with_context(|| {
-            format!("group[{}].peers: interface {} has no address of the peers' family", g.name, self.iface.name)
+            format!(
+                "group[{}].peers: interface {} has no address of the peers' family",
+                g.name, self.iface.name
+            )
         })?;
-        Ok(Params { priority: e.priority, interval: e.advert_interval, preempt: e.preempt, preempt_delay: e.preempt_delay, me })
+        Ok(Params {
+            priority: e.priority,
+            interval: e.advert_interval,
+            preempt: e.preempt,
+            preempt_delay: e.preempt_delay,
+            me,
+        })
     }
 
     /// Removes a group: gives its VIPs up (a release lets a standby take over at once),
     /// frees its slots and stops its tasks.
     fn remove_group(&mut self, gi: usize) {
-        if self.groups[gi].state == State::Active {
-            if self.groups[gi].election.is_some() {
-                self.send_advert(gi, Kind::Release);
-            }
+        if self.groups[gi].state == State::Active && self.groups[gi].election.is_some() {
+            self.send_advert(gi, Kind::Release);
         }
         let g = self.groups.remove(gi);
         if let Some(h) = g.announcer {
@@ -524,9 +583,15 @@ impl Agent {
         }
         for v in &g.vips {
             if let Err(e) = self.dp.remove_vip(v.vip.addr) {
-                log::warn!("group {}: removing map entry {}: {e:#}", g.cfg.name, v.vip.addr);
+                log::warn!(
+                    "group {}: removing map entry {}: {e:#}",
+                    g.cfg.name,
+                    v.vip.addr
+                );
             }
-            let _ = self.nl.del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr));
+            let _ = self
+                .nl
+                .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr));
             self.slots.remove(&v.slot);
         }
         log::info!("group {}: removed", g.cfg.name);
@@ -541,7 +606,11 @@ impl Agent {
                 loop {
                     match sock.recv_from(&mut buf).await {
                         Ok((n, from)) => {
-                            if tx.send(Event::Datagram(buf[..n].to_vec(), from)).await.is_err() {
+                            if tx
+                                .send(Event::Datagram(buf[..n].to_vec(), from))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -567,29 +636,50 @@ impl Agent {
 
     /// Starts the health-check tasks of one group (none before `spawn_helpers`).
     fn spawn_checks(&mut self, gi: usize) {
-        let Some(htx) = self.health_tx.clone() else { return };
+        let Some(htx) = self.health_tx.clone() else {
+            return;
+        };
         let g = &mut self.groups[gi];
         for t in g.tasks.drain(..) {
             t.abort();
         }
         let name = g.cfg.name.clone();
         if g.cfg.track.interface {
-            let poll = g.cfg.election.as_ref().map(|e| e.advert_interval).unwrap_or(Duration::from_millis(100)).min(Duration::from_millis(100));
-            g.tasks.push(tokio::spawn(health::run_interface(name.clone(), self.iface.name.clone(), poll, htx.clone())));
+            let poll = g
+                .cfg
+                .election
+                .as_ref()
+                .map(|e| e.advert_interval)
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100));
+            g.tasks.push(tokio::spawn(health::run_interface(
+                name.clone(),
+                self.iface.name.clone(),
+                poll,
+                htx.clone(),
+            )));
         }
         if let Some(c) = &g.cfg.track.script {
-            g.tasks.push(tokio::spawn(health::run_script(name.clone(), c.clone(), htx.clone())));
+            g.tasks.push(tokio::spawn(health::run_script(
+                name.clone(),
+                c.clone(),
+                htx.clone(),
+            )));
         }
         if let Some(c) = &g.cfg.track.tcp {
-            g.tasks.push(tokio::spawn(health::run_tcp(name, c.clone(), htx)));
+            g.tasks
+                .push(tokio::spawn(health::run_tcp(name, c.clone(), htx)));
         }
     }
 
     fn group_index(&self, name: &str) -> Result<usize, String> {
-        self.groups.iter().position(|g| g.cfg.name == name).ok_or_else(|| {
-            let names: Vec<_> = self.groups.iter().map(|g| g.cfg.name.as_str()).collect();
-            format!("no group named `{name}` (groups: {})", names.join(", "))
-        })
+        self.groups
+            .iter()
+            .position(|g| g.cfg.name == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = self.groups.iter().map(|g| g.cfg.name.as_str()).collect();
+                format!("no group named `{name}` (groups: {})", names.join(", "))
+            })
     }
 
     /// The next instant something is due: an election timer, a drain, a lease renewal.
@@ -619,7 +709,10 @@ impl Agent {
                 self.groups[gi].drain_until = None;
                 if self.groups[gi].state != State::Active {
                     if let Err(e) = self.set_entries(gi, None) {
-                        log::error!("group {}: ending the drain: {e:#}", self.groups[gi].cfg.name);
+                        log::error!(
+                            "group {}: ending the drain: {e:#}",
+                            self.groups[gi].cfg.name
+                        );
                     }
                 }
             }
@@ -645,10 +738,18 @@ impl Agent {
         let from_ip = canonical(from.ip());
         let mut group = None;
         let decoded = Advert::decode_with(b, |name| {
-            group = self.groups.iter().position(|g| g.cfg.name == name && g.election.is_some());
+            group = self
+                .groups
+                .iter()
+                .position(|g| g.cfg.name == name && g.election.is_some());
             group.and_then(|gi| self.groups[gi].key.as_deref())
         });
-        let is_peer = |g: &GroupRuntime| g.cfg.election.as_ref().is_some_and(|e| e.peers.contains(&from_ip));
+        let is_peer = |g: &GroupRuntime| {
+            g.cfg
+                .election
+                .as_ref()
+                .is_some_and(|e| e.peers.contains(&from_ip))
+        };
         let gi = match group {
             Some(gi) => gi,
             // Not attributable by its name: charge it to a group the sender is a peer of.
@@ -664,7 +765,10 @@ impl Agent {
         let g = &mut self.groups[gi];
         if !is_peer(g) {
             g.errors.unknown_peers += 1;
-            log::warn!("group {}: advertisement from {from_ip}, which is not a peer; ignored", g.cfg.name);
+            log::warn!(
+                "group {}: advertisement from {from_ip}, which is not a peer; ignored",
+                g.cfg.name
+            );
             return;
         }
         let ad = match decoded {
@@ -675,23 +779,39 @@ impl Agent {
                     log::warn!("group {}: advertisement from {from_ip} failed authentication ({e}); ignored", g.cfg.name);
                 } else {
                     g.errors.malformed += 1;
-                    log::warn!("group {}: malformed advertisement from {from_ip} ({e}); ignored", g.cfg.name);
+                    log::warn!(
+                        "group {}: malformed advertisement from {from_ip} ({e}); ignored",
+                        g.cfg.name
+                    );
                 }
                 return;
             }
         };
         if ad.addr != from_ip {
             g.errors.malformed += 1;
-            log::warn!("group {}: advertisement from {from_ip} claims to be from {}; ignored", g.cfg.name, ad.addr);
+            log::warn!(
+                "group {}: advertisement from {from_ip} claims to be from {}; ignored",
+                g.cfg.name,
+                ad.addr
+            );
             return;
         }
         if g.last_seq.get(&from_ip).is_some_and(|last| ad.seq <= *last) {
             g.errors.replays += 1;
-            log::warn!("group {}: replayed advertisement from {from_ip} (sequence {}); ignored", g.cfg.name, ad.seq);
+            log::warn!(
+                "group {}: replayed advertisement from {from_ip} (sequence {}); ignored",
+                g.cfg.name,
+                ad.seq
+            );
             return;
         }
         g.last_seq.insert(from_ip, ad.seq);
-        log::trace!("group {}: {:?} from {from_ip} priority {}", g.cfg.name, ad.kind, ad.priority);
+        log::trace!(
+            "group {}: {:?} from {from_ip} priority {}",
+            g.cfg.name,
+            ad.kind,
+            ad.priority
+        );
         let actions = match g.election.as_mut() {
             Some(e) => e.receive(&ad, Instant::now()),
             None => return,
@@ -700,15 +820,23 @@ impl Agent {
     }
 
     fn health(&mut self, gi: usize, name: &str, ok: bool, detail: String) {
-        let Some(g) = self.groups.get_mut(gi) else { return };
+        let Some(g) = self.groups.get_mut(gi) else {
+            return;
+        };
         let was = g.healthy();
-        let Some((_, tracker, last)) = g.checks.iter_mut().find(|(n, _, _)| *n == name) else { return };
+        let Some((_, tracker, last)) = g.checks.iter_mut().find(|(n, _, _)| *n == name) else {
+            return;
+        };
         let changed = tracker.feed(ok);
         *last = detail.clone();
         let first_results = g.checks.iter().all(|(_, t, _)| t.state().is_some());
         let now_healthy = g.healthy();
         if changed.is_some() {
-            log::info!("group {}: {name} {} ({detail})", g.cfg.name, if ok { "healthy" } else { "failing" });
+            log::info!(
+                "group {}: {name} {} ({detail})",
+                g.cfg.name,
+                if ok { "healthy" } else { "failing" }
+            );
         }
         if was == now_healthy && !(now_healthy && first_results && g.state == State::Init) {
             return;
@@ -729,7 +857,12 @@ impl Agent {
             self.activate(gi, &format!("healthy again ({reason})"))
         } else {
             let fwd = g.cfg.forward_to;
-            self.deactivate(gi, State::Standby, fwd, &format!("healthy again ({reason})"))
+            self.deactivate(
+                gi,
+                State::Standby,
+                fwd,
+                &format!("healthy again ({reason})"),
+            )
         };
         if let Err(e) = res {
             log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
@@ -748,7 +881,9 @@ impl Agent {
                     Ok(())
                 }
                 Action::ForwardTo(mac) => {
-                    if self.groups[gi].state == State::Standby && self.groups[gi].drain_until.is_none() {
+                    if self.groups[gi].state == State::Standby
+                        && self.groups[gi].drain_until.is_none()
+                    {
                         self.groups[gi].forward_to = mac;
                         self.set_entries(gi, mac)
                     } else {
@@ -771,7 +906,11 @@ impl Agent {
     }
 
     fn send_hold(&mut self, gi: usize, hold: Duration) {
-        self.send_advert_with(gi, Kind::Hold, hold.as_millis().min(u16::MAX as u128) as u16);
+        self.send_advert_with(
+            gi,
+            Kind::Hold,
+            hold.as_millis().min(u16::MAX as u128) as u16,
+        );
     }
 
     fn send_advert(&mut self, gi: usize, kind: Kind) {
@@ -781,10 +920,16 @@ impl Agent {
     fn send_advert_with(&mut self, gi: usize, kind: Kind, hold_ms: u16) {
         self.seq += 1;
         let g = &self.groups[gi];
-        let (Some(e), Some(cfg)) = (g.election.as_ref(), g.cfg.election.as_ref()) else { return };
+        let (Some(e), Some(cfg)) = (g.election.as_ref(), g.cfg.election.as_ref()) else {
+            return;
+        };
         let ad = Advert {
             kind,
-            priority: if kind == Kind::Release { 0 } else { e.effective_priority() },
+            priority: if kind == Kind::Release {
+                0
+            } else {
+                e.effective_priority()
+            },
             interval_ms: cfg.advert_interval.as_millis().min(u16::MAX as u128) as u16,
             hold_ms,
             mac: self.iface.mac,
@@ -794,9 +939,15 @@ impl Agent {
         };
         let bytes = ad.encode(g.key.as_deref());
         for peer in &cfg.peers {
-            let sock = if peer.is_ipv4() { &self.adverts.v4 } else { &self.adverts.v6 };
+            let sock = if peer.is_ipv4() {
+                &self.adverts.v4
+            } else {
+                &self.adverts.v6
+            };
             if let Some(s) = sock {
-                if let Err(err) = s.try_send_to(&bytes, SocketAddr::new(*peer, self.cfg.node.advert_port)) {
+                if let Err(err) =
+                    s.try_send_to(&bytes, SocketAddr::new(*peer, self.cfg.node.advert_port))
+                {
                     log::debug!("group {}: advertisement to {peer}: {err}", g.cfg.name);
                 }
             }
@@ -808,7 +959,11 @@ impl Agent {
         let now = Instant::now();
         let named = |this: &Self, g: &str| this.group_index(g);
         match req {
-            Request::Status => Response { ok: true, status: Some(Box::new(self.status())), ..Default::default() },
+            Request::Status => Response {
+                ok: true,
+                status: Some(Box::new(self.status())),
+                ..Default::default()
+            },
             Request::Promote { group } => {
                 let gi = match named(self, &group) {
                     Ok(gi) => gi,
@@ -824,7 +979,10 @@ impl Agent {
                 };
                 self.renew_leases();
                 match res {
-                    Ok(()) => Response::ok(format!("group {group} is {}", self.groups[gi].state.as_str())),
+                    Ok(()) => Response::ok(format!(
+                        "group {group} is {}",
+                        self.groups[gi].state.as_str()
+                    )),
                     Err(e) => Response::error(format!("{e:#}")),
                 }
             }
@@ -873,10 +1031,17 @@ impl Agent {
                         self.apply(gi, actions);
                         Response::ok(format!("group {group} is back under the election"))
                     }
-                    None => Response::error(format!("group {group} is not elected (no peers); nothing to resume")),
+                    None => Response::error(format!(
+                        "group {group} is not elected (no peers); nothing to resume"
+                    )),
                 }
             }
-            Request::Notify { kind, name, state, priority } => self.notify(&kind, &name, &state, priority),
+            Request::Notify {
+                kind,
+                name,
+                state,
+                priority,
+            } => self.notify(&kind, &name, &state, priority),
             Request::Reload => match self.reload() {
                 Ok(summary) => Response::ok(summary),
                 Err(e) => Response::error(format!("reload refused, running state kept: {e:#}")),
@@ -889,9 +1054,13 @@ impl Agent {
                     );
                 }
                 if !(100..=60_000).contains(&hold_ms) {
-                    return Response::error(format!("hold_ms {hold_ms} is out of range 100..=60000"));
+                    return Response::error(format!(
+                        "hold_ms {hold_ms} is out of range 100..=60000"
+                    ));
                 }
-                self.exit = Some(Exit::Restart { hold: Duration::from_millis(hold_ms as u64) });
+                self.exit = Some(Exit::Restart {
+                    hold: Duration::from_millis(hold_ms as u64),
+                });
                 Response::ok(format!(
                     "exiting for a restart: the data plane keeps serving and peers hold for {hold_ms} ms; start the agent again"
                 ))
@@ -920,15 +1089,28 @@ impl Agent {
             bail!("{key} changed: that needs a restart of the agent; nothing was changed");
         }
         let (new, iface, mut keys, warnings) = check_config(new)?;
-        let families = |c: &Config| c.groups.iter().filter_map(|g| g.election.as_ref()).flat_map(|e| e.peers.iter().map(|p| p.is_ipv4())).collect::<BTreeSet<_>>();
-        let have: BTreeSet<bool> = [self.adverts.v4.is_some().then_some(true), self.adverts.v6.is_some().then_some(false)].into_iter().flatten().collect();
+        let families = |c: &Config| {
+            c.groups
+                .iter()
+                .filter_map(|g| g.election.as_ref())
+                .flat_map(|e| e.peers.iter().map(|p| p.is_ipv4()))
+                .collect::<BTreeSet<_>>()
+        };
+        let have: BTreeSet<bool> = [
+            self.adverts.v4.is_some().then_some(true),
+            self.adverts.v6.is_some().then_some(false),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if !families(&new).is_subset(&have) {
             bail!("the config adds peers of an address family the agent has no advertisement socket for; restart the agent to apply it; nothing was changed");
         }
         // Resolve what can fail before touching anything.
         for g in &new.groups {
             if let Some(r) = &g.redirect {
-                host::interface(&r.interface).with_context(|| format!("group[{}].redirect_to", g.name))?;
+                host::interface(&r.interface)
+                    .with_context(|| format!("group[{}].redirect_to", g.name))?;
             }
             if let Some(e) = &g.election {
                 self.election_params(g, e)?;
@@ -936,14 +1118,24 @@ impl Agent {
         }
         let total: usize = new.groups.iter().map(|g| g.vips.len()).sum();
         if total > self.cfg.node.max_vips as usize {
-            bail!("{total} VIPs exceed node.max_vips {}", self.cfg.node.max_vips);
+            bail!(
+                "{total} VIPs exceed node.max_vips {}",
+                self.cfg.node.max_vips
+            );
         }
 
         let now = Instant::now();
         let mut summary = Vec::new();
         let mut warnings = warnings;
         // Groups gone, or changed in kind (static / elected / keepalived, redirect): removed.
-        let kind = |g: &Group| (g.election.is_some(), g.keepalived_instance.clone(), g.redirect.clone(), g.role);
+        let kind = |g: &Group| {
+            (
+                g.election.is_some(),
+                g.keepalived_instance.clone(),
+                g.redirect.clone(),
+                g.role,
+            )
+        };
         let mut gi = 0;
         while gi < self.groups.len() {
             let old = &self.groups[gi].cfg;
@@ -972,11 +1164,21 @@ impl Agent {
         self.iface = iface;
         self.warnings = warnings;
         self.renew_leases();
-        Ok(if summary.is_empty() { "reloaded: nothing changed".into() } else { format!("reloaded: {}", summary.join("; ")) })
+        Ok(if summary.is_empty() {
+            "reloaded: nothing changed".into()
+        } else {
+            format!("reloaded: {}", summary.join("; "))
+        })
     }
 
     /// Applies a changed group of the same kind: VIPs added/removed, settings updated.
-    fn update_group(&mut self, gi: usize, g: &Group, key: Option<Vec<u8>>, now: Instant) -> Result<String> {
+    fn update_group(
+        &mut self,
+        gi: usize,
+        g: &Group,
+        key: Option<Vec<u8>>,
+        now: Instant,
+    ) -> Result<String> {
         let mut what = Vec::new();
         let old_vips: Vec<config::Vip> = self.groups[gi].vips.iter().map(|v| v.vip).collect();
         // VIPs removed.
@@ -989,7 +1191,9 @@ impl Agent {
             }
             let slot = self.groups[gi].vips.remove(k).slot;
             self.dp.remove_vip(v.addr)?;
-            let _ = self.nl.del_address(self.iface.index, v.addr, host_prefix(v.addr));
+            let _ = self
+                .nl
+                .del_address(self.iface.index, v.addr, host_prefix(v.addr));
             self.slots.remove(&slot);
             what.push(format!("-{v}"));
         }
@@ -1039,7 +1243,11 @@ impl Agent {
             let state = self.groups[gi].state;
             if state == State::Active {
                 let gr = &self.groups[gi];
-                let act = if gr.redirect.is_some() { action::REDIRECT } else { action::LOCAL };
+                let act = if gr.redirect.is_some() {
+                    action::REDIRECT
+                } else {
+                    action::LOCAL
+                };
                 let entries: Vec<(IpAddr, VipEntry)> = gr
                     .vips
                     .iter()
@@ -1049,7 +1257,8 @@ impl Agent {
                 for (addr, e) in &entries {
                     self.dp.set_vip(*addr, e)?;
                     if act == action::LOCAL {
-                        self.nl.add_address(self.iface.index, *addr, host_prefix(*addr))?;
+                        self.nl
+                            .add_address(self.iface.index, *addr, host_prefix(*addr))?;
                     }
                 }
                 let socket = self.socket.clone();
@@ -1080,7 +1289,10 @@ impl Agent {
             let (leased, index) = (self.groups[gi].leased(), self.groups[gi].index);
             if leased {
                 if let Err(e) = self.dp.set_lease(index, deadline) {
-                    log::error!("group {}: extending the lease for the restart: {e:#}", self.groups[gi].cfg.name);
+                    log::error!(
+                        "group {}: extending the lease for the restart: {e:#}",
+                        self.groups[gi].cfg.name
+                    );
                 }
             }
         }
@@ -1089,31 +1301,59 @@ impl Agent {
     /// keepalived's notify: `TYPE NAME STATE [PRIORITY]`.
     fn notify(&mut self, kind: &str, name: &str, state: &str, priority: Option<u8>) -> Response {
         if !matches!(kind, "INSTANCE" | "GROUP") {
-            return Response::error(format!("unknown notify type `{kind}` (expected INSTANCE or GROUP)"));
+            return Response::error(format!(
+                "unknown notify type `{kind}` (expected INSTANCE or GROUP)"
+            ));
         }
-        let Some(gi) = self.groups.iter().position(|g| g.cfg.keepalived_instance.as_deref() == Some(name)) else {
+        let Some(gi) = self
+            .groups
+            .iter()
+            .position(|g| g.cfg.keepalived_instance.as_deref() == Some(name))
+        else {
             return Response::error(format!("no group has keepalived_instance = \"{name}\""));
         };
-        let reason = format!("keepalived: {kind} {name} {state}{}", priority.map(|p| format!(" (priority {p})")).unwrap_or_default());
+        let reason = format!(
+            "keepalived: {kind} {name} {state}{}",
+            priority
+                .map(|p| format!(" (priority {p})"))
+                .unwrap_or_default()
+        );
         if !self.groups[gi].healthy() && state == "MASTER" {
-            return Response::error(format!("group {} is faulty ({}); not taking over", self.groups[gi].cfg.name, self.health_detail(gi)));
+            return Response::error(format!(
+                "group {} is faulty ({}); not taking over",
+                self.groups[gi].cfg.name,
+                self.health_detail(gi)
+            ));
         }
-        let res = match state {
-            "MASTER" => self.activate(gi, &reason),
-            "BACKUP" | "STOP" => {
-                let fwd = self.groups[gi].cfg.forward_to;
-                self.deactivate(gi, State::Standby, fwd, &reason)
-            }
-            "FAULT" => self.deactivate(gi, State::Fault, None, &reason),
-            other => return Response::error(format!("unknown keepalived state `{other}` (expected MASTER, BACKUP, FAULT or STOP)")),
-        };
+        let res =
+            match state {
+                "MASTER" => self.activate(gi, &reason),
+                "BACKUP" | "STOP" => {
+                    let fwd = self.groups[gi].cfg.forward_to;
+                    self.deactivate(gi, State::Standby, fwd, &reason)
+                }
+                "FAULT" => self.deactivate(gi, State::Fault, None, &reason),
+                other => return Response::error(format!(
+                    "unknown keepalived state `{other}` (expected MASTER, BACKUP, FAULT or STOP)"
+                )),
+            };
         match res {
-            Ok(()) => Response::ok(format!("group {} is {}", self.groups[gi].cfg.name, self.groups[gi].state.as_str())),
+            Ok(()) => Response::ok(format!(
+                "group {} is {}",
+                self.groups[gi].cfg.name,
+                self.groups[gi].state.as_str()
+            )),
             Err(e) => Response::error(format!("{e:#}")),
         }
     }
 
-    fn entry(&self, g: &GroupRuntime, v: &VipRuntime, act: u32, forward_to: Option<Mac>) -> VipEntry {
+    fn entry(
+        &self,
+        g: &GroupRuntime,
+        v: &VipRuntime,
+        act: u32,
+        forward_to: Option<Mac>,
+    ) -> VipEntry {
         let mut e = VipEntry {
             action: act,
             flags: if g.leased() { flags::LEASED } else { 0 },
@@ -1142,7 +1382,9 @@ impl Agent {
         if g.state != state {
             g.transitions += 1;
             g.since = SystemTime::now();
-            *g.transition_reasons.entry(format!("{}/{}", state.as_str(), reason_kind(reason))).or_default() += 1;
+            *g.transition_reasons
+                .entry(format!("{}/{}", state.as_str(), reason_kind(reason)))
+                .or_default() += 1;
             let vips: Vec<String> = g.vips.iter().map(|v| v.vip.to_string()).collect();
             log::info!(
                 "group {}: {} -> {} ({reason}); VIPs {}",
@@ -1159,12 +1401,20 @@ impl Agent {
     /// Standby entries: forward to `mac`, or inert.
     fn set_entries(&mut self, gi: usize, mac: Option<Mac>) -> Result<()> {
         let g = &self.groups[gi];
-        let act = if mac.is_some() { action::FORWARD } else { action::NONE };
-        let entries: Vec<(IpAddr, VipEntry)> =
-            g.vips.iter().map(|v| (v.vip.addr, self.entry(g, v, act, mac))).collect();
+        let act = if mac.is_some() {
+            action::FORWARD
+        } else {
+            action::NONE
+        };
+        let entries: Vec<(IpAddr, VipEntry)> = g
+            .vips
+            .iter()
+            .map(|v| (v.vip.addr, self.entry(g, v, act, mac)))
+            .collect();
         if mac.is_some() && g.leased() {
             let lease = self.lease_of(gi);
-            self.dp.set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
+            self.dp
+                .set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
         }
         for (addr, e) in &entries {
             self.dp
@@ -1175,7 +1425,12 @@ impl Agent {
     }
 
     fn lease_of(&self, gi: usize) -> Duration {
-        self.groups[gi].cfg.election.as_ref().map(|e| e.lease).unwrap_or(Duration::from_secs(1))
+        self.groups[gi]
+            .cfg
+            .election
+            .as_ref()
+            .map(|e| e.lease)
+            .unwrap_or(Duration::from_secs(1))
     }
 
     /// Keeps the data plane's leases alive for groups that act (active, or forwarding).
@@ -1201,11 +1456,19 @@ impl Agent {
         let g = &self.groups[gi];
         if g.leased() {
             let lease = self.lease_of(gi);
-            self.dp.set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
+            self.dp
+                .set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
         }
-        let act = if g.redirect.is_some() { action::REDIRECT } else { action::LOCAL };
-        let entries: Vec<(IpAddr, VipEntry)> =
-            g.vips.iter().map(|v| (v.vip.addr, self.entry(g, v, act, None))).collect();
+        let act = if g.redirect.is_some() {
+            action::REDIRECT
+        } else {
+            action::LOCAL
+        };
+        let entries: Vec<(IpAddr, VipEntry)> = g
+            .vips
+            .iter()
+            .map(|v| (v.vip.addr, self.entry(g, v, act, None)))
+            .collect();
         for (addr, e) in &entries {
             self.dp
                 .set_vip(*addr, e)
@@ -1213,8 +1476,16 @@ impl Agent {
         }
         if act == action::LOCAL {
             for v in &g.vips {
-                if let Err(e) = self.nl.add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr)) {
-                    log::error!("group {}: adding {} to {}: {e}", g.cfg.name, v.vip.addr, self.iface.name);
+                if let Err(e) =
+                    self.nl
+                        .add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
+                {
+                    log::error!(
+                        "group {}: adding {} to {}: {e}",
+                        g.cfg.name,
+                        v.vip.addr,
+                        self.iface.name
+                    );
                 }
             }
         }
@@ -1233,23 +1504,42 @@ impl Agent {
 
     /// Gives the group's VIPs up: stop answering (or forward to `forward_to`), then
     /// remove the addresses.
-    pub fn deactivate(&mut self, gi: usize, state: State, forward_to: Option<Mac>, reason: &str) -> Result<()> {
+    pub fn deactivate(
+        &mut self,
+        gi: usize,
+        state: State,
+        forward_to: Option<Mac>,
+        reason: &str,
+    ) -> Result<()> {
         if let Some(h) = self.groups[gi].announcer.take() {
             h.abort();
         }
         let was_active = self.groups[gi].state == State::Active;
-        let forward_to = if state == State::Fault { None } else { forward_to };
+        let forward_to = if state == State::Fault {
+            None
+        } else {
+            forward_to
+        };
         self.groups[gi].forward_to = forward_to;
         self.set_entries(gi, forward_to)?;
         let g = &self.groups[gi];
         for v in &g.vips {
-            if let Err(e) = self.nl.del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr)) {
-                log::error!("group {}: removing {} from {}: {e}", g.cfg.name, v.vip.addr, self.iface.name);
+            if let Err(e) =
+                self.nl
+                    .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
+            {
+                log::error!(
+                    "group {}: removing {} from {}: {e}",
+                    g.cfg.name,
+                    v.vip.addr,
+                    self.iface.name
+                );
             }
         }
         // Static groups forward only for the drain period after giving the VIP up,
         // unless the config asks for it permanently.
-        if was_active && forward_to.is_some() && g.election.is_none() && g.cfg.forward_to.is_none() {
+        if was_active && forward_to.is_some() && g.election.is_none() && g.cfg.forward_to.is_none()
+        {
             self.groups[gi].drain_until = Some(Instant::now() + g.cfg.drain);
         }
         self.set_state(gi, state, reason);
@@ -1264,14 +1554,26 @@ impl Agent {
             h.abort();
         }
         let addrs: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
-        let (sock, mac, garp, name, refresh) =
-            (self.socket.clone(), self.iface.mac, g.cfg.garp, g.cfg.name.clone(), g.cfg.garp_refresh);
+        let (sock, mac, garp, name, refresh) = (
+            self.socket.clone(),
+            self.iface.mac,
+            g.cfg.garp,
+            g.cfg.name.clone(),
+            g.cfg.garp_refresh,
+        );
         g.announcer = Some(tokio::spawn(async move {
             garp::burst(sock.clone(), mac, addrs.clone(), garp, name.clone()).await;
             if let Some(every) = refresh {
                 loop {
                     tokio::time::sleep(every).await;
-                    garp::burst(sock.clone(), mac, addrs.clone(), config::Garp { count: 1, ..garp }, name.clone()).await;
+                    garp::burst(
+                        sock.clone(),
+                        mac,
+                        addrs.clone(),
+                        config::Garp { count: 1, ..garp },
+                        name.clone(),
+                    )
+                    .await;
                 }
             }
         }));
@@ -1288,7 +1590,11 @@ impl Agent {
                     Some(false) => "failing",
                     None => "pending",
                 };
-                if d.is_empty() { format!("{n} {s}") } else { format!("{n} {s} ({d})") }
+                if d.is_empty() {
+                    format!("{n} {s}")
+                } else {
+                    format!("{n} {s} ({d})")
+                }
             })
             .collect();
         parts.join("; ")
@@ -1302,10 +1608,19 @@ impl Agent {
             .enumerate()
             .map(|(gi, g)| GroupStatus {
                 name: g.cfg.name.clone(),
-                role: if g.state == State::Active { "active" } else { "standby" }.into(),
+                role: if g.state == State::Active {
+                    "active"
+                } else {
+                    "standby"
+                }
+                .into(),
                 state: g.state.as_str().into(),
                 reason: g.reason.clone(),
-                since_unix_ms: g.since.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                since_unix_ms: g
+                    .since
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
                 transitions: g.transitions,
                 transition_reasons: g.transition_reasons.clone(),
                 mode: if g.election.is_some() {
@@ -1316,7 +1631,10 @@ impl Agent {
                     "static"
                 }
                 .into(),
-                forward_to: g.forward_to.filter(|_| g.state != State::Active).map(|m| m.to_string()),
+                forward_to: g
+                    .forward_to
+                    .filter(|_| g.state != State::Active)
+                    .map(|m| m.to_string()),
                 healthy: g.healthy(),
                 health: self.health_detail(gi),
                 election: g.election.as_ref().map(|e| ElectionStatus {
@@ -1329,9 +1647,19 @@ impl Agent {
                     },
                     advert_interval_ms: e.params().interval.as_millis() as u64,
                     current_active: if g.state == State::Active {
-                        Some(ActivePeer { address: e.params().me.to_string(), mac: self.iface.mac.to_string(), priority: e.effective_priority(), this_node: true })
+                        Some(ActivePeer {
+                            address: e.params().me.to_string(),
+                            mac: self.iface.mac.to_string(),
+                            priority: e.effective_priority(),
+                            this_node: true,
+                        })
                     } else {
-                        e.active().map(|a| ActivePeer { address: a.addr.to_string(), mac: a.mac.to_string(), priority: a.priority, this_node: false })
+                        e.active().map(|a| ActivePeer {
+                            address: a.addr.to_string(),
+                            mac: a.mac.to_string(),
+                            priority: a.priority,
+                            this_node: false,
+                        })
                     },
                     adverts_sent: e.counters.adverts_sent,
                     adverts_received: e.counters.adverts_received,
@@ -1340,14 +1668,20 @@ impl Agent {
                     replays: g.errors.replays,
                     malformed: g.errors.malformed,
                     unknown_peers: g.errors.unknown_peers,
-                    lease_remaining_ms: g.lease_deadline.map(|d| d.saturating_sub(now_mono) / 1_000_000),
+                    lease_remaining_ms: g
+                        .lease_deadline
+                        .map(|d| d.saturating_sub(now_mono) / 1_000_000),
                 }),
                 vips: g
                     .vips
                     .iter()
                     .map(|v| {
                         let s = self.dp.stats(v.slot).unwrap_or_default();
-                        let act = self.dp.vip(v.vip.addr).map(|e| e.action).unwrap_or(action::NONE);
+                        let act = self
+                            .dp
+                            .vip(v.vip.addr)
+                            .map(|e| e.action)
+                            .unwrap_or(action::NONE);
                         VipStatus {
                             address: v.vip.addr.to_string(),
                             prefix: v.vip.prefix,
@@ -1373,7 +1707,10 @@ impl Agent {
             .filter(|(k, _)| !k.starts_with("reserved"))
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        global.insert("adverts_for_unknown_groups".into(), self.unknown_group_adverts);
+        global.insert(
+            "adverts_for_unknown_groups".into(),
+            self.unknown_group_adverts,
+        );
         Status {
             node: self.cfg.node.name.clone(),
             interface: self.iface.name.clone(),
@@ -1394,7 +1731,8 @@ impl Agent {
                         external_interface: e.cfg.external_interface.clone(),
                         internal_interface: e.cfg.internal_interface.clone(),
                         owner: owner.map(|o| Mac(o.mac).to_string()),
-                        owner_age_ms: owner.map(|o| now_mono.saturating_sub(o.updated_ns) / 1_000_000),
+                        owner_age_ms: owner
+                            .map(|o| now_mono.saturating_sub(o.updated_ns) / 1_000_000),
                         in_packets: st.in_packets,
                         in_bytes: st.in_bytes,
                         out_packets: st.out_packets,
@@ -1429,14 +1767,21 @@ impl Agent {
             return;
         }
         // Wait for successors (the elections give up on their own after 4 intervals).
-        let handing_over = |a: &Agent| a.groups.iter().any(|g| g.election.as_ref().is_some_and(|e| e.handing_over()));
+        let handing_over = |a: &Agent| {
+            a.groups
+                .iter()
+                .any(|g| g.election.as_ref().is_some_and(|e| e.handing_over()))
+        };
         let limit = Instant::now() + Duration::from_secs(10);
         while handing_over(self) && Instant::now() < limit {
             self.pump(events, self.next_deadline().min(limit)).await;
         }
         let forwarding = self.groups.iter().any(|g| g.forward_to.is_some());
         if forwarding {
-            log::info!("draining: forwarding stale-cache traffic to the new active for {} ms", longest_drain.as_millis());
+            log::info!(
+                "draining: forwarding stale-cache traffic to the new active for {} ms",
+                longest_drain.as_millis()
+            );
             let until = Instant::now() + longest_drain;
             while Instant::now() < until {
                 self.pump(events, self.next_deadline().min(until)).await;
@@ -1463,11 +1808,15 @@ impl Agent {
         let mut attached: BTreeSet<String> = [self.iface.name.clone()].into();
         for (i, e) in self.cfg.eips.clone().iter().enumerate() {
             let key = format!("eip[{i}]");
-            let ext = host::interface(&e.external_interface).with_context(|| format!("{key}.external_interface"))?;
-            let int = host::interface(&e.internal_interface).with_context(|| format!("{key}.internal_interface"))?;
+            let ext = host::interface(&e.external_interface)
+                .with_context(|| format!("{key}.external_interface"))?;
+            let int = host::interface(&e.internal_interface)
+                .with_context(|| format!("{key}.internal_interface"))?;
             for ifc in [&ext, &int] {
                 if attached.insert(ifc.name.clone()) {
-                    self.dp.attach_extra(&ifc.name, self.cfg.node.xdp_mode).with_context(|| format!("{key}: attaching to {}", ifc.name))?;
+                    self.dp
+                        .attach_extra(&ifc.name, self.cfg.node.xdp_mode)
+                        .with_context(|| format!("{key}: attaching to {}", ifc.name))?;
                     log::info!("XDP attached to {} for elastic IPs", ifc.name);
                     warnings.extend(interface_warnings(ifc));
                 }
@@ -1486,10 +1835,22 @@ impl Agent {
                 self.dp.reset_eip_stats(i as u32)?;
             }
             self.dp.set_eip(&entry)?;
-            log::info!("elastic IP {} <-> VIP {} ({} / {})", e.address, e.vip, ext.name, int.name);
-            self.eips.push(EipRuntime { cfg: e.clone(), entry });
+            log::info!(
+                "elastic IP {} <-> VIP {} ({} / {})",
+                e.address,
+                e.vip,
+                ext.name,
+                int.name
+            );
+            self.eips.push(EipRuntime {
+                cfg: e.clone(),
+                entry,
+            });
         }
-        self.dp.set_settings(&vip_common::Settings { vip_ifindex: self.iface.index, eip_enabled: 1 })?;
+        self.dp.set_settings(&vip_common::Settings {
+            vip_ifindex: self.iface.index,
+            eip_enabled: 1,
+        })?;
         if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0") {
             let w = "net.ipv4.ip_forward is 0: elastic-IP packets whose next hop is not known yet are handed to \
                      the kernel to route, which then drops them; set it to 1 on a gateway"
@@ -1519,9 +1880,16 @@ impl Agent {
             let g = &self.groups[gi];
             for v in &g.vips {
                 if let Err(e) = self.dp.remove_vip(v.vip.addr) {
-                    log::warn!("group {}: removing map entry {}: {e}", g.cfg.name, v.vip.addr);
+                    log::warn!(
+                        "group {}: removing map entry {}: {e}",
+                        g.cfg.name,
+                        v.vip.addr
+                    );
                 }
-                if let Err(e) = self.nl.del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr)) {
+                if let Err(e) =
+                    self.nl
+                        .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
+                {
                     log::warn!("group {}: removing {}: {e}", g.cfg.name, v.vip.addr);
                 }
             }
@@ -1549,7 +1917,11 @@ fn reason_kind(reason: &str) -> &'static str {
         ("waiting", "start"),
         ("starting", "start"),
     ];
-    KINDS.iter().find(|(p, _)| reason.contains(p)).map(|(_, k)| *k).unwrap_or("other")
+    KINDS
+        .iter()
+        .find(|(p, _)| reason.contains(p))
+        .map(|(_, k)| *k)
+        .unwrap_or("other")
 }
 
 /// IPv4-mapped IPv6 sources (from a dual-stack socket) as plain IPv4.
@@ -1581,16 +1953,26 @@ async fn bind_advert_sockets(cfg: &Config, iface: &Interface) -> Result<AdvertSo
     let port = cfg.node.advert_port;
     let mut out = AdvertSockets { v4: None, v6: None };
     for v4 in [true, false] {
-        let needed = cfg.groups.iter().filter_map(|g| g.election.as_ref()).any(|e| e.peers.iter().any(|p| p.is_ipv4() == v4));
+        let needed = cfg
+            .groups
+            .iter()
+            .filter_map(|g| g.election.as_ref())
+            .any(|e| e.peers.iter().any(|p| p.is_ipv4() == v4));
         if !needed {
             continue;
         }
         let Some(me) = primary_address(iface, v4) else {
-            bail!("interface {} has no {} address to send advertisements from", iface.name, if v4 { "IPv4" } else { "IPv6" });
+            bail!(
+                "interface {} has no {} address to send advertisements from",
+                iface.name,
+                if v4 { "IPv4" } else { "IPv6" }
+            );
         };
         let sock = UdpSocket::bind(SocketAddr::new(me, port))
             .await
-            .with_context(|| format!("binding the advertisement socket {me}:{port} (node.advert_port)"))?;
+            .with_context(|| {
+                format!("binding the advertisement socket {me}:{port} (node.advert_port)")
+            })?;
         if v4 {
             out.v4 = Some(Arc::new(sock));
         } else {
@@ -1654,7 +2036,9 @@ fn redirect_target(
         None => {
             let link = nl.link(iface.index, None).with_context(|| key.clone())?;
             let peer = match (link.kind.as_deref(), link.link) {
-                (Some("veth"), Some(peer)) => nl.link(peer, link.link_netnsid).ok().and_then(|l| l.mac),
+                (Some("veth"), Some(peer)) => {
+                    nl.link(peer, link.link_netnsid).ok().and_then(|l| l.mac)
+                }
                 _ => None,
             };
             peer.with_context(|| {
@@ -1665,12 +2049,17 @@ fn redirect_target(
             })?
         }
     };
-    dp.add_redirect_target(iface.index).with_context(|| key.clone())?;
+    dp.add_redirect_target(iface.index)
+        .with_context(|| key.clone())?;
     if iface.kind.as_deref() == Some("veth") {
         warnings.push(format!(
             "redirect target {} is a veth: redirected frames reach its peer only if the peer has an XDP program (`vip xdp-pass PEER`)",
             iface.name
         ));
     }
-    Ok(RedirectTarget { ifindex: iface.index, src_mac: iface.mac, dst_mac })
+    Ok(RedirectTarget {
+        ifindex: iface.index,
+        src_mac: iface.mac,
+        dst_mac,
+    })
 }

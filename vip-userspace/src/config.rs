@@ -399,7 +399,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let driven = g.keepalived_instance.is_some();
         let role = match g.role.as_deref() {
             Some(_) if elected || driven => {
-                let by = if elected { "the election (peers)" } else { "keepalived" };
+                let by = if elected {
+                    "the election (peers)"
+                } else {
+                    "keepalived"
+                };
                 p(
                     format!("{gkey}.role"),
                     format!("is for static groups; this group's role comes from {by}"),
@@ -441,13 +445,19 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 (g.lease_ms.is_some(), "lease_ms"),
             ] {
                 if set {
-                    p(format!("{gkey}.{key}"), "only applies to elected groups (with `peers`)".into());
+                    p(
+                        format!("{gkey}.{key}"),
+                        "only applies to elected groups (with `peers`)".into(),
+                    );
                 }
             }
         }
         if let Some(i) = &g.keepalived_instance {
             if i.trim().is_empty() {
-                p(format!("{gkey}.keepalived_instance"), "must not be empty".into());
+                p(
+                    format!("{gkey}.keepalived_instance"),
+                    "must not be empty".into(),
+                );
             }
         }
         let track = Track {
@@ -458,7 +468,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let garp_refresh = match g.garp_refresh_ms {
             None | Some(0) => None,
             Some(ms) if ms < 100 => {
-                p(format!("{gkey}.garp_refresh_ms"), format!("{ms} is below 100 ms"));
+                p(
+                    format!("{gkey}.garp_refresh_ms"),
+                    format!("{ms} is below 100 ms"),
+                );
                 None
             }
             Some(ms) => Some(Duration::from_millis(ms)),
@@ -507,7 +520,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         }
         (Some(false), None) => Pin::Off,
         (_, Some(d)) if !d.is_absolute() => {
-            p("node.pin_dir".into(), format!("{} is not an absolute path", d.display()));
+            p(
+                "node.pin_dir".into(),
+                format!("{} is not an absolute path", d.display()),
+            );
             Pin::Off
         }
         (_, Some(d)) => Pin::Dir(d.clone()),
@@ -518,12 +534,20 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         Some(a) => match a.parse::<std::net::SocketAddr>() {
             Ok(sa) => Some(sa),
             Err(_) => {
-                p("node.metrics_listen".into(), format!("`{a}` is not ADDRESS:PORT (e.g. \"127.0.0.1:9477\")"));
+                p(
+                    "node.metrics_listen".into(),
+                    format!("`{a}` is not ADDRESS:PORT (e.g. \"127.0.0.1:9477\")"),
+                );
                 None
             }
         },
     };
-    if raw.node.control_group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+    if raw
+        .node
+        .control_group
+        .as_deref()
+        .is_some_and(|g| g.trim().is_empty())
+    {
         p("node.control_group".into(), "must not be empty".into());
     }
     let mut instances: HashMap<&str, &str> = HashMap::new();
@@ -594,52 +618,98 @@ fn eips(raw: &[RawEip], p: &mut impl FnMut(String, String)) -> Vec<Eip> {
     for (i, e) in raw.iter().enumerate() {
         let key = format!("eip[{i}]");
         let address = match e.address.parse::<IpAddr>() {
-            Ok(IpAddr::V4(a)) if !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()) => Some(a),
+            Ok(IpAddr::V4(a))
+                if !(a.is_unspecified()
+                    || a.is_loopback()
+                    || a.is_multicast()
+                    || a.is_broadcast()) =>
+            {
+                Some(a)
+            }
             Ok(IpAddr::V4(a)) => {
-                p(format!("{key}.address"), format!("{a} is not a unicast address"));
+                p(
+                    format!("{key}.address"),
+                    format!("{a} is not a unicast address"),
+                );
                 None
             }
             Ok(IpAddr::V6(a)) => {
-                p(format!("{key}.address"), format!("{a}: elastic IPs are IPv4 addresses"));
+                p(
+                    format!("{key}.address"),
+                    format!("{a}: elastic IPs are IPv4 addresses"),
+                );
                 None
             }
             Err(_) => {
-                p(format!("{key}.address"), format!("`{}` is not an IP address", e.address));
+                p(
+                    format!("{key}.address"),
+                    format!("`{}` is not an IP address", e.address),
+                );
                 None
             }
         };
         let vip = match e.vip.split('/').next().unwrap_or("").parse::<IpAddr>() {
             Ok(IpAddr::V4(v)) => Some(v),
             Ok(IpAddr::V6(v)) => {
-                p(format!("{key}.vip"), format!("{v} is an IPv6 VIP: an IPv6 VIP cannot bind an elastic IP"));
+                p(
+                    format!("{key}.vip"),
+                    format!("{v} is an IPv6 VIP: an IPv6 VIP cannot bind an elastic IP"),
+                );
                 None
             }
             Err(_) => {
-                p(format!("{key}.vip"), format!("`{}` is not an IP address", e.vip));
+                p(
+                    format!("{key}.vip"),
+                    format!("`{}` is not an IP address", e.vip),
+                );
                 None
             }
         };
-        for (k, v) in [("external_interface", &e.external_interface), ("internal_interface", &e.internal_interface)] {
+        for (k, v) in [
+            ("external_interface", &e.external_interface),
+            ("internal_interface", &e.internal_interface),
+        ] {
             if v.trim().is_empty() {
                 p(format!("{key}.{k}"), "must not be empty".into());
             }
         }
         if e.external_interface == e.internal_interface {
-            p(format!("{key}.internal_interface"), "must differ from external_interface".into());
+            p(
+                format!("{key}.internal_interface"),
+                "must differ from external_interface".into(),
+            );
         }
-        let (Some(address), Some(vip)) = (address, vip) else { continue };
+        let (Some(address), Some(vip)) = (address, vip) else {
+            continue;
+        };
         if let Some(j) = out.iter().position(|o| o.address == address) {
-            p(format!("{key}.address"), format!("{address} is already the elastic IP of eip[{j}]: one VIP per elastic IP"));
+            p(
+                format!("{key}.address"),
+                format!("{address} is already the elastic IP of eip[{j}]: one VIP per elastic IP"),
+            );
             continue;
         }
         if let Some(j) = out.iter().position(|o| o.vip == vip) {
-            p(format!("{key}.vip"), format!("{vip} is already bound to eip[{j}]: a VIP binds to at most one elastic IP"));
+            p(
+                format!("{key}.vip"),
+                format!(
+                    "{vip} is already bound to eip[{j}]: a VIP binds to at most one elastic IP"
+                ),
+            );
             continue;
         }
-        out.push(Eip { address, vip, external_interface: e.external_interface.clone(), internal_interface: e.internal_interface.clone() });
+        out.push(Eip {
+            address,
+            vip,
+            external_interface: e.external_interface.clone(),
+            internal_interface: e.internal_interface.clone(),
+        });
     }
     if out.len() > vip_common::MAX_EIPS as usize {
-        p("eip".into(), format!("at most {} elastic IPs", vip_common::MAX_EIPS));
+        p(
+            "eip".into(),
+            format!("at most {} elastic IPs", vip_common::MAX_EIPS),
+        );
     }
     out
 }
@@ -649,23 +719,35 @@ fn election(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Opt
     let peers_raw = g.peers.as_ref()?;
     let mut peers = Vec::new();
     if peers_raw.is_empty() {
-        p(format!("{gkey}.peers"), "must list at least one peer address".into());
+        p(
+            format!("{gkey}.peers"),
+            "must list at least one peer address".into(),
+        );
     }
     for (i, s) in peers_raw.iter().enumerate() {
         match s.parse::<IpAddr>() {
-            Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => {
-                p(format!("{gkey}.peers[{i}]"), format!("{a} is not a unicast peer address"))
+            Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => p(
+                format!("{gkey}.peers[{i}]"),
+                format!("{a} is not a unicast peer address"),
+            ),
+            Ok(a) if peers.contains(&a) => {
+                p(format!("{gkey}.peers[{i}]"), format!("{a} is listed twice"))
             }
-            Ok(a) if peers.contains(&a) => p(format!("{gkey}.peers[{i}]"), format!("{a} is listed twice")),
             Ok(a) => peers.push(a),
-            Err(_) => p(format!("{gkey}.peers[{i}]"), format!("`{s}` is not an IP address")),
+            Err(_) => p(
+                format!("{gkey}.peers[{i}]"),
+                format!("`{s}` is not an IP address"),
+            ),
         }
     }
     let priority = match g.priority {
         None => 100,
         Some(v @ 1..=254) => v as u8,
         Some(v) => {
-            p(format!("{gkey}.priority"), format!("{v} is out of range 1..=254"));
+            p(
+                format!("{gkey}.priority"),
+                format!("{v} is out of range 1..=254"),
+            );
             100
         }
     };
@@ -690,7 +772,10 @@ fn election(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Opt
     }
     let preempt_delay_ms = g.preempt_delay_ms.unwrap_or(0);
     if preempt_delay_ms > 3_600_000 {
-        p(format!("{gkey}.preempt_delay_ms"), "is above one hour".into());
+        p(
+            format!("{gkey}.preempt_delay_ms"),
+            "is above one hour".into(),
+        );
     }
     Some(Election {
         peers,
@@ -716,18 +801,27 @@ fn check(
     let target = match (script, &r.command, &r.address) {
         (true, Some(c), None) if !c.is_empty() && !c[0].is_empty() => c.clone(),
         (true, _, _) => {
-            p(key, "needs `command` (a non-empty argv list) and no `address`".into());
+            p(
+                key,
+                "needs `command` (a non-empty argv list) and no `address`".into(),
+            );
             return None;
         }
         (false, None, Some(a)) => match a.parse::<std::net::SocketAddr>() {
             Ok(_) => vec![a.clone()],
             Err(_) => {
-                p(format!("{key}.address"), format!("`{a}` is not ADDRESS:PORT"));
+                p(
+                    format!("{key}.address"),
+                    format!("`{a}` is not ADDRESS:PORT"),
+                );
                 return None;
             }
         },
         (false, _, _) => {
-            p(key, "needs `address` (ADDRESS:PORT) and no `command`".into());
+            p(
+                key,
+                "needs `address` (ADDRESS:PORT) and no `command`".into(),
+            );
             return None;
         }
     };
@@ -736,11 +830,17 @@ fn check(
     let (rise, fall) = (r.rise.unwrap_or(1), r.fall.unwrap_or(1));
     let mut ok = true;
     if !(10..=3_600_000).contains(&interval) {
-        p(format!("{key}.interval_ms"), format!("{interval} is out of range 10..=3600000"));
+        p(
+            format!("{key}.interval_ms"),
+            format!("{interval} is out of range 10..=3600000"),
+        );
         ok = false;
     }
     if timeout == 0 || timeout > interval.max(10) {
-        p(format!("{key}.timeout_ms"), format!("{timeout} must be in 1..=interval_ms"));
+        p(
+            format!("{key}.timeout_ms"),
+            format!("{timeout} must be in 1..=interval_ms"),
+        );
         ok = false;
     }
     for (v, n) in [(rise, "rise"), (fall, "fall")] {
@@ -773,13 +873,20 @@ pub fn load_keys(cfg: &Config) -> Result<HashMap<String, Vec<u8>>, ConfigError> 
                 if trimmed.len() < MIN_KEY_LEN {
                     problems.push(Problem {
                         key,
-                        message: format!("{}: the key has {} bytes; at least {MIN_KEY_LEN} are required", path.display(), trimmed.len()),
+                        message: format!(
+                            "{}: the key has {} bytes; at least {MIN_KEY_LEN} are required",
+                            path.display(),
+                            trimmed.len()
+                        ),
                     });
                 } else {
                     keys.insert(g.name.clone(), trimmed);
                 }
             }
-            Err(e) => problems.push(Problem { key, message: format!("reading {}: {e}", path.display()) }),
+            Err(e) => problems.push(Problem {
+                key,
+                message: format!("reading {}: {e}", path.display()),
+            }),
         }
     }
     if problems.is_empty() {
@@ -1012,23 +1119,37 @@ pub fn check_host(
     }
     for (i, e) in cfg.eips.iter().enumerate() {
         let key = format!("eip[{i}]");
-        for (k, name) in [("external_interface", &e.external_interface), ("internal_interface", &e.internal_interface)] {
+        for (k, name) in [
+            ("external_interface", &e.external_interface),
+            ("internal_interface", &e.internal_interface),
+        ] {
             if lookup(name).is_none() {
-                problems.push(Problem { key: format!("{key}.{k}"), message: format!("interface `{name}` does not exist on this host") });
+                problems.push(Problem {
+                    key: format!("{key}.{k}"),
+                    message: format!("interface `{name}` does not exist on this host"),
+                });
             }
         }
         if let Some(int) = lookup(&e.internal_interface) {
             let on_link = int.addrs.iter().any(|(a, p)| {
-                a.is_ipv4() && !is_host_prefix(*a, *p) && network(*a, *p) == network(IpAddr::V4(e.vip), *p)
+                a.is_ipv4()
+                    && !is_host_prefix(*a, *p)
+                    && network(*a, *p) == network(IpAddr::V4(e.vip), *p)
             });
             if !on_link {
                 problems.push(Problem {
                     key: format!("{key}.vip"),
-                    message: format!("{} is not in a subnet of the internal interface {}", e.vip, int.name),
+                    message: format!(
+                        "{} is not in a subnet of the internal interface {}",
+                        e.vip, int.name
+                    ),
                 });
             }
         }
-        if let Some((ifname, _)) = all_addrs.iter().find(|(_, v)| v.iter().any(|(a, _)| *a == IpAddr::V4(e.address))) {
+        if let Some((ifname, _)) = all_addrs
+            .iter()
+            .find(|(_, v)| v.iter().any(|(a, _)| *a == IpAddr::V4(e.address)))
+        {
             problems.push(Problem {
                 key: format!("{key}.address"),
                 message: format!("{} is an address of this host (on {ifname}); the elastic IP must be answered by vip, not the kernel", e.address),
@@ -1208,7 +1329,22 @@ role = "active"
             format!("{GOOD}\n[[group]]\nname = \"api\"\nvips = [\"10.0.0.60/24\", \"2001:db8::60/64\"]\npeers = [\"10.0.0.12\"]\npriority = 150\nadvert_interval_ms = 10\nauth_key_file = \"/k\"\ntrack_script = {{ command = [\"true\"], interval_ms = 100 }}\ntrack_tcp = {{ address = \"127.0.0.1:80\" }}\n"),
             format!("{GOOD}\n[[group]]\nname = \"db\"\nvips = [\"10.0.0.70/24\"]\nkeepalived_instance = \"VI_1\"\n"),
         ];
-        let tokens = ["[", "]", "=", "\"", "\n", "[[group]]", "peers", "priority", "-1", "99999999999", "\u{0}", "/", "::", "0x"];
+        let tokens = [
+            "[",
+            "]",
+            "=",
+            "\"",
+            "\n",
+            "[[group]]",
+            "peers",
+            "priority",
+            "-1",
+            "99999999999",
+            "\u{0}",
+            "/",
+            "::",
+            "0x",
+        ];
         let mut x: u64 = 0x1234_5678_9abc_def1;
         let mut rnd = || {
             x ^= x << 13;
@@ -1224,13 +1360,18 @@ role = "active"
                     0 if !t.is_empty() => {
                         t.remove(at.min(t.len() - 1));
                     }
-                    1 => t.splice(at..at, tokens[rnd() % tokens.len()].chars()).for_each(drop),
+                    1 => t
+                        .splice(at..at, tokens[rnd() % tokens.len()].chars())
+                        .for_each(drop),
                     _ => t.insert(at, char::from_u32((rnd() % 0x250) as u32).unwrap_or('x')),
                 }
             }
             let text: String = t.into_iter().collect();
             if let Err(e) = parse(&text) {
-                assert!(!e.to_string().trim().is_empty(), "an empty error for {text:?}");
+                assert!(
+                    !e.to_string().trim().is_empty(),
+                    "an empty error for {text:?}"
+                );
             }
         }
     }
@@ -1243,15 +1384,35 @@ role = "active"
 
     #[test]
     fn eip_limits() {
-        let eip = |a: &str, v: &str| format!("\n[[eip]]\naddress = \"{a}\"\nvip = \"{v}\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n");
+        let eip = |a: &str, v: &str| {
+            format!("\n[[eip]]\naddress = \"{a}\"\nvip = \"{v}\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n")
+        };
         let c = parse(&format!("{GOOD}{}", eip("203.0.113.10", "10.0.0.50"))).unwrap();
         assert_eq!(c.eips[0].vip.to_string(), "10.0.0.50");
         let p = problems(&format!("{GOOD}{}", eip("203.0.113.10", "2001:db8::50")));
-        assert!(p[0].message.contains("an IPv6 VIP cannot bind an elastic IP"), "{p:?}");
-        let p = problems(&format!("{GOOD}{}{}", eip("203.0.113.10", "10.0.0.50"), eip("203.0.113.11", "10.0.0.50")));
-        assert!(p[0].key == "eip[1].vip" && p[0].message.contains("at most one elastic IP"), "{p:?}");
-        let p = problems(&format!("{GOOD}{}{}", eip("203.0.113.10", "10.0.0.50"), eip("203.0.113.10", "10.0.0.51")));
-        assert!(p[0].key == "eip[1].address" && p[0].message.contains("one VIP per elastic IP"), "{p:?}");
+        assert!(
+            p[0].message
+                .contains("an IPv6 VIP cannot bind an elastic IP"),
+            "{p:?}"
+        );
+        let p = problems(&format!(
+            "{GOOD}{}{}",
+            eip("203.0.113.10", "10.0.0.50"),
+            eip("203.0.113.11", "10.0.0.50")
+        ));
+        assert!(
+            p[0].key == "eip[1].vip" && p[0].message.contains("at most one elastic IP"),
+            "{p:?}"
+        );
+        let p = problems(&format!(
+            "{GOOD}{}{}",
+            eip("203.0.113.10", "10.0.0.50"),
+            eip("203.0.113.10", "10.0.0.51")
+        ));
+        assert!(
+            p[0].key == "eip[1].address" && p[0].message.contains("one VIP per elastic IP"),
+            "{p:?}"
+        );
         let p = problems(&format!("{GOOD}{}", eip("2001:db8::1", "10.0.0.50")));
         assert!(p[0].message.contains("IPv4"), "{p:?}");
     }

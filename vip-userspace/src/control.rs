@@ -139,7 +139,9 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<Listener, ControlError> 
             _ => {
                 return Err(ControlError::Io {
                     path: p,
-                    source: std::io::Error::other(format!("node.control_group: no group named `{name}` on this host")),
+                    source: std::io::Error::other(format!(
+                        "node.control_group: no group named `{name}` on this host"
+                    )),
                 })
             }
         },
@@ -170,7 +172,10 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<Listener, ControlError> 
         None => 0o600,
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
-    Ok(Listener { inner: listener, group: gid.map(|g| g.as_raw()) })
+    Ok(Listener {
+        inner: listener,
+        group: gid.map(|g| g.as_raw()),
+    })
 }
 
 /// Accepts connections until the agent goes away.
@@ -184,18 +189,29 @@ pub async fn serve(listener: Listener, agent: mpsc::Sender<Envelope>) {
         };
         let agent = agent.clone();
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, agent, own_uid, group)).await {
+            if let Err(e) =
+                tokio::time::timeout(IO_TIMEOUT, handle(stream, agent, own_uid, group)).await
+            {
                 log::debug!("control connection: {e}");
             }
         });
     }
 }
 
-async fn handle(mut stream: UnixStream, agent: mpsc::Sender<Envelope>, own_uid: u32, group: Option<u32>) {
+async fn handle(
+    mut stream: UnixStream,
+    agent: mpsc::Sender<Envelope>,
+    own_uid: u32,
+    group: Option<u32>,
+) {
     let cred = stream.peer_cred().ok();
     let peer_uid = cred.map(|c| c.uid());
     let in_group = match (group, cred) {
-        (Some(g), Some(c)) => c.gid() == g || c.pid().is_some_and(|pid| supplementary_groups(pid).contains(&g)),
+        (Some(g), Some(c)) => {
+            c.gid() == g
+                || c.pid()
+                    .is_some_and(|pid| supplementary_groups(pid).contains(&g))
+        }
         _ => false,
     };
     let mut buf = Vec::new();
@@ -213,28 +229,31 @@ async fn handle(mut stream: UnixStream, agent: mpsc::Sender<Envelope>, own_uid: 
             Err(_) => return,
         }
     }
-    let response = if buf.len() > MAX_REQUEST {
-        Response::error(format!("request larger than {MAX_REQUEST} bytes"))
-    } else {
-        let line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
-        match serde_json::from_slice::<Request>(line) {
-            Err(e) => Response::error(format!("malformed request: {e}")),
-            Ok(req) if req.mutates() && !(permitted(peer_uid, own_uid) || in_group) => Response::error(format!(
+    let response =
+        if buf.len() > MAX_REQUEST {
+            Response::error(format!("request larger than {MAX_REQUEST} bytes"))
+        } else {
+            let line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            match serde_json::from_slice::<Request>(line) {
+                Err(e) => Response::error(format!("malformed request: {e}")),
+                Ok(req) if req.mutates() && !(permitted(peer_uid, own_uid) || in_group) => {
+                    Response::error(format!(
                 "permission denied: uid {} may not change state (only root, uid {own_uid}{})",
                 peer_uid.map(|u| u.to_string()).unwrap_or_else(|| "unknown".into()),
                 group.map(|g| format!(" or members of gid {g}")).unwrap_or_default()
-            )),
-            Ok(req) => {
-                let (tx, rx) = oneshot::channel();
-                if agent.send((req, tx)).await.is_err() {
-                    Response::error("the agent is shutting down")
-                } else {
-                    rx.await
-                        .unwrap_or_else(|_| Response::error("the agent dropped the request"))
+            ))
+                }
+                Ok(req) => {
+                    let (tx, rx) = oneshot::channel();
+                    if agent.send((req, tx)).await.is_err() {
+                        Response::error("the agent is shutting down")
+                    } else {
+                        rx.await
+                            .unwrap_or_else(|_| Response::error("the agent dropped the request"))
+                    }
                 }
             }
-        }
-    };
+        };
     let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
     out.push(b'\n');
     let _ = stream.write_all(&out).await;
@@ -252,7 +271,11 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -267,7 +290,10 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
         if source.kind() == std::io::ErrorKind::PermissionDenied {
             ControlError::Denied { path: p.clone() }
         } else {
-            ControlError::Connect { path: p.clone(), source }
+            ControlError::Connect {
+                path: p.clone(),
+                source,
+            }
         }
     })?;
     let io = |source| ControlError::Io {

@@ -11,7 +11,10 @@ use aya::{
     maps::{xdp::DevMapHash, Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         links::{FdLink, PinnedLink},
-        xdp::XdpLink,xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
+        xdp::XdpLink,
+        xdp::XdpLinkId,
+        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use vip_common::{global, maps, programs, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats};
@@ -110,7 +113,8 @@ pub fn on_bpffs(path: &Path) -> bool {
     let mut p = Some(path);
     while let Some(dir) = p {
         if dir.exists() {
-            return nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+            return nix::sys::statfs::statfs(dir)
+                .is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
         }
         p = dir.parent();
     }
@@ -156,7 +160,10 @@ impl Dataplane {
             .map_max_entries(maps::VIP_STATS, max_vips);
         let mut adopted = false;
         if let Some(dir) = pin_dir {
-            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Pin { path: dir.into(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Pin {
+                path: dir.into(),
+                source,
+            })?;
             adopted = dir.join(LINK_PIN).exists();
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
@@ -185,7 +192,8 @@ impl Dataplane {
         let eips_in = HashMap::try_from(take(maps::EIPS_IN)?).map_err(map_err(maps::EIPS_IN))?;
         let eips_out = HashMap::try_from(take(maps::EIPS_OUT)?).map_err(map_err(maps::EIPS_OUT))?;
         let owners = HashMap::try_from(take(maps::OWNERS)?).map_err(map_err(maps::OWNERS))?;
-        let eip_stats = PerCpuArray::try_from(take(maps::EIP_STATS)?).map_err(map_err(maps::EIP_STATS))?;
+        let eip_stats =
+            PerCpuArray::try_from(take(maps::EIP_STATS)?).map_err(map_err(maps::EIP_STATS))?;
         Ok(Dataplane {
             ebpf,
             vips_v4,
@@ -220,8 +228,14 @@ impl Dataplane {
     /// Attaches the same program (same maps) to a further interface: a gateway's
     /// external side. Pinned as `link-<iface>` next to the main attachment.
     pub fn attach_extra(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
-        let pin_path = self.pin_dir.as_ref().map(|d| d.join(format!("{LINK_PIN}-{iface}")));
-        let pin_err = |p: &Path, e: String| DataplaneError::Pin { path: p.to_path_buf(), source: std::io::Error::other(e) };
+        let pin_path = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("{LINK_PIN}-{iface}")));
+        let pin_err = |p: &Path, e: String| DataplaneError::Pin {
+            path: p.to_path_buf(),
+            source: std::io::Error::other(e),
+        };
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(programs::VIP)
@@ -259,8 +273,12 @@ impl Dataplane {
 
     /// Installs an EIP <-> VIP mapping in both directions.
     pub fn set_eip(&mut self, e: &EipEntry) -> Result<()> {
-        self.eips_in.insert(u32::from_ne_bytes(e.eip), e, 0).map_err(map_err(maps::EIPS_IN))?;
-        self.eips_out.insert(u32::from_ne_bytes(e.vip), e, 0).map_err(map_err(maps::EIPS_OUT))
+        self.eips_in
+            .insert(u32::from_ne_bytes(e.eip), e, 0)
+            .map_err(map_err(maps::EIPS_IN))?;
+        self.eips_out
+            .insert(u32::from_ne_bytes(e.vip), e, 0)
+            .map_err(map_err(maps::EIPS_OUT))
     }
 
     pub fn remove_eip(&mut self, e: &EipEntry) -> Result<()> {
@@ -276,7 +294,10 @@ impl Dataplane {
     }
 
     pub fn eip_stats(&self, index: u32) -> Result<EipStats> {
-        let per_cpu = self.eip_stats.get(&index, 0).map_err(map_err(maps::EIP_STATS))?;
+        let per_cpu = self
+            .eip_stats
+            .get(&index, 0)
+            .map_err(map_err(maps::EIP_STATS))?;
         let mut sum = EipStats::default();
         for s in per_cpu.iter() {
             sum.add(s);
@@ -285,10 +306,19 @@ impl Dataplane {
     }
 
     pub fn reset_eip_stats(&mut self, index: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::MapIo { map: maps::EIP_STATS, source: e })?;
-        let zero = PerCpuValues::try_from(vec![EipStats::default(); cpus])
-            .map_err(|e| DataplaneError::MapIo { map: maps::EIP_STATS, source: e })?;
-        self.eip_stats.set(index, zero, 0).map_err(map_err(maps::EIP_STATS))
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::MapIo {
+            map: maps::EIP_STATS,
+            source: e,
+        })?;
+        let zero = PerCpuValues::try_from(vec![EipStats::default(); cpus]).map_err(|e| {
+            DataplaneError::MapIo {
+                map: maps::EIP_STATS,
+                source: e,
+            }
+        })?;
+        self.eip_stats
+            .set(index, zero, 0)
+            .map_err(map_err(maps::EIP_STATS))
     }
 
     /// Detaches the program and removes every pin (a real stop or uninstall).
@@ -299,8 +329,14 @@ impl Dataplane {
             }
         }
         if let Some(link) = self.pinned_link.take() {
-            let path = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN)).unwrap_or_default();
-            let fd = link.unpin().map_err(|source| DataplaneError::Pin { path, source })?;
+            let path = self
+                .pin_dir
+                .as_ref()
+                .map(|d| d.join(LINK_PIN))
+                .unwrap_or_default();
+            let fd = link
+                .unpin()
+                .map_err(|source| DataplaneError::Pin { path, source })?;
             drop(fd);
         }
         if let Some(dir) = self.pin_dir.take() {
@@ -341,16 +377,21 @@ impl Dataplane {
             return Ok(());
         };
         let link_path = dir.join(LINK_PIN);
-        let pin_err = |source| DataplaneError::Pin { path: link_path.clone(), source };
+        let pin_err = |source| DataplaneError::Pin {
+            path: link_path.clone(),
+            source,
+        };
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(programs::VIP)
             .ok_or(DataplaneError::Missing("XDP program"))?
             .try_into()?;
         let id = if link_path.exists() {
-            let old = PinnedLink::from_pin(&link_path).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
+            let old = PinnedLink::from_pin(&link_path)
+                .map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
             let fd: FdLink = old.unpin().map_err(pin_err)?;
-            let xdp = XdpLink::try_from(fd).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
+            let xdp =
+                XdpLink::try_from(fd).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
             prog.attach_to_link(xdp)?
         } else {
             self.attach_program(programs::VIP, iface, mode)?
@@ -361,7 +402,8 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing("XDP program"))?
             .try_into()?;
         let link = prog.take_link(id)?;
-        let fd = FdLink::try_from(link).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
+        let fd =
+            FdLink::try_from(link).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
         let pinned = fd
             .pin(&link_path)
             .map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
@@ -426,7 +468,11 @@ impl Dataplane {
 
     /// Every VIP the data plane holds an entry for.
     pub fn vip_addrs(&self) -> Vec<IpAddr> {
-        let v4 = self.vips_v4.keys().filter_map(|k| k.ok()).map(|k| IpAddr::from(k.to_ne_bytes()));
+        let v4 = self
+            .vips_v4
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| IpAddr::from(k.to_ne_bytes()));
         let v6 = self.vips_v6.keys().filter_map(|k| k.ok()).map(IpAddr::from);
         v4.chain(v6).collect()
     }

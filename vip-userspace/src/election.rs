@@ -69,7 +69,10 @@ pub enum Action {
     /// Take the VIPs (entries, addresses, announcements).
     TakeOver { reason: String },
     /// Give them up; hand stale-cache traffic to `forward_to` if known.
-    StepDown { forward_to: Option<Mac>, reason: String },
+    StepDown {
+        forward_to: Option<Mac>,
+        reason: String,
+    },
     /// Give them up because a health check failed.
     Fault { reason: String },
     /// Health is back: standby again.
@@ -182,10 +185,15 @@ impl Election {
 
     /// The next instant `tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.master_down_at, self.preempt_at, self.next_advert_at, self.handover_until]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.master_down_at,
+            self.preempt_at,
+            self.next_advert_at,
+            self.handover_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// New settings from a reload; timers keep running under the new interval.
@@ -221,12 +229,20 @@ impl Election {
                     if now >= until {
                         // Nobody took over: step down anyway (the operator asked us to).
                         self.handover_until = None;
-                        out.extend(self.step_down(now, None, "handed over, but no standby took over".into()));
+                        out.extend(self.step_down(
+                            now,
+                            None,
+                            "handed over, but no standby took over".into(),
+                        ));
                         return out;
                     }
                 }
                 if self.next_advert_at.is_some_and(|t| now >= t) {
-                    let kind = if self.handing_over() { Kind::Release } else { Kind::Advert };
+                    let kind = if self.handing_over() {
+                        Kind::Release
+                    } else {
+                        Kind::Advert
+                    };
                     out.push(self.send(kind));
                     self.next_advert_at = Some(now + self.p.interval);
                 }
@@ -245,8 +261,14 @@ impl Election {
                     return out;
                 }
                 if self.preempt_at.is_some_and(|t| now >= t) {
-                    let who = self.active.as_ref().map(|a| format!("{} (priority {})", a.addr, a.priority)).unwrap_or_default();
-                    out.extend(self.take_over(now, format!("preempting lower-priority active {who}")));
+                    let who = self
+                        .active
+                        .as_ref()
+                        .map(|a| format!("{} (priority {})", a.addr, a.priority))
+                        .unwrap_or_default();
+                    out.extend(
+                        self.take_over(now, format!("preempting lower-priority active {who}")),
+                    );
                 } else if self.master_down_at.is_some_and(|t| now >= t) {
                     let why = format!(
                         "no advertisement from the active for {} ms",
@@ -268,7 +290,12 @@ impl Election {
             Kind::Advert => {
                 let theirs = (ad.priority, ad.addr);
                 let ours = (self.effective_priority(), self.p.me);
-                self.active = Some(Peer { addr: ad.addr, mac: ad.mac, priority: ad.priority, last_seen: now });
+                self.active = Some(Peer {
+                    addr: ad.addr,
+                    mac: ad.mac,
+                    priority: ad.priority,
+                    last_seen: now,
+                });
                 match self.state {
                     State::Active if self.handing_over() => {
                         self.handover_until = None;
@@ -277,9 +304,15 @@ impl Election {
                     }
                     State::Active if theirs > ours => {
                         let why = if ad.priority > self.effective_priority() {
-                            format!("yielding to higher-priority active {} (priority {})", ad.addr, ad.priority)
+                            format!(
+                                "yielding to higher-priority active {} (priority {})",
+                                ad.addr, ad.priority
+                            )
                         } else {
-                            format!("split brain with {} (equal priority, higher address): yielding", ad.addr)
+                            format!(
+                                "split brain with {} (equal priority, higher address): yielding",
+                                ad.addr
+                            )
                         };
                         if ad.priority <= self.effective_priority() {
                             self.counters.split_brains += 1;
@@ -300,7 +333,13 @@ impl Election {
                             && self.effective_priority() > ad.priority;
                         if preempts || self.pin == Pin::Active {
                             if self.preempt_at.is_none() {
-                                self.preempt_at = Some(now + if self.pin == Pin::Active { Duration::ZERO } else { self.p.preempt_delay });
+                                self.preempt_at = Some(
+                                    now + if self.pin == Pin::Active {
+                                        Duration::ZERO
+                                    } else {
+                                        self.p.preempt_delay
+                                    },
+                                );
                             }
                         } else {
                             self.preempt_at = None;
@@ -313,15 +352,20 @@ impl Election {
                 }
             }
             Kind::Release => {
-                if self.active.as_ref().is_some_and(|a| a.addr == ad.addr) || self.active.is_none() {
-                    if matches!(self.state, State::Standby | State::Init) && self.healthy && self.pin != Pin::Standby {
-                        // Planned handover: the best standby goes first.
-                        self.master_down_at = Some(now + self.skew());
-                    }
+                let from_active = self.active.as_ref().is_none_or(|a| a.addr == ad.addr);
+                if from_active
+                    && matches!(self.state, State::Standby | State::Init)
+                    && self.healthy
+                    && self.pin != Pin::Standby
+                {
+                    // Planned handover: the best standby goes first.
+                    self.master_down_at = Some(now + self.skew());
                 }
             }
             Kind::Hold => {
-                if self.active.as_ref().is_some_and(|a| a.addr == ad.addr) && self.state != State::Active {
+                if self.active.as_ref().is_some_and(|a| a.addr == ad.addr)
+                    && self.state != State::Active
+                {
                     let hold = Duration::from_millis(ad.hold_ms as u64);
                     self.master_down_at = Some(now + hold.max(self.master_down_interval()));
                     if let Some(a) = &mut self.active {
@@ -349,11 +393,15 @@ impl Election {
             self.preempt_at = None;
             self.next_advert_at = None;
             self.handover_until = None;
-            out.push(Action::Fault { reason: reason.to_string() });
+            out.push(Action::Fault {
+                reason: reason.to_string(),
+            });
         } else if self.state == State::Fault {
             self.state = State::Standby;
             self.master_down_at = Some(now + self.master_down_interval());
-            out.push(Action::Recover { reason: reason.to_string() });
+            out.push(Action::Recover {
+                reason: reason.to_string(),
+            });
             out.extend(self.forward(self.active.as_ref().map(|a| a.mac)));
         }
         out
@@ -538,7 +586,9 @@ mod tests {
         e.p.preempt_delay = 500 * MS;
         e.start(t0);
         assert!(!took_over(&e.receive(&advert(Kind::Advert, 150, 10), t0)));
-        assert!(!took_over(&e.receive(&advert(Kind::Advert, 150, 10), t0 + 100 * MS)));
+        assert!(!took_over(
+            &e.receive(&advert(Kind::Advert, 150, 10), t0 + 100 * MS)
+        ));
         assert!(took_over(&e.tick(t0 + 500 * MS)));
     }
 
@@ -557,7 +607,9 @@ mod tests {
         e.start(t0);
         e.tick(t0 + e.master_down_interval());
         let a = e.receive(&advert(Kind::Advert, 200, 12), t0 + 1000 * MS);
-        assert!(matches!(&a[0], Action::StepDown { forward_to: Some(m), .. } if *m == Mac([2, 0, 0, 0, 0, 12])));
+        assert!(
+            matches!(&a[0], Action::StepDown { forward_to: Some(m), .. } if *m == Mac([2, 0, 0, 0, 0, 12]))
+        );
         assert_eq!(e.state(), State::Standby);
         assert_eq!(e.counters.split_brains, 0);
     }
@@ -573,11 +625,17 @@ mod tests {
             assert_eq!(e.state(), State::Active);
         }
         let a = high.receive(&advert(Kind::Advert, 150, 10), t0 + 2000 * MS);
-        assert!(a.contains(&Action::Reannounce) && a.contains(&Action::Send(Kind::Advert)), "{a:?}");
+        assert!(
+            a.contains(&Action::Reannounce) && a.contains(&Action::Send(Kind::Advert)),
+            "{a:?}"
+        );
         assert_eq!(high.state(), State::Active);
         let a = low.receive(&advert(Kind::Advert, 150, 11), t0 + 2000 * MS);
         assert!(matches!(a[0], Action::StepDown { .. }), "{a:?}");
-        assert_eq!((low.counters.split_brains, high.counters.split_brains), (1, 1));
+        assert_eq!(
+            (low.counters.split_brains, high.counters.split_brains),
+            (1, 1)
+        );
     }
 
     #[test]
@@ -600,11 +658,17 @@ mod tests {
         e.tick(t0 + Duration::from_secs(1));
         let a = e.demote(None, t0 + 2000 * MS);
         assert_eq!(a, vec![Action::Send(Kind::Release)]);
-        assert_eq!(e.state(), State::Active, "keeps serving until a successor is heard");
+        assert_eq!(
+            e.state(),
+            State::Active,
+            "keeps serving until a successor is heard"
+        );
         // Adverts continue as releases.
         assert_eq!(e.tick(t0 + 2100 * MS), vec![Action::Send(Kind::Release)]);
         let a = e.receive(&advert(Kind::Advert, 100, 11), t0 + 2150 * MS);
-        assert!(matches!(&a[0], Action::StepDown { forward_to: Some(m), .. } if *m == Mac([2, 0, 0, 0, 0, 11])));
+        assert!(
+            matches!(&a[0], Action::StepDown { forward_to: Some(m), .. } if *m == Mac([2, 0, 0, 0, 0, 11]))
+        );
         // Pinned standby: never takes over, even alone.
         assert!(!took_over(&e.tick(t0 + Duration::from_secs(10))));
         e.resume(t0 + Duration::from_secs(10));
@@ -619,7 +683,16 @@ mod tests {
         e.tick(t0 + Duration::from_secs(1));
         e.demote(None, t0 + 2000 * MS);
         let a = e.tick(t0 + 2400 * MS);
-        assert!(matches!(&a[0], Action::StepDown { forward_to: None, .. }), "{a:?}");
+        assert!(
+            matches!(
+                &a[0],
+                Action::StepDown {
+                    forward_to: None,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -630,7 +703,9 @@ mod tests {
         e.receive(&advert(Kind::Advert, 200, 12), t0);
         assert!(took_over(&e.promote(t0 + 10 * MS)));
         assert_eq!(e.effective_priority(), 255);
-        assert!(e.receive(&advert(Kind::Advert, 200, 12), t0 + 20 * MS).contains(&Action::Reannounce));
+        assert!(e
+            .receive(&advert(Kind::Advert, 200, 12), t0 + 20 * MS)
+            .contains(&Action::Reannounce));
         assert_eq!(e.state(), State::Active);
     }
 
@@ -643,7 +718,10 @@ mod tests {
         let a = e.set_healthy(false, "track_script failed", t0 + 2000 * MS);
         assert_eq!(a[0], Action::Send(Kind::Release));
         assert!(matches!(a[1], Action::Fault { .. }));
-        assert!(e.tick(t0 + Duration::from_secs(10)).is_empty(), "a faulty node never takes over");
+        assert!(
+            e.tick(t0 + Duration::from_secs(10)).is_empty(),
+            "a faulty node never takes over"
+        );
         let a = e.set_healthy(true, "track_script ok", t0 + Duration::from_secs(10));
         assert!(matches!(a[0], Action::Recover { .. }));
         assert_eq!(e.state(), State::Standby);

@@ -19,7 +19,12 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(rise: u32, fall: u32) -> Self {
-        Tracker { rise: rise.max(1), fall: fall.max(1), ok: None, streak: 0 }
+        Tracker {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            ok: None,
+            streak: 0,
+        }
     }
 
     /// Feeds one result; returns the new state when it changes.
@@ -63,7 +68,11 @@ pub async fn run_script(group: String, check: Check, tx: mpsc::Sender<Report>) {
     loop {
         tick.tick().await;
         let (ok, detail) = script_once(&check).await;
-        if tx.send((group.clone(), "track_script", ok, detail)).await.is_err() {
+        if tx
+            .send((group.clone(), "track_script", ok, detail))
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -84,7 +93,10 @@ async fn script_once(check: &Check) -> (bool, String) {
         Ok(Ok(out)) if out.status.success() => (true, "exit 0".into()),
         Ok(Ok(out)) => (false, format!("{}", out.status)),
         Ok(Err(e)) => (false, e.to_string()),
-        Err(_) => (false, format!("timed out after {} ms", check.timeout.as_millis())),
+        Err(_) => (
+            false,
+            format!("timed out after {} ms", check.timeout.as_millis()),
+        ),
     }
 }
 
@@ -99,25 +111,51 @@ pub async fn run_tcp(group: String, check: Check, tx: mpsc::Sender<Report>) {
         let (ok, detail) = match r {
             Ok(Ok(_)) => (true, format!("connected to {addr}")),
             Ok(Err(e)) => (false, format!("connect {addr}: {e}")),
-            Err(_) => (false, format!("connect {addr}: timed out after {} ms", check.timeout.as_millis())),
+            Err(_) => (
+                false,
+                format!(
+                    "connect {addr}: timed out after {} ms",
+                    check.timeout.as_millis()
+                ),
+            ),
         };
-        if tx.send((group.clone(), "track_tcp", ok, detail)).await.is_err() {
+        if tx
+            .send((group.clone(), "track_tcp", ok, detail))
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
 /// Polls the interface's operational state for one group.
-pub async fn run_interface(group: String, iface: String, every: Duration, tx: mpsc::Sender<Report>) {
+pub async fn run_interface(
+    group: String,
+    iface: String,
+    every: Duration,
+    tx: mpsc::Sender<Report>,
+) {
     let path = format!("/sys/class/net/{iface}/operstate");
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let state = tokio::fs::read_to_string(&path).await.unwrap_or_else(|_| "missing".into());
+        let state = tokio::fs::read_to_string(&path)
+            .await
+            .unwrap_or_else(|_| "missing".into());
         let state = state.trim().to_string();
         let ok = matches!(state.as_str(), "up" | "unknown");
-        if tx.send((group.clone(), "track_interface", ok, format!("{iface} is {state}"))).await.is_err() {
+        if tx
+            .send((
+                group.clone(),
+                "track_interface",
+                ok,
+                format!("{iface} is {state}"),
+            ))
+            .await
+            .is_err()
+        {
             return;
         }
     }

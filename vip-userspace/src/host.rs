@@ -80,7 +80,12 @@ pub fn vlan_uppers(name: &str) -> Vec<String> {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("upper_")).map(str::to_string))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("upper_"))
+                .map(str::to_string)
+        })
         .filter(|upper| interface(upper).is_ok_and(|i| i.kind.as_deref() == Some("vlan")))
         .collect()
 }

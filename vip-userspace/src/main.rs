@@ -154,7 +154,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             xdp_mode,
             interface,
         } => {
-            let opts = agent::Options { config, xdp_mode, interface };
+            let opts = agent::Options {
+                config,
+                xdp_mode,
+                interface,
+            };
             if cleanup {
                 let done = agent::cleanup(&opts)?;
                 if done.is_empty() {
@@ -223,11 +227,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Reload { socket } => simple(&socket, Request::Reload),
         Command::Restart { hold_ms, socket } => simple(&socket, Request::Restart { hold_ms }),
-        Command::Watch { interval_ms, count, socket } => watch(&socket, interval_ms, count),
+        Command::Watch {
+            interval_ms,
+            count,
+            socket,
+        } => watch(&socket, interval_ms, count),
         Command::Resume { group, socket } => simple(&socket, Request::Resume { group }),
-        Command::Notify { kind, name, state, priority, socket } => {
-            simple(&socket, Request::Notify { kind, name, state, priority })
-        }
+        Command::Notify {
+            kind,
+            name,
+            state,
+            priority,
+            socket,
+        } => simple(
+            &socket,
+            Request::Notify {
+                kind,
+                name,
+                state,
+                priority,
+            },
+        ),
         Command::Promote { group, socket } => simple(&socket, Request::Promote { group }),
         Command::Demote {
             group,
@@ -260,7 +280,11 @@ fn watch(socket: &std::path::Path, interval_ms: u64, count: Option<u64>) -> Resu
     loop {
         let resp = control::request(socket, &Request::Status)?;
         let Some(status) = resp.status else {
-            bail!("{}", resp.error.unwrap_or_else(|| "the agent returned no status".into()));
+            bail!(
+                "{}",
+                resp.error
+                    .unwrap_or_else(|| "the agent returned no status".into())
+            );
         };
         let dt = last_t.elapsed().as_secs_f64().max(1e-3);
         last_t = Instant::now();
@@ -273,7 +297,13 @@ fn watch(socket: &std::path::Path, interval_ms: u64, count: Option<u64>) -> Resu
             for v in &g.vips {
                 let key = format!("{}/{}", g.name, v.address);
                 let now = (v.rx_packets, v.rx_bytes, v.arp_replies + v.nd_replies);
-                let rate = |a: u64, b: u64| if n == 0 { 0.0 } else { a.saturating_sub(b) as f64 / dt };
+                let rate = |a: u64, b: u64| {
+                    if n == 0 {
+                        0.0
+                    } else {
+                        a.saturating_sub(b) as f64 / dt
+                    }
+                };
                 let prev = last.insert(key, now).unwrap_or(now);
                 out.push_str(&format!(
                     "{:<12} {:<8} {:<26} {:<9} {:>12.0} {:>12.0} {:>10.0}\n",

@@ -5,7 +5,10 @@
 use std::convert::Infallible;
 
 use http_body_util::Full;
-use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request as HttpRequest, Response as HttpResponse};
+use hyper::{
+    body::Bytes, server::conn::http1, service::service_fn, Request as HttpRequest,
+    Response as HttpResponse,
+};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::text::encode,
@@ -23,18 +26,24 @@ use crate::{
 };
 
 type Labels = Vec<(String, String)>;
+/// A metric: name, help, and how to read it from a status record.
+type Field<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// Serves `/metrics` until aborted.
 pub async fn serve(listener: TcpListener, agent: mpsc::Sender<Envelope>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let agent = agent.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
                 let agent = agent.clone();
                 async move { Ok::<_, Infallible>(respond(req.uri().path(), &agent).await) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -55,7 +64,11 @@ async fn respond(path: &str, agent: &mpsc::Sender<Envelope>) -> HttpResponse<Ful
         return reply(503, "text/plain", "the agent is shutting down\n".into());
     }
     match rx.await.ok().and_then(|r| r.status) {
-        Some(status) => reply(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&status)),
+        Some(status) => reply(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(&status),
+        ),
         None => reply(503, "text/plain", "no status\n".into()),
     }
 }
@@ -73,41 +86,105 @@ pub fn render(s: &Status) -> String {
         reg.register(name, help, f.clone());
         f
     };
-    let per_vip: Vec<(&str, &str, fn(&crate::status::VipStatus) -> u64)> = vec![
-        ("rx_packets", "IP packets addressed to the VIP", |v| v.rx_packets),
+    let per_vip: Vec<Field<crate::status::VipStatus>> = vec![
+        ("rx_packets", "IP packets addressed to the VIP", |v| {
+            v.rx_packets
+        }),
         ("rx_bytes", "Bytes of those packets", |v| v.rx_bytes),
-        ("arp_replies", "ARP requests answered by the data plane", |v| v.arp_replies),
-        ("nd_replies", "Neighbour solicitations answered by the data plane", |v| v.nd_replies),
-        ("passed", "VIP packets passed to the local stack", |v| v.passed),
-        ("redirected", "VIP packets redirected to another interface", |v| v.redirected),
-        ("forwarded", "VIP packets forwarded to the active node", |v| v.forwarded),
-        ("lease_expired", "VIP packets passed because the lease had expired", |v| v.lease_expired),
+        (
+            "arp_replies",
+            "ARP requests answered by the data plane",
+            |v| v.arp_replies,
+        ),
+        (
+            "nd_replies",
+            "Neighbour solicitations answered by the data plane",
+            |v| v.nd_replies,
+        ),
+        ("passed", "VIP packets passed to the local stack", |v| {
+            v.passed
+        }),
+        (
+            "redirected",
+            "VIP packets redirected to another interface",
+            |v| v.redirected,
+        ),
+        (
+            "forwarded",
+            "VIP packets forwarded to the active node",
+            |v| v.forwarded,
+        ),
+        (
+            "lease_expired",
+            "VIP packets passed because the lease had expired",
+            |v| v.lease_expired,
+        ),
     ];
     for (name, help, get) in per_vip {
         let f = counter(&mut reg, name, help);
         for g in &s.groups {
             for v in &g.vips {
-                let l = vec![("group".into(), g.name.clone()), ("vip".into(), v.address.clone())];
+                let l = vec![
+                    ("group".into(), g.name.clone()),
+                    ("vip".into(), v.address.clone()),
+                ];
                 f.get_or_create(&l).inc_by(get(v));
             }
         }
     }
-    let action = gauge(&mut reg, "vip_action", "1 for the data plane's current action of the VIP");
-    let active = gauge(&mut reg, "group_active", "1 while this node is active for the group");
+    let action = gauge(
+        &mut reg,
+        "vip_action",
+        "1 for the data plane's current action of the VIP",
+    );
+    let active = gauge(
+        &mut reg,
+        "group_active",
+        "1 while this node is active for the group",
+    );
     let state = gauge(&mut reg, "group_state", "1 for the group's current state");
     let healthy = gauge(&mut reg, "group_healthy", "0 while a health check fails");
-    let transitions = counter(&mut reg, "group_transitions", "State transitions, by new state and reason");
-    let lease = gauge(&mut reg, "lease_remaining_milliseconds", "Time left on the data plane's lease");
-    let election: Vec<(&str, &str, fn(&crate::status::ElectionStatus) -> u64)> = vec![
+    let transitions = counter(
+        &mut reg,
+        "group_transitions",
+        "State transitions, by new state and reason",
+    );
+    let lease = gauge(
+        &mut reg,
+        "lease_remaining_milliseconds",
+        "Time left on the data plane's lease",
+    );
+    let election: Vec<Field<crate::status::ElectionStatus>> = vec![
         ("adverts_sent", "Advertisements sent", |e| e.adverts_sent),
-        ("adverts_received", "Advertisements accepted", |e| e.adverts_received),
-        ("advert_auth_failures", "Advertisements that failed authentication", |e| e.auth_failures),
-        ("advert_replays", "Replayed advertisements ignored", |e| e.replays),
-        ("advert_malformed", "Malformed advertisements ignored", |e| e.malformed),
-        ("advert_unknown_peers", "Advertisements from addresses that are not peers", |e| e.unknown_peers),
-        ("split_brains", "Two actives seen (partition healed)", |e| e.split_brains),
+        ("adverts_received", "Advertisements accepted", |e| {
+            e.adverts_received
+        }),
+        (
+            "advert_auth_failures",
+            "Advertisements that failed authentication",
+            |e| e.auth_failures,
+        ),
+        ("advert_replays", "Replayed advertisements ignored", |e| {
+            e.replays
+        }),
+        (
+            "advert_malformed",
+            "Malformed advertisements ignored",
+            |e| e.malformed,
+        ),
+        (
+            "advert_unknown_peers",
+            "Advertisements from addresses that are not peers",
+            |e| e.unknown_peers,
+        ),
+        ("split_brains", "Two actives seen (partition healed)", |e| {
+            e.split_brains
+        }),
     ];
-    let election: Vec<_> = election.into_iter().map(|(n, h, get)| (counter(&mut reg, n, h), get)).collect();
+    let election: Vec<_> = election
+        .into_iter()
+        .map(|(n, h, get)| (counter(&mut reg, n, h), get))
+        .collect();
     let priority = gauge(&mut reg, "group_priority", "Effective election priority");
     for g in &s.groups {
         let gl = vec![("group".to_string(), g.name.clone())];
@@ -117,12 +194,20 @@ pub fn render(s: &Status) -> String {
         sl.push(("state".into(), g.state.clone()));
         state.get_or_create(&sl).set(1);
         for v in &g.vips {
-            let l = vec![("group".into(), g.name.clone()), ("vip".into(), v.address.clone()), ("action".into(), v.action.clone())];
+            let l = vec![
+                ("group".into(), g.name.clone()),
+                ("vip".into(), v.address.clone()),
+                ("action".into(), v.action.clone()),
+            ];
             action.get_or_create(&l).set(1);
         }
         for (k, n) in &g.transition_reasons {
             let (to, why) = k.split_once('/').unwrap_or((k.as_str(), "other"));
-            let l = vec![("group".into(), g.name.clone()), ("to".into(), to.to_string()), ("reason".into(), why.to_string())];
+            let l = vec![
+                ("group".into(), g.name.clone()),
+                ("to".into(), to.to_string()),
+                ("reason".into(), why.to_string()),
+            ];
             transitions.get_or_create(&l).inc_by(*n);
         }
         if let Some(e) = &g.election {
@@ -135,24 +220,53 @@ pub fn render(s: &Status) -> String {
             }
         }
     }
-    let eip: Vec<(&str, &str, fn(&crate::status::EipStatus) -> u64)> = vec![
-        ("eip_in_packets", "Packets to the elastic IP sent to the VIP's owner", |e| e.in_packets),
+    let eip: Vec<Field<crate::status::EipStatus>> = vec![
+        (
+            "eip_in_packets",
+            "Packets to the elastic IP sent to the VIP's owner",
+            |e| e.in_packets,
+        ),
         ("eip_in_bytes", "Bytes of those packets", |e| e.in_bytes),
-        ("eip_out_packets", "Packets from the VIP sent out as the elastic IP", |e| e.out_packets),
+        (
+            "eip_out_packets",
+            "Packets from the VIP sent out as the elastic IP",
+            |e| e.out_packets,
+        ),
         ("eip_out_bytes", "Bytes of those packets", |e| e.out_bytes),
-        ("eip_to_kernel", "Translated packets handed to the kernel to route", |e| e.to_kernel),
-        ("eip_owner_changes", "VIP owner changes learned from ARP", |e| e.owner_changes),
-        ("eip_arp_replies", "ARP requests for the elastic IP answered", |e| e.arp_replies),
+        (
+            "eip_to_kernel",
+            "Translated packets handed to the kernel to route",
+            |e| e.to_kernel,
+        ),
+        (
+            "eip_owner_changes",
+            "VIP owner changes learned from ARP",
+            |e| e.owner_changes,
+        ),
+        (
+            "eip_arp_replies",
+            "ARP requests for the elastic IP answered",
+            |e| e.arp_replies,
+        ),
     ];
     for (name, help, get) in eip {
         let f = counter(&mut reg, name, help);
         for e in &s.eips {
-            f.get_or_create(&vec![("eip".to_string(), e.address.clone()), ("vip".to_string(), e.vip.clone())]).inc_by(get(e));
+            f.get_or_create(&vec![
+                ("eip".to_string(), e.address.clone()),
+                ("vip".to_string(), e.vip.clone()),
+            ])
+            .inc_by(get(e));
         }
     }
-    let dp = counter(&mut reg, "dataplane_events", "Program-wide data-plane counters, by kind");
+    let dp = counter(
+        &mut reg,
+        "dataplane_events",
+        "Program-wide data-plane counters, by kind",
+    );
     for (k, v) in &s.global {
-        dp.get_or_create(&vec![("kind".to_string(), k.clone())]).inc_by(*v);
+        dp.get_or_create(&vec![("kind".to_string(), k.clone())])
+            .inc_by(*v);
     }
     let mut out = String::new();
     let _ = encode(&mut out, &reg);

@@ -12,25 +12,16 @@ use lab::{privileged, wait_for, Agent, Bpffs, Capture, Lan, Prober, Responder};
 use nix::sys::signal::Signal;
 use vip::frames;
 
-const INTERVAL: u64 = 20;
-
-fn elected(lan: &Lan, me: &str, all: &[&str], priority: u8, pin: &Path) -> String {
-    let peers: Vec<String> = all
-        .iter()
-        .filter(|n| **n != me)
-        .map(|n| format!("\"{}\"", lan.host(n).ip4))
-        .collect();
-    format!(
-        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\npin_dir = \"{}/{me}\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\npeers = [{}]\npriority = {priority}\nadvert_interval_ms = {INTERVAL}\n",
-        pin.display(),
-        peers.join(", ")
+/// A node config with its data plane pinned under `pin`.
+fn pinned(lan: &Lan, me: &str, all: &[&str], priority: u8, pin: &Path) -> String {
+    elected(
+        lan,
+        me,
+        all,
+        priority,
+        &format!("pin_dir = \"{}/{me}\"", pin.display()),
+        "",
     )
-}
-
-fn state(a: &Agent) -> String {
-    a.status()
-        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_else(|_| "down".into())
 }
 
 /// Who answers an ARP request for the VIP, as seen on the client's wire.
@@ -90,7 +81,7 @@ fn agents_killed_during_a_takeover() {
     lan.enable_xdp_tx(&["a", "b", "e"]).unwrap();
     let all = ["a", "b", "e"];
     let start = |n: &str, p: u8| {
-        Agent::start(&lan.host(n).ns, n, &elected(&lan, n, &all, p, &bpffs.dir)).unwrap()
+        Agent::start(&lan.host(n).ns, n, &pinned(&lan, n, &all, p, &bpffs.dir)).unwrap()
     };
     let mut a = start("a", 200);
     let mut b = start("b", 150);
@@ -142,13 +133,13 @@ fn a_flapping_link_settles_on_one_active() {
     let a = Agent::start(
         &lan.host("a").ns,
         "a",
-        &elected(&lan, "a", &all, 200, &bpffs.dir),
+        &pinned(&lan, "a", &all, 200, &bpffs.dir),
     )
     .unwrap();
     let b = Agent::start(
         &lan.host("b").ns,
         "b",
-        &elected(&lan, "b", &all, 100, &bpffs.dir),
+        &pinned(&lan, "b", &all, 100, &bpffs.dir),
     )
     .unwrap();
     assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active")

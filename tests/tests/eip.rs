@@ -13,7 +13,6 @@ use common::*;
 use lab::{outage, privileged, veth, wait_for, Agent, Capture, Lan, Netns, Prober, Responder};
 
 const EIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const INTERVAL: u64 = 20;
 
 /// Servers a and b and gateway g on the internal bridge; internet host i behind g.
 fn topology() -> (Lan, Netns) {
@@ -44,20 +43,7 @@ fn topology() -> (Lan, Netns) {
     (lan, i)
 }
 
-fn elected(lan: &Lan, me: &str, peer: &str, priority: u8) -> String {
-    format!(
-        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\npeers = [\"{}\"]\npriority = {priority}\nadvert_interval_ms = {INTERVAL}\n",
-        lan.host(peer).ip4
-    )
-}
-
 const GATEWAY: &str = "[node]\nname = \"g\"\ninterface = \"eth0\"\n\n[[eip]]\naddress = \"203.0.113.10\"\nvip = \"10.0.0.50\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n";
-
-fn state(a: &Agent) -> String {
-    a.status()
-        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_default()
-}
 
 #[test]
 fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
@@ -65,8 +51,18 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
         return;
     }
     let (lan, inet) = topology();
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", "b", 200)).unwrap();
-    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", "a", 100)).unwrap();
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &["a", "b"], 200, "", ""),
+    )
+    .unwrap();
+    let b = Agent::start(
+        &lan.host("b").ns,
+        "b",
+        &elected(&lan, "b", &["a", "b"], 100, "", ""),
+    )
+    .unwrap();
     assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active"
         && state(&b) == "standby")
         .then_some(()))

@@ -12,33 +12,12 @@ use lab::{privileged, wait_for, Agent, Capture, Lan, Responder};
 use nix::sys::signal::Signal;
 use vip::{advert::Advert, frames};
 
-const INTERVAL: u64 = 20;
-
-/// An elected node config: `me` among `all` servers of the lab.
-fn elected(lan: &Lan, me: &str, all: &[&str], priority: u8, extra: &str) -> String {
-    let peers: Vec<String> = all
-        .iter()
-        .filter(|n| **n != me)
-        .map(|n| format!("\"{}\"", lan.host(n).ip4))
-        .collect();
-    format!(
-        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\npeers = [{}]\npriority = {priority}\nadvert_interval_ms = {INTERVAL}\n{extra}\n",
-        peers.join(", ")
-    )
-}
-
 fn servers_lan(names: &[&str]) -> Lan {
     let mut all: Vec<&str> = names.to_vec();
     all.push("c");
     let mut lan = Lan::new(&all).expect("lab");
     lan.enable_xdp_tx(names).expect("xdp-pass");
     lan
-}
-
-fn state(a: &Agent) -> String {
-    a.status()
-        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_else(|_| "down".into())
 }
 
 /// Waits until `agents` show exactly the expected states.
@@ -81,9 +60,24 @@ fn three_nodes_elect_fail_over_and_preempt() {
     }
     let lan = servers_lan(&["a", "b", "e"]);
     let all = ["a", "b", "e"];
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
-    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 150, "")).unwrap();
-    let e = Agent::start(&lan.host("e").ns, "e", &elected(&lan, "e", &all, 100, "")).unwrap();
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &all, 200, "", ""),
+    )
+    .unwrap();
+    let b = Agent::start(
+        &lan.host("b").ns,
+        "b",
+        &elected(&lan, "b", &all, 150, "", ""),
+    )
+    .unwrap();
+    let e = Agent::start(
+        &lan.host("e").ns,
+        "e",
+        &elected(&lan, "e", &all, 100, "", ""),
+    )
+    .unwrap();
     expect_states(
         &[("a", &a), ("b", &b), ("e", &e)],
         &["active", "standby", "standby"],
@@ -111,7 +105,12 @@ fn three_nodes_elect_fail_over_and_preempt() {
     drop(a);
 
     // It comes back with the highest priority and preempts.
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &all, 200, "", ""),
+    )
+    .unwrap();
     expect_states(
         &[("a", &a), ("b", &b), ("e", &e)],
         &["active", "standby", "standby"],
@@ -138,12 +137,17 @@ fn without_preempt_a_returning_node_stays_standby() {
     }
     let lan = servers_lan(&["a", "b"]);
     let all = ["a", "b"];
-    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
+    let b = Agent::start(
+        &lan.host("b").ns,
+        "b",
+        &elected(&lan, "b", &all, 100, "", ""),
+    )
+    .unwrap();
     expect_states(&[("b", &b)], &["active"]);
     let a = Agent::start(
         &lan.host("a").ns,
         "a",
-        &elected(&lan, "a", &all, 200, "preempt = false"),
+        &elected(&lan, "a", &all, 200, "", "preempt = false"),
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(INTERVAL * 20));
@@ -175,13 +179,13 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
     let a = Agent::start(
         &lan.host("a").ns,
         "a",
-        &elected(&lan, "a", &all, 200, &extra),
+        &elected(&lan, "a", &all, 200, "", &extra),
     )
     .unwrap();
     let b = Agent::start(
         &lan.host("b").ns,
         "b",
-        &elected(&lan, "b", &all, 100, &extra),
+        &elected(&lan, "b", &all, 100, "", &extra),
     )
     .unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
@@ -282,8 +286,18 @@ fn split_brain_heals_lower_priority_yields() {
             .exec(&["nft", "add rule inet part in udp dport 4112 drop"])
             .unwrap();
     }
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
-    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &all, 200, "", ""),
+    )
+    .unwrap();
+    let b = Agent::start(
+        &lan.host("b").ns,
+        "b",
+        &elected(&lan, "b", &all, 100, "", ""),
+    )
+    .unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["active", "active"]);
     // Heal.
     for n in ["a", "b"] {
@@ -324,10 +338,15 @@ fn a_failing_health_check_gives_the_vip_up() {
     let a = Agent::start(
         &lan.host("a").ns,
         "a",
-        &elected(&lan, "a", &all, 200, &check),
+        &elected(&lan, "a", &all, 200, "", &check),
     )
     .unwrap();
-    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
+    let b = Agent::start(
+        &lan.host("b").ns,
+        "b",
+        &elected(&lan, "b", &all, 100, "", ""),
+    )
+    .unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
     std::fs::remove_file(&flag).unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["fault", "active"]);
@@ -360,7 +379,7 @@ fn lease_expiry_stops_arp_answers_of_a_stopped_agent() {
     let a = Agent::start(
         &lan.host("a").ns,
         "a",
-        &elected(&lan, "a", &["a", "b"], 200, ""),
+        &elected(&lan, "a", &["a", "b"], 200, "", ""),
     )
     .unwrap();
     expect_states(&[("a", &a)], &["active"]);
@@ -395,8 +414,18 @@ fn planned_handover_loses_nothing() {
     }
     let lan = servers_lan(&["a", "b"]);
     let all = ["a", "b"];
-    let a = Agent::start(&lan.host("a").ns, "a", &elected(&lan, "a", &all, 200, "")).unwrap();
-    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", &all, 100, "")).unwrap();
+    let a = Agent::start(
+        &lan.host("a").ns,
+        "a",
+        &elected(&lan, "a", &all, 200, "", ""),
+    )
+    .unwrap();
+    let b = Agent::start(
+        &lan.host("b").ns,
+        "b",
+        &elected(&lan, "b", &all, 100, "", ""),
+    )
+    .unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
     let to: SocketAddr = (VIP4, 7007).into();
     let _ra = Responder::start(&lan.host("a").ns, to, "a").unwrap();

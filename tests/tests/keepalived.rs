@@ -70,12 +70,6 @@ fn keepalived(lan: &Lan, host: &str, conf: &str, dir: &std::path::Path) -> Proc 
     Proc::spawn(&format!("keepalived {host}"), cmd).unwrap()
 }
 
-fn state(a: &Agent) -> String {
-    a.status()
-        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_default()
-}
-
 fn wait_states(a: &Agent, b: &Agent, want: (&str, &str), dir: &std::path::Path) {
     let ok = wait_for(Duration::from_secs(10), || {
         ((state(a).as_str(), state(b).as_str()) == want).then_some(())

@@ -13,21 +13,6 @@ use std::{
 use common::*;
 use lab::{privileged, vip_bin, wait_for, Agent, Bpffs, Lan, Prober, Responder};
 
-const INTERVAL: u64 = 20;
-
-fn elected(lan: &Lan, me: &str, peer: &str, priority: u8, extra_node: &str) -> String {
-    format!(
-        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n{extra_node}\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\npeers = [\"{}\"]\npriority = {priority}\nadvert_interval_ms = {INTERVAL}\n",
-        lan.host(peer).ip4
-    )
-}
-
-fn state(a: &Agent) -> String {
-    a.status()
-        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_default()
-}
-
 fn xdp_prog_id(lan: &Lan, host: &str) -> Option<String> {
     let out = lan
         .host(host)
@@ -48,9 +33,14 @@ fn hitless_restart_loses_nothing_and_cleanup_uninstalls() {
     let bpffs = Bpffs::mount().unwrap();
     let lan = lan();
     let pin = format!("pin_dir = \"{}/a\"", bpffs.dir.display());
-    let cfg_a = elected(&lan, "a", "b", 200, &pin);
+    let cfg_a = elected(&lan, "a", &["a", "b"], 200, &pin, "");
     let mut a = Agent::start(&lan.host("a").ns, "a", &cfg_a).unwrap();
-    let b = Agent::start(&lan.host("b").ns, "b", &elected(&lan, "b", "a", 100, "")).unwrap();
+    let b = Agent::start(
+        &lan.host("b").ns,
+        "b",
+        &elected(&lan, "b", &["a", "b"], 100, "", ""),
+    )
+    .unwrap();
     assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active"
         && state(&b) == "standby")
         .then_some(()))

@@ -266,15 +266,17 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = int.recv() => { log::info!("SIGINT: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
         }
     }
-    // Let the answer to the request that ended the loop reach its client.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    if matches!(agent.exit, Some(Exit::Restart { .. })) {
+        // Let the answer to the request that ended the loop reach its client (the
+        // peers were told to hold when the request came in).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.abort();
     if let Some(m) = metrics {
         m.abort();
     }
     match agent.exit {
         Some(Exit::Restart { hold }) => {
-            agent.prepare_restart(hold);
             let _ = std::fs::remove_file(&socket_path);
             log::info!(
                 "agent exiting for a restart; the data plane keeps serving (peers hold {} ms)",
@@ -478,16 +480,7 @@ impl Agent {
             Some(e) => Some(Election::new(self.election_params(g, e)?)),
             None => None,
         };
-        let mut checks = Vec::new();
-        if g.track.interface {
-            checks.push(("track_interface", Tracker::new(1, 1), String::new()));
-        }
-        if let Some(c) = &g.track.script {
-            checks.push(("track_script", Tracker::new(c.rise, c.fall), String::new()));
-        }
-        if let Some(c) = &g.track.tcp {
-            checks.push(("track_tcp", Tracker::new(c.rise, c.fall), String::new()));
-        }
+        let checks = trackers(&g.track);
         let index = self.alloc_group_index()?;
         self.groups.push(GroupRuntime {
             cfg: g.clone(),
@@ -1058,9 +1051,10 @@ impl Agent {
                         "hold_ms {hold_ms} is out of range 100..=60000"
                     ));
                 }
-                self.exit = Some(Exit::Restart {
-                    hold: Duration::from_millis(hold_ms as u64),
-                });
+                let hold = Duration::from_millis(hold_ms as u64);
+                // Peers hold from now on: no gap in which a standby could take over.
+                self.prepare_restart(hold);
+                self.exit = Some(Exit::Restart { hold });
                 Response::ok(format!(
                     "exiting for a restart: the data plane keeps serving and peers hold for {hold_ms} ms; start the agent again"
                 ))
@@ -1226,17 +1220,7 @@ impl Agent {
             }
         }
         if track_changed {
-            let mut checks = Vec::new();
-            if g.track.interface {
-                checks.push(("track_interface", Tracker::new(1, 1), String::new()));
-            }
-            if let Some(c) = &g.track.script {
-                checks.push(("track_script", Tracker::new(c.rise, c.fall), String::new()));
-            }
-            if let Some(c) = &g.track.tcp {
-                checks.push(("track_tcp", Tracker::new(c.rise, c.fall), String::new()));
-            }
-            self.groups[gi].checks = checks;
+            self.groups[gi].checks = trackers(&g.track);
             self.spawn_checks(gi);
         }
         if !added.is_empty() {
@@ -1325,18 +1309,19 @@ impl Agent {
                 self.health_detail(gi)
             ));
         }
-        let res =
-            match state {
-                "MASTER" => self.activate(gi, &reason),
-                "BACKUP" | "STOP" => {
-                    let fwd = self.groups[gi].cfg.forward_to;
-                    self.deactivate(gi, State::Standby, fwd, &reason)
-                }
-                "FAULT" => self.deactivate(gi, State::Fault, None, &reason),
-                other => return Response::error(format!(
+        let res = match state {
+            "MASTER" => self.activate(gi, &reason),
+            "BACKUP" | "STOP" => {
+                let fwd = self.groups[gi].cfg.forward_to;
+                self.deactivate(gi, State::Standby, fwd, &reason)
+            }
+            "FAULT" => self.deactivate(gi, State::Fault, None, &reason),
+            other => {
+                return Response::error(format!(
                     "unknown keepalived state `{other}` (expected MASTER, BACKUP, FAULT or STOP)"
-                )),
-            };
+                ))
+            }
+        };
         match res {
             Ok(()) => Response::ok(format!(
                 "group {} is {}",
@@ -1895,6 +1880,21 @@ impl Agent {
             }
         }
     }
+}
+
+/// One rise/fall tracker per configured health check, none reported yet.
+fn trackers(track: &config::Track) -> Vec<(&'static str, Tracker, String)> {
+    let mut checks = Vec::new();
+    if track.interface {
+        checks.push(("track_interface", Tracker::new(1, 1), String::new()));
+    }
+    if let Some(c) = &track.script {
+        checks.push(("track_script", Tracker::new(c.rise, c.fall), String::new()));
+    }
+    if let Some(c) = &track.tcp {
+        checks.push(("track_tcp", Tracker::new(c.rise, c.fall), String::new()));
+    }
+    checks
 }
 
 /// A short, stable label for a transition's reason (for metrics).

@@ -294,31 +294,11 @@ impl Dataplane {
     }
 
     pub fn eip_stats(&self, index: u32) -> Result<EipStats> {
-        let per_cpu = self
-            .eip_stats
-            .get(&index, 0)
-            .map_err(map_err(maps::EIP_STATS))?;
-        let mut sum = EipStats::default();
-        for s in per_cpu.iter() {
-            sum.add(s);
-        }
-        Ok(sum)
+        sum_per_cpu(&self.eip_stats, maps::EIP_STATS, index, EipStats::add)
     }
 
     pub fn reset_eip_stats(&mut self, index: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::MapIo {
-            map: maps::EIP_STATS,
-            source: e,
-        })?;
-        let zero = PerCpuValues::try_from(vec![EipStats::default(); cpus]).map_err(|e| {
-            DataplaneError::MapIo {
-                map: maps::EIP_STATS,
-                source: e,
-            }
-        })?;
-        self.eip_stats
-            .set(index, zero, 0)
-            .map_err(map_err(maps::EIP_STATS))
+        zero_per_cpu(&mut self.eip_stats, maps::EIP_STATS, index)
     }
 
     /// Detaches the program and removes every pin (a real stop or uninstall).
@@ -487,32 +467,12 @@ impl Dataplane {
 
     /// A VIP's counters, summed over CPUs.
     pub fn stats(&self, index: u32) -> Result<VipStats> {
-        let per_cpu = self
-            .stats
-            .get(&index, 0)
-            .map_err(map_err(maps::VIP_STATS))?;
-        let mut sum = VipStats::default();
-        for s in per_cpu.iter() {
-            sum.add(s);
-        }
-        Ok(sum)
+        sum_per_cpu(&self.stats, maps::VIP_STATS, index, VipStats::add)
     }
 
     /// Zeroes a counter slot before it is given to a VIP.
     pub fn reset_stats(&mut self, index: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::MapIo {
-            map: maps::VIP_STATS,
-            source: e,
-        })?;
-        let zero = PerCpuValues::try_from(vec![VipStats::default(); cpus]).map_err(|e| {
-            DataplaneError::MapIo {
-                map: maps::VIP_STATS,
-                source: e,
-            }
-        })?;
-        self.stats
-            .set(index, zero, 0)
-            .map_err(map_err(maps::VIP_STATS))
+        zero_per_cpu(&mut self.stats, maps::VIP_STATS, index)
     }
 
     /// Program-wide counters, by name, summed over CPUs.
@@ -550,6 +510,34 @@ impl Dataplane {
     pub fn test_run(&self, frame: &[u8]) -> std::result::Result<TestOutcome, ProgramError> {
         run(self.program(), frame, 1)
     }
+}
+
+/// A per-CPU counter slot, summed.
+fn sum_per_cpu<T: aya::Pod + Default>(
+    map: &PerCpuArray<MapData, T>,
+    name: &'static str,
+    index: u32,
+    add: fn(&mut T, &T),
+) -> Result<T> {
+    let per_cpu = map.get(&index, 0).map_err(map_err(name))?;
+    let mut sum = T::default();
+    for s in per_cpu.iter() {
+        add(&mut sum, s);
+    }
+    Ok(sum)
+}
+
+/// Zeroes a per-CPU counter slot on every CPU.
+fn zero_per_cpu<T: aya::Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
+    name: &'static str,
+    index: u32,
+) -> Result<()> {
+    let io = |source| DataplaneError::MapIo { map: name, source };
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| io(e))?;
+    let zero =
+        PerCpuValues::try_from((0..cpus).map(|_| T::default()).collect::<Vec<_>>()).map_err(io)?;
+    map.set(index, zero, 0).map_err(map_err(name))
 }
 
 /// What BPF_PROG_TEST_RUN reported for one frame.

@@ -13,6 +13,36 @@ use vip::mac::Mac;
 pub const VIP: &str = "10.0.0.50";
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
 pub const WINDOW: Duration = Duration::from_millis(300);
+/// Advertisement interval of the elected groups in tests.
+pub const INTERVAL: u64 = 20;
+
+/// An elected node config: `me` among the servers `all` (its peers are the others);
+/// `node_extra` lines go into `[node]`, `group_extra` into the group.
+pub fn elected(
+    lan: &Lan,
+    me: &str,
+    all: &[&str],
+    priority: u8,
+    node_extra: &str,
+    group_extra: &str,
+) -> String {
+    let peers: Vec<String> = all
+        .iter()
+        .filter(|n| **n != me)
+        .map(|n| format!("\"{}\"", lan.host(n).ip4))
+        .collect();
+    format!(
+        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n{node_extra}\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\npeers = [{}]\npriority = {priority}\nadvert_interval_ms = {INTERVAL}\n{group_extra}\n",
+        peers.join(", ")
+    )
+}
+
+/// The first group's state, or "down" when the agent does not answer.
+pub fn state(a: &Agent) -> String {
+    a.status()
+        .map(|s| s["groups"][0]["state"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_else(|_| "down".into())
+}
 
 /// A node config with one group `web` holding `vips`, in `role`, plus `extra` lines
 /// appended to the group.

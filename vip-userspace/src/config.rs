@@ -1416,4 +1416,26 @@ role = "active"
         let p = problems(&format!("{GOOD}{}", eip("2001:db8::1", "10.0.0.50")));
         assert!(p[0].message.contains("IPv4"), "{p:?}");
     }
+
+    #[test]
+    fn ipv6_vips_follow_the_same_rules() {
+        let v6 = |vip: &str| GOOD.replace("\"10.0.0.50/24\"", &format!("\"{vip}\""));
+        let c = parse(&v6("2001:db8::50/64")).unwrap();
+        let iface = eth0(&[("10.0.0.1", 24), ("2001:db8::1", 64), ("fe80::1", 64)]);
+        assert!(host(&c, iface.clone()).is_ok());
+        // Another prefix, or only a link-local subnet: not on-link.
+        let e = host(&parse(&v6("2001:db8:1::50/64")).unwrap(), iface.clone()).unwrap_err().to_string();
+        assert!(e.contains("not in a subnet") && e.contains("2001:db8::/64"), "{e}");
+        let e = host(&c, eth0(&[("fe80::1", 64)])).unwrap_err().to_string();
+        assert!(e.contains("not in a subnet"), "{e}");
+        // A real address of the host, or a /128 leftover (a warning).
+        let e = host(&parse(&v6("2001:db8::1/64")).unwrap(), iface).unwrap_err().to_string();
+        assert!(e.contains("real address"), "{e}");
+        let r = host(&c, eth0(&[("2001:db8::1", 64), ("2001:db8::50", 128)])).unwrap();
+        assert!(r.warnings[0].contains("already assigned"));
+        for bad in ["fe80::50/64", "ff02::1/64", "::1/128", "::/64"] {
+            assert!(parse(&v6(bad)).is_err(), "{bad} accepted");
+        }
+        assert!(parse(&v6("2001:db8::50/129")).is_err());
+    }
 }

@@ -106,7 +106,8 @@ pub fn udp_bind(ns: &Netns, addr: SocketAddr) -> UdpSocket {
 /// Sends `n` datagrams of `size` bytes from `ns` to `to`.
 pub fn udp_send(ns: &Netns, to: SocketAddr, n: usize, size: usize) {
     ns.run_in(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
+        let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(any).expect("client socket");
         for i in 0..n {
             let mut payload = vec![0u8; size];
             payload[..8].copy_from_slice(&(i as u64).to_be_bytes());

@@ -21,6 +21,7 @@ pub mod maps {
     pub const EIPS_OUT: &str = "EIPS_OUT";
     pub const OWNERS: &str = "OWNERS";
     pub const EIP_STATS: &str = "EIP_STATS";
+    pub const BENCH_COUNT: &str = "BENCH_COUNT";
 }
 
 /// Program names in the object file.
@@ -29,6 +30,9 @@ pub mod programs {
     pub const VIP: &str = "vip_xdp";
     /// Returns XDP_PASS and nothing else: the floor the benchmarks compare against.
     pub const PASS: &str = "vip_xdp_pass";
+    /// Benchmark generator (XDP_TX everything) and sink (count and drop).
+    pub const BENCH_TX: &str = "vip_bench_tx";
+    pub const BENCH_SINK: &str = "vip_bench_sink";
 }
 
 /// What the data plane does with a VIP's traffic.

@@ -77,10 +77,26 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
     }
 }
 
-/// The benchmarks' floor: the cheapest program there is.
+/// The benchmarks' floor: the cheapest program there is. Also what `vip xdp-pass`
+/// attaches to give a veth NAPI.
 #[xdp]
 pub fn vip_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Benchmark generator: run in live-frames mode (BPF_PROG_TEST_RUN), it transmits
+/// every frame out of the interface it is told it arrived on. Never attached.
+#[xdp]
+pub fn vip_bench_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// Benchmark sink: counts and drops what arrives (attached on the generator's side to
+/// count the answers). Never attached by the agent.
+#[xdp]
+pub fn vip_bench_sink(_ctx: XdpContext) -> u32 {
+    maps::count_bench();
+    xdp_action::XDP_DROP
 }
 
 #[cfg(not(test))]

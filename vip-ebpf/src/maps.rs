@@ -60,6 +60,18 @@ pub static OWNERS: HashMap<u32, Owner> = HashMap::with_max_entries(MAX_EIPS, 0);
 #[map]
 pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_EIPS, 0);
 
+/// Frames counted by the benchmark sink.
+#[map]
+pub static BENCH_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count_bench() {
+    if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, nobody else writes it concurrently.
+        unsafe { *c += 1 };
+    }
+}
+
 /// The settings (all zero when the agent wrote none).
 #[inline(always)]
 pub fn settings() -> Settings {

@@ -1401,11 +1401,9 @@ impl Agent {
             self.dp
                 .set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
         }
-        for (addr, e) in &entries {
-            self.dp
-                .set_vip(*addr, e)
-                .with_context(|| format!("group {}: programming VIP {addr}", g.cfg.name))?;
-        }
+        self.dp
+            .set_vips_batch(&entries)
+            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))?;
         Ok(())
     }
 
@@ -1454,11 +1452,9 @@ impl Agent {
             .iter()
             .map(|v| (v.vip.addr, self.entry(g, v, act, None)))
             .collect();
-        for (addr, e) in &entries {
-            self.dp
-                .set_vip(*addr, e)
-                .with_context(|| format!("group {}: programming VIP {addr}", g.cfg.name))?;
-        }
+        self.dp
+            .set_vips_batch(&entries)
+            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))?;
         if act == action::LOCAL {
             for v in &g.vips {
                 if let Err(e) =

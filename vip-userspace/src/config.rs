@@ -1424,12 +1424,19 @@ role = "active"
         let iface = eth0(&[("10.0.0.1", 24), ("2001:db8::1", 64), ("fe80::1", 64)]);
         assert!(host(&c, iface.clone()).is_ok());
         // Another prefix, or only a link-local subnet: not on-link.
-        let e = host(&parse(&v6("2001:db8:1::50/64")).unwrap(), iface.clone()).unwrap_err().to_string();
-        assert!(e.contains("not in a subnet") && e.contains("2001:db8::/64"), "{e}");
+        let e = host(&parse(&v6("2001:db8:1::50/64")).unwrap(), iface.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not in a subnet") && e.contains("2001:db8::/64"),
+            "{e}"
+        );
         let e = host(&c, eth0(&[("fe80::1", 64)])).unwrap_err().to_string();
         assert!(e.contains("not in a subnet"), "{e}");
         // A real address of the host, or a /128 leftover (a warning).
-        let e = host(&parse(&v6("2001:db8::1/64")).unwrap(), iface).unwrap_err().to_string();
+        let e = host(&parse(&v6("2001:db8::1/64")).unwrap(), iface)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("real address"), "{e}");
         let r = host(&c, eth0(&[("2001:db8::1", 64), ("2001:db8::50", 128)])).unwrap();
         assert!(r.warnings[0].contains("already assigned"));

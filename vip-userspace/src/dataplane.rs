@@ -4,6 +4,7 @@
 
 use std::{
     net::IpAddr,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -170,7 +171,12 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in [programs::VIP, programs::PASS] {
+        for name in [
+            programs::VIP,
+            programs::PASS,
+            programs::BENCH_TX,
+            programs::BENCH_SINK,
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing("XDP program"))?
@@ -446,6 +452,112 @@ impl Dataplane {
         }
     }
 
+    /// Installs or replaces many entries with one BPF_MAP_UPDATE_BATCH per family
+    /// (a takeover of thousands of VIPs in milliseconds). Each entry is replaced
+    /// atomically; the batch as a whole is not.
+    pub fn set_vips_batch(&mut self, entries: &[(IpAddr, VipEntry)]) -> Result<()> {
+        let (mut k4, mut v4, mut k6, mut v6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (addr, e) in entries {
+            // SAFETY: VipEntry is plain data (repr(C), no padding).
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    e as *const VipEntry as *const u8,
+                    std::mem::size_of::<VipEntry>(),
+                )
+            };
+            match addr {
+                IpAddr::V4(a) => {
+                    k4.extend_from_slice(&a.octets());
+                    v4.extend_from_slice(bytes);
+                }
+                IpAddr::V6(a) => {
+                    k6.extend_from_slice(&a.octets());
+                    v6.extend_from_slice(bytes);
+                }
+            }
+        }
+        use aya::maps::IterableMap as _;
+        if !k4.is_empty() {
+            update_batch(
+                self.vips_v4.map().fd().as_fd(),
+                &k4,
+                &v4,
+                (k4.len() / 4) as u32,
+            )
+            .map_err(|source| DataplaneError::MapIo {
+                map: maps::VIPS_V4,
+                source,
+            })?;
+        }
+        if !k6.is_empty() {
+            update_batch(
+                self.vips_v6.map().fd().as_fd(),
+                &k6,
+                &v6,
+                (k6.len() / 16) as u32,
+            )
+            .map_err(|source| DataplaneError::MapIo {
+                map: maps::VIPS_V6,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Kernel memory charged to each map (its `memlock` in /proc/self/fdinfo).
+    pub fn map_memory(&self) -> Vec<(&'static str, u64)> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsRawFd as _;
+        let memlock = |fd: i32| {
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+                .ok()
+                .and_then(|s| {
+                    s.lines().find_map(|l| {
+                        l.strip_prefix("memlock:")
+                            .and_then(|v| v.trim().parse().ok())
+                    })
+                })
+                .unwrap_or(0)
+        };
+        vec![
+            (
+                maps::VIPS_V4,
+                memlock(self.vips_v4.map().fd().as_fd().as_raw_fd()),
+            ),
+            (
+                maps::VIPS_V6,
+                memlock(self.vips_v6.map().fd().as_fd().as_raw_fd()),
+            ),
+            (
+                maps::VIP_STATS,
+                memlock(self.stats.map().fd().as_fd().as_raw_fd()),
+            ),
+        ]
+    }
+
+    /// A benchmark program of the object (see vip_common::programs).
+    pub fn program_by_name(&self, name: &str) -> Option<&Xdp> {
+        self.ebpf
+            .program(name)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+    }
+
+    /// Attaches a benchmark program to `iface` (detached when `self` is dropped).
+    pub fn attach_bench(&mut self, name: &str, iface: &str, mode: XdpMode) -> Result<()> {
+        self.attach_program(name, iface, mode).map(|_| ())
+    }
+
+    /// Frames counted by the benchmark sink so far (summed over CPUs).
+    pub fn bench_count(&self) -> u64 {
+        let Some(map) = self.ebpf.map(maps::BENCH_COUNT) else {
+            return 0;
+        };
+        let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return 0;
+        };
+        arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
     /// Every VIP the data plane holds an entry for.
     pub fn vip_addrs(&self) -> Vec<IpAddr> {
         let v4 = self
@@ -510,6 +622,59 @@ impl Dataplane {
     pub fn test_run(&self, frame: &[u8]) -> std::result::Result<TestOutcome, ProgramError> {
         run(self.program(), frame, 1)
     }
+}
+
+/// BPF_MAP_UPDATE_BATCH: `count` keys and values, laid out back to back.
+fn update_batch(
+    fd: std::os::fd::BorrowedFd<'_>,
+    keys: &[u8],
+    values: &[u8],
+    count: u32,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    /// The `batch` member of union bpf_attr.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count,
+        map_fd: fd.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: attr points at valid key and value buffers of `count` entries for the
+    // duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if attr.count != count {
+        return Err(std::io::Error::other(format!(
+            "batch update stopped after {} of {count} entries",
+            attr.count
+        )));
+    }
+    Ok(())
 }
 
 /// A per-CPU counter slot, summed.

@@ -8,6 +8,12 @@
 
 use core::mem::size_of;
 
+/// Names of the read-only globals the loader sets (see [`Settings`]).
+pub mod globals {
+    pub const VIP_IFINDEX: &str = "VIP_IFINDEX";
+    pub const EIP_ENABLED: &str = "EIP_ENABLED";
+}
+
 /// Map names, as the loader finds them in the object file.
 pub mod maps {
     pub const VIPS_V4: &str = "VIPS_V4";
@@ -16,12 +22,12 @@ pub mod maps {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const LEASES: &str = "LEASES";
     pub const REDIRECT_DEVS: &str = "REDIRECT_DEVS";
-    pub const SETTINGS: &str = "SETTINGS";
     pub const EIPS_IN: &str = "EIPS_IN";
     pub const EIPS_OUT: &str = "EIPS_OUT";
     pub const OWNERS: &str = "OWNERS";
     pub const EIP_STATS: &str = "EIP_STATS";
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
+    pub const BENCH_FRAME: &str = "BENCH_FRAME";
 }
 
 /// Program names in the object file.
@@ -155,7 +161,7 @@ pub mod global {
     ];
 }
 
-/// Program-wide settings (`SETTINGS`, an array of one).
+/// Program-wide settings: globals (`VIP_IFINDEX`, `EIP_ENABLED`) set at load time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {

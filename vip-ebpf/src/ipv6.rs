@@ -6,6 +6,9 @@
 //! and, from the unspecified address (a DAD probe), a solicited-node destination and no
 //! source link-layer option. It must arrive either for the solicited-node group of the
 //! target (multicast) or unicast to the VIP and our MAC (unreachability detection).
+//! As the kernel does, a multicast or loopback source (RFC 4291 2.7, 2.5.3) and a
+//! source link-layer option that is not one unit long (an Ethernet address) make the
+//! NS invalid.
 //!
 //! As for ARP, the data plane is the only thing that answers an NS for a VIP in the
 //! table: one it does not answer (malformed, longer than `MAX_NS_LEN`, for a VIP we
@@ -83,6 +86,7 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
     let len = u16::from_be_bytes(ip.payload_len) as usize;
     let from_unspecified = ip.src == [0u8; 16];
     let shape_ok = ip.hop_limit == 255
+        && usable_source(&ip.src)
         && ns[1] == 0
         && len >= NS_MIN_LEN
         && len <= MAX_NS_LEN
@@ -166,6 +170,15 @@ fn not_answered() -> Result<u32, Error> {
     Ok(xdp_action::XDP_DROP)
 }
 
+/// Neither multicast (RFC 4291 2.7) nor loopback (2.5.3): the kernel drops such
+/// packets on input, and an answer would go to a group (with the solicited flag,
+/// which receivers reject) or to `::1` on the wire.
+#[inline(always)]
+fn usable_source(src: &[u8; 16]) -> bool {
+    const LOOPBACK: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    src[0] != 0xff && *src != LOOPBACK
+}
+
 /// The NS must reach us either as the target's solicited-node multicast or unicast
 /// to the VIP at our MAC.
 #[inline(always)]
@@ -183,7 +196,8 @@ fn addressed_to_us(frame: &Frame, dst: &[u8; 16], target: &[u8; 16], own_mac: &M
 }
 
 /// Walks the options; returns whether a source link-layer option is present, or an
-/// error for a zero-length or overrunning option (the NS must then be ignored).
+/// error for a zero-length or overrunning option, or a source link-layer option that
+/// does not hold exactly an Ethernet address (the NS must then be ignored).
 #[inline(always)]
 fn options(ctx: &XdpContext, base: usize, len: usize) -> Result<bool, Error> {
     let mut off = NS_MIN_LEN;
@@ -204,6 +218,9 @@ fn options(ctx: &XdpContext, base: usize, len: usize) -> Result<bool, Error> {
             return Err(Error::Aborted);
         }
         if kind == OPT_SOURCE_LL {
+            if units != 1 {
+                return Err(Error::Aborted);
+            }
             has_source_ll = true;
         }
         off += units * 8;

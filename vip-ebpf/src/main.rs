@@ -85,9 +85,19 @@ pub fn vip_xdp_pass(_ctx: XdpContext) -> u32 {
 }
 
 /// Benchmark generator: run in live-frames mode (BPF_PROG_TEST_RUN), it transmits
-/// every frame out of the interface it is told it arrived on. Never attached.
+/// every frame out of the interface it is told it arrived on. Live frames recycle
+/// their pages without restoring them, and the path under test rewrites frames in
+/// place (an ARP request becomes a reply), so each frame is rewritten from the
+/// template in `BENCH_FRAME` first. Never attached.
 #[xdp]
-pub fn vip_bench_tx(_ctx: XdpContext) -> u32 {
+pub fn vip_bench_tx(ctx: XdpContext) -> u32 {
+    if let (Some(t), Ok(p)) = (
+        maps::BENCH_FRAME.get(0),
+        packet::ptr_at::<[u8; 60]>(&ctx, 0),
+    ) {
+        // SAFETY: bounds checked by ptr_at; the template is 64 bytes.
+        unsafe { (*p).copy_from_slice(&t[..60]) };
+    }
     xdp_action::XDP_TX
 }
 

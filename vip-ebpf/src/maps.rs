@@ -40,10 +40,6 @@ pub static LEASES: Array<u64> = Array::with_max_entries(MAX_GROUPS, 0);
 #[map]
 pub static REDIRECT_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_DEVS, 0);
 
-/// Program-wide settings (one entry).
-#[map]
-pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
-
 /// Elastic IP -> mapping (inbound).
 #[map]
 pub static EIPS_IN: HashMap<u32, EipEntry> = HashMap::with_max_entries(MAX_EIPS, 0);
@@ -60,6 +56,10 @@ pub static OWNERS: HashMap<u32, Owner> = HashMap::with_max_entries(MAX_EIPS, 0);
 #[map]
 pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_EIPS, 0);
 
+/// The frame the benchmark generator sends (60 bytes used).
+#[map]
+pub static BENCH_FRAME: Array<[u8; 64]> = Array::with_max_entries(1, 0);
+
 /// Frames counted by the benchmark sink.
 #[map]
 pub static BENCH_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -72,10 +72,24 @@ pub fn count_bench() {
     }
 }
 
-/// The settings (all zero when the agent wrote none).
+/// Program-wide settings, written by the loader into read-only data before the
+/// program is verified: the verifier then knows them as constants, and a node without
+/// elastic IPs pays nothing for them.
+#[unsafe(no_mangle)]
+static VIP_IFINDEX: u32 = 0;
+#[unsafe(no_mangle)]
+static EIP_ENABLED: u32 = 0;
+
 #[inline(always)]
 pub fn settings() -> Settings {
-    SETTINGS.get(0).copied().unwrap_or_default()
+    // SAFETY: reads of read-only globals; volatile so the compiler keeps the loads the
+    // loader patches.
+    unsafe {
+        Settings {
+            vip_ifindex: core::ptr::read_volatile(&VIP_IFINDEX),
+            eip_enabled: core::ptr::read_volatile(&EIP_ENABLED),
+        }
+    }
 }
 
 #[inline(always)]

@@ -338,7 +338,17 @@ impl Agent {
         pin: Option<PathBuf>,
         opts: Options,
     ) -> Result<Self> {
-        let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref())
+        // A gateway runs the program on its external side too: VIP rules apply on our
+        // interface only, elastic-IP rules everywhere.
+        let settings = if cfg.eips.is_empty() {
+            vip_common::Settings::default()
+        } else {
+            vip_common::Settings {
+                vip_ifindex: iface.index,
+                eip_enabled: 1,
+            }
+        };
+        let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref(), settings)
             .context("loading the XDP data plane")?;
         dp.attach(&iface.name, cfg.node.xdp_mode)?;
         let adopted = dp.adopted();
@@ -1828,10 +1838,6 @@ impl Agent {
                 entry,
             });
         }
-        self.dp.set_settings(&vip_common::Settings {
-            vip_ifindex: self.iface.index,
-            eip_enabled: 1,
-        })?;
         if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0") {
             let w = "net.ipv4.ip_forward is 0: elastic-IP packets whose next hop is not known yet are handed to \
                      the kernel to route, which then drops them; set it to 1 on a gateway"

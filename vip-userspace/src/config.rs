@@ -986,8 +986,12 @@ pub fn parse_vip(s: &str) -> Result<Vip, String> {
                 || v6.is_loopback()
                 || v6.is_multicast()
                 || v6.is_unicast_link_local()
+                || v6.to_ipv4_mapped().is_some()
             {
                 Some("not a global or unique-local unicast address usable as a VIP")
+            } else if prefix < 127 && addr == network(addr, prefix) {
+                // RFC 4291 2.6.1; point-to-point /127s have none (RFC 6164).
+                Some("the subnet-router anycast address of its subnet (every router on it answers for it)")
             } else {
                 None
             }
@@ -1444,5 +1448,57 @@ role = "active"
             assert!(parse(&v6(bad)).is_err(), "{bad} accepted");
         }
         assert!(parse(&v6("2001:db8::50/129")).is_err());
+    }
+
+    #[test]
+    fn ipv6_on_link_prefix_and_not_a_real_address() {
+        let v6 = |vip: &str| GOOD.replace("\"10.0.0.50/24\"", &format!("\"{vip}\""));
+        let c = parse(&v6("2001:db8::50/64")).unwrap();
+        let err = |c: &Config, iface| host(c, iface).unwrap_err().to_string();
+        // On-link means a subnet of the interface with the VIP's own prefix length.
+        let e = err(&c, eth0(&[("2001:db8::1", 48)]));
+        assert!(
+            e.contains("group[web].vips[0]") && e.contains("2001:db8::/48"),
+            "{e}"
+        );
+        let e = err(&c, eth0(&[("10.0.0.1", 24), ("fe80::1", 64)]));
+        assert!(e.contains("it has no such address"), "{e}");
+        // A /128 is a leftover VIP, never a subnet: alone it does not make the VIP on-link.
+        let e = err(&c, eth0(&[("2001:db8::50", 128)]));
+        assert!(e.contains("not in a subnet"), "{e}");
+        // The VIP on another interface is a real address, even as a /128.
+        let iface = eth0(&[("2001:db8::1", 64)]);
+        let all: HashMap<_, _> = [
+            ("eth0".to_string(), iface.addrs.clone()),
+            (
+                "lo".to_string(),
+                vec![("2001:db8::50".parse().unwrap(), 128)],
+            ),
+        ]
+        .into();
+        let e = check_host(&c, &|n| (n == "eth0").then(|| iface.clone()), &all)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("real address of this host (on lo)"), "{e}");
+        // On the interface itself a /128 is a leftover: a warning naming the VIP.
+        let r = host(&c, eth0(&[("2001:db8::1", 64), ("2001:db8::50", 128)])).unwrap();
+        assert_eq!(r.warnings.len(), 1);
+        assert!(r.warnings[0].contains("VIP 2001:db8::50 is already assigned on eth0"));
+        // Unique-local addresses are fine; addresses no VIP can be are named as such.
+        assert!(parse(&v6("fd00::50/64")).is_ok());
+        assert!(parse(&v6("2001:db8::/127")).is_ok());
+        for (bad, why) in [
+            ("2001:db8::/64", "subnet-router anycast"),
+            ("2001:db8:0:1::/64", "subnet-router anycast"),
+            ("::ffff:10.0.0.50/120", "not a global or unique-local"),
+            ("fe80::50/64", "not a global or unique-local"),
+            ("ff05::50/64", "not a global or unique-local"),
+        ] {
+            let p = problems(&v6(bad));
+            assert!(
+                p[0].key == "group[web].vips[0]" && p[0].message.contains(why),
+                "{bad}: {p:?}"
+            );
+        }
     }
 }

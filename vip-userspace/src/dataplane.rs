@@ -18,7 +18,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use vip_common::{global, maps, programs, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats};
+use vip_common::{
+    global, globals, maps, programs, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
+};
 
 use crate::config::XdpMode;
 
@@ -80,7 +82,6 @@ pub struct Dataplane {
     link: Option<XdpLinkId>,
     /// Attachments to further interfaces (a gateway's external side).
     extra_links: Vec<(String, Option<PinnedLink>)>,
-    settings: Array<MapData, Settings>,
     eips_in: HashMap<MapData, u32, EipEntry>,
     eips_out: HashMap<MapData, u32, EipEntry>,
     owners: HashMap<MapData, u32, Owner>,
@@ -93,14 +94,13 @@ pub struct Dataplane {
 }
 
 /// The pinned objects, one file each under the pin directory.
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 10] = [
     maps::VIPS_V4,
     maps::VIPS_V6,
     maps::VIP_STATS,
     maps::GLOBAL_STATS,
     maps::LEASES,
     maps::REDIRECT_DEVS,
-    maps::SETTINGS,
     maps::EIPS_IN,
     maps::EIPS_OUT,
     maps::OWNERS,
@@ -144,18 +144,20 @@ pub fn remove_pins(dir: &Path) -> std::io::Result<Vec<String>> {
 impl Dataplane {
     /// Loads the program (the kernel verifier runs here) with room for `max_vips`.
     pub fn load(max_vips: u32) -> Result<Self> {
-        Self::open(max_vips, None)
+        Self::open(max_vips, None, Settings::default())
     }
 
     /// Loads the program with its maps pinned under `pin_dir`: maps already pinned
     /// there (by an earlier agent) are reused, with their entries and counters, so a
     /// restarted agent adopts a running data plane.
-    pub fn open(max_vips: u32, pin_dir: Option<&Path>) -> Result<Self> {
+    pub fn open(max_vips: u32, pin_dir: Option<&Path>, settings: Settings) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::Stub);
         }
         let mut loader = EbpfLoader::new();
         loader
+            .override_global(globals::VIP_IFINDEX, &settings.vip_ifindex, true)
+            .override_global(globals::EIP_ENABLED, &settings.eip_enabled, true)
             .map_max_entries(maps::VIPS_V4, max_vips)
             .map_max_entries(maps::VIPS_V6, max_vips)
             .map_max_entries(maps::VIP_STATS, max_vips);
@@ -194,7 +196,6 @@ impl Dataplane {
         let leases = Array::try_from(take(maps::LEASES)?).map_err(map_err(maps::LEASES))?;
         let redirect = DevMapHash::try_from(take(maps::REDIRECT_DEVS)?)
             .map_err(map_err(maps::REDIRECT_DEVS))?;
-        let settings = Array::try_from(take(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
         let eips_in = HashMap::try_from(take(maps::EIPS_IN)?).map_err(map_err(maps::EIPS_IN))?;
         let eips_out = HashMap::try_from(take(maps::EIPS_OUT)?).map_err(map_err(maps::EIPS_OUT))?;
         let owners = HashMap::try_from(take(maps::OWNERS)?).map_err(map_err(maps::OWNERS))?;
@@ -210,7 +211,6 @@ impl Dataplane {
             redirect,
             link: None,
             extra_links: Vec::new(),
-            settings,
             eips_in,
             eips_out,
             owners,
@@ -273,10 +273,6 @@ impl Dataplane {
         Ok(())
     }
 
-    pub fn set_settings(&mut self, s: &Settings) -> Result<()> {
-        self.settings.set(0, s, 0).map_err(map_err(maps::SETTINGS))
-    }
-
     /// Installs an EIP <-> VIP mapping in both directions.
     pub fn set_eip(&mut self, e: &EipEntry) -> Result<()> {
         self.eips_in
@@ -292,6 +288,18 @@ impl Dataplane {
         let _ = self.eips_out.remove(&u32::from_ne_bytes(e.vip));
         let _ = self.owners.remove(&u32::from_ne_bytes(e.vip));
         Ok(())
+    }
+
+    /// Sets a VIP's owner as if learned from ARP (tests and benchmarks).
+    pub fn set_owner(&mut self, vip: std::net::Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        let o = Owner {
+            mac,
+            _pad: [0; 2],
+            updated_ns: crate::host::monotonic_ns(),
+        };
+        self.owners
+            .insert(u32::from_ne_bytes(vip.octets()), o, 0)
+            .map_err(map_err(maps::OWNERS))
     }
 
     /// The owner of a VIP as the data plane learned it.
@@ -545,6 +553,20 @@ impl Dataplane {
     /// Attaches a benchmark program to `iface` (detached when `self` is dropped).
     pub fn attach_bench(&mut self, name: &str, iface: &str, mode: XdpMode) -> Result<()> {
         self.attach_program(name, iface, mode).map(|_| ())
+    }
+
+    /// The 60-byte frame the benchmark generator sends.
+    pub fn set_bench_frame(&mut self, frame: &[u8]) -> Result<()> {
+        let mut t = [0u8; 64];
+        let n = frame.len().min(60);
+        t[..n].copy_from_slice(&frame[..n]);
+        let map = self
+            .ebpf
+            .map_mut(maps::BENCH_FRAME)
+            .ok_or(DataplaneError::Missing(maps::BENCH_FRAME))?;
+        let mut arr =
+            Array::<&mut MapData, [u8; 64]>::try_from(map).map_err(map_err(maps::BENCH_FRAME))?;
+        arr.set(0, t, 0).map_err(map_err(maps::BENCH_FRAME))
     }
 
     /// Frames counted by the benchmark sink so far (summed over CPUs).

@@ -24,9 +24,11 @@ const NLM_F_DUMP: u16 = 0x300;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_CACHEINFO: u16 = 6;
 const IFA_FLAGS: u16 = 8;
 const IFA_F_NODAD: u32 = 0x02;
 const IFA_F_NOPREFIXROUTE: u32 = 0x200;
+const INFINITY_LIFE_TIME: u32 = u32::MAX;
 
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
@@ -95,7 +97,12 @@ impl Netlink {
 
     /// Adds `addr/prefix` to the interface; idempotent (replaces an identical address).
     /// IPv6 addresses are added without duplicate address detection so a takeover is
-    /// not delayed, and no prefix route is created for either family.
+    /// not delayed, and no prefix route is created for either family. IPv6 ones are
+    /// also deprecated (preferred lifetime 0, valid forever): the kernel's source
+    /// address selection (RFC 6724 rule 8, longest match) would otherwise pick the
+    /// /128 VIP as the source of every connection the node opens into the subnet, and
+    /// those connections would break at the next failover. A deprecated address still
+    /// takes incoming traffic and is the source of the replies, as a /32 IPv4 VIP is.
     pub fn add_address(&self, ifindex: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
         let msg = addr_msg(ifindex, addr, prefix);
         self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, &msg)
@@ -280,6 +287,14 @@ fn addr_msg(ifindex: u32, addr: IpAddr, prefix: u8) -> Vec<u8> {
         IFA_FLAGS,
         &(IFA_F_NODAD | IFA_F_NOPREFIXROUTE).to_ne_bytes(),
     );
+    if addr.is_ipv6() {
+        // struct ifa_cacheinfo: preferred, valid (seconds), cstamp, tstamp.
+        let mut info = Vec::with_capacity(16);
+        for v in [0, INFINITY_LIFE_TIME, 0, 0] {
+            info.extend_from_slice(&v.to_ne_bytes());
+        }
+        push_attr(&mut msg, IFA_CACHEINFO, &info);
+    }
     msg
 }
 
@@ -378,5 +393,19 @@ mod tests {
         assert_eq!(u32::from_ne_bytes(m[4..8].try_into().unwrap()), 7);
         let a: Vec<_> = attrs(&m[8..]).collect();
         assert_eq!(a[0], (IFA_LOCAL, &[10, 0, 0, 50][..]));
+        assert!(a.iter().all(|(t, _)| *t != IFA_CACHEINFO), "{a:?}");
+    }
+
+    #[test]
+    fn ipv6_vip_is_deprecated_and_valid_forever() {
+        let m = addr_msg(7, "2001:db8::50".parse().unwrap(), 128);
+        assert_eq!(&m[0..4], &[libc::AF_INET6 as u8, 128, 0, 0]);
+        let a: Vec<_> = attrs(&m[8..]).collect();
+        let flags = a.iter().find(|(t, _)| *t == IFA_FLAGS).unwrap().1;
+        let flags = u32::from_ne_bytes(flags.try_into().unwrap());
+        assert_eq!(flags, IFA_F_NODAD | IFA_F_NOPREFIXROUTE);
+        let info = a.iter().find(|(t, _)| *t == IFA_CACHEINFO).unwrap().1;
+        let word = |i: usize| u32::from_ne_bytes(info[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!((info.len(), word(0), word(1)), (16, 0, u32::MAX));
     }
 }

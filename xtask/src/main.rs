@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything a fresh machine needs, in one place.
 
+mod bench;
 mod demo;
 mod failover;
 mod setup;
@@ -36,13 +37,26 @@ enum Cmd {
     },
     /// The demo: a switch, two servers and a client in namespaces; a live failover.
     Demo,
-    /// Failover benchmark: vip and keepalived, each fault, same run.
-    #[command(hide = true)]
-    BenchFailover {
+    /// Benchmarks with same-run baselines: paths, throughput, scale, control,
+    /// failover (all by default); a table, and JSON in target/bench/latest.json.
+    Bench {
+        /// Which benchmarks (default: all).
+        which: Vec<String>,
+        /// A short smoke run (seconds), as CI does.
         #[arg(long)]
         quick: bool,
+        /// Failover runs per case.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Where to write the JSON (default target/bench/latest.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// An earlier run's JSON: print the ratio to it and flag slowdowns.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// Slowdown (percent) beyond which a figure is flagged.
+        #[arg(long, default_value_t = 15.0)]
+        threshold: f64,
     },
     /// Build, then run every test (unit, fixtures, namespace tests).
     Test {
@@ -83,11 +97,30 @@ fn run() -> Result<()> {
             demo::run(&vip)
         }
         Cmd::Test { args } => test(&args),
-        Cmd::BenchFailover { quick, runs } => {
+        Cmd::Bench {
+            which,
+            quick,
+            runs,
+            out,
+            compare,
+            threshold,
+        } => {
+            // SAFETY: geteuid cannot fail.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!("the benchmarks load XDP programs and create network namespaces: run them as root");
+            }
             let vip = build()?;
-            let v = failover::run(&vip, quick, runs)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(())
+            bench::run(
+                &vip,
+                bench::Options {
+                    which,
+                    quick,
+                    runs,
+                    out,
+                    compare,
+                    threshold: threshold / 100.0,
+                },
+            )
         }
     }
 }

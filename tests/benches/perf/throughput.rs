@@ -1,0 +1,542 @@
+//! Packets per second on veth between namespaces, XDP against the kernel doing the
+//! same work, each pair measured in turn in the same run.
+//!
+//! gen (generator, counting sink on gen0) <-> dut0 (device under test) ... svc0 <-> svc1
+//! (sink). Two generators: XDP live frames (BPF_PROG_TEST_RUN, ~millions of frames/s;
+//! it can only feed a peer with NAPI, i.e. a native XDP program) and AF_PACKET
+//! (sendmmsg, slower, but feeds any mode; used for native against skb).
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+use lab::{veth, Netns};
+use serde_json::{json, Value};
+use vip::{config::XdpMode, dataplane::Dataplane, frames, mac::Mac};
+use vip_common::{action, programs, VipEntry};
+
+use crate::{median, record, Size};
+
+const GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+const ARP_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 50);
+const FWD_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 60);
+const DNAT_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 61);
+const REDIR_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 70);
+const EIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const EIP_VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 50);
+
+struct Lab {
+    gen: Netns,
+    dut: Netns,
+    svc: Netns,
+    gen_mac: Mac,
+    dut_mac: Mac,
+    svc0_mac: Mac,
+    svc1_mac: Mac,
+    /// Counting sinks on gen0 and svc1, and the generator program.
+    gen_dp: Dataplane,
+    svc_dp: Dataplane,
+    gen_ifindex: u32,
+}
+
+fn mac_of(ns: &Netns, iface: &str) -> Result<Mac> {
+    Ok(ns.mac(iface)?.parse()?)
+}
+
+fn lab() -> Result<Lab> {
+    let gen = Netns::new("tp-gen")?;
+    let dut = Netns::new("tp-dut")?;
+    let svc = Netns::new("tp-svc")?;
+    veth(&gen, "gen0", &dut, "dut0")?;
+    veth(&dut, "svc0", &svc, "svc1")?;
+    gen.ip(&["addr", "add", "10.9.0.1/24", "dev", "gen0"])?;
+    dut.ip(&["addr", "add", "10.9.0.2/24", "dev", "dut0"])?;
+    dut.ip(&["addr", "add", "10.10.0.1/24", "dev", "svc0"])?;
+    svc.ip(&["addr", "add", "10.10.0.2/24", "dev", "svc1"])?;
+    for (ns, i) in [
+        (&gen, "gen0"),
+        (&dut, "dut0"),
+        (&dut, "svc0"),
+        (&svc, "svc1"),
+    ] {
+        ns.ip(&["link", "set", i, "up"])?;
+    }
+    for (k, v) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.dut0.send_redirects", "0"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.dut0.rp_filter", "0"),
+    ] {
+        dut.sysctl(k, v)?;
+    }
+    let gen_mac = mac_of(&gen, "gen0")?;
+    let svc1_mac = mac_of(&svc, "svc1")?;
+    // The kernel paths know their next hops: no ARP during a measurement.
+    dut.ip(&[
+        "neigh",
+        "replace",
+        "10.9.0.1",
+        "lladdr",
+        &gen_mac.to_string(),
+        "dev",
+        "dut0",
+        "nud",
+        "permanent",
+    ])?;
+    dut.ip(&[
+        "neigh",
+        "replace",
+        "10.10.0.2",
+        "lladdr",
+        &svc1_mac.to_string(),
+        "dev",
+        "svc0",
+        "nud",
+        "permanent",
+    ])?;
+    let mut gen_dp = gen.run_in(|| Dataplane::load(16))?;
+    gen.run_in(|| gen_dp.attach_bench(programs::BENCH_SINK, "gen0", XdpMode::Native))?;
+    let mut svc_dp = svc.run_in(|| Dataplane::load(16))?;
+    svc.run_in(|| svc_dp.attach_bench(programs::BENCH_SINK, "svc1", XdpMode::Native))?;
+    let gen_ifindex = gen.run_in(|| nix::net::if_::if_nametoindex("gen0"))?;
+    Ok(Lab {
+        dut_mac: mac_of(&dut, "dut0")?,
+        svc0_mac: mac_of(&dut, "svc0")?,
+        gen,
+        dut,
+        svc,
+        gen_mac,
+        svc1_mac,
+        gen_dp,
+        svc_dp,
+        gen_ifindex,
+    })
+}
+
+/// What the device under test runs for one measurement.
+#[derive(Clone, Copy, PartialEq)]
+enum Dut {
+    /// vip's program, with an entry for the VIP of the case.
+    Vip(XdpMode),
+    /// The kernel does the work (a pass program on dut0 gives it NAPI).
+    Kernel,
+    /// The kernel with nftables DNAT in front.
+    KernelDnat,
+    /// vip's program as an elastic-IP gateway (dut0 external, svc0 internal).
+    Gateway,
+    /// The kernel doing the same 1:1 NAT with nftables.
+    KernelNat,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Case {
+    Arp,
+    Forward,
+    Redirect,
+    Eip,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Gen {
+    LiveFrames,
+    Packet,
+}
+
+/// Sets the DUT up for one measurement; what it returns keeps it so until dropped.
+fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
+    // The kernel paths' state, removed again at the end of every measurement.
+    let _ = l.dut.ip(&["addr", "del", "10.9.0.50/32", "dev", "dut0"]);
+    let _ = l.dut.ip(&["route", "del", "10.9.0.60/32"]);
+    let _ = l.dut.ip(&["route", "del", "10.9.0.70/32"]);
+    let _ = l.dut.exec(&["nft", "delete table ip benchnat"]);
+    let _ = l.dut.ip(&["route", "del", "10.10.0.50/32"]);
+    match dut {
+        Dut::Gateway => {
+            let settings = vip_common::Settings {
+                vip_ifindex: 0,
+                eip_enabled: 1,
+            };
+            let mut dp = l.dut.run_in(|| Dataplane::open(16, None, settings))?;
+            l.dut.run_in(|| -> Result<()> {
+                dp.attach("dut0", XdpMode::Native)?;
+                let (ext, int) = (
+                    nix::net::if_::if_nametoindex("dut0")?,
+                    nix::net::if_::if_nametoindex("svc0")?,
+                );
+                dp.add_redirect_target(int)?;
+                dp.set_eip(&vip_common::EipEntry {
+                    eip: EIP.octets(),
+                    vip: EIP_VIP.octets(),
+                    ext_ifindex: ext,
+                    int_ifindex: int,
+                    ext_mac: l.dut_mac.0,
+                    int_mac: l.svc0_mac.0,
+                    stats_index: 0,
+                })?;
+                // The owner as learned from the internal segment's ARP.
+                dp.set_owner(EIP_VIP, l.svc1_mac.0)?;
+                Ok(())
+            })?;
+            return Ok(Some(dp));
+        }
+        Dut::KernelNat => {
+            let mut dp = l.dut.run_in(|| Dataplane::load(16))?;
+            l.dut.run_in(|| dp.attach_pass("dut0"))?;
+            l.dut.ip(&[
+                "neigh",
+                "replace",
+                "10.10.0.50",
+                "lladdr",
+                &l.svc1_mac.to_string(),
+                "dev",
+                "svc0",
+                "nud",
+                "permanent",
+            ])?;
+            l.dut
+                .ip(&["route", "add", "10.10.0.50/32", "dev", "svc0"])?;
+            l.dut.exec(&["nft", "add table ip benchnat"])?;
+            l.dut.exec(&[
+                "nft",
+                "add chain ip benchnat pre { type nat hook prerouting priority -100 ; }",
+            ])?;
+            l.dut.exec(&[
+                "nft",
+                "add chain ip benchnat post { type nat hook postrouting priority 100 ; }",
+            ])?;
+            l.dut.exec(&[
+                "nft",
+                "add rule ip benchnat pre ip daddr 203.0.113.10 dnat to 10.10.0.50",
+            ])?;
+            l.dut.exec(&[
+                "nft",
+                "add rule ip benchnat post ip saddr 10.10.0.50 snat to 203.0.113.10",
+            ])?;
+            return Ok(Some(dp));
+        }
+        _ => {}
+    }
+    match dut {
+        Dut::Vip(mode) => {
+            let mut dp = l.dut.run_in(|| Dataplane::load(16))?;
+            l.dut.run_in(|| dp.attach("dut0", mode))?;
+            // The devmap resolves the ifindex in the caller's namespace: insert from dut's.
+            let svc0 = l.dut.run_in(|| -> Result<u32> {
+                let i = nix::net::if_::if_nametoindex("svc0")?;
+                dp.add_redirect_target(i)?;
+                Ok(i)
+            })?;
+            let (ip, e) = match case {
+                Case::Arp => (
+                    ARP_VIP,
+                    VipEntry {
+                        action: action::LOCAL,
+                        own_mac: l.dut_mac.0,
+                        src_mac: l.dut_mac.0,
+                        ..Default::default()
+                    },
+                ),
+                Case::Forward => (
+                    FWD_VIP,
+                    VipEntry {
+                        action: action::FORWARD,
+                        own_mac: l.dut_mac.0,
+                        src_mac: l.dut_mac.0,
+                        dst_mac: l.gen_mac.0,
+                        ..Default::default()
+                    },
+                ),
+                Case::Eip => unreachable!("the EIP case uses Gateway/KernelNat"),
+                Case::Redirect => (
+                    REDIR_VIP,
+                    VipEntry {
+                        action: action::REDIRECT,
+                        ifindex: svc0,
+                        own_mac: l.dut_mac.0,
+                        src_mac: l.svc0_mac.0,
+                        dst_mac: l.svc1_mac.0,
+                        ..Default::default()
+                    },
+                ),
+            };
+            dp.set_vip(ip.into(), &e)?;
+            Ok(Some(dp))
+        }
+        Dut::Gateway | Dut::KernelNat => unreachable!("set up above"),
+        Dut::Kernel | Dut::KernelDnat => {
+            let mut dp = l.dut.run_in(|| Dataplane::load(16))?;
+            l.dut.run_in(|| dp.attach_pass("dut0"))?;
+            match case {
+                Case::Arp => {
+                    l.dut.ip(&["addr", "add", "10.9.0.50/32", "dev", "dut0"])?;
+                }
+                Case::Forward => {
+                    l.dut.ip(&[
+                        "route",
+                        "add",
+                        "10.9.0.60/32",
+                        "via",
+                        "10.9.0.1",
+                        "dev",
+                        "dut0",
+                    ])?;
+                }
+                Case::Redirect => {
+                    l.dut.ip(&[
+                        "route",
+                        "add",
+                        "10.9.0.70/32",
+                        "via",
+                        "10.10.0.2",
+                        "dev",
+                        "svc0",
+                    ])?;
+                }
+                Case::Eip => unreachable!("the EIP case uses Gateway/KernelNat"),
+            }
+            if dut == Dut::KernelDnat {
+                l.dut.exec(&["nft", "add table ip benchnat"])?;
+                l.dut.exec(&[
+                    "nft",
+                    "add chain ip benchnat pre { type nat hook prerouting priority -100 ; }",
+                ])?;
+                l.dut.exec(&[
+                    "nft",
+                    "add rule ip benchnat pre ip daddr 10.9.0.61 dnat to 10.9.0.60",
+                ])?;
+            }
+            Ok(Some(dp))
+        }
+    }
+}
+
+/// The 64-byte frame (60 without the FCS) of a case.
+fn frame(l: &Lab, case: Case, dnat: bool) -> Vec<u8> {
+    match case {
+        Case::Arp => frames::arp_request(l.gen_mac, GEN_IP, ARP_VIP),
+        Case::Forward => frames::udp4(
+            l.dut_mac,
+            l.gen_mac,
+            GEN_IP,
+            if dnat { DNAT_VIP } else { FWD_VIP },
+            4000,
+            9,
+            &[0u8; 18],
+        ),
+        Case::Redirect => {
+            frames::udp4(l.dut_mac, l.gen_mac, GEN_IP, REDIR_VIP, 4000, 9, &[0u8; 18])
+        }
+        Case::Eip => frames::udp4(l.dut_mac, l.gen_mac, GEN_IP, EIP, 4000, 9, &[0u8; 18]),
+    }
+}
+
+/// Offers `count` copies of `f` into dut0; returns (offered/s, delivered/s at the sink).
+fn measure(l: &mut Lab, gen: Gen, f: &[u8], count: u32, sink_svc: bool) -> Result<(f64, f64)> {
+    assert_eq!(f.len(), 60, "the generator sends 60-byte frames");
+    l.gen_dp.set_bench_frame(f)?;
+    let sink = |l: &Lab| {
+        if sink_svc {
+            l.svc_dp.bench_count()
+        } else {
+            l.gen_dp.bench_count()
+        }
+    };
+    let before = sink(l);
+    let t0 = Instant::now();
+    match gen {
+        Gen::LiveFrames => {
+            let prog = l
+                .gen_dp
+                .program_by_name(programs::BENCH_TX)
+                .context("no generator program")?;
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+            let mut ctx = Vec::new();
+            for v in [0u32, f.len() as u32, 0, l.gen_ifindex, 0, 0] {
+                ctx.extend_from_slice(&v.to_ne_bytes());
+            }
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(f);
+            opts.ctx_in = Some(&ctx);
+            opts.repeat = count;
+            opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
+            l.gen
+                .run_in(|| prog.test_run(opts))
+                .context("live-frames BPF_PROG_TEST_RUN")?;
+        }
+        Gen::Packet => l.gen.run_in(|| packet_flood(f, count))?,
+    }
+    let spent = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(100));
+    let delivered = sink(l).saturating_sub(before);
+    Ok((count as f64 / spent, delivered as f64 / spent))
+}
+
+/// AF_PACKET generator: sendmmsg bursts of the same frame out of gen0, bypassing
+/// the qdisc.
+fn packet_flood(f: &[u8], count: u32) -> Result<()> {
+    // SAFETY: plain socket(2); owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("packet socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: valid option and length.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const _ as *const _,
+            4,
+        );
+    }
+    // SAFETY: zeroed sockaddr_ll is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = nix::net::if_::if_nametoindex("gen0")? as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&f[..6]);
+    const BURST: usize = 64;
+    let mut iov = libc::iovec {
+        iov_base: f.as_ptr() as *mut _,
+        iov_len: f.len(),
+    };
+    // SAFETY: zeroed mmsghdr is valid; fields set below.
+    let mut msgs: Vec<libc::mmsghdr> = (0..BURST).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for m in &mut msgs {
+        m.msg_hdr.msg_name = &mut sll as *mut _ as *mut _;
+        m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        m.msg_hdr.msg_iov = &mut iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let mut sent = 0u32;
+    while sent < count {
+        let n = ((count - sent) as usize).min(BURST);
+        // SAFETY: msgs point at valid buffers for the call.
+        let r = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == std::io::ErrorKind::WouldBlock
+            {
+                continue;
+            }
+            bail!("sendmmsg: {e}");
+        }
+        sent += r as u32;
+    }
+    Ok(())
+}
+
+pub fn run(size: Size) -> Result<Vec<Value>> {
+    let mut l = lab()?;
+    let rounds = if size.quick { 1 } else { 3 };
+    let live_count: u32 = if size.quick { 300_000 } else { 4_000_000 };
+    let packet_count: u32 = if size.quick { 100_000 } else { 1_000_000 };
+    let mut out = Vec::new();
+    // (case, xdp dut, kernel dut, generator, label)
+    let pairs: Vec<(Case, Dut, Dut, Gen, &str)> = vec![
+        (
+            Case::Arp,
+            Dut::Vip(XdpMode::Native),
+            Dut::Kernel,
+            Gen::LiveFrames,
+            "ARP requests answered: XDP vs the kernel",
+        ),
+        (
+            Case::Forward,
+            Dut::Vip(XdpMode::Native),
+            Dut::Kernel,
+            Gen::LiveFrames,
+            "VIP traffic forwarded: XDP vs kernel ip_forward",
+        ),
+        (
+            Case::Forward,
+            Dut::Vip(XdpMode::Native),
+            Dut::KernelDnat,
+            Gen::LiveFrames,
+            "VIP traffic forwarded: XDP vs kernel nftables DNAT + forward",
+        ),
+        (
+            Case::Redirect,
+            Dut::Vip(XdpMode::Native),
+            Dut::Kernel,
+            Gen::LiveFrames,
+            "VIP traffic redirected into another interface: XDP vs kernel routing",
+        ),
+        (
+            Case::Eip,
+            Dut::Gateway,
+            Dut::KernelNat,
+            Gen::LiveFrames,
+            "elastic IP 1:1 NAT gateway: XDP vs kernel nftables NAT + forward",
+        ),
+        (
+            Case::Arp,
+            Dut::Vip(XdpMode::Native),
+            Dut::Vip(XdpMode::Skb),
+            Gen::Packet,
+            "ARP requests answered: native vs skb mode (AF_PACKET generator)",
+        ),
+        (
+            Case::Arp,
+            Dut::Vip(XdpMode::Skb),
+            Dut::Kernel,
+            Gen::Packet,
+            "ARP requests answered: skb mode vs the kernel (AF_PACKET generator)",
+        ),
+    ];
+    for (case, a, b, gen, label) in pairs {
+        let count = if gen == Gen::LiveFrames {
+            live_count
+        } else {
+            packet_count
+        };
+        let sink_svc = matches!(case, Case::Redirect | Case::Eip);
+        let (mut ra, mut rb, mut ratio, mut offered) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let mut one = |dut: Dut| -> Result<(f64, f64)> {
+                let keep = setup(&l, dut, case)?;
+                let f = frame(&l, case, dut == Dut::KernelDnat);
+                // Warm caches (neighbour, conntrack) before measuring.
+                measure(&mut l, gen, &f, count / 20, sink_svc)?;
+                let r = measure(&mut l, gen, &f, count, sink_svc)?;
+                drop(keep);
+                Ok(r)
+            };
+            let (oa, da) = one(a)?;
+            let (_, db) = one(b)?;
+            offered.push(oa);
+            ra.push(da);
+            rb.push(db);
+            ratio.push(if db > 0.0 { da / db } else { 0.0 });
+        }
+        let (da, db) = (median(ra), median(rb));
+        let mut r = record(
+            "throughput",
+            label,
+            da / 1e6,
+            "Mpps",
+            Some(("second", db / 1e6)),
+            false,
+        );
+        r["ratio"] = json!(median(ratio));
+        r["offered_mpps"] = json!(median(offered) / 1e6);
+        r["generator"] = json!(if gen == Gen::LiveFrames {
+            "XDP live frames"
+        } else {
+            "AF_PACKET sendmmsg"
+        });
+        eprintln!("[perf]   {label}: {:.2} vs {:.2} Mpps", da / 1e6, db / 1e6);
+        out.push(r);
+    }
+    let _ = &l.svc;
+    Ok(out)
+}

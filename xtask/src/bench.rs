@@ -1,0 +1,239 @@
+//! `cargo xtask bench`: runs the benchmarks, prints one table, writes the results as
+//! JSON, and with `--compare BASE.json` flags what got slower than an earlier run.
+//!
+//! `paths`, `throughput`, `scale` and `control` need the XDP object and run as the
+//! `perf` benchmark of the tests crate; `failover` runs here (agents and keepalived
+//! as processes in the namespace lab).
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{failover, root, status};
+
+pub const ALL: [&str; 5] = ["paths", "throughput", "scale", "control", "failover"];
+
+pub struct Options {
+    pub which: Vec<String>,
+    pub quick: bool,
+    pub runs: usize,
+    pub out: Option<PathBuf>,
+    pub compare: Option<PathBuf>,
+    /// A figure worse than the base by more than this fraction is flagged.
+    pub threshold: f64,
+}
+
+pub fn run(vip: &Path, o: Options) -> Result<()> {
+    for w in &o.which {
+        if !ALL.contains(&w.as_str()) {
+            bail!("unknown benchmark `{w}` (choose from {})", ALL.join(", "));
+        }
+    }
+    let which: Vec<&str> = if o.which.is_empty() {
+        ALL.to_vec()
+    } else {
+        o.which.iter().map(String::as_str).collect()
+    };
+    let mut results: Vec<Value> = Vec::new();
+    let perf: Vec<&str> = which.iter().copied().filter(|w| *w != "failover").collect();
+    if !perf.is_empty() {
+        let tmp = root().join("target/bench/perf.json");
+        std::fs::create_dir_all(tmp.parent().unwrap_or(Path::new(".")))
+            .context("creating target/bench")?;
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(root())
+            .args(["bench", "-q", "-p", "vip-tests", "--bench", "perf", "--"])
+            .args(&perf);
+        if o.quick {
+            c.arg("--quick");
+        }
+        c.arg("--json").arg(&tmp);
+        status(&mut c)?;
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&tmp)?)
+            .context("reading the perf results")?;
+        results.extend(doc["results"].as_array().cloned().unwrap_or_default());
+    }
+    if which.contains(&"failover") {
+        let f = failover::run(vip, o.quick, o.runs)?;
+        for row in f["rows"].as_array().into_iter().flatten() {
+            results.push(json!({
+                "bench": "failover",
+                "case": format!("{} {} ms adverts: {}", row["impl"].as_str().unwrap_or(""), row["advert_interval_ms"], row["fault"].as_str().unwrap_or("")),
+                "value": row["outage_ms"]["median"],
+                "unit": "ms outage (median)",
+                "lost_probes_median": row["lost"]["median"],
+                "min": row["outage_ms"]["min"],
+                "max": row["outage_ms"]["max"],
+                "lower_is_better": true,
+            }));
+        }
+    }
+    let doc = json!({ "machine": machine(), "quick": o.quick, "results": results });
+    print!("{}", table(&doc));
+    let out = o
+        .out
+        .unwrap_or_else(|| root().join("target/bench/latest.json"));
+    if let Some(d) = out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("\nresults written to {}", out.display());
+    if let Some(base) = o.compare {
+        let b: Value = serde_json::from_str(
+            &std::fs::read_to_string(&base)
+                .with_context(|| format!("reading {}", base.display()))?,
+        )
+        .with_context(|| format!("{} is not a bench result", base.display()))?;
+        let (text, slower) = compare(&b, &doc, o.threshold);
+        print!("{text}");
+        if slower > 0 {
+            bail!(
+                "{slower} figure(s) slower than {} by more than {:.0}%",
+                base.display(),
+                o.threshold * 100.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the figures were measured on.
+fn machine() -> Value {
+    let sh = |c: &str, a: &[&str]| {
+        Command::new(c)
+            .args(a)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({ "cpus": sh("nproc", &[]), "kernel": sh("uname", &["-r"]), "cpu": cpu })
+}
+
+fn table(doc: &Value) -> String {
+    let mut t = String::new();
+    let m = &doc["machine"];
+    let _ = writeln!(
+        t,
+        "\nmachine: {} CPUs, {}, kernel {}",
+        m["cpus"].as_str().unwrap_or("?"),
+        m["cpu"].as_str().unwrap_or("?"),
+        m["kernel"].as_str().unwrap_or("?")
+    );
+    let mut bench = String::new();
+    for r in doc["results"].as_array().into_iter().flatten() {
+        let b = r["bench"].as_str().unwrap_or("");
+        if b != bench {
+            bench = b.to_string();
+            let _ = writeln!(t, "\n== {b}");
+        }
+        let v = r["value"].as_f64().unwrap_or(0.0);
+        let unit = r["unit"].as_str().unwrap_or("");
+        let mut line = format!(
+            "  {:<78} {:>9.2} {unit}",
+            r["case"].as_str().unwrap_or(""),
+            v
+        );
+        if let (Some(bv), Some(ratio)) = (r["baseline_value"].as_f64(), r["ratio"].as_f64()) {
+            let _ = write!(
+                line,
+                "   vs {:.2} ({})  ratio {:.2}",
+                bv,
+                r["baseline"].as_str().unwrap_or(""),
+                ratio
+            );
+        }
+        if let Some(l) = r["lost_probes_median"].as_u64() {
+            let _ = write!(
+                line,
+                "   lost {l} (min {:.1}, max {:.1} ms)",
+                r["min"].as_f64().unwrap_or(0.0),
+                r["max"].as_f64().unwrap_or(0.0)
+            );
+        }
+        t.push_str(&line);
+        t.push('\n');
+    }
+    t
+}
+
+/// Compares two runs figure by figure; returns the report and how many got slower.
+pub fn compare(base: &Value, new: &Value, threshold: f64) -> (String, usize) {
+    let mut t = String::from("\n== compared with the base run (ratio new/base; >1 is worse)\n");
+    let mut slower = 0;
+    let key = |r: &Value| {
+        format!(
+            "{}/{}",
+            r["bench"].as_str().unwrap_or(""),
+            r["case"].as_str().unwrap_or("")
+        )
+    };
+    let base_rows: Vec<&Value> = base["results"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    for r in new["results"].as_array().into_iter().flatten() {
+        let Some(b) = base_rows.iter().find(|b| key(b) == key(r)) else {
+            continue;
+        };
+        let (Some(nv), Some(bv)) = (r["value"].as_f64(), b["value"].as_f64()) else {
+            continue;
+        };
+        if bv <= 0.0 || nv <= 0.0 {
+            continue;
+        }
+        let lower_better = r["lower_is_better"].as_bool().unwrap_or(true);
+        let worse = if lower_better { nv / bv } else { bv / nv };
+        let flag = if worse > 1.0 + threshold {
+            slower += 1;
+            "  SLOWER"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            t,
+            "  {:<78} {:>9.2} -> {:>9.2}   x{:.2}{flag}",
+            key(r),
+            bv,
+            nv,
+            worse
+        );
+    }
+    (t, slower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_flags_slowdowns_both_ways() {
+        let base = json!({"results": [
+            {"bench": "paths", "case": "a", "value": 50.0, "lower_is_better": true},
+            {"bench": "throughput", "case": "b", "value": 3.0, "lower_is_better": false},
+            {"bench": "paths", "case": "c", "value": 50.0, "lower_is_better": true}
+        ]});
+        let new = json!({"results": [
+            {"bench": "paths", "case": "a", "value": 60.0, "lower_is_better": true},
+            {"bench": "throughput", "case": "b", "value": 2.0, "lower_is_better": false},
+            {"bench": "paths", "case": "c", "value": 51.0, "lower_is_better": true}
+        ]});
+        let (text, n) = compare(&base, &new, 0.10);
+        assert_eq!(n, 2, "{text}");
+        assert!(text.contains("paths/a") && text.contains("SLOWER"));
+    }
+}

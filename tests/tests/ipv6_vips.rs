@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::*;
-use lab::{privileged, wait_for, Agent, Capture, Lan};
+use lab::{privileged, wait_for, Agent, Capture};
 use vip::{frames, mac::Mac};
 
 const VIP6: &str = "2001:db8::50";

@@ -134,6 +134,32 @@ impl Lan {
         Ok(())
     }
 
+    /// An "internet" host behind `gateway` (documentation ranges only): the gateway's
+    /// `eth1` is 198.51.100.1/24 and forwards, the internet host is 198.51.100.10 and
+    /// routes 203.0.113.0/24 (elastic IPs) via the gateway; `servers` route their
+    /// default via the gateway. XDP_TX/REDIRECT towards the internet host work (NAPI).
+    pub fn internet(&mut self, gateway: &str, servers: &[&str]) -> Result<Netns> {
+        let i = Netns::new("inet")?;
+        let g = self.host(gateway);
+        crate::veth(&g.ns, "eth1", &i, "eth0")?;
+        g.ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "eth1"])?;
+        g.ns.ip(&["link", "set", "eth1", "up"])?;
+        g.ns.sysctl("net.ipv4.ip_forward", "1")?;
+        i.ip(&["addr", "add", "198.51.100.10/24", "dev", "eth0"])?;
+        i.ip(&["link", "set", "eth0", "up"])?;
+        i.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.1"])?;
+        i.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        let gw = g.ip4.to_string();
+        for s in servers {
+            self.host(s)
+                .ns
+                .ip(&["route", "add", "default", "via", &gw])?;
+        }
+        let name = i.name.clone();
+        self.xdp_pass(&name, &["eth0".to_string()])?;
+        Ok(i)
+    }
+
     /// Keeps a helper process alive as long as the lab.
     pub fn keep(&mut self, p: Proc) {
         self.helpers.push(p);

@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::*;
-use lab::{outage, privileged, veth, wait_for, Agent, Capture, Lan, Netns, Prober, Responder};
+use lab::{outage, privileged, wait_for, Agent, Capture, Lan, Netns, Prober, Responder};
 
 const EIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
@@ -18,28 +18,7 @@ const EIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 fn topology() -> (Lan, Netns) {
     let mut lan = Lan::new(&["a", "b", "g"]).unwrap();
     lan.enable_xdp_tx(&["a", "b", "g"]).unwrap();
-    let i = Netns::new("inet").unwrap();
-    let g = lan.host("g");
-    veth(&g.ns, "eth1", &i, "eth0").unwrap();
-    g.ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "eth1"])
-        .unwrap();
-    g.ns.ip(&["link", "set", "eth1", "up"]).unwrap();
-    g.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    i.ip(&["addr", "add", "198.51.100.10/24", "dev", "eth0"])
-        .unwrap();
-    i.ip(&["link", "set", "eth0", "up"]).unwrap();
-    i.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.1"])
-        .unwrap();
-    i.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
-    for s in ["a", "b"] {
-        lan.host(s)
-            .ns
-            .ip(&["route", "add", "default", "via", &g.ip4.to_string()])
-            .unwrap();
-    }
-    // Frames g redirects out of eth1 reach i only if i's side has NAPI.
-    let iname = i.name.clone();
-    lan.xdp_pass(&iname, &["eth0".to_string()]).unwrap();
+    let i = lan.internet("g", &["a", "b"]).unwrap();
     (lan, i)
 }
 

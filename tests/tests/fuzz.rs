@@ -190,6 +190,8 @@ fn solicitation(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
         dst == sn && f[0..6] == sn_mac.0
     };
     let shape = f[21] == 255
+        && !src.is_multicast()
+        && !src.is_loopback()
         && f[BASE + 1] == 0
         && (24..=64).contains(&len)
         && len.is_multiple_of(8)
@@ -207,7 +209,13 @@ fn solicitation(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
         if units == 0 {
             return drop;
         }
-        sll |= msg[off] == 1;
+        if msg[off] == 1 {
+            // A source link-layer option holds exactly one Ethernet address.
+            if units != 1 {
+                return drop;
+            }
+            sll = true;
+        }
         off += units * 8;
     }
     if off != len || (unspecified && sll) {

@@ -6,7 +6,9 @@
 //! a takeover's unsolicited NAs (count and interval of the garp settings) move the
 //! silent client's IPv4 and IPv6 entries together, and nothing else does; the new
 //! active joins the VIP's solicited-node group, so an MLD-snooping switch delivers
-//! solicitations to it.
+//! solicitations to it. Two ignored tests reproduce known limits of the agent
+//! (docs/IPV6.md): a redirected VIP's group is never joined, and an interface down/up
+//! loses the VIP's address.
 
 mod common;
 
@@ -23,7 +25,7 @@ const VIP6: &str = "2001:db8::50";
 const VIP6_ADDR: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x50);
 const ALL_NODES_MAC: &str = "33:33:00:00:00:01";
 
-/// A neighbour advertisement for the VIP, as it was on the wire.
+/// A neighbour advertisement, as it was on the wire.
 #[derive(Debug, PartialEq)]
 struct Na {
     from: Mac,
@@ -60,8 +62,8 @@ impl Na {
     }
 }
 
-/// The neighbour advertisements for the VIP among `frames_in`.
-fn advertisements(frames_in: &[Vec<u8>]) -> Vec<Na> {
+/// The neighbour advertisements for `target` among `frames_in`.
+fn advertisements(frames_in: &[Vec<u8>], target: Ipv6Addr) -> Vec<Na> {
     frames_in
         .iter()
         .filter(|f| {
@@ -69,7 +71,7 @@ fn advertisements(frames_in: &[Vec<u8>]) -> Vec<Na> {
                 && f[12..14] == [0x86, 0xdd]
                 && f[20] == 58
                 && f[54] == 136
-                && f[62..78] == VIP6_ADDR.octets()
+                && f[62..78] == target.octets()
         })
         .map(|f| {
             let addr = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[at..at + 16]).unwrap());
@@ -119,7 +121,18 @@ fn slla(m: Mac) -> Vec<u8> {
     [&[1u8, 1][..], &m.0].concat()
 }
 
+/// Sends `frame` from the client's `cap` and returns the advertisements for the VIP
+/// that come back within the window.
+fn ask(cap: &Capture, frame: &[u8]) -> Vec<Na> {
+    cap.clear();
+    cap.send(frame).unwrap();
+    advertisements(&cap.collect(WINDOW, |_| true), VIP6_ADDR)
+}
+
+/// A nonce option (RFC 7527), as Linux puts in its DAD probes.
 const NONCE: [u8; 8] = [14, 1, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6];
+/// An option of a type no one knows: receivers must skip it.
+const UNKNOWN_OPTION: [u8; 8] = [200, 1, 0, 0, 0, 0, 0, 0];
 
 fn cli(agent: &Agent, args: &[&str]) {
     let out = agent.cli(args).expect("vip CLI");
@@ -184,6 +197,14 @@ fn entries_move_to(c: &Netns, mac: &str) -> bool {
     .is_some()
 }
 
+/// Agents on a (active) and b (standby) for one group holding `vips`, each with its
+/// extra group lines.
+fn servers(lan: &Lan, vips: &[&str], extra_a: &str, extra_b: &str) -> (Agent, Agent) {
+    let a = agent(lan, "a", &config("a", vips, "active", extra_a));
+    let b = agent(lan, "b", &config("b", vips, "standby", extra_b));
+    (a, b)
+}
+
 #[test]
 fn ping_tcp_udp_reach_the_active_and_its_own_traffic_keeps_its_address() {
     if !privileged() {
@@ -191,8 +212,7 @@ fn ping_tcp_udp_reach_the_active_and_its_own_traffic_keeps_its_address() {
     }
     let lan = lan();
     let (a, c) = (lan.host("a"), lan.host("c"));
-    let active = agent(&lan, "a", &config("a", &["2001:db8::50/64"], "active", ""));
-    let standby = agent(&lan, "b", &config("b", &["2001:db8::50/64"], "standby", ""));
+    let (active, standby) = servers(&lan, &["2001:db8::50/64"], "", "");
     // Takeover added the VIP as a /128 without DAD and deprecated, so it is usable at
     // once and never the source the kernel picks for connections of its own.
     let line = address_line(&a.ns, "2001:db8::50/128").expect("the VIP on the active");
@@ -255,190 +275,153 @@ fn ping_tcp_udp_reach_the_active_and_its_own_traffic_keeps_its_address() {
     teardown(lan);
 }
 
+/// `ip link set br0 type bridge OPTIONS` on the switch.
+fn set_bridge(lan: &Lan, options: &str) {
+    let mut args = vec!["link", "set", "br0", "type", "bridge"];
+    args.extend(options.split_whitespace());
+    lan.switch.ip(&args).expect("bridge options");
+}
+
+/// A plain switch: the bridge's netfilter hook and multicast snooping parse IPv6
+/// themselves and drop a frame shorter than its payload length before any server.
+fn plain_switch(lan: &Lan) {
+    let sw = &lan.switch;
+    sw.sysctl("net.bridge.bridge-nf-call-ip6tables", "0")
+        .unwrap();
+    set_bridge(lan, "mcast_snooping 0");
+}
+
 #[test]
 fn well_formed_solicitations_are_answered_once_by_the_active_and_no_other_ever() {
     if !privileged() {
         return;
     }
     let lan = lan();
+    plain_switch(&lan);
     let (a, c) = (lan.host("a"), lan.host("c"));
-    let active = agent(&lan, "a", &config("a", &["2001:db8::50/64"], "active", ""));
-    let standby = agent(&lan, "b", &config("b", &["2001:db8::50/64"], "standby", ""));
+    let (active, standby) = servers(&lan, &["2001:db8::50/64"], "", "");
     let cap = Capture::open(&c.ns, "eth0").unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let ask = |frame: &[u8]| {
-        cap.clear();
-        cap.send(frame).unwrap();
-        advertisements(&cap.collect(WINDOW, |_| true))
-    };
     let me = mac(&c.mac);
     let (sn, sn_mac) = frames::solicited_node(VIP6_ADDR);
     let link_local: Ipv6Addr = "fe80::c".parse().unwrap();
     let to_c = |to: Ipv6Addr| vec![Na::solicited(&a.mac, &c.mac, to)];
+    // An NS message from `src` to the VIP's solicited-node group.
+    let group = |src: Ipv6Addr, msg: Vec<u8>| frames::icmpv6(sn_mac, me, src, sn, 255, msg);
+    // An NS from the client, with a source link-layer option, to `dst` at `eth_dst`.
+    let to = |eth_dst: &str, dst: Ipv6Addr| {
+        frames::icmpv6(mac(eth_dst), me, c.ip6, dst, 255, ns_msg(&slla(me)))
+    };
+    let with_options = |options: &[&[u8]]| ns_msg(&options.concat());
 
     // Well-formed: multicast (solicited-node) and unicast (unreachability detection),
     // with and without a source link-layer option, with a nonce (RFC 7527) or an
     // unknown option (ignored, RFC 4861 4.6), from a link-local source; a DAD probe as
     // Linux sends it (nonce) is answered to all nodes, defending the address.
     let good = [
-        (
-            "multicast NS",
-            frames::neighbour_solicitation(me, c.ip6, VIP6_ADDR, None),
-            to_c(c.ip6),
-        ),
+        ("multicast NS", to(&sn_mac.to_string(), sn), to_c(c.ip6)),
         (
             "multicast NS without options",
-            frames::icmpv6(sn_mac, me, c.ip6, sn, 255, ns_msg(&[])),
+            group(c.ip6, ns_msg(&[])),
             to_c(c.ip6),
         ),
-        (
-            "unicast NS",
-            frames::neighbour_solicitation(me, c.ip6, VIP6_ADDR, Some(mac(&a.mac))),
-            to_c(c.ip6),
-        ),
+        ("unicast NS", to(&a.mac, VIP6_ADDR), to_c(c.ip6)),
         (
             "NS with a nonce",
-            frames::icmpv6(
-                sn_mac,
-                me,
-                c.ip6,
-                sn,
-                255,
-                ns_msg(&[slla(me), NONCE.to_vec()].concat()),
-            ),
+            group(c.ip6, with_options(&[&slla(me), &NONCE])),
             to_c(c.ip6),
         ),
         (
             "NS with an unknown option",
-            frames::icmpv6(
-                sn_mac,
-                me,
-                c.ip6,
-                sn,
-                255,
-                ns_msg(&[&[200, 1, 0, 0, 0, 0, 0, 0][..], &slla(me)].concat()),
-            ),
+            group(c.ip6, with_options(&[&UNKNOWN_OPTION, &slla(me)])),
             to_c(c.ip6),
         ),
         (
             "NS from a link-local address",
-            frames::icmpv6(sn_mac, me, link_local, sn, 255, ns_msg(&slla(me))),
+            group(link_local, ns_msg(&slla(me))),
             to_c(link_local),
         ),
         (
             "DAD probe",
-            frames::icmpv6(sn_mac, me, Ipv6Addr::UNSPECIFIED, sn, 255, ns_msg(&NONCE)),
+            group(Ipv6Addr::UNSPECIFIED, ns_msg(&NONCE)),
             vec![Na::to_all_nodes(&a.mac)],
         ),
     ];
     for (i, (what, frame, want)) in good.iter().enumerate() {
-        assert_eq!(&ask(frame), want, "{what}");
+        assert_eq!(&ask(&cap, frame), want, "{what}");
         assert_eq!(counter(&active, VIP6, "nd_replies"), i as u64 + 1, "{what}");
     }
 
     // Malformed, or not addressed to the VIP as RFC 4861 says: never answered. Each
     // reached the active's data plane, which refused it (`not_answered`), or found it
     // too short to name a target and left it to the kernel (`parse_errors`).
-    let multicast = frames::neighbour_solicitation(me, c.ip6, VIP6_ADDR, None);
+    let multicast = &good[0].1;
     let with = |i: usize, v: u8| {
         let mut f = multicast.clone();
         f[i] = v;
         f
     };
-    let ns =
-        |src: Ipv6Addr, options: &[u8]| frames::icmpv6(sn_mac, me, src, sn, 255, ns_msg(options));
     let mut code_1 = ns_msg(&slla(me));
     code_1[1] = 1;
-    let long: Vec<u8> = [slla(me), [200, 1, 0, 0, 0, 0, 0, 0].repeat(5)].concat();
-    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+    let long = with_options(&[&slla(me), &UNKNOWN_OPTION.repeat(5)]);
+    let bad = [
         ("hop limit 254", with(21, 254), "not_answered"),
         (
             "bad checksum",
             with(56, multicast[56] ^ 0xff),
             "not_answered",
         ),
-        (
-            "code 1",
-            frames::icmpv6(sn_mac, me, c.ip6, sn, 255, code_1),
-            "not_answered",
-        ),
-        // Unicast: the bridge's multicast snooping itself drops a multicast frame shorter
-        // than its IPv6 payload length.
-        (
-            "truncated",
-            frames::neighbour_solicitation(me, c.ip6, VIP6_ADDR, Some(mac(&a.mac)))[..70].to_vec(),
-            "parse_errors",
-        ),
+        ("code 1", group(c.ip6, code_1), "not_answered"),
+        ("truncated", multicast[..70].to_vec(), "parse_errors"),
         (
             "16-byte message",
-            frames::icmpv6(sn_mac, me, c.ip6, sn, 255, ns_msg(&[])[..16].to_vec()),
+            group(c.ip6, ns_msg(&[])[..16].to_vec()),
             "parse_errors",
         ),
         (
             "zero-length option",
-            ns(c.ip6, &[1, 0, 2, 0, 0, 0, 0, 0xc]),
+            group(c.ip6, ns_msg(&[1, 0, 2, 0, 0, 0, 0, 0])),
             "not_answered",
         ),
         (
-            "option overrunning the message",
-            ns(c.ip6, &[200, 2, 0, 0, 0, 0, 0, 0]),
+            "option past the end",
+            group(c.ip6, ns_msg(&[200, 2, 0, 0, 0, 0, 0, 0])),
             "not_answered",
         ),
         (
-            "source link-layer option of 16 bytes",
-            ns(c.ip6, &[&[1, 2][..], &me.0, &[0; 8]].concat()),
+            "16-byte source link-layer option",
+            group(c.ip6, with_options(&[&[1, 2], &me.0, &[0; 8]])),
             "not_answered",
         ),
-        ("longer than 64 bytes", ns(c.ip6, &long), "not_answered"),
+        ("longer than 64 bytes", group(c.ip6, long), "not_answered"),
         (
-            "wrong solicited-node group",
-            frames::icmpv6(
-                mac("33:33:ff:00:00:99"),
-                me,
-                c.ip6,
-                "ff02::1:ff00:99".parse().unwrap(),
-                255,
-                ns_msg(&slla(me)),
-            ),
+            "another solicited-node group",
+            to("33:33:ff:00:00:99", "ff02::1:ff00:99".parse().unwrap()),
             "not_answered",
         ),
         (
-            "solicited-node group, wrong MAC",
-            frames::icmpv6(
-                mac("33:33:ff:00:00:99"),
-                me,
-                c.ip6,
-                sn,
-                255,
-                ns_msg(&slla(me)),
-            ),
+            "the group at another MAC",
+            to("33:33:ff:00:00:99", sn),
             "not_answered",
         ),
         (
             "to all nodes",
-            frames::icmpv6(
-                mac(ALL_NODES_MAC),
-                me,
-                c.ip6,
-                frames::ALL_NODES,
-                255,
-                ns_msg(&slla(me)),
-            ),
+            to(ALL_NODES_MAC, frames::ALL_NODES),
             "not_answered",
         ),
         (
             "unicast to another MAC",
-            frames::neighbour_solicitation(me, c.ip6, VIP6_ADDR, Some(mac("02:00:00:00:00:99"))),
+            to("02:00:00:00:00:99", VIP6_ADDR),
             "not_answered",
         ),
         (
             "unicast to the broadcast MAC",
-            frames::neighbour_solicitation(me, c.ip6, VIP6_ADDR, Some(Mac::BROADCAST)),
+            to("ff:ff:ff:ff:ff:ff", VIP6_ADDR),
             "not_answered",
         ),
         (
             "DAD probe with a source link-layer option",
-            ns(Ipv6Addr::UNSPECIFIED, &slla(me)),
+            group(Ipv6Addr::UNSPECIFIED, ns_msg(&slla(me))),
             "not_answered",
         ),
         (
@@ -455,18 +438,18 @@ fn well_formed_solicitations_are_answered_once_by_the_active_and_no_other_ever()
         ),
         (
             "multicast source",
-            ns("ff02::1".parse().unwrap(), &slla(me)),
+            group(frames::ALL_NODES, ns_msg(&slla(me))),
             "not_answered",
         ),
         (
             "loopback source",
-            ns(Ipv6Addr::LOCALHOST, &slla(me)),
+            group(Ipv6Addr::LOCALHOST, ns_msg(&slla(me))),
             "not_answered",
         ),
     ];
     for (what, frame, refused_as) in &bad {
         let before = global(&active, refused_as);
-        let got = ask(frame);
+        let got = ask(&cap, frame);
         assert!(got.is_empty(), "{what}: answered {got:?}");
         assert_eq!(
             global(&active, refused_as),
@@ -497,7 +480,7 @@ fn well_formed_solicitations_are_answered_once_by_the_active_and_no_other_ever()
 
     // Nobody active: the standby answers nothing, and does not defend the VIP.
     for (what, frame, _) in &good {
-        let got = ask(frame);
+        let got = ask(&cap, frame);
         assert!(got.is_empty(), "{what}: answered by {got:?} with no active");
     }
     assert_eq!(ndisc6(&c.ns), None);
@@ -516,16 +499,16 @@ fn well_formed_solicitations_are_answered_once_by_the_active_and_no_other_ever()
     teardown(lan);
 }
 
-/// Both VIPs of one group on a (active) and b (standby); the client has resolved both
-/// to a and stays silent from here on. Returns the agents.
+/// Both VIPs of one group on a and b; the client has resolved both to a and stays
+/// silent from here on.
 fn dual_stack(lan: &Lan, extra_a: &str, extra_b: &str) -> (Agent, Agent) {
-    let vips = ["10.0.0.50/24", "2001:db8::50/64"];
-    let a = agent(lan, "a", &config("a", &vips, "active", extra_a));
-    let b = agent(lan, "b", &config("b", &vips, "standby", extra_b));
+    let agents = servers(lan, &["10.0.0.50/24", "2001:db8::50/64"], extra_a, extra_b);
+    // a's own takeover announcements (up to 3, 100 ms apart here) go by first.
+    std::thread::sleep(Duration::from_millis(500));
     let c = lan.host("c");
     assert!(ping(&c.ns, VIP) && ping(&c.ns, VIP6));
     assert!(entries_move_to(&c.ns, &lan.host("a").mac));
-    (a, b)
+    agents
 }
 
 #[test]
@@ -564,16 +547,16 @@ fn unsolicited_nas_move_the_silent_client_with_both_families() {
     // as many gratuitous ARPs, garp_interval_ms apart, from b and from no one else.
     let (times, nas): (Vec<Duration>, Vec<Vec<u8>>) = frames_heard
         .iter()
-        .filter(|(_, f)| !advertisements(std::slice::from_ref(f)).is_empty())
+        .filter(|(_, f)| !advertisements(std::slice::from_ref(f), VIP6_ADDR).is_empty())
         .cloned()
         .unzip();
     assert_eq!(
-        advertisements(&nas),
+        advertisements(&nas, VIP6_ADDR),
         (0..3).map(|_| Na::to_all_nodes(&b.mac)).collect::<Vec<_>>()
     );
     let spread = times[2] - times[0];
     assert!(
-        spread >= Duration::from_millis(180) && spread < Duration::from_millis(600),
+        spread >= Duration::from_millis(150) && spread < Duration::from_millis(600),
         "NAs at {times:?}"
     );
     let all: Vec<Vec<u8>> = frames_heard.into_iter().map(|(_, f)| f).collect();
@@ -656,62 +639,56 @@ fn members(lan: &Lan, group: &str) -> Vec<String> {
         .switch
         .exec(&["bridge", "mdb", "show", "dev", "br0"])
         .unwrap_or_default();
-    let mut ports: Vec<String> = out
-        .lines()
+    out.lines()
         .filter(|l| l.split_whitespace().any(|w| w == group))
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             w.position(|x| x == "port")?;
             w.next().map(str::to_string)
         })
-        .collect();
-    ports.sort();
-    ports
+        .collect()
 }
 
-/// Turns the switch into an MLD-snooping one with a querier that sends multicast to
-/// `servers` only when they have reported the group (unregistered multicast is not
-/// flooded to them), as a switch that drops unknown multicast does.
-fn mld_snooping(lan: &Lan, servers: &[&str]) {
+/// Whether the switch lists `port` for `group` within 8 s.
+fn joined(lan: &Lan, group: &str, port: &str) -> bool {
+    wait_for(Duration::from_secs(8), || {
+        members(lan, group).iter().any(|p| p == port).then_some(())
+    })
+    .is_some()
+}
+
+/// Makes the switch an MLD-snooping one with a querier, as many are: multicast goes
+/// only to the ports that reported its group (the bridge then sends unregistered
+/// groups to multicast routers only). Returns once the querier is in charge: a
+/// solicitation for a's own address reaches a (the bridge takes some 10 s here).
+fn mld_snooping(lan: &Lan) {
     lan.switch
         .sysctl("net.ipv6.conf.br0.accept_dad", "0")
         .unwrap();
     lan.switch
         .sysctl("net.ipv6.conf.br0.disable_ipv6", "0")
         .unwrap();
-    lan.switch
-        .ip(&[
-            "link",
-            "set",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "1",
-            "mcast_querier",
-            "1",
-            "mcast_startup_query_interval",
-            "50",
-            "mcast_query_interval",
-            "200",
-            "mcast_query_response_interval",
-            "50",
-        ])
-        .unwrap();
-    for s in servers {
-        lan.switch
-            .exec(&[
-                "bridge",
-                "link",
-                "set",
-                "dev",
-                &lan.host(s).port,
-                "mcast_flood",
-                "off",
-            ])
-            .unwrap();
-    }
+    set_bridge(
+        lan,
+        "mcast_snooping 1 mcast_querier 1 mcast_startup_query_interval 50 \
+         mcast_query_interval 200 mcast_query_response_interval 50",
+    );
+    let (a, c) = (lan.host("a"), lan.host("c"));
+    let cap = Capture::open(&c.ns, "eth0").unwrap();
+    let ns = frames::neighbour_solicitation(mac(&c.mac), c.ip6, a.ip6, None);
+    let ready = wait_for(Duration::from_secs(30), || {
+        cap.clear();
+        cap.send(&ns).unwrap();
+        let got = advertisements(&cap.collect(Duration::from_millis(100), |_| true), a.ip6);
+        (!got.is_empty()).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "the snooping switch never delivered a's group"
+    );
 }
+
+const SOLICITED_NODE: &str = "ff02::1:ff00:50";
 
 #[test]
 fn the_new_active_joins_the_solicited_node_group_behind_mld_snooping() {
@@ -719,54 +696,147 @@ fn the_new_active_joins_the_solicited_node_group_behind_mld_snooping() {
         return;
     }
     let lan = lan();
-    mld_snooping(&lan, &["a", "b"]);
+    mld_snooping(&lan);
     let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
-    let group = "ff02::1:ff00:50";
-    let na = agent(&lan, "a", &config("a", &["2001:db8::50/64"], "active", ""));
-    let nb = agent(&lan, "b", &config("b", &["2001:db8::50/64"], "standby", ""));
+    let (na, nb) = servers(&lan, &["2001:db8::50/64"], "", "");
     let cap = Capture::open(&c.ns, "eth0").unwrap();
-    let solicit = || {
-        cap.clear();
-        let ns = frames::neighbour_solicitation(mac(&c.mac), c.ip6, VIP6_ADDR, None);
-        cap.send(&ns).unwrap();
-        advertisements(&cap.collect(WINDOW, |_| true))
-    };
-    let joined = |port: &str| {
-        wait_for(Duration::from_secs(8), || {
-            members(&lan, group)
-                .contains(&port.to_string())
-                .then_some(())
-        })
-        .is_some()
-    };
+    let ns = frames::neighbour_solicitation(mac(&c.mac), c.ip6, VIP6_ADDR, None);
     assert!(
-        joined(&a.port),
-        "the active never reported {group}: {:?}",
-        members(&lan, group)
+        joined(&lan, SOLICITED_NODE, &a.port),
+        "{:?}",
+        members(&lan, SOLICITED_NODE)
     );
-    assert!(!members(&lan, group).contains(&b.port));
-    // Once the querier is up, the switch delivers the group to its members only.
-    let first = wait_for(Duration::from_secs(8), || {
-        let got = solicit();
-        got.iter().any(|n| n.solicited).then_some(got)
-    });
-    assert_eq!(first, Some(vec![Na::solicited(&a.mac, &c.mac, c.ip6)]));
+    assert!(!members(&lan, SOLICITED_NODE).contains(&b.port));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ask(&cap, &ns), vec![Na::solicited(&a.mac, &c.mac, c.ip6)]);
 
     cli(&nb, &["promote", "web"]);
     cli(&na, &["demote", "web"]);
     assert!(
-        joined(&b.port),
-        "the new active never reported {group}: {:?}",
-        members(&lan, group)
+        joined(&lan, SOLICITED_NODE, &b.port),
+        "{:?}",
+        members(&lan, SOLICITED_NODE)
     );
     let maddr = |ns: &Netns| ns.ip(&["-6", "maddr", "show", "dev", "eth0"]).unwrap();
-    assert!(maddr(&b.ns).contains(group));
-    assert!(!maddr(&a.ns).contains(group));
+    assert!(maddr(&b.ns).contains(SOLICITED_NODE));
+    assert!(!maddr(&a.ns).contains(SOLICITED_NODE));
     // Past the takeover's announcements, a solicitation reaches the new active through
     // the snooping switch, and only it answers.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(solicit(), vec![Na::solicited(&b.mac, &c.mac, c.ip6)]);
+    assert_eq!(ask(&cap, &ns), vec![Na::solicited(&b.mac, &c.mac, c.ip6)]);
     assert_eq!(counter(&nb, VIP6, "nd_replies"), 1);
     drop((na, nb));
+    teardown(lan);
+}
+
+/// The same with a VIP redirected into a container: the node does not hold the
+/// address, so its kernel never joins the solicited-node group and nothing delivers
+/// multicast solicitations to it (here the snooping switch; on hardware the NIC's
+/// multicast filter). Needs the agent to join the group itself while it owns the VIP.
+#[test]
+fn a_redirected_ipv6_vip_is_reachable_behind_mld_snooping() {
+    if !privileged() {
+        return;
+    }
+    let mut lan = lan();
+    let ctr = Netns::new("ctr").unwrap();
+    lab::veth(&lan.host("a").ns, "svc", &ctr, "eth0").unwrap();
+    lan.host("a").ns.ip(&["link", "set", "svc", "up"]).unwrap();
+    ctr.ip(&["link", "set", "eth0", "up"]).unwrap();
+    lan.xdp_pass(&ctr.name.clone(), &["eth0".to_string()])
+        .unwrap();
+    mld_snooping(&lan);
+    let (a, c) = (lan.host("a"), lan.host("c"));
+    let extra = "redirect_to = \"svc\"";
+    let na = agent(
+        &lan,
+        "a",
+        &config("a", &["2001:db8::50/64"], "active", extra),
+    );
+    assert_eq!(na.vip_status(VIP6).unwrap()["action"], "redirect");
+    let joined = joined(&lan, SOLICITED_NODE, &a.port);
+    let cap = Capture::open(&c.ns, "eth0").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let ns = frames::neighbour_solicitation(mac(&c.mac), c.ip6, VIP6_ADDR, None);
+    let got = ask(&cap, &ns);
+    let want = vec![Na::solicited(&a.mac, &c.mac, c.ip6)];
+    drop((na, cap));
+    drop(lan);
+    drop(ctr);
+    assert!(joined, "a never reported {SOLICITED_NODE}");
+    assert_eq!(got, want);
+}
+
+/// An administrative down/up of the interface makes the kernel flush its IPv6
+/// addresses (unless `keep_addr_on_down`), the VIP's /128 included, while IPv4 ones
+/// stay. The data plane keeps answering for the VIP, so clients resolve it to a node
+/// whose kernel no longer accepts its traffic. Needs the agent to add the addresses of
+/// its active groups again when the link comes back (or when one is deleted).
+#[test]
+fn an_ipv6_vip_survives_an_interface_down_and_up() {
+    if !privileged() {
+        return;
+    }
+    let lan = lan();
+    let (a, c) = (lan.host("a"), lan.host("c"));
+    let agents = dual_stack(&lan, "", "");
+    a.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    a.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    // The host's own network configuration brings its address back.
+    let own = format!("{}/64", a.ip6);
+    a.ns.ip(&["addr", "replace", &own, "dev", "eth0", "nodad"])
+        .unwrap();
+    let both = wait_for(Duration::from_secs(5), || {
+        (ping(&c.ns, VIP) && ping(&c.ns, VIP6)).then_some(())
+    });
+    let vip6 = address_line(&a.ns, "2001:db8::50/128");
+    drop(agents);
+    teardown(lan);
+    assert!(
+        both.is_some(),
+        "the VIPs are not both reachable; a has {vip6:?}"
+    );
+}
+
+/// An elected group with an IPv4 and an IPv6 VIP: the active's link goes down, the
+/// standby takes both over and the client's neighbour entries of both families move
+/// to it (gratuitous ARP and unsolicited NA).
+#[test]
+fn an_elected_dual_stack_group_fails_over_as_one() {
+    if !privileged() {
+        return;
+    }
+    let lan = lan();
+    let both = |me: &str, p: u8| {
+        elected(&lan, me, &["a", "b"], p, "", "").replace(
+            "vips = [\"10.0.0.50/24\"]",
+            "vips = [\"10.0.0.50/24\", \"2001:db8::50/64\"]",
+        )
+    };
+    let a = Agent::start(&lan.host("a").ns, "a", &both("a", 200)).unwrap();
+    let b = Agent::start(&lan.host("b").ns, "b", &both("b", 100)).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active"
+        && state(&b) == "standby")
+        .then_some(()))
+    .is_some());
+    let c = lan.host("c");
+    assert!(ping(&c.ns, VIP) && ping(&c.ns, VIP6));
+    assert!(entries_move_to(&c.ns, &lan.host("a").mac));
+    lan.host("a")
+        .ns
+        .ip(&["link", "set", "eth0", "down"])
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(3), || (state(&b) == "active")
+        .then_some(()))
+    .is_some());
+    assert!(
+        entries_move_to(&c.ns, &lan.host("b").mac),
+        "the client's entries did not both move to b"
+    );
+    assert!(ping(&c.ns, VIP) && ping(&c.ns, VIP6));
+    for v in [VIP, VIP6] {
+        assert_eq!(b.vip_status(v).unwrap()["action"], "local");
+    }
+    drop((a, b));
     teardown(lan);
 }

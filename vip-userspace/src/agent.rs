@@ -131,6 +131,10 @@ pub struct Agent {
     /// Counter slots in use (VIP_STATS indexes).
     slots: BTreeSet<u32>,
     health_tx: Option<mpsc::Sender<health::Report>>,
+    /// Holds the solicited-node memberships of redirected IPv6 VIPs.
+    mcast: Option<std::net::UdpSocket>,
+    /// The interface's last known carrier state.
+    link_up: bool,
     /// Set when a control request ends the main loop.
     exit: Option<Exit>,
     eips: Vec<EipRuntime>,
@@ -155,6 +159,8 @@ pub enum Exit {
 enum Event {
     Datagram(Vec<u8>, SocketAddr),
     Health(health::Report),
+    /// What the kernel reports about `node.interface`.
+    Kernel(crate::netlink::Change),
 }
 
 /// Loads, validates and checks a config against this host, with the command line's
@@ -389,6 +395,8 @@ impl Agent {
             opts,
             slots: BTreeSet::new(),
             health_tx: None,
+            mcast: None,
+            link_up: true,
             exit: None,
         };
         // Counter slots an adopted data plane already uses keep their VIPs (and counts).
@@ -602,6 +610,32 @@ impl Agent {
 
     /// Starts the tasks that feed the loop: advert receivers and health checks.
     fn spawn_helpers(&mut self, tx: &mpsc::Sender<Event>) {
+        // The kernel's word on our interface, for every group: it flushes IPv6
+        // addresses when the link goes down, and an operator may delete one.
+        match crate::netlink::Monitor::open(self.iface.index) {
+            Ok(mon) => {
+                let ktx = tx.clone();
+                std::thread::spawn(move || loop {
+                    match mon.next() {
+                        Ok(changes) => {
+                            for c in changes {
+                                if ktx.blocking_send(Event::Kernel(c)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            log::error!("watching the interface: {e}");
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => log::error!(
+                "watching {}: {e}; addresses removed behind our back are not restored",
+                self.iface.name
+            ),
+        }
         for sock in [&self.adverts.v4, &self.adverts.v6].into_iter().flatten() {
             let (sock, tx) = (sock.clone(), tx.clone());
             tokio::spawn(async move {
@@ -726,6 +760,8 @@ impl Agent {
     fn event(&mut self, ev: Event) {
         match ev {
             Event::Datagram(b, from) => self.datagram(&b, from),
+            Event::Kernel(crate::netlink::Change::Link { up }) => self.link(up),
+            Event::Kernel(crate::netlink::Change::AddressRemoved(a)) => self.address_removed(a),
             Event::Health((group, name, ok, detail)) => {
                 if let Some(gi) = self.groups.iter().position(|g| g.cfg.name == group) {
                     self.health(gi, name, ok, detail);
@@ -1259,6 +1295,7 @@ impl Agent {
                 let (mac, garp, name) = (self.iface.mac, g.garp, g.name.clone());
                 let addrs: Vec<IpAddr> = added.iter().map(|v| v.addr).collect();
                 tokio::spawn(garp::burst(socket, mac, addrs, garp, name));
+                self.join_solicited_nodes(gi, true);
             } else {
                 let fwd = self.groups[gi].forward_to;
                 self.set_entries(gi, fwd)?;
@@ -1444,6 +1481,114 @@ impl Agent {
         }
     }
 
+    /// A VIP address of an active group was removed (the kernel flushes IPv6
+    /// addresses with the link, or an operator deleted it): add it back, so the data
+    /// plane never answers for a VIP the kernel would not accept.
+    fn address_removed(&mut self, addr: IpAddr) {
+        let Some(gi) = self.groups.iter().position(|g| {
+            g.state == State::Active
+                && g.redirect.is_none()
+                && g.vips.iter().any(|v| v.vip.addr == addr)
+        }) else {
+            return;
+        };
+        log::warn!(
+            "group {}: VIP {addr} was removed from {}; adding it back",
+            self.groups[gi].cfg.name,
+            self.iface.name
+        );
+        if let Err(e) = self
+            .nl
+            .add_address(self.iface.index, addr, host_prefix(addr))
+        {
+            log::error!("group {}: re-adding {addr}: {e}", self.groups[gi].cfg.name);
+        }
+    }
+
+    /// The interface came back: restore what the kernel flushed while it was down
+    /// (IPv6 addresses go with the link) and announce the active VIPs again.
+    fn link(&mut self, up: bool) {
+        // RTM_NEWLINK also reports unrelated changes: act on transitions only.
+        if self.link_up == up {
+            return;
+        }
+        self.link_up = up;
+        log::info!("{} is {}", self.iface.name, if up { "up" } else { "down" });
+        if !up {
+            return;
+        }
+        for gi in 0..self.groups.len() {
+            if self.groups[gi].state != State::Active {
+                continue;
+            }
+            if self.groups[gi].redirect.is_none() {
+                let g = &self.groups[gi];
+                for v in &g.vips {
+                    if let Err(e) =
+                        self.nl
+                            .add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
+                    {
+                        log::error!(
+                            "group {}: re-adding {} after link up: {e}",
+                            g.cfg.name,
+                            v.vip.addr
+                        );
+                    }
+                }
+            }
+            self.announce(gi);
+        }
+    }
+
+    /// For a redirected IPv6 VIP no address is added, so nothing joins its
+    /// solicited-node group: join it, or NICs that filter multicast and switches that
+    /// snoop MLD never deliver the solicitations for it.
+    fn join_solicited_nodes(&mut self, gi: usize, join: bool) {
+        let addrs: Vec<std::net::Ipv6Addr> = self.groups[gi]
+            .vips
+            .iter()
+            .filter_map(|v| match v.vip.addr {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        if addrs.is_empty() || self.groups[gi].redirect.is_none() {
+            return;
+        }
+        if self.mcast.is_none() {
+            match std::net::UdpSocket::bind("[::]:0") {
+                Ok(s) => self.mcast = Some(s),
+                Err(e) => {
+                    log::error!("opening a socket for multicast membership: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(sock) = &self.mcast else { return };
+        for a in addrs {
+            let (group, _) = crate::frames::solicited_node(a);
+            let r = if join {
+                sock.join_multicast_v6(&group, self.iface.index)
+            } else {
+                sock.leave_multicast_v6(&group, self.iface.index)
+            };
+            match r {
+                Ok(()) => {}
+                // Joining twice or leaving what was never joined: nothing to do.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EADDRINUSE) | Some(libc::EADDRNOTAVAIL) | Some(libc::EINVAL)
+                    ) => {}
+                Err(e) => log::error!(
+                    "group {}: {} solicited-node group {group}: {e}",
+                    self.groups[gi].cfg.name,
+                    if join { "joining" } else { "leaving" }
+                ),
+            }
+        }
+    }
+
     /// Takes the group's VIPs: lease and entries, then addresses, then announcements.
     pub fn activate(&mut self, gi: usize, reason: &str) -> Result<()> {
         let g = &self.groups[gi];
@@ -1480,6 +1625,7 @@ impl Agent {
                 }
             }
         }
+        self.join_solicited_nodes(gi, true);
         self.groups[gi].forward_to = None;
         self.groups[gi].drain_until = None;
         self.set_state(gi, State::Active, reason);
@@ -1506,6 +1652,9 @@ impl Agent {
             h.abort();
         }
         let was_active = self.groups[gi].state == State::Active;
+        if was_active {
+            self.join_solicited_nodes(gi, false);
+        }
         let forward_to = if state == State::Fault {
             None
         } else {

@@ -270,6 +270,125 @@ impl Netlink {
     }
 }
 
+/// What the kernel reports about our interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An address was removed from the interface (by us, an operator, or the kernel
+    /// flushing IPv6 addresses when the link goes down).
+    AddressRemoved(IpAddr),
+    /// The link's carrier state changed.
+    Link { up: bool },
+}
+
+/// A subscription to the kernel's link and address notifications for one interface.
+pub struct Monitor {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+impl Monitor {
+    pub fn open(ifindex: u32) -> io::Result<Self> {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: zeroed sockaddr_nl is valid.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        // RTNLGRP_LINK (1), RTNLGRP_IPV4_IFADDR (5), RTNLGRP_IPV6_IFADDR (9).
+        sa.nl_groups = (1 << 0) | (1 << 4) | (1 << 8);
+        // SAFETY: a valid address of the right length.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Monitor { fd, ifindex })
+    }
+
+    /// Blocks until the kernel reports something; returns what concerns our interface.
+    pub fn next(&self) -> io::Result<Vec<Change>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: receiving into a buffer we own.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            // Notifications were lost (a burst): the caller re-checks everything.
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                return Ok(vec![Change::Link { up: true }]);
+            }
+            return Err(e);
+        }
+        Ok(parse_changes(&buf[..n as usize], self.ifindex))
+    }
+}
+
+fn parse_changes(mut data: &[u8], ifindex: u32) -> Vec<Change> {
+    let mut out = Vec::new();
+    while data.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(data[0..4].try_into().unwrap_or_default()) as usize;
+        let ty = u16::from_ne_bytes([data[4], data[5]]);
+        if len < NLMSG_HDRLEN || len > data.len() {
+            break;
+        }
+        let body = &data[NLMSG_HDRLEN..len];
+        data = &data[align4(len).min(data.len())..];
+        match ty {
+            RTM_DELADDR if body.len() >= 8 => {
+                let index = u32::from_ne_bytes(body[4..8].try_into().unwrap_or_default());
+                if index != ifindex {
+                    continue;
+                }
+                let family = body[0] as i32;
+                let addr = attrs(&body[8..])
+                    .find(|(t, _)| *t == IFA_LOCAL || *t == IFA_ADDRESS)
+                    .and_then(|(_, v)| match (family, v.len()) {
+                        (libc::AF_INET, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(v).ok()?)),
+                        (libc::AF_INET6, 16) => Some(IpAddr::from(<[u8; 16]>::try_from(v).ok()?)),
+                        _ => None,
+                    });
+                if let Some(a) = addr {
+                    out.push(Change::AddressRemoved(a));
+                }
+            }
+            16 if body.len() >= 16 => {
+                // RTM_NEWLINK: struct ifinfomsg { family, pad, type, index, flags, change }
+                let index = i32::from_ne_bytes(body[4..8].try_into().unwrap_or_default()) as u32;
+                let flags = u32::from_ne_bytes(body[8..12].try_into().unwrap_or_default());
+                if index == ifindex {
+                    // IFF_UP and IFF_LOWER_UP (carrier).
+                    out.push(Change::Link {
+                        up: flags & 0x1 != 0 && flags & 0x10000 != 0,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 fn addr_msg(ifindex: u32, addr: IpAddr, prefix: u8) -> Vec<u8> {
     let family = if addr.is_ipv4() {
         libc::AF_INET

@@ -30,18 +30,8 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
         return;
     }
     let (lan, inet) = topology();
-    let a = Agent::start(
-        &lan.host("a").ns,
-        "a",
-        &elected(&lan, "a", &["a", "b"], 200, "", ""),
-    )
-    .unwrap();
-    let b = Agent::start(
-        &lan.host("b").ns,
-        "b",
-        &elected(&lan, "b", &["a", "b"], 100, "", ""),
-    )
-    .unwrap();
+    let a = start_elected(&lan, "a", &["a", "b"], 200, "");
+    let b = start_elected(&lan, "b", &["a", "b"], 100, "");
     assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active"
         && state(&b) == "standby")
         .then_some(()))

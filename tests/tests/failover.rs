@@ -60,24 +60,9 @@ fn three_nodes_elect_fail_over_and_preempt() {
     }
     let lan = servers_lan(&["a", "b", "e"]);
     let all = ["a", "b", "e"];
-    let a = Agent::start(
-        &lan.host("a").ns,
-        "a",
-        &elected(&lan, "a", &all, 200, "", ""),
-    )
-    .unwrap();
-    let b = Agent::start(
-        &lan.host("b").ns,
-        "b",
-        &elected(&lan, "b", &all, 150, "", ""),
-    )
-    .unwrap();
-    let e = Agent::start(
-        &lan.host("e").ns,
-        "e",
-        &elected(&lan, "e", &all, 100, "", ""),
-    )
-    .unwrap();
+    let a = start_elected(&lan, "a", &all, 200, "");
+    let b = start_elected(&lan, "b", &all, 150, "");
+    let e = start_elected(&lan, "e", &all, 100, "");
     expect_states(
         &[("a", &a), ("b", &b), ("e", &e)],
         &["active", "standby", "standby"],
@@ -105,12 +90,7 @@ fn three_nodes_elect_fail_over_and_preempt() {
     drop(a);
 
     // It comes back with the highest priority and preempts.
-    let a = Agent::start(
-        &lan.host("a").ns,
-        "a",
-        &elected(&lan, "a", &all, 200, "", ""),
-    )
-    .unwrap();
+    let a = start_elected(&lan, "a", &all, 200, "");
     expect_states(
         &[("a", &a), ("b", &b), ("e", &e)],
         &["active", "standby", "standby"],
@@ -137,19 +117,9 @@ fn without_preempt_a_returning_node_stays_standby() {
     }
     let lan = servers_lan(&["a", "b"]);
     let all = ["a", "b"];
-    let b = Agent::start(
-        &lan.host("b").ns,
-        "b",
-        &elected(&lan, "b", &all, 100, "", ""),
-    )
-    .unwrap();
+    let b = start_elected(&lan, "b", &all, 100, "");
     expect_states(&[("b", &b)], &["active"]);
-    let a = Agent::start(
-        &lan.host("a").ns,
-        "a",
-        &elected(&lan, "a", &all, 200, "", "preempt = false"),
-    )
-    .unwrap();
+    let a = start_elected(&lan, "a", &all, 200, "preempt = false");
     std::thread::sleep(Duration::from_millis(INTERVAL * 20));
     expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
     client_reaches(&lan, &lan.host("b").mac);
@@ -176,18 +146,8 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
     std::fs::write(&key, "correct horse battery staple\n").unwrap();
     let extra = format!("auth_key_file = \"{}\"", key.display());
     let all = ["a", "b"];
-    let a = Agent::start(
-        &lan.host("a").ns,
-        "a",
-        &elected(&lan, "a", &all, 200, "", &extra),
-    )
-    .unwrap();
-    let b = Agent::start(
-        &lan.host("b").ns,
-        "b",
-        &elected(&lan, "b", &all, 100, "", &extra),
-    )
-    .unwrap();
+    let a = start_elected(&lan, "a", &all, 200, &extra);
+    let b = start_elected(&lan, "b", &all, 100, &extra);
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
 
     // Capture a genuine advertisement from a to b, to replay it later.
@@ -286,18 +246,8 @@ fn split_brain_heals_lower_priority_yields() {
             .exec(&["nft", "add rule inet part in udp dport 4112 drop"])
             .unwrap();
     }
-    let a = Agent::start(
-        &lan.host("a").ns,
-        "a",
-        &elected(&lan, "a", &all, 200, "", ""),
-    )
-    .unwrap();
-    let b = Agent::start(
-        &lan.host("b").ns,
-        "b",
-        &elected(&lan, "b", &all, 100, "", ""),
-    )
-    .unwrap();
+    let a = start_elected(&lan, "a", &all, 200, "");
+    let b = start_elected(&lan, "b", &all, 100, "");
     expect_states(&[("a", &a), ("b", &b)], &["active", "active"]);
     // Heal.
     for n in ["a", "b"] {
@@ -335,18 +285,8 @@ fn a_failing_health_check_gives_the_vip_up() {
         "track_script = {{ command = [\"test\", \"-e\", \"{}\"], interval_ms = 20, timeout_ms = 20, rise = 2, fall = 2 }}",
         flag.display()
     );
-    let a = Agent::start(
-        &lan.host("a").ns,
-        "a",
-        &elected(&lan, "a", &all, 200, "", &check),
-    )
-    .unwrap();
-    let b = Agent::start(
-        &lan.host("b").ns,
-        "b",
-        &elected(&lan, "b", &all, 100, "", ""),
-    )
-    .unwrap();
+    let a = start_elected(&lan, "a", &all, 200, &check);
+    let b = start_elected(&lan, "b", &all, 100, "");
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
     std::fs::remove_file(&flag).unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["fault", "active"]);
@@ -376,12 +316,7 @@ fn lease_expiry_stops_arp_answers_of_a_stopped_agent() {
     }
     let lan = servers_lan(&["a", "b"]);
     // b never runs: a is active alone.
-    let a = Agent::start(
-        &lan.host("a").ns,
-        "a",
-        &elected(&lan, "a", &["a", "b"], 200, "", ""),
-    )
-    .unwrap();
+    let a = start_elected(&lan, "a", &["a", "b"], 200, "");
     expect_states(&[("a", &a)], &["active"]);
     let c = lan.host("c");
     let cap = Capture::open(&c.ns, "eth0").unwrap();
@@ -414,18 +349,8 @@ fn planned_handover_loses_nothing() {
     }
     let lan = servers_lan(&["a", "b"]);
     let all = ["a", "b"];
-    let a = Agent::start(
-        &lan.host("a").ns,
-        "a",
-        &elected(&lan, "a", &all, 200, "", ""),
-    )
-    .unwrap();
-    let b = Agent::start(
-        &lan.host("b").ns,
-        "b",
-        &elected(&lan, "b", &all, 100, "", ""),
-    )
-    .unwrap();
+    let a = start_elected(&lan, "a", &all, 200, "");
+    let b = start_elected(&lan, "b", &all, 100, "");
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
     let to: SocketAddr = (VIP4, 7007).into();
     let _ra = Responder::start(&lan.host("a").ns, to, "a").unwrap();

@@ -35,12 +35,7 @@ fn hitless_restart_loses_nothing_and_cleanup_uninstalls() {
     let pin = format!("pin_dir = \"{}/a\"", bpffs.dir.display());
     let cfg_a = elected(&lan, "a", &["a", "b"], 200, &pin, "");
     let mut a = Agent::start(&lan.host("a").ns, "a", &cfg_a).unwrap();
-    let b = Agent::start(
-        &lan.host("b").ns,
-        "b",
-        &elected(&lan, "b", &["a", "b"], 100, "", ""),
-    )
-    .unwrap();
+    let b = start_elected(&lan, "b", &["a", "b"], 100, "");
     assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active"
         && state(&b) == "standby")
         .then_some(()))

@@ -485,29 +485,14 @@ impl Dataplane {
             }
         }
         use aya::maps::IterableMap as _;
-        if !k4.is_empty() {
-            update_batch(
-                self.vips_v4.map().fd().as_fd(),
-                &k4,
-                &v4,
-                (k4.len() / 4) as u32,
-            )
-            .map_err(|source| DataplaneError::MapIo {
-                map: maps::VIPS_V4,
-                source,
-            })?;
-        }
-        if !k6.is_empty() {
-            update_batch(
-                self.vips_v6.map().fd().as_fd(),
-                &k6,
-                &v6,
-                (k6.len() / 16) as u32,
-            )
-            .map_err(|source| DataplaneError::MapIo {
-                map: maps::VIPS_V6,
-                source,
-            })?;
+        for (map, name, keys, values, width) in [
+            (self.vips_v4.map(), maps::VIPS_V4, &k4, &v4, 4),
+            (self.vips_v6.map(), maps::VIPS_V6, &k6, &v6, 16),
+        ] {
+            if !keys.is_empty() {
+                update_batch(map.fd().as_fd(), keys, values, (keys.len() / width) as u32)
+                    .map_err(|source| DataplaneError::MapIo { map: name, source })?;
+            }
         }
         Ok(())
     }

@@ -67,19 +67,7 @@ pub struct Netlink {
 
 impl Netlink {
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = route_socket()?;
         // Ask for extended acks so errors carry the kernel's reason when it has one.
         let one: libc::c_int = 1;
         // SAFETY: setsockopt with a valid int option.
@@ -270,6 +258,23 @@ impl Netlink {
     }
 }
 
+/// A NETLINK_ROUTE socket.
+fn route_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// What the kernel reports about our interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -288,19 +293,7 @@ pub struct Monitor {
 
 impl Monitor {
     pub fn open(ifindex: u32) -> io::Result<Self> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = route_socket()?;
         // SAFETY: zeroed sockaddr_nl is valid.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;

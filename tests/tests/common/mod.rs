@@ -37,6 +37,16 @@ pub fn elected(
     )
 }
 
+/// Starts an elected agent on `me` (see `elected`).
+pub fn start_elected(lan: &Lan, me: &str, all: &[&str], priority: u8, group_extra: &str) -> Agent {
+    Agent::start(
+        &lan.host(me).ns,
+        me,
+        &elected(lan, me, all, priority, "", group_extra),
+    )
+    .expect("starting the agent")
+}
+
 /// The first group's state, or "down" when the agent does not answer.
 pub fn state(a: &Agent) -> String {
     a.status()

@@ -762,6 +762,7 @@ impl Agent {
             Event::Datagram(b, from) => self.datagram(&b, from),
             Event::Kernel(crate::netlink::Change::Link { up }) => self.link(up),
             Event::Kernel(crate::netlink::Change::AddressRemoved(a)) => self.address_removed(a),
+            Event::Kernel(crate::netlink::Change::Resync) => self.restore_addresses(),
             Event::Health((group, name, ok, detail)) => {
                 if let Some(gi) = self.groups.iter().position(|g| g.cfg.name == group) {
                     self.health(gi, name, ok, detail);
@@ -1517,26 +1518,29 @@ impl Agent {
         if !up {
             return;
         }
+        self.restore_addresses();
         for gi in 0..self.groups.len() {
-            if self.groups[gi].state != State::Active {
-                continue;
+            if self.groups[gi].state == State::Active {
+                self.announce(gi);
             }
-            if self.groups[gi].redirect.is_none() {
-                let g = &self.groups[gi];
-                for v in &g.vips {
-                    if let Err(e) =
-                        self.nl
-                            .add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
-                    {
-                        log::error!(
-                            "group {}: re-adding {} after link up: {e}",
-                            g.cfg.name,
-                            v.vip.addr
-                        );
-                    }
+        }
+    }
+
+    /// Adds back the addresses of every active local VIP (idempotent).
+    fn restore_addresses(&mut self) {
+        for g in self
+            .groups
+            .iter()
+            .filter(|g| g.state == State::Active && g.redirect.is_none())
+        {
+            for v in &g.vips {
+                if let Err(e) =
+                    self.nl
+                        .add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
+                {
+                    log::error!("group {}: restoring {}: {e}", g.cfg.name, v.vip.addr);
                 }
             }
-            self.announce(gi);
         }
     }
 

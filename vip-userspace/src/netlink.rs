@@ -202,15 +202,7 @@ impl Netlink {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: receiving into a buffer we own.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
+            let n = recv(&self.fd, &mut buf);
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -258,6 +250,19 @@ impl Netlink {
     }
 }
 
+/// recv(2) into `buf`: the byte count, or -1 with errno set.
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> isize {
+    // SAFETY: receiving into a buffer we own, of its length.
+    unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            0,
+        )
+    }
+}
+
 /// A NETLINK_ROUTE socket.
 fn route_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
@@ -283,6 +288,8 @@ pub enum Change {
     AddressRemoved(IpAddr),
     /// The link's carrier state changed.
     Link { up: bool },
+    /// Notifications were lost (a burst): everything may have changed.
+    Resync,
 }
 
 /// A subscription to the kernel's link and address notifications for one interface.
@@ -316,20 +323,11 @@ impl Monitor {
     /// Blocks until the kernel reports something; returns what concerns our interface.
     pub fn next(&self) -> io::Result<Vec<Change>> {
         let mut buf = vec![0u8; 64 * 1024];
-        // SAFETY: receiving into a buffer we own.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        };
+        let n = recv(&self.fd, &mut buf);
         if n < 0 {
             let e = io::Error::last_os_error();
-            // Notifications were lost (a burst): the caller re-checks everything.
             if e.raw_os_error() == Some(libc::ENOBUFS) {
-                return Ok(vec![Change::Link { up: true }]);
+                return Ok(vec![Change::Resync]);
             }
             return Err(e);
         }

@@ -147,6 +147,14 @@ enum Gen {
     Packet,
 }
 
+/// Runs nft commands in the DUT's namespace.
+fn nft(l: &Lab, cmds: &[&str]) -> Result<()> {
+    for c in cmds {
+        l.dut.exec(&["nft", c])?;
+    }
+    Ok(())
+}
+
 /// Sets the DUT up for one measurement; what it returns keeps it so until dropped.
 fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
     // The kernel paths' state, removed again at the end of every measurement.
@@ -200,23 +208,16 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
             ])?;
             l.dut
                 .ip(&["route", "add", "10.10.0.50/32", "dev", "svc0"])?;
-            l.dut.exec(&["nft", "add table ip benchnat"])?;
-            l.dut.exec(&[
-                "nft",
-                "add chain ip benchnat pre { type nat hook prerouting priority -100 ; }",
-            ])?;
-            l.dut.exec(&[
-                "nft",
-                "add chain ip benchnat post { type nat hook postrouting priority 100 ; }",
-            ])?;
-            l.dut.exec(&[
-                "nft",
-                "add rule ip benchnat pre ip daddr 203.0.113.10 dnat to 10.10.0.50",
-            ])?;
-            l.dut.exec(&[
-                "nft",
-                "add rule ip benchnat post ip saddr 10.10.0.50 snat to 203.0.113.10",
-            ])?;
+            nft(
+                l,
+                &[
+                    "add table ip benchnat",
+                    "add chain ip benchnat pre { type nat hook prerouting priority -100 ; }",
+                    "add chain ip benchnat post { type nat hook postrouting priority 100 ; }",
+                    "add rule ip benchnat pre ip daddr 203.0.113.10 dnat to 10.10.0.50",
+                    "add rule ip benchnat post ip saddr 10.10.0.50 snat to 203.0.113.10",
+                ],
+            )?;
             return Ok(Some(dp));
         }
         _ => {}
@@ -300,15 +301,14 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
                 Case::Eip => unreachable!("the EIP case uses Gateway/KernelNat"),
             }
             if dut == Dut::KernelDnat {
-                l.dut.exec(&["nft", "add table ip benchnat"])?;
-                l.dut.exec(&[
-                    "nft",
-                    "add chain ip benchnat pre { type nat hook prerouting priority -100 ; }",
-                ])?;
-                l.dut.exec(&[
-                    "nft",
-                    "add rule ip benchnat pre ip daddr 10.9.0.61 dnat to 10.9.0.60",
-                ])?;
+                nft(
+                    l,
+                    &[
+                        "add table ip benchnat",
+                        "add chain ip benchnat pre { type nat hook prerouting priority -100 ; }",
+                        "add rule ip benchnat pre ip daddr 10.9.0.61 dnat to 10.9.0.60",
+                    ],
+                )?;
             }
             Ok(Some(dp))
         }

@@ -234,40 +234,14 @@ impl Dataplane {
     /// Attaches the same program (same maps) to a further interface: a gateway's
     /// external side. Pinned as `link-<iface>` next to the main attachment.
     pub fn attach_extra(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
-        let pin_path = self
-            .pin_dir
-            .as_ref()
-            .map(|d| d.join(format!("{LINK_PIN}-{iface}")));
-        let pin_err = |p: &Path, e: String| DataplaneError::Pin {
-            path: p.to_path_buf(),
-            source: std::io::Error::other(e),
-        };
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(programs::VIP)
-            .ok_or(DataplaneError::Missing("XDP program"))?
-            .try_into()?;
-        let id = match &pin_path {
-            Some(p) if p.exists() => {
-                let old = PinnedLink::from_pin(p).map_err(|e| pin_err(p, e.to_string()))?;
-                let fd: FdLink = old.unpin().map_err(|e| pin_err(p, e.to_string()))?;
-                let xdp = XdpLink::try_from(fd).map_err(|e| pin_err(p, e.to_string()))?;
-                prog.attach_to_link(xdp)?
+        let pinned = match self.pin_dir.clone() {
+            Some(d) => {
+                Some(self.attach_pinned(iface, mode, &d.join(format!("{LINK_PIN}-{iface}")))?)
             }
-            _ => self.attach_program(programs::VIP, iface, mode)?,
-        };
-        let pinned = match pin_path {
-            Some(p) => {
-                let prog: &mut Xdp = self
-                    .ebpf
-                    .program_mut(programs::VIP)
-                    .ok_or(DataplaneError::Missing("XDP program"))?
-                    .try_into()?;
-                let link = prog.take_link(id)?;
-                let fd = FdLink::try_from(link).map_err(|e| pin_err(&p, e.to_string()))?;
-                Some(fd.pin(&p).map_err(|e| pin_err(&p, e.to_string()))?)
+            None => {
+                self.attach_program(programs::VIP, iface, mode)?;
+                None
             }
-            None => None,
         };
         self.extra_links.push((iface.to_string(), pinned));
         Ok(())
@@ -366,43 +340,47 @@ impl Dataplane {
     /// attachment is pinned, its program is replaced atomically by ours (an upgrade
     /// never leaves the interface without a program).
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
-        let Some(dir) = self.pin_dir.clone() else {
-            self.link = Some(self.attach_program(programs::VIP, iface, mode)?);
-            return Ok(());
+        match self.pin_dir.clone() {
+            Some(dir) => {
+                self.pinned_link = Some(self.attach_pinned(iface, mode, &dir.join(LINK_PIN))?)
+            }
+            None => self.link = Some(self.attach_program(programs::VIP, iface, mode)?),
+        }
+        Ok(())
+    }
+
+    /// The data-plane program's attachment to `iface`, pinned at `link_path`: an
+    /// attachment an earlier agent pinned there gets our program (bpf_link_update),
+    /// otherwise a new one is made.
+    fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+        link_path: &Path,
+    ) -> Result<PinnedLink> {
+        let pin_err = |e: String| DataplaneError::Pin {
+            path: link_path.to_path_buf(),
+            source: std::io::Error::other(e),
         };
-        let link_path = dir.join(LINK_PIN);
-        let pin_err = |source| DataplaneError::Pin {
-            path: link_path.clone(),
-            source,
-        };
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(programs::VIP)
-            .ok_or(DataplaneError::Missing("XDP program"))?
-            .try_into()?;
         let id = if link_path.exists() {
-            let old = PinnedLink::from_pin(&link_path)
-                .map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
-            let fd: FdLink = old.unpin().map_err(pin_err)?;
-            let xdp =
-                XdpLink::try_from(fd).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
-            prog.attach_to_link(xdp)?
+            let old = PinnedLink::from_pin(link_path).map_err(|e| pin_err(e.to_string()))?;
+            let fd: FdLink = old.unpin().map_err(|e| pin_err(e.to_string()))?;
+            let xdp = XdpLink::try_from(fd).map_err(|e| pin_err(e.to_string()))?;
+            self.vip_program_mut()?.attach_to_link(xdp)?
         } else {
             self.attach_program(programs::VIP, iface, mode)?
         };
-        let prog: &mut Xdp = self
+        let link = self.vip_program_mut()?.take_link(id)?;
+        let fd = FdLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
+        fd.pin(link_path).map_err(|e| pin_err(e.to_string()))
+    }
+
+    fn vip_program_mut(&mut self) -> Result<&mut Xdp> {
+        Ok(self
             .ebpf
             .program_mut(programs::VIP)
             .ok_or(DataplaneError::Missing("XDP program"))?
-            .try_into()?;
-        let link = prog.take_link(id)?;
-        let fd =
-            FdLink::try_from(link).map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
-        let pinned = fd
-            .pin(&link_path)
-            .map_err(|e| pin_err(std::io::Error::other(e.to_string())))?;
-        self.pinned_link = Some(pinned);
-        Ok(())
+            .try_into()?)
     }
 
     /// Attaches the do-nothing program to `iface` (native mode). On a veth this turns

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::*;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lab::{privileged, Netns};
@@ -14,15 +16,6 @@ use vip::{
 };
 use vip_common::{action, flags, VipEntry};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-const OWN: Mac = Mac([0x02, 0, 0, 0, 0, 0x0a]);
-const ACTIVE: Mac = Mac([0x02, 0, 0, 0, 0, 0x0b]);
-const CLIENT: Mac = Mac([0x02, 0, 0, 0, 0, 0x0c]);
-const TARGET: Mac = Mac([0x02, 0, 0, 0, 0, 0x0d]);
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
 const LOCAL4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
 const REDIR4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 51);

@@ -27,15 +27,6 @@ use vip::{
 };
 use vip_common::{action, flags, VipEntry};
 
-const DROP: u32 = 1;
-const PASS: u32 = 2;
-const TX: u32 = 3;
-const REDIRECT: u32 = 4;
-
-const OWN: Mac = Mac([0x02, 0, 0, 0, 0, 0x0a]);
-const ACTIVE: Mac = Mac([0x02, 0, 0, 0, 0, 0x0b]);
-const CLIENT: Mac = Mac([0x02, 0, 0, 0, 0, 0x0c]);
-const TARGET: Mac = Mac([0x02, 0, 0, 0, 0, 0x0d]);
 const SVC: Mac = Mac([0x02, 0, 0, 0, 0, 0x0e]);
 
 /// A small xorshift generator: deterministic, so a failure reproduces.
@@ -85,7 +76,7 @@ fn entry(act: u32, slot: u32, group: u32, ifindex: u32) -> VipEntry {
 
 /// What the program must do with `f`, per the README: (action, frame out).
 fn model(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
-    let pass = (PASS, f.to_vec());
+    let pass = (XDP_PASS, f.to_vec());
     let eth_dst = &f[0..6];
     match u16::from_be_bytes([f[12], f[13]]) {
         0x0800 => {
@@ -117,7 +108,7 @@ fn model(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
                 && sha[0] & 1 == 0
                 && (eth_dst == [0xff; 6] || eth_dst == OWN.0);
             if !well_formed || !answers(e, *live) {
-                return (DROP, f.to_vec());
+                return (XDP_DROP, f.to_vec());
             }
             let mut out = f.to_vec();
             out[0..6].copy_from_slice(sha);
@@ -127,7 +118,7 @@ fn model(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
             out[38..42].copy_from_slice(spa);
             out[22..28].copy_from_slice(&OWN.0);
             out[28..32].copy_from_slice(&tpa.octets());
-            (TX, out)
+            (XDP_TX, out)
         }
         0x86dd => {
             if f.len() < 54 || f[14] >> 4 != 6 {
@@ -157,28 +148,28 @@ fn answers(e: &VipEntry, live: bool) -> bool {
 
 fn steer((e, live): &(VipEntry, bool), f: &[u8]) -> (u32, Vec<u8>) {
     if f[0..6] != OWN.0 || !live {
-        return (PASS, f.to_vec());
+        return (XDP_PASS, f.to_vec());
     }
     let mut out = f.to_vec();
     out[0..6].copy_from_slice(&e.dst_mac);
     out[6..12].copy_from_slice(&e.src_mac);
     match e.action {
-        action::REDIRECT => (REDIRECT, out),
-        action::FORWARD => (TX, out),
-        _ => (PASS, f.to_vec()),
+        action::REDIRECT => (XDP_REDIRECT, out),
+        action::FORWARD => (XDP_TX, out),
+        _ => (XDP_PASS, f.to_vec()),
     }
 }
 
 fn solicitation(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
     const BASE: usize = 54;
     if f.len() < BASE + 24 {
-        return (PASS, f.to_vec());
+        return (XDP_PASS, f.to_vec());
     }
     let target = Ipv6Addr::from(<[u8; 16]>::try_from(&f[BASE + 8..BASE + 24]).unwrap());
     let Some((e, live)) = t.v6.get(&target) else {
-        return (PASS, f.to_vec());
+        return (XDP_PASS, f.to_vec());
     };
-    let drop = (DROP, f.to_vec());
+    let drop = (XDP_DROP, f.to_vec());
     let len = u16::from_be_bytes([f[18], f[19]]) as usize;
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
@@ -236,7 +227,7 @@ fn solicitation(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
     } else {
         frames::neighbour_advertisement(Mac(f[6..12].try_into().unwrap()), OWN, target, src, true)
     };
-    (TX, out)
+    (XDP_TX, out)
 }
 
 /// Valid frames of every kind the program handles, the seeds of the mutations.
@@ -403,7 +394,7 @@ fn data_plane_matches_its_model_on_100k_frames() {
             }
         }
         eprintln!(
-            "fuzzed {total} frames: PASS {} DROP {} TX {} REDIRECT {}",
+            "fuzzed {total} frames: XDP_PASS {} XDP_DROP {} XDP_TX {} XDP_REDIRECT {}",
             by_action[2], by_action[1], by_action[3], by_action[4]
         );
         // The mutations must reach every outcome, or the fuzzing proves little.

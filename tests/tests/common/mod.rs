@@ -12,6 +12,19 @@ use vip::mac::Mac;
 
 pub const VIP: &str = "10.0.0.50";
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+/// XDP return codes, for BPF_PROG_TEST_RUN tables.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// MACs of the BPF_PROG_TEST_RUN tables: this node, the active, a client, a
+/// redirect target.
+pub const OWN: Mac = Mac([0x02, 0, 0, 0, 0, 0x0a]);
+pub const ACTIVE: Mac = Mac([0x02, 0, 0, 0, 0, 0x0b]);
+pub const CLIENT: Mac = Mac([0x02, 0, 0, 0, 0, 0x0c]);
+pub const TARGET: Mac = Mac([0x02, 0, 0, 0, 0, 0x0d]);
+
 pub const WINDOW: Duration = Duration::from_millis(300);
 /// Advertisement interval of the elected groups in tests.
 pub const INTERVAL: u64 = 20;

@@ -425,16 +425,19 @@ impl Dataplane {
 
     /// Removes a VIP's entry; absent already is not an error.
     pub fn remove_vip(&mut self, addr: IpAddr) -> Result<()> {
-        let r = match addr {
-            IpAddr::V4(a) => self.vips_v4.remove(&u32::from_ne_bytes(a.octets())),
-            IpAddr::V6(a) => self.vips_v6.remove(&a.octets()),
+        let (r, map) = match addr {
+            IpAddr::V4(a) => (
+                self.vips_v4.remove(&u32::from_ne_bytes(a.octets())),
+                maps::VIPS_V4,
+            ),
+            IpAddr::V6(a) => (self.vips_v6.remove(&a.octets()), maps::VIPS_V6),
         };
         match r {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(())
             }
-            Err(e) => Err(map_err(maps::VIPS_V4)(e)),
+            Err(e) => Err(map_err(map)(e)),
         }
     }
 
@@ -574,15 +577,7 @@ impl Dataplane {
 
     /// Program-wide counters, by name, summed over CPUs.
     pub fn global_stats(&self) -> Result<Vec<(&'static str, u64)>> {
-        let mut out = Vec::new();
-        for i in 0..global::COUNT {
-            let v = self
-                .global
-                .get(&i, 0)
-                .map_err(map_err(maps::GLOBAL_STATS))?;
-            out.push((global::NAMES[i as usize], v.iter().sum()));
-        }
-        Ok(out)
+        self.reader()?.global_stats()
     }
 
     /// Sets a group's lease deadline (CLOCK_MONOTONIC ns). One 8-byte array write:
@@ -728,5 +723,85 @@ pub fn action_name(code: u32) -> &'static str {
         3 => "XDP_TX",
         4 => "XDP_REDIRECT",
         _ => "XDP_?",
+    }
+}
+
+/// Read-only handles on the data plane's entries and counters (their own file
+/// descriptors), so status and metrics are read on another thread than the agent's
+/// loop: a scrape of 20k VIPs never delays an advertisement.
+pub struct Reader {
+    vips_v4: HashMap<MapData, u32, VipEntry>,
+    vips_v6: HashMap<MapData, [u8; 16], VipEntry>,
+    stats: PerCpuArray<MapData, VipStats>,
+    global: PerCpuArray<MapData, u64>,
+    owners: HashMap<MapData, u32, Owner>,
+    eip_stats: PerCpuArray<MapData, EipStats>,
+}
+
+/// A second handle on a map, through a duplicated file descriptor.
+fn dup_map(map: &MapData, name: &'static str) -> Result<MapData> {
+    let fd = map
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataplaneError::MapIo { map: name, source })?;
+    MapData::from_fd(fd).map_err(map_err(name))
+}
+
+impl Dataplane {
+    /// Read-only handles for another thread.
+    pub fn reader(&self) -> Result<Reader> {
+        use aya::maps::IterableMap as _;
+        Ok(Reader {
+            vips_v4: HashMap::try_from(aya::maps::Map::HashMap(dup_map(self.vips_v4.map(), maps::VIPS_V4)?))
+                .map_err(map_err(maps::VIPS_V4))?,
+            vips_v6: HashMap::try_from(aya::maps::Map::HashMap(dup_map(self.vips_v6.map(), maps::VIPS_V6)?))
+                .map_err(map_err(maps::VIPS_V6))?,
+            stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(self.stats.map(), maps::VIP_STATS)?))
+                .map_err(map_err(maps::VIP_STATS))?,
+            global: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(self.global.map(), maps::GLOBAL_STATS)?))
+                .map_err(map_err(maps::GLOBAL_STATS))?,
+            owners: HashMap::try_from(aya::maps::Map::HashMap(dup_map(self.owners.map(), maps::OWNERS)?))
+                .map_err(map_err(maps::OWNERS))?,
+            eip_stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(self.eip_stats.map(), maps::EIP_STATS)?))
+                .map_err(map_err(maps::EIP_STATS))?,
+        })
+    }
+}
+
+impl Reader {
+    /// The entry the data plane holds for a VIP, if any.
+    pub fn vip(&self, addr: IpAddr) -> Option<VipEntry> {
+        match addr {
+            IpAddr::V4(a) => self.vips_v4.get(&u32::from_ne_bytes(a.octets()), 0).ok(),
+            IpAddr::V6(a) => self.vips_v6.get(&a.octets(), 0).ok(),
+        }
+    }
+
+    /// A VIP's counters, summed over CPUs.
+    pub fn stats(&self, index: u32) -> Result<VipStats> {
+        sum_per_cpu(&self.stats, maps::VIP_STATS, index, VipStats::add)
+    }
+
+    /// Program-wide counters, by name, summed over CPUs.
+    pub fn global_stats(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::new();
+        for i in 0..global::COUNT {
+            let v = self
+                .global
+                .get(&i, 0)
+                .map_err(map_err(maps::GLOBAL_STATS))?;
+            out.push((global::NAMES[i as usize], v.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// The owner the gateway learned for a VIP.
+    pub fn owner(&self, vip: std::net::Ipv4Addr) -> Option<Owner> {
+        self.owners.get(&u32::from_ne_bytes(vip.octets()), 0).ok()
+    }
+
+    pub fn eip_stats(&self, index: u32) -> Result<EipStats> {
+        sum_per_cpu(&self.eip_stats, maps::EIP_STATS, index, EipStats::add)
     }
 }

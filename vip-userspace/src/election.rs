@@ -21,6 +21,7 @@ use std::{
 use crate::{
     advert::{Advert, Kind},
     mac::Mac,
+    reason::Reason,
 };
 
 /// A group's state, VRRP-style.
@@ -67,22 +68,31 @@ pub enum Pin {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Take the VIPs (entries, addresses, announcements).
-    TakeOver { reason: String },
+    TakeOver { reason: Reason },
     /// Give them up; hand stale-cache traffic to `forward_to` if known.
     StepDown {
         forward_to: Option<Mac>,
-        reason: String,
+        reason: Reason,
     },
     /// Give them up because a health check failed.
-    Fault { reason: String },
+    Fault { reason: Reason },
     /// Health is back: standby again.
-    Recover { reason: String },
+    Recover { reason: Reason },
     /// As standby, the active we forward to changed (None: none known).
     ForwardTo(Option<Mac>),
     /// Send this kind of advertisement to every peer.
     Send(Kind),
     /// Send the gratuitous ARP / unsolicited NA burst again.
     Reannounce,
+}
+
+/// Why a standby's takeover timer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DownCause {
+    /// Nothing heard from an active since this instant.
+    Silent { since: Option<Instant> },
+    /// The active released the VIPs.
+    Released { by: IpAddr },
 }
 
 /// The node we believe active (not us).
@@ -109,6 +119,11 @@ pub struct Election {
     healthy: bool,
     /// Standby: when we take over if nothing is heard.
     master_down_at: Option<Instant>,
+    /// Why `master_down_at` is armed: silence since an instant, or a release.
+    down_cause: DownCause,
+    /// Standby since start, no active heard yet: we say hello to the peers, and a
+    /// better candidate's hello makes us wait for it.
+    listening: bool,
     /// Standby: when we preempt a lower-priority active.
     preempt_at: Option<Instant>,
     /// Active: when the next advertisement is due.
@@ -128,6 +143,8 @@ impl Election {
             pin: Pin::None,
             healthy: true,
             master_down_at: None,
+            down_cause: DownCause::Silent { since: None },
+            listening: false,
             preempt_at: None,
             next_advert_at: None,
             handover_until: None,
@@ -135,6 +152,17 @@ impl Election {
             forwarding: None,
             counters: Counters::default(),
         }
+    }
+
+    /// Arms the takeover timer for silence starting now.
+    fn arm_silence(&mut self, now: Instant) {
+        self.master_down_at = Some(now + self.master_down_interval());
+        self.down_cause = DownCause::Silent { since: Some(now) };
+    }
+
+    /// True while a starting standby is still listening for the active.
+    pub fn listening(&self) -> bool {
+        self.listening
     }
 
     pub fn state(&self) -> State {
@@ -200,7 +228,7 @@ impl Election {
     pub fn set_params(&mut self, p: Params, now: Instant) {
         self.p = p;
         if self.master_down_at.is_some() {
-            self.master_down_at = Some(now + self.master_down_interval());
+            self.arm_silence(now);
         }
     }
 
@@ -213,11 +241,16 @@ impl Election {
         vec![self.send(Kind::Advert)]
     }
 
-    /// Leaves `init`: standby, waiting for the active.
+    /// Leaves `init`: standby, listening for the active for a full detection time
+    /// before it may claim the VIPs (VRRP's backup state). Meanwhile it says hello
+    /// every interval, so that of two nodes started at once only the better one
+    /// claims, whichever process happened to be ready first.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         self.state = State::Standby;
-        self.master_down_at = Some(now + self.master_down_interval());
-        Vec::new()
+        self.arm_silence(now);
+        self.listening = true;
+        self.next_advert_at = Some(now + self.p.interval);
+        vec![self.send(Kind::Hello)]
     }
 
     /// Advances time: adverts due, timers expired.
@@ -229,11 +262,7 @@ impl Election {
                     if now >= until {
                         // Nobody took over: step down anyway (the operator asked us to).
                         self.handover_until = None;
-                        out.extend(self.step_down(
-                            now,
-                            None,
-                            "handed over, but no standby took over".into(),
-                        ));
+                        out.extend(self.step_down(now, None, Reason::HandoverUnanswered));
                         return out;
                     }
                 }
@@ -258,22 +287,32 @@ impl Election {
                 if !self.healthy || self.pin == Pin::Standby {
                     self.master_down_at = None;
                     self.preempt_at = None;
+                    self.listening = false;
+                    self.next_advert_at = None;
                     return out;
                 }
+                if self.listening && self.next_advert_at.is_some_and(|t| now >= t) {
+                    out.push(self.send(Kind::Hello));
+                    self.next_advert_at = Some(now + self.p.interval);
+                }
                 if self.preempt_at.is_some_and(|t| now >= t) {
-                    let who = self
-                        .active
-                        .as_ref()
-                        .map(|a| format!("{} (priority {})", a.addr, a.priority))
-                        .unwrap_or_default();
-                    out.extend(
-                        self.take_over(now, format!("preempting lower-priority active {who}")),
-                    );
+                    let why = match &self.active {
+                        Some(a) => Reason::Preempt {
+                            active: a.addr,
+                            priority: a.priority,
+                        },
+                        None => Reason::Promoted,
+                    };
+                    out.extend(self.take_over(now, why));
                 } else if self.master_down_at.is_some_and(|t| now >= t) {
-                    let why = format!(
-                        "no advertisement from the active for {} ms",
-                        self.master_down_interval().as_millis()
-                    );
+                    let why = match self.down_cause {
+                        DownCause::Released { by } => Reason::Released { by },
+                        DownCause::Silent { since } => Reason::PeerSilent {
+                            silent: since
+                                .map(|s| now.saturating_duration_since(s))
+                                .unwrap_or_else(|| self.master_down_interval()),
+                        },
+                    };
                     out.extend(self.take_over(now, why));
                 }
             }
@@ -287,7 +326,30 @@ impl Election {
         self.counters.adverts_received += 1;
         let mut out = Vec::new();
         match ad.kind {
+            Kind::Hello => {
+                let theirs = (ad.priority, ad.addr);
+                let ours = (self.effective_priority(), self.p.me);
+                match self.state {
+                    // A node is starting: tell it at once who is active.
+                    State::Active if !self.handing_over() => out.push(self.send(Kind::Advert)),
+                    // Two starting nodes: the worse one waits for the better one.
+                    State::Standby | State::Init
+                        if self.listening && ad.priority > 0 && theirs > ours =>
+                    {
+                        let deadline = now + self.master_down_interval();
+                        if self.master_down_at.is_some_and(|t| t < deadline) {
+                            self.arm_silence(now);
+                        }
+                    }
+                    _ => {}
+                }
+            }
             Kind::Advert => {
+                if self.listening {
+                    // An active exists: the start-up phase (and its hellos) is over.
+                    self.listening = false;
+                    self.next_advert_at = None;
+                }
                 let theirs = (ad.priority, ad.addr);
                 let ours = (self.effective_priority(), self.p.me);
                 self.active = Some(Peer {
@@ -299,20 +361,20 @@ impl Election {
                 match self.state {
                     State::Active if self.handing_over() => {
                         self.handover_until = None;
-                        let why = format!("handed over to {} (priority {})", ad.addr, ad.priority);
+                        let why = Reason::HandedOver {
+                            to: ad.addr,
+                            priority: ad.priority,
+                        };
                         out.extend(self.step_down(now, Some(ad.mac), why));
                     }
                     State::Active if theirs > ours => {
                         let why = if ad.priority > self.effective_priority() {
-                            format!(
-                                "yielding to higher-priority active {} (priority {})",
-                                ad.addr, ad.priority
-                            )
+                            Reason::Yield {
+                                to: ad.addr,
+                                priority: ad.priority,
+                            }
                         } else {
-                            format!(
-                                "split brain with {} (equal priority, higher address): yielding",
-                                ad.addr
-                            )
+                            Reason::SplitBrain { with: ad.addr }
                         };
                         if ad.priority <= self.effective_priority() {
                             self.counters.split_brains += 1;
@@ -343,7 +405,8 @@ impl Election {
                             }
                         } else {
                             self.preempt_at = None;
-                            self.master_down_at = Some(now + self.master_down_interval());
+                            self.arm_silence(now);
+                            self.next_advert_at = None;
                         }
                         out.extend(self.forward(Some(ad.mac)));
                         out.extend(self.tick(now));
@@ -360,6 +423,7 @@ impl Election {
                 {
                     // Planned handover: the best standby goes first.
                     self.master_down_at = Some(now + self.skew());
+                    self.down_cause = DownCause::Released { by: ad.addr };
                 }
             }
             Kind::Hold => {
@@ -368,6 +432,7 @@ impl Election {
                 {
                     let hold = Duration::from_millis(ad.hold_ms as u64);
                     self.master_down_at = Some(now + hold.max(self.master_down_interval()));
+                    self.down_cause = DownCause::Silent { since: Some(now) };
                     if let Some(a) = &mut self.active {
                         a.last_seen = now + hold;
                     }
@@ -378,7 +443,7 @@ impl Election {
     }
 
     /// Health of the group's checks changed.
-    pub fn set_healthy(&mut self, healthy: bool, reason: &str, now: Instant) -> Vec<Action> {
+    pub fn set_healthy(&mut self, healthy: bool, reason: Reason, now: Instant) -> Vec<Action> {
         if healthy == self.healthy {
             return Vec::new();
         }
@@ -393,15 +458,12 @@ impl Election {
             self.preempt_at = None;
             self.next_advert_at = None;
             self.handover_until = None;
-            out.push(Action::Fault {
-                reason: reason.to_string(),
-            });
+            self.listening = false;
+            out.push(Action::Fault { reason });
         } else if self.state == State::Fault {
             self.state = State::Standby;
-            self.master_down_at = Some(now + self.master_down_interval());
-            out.push(Action::Recover {
-                reason: reason.to_string(),
-            });
+            self.arm_silence(now);
+            out.push(Action::Recover { reason });
             out.extend(self.forward(self.active.as_ref().map(|a| a.mac)));
         }
         out
@@ -417,7 +479,7 @@ impl Election {
         if self.state == State::Active {
             return vec![self.send(Kind::Advert), Action::Reannounce];
         }
-        self.take_over(now, "promoted by `vip promote`".into())
+        self.take_over(now, Reason::Promoted)
     }
 
     /// `vip demote`: hand over (keep serving until a successor is heard, then forward
@@ -430,7 +492,7 @@ impl Election {
         match (self.state, forward_to) {
             (State::Active, Some(mac)) => {
                 let mut out = vec![self.send(Kind::Release)];
-                out.extend(self.step_down(now, Some(mac), "demoted by `vip demote`".into()));
+                out.extend(self.step_down(now, Some(mac), Reason::Demoted));
                 out
             }
             (State::Active, None) => self.hand_over(now),
@@ -442,7 +504,7 @@ impl Election {
     pub fn resume(&mut self, now: Instant) -> Vec<Action> {
         self.pin = Pin::None;
         if matches!(self.state, State::Standby | State::Init) && self.healthy {
-            self.master_down_at = Some(now + self.master_down_interval());
+            self.arm_silence(now);
         }
         Vec::new()
     }
@@ -472,8 +534,9 @@ impl Election {
         vec![self.send(Kind::Release)]
     }
 
-    fn take_over(&mut self, now: Instant, reason: String) -> Vec<Action> {
+    fn take_over(&mut self, now: Instant, reason: Reason) -> Vec<Action> {
         self.state = State::Active;
+        self.listening = false;
         self.master_down_at = None;
         self.preempt_at = None;
         self.handover_until = None;
@@ -483,11 +546,12 @@ impl Election {
         vec![Action::TakeOver { reason }, self.send(Kind::Advert)]
     }
 
-    fn step_down(&mut self, now: Instant, forward_to: Option<Mac>, reason: String) -> Vec<Action> {
+    fn step_down(&mut self, now: Instant, forward_to: Option<Mac>, reason: Reason) -> Vec<Action> {
         self.state = State::Standby;
         self.next_advert_at = None;
         self.preempt_at = None;
         self.master_down_at = (self.pin != Pin::Standby).then(|| now + self.master_down_interval());
+        self.down_cause = DownCause::Silent { since: Some(now) };
         self.forwarding = forward_to;
         vec![Action::StepDown { forward_to, reason }]
     }
@@ -531,7 +595,102 @@ mod tests {
             mac: Mac([2, 0, 0, 0, 0, last]),
             addr: format!("10.0.0.{last}").parse().unwrap(),
             seq: 1,
+            epoch: 1,
             group: "web".into(),
+        }
+    }
+
+    fn health(detail: &str) -> Reason {
+        Reason::Health {
+            check: "track_script",
+            detail: detail.into(),
+        }
+    }
+
+    fn took_over_reason(a: &[Action]) -> Option<Reason> {
+        a.iter().find_map(|a| match a {
+            Action::TakeOver { reason } => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_release_is_the_reason_not_silence() {
+        let t0 = Instant::now();
+        let mut e = node(150, 10);
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 200, 20), t0 + 10 * MS);
+        e.receive(&advert(Kind::Release, 0, 20), t0 + 50 * MS);
+        let a = e.tick(t0 + 50 * MS + e.skew());
+        let why = took_over_reason(&a).expect("takes over after its skew");
+        assert_eq!(why.kind(), "release", "{why}");
+        // Silence is reported as the silence really measured.
+        let mut f = node(150, 11);
+        f.start(t0);
+        f.receive(&advert(Kind::Advert, 200, 20), t0 + 10 * MS);
+        let at = t0 + 10 * MS + f.master_down_interval();
+        match took_over_reason(&f.tick(at)) {
+            Some(Reason::PeerSilent { silent }) => assert_eq!(silent, f.master_down_interval()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Two nodes started at once: whichever process is ready first, only the better
+    /// one ever takes over (the worse one hears its hello and waits).
+    #[test]
+    fn two_nodes_started_at_once_only_the_better_one_claims() {
+        let t0 = Instant::now();
+        for head_start_ms in [0u32, 1, 5, 20, 60, 150] {
+            let mut b = node(100, 11); // worse, starts first
+            let mut a = node(200, 10);
+            let mut queue: Vec<(Instant, bool, Advert)> = Vec::new(); // (when, to_a, ad)
+            let send = |q: &mut Vec<(Instant, bool, Advert)>, acts: &[Action], from_a: bool, e: &Election, at: Instant| {
+                for x in acts {
+                    if let Action::Send(kind) = x {
+                        let (prio, last) = (e.effective_priority(), if from_a { 10 } else { 11 });
+                        q.push((at + MS / 10, !from_a, advert(*kind, prio, last)));
+                    }
+                }
+            };
+            let acts = b.start(t0);
+            // b's first hello is lost: a is not listening yet.
+            let _ = acts;
+            let ta = t0 + head_start_ms * MS;
+            let (mut a_claims, mut b_claims) = (0, 0);
+            let mut a_started = false;
+            let mut t = t0;
+            while t < t0 + 2000 * MS {
+                if !a_started && t >= ta {
+                    let acts = a.start(t);
+                    send(&mut queue, &acts, true, &a, t);
+                    a_started = true;
+                }
+                queue.sort_by_key(|(w, _, _)| *w);
+                while queue.first().is_some_and(|(w, _, _)| *w <= t) {
+                    let (_, to_a, ad) = queue.remove(0);
+                    if to_a && a_started {
+                        let acts = a.receive(&ad, t);
+                        a_claims += acts.iter().filter(|x| matches!(x, Action::TakeOver { .. })).count();
+                        send(&mut queue, &acts, true, &a, t);
+                    } else if !to_a {
+                        let acts = b.receive(&ad, t);
+                        b_claims += acts.iter().filter(|x| matches!(x, Action::TakeOver { .. })).count();
+                        send(&mut queue, &acts, false, &b, t);
+                    }
+                }
+                if a_started {
+                    let acts = a.tick(t);
+                    a_claims += acts.iter().filter(|x| matches!(x, Action::TakeOver { .. })).count();
+                    send(&mut queue, &acts, true, &a, t);
+                }
+                let acts = b.tick(t);
+                b_claims += acts.iter().filter(|x| matches!(x, Action::TakeOver { .. })).count();
+                send(&mut queue, &acts, false, &b, t);
+                t += MS;
+            }
+            assert_eq!((a_claims, b_claims), (1, 0), "head start {head_start_ms} ms");
+            assert_eq!(a.state(), State::Active);
+            assert_eq!(b.state(), State::Standby);
         }
     }
 
@@ -715,14 +874,14 @@ mod tests {
         let mut e = node(200, 10);
         e.start(t0);
         e.tick(t0 + Duration::from_secs(1));
-        let a = e.set_healthy(false, "track_script failed", t0 + 2000 * MS);
+        let a = e.set_healthy(false, health("failed"), t0 + 2000 * MS);
         assert_eq!(a[0], Action::Send(Kind::Release));
         assert!(matches!(a[1], Action::Fault { .. }));
         assert!(
             e.tick(t0 + Duration::from_secs(10)).is_empty(),
             "a faulty node never takes over"
         );
-        let a = e.set_healthy(true, "track_script ok", t0 + Duration::from_secs(10));
+        let a = e.set_healthy(true, health("ok"), t0 + Duration::from_secs(10));
         assert!(matches!(a[0], Action::Recover { .. }));
         assert_eq!(e.state(), State::Standby);
         assert!(took_over(&e.tick(t0 + Duration::from_secs(11))));

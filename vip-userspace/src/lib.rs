@@ -4,6 +4,7 @@
 //! VIP, announces takeovers (`garp`), manages the VIP addresses (`netlink`) and answers
 //! the CLI on a unix socket (`control`). `config` parses and validates the TOML file.
 
+pub mod addresses;
 pub mod advert;
 pub mod agent;
 pub mod config;
@@ -17,4 +18,5 @@ pub mod host;
 pub mod mac;
 pub mod metrics;
 pub mod netlink;
+pub mod reason;
 pub mod status;

@@ -47,8 +47,14 @@ pub struct GroupStatus {
     pub state: String,
     /// Why the group is in this state.
     pub reason: String,
+    /// The reason's stable label (as in `transition_reasons` and the metrics).
+    #[serde(default)]
+    pub reason_kind: String,
     /// When it entered it (Unix time, ms).
     pub since_unix_ms: u64,
+    /// The last change of state, with its reason and time.
+    #[serde(default)]
+    pub last_transition: Option<TransitionStatus>,
     pub transitions: u64,
     /// Transitions by "state/reason kind" (e.g. "active/peer_silent").
     pub transition_reasons: BTreeMap<String, u64>,
@@ -63,6 +69,15 @@ pub struct GroupStatus {
     /// Present for elected groups.
     pub election: Option<ElectionStatus>,
     pub vips: Vec<VipStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TransitionStatus {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub reason_kind: String,
+    pub at_unix_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -106,6 +121,16 @@ pub struct VipStatus {
     pub redirected: u64,
     pub forwarded: u64,
     pub lease_expired: u64,
+}
+
+/// "850 ms", "12.3 s", "4 min 5 s", "3 h 2 min".
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
 }
 
 impl Status {
@@ -156,7 +181,29 @@ impl Status {
                     v.forwarded
                 );
             }
-            let _ = writeln!(s, "{:<12} ({})", "", g.reason);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "{:<12} {} for {} ({})",
+                "",
+                g.state,
+                human_ms(now.saturating_sub(g.since_unix_ms)),
+                g.reason
+            );
+            if let Some(t) = &g.last_transition {
+                let _ = writeln!(
+                    s,
+                    "{:<12} last transition {} -> {} {} ago: {}",
+                    "",
+                    t.from,
+                    t.to,
+                    human_ms(now.saturating_sub(t.at_unix_ms)),
+                    t.reason
+                );
+            }
             if let Some(e) = &g.election {
                 let active = match &e.current_active {
                     Some(a) if a.this_node => "this node".to_string(),

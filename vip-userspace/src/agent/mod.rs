@@ -7,39 +7,53 @@
 //! gratuitous ARP / unsolicited NA burst. A step-down reverses it: entries first (we
 //! stop answering at once, or forward to the new active), then the addresses.
 //!
-//! Every method runs on the agent's single task; nothing here blocks for long (netlink
-//! and map updates take microseconds).
+//! The loop runs on its own thread and owns every decision; nothing on it waits for
+//! I/O that can take long: status and metrics are read from a snapshot on another
+//! thread (`snapshot`), announcements never block (`garp`), netlink requests have a
+//! timeout. Rooms: `group` (one group's runtime), `adverts` (the election's datagrams),
+//! `reload` (plan, then apply), `eips` (elastic IPs), `snapshot` (status);
+//! `crate::addresses` owns the VIP addresses.
+
+mod adverts;
+mod eips;
+mod group;
+mod reload;
+mod snapshot;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use tokio::{
-    net::UdpSocket,
+
     signal::unix::{signal, SignalKind},
     sync::mpsc,
-    task::JoinHandle,
+
 };
-use vip_common::{action, flags, VipEntry};
+use vip_common::{action, VipEntry};
 
 use crate::{
-    advert::{Advert, Kind},
+    addresses::{self, host_prefix, Addresses},
+    advert::Kind,
     config::{self, Config, Group, Pin as PinConfig, Role, XdpMode},
     control::{self, Envelope, Request, Response},
     dataplane::{self, Dataplane},
-    election::{Action, Election, Params, Pin, State},
+    election::{Action, Election, Params, State},
     garp::{self, PacketSocket},
-    health::{self, Tracker},
+    health,
     host::{self, Interface},
     mac::Mac,
     netlink::Netlink,
-    status::{ActivePeer, ElectionStatus, GroupStatus, Status, VipStatus},
+    reason::Reason,
 };
+use adverts::AdvertSockets;
+use group::{redirect_target, GroupRuntime, VipRuntime};
+pub use snapshot::Snapshot;
 
 /// What the command line may override in the config.
 #[derive(Debug, Default, Clone)]
@@ -49,83 +63,23 @@ pub struct Options {
     pub interface: Option<String>,
 }
 
-/// Where redirected frames go.
-#[derive(Debug, Clone, Copy)]
-struct RedirectTarget {
-    ifindex: u32,
-    src_mac: Mac,
-    dst_mac: Mac,
-}
-
-struct VipRuntime {
-    vip: config::Vip,
-    slot: u32,
-}
-
-/// Advertisement problems, counted per group.
-#[derive(Debug, Default, Clone)]
-struct AdvertErrors {
-    auth_failures: u64,
-    replays: u64,
-    malformed: u64,
-    unknown_peers: u64,
-}
-
-struct GroupRuntime {
-    cfg: Group,
-    index: u32,
-    state: State,
-    reason: String,
-    since: SystemTime,
-    transitions: u64,
-    forward_to: Option<Mac>,
-    redirect: Option<RedirectTarget>,
-    vips: Vec<VipRuntime>,
-    announcer: Option<JoinHandle<()>>,
-    election: Option<Election>,
-    key: Option<Vec<u8>>,
-    /// Highest sequence number seen per peer (replay protection).
-    last_seq: HashMap<IpAddr, u64>,
-    errors: AdvertErrors,
-    checks: Vec<(&'static str, Tracker, String)>,
-    /// Until when a drained step-down keeps forwarding (static/keepalived groups).
-    drain_until: Option<Instant>,
-    lease_deadline: Option<u64>,
-    /// Transitions by "state/reason kind", for metrics.
-    transition_reasons: BTreeMap<String, u64>,
-    /// Health-check tasks, aborted when the group goes away.
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl GroupRuntime {
-    fn healthy(&self) -> bool {
-        self.checks.iter().all(|(_, t, _)| t.state() != Some(false))
-    }
-
-    fn leased(&self) -> bool {
-        self.election.is_some()
-    }
-}
-
-/// Datagram sockets of the election, one per address family in use.
-struct AdvertSockets {
-    v4: Option<Arc<UdpSocket>>,
-    v6: Option<Arc<UdpSocket>>,
-}
-
 /// The running agent.
 pub struct Agent {
     cfg: Config,
     iface: Interface,
     dp: Dataplane,
     nl: Netlink,
+    /// The VIP addresses (on `lo`): the one owner of every address change.
+    addrs: Addresses,
+    /// Read-only map handles for status built off the loop.
+    reader: Arc<dataplane::Reader>,
     socket: Arc<PacketSocket>,
     adverts: AdvertSockets,
     groups: Vec<GroupRuntime>,
     warnings: Vec<String>,
-    /// Our sequence number for advertisements: wall-clock ns at start, then +1, so it
-    /// keeps growing across restarts.
-    seq: u64,
+    /// Our epoch and sequence numbers for advertisements.
+    seq: adverts::Sequence,
+    log_limiter: adverts::LogLimiter,
     unknown_group_adverts: u64,
     opts: Options,
     /// Counter slots in use (VIP_STATS indexes).
@@ -137,13 +91,7 @@ pub struct Agent {
     link_up: bool,
     /// Set when a control request ends the main loop.
     exit: Option<Exit>,
-    eips: Vec<EipRuntime>,
-}
-
-/// One elastic IP as the agent programmed it.
-struct EipRuntime {
-    cfg: config::Eip,
-    entry: vip_common::EipEntry,
+    eips: Vec<eips::EipRuntime>,
 }
 
 /// How the agent leaves.
@@ -259,8 +207,20 @@ pub async fn run(opts: Options) -> Result<()> {
         let deadline = agent.next_deadline();
         tokio::select! {
             Some((req, reply)) = rx.recv() => {
-                let resp = agent.handle(req);
-                let _ = reply.send(resp);
+                if req == Request::Status {
+                    // The loop copies its part; the maps are read on another thread.
+                    let (snap, reader) = (agent.snapshot(), agent.reader());
+                    tokio::task::spawn_blocking(move || {
+                        let _ = reply.send(Response {
+                            ok: true,
+                            status: Some(Box::new(snap.render(&reader))),
+                            ..Default::default()
+                        });
+                    });
+                } else {
+                    let resp = agent.handle(req);
+                    let _ = reply.send(resp);
+                }
             }
             Some(ev) = ev_rx.recv() => agent.event(ev),
             _ = tokio::time::sleep_until(deadline.into()) => agent.tick(),
@@ -302,10 +262,8 @@ pub async fn run(opts: Options) -> Result<()> {
 /// `vip agent --cleanup`: removes what an agent with this config may have left (a
 /// pinned data plane, VIP addresses), without starting one.
 pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
-    let mut cfg = config::load(&opts.config)?;
-    if let Some(i) = &opts.interface {
-        cfg.node.interface = i.clone();
-    }
+    // The same overrides as the agent's, so `--interface X` finds X's pins.
+    let cfg = parse_config(opts)?;
     let mut done = Vec::new();
     if let Some(d) = cfg.node.pin.dir() {
         let removed = dataplane::remove_pins(d)
@@ -314,8 +272,13 @@ pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
             done.push(format!("removed {} (data plane detached)", d.display()));
         }
     }
-    if let Ok(iface) = host::interface(&cfg.node.interface) {
-        let nl = Netlink::open().context("opening rtnetlink")?;
+    // VIP addresses live on lo (and, left by an agent of an earlier version, on the
+    // interface itself).
+    let nl = Netlink::open().context("opening rtnetlink")?;
+    for name in ["lo", cfg.node.interface.as_str()] {
+        let Ok(iface) = host::interface(name) else {
+            continue;
+        };
         for g in &cfg.groups {
             for v in &g.vips {
                 if iface
@@ -370,26 +333,56 @@ impl Agent {
             }
         );
         warnings.extend(interface_warnings(&iface));
+        // Only the XDP program may ever answer for a VIP: the kernel must not, even
+        // with our addresses left behind by a killed agent (see `addresses`).
+        for line in addresses::quiet_kernel_arp(&iface).context("node.interface")? {
+            log::info!("{line} (the kernel never answers ARP for a VIP)");
+        }
+        let mut addrs = Addresses::open()?;
+        let all_vips: Vec<IpAddr> = cfg
+            .groups
+            .iter()
+            .flat_map(|g| g.vips.iter().map(|v| v.addr))
+            .collect();
+        // An agent of an earlier version kept VIPs on the interface itself.
+        let legacy: Vec<IpAddr> = iface
+            .addrs
+            .iter()
+            .filter(|(a, p)| all_vips.contains(a) && *p == host_prefix(*a))
+            .map(|(a, _)| *a)
+            .collect();
+        addrs.remove_from(iface.index, &legacy);
+        // A killed agent's addresses on lo: taken again only by a takeover.
+        let stale: Vec<IpAddr> = host::interface("lo")
+            .map(|lo| {
+                lo.addrs
+                    .iter()
+                    .filter(|(a, p)| all_vips.contains(a) && *p == host_prefix(*a))
+                    .map(|(a, _)| *a)
+                    .collect()
+            })
+            .unwrap_or_default();
+        addrs.remove_from(addrs.ifindex(), &stale);
+        let reader = Arc::new(dp.reader().context("opening the data plane for reading")?);
         let nl = Netlink::open().context("opening rtnetlink")?;
         let socket = Arc::new(
             PacketSocket::open(iface.index).context("opening a packet socket for announcements")?,
         );
-        let adverts = bind_advert_sockets(&cfg, &iface).await?;
-        let seq = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
+        let adverts = adverts::bind(&cfg, &iface).await?;
         let groups_cfg = cfg.groups.clone();
         let mut agent = Agent {
             cfg,
             iface,
             dp,
             nl,
+            addrs,
+            reader,
             socket,
             adverts,
             groups: Vec::new(),
             warnings: Vec::new(),
-            seq,
+            seq: adverts::Sequence::new(),
+            log_limiter: adverts::LogLimiter::default(),
             unknown_group_adverts: 0,
             eips: Vec::new(),
             opts,
@@ -436,9 +429,7 @@ impl Agent {
                 if let Err(e) = self.dp.remove_vip(addr) {
                     log::warn!("removing the stale entry for {addr}: {e:#}");
                 }
-                let _ = self
-                    .nl
-                    .del_address(self.iface.index, addr, host_prefix(addr));
+                self.addrs.remove("(no longer configured)", addr);
             }
         }
     }
@@ -469,13 +460,13 @@ impl Agent {
     ) -> Result<()> {
         let now = Instant::now();
         let redirect = match &g.redirect {
-            Some(r) => Some(redirect_target(
-                &self.nl,
-                &mut self.dp,
-                &g.name,
-                r,
-                warnings,
-            )?),
+            Some(r) => {
+                let t = redirect_target(&self.nl, &g.name, r, warnings)?;
+                self.dp
+                    .add_redirect_target(t.ifindex)
+                    .with_context(|| format!("group[{}].redirect_to", g.name))?;
+                Some(t)
+            }
             None => None,
         };
         let mut vips = Vec::new();
@@ -498,29 +489,9 @@ impl Agent {
             Some(e) => Some(Election::new(self.election_params(g, e)?)),
             None => None,
         };
-        let checks = trackers(&g.track);
         let index = self.alloc_group_index()?;
-        self.groups.push(GroupRuntime {
-            cfg: g.clone(),
-            index,
-            state: State::Init,
-            reason: "starting".into(),
-            since: SystemTime::now(),
-            transitions: 0,
-            forward_to: g.forward_to,
-            redirect,
-            vips,
-            announcer: None,
-            election,
-            key,
-            last_seq: HashMap::new(),
-            errors: AdvertErrors::default(),
-            checks,
-            drain_until: None,
-            lease_deadline: None,
-            transition_reasons: BTreeMap::new(),
-            tasks: Vec::new(),
-        });
+        self.groups
+            .push(GroupRuntime::new(g, index, redirect, vips, election, key));
         let gi = self.groups.len() - 1;
         self.spawn_checks(gi);
         let g = &self.groups[gi];
@@ -533,38 +504,33 @@ impl Agent {
                 .as_mut()
                 .map(|e| e.start_active(now))
                 .unwrap_or_default();
-            self.activate(gi, "adopted the running data plane (was active)")?;
+            self.activate(gi, Reason::Adopted)?;
             self.apply(gi, actions);
         } else if elected {
-            if let Some(e) = self.groups[gi].election.as_mut() {
-                e.start(now);
-            }
-            self.deactivate(gi, State::Standby, None, "electing: waiting for the active")?;
+            self.deactivate(gi, State::Standby, None, Reason::Electing)?;
+            let actions = self.groups[gi]
+                .election
+                .as_mut()
+                .map(|e| e.start(now))
+                .unwrap_or_default();
+            self.apply(gi, actions);
         } else if driven && was_active {
-            self.activate(
-                gi,
-                "adopted the running data plane (keepalived's last word was MASTER)",
-            )?;
+            self.activate(gi, Reason::Adopted)?;
         } else if driven {
-            self.deactivate(gi, State::Standby, None, "waiting for keepalived")?;
+            self.deactivate(gi, State::Standby, None, Reason::WaitingForKeepalived)?;
         } else if g.checks.is_empty() && g.cfg.role == Role::Active {
-            self.activate(gi, "configured role: active")?;
+            self.activate(gi, Reason::Configured(Role::Active))?;
         } else if g.cfg.role == Role::Active {
-            self.deactivate(
-                gi,
-                State::Init,
-                None,
-                "configured role: active, waiting for health checks",
-            )?;
+            self.deactivate(gi, State::Init, None, Reason::WaitingForHealth)?;
         } else {
             let fwd = g.forward_to;
-            self.deactivate(gi, State::Standby, fwd, "configured role: standby")?;
+            self.deactivate(gi, State::Standby, fwd, Reason::Configured(Role::Standby))?;
         }
         Ok(())
     }
 
     fn election_params(&self, g: &Group, e: &config::Election) -> Result<Params> {
-        let me = primary_address(&self.iface, e.peers[0].is_ipv4()).with_context(|| {
+        let me = adverts::primary_address(&self.iface, e.peers[0].is_ipv4()).with_context(|| {
             format!(
                 "group[{}].peers: interface {} has no address of the peers' family",
                 g.name, self.iface.name
@@ -585,14 +551,12 @@ impl Agent {
         if self.groups[gi].state == State::Active && self.groups[gi].election.is_some() {
             self.send_advert(gi, Kind::Release);
         }
-        let g = self.groups.remove(gi);
-        if let Some(h) = g.announcer {
-            h.abort();
-        }
-        for t in g.tasks {
+        let mut g = self.groups.remove(gi);
+        g.stop_announcing();
+        for t in g.tasks.drain(..) {
             t.abort();
         }
-        for v in &g.vips {
+        for v in g.vips.iter() {
             if let Err(e) = self.dp.remove_vip(v.vip.addr) {
                 log::warn!(
                     "group {}: removing map entry {}: {e:#}",
@@ -600,9 +564,7 @@ impl Agent {
                     v.vip.addr
                 );
             }
-            let _ = self
-                .nl
-                .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr));
+            self.addrs.remove(&g.cfg.name, v.vip.addr);
             self.slots.remove(&v.slot);
         }
         log::info!("group {}: removed", g.cfg.name);
@@ -636,26 +598,7 @@ impl Agent {
                 self.iface.name
             ),
         }
-        for sock in [&self.adverts.v4, &self.adverts.v6].into_iter().flatten() {
-            let (sock, tx) = (sock.clone(), tx.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                loop {
-                    match sock.recv_from(&mut buf).await {
-                        Ok((n, from)) => {
-                            if tx
-                                .send(Event::Datagram(buf[..n].to_vec(), from))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                        Err(e) => log::warn!("receiving advertisements: {e}"),
-                    }
-                }
-            });
-        }
+        adverts::spawn_receivers(&self.adverts, tx);
         let (htx, mut hrx) = mpsc::channel::<health::Report>(64);
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -772,94 +715,7 @@ impl Agent {
         self.renew_leases();
     }
 
-    /// One advertisement from the network: authenticate, check the sender and the
-    /// sequence, then feed the group's election. Anything wrong is counted and dropped.
-    fn datagram(&mut self, b: &[u8], from: SocketAddr) {
-        let from_ip = canonical(from.ip());
-        let mut group = None;
-        let decoded = Advert::decode_with(b, |name| {
-            group = self
-                .groups
-                .iter()
-                .position(|g| g.cfg.name == name && g.election.is_some());
-            group.and_then(|gi| self.groups[gi].key.as_deref())
-        });
-        let is_peer = |g: &GroupRuntime| {
-            g.cfg
-                .election
-                .as_ref()
-                .is_some_and(|e| e.peers.contains(&from_ip))
-        };
-        let gi = match group {
-            Some(gi) => gi,
-            // Not attributable by its name: charge it to a group the sender is a peer of.
-            None => match self.groups.iter().position(is_peer) {
-                Some(gi) if decoded.is_err() => gi,
-                _ => {
-                    self.unknown_group_adverts += 1;
-                    log::debug!("advertisement from {from_ip} for no elected group of ours");
-                    return;
-                }
-            },
-        };
-        let g = &mut self.groups[gi];
-        if !is_peer(g) {
-            g.errors.unknown_peers += 1;
-            log::warn!(
-                "group {}: advertisement from {from_ip}, which is not a peer; ignored",
-                g.cfg.name
-            );
-            return;
-        }
-        let ad = match decoded {
-            Ok(ad) => ad,
-            Err(e) => {
-                if e.is_auth() {
-                    g.errors.auth_failures += 1;
-                    log::warn!("group {}: advertisement from {from_ip} failed authentication ({e}); ignored", g.cfg.name);
-                } else {
-                    g.errors.malformed += 1;
-                    log::warn!(
-                        "group {}: malformed advertisement from {from_ip} ({e}); ignored",
-                        g.cfg.name
-                    );
-                }
-                return;
-            }
-        };
-        if ad.addr != from_ip {
-            g.errors.malformed += 1;
-            log::warn!(
-                "group {}: advertisement from {from_ip} claims to be from {}; ignored",
-                g.cfg.name,
-                ad.addr
-            );
-            return;
-        }
-        if g.last_seq.get(&from_ip).is_some_and(|last| ad.seq <= *last) {
-            g.errors.replays += 1;
-            log::warn!(
-                "group {}: replayed advertisement from {from_ip} (sequence {}); ignored",
-                g.cfg.name,
-                ad.seq
-            );
-            return;
-        }
-        g.last_seq.insert(from_ip, ad.seq);
-        log::trace!(
-            "group {}: {:?} from {from_ip} priority {}",
-            g.cfg.name,
-            ad.kind,
-            ad.priority
-        );
-        let actions = match g.election.as_mut() {
-            Some(e) => e.receive(&ad, Instant::now()),
-            None => return,
-        };
-        self.apply(gi, actions);
-    }
-
-    fn health(&mut self, gi: usize, name: &str, ok: bool, detail: String) {
+    fn health(&mut self, gi: usize, name: &'static str, ok: bool, detail: String) {
         let Some(g) = self.groups.get_mut(gi) else {
             return;
         };
@@ -881,27 +737,37 @@ impl Agent {
         if was == now_healthy && !(now_healthy && first_results && g.state == State::Init) {
             return;
         }
-        let reason = format!("{name}: {detail}");
+        let reason = if now_healthy {
+            Reason::Recovered {
+                check: name,
+                detail: detail.clone(),
+            }
+        } else {
+            Reason::Health {
+                check: name,
+                detail: detail.clone(),
+            }
+        };
         if let Some(e) = g.election.as_mut() {
-            let actions = e.set_healthy(now_healthy, &reason, Instant::now());
+            let actions = e.set_healthy(now_healthy, reason, Instant::now());
             self.apply(gi, actions);
             return;
         }
         // Static and keepalived-driven groups: fault gives up, recovery restores the
         // configured role (static) or waits for keepalived.
         let res = if !now_healthy {
-            self.deactivate(gi, State::Fault, None, &reason)
+            self.deactivate(gi, State::Fault, None, reason)
         } else if !first_results {
             Ok(())
         } else if g.cfg.keepalived_instance.is_none() && g.cfg.role == Role::Active {
-            self.activate(gi, &format!("healthy again ({reason})"))
+            self.activate(gi, reason)
         } else {
             let fwd = g.cfg.forward_to;
             self.deactivate(
                 gi,
                 State::Standby,
                 fwd,
-                &format!("healthy again ({reason})"),
+                reason,
             )
         };
         if let Err(e) = res {
@@ -913,11 +779,11 @@ impl Agent {
     fn apply(&mut self, gi: usize, actions: Vec<Action>) {
         for a in actions {
             let res = match a {
-                Action::TakeOver { reason } => self.activate(gi, &reason),
-                Action::StepDown { forward_to, reason } => self.step_down(gi, forward_to, &reason),
-                Action::Fault { reason } => self.deactivate(gi, State::Fault, None, &reason),
+                Action::TakeOver { reason } => self.activate(gi, reason),
+                Action::StepDown { forward_to, reason } => self.step_down(gi, forward_to, reason),
+                Action::Fault { reason } => self.deactivate(gi, State::Fault, None, reason),
                 Action::Recover { reason } => {
-                    self.set_state(gi, State::Standby, &format!("recovered: {reason}"));
+                    self.groups[gi].set_state(State::Standby, reason);
                     Ok(())
                 }
                 Action::ForwardTo(mac) => {
@@ -945,55 +811,6 @@ impl Agent {
         }
     }
 
-    fn send_hold(&mut self, gi: usize, hold: Duration) {
-        self.send_advert_with(
-            gi,
-            Kind::Hold,
-            hold.as_millis().min(u16::MAX as u128) as u16,
-        );
-    }
-
-    fn send_advert(&mut self, gi: usize, kind: Kind) {
-        self.send_advert_with(gi, kind, 0);
-    }
-
-    fn send_advert_with(&mut self, gi: usize, kind: Kind, hold_ms: u16) {
-        self.seq += 1;
-        let g = &self.groups[gi];
-        let (Some(e), Some(cfg)) = (g.election.as_ref(), g.cfg.election.as_ref()) else {
-            return;
-        };
-        let ad = Advert {
-            kind,
-            priority: if kind == Kind::Release {
-                0
-            } else {
-                e.effective_priority()
-            },
-            interval_ms: cfg.advert_interval.as_millis().min(u16::MAX as u128) as u16,
-            hold_ms,
-            mac: self.iface.mac,
-            addr: e.params().me,
-            seq: self.seq,
-            group: g.cfg.name.clone(),
-        };
-        let bytes = ad.encode(g.key.as_deref());
-        for peer in &cfg.peers {
-            let sock = if peer.is_ipv4() {
-                &self.adverts.v4
-            } else {
-                &self.adverts.v6
-            };
-            if let Some(s) = sock {
-                if let Err(err) =
-                    s.try_send_to(&bytes, SocketAddr::new(*peer, self.cfg.node.advert_port))
-                {
-                    log::debug!("group {}: advertisement to {peer}: {err}", g.cfg.name);
-                }
-            }
-        }
-    }
-
     /// Answers one control request.
     pub fn handle(&mut self, req: Request) -> Response {
         let now = Instant::now();
@@ -1001,7 +818,7 @@ impl Agent {
         match req {
             Request::Status => Response {
                 ok: true,
-                status: Some(Box::new(self.status())),
+                status: Some(Box::new(self.snapshot().render(&self.reader))),
                 ..Default::default()
             },
             Request::Promote { group } => {
@@ -1015,7 +832,7 @@ impl Agent {
                         self.apply(gi, actions);
                         Ok(())
                     }
-                    None => self.activate(gi, "promoted by `vip promote`"),
+                    None => self.activate(gi, Reason::Promoted),
                 };
                 self.renew_leases();
                 match res {
@@ -1044,7 +861,7 @@ impl Agent {
                     }
                     None => {
                         let fwd = forward_to.or(self.groups[gi].cfg.forward_to);
-                        self.deactivate(gi, State::Standby, fwd, "demoted by `vip demote`")
+                        self.deactivate(gi, State::Standby, fwd, Reason::Demoted)
                     }
                 };
                 self.renew_leases();
@@ -1109,212 +926,11 @@ impl Agent {
         }
     }
 
-    /// Re-reads the config and applies the difference: only groups and VIPs that
-    /// changed are touched. Everything is validated first; a bad config changes
-    /// nothing.
-    pub fn reload(&mut self) -> Result<String> {
-        let new = parse_config(&self.opts)?;
-        let (a, b) = (&self.cfg.node, &new.node);
-        let fixed = [
-            ("node.interface", a.interface != b.interface),
-            ("node.xdp_mode", a.xdp_mode != b.xdp_mode),
-            ("node.control_socket", a.control_socket != b.control_socket),
-            ("node.control_group", a.control_group != b.control_group),
-            ("node.max_vips", a.max_vips != b.max_vips),
-            ("node.advert_port", a.advert_port != b.advert_port),
-            ("node.pin / node.pin_dir", a.pin != b.pin),
-            ("node.metrics_listen", a.metrics_listen != b.metrics_listen),
-            ("eip (elastic IPs)", self.cfg.eips != new.eips),
-        ];
-        if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
-            bail!("{key} changed: that needs a restart of the agent; nothing was changed");
-        }
-        let (new, iface, mut keys, warnings) = check_config(new)?;
-        let families = |c: &Config| {
-            c.groups
-                .iter()
-                .filter_map(|g| g.election.as_ref())
-                .flat_map(|e| e.peers.iter().map(|p| p.is_ipv4()))
-                .collect::<BTreeSet<_>>()
-        };
-        let have: BTreeSet<bool> = [
-            self.adverts.v4.is_some().then_some(true),
-            self.adverts.v6.is_some().then_some(false),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if !families(&new).is_subset(&have) {
-            bail!("the config adds peers of an address family the agent has no advertisement socket for; restart the agent to apply it; nothing was changed");
-        }
-        // Resolve what can fail before touching anything.
-        for g in &new.groups {
-            if let Some(r) = &g.redirect {
-                host::interface(&r.interface)
-                    .with_context(|| format!("group[{}].redirect_to", g.name))?;
-            }
-            if let Some(e) = &g.election {
-                self.election_params(g, e)?;
-            }
-        }
-        let total: usize = new.groups.iter().map(|g| g.vips.len()).sum();
-        if total > self.cfg.node.max_vips as usize {
-            bail!(
-                "{total} VIPs exceed node.max_vips {}",
-                self.cfg.node.max_vips
-            );
-        }
-
-        let now = Instant::now();
-        let mut summary = Vec::new();
-        let mut warnings = warnings;
-        // Groups gone, or changed in kind (static / elected / keepalived, redirect): removed.
-        let kind = |g: &Group| {
-            (
-                g.election.is_some(),
-                g.keepalived_instance.clone(),
-                g.redirect.clone(),
-                g.role,
-            )
-        };
-        let mut gi = 0;
-        while gi < self.groups.len() {
-            let old = &self.groups[gi].cfg;
-            match new.groups.iter().find(|g| g.name == old.name) {
-                Some(g) if kind(g) == kind(old) => gi += 1,
-                _ => {
-                    summary.push(format!("removed group {}", old.name));
-                    self.remove_group(gi);
-                }
-            }
-        }
-        for g in &new.groups {
-            let key = keys.remove(&g.name);
-            let Some(gi) = self.groups.iter().position(|r| r.cfg.name == g.name) else {
-                self.add_group(g, key, &HashMap::new(), &mut warnings)?;
-                summary.push(format!("added group {}", g.name));
-                continue;
-            };
-            if self.groups[gi].cfg == *g && self.groups[gi].key == key {
-                continue;
-            }
-            let changed = self.update_group(gi, g, key, now)?;
-            summary.push(format!("group {}: {changed}", g.name));
-        }
-        self.cfg = new;
-        self.iface = iface;
-        self.warnings = warnings;
-        self.renew_leases();
-        Ok(if summary.is_empty() {
-            "reloaded: nothing changed".into()
-        } else {
-            format!("reloaded: {}", summary.join("; "))
-        })
-    }
-
-    /// Applies a changed group of the same kind: VIPs added/removed, settings updated.
-    fn update_group(
-        &mut self,
-        gi: usize,
-        g: &Group,
-        key: Option<Vec<u8>>,
-        now: Instant,
-    ) -> Result<String> {
-        let mut what = Vec::new();
-        let old_vips: Vec<config::Vip> = self.groups[gi].vips.iter().map(|v| v.vip).collect();
-        // VIPs removed.
-        let mut k = 0;
-        while k < self.groups[gi].vips.len() {
-            let v = self.groups[gi].vips[k].vip;
-            if g.vips.iter().any(|n| n.addr == v.addr) {
-                k += 1;
-                continue;
-            }
-            let slot = self.groups[gi].vips.remove(k).slot;
-            self.dp.remove_vip(v.addr)?;
-            let _ = self
-                .nl
-                .del_address(self.iface.index, v.addr, host_prefix(v.addr));
-            self.slots.remove(&slot);
-            what.push(format!("-{v}"));
-        }
-        // VIPs added: programmed for the group's current state.
-        let mut added = Vec::new();
-        for v in &g.vips {
-            if old_vips.iter().any(|o| o.addr == v.addr) {
-                continue;
-            }
-            let slot = self.alloc_slot()?;
-            self.dp.reset_stats(slot)?;
-            self.groups[gi].vips.push(VipRuntime { vip: *v, slot });
-            added.push(*v);
-            what.push(format!("+{v}"));
-        }
-        let settings_changed = {
-            let mut a = self.groups[gi].cfg.clone();
-            let mut b = g.clone();
-            a.vips.clear();
-            b.vips.clear();
-            a != b || self.groups[gi].key != key
-        };
-        let track_changed = self.groups[gi].cfg.track != g.track;
-        self.groups[gi].cfg = g.clone();
-        self.groups[gi].key = key;
-        if let Some(e) = &g.election {
-            let p = self.election_params(g, e)?;
-            if let Some(el) = self.groups[gi].election.as_mut() {
-                el.set_params(p, now);
-            }
-        }
-        if track_changed {
-            self.groups[gi].checks = trackers(&g.track);
-            self.spawn_checks(gi);
-        }
-        if !added.is_empty() {
-            let state = self.groups[gi].state;
-            if state == State::Active {
-                let gr = &self.groups[gi];
-                let act = if gr.redirect.is_some() {
-                    action::REDIRECT
-                } else {
-                    action::LOCAL
-                };
-                let entries: Vec<(IpAddr, VipEntry)> = gr
-                    .vips
-                    .iter()
-                    .filter(|v| added.iter().any(|a| a.addr == v.vip.addr))
-                    .map(|v| (v.vip.addr, self.entry(gr, v, act, None)))
-                    .collect();
-                for (addr, e) in &entries {
-                    self.dp.set_vip(*addr, e)?;
-                    if act == action::LOCAL {
-                        self.nl
-                            .add_address(self.iface.index, *addr, host_prefix(*addr))?;
-                    }
-                }
-                let socket = self.socket.clone();
-                let (mac, garp, name) = (self.iface.mac, g.garp, g.name.clone());
-                let addrs: Vec<IpAddr> = added.iter().map(|v| v.addr).collect();
-                tokio::spawn(garp::burst(socket, mac, addrs, garp, name));
-                self.join_solicited_nodes(gi, true);
-            } else {
-                let fwd = self.groups[gi].forward_to;
-                self.set_entries(gi, fwd)?;
-            }
-        }
-        if settings_changed {
-            what.push("settings updated".into());
-        }
-        Ok(what.join(" "))
-    }
-
     /// Before exiting for a restart: peers hold, leases cover the gap, pins stay.
     fn prepare_restart(&mut self, hold: Duration) {
         let deadline = host::monotonic_ns() + hold.as_nanos() as u64;
         for gi in 0..self.groups.len() {
-            if let Some(h) = self.groups[gi].announcer.take() {
-                h.abort();
-            }
+            self.groups[gi].stop_announcing();
             if self.groups[gi].state == State::Active && self.groups[gi].election.is_some() {
                 self.send_hold(gi, hold);
             }
@@ -1344,26 +960,26 @@ impl Agent {
         else {
             return Response::error(format!("no group has keepalived_instance = \"{name}\""));
         };
-        let reason = format!(
-            "keepalived: {kind} {name} {state}{}",
-            priority
-                .map(|p| format!(" (priority {p})"))
-                .unwrap_or_default()
-        );
+        let reason = Reason::Keepalived {
+            kind: kind.into(),
+            name: name.into(),
+            state: state.into(),
+            priority,
+        };
         if !self.groups[gi].healthy() && state == "MASTER" {
             return Response::error(format!(
                 "group {} is faulty ({}); not taking over",
                 self.groups[gi].cfg.name,
-                self.health_detail(gi)
+                self.groups[gi].health_detail()
             ));
         }
         let res = match state {
-            "MASTER" => self.activate(gi, &reason),
+            "MASTER" => self.activate(gi, reason),
             "BACKUP" | "STOP" => {
                 let fwd = self.groups[gi].cfg.forward_to;
-                self.deactivate(gi, State::Standby, fwd, &reason)
+                self.deactivate(gi, State::Standby, fwd, reason)
             }
-            "FAULT" => self.deactivate(gi, State::Fault, None, &reason),
+            "FAULT" => self.deactivate(gi, State::Fault, None, reason),
             other => {
                 return Response::error(format!(
                     "unknown keepalived state `{other}` (expected MASTER, BACKUP, FAULT or STOP)"
@@ -1380,57 +996,6 @@ impl Agent {
         }
     }
 
-    fn entry(
-        &self,
-        g: &GroupRuntime,
-        v: &VipRuntime,
-        act: u32,
-        forward_to: Option<Mac>,
-    ) -> VipEntry {
-        let mut e = VipEntry {
-            action: act,
-            flags: if g.leased() { flags::LEASED } else { 0 },
-            stats_index: v.slot,
-            group_index: g.index,
-            own_mac: self.iface.mac.0,
-            src_mac: self.iface.mac.0,
-            ..Default::default()
-        };
-        match act {
-            action::REDIRECT => {
-                if let Some(r) = g.redirect {
-                    e.ifindex = r.ifindex;
-                    e.src_mac = r.src_mac.0;
-                    e.dst_mac = r.dst_mac.0;
-                }
-            }
-            action::FORWARD => e.dst_mac = forward_to.unwrap_or_default().0,
-            _ => {}
-        }
-        e
-    }
-
-    fn set_state(&mut self, gi: usize, state: State, reason: &str) {
-        let g = &mut self.groups[gi];
-        if g.state != state {
-            g.transitions += 1;
-            g.since = SystemTime::now();
-            *g.transition_reasons
-                .entry(format!("{}/{}", state.as_str(), reason_kind(reason)))
-                .or_default() += 1;
-            let vips: Vec<String> = g.vips.iter().map(|v| v.vip.to_string()).collect();
-            log::info!(
-                "group {}: {} -> {} ({reason}); VIPs {}",
-                g.cfg.name,
-                g.state.as_str(),
-                state.as_str(),
-                vips.join(", ")
-            );
-        }
-        g.state = state;
-        g.reason = reason.to_string();
-    }
-
     /// Standby entries: forward to `mac`, or inert.
     fn set_entries(&mut self, gi: usize, mac: Option<Mac>) -> Result<()> {
         let g = &self.groups[gi];
@@ -1442,7 +1007,7 @@ impl Agent {
         let entries: Vec<(IpAddr, VipEntry)> = g
             .vips
             .iter()
-            .map(|v| (v.vip.addr, self.entry(g, v, act, mac)))
+            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, act, mac)))
             .collect();
         if mac.is_some() && g.leased() {
             let lease = self.lease_of(gi);
@@ -1482,28 +1047,14 @@ impl Agent {
         }
     }
 
-    /// A VIP address of an active group was removed (the kernel flushes IPv6
-    /// addresses with the link, or an operator deleted it): add it back, so the data
-    /// plane never answers for a VIP the kernel would not accept.
+    /// A VIP address we hold was removed (an operator deleted it, or the kernel flushed
+    /// it): add it back, so the local stack keeps accepting what the data plane passes.
     fn address_removed(&mut self, addr: IpAddr) {
-        let Some(gi) = self.groups.iter().position(|g| {
-            g.state == State::Active
-                && g.redirect.is_none()
-                && g.vips.iter().any(|v| v.vip.addr == addr)
-        }) else {
+        if !self.addrs.holds(addr) {
             return;
-        };
-        log::warn!(
-            "group {}: VIP {addr} was removed from {}; adding it back",
-            self.groups[gi].cfg.name,
-            self.iface.name
-        );
-        if let Err(e) = self
-            .nl
-            .add_address(self.iface.index, addr, host_prefix(addr))
-        {
-            log::error!("group {}: re-adding {addr}: {e}", self.groups[gi].cfg.name);
         }
+        log::warn!("VIP address {addr} was removed from lo; adding it back");
+        self.addrs.restore();
     }
 
     /// The interface came back: restore what the kernel flushed while it was down
@@ -1528,25 +1079,12 @@ impl Agent {
 
     /// Adds back the addresses of every active local VIP (idempotent).
     fn restore_addresses(&mut self) {
-        for g in self
-            .groups
-            .iter()
-            .filter(|g| g.state == State::Active && g.redirect.is_none())
-        {
-            for v in &g.vips {
-                if let Err(e) =
-                    self.nl
-                        .add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
-                {
-                    log::error!("group {}: restoring {}: {e}", g.cfg.name, v.vip.addr);
-                }
-            }
-        }
+        self.addrs.restore();
     }
 
-    /// For a redirected IPv6 VIP no address is added, so nothing joins its
-    /// solicited-node group: join it, or NICs that filter multicast and switches that
-    /// snoop MLD never deliver the solicitations for it.
+    /// An IPv6 VIP's address is on `lo` (or, redirected, nowhere), so the interface
+    /// does not join its solicited-node group by itself: join it, or NICs that filter
+    /// multicast and switches that snoop MLD never deliver the solicitations for it.
     fn join_solicited_nodes(&mut self, gi: usize, join: bool) {
         let addrs: Vec<std::net::Ipv6Addr> = self.groups[gi]
             .vips
@@ -1556,7 +1094,7 @@ impl Agent {
                 IpAddr::V4(_) => None,
             })
             .collect();
-        if addrs.is_empty() || self.groups[gi].redirect.is_none() {
+        if addrs.is_empty() {
             return;
         }
         if self.mcast.is_none() {
@@ -1594,52 +1132,39 @@ impl Agent {
     }
 
     /// Takes the group's VIPs: lease and entries, then addresses, then announcements.
-    pub fn activate(&mut self, gi: usize, reason: &str) -> Result<()> {
+    pub fn activate(&mut self, gi: usize, reason: Reason) -> Result<()> {
         let g = &self.groups[gi];
         if g.leased() {
             let lease = self.lease_of(gi);
             self.dp
                 .set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
         }
-        let act = if g.redirect.is_some() {
-            action::REDIRECT
-        } else {
-            action::LOCAL
-        };
+        let act = g.active_action();
         let entries: Vec<(IpAddr, VipEntry)> = g
             .vips
             .iter()
-            .map(|v| (v.vip.addr, self.entry(g, v, act, None)))
+            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, act, None)))
             .collect();
         self.dp
             .set_vips_batch(&entries)
             .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))?;
         if act == action::LOCAL {
-            for v in &g.vips {
-                if let Err(e) =
-                    self.nl
-                        .add_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
-                {
-                    log::error!(
-                        "group {}: adding {} to {}: {e}",
-                        g.cfg.name,
-                        v.vip.addr,
-                        self.iface.name
-                    );
-                }
+            let (name, vips) = (g.cfg.name.clone(), g.vips.clone());
+            for v in vips.iter() {
+                self.addrs.add(&name, v.vip.addr);
             }
         }
         self.join_solicited_nodes(gi, true);
         self.groups[gi].forward_to = None;
         self.groups[gi].drain_until = None;
-        self.set_state(gi, State::Active, reason);
+        self.groups[gi].set_state(State::Active, reason);
         self.announce(gi);
         Ok(())
     }
 
     /// A step-down decided by the election: towards a known successor, forward for
     /// the drain period (and as long as it keeps advertising), else inert.
-    fn step_down(&mut self, gi: usize, forward_to: Option<Mac>, reason: &str) -> Result<()> {
+    fn step_down(&mut self, gi: usize, forward_to: Option<Mac>, reason: Reason) -> Result<()> {
         self.deactivate(gi, State::Standby, forward_to, reason)
     }
 
@@ -1650,11 +1175,9 @@ impl Agent {
         gi: usize,
         state: State,
         forward_to: Option<Mac>,
-        reason: &str,
+        reason: Reason,
     ) -> Result<()> {
-        if let Some(h) = self.groups[gi].announcer.take() {
-            h.abort();
-        }
+        self.groups[gi].stop_announcing();
         let was_active = self.groups[gi].state == State::Active;
         if was_active {
             self.join_solicited_nodes(gi, false);
@@ -1666,27 +1189,20 @@ impl Agent {
         };
         self.groups[gi].forward_to = forward_to;
         self.set_entries(gi, forward_to)?;
-        let g = &self.groups[gi];
-        for v in &g.vips {
-            if let Err(e) =
-                self.nl
-                    .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
-            {
-                log::error!(
-                    "group {}: removing {} from {}: {e}",
-                    g.cfg.name,
-                    v.vip.addr,
-                    self.iface.name
-                );
+        let (name, vips) = (self.groups[gi].cfg.name.clone(), self.groups[gi].vips.clone());
+        for v in vips.iter() {
+            if self.addrs.holds(v.vip.addr) {
+                self.addrs.remove(&name, v.vip.addr);
             }
         }
+        let g = &self.groups[gi];
         // Static groups forward only for the drain period after giving the VIP up,
         // unless the config asks for it permanently.
         if was_active && forward_to.is_some() && g.election.is_none() && g.cfg.forward_to.is_none()
         {
             self.groups[gi].drain_until = Some(Instant::now() + g.cfg.drain);
         }
-        self.set_state(gi, state, reason);
+        self.groups[gi].set_state(state, reason);
         Ok(())
     }
 
@@ -1694,9 +1210,7 @@ impl Agent {
     /// periodic refresh if configured.
     fn announce(&mut self, gi: usize) {
         let g = &mut self.groups[gi];
-        if let Some(h) = g.announcer.take() {
-            h.abort();
-        }
+        g.stop_announcing();
         let addrs: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
         let (sock, mac, garp, name, refresh) = (
             self.socket.clone(),
@@ -1721,173 +1235,6 @@ impl Agent {
                 }
             }
         }));
-    }
-
-    fn health_detail(&self, gi: usize) -> String {
-        let g = &self.groups[gi];
-        let parts: Vec<String> = g
-            .checks
-            .iter()
-            .map(|(n, t, d)| {
-                let s = match t.state() {
-                    Some(true) => "ok",
-                    Some(false) => "failing",
-                    None => "pending",
-                };
-                if d.is_empty() {
-                    format!("{n} {s}")
-                } else {
-                    format!("{n} {s} ({d})")
-                }
-            })
-            .collect();
-        parts.join("; ")
-    }
-
-    pub fn status(&self) -> Status {
-        let now_mono = host::monotonic_ns();
-        let groups = self
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(gi, g)| GroupStatus {
-                name: g.cfg.name.clone(),
-                role: if g.state == State::Active {
-                    "active"
-                } else {
-                    "standby"
-                }
-                .into(),
-                state: g.state.as_str().into(),
-                reason: g.reason.clone(),
-                since_unix_ms: g
-                    .since
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
-                transitions: g.transitions,
-                transition_reasons: g.transition_reasons.clone(),
-                mode: if g.election.is_some() {
-                    "elected"
-                } else if g.cfg.keepalived_instance.is_some() {
-                    "keepalived"
-                } else {
-                    "static"
-                }
-                .into(),
-                forward_to: g
-                    .forward_to
-                    .filter(|_| g.state != State::Active)
-                    .map(|m| m.to_string()),
-                healthy: g.healthy(),
-                health: self.health_detail(gi),
-                election: g.election.as_ref().map(|e| ElectionStatus {
-                    priority: e.params().priority,
-                    effective_priority: e.effective_priority(),
-                    pinned: match e.pin() {
-                        Pin::None => None,
-                        Pin::Active => Some("active".into()),
-                        Pin::Standby => Some("standby".into()),
-                    },
-                    advert_interval_ms: e.params().interval.as_millis() as u64,
-                    current_active: if g.state == State::Active {
-                        Some(ActivePeer {
-                            address: e.params().me.to_string(),
-                            mac: self.iface.mac.to_string(),
-                            priority: e.effective_priority(),
-                            this_node: true,
-                        })
-                    } else {
-                        e.active().map(|a| ActivePeer {
-                            address: a.addr.to_string(),
-                            mac: a.mac.to_string(),
-                            priority: a.priority,
-                            this_node: false,
-                        })
-                    },
-                    adverts_sent: e.counters.adverts_sent,
-                    adverts_received: e.counters.adverts_received,
-                    split_brains: e.counters.split_brains,
-                    auth_failures: g.errors.auth_failures,
-                    replays: g.errors.replays,
-                    malformed: g.errors.malformed,
-                    unknown_peers: g.errors.unknown_peers,
-                    lease_remaining_ms: g
-                        .lease_deadline
-                        .map(|d| d.saturating_sub(now_mono) / 1_000_000),
-                }),
-                vips: g
-                    .vips
-                    .iter()
-                    .map(|v| {
-                        let s = self.dp.stats(v.slot).unwrap_or_default();
-                        let act = self
-                            .dp
-                            .vip(v.vip.addr)
-                            .map(|e| e.action)
-                            .unwrap_or(action::NONE);
-                        VipStatus {
-                            address: v.vip.addr.to_string(),
-                            prefix: v.vip.prefix,
-                            action: action::name(act).into(),
-                            rx_packets: s.rx_packets,
-                            rx_bytes: s.rx_bytes,
-                            arp_replies: s.arp_replies,
-                            nd_replies: s.nd_replies,
-                            passed: s.passed,
-                            redirected: s.redirected,
-                            forwarded: s.forwarded,
-                            lease_expired: s.lease_expired,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
-        let mut global: BTreeMap<String, u64> = self
-            .dp
-            .global_stats()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with("reserved"))
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        global.insert(
-            "adverts_for_unknown_groups".into(),
-            self.unknown_group_adverts,
-        );
-        Status {
-            node: self.cfg.node.name.clone(),
-            interface: self.iface.name.clone(),
-            xdp_mode: self.cfg.node.xdp_mode.as_str().into(),
-            groups,
-            global,
-            warnings: self.warnings.clone(),
-            eips: self
-                .eips
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let st = self.dp.eip_stats(i as u32).unwrap_or_default();
-                    let owner = self.dp.owner(e.cfg.vip);
-                    crate::status::EipStatus {
-                        address: e.cfg.address.to_string(),
-                        vip: e.cfg.vip.to_string(),
-                        external_interface: e.cfg.external_interface.clone(),
-                        internal_interface: e.cfg.internal_interface.clone(),
-                        owner: owner.map(|o| Mac(o.mac).to_string()),
-                        owner_age_ms: owner
-                            .map(|o| now_mono.saturating_sub(o.updated_ns) / 1_000_000),
-                        in_packets: st.in_packets,
-                        in_bytes: st.in_bytes,
-                        out_packets: st.out_packets,
-                        out_bytes: st.out_bytes,
-                        to_kernel: st.to_kernel,
-                        owner_changes: st.owner_changes,
-                        arp_replies: st.arp_replies,
-                    }
-                })
-                .collect(),
-        }
     }
 
     /// Planned handover of every elected active group: release, keep serving until a
@@ -1941,66 +1288,6 @@ impl Agent {
         }
     }
 
-    /// Removes every entry and address this agent added; the data plane detaches when
-    /// the agent is dropped.
-    /// Programs the elastic IPs: the same program attached to their external (and
-    /// internal, if not ours already) interfaces, entries in both directions.
-    fn setup_eips(&mut self, warnings: &mut Vec<String>) -> Result<()> {
-        if self.cfg.eips.is_empty() {
-            return Ok(());
-        }
-        let mut attached: BTreeSet<String> = [self.iface.name.clone()].into();
-        for (i, e) in self.cfg.eips.clone().iter().enumerate() {
-            let key = format!("eip[{i}]");
-            let ext = host::interface(&e.external_interface)
-                .with_context(|| format!("{key}.external_interface"))?;
-            let int = host::interface(&e.internal_interface)
-                .with_context(|| format!("{key}.internal_interface"))?;
-            for ifc in [&ext, &int] {
-                if attached.insert(ifc.name.clone()) {
-                    self.dp
-                        .attach_extra(&ifc.name, self.cfg.node.xdp_mode)
-                        .with_context(|| format!("{key}: attaching to {}", ifc.name))?;
-                    log::info!("XDP attached to {} for elastic IPs", ifc.name);
-                    warnings.extend(interface_warnings(ifc));
-                }
-                self.dp.add_redirect_target(ifc.index)?;
-            }
-            let entry = vip_common::EipEntry {
-                eip: e.address.octets(),
-                vip: e.vip.octets(),
-                ext_ifindex: ext.index,
-                int_ifindex: int.index,
-                ext_mac: ext.mac.0,
-                int_mac: int.mac.0,
-                stats_index: i as u32,
-            };
-            if !self.dp.adopted() {
-                self.dp.reset_eip_stats(i as u32)?;
-            }
-            self.dp.set_eip(&entry)?;
-            log::info!(
-                "elastic IP {} <-> VIP {} ({} / {})",
-                e.address,
-                e.vip,
-                ext.name,
-                int.name
-            );
-            self.eips.push(EipRuntime {
-                cfg: e.clone(),
-                entry,
-            });
-        }
-        if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "0") {
-            let w = "net.ipv4.ip_forward is 0: elastic-IP packets whose next hop is not known yet are handed to \
-                     the kernel to route, which then drops them; set it to 1 on a gateway"
-                .to_string();
-            log::warn!("{w}");
-            warnings.push(w);
-        }
-        Ok(())
-    }
-
     pub fn shutdown(&mut self) {
         for e in &self.eips {
             let _ = self.dp.remove_eip(&e.entry);
@@ -2014,127 +1301,18 @@ impl Agent {
             log::warn!("removing the pinned data plane: {e:#}");
         }
         for gi in 0..self.groups.len() {
-            if let Some(h) = self.groups[gi].announcer.take() {
-                h.abort();
-            }
-            let g = &self.groups[gi];
-            for v in &g.vips {
+            self.groups[gi].stop_announcing();
+            let (name, vips) = (self.groups[gi].cfg.name.clone(), self.groups[gi].vips.clone());
+            for v in vips.iter() {
                 if let Err(e) = self.dp.remove_vip(v.vip.addr) {
-                    log::warn!(
-                        "group {}: removing map entry {}: {e}",
-                        g.cfg.name,
-                        v.vip.addr
-                    );
+                    log::warn!("group {name}: removing map entry {}: {e}", v.vip.addr);
                 }
-                if let Err(e) =
-                    self.nl
-                        .del_address(self.iface.index, v.vip.addr, host_prefix(v.vip.addr))
-                {
-                    log::warn!("group {}: removing {}: {e}", g.cfg.name, v.vip.addr);
+                if self.addrs.holds(v.vip.addr) {
+                    self.addrs.remove(&name, v.vip.addr);
                 }
             }
         }
     }
-}
-
-/// One rise/fall tracker per configured health check, none reported yet.
-fn trackers(track: &config::Track) -> Vec<(&'static str, Tracker, String)> {
-    let mut checks = Vec::new();
-    if track.interface {
-        checks.push(("track_interface", Tracker::new(1, 1), String::new()));
-    }
-    if let Some(c) = &track.script {
-        checks.push(("track_script", Tracker::new(c.rise, c.fall), String::new()));
-    }
-    if let Some(c) = &track.tcp {
-        checks.push(("track_tcp", Tracker::new(c.rise, c.fall), String::new()));
-    }
-    checks
-}
-
-/// A short, stable label for a transition's reason (for metrics).
-fn reason_kind(reason: &str) -> &'static str {
-    const KINDS: [(&str, &str); 16] = [
-        ("no advertisement", "peer_silent"),
-        ("preempting", "preempt"),
-        ("yielding", "yield"),
-        ("split brain", "split_brain"),
-        ("handed over", "handover"),
-        ("promoted", "promote"),
-        ("demoted", "demote"),
-        ("recovered", "recover"),
-        ("healthy again", "recover"),
-        ("track_", "health"),
-        ("keepalived", "keepalived"),
-        ("adopted", "adopted"),
-        ("configured", "configured"),
-        ("electing", "start"),
-        ("waiting", "start"),
-        ("starting", "start"),
-    ];
-    KINDS
-        .iter()
-        .find(|(p, _)| reason.contains(p))
-        .map(|(_, k)| *k)
-        .unwrap_or("other")
-}
-
-/// IPv4-mapped IPv6 sources (from a dual-stack socket) as plain IPv4.
-fn canonical(a: IpAddr) -> IpAddr {
-    match a {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(a),
-        v4 => v4,
-    }
-}
-
-/// The address we speak for ourselves in adverts: the first subnet address of the
-/// interface in that family (not a VIP-shaped /32 or /128, not link-local).
-fn primary_address(iface: &Interface, v4: bool) -> Option<IpAddr> {
-    iface
-        .addrs
-        .iter()
-        .find(|(a, p)| {
-            a.is_ipv4() == v4
-                && match a {
-                    IpAddr::V4(x) => *p < 32 && !x.is_link_local(),
-                    IpAddr::V6(x) => *p < 128 && !x.is_unicast_link_local(),
-                }
-        })
-        .map(|(a, _)| *a)
-}
-
-/// Binds the election's sockets on our primary addresses (so adverts leave from them).
-async fn bind_advert_sockets(cfg: &Config, iface: &Interface) -> Result<AdvertSockets> {
-    let port = cfg.node.advert_port;
-    let mut out = AdvertSockets { v4: None, v6: None };
-    for v4 in [true, false] {
-        let needed = cfg
-            .groups
-            .iter()
-            .filter_map(|g| g.election.as_ref())
-            .any(|e| e.peers.iter().any(|p| p.is_ipv4() == v4));
-        if !needed {
-            continue;
-        }
-        let Some(me) = primary_address(iface, v4) else {
-            bail!(
-                "interface {} has no {} address to send advertisements from",
-                iface.name,
-                if v4 { "IPv4" } else { "IPv6" }
-            );
-        };
-        let sock = UdpSocket::bind(SocketAddr::new(me, port))
-            .await
-            .with_context(|| {
-                format!("binding the advertisement socket {me}:{port} (node.advert_port)")
-            })?;
-        if v4 {
-            out.v4 = Some(Arc::new(sock));
-        } else {
-            out.v6 = Some(Arc::new(sock));
-        }
-    }
-    Ok(out)
 }
 
 /// Warnings about the interface that the operator should hear at start.
@@ -2165,56 +1343,3 @@ fn interface_warnings(iface: &Interface) -> Vec<String> {
     w
 }
 
-/// The prefix VIP addresses are added with: a host route's, so adding one never
-/// creates or changes a subnet route.
-fn host_prefix(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() {
-        32
-    } else {
-        128
-    }
-}
-
-/// Resolves a redirect interface: its ifindex, its MAC (our source) and the MAC frames
-/// are addressed to (configured, or the veth peer's).
-fn redirect_target(
-    nl: &Netlink,
-    dp: &mut Dataplane,
-    group: &str,
-    r: &config::Redirect,
-    warnings: &mut Vec<String>,
-) -> Result<RedirectTarget> {
-    let key = format!("group[{group}].redirect_to");
-    let iface = host::interface(&r.interface).with_context(|| key.clone())?;
-    let dst_mac = match r.mac {
-        Some(m) => m,
-        None => {
-            let link = nl.link(iface.index, None).with_context(|| key.clone())?;
-            let peer = match (link.kind.as_deref(), link.link) {
-                (Some("veth"), Some(peer)) => {
-                    nl.link(peer, link.link_netnsid).ok().and_then(|l| l.mac)
-                }
-                _ => None,
-            };
-            peer.with_context(|| {
-                format!(
-                    "{key}: cannot discover the MAC behind `{}` (not a veth, or its peer is unreachable); set redirect_mac",
-                    r.interface
-                )
-            })?
-        }
-    };
-    dp.add_redirect_target(iface.index)
-        .with_context(|| key.clone())?;
-    if iface.kind.as_deref() == Some("veth") {
-        warnings.push(format!(
-            "redirect target {} is a veth: redirected frames reach its peer only if the peer has an XDP program (`vip xdp-pass PEER`)",
-            iface.name
-        ));
-    }
-    Ok(RedirectTarget {
-        ifindex: iface.index,
-        src_mac: iface.mac,
-        dst_mac,
-    })
-}

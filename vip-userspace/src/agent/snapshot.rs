@@ -1,0 +1,241 @@
+//! Status and metrics from one snapshot: the loop copies what only it knows (states,
+//! reasons, election facts; the VIP lists are shared, not copied), and another thread
+//! reads the per-VIP entries and counters from the maps and builds the `Status`. So
+//! a status call or a scrape of 20,000 VIPs costs the loop microseconds, and the
+//! election's timers never wait behind it.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use vip_common::action;
+
+use super::{group::VipRuntime, Agent};
+use crate::{
+    dataplane::Reader,
+    election::State,
+    host,
+    mac::Mac,
+    reason::{self, Reason},
+    status::{
+        ActivePeer, EipStatus, ElectionStatus, GroupStatus, Status, TransitionStatus, VipStatus,
+    },
+};
+
+/// What the loop knows, at one instant.
+pub struct Snapshot {
+    node: String,
+    interface: String,
+    xdp_mode: String,
+    warnings: Vec<String>,
+    unknown_group_adverts: u64,
+    address_errors: u64,
+    groups: Vec<GroupSnap>,
+    eips: Vec<EipSnap>,
+}
+
+struct GroupSnap {
+    name: String,
+    state: State,
+    reason: Reason,
+    since: SystemTime,
+    transitions: u64,
+    last: Option<(State, State, Reason, SystemTime)>,
+    transition_reasons: BTreeMap<String, u64>,
+    mode: &'static str,
+    forward_to: Option<Mac>,
+    healthy: bool,
+    health: String,
+    election: Option<ElectionStatus>,
+    vips: Arc<Vec<VipRuntime>>,
+}
+
+struct EipSnap {
+    cfg: crate::config::Eip,
+    index: u32,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// The loop's part of a status: cheap, whatever the number of VIPs.
+    pub fn snapshot(&self) -> Snapshot {
+        let now_mono = host::monotonic_ns();
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| GroupSnap {
+                name: g.cfg.name.clone(),
+                state: g.state,
+                reason: g.reason.clone(),
+                since: g.since,
+                transitions: g.transitions,
+                last: g
+                    .last_transition
+                    .as_ref()
+                    .map(|t| (t.from, g.state, t.reason.clone(), t.at)),
+                transition_reasons: g.transition_reasons.clone(),
+                mode: g.mode(),
+                forward_to: g.forward_to.filter(|_| g.state != State::Active),
+                healthy: g.healthy(),
+                health: g.health_detail(),
+                election: g.election.as_ref().map(|e| ElectionStatus {
+                    priority: e.params().priority,
+                    effective_priority: e.effective_priority(),
+                    pinned: reason::pin_label(e.pin()).map(String::from),
+                    advert_interval_ms: e.params().interval.as_millis() as u64,
+                    current_active: if g.state == State::Active {
+                        Some(ActivePeer {
+                            address: e.params().me.to_string(),
+                            mac: self.iface.mac.to_string(),
+                            priority: e.effective_priority(),
+                            this_node: true,
+                        })
+                    } else {
+                        e.active().map(|a| ActivePeer {
+                            address: a.addr.to_string(),
+                            mac: a.mac.to_string(),
+                            priority: a.priority,
+                            this_node: false,
+                        })
+                    },
+                    adverts_sent: e.counters.adverts_sent,
+                    adverts_received: e.counters.adverts_received,
+                    split_brains: e.counters.split_brains,
+                    auth_failures: g.errors.auth_failures,
+                    replays: g.errors.replays,
+                    malformed: g.errors.malformed,
+                    unknown_peers: g.errors.unknown_peers,
+                    lease_remaining_ms: g
+                        .lease_deadline
+                        .map(|d| d.saturating_sub(now_mono) / 1_000_000),
+                }),
+                vips: g.vips.clone(),
+            })
+            .collect();
+        Snapshot {
+            node: self.cfg.node.name.clone(),
+            interface: self.iface.name.clone(),
+            xdp_mode: self.cfg.node.xdp_mode.as_str().into(),
+            warnings: self.warnings.clone(),
+            unknown_group_adverts: self.unknown_group_adverts,
+            address_errors: self.addrs.errors,
+            groups,
+            eips: self
+                .eips
+                .iter()
+                .enumerate()
+                .map(|(i, e)| EipSnap {
+                    cfg: e.cfg.clone(),
+                    index: i as u32,
+                })
+                .collect(),
+        }
+    }
+
+    /// The handles `Snapshot::render` reads the maps with.
+    pub fn reader(&self) -> Arc<Reader> {
+        self.reader.clone()
+    }
+}
+
+impl Snapshot {
+    /// Reads the entries and counters and builds the status (off the loop).
+    pub fn render(self, dp: &Reader) -> Status {
+        let now_mono = host::monotonic_ns();
+        let groups = self
+            .groups
+            .into_iter()
+            .map(|g| GroupStatus {
+                name: g.name,
+                role: reason::role_label(g.state).into(),
+                state: g.state.as_str().into(),
+                reason: g.reason.to_string(),
+                reason_kind: g.reason.kind().into(),
+                since_unix_ms: unix_ms(g.since),
+                last_transition: g.last.map(|(from, to, r, at)| TransitionStatus {
+                    from: from.as_str().into(),
+                    to: to.as_str().into(),
+                    reason: r.to_string(),
+                    reason_kind: r.kind().into(),
+                    at_unix_ms: unix_ms(at),
+                }),
+                transitions: g.transitions,
+                transition_reasons: g.transition_reasons,
+                mode: g.mode.into(),
+                forward_to: g.forward_to.map(|m| m.to_string()),
+                healthy: g.healthy,
+                health: g.health,
+                election: g.election,
+                vips: g
+                    .vips
+                    .iter()
+                    .map(|v| {
+                        let s = dp.stats(v.slot).unwrap_or_default();
+                        let act = dp.vip(v.vip.addr).map(|e| e.action).unwrap_or(action::NONE);
+                        VipStatus {
+                            address: v.vip.addr.to_string(),
+                            prefix: v.vip.prefix,
+                            action: action::name(act).into(),
+                            rx_packets: s.rx_packets,
+                            rx_bytes: s.rx_bytes,
+                            arp_replies: s.arp_replies,
+                            nd_replies: s.nd_replies,
+                            passed: s.passed,
+                            redirected: s.redirected,
+                            forwarded: s.forwarded,
+                            lease_expired: s.lease_expired,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut global: BTreeMap<String, u64> = dp
+            .global_stats()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("reserved"))
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        global.insert("adverts_for_unknown_groups".into(), self.unknown_group_adverts);
+        global.insert("address_errors".into(), self.address_errors);
+        Status {
+            node: self.node,
+            interface: self.interface,
+            xdp_mode: self.xdp_mode,
+            groups,
+            global,
+            warnings: self.warnings,
+            eips: self
+                .eips
+                .into_iter()
+                .map(|e| {
+                    let st = dp.eip_stats(e.index).unwrap_or_default();
+                    let owner = dp.owner(e.cfg.vip);
+                    EipStatus {
+                        address: e.cfg.address.to_string(),
+                        vip: e.cfg.vip.to_string(),
+                        external_interface: e.cfg.external_interface,
+                        internal_interface: e.cfg.internal_interface,
+                        owner: owner.map(|o| Mac(o.mac).to_string()),
+                        owner_age_ms: owner
+                            .map(|o| now_mono.saturating_sub(o.updated_ns) / 1_000_000),
+                        in_packets: st.in_packets,
+                        in_bytes: st.in_bytes,
+                        out_packets: st.out_packets,
+                        out_bytes: st.out_bytes,
+                        to_kernel: st.to_kernel,
+                        owner_changes: st.owner_changes,
+                        arp_replies: st.arp_replies,
+                    }
+                })
+                .collect(),
+        }
+    }
+}

@@ -104,6 +104,17 @@ impl Agent {
     }
 
     pub fn start_with(ns: &Netns, name: &str, config: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_wrapped(ns, name, config, &[], extra)
+    }
+
+    /// Starts the agent under a wrapper command (e.g. `faketime -f -1h`).
+    pub fn start_wrapped(
+        ns: &Netns,
+        name: &str,
+        config: &str,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "vip-lab-{}-{}-{name}",
             std::process::id(),
@@ -120,12 +131,14 @@ impl Agent {
         );
         fs::write(&cfg_path, config)?;
         let bin = vip_bin();
-        let mut cmd = ns.command(&[
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.extend([
             bin.to_str().unwrap_or("vip"),
             "agent",
             "--config",
             cfg_path.to_str().unwrap_or(""),
         ]);
+        let mut cmd = ns.command(&argv);
         cmd.args(extra);
         cmd.env(
             "RUST_LOG",

@@ -1076,6 +1076,11 @@ pub fn check_host(
             for (ifname, addrs) in all_addrs {
                 for (a, p) in addrs {
                     if *a == vip.addr {
+                        // The agent keeps an active VIP on lo (a host prefix, never
+                        // announced by the kernel): that is ours, running.
+                        if ifname == "lo" && is_host_prefix(*a, *p) {
+                            continue;
+                        }
                         if ifname == &iface.name && is_host_prefix(*a, *p) {
                             report.warnings.push(format!(
                                 "VIP {} is already assigned on {ifname} (left over by an earlier run?); \

@@ -169,7 +169,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            // The agent's loop runs on this thread (block_on); sockets, status and
+            // metrics on two workers, so nothing they do delays an advertisement.
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;

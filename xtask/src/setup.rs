@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "keepalived",
+    "faketime",
     "ndisc6",
     "nftables",
 ];

@@ -1,0 +1,243 @@
+//! Exactly one owner per VIP, driven from outside as a user would: a peer restarted
+//! with its clock an hour back, a SIGKILLed unpinned active, two nodes started at
+//! once, the reason a standby gives after a release, and a reload that fails while
+//! applying.
+
+mod common;
+
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+use common::*;
+use lab::{privileged, wait_for, Agent, Capture, Lan};
+use nix::sys::signal::Signal;
+
+fn servers_lan() -> Lan {
+    let mut lan = Lan::new(&["a", "b", "c"]).expect("lab");
+    lan.enable_xdp_tx(&["a", "b"]).expect("xdp-pass");
+    lan
+}
+
+/// Waits until the agents show exactly these states.
+fn expect_states(agents: &[(&str, &Agent)], want: &[&str]) {
+    let ok = wait_for(Duration::from_secs(5), || {
+        let got: Vec<String> = agents.iter().map(|(_, a)| state(a)).collect();
+        (got == want).then_some(())
+    });
+    if ok.is_none() {
+        let got: Vec<String> = agents
+            .iter()
+            .map(|(n, a)| format!("{n}={}", state(a)))
+            .collect();
+        panic!("states {got:?}, wanted {want:?}");
+    }
+}
+
+/// The MACs that answer `arping -c 3` for the VIP from the client.
+fn arping_macs(lan: &Lan) -> BTreeSet<String> {
+    let c = lan.host("c");
+    let out = c
+        .ns
+        .output(&["arping", "-c", "3", "-w", "3", "-i", "eth0", VIP])
+        .expect("arping");
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    [&lan.host("a").mac, &lan.host("b").mac]
+        .into_iter()
+        .filter(|m| text.contains(&m.to_lowercase()))
+        .cloned()
+        .collect()
+}
+
+/// Gratuitous ARPs for `ip` (sender IP = target IP) on the wire, by sender MAC.
+fn garp_senders(frames: &[Vec<u8>], ip: Ipv4Addr) -> BTreeSet<String> {
+    frames
+        .iter()
+        .filter(|f| {
+            f.len() >= 42 && f[12..14] == [8, 6] && f[28..32] == ip.octets() && f[38..42] == ip.octets()
+        })
+        .map(|f| vip::mac::Mac(f[22..28].try_into().unwrap()).to_string())
+        .collect()
+}
+
+/// Defect: a peer restarted with its wall clock an hour back was locked out as a
+/// replay (its sequence came from the clock), and both nodes stayed active.
+#[test]
+fn a_peer_restarted_with_its_clock_back_is_heard() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan();
+    let key = std::env::temp_dir().join(format!("vip-key-{}", std::process::id()));
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    let extra = format!("auth_key_file = \"{}\"", key.display());
+    let cfg = |me: &str, prio: u8| elected(&lan, me, &["a", "b"], prio, "", &extra);
+    let a = Agent::start(&lan.host("a").ns, "a", &cfg("a", 150)).unwrap();
+    let mut b = Agent::start(&lan.host("b").ns, "b", &cfg("b", 200)).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
+    b.stop();
+    expect_states(&[("a", &a)], &["active"]);
+    drop(b);
+    // A wall-clock step (as NTP makes one): the monotonic clock, which the lease
+    // uses with the kernel, is not stepped.
+    let b = Agent::start_wrapped(
+        &lan.host("b").ns,
+        "b",
+        &cfg("b", 200),
+        &["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", "-1h"],
+        &[],
+    )
+    .expect("starting b under faketime");
+    expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
+    // And it stays so: a hears b, one MAC answers.
+    std::thread::sleep(Duration::from_millis(300)); // time for a wrong takeover to show
+    expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
+    assert_eq!(
+        arping_macs(&lan),
+        [lan.host("b").mac.clone()].into(),
+        "only b may answer"
+    );
+    let replays = a.status().unwrap()["groups"][0]["election"]["replays"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(replays, 0, "a refused b's adverts as replays");
+    let _ = std::fs::remove_file(&key);
+    drop((a, b));
+    teardown(lan);
+}
+
+/// Defect: with no bpffs (unpinned), a SIGKILLed active left its VIP address on its
+/// interface, and its kernel kept answering ARP next to the new active.
+#[test]
+fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan();
+    let a = start_elected(&lan, "a", &["a", "b"], 200, "");
+    let b = start_elected(&lan, "b", &["a", "b"], 100, "");
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    assert!(
+        a.status().unwrap()["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap_or("").contains("not pinned")),
+        "this test needs an unpinned data plane"
+    );
+    // The VIP lives on lo, where the kernel does not announce it.
+    let lo = lan.host("a").ns.ip(&["-4", "addr", "show", "dev", "lo"]).unwrap();
+    assert!(lo.contains("10.0.0.50/32"), "{lo}");
+    let eth = lan.host("a").ns.ip(&["-4", "addr", "show", "dev", "eth0"]).unwrap();
+    assert!(!eth.contains("10.0.0.50"), "{eth}");
+    // Local delivery from the VIP still works.
+    assert!(ping(&lan.host("c").ns, VIP));
+
+    a.proc.signal(Signal::SIGKILL).unwrap();
+    expect_states(&[("b", &b)], &["active"]);
+    // The dead agent's address is still on a's lo: its kernel must stay silent.
+    let lo = lan.host("a").ns.ip(&["-4", "addr", "show", "dev", "lo"]).unwrap();
+    assert!(lo.contains("10.0.0.50/32"), "{lo}");
+    for _ in 0..2 {
+        assert_eq!(
+            arping_macs(&lan),
+            [lan.host("b").mac.clone()].into(),
+            "only the new active may answer"
+        );
+    }
+    drop((a, b));
+    teardown(lan);
+}
+
+/// Defect: two agents started at once both went active (the worse one first) and
+/// both sent gratuitous ARP.
+#[test]
+fn two_nodes_started_at_once_only_one_ever_announces() {
+    if !privileged() {
+        return;
+    }
+    for round in 0..3 {
+        let lan = servers_lan();
+        let cap = Capture::open(&lan.host("c").ns, "eth0").unwrap();
+        cap.clear();
+        let (a, b) = std::thread::scope(|s| {
+            let ta = s.spawn(|| start_elected(&lan, "a", &["a", "b"], 200, ""));
+            let tb = s.spawn(|| start_elected(&lan, "b", &["a", "b"], 100, ""));
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+        let frames = cap.collect(Duration::from_millis(500), |_| true);
+        let senders = garp_senders(&frames, VIP4);
+        assert_eq!(
+            senders,
+            [lan.host("a").mac.clone()].into(),
+            "round {round}: gratuitous ARP from {senders:?}"
+        );
+        assert_eq!(b.status().unwrap()["groups"][0]["transitions"], 1, "b went active");
+        drop((a, b, cap));
+        teardown(lan);
+    }
+}
+
+/// Defect: after `vip demote` on the active, the standby said it took over because
+/// the active was silent; it took over because the active released.
+#[test]
+fn the_reason_after_a_release_says_so() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan();
+    let a = start_elected(&lan, "a", &["a", "b"], 200, "");
+    let b = start_elected(&lan, "b", &["a", "b"], 100, "");
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    let out = a.cli(&["demote", "web"]).unwrap();
+    assert!(out.status.success());
+    expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
+    let g = &b.status().unwrap()["groups"][0];
+    assert_eq!(g["reason_kind"], "release", "{g}");
+    assert!(g["reason"].as_str().unwrap().contains("released"), "{g}");
+    assert_eq!(g["last_transition"]["to"], "active", "{g}");
+    assert_eq!(g["transition_reasons"]["active/release"], 1, "{g}");
+    let a_g = &a.status().unwrap()["groups"][0];
+    assert_eq!(a_g["reason_kind"], "handover", "{a_g}");
+    drop((a, b));
+    teardown(lan);
+}
+
+/// A reload whose apply step fails rolls back: the groups and VIPs are as before.
+#[test]
+fn a_reload_that_fails_while_applying_rolls_back() {
+    if !privileged() {
+        return;
+    }
+    let lan = servers_lan();
+    let before = "[node]\nname = \"a\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\nrole = \"active\"\n";
+    let a = Agent::start_wrapped(
+        &lan.host("a").ns,
+        "a",
+        before,
+        &["env", "VIP_FAILPOINTS=reload-apply"],
+        &[],
+    )
+    .unwrap();
+    let status_before = a.status().unwrap();
+    // Adds a group and changes one: the failure comes after the first change.
+    let after = format!(
+        "{}\n[[group]]\nname = \"api\"\nvips = [\"10.0.0.60/24\"]\nrole = \"active\"\n",
+        std::fs::read_to_string(&a.config)
+            .unwrap()
+            .replace("10.0.0.50/24\"]", "10.0.0.50/24\", \"10.0.0.51/24\"]")
+    );
+    std::fs::write(&a.config, after).unwrap();
+    let out = a.cli(&["reload"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("rolled back"), "{text}");
+    let s = a.status().unwrap();
+    assert_eq!(s["groups"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s["groups"][0]["vips"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s["groups"][0]["state"], status_before["groups"][0]["state"]);
+    let lo = lan.host("a").ns.ip(&["-4", "addr", "show", "dev", "lo"]).unwrap();
+    assert!(lo.contains("10.0.0.50/32") && !lo.contains("10.0.0.60") && !lo.contains("10.0.0.51"), "{lo}");
+    assert!(ping(&lan.host("c").ns, VIP));
+    drop(a);
+    teardown(lan);
+}

@@ -13,6 +13,7 @@
 //! Usage: `cargo bench -p vip-tests --bench perf -- [paths|throughput|scale|control]...
 //! [--quick] [--json FILE]`.
 
+mod stall;
 mod throughput;
 
 use std::{
@@ -94,10 +95,10 @@ fn real_main() -> Result<()> {
     let mut which: Vec<&str> = args
         .iter()
         .map(String::as_str)
-        .filter(|a| ["paths", "throughput", "scale", "control"].contains(a))
+        .filter(|a| ["paths", "throughput", "scale", "control", "stall"].contains(a))
         .collect();
     if which.is_empty() {
-        which = vec!["paths", "throughput", "scale", "control"];
+        which = vec!["paths", "throughput", "scale", "control", "stall"];
     }
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -126,6 +127,7 @@ fn real_main() -> Result<()> {
             "paths" => paths(size)?,
             "scale" => scale(size)?,
             "control" => control(size)?,
+            "stall" => stall::run(size)?,
             "throughput" => throughput::run(size)?,
             _ => unreachable!(),
         };

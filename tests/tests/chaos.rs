@@ -72,10 +72,9 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn agents_killed_during_a_takeover() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let bpffs = Bpffs::mount().unwrap();
     let mut lan = Lan::new(&["a", "b", "e", "c"]).unwrap();
     lan.enable_xdp_tx(&["a", "b", "e"]).unwrap();
@@ -123,10 +122,9 @@ fn agents_killed_during_a_takeover() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn a_flapping_link_settles_on_one_active() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let bpffs = Bpffs::mount().unwrap();
     let lan = lan();
     let all = ["a", "b"];
@@ -180,10 +178,9 @@ fn a_flapping_link_settles_on_one_active() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn a_thousand_promote_demote_cycles_leak_nothing() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let a = agent(
         &lan,
@@ -234,10 +231,9 @@ fn a_thousand_promote_demote_cycles_leak_nothing() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn ten_thousand_vips() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let a_host = lan.host("a");
     a_host

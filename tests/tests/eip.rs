@@ -25,10 +25,9 @@ fn topology() -> (Lan, Netns) {
 const GATEWAY: &str = "[node]\nname = \"g\"\ninterface = \"eth0\"\n\n[[eip]]\naddress = \"203.0.113.10\"\nvip = \"10.0.0.50\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n";
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let (lan, inet) = topology();
     let a = start_elected(&lan, "a", &["a", "b"], 200, "");
     let b = start_elected(&lan, "b", &["a", "b"], 100, "");

@@ -54,10 +54,9 @@ fn client_reaches(lan: &Lan, mac: &str) {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn three_nodes_elect_fail_over_and_preempt() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan(&["a", "b", "e"]);
     let all = ["a", "b", "e"];
     let a = start_elected(&lan, "a", &all, 200, "");
@@ -111,10 +110,9 @@ fn three_nodes_elect_fail_over_and_preempt() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn without_preempt_a_returning_node_stays_standby() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan(&["a", "b"]);
     let all = ["a", "b"];
     let b = start_elected(&lan, "b", &all, 100, "");
@@ -135,10 +133,9 @@ fn spoofed(lan: &Lan, src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn forged_replayed_and_malformed_adverts_change_nothing() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan(&["a", "b"]);
     let dir = std::env::temp_dir().join(format!("vip-key-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -222,10 +219,9 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn split_brain_heals_lower_priority_yields() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan(&["a", "b"]);
     let all = ["a", "b"];
     // Partition a and b from each other's adverts (the client still sees both).
@@ -273,10 +269,9 @@ fn split_brain_heals_lower_priority_yields() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn a_failing_health_check_gives_the_vip_up() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan(&["a", "b"]);
     let all = ["a", "b"];
     let flag = std::env::temp_dir().join(format!("vip-healthy-{}", std::process::id()));
@@ -310,10 +305,9 @@ fn a_failing_health_check_gives_the_vip_up() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn lease_expiry_stops_arp_answers_of_a_stopped_agent() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan(&["a", "b"]);
     // b never runs: a is active alone.
     let a = start_elected(&lan, "a", &["a", "b"], 200, "");
@@ -343,10 +337,9 @@ fn lease_expiry_stops_arp_answers_of_a_stopped_agent() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn planned_handover_loses_nothing() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan(&["a", "b"]);
     let all = ["a", "b"];
     let a = start_elected(&lan, "a", &all, 200, "");

@@ -26,10 +26,9 @@ fn xdp_prog_id(lan: &Lan, host: &str) -> Option<String> {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn hitless_restart_loses_nothing_and_cleanup_uninstalls() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let bpffs = Bpffs::mount().unwrap();
     let lan = lan();
     let pin = format!("pin_dir = \"{}/a\"", bpffs.dir.display());
@@ -130,10 +129,9 @@ fn hitless_restart_loses_nothing_and_cleanup_uninstalls() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn sigterm_with_pins_removes_them() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let bpffs = Bpffs::mount().unwrap();
     let lan = lan();
     let cfg = format!(
@@ -165,10 +163,9 @@ fn two_groups(extra_db: &str, extra_vips_db: &str) -> String {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn reload_applies_a_diff_and_refuses_bad_configs() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let a = agent(&lan, "a", &two_groups("", ""));
     let c = lan.host("c");
@@ -271,10 +268,9 @@ fn reload_applies_a_diff_and_refuses_bad_configs() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn metrics_endpoint_and_watch() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let cfg = config("a", &["10.0.0.50/24"], "active", "").replacen(
         "interface = \"eth0\"",
@@ -335,10 +331,9 @@ fn metrics_endpoint_and_watch() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn only_permitted_users_change_state() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     // `users` (gid 100) exists on Debian; nobody (65534) is not in it.
     let cfg = config("a", &["10.0.0.50/24"], "active", "").replacen(

@@ -51,6 +51,7 @@ fn exactly_one_answers(lan: &Lan, who: &str) {
 fn fds(pid: u32) -> usize {
     (0..5)
         .map(|_| {
+            // Deliberate: samples spread over time, see above.
             std::thread::sleep(Duration::from_millis(20));
             std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .map(|d| d.count())
@@ -148,6 +149,7 @@ fn a_flapping_link_settles_on_one_active() {
     let _rb = Responder::start(&lan.host("b").ns, to, "b").unwrap();
     let prober = Prober::start(&lan.host("c").ns, to, Duration::from_millis(1)).unwrap();
     let flaps = 20;
+    // Deliberate sleeps: the flaps are the test (link down 30 or 120 ms, up 150 ms).
     for i in 0..flaps {
         lan.host("a")
             .ns
@@ -161,7 +163,10 @@ fn a_flapping_link_settles_on_one_active() {
         && state(&b) == "standby")
         .then_some(()))
     .is_some());
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        prober.wait_answers("a", 100, Duration::from_secs(3)),
+        "a does not answer after the flaps"
+    );
     let probes = prober.finish();
     exactly_one_answers(&lan, "a");
     // Each flap may cost at most what a failover costs: the link's down time plus the

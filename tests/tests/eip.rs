@@ -101,7 +101,10 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
 
     // Failover under probes: a loses its link; b takes over; the gateway follows.
     let prober = Prober::start(&inet, to, Duration::from_millis(1)).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        prober.wait_answers("a", 100, Duration::from_secs(3)),
+        "the internet client never reached a through the EIP"
+    );
     let owner = |g: &Agent| {
         g.status().unwrap()["eips"][0]["owner"]
             .as_str()
@@ -121,7 +124,10 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
     assert!(wait_for(Duration::from_secs(3), || (state(&b) == "active")
         .then_some(()))
     .is_some());
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        prober.wait_answers("b", 200, Duration::from_secs(3)),
+        "the internet client never reached b through the EIP"
+    );
     let probes = prober.finish();
     let o = outage(&probes, "a", "b").expect("the internet client never reached b through the EIP");
     eprintln!(

@@ -118,6 +118,8 @@ fn without_preempt_a_returning_node_stays_standby() {
     let b = start_elected(&lan, "b", &all, 100, "");
     expect_states(&[("b", &b)], &["active"]);
     let a = start_elected(&lan, "a", &all, 200, "preempt = false");
+    // Deliberate: nothing may change for 20 intervals (a must not preempt), so time
+    // has to pass; there is no event to wait for.
     std::thread::sleep(Duration::from_millis(INTERVAL * 20));
     expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
     client_reaches(&lan, &lan.host("b").mac);
@@ -166,18 +168,30 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
     forged.addr = lan.host("b").ip4.into();
     forged.priority = 254;
     forged.seq = u64::MAX - 1;
-    for (what, bytes) in [
+    for (i, (what, bytes)) in [
         ("wrong key", forged.encode(Some(b"not the key at all!!"))),
         ("no key", forged.encode(None)),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         for _ in 0..5 {
             c.send(&spoofed(&lan, "b", "a", &bytes)).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(INTERVAL * 2));
+        // a has judged all five before the states are looked at.
+        let want = 5 * (i + 1);
+        assert!(
+            wait_for(Duration::from_secs(2), || (election(&a)["auth_failures"]
+                == want)
+                .then_some(()))
+            .is_some(),
+            "{what}: {}",
+            election(&a)
+        );
         expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
-        let _ = what;
     }
-    // Replayed: the genuine advertisement again, spoofed from a to b.
+    // Replayed: the genuine advertisement again, spoofed from a to b. Deliberate: two
+    // intervals pass so that b has seen newer genuine adverts than the captured one.
     std::thread::sleep(Duration::from_millis(INTERVAL * 2));
     for _ in 0..5 {
         c.send(&spoofed(&lan, "a", "b", &payload)).unwrap();
@@ -202,7 +216,12 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
         &payload,
     );
     c.send(&from_c).unwrap();
-    std::thread::sleep(Duration::from_millis(INTERVAL * 5));
+    // Wait until b has judged every one of them.
+    let judged = wait_for(Duration::from_secs(2), || {
+        let eb = election(&b);
+        (eb["replays"] == 5 && eb["malformed"] == 2 && eb["unknown_peers"] == 1).then_some(())
+    });
+    assert!(judged.is_some(), "{}", election(&b));
 
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
     let ea = election(&a);
@@ -322,7 +341,10 @@ fn lease_expiry_stops_arp_answers_of_a_stopped_agent() {
     };
     assert_eq!(ask(), 1);
     a.proc.signal(Signal::SIGSTOP).unwrap();
-    std::thread::sleep(Duration::from_millis(INTERVAL * 3 + 50));
+    assert!(
+        wait_for(Duration::from_secs(2), || (ask() == 0).then_some(())).is_some(),
+        "a stopped agent's node kept answering ARP"
+    );
     // Neither the data plane (lease expired) nor the kernel (request dropped) answers.
     for _ in 0..3 {
         assert_eq!(ask(), 0, "a stopped agent's node still answers ARP");
@@ -349,7 +371,10 @@ fn planned_handover_loses_nothing() {
     let _ra = Responder::start(&lan.host("a").ns, to, "a").unwrap();
     let _rb = Responder::start(&lan.host("b").ns, to, "b").unwrap();
     let prober = lab::Prober::start(&lan.host("c").ns, to, Duration::from_millis(1)).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        prober.wait_answers("a", 100, Duration::from_secs(3)),
+        "a never answered"
+    );
     let out = a.cli(&["demote", "web"]).unwrap();
     assert!(
         out.status.success(),
@@ -357,7 +382,10 @@ fn planned_handover_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        prober.wait_answers("b", 200, Duration::from_secs(3)),
+        "b never answered"
+    );
     let probes = prober.finish();
     let o = lab::outage(&probes, "a", "b").expect("the client never moved to b");
     assert_eq!(o.lost, 0, "probes lost in a planned handover: {o:?}");

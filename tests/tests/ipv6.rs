@@ -299,6 +299,8 @@ fn well_formed_solicitations_are_answered_once_by_the_active_and_no_other_ever()
     let (a, c) = (lan.host("a"), lan.host("c"));
     let (active, standby) = servers(&lan, &["2001:db8::50/64"], "", "");
     let cap = Capture::open(&c.ns, "eth0").unwrap();
+    // Let the takeover's unsolicited NAs go by (a bounded schedule that no status
+    // reports the end of), so that only answers to the solicitations below are seen.
     std::thread::sleep(Duration::from_millis(300));
     let me = mac(&c.mac);
     let (sn, sn_mac) = frames::solicited_node(VIP6_ADDR);
@@ -599,6 +601,7 @@ fn without_announcements_the_entry_stays_and_the_old_active_forwards() {
     let (na, nb) = dual_stack(&lan, "drain_ms = 10000", "garp_count = 0");
     cli(&nb, &["promote", "web"]);
     cli(&na, &["demote", "web", "--forward-to", &b.mac]);
+    // Deliberate: nothing may move the client's entries, so time has to pass.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         kernel_neighbour(&c.ns, VIP6).as_deref(),
@@ -702,6 +705,8 @@ fn the_new_active_joins_the_solicited_node_group_behind_mld_snooping() {
         members(&lan, SOLICITED_NODE)
     );
     assert!(!members(&lan, SOLICITED_NODE).contains(&b.port));
+    // Past the takeover's announcements (a bounded schedule, no event), so that only
+    // the answer to this solicitation is seen.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(ask(&cap, &ns), vec![Na::solicited(&a.mac, &c.mac, c.ip6)]);
 
@@ -750,6 +755,7 @@ fn a_redirected_ipv6_vip_is_reachable_behind_mld_snooping() {
     assert_eq!(na.vip_status(VIP6).unwrap()["action"], "redirect");
     let joined = joined(&lan, SOLICITED_NODE, &a.port);
     let cap = Capture::open(&c.ns, "eth0").unwrap();
+    // Past the takeover's announcements (a bounded schedule, no event).
     std::thread::sleep(Duration::from_millis(300));
     let ns = frames::neighbour_solicitation(mac(&c.mac), c.ip6, VIP6_ADDR, None);
     let got = ask(&cap, &ns);

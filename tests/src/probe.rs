@@ -2,10 +2,11 @@
 //! a fixed interval and records who answered each probe.
 
 use std::{
+    collections::HashMap,
     net::{SocketAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -78,6 +79,8 @@ pub struct Probe {
 pub struct Prober {
     stop: Arc<AtomicBool>,
     sending: Arc<AtomicBool>,
+    /// Answers so far per responder name, for tests to wait on while probing.
+    answers: Arc<Mutex<HashMap<String, usize>>>,
     thread: Option<JoinHandle<Vec<Probe>>>,
     pub start: Instant,
 }
@@ -95,6 +98,8 @@ impl Prober {
         let s = stop.clone();
         let sending = Arc::new(AtomicBool::new(true));
         let send_on = sending.clone();
+        let answers = Arc::new(Mutex::new(HashMap::new()));
+        let count = answers.clone();
         let start = Instant::now();
         let thread = std::thread::spawn(move || {
             let mut probes: Vec<Probe> = Vec::new();
@@ -121,7 +126,11 @@ impl Prober {
                     let q = u64::from_be_bytes(buf[..8].try_into().unwrap_or_default());
                     if let Some(p) = probes.get_mut(q as usize) {
                         if p.answered_by.is_none() {
-                            p.answered_by = Some(String::from_utf8_lossy(&buf[8..n]).into_owned());
+                            let by = String::from_utf8_lossy(&buf[8..n]).into_owned();
+                            if let Ok(mut c) = count.lock() {
+                                *c.entry(by.clone()).or_insert(0) += 1;
+                            }
+                            p.answered_by = Some(by);
                             p.received = Some(Instant::now() - start);
                         }
                     }
@@ -133,9 +142,25 @@ impl Prober {
         Ok(Prober {
             stop,
             sending,
+            answers,
             thread: Some(thread),
             start,
         })
+    }
+
+    /// How many probes `name` has answered so far.
+    pub fn answers_from(&self, name: &str) -> usize {
+        self.answers
+            .lock()
+            .map(|c| c.get(name).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to `timeout`) until `name` answered `more` probes beyond those it had
+    /// answered when called: traffic is seen flowing, instead of assumed after a sleep.
+    pub fn wait_answers(&self, name: &str, more: usize, timeout: Duration) -> bool {
+        let want = self.answers_from(name) + more;
+        crate::wait_for(timeout, || (self.answers_from(name) >= want).then_some(())).is_some()
     }
 
     /// Stops probing, then waits a grace period for the answers in flight.

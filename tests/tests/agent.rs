@@ -17,10 +17,9 @@ fn stderr(o: &std::process::Output) -> String {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn sigterm_removes_everything_the_agent_added() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let a = lan.host("a");
     let mut agent = agent(
@@ -62,10 +61,9 @@ fn sigterm_removes_everything_the_agent_added() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn bad_control_messages_get_errors_and_change_nothing() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let agent = agent(&lan, "a", &config("a", &["10.0.0.50/24"], "active", ""));
     let before = agent.status().unwrap();
@@ -156,10 +154,9 @@ fn cli_errors_are_clear() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn check_config_names_the_key_and_why() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = Lan::new(&["a"]).unwrap();
     let a = lan.host("a");
     let dir = std::env::temp_dir().join(format!("vip-check-{}", std::process::id()));
@@ -233,10 +230,9 @@ fn check_config_names_the_key_and_why() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn skb_mode_works_without_napi_on_the_peer() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     // No xdp-pass on the switch ports: generic XDP transmits through the stack.
     let lan = Lan::new(&["a", "c"]).unwrap();
     let (a, c) = (lan.host("a"), lan.host("c"));
@@ -264,10 +260,9 @@ fn skb_mode_works_without_napi_on_the_peer() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn a_second_agent_on_the_same_socket_is_refused() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let first = agent(&lan, "a", &config("a", &["10.0.0.50/24"], "active", ""));
     let cfg = std::fs::read_to_string(&first.config).unwrap();

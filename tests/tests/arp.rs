@@ -11,10 +11,9 @@ use lab::{privileged, Capture};
 use vip::frames;
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn client_kernel_learns_the_active_mac_and_arping_gets_one_answer() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
     let _active = agent(&lan, "a", &config("a", &["10.0.0.50/24"], "active", ""));
@@ -53,10 +52,9 @@ fn client_kernel_learns_the_active_mac_and_arping_gets_one_answer() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn standby_stays_silent() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let c = lan.host("c");
     let standby = agent(&lan, "b", &config("b", &["10.0.0.50/24"], "standby", ""));
@@ -79,10 +77,9 @@ fn standby_stays_silent() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn malformed_arp_is_never_answered() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let c = lan.host("c");
     let a = lan.host("a");
@@ -163,10 +160,9 @@ fn malformed_arp_is_never_answered() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn non_vip_arp_and_traffic_are_the_kernels() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let (a, c) = (lan.host("a"), lan.host("c"));
     let active = agent(&lan, "a", &config("a", &["10.0.0.50/24"], "active", ""));

@@ -25,10 +25,9 @@ fn topology() -> (Lan, Netns) {
 const GATEWAY: &str = "[node]\nname = \"g\"\ninterface = \"eth0\"\n\n[[eip]]\naddress = \"203.0.113.10\"\nvip = \"10.0.0.50\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n";
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let (lan, inet) = topology();
     let a = start_elected(&lan, "a", &["a", "b"], 200, "");
     let b = start_elected(&lan, "b", &["a", "b"], 100, "");
@@ -102,7 +101,10 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
 
     // Failover under probes: a loses its link; b takes over; the gateway follows.
     let prober = Prober::start(&inet, to, Duration::from_millis(1)).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        prober.wait_answers("a", 100, Duration::from_secs(3)),
+        "the internet client never reached a through the EIP"
+    );
     let owner = |g: &Agent| {
         g.status().unwrap()["eips"][0]["owner"]
             .as_str()
@@ -122,7 +124,10 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
     assert!(wait_for(Duration::from_secs(3), || (state(&b) == "active")
         .then_some(()))
     .is_some());
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        prober.wait_answers("b", 200, Duration::from_secs(3)),
+        "the internet client never reached b through the EIP"
+    );
     let probes = prober.finish();
     let o = outage(&probes, "a", "b").expect("the internet client never reached b through the EIP");
     eprintln!(

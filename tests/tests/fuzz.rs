@@ -332,6 +332,7 @@ fn mutate(r: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn data_plane_matches_its_model_on_100k_frames() {
     if !privileged() {
         return;
@@ -410,6 +411,7 @@ fn data_plane_matches_its_model_on_100k_frames() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn control_socket_survives_random_messages() {
     if !privileged() {
         return;

@@ -206,10 +206,9 @@ fn servers(lan: &Lan, vips: &[&str], extra_a: &str, extra_b: &str) -> (Agent, Ag
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn ping_tcp_udp_reach_the_active_and_its_own_traffic_keeps_its_address() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let (a, c) = (lan.host("a"), lan.host("c"));
     let (active, standby) = servers(&lan, &["2001:db8::50/64"], "", "");
@@ -292,15 +291,16 @@ fn plain_switch(lan: &Lan) {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn well_formed_solicitations_are_answered_once_by_the_active_and_no_other_ever() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     plain_switch(&lan);
     let (a, c) = (lan.host("a"), lan.host("c"));
     let (active, standby) = servers(&lan, &["2001:db8::50/64"], "", "");
     let cap = Capture::open(&c.ns, "eth0").unwrap();
+    // Let the takeover's unsolicited NAs go by (a bounded schedule that no status
+    // reports the end of), so that only answers to the solicitations below are seen.
     std::thread::sleep(Duration::from_millis(300));
     let me = mac(&c.mac);
     let (sn, sn_mac) = frames::solicited_node(VIP6_ADDR);
@@ -512,10 +512,9 @@ fn dual_stack(lan: &Lan, extra_a: &str, extra_b: &str) -> (Agent, Agent) {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn unsolicited_nas_move_the_silent_client_with_both_families() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
     let garp = "garp_count = 3\ngarp_interval_ms = 100";
@@ -593,16 +592,16 @@ fn gratuitous_arps(frames_in: &[Vec<u8>]) -> Vec<Mac> {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn without_announcements_the_entry_stays_and_the_old_active_forwards() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
     // The same handover with no announcement: the control for the test above.
     let (na, nb) = dual_stack(&lan, "drain_ms = 10000", "garp_count = 0");
     cli(&nb, &["promote", "web"]);
     cli(&na, &["demote", "web", "--forward-to", &b.mac]);
+    // Deliberate: nothing may move the client's entries, so time has to pass.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         kernel_neighbour(&c.ns, VIP6).as_deref(),
@@ -691,10 +690,9 @@ fn mld_snooping(lan: &Lan) {
 const SOLICITED_NODE: &str = "ff02::1:ff00:50";
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn the_new_active_joins_the_solicited_node_group_behind_mld_snooping() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     mld_snooping(&lan);
     let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
@@ -707,6 +705,8 @@ fn the_new_active_joins_the_solicited_node_group_behind_mld_snooping() {
         members(&lan, SOLICITED_NODE)
     );
     assert!(!members(&lan, SOLICITED_NODE).contains(&b.port));
+    // Past the takeover's announcements (a bounded schedule, no event), so that only
+    // the answer to this solicitation is seen.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(ask(&cap, &ns), vec![Na::solicited(&a.mac, &c.mac, c.ip6)]);
 
@@ -734,10 +734,9 @@ fn the_new_active_joins_the_solicited_node_group_behind_mld_snooping() {
 /// multicast solicitations to it (here the snooping switch; on hardware the NIC's
 /// multicast filter). Needs the agent to join the group itself while it owns the VIP.
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn a_redirected_ipv6_vip_is_reachable_behind_mld_snooping() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let mut lan = lan();
     let ctr = Netns::new("ctr").unwrap();
     lab::veth(&lan.host("a").ns, "svc", &ctr, "eth0").unwrap();
@@ -756,6 +755,7 @@ fn a_redirected_ipv6_vip_is_reachable_behind_mld_snooping() {
     assert_eq!(na.vip_status(VIP6).unwrap()["action"], "redirect");
     let joined = joined(&lan, SOLICITED_NODE, &a.port);
     let cap = Capture::open(&c.ns, "eth0").unwrap();
+    // Past the takeover's announcements (a bounded schedule, no event).
     std::thread::sleep(Duration::from_millis(300));
     let ns = frames::neighbour_solicitation(mac(&c.mac), c.ip6, VIP6_ADDR, None);
     let got = ask(&cap, &ns);
@@ -773,10 +773,9 @@ fn a_redirected_ipv6_vip_is_reachable_behind_mld_snooping() {
 /// whose kernel no longer accepts its traffic. Needs the agent to add the addresses of
 /// its active groups again when the link comes back (or when one is deleted).
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn an_ipv6_vip_survives_an_interface_down_and_up() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let (a, c) = (lan.host("a"), lan.host("c"));
     let agents = dual_stack(&lan, "", "");
@@ -802,10 +801,9 @@ fn an_ipv6_vip_survives_an_interface_down_and_up() {
 /// standby takes both over and the client's neighbour entries of both families move
 /// to it (gratuitous ARP and unsolicited NA).
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn an_elected_dual_stack_group_fails_over_as_one() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let both = |me: &str, p: u8| {
         elected(&lan, me, &["a", "b"], p, "", "").replace(

@@ -90,10 +90,9 @@ fn wait_states(a: &Agent, b: &Agent, want: (&str, &str), dir: &std::path::Path) 
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn keepalived_decides_vip_follows() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let dir = std::env::temp_dir().join(format!("vip-keepalived-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -9,10 +9,9 @@ use common::*;
 use lab::{privileged, Netns};
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn tcp_and_udp_reach_the_active_and_counters_match() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let (a, c) = (lan.host("a"), lan.host("c"));
     let active = agent(&lan, "a", &config("a", &["10.0.0.50/24"], "active", ""));
@@ -44,10 +43,9 @@ fn tcp_and_udp_reach_the_active_and_counters_match() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn redirect_delivers_into_a_container_namespace() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let mut lan = lan();
     let ctr = Netns::new("ctr").unwrap();
     let a = lan.host("a");
@@ -110,10 +108,9 @@ fn redirect_delivers_into_a_container_namespace() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn a_standby_forwards_stale_cache_traffic_to_the_active() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
     // b is active first, so the client caches b's MAC; a will take over without

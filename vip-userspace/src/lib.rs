@@ -4,6 +4,10 @@
 //! VIP, announces takeovers (`garp`), manages the VIP addresses (`netlink`) and answers
 //! the CLI on a unix socket (`control`). `config` parses and validates the TOML file.
 
+// The agent must not panic on bad input or a failed system call: errors are returned.
+// Tests may unwrap (clippy.toml: allow-unwrap-in-tests).
+#![deny(clippy::unwrap_used)]
+
 pub mod addresses;
 pub mod advert;
 pub mod agent;

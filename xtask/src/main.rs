@@ -60,8 +60,9 @@ enum Cmd {
     },
     /// Build, then run every test (unit, fixtures, namespace tests).
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        /// Extra arguments for `cargo test` (e.g. a test name filter); after `--`,
+        /// arguments for the test harness (e.g. `-- --nocapture`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
@@ -149,10 +150,44 @@ fn build() -> Result<PathBuf> {
     Ok(vip)
 }
 
+/// Integration test binaries (tests/tests/NAME.rs) that measure timing or fail over:
+/// their tests run one at a time, so that two of them do not skew each other's
+/// outage and takeover figures on a loaded machine. Every other test runs in parallel.
+const SERIAL: &[&str] = &[
+    "chaos",
+    "eip",
+    "failover",
+    "ipv6",
+    "keepalived",
+    "operations",
+];
+
+/// `cargo test` options that choose packages or targets themselves.
+const SELECTING: &[&str] = &[
+    "-p",
+    "--package",
+    "--workspace",
+    "--exclude",
+    "--lib",
+    "--bin",
+    "--bins",
+    "--test",
+    "--tests",
+    "--bench",
+    "--benches",
+    "--example",
+    "--examples",
+    "--doc",
+    "--all-targets",
+];
+
 fn test(args: &[String]) -> Result<()> {
     let skip = std::env::var("VIP_SKIP_PRIVILEGED").is_ok_and(|v| v == "1");
     if skip {
-        eprintln!("[test] VIP_SKIP_PRIVILEGED=1: privileged tests (namespaces, XDP) are NOT run; each says so");
+        eprintln!(
+            "[test] VIP_SKIP_PRIVILEGED=1: privileged tests (namespaces, XDP) are NOT run; \
+             they are reported as ignored"
+        );
     } else {
         // SAFETY: geteuid cannot fail.
         if unsafe { libc::geteuid() } != 0 {
@@ -163,19 +198,138 @@ fn test(args: &[String]) -> Result<()> {
         }
     }
     let vip = build()?;
-    eprintln!("[test] cargo test --release --workspace");
-    let mut c = Command::new(env!("CARGO"));
-    c.current_dir(root())
-        .args(["test", "--release", "--workspace"])
-        .args(args)
-        .env("VIP_BIN", &vip);
-    status(&mut c)?;
+    let (cargo_args, mut harness) = split_args(args);
+    // Privileged tests are #[ignore]d so that a plain `cargo test` (or a skip) reports
+    // them as ignored rather than passed; here they run unless skipped.
+    if !skip
+        && !harness
+            .iter()
+            .any(|a| a == "--ignored" || a == "--include-ignored")
+    {
+        harness.push("--include-ignored".into());
+    }
+    let threads_given = harness.iter().any(|a| a.starts_with("--test-threads"));
+    let serial_harness = {
+        let mut h = harness.clone();
+        if !threads_given {
+            h.push("--test-threads=1".into());
+        }
+        h
+    };
+    let runs: Vec<(Vec<String>, &[String])> = if cargo_args.iter().any(|a| selecting(a)) {
+        // The caller chose the targets: one run, serial if it includes a timing suite.
+        // Without a package choice, targets are looked up in the whole workspace (the
+        // integration tests are not among the default members).
+        let packaged = cargo_args
+            .iter()
+            .any(|a| a.starts_with("-p") || a.starts_with("--package") || a == "--workspace");
+        let targets = if packaged {
+            vec![]
+        } else {
+            vec!["--workspace".into()]
+        };
+        let serial = selects_serial(&cargo_args);
+        vec![(targets, if serial { &serial_harness } else { &harness })]
+    } else {
+        let mut parallel: Vec<String> = ["--workspace", "--lib", "--bins"].map(String::from).into();
+        for t in integration_tests()? {
+            if !SERIAL.contains(&t.as_str()) {
+                parallel.extend(["--test".into(), t]);
+            }
+        }
+        let mut serial: Vec<String> = vec!["--package".into(), "vip-tests".into()];
+        for t in SERIAL {
+            serial.extend(["--test".into(), (*t).into()]);
+        }
+        vec![
+            (parallel, &harness),
+            (vec!["--workspace".into(), "--doc".into()], &harness),
+            (serial, &serial_harness),
+        ]
+    };
+    for (targets, harness) in runs {
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(root())
+            .args(["test", "--release"])
+            .args(&targets)
+            .args(&cargo_args)
+            .arg("--")
+            .args(harness)
+            .env("VIP_BIN", &vip);
+        let mut shown: Vec<&str> = targets
+            .iter()
+            .chain(&cargo_args)
+            .map(String::as_str)
+            .collect();
+        if !harness.is_empty() {
+            shown.push("--");
+            shown.extend(harness.iter().map(String::as_str));
+        }
+        eprintln!("[test] cargo test --release {}", shown.join(" "));
+        status(&mut c)?;
+    }
     if skip {
-        eprintln!("[test] done; privileged tests were NOT run (VIP_SKIP_PRIVILEGED=1)");
+        eprintln!("[test] done; privileged tests were NOT run (VIP_SKIP_PRIVILEGED=1): see \"ignored\" above");
     } else {
         eprintln!("[test] all tests passed");
     }
     Ok(())
+}
+
+/// Splits `cargo xtask test` arguments at the first `--` into cargo's and the test
+/// harness's.
+fn split_args(args: &[String]) -> (Vec<String>, Vec<String>) {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
+        None => (args.to_vec(), vec![]),
+    }
+}
+
+fn selecting(arg: &str) -> bool {
+    let name = arg.split('=').next().unwrap_or(arg);
+    SELECTING.contains(&name) || (arg.starts_with("-p") && arg.len() > 2 && !arg.starts_with("--"))
+}
+
+/// Whether cargo arguments that choose targets may include a SERIAL test binary
+/// (packages and whole-workspace choices count, to be safe).
+fn selects_serial(cargo_args: &[String]) -> bool {
+    let mut it = cargo_args.iter();
+    while let Some(a) = it.next() {
+        let test = match a.strip_prefix("--test=") {
+            Some(n) => Some(n),
+            None if a == "--test" => it.next().map(String::as_str),
+            None => None,
+        };
+        if test.is_some_and(|n| SERIAL.contains(&n))
+            || matches!(a.as_str(), "--tests" | "--all-targets" | "--workspace")
+            || a.starts_with("--package")
+            || (a.starts_with("-p") && !a.starts_with("--"))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The integration test binaries: tests/tests/*.rs.
+fn integration_tests() -> Result<Vec<String>> {
+    let dir = root().join("tests/tests");
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "rs") {
+            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                names.push(stem.to_string());
+            }
+        }
+    }
+    names.sort();
+    for s in SERIAL {
+        if !names.iter().any(|n| n == s) {
+            bail!("xtask's SERIAL names tests/tests/{s}.rs, which does not exist");
+        }
+    }
+    Ok(names)
 }
 
 pub fn status(c: &mut Command) -> Result<()> {
@@ -184,4 +338,38 @@ pub fn status(c: &mut Command) -> Result<()> {
         bail!("{c:?} failed ({st})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn user_arguments_split_at_the_first_double_dash() {
+        assert_eq!(split_args(&v(&["failover"])), (v(&["failover"]), v(&[])));
+        assert_eq!(
+            split_args(&v(&["x", "--", "--nocapture", "--", "y"])),
+            (v(&["x"]), v(&["--nocapture", "--", "y"]))
+        );
+    }
+
+    #[test]
+    fn chosen_targets_run_serially_only_with_a_timing_suite() {
+        assert!(selecting("--test") && selecting("-pvip-tests") && selecting("--lib"));
+        assert!(!selecting("failover") && !selecting("--release"));
+        assert!(selects_serial(&v(&["--test", "failover"])));
+        assert!(selects_serial(&v(&["--test=chaos"])));
+        assert!(selects_serial(&v(&["-p", "vip-tests"])));
+        assert!(!selects_serial(&v(&["--test", "arp"])));
+        assert!(!selects_serial(&v(&["--lib"])));
+    }
+
+    #[test]
+    fn every_serial_suite_exists() {
+        integration_tests().unwrap();
+    }
 }

@@ -61,10 +61,9 @@ fn garp_senders(frames: &[Vec<u8>], ip: Ipv4Addr) -> BTreeSet<String> {
 /// Defect: a peer restarted with its wall clock an hour back was locked out as a
 /// replay (its sequence came from the clock), and both nodes stayed active.
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn a_peer_restarted_with_its_clock_back_is_heard() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan();
     let key = std::env::temp_dir().join(format!("vip-key-{}", std::process::id()));
     std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
@@ -107,10 +106,9 @@ fn a_peer_restarted_with_its_clock_back_is_heard() {
 /// Defect: with no bpffs (unpinned), a SIGKILLed active left its VIP address on its
 /// interface, and its kernel kept answering ARP next to the new active.
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan();
     let a = start_elected(&lan, "a", &["a", "b"], 200, "");
     let b = start_elected(&lan, "b", &["a", "b"], 100, "");
@@ -150,10 +148,9 @@ fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
 /// Defect: two agents started at once both went active (the worse one first) and
 /// both sent gratuitous ARP.
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn two_nodes_started_at_once_only_one_ever_announces() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     for round in 0..3 {
         let lan = servers_lan();
         let cap = Capture::open(&lan.host("c").ns, "eth0").unwrap();
@@ -180,10 +177,9 @@ fn two_nodes_started_at_once_only_one_ever_announces() {
 /// Defect: after `vip demote` on the active, the standby said it took over because
 /// the active was silent; it took over because the active released.
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn the_reason_after_a_release_says_so() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan();
     let a = start_elected(&lan, "a", &["a", "b"], 200, "");
     let b = start_elected(&lan, "b", &["a", "b"], 100, "");
@@ -204,10 +200,9 @@ fn the_reason_after_a_release_says_so() {
 
 /// A reload whose apply step fails rolls back: the groups and VIPs are as before.
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn a_reload_that_fails_while_applying_rolls_back() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = servers_lan();
     let before = "[node]\nname = \"a\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\nrole = \"active\"\n";
     let a = Agent::start_wrapped(

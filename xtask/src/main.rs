@@ -160,6 +160,7 @@ const SERIAL: &[&str] = &[
     "ipv6",
     "keepalived",
     "operations",
+    "ownership",
 ];
 
 /// `cargo test` options that choose packages or targets themselves.

@@ -137,13 +137,12 @@ fn git_revision() {
     };
     let rev = match git(&["rev-parse", "--short", "HEAD"]).filter(|r| !r.is_empty()) {
         Some(rev) => {
-            for what in ["HEAD", "packed-refs"] {
-                if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", what]) {
-                    println!("cargo:rerun-if-changed={p}");
-                }
-            }
-            if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", &r]) {
+            // Only files that exist: cargo reruns for a missing one on every build.
+            let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+            for what in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+                if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", what])
+                    .filter(|p| Path::new(p).is_file())
+                {
                     println!("cargo:rerun-if-changed={p}");
                 }
             }

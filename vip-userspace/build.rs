@@ -14,6 +14,7 @@ use std::{
 };
 
 fn main() {
+    git_revision();
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("vip.bpf.o");
@@ -119,4 +120,35 @@ fn find_bpf_linker() -> Option<PathBuf> {
     dirs.into_iter()
         .map(|d| d.join("bpf-linker"))
         .find(|p| p.is_file())
+}
+
+/// `VIP_GIT_REVISION` for `vip --version`: `git rev-parse --short HEAD`;
+/// "unknown" outside a git checkout (a source
+/// tarball, a vendored build). Rebuilds when HEAD or the branch it points to moves.
+fn git_revision() {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env::var("CARGO_MANIFEST_DIR").unwrap())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let rev = match git(&["rev-parse", "--short", "HEAD"]).filter(|r| !r.is_empty()) {
+        Some(rev) => {
+            // Only files that exist: cargo reruns for a missing one on every build.
+            let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+            for what in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+                if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", what])
+                    .filter(|p| Path::new(p).is_file())
+                {
+                    println!("cargo:rerun-if-changed={p}");
+                }
+            }
+            rev
+        }
+        None => "unknown".into(),
+    };
+    println!("cargo:rustc-env=VIP_GIT_REVISION={rev}");
 }

@@ -11,6 +11,7 @@
 pub mod addresses;
 pub mod advert;
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;

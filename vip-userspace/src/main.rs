@@ -1,146 +1,40 @@
 //! `vip`: the agent and its command-line client.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Read, path::Path, process::ExitCode};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use vip::{
     agent,
-    config::{self, XdpMode, DEFAULT_CONTROL_SOCKET},
+    cli::{self, Cli, Command},
+    config,
     control::{self, Request},
     host,
-    mac::Mac,
 };
 
-#[derive(Parser)]
-#[command(
-    name = "vip",
-    version,
-    about = "XDP data plane for virtual-IP failover"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent in the foreground (logs to stderr; SIGTERM/SIGINT stop it cleanly,
-    /// SIGHUP reloads the config).
-    Agent {
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Do not run: remove what an agent with this config left behind (pinned data
-        /// plane, VIP addresses, socket), for an uninstall.
-        #[arg(long)]
-        cleanup: bool,
-        /// Override node.xdp_mode: native (driver) or skb (generic).
-        #[arg(long, value_parser = parse_mode)]
-        xdp_mode: Option<XdpMode>,
-        /// Override node.interface.
-        #[arg(long)]
-        interface: Option<String>,
-    },
-    /// Validate a configuration file; exits non-zero if it is invalid.
-    CheckConfig {
-        file: PathBuf,
-        /// Check only the file itself, not against this host's interfaces.
-        #[arg(long)]
-        no_host: bool,
-    },
-    /// Show groups, roles and per-VIP counters.
-    Status {
-        #[arg(long)]
-        json: bool,
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
-    },
-    /// Make this node active for GROUP (takes the VIPs, announces them).
-    Promote {
-        group: String,
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
-    },
-    /// Make this node standby for GROUP; optionally forward stale-cache traffic to MAC.
-    Demote {
-        group: String,
-        #[arg(long, value_parser = parse_mac)]
-        forward_to: Option<Mac>,
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
-    },
-    /// Re-read the agent's config file and apply the difference (like SIGHUP).
-    Reload {
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
-    },
-    /// Hitless restart: the agent exits leaving the pinned data plane serving and
-    /// asks peers to hold; start the (new) agent again within the hold time.
-    Restart {
-        #[arg(long, default_value_t = 5000)]
-        hold_ms: u32,
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
-    },
-    /// A live per-VIP packets/s view, refreshed in place.
-    Watch {
-        #[arg(long, default_value_t = 1000)]
-        interval_ms: u64,
-        /// Stop after this many refreshes (default: until interrupted).
-        #[arg(long)]
-        count: Option<u64>,
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
-    },
-    /// Undo `promote`/`demote` for an elected GROUP: back to the election.
-    Resume {
-        group: String,
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
-    },
-    /// keepalived notify hook: `notify "/usr/bin/vip notify"` passes TYPE NAME STATE PRIORITY.
-    Notify {
-        /// INSTANCE or GROUP.
-        kind: String,
-        /// The VRRP instance name (matched against keepalived_instance).
-        name: String,
-        /// MASTER, BACKUP, FAULT or STOP.
-        state: String,
-        priority: Option<u8>,
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
-    },
-    /// Lab helper: attach a do-nothing XDP program to veth interfaces so they accept
-    /// frames that XDP_TX/XDP_REDIRECT send from their peers; runs until SIGTERM.
-    XdpPass {
-        #[arg(required = true)]
-        interfaces: Vec<String>,
-    },
-}
-
-fn parse_mode(s: &str) -> Result<XdpMode, String> {
-    s.parse()
-}
-
-fn parse_mac(s: &str) -> Result<Mac, String> {
-    let m: Mac = s
-        .parse()
-        .map_err(|e: vip::mac::MacParseError| e.to_string())?;
-    if !m.is_unicast() {
-        return Err(format!("{m} is not a unicast MAC address"));
-    }
-    Ok(m)
-}
-
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    let journal = cli::logging_to_journal();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if journal {
+        // Under systemd: journald timestamps each line itself and reads the `<N>`
+        // prefix as the line's priority (`journalctl -p err` finds errors).
+        logger.format(|out, record| {
+            cli::journal_line(out, record.level(), &record.args().to_string())
+        });
+    } else {
+        logger.format_timestamp_millis();
+    }
+    logger.init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if journal {
+                eprintln!("<3>error: {e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -180,7 +74,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file, no_host } => {
-            let cfg = config::load(&file)?;
+            let cfg = if file == Path::new("-") {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading the config from standard input")?;
+                config::parse(&text)?
+            } else {
+                config::load(&file)?
+            };
             if !no_host {
                 let all = host::all_addresses().context("listing host addresses")?;
                 let report = config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?;
@@ -189,11 +91,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             let vips: usize = cfg.groups.iter().map(|g| g.vips.len()).sum();
-            println!(
-                "{}: ok ({} groups, {vips} VIPs)",
-                file.display(),
-                cfg.groups.len()
-            );
+            let name = if file == Path::new("-") {
+                "<stdin>".into()
+            } else {
+                file.display().to_string()
+            };
+            println!("{name}: ok ({} groups, {vips} VIPs)", cfg.groups.len());
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, socket } => {
@@ -226,6 +129,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             set.add(nix::sys::signal::Signal::SIGINT);
             set.thread_block().context("blocking signals")?;
             set.wait().context("waiting for a signal")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate { man, completions } => {
+            if man.is_none() && completions.is_none() {
+                bail!("nothing to generate: give --man DIR and/or --completions DIR");
+            }
+            if let Some(dir) = man {
+                for f in cli::write_man_pages(&dir)
+                    .with_context(|| format!("writing man pages to {}", dir.display()))?
+                {
+                    println!("{}", dir.join(f).display());
+                }
+            }
+            if let Some(dir) = completions {
+                for f in cli::write_completions(&dir)
+                    .with_context(|| format!("writing completions to {}", dir.display()))?
+                {
+                    println!("{}", dir.join(f).display());
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { socket } => simple(&socket, Request::Reload),

@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a fresh machine needs, in one place.
 
 mod bench;
+mod deb;
 mod demo;
 mod failover;
 mod setup;
@@ -58,6 +59,17 @@ enum Cmd {
         #[arg(long, default_value_t = 15.0)]
         threshold: f64,
     },
+    /// Build, then package: target/debian/vip_<version>_<arch>.deb.
+    Deb {
+        /// Verify the package: required paths, man pages per subcommand, conffile,
+        /// control fields, maintainer scripts.
+        #[arg(long)]
+        check: bool,
+        /// Also install it with dpkg, run /usr/bin/vip and man, then remove and purge
+        /// it (for CI's disposable machines; implies --check).
+        #[arg(long)]
+        install: bool,
+    },
     /// Build, then run every test (unit, fixtures, namespace tests).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter); after `--`,
@@ -98,6 +110,22 @@ fn run() -> Result<()> {
             demo::run(&vip)
         }
         Cmd::Test { args } => test(&args),
+        Cmd::Deb { check, install } => {
+            let vip = build()?;
+            let pkg = deb::build(&vip)?;
+            if check || install {
+                deb::check(&pkg, &vip)?;
+            }
+            if install {
+                // SAFETY: geteuid cannot fail.
+                if unsafe { libc::geteuid() } != 0 {
+                    bail!("--install runs dpkg -i: run it as root");
+                }
+                deb::install_smoke(&pkg, &vip)?;
+            }
+            println!("{}", pkg.display());
+            Ok(())
+        }
         Cmd::Bench {
             which,
             quick,

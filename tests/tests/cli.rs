@@ -1,0 +1,146 @@
+//! The command line as users and systemd run it: `vip check-config -` reads the config
+//! from standard input, and under systemd (`JOURNAL_STREAM` set) every log line carries
+//! a journald priority prefix and no timestamp, while `RUST_LOG` still filters.
+
+mod common;
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use lab::{privileged, vip_bin, wait_for, Proc};
+
+fn check_stdin(config: &str, journal: bool) -> std::process::Output {
+    let mut c = Command::new(vip_bin());
+    c.args(["check-config", "-", "--no-host"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("JOURNAL_STREAM");
+    if journal {
+        c.env("JOURNAL_STREAM", "8:12345");
+    }
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn check_config_reads_standard_input() {
+    let good = config("a", &["10.0.0.50/24"], "active", "");
+    let out = check_stdin(&good, false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("<stdin>: ok (1 groups, 1 VIPs)"),
+        "{stdout}"
+    );
+
+    // Errors still name the keys.
+    let bad = config("a", &["10.0.0.50/24"], "active", "advert_interval_ms = 0")
+        .replace("name = \"a\"", "name = \"\"");
+    let out = check_stdin(&bad, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("node.name"),
+        "{stderr}"
+    );
+    // Under systemd the error line carries journald's priority 3 (err).
+    let out = check_stdin(&bad, true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("<3>error: ") && stderr.contains("node.name"),
+        "{stderr}"
+    );
+    // A file name still works, and `-` is not mistaken for one.
+    let out = Command::new(vip_bin())
+        .args(["check-config", "/nonexistent/vip.toml", "--no-host"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/vip.toml"));
+}
+
+#[test]
+fn version_names_the_revision() {
+    let out = Command::new(vip_bin()).arg("--version").output().unwrap();
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        v.starts_with(&format!("vip {} (rev ", env!("CARGO_PKG_VERSION")))
+            && v.trim_end().ends_with(')'),
+        "{v}"
+    );
+}
+
+#[test]
+fn agent_logs_for_journald_under_systemd() {
+    if !privileged() {
+        return;
+    }
+    let lan = lan();
+    let dir = std::env::temp_dir().join(format!("vip-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("vip.sock");
+    let cfg = dir.join("vip.toml");
+    let log = dir.join("agent.log");
+    std::fs::write(
+        &cfg,
+        config("a", &["10.0.0.50/24"], "active", "").replacen(
+            "[node]",
+            &format!("[node]\ncontrol_socket = \"{}\"", socket.display()),
+            1,
+        ),
+    )
+    .unwrap();
+    let bin = vip_bin();
+    let mut cmd = lan.host("a").ns.command(&[
+        bin.to_str().unwrap(),
+        "agent",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    cmd.env("JOURNAL_STREAM", "8:12345")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut agent = Proc::spawn("agent a (journal)", cmd).unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(15), || text()
+            .contains("agent ready")
+            .then_some(()))
+        .is_some(),
+        "the agent did not get ready:\n{}",
+        text()
+    );
+    agent.stop(Duration::from_secs(10));
+    let text = text();
+    assert!(
+        text.lines().any(|l| l.starts_with("<6>agent ready")),
+        "{text}"
+    );
+    for l in text.lines().filter(|l| !l.is_empty()) {
+        let prio = l
+            .strip_prefix('<')
+            .and_then(|r| r.split_once('>'))
+            .map(|(p, _)| p);
+        assert!(
+            matches!(prio, Some("3" | "4" | "6")),
+            "not a journald line at RUST_LOG=info: {l:?}\n{text}"
+        );
+        assert!(
+            !l.contains(" INFO ") && !l.contains("[20"),
+            "a timestamp or level: {l:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    teardown(lan);
+}

@@ -22,9 +22,8 @@ pub fn privileged() -> bool {
         eprintln!("NOT RUN: VIP_SKIP_PRIVILEGED=1 asked to leave out privileged tests");
         return false;
     }
-    // SAFETY: geteuid cannot fail.
     assert_eq!(
-        unsafe { libc::geteuid() },
+        nix::unistd::geteuid().as_raw(),
         0,
         "this test needs root (namespaces, XDP); run it as root or set VIP_SKIP_PRIVILEGED=1 to leave it out"
     );

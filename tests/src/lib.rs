@@ -24,10 +24,9 @@ pub use topology::{Host, Lan};
 /// written as `if !privileged() { return; }`).
 #[track_caller]
 pub fn privileged() -> bool {
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        euid, 0,
+        nix::unistd::geteuid().as_raw(),
+        0,
         "this privileged test needs root (namespaces, XDP): run `cargo xtask test` as root, \
          or leave it out with VIP_SKIP_PRIVILEGED=1 (it is then reported as ignored)"
     );

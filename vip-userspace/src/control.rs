@@ -180,8 +180,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<Listener, ControlError> 
 
 /// Accepts connections until the agent goes away.
 pub async fn serve(listener: Listener, agent: mpsc::Sender<Envelope>) {
-    // SAFETY: geteuid cannot fail.
-    let own_uid = unsafe { libc::geteuid() };
+    let own_uid = nix::unistd::geteuid().as_raw();
     let group = listener.group;
     loop {
         let Ok((stream, _)) = listener.inner.accept().await else {

@@ -4,32 +4,44 @@
 use std::{
     io,
     net::IpAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::Arc,
+    os::fd::{AsRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
+
+use nix::sys::socket::{self, AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike};
 
 use crate::{config::Garp, frames, mac::Mac};
 
-/// A send-only raw socket bound to one interface.
+/// A send-only raw socket bound to one interface. Non-blocking: an announcement the
+/// kernel cannot queue right away is dropped (and counted), never waited for.
 pub struct PacketSocket {
     fd: OwnedFd,
     ifindex: u32,
+    dropped: AtomicU64,
 }
 
 impl PacketSocket {
     pub fn open(ifindex: u32) -> io::Result<Self> {
-        // Protocol 0: the socket receives nothing, it only sends.
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is fresh and ours.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(PacketSocket { fd, ifindex })
+        // Protocol 0 (None): the socket receives nothing, it only sends.
+        let fd = socket::socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        Ok(PacketSocket {
+            fd,
+            ifindex,
+            dropped: AtomicU64::new(0),
+        })
     }
 
-    /// Sends one complete Ethernet frame.
+    /// Sends one complete Ethernet frame, without ever blocking. A full send queue
+    /// (EAGAIN, or ENOBUFS from the device queue) drops the frame: the error is
+    /// returned with kind `WouldBlock` and [`PacketSocket::dropped`] counts it.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         if frame.len() < 14 {
             return Err(io::Error::new(
@@ -37,29 +49,48 @@ impl PacketSocket {
                 "frame shorter than an Ethernet header",
             ));
         }
-        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = self.ifindex as i32;
-        sll.sll_protocol = u16::from_be_bytes([frame[12], frame[13]]).to_be();
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: buffer and address are valid for the call.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        let addr = link_addr(self.ifindex, frame);
+        match socket::sendto(self.fd.as_raw_fd(), frame, &addr, MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => Ok(()),
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::ENOBUFS) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "send queue full: announcement dropped",
+                ))
+            }
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
+
+    /// How many announcements were dropped because the send queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The destination of `frame` on `ifindex`: its EtherType and destination MAC.
+fn link_addr(ifindex: u32, frame: &[u8]) -> LinkAddr {
+    let mut sll_addr = [0u8; 8];
+    sll_addr[..6].copy_from_slice(&frame[..6]);
+    let sll = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as u16,
+        sll_protocol: u16::from_be_bytes([frame[12], frame[13]]).to_be(),
+        sll_ifindex: ifindex as i32,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 6,
+        sll_addr,
+    };
+    // SAFETY: nix has no safe constructor for a LinkAddr; `sll` is a fully initialized
+    // sockaddr_ll and the length passed is exactly its size, which from_raw checks.
+    unsafe {
+        LinkAddr::from_raw(
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            Some(std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t),
+        )
+    }
+    .expect("a sockaddr_ll of the right family and size")
 }
 
 /// The announcement frame for one VIP.
@@ -85,9 +116,32 @@ pub async fn burst(
             tokio::time::sleep(garp.interval).await;
         }
         for f in &frames {
-            if let Err(e) = socket.send(f) {
-                log::warn!("group {label}: sending announcement: {e}");
+            match socket.send(f) {
+                Ok(()) => {}
+                // Dropped and counted; the next round (or the peers' own traffic) will
+                // do. Never retried here: a burst must not stall the caller.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => log::debug!(
+                    "group {label}: announcement dropped, send queue full ({} so far)",
+                    socket.dropped()
+                ),
+                Err(e) => log::warn!("group {label}: sending announcement: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_address_of_a_frame() {
+        let mac = Mac::try_from(&[2, 0, 0, 0, 0, 1][..]).unwrap();
+        let f = announcement(mac, "10.0.0.50".parse().unwrap());
+        let a = link_addr(7, &f);
+        assert_eq!(a.ifindex(), 7);
+        assert_eq!(a.protocol(), 0x0806u16.to_be()); // ETH_P_ARP, network order
+        assert_eq!(a.addr(), Some([0xff; 6]));
+        assert_eq!(a.halen(), 6);
     }
 }

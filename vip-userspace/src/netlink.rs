@@ -1,48 +1,51 @@
 //! A small rtnetlink client: exactly the requests the agent needs (addresses, link
-//! facts), in-process, so a takeover never waits for a fork/exec of `ip`.
+//! facts, neighbours) and a notification monitor, in-process, so a takeover never
+//! waits for a fork/exec of `ip`.
+//!
+//! Messages are built and parsed by `netlink-packet-route`/`netlink-packet-core`, sent
+//! on a `netlink-sys` socket, synchronously: the agent calls this from its loop and from
+//! a std thread. Every reply is awaited with a timeout ([`REPLY_TIMEOUT`]): a kernel that
+//! does not answer is an error, never a hang. Errors the kernel reports carry its
+//! extended-ack text when it gives one (see [`KernelError`]).
 
 use std::{
-    io,
+    fmt, io,
     net::IpAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
+
+use netlink_packet_core::{
+    DecodeError, DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLM_F_ACK,
+    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
+    NLMSG_DONE, NLMSG_ERROR,
+};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo},
+    link::{LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
+    AddressFamily, RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::sys::{socket::sockopt::ReceiveTimeout, time::TimeVal};
 
 use crate::mac::Mac;
 
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_GETNEIGH: u16 = 30;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_DUMP: u16 = 0x300;
-
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_CACHEINFO: u16 = 6;
-const IFA_FLAGS: u16 = 8;
-const IFA_F_NODAD: u32 = 0x02;
-const IFA_F_NOPREFIXROUTE: u32 = 0x200;
-const INFINITY_LIFE_TIME: u32 = u32::MAX;
-
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_LINK: u16 = 5;
-const IFLA_OPERSTATE: u16 = 16;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_LINK_NETNSID: u16 = 37;
-const IFLA_TARGET_NETNSID: u16 = 46;
-
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
-
+/// How long one request waits for each of the kernel's replies.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one request may take in all (a dump is many replies).
+const EXCHANGE_DEADLINE: Duration = Duration::from_secs(5);
+/// Enough for any one datagram the kernel sends on a route socket.
+const RECV_BUFFER: usize = 64 * 1024;
+/// NLMSGERR_ATTR_MSG: the kernel's text in an extended ack.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+/// Length of struct nlmsghdr.
 const NLMSG_HDRLEN: usize = 16;
+/// RTNLGRP_LINK (1), RTNLGRP_IPV4_IFADDR (5), RTNLGRP_IPV6_IFADDR (9), as a bind mask.
+const MONITOR_GROUPS: u32 = (1 << 0) | (1 << 4) | (1 << 8);
+/// The lifetime the kernel reads as "forever".
+const INFINITY_LIFE_TIME: u32 = u32::MAX;
 
 static SEQ: AtomicU32 = AtomicU32::new(1);
 
@@ -60,27 +63,60 @@ pub struct LinkInfo {
     pub operstate: Option<u8>,
 }
 
+/// An error the kernel answered a request with: the errno and, when the kernel gave one,
+/// the text of its extended ack ("ipv4: Invalid prefix length", ...).
+///
+/// Requests return it inside an `io::Error` whose kind is the errno's; use [`errno`] to
+/// read the errno back (`io::Error::raw_os_error` is None for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelError {
+    pub errno: i32,
+    pub message: Option<String>,
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let os = io::Error::from_raw_os_error(self.errno);
+        match &self.message {
+            Some(m) => write!(f, "{os}: {m}"),
+            None => write!(f, "{os}"),
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+impl From<KernelError> for io::Error {
+    fn from(e: KernelError) -> io::Error {
+        io::Error::new(io::Error::from_raw_os_error(e.errno).kind(), e)
+    }
+}
+
+/// The errno of an error from this module: the kernel's answer, or the socket's.
+pub fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<KernelError>())
+            .map(|k| k.errno)
+    })
+}
+
 /// One netlink request/response exchange at a time, on its own socket.
 pub struct Netlink {
-    fd: OwnedFd,
+    sock: Socket,
 }
 
 impl Netlink {
     pub fn open() -> io::Result<Self> {
-        let fd = route_socket()?;
+        Self::open_with_timeout(REPLY_TIMEOUT)
+    }
+
+    fn open_with_timeout(timeout: Duration) -> io::Result<Self> {
+        let sock = route_socket()?;
         // Ask for extended acks so errors carry the kernel's reason when it has one.
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with a valid int option.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_NETLINK,
-                libc::NETLINK_EXT_ACK,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        Ok(Netlink { fd })
+        sock.set_ext_ack(true)?;
+        nix::sys::socket::setsockopt(&sock, ReceiveTimeout, &TimeVal::from(timeval(timeout)))?;
+        Ok(Netlink { sock })
     }
 
     /// Adds `addr/prefix` to the interface; idempotent (replaces an identical address).
@@ -92,285 +128,343 @@ impl Netlink {
     /// those connections would break at the next failover. A deprecated address still
     /// takes incoming traffic and is the source of the replies, as a /32 IPv4 VIP is.
     pub fn add_address(&self, ifindex: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
-        let msg = addr_msg(ifindex, addr, prefix);
-        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, &msg)
+        let msg = RouteNetlinkMessage::NewAddress(addr_msg(ifindex, addr, prefix));
+        self.exchange(msg, NLM_F_CREATE | NLM_F_REPLACE).map(|_| ())
     }
 
     /// Removes `addr/prefix` from the interface; absent already is not an error.
     pub fn del_address(&self, ifindex: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
-        let msg = addr_msg(ifindex, addr, prefix);
-        match self.request(RTM_DELADDR, 0, &msg) {
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EADDRNOTAVAIL) | Some(libc::ENOENT)
-                ) =>
-            {
+        let msg = RouteNetlinkMessage::DelAddress(addr_msg(ifindex, addr, prefix));
+        match self.exchange(msg, 0) {
+            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENOENT)) => {
                 Ok(())
             }
-            r => r,
+            r => r.map(|_| ()),
         }
     }
 
     /// Facts about a link, in our namespace or (with `netnsid`) in a peer namespace.
     pub fn link(&self, ifindex: u32, netnsid: Option<i32>) -> io::Result<LinkInfo> {
-        let mut msg = Vec::with_capacity(32);
-        // struct ifinfomsg: family, pad, type, index, flags, change
-        msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-        msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        if let Some(id) = netnsid {
-            push_attr(&mut msg, IFLA_TARGET_NETNSID, &id.to_ne_bytes());
+        let replies = self.exchange(RouteNetlinkMessage::GetLink(link_request(ifindex, netnsid)), 0)?;
+        let mut undecodable = None;
+        for r in replies {
+            match r {
+                Ok(RouteNetlinkMessage::NewLink(m)) => return Ok(link_info(&m)),
+                Ok(_) => {}
+                Err(e) => undecodable = Some(e),
+            }
         }
-        let replies = self.exchange(RTM_GETLINK, 0, &msg)?;
-        let body = replies
-            .into_iter()
-            .find(|(t, _)| *t == 16) // RTM_NEWLINK
-            .map(|(_, b)| b)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no link in reply"))?;
-        parse_link(&body)
+        Err(match undecodable {
+            Some(e) => io::Error::new(io::ErrorKind::InvalidData, format!("link {ifindex}: {e}")),
+            None => io::Error::new(io::ErrorKind::NotFound, "no link in reply"),
+        })
     }
 
     /// The MAC the kernel's neighbour table holds for `addr` on `ifindex`, if any.
     pub fn neighbour(&self, ifindex: u32, addr: IpAddr) -> io::Result<Option<Mac>> {
-        let family = if addr.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        // struct ndmsg: family, pad1, pad2, ifindex, state, flags, type
-        let mut msg = vec![family as u8, 0, 0, 0];
-        msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-        msg.extend_from_slice(&[0, 0, 0, 0]);
-        let replies = self.exchange(RTM_GETNEIGH, NLM_F_DUMP, &msg)?;
-        let want = ip_bytes(addr);
-        for (ty, body) in replies {
-            if ty != 28 || body.len() < 12 {
-                continue; // RTM_NEWNEIGH
-            }
-            let idx = i32::from_ne_bytes(body[4..8].try_into().unwrap_or_default()) as u32;
-            let state = u16::from_ne_bytes([body[8], body[9]]);
+        let mut req = NeighbourMessage::default();
+        req.header.family = family(addr);
+        req.header.ifindex = ifindex;
+        let replies = self.exchange(RouteNetlinkMessage::GetNeighbour(req), NLM_F_DUMP)?;
+        for m in replies.into_iter().filter_map(Result::ok) {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
             // NUD_INCOMPLETE | NUD_FAILED | NUD_NOARP carry no usable address.
-            if idx != ifindex || state & (0x01 | 0x20 | 0x40) != 0 {
+            let state = u16::from(n.header.state);
+            if n.header.ifindex != ifindex || state & (0x01 | 0x20 | 0x40) != 0 {
                 continue;
             }
             let mut dst = None;
             let mut ll = None;
-            for (t, v) in attrs(&body[12..]) {
-                match t {
-                    NDA_DST => dst = Some(v.to_vec()),
-                    NDA_LLADDR if v.len() == 6 => ll = Mac::try_from(v).ok(),
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                        dst = Some(IpAddr::V4(*a))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                        dst = Some(IpAddr::V6(*a))
+                    }
+                    NeighbourAttribute::LinkLayerAddress(v) if v.len() == 6 => {
+                        ll = Mac::try_from(&v[..]).ok()
+                    }
                     _ => {}
                 }
             }
-            if dst.as_deref() == Some(&want[..]) {
+            if dst == Some(addr) {
                 return Ok(ll);
             }
         }
         Ok(None)
     }
 
-    fn request(&self, ty: u16, flags: u16, body: &[u8]) -> io::Result<()> {
-        self.exchange(ty, flags, body).map(|_| ())
-    }
-
-    /// Sends one message and collects the replies up to the ack (or DONE for dumps).
-    fn exchange(&self, ty: u16, flags: u16, body: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    /// Sends one request and collects the replies up to the ack (or DONE for dumps).
+    /// A reply that does not decode is kept as its decode error.
+    fn exchange(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<Result<RouteNetlinkMessage, DecodeError>>> {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let mut msg = Vec::with_capacity(NLMSG_HDRLEN + body.len());
-        let len = (NLMSG_HDRLEN + body.len()) as u32;
-        msg.extend_from_slice(&len.to_ne_bytes());
-        msg.extend_from_slice(&ty.to_ne_bytes());
-        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(body);
-        // SAFETY: sending a buffer we own on our socket.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                msg.as_ptr() as *const libc::c_void,
-                msg.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
+        let buf = encode(msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
         loop {
-            let n = recv(&self.fd, &mut buf);
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            match self.sock.send(&buf, 0) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r.map(|_| ())?,
             }
-            let mut data = &buf[..n as usize];
-            while data.len() >= NLMSG_HDRLEN {
-                let mlen = u32::from_ne_bytes(data[0..4].try_into().unwrap_or_default()) as usize;
-                let mty = u16::from_ne_bytes([data[4], data[5]]);
-                let mseq = u32::from_ne_bytes(data[8..12].try_into().unwrap_or_default());
-                if mlen < NLMSG_HDRLEN || mlen > data.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "bad netlink length",
-                    ));
+        }
+        self.replies(seq, flags & NLM_F_DUMP == NLM_F_DUMP)
+    }
+
+    /// Receives the replies to request `seq`; each recv waits at most the socket's
+    /// receive timeout, the whole exchange at most [`EXCHANGE_DEADLINE`].
+    fn replies(
+        &self,
+        seq: u32,
+        dump: bool,
+    ) -> io::Result<Vec<Result<RouteNetlinkMessage, DecodeError>>> {
+        let deadline = Instant::now() + EXCHANGE_DEADLINE;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; RECV_BUFFER];
+        loop {
+            if Instant::now() > deadline {
+                return Err(timed_out());
+            }
+            let n = match self.sock.recv(&mut &mut buf[..], 0) {
+                Ok(n) => n.min(buf.len()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(timed_out()),
+                Err(e) => return Err(e),
+            };
+            for (header, raw) in messages(&buf[..n])? {
+                if header.sequence_number != seq {
+                    continue; // a late answer to an earlier, abandoned request
                 }
-                let payload = &data[NLMSG_HDRLEN..mlen];
-                data = &data[align4(mlen).min(data.len())..];
-                if mseq != seq {
-                    continue;
-                }
-                match mty {
-                    NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(
-                            payload
-                                .get(0..4)
-                                .and_then(|b| b.try_into().ok())
-                                .unwrap_or_default(),
-                        );
-                        if code == 0 {
-                            if dump {
-                                continue;
-                            }
-                            return Ok(out);
+                match header.message_type {
+                    NLMSG_ERROR => match parse_error(&header, raw)? {
+                        None if dump => continue,
+                        None => return Ok(out),
+                        Some(e) => return Err(e.into()),
+                    },
+                    NLMSG_DONE => {
+                        return match parse_done(&header, raw) {
+                            Some(e) => Err(e.into()),
+                            None => Ok(out),
                         }
-                        return Err(io::Error::from_raw_os_error(-code));
                     }
-                    NLMSG_DONE => return Ok(out),
-                    _ => out.push((mty, payload.to_vec())),
+                    _ => out.push(NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).and_then(
+                        |m| match m.payload {
+                            NetlinkPayload::InnerMessage(inner) => Ok(inner),
+                            other => Err(format!("unexpected payload {other:?}").into()),
+                        },
+                    )),
                 }
             }
         }
     }
 }
 
-/// recv(2) into `buf`: the byte count, or -1 with errno set.
-fn recv(fd: &OwnedFd, buf: &mut [u8]) -> isize {
-    // SAFETY: receiving into a buffer we own, of its length.
-    unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            0,
-        )
+fn timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "rtnetlink: the kernel did not answer in time",
+    )
+}
+
+fn timeval(d: Duration) -> libc::timeval {
+    libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
     }
 }
 
-/// A NETLINK_ROUTE socket.
-fn route_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
+/// A NETLINK_ROUTE socket (close-on-exec, as netlink-sys opens them).
+fn route_socket() -> io::Result<Socket> {
+    Socket::new(NETLINK_ROUTE)
+}
+
+/// One request, serialized.
+fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    packet.finalize();
+    let mut buf = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    buf
+}
+
+/// Splits a datagram into its messages: each header with its whole message's bytes.
+fn messages(mut data: &[u8]) -> io::Result<Vec<(NetlinkHeader, &[u8])>> {
+    let mut out = Vec::new();
+    while data.len() >= NLMSG_HDRLEN {
+        let nb = NetlinkBuffer::new_checked(data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
+        let len = nb.length() as usize;
+        let header = NetlinkHeader::parse(&nb)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
+        out.push((header, &data[..len]));
+        data = &data[align4(len).min(data.len())..];
+    }
+    Ok(out)
+}
+
+/// An NLMSG_ERROR message: None for an ack, else the kernel's error.
+fn parse_error(header: &NetlinkHeader, raw: &[u8]) -> io::Result<Option<KernelError>> {
+    let body = &raw[NLMSG_HDRLEN..];
+    let err = ErrorBuffer::new_checked(&body)
+        .and_then(|b| ErrorMessage::parse(&b))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}")))?;
+    Ok(err.code.map(|code| KernelError {
+        errno: -code.get(),
+        message: ext_ack_message(header.flags, &err.header),
+    }))
+}
+
+/// An NLMSG_DONE closing a dump: Some error if the dump failed part-way.
+fn parse_done(header: &NetlinkHeader, raw: &[u8]) -> Option<KernelError> {
+    let body = &raw[NLMSG_HDRLEN..];
+    if body.len() < 4 {
+        return None;
+    }
+    let done = DoneBuffer::new_checked(&body)
+        .and_then(|b| DoneMessage::parse(&b))
+        .ok()?;
+    (done.code < 0).then(|| KernelError {
+        errno: -done.code,
+        message: (header.flags & NLM_F_ACK_TLVS != 0)
+            .then(|| ack_tlv_message(&done.extended_ack))
+            .flatten(),
+    })
+}
+
+/// The text of an extended ack: after the error code, struct nlmsgerr holds the
+/// request's header (and its payload unless the kernel capped it), then the TLVs.
+fn ext_ack_message(flags: u16, echoed: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let len = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        u32::from_ne_bytes(echoed.get(0..4)?.try_into().ok()?) as usize
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    ack_tlv_message(echoed.get(align4(len)..)?)
 }
 
-/// What the kernel reports about our interface.
+fn ack_tlv_message(tlvs: &[u8]) -> Option<String> {
+    NlasIterator::new(tlvs)
+        .map_while(Result::ok)
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+        .map(|nla| {
+            let v = nla.value();
+            String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
+        })
+        .filter(|s| !s.is_empty())
+}
+
+/// What the kernel reports about the interfaces the monitor watches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// An address was removed from the interface (by us, an operator, or the kernel
-    /// flushing IPv6 addresses when the link goes down).
-    AddressRemoved(IpAddr),
-    /// The link's carrier state changed.
+    /// An address was removed from one of the watched interfaces (by us, an operator,
+    /// or the kernel flushing IPv6 addresses when the link goes down).
+    AddressRemoved { ifindex: u32, addr: IpAddr },
+    /// The main link's carrier state changed.
     Link { up: bool },
-    /// Notifications were lost (a burst): everything may have changed.
+    /// Notifications were lost (a burst, or one that did not decode): everything may
+    /// have changed.
     Resync,
 }
 
-/// A subscription to the kernel's link and address notifications for one interface.
+/// A subscription to the kernel's link notifications for one interface and address
+/// notifications for a set of interfaces (the main one, `lo` where VIPs live, ...).
+///
+/// Unlike [`Netlink`], its socket has no receive timeout: [`Monitor::next`] is meant to
+/// block a thread of its own until something happens.
 pub struct Monitor {
-    fd: OwnedFd,
-    ifindex: u32,
+    sock: Socket,
+    link_ifindex: u32,
+    addr_ifindexes: Vec<u32>,
 }
 
 impl Monitor {
-    pub fn open(ifindex: u32) -> io::Result<Self> {
-        let fd = route_socket()?;
-        // SAFETY: zeroed sockaddr_nl is valid.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        // RTNLGRP_LINK (1), RTNLGRP_IPV4_IFADDR (5), RTNLGRP_IPV6_IFADDR (9).
-        sa.nl_groups = (1 << 0) | (1 << 4) | (1 << 8);
-        // SAFETY: a valid address of the right length.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Monitor { fd, ifindex })
+    /// Watches `link_ifindex`'s up/down state and the addresses removed from any of
+    /// `addr_ifindexes`.
+    pub fn open(link_ifindex: u32, addr_ifindexes: &[u32]) -> io::Result<Self> {
+        let mut sock = route_socket()?;
+        sock.bind(&SocketAddr::new(0, MONITOR_GROUPS))?;
+        Ok(Monitor {
+            sock,
+            link_ifindex,
+            addr_ifindexes: addr_ifindexes.to_vec(),
+        })
     }
 
-    /// Blocks until the kernel reports something; returns what concerns our interface.
+    /// Blocks until the kernel reports something; returns what concerns our interfaces
+    /// (possibly nothing). Lost notifications (ENOBUFS) are reported as a Resync.
     pub fn next(&self) -> io::Result<Vec<Change>> {
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = recv(&self.fd, &mut buf);
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOBUFS) {
-                return Ok(vec![Change::Resync]);
+        let mut buf = vec![0u8; RECV_BUFFER];
+        loop {
+            match self.sock.recv(&mut &mut buf[..], 0) {
+                Ok(n) => {
+                    return Ok(parse_changes(
+                        &buf[..n.min(buf.len())],
+                        self.link_ifindex,
+                        &self.addr_ifindexes,
+                    ))
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Ok(vec![Change::Resync])
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
-            return Err(e);
         }
-        Ok(parse_changes(&buf[..n as usize], self.ifindex))
     }
 }
 
-fn parse_changes(mut data: &[u8], ifindex: u32) -> Vec<Change> {
+fn parse_changes(data: &[u8], link_ifindex: u32, addr_ifindexes: &[u32]) -> Vec<Change> {
     let mut out = Vec::new();
-    while data.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(data[0..4].try_into().unwrap_or_default()) as usize;
-        let ty = u16::from_ne_bytes([data[4], data[5]]);
-        if len < NLMSG_HDRLEN || len > data.len() {
-            break;
+    let Ok(msgs) = messages(data) else {
+        return vec![Change::Resync];
+    };
+    for (header, raw) in msgs {
+        let ty = header.message_type;
+        if ty != libc::RTM_NEWLINK && ty != libc::RTM_DELADDR {
+            continue;
         }
-        let body = &data[NLMSG_HDRLEN..len];
-        data = &data[align4(len).min(data.len())..];
-        match ty {
-            RTM_DELADDR if body.len() >= 8 => {
-                let index = u32::from_ne_bytes(body[4..8].try_into().unwrap_or_default());
-                if index != ifindex {
+        let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) {
+            Ok(m) => m,
+            Err(e) => {
+                // It may have been about us: treat it as lost.
+                log::debug!("undecodable rtnetlink notification (type {ty}): {e}");
+                if out.last() != Some(&Change::Resync) {
+                    out.push(Change::Resync);
+                }
+                continue;
+            }
+        };
+        match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => {
+                let ifindex = m.header.index;
+                if !addr_ifindexes.contains(&ifindex) {
                     continue;
                 }
-                let family = body[0] as i32;
-                let addr = attrs(&body[8..])
-                    .find(|(t, _)| *t == IFA_LOCAL || *t == IFA_ADDRESS)
-                    .and_then(|(_, v)| match (family, v.len()) {
-                        (libc::AF_INET, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(v).ok()?)),
-                        (libc::AF_INET6, 16) => Some(IpAddr::from(<[u8; 16]>::try_from(v).ok()?)),
-                        _ => None,
-                    });
-                if let Some(a) = addr {
-                    out.push(Change::AddressRemoved(a));
+                let addr = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(a) | AddressAttribute::Address(a) => Some(*a),
+                    _ => None,
+                });
+                if let Some(addr) = addr {
+                    out.push(Change::AddressRemoved { ifindex, addr });
                 }
             }
-            16 if body.len() >= 16 => {
-                // RTM_NEWLINK: struct ifinfomsg { family, pad, type, index, flags, change }
-                let index = i32::from_ne_bytes(body[4..8].try_into().unwrap_or_default()) as u32;
-                let flags = u32::from_ne_bytes(body[8..12].try_into().unwrap_or_default());
-                if index == ifindex {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                if m.header.index == link_ifindex {
                     // IFF_UP and IFF_LOWER_UP (carrier).
+                    let f = m.header.flags;
                     out.push(Change::Link {
-                        up: flags & 0x1 != 0 && flags & 0x10000 != 0,
+                        up: f.contains(LinkFlags::Up) && f.contains(LinkFlags::LowerUp),
                     });
                 }
             }
@@ -380,142 +474,334 @@ fn parse_changes(mut data: &[u8], ifindex: u32) -> Vec<Change> {
     out
 }
 
-fn addr_msg(ifindex: u32, addr: IpAddr, prefix: u8) -> Vec<u8> {
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
+fn family(addr: IpAddr) -> AddressFamily {
+    if addr.is_ipv4() {
+        AddressFamily::Inet
     } else {
-        libc::AF_INET6
-    };
-    // struct ifaddrmsg: family, prefixlen, flags, scope, index
-    let mut msg = vec![family as u8, prefix, 0, 0];
-    msg.extend_from_slice(&ifindex.to_ne_bytes());
-    let bytes = ip_bytes(addr);
-    push_attr(&mut msg, IFA_LOCAL, &bytes);
-    push_attr(&mut msg, IFA_ADDRESS, &bytes);
-    push_attr(
-        &mut msg,
-        IFA_FLAGS,
-        &(IFA_F_NODAD | IFA_F_NOPREFIXROUTE).to_ne_bytes(),
-    );
+        AddressFamily::Inet6
+    }
+}
+
+fn addr_msg(ifindex: u32, addr: IpAddr, prefix: u8) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = family(addr);
+    m.header.prefix_len = prefix;
+    m.header.index = ifindex;
+    m.attributes.push(AddressAttribute::Local(addr));
+    m.attributes.push(AddressAttribute::Address(addr));
+    m.attributes.push(AddressAttribute::Flags(
+        AddressFlags::Nodad | AddressFlags::Noprefixroute,
+    ));
     if addr.is_ipv6() {
-        // struct ifa_cacheinfo: preferred, valid (seconds), cstamp, tstamp.
-        let mut info = Vec::with_capacity(16);
-        for v in [0, INFINITY_LIFE_TIME, 0, 0] {
-            info.extend_from_slice(&v.to_ne_bytes());
-        }
-        push_attr(&mut msg, IFA_CACHEINFO, &info);
+        // Preferred 0 (deprecated), valid forever.
+        let mut info = CacheInfo::default();
+        info.ifa_preferred = 0;
+        info.ifa_valid = INFINITY_LIFE_TIME;
+        m.attributes.push(AddressAttribute::CacheInfo(info));
     }
-    msg
+    m
 }
 
-fn ip_bytes(addr: IpAddr) -> Vec<u8> {
-    match addr {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
+fn link_request(ifindex: u32, netnsid: Option<i32>) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    if let Some(id) = netnsid {
+        // IFLA_TARGET_NETNSID (the uapi's IFLA_IF_NETNSID).
+        m.attributes.push(LinkAttribute::IfNetnsId(id));
     }
+    m
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn push_attr(msg: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = 4 + data.len();
-    msg.extend_from_slice(&(len as u16).to_ne_bytes());
-    msg.extend_from_slice(&ty.to_ne_bytes());
-    msg.extend_from_slice(data);
-    msg.resize(align4(msg.len()), 0);
-}
-
-/// Iterates the rtattrs of a message body; stops at the first malformed one.
-fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if data.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let ty = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
-        if len < 4 || len > data.len() {
-            return None;
-        }
-        let value = &data[4..len];
-        data = &data[align4(len).min(data.len())..];
-        Some((ty, value))
-    })
-}
-
-fn parse_link(body: &[u8]) -> io::Result<LinkInfo> {
-    if body.len() < 16 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "short ifinfomsg",
-        ));
-    }
+fn link_info(m: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo::default();
-    for (ty, v) in attrs(&body[16..]) {
-        match ty {
-            IFLA_ADDRESS if v.len() == 6 => info.mac = Mac::try_from(v).ok(),
-            IFLA_IFNAME => {
-                info.name =
-                    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).into()
-            }
-            IFLA_LINK if v.len() == 4 => {
-                info.link = Some(u32::from_ne_bytes(v.try_into().unwrap_or_default()))
-            }
-            IFLA_LINK_NETNSID if v.len() == 4 => {
-                info.link_netnsid = Some(i32::from_ne_bytes(v.try_into().unwrap_or_default()))
-            }
-            IFLA_OPERSTATE if !v.is_empty() => info.operstate = Some(v[0]),
-            IFLA_LINKINFO => {
-                for (t, kv) in attrs(v) {
-                    if t == IFLA_INFO_KIND {
-                        info.kind = Some(
-                            String::from_utf8_lossy(kv.split(|b| *b == 0).next().unwrap_or(&[]))
-                                .into(),
-                        );
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::Address(v) if v.len() == 6 => info.mac = Mac::try_from(&v[..]).ok(),
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Link(l) => info.link = Some(*l),
+            LinkAttribute::LinkNetNsId(id) => info.link_netnsid = Some(*id),
+            LinkAttribute::OperState(s) => info.operstate = Some(u8::from(*s)),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let NlLinkInfo::Kind(k) = i {
+                        info.kind = Some(k.to_string());
                     }
                 }
             }
             _ => {}
         }
     }
-    Ok(info)
+    info
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn attrs_stop_at_malformed() {
+    /// The rtattrs of a message body, raw: (type, value).
+    fn attrs(data: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        NlasIterator::new(data)
+            .map(|n| n.unwrap())
+            .map(|n| (n.kind(), n.value().to_vec()))
+            .collect()
+    }
+
+    /// A request's body (after struct nlmsghdr), as the kernel receives it.
+    fn body(msg: RouteNetlinkMessage) -> Vec<u8> {
+        encode(msg, NLM_F_REQUEST | NLM_F_ACK, 9)[NLMSG_HDRLEN..].to_vec()
+    }
+
+    /// A message as the kernel sends it: nlmsghdr + body.
+    fn kernel_msg(ty: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();
-        push_attr(&mut m, 3, b"eth0\0");
-        m.extend_from_slice(&[200, 0, 1, 0]); // claims 200 bytes
-        let got: Vec<_> = attrs(&m).collect();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0, 3);
+        m.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        m.resize(align4(m.len()), 0);
+        m
+    }
+
+    fn nla(ty: u16, v: &[u8]) -> Vec<u8> {
+        let mut m = ((4 + v.len()) as u16).to_ne_bytes().to_vec();
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(v);
+        m.resize(align4(m.len()), 0);
+        m
+    }
+
+    #[test]
+    fn request_header() {
+        let m = encode(
+            RouteNetlinkMessage::NewAddress(addr_msg(7, "10.0.0.50".parse().unwrap(), 32)),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            42,
+        );
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWADDR);
+        assert_eq!(u16::from_ne_bytes([m[6], m[7]]), 0x1 | 0x4 | 0x400 | 0x100);
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 42);
     }
 
     #[test]
     fn addr_message_layout() {
-        let m = addr_msg(7, "10.0.0.50".parse().unwrap(), 32);
+        let m = body(RouteNetlinkMessage::NewAddress(addr_msg(
+            7,
+            "10.0.0.50".parse().unwrap(),
+            32,
+        )));
         assert_eq!(&m[0..4], &[libc::AF_INET as u8, 32, 0, 0]);
         assert_eq!(u32::from_ne_bytes(m[4..8].try_into().unwrap()), 7);
-        let a: Vec<_> = attrs(&m[8..]).collect();
-        assert_eq!(a[0], (IFA_LOCAL, &[10, 0, 0, 50][..]));
-        assert!(a.iter().all(|(t, _)| *t != IFA_CACHEINFO), "{a:?}");
+        let a = attrs(&m[8..]);
+        assert_eq!(a[0], (libc::IFA_LOCAL, vec![10, 0, 0, 50]));
+        assert_eq!(a[1], (libc::IFA_ADDRESS, vec![10, 0, 0, 50]));
+        let flags = &a.iter().find(|(t, _)| *t == libc::IFA_FLAGS).unwrap().1;
+        assert_eq!(
+            u32::from_ne_bytes(flags[..].try_into().unwrap()),
+            libc::IFA_F_NODAD | libc::IFA_F_NOPREFIXROUTE
+        );
+        assert!(a.iter().all(|(t, _)| *t != libc::IFA_CACHEINFO), "{a:?}");
+        assert_eq!(a.len(), 3);
     }
 
     #[test]
     fn ipv6_vip_is_deprecated_and_valid_forever() {
-        let m = addr_msg(7, "2001:db8::50".parse().unwrap(), 128);
+        let m = body(RouteNetlinkMessage::NewAddress(addr_msg(
+            7,
+            "2001:db8::50".parse().unwrap(),
+            128,
+        )));
         assert_eq!(&m[0..4], &[libc::AF_INET6 as u8, 128, 0, 0]);
-        let a: Vec<_> = attrs(&m[8..]).collect();
-        let flags = a.iter().find(|(t, _)| *t == IFA_FLAGS).unwrap().1;
-        let flags = u32::from_ne_bytes(flags.try_into().unwrap());
-        assert_eq!(flags, IFA_F_NODAD | IFA_F_NOPREFIXROUTE);
-        let info = a.iter().find(|(t, _)| *t == IFA_CACHEINFO).unwrap().1;
+        let a = attrs(&m[8..]);
+        let flags = &a.iter().find(|(t, _)| *t == libc::IFA_FLAGS).unwrap().1;
+        let flags = u32::from_ne_bytes(flags[..].try_into().unwrap());
+        assert_eq!(flags, libc::IFA_F_NODAD | libc::IFA_F_NOPREFIXROUTE);
+        let info = &a.iter().find(|(t, _)| *t == libc::IFA_CACHEINFO).unwrap().1;
         let word = |i: usize| u32::from_ne_bytes(info[i * 4..i * 4 + 4].try_into().unwrap());
-        assert_eq!((info.len(), word(0), word(1)), (16, 0, u32::MAX));
+        assert_eq!(
+            (info.len(), word(0), word(1), word(2), word(3)),
+            (16, 0, u32::MAX, 0, 0)
+        );
+    }
+
+    #[test]
+    fn link_request_layout() {
+        let m = body(RouteNetlinkMessage::GetLink(link_request(5, Some(3))));
+        // struct ifinfomsg: family, pad, type, index, flags, change
+        assert_eq!(m[0], libc::AF_UNSPEC as u8);
+        assert_eq!(i32::from_ne_bytes(m[4..8].try_into().unwrap()), 5);
+        assert_eq!(&m[8..16], &[0; 8]);
+        assert_eq!(attrs(&m[16..]), vec![(46, 3i32.to_ne_bytes().to_vec())]);
+        let m = body(RouteNetlinkMessage::GetLink(link_request(5, None)));
+        assert_eq!(m.len(), 16);
+    }
+
+    #[test]
+    fn link_reply_is_parsed() {
+        // An RTM_NEWLINK for a veth whose peer is ifindex 9 in netns 2.
+        let mut b = vec![libc::AF_UNSPEC as u8, 0];
+        b.extend_from_slice(&1u16.to_ne_bytes()); // ARPHRD_ETHER
+        b.extend_from_slice(&4i32.to_ne_bytes());
+        b.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend(nla(libc::IFLA_IFNAME, b"eth0\0"));
+        b.extend(nla(libc::IFLA_ADDRESS, &[2, 0, 0, 0, 0, 0xaa]));
+        b.extend(nla(libc::IFLA_LINK, &9u32.to_ne_bytes()));
+        b.extend(nla(libc::IFLA_LINK_NETNSID, &2i32.to_ne_bytes()));
+        b.extend(nla(libc::IFLA_OPERSTATE, &[6]));
+        b.extend(nla(libc::IFLA_LINKINFO, &nla(libc::IFLA_INFO_KIND, b"veth\0")));
+        let raw = kernel_msg(libc::RTM_NEWLINK, 0, 1, &b);
+        let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&raw).unwrap();
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload else {
+            panic!("{m:?}")
+        };
+        let info = link_info(&l);
+        assert_eq!(info.name, "eth0");
+        assert_eq!(info.mac, Some(Mac::try_from(&[2, 0, 0, 0, 0, 0xaa][..]).unwrap()));
+        assert_eq!(info.kind.as_deref(), Some("veth"));
+        assert_eq!((info.link, info.link_netnsid, info.operstate), (Some(9), Some(2), Some(6)));
+    }
+
+    fn error_reply(code: i32, flags: u16, seq: u32, tlvs: &[u8]) -> Vec<u8> {
+        // The request we "sent", echoed back whole (not capped).
+        let request = encode(
+            RouteNetlinkMessage::NewAddress(addr_msg(7, "10.0.0.50".parse().unwrap(), 33)),
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+        );
+        let mut b = code.to_ne_bytes().to_vec();
+        b.extend_from_slice(&request);
+        b.extend_from_slice(tlvs);
+        kernel_msg(NLMSG_ERROR, flags, seq, &b)
+    }
+
+    #[test]
+    fn extended_ack_text_goes_into_the_error() {
+        let mut tlvs = nla(NLMSGERR_ATTR_MSG, b"ipv4: Invalid prefix length\0");
+        tlvs.extend(nla(2, &20u32.to_ne_bytes())); // NLMSGERR_ATTR_OFFS
+        let raw = error_reply(-libc::EINVAL, NLM_F_ACK_TLVS, 5, &tlvs);
+        let msgs = messages(&raw).unwrap();
+        assert_eq!(msgs.len(), 1);
+        let e = parse_error(&msgs[0].0, msgs[0].1).unwrap().unwrap();
+        assert_eq!(e.errno, libc::EINVAL);
+        assert_eq!(e.message.as_deref(), Some("ipv4: Invalid prefix length"));
+        let io: io::Error = e.into();
+        assert_eq!(errno(&io), Some(libc::EINVAL));
+        assert_eq!(io.kind(), io::ErrorKind::InvalidInput);
+        assert!(io.to_string().contains("Invalid prefix length"), "{io}");
+    }
+
+    #[test]
+    fn capped_extended_ack_and_plain_errors() {
+        // Capped: only the request's header is echoed.
+        let mut b = (-libc::ENODEV).to_ne_bytes().to_vec();
+        b.extend_from_slice(&kernel_msg(libc::RTM_NEWADDR, 5, 5, &[])[..NLMSG_HDRLEN]);
+        b.extend(nla(NLMSGERR_ATTR_MSG, b"no such device\0"));
+        let raw = kernel_msg(NLMSG_ERROR, NLM_F_ACK_TLVS | NLM_F_CAPPED, 5, &b);
+        let (h, r) = messages(&raw).unwrap()[0];
+        let e = parse_error(&h, r).unwrap().unwrap();
+        assert_eq!((e.errno, e.message.as_deref()), (libc::ENODEV, Some("no such device")));
+        // No TLVs: the errno alone, displayed as the OS error.
+        let raw = error_reply(-libc::EEXIST, 0, 5, &[]);
+        let (h, r) = messages(&raw).unwrap()[0];
+        let e = parse_error(&h, r).unwrap().unwrap();
+        assert_eq!(e, KernelError { errno: libc::EEXIST, message: None });
+        assert_eq!(e.to_string(), io::Error::from_raw_os_error(libc::EEXIST).to_string());
+        // An ack.
+        let raw = error_reply(0, NLM_F_CAPPED, 5, &[]);
+        let (h, r) = messages(&raw).unwrap()[0];
+        assert_eq!(parse_error(&h, r).unwrap(), None);
+    }
+
+    fn deladdr(ifindex: u32, addr: IpAddr) -> Vec<u8> {
+        let mut m = addr_msg(ifindex, addr, 32);
+        m.attributes.retain(|a| matches!(a, AddressAttribute::Address(_)));
+        let mut raw = encode(RouteNetlinkMessage::DelAddress(m), 0, 0);
+        raw.truncate(u32::from_ne_bytes(raw[0..4].try_into().unwrap()) as usize);
+        raw
+    }
+
+    fn newlink(ifindex: u32, flags: u32) -> Vec<u8> {
+        let mut b = vec![libc::AF_UNSPEC as u8, 0];
+        b.extend_from_slice(&1u16.to_ne_bytes());
+        b.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend(nla(libc::IFLA_IFNAME, b"x\0"));
+        kernel_msg(libc::RTM_NEWLINK, 0, 0, &b)
+    }
+
+    #[test]
+    fn monitor_reports_watched_interfaces_only() {
+        let up = (libc::IFF_UP | libc::IFF_LOWER_UP) as u32;
+        let v4: IpAddr = "10.0.0.50".parse().unwrap();
+        let v6: IpAddr = "2001:db8::50".parse().unwrap();
+        let mut data = Vec::new();
+        data.extend(newlink(4, up));
+        data.extend(newlink(5, up)); // not the main link
+        data.extend(newlink(4, libc::IFF_UP as u32)); // up, no carrier
+        data.extend(deladdr(1, v4)); // lo
+        data.extend(deladdr(4, v6)); // main
+        data.extend(deladdr(6, v4)); // unwatched
+        assert_eq!(
+            parse_changes(&data, 4, &[4, 1]),
+            vec![
+                Change::Link { up: true },
+                Change::Link { up: false },
+                Change::AddressRemoved { ifindex: 1, addr: v4 },
+                Change::AddressRemoved { ifindex: 4, addr: v6 },
+            ]
+        );
+    }
+
+    #[test]
+    fn undecodable_notifications_are_a_resync() {
+        // An RTM_DELADDR too short for its struct ifaddrmsg.
+        let data = kernel_msg(libc::RTM_DELADDR, 0, 0, &[libc::AF_INET as u8, 32]);
+        assert_eq!(parse_changes(&data, 4, &[4]), vec![Change::Resync]);
+        // A message claiming more bytes than the datagram holds.
+        let mut data = newlink(4, 0);
+        data[0] = 200;
+        assert_eq!(parse_changes(&data, 4, &[4]), vec![Change::Resync]);
+    }
+
+    #[test]
+    fn a_silent_kernel_is_a_timeout_not_a_hang() {
+        // Nothing was sent, so nothing comes: the receive must give up.
+        let nl = Netlink::open_with_timeout(Duration::from_millis(50)).unwrap();
+        let t = Instant::now();
+        let e = nl.replies(u32::MAX, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn loopback_link_is_read_from_the_kernel() {
+        // RTM_GETLINK needs no privilege; lo exists in every namespace.
+        let index = nix::net::if_::if_nametoindex("lo").unwrap();
+        let info = Netlink::open().unwrap().link(index, None).unwrap();
+        assert_eq!(info.name, "lo");
+        assert_eq!(info.mac, Some(Mac::ZERO));
+    }
+
+    #[test]
+    fn kernel_errors_carry_the_extended_ack() {
+        // An impossible request, rejected before it touches anything: an IPv4 /33 on a
+        // link that does not exist. Unprivileged, it is EPERM (no text) instead.
+        let e = Netlink::open()
+            .unwrap()
+            .add_address(u32::MAX / 2, "192.0.2.1".parse().unwrap(), 33)
+            .unwrap_err();
+        eprintln!("kernel said: {e}");
+        let k = e.get_ref().and_then(|i| i.downcast_ref::<KernelError>()).unwrap();
+        if k.errno != libc::EPERM {
+            assert!(k.message.is_some(), "{k:?}");
+        }
     }
 }

@@ -25,8 +25,7 @@ fn config(lan: &Lan, node: &str, peer: &str, priority: u8) -> String {
 }
 
 pub fn run(vip: &Path) -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if nix::unistd::geteuid().as_raw() != 0 {
         bail!("the demo creates network namespaces and attaches XDP: run it as root");
     }
     std::env::set_var("VIP_BIN", vip);

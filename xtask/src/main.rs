@@ -134,8 +134,7 @@ fn run() -> Result<()> {
             compare,
             threshold,
         } => {
-            // SAFETY: geteuid cannot fail.
-            if unsafe { libc::geteuid() } != 0 {
+            if nix::unistd::geteuid().as_raw() != 0 {
                 bail!("the benchmarks load XDP programs and create network namespaces: run them as root");
             }
             let vip = build()?;
@@ -218,8 +217,7 @@ fn test(args: &[String]) -> Result<()> {
              they are reported as ignored"
         );
     } else {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if nix::unistd::geteuid().as_raw() != 0 {
             bail!(
                 "the tests attach XDP programs and create network namespaces: run them as root \
                    (or set VIP_SKIP_PRIVILEGED=1 to run only the unprivileged ones)"

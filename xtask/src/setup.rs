@@ -57,8 +57,7 @@ pub fn ensure() -> Result<()> {
 }
 
 pub fn run() -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if nix::unistd::geteuid().as_raw() != 0 {
         let m = missing();
         if m.is_empty() {
             eprintln!("[setup] everything is in place");

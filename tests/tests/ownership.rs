@@ -35,10 +35,9 @@ fn expect_states(agents: &[(&str, &Agent)], want: &[&str]) {
 /// The MACs that answer `arping -c 3` for the VIP from the client.
 fn arping_macs(lan: &Lan) -> BTreeSet<String> {
     let c = lan.host("c");
-    let out = c
-        .ns
-        .output(&["arping", "-c", "3", "-w", "3", "-i", "eth0", VIP])
-        .expect("arping");
+    let out =
+        c.ns.output(&["arping", "-c", "3", "-w", "3", "-i", "eth0", VIP])
+            .expect("arping");
     let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
     [&lan.host("a").mac, &lan.host("b").mac]
         .into_iter()
@@ -52,7 +51,10 @@ fn garp_senders(frames: &[Vec<u8>], ip: Ipv4Addr) -> BTreeSet<String> {
     frames
         .iter()
         .filter(|f| {
-            f.len() >= 42 && f[12..14] == [8, 6] && f[28..32] == ip.octets() && f[38..42] == ip.octets()
+            f.len() >= 42
+                && f[12..14] == [8, 6]
+                && f[28..32] == ip.octets()
+                && f[38..42] == ip.octets()
         })
         .map(|f| vip::mac::Mac(f[22..28].try_into().unwrap()).to_string())
         .collect()
@@ -81,7 +83,13 @@ fn a_peer_restarted_with_its_clock_back_is_heard() {
         &lan.host("b").ns,
         "b",
         &cfg("b", 200),
-        &["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", "-1h"],
+        &[
+            "env",
+            "FAKETIME_DONT_FAKE_MONOTONIC=1",
+            "faketime",
+            "-f",
+            "-1h",
+        ],
         &[],
     )
     .expect("starting b under faketime");
@@ -122,9 +130,17 @@ fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
         "this test needs an unpinned data plane"
     );
     // The VIP lives on lo, where the kernel does not announce it.
-    let lo = lan.host("a").ns.ip(&["-4", "addr", "show", "dev", "lo"]).unwrap();
+    let lo = lan
+        .host("a")
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "lo"])
+        .unwrap();
     assert!(lo.contains("10.0.0.50/32"), "{lo}");
-    let eth = lan.host("a").ns.ip(&["-4", "addr", "show", "dev", "eth0"]).unwrap();
+    let eth = lan
+        .host("a")
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "eth0"])
+        .unwrap();
     assert!(!eth.contains("10.0.0.50"), "{eth}");
     // Local delivery from the VIP still works.
     assert!(ping(&lan.host("c").ns, VIP));
@@ -132,7 +148,11 @@ fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
     a.proc.signal(Signal::SIGKILL).unwrap();
     expect_states(&[("b", &b)], &["active"]);
     // The dead agent's address is still on a's lo: its kernel must stay silent.
-    let lo = lan.host("a").ns.ip(&["-4", "addr", "show", "dev", "lo"]).unwrap();
+    let lo = lan
+        .host("a")
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "lo"])
+        .unwrap();
     assert!(lo.contains("10.0.0.50/32"), "{lo}");
     for _ in 0..2 {
         assert_eq!(
@@ -168,7 +188,11 @@ fn two_nodes_started_at_once_only_one_ever_announces() {
             [lan.host("a").mac.clone()].into(),
             "round {round}: gratuitous ARP from {senders:?}"
         );
-        assert_eq!(b.status().unwrap()["groups"][0]["transitions"], 1, "b went active");
+        assert_eq!(
+            b.status().unwrap()["groups"][0]["transitions"],
+            1,
+            "b went active"
+        );
         drop((a, b, cap));
         teardown(lan);
     }
@@ -223,15 +247,23 @@ fn a_reload_that_fails_while_applying_rolls_back() {
     );
     std::fs::write(&a.config, after).unwrap();
     let out = a.cli(&["reload"]).unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("rolled back"), "{text}");
     let s = a.status().unwrap();
     assert_eq!(s["groups"].as_array().unwrap().len(), 1, "{s}");
     assert_eq!(s["groups"][0]["vips"].as_array().unwrap().len(), 1, "{s}");
     assert_eq!(s["groups"][0]["state"], status_before["groups"][0]["state"]);
-    let lo = lan.host("a").ns.ip(&["-4", "addr", "show", "dev", "lo"]).unwrap();
-    assert!(lo.contains("10.0.0.50/32") && !lo.contains("10.0.0.60") && !lo.contains("10.0.0.51"), "{lo}");
+    let lo = lan
+        .host("a")
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "lo"])
+        .unwrap();
+    assert!(
+        lo.contains("10.0.0.50/32") && !lo.contains("10.0.0.60") && !lo.contains("10.0.0.51"),
+        "{lo}"
+    );
     assert!(ping(&lan.host("c").ns, VIP));
     drop(a);
     teardown(lan);

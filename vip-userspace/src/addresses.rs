@@ -74,14 +74,18 @@ pub fn quiet_kernel_arp(iface: &Interface) -> Result<Vec<String>> {
                 path.display()
             )
         })?;
-        changed.push(format!("net.ipv4.conf.{}.{key} {now} -> {want}", iface.name));
+        changed.push(format!(
+            "net.ipv4.conf.{}.{key} {now} -> {want}",
+            iface.name
+        ));
     }
     Ok(changed)
 }
 
 impl Addresses {
     pub fn open() -> Result<Self> {
-        let lo = nix::net::if_::if_nametoindex("lo").context("looking up the loopback interface")?;
+        let lo =
+            nix::net::if_::if_nametoindex("lo").context("looking up the loopback interface")?;
         Ok(Addresses {
             nl: Netlink::open().context("opening rtnetlink")?,
             lo,

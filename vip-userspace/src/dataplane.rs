@@ -753,18 +753,36 @@ impl Dataplane {
     pub fn reader(&self) -> Result<Reader> {
         use aya::maps::IterableMap as _;
         Ok(Reader {
-            vips_v4: HashMap::try_from(aya::maps::Map::HashMap(dup_map(self.vips_v4.map(), maps::VIPS_V4)?))
-                .map_err(map_err(maps::VIPS_V4))?,
-            vips_v6: HashMap::try_from(aya::maps::Map::HashMap(dup_map(self.vips_v6.map(), maps::VIPS_V6)?))
-                .map_err(map_err(maps::VIPS_V6))?,
-            stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(self.stats.map(), maps::VIP_STATS)?))
-                .map_err(map_err(maps::VIP_STATS))?,
-            global: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(self.global.map(), maps::GLOBAL_STATS)?))
-                .map_err(map_err(maps::GLOBAL_STATS))?,
-            owners: HashMap::try_from(aya::maps::Map::HashMap(dup_map(self.owners.map(), maps::OWNERS)?))
-                .map_err(map_err(maps::OWNERS))?,
-            eip_stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(self.eip_stats.map(), maps::EIP_STATS)?))
-                .map_err(map_err(maps::EIP_STATS))?,
+            vips_v4: HashMap::try_from(aya::maps::Map::HashMap(dup_map(
+                self.vips_v4.map(),
+                maps::VIPS_V4,
+            )?))
+            .map_err(map_err(maps::VIPS_V4))?,
+            vips_v6: HashMap::try_from(aya::maps::Map::HashMap(dup_map(
+                self.vips_v6.map(),
+                maps::VIPS_V6,
+            )?))
+            .map_err(map_err(maps::VIPS_V6))?,
+            stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(
+                self.stats.map(),
+                maps::VIP_STATS,
+            )?))
+            .map_err(map_err(maps::VIP_STATS))?,
+            global: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(
+                self.global.map(),
+                maps::GLOBAL_STATS,
+            )?))
+            .map_err(map_err(maps::GLOBAL_STATS))?,
+            owners: HashMap::try_from(aya::maps::Map::HashMap(dup_map(
+                self.owners.map(),
+                maps::OWNERS,
+            )?))
+            .map_err(map_err(maps::OWNERS))?,
+            eip_stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(
+                self.eip_stats.map(),
+                maps::EIP_STATS,
+            )?))
+            .map_err(map_err(maps::EIP_STATS))?,
         })
     }
 }

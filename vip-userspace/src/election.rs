@@ -644,7 +644,11 @@ mod tests {
             let mut b = node(100, 11); // worse, starts first
             let mut a = node(200, 10);
             let mut queue: Vec<(Instant, bool, Advert)> = Vec::new(); // (when, to_a, ad)
-            let send = |q: &mut Vec<(Instant, bool, Advert)>, acts: &[Action], from_a: bool, e: &Election, at: Instant| {
+            let send = |q: &mut Vec<(Instant, bool, Advert)>,
+                        acts: &[Action],
+                        from_a: bool,
+                        e: &Election,
+                        at: Instant| {
                 for x in acts {
                     if let Action::Send(kind) = x {
                         let (prio, last) = (e.effective_priority(), if from_a { 10 } else { 11 });
@@ -670,25 +674,41 @@ mod tests {
                     let (_, to_a, ad) = queue.remove(0);
                     if to_a && a_started {
                         let acts = a.receive(&ad, t);
-                        a_claims += acts.iter().filter(|x| matches!(x, Action::TakeOver { .. })).count();
+                        a_claims += acts
+                            .iter()
+                            .filter(|x| matches!(x, Action::TakeOver { .. }))
+                            .count();
                         send(&mut queue, &acts, true, &a, t);
                     } else if !to_a {
                         let acts = b.receive(&ad, t);
-                        b_claims += acts.iter().filter(|x| matches!(x, Action::TakeOver { .. })).count();
+                        b_claims += acts
+                            .iter()
+                            .filter(|x| matches!(x, Action::TakeOver { .. }))
+                            .count();
                         send(&mut queue, &acts, false, &b, t);
                     }
                 }
                 if a_started {
                     let acts = a.tick(t);
-                    a_claims += acts.iter().filter(|x| matches!(x, Action::TakeOver { .. })).count();
+                    a_claims += acts
+                        .iter()
+                        .filter(|x| matches!(x, Action::TakeOver { .. }))
+                        .count();
                     send(&mut queue, &acts, true, &a, t);
                 }
                 let acts = b.tick(t);
-                b_claims += acts.iter().filter(|x| matches!(x, Action::TakeOver { .. })).count();
+                b_claims += acts
+                    .iter()
+                    .filter(|x| matches!(x, Action::TakeOver { .. }))
+                    .count();
                 send(&mut queue, &acts, false, &b, t);
                 t += MS;
             }
-            assert_eq!((a_claims, b_claims), (1, 0), "head start {head_start_ms} ms");
+            assert_eq!(
+                (a_claims, b_claims),
+                (1, 0),
+                "head start {head_start_ms} ms"
+            );
             assert_eq!(a.state(), State::Active);
             assert_eq!(b.state(), State::Standby);
         }

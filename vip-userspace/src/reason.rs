@@ -93,17 +93,30 @@ impl fmt::Display for Reason {
             }
             Reason::WaitingForKeepalived => write!(f, "waiting for keepalived"),
             Reason::PeerSilent { silent } => {
-                write!(f, "no advertisement from the active for {} ms", silent.as_millis())
+                write!(
+                    f,
+                    "no advertisement from the active for {} ms",
+                    silent.as_millis()
+                )
             }
             Reason::Released { by } => write!(f, "{by} released the VIPs (planned handover)"),
             Reason::Preempt { active, priority } => {
-                write!(f, "preempting lower-priority active {active} (priority {priority})")
+                write!(
+                    f,
+                    "preempting lower-priority active {active} (priority {priority})"
+                )
             }
             Reason::Yield { to, priority } => {
-                write!(f, "yielding to higher-priority active {to} (priority {priority})")
+                write!(
+                    f,
+                    "yielding to higher-priority active {to} (priority {priority})"
+                )
             }
             Reason::SplitBrain { with } => {
-                write!(f, "split brain with {with} (equal priority, higher address): yielding")
+                write!(
+                    f,
+                    "split brain with {with} (equal priority, higher address): yielding"
+                )
             }
             Reason::HandedOver { to, priority } => {
                 write!(f, "handed over to {to} (priority {priority})")

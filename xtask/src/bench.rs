@@ -16,7 +16,14 @@ use serde_json::{json, Value};
 
 use crate::{failover, root, status};
 
-pub const ALL: [&str; 6] = ["paths", "throughput", "scale", "control", "stall", "failover"];
+pub const ALL: [&str; 6] = [
+    "paths",
+    "throughput",
+    "scale",
+    "control",
+    "stall",
+    "failover",
+];
 
 pub struct Options {
     pub which: Vec<String>,

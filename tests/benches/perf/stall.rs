@@ -68,10 +68,9 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
         vips.join(", ")
     );
     // A listener on the peer, so its kernel does not answer with port unreachables.
-    let _sink = b
-        .ns
-        .run_in(|| std::net::UdpSocket::bind((b.ip4, PORT)))
-        .context("binding the peer's advert port")?;
+    let _sink =
+        b.ns.run_in(|| std::net::UdpSocket::bind((b.ip4, PORT)))
+            .context("binding the peer's advert port")?;
     let agent = Agent::start(&a.ns, "a", &cfg).context("starting the agent")?;
     let cap = Capture::open(&b.ns, "eth0")?;
     // Wait until a is active and advertising.

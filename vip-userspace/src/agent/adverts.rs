@@ -243,10 +243,7 @@ impl Agent {
             g.errors.malformed += 1;
             warn(
                 "spoofed",
-                format!(
-                    "advertisement from {from_ip} claims to be from {}",
-                    ad.addr
-                ),
+                format!("advertisement from {from_ip} claims to be from {}", ad.addr),
             );
             return;
         }

@@ -72,5 +72,4 @@ impl Agent {
         }
         Ok(())
     }
-
 }

@@ -30,10 +30,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use tokio::{
-
     signal::unix::{signal, SignalKind},
     sync::mpsc,
-
 };
 use vip_common::{action, VipEntry};
 
@@ -530,12 +528,13 @@ impl Agent {
     }
 
     fn election_params(&self, g: &Group, e: &config::Election) -> Result<Params> {
-        let me = adverts::primary_address(&self.iface, e.peers[0].is_ipv4()).with_context(|| {
-            format!(
-                "group[{}].peers: interface {} has no address of the peers' family",
-                g.name, self.iface.name
-            )
-        })?;
+        let me =
+            adverts::primary_address(&self.iface, e.peers[0].is_ipv4()).with_context(|| {
+                format!(
+                    "group[{}].peers: interface {} has no address of the peers' family",
+                    g.name, self.iface.name
+                )
+            })?;
         Ok(Params {
             priority: e.priority,
             interval: e.advert_interval,
@@ -574,7 +573,7 @@ impl Agent {
     fn spawn_helpers(&mut self, tx: &mpsc::Sender<Event>) {
         // The kernel's word on our interface, for every group: it flushes IPv6
         // addresses when the link goes down, and an operator may delete one.
-        match crate::netlink::Monitor::open(self.iface.index) {
+        match crate::netlink::Monitor::open(self.iface.index, &[self.addrs.ifindex()]) {
             Ok(mon) => {
                 let ktx = tx.clone();
                 std::thread::spawn(move || loop {
@@ -704,7 +703,9 @@ impl Agent {
         match ev {
             Event::Datagram(b, from) => self.datagram(&b, from),
             Event::Kernel(crate::netlink::Change::Link { up }) => self.link(up),
-            Event::Kernel(crate::netlink::Change::AddressRemoved(a)) => self.address_removed(a),
+            Event::Kernel(crate::netlink::Change::AddressRemoved { addr, .. }) => {
+                self.address_removed(addr)
+            }
             Event::Kernel(crate::netlink::Change::Resync) => self.restore_addresses(),
             Event::Health((group, name, ok, detail)) => {
                 if let Some(gi) = self.groups.iter().position(|g| g.cfg.name == group) {
@@ -763,12 +764,7 @@ impl Agent {
             self.activate(gi, reason)
         } else {
             let fwd = g.cfg.forward_to;
-            self.deactivate(
-                gi,
-                State::Standby,
-                fwd,
-                reason,
-            )
+            self.deactivate(gi, State::Standby, fwd, reason)
         };
         if let Err(e) = res {
             log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
@@ -1189,7 +1185,10 @@ impl Agent {
         };
         self.groups[gi].forward_to = forward_to;
         self.set_entries(gi, forward_to)?;
-        let (name, vips) = (self.groups[gi].cfg.name.clone(), self.groups[gi].vips.clone());
+        let (name, vips) = (
+            self.groups[gi].cfg.name.clone(),
+            self.groups[gi].vips.clone(),
+        );
         for v in vips.iter() {
             if self.addrs.holds(v.vip.addr) {
                 self.addrs.remove(&name, v.vip.addr);
@@ -1302,7 +1301,10 @@ impl Agent {
         }
         for gi in 0..self.groups.len() {
             self.groups[gi].stop_announcing();
-            let (name, vips) = (self.groups[gi].cfg.name.clone(), self.groups[gi].vips.clone());
+            let (name, vips) = (
+                self.groups[gi].cfg.name.clone(),
+                self.groups[gi].vips.clone(),
+            );
             for v in vips.iter() {
                 if let Err(e) = self.dp.remove_vip(v.vip.addr) {
                     log::warn!("group {name}: removing map entry {}: {e}", v.vip.addr);
@@ -1342,4 +1344,3 @@ fn interface_warnings(iface: &Interface) -> Vec<String> {
     }
     w
 }
-

@@ -171,11 +171,7 @@ impl Agent {
             .map(|g| g.vips.len())
             .sum();
         let incoming: usize = plan.add.iter().map(|g| g.vips.len()).sum::<usize>()
-            + plan
-                .update
-                .iter()
-                .map(|g| g.vips.len())
-                .sum::<usize>();
+            + plan.update.iter().map(|g| g.vips.len()).sum::<usize>();
         if used + incoming > self.cfg.node.max_vips as usize && freed > 0 {
             // Not room for both: the groups that are gone go first (no way back for
             // them, but nothing else can fail for lack of room).
@@ -198,9 +194,7 @@ impl Agent {
                 failpoint("reload-apply")?;
             }
             for g in &plan.update {
-                let gi = self
-                    .group_index(&g.name)
-                    .map_err(anyhow::Error::msg)?;
+                let gi = self.group_index(&g.name).map_err(anyhow::Error::msg)?;
                 let key = plan.keys.get(&g.name).cloned();
                 updated.push((self.groups[gi].cfg.clone(), self.groups[gi].key.clone()));
                 let changed = self
@@ -247,7 +241,12 @@ impl Agent {
     }
 
     /// Undoes the add and update steps of a failed reload.
-    fn roll_back(&mut self, added: &[String], updated: Vec<(Group, Option<Vec<u8>>)>, now: Instant) {
+    fn roll_back(
+        &mut self,
+        added: &[String],
+        updated: Vec<(Group, Option<Vec<u8>>)>,
+        now: Instant,
+    ) {
         for (old, key) in updated.into_iter().rev() {
             if let Ok(gi) = self.group_index(&old.name) {
                 if let Err(e) = self.update_group(gi, &old, key, now) {
@@ -355,5 +354,4 @@ impl Agent {
         }
         Ok(what.join(" "))
     }
-
 }

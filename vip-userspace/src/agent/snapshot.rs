@@ -203,7 +203,10 @@ impl Snapshot {
             .filter(|(k, _)| !k.starts_with("reserved"))
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        global.insert("adverts_for_unknown_groups".into(), self.unknown_group_adverts);
+        global.insert(
+            "adverts_for_unknown_groups".into(),
+            self.unknown_group_adverts,
+        );
         global.insert("address_errors".into(), self.address_errors);
         Status {
             node: self.node,

@@ -29,11 +29,14 @@ fn sigterm_removes_everything_the_agent_added() {
     );
     let link = a.ns.ip(&["link", "show", "dev", "eth0"]).unwrap();
     assert!(link.contains("xdp"), "{link}");
-    let addrs = a.ns.ip(&["addr", "show", "dev", "eth0"]).unwrap();
+    // VIP addresses live on lo, where the kernel never announces them.
+    let addrs = a.ns.ip(&["addr", "show", "dev", "lo"]).unwrap();
     assert!(
         addrs.contains("10.0.0.50/32") && addrs.contains("10.0.0.51/32"),
         "{addrs}"
     );
+    let eth = a.ns.ip(&["addr", "show", "dev", "eth0"]).unwrap();
+    assert!(!eth.contains("10.0.0.50"), "{eth}");
     assert!(agent.socket.exists());
 
     let pid = agent.proc.pid();
@@ -49,7 +52,7 @@ fn sigterm_removes_everything_the_agent_added() {
     );
     let link = a.ns.ip(&["link", "show", "dev", "eth0"]).unwrap();
     assert!(!link.contains("xdp"), "XDP still attached: {link}");
-    let addrs = a.ns.ip(&["addr", "show", "dev", "eth0"]).unwrap();
+    let addrs = a.ns.ip(&["addr", "show"]).unwrap();
     assert!(
         !addrs.contains("10.0.0.50") && !addrs.contains("10.0.0.51"),
         "VIP left behind: {addrs}"

@@ -158,9 +158,10 @@ fn snmp6(ns: &Netns, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in snmp6"))
 }
 
-/// The flags `ip` shows for one address of `ns`'s eth0, if it is there.
+/// The flags `ip` shows for one address of `ns` (any interface: a VIP lives on lo),
+/// if it is there.
 fn address_line(ns: &Netns, prefix: &str) -> Option<String> {
-    let out = ns.ip(&["-6", "-o", "addr", "show", "dev", "eth0"]).ok()?;
+    let out = ns.ip(&["-6", "-o", "addr", "show"]).ok()?;
     out.lines()
         .find(|l| l.split_whitespace().nth(3) == Some(prefix))
         .map(str::to_string)

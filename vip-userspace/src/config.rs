@@ -1476,7 +1476,7 @@ role = "active"
         let all: HashMap<_, _> = [
             ("eth0".to_string(), iface.addrs.clone()),
             (
-                "lo".to_string(),
+                "dummy0".to_string(),
                 vec![("2001:db8::50".parse().unwrap(), 128)],
             ),
         ]
@@ -1484,7 +1484,17 @@ role = "active"
         let e = check_host(&c, &|n| (n == "eth0").then(|| iface.clone()), &all)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("real address of this host (on lo)"), "{e}");
+        assert!(e.contains("real address of this host (on dummy0)"), "{e}");
+        // On lo, a /128 is where a running agent keeps the VIP: accepted.
+        let all: HashMap<_, _> = [
+            ("eth0".to_string(), iface.addrs.clone()),
+            (
+                "lo".to_string(),
+                vec![("2001:db8::50".parse().unwrap(), 128)],
+            ),
+        ]
+        .into();
+        assert!(check_host(&c, &|n| (n == "eth0").then(|| iface.clone()), &all).is_ok());
         // On the interface itself a /128 is a leftover: a warning naming the VIP.
         let r = host(&c, eth0(&[("2001:db8::1", 64), ("2001:db8::50", 128)])).unwrap();
         assert_eq!(r.warnings.len(), 1);

@@ -15,7 +15,7 @@ use crate::{
 /// A group's runtime, by mode.
 #[derive(Debug)]
 pub enum Driver {
-    Elected(Election),
+    Elected(Box<Election>),
     Static(Static),
     Keepalived(Keepalived),
 }
@@ -53,14 +53,14 @@ impl Driver {
 
     pub fn election(&self) -> Option<&Election> {
         match self {
-            Driver::Elected(e) => Some(e),
+            Driver::Elected(e) => Some(e.as_ref()),
             _ => None,
         }
     }
 
     pub fn election_mut(&mut self) -> Option<&mut Election> {
         match self {
-            Driver::Elected(e) => Some(e),
+            Driver::Elected(e) => Some(e.as_mut()),
             _ => None,
         }
     }

@@ -76,6 +76,8 @@ pub enum Action {
     },
     /// Give them up because a health check failed.
     Fault { reason: Reason },
+    /// Hold nothing and wait (a static active group before its first health results).
+    Wait { reason: Reason },
     /// Health is back: standby again.
     Recover { reason: Reason },
     /// As standby, the active we forward to changed (None: none known).

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod driver;
 pub mod election;
 pub mod frames;
 pub mod garp;

@@ -180,7 +180,7 @@ impl Agent {
             group = self
                 .groups
                 .iter()
-                .position(|g| g.cfg.name == name && g.election.is_some());
+                .position(|g| g.cfg.name == name && g.election().is_some());
             group.and_then(|gi| self.groups[gi].key.as_deref())
         });
         let is_peer = |g: &GroupRuntime| {
@@ -269,7 +269,7 @@ impl Agent {
             ad.kind,
             ad.priority
         );
-        let actions = match self.groups[gi].election.as_mut() {
+        let actions = match self.groups[gi].election_mut() {
             Some(e) => e.receive(&ad, Instant::now()),
             None => return,
         };
@@ -294,7 +294,7 @@ impl Agent {
         self.seq.seq += 1;
         self.seq.legacy_seq += 1;
         let g = &self.groups[gi];
-        let (Some(e), Some(cfg)) = (g.election.as_ref(), g.cfg.election.as_ref()) else {
+        let (Some(e), Some(cfg)) = (g.election(), g.cfg.election.as_ref()) else {
             return;
         };
         let mut ad = Advert {

@@ -13,6 +13,7 @@ use vip_common::{action, flags, VipEntry};
 
 use crate::{
     advert::ReplayGuard,
+    driver::Driver,
     config::{self, Group},
     election::{Election, State},
     health::Tracker,
@@ -69,7 +70,8 @@ pub(super) struct GroupRuntime {
     pub announcer: Option<JoinHandle<()>>,
     /// Bursts for VIPs added by a reload while active; stopped with the announcer.
     pub bursts: Vec<JoinHandle<()>>,
-    pub election: Option<Election>,
+    /// What moves the group: its election, its configured role, or keepalived.
+    pub driver: Driver,
     pub key: Option<Vec<u8>>,
     pub replay: ReplayGuard,
     pub errors: AdvertErrors,
@@ -89,7 +91,7 @@ impl GroupRuntime {
         index: u32,
         redirect: Option<RedirectTarget>,
         vips: Vec<VipRuntime>,
-        election: Option<Election>,
+        driver: Driver,
         key: Option<Vec<u8>>,
     ) -> Self {
         GroupRuntime {
@@ -105,7 +107,7 @@ impl GroupRuntime {
             vips: Arc::new(vips),
             announcer: None,
             bursts: Vec::new(),
-            election,
+            driver,
             key,
             replay: ReplayGuard::default(),
             errors: AdvertErrors::default(),
@@ -121,18 +123,25 @@ impl GroupRuntime {
         self.checks.iter().all(|(_, t, _)| t.state() != Some(false))
     }
 
+    pub fn election(&self) -> Option<&Election> {
+        self.driver.election()
+    }
+
+    pub fn election_mut(&mut self) -> Option<&mut Election> {
+        self.driver.election_mut()
+    }
+
+    /// Elected groups hold a data-plane lease (a stalled agent stops answering).
     pub fn leased(&self) -> bool {
-        self.election.is_some()
+        self.election().is_some()
     }
 
     /// How the group is driven, as status shows it.
     pub fn mode(&self) -> &'static str {
-        if self.election.is_some() {
-            "elected"
-        } else if self.cfg.keepalived_instance.is_some() {
-            "keepalived"
-        } else {
-            "static"
+        match self.driver {
+            Driver::Elected(_) => "elected",
+            Driver::Keepalived(_) => "keepalived",
+            Driver::Static(_) => "static",
         }
     }
 

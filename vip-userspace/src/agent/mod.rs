@@ -38,9 +38,10 @@ use vip_common::{action, VipEntry};
 use crate::{
     addresses::{self, host_prefix, Addresses},
     advert::Kind,
-    config::{self, Config, Group, Pin as PinConfig, Role, XdpMode},
+    config::{self, Config, Group, Pin as PinConfig, XdpMode},
     control::{self, Envelope, Request, Response},
     dataplane::{self, Dataplane},
+    driver::Driver,
     election::{Action, Election, Params, State},
     garp::{self, PacketSocket},
     health,
@@ -350,7 +351,8 @@ impl Agent {
             .map(|(a, _)| *a)
             .collect();
         addrs.remove_from(iface.index, &legacy);
-        // A killed agent's addresses on lo: taken again only by a takeover.
+        // A killed agent's addresses on lo: removed once the groups have started,
+        // unless a group holds them again (an adopted active one keeps serving).
         let stale: Vec<IpAddr> = host::interface("lo")
             .map(|lo| {
                 lo.addrs
@@ -360,7 +362,7 @@ impl Agent {
                     .collect()
             })
             .unwrap_or_default();
-        addrs.remove_from(addrs.ifindex(), &stale);
+
         let reader = Arc::new(dp.reader().context("opening the data plane for reading")?);
         let nl = Netlink::open().context("opening rtnetlink")?;
         let socket = Arc::new(
@@ -410,6 +412,9 @@ impl Agent {
             let key = keys.remove(&g.name);
             agent.add_group(g, key, &previous, &mut warnings)?;
         }
+        let stale: Vec<IpAddr> = stale.into_iter().filter(|a| !agent.addrs.holds(*a)).collect();
+        let lo = agent.addrs.ifindex();
+        agent.addrs.remove_from(lo, &stale);
         agent.setup_eips(&mut warnings)?;
         agent.warnings = warnings;
         Ok(agent)
@@ -483,48 +488,17 @@ impl Agent {
                 .is_some_and(|e| e.action == action::LOCAL || e.action == action::REDIRECT);
             vips.push(VipRuntime { vip: *v, slot });
         }
-        let election = match &g.election {
-            Some(e) => Some(Election::new(self.election_params(g, e)?)),
-            None => None,
+        let driver = match &g.election {
+            Some(e) => Driver::Elected(Box::new(Election::new(self.election_params(g, e)?))),
+            None => Driver::for_group(g),
         };
         let index = self.alloc_group_index()?;
         self.groups
-            .push(GroupRuntime::new(g, index, redirect, vips, election, key));
+            .push(GroupRuntime::new(g, index, redirect, vips, driver, key));
         let gi = self.groups.len() - 1;
         self.spawn_checks(gi);
-        let g = &self.groups[gi];
-        let elected = g.election.is_some();
-        let driven = g.cfg.keepalived_instance.is_some();
-        if elected && was_active {
-            // A restart: the predecessor was active and asked the peers to hold.
-            let actions = self.groups[gi]
-                .election
-                .as_mut()
-                .map(|e| e.start_active(now))
-                .unwrap_or_default();
-            self.activate(gi, Reason::Adopted)?;
-            self.apply(gi, actions);
-        } else if elected {
-            self.deactivate(gi, State::Standby, None, Reason::Electing)?;
-            let actions = self.groups[gi]
-                .election
-                .as_mut()
-                .map(|e| e.start(now))
-                .unwrap_or_default();
-            self.apply(gi, actions);
-        } else if driven && was_active {
-            self.activate(gi, Reason::Adopted)?;
-        } else if driven {
-            self.deactivate(gi, State::Standby, None, Reason::WaitingForKeepalived)?;
-        } else if g.checks.is_empty() && g.cfg.role == Role::Active {
-            self.activate(gi, Reason::Configured(Role::Active))?;
-        } else if g.cfg.role == Role::Active {
-            self.deactivate(gi, State::Init, None, Reason::WaitingForHealth)?;
-        } else {
-            let fwd = g.forward_to;
-            self.deactivate(gi, State::Standby, fwd, Reason::Configured(Role::Standby))?;
-        }
-        Ok(())
+        let actions = self.groups[gi].driver.start(was_active, now);
+        self.carry_out(gi, actions)
     }
 
     fn election_params(&self, g: &Group, e: &config::Election) -> Result<Params> {
@@ -547,7 +521,7 @@ impl Agent {
     /// Removes a group: gives its VIPs up (a release lets a standby take over at once),
     /// frees its slots and stops its tasks.
     fn remove_group(&mut self, gi: usize) {
-        if self.groups[gi].state == State::Active && self.groups[gi].election.is_some() {
+        if self.groups[gi].state == State::Active && self.groups[gi].election().is_some() {
             self.send_advert(gi, Kind::Release);
         }
         let mut g = self.groups.remove(gi);
@@ -666,7 +640,7 @@ impl Agent {
         let now = Instant::now();
         let mut next = now + Duration::from_secs(1);
         for g in &self.groups {
-            if let Some(t) = g.election.as_ref().and_then(|e| e.next_deadline()) {
+            if let Some(t) = g.election().and_then(|e| e.next_deadline()) {
                 next = next.min(t);
             }
             if let Some(t) = g.drain_until {
@@ -680,7 +654,7 @@ impl Agent {
     fn tick(&mut self) {
         let now = Instant::now();
         for gi in 0..self.groups.len() {
-            if let Some(e) = self.groups[gi].election.as_mut() {
+            if let Some(e) = self.groups[gi].election_mut() {
                 let actions = e.tick(now);
                 self.apply(gi, actions);
             }
@@ -749,35 +723,32 @@ impl Agent {
                 detail: detail.clone(),
             }
         };
-        if let Some(e) = g.election.as_mut() {
-            let actions = e.set_healthy(now_healthy, reason, Instant::now());
-            self.apply(gi, actions);
-            return;
-        }
-        // Static and keepalived-driven groups: fault gives up, recovery restores the
-        // configured role (static) or waits for keepalived.
-        let res = if !now_healthy {
-            self.deactivate(gi, State::Fault, None, reason)
-        } else if !first_results {
-            Ok(())
-        } else if g.cfg.keepalived_instance.is_none() && g.cfg.role == Role::Active {
-            self.activate(gi, reason)
-        } else {
-            let fwd = g.cfg.forward_to;
-            self.deactivate(gi, State::Standby, fwd, reason)
-        };
-        if let Err(e) = res {
-            log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
+        // Fault gives up; recovery restores the configured role (static), waits
+        // for keepalived, or rejoins the election.
+        let actions = g
+            .driver
+            .health(now_healthy, first_results, reason, Instant::now());
+        self.apply(gi, actions);
+    }
+
+    /// Carries out what a group's driver decided, logging a failed step (the others
+    /// still run: a failed address never stops an announcement).
+    fn apply(&mut self, gi: usize, actions: Vec<Action>) {
+        for a in actions {
+            if let Err(e) = self.carry_out(gi, vec![a]) {
+                log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
+            }
         }
     }
 
-    /// Carries out what an election decided.
-    fn apply(&mut self, gi: usize, actions: Vec<Action>) {
+    /// Carries out a driver's actions, stopping at the first that fails.
+    fn carry_out(&mut self, gi: usize, actions: Vec<Action>) -> Result<()> {
         for a in actions {
-            let res = match a {
+            match a {
                 Action::TakeOver { reason } => self.activate(gi, reason),
                 Action::StepDown { forward_to, reason } => self.step_down(gi, forward_to, reason),
                 Action::Fault { reason } => self.deactivate(gi, State::Fault, None, reason),
+                Action::Wait { reason } => self.deactivate(gi, State::Init, None, reason),
                 Action::Recover { reason } => {
                     self.groups[gi].set_state(State::Standby, reason);
                     Ok(())
@@ -800,11 +771,9 @@ impl Agent {
                     self.announce(gi);
                     Ok(())
                 }
-            };
-            if let Err(e) = res {
-                log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
-            }
+            }?;
         }
+        Ok(())
     }
 
     /// Answers one control request.
@@ -822,14 +791,8 @@ impl Agent {
                     Ok(gi) => gi,
                     Err(e) => return Response::error(e),
                 };
-                let res = match self.groups[gi].election.as_mut() {
-                    Some(e) => {
-                        let actions = e.promote(now);
-                        self.apply(gi, actions);
-                        Ok(())
-                    }
-                    None => self.activate(gi, Reason::Promoted),
-                };
+                let actions = self.groups[gi].driver.promote(now);
+                let res = self.carry_out(gi, actions);
                 self.renew_leases();
                 match res {
                     Ok(()) => Response::ok(format!(
@@ -849,17 +812,8 @@ impl Agent {
                         return Response::error(format!("forward_to {m} is not a unicast MAC"));
                     }
                 }
-                let res = match self.groups[gi].election.as_mut() {
-                    Some(e) => {
-                        let actions = e.demote(forward_to, now);
-                        self.apply(gi, actions);
-                        Ok(())
-                    }
-                    None => {
-                        let fwd = forward_to.or(self.groups[gi].cfg.forward_to);
-                        self.deactivate(gi, State::Standby, fwd, Reason::Demoted)
-                    }
-                };
+                let actions = self.groups[gi].driver.demote(forward_to, now);
+                let res = self.carry_out(gi, actions);
                 self.renew_leases();
                 let g = &self.groups[gi];
                 match res {
@@ -878,7 +832,7 @@ impl Agent {
                     Ok(gi) => gi,
                     Err(e) => return Response::error(e),
                 };
-                match self.groups[gi].election.as_mut() {
+                match self.groups[gi].election_mut() {
                     Some(e) => {
                         let actions = e.resume(now);
                         self.apply(gi, actions);
@@ -927,7 +881,7 @@ impl Agent {
         let deadline = host::monotonic_ns() + hold.as_nanos() as u64;
         for gi in 0..self.groups.len() {
             self.groups[gi].stop_announcing();
-            if self.groups[gi].state == State::Active && self.groups[gi].election.is_some() {
+            if self.groups[gi].state == State::Active && self.groups[gi].election().is_some() {
                 self.send_hold(gi, hold);
             }
             let (leased, index) = (self.groups[gi].leased(), self.groups[gi].index);
@@ -956,31 +910,14 @@ impl Agent {
         else {
             return Response::error(format!("no group has keepalived_instance = \"{name}\""));
         };
-        let reason = Reason::Keepalived {
-            kind: kind.into(),
-            name: name.into(),
-            state: state.into(),
-            priority,
+        let g = &self.groups[gi];
+        let Driver::Keepalived(k) = &g.driver else {
+            return Response::error(format!("group {} is not driven by keepalived", g.cfg.name));
         };
-        if !self.groups[gi].healthy() && state == "MASTER" {
-            return Response::error(format!(
-                "group {} is faulty ({}); not taking over",
-                self.groups[gi].cfg.name,
-                self.groups[gi].health_detail()
-            ));
-        }
-        let res = match state {
-            "MASTER" => self.activate(gi, reason),
-            "BACKUP" | "STOP" => {
-                let fwd = self.groups[gi].cfg.forward_to;
-                self.deactivate(gi, State::Standby, fwd, reason)
-            }
-            "FAULT" => self.deactivate(gi, State::Fault, None, reason),
-            other => {
-                return Response::error(format!(
-                    "unknown keepalived state `{other}` (expected MASTER, BACKUP, FAULT or STOP)"
-                ))
-            }
+        let unhealthy = (!g.healthy()).then(|| g.health_detail());
+        let res = match k.notify(kind, name, state, priority, unhealthy) {
+            Ok(actions) => self.carry_out(gi, actions),
+            Err(e) => return Response::error(format!("group {}: {e}", g.cfg.name)),
         };
         match res {
             Ok(()) => Response::ok(format!(
@@ -1197,7 +1134,7 @@ impl Agent {
         let g = &self.groups[gi];
         // Static groups forward only for the drain period after giving the VIP up,
         // unless the config asks for it permanently.
-        if was_active && forward_to.is_some() && g.election.is_none() && g.cfg.forward_to.is_none()
+        if was_active && forward_to.is_some() && g.election().is_none() && g.cfg.forward_to.is_none()
         {
             self.groups[gi].drain_until = Some(Instant::now() + g.cfg.drain);
         }
@@ -1246,7 +1183,7 @@ impl Agent {
             if self.groups[gi].state != State::Active {
                 continue;
             }
-            if let Some(e) = self.groups[gi].election.as_mut() {
+            if let Some(e) = self.groups[gi].election_mut() {
                 let actions = e.shutdown(now);
                 any = true;
                 longest_drain = longest_drain.max(self.groups[gi].cfg.drain);
@@ -1260,7 +1197,7 @@ impl Agent {
         let handing_over = |a: &Agent| {
             a.groups
                 .iter()
-                .any(|g| g.election.as_ref().is_some_and(|e| e.handing_over()))
+                .any(|g| g.election().is_some_and(|e| e.handing_over()))
         };
         let limit = Instant::now() + Duration::from_secs(10);
         while handing_over(self) && Instant::now() < limit {

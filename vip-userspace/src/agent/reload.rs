@@ -310,9 +310,13 @@ impl Agent {
         self.groups[gi].key = key;
         if let Some(e) = &g.election {
             let p = self.election_params(g, e)?;
-            if let Some(el) = self.groups[gi].election.as_mut() {
+            if let Some(el) = self.groups[gi].election_mut() {
                 el.set_params(p, now);
             }
+        }
+        if g.election.is_none() {
+            // The configured role's settings (forward_to, checks) as reloaded.
+            self.groups[gi].driver = crate::driver::Driver::for_group(g);
         }
         if track_changed {
             self.groups[gi].checks = trackers(&g.track);

@@ -85,7 +85,7 @@ impl Agent {
                 forward_to: g.forward_to.filter(|_| g.state != State::Active),
                 healthy: g.healthy(),
                 health: g.health_detail(),
-                election: g.election.as_ref().map(|e| ElectionStatus {
+                election: g.election().map(|e| ElectionStatus {
                     priority: e.params().priority,
                     effective_priority: e.effective_priority(),
                     pinned: reason::pin_label(e.pin()).map(String::from),

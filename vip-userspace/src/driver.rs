@@ -237,11 +237,20 @@ mod tests {
     #[test]
     fn static_roles_start_and_follow_health() {
         let now = Instant::now();
-        assert_eq!(kinds(&stat(Role::Active, false).start(false, now)), ["take"]);
+        assert_eq!(
+            kinds(&stat(Role::Active, false).start(false, now)),
+            ["take"]
+        );
         assert_eq!(kinds(&stat(Role::Active, true).start(false, now)), ["wait"]);
-        assert_eq!(kinds(&stat(Role::Standby, false).start(true, now)), ["step"]);
+        assert_eq!(
+            kinds(&stat(Role::Standby, false).start(true, now)),
+            ["step"]
+        );
         let mut d = stat(Role::Active, true);
-        assert!(d.health(true, false, health(true), now).is_empty(), "waits for every check");
+        assert!(
+            d.health(true, false, health(true), now).is_empty(),
+            "waits for every check"
+        );
         assert_eq!(kinds(&d.health(true, true, health(true), now)), ["take"]);
         assert_eq!(kinds(&d.health(false, true, health(false), now)), ["fault"]);
         let mut s = stat(Role::Standby, true);
@@ -263,13 +272,28 @@ mod tests {
     fn keepalived_word_is_carried_out_and_bad_words_refused() {
         let k = Keepalived { forward_to: None };
         assert_eq!(
-            kinds(&k.notify("INSTANCE", "VI_1", "MASTER", Some(100), None).unwrap()),
+            kinds(
+                &k.notify("INSTANCE", "VI_1", "MASTER", Some(100), None)
+                    .unwrap()
+            ),
             ["take"]
         );
-        assert_eq!(kinds(&k.notify("GROUP", "g", "BACKUP", None, None).unwrap()), ["step"]);
-        assert_eq!(kinds(&k.notify("INSTANCE", "VI_1", "FAULT", None, None).unwrap()), ["fault"]);
+        assert_eq!(
+            kinds(&k.notify("GROUP", "g", "BACKUP", None, None).unwrap()),
+            ["step"]
+        );
+        assert_eq!(
+            kinds(&k.notify("INSTANCE", "VI_1", "FAULT", None, None).unwrap()),
+            ["fault"]
+        );
         assert!(k
-            .notify("INSTANCE", "VI_1", "MASTER", None, Some("track_script failing".into()))
+            .notify(
+                "INSTANCE",
+                "VI_1",
+                "MASTER",
+                None,
+                Some("track_script failing".into())
+            )
             .unwrap_err()
             .contains("faulty"));
         assert!(k.notify("BOGUS", "VI_1", "MASTER", None, None).is_err());

@@ -2,21 +2,23 @@
 //! counter slots, its election (for elected groups), its health checks.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
 use tokio::task::JoinHandle;
 use vip_common::{action, flags, VipEntry};
 
+use super::adverts;
 use crate::{
-    advert::ReplayGuard,
-    driver::Driver,
+    advert::{Kind, ReplayGuard},
     config::{self, Group},
-    election::{Election, State},
-    health::Tracker,
+    driver::Driver,
+    election::{Election, Params, State},
+    health::{self, Tracker},
     host,
     mac::Mac,
     netlink::Netlink,
@@ -294,4 +296,178 @@ pub(super) fn redirect_target(
         src_mac: iface.mac,
         dst_mac,
     })
+}
+
+/// A group's life in the agent: created in its starting state, removed with its VIPs.
+impl super::Agent {
+    /// Entries an earlier agent left for VIPs this config no longer has.
+    pub(super) fn remove_stale_entries(&mut self, groups: &[Group]) {
+        let wanted: BTreeSet<IpAddr> = groups
+            .iter()
+            .flat_map(|g| g.vips.iter().map(|v| v.addr))
+            .collect();
+        for addr in self.dp.vip_addrs() {
+            if !wanted.contains(&addr) {
+                log::info!("removing the entry for {addr}, which is no longer configured");
+                if let Err(e) = self.dp.remove_vip(addr) {
+                    log::warn!("removing the stale entry for {addr}: {e:#}");
+                }
+                self.addrs.remove("(no longer configured)", addr);
+            }
+        }
+    }
+
+    pub(super) fn alloc_slot(&mut self) -> Result<u32> {
+        let slot = (0..self.cfg.node.max_vips)
+            .find(|s| !self.slots.contains(s))
+            .context("no free counter slot (node.max_vips)")?;
+        self.slots.insert(slot);
+        Ok(slot)
+    }
+
+    pub(super) fn alloc_group_index(&self) -> Result<u32> {
+        let used: BTreeSet<u32> = self.groups.iter().map(|g| g.index).collect();
+        (0..vip_common::MAX_GROUPS)
+            .find(|i| !used.contains(i))
+            .context("too many groups")
+    }
+
+    /// Creates a group's runtime and puts it in its starting state. `previous` holds
+    /// the entries an adopted data plane had for its VIPs.
+    pub(super) fn add_group(
+        &mut self,
+        g: &Group,
+        key: Option<Vec<u8>>,
+        previous: &HashMap<IpAddr, VipEntry>,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let redirect = match &g.redirect {
+            Some(r) => {
+                let t = redirect_target(&self.nl, &g.name, r, warnings)?;
+                self.dp
+                    .add_redirect_target(t.ifindex)
+                    .with_context(|| format!("group[{}].redirect_to", g.name))?;
+                Some(t)
+            }
+            None => None,
+        };
+        let mut vips = Vec::new();
+        let mut was_active = !g.vips.is_empty();
+        for v in &g.vips {
+            let slot = match previous.get(&v.addr) {
+                Some(e) => e.stats_index,
+                None => {
+                    let slot = self.alloc_slot()?;
+                    self.dp.reset_stats(slot)?;
+                    slot
+                }
+            };
+            was_active &= previous
+                .get(&v.addr)
+                .is_some_and(|e| e.action == action::LOCAL || e.action == action::REDIRECT);
+            vips.push(VipRuntime { vip: *v, slot });
+        }
+        let driver = match &g.election {
+            Some(e) => Driver::Elected(Box::new(Election::new(self.election_params(g, e)?))),
+            None => Driver::for_group(g),
+        };
+        let index = self.alloc_group_index()?;
+        self.groups
+            .push(GroupRuntime::new(g, index, redirect, vips, driver, key));
+        let gi = self.groups.len() - 1;
+        self.spawn_checks(gi);
+        let actions = self.groups[gi].driver.start(was_active, now);
+        self.carry_out(gi, actions)
+    }
+
+    pub(super) fn election_params(&self, g: &Group, e: &config::Election) -> Result<Params> {
+        let me =
+            adverts::primary_address(&self.iface, e.peers[0].is_ipv4()).with_context(|| {
+                format!(
+                    "group[{}].peers: interface {} has no address of the peers' family",
+                    g.name, self.iface.name
+                )
+            })?;
+        Ok(Params {
+            priority: e.priority,
+            interval: e.advert_interval,
+            preempt: e.preempt,
+            preempt_delay: e.preempt_delay,
+            me,
+        })
+    }
+
+    /// Removes a group: gives its VIPs up (a release lets a standby take over at once),
+    /// frees its slots and stops its tasks.
+    pub(super) fn remove_group(&mut self, gi: usize) {
+        if self.groups[gi].state == State::Active && self.groups[gi].election().is_some() {
+            self.send_advert(gi, Kind::Release);
+        }
+        let mut g = self.groups.remove(gi);
+        g.stop_announcing();
+        for t in g.tasks.drain(..) {
+            t.abort();
+        }
+        for v in g.vips.iter() {
+            if let Err(e) = self.dp.remove_vip(v.vip.addr) {
+                log::warn!(
+                    "group {}: removing map entry {}: {e:#}",
+                    g.cfg.name,
+                    v.vip.addr
+                );
+            }
+            self.addrs.remove(&g.cfg.name, v.vip.addr);
+            self.slots.remove(&v.slot);
+        }
+        log::info!("group {}: removed", g.cfg.name);
+    }
+
+    /// Starts the health-check tasks of one group (none before `spawn_helpers`).
+    pub(super) fn spawn_checks(&mut self, gi: usize) {
+        let Some(htx) = self.health_tx.clone() else {
+            return;
+        };
+        let g = &mut self.groups[gi];
+        for t in g.tasks.drain(..) {
+            t.abort();
+        }
+        let name = g.cfg.name.clone();
+        if g.cfg.track.interface {
+            let poll = g
+                .cfg
+                .election
+                .as_ref()
+                .map(|e| e.advert_interval)
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100));
+            g.tasks.push(tokio::spawn(health::run_interface(
+                name.clone(),
+                self.iface.name.clone(),
+                poll,
+                htx.clone(),
+            )));
+        }
+        if let Some(c) = &g.cfg.track.script {
+            g.tasks.push(tokio::spawn(health::run_script(
+                name.clone(),
+                c.clone(),
+                htx.clone(),
+            )));
+        }
+        if let Some(c) = &g.cfg.track.tcp {
+            g.tasks
+                .push(tokio::spawn(health::run_tcp(name, c.clone(), htx)));
+        }
+    }
+
+    pub(super) fn group_index(&self, name: &str) -> Result<usize, String> {
+        self.groups
+            .iter()
+            .position(|g| g.cfg.name == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = self.groups.iter().map(|g| g.cfg.name.as_str()).collect();
+                format!("no group named `{name}` (groups: {})", names.join(", "))
+            })
+    }
 }

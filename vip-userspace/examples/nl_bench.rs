@@ -18,7 +18,10 @@ fn main() {
     let index = nix::net::if_::if_nametoindex(ifname.as_str()).expect("no such interface");
     let nl = vip::netlink::Netlink::open().expect("rtnetlink");
     for (label, make) in [
-        ("ipv4 /32", (|i: u32| IpAddr::from([10, 200, (i >> 8) as u8, i as u8])) as fn(u32) -> IpAddr),
+        (
+            "ipv4 /32",
+            (|i: u32| IpAddr::from([10, 200, (i >> 8) as u8, i as u8])) as fn(u32) -> IpAddr,
+        ),
         ("ipv6 /128", |i: u32| {
             IpAddr::from([0x2001, 0xdb8, 0xbe, 0, 0, 0, (i >> 16) as u16, i as u16])
         }),

@@ -68,7 +68,9 @@ fn sysctl_path(path: &str) -> std::io::Result<std::path::PathBuf> {
     let rel = path.strip_prefix("/proc/sys/").unwrap_or(path);
     let ok = !rel.is_empty()
         && !rel.starts_with('/')
-        && rel.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
     if !ok {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -89,8 +91,12 @@ pub fn get_sysctl(path: &str) -> std::io::Result<String> {
 /// Writes a sysctl (see [`sysctl_path`] for `path`).
 pub fn set_sysctl(path: &str, value: &str) -> std::io::Result<()> {
     let full = sysctl_path(path)?;
-    std::fs::write(&full, value)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("writing {value} to {}: {e}", full.display())))
+    std::fs::write(&full, value).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("writing {value} to {}: {e}", full.display()),
+        )
+    })
 }
 
 /// The per-interface IPv4 sysctl `key` of `iface`, for [`get_sysctl`]/[`set_sysctl`]:
@@ -156,7 +162,13 @@ mod tests {
             p("/proc/sys/net/ipv4/conf/lo/arp_announce").unwrap(),
             "/proc/sys/net/ipv4/conf/lo/arp_announce"
         );
-        for bad in ["", "/etc/passwd", "net/../../etc/passwd", "net//ipv4", "/proc/sys/"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "net/../../etc/passwd",
+            "net//ipv4",
+            "/proc/sys/",
+        ] {
             assert!(p(bad).is_err(), "{bad}");
         }
     }

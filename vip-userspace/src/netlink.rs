@@ -16,10 +16,9 @@ use std::{
 };
 
 use netlink_packet_core::{
-    DecodeError, DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLM_F_ACK,
+    DecodeError, DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
     NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
-    NLMSG_DONE, NLMSG_ERROR,
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo},
@@ -136,16 +135,17 @@ impl Netlink {
     pub fn del_address(&self, ifindex: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
         let msg = RouteNetlinkMessage::DelAddress(addr_msg(ifindex, addr, prefix));
         match self.exchange(msg, 0) {
-            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENOENT)) => {
-                Ok(())
-            }
+            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENOENT)) => Ok(()),
             r => r.map(|_| ()),
         }
     }
 
     /// Facts about a link, in our namespace or (with `netnsid`) in a peer namespace.
     pub fn link(&self, ifindex: u32, netnsid: Option<i32>) -> io::Result<LinkInfo> {
-        let replies = self.exchange(RouteNetlinkMessage::GetLink(link_request(ifindex, netnsid)), 0)?;
+        let replies = self.exchange(
+            RouteNetlinkMessage::GetLink(link_request(ifindex, netnsid)),
+            0,
+        )?;
         let mut undecodable = None;
         for r in replies {
             match r {
@@ -252,12 +252,14 @@ impl Netlink {
                             None => Ok(out),
                         }
                     }
-                    _ => out.push(NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).and_then(
-                        |m| match m.payload {
-                            NetlinkPayload::InnerMessage(inner) => Ok(inner),
-                            other => Err(format!("unexpected payload {other:?}").into()),
-                        },
-                    )),
+                    _ => out.push(
+                        NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).and_then(
+                            |m| match m.payload {
+                                NetlinkPayload::InnerMessage(inner) => Ok(inner),
+                                other => Err(format!("unexpected payload {other:?}").into()),
+                            },
+                        ),
+                    ),
                 }
             }
         }
@@ -459,14 +461,14 @@ fn parse_changes(data: &[u8], link_ifindex: u32, addr_ifindexes: &[u32]) -> Vec<
                     out.push(Change::AddressRemoved { ifindex, addr });
                 }
             }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
-                if m.header.index == link_ifindex {
-                    // IFF_UP and IFF_LOWER_UP (carrier).
-                    let f = m.header.flags;
-                    out.push(Change::Link {
-                        up: f.contains(LinkFlags::Up) && f.contains(LinkFlags::LowerUp),
-                    });
-                }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m))
+                if m.header.index == link_ifindex =>
+            {
+                // IFF_UP and IFF_LOWER_UP (carrier).
+                let f = m.header.flags;
+                out.push(Change::Link {
+                    up: f.contains(LinkFlags::Up) && f.contains(LinkFlags::LowerUp),
+                });
             }
             _ => {}
         }
@@ -583,7 +585,10 @@ mod tests {
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
             42,
         );
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
+        assert_eq!(
+            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+            m.len()
+        );
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWADDR);
         assert_eq!(u16::from_ne_bytes([m[6], m[7]]), 0x1 | 0x4 | 0x400 | 0x100);
         assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 42);
@@ -655,7 +660,10 @@ mod tests {
         b.extend(nla(libc::IFLA_LINK, &9u32.to_ne_bytes()));
         b.extend(nla(libc::IFLA_LINK_NETNSID, &2i32.to_ne_bytes()));
         b.extend(nla(libc::IFLA_OPERSTATE, &[6]));
-        b.extend(nla(libc::IFLA_LINKINFO, &nla(libc::IFLA_INFO_KIND, b"veth\0")));
+        b.extend(nla(
+            libc::IFLA_LINKINFO,
+            &nla(libc::IFLA_INFO_KIND, b"veth\0"),
+        ));
         let raw = kernel_msg(libc::RTM_NEWLINK, 0, 1, &b);
         let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&raw).unwrap();
         let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload else {
@@ -663,9 +671,15 @@ mod tests {
         };
         let info = link_info(&l);
         assert_eq!(info.name, "eth0");
-        assert_eq!(info.mac, Some(Mac::try_from(&[2, 0, 0, 0, 0, 0xaa][..]).unwrap()));
+        assert_eq!(
+            info.mac,
+            Some(Mac::try_from(&[2, 0, 0, 0, 0, 0xaa][..]).unwrap())
+        );
         assert_eq!(info.kind.as_deref(), Some("veth"));
-        assert_eq!((info.link, info.link_netnsid, info.operstate), (Some(9), Some(2), Some(6)));
+        assert_eq!(
+            (info.link, info.link_netnsid, info.operstate),
+            (Some(9), Some(2), Some(6))
+        );
     }
 
     fn error_reply(code: i32, flags: u16, seq: u32, tlvs: &[u8]) -> Vec<u8> {
@@ -706,13 +720,25 @@ mod tests {
         let raw = kernel_msg(NLMSG_ERROR, NLM_F_ACK_TLVS | NLM_F_CAPPED, 5, &b);
         let (h, r) = messages(&raw).unwrap()[0];
         let e = parse_error(&h, r).unwrap().unwrap();
-        assert_eq!((e.errno, e.message.as_deref()), (libc::ENODEV, Some("no such device")));
+        assert_eq!(
+            (e.errno, e.message.as_deref()),
+            (libc::ENODEV, Some("no such device"))
+        );
         // No TLVs: the errno alone, displayed as the OS error.
         let raw = error_reply(-libc::EEXIST, 0, 5, &[]);
         let (h, r) = messages(&raw).unwrap()[0];
         let e = parse_error(&h, r).unwrap().unwrap();
-        assert_eq!(e, KernelError { errno: libc::EEXIST, message: None });
-        assert_eq!(e.to_string(), io::Error::from_raw_os_error(libc::EEXIST).to_string());
+        assert_eq!(
+            e,
+            KernelError {
+                errno: libc::EEXIST,
+                message: None
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            io::Error::from_raw_os_error(libc::EEXIST).to_string()
+        );
         // An ack.
         let raw = error_reply(0, NLM_F_CAPPED, 5, &[]);
         let (h, r) = messages(&raw).unwrap()[0];
@@ -721,7 +747,8 @@ mod tests {
 
     fn deladdr(ifindex: u32, addr: IpAddr) -> Vec<u8> {
         let mut m = addr_msg(ifindex, addr, 32);
-        m.attributes.retain(|a| matches!(a, AddressAttribute::Address(_)));
+        m.attributes
+            .retain(|a| matches!(a, AddressAttribute::Address(_)));
         let mut raw = encode(RouteNetlinkMessage::DelAddress(m), 0, 0);
         raw.truncate(u32::from_ne_bytes(raw[0..4].try_into().unwrap()) as usize);
         raw
@@ -754,8 +781,14 @@ mod tests {
             vec![
                 Change::Link { up: true },
                 Change::Link { up: false },
-                Change::AddressRemoved { ifindex: 1, addr: v4 },
-                Change::AddressRemoved { ifindex: 4, addr: v6 },
+                Change::AddressRemoved {
+                    ifindex: 1,
+                    addr: v4
+                },
+                Change::AddressRemoved {
+                    ifindex: 4,
+                    addr: v6
+                },
             ]
         );
     }
@@ -799,7 +832,10 @@ mod tests {
             .add_address(u32::MAX / 2, "192.0.2.1".parse().unwrap(), 33)
             .unwrap_err();
         eprintln!("kernel said: {e}");
-        let k = e.get_ref().and_then(|i| i.downcast_ref::<KernelError>()).unwrap();
+        let k = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<KernelError>())
+            .unwrap();
         if k.errno != libc::EPERM {
             assert!(k.message.is_some(), "{k:?}");
         }

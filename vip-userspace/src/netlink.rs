@@ -5,7 +5,9 @@
 //! Messages are built and parsed by `netlink-packet-route`/`netlink-packet-core`, sent
 //! on a `netlink-sys` socket, synchronously: the agent calls this from its loop and from
 //! a std thread. Every reply is awaited with a timeout ([`REPLY_TIMEOUT`]): a kernel that
-//! does not answer is an error, never a hang. Errors the kernel reports carry its
+//! does not answer is an error, never a hang. (The kernel handles a request inside
+//! send(2) itself, under the RTNL lock, so the send is not bounded by the timeout; the
+//! answer is queued by the time it returns.) Errors the kernel reports carry its
 //! extended-ack text when it gives one (see [`KernelError`]).
 
 use std::{

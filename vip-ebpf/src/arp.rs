@@ -12,8 +12,11 @@
 //! target IP) pass to the kernel untouched: it learns from them and never answers
 //! them. Frames too short to name a target pass too.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use vip_common::global;
+use aya_ebpf::programs::XdpContext;
+use vip_common::{
+    global,
+    xdp::{XDP_DROP, XDP_PASS, XDP_TX},
+};
 
 use crate::{
     maps::{self, VIPS_V4},
@@ -78,19 +81,19 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     let tpa = u32::from_ne_bytes(arp.tpa);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     let Some(entry) = (unsafe { VIPS_V4.get(tpa) }) else {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     };
     // Replies and gratuitous announcements are the kernel's to learn from.
     if arp.op != OP_REQUEST || arp.spa == arp.tpa {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     }
     if !well_formed(arp, frame, &entry.own_mac) || !maps::answers(entry) {
         maps::count_global(global::NOT_ANSWERED);
-        return Ok(xdp_action::XDP_DROP);
+        return Ok(XDP_DROP);
     }
     reply(ctx, arp, &entry.own_mac)?;
     if let Some(stats) = maps::stats(entry) {
         stats.arp_replies += 1;
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(XDP_TX)
 }

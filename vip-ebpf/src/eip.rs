@@ -18,11 +18,15 @@
 //!   requests for the EIP on the external segment are answered like a VIP's.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    bindings::bpf_fib_lookup as FibParams,
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
     programs::XdpContext,
 };
-use vip_common::{EipEntry, EipStats, Owner};
+use vip_common::{
+    csum::csum_finish,
+    xdp::{XDP_DROP, XDP_PASS, XDP_TX},
+    EipEntry, EipStats, Owner,
+};
 
 use crate::{
     arp,
@@ -54,7 +58,7 @@ pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
     if let Some(e) = unsafe { EIPS_IN.get(u32::from_ne_bytes(body.tpa)) } {
         if e.ext_ifindex == ingress && body.op == arp::OP_REQUEST && body.spa != body.tpa {
             if !arp::well_formed(body, frame, &e.ext_mac) {
-                return Ok(Some(xdp_action::XDP_DROP));
+                return Ok(Some(XDP_DROP));
             }
             let ext_mac = e.ext_mac;
             let entry = *e;
@@ -62,7 +66,7 @@ pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
             if let Some(s) = stats(&entry) {
                 s.arp_replies += 1;
             }
-            return Ok(Some(xdp_action::XDP_TX));
+            return Ok(Some(XDP_TX));
         }
     }
     // SAFETY: as above.
@@ -129,7 +133,7 @@ pub fn ipv4(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
 #[inline(always)]
 fn inbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> {
     if !translate(ctx, 16, &e.eip, &e.vip, 12)? {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     }
     let vip = u32::from_ne_bytes(e.vip);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
@@ -143,7 +147,7 @@ fn inbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> 
 #[inline(always)]
 fn outbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> {
     if !translate(ctx, 12, &e.vip, &e.eip, 16)? {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     }
     let ip: *const [u8; 20] = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
@@ -167,9 +171,9 @@ fn send(
         if let Some(s) = s {
             s.to_kernel += 1;
         }
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     };
-    match REDIRECT_DEVS.redirect(out, xdp_action::XDP_PASS as u64) {
+    match REDIRECT_DEVS.redirect(out, XDP_PASS as u64) {
         Ok(act) => {
             packet::set_macs(ctx, &dst, &src)?;
             if let Some(s) = s {
@@ -187,7 +191,7 @@ fn send(
             if let Some(s) = s {
                 s.to_kernel += 1;
             }
-            Ok(xdp_action::XDP_PASS)
+            Ok(XDP_PASS)
         }
     }
 }
@@ -304,7 +308,7 @@ fn replace4(csum: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
     sum += (!u16::from_be_bytes([old[2], old[3]])) as u32;
     sum += u16::from_be_bytes([new[0], new[1]]) as u32;
     sum += u16::from_be_bytes([new[2], new[3]]) as u32;
-    fold(sum)
+    csum_finish(sum).to_be_bytes()
 }
 
 /// The same for a 16-bit word.
@@ -313,12 +317,6 @@ fn replace2(csum: [u8; 2], old: [u8; 2], new: [u8; 2]) -> [u8; 2] {
     let mut sum = (!u16::from_be_bytes(csum)) as u32;
     sum += (!u16::from_be_bytes(old)) as u32;
     sum += u16::from_be_bytes(new) as u32;
-    fold(sum)
+    csum_finish(sum).to_be_bytes()
 }
 
-#[inline(always)]
-fn fold(mut sum: u32) -> [u8; 2] {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
-}

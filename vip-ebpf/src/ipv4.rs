@@ -1,6 +1,7 @@
 //! IPv4 packets addressed to a VIP.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
+use vip_common::xdp::XDP_PASS;
 
 use crate::{
     maps::{self, VIPS_V4},
@@ -16,7 +17,7 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     }
     let dst = u32::from_ne_bytes([
         ip[DST_OFFSET],
@@ -26,7 +27,7 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     ]);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     let Some(entry) = (unsafe { VIPS_V4.get(dst) }) else {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     };
     maps::steer(ctx, frame, entry)
 }

@@ -15,8 +15,12 @@
 //! do not own now, lease expired) is dropped so the kernel cannot answer it either.
 //! NS behind extension headers are not parsed and pass to the kernel.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use vip_common::global;
+use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use vip_common::{
+    csum::{csum_finish, csum_fold},
+    global,
+    xdp::{XDP_DROP, XDP_PASS, XDP_TX},
+};
 
 use crate::{
     maps::{self, VIPS_V6},
@@ -55,7 +59,7 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     if ip.vtcfl[0] >> 4 != 6 {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     }
     if ip.next_header == ICMPV6 {
         let icmp_type: *const u8 = ptr_at(ctx, ETH_HLEN + IPV6_HLEN)?;
@@ -67,7 +71,7 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     match unsafe { VIPS_V6.get(ip.dst) } {
         Some(entry) => maps::steer(ctx, frame, entry),
-        None => Ok(xdp_action::XDP_PASS),
+        None => Ok(XDP_PASS),
     }
 }
 
@@ -81,7 +85,7 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
     target.copy_from_slice(&ns[8..24]);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     let Some(entry) = (unsafe { VIPS_V6.get(target) }) else {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     };
     let len = u16::from_be_bytes(ip.payload_len) as usize;
     let from_unspecified = ip.src == [0u8; 16];
@@ -155,19 +159,19 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
     sum += sum16(&target);
     sum += ((OPT_TARGET_LL as u32) << 8) | 1;
     sum += mac_sum(&own_mac);
-    let csum = !fold(sum);
+    let csum = csum_finish(sum);
     na[2..4].copy_from_slice(&csum.to_be_bytes());
 
     if let Some(stats) = maps::stats(&stats_entry) {
         stats.nd_replies += 1;
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(XDP_TX)
 }
 
 #[inline(always)]
 fn not_answered() -> Result<u32, Error> {
     maps::count_global(global::NOT_ANSWERED);
-    Ok(xdp_action::XDP_DROP)
+    Ok(XDP_DROP)
 }
 
 /// Neither multicast (RFC 4291 2.7) nor loopback (2.5.3): the kernel drops such
@@ -250,7 +254,7 @@ fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, base: usize, len: usize) -> Resul
             + u16::from_be_bytes([b[6], b[7]]) as u32;
         chunk += 1;
     }
-    Ok(fold(sum) == 0xffff)
+    Ok(csum_fold(sum) == 0xffff)
 }
 
 #[inline(always)]
@@ -271,9 +275,3 @@ fn mac_sum(m: &Mac) -> u32 {
         + u16::from_be_bytes([m[4], m[5]]) as u32
 }
 
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}

@@ -16,7 +16,19 @@ mod maps;
 mod packet;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use vip_common::global;
+use vip_common::{
+    global,
+    xdp::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+};
+
+// vip-common's XDP codes are the kernel's (aya-ebpf's bindings of its UAPI).
+const _: () = assert!(
+    XDP_ABORTED == xdp_action::XDP_ABORTED
+        && XDP_DROP == xdp_action::XDP_DROP
+        && XDP_PASS == xdp_action::XDP_PASS
+        && XDP_TX == xdp_action::XDP_TX
+        && XDP_REDIRECT == xdp_action::XDP_REDIRECT
+);
 
 use packet::{Error, Frame};
 
@@ -26,11 +38,11 @@ pub fn vip_xdp(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(Error::Truncated) => {
             maps::count_global(global::PARSE_ERRORS);
-            xdp_action::XDP_PASS
+            XDP_PASS
         }
         Err(Error::Aborted) => {
             maps::count_global(global::ABORTS);
-            xdp_action::XDP_PASS
+            XDP_PASS
         }
     }
 }
@@ -52,7 +64,7 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
             if vips {
                 ipv4::handle(ctx, &frame)
             } else {
-                Ok(xdp_action::XDP_PASS)
+                Ok(XDP_PASS)
             }
         }
         packet::ETH_P_ARP => {
@@ -64,16 +76,16 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
             if vips {
                 arp::handle(ctx, &frame)
             } else {
-                Ok(xdp_action::XDP_PASS)
+                Ok(XDP_PASS)
             }
         }
         packet::ETH_P_IPV6 if vips => ipv6::handle(ctx, &frame),
         packet::ETH_P_8021Q | packet::ETH_P_8021AD => {
             // VIPs are not VLAN-aware: tagged frames are the kernel's, untouched.
             maps::count_global(global::VLAN_PASSED);
-            Ok(xdp_action::XDP_PASS)
+            Ok(XDP_PASS)
         }
-        _ => Ok(xdp_action::XDP_PASS),
+        _ => Ok(XDP_PASS),
     }
 }
 
@@ -81,7 +93,7 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
 /// attaches to give a veth NAPI.
 #[xdp]
 pub fn vip_xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+    XDP_PASS
 }
 
 /// Benchmark generator: run in live-frames mode (BPF_PROG_TEST_RUN), it transmits
@@ -98,7 +110,7 @@ pub fn vip_bench_tx(ctx: XdpContext) -> u32 {
         // SAFETY: bounds checked by ptr_at; the template is 64 bytes.
         unsafe { (*p).copy_from_slice(&t[..60]) };
     }
-    xdp_action::XDP_TX
+    XDP_TX
 }
 
 /// Benchmark sink: counts and drops what arrives (attached on the generator's side to
@@ -106,7 +118,7 @@ pub fn vip_bench_tx(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn vip_bench_sink(_ctx: XdpContext) -> u32 {
     maps::count_bench();
-    xdp_action::XDP_DROP
+    XDP_DROP
 }
 
 #[cfg(not(test))]

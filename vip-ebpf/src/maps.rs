@@ -2,14 +2,15 @@
 //! IPv4 and IPv6 data paths.
 
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use vip_common::{
-    action, flags, global, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
+    action, flags, global,
+    xdp::{XDP_PASS, XDP_TX},
+    EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
     DEFAULT_MAX_VIPS, MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
@@ -138,21 +139,21 @@ pub fn steer(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<u32, E
     // would duplicate it.
     if frame.dst != entry.own_mac {
         count_global(global::NOT_OUR_MAC);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     }
     let Some(stats) = stats(entry) else {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     };
     stats.rx_packets += 1;
     stats.rx_bytes += frame.len;
     if lease_expired(entry) {
         stats.lease_expired += 1;
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     }
     match entry.action {
         action::REDIRECT => {
             // On a missing devmap entry the helper returns XDP_PASS (the flags' low bits).
-            match REDIRECT_DEVS.redirect(entry.ifindex, xdp_action::XDP_PASS as u64) {
+            match REDIRECT_DEVS.redirect(entry.ifindex, XDP_PASS as u64) {
                 Ok(act) => {
                     packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
                     stats.redirected += 1;
@@ -167,11 +168,11 @@ pub fn steer(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<u32, E
         action::FORWARD => {
             packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
             stats.forwarded += 1;
-            Ok(xdp_action::XDP_TX)
+            Ok(XDP_TX)
         }
         _ => {
             stats.passed += 1;
-            Ok(xdp_action::XDP_PASS)
+            Ok(XDP_PASS)
         }
     }
 }

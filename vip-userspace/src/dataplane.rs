@@ -721,12 +721,5 @@ pub fn run(
 
 /// XDP return codes by name, for messages and tables.
 pub fn action_name(code: u32) -> &'static str {
-    match code {
-        0 => "XDP_ABORTED",
-        1 => "XDP_DROP",
-        2 => "XDP_PASS",
-        3 => "XDP_TX",
-        4 => "XDP_REDIRECT",
-        _ => "XDP_?",
-    }
+    vip_common::xdp::name(code)
 }

@@ -26,6 +26,7 @@ pub mod maps {
     pub const EIPS_OUT: &str = "EIPS_OUT";
     pub const OWNERS: &str = "OWNERS";
     pub const EIP_STATS: &str = "EIP_STATS";
+    /// The benchmarks' maps, in their own object (`vip-bench`).
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
 }
@@ -36,7 +37,8 @@ pub mod programs {
     pub const VIP: &str = "vip_xdp";
     /// Returns XDP_PASS and nothing else: the floor the benchmarks compare against.
     pub const PASS: &str = "vip_xdp_pass";
-    /// Benchmark generator (XDP_TX everything) and sink (count and drop).
+    /// Benchmark generator (XDP_TX everything) and sink (count and drop), in their
+    /// own object (`vip-bench`), which only the benchmarks load.
     pub const BENCH_TX: &str = "vip_bench_tx";
     pub const BENCH_SINK: &str = "vip_bench_sink";
 }

@@ -13,7 +13,6 @@ mod eip;
 mod ipv4;
 mod ipv6;
 mod maps;
-mod packet;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use vip_common::{
@@ -30,7 +29,7 @@ const _: () = assert!(
         && XDP_REDIRECT == xdp_action::XDP_REDIRECT
 );
 
-use packet::{Error, Frame};
+use vip_ebpf::packet::{self, Error, Frame};
 
 #[xdp]
 pub fn vip_xdp(ctx: XdpContext) -> u32 {
@@ -90,35 +89,11 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
 }
 
 /// The benchmarks' floor: the cheapest program there is. Also what `vip xdp-pass`
-/// attaches to give a veth NAPI.
+/// attaches to give a veth NAPI. (The benchmarks' generator and sink are another
+/// object, src/bench.rs.)
 #[xdp]
 pub fn vip_xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
-}
-
-/// Benchmark generator: run in live-frames mode (BPF_PROG_TEST_RUN), it transmits
-/// every frame out of the interface it is told it arrived on. Live frames recycle
-/// their pages without restoring them, and the path under test rewrites frames in
-/// place (an ARP request becomes a reply), so each frame is rewritten from the
-/// template in `BENCH_FRAME` first. Never attached.
-#[xdp]
-pub fn vip_bench_tx(ctx: XdpContext) -> u32 {
-    if let (Some(t), Ok(p)) = (
-        maps::BENCH_FRAME.get(0),
-        packet::ptr_at::<[u8; 60]>(&ctx, 0),
-    ) {
-        // SAFETY: bounds checked by ptr_at; the template is 64 bytes.
-        unsafe { (*p).copy_from_slice(&t[..60]) };
-    }
-    XDP_TX
-}
-
-/// Benchmark sink: counts and drops what arrives (attached on the generator's side to
-/// count the answers). Never attached by the agent.
-#[xdp]
-pub fn vip_bench_sink(_ctx: XdpContext) -> u32 {
-    maps::count_bench();
-    XDP_DROP
 }
 
 #[cfg(not(test))]

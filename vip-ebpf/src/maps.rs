@@ -57,22 +57,6 @@ pub static OWNERS: HashMap<u32, Owner> = HashMap::with_max_entries(MAX_EIPS, 0);
 #[map]
 pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_EIPS, 0);
 
-/// The frame the benchmark generator sends (60 bytes used).
-#[map]
-pub static BENCH_FRAME: Array<[u8; 64]> = Array::with_max_entries(1, 0);
-
-/// Frames counted by the benchmark sink.
-#[map]
-pub static BENCH_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-pub fn count_bench() {
-    if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, nobody else writes it concurrently.
-        unsafe { *c += 1 };
-    }
-}
-
 /// Program-wide settings, written by the loader into read-only data before the
 /// program is verified: the verifier then knows them as constants, and a node without
 /// elastic IPs pays nothing for them.

@@ -13,6 +13,7 @@
 //! them. Frames too short to name a target pass too.
 
 use aya_ebpf::programs::XdpContext;
+use network_types::arp::ArpHdr;
 use vip_common::{
     global,
     xdp::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -23,20 +24,9 @@ use crate::{
     packet::{is_multicast, ptr_at, Error, Frame, Mac, BROADCAST, ETH_HLEN},
 };
 
-/// The Ethernet/IPv4 ARP body, all fields in network order.
-#[repr(C)]
-pub struct ArpEthIpv4 {
-    pub htype: [u8; 2],
-    pub ptype: [u8; 2],
-    pub hlen: u8,
-    pub plen: u8,
-    pub op: [u8; 2],
-    pub sha: Mac,
-    pub spa: [u8; 4],
-    pub tha: Mac,
-    pub tpa: [u8; 4],
-}
-const _: () = assert!(core::mem::size_of::<ArpEthIpv4>() == 28);
+/// The Ethernet/IPv4 ARP body (network-types' `ArpHdr`), all fields in network order.
+pub type ArpEthIpv4 = ArpHdr;
+const _: () = assert!(ArpHdr::LEN == 28);
 
 pub const OP_REQUEST: [u8; 2] = [0, 1];
 const OP_REPLY: [u8; 2] = [0, 2];
@@ -67,7 +57,7 @@ pub fn reply(ctx: &XdpContext, arp: &mut ArpEthIpv4, own_mac: &Mac) -> Result<()
     let requester = arp.sha;
     let requester_ip = arp.spa;
     let ip = arp.tpa;
-    arp.op = OP_REPLY;
+    arp.oper = OP_REPLY;
     arp.tha = requester;
     arp.tpa = requester_ip;
     arp.sha = *own_mac;
@@ -84,7 +74,7 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
         return Ok(XDP_PASS);
     };
     // Replies and gratuitous announcements are the kernel's to learn from.
-    if arp.op != OP_REQUEST || arp.spa == arp.tpa {
+    if arp.oper != OP_REQUEST || arp.spa == arp.tpa {
         return Ok(XDP_PASS);
     }
     if !well_formed(arp, frame, &entry.own_mac) || !maps::answers(entry) {

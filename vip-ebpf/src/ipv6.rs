@@ -16,6 +16,7 @@
 //! NS behind extension headers are not parsed and pass to the kernel.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use network_types::ip::Ipv6Hdr;
 use vip_common::{
     csum::{csum_finish, csum_fold},
     global,
@@ -42,26 +43,17 @@ const NA_FLAG_SOLICITED: u8 = 0x40;
 const NA_FLAG_OVERRIDE: u8 = 0x20;
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
-#[repr(C)]
-struct Ipv6Hdr {
-    vtcfl: [u8; 4],
-    payload_len: [u8; 2],
-    next_header: u8,
-    hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
-}
-const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
+const _: () = assert!(Ipv6Hdr::LEN == IPV6_HLEN);
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    if ip.vtcfl[0] >> 4 != 6 {
+    if ip.vcf[0] >> 4 != 6 {
         return Ok(XDP_PASS);
     }
-    if ip.next_header == ICMPV6 {
+    if ip.next_hdr == ICMPV6 {
         let icmp_type: *const u8 = ptr_at(ctx, ETH_HLEN + IPV6_HLEN)?;
         // SAFETY: bounds checked by ptr_at.
         if unsafe { *icmp_type } == NS {
@@ -69,7 +61,7 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
         }
     }
     // SAFETY: hash-map values are replaced under RCU, never written in place.
-    match unsafe { VIPS_V6.get(ip.dst) } {
+    match unsafe { VIPS_V6.get(ip.dst_addr) } {
         Some(entry) => maps::steer(ctx, frame, entry),
         None => Ok(XDP_PASS),
     }
@@ -88,16 +80,16 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
         return Ok(XDP_PASS);
     };
     let len = u16::from_be_bytes(ip.payload_len) as usize;
-    let from_unspecified = ip.src == [0u8; 16];
+    let from_unspecified = ip.src_addr == [0u8; 16];
     let shape_ok = ip.hop_limit == 255
-        && usable_source(&ip.src)
+        && usable_source(&ip.src_addr)
         && ns[1] == 0
         && len >= NS_MIN_LEN
         && len <= MAX_NS_LEN
         && len % 8 == 0
         && (frame.len as usize) >= BASE + len
-        && addressed_to_us(frame, &ip.dst, &target, &entry.own_mac)
-        && (!from_unspecified || ip.dst != target);
+        && addressed_to_us(frame, &ip.dst_addr, &target, &entry.own_mac)
+        && (!from_unspecified || ip.dst_addr != target);
     if !shape_ok || !maps::answers(entry) {
         return not_answered();
     }
@@ -116,7 +108,7 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
         // Defend the address against a DAD probe: tell all nodes.
         (ALL_NODES, [0x33, 0x33, 0, 0, 0, 1], NA_FLAG_OVERRIDE)
     } else {
-        (ip.src, requester, NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE)
+        (ip.src_addr, requester, NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE)
     };
     let own_mac = entry.own_mac;
     let stats_entry = *entry;
@@ -239,7 +231,7 @@ fn options(ctx: &XdpContext, base: usize, len: usize) -> Result<bool, Error> {
 /// Verifies the ICMPv6 checksum over the pseudo-header and `len` bytes of message.
 #[inline(always)]
 fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, base: usize, len: usize) -> Result<bool, Error> {
-    let mut sum = sum16(&ip.src) + sum16(&ip.dst) + len as u32 + ICMPV6 as u32;
+    let mut sum = sum16(&ip.src_addr) + sum16(&ip.dst_addr) + len as u32 + ICMPV6 as u32;
     let mut chunk = 0;
     while chunk < MAX_NS_LEN / 8 {
         if chunk * 8 >= len {

@@ -1,5 +1,7 @@
-//! Builds the XDP program (`vip-ebpf`) with the BPF toolchain and embeds the object in
-//! the `vip` binary, so `cargo build --release` yields one self-contained executable.
+//! Builds the XDP programs (`vip-ebpf`) with the BPF toolchain and embeds the objects in
+//! the `vip` binary, so `cargo build --release` yields one self-contained executable:
+//! `vip.bpf.o`, the data plane, and `vip-bench.bpf.o`, the benchmarks' generator and
+//! sink, which only `dataplane::BenchPrograms` loads (never an agent).
 //!
 //! The host rustup toolchain has no `core` for bpfel-unknown-none; Debian's rustc
 //! (/usr/bin/rustc, package rustc-web) ships one, and bpf-linker links the object.
@@ -17,7 +19,9 @@ fn main() {
     git_revision();
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
-    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("vip.bpf.o");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    // (cargo bin name, embedded object)
+    let objects = [("vip", "vip.bpf.o"), ("vip-bench", "vip-bench.bpf.o")];
     println!("cargo:rerun-if-env-changed=VIP_EBPF_STUB");
     println!("cargo:rerun-if-env-changed=VIP_BPF_RUSTC");
     println!("cargo:rustc-check-cfg=cfg(vip_ebpf_stub)");
@@ -33,7 +37,9 @@ fn main() {
     if env::var("VIP_EBPF_STUB").is_ok_and(|v| v == "1") {
         println!("cargo:warning=VIP_EBPF_STUB=1: building vip WITHOUT its XDP program");
         println!("cargo:rustc-cfg=vip_ebpf_stub");
-        fs::write(&out, []).unwrap();
+        for (_, o) in objects {
+            fs::write(out_dir.join(o), []).unwrap();
+        }
         return;
     }
 
@@ -91,8 +97,11 @@ fn main() {
     if !status.success() {
         panic!("building vip-ebpf failed ({status}); see the output above");
     }
-    let obj = target_dir.join("bpfel-unknown-none/release/vip");
-    fs::copy(&obj, &out).unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
+    for (bin, o) in objects {
+        let obj = target_dir.join("bpfel-unknown-none/release").join(bin);
+        fs::copy(&obj, out_dir.join(o))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
+    }
 }
 
 fn has_bpf_core(rustc: &str) -> bool {

@@ -25,27 +25,9 @@ use vip::{
     host::monotonic_ns,
     mac::Mac,
 };
-use vip_common::{action, flags, VipEntry};
+use vip_common::{action, flags, rng::XorShift64 as Rng, VipEntry};
 
 const SVC: Mac = Mac([0x02, 0, 0, 0, 0, 0x0e]);
-
-/// A small xorshift generator: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-}
 
 /// The table the program holds, as the model sees it.
 struct Table {
@@ -371,7 +353,7 @@ fn data_plane_matches_its_model_on_100k_frames() {
             dp.set_vip(IpAddr::V6(*ip), e).unwrap();
         }
         let seeds = seeds(&t);
-        let mut r = Rng(0x5eed_0f51);
+        let mut r = Rng::new(0x5eed_0f51);
         let mut bad = Vec::new();
         let total = 110_000;
         let mut by_action = [0usize; 5];
@@ -430,7 +412,7 @@ fn control_socket_survives_random_messages() {
         r#"{"command":"demote","group":"web","forward_to":"02:00:00:00:00:0b"}"#,
         r#"{"command":"notify","kind":"INSTANCE","name":"VI_1","state":"MASTER"}"#,
     ];
-    let mut r = Rng(0xc0ffee);
+    let mut r = Rng::new(0xc0ffee);
     let mut answered = 0;
     let n = 3000;
     for i in 0..n {

@@ -26,6 +26,7 @@ pub mod maps {
     pub const EIPS_OUT: &str = "EIPS_OUT";
     pub const OWNERS: &str = "OWNERS";
     pub const EIP_STATS: &str = "EIP_STATS";
+    /// The benchmarks' maps, in their own object (`vip-bench`).
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
 }
@@ -36,9 +37,101 @@ pub mod programs {
     pub const VIP: &str = "vip_xdp";
     /// Returns XDP_PASS and nothing else: the floor the benchmarks compare against.
     pub const PASS: &str = "vip_xdp_pass";
-    /// Benchmark generator (XDP_TX everything) and sink (count and drop).
+    /// Benchmark generator (XDP_TX everything) and sink (count and drop), in their
+    /// own object (`vip-bench`), which only the benchmarks load.
     pub const BENCH_TX: &str = "vip_bench_tx";
     pub const BENCH_SINK: &str = "vip_bench_sink";
+}
+
+/// EtherTypes, in host order: compare with `u16::from_be_bytes` of the wire field.
+pub mod ether {
+    /// Length of the Ethernet header (no VLAN tag).
+    pub const ETH_HLEN: usize = 14;
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_IPV6: u16 = 0x86DD;
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    pub const ETH_P_8021AD: u16 = 0x88A8;
+}
+
+/// XDP return codes (`enum xdp_action` of the kernel UAPI); the program asserts at
+/// compile time that they equal aya-ebpf's bindings.
+pub mod xdp {
+    pub const XDP_ABORTED: u32 = 0;
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    pub const XDP_TX: u32 = 3;
+    pub const XDP_REDIRECT: u32 = 4;
+
+    /// A code by name, for messages and tables.
+    pub const fn name(code: u32) -> &'static str {
+        match code {
+            XDP_ABORTED => "XDP_ABORTED",
+            XDP_DROP => "XDP_DROP",
+            XDP_PASS => "XDP_PASS",
+            XDP_TX => "XDP_TX",
+            XDP_REDIRECT => "XDP_REDIRECT",
+            _ => "XDP_?",
+        }
+    }
+}
+
+/// The internet checksum (RFC 1071), shared by the program and the agent.
+///
+/// Callers add 16-bit big-endian words into a `u32` accumulator (up to 65 537 words
+/// cannot overflow it); then:
+/// * [`csum_fold`] folds the carries back in and returns the one's-complement sum,
+///   NOT complemented. A message that includes a correct checksum folds to 0xffff.
+/// * [`csum_finish`] is `!csum_fold(sum)`: the value to store in a checksum field
+///   (computed with that field zeroed). A correct message finishes to 0.
+pub mod csum {
+    /// The 16-bit one's-complement sum of a 32-bit accumulator (end-around carry),
+    /// not complemented. Exact for every `u32`: the first fold leaves at most
+    /// 0x1fffe, the second at most 0xffff.
+    #[inline(always)]
+    pub const fn csum_fold(sum: u32) -> u16 {
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+
+    /// The checksum field's value for the words summed in `sum`: `!csum_fold(sum)`.
+    #[inline(always)]
+    pub const fn csum_finish(sum: u32) -> u16 {
+        !csum_fold(sum)
+    }
+}
+
+/// A tiny deterministic generator (Marsaglia's xorshift64, shifts 13/7/17) for the
+/// tests' fuzzing: a failure reproduces from its seed. Not for anything secret.
+pub mod rng {
+    pub struct XorShift64(u64);
+
+    impl XorShift64 {
+        /// A generator from `seed`; a zero seed (xorshift's fixed point) is replaced.
+        pub const fn new(seed: u64) -> Self {
+            XorShift64(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+        }
+
+        /// The next value (the state itself, as the classic xorshift64).
+        pub fn next_u64(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        /// A value in `0..n` (modulo bias is fine for tests) (0 when `n` is 0).
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next_u64() % n.max(1) as u64) as usize
+        }
+
+        pub fn byte(&mut self) -> u8 {
+            self.next_u64() as u8
+        }
+    }
 }
 
 /// What the data plane does with a VIP's traffic.
@@ -262,4 +355,63 @@ mod pod {
     unsafe impl aya::Pod for super::Owner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EipStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csum::{csum_finish, csum_fold};
+    use super::rng::XorShift64;
+
+    fn sum(bytes: &[u8]) -> u32 {
+        bytes
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+            .sum()
+    }
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 4.1 / 3: 00 01 f2 03 f4 f5 f6 f7 sums to 0x2ddf0, folds to 0xddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(sum(&data), 0x2_ddf0);
+        assert_eq!(csum_fold(sum(&data)), 0xddf2);
+        assert_eq!(csum_finish(sum(&data)), 0x220d);
+    }
+
+    #[test]
+    fn ipv4_header_vector() {
+        // A classic IPv4 header whose checksum is 0xb861.
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(csum_finish(sum(&h)), 0xb861);
+        h[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
+        // A header with a correct checksum folds to 0xffff and finishes to 0.
+        assert_eq!(csum_fold(sum(&h)), 0xffff);
+        assert_eq!(csum_finish(sum(&h)), 0);
+    }
+
+    #[test]
+    fn fold_edges() {
+        assert_eq!(csum_fold(0), 0);
+        assert_eq!(csum_fold(0xffff), 0xffff);
+        assert_eq!(csum_fold(0x1_0000), 1);
+        assert_eq!(csum_fold(0x1_fffe), 0xffff);
+        // Worst case: two folds are enough for any u32.
+        assert_eq!(csum_fold(u32::MAX), 0xffff);
+        assert_eq!(csum_finish(u32::MAX), 0);
+    }
+
+    #[test]
+    fn xorshift_sequence() {
+        // Marsaglia's xorshift64 (13, 7, 17) from seed 1.
+        let mut r = XorShift64::new(1);
+        assert_eq!(r.next_u64(), 0x4082_2041);
+        assert_eq!(r.next_u64(), 0x1000_4106_0c01_1441);
+        let mut z = XorShift64::new(0);
+        assert_ne!(z.next_u64(), 0);
+        assert!((0..1000).all(|_| r.below(7) < 7));
+        assert_eq!(r.below(0), 0);
+    }
 }

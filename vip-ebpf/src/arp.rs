@@ -12,28 +12,21 @@
 //! target IP) pass to the kernel untouched: it learns from them and never answers
 //! them. Frames too short to name a target pass too.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use vip_common::global;
+use aya_ebpf::programs::XdpContext;
+use network_types::arp::ArpHdr;
+use vip_common::{
+    global,
+    xdp::{XDP_DROP, XDP_PASS, XDP_TX},
+};
 
 use crate::{
     maps::{self, VIPS_V4},
     packet::{is_multicast, ptr_at, Error, Frame, Mac, BROADCAST, ETH_HLEN},
 };
 
-/// The Ethernet/IPv4 ARP body, all fields in network order.
-#[repr(C)]
-pub struct ArpEthIpv4 {
-    pub htype: [u8; 2],
-    pub ptype: [u8; 2],
-    pub hlen: u8,
-    pub plen: u8,
-    pub op: [u8; 2],
-    pub sha: Mac,
-    pub spa: [u8; 4],
-    pub tha: Mac,
-    pub tpa: [u8; 4],
-}
-const _: () = assert!(core::mem::size_of::<ArpEthIpv4>() == 28);
+/// The Ethernet/IPv4 ARP body (network-types' `ArpHdr`), all fields in network order.
+pub type ArpEthIpv4 = ArpHdr;
+const _: () = assert!(ArpHdr::LEN == 28);
 
 pub const OP_REQUEST: [u8; 2] = [0, 1];
 const OP_REPLY: [u8; 2] = [0, 2];
@@ -64,7 +57,7 @@ pub fn reply(ctx: &XdpContext, arp: &mut ArpEthIpv4, own_mac: &Mac) -> Result<()
     let requester = arp.sha;
     let requester_ip = arp.spa;
     let ip = arp.tpa;
-    arp.op = OP_REPLY;
+    arp.oper = OP_REPLY;
     arp.tha = requester;
     arp.tpa = requester_ip;
     arp.sha = *own_mac;
@@ -78,19 +71,19 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     let tpa = u32::from_ne_bytes(arp.tpa);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     let Some(entry) = (unsafe { VIPS_V4.get(tpa) }) else {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     };
     // Replies and gratuitous announcements are the kernel's to learn from.
-    if arp.op != OP_REQUEST || arp.spa == arp.tpa {
-        return Ok(xdp_action::XDP_PASS);
+    if arp.oper != OP_REQUEST || arp.spa == arp.tpa {
+        return Ok(XDP_PASS);
     }
     if !well_formed(arp, frame, &entry.own_mac) || !maps::answers(entry) {
         maps::count_global(global::NOT_ANSWERED);
-        return Ok(xdp_action::XDP_DROP);
+        return Ok(XDP_DROP);
     }
     reply(ctx, arp, &entry.own_mac)?;
     if let Some(stats) = maps::stats(entry) {
         stats.arp_replies += 1;
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(XDP_TX)
 }

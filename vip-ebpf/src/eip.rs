@@ -18,11 +18,16 @@
 //!   requests for the EIP on the external segment are answered like a VIP's.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    bindings::bpf_fib_lookup as FibParams,
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
     programs::XdpContext,
 };
-use vip_common::{EipEntry, EipStats, Owner};
+use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use vip_common::{
+    csum::csum_finish,
+    xdp::{XDP_DROP, XDP_PASS, XDP_TX},
+    EipEntry, EipStats, Owner,
+};
 
 use crate::{
     arp,
@@ -52,9 +57,9 @@ pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     if let Some(e) = unsafe { EIPS_IN.get(u32::from_ne_bytes(body.tpa)) } {
-        if e.ext_ifindex == ingress && body.op == arp::OP_REQUEST && body.spa != body.tpa {
+        if e.ext_ifindex == ingress && body.oper == arp::OP_REQUEST && body.spa != body.tpa {
             if !arp::well_formed(body, frame, &e.ext_mac) {
-                return Ok(Some(xdp_action::XDP_DROP));
+                return Ok(Some(XDP_DROP));
             }
             let ext_mac = e.ext_mac;
             let entry = *e;
@@ -62,7 +67,7 @@ pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
             if let Some(s) = stats(&entry) {
                 s.arp_replies += 1;
             }
-            return Ok(Some(xdp_action::XDP_TX));
+            return Ok(Some(XDP_TX));
         }
     }
     // SAFETY: as above.
@@ -100,14 +105,14 @@ fn learn(e: &EipEntry, vip: u32, mac: Mac) {
 /// traffic, continue with the VIP rules.
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
-    let ip: *mut [u8; 20] = ptr_at(ctx, ETH_HLEN)?;
+    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &mut *ip };
-    if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
+    let ip = unsafe { &*ip };
+    if ip.vihl >> 4 != 4 || ip.vihl & 0x0f < 5 {
         return Ok(None);
     }
     let ingress = ctx.ingress_ifindex() as u32;
-    let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let dst = u32::from_ne_bytes(ip.dst_addr);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     if let Some(e) = unsafe { EIPS_IN.get(dst) } {
         if e.ext_ifindex == ingress && frame.dst == e.ext_mac {
@@ -115,7 +120,7 @@ pub fn ipv4(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
             return inbound(ctx, frame, &entry).map(Some);
         }
     }
-    let src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let src = u32::from_ne_bytes(ip.src_addr);
     // SAFETY: as above.
     if let Some(e) = unsafe { EIPS_OUT.get(src) } {
         if e.int_ifindex == ingress && frame.dst == e.int_mac {
@@ -128,8 +133,8 @@ pub fn ipv4(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
 
 #[inline(always)]
 fn inbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> {
-    if !translate(ctx, 16, &e.eip, &e.vip, 12)? {
-        return Ok(xdp_action::XDP_PASS);
+    if !translate(ctx, Addr::Dst, &e.eip, &e.vip)? {
+        return Ok(XDP_PASS);
     }
     let vip = u32::from_ne_bytes(e.vip);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
@@ -142,12 +147,12 @@ fn inbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> 
 
 #[inline(always)]
 fn outbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> {
-    if !translate(ctx, 12, &e.vip, &e.eip, 16)? {
-        return Ok(xdp_action::XDP_PASS);
+    if !translate(ctx, Addr::Src, &e.vip, &e.eip)? {
+        return Ok(XDP_PASS);
     }
-    let ip: *const [u8; 20] = ptr_at(ctx, ETH_HLEN)?;
+    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
-    let dst = unsafe { [(*ip)[16], (*ip)[17], (*ip)[18], (*ip)[19]] };
+    let dst = unsafe { (*ip).dst_addr };
     let next = fib(ctx, e.eip, dst, e.ext_ifindex);
     send(ctx, frame, e, next, e.ext_ifindex, false)
 }
@@ -167,9 +172,9 @@ fn send(
         if let Some(s) = s {
             s.to_kernel += 1;
         }
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     };
-    match REDIRECT_DEVS.redirect(out, xdp_action::XDP_PASS as u64) {
+    match REDIRECT_DEVS.redirect(out, XDP_PASS as u64) {
         Ok(act) => {
             packet::set_macs(ctx, &dst, &src)?;
             if let Some(s) = s {
@@ -187,7 +192,7 @@ fn send(
             if let Some(s) = s {
                 s.to_kernel += 1;
             }
-            Ok(xdp_action::XDP_PASS)
+            Ok(XDP_PASS)
         }
     }
 }
@@ -214,80 +219,78 @@ fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], want_ifindex: u32) -> Optio
     (r == FIB_SUCCESS && p.ifindex == want_ifindex).then_some((p.dmac, p.smac))
 }
 
-/// Rewrites the IPv4 address at `at` (12 source, 16 destination) from `old` to `new`,
-/// with every checksum that covers it, and decrements the TTL as a router does. For
-/// an ICMP error, the quoted header's address at `quoted` (the other direction) is
-/// rewritten too. False: leave the packet to the kernel (TTL expiring).
+/// Which address of an IPv4 header.
+#[derive(Clone, Copy, PartialEq)]
+enum Addr {
+    Src,
+    Dst,
+}
+
 #[inline(always)]
-fn translate(
-    ctx: &XdpContext,
-    at: usize,
-    old: &[u8; 4],
-    new: &[u8; 4],
-    quoted: usize,
-) -> Result<bool, Error> {
-    let ip: *mut [u8; 20] = ptr_at(ctx, ETH_HLEN)?;
+fn addr(ip: &mut Ipv4Hdr, which: Addr) -> &mut [u8; 4] {
+    match which {
+        Addr::Src => &mut ip.src_addr,
+        Addr::Dst => &mut ip.dst_addr,
+    }
+}
+
+/// Rewrites the IPv4 address `which` from `old` to `new`, with every checksum that
+/// covers it, and decrements the TTL as a router does. For an ICMP error, the quoted
+/// header's address of the other direction is rewritten too. False: leave the packet
+/// to the kernel (TTL expiring).
+#[inline(always)]
+fn translate(ctx: &XdpContext, which: Addr, old: &[u8; 4], new: &[u8; 4]) -> Result<bool, Error> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &mut *ip };
-    if ip[8] <= 1 {
+    if ip.ttl <= 1 {
         return Ok(false);
     }
-    // Only the two address fields are ever rewritten; constants keep the indexing
-    // provably in bounds.
-    let at = if at == 12 { 12 } else { 16 };
-    let mut csum = [ip[10], ip[11]];
-    csum = replace4(csum, *old, *new);
+    let mut csum = replace4(ip.check, *old, *new);
     // TTL and protocol share a 16-bit word.
-    let word = [ip[8], ip[9]];
-    ip[8] -= 1;
-    csum = replace2(csum, word, [ip[8], ip[9]]);
-    ip[at] = new[0];
-    ip[at + 1] = new[1];
-    ip[at + 2] = new[2];
-    ip[at + 3] = new[3];
-    ip[10] = csum[0];
-    ip[11] = csum[1];
+    let word = [ip.ttl, ip.proto];
+    ip.ttl -= 1;
+    csum = replace2(csum, word, [ip.ttl, ip.proto]);
+    *addr(ip, which) = *new;
+    ip.check = csum;
 
-    let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+    let first_fragment = u16::from_be_bytes(ip.frags) & 0x1fff == 0;
     if !first_fragment {
         return Ok(true);
     }
-    let proto = ip[9];
-    let l4 = ETH_HLEN + (((ip[0] & 0x0f) as usize) * 4 & 0x3c);
-    match proto {
+    let l4 = ETH_HLEN + ((ip.vihl as usize & 0x0f) * 4 & 0x3c);
+    match ip.proto {
         PROTO_TCP => {
-            let c: *mut [u8; 2] = ptr_at(ctx, l4 + 16)?;
+            let tcp: *mut TcpHdr = ptr_at(ctx, l4)?;
             // SAFETY: bounds checked by ptr_at.
-            unsafe { *c = replace4(*c, *old, *new) };
+            let tcp = unsafe { &mut *tcp };
+            tcp.check = replace4(tcp.check, *old, *new);
         }
         PROTO_UDP => {
-            let c: *mut [u8; 2] = ptr_at(ctx, l4 + 6)?;
+            let udp: *mut UdpHdr = ptr_at(ctx, l4)?;
             // SAFETY: bounds checked by ptr_at.
-            unsafe {
-                if *c != [0, 0] {
-                    let n = replace4(*c, *old, *new);
-                    *c = if n == [0, 0] { [0xff, 0xff] } else { n };
-                }
+            let udp = unsafe { &mut *udp };
+            // Zero: no checksum (IPv4). A result of zero is sent as all ones.
+            if udp.check != [0, 0] {
+                let n = replace4(udp.check, *old, *new);
+                udp.check = if n == [0, 0] { [0xff, 0xff] } else { n };
             }
         }
         PROTO_ICMP => {
             // The whole ICMP header: a 1-byte read at a variable offset compiles to a
             // bounds check the verifier cannot follow.
-            let t: *const [u8; 8] = ptr_at(ctx, l4)?;
+            let icmp: *const Icmpv4Hdr = ptr_at(ctx, l4)?;
             // SAFETY: bounds checked by ptr_at.
-            if matches!(unsafe { (*t)[0] }, 3 | 11 | 12) {
-                let inner: *mut [u8; 20] = ptr_at(ctx, l4 + 8)?;
+            if matches!(unsafe { (*icmp).type_ }, 3 | 11 | 12) {
+                let inner: *mut Ipv4Hdr = ptr_at(ctx, l4 + Icmpv4Hdr::LEN)?;
                 // SAFETY: bounds checked by ptr_at.
                 let inner = unsafe { &mut *inner };
-                let q = if quoted == 12 { 12 } else { 16 };
-                if [inner[q], inner[q + 1], inner[q + 2], inner[q + 3]] == *old {
-                    let c = replace4([inner[10], inner[11]], *old, *new);
-                    inner[q] = new[0];
-                    inner[q + 1] = new[1];
-                    inner[q + 2] = new[2];
-                    inner[q + 3] = new[3];
-                    inner[10] = c[0];
-                    inner[11] = c[1];
+                // The quoted packet went the other way.
+                let quoted = if which == Addr::Dst { Addr::Src } else { Addr::Dst };
+                if *addr(inner, quoted) == *old {
+                    let c = replace4(inner.check, *old, *new);
+                    *addr(inner, quoted) = *new;
+                    inner.check = c;
                 }
             }
         }
@@ -304,7 +307,7 @@ fn replace4(csum: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
     sum += (!u16::from_be_bytes([old[2], old[3]])) as u32;
     sum += u16::from_be_bytes([new[0], new[1]]) as u32;
     sum += u16::from_be_bytes([new[2], new[3]]) as u32;
-    fold(sum)
+    csum_finish(sum).to_be_bytes()
 }
 
 /// The same for a 16-bit word.
@@ -313,12 +316,6 @@ fn replace2(csum: [u8; 2], old: [u8; 2], new: [u8; 2]) -> [u8; 2] {
     let mut sum = (!u16::from_be_bytes(csum)) as u32;
     sum += (!u16::from_be_bytes(old)) as u32;
     sum += u16::from_be_bytes(new) as u32;
-    fold(sum)
+    csum_finish(sum).to_be_bytes()
 }
 
-#[inline(always)]
-fn fold(mut sum: u32) -> [u8; 2] {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
-}

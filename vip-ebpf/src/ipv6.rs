@@ -15,8 +15,13 @@
 //! do not own now, lease expired) is dropped so the kernel cannot answer it either.
 //! NS behind extension headers are not parsed and pass to the kernel.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use vip_common::global;
+use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use network_types::ip::Ipv6Hdr;
+use vip_common::{
+    csum::{csum_finish, csum_fold},
+    global,
+    xdp::{XDP_DROP, XDP_PASS, XDP_TX},
+};
 
 use crate::{
     maps::{self, VIPS_V6},
@@ -38,26 +43,17 @@ const NA_FLAG_SOLICITED: u8 = 0x40;
 const NA_FLAG_OVERRIDE: u8 = 0x20;
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
-#[repr(C)]
-struct Ipv6Hdr {
-    vtcfl: [u8; 4],
-    payload_len: [u8; 2],
-    next_header: u8,
-    hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
-}
-const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
+const _: () = assert!(Ipv6Hdr::LEN == IPV6_HLEN);
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    if ip.vtcfl[0] >> 4 != 6 {
-        return Ok(xdp_action::XDP_PASS);
+    if ip.vcf[0] >> 4 != 6 {
+        return Ok(XDP_PASS);
     }
-    if ip.next_header == ICMPV6 {
+    if ip.next_hdr == ICMPV6 {
         let icmp_type: *const u8 = ptr_at(ctx, ETH_HLEN + IPV6_HLEN)?;
         // SAFETY: bounds checked by ptr_at.
         if unsafe { *icmp_type } == NS {
@@ -65,9 +61,9 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
         }
     }
     // SAFETY: hash-map values are replaced under RCU, never written in place.
-    match unsafe { VIPS_V6.get(ip.dst) } {
+    match unsafe { VIPS_V6.get(ip.dst_addr) } {
         Some(entry) => maps::steer(ctx, frame, entry),
-        None => Ok(xdp_action::XDP_PASS),
+        None => Ok(XDP_PASS),
     }
 }
 
@@ -81,19 +77,19 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
     target.copy_from_slice(&ns[8..24]);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     let Some(entry) = (unsafe { VIPS_V6.get(target) }) else {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     };
     let len = u16::from_be_bytes(ip.payload_len) as usize;
-    let from_unspecified = ip.src == [0u8; 16];
+    let from_unspecified = ip.src_addr == [0u8; 16];
     let shape_ok = ip.hop_limit == 255
-        && usable_source(&ip.src)
+        && usable_source(&ip.src_addr)
         && ns[1] == 0
         && len >= NS_MIN_LEN
         && len <= MAX_NS_LEN
         && len % 8 == 0
         && (frame.len as usize) >= BASE + len
-        && addressed_to_us(frame, &ip.dst, &target, &entry.own_mac)
-        && (!from_unspecified || ip.dst != target);
+        && addressed_to_us(frame, &ip.dst_addr, &target, &entry.own_mac)
+        && (!from_unspecified || ip.dst_addr != target);
     if !shape_ok || !maps::answers(entry) {
         return not_answered();
     }
@@ -112,7 +108,7 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
         // Defend the address against a DAD probe: tell all nodes.
         (ALL_NODES, [0x33, 0x33, 0, 0, 0, 1], NA_FLAG_OVERRIDE)
     } else {
-        (ip.src, requester, NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE)
+        (ip.src_addr, requester, NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE)
     };
     let own_mac = entry.own_mac;
     let stats_entry = *entry;
@@ -155,19 +151,19 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
     sum += sum16(&target);
     sum += ((OPT_TARGET_LL as u32) << 8) | 1;
     sum += mac_sum(&own_mac);
-    let csum = !fold(sum);
+    let csum = csum_finish(sum);
     na[2..4].copy_from_slice(&csum.to_be_bytes());
 
     if let Some(stats) = maps::stats(&stats_entry) {
         stats.nd_replies += 1;
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(XDP_TX)
 }
 
 #[inline(always)]
 fn not_answered() -> Result<u32, Error> {
     maps::count_global(global::NOT_ANSWERED);
-    Ok(xdp_action::XDP_DROP)
+    Ok(XDP_DROP)
 }
 
 /// Neither multicast (RFC 4291 2.7) nor loopback (2.5.3): the kernel drops such
@@ -235,7 +231,7 @@ fn options(ctx: &XdpContext, base: usize, len: usize) -> Result<bool, Error> {
 /// Verifies the ICMPv6 checksum over the pseudo-header and `len` bytes of message.
 #[inline(always)]
 fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, base: usize, len: usize) -> Result<bool, Error> {
-    let mut sum = sum16(&ip.src) + sum16(&ip.dst) + len as u32 + ICMPV6 as u32;
+    let mut sum = sum16(&ip.src_addr) + sum16(&ip.dst_addr) + len as u32 + ICMPV6 as u32;
     let mut chunk = 0;
     while chunk < MAX_NS_LEN / 8 {
         if chunk * 8 >= len {
@@ -250,7 +246,7 @@ fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, base: usize, len: usize) -> Resul
             + u16::from_be_bytes([b[6], b[7]]) as u32;
         chunk += 1;
     }
-    Ok(fold(sum) == 0xffff)
+    Ok(csum_fold(sum) == 0xffff)
 }
 
 #[inline(always)]
@@ -271,9 +267,3 @@ fn mac_sum(m: &Mac) -> u32 {
         + u16::from_be_bytes([m[4], m[5]]) as u32
 }
 
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}

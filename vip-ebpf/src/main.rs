@@ -13,12 +13,23 @@ mod eip;
 mod ipv4;
 mod ipv6;
 mod maps;
-mod packet;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use vip_common::global;
+use vip_common::{
+    global,
+    xdp::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+};
 
-use packet::{Error, Frame};
+// vip-common's XDP codes are the kernel's (aya-ebpf's bindings of its UAPI).
+const _: () = assert!(
+    XDP_ABORTED == xdp_action::XDP_ABORTED
+        && XDP_DROP == xdp_action::XDP_DROP
+        && XDP_PASS == xdp_action::XDP_PASS
+        && XDP_TX == xdp_action::XDP_TX
+        && XDP_REDIRECT == xdp_action::XDP_REDIRECT
+);
+
+use vip_ebpf::packet::{self, Error, Frame};
 
 #[xdp]
 pub fn vip_xdp(ctx: XdpContext) -> u32 {
@@ -26,11 +37,11 @@ pub fn vip_xdp(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(Error::Truncated) => {
             maps::count_global(global::PARSE_ERRORS);
-            xdp_action::XDP_PASS
+            XDP_PASS
         }
         Err(Error::Aborted) => {
             maps::count_global(global::ABORTS);
-            xdp_action::XDP_PASS
+            XDP_PASS
         }
     }
 }
@@ -52,7 +63,7 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
             if vips {
                 ipv4::handle(ctx, &frame)
             } else {
-                Ok(xdp_action::XDP_PASS)
+                Ok(XDP_PASS)
             }
         }
         packet::ETH_P_ARP => {
@@ -64,49 +75,25 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
             if vips {
                 arp::handle(ctx, &frame)
             } else {
-                Ok(xdp_action::XDP_PASS)
+                Ok(XDP_PASS)
             }
         }
         packet::ETH_P_IPV6 if vips => ipv6::handle(ctx, &frame),
         packet::ETH_P_8021Q | packet::ETH_P_8021AD => {
             // VIPs are not VLAN-aware: tagged frames are the kernel's, untouched.
             maps::count_global(global::VLAN_PASSED);
-            Ok(xdp_action::XDP_PASS)
+            Ok(XDP_PASS)
         }
-        _ => Ok(xdp_action::XDP_PASS),
+        _ => Ok(XDP_PASS),
     }
 }
 
 /// The benchmarks' floor: the cheapest program there is. Also what `vip xdp-pass`
-/// attaches to give a veth NAPI.
+/// attaches to give a veth NAPI. (The benchmarks' generator and sink are another
+/// object, src/bench.rs.)
 #[xdp]
 pub fn vip_xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// Benchmark generator: run in live-frames mode (BPF_PROG_TEST_RUN), it transmits
-/// every frame out of the interface it is told it arrived on. Live frames recycle
-/// their pages without restoring them, and the path under test rewrites frames in
-/// place (an ARP request becomes a reply), so each frame is rewritten from the
-/// template in `BENCH_FRAME` first. Never attached.
-#[xdp]
-pub fn vip_bench_tx(ctx: XdpContext) -> u32 {
-    if let (Some(t), Ok(p)) = (
-        maps::BENCH_FRAME.get(0),
-        packet::ptr_at::<[u8; 60]>(&ctx, 0),
-    ) {
-        // SAFETY: bounds checked by ptr_at; the template is 64 bytes.
-        unsafe { (*p).copy_from_slice(&t[..60]) };
-    }
-    xdp_action::XDP_TX
-}
-
-/// Benchmark sink: counts and drops what arrives (attached on the generator's side to
-/// count the answers). Never attached by the agent.
-#[xdp]
-pub fn vip_bench_sink(_ctx: XdpContext) -> u32 {
-    maps::count_bench();
-    xdp_action::XDP_DROP
+    XDP_PASS
 }
 
 #[cfg(not(test))]

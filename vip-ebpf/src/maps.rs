@@ -2,14 +2,15 @@
 //! IPv4 and IPv6 data paths.
 
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use vip_common::{
-    action, flags, global, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
+    action, flags, global,
+    xdp::{XDP_PASS, XDP_TX},
+    EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
     DEFAULT_MAX_VIPS, MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
@@ -55,22 +56,6 @@ pub static OWNERS: HashMap<u32, Owner> = HashMap::with_max_entries(MAX_EIPS, 0);
 /// Per-EIP counters.
 #[map]
 pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_EIPS, 0);
-
-/// The frame the benchmark generator sends (60 bytes used).
-#[map]
-pub static BENCH_FRAME: Array<[u8; 64]> = Array::with_max_entries(1, 0);
-
-/// Frames counted by the benchmark sink.
-#[map]
-pub static BENCH_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-pub fn count_bench() {
-    if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, nobody else writes it concurrently.
-        unsafe { *c += 1 };
-    }
-}
 
 /// Program-wide settings, written by the loader into read-only data before the
 /// program is verified: the verifier then knows them as constants, and a node without
@@ -138,21 +123,21 @@ pub fn steer(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<u32, E
     // would duplicate it.
     if frame.dst != entry.own_mac {
         count_global(global::NOT_OUR_MAC);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     }
     let Some(stats) = stats(entry) else {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     };
     stats.rx_packets += 1;
     stats.rx_bytes += frame.len;
     if lease_expired(entry) {
         stats.lease_expired += 1;
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(XDP_PASS);
     }
     match entry.action {
         action::REDIRECT => {
             // On a missing devmap entry the helper returns XDP_PASS (the flags' low bits).
-            match REDIRECT_DEVS.redirect(entry.ifindex, xdp_action::XDP_PASS as u64) {
+            match REDIRECT_DEVS.redirect(entry.ifindex, XDP_PASS as u64) {
                 Ok(act) => {
                     packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
                     stats.redirected += 1;
@@ -167,11 +152,11 @@ pub fn steer(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<u32, E
         action::FORWARD => {
             packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
             stats.forwarded += 1;
-            Ok(xdp_action::XDP_TX)
+            Ok(XDP_TX)
         }
         _ => {
             stats.passed += 1;
-            Ok(xdp_action::XDP_PASS)
+            Ok(XDP_PASS)
         }
     }
 }

@@ -1,15 +1,19 @@
 //! Bounds-checked access to the frame and the Ethernet header.
+//!
+//! Headers are read through network-types' `#[repr(C)]` structs (`EthHdr`,
+//! `Ipv4Hdr`, `Ipv6Hdr`, `ArpHdr`, `TcpHdr`, `UdpHdr`, `Icmpv4Hdr`), every one of
+//! them behind the one bounds check, [`ptr_at`].
 
 use aya_ebpf::programs::XdpContext;
+use network_types::eth::EthHdr;
 
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const ETH_P_IPV6: u16 = 0x86DD;
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const ETH_P_8021AD: u16 = 0x88A8;
+pub use vip_common::ether::{
+    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
+};
 
 pub type Mac = [u8; 6];
+
+const _: () = assert!(EthHdr::LEN == ETH_HLEN);
 
 #[derive(Clone, Copy)]
 pub enum Error {
@@ -41,14 +45,13 @@ pub struct Frame {
 impl Frame {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Result<Self, Error> {
-        let eth: *const [u8; ETH_HLEN] = ptr_at(ctx, 0)?;
-        // SAFETY: ptr_at checked that ETH_HLEN bytes are inside the frame.
+        let eth: *const EthHdr = ptr_at(ctx, 0)?;
+        // SAFETY: ptr_at checked that the header is inside the frame.
         let eth = unsafe { &*eth };
-        let mut dst = [0u8; 6];
-        dst.copy_from_slice(&eth[0..6]);
         Ok(Frame {
-            dst,
-            ethertype: u16::from_be_bytes([eth[12], eth[13]]),
+            dst: eth.dst_addr,
+            // The field holds the wire's bytes: big endian.
+            ethertype: u16::from_be(eth.ether_type),
             len: (ctx.data_end() - ctx.data()) as u64,
         })
     }
@@ -57,9 +60,11 @@ impl Frame {
 /// Rewrites the Ethernet addresses in place (the frame is at least ETH_HLEN long).
 #[inline(always)]
 pub fn set_macs(ctx: &XdpContext, dst: &Mac, src: &Mac) -> Result<(), Error> {
-    let eth: *mut [Mac; 2] = ptr_at(ctx, 0)?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
-    unsafe { *eth = [*dst, *src] };
+    let eth = unsafe { &mut *eth };
+    eth.dst_addr = *dst;
+    eth.src_addr = *src;
     Ok(())
 }
 

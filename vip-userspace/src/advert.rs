@@ -427,13 +427,8 @@ mod tests {
             let _ = Advert::decode(&b, None);
         }
         // A small deterministic fuzz: random bytes and mutations of a good datagram.
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = vip_common::rng::XorShift64::new(0x9e3779b97f4a7c15);
+        let mut rnd = || rng.next_u64();
         for _ in 0..100_000 {
             let mut b = good.clone();
             for _ in 0..(rnd() % 4 + 1) {

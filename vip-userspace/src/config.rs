@@ -1354,13 +1354,8 @@ role = "active"
             "::",
             "0x",
         ];
-        let mut x: u64 = 0x1234_5678_9abc_def1;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as usize
-        };
+        let mut rng = vip_common::rng::XorShift64::new(0x1234_5678_9abc_def1);
+        let mut rnd = || rng.next_u64() as usize;
         for i in 0..50_000 {
             let mut t: Vec<char> = seeds[i % seeds.len()].chars().collect();
             for _ in 0..1 + rnd() % 4 {

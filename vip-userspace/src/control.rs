@@ -356,13 +356,8 @@ mod tests {
             r#"{"command":"notify","kind":"INSTANCE","name":"VI_1","state":"MASTER","priority":150}"#,
             r#"{"command":"restart","hold_ms":3000}"#,
         ];
-        let mut x: u64 = 0xdead_beef_cafe;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as usize
-        };
+        let mut rng = vip_common::rng::XorShift64::new(0xdead_beef_cafe);
+        let mut rnd = || rng.next_u64() as usize;
         for i in 0..50_000 {
             let mut b = valid[i % valid.len()].as_bytes().to_vec();
             for _ in 0..1 + rnd() % 3 {

@@ -26,6 +26,10 @@ use crate::config::XdpMode;
 
 /// The XDP object built by build.rs (empty in a VIP_EBPF_STUB build).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip.bpf.o"));
+/// The benchmarks' generator and sink, a separate object that only [`BenchPrograms`]
+/// loads: an agent never verifies them nor creates their maps.
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip-bench.bpf.o"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -173,12 +177,7 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in [
-            programs::VIP,
-            programs::PASS,
-            programs::BENCH_TX,
-            programs::BENCH_SINK,
-        ] {
+        for name in [programs::VIP, programs::PASS] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing("XDP program"))?
@@ -509,43 +508,6 @@ impl Dataplane {
         ]
     }
 
-    /// A benchmark program of the object (see vip_common::programs).
-    pub fn program_by_name(&self, name: &str) -> Option<&Xdp> {
-        self.ebpf
-            .program(name)
-            .and_then(|p| <&Xdp>::try_from(p).ok())
-    }
-
-    /// Attaches a benchmark program to `iface` (detached when `self` is dropped).
-    pub fn attach_bench(&mut self, name: &str, iface: &str, mode: XdpMode) -> Result<()> {
-        self.attach_program(name, iface, mode).map(|_| ())
-    }
-
-    /// The 60-byte frame the benchmark generator sends.
-    pub fn set_bench_frame(&mut self, frame: &[u8]) -> Result<()> {
-        let mut t = [0u8; 64];
-        let n = frame.len().min(60);
-        t[..n].copy_from_slice(&frame[..n]);
-        let map = self
-            .ebpf
-            .map_mut(maps::BENCH_FRAME)
-            .ok_or(DataplaneError::Missing(maps::BENCH_FRAME))?;
-        let mut arr =
-            Array::<&mut MapData, [u8; 64]>::try_from(map).map_err(map_err(maps::BENCH_FRAME))?;
-        arr.set(0, t, 0).map_err(map_err(maps::BENCH_FRAME))
-    }
-
-    /// Frames counted by the benchmark sink so far (summed over CPUs).
-    pub fn bench_count(&self) -> u64 {
-        let Some(map) = self.ebpf.map(maps::BENCH_COUNT) else {
-            return 0;
-        };
-        let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
-            return 0;
-        };
-        arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
-    }
-
     /// Every VIP the data plane holds an entry for.
     pub fn vip_addrs(&self) -> Vec<IpAddr> {
         let v4 = self
@@ -601,6 +563,82 @@ impl Dataplane {
     /// Runs one frame through the data plane with BPF_PROG_TEST_RUN.
     pub fn test_run(&self, frame: &[u8]) -> std::result::Result<TestOutcome, ProgramError> {
         run(self.program(), frame, 1)
+    }
+}
+
+/// The benchmarks' generator (`vip_bench_tx`) and counting sink (`vip_bench_sink`),
+/// loaded from their own object, apart from any data plane.
+pub struct BenchPrograms {
+    ebpf: Ebpf,
+}
+
+impl BenchPrograms {
+    pub fn load() -> Result<Self> {
+        if BENCH_OBJECT.is_empty() {
+            return Err(DataplaneError::Stub);
+        }
+        let mut ebpf = EbpfLoader::new().load(BENCH_OBJECT)?;
+        for name in [programs::BENCH_TX, programs::BENCH_SINK] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing("benchmark XDP program"))?
+                .try_into()?;
+            prog.load()?;
+        }
+        Ok(BenchPrograms { ebpf })
+    }
+
+    /// The generator, for BPF_PROG_TEST_RUN in live-frames mode.
+    pub fn generator(&self) -> &Xdp {
+        self.ebpf
+            .program(programs::BENCH_TX)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("programs are checked at load")
+    }
+
+    /// Attaches the counting sink to `iface` (detached when `self` is dropped).
+    pub fn attach_sink(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        let (aya_mode, mode_name) = match mode {
+            XdpMode::Native => (AyaXdpMode::Driver, "native"),
+            XdpMode::Skb => (AyaXdpMode::Skb, "skb"),
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(programs::BENCH_SINK)
+            .ok_or(DataplaneError::Missing("benchmark XDP program"))?
+            .try_into()?;
+        prog.attach(iface, aya_mode)
+            .map(|_| ())
+            .map_err(|source| DataplaneError::Attach {
+                iface: iface.into(),
+                mode: mode_name,
+                source,
+            })
+    }
+
+    /// The 60-byte frame the generator sends.
+    pub fn set_frame(&mut self, frame: &[u8]) -> Result<()> {
+        let mut t = [0u8; 64];
+        let n = frame.len().min(60);
+        t[..n].copy_from_slice(&frame[..n]);
+        let map = self
+            .ebpf
+            .map_mut(maps::BENCH_FRAME)
+            .ok_or(DataplaneError::Missing(maps::BENCH_FRAME))?;
+        let mut arr =
+            Array::<&mut MapData, [u8; 64]>::try_from(map).map_err(map_err(maps::BENCH_FRAME))?;
+        arr.set(0, t, 0).map_err(map_err(maps::BENCH_FRAME))
+    }
+
+    /// Frames counted by the sink so far (summed over CPUs).
+    pub fn count(&self) -> u64 {
+        let Some(map) = self.ebpf.map(maps::BENCH_COUNT) else {
+            return 0;
+        };
+        let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return 0;
+        };
+        arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 }
 
@@ -716,14 +754,7 @@ pub fn run(
 
 /// XDP return codes by name, for messages and tables.
 pub fn action_name(code: u32) -> &'static str {
-    match code {
-        0 => "XDP_ABORTED",
-        1 => "XDP_DROP",
-        2 => "XDP_PASS",
-        3 => "XDP_TX",
-        4 => "XDP_REDIRECT",
-        _ => "XDP_?",
-    }
+    vip_common::xdp::name(code)
 }
 
 /// Read-only handles on the data plane's entries and counters (their own file

@@ -3,12 +3,13 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub use vip_common::{
+    csum::csum_finish,
+    ether::{ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
+};
+
 use crate::mac::Mac;
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const ETH_P_IPV6: u16 = 0x86DD;
-pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ARP_REQUEST: u16 = 1;
 pub const ARP_REPLY: u16 = 2;
 /// Ethernet's minimum frame (without FCS): shorter frames are padded to it on the wire.
@@ -46,7 +47,8 @@ pub fn gratuitous_arp(mac: Mac, ip: Ipv4Addr) -> Vec<u8> {
     arp(Mac::BROADCAST, ARP_REQUEST, mac, ip, Mac::ZERO, ip)
 }
 
-/// Internet checksum over `data`, continuing from `sum`.
+/// Adds `data` to an internet-checksum accumulator (16-bit big-endian words, an odd
+/// last byte padded with zero); finish with [`csum_finish`] (vip-common).
 pub fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
@@ -58,20 +60,13 @@ pub fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
     sum
 }
 
-pub fn csum_fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// ICMPv6 checksum of `msg` (checksum field zeroed) between `src` and `dst`.
 pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
     let mut sum = csum_add(0, &src.octets());
     sum = csum_add(sum, &dst.octets());
     sum = csum_add(sum, &(msg.len() as u32).to_be_bytes());
     sum = csum_add(sum, &[0, 0, 0, 58]);
-    csum_fold(csum_add(sum, msg))
+    csum_finish(csum_add(sum, msg))
 }
 
 /// An Ethernet/IPv6 frame around an ICMPv6 message whose checksum is filled in.
@@ -176,7 +171,7 @@ pub fn udp4(
     ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
-    let c = csum_fold(csum_add(0, &ip));
+    let c = csum_finish(csum_add(0, &ip));
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&sport.to_be_bytes());
@@ -211,7 +206,7 @@ pub fn udp6(
     sum = csum_add(sum, &dst.octets());
     sum = csum_add(sum, &(len as u32).to_be_bytes());
     sum = csum_add(sum, &[0, 0, 0, 17]);
-    let c = csum_fold(csum_add(sum, &udp));
+    let c = csum_finish(csum_add(sum, &udp));
     udp[6..8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
     let mut f = ethernet(eth_dst, eth_src, ETH_P_IPV6);
     f.extend_from_slice(&[0x60, 0, 0, 0]);
@@ -251,7 +246,7 @@ mod tests {
         sum = csum_add(sum, &ALL_NODES.octets());
         sum = csum_add(sum, &(msg.len() as u32).to_be_bytes());
         sum = csum_add(sum, &[0, 0, 0, 58]);
-        assert_eq!(csum_fold(csum_add(sum, msg)), 0);
+        assert_eq!(csum_finish(csum_add(sum, msg)), 0);
     }
 
     #[test]

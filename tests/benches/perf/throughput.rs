@@ -16,8 +16,13 @@ use anyhow::{bail, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use lab::{veth, Netns};
 use serde_json::{json, Value};
-use vip::{config::XdpMode, dataplane::Dataplane, frames, mac::Mac};
-use vip_common::{action, programs, VipEntry};
+use vip::{
+    config::XdpMode,
+    dataplane::{BenchPrograms, Dataplane},
+    frames,
+    mac::Mac,
+};
+use vip_common::{action, VipEntry};
 
 use crate::{median, record, Size};
 
@@ -38,8 +43,8 @@ struct Lab {
     svc0_mac: Mac,
     svc1_mac: Mac,
     /// Counting sinks on gen0 and svc1, and the generator program.
-    gen_dp: Dataplane,
-    svc_dp: Dataplane,
+    gen_bench: BenchPrograms,
+    svc_bench: BenchPrograms,
     gen_ifindex: u32,
 }
 
@@ -99,10 +104,10 @@ fn lab() -> Result<Lab> {
         "nud",
         "permanent",
     ])?;
-    let mut gen_dp = gen.run_in(|| Dataplane::load(16))?;
-    gen.run_in(|| gen_dp.attach_bench(programs::BENCH_SINK, "gen0", XdpMode::Native))?;
-    let mut svc_dp = svc.run_in(|| Dataplane::load(16))?;
-    svc.run_in(|| svc_dp.attach_bench(programs::BENCH_SINK, "svc1", XdpMode::Native))?;
+    let mut gen_bench = gen.run_in(BenchPrograms::load)?;
+    gen.run_in(|| gen_bench.attach_sink("gen0", XdpMode::Native))?;
+    let mut svc_bench = svc.run_in(BenchPrograms::load)?;
+    svc.run_in(|| svc_bench.attach_sink("svc1", XdpMode::Native))?;
     let gen_ifindex = gen.run_in(|| nix::net::if_::if_nametoindex("gen0"))?;
     Ok(Lab {
         dut_mac: mac_of(&dut, "dut0")?,
@@ -112,8 +117,8 @@ fn lab() -> Result<Lab> {
         svc,
         gen_mac,
         svc1_mac,
-        gen_dp,
-        svc_dp,
+        gen_bench,
+        svc_bench,
         gen_ifindex,
     })
 }
@@ -338,22 +343,19 @@ fn frame(l: &Lab, case: Case, dnat: bool) -> Vec<u8> {
 /// Offers `count` copies of `f` into dut0; returns (offered/s, delivered/s at the sink).
 fn measure(l: &mut Lab, gen: Gen, f: &[u8], count: u32, sink_svc: bool) -> Result<(f64, f64)> {
     assert_eq!(f.len(), 60, "the generator sends 60-byte frames");
-    l.gen_dp.set_bench_frame(f)?;
+    l.gen_bench.set_frame(f)?;
     let sink = |l: &Lab| {
         if sink_svc {
-            l.svc_dp.bench_count()
+            l.svc_bench.count()
         } else {
-            l.gen_dp.bench_count()
+            l.gen_bench.count()
         }
     };
     let before = sink(l);
     let t0 = Instant::now();
     match gen {
         Gen::LiveFrames => {
-            let prog = l
-                .gen_dp
-                .program_by_name(programs::BENCH_TX)
-                .context("no generator program")?;
+            let prog = l.gen_bench.generator();
             // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
             let mut ctx = Vec::new();
             for v in [0u32, f.len() as u32, 0, l.gen_ifindex, 0, 0] {

@@ -13,10 +13,7 @@ use vip::mac::Mac;
 pub const VIP: &str = "10.0.0.50";
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
 /// XDP return codes, for BPF_PROG_TEST_RUN tables.
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
+pub use vip_common::xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 /// MACs of the BPF_PROG_TEST_RUN tables: this node, the active, a client, a
 /// redirect target.

@@ -1,0 +1,55 @@
+//! The benchmarks' XDP programs (`tests/benches/perf`), a separate object so that
+//! the agent never loads them or creates their maps.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use vip_common::xdp::{XDP_DROP, XDP_TX};
+use vip_ebpf::packet::ptr_at;
+
+/// The frame the generator sends (60 bytes used).
+#[map]
+static BENCH_FRAME: Array<[u8; 64]> = Array::with_max_entries(1, 0);
+
+/// Frames counted by the sink.
+#[map]
+static BENCH_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Generator: run in live-frames mode (BPF_PROG_TEST_RUN), it transmits every frame
+/// out of the interface it is told it arrived on. Live frames recycle their pages
+/// without restoring them, and the path under test rewrites frames in place (an ARP
+/// request becomes a reply), so each frame is rewritten from the template in
+/// `BENCH_FRAME` first. Never attached.
+#[xdp]
+pub fn vip_bench_tx(ctx: XdpContext) -> u32 {
+    if let (Some(t), Ok(p)) = (BENCH_FRAME.get(0), ptr_at::<[u8; 60]>(&ctx, 0)) {
+        // SAFETY: bounds checked by ptr_at; the template is 64 bytes.
+        unsafe { (*p).copy_from_slice(&t[..60]) };
+    }
+    XDP_TX
+}
+
+/// Sink: counts and drops what arrives (attached on the generator's side to count
+/// the answers, and behind the device under test).
+#[xdp]
+pub fn vip_bench_sink(_ctx: XdpContext) -> u32 {
+    if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, nobody else writes it concurrently.
+        unsafe { *c += 1 };
+    }
+    XDP_DROP
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -19,15 +19,14 @@
 //! local stack accept them), it is logged with the group and the address, counted, and
 //! repaired by the next resync.
 
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{Context, Result};
 
-use crate::{host::Interface, netlink::Netlink};
+use crate::{
+    host::{self, Interface},
+    netlink::Netlink,
+};
 
 /// `arp_ignore` and `arp_announce` for the VIP interface (LVS-DR values).
 const SYSCTLS: [(&str, &str); 2] = [("arp_ignore", "1"), ("arp_announce", "2")];
@@ -52,27 +51,19 @@ pub struct Addresses {
     pub errors: u64,
 }
 
-fn sysctl_path(iface: &str, key: &str) -> PathBuf {
-    Path::new("/proc/sys/net/ipv4/conf").join(iface).join(key)
-}
-
 /// Sets `arp_ignore`/`arp_announce` on the interface (raising, never lowering, a value
 /// the operator set higher). Returns what changed, for the log.
 pub fn quiet_kernel_arp(iface: &Interface) -> Result<Vec<String>> {
     let mut changed = Vec::new();
     for (key, want) in SYSCTLS {
-        let path = sysctl_path(&iface.name, key);
-        let now = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let path = host::ipv4_conf(&iface.name, key);
+        let now = host::get_sysctl(&path).with_context(|| format!("reading {path}"))?;
         let now = now.trim();
         if now.parse::<u8>().unwrap_or(0) >= want.parse::<u8>().unwrap_or(0) {
             continue;
         }
-        std::fs::write(&path, want).with_context(|| {
-            format!(
-                "setting {} to {want} (the kernel must never answer ARP for a VIP)",
-                path.display()
-            )
+        host::set_sysctl(&path, want).with_context(|| {
+            format!("setting {path} to {want} (the kernel must never answer ARP for a VIP)")
         })?;
         changed.push(format!(
             "net.ipv4.conf.{}.{key} {now} -> {want}",

@@ -115,6 +115,18 @@ impl Agent {
         wrapper: &[&str],
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_full(ns, name, config, &vip_bin(), wrapper, extra)
+    }
+
+    /// Starts the agent from the binary `bin` (an upgrade test replaces it on disk).
+    pub fn start_full(
+        ns: &Netns,
+        name: &str,
+        config: &str,
+        bin: &std::path::Path,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "vip-lab-{}-{}-{name}",
             std::process::id(),
@@ -130,7 +142,6 @@ impl Agent {
             1,
         );
         fs::write(&cfg_path, config)?;
-        let bin = vip_bin();
         let mut argv: Vec<&str> = wrapper.to_vec();
         argv.extend([
             bin.to_str().unwrap_or("vip"),

@@ -175,9 +175,16 @@ fn two_nodes_started_at_once_only_one_ever_announces() {
         let lan = servers_lan();
         let cap = Capture::open(&lan.host("c").ns, "eth0").unwrap();
         cap.clear();
+        // At the default interval (100 ms), as a user starts them: the detection time
+        // (~330 ms) is what a starting node listens for; the processes themselves may
+        // be ready tens of milliseconds apart.
+        let cfg = |me: &str, prio: u8| {
+            elected(&lan, me, &["a", "b"], prio, "", "")
+                .replace(&format!("advert_interval_ms = {INTERVAL}\n"), "")
+        };
         let (a, b) = std::thread::scope(|s| {
-            let ta = s.spawn(|| start_elected(&lan, "a", &["a", "b"], 200, ""));
-            let tb = s.spawn(|| start_elected(&lan, "b", &["a", "b"], 100, ""));
+            let ta = s.spawn(|| Agent::start(&lan.host("a").ns, "a", &cfg("a", 200)).unwrap());
+            let tb = s.spawn(|| Agent::start(&lan.host("b").ns, "b", &cfg("b", 100)).unwrap());
             (ta.join().unwrap(), tb.join().unwrap())
         });
         expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);

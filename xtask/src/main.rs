@@ -188,6 +188,7 @@ const SERIAL: &[&str] = &[
     "keepalived",
     "operations",
     "ownership",
+    "upgrade",
 ];
 
 /// `cargo test` options that choose packages or targets themselves.

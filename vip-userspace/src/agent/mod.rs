@@ -21,6 +21,7 @@ mod reload;
 mod requests;
 mod roles;
 mod snapshot;
+mod upgrade;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -90,6 +91,10 @@ pub struct Agent {
     /// Set when a control request ends the main loop.
     exit: Option<Exit>,
     eips: Vec<eips::EipRuntime>,
+    /// The binary and command line to re-execute on reload (hitless upgrade).
+    binary: Option<upgrade::Binary>,
+    /// The loop's event channel, for helpers started later (the upgrade preflight).
+    events: Option<mpsc::Sender<Event>>,
 }
 
 /// How the agent leaves.
@@ -99,14 +104,21 @@ pub enum Exit {
     Stop,
     /// Leave the pinned data plane serving for the next agent; peers hold.
     Restart { hold: Duration },
+    /// Re-execute the binary from disk, which adopts the pinned data plane.
+    Reexec,
 }
 
 /// Events from the agent's helper tasks.
 enum Event {
     Datagram(Vec<u8>, SocketAddr),
     Health(health::Report),
-    /// What the kernel reports about `node.interface`.
+    /// What the kernel reports about `node.interface` and the VIP addresses on lo.
     Kernel(crate::netlink::Change),
+    /// The binary on disk checked the config (a reload that re-executes).
+    Upgrade(
+        Result<(), String>,
+        Option<tokio::sync::oneshot::Sender<Response>>,
+    ),
 }
 
 /// Loads, validates and checks a config against this host, with the command line's
@@ -174,6 +186,8 @@ fn pin_dir(cfg: &Config, warnings: &mut Vec<String>) -> Result<Option<PathBuf>> 
 /// Runs the agent until SIGTERM/SIGINT (hand over, remove everything) or a restart
 /// request (leave the pinned data plane serving). SIGHUP reloads the config.
 pub async fn run(opts: Options) -> Result<()> {
+    // Read before anything can replace the file on disk.
+    let binary = upgrade::Binary::current();
     let (cfg, iface, keys, mut warnings) = load_config(&opts)?;
     for w in &warnings {
         log::warn!("{w}");
@@ -184,6 +198,8 @@ pub async fn run(opts: Options) -> Result<()> {
     let pin = pin_dir(&cfg, &mut warnings)?;
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(1024);
     let mut agent = Agent::start(cfg, iface, keys, warnings, pin, opts).await?;
+    agent.binary = binary;
+    agent.set_events(&ev_tx);
     agent.spawn_helpers(&ev_tx);
 
     let (tx, mut rx) = mpsc::channel::<Envelope>(64);
@@ -201,39 +217,53 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     log::info!("agent ready: control socket {}", socket_path.display());
-    while agent.exit.is_none() {
-        let deadline = agent.next_deadline();
-        tokio::select! {
-            Some((req, reply)) = rx.recv() => {
-                if req == Request::Status {
-                    // The loop copies its part; the maps are read on another thread.
-                    let (snap, reader) = (agent.snapshot(), agent.reader());
-                    tokio::task::spawn_blocking(move || {
-                        let _ = reply.send(Response {
-                            ok: true,
-                            status: Some(Box::new(snap.render(&reader))),
-                            ..Default::default()
+    loop {
+        while agent.exit.is_none() {
+            let deadline = agent.next_deadline();
+            tokio::select! {
+                Some((req, reply)) = rx.recv() => match req {
+                    Request::Status => {
+                        // The loop copies its part; the maps are read on another thread.
+                        let (snap, reader) = (agent.snapshot(), agent.reader());
+                        tokio::task::spawn_blocking(move || {
+                            let _ = reply.send(Response {
+                                ok: true,
+                                status: Some(Box::new(snap.render(&reader))),
+                                ..Default::default()
+                            });
                         });
-                    });
-                } else {
-                    let resp = agent.handle(req);
-                    let _ = reply.send(resp);
+                    }
+                    Request::Reload => agent.begin_reload(Some(reply)),
+                    req => {
+                        let resp = agent.handle(req);
+                        let _ = reply.send(resp);
+                    }
+                },
+                Some(ev) = ev_rx.recv() => agent.event(ev),
+                _ = tokio::time::sleep_until(deadline.into()) => agent.tick(),
+                _ = hup.recv() => {
+                    log::info!("SIGHUP: reloading");
+                    agent.begin_reload(None);
                 }
+                _ = term.recv() => { log::info!("SIGTERM: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
+                _ = int.recv() => { log::info!("SIGINT: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
             }
-            Some(ev) = ev_rx.recv() => agent.event(ev),
-            _ = tokio::time::sleep_until(deadline.into()) => agent.tick(),
-            _ = hup.recv() => match agent.reload() {
-                Ok(summary) => log::info!("SIGHUP: {summary}"),
-                Err(e) => log::error!("SIGHUP: reload refused, running state kept: {e:#}"),
-            },
-            _ = term.recv() => { log::info!("SIGTERM: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
-            _ = int.recv() => { log::info!("SIGINT: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
         }
-    }
-    if matches!(agent.exit, Some(Exit::Restart { .. })) {
-        // Let the answer to the request that ended the loop reach its client (the
-        // peers were told to hold when the request came in).
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if matches!(agent.exit, Some(Exit::Restart { .. } | Exit::Reexec)) {
+            // Let the answer to the request that ended the loop reach its client (the
+            // peers were told to hold when the request came in).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if agent.exit != Some(Exit::Reexec) {
+            break;
+        }
+        let Some(bin) = agent.binary.clone() else {
+            break;
+        };
+        log::info!("re-executing {}", bin.exe.display());
+        // Only returns if the exec failed; then this agent carries on.
+        let err = upgrade::exec(&bin);
+        agent.resume_after_failed_exec(err);
     }
     server.abort();
     if let Some(m) = metrics {
@@ -390,6 +420,8 @@ impl Agent {
             mcast: None,
             link_up: true,
             exit: None,
+            binary: None,
+            events: None,
         };
         // Counter slots an adopted data plane already uses keep their VIPs (and counts).
         let mut previous: HashMap<IpAddr, VipEntry> = HashMap::new();
@@ -512,6 +544,7 @@ impl Agent {
                 self.address_removed(addr)
             }
             Event::Kernel(crate::netlink::Change::Resync) => self.restore_addresses(),
+            Event::Upgrade(result, reply) => self.upgrade_ready(result, reply),
             Event::Health((group, name, ok, detail)) => {
                 if let Some(gi) = self.groups.iter().position(|g| g.cfg.name == group) {
                     self.health(gi, name, ok, detail);

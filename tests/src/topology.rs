@@ -79,6 +79,11 @@ impl Lan {
         let ip6: Ipv6Addr = format!("2001:db8::{n}").parse()?;
         ns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", "eth0"])?;
         ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
+        // Hosts that have been up a while: their link-local address has passed DAD.
+        // (The kernel solicits a neighbour from it when a reply's source, such as a
+        // VIP on lo, is not an address of the interface; while it is tentative, such
+        // replies wait.)
+        ns.sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
         ns.ip(&["link", "set", "eth0", "up"])?;
         // Real checksums in every frame, as on a wire: a veth otherwise hands the peer
         // partial checksums, which XDP_TX/REDIRECT turn into corrupt ones.

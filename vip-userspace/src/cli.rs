@@ -38,7 +38,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent in the foreground (logs to stderr; SIGTERM/SIGINT stop it cleanly,
-    /// SIGHUP reloads the config).
+    /// SIGHUP reloads: re-executes the binary on disk when the data plane is pinned).
     Agent {
         #[arg(long, short)]
         config: PathBuf,
@@ -82,7 +82,9 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
-    /// Re-read the agent's config file and apply the difference (like SIGHUP).
+    /// Reload, like SIGHUP: with a pinned data plane the agent re-executes the binary on
+    /// disk (a hitless upgrade) after it checked the config; unpinned, the config's
+    /// difference is applied in place. A refused config or binary changes nothing.
     Reload {
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,

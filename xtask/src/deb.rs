@@ -340,7 +340,8 @@ fn packaged_unit(unit: &str) -> String {
          #\n\
          # The package neither enables nor starts it: configure /etc/vip/vip.toml, check it\n\
          # with `vip check-config /etc/vip/vip.toml`, then `systemctl enable --now vip`.\n\
-         # Reload the config: systemctl reload vip. Hitless restart/upgrade: vip restart.\n\
+         # Reload the config, or upgrade hitlessly (re-executes the new binary):\n\
+         #   systemctl reload vip\n\
          # Stop (hands the VIPs over, removes everything): systemctl stop vip\n\n{}",
         body.replace("/usr/local/bin/vip", "/usr/bin/vip")
     )
@@ -481,9 +482,9 @@ License: MIT or Apache-2.0
 /// Like dh_installsystemd --no-enable: the unit is registered (so purge cleans up and
 /// an administrator's `enable` survives upgrades) but neither enabled nor started on
 /// a fresh install, since /etc/vip/vip.toml must be configured first. An upgrade of a
-/// running agent is hitless: `vip restart` leaves the pinned data plane serving and
-/// systemd (Restart=always) starts the new binary. Everything is skipped where systemd
-/// is not running (containers, chroots).
+/// running agent is hitless: `systemctl reload vip` makes it re-execute the new binary,
+/// which adopts the pinned data plane. Everything is skipped where systemd is not
+/// running (containers, chroots).
 const POSTINST: &str = r#"#!/bin/sh
 set -e
 
@@ -501,9 +502,9 @@ if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-decon
 	if [ -d /run/systemd/system ]; then
 		systemctl --system daemon-reload >/dev/null || true
 		if [ -n "$2" ] && systemctl --quiet is-active vip.service; then
-			# Upgrade: a hitless restart into the new binary.
-			/usr/bin/vip restart >/dev/null 2>&1 ||
-				echo "vip: restart the agent to run the new version (vip restart)" >&2
+			# Upgrade: the agent re-executes the new binary (hitless with bpffs).
+			systemctl reload vip.service >/dev/null 2>&1 ||
+				echo "vip: reload the agent to run the new version (systemctl reload vip)" >&2
 		fi
 	fi
 	if [ -z "$2" ]; then

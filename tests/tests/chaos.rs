@@ -225,11 +225,7 @@ fn a_thousand_promote_demote_cycles_leak_nothing() {
     assert_eq!(s["groups"][0]["state"], "active");
     assert_eq!(s["groups"][0]["transitions"], 2 * 1050 + 1);
     exactly_one_answers(&lan, "a");
-    let addrs = lan
-        .host("a")
-        .ns
-        .ip(&["-4", "addr", "show"])
-        .unwrap();
+    let addrs = lan.host("a").ns.ip(&["-4", "addr", "show"]).unwrap();
     assert_eq!(addrs.matches("10.0.0.50/32").count(), 1, "{addrs}");
     drop(a);
     teardown(lan);

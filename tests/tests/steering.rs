@@ -96,11 +96,7 @@ fn redirect_delivers_into_a_container_namespace() {
     assert!(v["redirected"].as_u64().unwrap() >= 51, "{v}");
     assert_eq!(v["passed"], 0);
     // The VIP is not an address of the host when it is redirected.
-    assert!(!a
-        .ns
-        .ip(&["addr", "show"])
-        .unwrap()
-        .contains("10.0.0.50"));
+    assert!(!a.ns.ip(&["addr", "show"]).unwrap().contains("10.0.0.50"));
     drop(active);
     drop(sock);
     drop(lan);

@@ -25,3 +25,4 @@ pub mod metrics;
 pub mod netlink;
 pub mod reason;
 pub mod status;
+pub mod xdpmode;

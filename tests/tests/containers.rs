@@ -27,7 +27,7 @@ fn assert_auto_chose_skb(agent: &lab::Agent) {
         "{reason}"
     );
     let warnings = s["warnings"].to_string();
-    assert!(!warnings.contains("is a veth:"), "{warnings}");
+    assert!(!warnings.contains("eth0 is a veth:"), "{warnings}");
     let out = agent.cli(&["status"]).unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("(xdp skb)"), "{table}");

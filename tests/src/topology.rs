@@ -33,8 +33,19 @@ pub struct Lan {
 }
 
 impl Lan {
-    /// A bridge with one host per name.
+    /// A bridge with one host per name; hosts send full checksums (TX offload off).
     pub fn new(names: &[&str]) -> Result<Self> {
+        Self::build(names, true)
+    }
+
+    /// A lab as containers have it: every veth keeps its default TX checksum offload
+    /// (partial checksums), and no switch port gets an XDP helper unless a test calls
+    /// [`Lan::enable_xdp_tx`].
+    pub fn with_offloads(names: &[&str]) -> Result<Self> {
+        Self::build(names, false)
+    }
+
+    fn build(names: &[&str], tx_off: bool) -> Result<Self> {
         let switch = Netns::new("switch")?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
@@ -46,12 +57,12 @@ impl Lan {
             switch,
         };
         for (i, name) in names.iter().enumerate() {
-            lan.add_host(name, 10 + i as u8)?;
+            lan.add_host(name, 10 + i as u8, tx_off)?;
         }
         Ok(lan)
     }
 
-    fn add_host(&mut self, name: &str, n: u8) -> Result<()> {
+    fn add_host(&mut self, name: &str, n: u8, tx_off: bool) -> Result<()> {
         let ns = Netns::new(name)?;
         let port = format!("p-{name}");
         crate::netns::run(std::process::Command::new("ip").args([
@@ -87,7 +98,9 @@ impl Lan {
         ns.ip(&["link", "set", "eth0", "up"])?;
         // Real checksums in every frame, as on a wire: a veth otherwise hands the peer
         // partial checksums, which XDP_TX/REDIRECT turn into corrupt ones.
-        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        if tx_off {
+            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        }
         let mac = ns.mac("eth0")?;
         self.hosts.push(Host {
             name: name.into(),

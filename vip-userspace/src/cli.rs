@@ -46,7 +46,8 @@ pub enum Command {
         /// plane, VIP addresses, socket), for an uninstall.
         #[arg(long)]
         cleanup: bool,
-        /// Override node.xdp_mode: native (driver) or skb (generic).
+        /// Override node.xdp_mode: auto (the default: native where it delivers, else skb),
+        /// native (driver) or skb (generic).
         #[arg(long, value_parser = parse_mode)]
         xdp_mode: Option<XdpMode>,
         /// Override node.interface.

@@ -85,6 +85,9 @@ impl Pin {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpMode {
+    /// The default: native where the frames the program sends are really delivered,
+    /// generic elsewhere; the agent decides at start (see [`crate::xdpmode`]).
+    Auto,
     /// Driver mode: the program runs in the NIC driver before any skb exists.
     Native,
     /// Generic mode: works on any interface, at kernel-stack speed.
@@ -94,6 +97,7 @@ pub enum XdpMode {
 impl XdpMode {
     pub fn as_str(self) -> &'static str {
         match self {
+            XdpMode::Auto => "auto",
             XdpMode::Native => "native",
             XdpMode::Skb => "skb",
         }
@@ -105,10 +109,11 @@ impl std::str::FromStr for XdpMode {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(XdpMode::Auto),
             "native" | "driver" | "drv" => Ok(XdpMode::Native),
             "skb" | "generic" => Ok(XdpMode::Skb),
             _ => Err(format!(
-                "`{s}` is not an XDP mode (expected \"native\" or \"skb\")"
+                "`{s}` is not an XDP mode (expected \"auto\", \"native\" or \"skb\")"
             )),
         }
     }
@@ -326,11 +331,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         p("node.interface".into(), "must not be empty".into());
     }
     let xdp_mode = match raw.node.xdp_mode.as_deref().map(str::parse::<XdpMode>) {
-        None => XdpMode::Native,
+        None => XdpMode::Auto,
         Some(Ok(m)) => m,
         Some(Err(e)) => {
             p("node.xdp_mode".into(), e);
-            XdpMode::Native
+            XdpMode::Auto
         }
     };
     let node_garp = garp(
@@ -1228,7 +1233,7 @@ role = "active"
     fn good_config_has_defaults() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.node.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
-        assert_eq!(c.node.xdp_mode, XdpMode::Native);
+        assert_eq!(c.node.xdp_mode, XdpMode::Auto);
         assert_eq!(c.groups[0].vips[0].to_string(), "10.0.0.50/24");
         assert_eq!(c.groups[0].role, Role::Active);
         assert_eq!(c.groups[0].garp.count, DEFAULT_GARP_COUNT);

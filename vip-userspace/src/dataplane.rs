@@ -22,7 +22,7 @@ use vip_common::{
     global, globals, maps, programs, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
 };
 
-use crate::config::XdpMode;
+use crate::{config::XdpMode, xdpmode::Choice};
 
 /// The XDP object built by build.rs (empty in a VIP_EBPF_STUB build).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip.bpf.o"));
@@ -95,6 +95,8 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     pinned_link: Option<PinnedLink>,
     adopted: bool,
+    /// The mode of the main attachment and why (see [`Dataplane::attach_chosen`]).
+    xdp: Option<Choice>,
 }
 
 /// The pinned objects, one file each under the pin directory.
@@ -218,6 +220,7 @@ impl Dataplane {
             pin_dir: pin_dir.map(Path::to_path_buf),
             pinned_link: None,
             adopted,
+            xdp: None,
         })
     }
 
@@ -348,6 +351,49 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the data plane to `iface` in the chosen mode (see [`crate::xdpmode`])
+    /// and remembers the choice. When auto chose native and the driver turns native
+    /// XDP down, it falls back to generic. An adopted pinned attachment keeps the mode
+    /// it was made in: the choice then says so.
+    pub fn attach_chosen(&mut self, iface: &str, mut choice: Choice) -> Result<&Choice> {
+        match self.attach(iface, choice.mode) {
+            Err(DataplaneError::Attach { source, .. })
+                if choice.requested == XdpMode::Auto && choice.mode == XdpMode::Native =>
+            {
+                self.attach(iface, XdpMode::Skb)?;
+                choice.mode = XdpMode::Skb;
+                choice.reason = format!(
+                    "auto: the driver of {iface} refused native XDP ({source}); {}",
+                    choice.reason.trim_start_matches("auto: ")
+                );
+            }
+            r => r?,
+        }
+        if self.adopted {
+            if let Some(actual) = attached_mode(iface) {
+                if actual != choice.mode {
+                    choice.reason = format!(
+                        "kept the adopted pinned attachment, made in {} mode (would choose {}: \
+                         {}); `vip agent --cleanup` then a start applies it",
+                        actual.as_str(),
+                        choice.mode.as_str(),
+                        choice.reason
+                    );
+                    choice.mode = actual;
+                }
+            }
+        }
+        if let Some(w) = &choice.warning {
+            log::warn!("{w}");
+        }
+        Ok(self.xdp.insert(choice))
+    }
+
+    /// The mode of the main attachment and why, once attached with `attach_chosen`.
+    pub fn xdp_choice(&self) -> Option<&Choice> {
+        self.xdp.as_ref()
+    }
+
     /// The data-plane program's attachment to `iface`, pinned at `link_path`: an
     /// attachment an earlier agent pinned there gets our program (bpf_link_update),
     /// otherwise a new one is made.
@@ -391,9 +437,14 @@ impl Dataplane {
     }
 
     fn attach_program(&mut self, name: &str, iface: &str, mode: XdpMode) -> Result<XdpLinkId> {
+        // Auto (a further attachment of a gateway) takes the main attachment's mode.
+        let mode = match mode {
+            XdpMode::Auto => self.xdp.as_ref().map_or(XdpMode::Skb, |c| c.mode),
+            m => m,
+        };
         let (aya_mode, mode_name) = match mode {
             XdpMode::Native => (AyaXdpMode::Driver, "native"),
-            XdpMode::Skb => (AyaXdpMode::Skb, "skb"),
+            XdpMode::Skb | XdpMode::Auto => (AyaXdpMode::Skb, "skb"),
         };
         let prog: &mut Xdp = self
             .ebpf
@@ -599,7 +650,7 @@ impl BenchPrograms {
     /// Attaches the counting sink to `iface` (detached when `self` is dropped).
     pub fn attach_sink(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
         let (aya_mode, mode_name) = match mode {
-            XdpMode::Native => (AyaXdpMode::Driver, "native"),
+            XdpMode::Native | XdpMode::Auto => (AyaXdpMode::Driver, "native"),
             XdpMode::Skb => (AyaXdpMode::Skb, "skb"),
         };
         let prog: &mut Xdp = self
@@ -639,6 +690,19 @@ impl BenchPrograms {
             return 0;
         };
         arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// The mode an XDP program is attached to `iface` in, as the kernel reports it.
+fn attached_mode(iface: &str) -> Option<XdpMode> {
+    let index = nix::net::if_::if_nametoindex(iface).ok()?;
+    let link = crate::netlink::Netlink::open()
+        .and_then(|nl| nl.link(index, None))
+        .ok()?;
+    match (link.xdp_native, link.xdp_generic) {
+        (true, _) => Some(XdpMode::Native),
+        (false, true) => Some(XdpMode::Skb),
+        _ => None,
     }
 }
 

@@ -26,3 +26,4 @@ pub mod metrics;
 pub mod netlink;
 pub mod reason;
 pub mod status;
+pub mod xdpmode;

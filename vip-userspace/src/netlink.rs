@@ -24,7 +24,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo},
-    link::{LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage},
+    link::{LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
     AddressFamily, RouteNetlinkMessage,
 };
@@ -62,6 +62,10 @@ pub struct LinkInfo {
     pub link_netnsid: Option<i32>,
     /// RFC 2863 operational state (6 = up).
     pub operstate: Option<u8>,
+    /// IFLA_XDP: a program is attached in native (driver) mode.
+    pub xdp_native: bool,
+    /// IFLA_XDP: a program is attached in generic (skb) mode.
+    pub xdp_generic: bool,
 }
 
 /// An error the kernel answered a request with: the errno and, when the kernel gave one,
@@ -525,6 +529,19 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
             LinkAttribute::Link(l) => info.link = Some(*l),
             LinkAttribute::LinkNetNsId(id) => info.link_netnsid = Some(*id),
             LinkAttribute::OperState(s) => info.operstate = Some(u8::from(*s)),
+            LinkAttribute::Xdp(xdp) => {
+                for x in xdp {
+                    match x {
+                        LinkXdp::Attached(XdpAttached::Driver) | LinkXdp::DrvProgId(_) => {
+                            info.xdp_native = true
+                        }
+                        LinkXdp::Attached(XdpAttached::SocketBuffer) | LinkXdp::SkbProgId(_) => {
+                            info.xdp_generic = true
+                        }
+                        _ => {}
+                    }
+                }
+            }
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let NlLinkInfo::Kind(k) = i {
@@ -662,6 +679,10 @@ mod tests {
         b.extend(nla(libc::IFLA_LINK, &9u32.to_ne_bytes()));
         b.extend(nla(libc::IFLA_LINK_NETNSID, &2i32.to_ne_bytes()));
         b.extend(nla(libc::IFLA_OPERSTATE, &[6]));
+        // IFLA_XDP { IFLA_XDP_ATTACHED = XDP_ATTACHED_DRV, IFLA_XDP_PROG_ID = 42 }
+        let mut xdp = nla(2, &[1]);
+        xdp.extend(nla(4, &42u32.to_ne_bytes()));
+        b.extend(nla(libc::IFLA_XDP, &xdp));
         b.extend(nla(
             libc::IFLA_LINKINFO,
             &nla(libc::IFLA_INFO_KIND, b"veth\0"),
@@ -682,6 +703,7 @@ mod tests {
             (info.link, info.link_netnsid, info.operstate),
             (Some(9), Some(2), Some(6))
         );
+        assert!(info.xdp_native && !info.xdp_generic);
     }
 
     fn error_reply(code: i32, flags: u16, seq: u32, tlvs: &[u8]) -> Vec<u8> {

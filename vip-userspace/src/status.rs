@@ -10,6 +10,9 @@ pub struct Status {
     pub node: String,
     pub interface: String,
     pub xdp_mode: String,
+    /// Why the data plane runs in `xdp_mode` (auto's decision, or "configured").
+    #[serde(default)]
+    pub xdp_mode_reason: String,
     pub groups: Vec<GroupStatus>,
     /// Program-wide data-plane counters by name.
     pub global: BTreeMap<String, u64>,
@@ -142,6 +145,9 @@ impl Status {
             "node {}  interface {} (xdp {})",
             self.node, self.interface, self.xdp_mode
         );
+        if !self.xdp_mode_reason.is_empty() {
+            let _ = writeln!(s, "xdp mode: {}", self.xdp_mode_reason);
+        }
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");
         }

@@ -49,6 +49,7 @@ use crate::{
     host::{self, Interface},
     netlink::Netlink,
     reason::Reason,
+    xdpmode,
 };
 use adverts::AdvertSockets;
 use group::{redirect_target, GroupRuntime, VipRuntime};
@@ -347,12 +348,14 @@ impl Agent {
         };
         let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref(), settings)
             .context("loading the XDP data plane")?;
-        dp.attach(&iface.name, cfg.node.xdp_mode)?;
+        let xdp = dp.attach_chosen(&iface.name, xdpmode::choose(&cfg, &iface.name, iface.index))?;
+        warnings.extend(xdp.warning.clone());
+        let xdp_line = xdp.describe();
         let adopted = dp.adopted();
         log::info!(
-            "XDP attached to {} ({} mode){}",
+            "XDP attached to {} ({}){}",
             iface.name,
-            cfg.node.xdp_mode.as_str(),
+            xdp_line,
             match (&pin, adopted) {
                 (Some(d), true) =>
                     format!("; adopted the running data plane pinned at {}", d.display()),
@@ -714,14 +717,6 @@ impl Agent {
 /// Warnings about the interface that the operator should hear at start.
 fn interface_warnings(iface: &Interface) -> Vec<String> {
     let mut w = Vec::new();
-    if iface.kind.as_deref() == Some("veth") {
-        w.push(format!(
-            "{} is a veth: ARP/NS answers and forwarded frames (XDP_TX) reach its peer only if \
-             the peer has NAPI, i.e. an XDP program on it (`vip xdp-pass PEER`); otherwise \
-             the kernel drops them silently",
-            iface.name
-        ));
-    }
     let vlans = host::vlan_uppers(&iface.name);
     if !vlans.is_empty() {
         w.push(format!(

@@ -29,6 +29,7 @@ pub struct Snapshot {
     node: String,
     interface: String,
     xdp_mode: String,
+    xdp_mode_reason: String,
     warnings: Vec<String>,
     unknown_group_adverts: u64,
     address_errors: u64,
@@ -122,7 +123,17 @@ impl Agent {
         Snapshot {
             node: self.cfg.node.name.clone(),
             interface: self.iface.name.clone(),
-            xdp_mode: self.cfg.node.xdp_mode.as_str().into(),
+            xdp_mode: self
+                .dp
+                .xdp_choice()
+                .map_or(self.cfg.node.xdp_mode, |c| c.mode)
+                .as_str()
+                .into(),
+            xdp_mode_reason: self
+                .dp
+                .xdp_choice()
+                .map(|c| c.reason.clone())
+                .unwrap_or_default(),
             warnings: self.warnings.clone(),
             unknown_group_adverts: self.unknown_group_adverts,
             address_errors: self.addrs.errors,
@@ -212,6 +223,7 @@ impl Snapshot {
             node: self.node,
             interface: self.interface,
             xdp_mode: self.xdp_mode,
+            xdp_mode_reason: self.xdp_mode_reason,
             groups,
             global,
             warnings: self.warnings,

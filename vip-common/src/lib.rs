@@ -110,7 +110,11 @@ pub mod rng {
     impl XorShift64 {
         /// A generator from `seed`; a zero seed (xorshift's fixed point) is replaced.
         pub const fn new(seed: u64) -> Self {
-            XorShift64(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+            XorShift64(if seed == 0 {
+                0x9e37_79b9_7f4a_7c15
+            } else {
+                seed
+            })
         }
 
         /// The next value (the state itself, as the classic xorshift64).

@@ -269,7 +269,11 @@ fn reload_applies_a_diff_and_refuses_bad_configs() {
         (s["groups"][1]["vips"].as_array()?.len() == 1).then_some(())
     });
     assert!(gone.is_some(), "SIGHUP did not reload");
-    assert!(a.log_text().contains("SIGHUP: reloaded"));
+    assert!(
+        a.log_text().contains("reload: reloaded"),
+        "{}",
+        a.log_text()
+    );
     let probes = prober.finish();
     assert_eq!(
         probes.iter().filter(|p| p.answered_by.is_none()).count(),

@@ -286,7 +286,11 @@ fn translate(ctx: &XdpContext, which: Addr, old: &[u8; 4], new: &[u8; 4]) -> Res
                 // SAFETY: bounds checked by ptr_at.
                 let inner = unsafe { &mut *inner };
                 // The quoted packet went the other way.
-                let quoted = if which == Addr::Dst { Addr::Src } else { Addr::Dst };
+                let quoted = if which == Addr::Dst {
+                    Addr::Src
+                } else {
+                    Addr::Dst
+                };
                 if *addr(inner, quoted) == *old {
                     let c = replace4(inner.check, *old, *new);
                     *addr(inner, quoted) = *new;
@@ -318,4 +322,3 @@ fn replace2(csum: [u8; 2], old: [u8; 2], new: [u8; 2]) -> [u8; 2] {
     sum += u16::from_be_bytes(new) as u32;
     csum_finish(sum).to_be_bytes()
 }
-

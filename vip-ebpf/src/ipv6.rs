@@ -266,4 +266,3 @@ fn mac_sum(m: &Mac) -> u32 {
         + u16::from_be_bytes([m[2], m[3]]) as u32
         + u16::from_be_bytes([m[4], m[5]]) as u32
 }
-

@@ -10,8 +10,8 @@ use aya_ebpf::{
 use vip_common::{
     action, flags, global,
     xdp::{XDP_PASS, XDP_TX},
-    EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
-    DEFAULT_MAX_VIPS, MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
+    EipEntry, EipStats, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
+    MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
 use crate::packet::{self, Error, Frame};

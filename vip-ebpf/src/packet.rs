@@ -7,9 +7,7 @@
 use aya_ebpf::programs::XdpContext;
 use network_types::eth::EthHdr;
 
-pub use vip_common::ether::{
-    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
-};
+pub use vip_common::ether::{ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6};
 
 pub type Mac = [u8; 6];
 

@@ -12,8 +12,8 @@ use vip::mac::Mac;
 
 pub const VIP: &str = "10.0.0.50";
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
-/// XDP return codes, for BPF_PROG_TEST_RUN tables.
-#[allow(unused_imports)] // not every test file steers frames
+/// XDP return codes, for BPF_PROG_TEST_RUN tables (not every test uses them).
+#[allow(unused_imports)]
 pub use vip_common::xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 /// MACs of the BPF_PROG_TEST_RUN tables: this node, the active, a client, a

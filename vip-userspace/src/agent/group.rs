@@ -80,6 +80,9 @@ pub(super) struct GroupRuntime {
     pub checks: Vec<(&'static str, Tracker, String)>,
     /// Until when a drained step-down keeps forwarding (static/keepalived groups).
     pub drain_until: Option<Instant>,
+    /// After a handover, the old active keeps its VIP addresses (on lo, never
+    /// announced) for the drain, so what its stack already accepted is answered.
+    pub addrs_until: Option<Instant>,
     pub lease_deadline: Option<u64>,
     /// Transitions by "state/reason kind", for metrics.
     pub transition_reasons: BTreeMap<String, u64>,
@@ -115,6 +118,7 @@ impl GroupRuntime {
             errors: AdvertErrors::default(),
             checks: trackers(&cfg.track),
             drain_until: None,
+            addrs_until: None,
             lease_deadline: None,
             transition_reasons: BTreeMap::new(),
             tasks: Vec::new(),
@@ -263,6 +267,7 @@ pub(super) fn redirect_target(
     nl: &Netlink,
     group: &str,
     r: &config::Redirect,
+    native: bool,
     warnings: &mut Vec<String>,
 ) -> Result<RedirectTarget> {
     let key = format!("group[{group}].redirect_to");
@@ -285,7 +290,9 @@ pub(super) fn redirect_target(
             })?
         }
     };
-    if iface.kind.as_deref() == Some("veth") {
+    // Generic mode transmits through the stack, which delivers into a veth; only a
+    // native data plane needs the peer's XDP program.
+    if native && iface.kind.as_deref() == Some("veth") {
         warnings.push(format!(
             "redirect target {} is a veth: redirected frames reach its peer only if the peer has an XDP program (`vip xdp-pass PEER`)",
             iface.name
@@ -344,7 +351,11 @@ impl super::Agent {
         let now = Instant::now();
         let redirect = match &g.redirect {
             Some(r) => {
-                let t = redirect_target(&self.nl, &g.name, r, warnings)?;
+                let native = self
+                    .dp
+                    .xdp_choice()
+                    .is_none_or(|c| c.mode == config::XdpMode::Native);
+                let t = redirect_target(&self.nl, &g.name, r, native, warnings)?;
                 self.dp
                     .add_redirect_target(t.ifindex)
                     .with_context(|| format!("group[{}].redirect_to", g.name))?;

@@ -509,7 +509,7 @@ impl Agent {
             if let Some(t) = g.election().and_then(|e| e.next_deadline()) {
                 next = next.min(t);
             }
-            if let Some(t) = g.drain_until {
+            for t in [g.drain_until, g.addrs_until].into_iter().flatten() {
                 next = next.min(t);
             }
         }
@@ -523,6 +523,11 @@ impl Agent {
             if let Some(e) = self.groups[gi].election_mut() {
                 let actions = e.tick(now);
                 self.apply(gi, actions);
+            }
+            if self.groups[gi].addrs_until.is_some_and(|t| now >= t)
+                && self.groups[gi].state != State::Active
+            {
+                self.release_addresses(gi);
             }
             if self.groups[gi].drain_until.is_some_and(|t| now >= t) {
                 self.groups[gi].drain_until = None;

@@ -108,7 +108,7 @@ impl Agent {
             if let Some(r) = &g.redirect {
                 host::interface(&r.interface)
                     .with_context(|| format!("group[{}].redirect_to", g.name))?;
-                super::redirect_target(&self.nl, &g.name, r, &mut scratch)?;
+                super::redirect_target(&self.nl, &g.name, r, true, &mut scratch)?;
             }
             if let Some(e) = &g.election {
                 self.election_params(g, e)?;

@@ -193,6 +193,7 @@ impl Agent {
         self.join_solicited_nodes(gi, true);
         self.groups[gi].forward_to = None;
         self.groups[gi].drain_until = None;
+        self.groups[gi].addrs_until = None;
         self.groups[gi].set_state(State::Active, reason);
         self.announce(gi);
         Ok(())
@@ -230,14 +231,13 @@ impl Agent {
         };
         self.groups[gi].forward_to = forward_to;
         self.set_entries(gi, forward_to)?;
-        let (name, vips) = (
-            self.groups[gi].cfg.name.clone(),
-            self.groups[gi].vips.clone(),
-        );
-        for v in vips.iter() {
-            if self.addrs.holds(v.vip.addr) {
-                self.addrs.remove(&name, v.vip.addr);
-            }
+        let drain = self.groups[gi].cfg.drain;
+        if was_active && forward_to.is_some() && !drain.is_zero() {
+            // New traffic is forwarded to the successor from now on; what our stack
+            // already accepted still finds its address until the drain ends.
+            self.groups[gi].addrs_until = Some(Instant::now() + drain);
+        } else {
+            self.release_addresses(gi);
         }
         let g = &self.groups[gi];
         // Static groups forward only for the drain period after giving the VIP up,
@@ -251,6 +251,20 @@ impl Agent {
         }
         self.groups[gi].set_state(state, reason);
         Ok(())
+    }
+
+    /// Removes the group's VIP addresses (the group no longer holds its VIPs).
+    pub(super) fn release_addresses(&mut self, gi: usize) {
+        self.groups[gi].addrs_until = None;
+        let (name, vips) = (
+            self.groups[gi].cfg.name.clone(),
+            self.groups[gi].vips.clone(),
+        );
+        for v in vips.iter() {
+            if self.addrs.holds(v.vip.addr) {
+                self.addrs.remove(&name, v.vip.addr);
+            }
+        }
     }
 
     /// Starts (or restarts) the group's gratuitous ARP / unsolicited NA burst, and the

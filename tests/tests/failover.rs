@@ -20,21 +20,6 @@ fn servers_lan(names: &[&str]) -> Lan {
     lan
 }
 
-/// Waits until `agents` show exactly the expected states.
-fn expect_states(agents: &[(&str, &Agent)], want: &[&str]) {
-    let ok = wait_for(Duration::from_secs(5), || {
-        let got: Vec<String> = agents.iter().map(|(_, a)| state(a)).collect();
-        (got == want).then_some(())
-    });
-    if ok.is_none() {
-        let got: Vec<String> = agents
-            .iter()
-            .map(|(n, a)| format!("{n}={}", state(a)))
-            .collect();
-        panic!("states {got:?}, wanted {want:?}");
-    }
-}
-
 fn election(a: &Agent) -> serde_json::Value {
     a.status().unwrap()["groups"][0]["election"].clone()
 }

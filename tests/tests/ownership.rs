@@ -8,28 +8,13 @@ mod common;
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use common::*;
-use lab::{privileged, wait_for, Agent, Capture, Lan};
+use lab::{privileged, Agent, Capture, Lan};
 use nix::sys::signal::Signal;
 
 fn servers_lan() -> Lan {
     let mut lan = Lan::new(&["a", "b", "c"]).expect("lab");
     lan.enable_xdp_tx(&["a", "b"]).expect("xdp-pass");
     lan
-}
-
-/// Waits until the agents show exactly these states.
-fn expect_states(agents: &[(&str, &Agent)], want: &[&str]) {
-    let ok = wait_for(Duration::from_secs(5), || {
-        let got: Vec<String> = agents.iter().map(|(_, a)| state(a)).collect();
-        (got == want).then_some(())
-    });
-    if ok.is_none() {
-        let got: Vec<String> = agents
-            .iter()
-            .map(|(n, a)| format!("{n}={}", state(a)))
-            .collect();
-        panic!("states {got:?}, wanted {want:?}");
-    }
 }
 
 /// The MACs that answer `arping -c 3` for the VIP from the client.

@@ -843,41 +843,33 @@ fn dup_map(map: &MapData, name: &'static str) -> Result<MapData> {
     MapData::from_fd(fd).map_err(map_err(name))
 }
 
+fn dup_hash<K: aya::Pod, V: aya::Pod>(
+    m: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>> {
+    use aya::maps::IterableMap as _;
+    HashMap::try_from(aya::maps::Map::HashMap(dup_map(m.map(), name)?)).map_err(map_err(name))
+}
+
+fn dup_per_cpu<V: aya::Pod>(
+    m: &PerCpuArray<MapData, V>,
+    name: &'static str,
+) -> Result<PerCpuArray<MapData, V>> {
+    use aya::maps::IterableMap as _;
+    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(m.map(), name)?))
+        .map_err(map_err(name))
+}
+
 impl Dataplane {
     /// Read-only handles for another thread.
     pub fn reader(&self) -> Result<Reader> {
-        use aya::maps::IterableMap as _;
         Ok(Reader {
-            vips_v4: HashMap::try_from(aya::maps::Map::HashMap(dup_map(
-                self.vips_v4.map(),
-                maps::VIPS_V4,
-            )?))
-            .map_err(map_err(maps::VIPS_V4))?,
-            vips_v6: HashMap::try_from(aya::maps::Map::HashMap(dup_map(
-                self.vips_v6.map(),
-                maps::VIPS_V6,
-            )?))
-            .map_err(map_err(maps::VIPS_V6))?,
-            stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(
-                self.stats.map(),
-                maps::VIP_STATS,
-            )?))
-            .map_err(map_err(maps::VIP_STATS))?,
-            global: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(
-                self.global.map(),
-                maps::GLOBAL_STATS,
-            )?))
-            .map_err(map_err(maps::GLOBAL_STATS))?,
-            owners: HashMap::try_from(aya::maps::Map::HashMap(dup_map(
-                self.owners.map(),
-                maps::OWNERS,
-            )?))
-            .map_err(map_err(maps::OWNERS))?,
-            eip_stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(dup_map(
-                self.eip_stats.map(),
-                maps::EIP_STATS,
-            )?))
-            .map_err(map_err(maps::EIP_STATS))?,
+            vips_v4: dup_hash(&self.vips_v4, maps::VIPS_V4)?,
+            vips_v6: dup_hash(&self.vips_v6, maps::VIPS_V6)?,
+            stats: dup_per_cpu(&self.stats, maps::VIP_STATS)?,
+            global: dup_per_cpu(&self.global, maps::GLOBAL_STATS)?,
+            owners: dup_hash(&self.owners, maps::OWNERS)?,
+            eip_stats: dup_per_cpu(&self.eip_stats, maps::EIP_STATS)?,
         })
     }
 }

@@ -58,6 +58,21 @@ pub fn start_elected(lan: &Lan, me: &str, all: &[&str], priority: u8, group_extr
     .expect("starting the agent")
 }
 
+/// Waits until `agents` show exactly the expected states of their first group.
+pub fn expect_states(agents: &[(&str, &Agent)], want: &[&str]) {
+    let ok = lab::wait_for(Duration::from_secs(5), || {
+        let got: Vec<String> = agents.iter().map(|(_, a)| state(a)).collect();
+        (got == want).then_some(())
+    });
+    if ok.is_none() {
+        let got: Vec<String> = agents
+            .iter()
+            .map(|(n, a)| format!("{n}={}", state(a)))
+            .collect();
+        panic!("states {got:?}, wanted {want:?}");
+    }
+}
+
 /// The first group's state, or "down" when the agent does not answer.
 pub fn state(a: &Agent) -> String {
     a.status()

@@ -164,7 +164,9 @@ impl Agent {
             config: cfg_path,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // Generous: a node with 20,000 VIPs adds as many addresses, which the kernel keeps
+        // in a list (quadratic); the loop returns as soon as the agent answers.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(st) = agent.proc.try_status() {
                 bail!(
@@ -181,7 +183,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "agent {name} did not answer within 15 s:\n{}",
+                    "agent {name} did not answer within 60 s:\n{}",
                     agent.log_text()
                 );
             }

@@ -63,8 +63,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            // The agent's loop runs on this thread (block_on); sockets, status and
-            // metrics on two workers, so nothing they do delays an advertisement.
+            // The agent's loop runs on this thread (block_on); sockets and timers on
+            // two workers; status is rendered on a thread of its own (see agent).
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

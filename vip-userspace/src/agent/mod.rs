@@ -82,8 +82,9 @@ pub struct Agent {
     log_limiter: adverts::LogLimiter,
     unknown_group_adverts: u64,
     opts: Options,
-    /// Counter slots in use (VIP_STATS indexes).
+    /// Counter slots in use (VIP_STATS indexes), and where to look for the next.
     slots: BTreeSet<u32>,
+    slot_hint: u32,
     health_tx: Option<mpsc::Sender<health::Report>>,
     /// Holds the solicited-node memberships of redirected IPv6 VIPs.
     mcast: Option<std::net::UdpSocket>,
@@ -217,6 +218,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let renderer = snapshot::spawn_renderer(agent.reader());
     log::info!("agent ready: control socket {}", socket_path.display());
     loop {
         while agent.exit.is_none() {
@@ -225,14 +227,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 Some((req, reply)) = rx.recv() => match req {
                     Request::Status => {
                         // The loop copies its part; the maps are read on another thread.
-                        let (snap, reader) = (agent.snapshot(), agent.reader());
-                        tokio::task::spawn_blocking(move || {
-                            let _ = reply.send(Response {
-                                ok: true,
-                                status: Some(Box::new(snap.render(&reader))),
-                                ..Default::default()
-                            });
-                        });
+                        let _ = renderer.send((agent.snapshot(), reply));
                     }
                     Request::Reload => agent.begin_reload(Some(reply)),
                     req => {
@@ -419,6 +414,7 @@ impl Agent {
             eips: Vec::new(),
             opts,
             slots: BTreeSet::new(),
+            slot_hint: 0,
             health_tx: None,
             mcast: None,
             link_up: true,

@@ -38,7 +38,7 @@ enum Cmd {
     },
     /// The demo: a switch, two servers and a client in namespaces; a live failover.
     Demo,
-    /// Benchmarks with same-run baselines: paths, throughput, scale, control,
+    /// Benchmarks with same-run baselines: paths, throughput, scale, control, stall,
     /// failover (all by default); a table, and JSON in target/bench/latest.json.
     Bench {
         /// Which benchmarks (default: all).

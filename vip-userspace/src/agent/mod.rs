@@ -1,18 +1,16 @@
-//! The agent: owns the data plane and the VIP addresses, moves groups between roles
-//! (statically, by its own election, or on keepalived's notifications), announces
+//! The agent: the loop that wires the rooms together. It owns the data plane and the
+//! VIP addresses, moves groups between roles (each group's `crate::driver` decides:
+//! its own election, its configured role, or keepalived's notifications), announces
 //! takeovers and answers the control socket.
-//!
-//! Order of a takeover: the lease and map entries first (the data plane answers ARP/NS
-//! from that instant), then the addresses (local sockets accept the VIP), then the
-//! gratuitous ARP / unsolicited NA burst. A step-down reverses it: entries first (we
-//! stop answering at once, or forward to the new active), then the addresses.
 //!
 //! The loop runs on its own thread and owns every decision; nothing on it waits for
 //! I/O that can take long: status and metrics are read from a snapshot on another
-//! thread (`snapshot`), announcements never block (`garp`), netlink requests have a
-//! timeout. Rooms: `group` (one group's runtime), `adverts` (the election's datagrams),
-//! `reload` (plan, then apply), `eips` (elastic IPs), `snapshot` (status);
-//! `crate::addresses` owns the VIP addresses.
+//! thread (`snapshot`), announcements never block (`crate::garp`), netlink requests
+//! have a timeout. Rooms: `group` (one group's runtime and its life), `roles` (taking
+//! and giving up VIPs, in the order that keeps one owner), `requests` (control
+//! requests), `adverts` (the election's datagrams), `reload` (plan, then apply),
+//! `upgrade` (re-executing the binary on reload), `eips` (elastic IPs), `snapshot`
+//! (status); `crate::addresses` owns the VIP addresses.
 
 mod adverts;
 mod eips;

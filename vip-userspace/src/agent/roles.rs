@@ -1,8 +1,9 @@
 //! Taking and giving up a group's VIPs, in the order that keeps one owner: a
 //! takeover programs the lease and the entries first (the data plane answers from
-//! that instant), then the addresses, then the announcements; a step-down stops the
-//! announcements and changes the entries first (we stop answering at once, or
-//! forward to the new active), then removes the addresses.
+//! that instant), then the addresses on lo, then the announcements; a step-down stops
+//! the announcements and changes the entries first (we stop answering at once, or
+//! forward to the new active), then removes the addresses, at the end of the drain
+//! when it hands over to a successor (they are on lo, never announced).
 
 use std::{
     net::IpAddr,

@@ -732,3 +732,37 @@ fn interface_warnings(iface: &Interface) -> Vec<String> {
     }
     w
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `vip agent --cleanup --interface X` and the agent find X's pins: both take the
+    /// config through `parse_config`, which applies the command line's overrides.
+    #[test]
+    fn the_interface_override_moves_the_default_pin_dir() {
+        let dir = std::env::temp_dir().join(format!("vip-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vip.toml");
+        std::fs::write(
+            &path,
+            "[node]\nname = \"a\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\nrole = \"active\"\n",
+        )
+        .unwrap();
+        let opts = |interface: Option<&str>| Options {
+            config: path.clone(),
+            xdp_mode: None,
+            interface: interface.map(String::from),
+        };
+        let pins = |o: &Options| parse_config(o).unwrap().node.pin.dir().map(PathBuf::from);
+        assert_eq!(
+            pins(&opts(None)),
+            Some(PathBuf::from("/sys/fs/bpf/vip/eth0"))
+        );
+        assert_eq!(
+            pins(&opts(Some("veth7"))),
+            Some(PathBuf::from("/sys/fs/bpf/vip/veth7"))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -34,7 +34,7 @@ vrrp_instance VI_1 {{
         {peer_ip}
     }}
     virtual_ipaddress {{
-        10.0.0.50/32 dev eth0
+        10.0.0.50/32 dev lo
     }}
     notify "{vip} notify --socket {socket}"
 }}

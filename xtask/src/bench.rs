@@ -25,10 +25,15 @@ pub const ALL: [&str; 6] = [
     "failover",
 ];
 
+/// Asked for by name only: it takes `soak_secs` twice (vip, then keepalived).
+pub const EXPLICIT: [&str; 1] = ["soak"];
+
 pub struct Options {
     pub which: Vec<String>,
     pub quick: bool,
     pub runs: usize,
+    /// Seconds each implementation is soaked (`soak`).
+    pub soak_secs: u64,
     pub out: Option<PathBuf>,
     pub compare: Option<PathBuf>,
     /// A figure worse than the base by more than this fraction is flagged.
@@ -37,7 +42,7 @@ pub struct Options {
 
 pub fn run(vip: &Path, o: Options) -> Result<()> {
     for w in &o.which {
-        if !ALL.contains(&w.as_str()) {
+        if !ALL.contains(&w.as_str()) && !EXPLICIT.contains(&w.as_str()) {
             bail!("unknown benchmark `{w}` (choose from {})", ALL.join(", "));
         }
     }
@@ -47,7 +52,11 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
         o.which.iter().map(String::as_str).collect()
     };
     let mut results: Vec<Value> = Vec::new();
-    let perf: Vec<&str> = which.iter().copied().filter(|w| *w != "failover").collect();
+    let perf: Vec<&str> = which
+        .iter()
+        .copied()
+        .filter(|w| *w != "failover" && *w != "soak")
+        .collect();
     if !perf.is_empty() {
         let tmp = root().join("target/bench/perf.json");
         std::fs::create_dir_all(tmp.parent().unwrap_or(Path::new(".")))
@@ -76,6 +85,20 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
                 "lost_probes_median": row["lost"]["median"],
                 "min": row["outage_ms"]["min"],
                 "max": row["outage_ms"]["max"],
+                "lower_is_better": true,
+            }));
+        }
+    }
+    if which.contains(&"soak") {
+        let f = failover::soak(vip, o.soak_secs)?;
+        for row in f["rows"].as_array().into_iter().flatten() {
+            results.push(json!({
+                "bench": "soak",
+                "case": format!("{} {} ms adverts, {} s, CPU hogs + 2 % loss between the nodes: false takeovers", row["impl"].as_str().unwrap_or(""), row["advert_interval_ms"], o.soak_secs),
+                "value": row["false_takeovers"],
+                "unit": "takeovers",
+                "lost_probes": row["lost_probes"],
+                "answered_by_b": row["answered_by_b"],
                 "lower_is_better": true,
             }));
         }

@@ -39,7 +39,9 @@ enum Cmd {
     /// The demo: a switch, two servers and a client in namespaces; a live failover.
     Demo,
     /// Benchmarks with same-run baselines: paths, throughput, scale, control, stall,
-    /// failover (all by default); a table, and JSON in target/bench/latest.json.
+    /// failover (all by default), and soak (only when named: no false takeover under
+    /// CPU hogs and 2 % loss, vip and keepalived); a table, and JSON in
+    /// target/bench/latest.json.
     Bench {
         /// Which benchmarks (default: all).
         which: Vec<String>,
@@ -49,6 +51,9 @@ enum Cmd {
         /// Failover runs per case.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Seconds of `soak` per implementation (run only when named).
+        #[arg(long, default_value_t = 300)]
+        soak_secs: u64,
         /// Where to write the JSON (default target/bench/latest.json).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -130,6 +135,7 @@ fn run() -> Result<()> {
             which,
             quick,
             runs,
+            soak_secs,
             out,
             compare,
             threshold,
@@ -144,6 +150,7 @@ fn run() -> Result<()> {
                     which,
                     quick,
                     runs,
+                    soak_secs,
                     out,
                     compare,
                     threshold: threshold / 100.0,

@@ -408,9 +408,10 @@ pub fn soak(vip: &Path, secs: u64) -> Result<serde_json::Value> {
         let row = soak_one(&lan, &switch, imp, interval, Duration::from_secs(secs))
             .with_context(|| format!("soak of {imp:?} at {interval} ms"))?;
         eprintln!(
-            "[bench soak] {:<10} {:>4} ms adverts, {secs} s, CPU hogs + 2 % loss between the nodes: {} false takeovers, {} probes lost",
+            "[bench soak] {:<10} {:>4} ms adverts, {secs} s, CPU hogs + 2 % loss between the nodes ({} frames dropped): {} false takeovers, {} probes lost",
             format!("{imp:?}").to_lowercase(),
             interval,
+            row["frames_dropped_between_nodes"],
             row["false_takeovers"],
             row["lost_probes"]
         );
@@ -465,8 +466,7 @@ fn soak_one(
     let before = takeovers(&nodes);
     let nft = |args: &str| -> Result<()> {
         let st = std::process::Command::new("ip")
-            .args(["netns", "exec", switch, "nft"])
-            .args(args.split_whitespace())
+            .args(["netns", "exec", switch, "nft", args])
             .status()
             .context("running nft")?;
         if !st.success() {
@@ -475,8 +475,10 @@ fn soak_one(
         Ok(())
     };
     nft("add table bridge vipsoak")?;
-    nft("add chain bridge vipsoak fwd { type filter hook forward priority 0 ; policy accept ; }")?;
-    nft("add rule bridge vipsoak fwd iifname { p-a, p-b } oifname { p-a, p-b } numgen random mod 100 < 2 drop")?;
+    nft(
+        "add chain bridge vipsoak lossy { type filter hook forward priority 0 ; policy accept ; }",
+    )?;
+    nft("add rule bridge vipsoak lossy iifname { \"p-a\", \"p-b\" } oifname { \"p-a\", \"p-b\" } numgen random mod 100 < 2 counter drop")?;
     let mut hogs = Vec::new();
     for h in ["a", "a", "b", "b"] {
         let mut cmd = lan.host(h).ns.command(&["sh", "-c", "while :; do :; done"]);
@@ -488,6 +490,17 @@ fn soak_one(
     std::thread::sleep(secs);
     let probes = prober.finish();
     drop(hogs);
+    // Proof that the loss happened: the rule's counter.
+    let dropped = std::process::Command::new("ip")
+        .args(["netns", "exec", switch, "nft", "list table bridge vipsoak"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            let t = String::from_utf8_lossy(&o.stdout).to_string();
+            let i = t.find("packets ")?;
+            t[i + 8..].split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
     let _ = nft("delete table bridge vipsoak");
     let after = takeovers(&nodes);
     let lost = probes.iter().filter(|p| p.answered_by.is_none()).count();
@@ -503,5 +516,6 @@ fn soak_one(
         "probes": probes.len(),
         "lost_probes": lost,
         "answered_by_b": by_b,
+        "frames_dropped_between_nodes": dropped,
     }))
 }

@@ -31,6 +31,16 @@ fn arping_macs(lan: &Lan) -> BTreeSet<String> {
         .collect()
 }
 
+/// Debian's libfaketime, wherever the architecture puts it.
+fn faketime_lib() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime (Debian package faketime; cargo xtask setup installs it)")
+}
+
 /// Gratuitous ARPs for `ip` (sender IP = target IP) on the wire, by sender MAC.
 fn garp_senders(frames: &[Vec<u8>], ip: Ipv4Addr) -> BTreeSet<String> {
     frames
@@ -64,20 +74,39 @@ fn a_peer_restarted_with_its_clock_back_is_heard() {
     drop(b);
     // A wall-clock step (as NTP makes one): the monotonic clock, which the lease
     // uses with the kernel, is not stepped.
+    // libfaketime is preloaded through `env` (which execs), not the `faketime`
+    // wrapper (which forks: the lab could not stop the agent by its PID).
+    let preload = format!("LD_PRELOAD={}", faketime_lib().display());
     let b = Agent::start_wrapped(
         &lan.host("b").ns,
         "b",
         &cfg("b", 200),
         &[
             "env",
+            &preload,
+            "FAKETIME=-1h",
             "FAKETIME_DONT_FAKE_MONOTONIC=1",
-            "faketime",
-            "-f",
-            "-1h",
         ],
         &[],
     )
-    .expect("starting b under faketime");
+    .expect("starting b under libfaketime");
+    // Its log's timestamps (UTC, wall clock) say an hour earlier than ours.
+    let now_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        % 24;
+    let log = b.log_text();
+    let hour = log
+        .find('T')
+        .and_then(|k| log.get(k + 1..k + 3))
+        .and_then(|h| h.parse::<u64>().ok());
+    assert_eq!(
+        hour,
+        Some((now_hour + 23) % 24),
+        "b's clock is not an hour back:\n{log}"
+    );
     expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
     // And it stays so: a hears b, one MAC answers.
     std::thread::sleep(Duration::from_millis(300)); // time for a wrong takeover to show

@@ -31,6 +31,14 @@ fn arping_macs(lan: &Lan) -> BTreeSet<String> {
         .collect()
 }
 
+/// a (priority 200) active and b (100) standby, elected at the tests' interval.
+fn elected_pair(lan: &Lan) -> (Agent, Agent) {
+    let a = start_elected(lan, "a", &["a", "b"], 200, "");
+    let b = start_elected(lan, "b", &["a", "b"], 100, "");
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    (a, b)
+}
+
 /// Debian's libfaketime, wherever the architecture puts it.
 fn faketime_lib() -> std::path::PathBuf {
     std::fs::read_dir("/usr/lib")
@@ -132,9 +140,7 @@ fn a_peer_restarted_with_its_clock_back_is_heard() {
 fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
     privileged();
     let lan = servers_lan();
-    let a = start_elected(&lan, "a", &["a", "b"], 200, "");
-    let b = start_elected(&lan, "b", &["a", "b"], 100, "");
-    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    let (a, b) = elected_pair(&lan);
     assert!(
         a.status().unwrap()["warnings"]
             .as_array()
@@ -226,9 +232,7 @@ fn two_nodes_started_at_once_only_one_ever_announces() {
 fn the_reason_after_a_release_says_so() {
     privileged();
     let lan = servers_lan();
-    let a = start_elected(&lan, "a", &["a", "b"], 200, "");
-    let b = start_elected(&lan, "b", &["a", "b"], 100, "");
-    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    let (a, b) = elected_pair(&lan);
     let out = a.cli(&["demote", "web"]).unwrap();
     assert!(out.status.success());
     expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);

@@ -572,10 +572,7 @@ impl Dataplane {
 
     /// The entry the data plane holds for a VIP, if any.
     pub fn vip(&self, addr: IpAddr) -> Option<VipEntry> {
-        match addr {
-            IpAddr::V4(a) => self.vips_v4.get(&u32::from_ne_bytes(a.octets()), 0).ok(),
-            IpAddr::V6(a) => self.vips_v6.get(&a.octets(), 0).ok(),
-        }
+        vip_entry(&self.vips_v4, &self.vips_v6, addr)
     }
 
     /// A VIP's counters, summed over CPUs.
@@ -833,6 +830,18 @@ pub struct Reader {
     eip_stats: PerCpuArray<MapData, EipStats>,
 }
 
+/// A VIP's entry in whichever family's map holds it.
+fn vip_entry(
+    v4: &HashMap<MapData, u32, VipEntry>,
+    v6: &HashMap<MapData, [u8; 16], VipEntry>,
+    addr: IpAddr,
+) -> Option<VipEntry> {
+    match addr {
+        IpAddr::V4(a) => v4.get(&u32::from_ne_bytes(a.octets()), 0).ok(),
+        IpAddr::V6(a) => v6.get(&a.octets(), 0).ok(),
+    }
+}
+
 /// A second handle on a map, through a duplicated file descriptor.
 fn dup_map(map: &MapData, name: &'static str) -> Result<MapData> {
     let fd = map
@@ -877,10 +886,7 @@ impl Dataplane {
 impl Reader {
     /// The entry the data plane holds for a VIP, if any.
     pub fn vip(&self, addr: IpAddr) -> Option<VipEntry> {
-        match addr {
-            IpAddr::V4(a) => self.vips_v4.get(&u32::from_ne_bytes(a.octets()), 0).ok(),
-            IpAddr::V6(a) => self.vips_v6.get(&a.octets(), 0).ok(),
-        }
+        vip_entry(&self.vips_v4, &self.vips_v6, addr)
     }
 
     /// A VIP's counters, summed over CPUs.

@@ -161,17 +161,23 @@ fn table(rows: &[(Impl, u64, Fault, Vec<Sample>)]) -> String {
     t
 }
 
-/// Brings a up as active and b as standby, probes, injects the fault, measures.
-fn run_once(lan: &Lan, imp: Impl, interval: u64, fault: Fault) -> Result<Sample> {
-    let c = lan.host("c");
-    c.ns.ip(&["neigh", "flush", "dev", "eth0"])?;
-    // A killed HA process leaves its address behind; every run starts clean.
+/// Every run starts clean: the client knows no MAC for the VIP, and the address a
+/// killed keepalived left on a server's interface is gone.
+fn start_clean(lan: &Lan) -> Result<()> {
+    lan.host("c").ns.ip(&["neigh", "flush", "dev", "eth0"])?;
     for h in ["a", "b"] {
         let _ = lan
             .host(h)
             .ns
             .ip(&["addr", "del", &format!("{VIP}/32"), "dev", "eth0"]);
     }
+    Ok(())
+}
+
+/// Brings a up as active and b as standby, probes, injects the fault, measures.
+fn run_once(lan: &Lan, imp: Impl, interval: u64, fault: Fault) -> Result<Sample> {
+    let c = lan.host("c");
+    start_clean(lan)?;
     let mut nodes = match imp {
         Impl::Vip => Nodes::vip(lan, interval)?,
         Impl::Keepalived => Nodes::keepalived(lan, interval)?,
@@ -428,13 +434,7 @@ fn soak_one(
     secs: Duration,
 ) -> Result<serde_json::Value> {
     let c = lan.host("c");
-    c.ns.ip(&["neigh", "flush", "dev", "eth0"])?;
-    for h in ["a", "b"] {
-        let _ = lan
-            .host(h)
-            .ns
-            .ip(&["addr", "del", &format!("{VIP}/32"), "dev", "eth0"]);
-    }
+    start_clean(lan)?;
     let nodes = match imp {
         Impl::Vip => Nodes::vip(lan, interval)?,
         Impl::Keepalived => Nodes::keepalived(lan, interval)?,

@@ -63,14 +63,9 @@ fn three_nodes_elect_fail_over_and_preempt() {
     a.proc.signal(Signal::SIGKILL).unwrap();
     expect_states(&[("b", &b), ("e", &e)], &["active", "standby"]);
     client_reaches(&lan, &lan.host("b").mac);
-    let reason = b.status().unwrap()["groups"][0]["reason"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        reason.contains("no advertisement from the active"),
-        "{reason}"
-    );
+    // The killed agent's data plane went with it (unpinned): the echo saw it first.
+    let g = b.status().unwrap()["groups"][0].clone();
+    assert_eq!(g["reason_kind"], "echo_lost", "{}", g["reason"]);
     drop(a);
 
     // It comes back with the highest priority and preempts.
@@ -91,6 +86,103 @@ fn three_nodes_elect_fail_over_and_preempt() {
         lan.host("a").mac
     );
     drop((a, b, e));
+    teardown(lan);
+}
+
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+fn echo(a: &Agent) -> serde_json::Value {
+    a.status().unwrap()["groups"][0]["echo"].clone()
+}
+
+fn armed(b: &Agent) {
+    let ok = wait_for(Duration::from_secs(3), || {
+        (echo(b)["state"] == "armed").then_some(())
+    });
+    assert!(ok.is_some(), "the echo never armed: {}", echo(b));
+}
+
+/// The echo: b probes a's data plane; a's link going down, a killed agent, a stopped
+/// agent (only once its lease ran out) are all seen by the probes, before any
+/// advertisement silence could be; with the echo off, silence still works.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn the_echo_detects_a_dead_data_plane_before_silence() {
+    privileged();
+    let lan = servers_lan(&["a", "b"]);
+    let all = ["a", "b"];
+    let a = start_elected(&lan, "a", &all, 200, "");
+    let b = start_elected(&lan, "b", &all, 100, "");
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    armed(&b);
+    let e = echo(&b);
+    assert_eq!(e["peer"], lan.host("a").ip4.to_string());
+    assert!(e["replies"].as_u64().unwrap() > 0, "{e}");
+    // a's data plane answered them, and its agent never saw one.
+    let g = &a.status().unwrap()["global"];
+    assert!(g["echo_answered"].as_u64().unwrap() > 0, "{g}");
+    assert_eq!(a.status().unwrap()["groups"][0]["election"]["malformed"], 0);
+
+    // Link down: the probes go unanswered.
+    lan.host("a")
+        .ns
+        .ip(&["link", "set", "eth0", "down"])
+        .unwrap();
+    expect_states(&[("b", &b)], &["active"]);
+    let g = b.status().unwrap()["groups"][0].clone();
+    assert_eq!(g["reason_kind"], "echo_lost", "{}", g["reason"]);
+    let t = &g["last_takeover"];
+    let (decided, announced) = (
+        t["decided_mono_ns"].as_u64().unwrap(),
+        t["announced_mono_ns"].as_u64().unwrap(),
+    );
+    assert!(announced >= decided, "{t}");
+    lan.host("a").ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    armed(&b);
+
+    // With the echo off, advertisement silence detects the failure as before.
+    drop(b);
+    let b = start_elected(&lan, "b", &all, 100, "echo_interval_ms = 0");
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    assert_eq!(echo(&b)["state"], "off");
+    a.proc.signal(Signal::SIGKILL).unwrap();
+    expect_states(&[("b", &b)], &["active"]);
+    let g = b.status().unwrap()["groups"][0].clone();
+    assert_eq!(g["reason_kind"], "peer_silent", "{}", g["reason"]);
+    drop((a, b));
+
+    // A stopped agent: its data plane answers probes while its lease runs (600 ms at
+    // 200 ms adverts), so the probes see it go when it stops serving, never before.
+    let slow = |me: &str, prio: u8| {
+        let cfg = elected(&lan, me, &all, prio, "", "").replace(
+            &format!("advert_interval_ms = {INTERVAL}"),
+            "advert_interval_ms = 200",
+        );
+        Agent::start(&lan.host(me).ns, me, &cfg).expect("starting the agent")
+    };
+    let a = slow("a", 200);
+    let b = slow("b", 100);
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    armed(&b);
+    let stopped = monotonic_ns();
+    a.proc.signal(Signal::SIGSTOP).unwrap();
+    expect_states(&[("b", &b)], &["active"]);
+    let g = b.status().unwrap()["groups"][0].clone();
+    assert_eq!(g["reason_kind"], "echo_lost", "{}", g["reason"]);
+    let decided = g["last_takeover"]["decided_mono_ns"].as_u64().unwrap();
+    // The lease had at least 600 - 200 ms left when a stopped (renewed every tick).
+    assert!(
+        decided - stopped >= 400_000_000,
+        "b took over {} ms after a stopped, before a's lease ran out",
+        (decided - stopped) / 1_000_000
+    );
+    a.proc.signal(Signal::SIGCONT).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    drop((a, b));
     teardown(lan);
 }
 

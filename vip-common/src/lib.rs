@@ -12,6 +12,7 @@ use core::mem::size_of;
 pub mod globals {
     pub const VIP_IFINDEX: &str = "VIP_IFINDEX";
     pub const EIP_ENABLED: &str = "EIP_ENABLED";
+    pub const ECHO_PORT: &str = "ECHO_PORT";
 }
 
 /// Map names, as the loader finds them in the object file.
@@ -26,6 +27,7 @@ pub mod maps {
     pub const EIPS_OUT: &str = "EIPS_OUT";
     pub const OWNERS: &str = "OWNERS";
     pub const EIP_STATS: &str = "EIP_STATS";
+    pub const ECHO_SEEN: &str = "ECHO_SEEN";
     /// The benchmarks' maps, in their own object (`vip-bench`).
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
@@ -244,6 +246,10 @@ pub mod global {
     pub const NOT_OUR_MAC: u32 = 4;
     /// An entry pointed at a stats slot outside the array.
     pub const BAD_STATS_INDEX: u32 = 5;
+    /// Echo probes reflected: this node answers for the probed VIP (its lease runs).
+    pub const ECHO_ANSWERED: u32 = 6;
+    /// Echo probes dropped unanswered: the VIP is not ours now, or its lease ran out.
+    pub const ECHO_REFUSED: u32 = 7;
     pub const COUNT: u32 = 8;
 
     pub const NAMES: [&str; COUNT as usize] = [
@@ -253,8 +259,8 @@ pub mod global {
         "vlan_passed",
         "not_our_mac",
         "bad_stats_index",
-        "reserved6",
-        "reserved7",
+        "echo_answered",
+        "echo_refused",
     ];
 }
 
@@ -267,8 +273,52 @@ pub struct Settings {
     pub vip_ifindex: u32,
     /// Non-zero when elastic IPs are configured: skips their lookups otherwise.
     pub eip_enabled: u32,
+    /// The UDP port of the election (host order), where echo probes arrive; 0: no echo.
+    pub echo_port: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 8);
+const _: () = assert!(size_of::<Settings>() == 12);
+
+/// The echo: a standby's probe of the active's data plane (BFD's echo function). The
+/// standby sends a probe to the active's election port; the active's XDP program
+/// reflects it (addresses and ports swapped, kind set to reply) only while it answers
+/// for the probed VIP, lease included; the standby's XDP program records the reply's
+/// sequence in `ECHO_SEEN` and drops it. So liveness is proven by the very data path
+/// that serves the VIP, with no userspace wake-up on either side per packet.
+///
+/// UDP payload, network byte order:
+///
+/// ```text
+///  0..4  magic "VIPE"     4 version (1)     5 kind (1 probe, 2 reply)
+///  6     VIP family (4/6) 7 reserved (0)
+///  8..12 slot: the prober's index into ECHO_SEEN (its group's slot)
+/// 12..20 token: random per (group, active); a reply must carry the current one
+/// 20..28 sequence number of the probe
+/// 28..44 the probed VIP (IPv4 in the first 4 bytes)
+/// ```
+pub mod echo {
+    pub const MAGIC: [u8; 4] = *b"VIPE";
+    pub const VERSION: u8 = 1;
+    pub const PROBE: u8 = 1;
+    pub const REPLY: u8 = 2;
+    pub const LEN: usize = 44;
+    pub const OFF_KIND: usize = 5;
+    pub const OFF_FAMILY: usize = 6;
+    pub const OFF_SLOT: usize = 8;
+    pub const OFF_TOKEN: usize = 12;
+    pub const OFF_SEQ: usize = 20;
+    pub const OFF_VIP: usize = 28;
+}
+
+/// `ECHO_SEEN[slot]`: the prober writes the token when it starts probing an active;
+/// the XDP program raises `seq` to the highest sequence of a reply carrying that
+/// token. Both fields in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EchoSeen {
+    pub token: u64,
+    pub seq: u64,
+}
+const _: () = assert!(size_of::<EchoSeen>() == 16);
 
 /// An elastic IP's 1:1 mapping onto a VIP, the value of `EIPS_IN` (key: the EIP)
 /// and of `EIPS_OUT` (key: the VIP); keys are IPv4 addresses in network order as a
@@ -353,6 +403,8 @@ mod pod {
     unsafe impl aya::Pod for super::VipStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EchoSeen {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EipEntry {}
     // SAFETY: as above.

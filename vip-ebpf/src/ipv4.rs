@@ -5,6 +5,7 @@ use network_types::ip::Ipv4Hdr;
 use vip_common::xdp::XDP_PASS;
 
 use crate::{
+    echo::{self, Family},
     maps::{self, VIPS_V4},
     packet::{ptr_at, Error, Frame, ETH_HLEN},
 };
@@ -20,6 +21,9 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     let dst = u32::from_ne_bytes(ip.dst_addr);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     let Some(entry) = (unsafe { VIPS_V4.get(dst) }) else {
+        if ip.proto == echo::UDP && ip.vihl & 0x0f == 5 {
+            return echo::handle(ctx, frame, Family::V4, ETH_HLEN + Ipv4Hdr::LEN);
+        }
         return Ok(XDP_PASS);
     };
     maps::steer(ctx, frame, entry)

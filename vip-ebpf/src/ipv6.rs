@@ -24,6 +24,7 @@ use vip_common::{
 };
 
 use crate::{
+    echo::{self, Family},
     maps::{self, VIPS_V6},
     packet::{ptr_at, Error, Frame, Mac, ETH_HLEN},
 };
@@ -63,6 +64,9 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     match unsafe { VIPS_V6.get(ip.dst_addr) } {
         Some(entry) => maps::steer(ctx, frame, entry),
+        None if ip.next_hdr == echo::UDP => {
+            echo::handle(ctx, frame, Family::V6, ETH_HLEN + IPV6_HLEN)
+        }
         None => Ok(XDP_PASS),
     }
 }

@@ -9,6 +9,7 @@
 #![no_main]
 
 mod arp;
+mod echo;
 mod eip;
 mod ipv4;
 mod ipv6;

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use vip_common::{
     action, flags, global,
     xdp::{XDP_PASS, XDP_TX},
-    EipEntry, EipStats, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
+    EchoSeen, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
     MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
@@ -57,6 +57,11 @@ pub static OWNERS: HashMap<u32, Owner> = HashMap::with_max_entries(MAX_EIPS, 0);
 #[map]
 pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_EIPS, 0);
 
+/// The standby's view of its echo probes, indexed by its group's slot (see
+/// `vip_common::echo`).
+#[map]
+pub static ECHO_SEEN: Array<EchoSeen> = Array::with_max_entries(MAX_GROUPS, 0);
+
 /// Program-wide settings, written by the loader into read-only data before the
 /// program is verified: the verifier then knows them as constants, and a node without
 /// elastic IPs pays nothing for them.
@@ -64,6 +69,8 @@ pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_
 static VIP_IFINDEX: u32 = 0;
 #[unsafe(no_mangle)]
 static EIP_ENABLED: u32 = 0;
+#[unsafe(no_mangle)]
+static ECHO_PORT: u32 = 0;
 
 #[inline(always)]
 pub fn settings() -> Settings {
@@ -73,6 +80,7 @@ pub fn settings() -> Settings {
         Settings {
             vip_ifindex: core::ptr::read_volatile(&VIP_IFINDEX),
             eip_enabled: core::ptr::read_volatile(&EIP_ENABLED),
+            echo_port: core::ptr::read_volatile(&ECHO_PORT),
         }
     }
 }

@@ -19,7 +19,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use vip_common::{
-    global, globals, maps, programs, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
+    global, globals, maps, programs, EchoSeen, EipEntry, EipStats, Owner, Settings, VipEntry,
+    VipStats,
 };
 
 use crate::{config::XdpMode, xdpmode::Choice};
@@ -90,6 +91,7 @@ pub struct Dataplane {
     eips_out: HashMap<MapData, u32, EipEntry>,
     owners: HashMap<MapData, u32, Owner>,
     eip_stats: PerCpuArray<MapData, EipStats>,
+    echo_seen: Array<MapData, EchoSeen>,
     max_vips: u32,
     /// Where the maps and the attachment are pinned, if they are.
     pin_dir: Option<PathBuf>,
@@ -164,6 +166,7 @@ impl Dataplane {
         loader
             .override_global(globals::VIP_IFINDEX, &settings.vip_ifindex, true)
             .override_global(globals::EIP_ENABLED, &settings.eip_enabled, true)
+            .override_global(globals::ECHO_PORT, &settings.echo_port, true)
             .map_max_entries(maps::VIPS_V4, max_vips)
             .map_max_entries(maps::VIPS_V6, max_vips)
             .map_max_entries(maps::VIP_STATS, max_vips);
@@ -202,6 +205,8 @@ impl Dataplane {
         let owners = HashMap::try_from(take(maps::OWNERS)?).map_err(map_err(maps::OWNERS))?;
         let eip_stats =
             PerCpuArray::try_from(take(maps::EIP_STATS)?).map_err(map_err(maps::EIP_STATS))?;
+        let echo_seen =
+            Array::try_from(take(maps::ECHO_SEEN)?).map_err(map_err(maps::ECHO_SEEN))?;
         Ok(Dataplane {
             ebpf,
             vips_v4,
@@ -216,6 +221,7 @@ impl Dataplane {
             eips_out,
             owners,
             eip_stats,
+            echo_seen,
             max_vips,
             pin_dir: pin_dir.map(Path::to_path_buf),
             pinned_link: None,
@@ -839,6 +845,15 @@ fn vip_entry(
     match addr {
         IpAddr::V4(a) => v4.get(&u32::from_ne_bytes(a.octets()), 0).ok(),
         IpAddr::V6(a) => v6.get(&a.octets(), 0).ok(),
+    }
+}
+
+impl Dataplane {
+    /// The prober's own handle on `ECHO_SEEN` (it runs on its own thread).
+    pub fn echo_seen(&self) -> Result<Array<MapData, EchoSeen>> {
+        use aya::maps::IterableMap as _;
+        let map = dup_map(self.echo_seen.map(), maps::ECHO_SEEN)?;
+        Array::try_from(aya::maps::Map::Array(map)).map_err(map_err(maps::ECHO_SEEN))
     }
 }
 

@@ -52,6 +52,23 @@ pub struct Params {
     pub preempt_delay: Duration,
     /// Our primary address: identity and tie-breaker.
     pub me: IpAddr,
+    /// After the active's data plane stops answering probes, how long to wait before
+    /// taking over: zero with a single peer, else shorter for higher priorities (see
+    /// `Params::echo_skew_for`), so that of several standbys the best goes first.
+    pub echo_skew: Duration,
+}
+
+impl Params {
+    /// The echo's priority skew: an echo interval per 24 priority points below 256
+    /// (priority 100: 6.5 intervals, 150: 4.4, 200: 2.3). Two standbys 50 points
+    /// apart are then two intervals apart, more than the interval by which their
+    /// probes' phases (hence their detections) can differ.
+    pub fn echo_skew_for(priority: u8, echo_interval: Duration, peers: usize) -> Duration {
+        if peers <= 1 {
+            return Duration::ZERO;
+        }
+        echo_interval * (256 - priority.max(1) as u32) / 24
+    }
 }
 
 /// An operator's override of the election.
@@ -95,6 +112,12 @@ enum DownCause {
     Silent { since: Option<Instant> },
     /// The active released the VIPs.
     Released { by: IpAddr },
+    /// The active's data plane stopped answering probes.
+    EchoLost {
+        peer: IpAddr,
+        missed: u32,
+        silent: Duration,
+    },
 }
 
 /// The node we believe active (not us).
@@ -309,6 +332,15 @@ impl Election {
                 } else if self.master_down_at.is_some_and(|t| now >= t) {
                     let why = match self.down_cause {
                         DownCause::Released { by } => Reason::Released { by },
+                        DownCause::EchoLost {
+                            peer,
+                            missed,
+                            silent,
+                        } => Reason::EchoLost {
+                            peer,
+                            missed,
+                            silent,
+                        },
                         DownCause::Silent { since } => Reason::PeerSilent {
                             silent: since
                                 .map(|s| now.saturating_duration_since(s))
@@ -442,6 +474,36 @@ impl Election {
             }
         }
         out
+    }
+
+    /// The prober's word: the active's data plane stopped answering (`crate::echo`).
+    /// Acts like advertisement silence, only sooner: the best standby takes over
+    /// after its echo skew, unless an advert from an active comes first.
+    pub fn echo_lost(
+        &mut self,
+        peer: IpAddr,
+        missed: u32,
+        silent: Duration,
+        now: Instant,
+    ) -> Vec<Action> {
+        let from_active = self.active.as_ref().is_some_and(|a| a.addr == peer);
+        if !from_active
+            || !matches!(self.state, State::Standby | State::Init)
+            || !self.healthy
+            || self.pin == Pin::Standby
+        {
+            return Vec::new();
+        }
+        let at = now + self.p.echo_skew;
+        if self.master_down_at.is_none_or(|t| at < t) {
+            self.master_down_at = Some(at);
+            self.down_cause = DownCause::EchoLost {
+                peer,
+                missed,
+                silent,
+            };
+        }
+        self.tick(now)
     }
 
     /// Health of the group's checks changed.
@@ -585,6 +647,7 @@ mod tests {
             preempt: true,
             preempt_delay: Duration::ZERO,
             me: format!("10.0.0.{last}").parse().unwrap(),
+            echo_skew: Duration::ZERO,
         })
     }
 
@@ -614,6 +677,60 @@ mod tests {
             Action::TakeOver { reason } => Some(reason.clone()),
             _ => None,
         })
+    }
+
+    #[test]
+    fn a_lost_echo_takes_over_at_once_with_one_peer() {
+        let t0 = Instant::now();
+        let mut e = node(100, 10);
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 200, 20), t0 + 10 * MS);
+        // From someone who is not the active: ignored.
+        assert!(e
+            .echo_lost("10.0.0.30".parse().unwrap(), 6, 12 * MS, t0 + 20 * MS)
+            .is_empty());
+        let a = e.echo_lost("10.0.0.20".parse().unwrap(), 6, 12 * MS, t0 + 20 * MS);
+        match took_over_reason(&a) {
+            Some(Reason::EchoLost { missed, .. }) => assert_eq!(missed, 6),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.state(), State::Active);
+    }
+
+    #[test]
+    fn a_lost_echo_waits_for_the_skew_and_an_advert_cancels_it() {
+        let t0 = Instant::now();
+        let mut e = node(100, 10);
+        e.p.echo_skew = Params::echo_skew_for(100, 2 * MS, 2);
+        assert!(e.p.echo_skew > Duration::ZERO);
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 200, 20), t0 + 10 * MS);
+        let t1 = t0 + 20 * MS;
+        assert!(
+            took_over_reason(&e.echo_lost("10.0.0.20".parse().unwrap(), 6, 12 * MS, t1)).is_none()
+        );
+        // A better standby took over first and says so: we stay standby.
+        e.receive(&advert(Kind::Advert, 150, 30), t1 + MS);
+        assert!(took_over_reason(&e.tick(t1 + e.p.echo_skew)).is_none());
+        assert_eq!(e.state(), State::Standby);
+        // The better standby goes first: a higher priority waits less.
+        assert!(Params::echo_skew_for(150, 2 * MS, 2) < Params::echo_skew_for(100, 2 * MS, 2));
+    }
+
+    #[test]
+    fn a_lost_echo_is_ignored_when_demoted_or_faulty() {
+        let t0 = Instant::now();
+        let mut e = node(100, 10);
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 200, 20), t0 + 10 * MS);
+        e.demote(None, t0 + 11 * MS);
+        assert!(took_over_reason(&e.echo_lost(
+            "10.0.0.20".parse().unwrap(),
+            6,
+            12 * MS,
+            t0 + 20 * MS
+        ))
+        .is_none());
     }
 
     #[test]

@@ -101,8 +101,29 @@ pub fn announcement(mac: Mac, addr: IpAddr) -> Vec<u8> {
     }
 }
 
-/// Sends `garp.count` rounds of announcements for `addrs`, the first at once, then one
-/// every `garp.interval`. Runs until done or aborted (a demotion aborts it).
+/// The announcement frames for `addrs`.
+pub fn frames(mac: Mac, addrs: &[IpAddr]) -> Vec<Vec<u8>> {
+    addrs.iter().map(|a| announcement(mac, *a)).collect()
+}
+
+/// Sends one round of announcements now.
+pub fn send_round(socket: &PacketSocket, frames: &[Vec<u8>], label: &str) {
+    for f in frames {
+        match socket.send(f) {
+            Ok(()) => {}
+            // Dropped and counted; the next round (or the peers' own traffic) will
+            // do. Never retried here: a burst must not stall the caller.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => log::debug!(
+                "group {label}: announcement dropped, send queue full ({} so far)",
+                socket.dropped()
+            ),
+            Err(e) => log::warn!("group {label}: sending announcement: {e}"),
+        }
+    }
+}
+
+/// Sends `garp.count` rounds of announcements, the first at once, then one every
+/// `garp.interval`. Runs until done or aborted (a demotion aborts it).
 pub async fn burst(
     socket: Arc<PacketSocket>,
     mac: Mac,
@@ -110,23 +131,21 @@ pub async fn burst(
     garp: Garp,
     label: String,
 ) {
-    let frames: Vec<_> = addrs.iter().map(|a| announcement(mac, *a)).collect();
-    for round in 0..garp.count {
-        if round > 0 {
-            tokio::time::sleep(garp.interval).await;
-        }
-        for f in &frames {
-            match socket.send(f) {
-                Ok(()) => {}
-                // Dropped and counted; the next round (or the peers' own traffic) will
-                // do. Never retried here: a burst must not stall the caller.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => log::debug!(
-                    "group {label}: announcement dropped, send queue full ({} so far)",
-                    socket.dropped()
-                ),
-                Err(e) => log::warn!("group {label}: sending announcement: {e}"),
-            }
-        }
+    let frames = frames(mac, &addrs);
+    send_round(&socket, &frames, &label);
+    burst_rest(socket, frames, garp, label).await;
+}
+
+/// The rounds after the first (which the caller sent itself, at once).
+pub async fn burst_rest(
+    socket: Arc<PacketSocket>,
+    frames: Vec<Vec<u8>>,
+    garp: Garp,
+    label: String,
+) {
+    for _ in 1..garp.count {
+        tokio::time::sleep(garp.interval).await;
+        send_round(&socket, &frames, &label);
     }
 }
 

@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod driver;
+pub mod echo;
 pub mod election;
 pub mod frames;
 pub mod garp;

@@ -27,6 +27,12 @@ pub enum Reason {
     WaitingForKeepalived,
     /// Nothing was heard from the active (or from anyone, at start) for this long.
     PeerSilent { silent: Duration },
+    /// The active's data plane stopped answering our echo probes (`crate::echo`).
+    EchoLost {
+        peer: IpAddr,
+        missed: u32,
+        silent: Duration,
+    },
     /// The active released the VIPs (planned handover: demote, stop, reload).
     Released { by: IpAddr },
     /// We preempted a lower-priority active.
@@ -65,6 +71,7 @@ impl Reason {
             Reason::Adopted => "adopted",
             Reason::Configured(_) => "configured",
             Reason::PeerSilent { .. } => "peer_silent",
+            Reason::EchoLost { .. } => "echo_lost",
             Reason::Released { .. } => "release",
             Reason::Preempt { .. } => "preempt",
             Reason::Yield { .. } => "yield",
@@ -99,6 +106,15 @@ impl fmt::Display for Reason {
                     silent.as_millis()
                 )
             }
+            Reason::EchoLost {
+                peer,
+                missed,
+                silent,
+            } => write!(
+                f,
+                "the data plane of {peer} stopped answering: {missed} probes unanswered, {:.1} ms since its last reply",
+                silent.as_secs_f64() * 1e3
+            ),
             Reason::Released { by } => write!(f, "{by} released the VIPs (planned handover)"),
             Reason::Preempt { active, priority } => {
                 write!(

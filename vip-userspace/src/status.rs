@@ -71,7 +71,38 @@ pub struct GroupStatus {
     pub health: String,
     /// Present for elected groups.
     pub election: Option<ElectionStatus>,
+    /// The last takeover's timing (since this agent started).
+    #[serde(default)]
+    pub last_takeover: Option<TakeoverStatus>,
+    /// The standby's probing of the active's data plane (elected groups).
+    #[serde(default)]
+    pub echo: Option<EchoStatus>,
     pub vips: Vec<VipStatus>,
+}
+
+/// When a takeover was decided and announced, on the host's CLOCK_MONOTONIC (the
+/// same clock for every process of the host, so a benchmark can compare).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TakeoverStatus {
+    pub reason_kind: String,
+    pub decided_mono_ns: u64,
+    /// When the first gratuitous ARP / unsolicited NA left.
+    pub announced_mono_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EchoStatus {
+    pub interval_ms: u64,
+    pub misses: u32,
+    /// off (echo_interval_ms = 0), idle (not standby, or no active known), probing
+    /// (no reply yet: nothing is concluded), armed, or lost.
+    pub state: String,
+    pub peer: Option<String>,
+    pub probes: u64,
+    pub replies: u64,
+    pub longest_streak: u64,
+    /// True when the prober runs at a real-time priority.
+    pub realtime: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

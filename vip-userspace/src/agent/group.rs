@@ -88,6 +88,11 @@ pub(super) struct GroupRuntime {
     pub transition_reasons: BTreeMap<String, u64>,
     /// Health-check tasks, aborted when the group goes away.
     pub tasks: Vec<JoinHandle<()>>,
+    /// The last takeover's timing, for status and the failover benchmark.
+    pub takeover: Option<crate::status::TakeoverStatus>,
+    /// When the decision that the next takeover carries out was made, if before the
+    /// loop saw it (the echo prober decides on its own thread).
+    pub decided_ns: Option<u64>,
 }
 
 impl GroupRuntime {
@@ -122,6 +127,8 @@ impl GroupRuntime {
             lease_deadline: None,
             transition_reasons: BTreeMap::new(),
             tasks: Vec::new(),
+            takeover: None,
+            decided_ns: None,
         }
     }
 
@@ -412,6 +419,7 @@ impl super::Agent {
             preempt: e.preempt,
             preempt_delay: e.preempt_delay,
             me,
+            echo_skew: Params::echo_skew_for(e.priority, e.echo_interval, e.peers.len()),
         })
     }
 

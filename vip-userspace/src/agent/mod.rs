@@ -95,6 +95,8 @@ pub struct Agent {
     binary: Option<upgrade::Binary>,
     /// The loop's event channel, for helpers started later (the upgrade preflight).
     events: Option<mpsc::Sender<Event>>,
+    /// Probes the active's data plane for every standby group (`crate::echo`).
+    echo: Option<crate::echo::Prober>,
 }
 
 /// How the agent leaves.
@@ -115,6 +117,8 @@ enum Event {
     /// What the kernel reports about `node.interface` and the VIP addresses on lo.
     Kernel(crate::netlink::Change),
     /// The binary on disk checked the config (a reload that re-executes).
+    /// The echo prober concluded that a group's active is gone.
+    EchoLost(crate::echo::Lost),
     Upgrade(
         Result<(), String>,
         Option<tokio::sync::oneshot::Sender<Response>>,
@@ -220,6 +224,7 @@ pub async fn run(opts: Options) -> Result<()> {
     log::info!("agent ready: control socket {}", socket_path.display());
     loop {
         while agent.exit.is_none() {
+            agent.update_echo();
             let deadline = agent.next_deadline();
             tokio::select! {
                 Some((req, reply)) = rx.recv() => match req {
@@ -331,13 +336,11 @@ impl Agent {
     ) -> Result<Self> {
         // A gateway runs the program on its external side too: VIP rules apply on our
         // interface only, elastic-IP rules everywhere.
-        let settings = if cfg.eips.is_empty() {
-            vip_common::Settings::default()
-        } else {
-            vip_common::Settings {
-                vip_ifindex: iface.index,
-                eip_enabled: 1,
-            }
+        // Echo probes arrive on the election's port (see `crate::echo`).
+        let settings = vip_common::Settings {
+            vip_ifindex: if cfg.eips.is_empty() { 0 } else { iface.index },
+            eip_enabled: u32::from(!cfg.eips.is_empty()),
+            echo_port: cfg.node.advert_port as u32,
         };
         let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref(), settings)
             .context("loading the XDP data plane")?;
@@ -419,6 +422,7 @@ impl Agent {
             exit: None,
             binary: None,
             events: None,
+            echo: None,
         };
         // Counter slots an adopted data plane already uses keep their VIPs (and counts).
         let mut previous: HashMap<IpAddr, VipEntry> = HashMap::new();
@@ -480,6 +484,22 @@ impl Agent {
             ),
         }
         adverts::spawn_receivers(&self.adverts, tx);
+        let etx = tx.clone();
+        self.echo = match self.dp.echo_seen() {
+            Ok(seen) => crate::echo::Prober::spawn(
+                seen,
+                self.cfg.node.advert_port,
+                Box::new(move |lost| {
+                    let _ = etx.try_send(Event::EchoLost(lost));
+                }),
+            )
+            .map_err(|e| log::error!("starting the echo prober: {e}; failures are detected by advertisement silence only"))
+            .ok(),
+            Err(e) => {
+                log::error!("echo map: {e:#}; failures are detected by advertisement silence only");
+                None
+            }
+        };
         let (htx, mut hrx) = mpsc::channel::<health::Report>(64);
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -547,6 +567,7 @@ impl Agent {
             }
             Event::Kernel(crate::netlink::Change::Resync) => self.restore_addresses(),
             Event::Upgrade(result, reply) => self.upgrade_ready(result, reply),
+            Event::EchoLost(lost) => self.echo_lost(lost),
             Event::Health((group, name, ok, detail)) => {
                 if let Some(gi) = self.groups.iter().position(|g| g.cfg.name == group) {
                     self.health(gi, name, ok, detail);
@@ -595,6 +616,52 @@ impl Agent {
             .driver
             .health(now_healthy, first_results, reason, Instant::now());
         self.apply(gi, actions);
+    }
+
+    /// What the echo prober should probe: every standby group's active.
+    fn update_echo(&self) {
+        let Some(prober) = &self.echo else { return };
+        let targets = self
+            .groups
+            .iter()
+            .filter(|g| g.state == State::Standby)
+            .filter_map(|g| {
+                let e = g.cfg.election.as_ref()?;
+                let active = g.election()?.active()?;
+                let vip = g.vips.first()?.vip.addr;
+                (!e.echo_interval.is_zero()).then(|| crate::echo::Target {
+                    group: g.cfg.name.clone(),
+                    slot: g.index,
+                    vip,
+                    peer: active.addr,
+                    interval: e.echo_interval,
+                    misses: e.echo_misses,
+                })
+            })
+            .collect();
+        prober.set_targets(targets);
+    }
+
+    fn echo_lost(&mut self, lost: crate::echo::Lost) {
+        let Some(gi) = self.groups.iter().position(|g| g.cfg.name == lost.group) else {
+            return;
+        };
+        let now = Instant::now();
+        let Some(e) = self.groups[gi].election_mut() else {
+            return;
+        };
+        let actions = e.echo_lost(lost.peer, lost.missed, lost.silent, now);
+        if actions.is_empty() {
+            log::info!(
+                "group {}: the data plane of {} stopped answering probes; not taking over now ({})",
+                lost.group,
+                lost.peer,
+                self.groups[gi].state.as_str()
+            );
+        }
+        self.groups[gi].decided_ns = Some(lost.decided_ns);
+        self.apply(gi, actions);
+        self.groups[gi].decided_ns = None;
     }
 
     /// A VIP address we hold was removed (an operator deleted it, or the kernel flushed

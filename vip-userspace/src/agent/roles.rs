@@ -15,7 +15,6 @@ use vip_common::{action, VipEntry};
 
 use super::Agent;
 use crate::{
-    config,
     election::{Action, State},
     garp, host,
     mac::Mac,
@@ -170,6 +169,15 @@ impl Agent {
 
     /// Takes the group's VIPs: lease and entries, then addresses, then announcements.
     pub fn activate(&mut self, gi: usize, reason: Reason) -> Result<()> {
+        let decided_mono_ns = self.groups[gi]
+            .decided_ns
+            .take()
+            .unwrap_or_else(host::monotonic_ns);
+        self.groups[gi].takeover = Some(crate::status::TakeoverStatus {
+            reason_kind: reason.kind().into(),
+            decided_mono_ns,
+            announced_mono_ns: None,
+        });
         let g = &self.groups[gi];
         if g.leased() {
             let lease = self.lease_of(gi);
@@ -281,19 +289,23 @@ impl Agent {
             g.cfg.name.clone(),
             g.cfg.garp_refresh,
         );
+        // The first round leaves from here, now (the socket never blocks); the
+        // rest of the burst is timed by a task.
+        let frames = garp::frames(mac, &addrs);
+        garp::send_round(&sock, &frames, &name);
+        if let Some(t) = g
+            .takeover
+            .as_mut()
+            .filter(|t| t.announced_mono_ns.is_none())
+        {
+            t.announced_mono_ns = Some(host::monotonic_ns());
+        }
         g.announcer = Some(tokio::spawn(async move {
-            garp::burst(sock.clone(), mac, addrs.clone(), garp, name.clone()).await;
+            garp::burst_rest(sock.clone(), frames, garp, name.clone()).await;
             if let Some(every) = refresh {
                 loop {
                     tokio::time::sleep(every).await;
-                    garp::burst(
-                        sock.clone(),
-                        mac,
-                        addrs.clone(),
-                        config::Garp { count: 1, ..garp },
-                        name.clone(),
-                    )
-                    .await;
+                    garp::send_round(&sock, &garp::frames(mac, &addrs), &name);
                 }
             }
         }));

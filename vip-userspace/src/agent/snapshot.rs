@@ -20,7 +20,8 @@ use crate::{
     mac::Mac,
     reason::{self, Reason},
     status::{
-        ActivePeer, EipStatus, ElectionStatus, GroupStatus, Status, TransitionStatus, VipStatus,
+        ActivePeer, EchoStatus, EipStatus, ElectionStatus, GroupStatus, Status, TakeoverStatus,
+        TransitionStatus, VipStatus,
     },
 };
 
@@ -84,6 +85,8 @@ struct GroupSnap {
     healthy: bool,
     health: String,
     election: Option<ElectionStatus>,
+    last_takeover: Option<TakeoverStatus>,
+    echo: Option<EchoStatus>,
     vips: Arc<Vec<VipRuntime>>,
 }
 
@@ -150,6 +153,26 @@ impl Agent {
                     lease_remaining_ms: g
                         .lease_deadline
                         .map(|d| d.saturating_sub(now_mono) / 1_000_000),
+                }),
+                last_takeover: g.takeover.clone(),
+                echo: g.cfg.election.as_ref().map(|e| {
+                    let s = self.echo.as_ref().and_then(|p| p.stats(&g.cfg.name));
+                    let state = if e.echo_interval.is_zero() {
+                        "off"
+                    } else {
+                        s.as_ref().map_or("idle", |s| s.state)
+                    };
+                    let s = s.unwrap_or_default();
+                    EchoStatus {
+                        interval_ms: e.echo_interval.as_millis() as u64,
+                        misses: e.echo_misses,
+                        state: state.into(),
+                        peer: s.peer.map(|p| p.to_string()),
+                        probes: s.probes,
+                        replies: s.replies,
+                        longest_streak: s.longest_streak,
+                        realtime: self.echo.as_ref().is_some_and(|p| p.realtime()),
+                    }
                 }),
                 vips: g.vips.clone(),
             })
@@ -218,6 +241,8 @@ impl Snapshot {
                 healthy: g.healthy,
                 health: g.health,
                 election: g.election,
+                last_takeover: g.last_takeover,
+                echo: g.echo,
                 vips: g
                     .vips
                     .iter()

@@ -396,3 +396,173 @@ fn run_table(_ns: &Netns) {
     assert_eq!(g["vlan_passed"], 1);
     assert_eq!(g["not_our_mac"], 1);
 }
+
+/// The echo (`vip_common::echo`) through the real program: probes for a VIP we
+/// answer for are reflected, all others dropped; replies carrying the slot's token
+/// raise its sequence; everything else on the port (advertisements) passes.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn echo_fixtures() {
+    privileged();
+    let ns = Netns::new("echo-fixtures").unwrap();
+    ns.run_in(run_echo);
+}
+
+fn run_echo() {
+    use vip::echo::encode;
+    use vip_common::{echo, EchoSeen, Settings};
+    const PORT: u16 = 4112;
+    let settings = Settings {
+        echo_port: PORT as u32,
+        ..Settings::default()
+    };
+    let mut dp = Dataplane::open(64, None, settings).expect("loading the data plane");
+    let host4 = Ipv4Addr::new(10, 0, 0, 11);
+    let (local6, host6, client6) = (v6("2001:db8::50"), v6("2001:db8::11"), v6("2001:db8::12"));
+    dp.set_vip(IpAddr::V4(LOCAL4), &entry(action::LOCAL, 0, 0))
+        .unwrap();
+    dp.set_vip(IpAddr::V4(FWD4), &entry(action::FORWARD, 2, 0))
+        .unwrap();
+    let mut leased = entry(action::LOCAL, 3, 1);
+    leased.flags = flags::LEASED;
+    let mut expired = entry(action::LOCAL, 4, 2);
+    expired.flags = flags::LEASED;
+    dp.set_vip(IpAddr::V4(LEASED4), &leased).unwrap();
+    dp.set_vip(IpAddr::V4(EXPIRED4), &expired).unwrap();
+    dp.set_lease(1, monotonic_ns() + 60_000_000_000).unwrap();
+    dp.set_lease(2, monotonic_ns().saturating_sub(1)).unwrap();
+    dp.set_vip(IpAddr::V6(local6), &entry(action::LOCAL, 5, 0))
+        .unwrap();
+    let mut seen = dp.echo_seen().unwrap();
+    seen.set(7, EchoSeen { token: 42, seq: 3 }, 0).unwrap();
+
+    let probe = |vip: Ipv4Addr| encode(7, 42, 9, IpAddr::V4(vip));
+    let reply_of = |mut b: [u8; echo::LEN]| {
+        b[echo::OFF_KIND] = echo::REPLY;
+        b
+    };
+    let to_us = |dst_mac, b: &[u8]| frames::udp4(dst_mac, CLIENT, CLIENT4, host4, 40000, PORT, b);
+    let reflected = |b: &[u8]| frames::udp4(CLIENT, OWN, host4, CLIENT4, PORT, 40000, b);
+    let reply_to_us = |b: &[u8]| frames::udp4(OWN, CLIENT, CLIENT4, host4, PORT, 40000, b);
+    let p6 = encode(7, 42, 9, IpAddr::V6(local6));
+    let mut v2 = probe(LOCAL4);
+    v2[4] = 2;
+    let cases = vec![
+        case(
+            "probe for a local VIP",
+            to_us(OWN, &probe(LOCAL4)),
+            XDP_TX,
+            Some(reflected(&reply_of(probe(LOCAL4)))),
+        ),
+        case(
+            "probe for a VIP under a running lease",
+            to_us(OWN, &probe(LEASED4)),
+            XDP_TX,
+            Some(reflected(&reply_of(probe(LEASED4)))),
+        ),
+        case(
+            "probe for a VIP whose lease ran out",
+            to_us(OWN, &probe(EXPIRED4)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "probe for a VIP we forward (standby)",
+            to_us(OWN, &probe(FWD4)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "probe for a non-VIP",
+            to_us(OWN, &probe(OTHER4)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "probe flooded to us for another MAC",
+            to_us(ACTIVE, &probe(LOCAL4)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "IPv6 probe for a local VIP",
+            frames::udp6(OWN, CLIENT, client6, host6, 40000, PORT, &p6),
+            XDP_TX,
+            Some(frames::udp6(
+                CLIENT,
+                OWN,
+                host6,
+                client6,
+                PORT,
+                40000,
+                &reply_of(p6),
+            )),
+        ),
+        case(
+            "reply with a stale token",
+            reply_to_us(&reply_of(encode(7, 41, 50, IpAddr::V4(LOCAL4)))),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "reply with the slot's token",
+            reply_to_us(&reply_of(probe(LOCAL4))),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "an advertisement on the port",
+            to_us(
+                OWN,
+                b"VIPA\x02\x01rest-of-an-advert-that-is-long-enough-to-parse",
+            ),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "a short datagram on the port",
+            to_us(OWN, b"VIPE"),
+            XDP_PASS,
+            None,
+        ),
+        case("an unknown echo version", to_us(OWN, &v2), XDP_PASS, None),
+        case(
+            "a probe to another port",
+            frames::udp4(OWN, CLIENT, CLIENT4, host4, 40000, 5000, &probe(LOCAL4)),
+            XDP_PASS,
+            None,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for c in &cases {
+        let r = dp
+            .test_run(&c.frame)
+            .unwrap_or_else(|e| panic!("{}: BPF_PROG_TEST_RUN failed: {e}", c.name));
+        let want = c.out.as_ref().unwrap_or(&c.frame);
+        if r.action != c.action {
+            failures.push(format!(
+                "{}: {} (wanted {})",
+                c.name,
+                action_name(r.action),
+                action_name(c.action)
+            ));
+        } else if &r.frame != want {
+            failures.push(format!(
+                "{}: frame out differs\n  got  {:02x?}\n  want {:02x?}",
+                c.name, r.frame, want
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // Only the reply with the current token moved the slot (3 -> 9).
+    assert_eq!(seen.get(&7, 0).unwrap(), EchoSeen { token: 42, seq: 9 });
+    let g: std::collections::HashMap<_, _> = dp.global_stats().unwrap().into_iter().collect();
+    assert_eq!(g["echo_answered"], 3, "{g:?}");
+    assert_eq!(g["echo_refused"], 4, "{g:?}");
+}

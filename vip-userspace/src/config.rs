@@ -1231,11 +1231,72 @@ pub fn check_host(
             });
         }
     }
+    report.warnings.extend(timing_warnings(cfg));
     if problems.is_empty() {
         Ok(report)
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// How long, on average, until random loss alone fakes a failure: `misses` probes
+/// lost in a row, each round trip crossing the network twice at `loss` per frame.
+pub fn echo_false_alarm_every(interval: Duration, misses: u32, loss: f64) -> Duration {
+    let round_trip = 1.0 - (1.0 - loss) * (1.0 - loss);
+    let p = round_trip.powi(misses as i32) * (1.0 - round_trip);
+    Duration::from_secs_f64((interval.as_secs_f64() / p.max(1e-300)).min(1e12))
+}
+
+/// "2.1 min", "6 days", "3 years".
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    match s {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 2.0 * 86400.0 => format!("{:.0} h", s / 3600.0),
+        s if s < 2.0 * 365.0 * 86400.0 => format!("{:.0} days", s / 86400.0),
+        s => format!("{:.0} years", s / (365.0 * 86400.0)),
+    }
+}
+
+/// Timing that is valid but risks false takeovers, explained (`vip check-config` and
+/// the agent's start-up print these).
+pub fn timing_warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for g in &cfg.groups {
+        let Some(e) = &g.election else { continue };
+        let key = format!("group[{}]", g.name);
+        let advert_ms = e.advert_interval.as_millis();
+        if advert_ms < 50 {
+            out.push(format!(
+                "{key}.advert_interval_ms = {advert_ms}: a standby takes over after {} ms without an advertisement, and the active's lease runs out after {} ms, so an active agent that is not scheduled for that long (a loaded host) loses its VIPs. The echo detects a failed node in milliseconds without depending on the agent's scheduling: with it, the default 100 ms costs no speed.",
+                advert_ms * 3,
+                e.lease.as_millis()
+            ));
+        }
+        if e.echo_interval.is_zero() {
+            continue;
+        }
+        let detect = e.echo_interval * e.echo_misses;
+        let every = echo_false_alarm_every(e.echo_interval, e.echo_misses, 0.01);
+        if every < Duration::from_secs(30 * 86400) {
+            out.push(format!(
+                "{key}.echo_misses = {} at echo_interval_ms = {}: at 1 % frame loss between the nodes, {} probes are lost in a row about every {} (at 2 %: every {}), and each time the standby takes over. The defaults (6 at 2 ms) make it once a year at 1 %.",
+                e.echo_misses,
+                e.echo_interval.as_millis(),
+                e.echo_misses,
+                human_duration(every),
+                human_duration(echo_false_alarm_every(e.echo_interval, e.echo_misses, 0.02)),
+            ));
+        }
+        if detect < Duration::from_millis(4) {
+            out.push(format!(
+                "{key}: echo_interval_ms * echo_misses = {} ms: a probe delayed that long (a softirq backlog under load, a busy hypervisor, a congested link) counts as lost.",
+                detect.as_millis()
+            ));
+        }
+    }
+    out
 }
 
 fn is_host_prefix(a: IpAddr, p: u8) -> bool {
@@ -1372,6 +1433,74 @@ role = "active"
         let c = parse(GOOD).unwrap();
         let r = host(&c, eth0(&[("10.0.0.1", 24), ("10.0.0.50", 32)])).unwrap();
         assert!(r.warnings[0].contains("already assigned"));
+    }
+
+    #[test]
+    fn echo_timing_rules_name_the_keys() {
+        let elected = |extra: &str| {
+            format!("{GOOD}\n[[group]]\nname = \"api\"\nvips = [\"10.0.0.60/24\"]\npeers = [\"10.0.0.12\"]\npriority = 150\n{extra}\n")
+        };
+        // Defaults: 2 ms, 6 misses, no warning.
+        let c = parse(&elected("")).unwrap();
+        let e = c.groups[1].election.clone().unwrap();
+        assert_eq!(
+            (e.echo_interval, e.echo_misses),
+            (Duration::from_millis(2), 6)
+        );
+        assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
+        // Off.
+        let c = parse(&elected("echo_interval_ms = 0")).unwrap();
+        assert!(c.groups[1]
+            .election
+            .as_ref()
+            .unwrap()
+            .echo_interval
+            .is_zero());
+        // Refused, naming the keys.
+        for (extra, key, says) in [
+            (
+                "echo_interval_ms = 200",
+                "group[api].echo_interval_ms",
+                "above advert_interval_ms",
+            ),
+            ("echo_misses = 2", "group[api].echo_misses", "out of range"),
+            (
+                "advert_interval_ms = 10\necho_interval_ms = 10\necho_misses = 3",
+                "group[api].echo_interval_ms",
+                "echo_interval_ms * echo_misses = 30 ms is not below three advert intervals",
+            ),
+        ] {
+            let err = parse(&elected(extra)).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
+        }
+        let err = parse(&format!("{GOOD}echo_misses = 4\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("echo_misses") && err.contains("only applies to elected groups"),
+            "{err}"
+        );
+        // Valid but risky: explained.
+        let c = parse(&elected(
+            "echo_interval_ms = 1\necho_misses = 3\nadvert_interval_ms = 10",
+        ))
+        .unwrap();
+        let w = timing_warnings(&c).join("\n");
+        assert!(
+            w.contains("echo_misses = 3") && w.contains("about every"),
+            "{w}"
+        );
+        assert!(w.contains("= 3 ms: a probe delayed"), "{w}");
+        assert!(w.contains("advert_interval_ms = 10"), "{w}");
+    }
+
+    #[test]
+    fn echo_false_alarms_follow_the_arithmetic() {
+        // 2 ms, 6 misses: 2 % loss per frame is 3.96 % per round trip; 0.0396^6 per probe.
+        let d = echo_false_alarm_every(Duration::from_millis(2), 6, 0.02);
+        assert!((4.0..8.0).contains(&(d.as_secs_f64() / 86400.0)), "{d:?}");
+        let d = echo_false_alarm_every(Duration::from_millis(2), 6, 0.01);
+        assert!(d > Duration::from_secs(300 * 86400), "{d:?}");
     }
 
     #[test]

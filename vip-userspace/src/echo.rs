@@ -228,7 +228,8 @@ fn run(
         if g != generation {
             generation = g;
             let targets = shared.targets.lock().map(|t| t.clone()).unwrap_or_default();
-            probes = retarget(std::mem::take(&mut probes), targets, &mut seen);
+            let totals = shared.stats.lock().map(|s| s.clone()).unwrap_or_default();
+            probes = retarget(std::mem::take(&mut probes), targets, &totals, &mut seen);
             publish(&shared, &probes);
         }
         if probes.is_empty() {
@@ -284,9 +285,11 @@ fn run(
 
 /// New targets keep the state of identical old ones; others start afresh with a new
 /// token, written to their slot before the first probe.
+/// A new probe's counters continue the group's totals (they are counters in metrics).
 fn retarget(
     old: Vec<Probe>,
     targets: Vec<Target>,
+    totals: &HashMap<String, Stats>,
     seen: &mut Array<MapData, EchoSeen>,
 ) -> Vec<Probe> {
     let mut old: Vec<Option<Probe>> = old.into_iter().map(Some).collect();
@@ -305,11 +308,12 @@ fn retarget(
             if let Err(e) = seen.set(t.slot, EchoSeen { token, seq: 0 }, 0) {
                 log::error!("group {}: preparing the echo: {e}", t.group);
             }
+            let before = totals.get(&t.group).cloned().unwrap_or_default();
             Probe {
                 stats: Stats {
                     state: "probing",
                     peer: Some(t.peer),
-                    ..Stats::default()
+                    ..before
                 },
                 target: t,
                 token,
@@ -323,9 +327,13 @@ fn retarget(
         .collect()
 }
 
+/// Groups not probed now keep their totals, shown as idle.
 fn publish(shared: &Shared, probes: &[Probe]) {
     if let Ok(mut s) = shared.stats.lock() {
-        s.clear();
+        for v in s.values_mut() {
+            v.state = "idle";
+            v.peer = None;
+        }
         for p in probes {
             s.insert(p.target.group.clone(), p.stats.clone());
         }

@@ -186,6 +186,17 @@ pub fn render(s: &Status) -> String {
         .map(|(n, h, get)| (counter(&mut reg, n, h), get))
         .collect();
     let priority = gauge(&mut reg, "group_priority", "Effective election priority");
+    let echo_probes = counter(
+        &mut reg,
+        "echo_probes",
+        "Echo probes this standby sent to the active's data plane",
+    );
+    let echo_replies = counter(&mut reg, "echo_replies", "Echo replies received");
+    let echo_streak = gauge(
+        &mut reg,
+        "echo_longest_streak",
+        "Longest run of consecutive unanswered probes (a takeover needs echo_misses)",
+    );
     for g in &s.groups {
         let gl = vec![("group".to_string(), g.name.clone())];
         active.get_or_create(&gl).set((g.state == "active") as i64);
@@ -218,6 +229,11 @@ pub fn render(s: &Status) -> String {
             if let Some(ms) = e.lease_remaining_ms {
                 lease.get_or_create(&gl).set(ms as i64);
             }
+        }
+        if let Some(e) = &g.echo {
+            echo_probes.get_or_create(&gl).inc_by(e.probes);
+            echo_replies.get_or_create(&gl).inc_by(e.replies);
+            echo_streak.get_or_create(&gl).set(e.longest_streak as i64);
         }
     }
     let eip: Vec<Field<crate::status::EipStatus>> = vec![

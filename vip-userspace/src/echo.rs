@@ -154,15 +154,18 @@ impl Sockets {
         Ok(Sockets { v4, v6 })
     }
 
-    fn send(&self, to: SocketAddr, b: &[u8]) {
+    /// False when the probe could not leave this host (no route: our own interface
+    /// is down), which is no evidence about the peer. A full queue counts as sent:
+    /// a probe lost on the way, the same evidence as one lost on the wire.
+    fn send(&self, to: SocketAddr, b: &[u8]) -> bool {
         let s = match to {
             SocketAddr::V4(_) => Some(&self.v4),
             SocketAddr::V6(_) => self.v6.as_ref(),
         };
-        // A full queue or an unreachable peer is a probe without a reply: the same
-        // evidence as a lost one.
-        if let Some(s) = s {
-            let _ = s.send_to(b, to);
+        let Some(s) = s else { return false };
+        match s.send_to(b, to) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
         }
     }
 }
@@ -262,10 +265,11 @@ fn run(
                     decided_ns: now,
                 });
             }
-            p.sent += 1;
-            p.stats.probes += 1;
-            let b = encode(p.target.slot, p.token, p.sent, p.target.vip);
-            sockets.send(SocketAddr::new(p.target.peer, port), &b);
+            let b = encode(p.target.slot, p.token, p.sent + 1, p.target.vip);
+            if sockets.send(SocketAddr::new(p.target.peer, port), &b) {
+                p.sent += 1;
+                p.stats.probes += 1;
+            }
             // Never catch up in a burst after a delay: each probe gets its interval.
             p.next_ns = now + p.target.interval.as_nanos() as u64;
         }

@@ -646,6 +646,11 @@ impl Agent {
         let Some(gi) = self.groups.iter().position(|g| g.cfg.name == lost.group) else {
             return;
         };
+        if !self.link_up {
+            // Our own link is down: the probes never left, which says nothing about
+            // the active (and the interface's health check will fault the group).
+            return;
+        }
         let now = Instant::now();
         let Some(e) = self.groups[gi].election_mut() else {
             return;

@@ -99,6 +99,20 @@ fn auto_mode_forwards_stale_cache_traffic_on_a_bare_veth() {
         kernel_neighbour(&c.ns, VIP).as_deref(),
         Some(b.mac.as_str())
     );
+    // A client whose cache stays stale: a's takeover announces at once, and a
+    // gratuitous ARP always overrides an existing entry.
+    c.ns.ip(&[
+        "neigh",
+        "replace",
+        VIP,
+        "lladdr",
+        &b.mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
     let out = nb.cli(&["demote", "web", "--forward-to", &a.mac]).unwrap();
     assert!(
         out.status.success(),

@@ -8,6 +8,9 @@
 
 use core::mem::size_of;
 
+pub mod flow;
+pub mod maglev;
+
 /// Names of the read-only globals the loader sets (see [`Settings`]).
 pub mod globals {
     pub const VIP_IFINDEX: &str = "VIP_IFINDEX";

@@ -304,7 +304,7 @@ pub fn run(vip: &Path, quick: bool, runs: usize) -> Result<Value> {
         ] {
             let c = cpu_once(&lan, setup).with_context(|| format!("CPU of {}", setup.label()))?;
             eprintln!(
-                "[bench failover] CPU {:<34} a {:>6.2} ms/s, b {:>6.2} ms/s, host softirq {:>6.2} ms/s",
+                "[bench failover] CPU of {:<34} a {:>5.1} ms/s, b {:>5.1} ms/s, host softirq {:>5.1} ms/s",
                 c.label, c.a_ms_per_s, c.b_ms_per_s, c.softirq_ms_per_s
             );
             cpu.push(c);
@@ -630,8 +630,9 @@ fn cpu_table(cpu: &[Cpu]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\nCPU over {} s, a active, b standby (ms per s; 10 = 1 % of a core)\n{:<34} {:>10} {:>10} {:>14}  b's echo",
+        "\nCPU over {} s, a active, b standby (ms per s; 10 = 1 % of a core; resolution {:.1})\n{:<34} {:>10} {:>10} {:>14}  b's echo",
         CPU_WINDOW.as_secs(),
+        1e3 / clk_tck() / CPU_WINDOW.as_secs_f64(),
         "config",
         "a",
         "b",
@@ -650,7 +651,7 @@ fn cpu_table(cpu: &[Cpu]) -> String {
         );
         let _ = writeln!(
             t,
-            "{:<34} {:>10.2} {:>10.2} {:>14.2}  {echo}",
+            "{:<34} {:>10.1} {:>10.1} {:>14.1}  {echo}",
             c.label, c.a_ms_per_s, c.b_ms_per_s, c.softirq_ms_per_s
         );
     }

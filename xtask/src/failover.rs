@@ -641,12 +641,18 @@ fn cpu_table(cpu: &[Cpu]) -> String {
     for c in cpu {
         let echo = c.b_echo.as_ref().map_or_else(
             || "n/a".to_string(),
-            |e| {
-                format!(
-                    "{}, every {} ms",
-                    e["state"].as_str().unwrap_or("?"),
-                    e["interval_ms"]
-                )
+            |e| match e["state"].as_str().unwrap_or("?") {
+                "off" => "off".to_string(),
+                st => format!(
+                    "{st}, every {} ms, {} misses{}",
+                    e["interval_ms"],
+                    e["misses"],
+                    if e["realtime"] == json!(true) {
+                        ", real-time prober"
+                    } else {
+                        ""
+                    }
+                ),
             },
         );
         let _ = writeln!(
@@ -905,8 +911,12 @@ fn echo_summary(e: Option<&Value>) -> (Value, String) {
     };
     let n = |v: Option<u64>| v.map_or_else(|| "n/a".into(), |v| v.to_string());
     let text = format!(
-        "echo on b every {} ms: {} probes, {} replies ({} % unanswered), longest streak {} of {} misses",
+        "echo on b every {} ms{}: {} probes, {} replies ({} % unanswered), longest streak {} of {} misses",
         n(e["interval_ms"].as_u64()),
+        match e["realtime"].as_bool() {
+            Some(true) => " (real-time prober)",
+            _ => "",
+        },
         n(probes),
         n(replies),
         opt(loss, 2),
@@ -921,6 +931,7 @@ fn echo_summary(e: Option<&Value>) -> (Value, String) {
         "replies": replies,
         "loss_percent": loss,
         "longest_streak": e["longest_streak"],
+        "realtime": e["realtime"],
     });
     (v, text)
 }

@@ -1123,6 +1123,40 @@ mod tests {
     }
 
     #[test]
+    fn row_json_keeps_the_fields_and_adds_config_and_detection() {
+        let sample = |d: Option<f64>| Sample {
+            outage_ms: 14.0,
+            lost: 13,
+            detection_ms: d,
+            announce_us: d.map(|_| 400.0),
+            reason: d.map(|_| "echo_lost".to_string()),
+            echo_state: Some("armed".into()),
+        };
+        let row = Row {
+            setup: Setup::Vip(VipConfig::DEFAULTS),
+            fault: Fault::LinkDown,
+            samples: vec![sample(Some(12.0)), sample(None)],
+        };
+        let j = row.json();
+        assert_eq!(j["impl"], "vip");
+        assert_eq!(j["config"], "vip defaults");
+        assert_eq!(j["advert_interval_ms"], 100);
+        assert_eq!(j["fault"], "link down");
+        assert_eq!(j["outage_ms"]["median"], 14.0);
+        assert_eq!(j["detection_ms"]["n"], 1);
+        assert_eq!(j["announce_us"]["p90"], 400.0);
+        assert_eq!(j["takeover_reasons"]["echo_lost"], 1);
+        assert!(j["samples"][1]["detection_ms"].is_null());
+        let ka = Row {
+            setup: Setup::Keepalived { advert_ms: 10 },
+            fault: Fault::Kill,
+            samples: vec![sample(None)],
+        };
+        assert!(ka.json()["detection_ms"].is_null());
+        assert_eq!(ka.json()["config"], "keepalived 10 ms");
+    }
+
+    #[test]
     fn plan_rows() {
         let quick = plan(true, 5);
         assert_eq!(quick.len(), 2);

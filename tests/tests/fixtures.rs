@@ -434,7 +434,16 @@ fn run_echo() {
     dp.set_vip(IpAddr::V6(local6), &entry(action::LOCAL, 5, 0))
         .unwrap();
     let mut seen = dp.echo_seen().unwrap();
-    seen.set(7, EchoSeen { token: 42, seq: 3 }, 0).unwrap();
+    seen.set(
+        7,
+        EchoSeen {
+            token: 42,
+            seq: 3,
+            replies: 0,
+        },
+        0,
+    )
+    .unwrap();
 
     let probe = |vip: Ipv4Addr| encode(7, 42, 9, IpAddr::V4(vip));
     let reply_of = |mut b: [u8; echo::LEN]| {
@@ -561,7 +570,14 @@ fn run_echo() {
         failures.join("\n")
     );
     // Only the reply with the current token moved the slot (3 -> 9).
-    assert_eq!(seen.get(&7, 0).unwrap(), EchoSeen { token: 42, seq: 9 });
+    assert_eq!(
+        seen.get(&7, 0).unwrap(),
+        EchoSeen {
+            token: 42,
+            seq: 9,
+            replies: 1
+        }
+    );
     let g: std::collections::HashMap<_, _> = dp.global_stats().unwrap().into_iter().collect();
     assert_eq!(g["echo_answered"], 3, "{g:?}");
     assert_eq!(g["echo_refused"], 4, "{g:?}");

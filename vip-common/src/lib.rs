@@ -314,14 +314,15 @@ pub mod echo {
 
 /// `ECHO_SEEN[slot]`: the prober writes the token when it starts probing an active;
 /// the XDP program raises `seq` to the highest sequence of a reply carrying that
-/// token. Both fields in host order.
+/// token and counts those replies. All fields in host order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EchoSeen {
     pub token: u64,
     pub seq: u64,
+    pub replies: u64,
 }
-const _: () = assert!(size_of::<EchoSeen>() == 16);
+const _: () = assert!(size_of::<EchoSeen>() == 24);
 
 /// An elastic IP's 1:1 mapping onto a VIP, the value of `EIPS_IN` (key: the EIP)
 /// and of `EIPS_OUT` (key: the VIP); keys are IPv4 addresses in network order as a

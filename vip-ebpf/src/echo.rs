@@ -146,10 +146,14 @@ fn record(body: &[u8; echo::LEN]) {
     let (token, seq) = (b(echo::OFF_TOKEN), b(echo::OFF_SEQ));
     if let Some(seen) = ECHO_SEEN.get_ptr_mut(slot) {
         // SAFETY: a valid array slot; a racing reply on another CPU may write a
-        // slightly lower sequence, which only delays the prober's view by a probe.
+        // slightly lower sequence (or lose a count), which only delays the prober's
+        // view by a probe.
         let seen = unsafe { &mut *seen };
-        if seen.token == token && seq > seen.seq {
-            seen.seq = seq;
+        if seen.token == token {
+            seen.replies += 1;
+            if seq > seen.seq {
+                seen.seq = seq;
+            }
         }
     }
 }

@@ -89,6 +89,8 @@ struct Probe {
     sent: u64,
     /// Highest sequence answered.
     answered: u64,
+    /// Replies counted by the data plane for this token, as last read.
+    counted: u64,
     /// When `answered` last moved (or probing began).
     progress_ns: u64,
     next_ns: u64,
@@ -242,8 +244,11 @@ fn run(
         let now = monotonic_ns();
         for p in probes.iter_mut().filter(|p| now >= p.next_ns) {
             if let Ok(s) = seen.get(&p.target.slot, 0) {
+                if s.token == p.token && s.replies > p.counted {
+                    p.stats.replies += s.replies - p.counted;
+                    p.counted = s.replies;
+                }
                 if s.token == p.token && s.seq > p.answered {
-                    p.stats.replies += s.seq - p.answered;
                     p.answered = s.seq;
                     p.progress_ns = now;
                     // Answering again (the loop kept us standby): watch afresh.
@@ -309,7 +314,11 @@ fn retarget(
                 return p;
             }
             let token = crate::advert::new_epoch();
-            if let Err(e) = seen.set(t.slot, EchoSeen { token, seq: 0 }, 0) {
+            let fresh = EchoSeen {
+                token,
+                ..EchoSeen::default()
+            };
+            if let Err(e) = seen.set(t.slot, fresh, 0) {
                 log::error!("group {}: preparing the echo: {e}", t.group);
             }
             let before = totals.get(&t.group).cloned().unwrap_or_default();
@@ -323,6 +332,7 @@ fn retarget(
                 token,
                 sent: 0,
                 answered: 0,
+                counted: 0,
                 progress_ns: now,
                 next_ns: now,
                 lost: false,

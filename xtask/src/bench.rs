@@ -77,16 +77,50 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
     if which.contains(&"failover") {
         let f = failover::run(vip, o.quick, o.runs)?;
         for row in f["rows"].as_array().into_iter().flatten() {
+            let case = format!(
+                "{}: {}",
+                row["config"].as_str().unwrap_or(""),
+                row["fault"].as_str().unwrap_or("")
+            );
             results.push(json!({
                 "bench": "failover",
-                "case": format!("{} {} ms adverts: {}", row["impl"].as_str().unwrap_or(""), row["advert_interval_ms"], row["fault"].as_str().unwrap_or("")),
+                "case": case,
                 "value": row["outage_ms"]["median"],
                 "unit": "ms outage (median)",
                 "lost_probes_median": row["lost"]["median"],
                 "min": row["outage_ms"]["min"],
                 "max": row["outage_ms"]["max"],
+                "detection_ms": row["detection_ms"],
+                "announce_us": row["announce_us"],
+                "takeover_reasons": row["takeover_reasons"],
                 "lower_is_better": true,
             }));
+            if let Some(p50) = row["detection_ms"]["p50"].as_f64() {
+                results.push(json!({
+                    "bench": "failover",
+                    "case": format!("{case}: detection"),
+                    "value": p50,
+                    "unit": "ms detection (p50)",
+                    "detection_ms": row["detection_ms"],
+                    "lower_is_better": true,
+                }));
+            }
+        }
+        for c in f["cpu"].as_array().into_iter().flatten() {
+            for (node, key) in [
+                ("a (active)", "a_active_cpu_ms_per_s"),
+                ("b (standby)", "b_standby_cpu_ms_per_s"),
+            ] {
+                results.push(json!({
+                    "bench": "failover",
+                    "case": format!("CPU of {}: {node}", c["config"].as_str().unwrap_or("")),
+                    "value": c[key],
+                    "unit": "CPU ms per s",
+                    "seconds": c["seconds"],
+                    "host_softirq_ms_per_s": c["host_softirq_ms_per_s"],
+                    "lower_is_better": true,
+                }));
+            }
         }
     }
     if which.contains(&"soak") {
@@ -94,11 +128,12 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
         for row in f["rows"].as_array().into_iter().flatten() {
             results.push(json!({
                 "bench": "soak",
-                "case": format!("{} {} ms adverts, {} s, CPU hogs + 2 % loss between the nodes: false takeovers", row["impl"].as_str().unwrap_or(""), row["advert_interval_ms"], o.soak_secs),
+                "case": format!("{} ({} ms adverts), {} s, CPU hogs + 2 % loss between the nodes: false takeovers", row["config"].as_str().unwrap_or(""), row["advert_interval_ms"], o.soak_secs),
                 "value": row["false_takeovers"],
                 "unit": "takeovers",
                 "lost_probes": row["lost_probes"],
                 "answered_by_b": row["answered_by_b"],
+                "echo_b": row["echo_b"],
                 "lower_is_better": true,
             }));
         }

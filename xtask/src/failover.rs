@@ -1,5 +1,6 @@
 //! `cargo xtask bench failover`: how long clients lose the VIP when the active server
-//! fails, for vip and for keepalived (VRRP unicast) in the same run.
+//! fails, for vip (in several configurations) and for keepalived (VRRP unicast) in the
+//! same run; how fast vip's standby decides; what the HA processes cost in CPU.
 //!
 //! The demo's topology: servers a (priority 200) and b (100) on a bridge, a client c
 //! probing the VIP every millisecond over UDP; whichever server is active answers with
@@ -7,8 +8,29 @@
 //! down, and a planned handover (`vip demote` / SIGTERM of keepalived). The outage is
 //! the time from the last answer by a to the first by b; lost probes are those sent in
 //! between that nobody answered.
+//!
+//! The vip configurations ([`VipConfig`]): its defaults (peers and priority only: 100 ms
+//! adverts and the echo, a probe every 2 ms, 6 misses), an aggressive one (10 ms
+//! adverts, a 1 ms echo, 4 misses), advert-only detection (echo off) at 100 and 10 ms
+//! for comparison, and 1000 ms adverts with the default echo (detection no longer
+//! depends on the advert interval); keepalived at 1000 ms and at its 10 ms minimum.
+//!
+//! Detection: b's status reports, per group, the CLOCK_MONOTONIC instant it decided to
+//! take over and the instant it sent the first gratuitous ARP / unsolicited NA
+//! (`last_takeover`); the bench reads its own CLOCK_MONOTONIC (shared by every
+//! namespace) when it injects the fault, so detection = decision − injection, and
+//! announce = first announcement − decision. Reported per configuration and fault as
+//! min / p50 / p90 / max; the headline row (vip defaults, link down) takes at least 20
+//! samples. An agent whose status lacks these fields gets "n/a".
+//!
+//! CPU: with a active and b standby, each node's HA processes' utime + stime over 10 s
+//! (`/proc/PID/stat`), as CPU ms per second (1 ms/s = 0.1 % of a core), for vip at its
+//! defaults, with the echo off, aggressive, and keepalived at 10 ms (parent + VRRP
+//! child). Work done in softirq context (a's XDP program reflecting the echo) is not a
+//! process's time: the host's softirq time over the same 10 s is shown beside it.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::SocketAddr,
     path::Path,
@@ -18,17 +40,101 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use lab::{outage, wait_for, Agent, Lan, Prober, Proc, Responder};
-use nix::sys::signal::Signal;
-use serde_json::json;
+use nix::{sys::signal::Signal, time::ClockId};
+use serde_json::{json, Value};
 
 const VIP: &str = "10.0.0.50";
 const PORT: u16 = 7007;
 const PROBE: Duration = Duration::from_millis(1);
+/// Samples of the headline row (vip defaults, link down), whatever `--runs` says.
+const HEADLINE_SAMPLES: usize = 20;
+/// How long the CPU of each pair is measured.
+const CPU_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Impl {
     Vip,
     Keepalived,
+}
+
+/// One vip configuration under test: every config has the peers and the priority;
+/// `keys` are the group keys it adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VipConfig {
+    label: &'static str,
+    /// The advert interval these keys give (the agent's default when they set none).
+    advert_ms: u64,
+    keys: &'static str,
+}
+
+impl VipConfig {
+    const DEFAULTS: VipConfig = VipConfig {
+        label: "vip defaults",
+        advert_ms: 100,
+        keys: "",
+    };
+    const AGGRESSIVE: VipConfig = VipConfig {
+        label: "vip aggressive",
+        advert_ms: 10,
+        keys: "advert_interval_ms = 10\necho_interval_ms = 1\necho_misses = 4\n",
+    };
+    const ADVERTS_100: VipConfig = VipConfig {
+        label: "vip 100 ms, echo off",
+        advert_ms: 100,
+        keys: "advert_interval_ms = 100\necho_interval_ms = 0\n",
+    };
+    const ADVERTS_10: VipConfig = VipConfig {
+        label: "vip 10 ms, echo off",
+        advert_ms: 10,
+        keys: "advert_interval_ms = 10\necho_interval_ms = 0\n",
+    };
+    const ADVERTS_1000_ECHO: VipConfig = VipConfig {
+        label: "vip 1000 ms adverts, echo default",
+        advert_ms: 1000,
+        keys: "advert_interval_ms = 1000\n",
+    };
+}
+
+/// What runs on the two servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    Vip(VipConfig),
+    Keepalived { advert_ms: u64 },
+}
+
+impl Setup {
+    fn imp(self) -> Impl {
+        match self {
+            Setup::Vip(_) => Impl::Vip,
+            Setup::Keepalived { .. } => Impl::Keepalived,
+        }
+    }
+
+    fn advert_ms(self) -> u64 {
+        match self {
+            Setup::Vip(c) => c.advert_ms,
+            Setup::Keepalived { advert_ms } => advert_ms,
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Setup::Vip(c) => c.label.to_string(),
+            Setup::Keepalived { advert_ms } => format!("keepalived {advert_ms} ms"),
+        }
+    }
+
+    fn start(self, lan: &Lan) -> Result<Nodes> {
+        match self {
+            Setup::Vip(c) => Nodes::vip(lan, c),
+            Setup::Keepalived { advert_ms } => Nodes::keepalived(lan, advert_ms),
+        }
+    }
+
+    /// How long a fresh pair may take to elect a.
+    fn settle(self) -> Duration {
+        Duration::from_millis(self.advert_ms() * 5 + 2000)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,10 +163,102 @@ impl Fault {
 struct Sample {
     outage_ms: f64,
     lost: usize,
+    /// b's decision to take over, after the fault's injection (vip, when reported).
+    detection_ms: Option<f64>,
+    /// The first gratuitous ARP / unsolicited NA, after the decision.
+    announce_us: Option<f64>,
+    /// Why b took over (`reason_kind`).
+    reason: Option<String>,
+    /// b's echo state when the fault was injected.
+    echo_state: Option<String>,
 }
 
-/// Runs the benchmark; returns its JSON record. `quick`: one vip run, for CI smoke.
-pub fn run(vip: &Path, quick: bool, runs: usize) -> Result<serde_json::Value> {
+impl Sample {
+    fn json(&self) -> Value {
+        json!({
+            "outage_ms": self.outage_ms,
+            "lost": self.lost,
+            "detection_ms": self.detection_ms,
+            "announce_us": self.announce_us,
+            "reason_kind": self.reason,
+            "echo_state_at_fault": self.echo_state,
+        })
+    }
+}
+
+/// One line of the plan and its samples.
+struct Row {
+    setup: Setup,
+    fault: Fault,
+    samples: Vec<Sample>,
+}
+
+impl Row {
+    fn json(&self) -> Value {
+        let (o, l) = stats(&self.samples);
+        let detection: Vec<f64> = self.samples.iter().filter_map(|s| s.detection_ms).collect();
+        let announce: Vec<f64> = self.samples.iter().filter_map(|s| s.announce_us).collect();
+        json!({
+            "impl": format!("{:?}", self.setup.imp()).to_lowercase(),
+            "config": self.setup.label(),
+            "advert_interval_ms": self.setup.advert_ms(),
+            "fault": self.fault.name(),
+            "outage_ms": {"min": o.0, "median": o.1, "max": o.2},
+            "lost": {"min": l.0, "median": l.1, "max": l.2},
+            "detection_ms": quantiles_json(&detection),
+            "announce_us": quantiles_json(&announce),
+            "takeover_reasons": self.reasons(),
+            "samples": self.samples.iter().map(Sample::json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// How many samples each takeover reason explains.
+    fn reasons(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for r in self.samples.iter().filter_map(|s| s.reason.as_ref()) {
+            *m.entry(r.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// The failover plan: (setup, fault, runs).
+fn plan(quick: bool, runs: usize) -> Vec<(Setup, Fault, usize)> {
+    let mut plan = Vec::new();
+    if quick {
+        plan.push((Setup::Vip(VipConfig::DEFAULTS), Fault::Planned, 1));
+        plan.push((Setup::Vip(VipConfig::DEFAULTS), Fault::Kill, 1));
+        return plan;
+    }
+    for c in [
+        VipConfig::DEFAULTS,
+        VipConfig::AGGRESSIVE,
+        VipConfig::ADVERTS_100,
+        VipConfig::ADVERTS_10,
+    ] {
+        for f in Fault::ALL {
+            let n = if c == VipConfig::DEFAULTS && f == Fault::LinkDown {
+                runs.max(HEADLINE_SAMPLES)
+            } else {
+                runs
+            };
+            plan.push((Setup::Vip(c), f, n));
+        }
+    }
+    for f in [Fault::LinkDown, Fault::Kill] {
+        plan.push((Setup::Vip(VipConfig::ADVERTS_1000_ECHO), f, runs));
+    }
+    for advert_ms in [1000, 10] {
+        for f in Fault::ALL {
+            plan.push((Setup::Keepalived { advert_ms }, f, runs));
+        }
+    }
+    plan
+}
+
+/// Runs the benchmark; returns its JSON record. `quick`: vip defaults, planned and
+/// SIGKILL, one run each and no CPU figures, for CI smoke.
+pub fn run(vip: &Path, quick: bool, runs: usize) -> Result<Value> {
     std::env::set_var("VIP_BIN", vip);
     let mut lan = Lan::new(&["a", "b", "c"]).context("building the lab")?;
     lan.enable_xdp_tx(&["a", "b"])?;
@@ -68,65 +266,81 @@ pub fn run(vip: &Path, quick: bool, runs: usize) -> Result<serde_json::Value> {
     let _ra = Responder::start(&lan.host("a").ns, to, "a")?;
     let _rb = Responder::start(&lan.host("b").ns, to, "b")?;
 
-    let mut plan: Vec<(Impl, u64, Fault)> = Vec::new();
-    if quick {
-        plan.push((Impl::Vip, 10, Fault::Planned));
-        plan.push((Impl::Vip, 10, Fault::Kill));
-    } else {
-        for interval in [1000, 100, 10] {
-            for f in Fault::ALL {
-                plan.push((Impl::Vip, interval, f));
-            }
-        }
-        for interval in [1000, 10] {
-            for f in Fault::ALL {
-                plan.push((Impl::Keepalived, interval, f));
-            }
-        }
-    }
     let runs = if quick { 1 } else { runs.max(1) };
     let mut rows = Vec::new();
-    for (imp, interval, fault) in plan {
+    for (setup, fault, n) in plan(quick, runs) {
         let mut samples = Vec::new();
-        for i in 0..runs {
-            let s = run_once(&lan, imp, interval, fault)
-                .with_context(|| format!("{imp:?} {interval} ms {} run {}", fault.name(), i + 1))?;
+        for i in 0..n {
+            let s = run_once(&lan, setup, fault)
+                .with_context(|| format!("{} {} run {}", setup.label(), fault.name(), i + 1))?;
             eprintln!(
-                "[bench failover] {:<10} {:>5} ms  {:<15} run {}: outage {:>8.1} ms, lost {}",
-                format!("{imp:?}").to_lowercase(),
-                interval,
+                "[bench failover] {:<34} {:<15} run {:>2}/{n}: outage {:>8.1} ms, lost {:>4}, detection {} ({}), announce {}",
+                setup.label(),
                 fault.name(),
                 i + 1,
                 s.outage_ms,
-                s.lost
+                s.lost,
+                unit(s.detection_ms, 1, "ms"),
+                s.reason.as_deref().unwrap_or("reason n/a"),
+                unit(s.announce_us, 0, "µs"),
             );
             samples.push(s);
         }
-        rows.push((imp, interval, fault, samples));
+        rows.push(Row {
+            setup,
+            fault,
+            samples,
+        });
     }
+    let cpu = if quick {
+        Vec::new()
+    } else {
+        let mut cpu = Vec::new();
+        for setup in [
+            Setup::Vip(VipConfig::DEFAULTS),
+            Setup::Vip(VipConfig::ADVERTS_100),
+            Setup::Vip(VipConfig::AGGRESSIVE),
+            Setup::Keepalived { advert_ms: 10 },
+        ] {
+            let c = cpu_once(&lan, setup).with_context(|| format!("CPU of {}", setup.label()))?;
+            eprintln!(
+                "[bench failover] CPU of {:<34} a {:>5.1} ms/s, b {:>5.1} ms/s, host softirq {:>5.1} ms/s",
+                c.label, c.a_ms_per_s, c.b_ms_per_s, c.softirq_ms_per_s
+            );
+            cpu.push(c);
+        }
+        cpu
+    };
     drop(lan);
     print!("{}", table(&rows));
+    print!("{}", detection_table(&rows));
+    print!("{}", cpu_table(&cpu));
     Ok(json!({
         "benchmark": "failover",
         "probe_interval_ms": PROBE.as_millis() as u64,
         "runs": runs,
-        "rows": rows.iter().map(|(imp, interval, fault, s)| {
-            let (o, l) = stats(s);
-            json!({
-                "impl": format!("{imp:?}").to_lowercase(),
-                "advert_interval_ms": interval,
-                "fault": fault.name(),
-                "outage_ms": {"min": o.0, "median": o.1, "max": o.2},
-                "lost": {"min": l.0, "median": l.1, "max": l.2},
-                "samples": s.iter().map(|x| json!({"outage_ms": x.outage_ms, "lost": x.lost})).collect::<Vec<_>>(),
-            })
-        }).collect::<Vec<_>>(),
+        "headline_samples": if quick { 1 } else { runs.max(HEADLINE_SAMPLES) },
+        "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
+        "cpu": cpu.iter().map(Cpu::json).collect::<Vec<_>>(),
     }))
+}
+
+/// `x` with `digits` decimals, or "n/a".
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.map_or_else(|| "n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+/// `x` with `digits` decimals and its unit, or "n/a".
+fn unit(x: Option<f64>, digits: usize, unit: &str) -> String {
+    x.map_or_else(|| "n/a".into(), |v| format!("{v:.digits$} {unit}"))
 }
 
 fn stats(s: &[Sample]) -> ((f64, f64, f64), (usize, usize, usize)) {
     let mut o: Vec<f64> = s.iter().map(|x| x.outage_ms).collect();
     let mut l: Vec<usize> = s.iter().map(|x| x.lost).collect();
+    if o.is_empty() {
+        return ((0.0, 0.0, 0.0), (0, 0, 0));
+    }
     o.sort_by(|a, b| a.total_cmp(b));
     l.sort();
     let mid = s.len() / 2;
@@ -136,21 +350,41 @@ fn stats(s: &[Sample]) -> ((f64, f64, f64), (usize, usize, usize)) {
     )
 }
 
-fn table(rows: &[(Impl, u64, Fault, Vec<Sample>)]) -> String {
+/// min, p50, p90, max (nearest rank); None without samples.
+fn quantiles(v: &[f64]) -> Option<[f64; 4]> {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = |p: f64| -> Option<f64> {
+        let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v.get(i - 1).copied()
+    };
+    Some([*v.first()?, rank(0.5)?, rank(0.9)?, *v.last()?])
+}
+
+fn quantiles_json(v: &[f64]) -> Value {
+    match quantiles(v) {
+        Some([min, p50, p90, max]) => {
+            json!({"n": v.len(), "min": min, "p50": p50, "p90": p90, "max": max})
+        }
+        None => Value::Null,
+    }
+}
+
+fn table(rows: &[Row]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\n{:<11} {:>9}  {:<15} {:>28}  {:>14}",
-        "impl", "advert", "fault", "outage ms (min / med / max)", "lost (med/max)"
+        "\n{:<34} {:<15} {:>3} {:>28}  {:>14}",
+        "config", "fault", "n", "outage ms (min / med / max)", "lost (med/max)"
     );
-    for (imp, interval, fault, s) in rows {
-        let (o, l) = stats(s);
+    for r in rows {
+        let (o, l) = stats(&r.samples);
         let _ = writeln!(
             t,
-            "{:<11} {:>6} ms  {:<15} {:>8.1} / {:>7.1} / {:>7.1}  {:>7} / {:<5}",
-            format!("{imp:?}").to_lowercase(),
-            interval,
-            fault.name(),
+            "{:<34} {:<15} {:>3} {:>8.1} / {:>7.1} / {:>7.1}  {:>7} / {:<5}",
+            r.setup.label(),
+            r.fault.name(),
+            r.samples.len(),
             o.0,
             o.1,
             o.2,
@@ -159,6 +393,57 @@ fn table(rows: &[(Impl, u64, Fault, Vec<Sample>)]) -> String {
         );
     }
     t
+}
+
+/// vip's own view: fault injected → b decides (detection) → b announces.
+fn detection_table(rows: &[Row]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\ndetection: fault → b decides (ms), b decides → first GARP/NA (µs)\n{:<34} {:<15} {:>3} {:>33}  {:>29}  reasons",
+        "config", "fault", "n", "detection ms (min/p50/p90/max)", "announce µs (min/p50/p90/max)"
+    );
+    let q = |v: Vec<f64>, digits: usize, w: usize| match quantiles(&v) {
+        Some(q) => q
+            .iter()
+            .map(|x| format!("{x:>w$.digits$}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        None => format!(
+            "{:>w$} / {:>w$} / {:>w$} / {:>w$}",
+            "n/a", "n/a", "n/a", "n/a"
+        ),
+    };
+    for r in rows.iter().filter(|r| r.setup.imp() == Impl::Vip) {
+        let d: Vec<f64> = r.samples.iter().filter_map(|s| s.detection_ms).collect();
+        let a: Vec<f64> = r.samples.iter().filter_map(|s| s.announce_us).collect();
+        let reasons = r.reasons();
+        let reasons = if reasons.is_empty() {
+            "n/a".to_string()
+        } else {
+            reasons
+                .iter()
+                .map(|(k, n)| format!("{k} ×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            t,
+            "{:<34} {:<15} {:>3} {:>33}  {:>29}  {reasons}",
+            r.setup.label(),
+            r.fault.name(),
+            d.len(),
+            q(d, 1, 6),
+            q(a, 0, 5),
+        );
+    }
+    t
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds (the clock the agent's `*_mono_ns` use).
+fn mono_ns() -> Result<u64> {
+    let t = nix::time::clock_gettime(ClockId::CLOCK_MONOTONIC).context("clock_gettime")?;
+    Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
 }
 
 /// Every run starts clean: the client knows no MAC for the VIP, and the address a
@@ -174,25 +459,41 @@ fn start_clean(lan: &Lan) -> Result<()> {
     Ok(())
 }
 
-/// Brings a up as active and b as standby, probes, injects the fault, measures.
-fn run_once(lan: &Lan, imp: Impl, interval: u64, fault: Fault) -> Result<Sample> {
-    let c = lan.host("c");
+/// Starts the pair and waits until a is active, b standby and (where the agent has
+/// one) b's echo armed.
+fn start_pair(lan: &Lan, setup: Setup) -> Result<Nodes> {
     start_clean(lan)?;
-    let mut nodes = match imp {
-        Impl::Vip => Nodes::vip(lan, interval)?,
-        Impl::Keepalived => Nodes::keepalived(lan, interval)?,
-    };
-    let settle = Duration::from_millis(interval * 5 + 2000);
-    if wait_for(settle, || nodes.a_active(lan).then_some(())).is_none() {
+    let nodes = setup.start(lan)?;
+    if wait_for(setup.settle(), || nodes.a_active(lan).then_some(())).is_none() {
         bail!("a never became active");
     }
+    nodes.wait_echo_armed(Duration::from_secs(2));
+    Ok(nodes)
+}
+
+/// Brings a up as active and b as standby, probes, injects the fault, measures.
+fn run_once(lan: &Lan, setup: Setup, fault: Fault) -> Result<Sample> {
+    let c = lan.host("c");
+    let mut nodes = start_pair(lan, setup)?;
     let to: SocketAddr = format!("{VIP}:{PORT}").parse()?;
     let prober = Prober::start(&c.ns, to, PROBE)?;
     std::thread::sleep(Duration::from_millis(300));
+    let echo_state = nodes
+        .b_echo()
+        .and_then(|e| e["state"].as_str().map(str::to_string));
     let t0 = Instant::now();
+    let before = mono_ns()?;
     nodes.inject(lan, fault)?;
+    let after = mono_ns()?;
+    // A planned handover: b may decide before `vip demote` returns, so the fault is
+    // the command's start; otherwise the instant the kill / ip command returned.
+    let injected = if fault == Fault::Planned {
+        before
+    } else {
+        after
+    };
     // Wait until b has answered for a while (or give up).
-    let limit = Duration::from_millis(interval * 6 + 3000);
+    let limit = Duration::from_millis(setup.advert_ms() * 6 + 3000);
     while t0.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(50));
         if nodes.b_active(lan) && t0.elapsed() > Duration::from_millis(400) {
@@ -201,13 +502,166 @@ fn run_once(lan: &Lan, imp: Impl, interval: u64, fault: Fault) -> Result<Sample>
     }
     std::thread::sleep(Duration::from_millis(300));
     let probes = prober.finish();
+    // b's takeover of this run (one from before the fault does not count).
+    let takeover = nodes.b_takeover().filter(|t| t.decided_ns >= before);
     nodes.restore(lan)?;
     drop(nodes);
     let o = outage(&probes, "a", "b").context("the client never reached b")?;
     Ok(Sample {
         outage_ms: o.outage.as_secs_f64() * 1e3,
         lost: o.lost,
+        detection_ms: takeover
+            .as_ref()
+            .map(|t| (t.decided_ns as i128 - injected as i128) as f64 / 1e6),
+        announce_us: takeover.as_ref().and_then(|t| {
+            t.announced_ns
+                .map(|a| (a as i128 - t.decided_ns as i128) as f64 / 1e3)
+        }),
+        reason: takeover.map(|t| t.reason),
+        echo_state,
     })
+}
+
+/// b's last takeover, as its status reports it.
+struct Takeover {
+    reason: String,
+    decided_ns: u64,
+    announced_ns: Option<u64>,
+}
+
+/// CPU used by each node's HA processes while a is active and b standby.
+struct Cpu {
+    label: String,
+    a_ms_per_s: f64,
+    b_ms_per_s: f64,
+    softirq_ms_per_s: f64,
+    b_echo: Option<Value>,
+}
+
+impl Cpu {
+    fn json(&self) -> Value {
+        json!({
+            "config": self.label,
+            "seconds": CPU_WINDOW.as_secs(),
+            "a_active_cpu_ms_per_s": self.a_ms_per_s,
+            "b_standby_cpu_ms_per_s": self.b_ms_per_s,
+            "host_softirq_ms_per_s": self.softirq_ms_per_s,
+            "b_echo": self.b_echo,
+        })
+    }
+}
+
+/// Clock ticks per second, the unit of `/proc/PID/stat`'s times.
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf takes a constant and touches no memory of ours. (nix's sysconf
+    // needs nix's "feature" feature, which the workspace does not enable: enabling it
+    // for xtask alone would split vip's build between two nix feature sets.)
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime of the processes `pids` (all their threads), in clock ticks.
+fn cpu_ticks(pids: &[i32]) -> Result<u64> {
+    let mut sum = 0;
+    for p in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .with_context(|| format!("reading /proc/{p}/stat"))?;
+        // Fields 14 and 15; the name (field 2) is parenthesised and may hold spaces.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("unexpected /proc/PID/stat")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        for i in [14, 15] {
+            sum += f
+                .get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .with_context(|| format!("no field {i} in /proc/{p}/stat"))?;
+        }
+    }
+    Ok(sum)
+}
+
+/// The host's softirq time (all CPUs), in clock ticks.
+fn softirq_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("cpu "))?;
+            l.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Starts the pair, lets it settle, and measures its CPU over `CPU_WINDOW`.
+fn cpu_once(lan: &Lan, setup: Setup) -> Result<Cpu> {
+    let nodes = start_pair(lan, setup)?;
+    std::thread::sleep(Duration::from_secs(2));
+    if !nodes.a_active(lan) {
+        bail!("a is no longer active");
+    }
+    let (pa, pb) = (nodes.pids("a"), nodes.pids("b"));
+    let (a0, b0, s0) = (cpu_ticks(&pa)?, cpu_ticks(&pb)?, softirq_ticks());
+    let t0 = Instant::now();
+    std::thread::sleep(CPU_WINDOW);
+    let (a1, b1, s1) = (cpu_ticks(&pa)?, cpu_ticks(&pb)?, softirq_ticks());
+    let secs = t0.elapsed().as_secs_f64();
+    if !nodes.a_active(lan) {
+        bail!("a lost the VIP during the measurement");
+    }
+    let per_s = |ticks: u64| ticks as f64 / clk_tck() * 1e3 / secs;
+    Ok(Cpu {
+        label: setup.label(),
+        a_ms_per_s: per_s(a1.saturating_sub(a0)),
+        b_ms_per_s: per_s(b1.saturating_sub(b0)),
+        softirq_ms_per_s: per_s(s1.saturating_sub(s0)),
+        b_echo: nodes.b_echo(),
+    })
+}
+
+fn cpu_table(cpu: &[Cpu]) -> String {
+    if cpu.is_empty() {
+        return String::new();
+    }
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nCPU over {} s, a active, b standby (ms per s; 10 = 1 % of a core; resolution {:.1})\n{:<34} {:>10} {:>10} {:>14}  b's echo",
+        CPU_WINDOW.as_secs(),
+        1e3 / clk_tck() / CPU_WINDOW.as_secs_f64(),
+        "config",
+        "a",
+        "b",
+        "host softirq"
+    );
+    for c in cpu {
+        let echo = c.b_echo.as_ref().map_or_else(
+            || "n/a".to_string(),
+            |e| match e["state"].as_str().unwrap_or("?") {
+                "off" => "off".to_string(),
+                st => format!(
+                    "{st}, every {} ms, {} misses{}",
+                    e["interval_ms"],
+                    e["misses"],
+                    if e["realtime"] == json!(true) {
+                        ", real-time prober"
+                    } else {
+                        ""
+                    }
+                ),
+            },
+        );
+        let _ = writeln!(
+            t,
+            "{:<34} {:>10.1} {:>10.1} {:>14.1}  {echo}",
+            c.label, c.a_ms_per_s, c.b_ms_per_s, c.softirq_ms_per_s
+        );
+    }
+    t
 }
 
 /// The two HA nodes of one run.
@@ -222,11 +676,12 @@ struct Nodes {
 }
 
 impl Nodes {
-    fn vip(lan: &Lan, interval: u64) -> Result<Self> {
+    fn vip(lan: &Lan, c: VipConfig) -> Result<Self> {
         let cfg = |me: &str, peer: &str, prio: u8| {
             format!(
-                "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"{VIP}/24\"]\npeers = [\"{}\"]\npriority = {prio}\nadvert_interval_ms = {interval}\n",
-                lan.host(peer).ip4
+                "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"{VIP}/24\"]\npeers = [\"{}\"]\npriority = {prio}\n{}",
+                lan.host(peer).ip4,
+                c.keys
             )
         };
         let a = Agent::start(&lan.host("a").ns, "a", &cfg("a", "b", 200))?;
@@ -305,13 +760,18 @@ impl Nodes {
         }
     }
 
-    /// PIDs of a's HA processes: the agent, or keepalived and its VRRP child.
-    fn a_pids(&self) -> Vec<i32> {
+    /// PIDs of a node's HA processes ("a" or "b"): the agent, or keepalived and its
+    /// VRRP child.
+    fn pids(&self, host: &str) -> Vec<i32> {
         match self.imp {
-            Impl::Vip => self.a.iter().map(|a| a.proc.pid() as i32).collect(),
+            Impl::Vip => {
+                let agent = if host == "a" { &self.a } else { &self.b };
+                agent.iter().map(|a| a.proc.pid() as i32).collect()
+            }
             Impl::Keepalived => {
-                let mut p = vec![self.ka[0].pid() as i32];
-                if let Ok(s) = std::fs::read_to_string(self.dir.join("vrrp-a.pid")) {
+                let parent = self.ka.get(usize::from(host != "a"));
+                let mut p: Vec<i32> = parent.iter().map(|k| k.pid() as i32).collect();
+                if let Ok(s) = std::fs::read_to_string(self.dir.join(format!("vrrp-{host}.pid"))) {
                     if let Ok(child) = s.trim().parse() {
                         p.push(child);
                     }
@@ -321,6 +781,45 @@ impl Nodes {
         }
     }
 
+    /// b's `groups[0]` in its status (vip only).
+    fn b_group(&self) -> Option<Value> {
+        let s = self.b.as_ref()?.status().ok()?;
+        Some(s["groups"][0].clone())
+    }
+
+    /// b's echo figures (`groups[0].echo`), where its agent reports them.
+    fn b_echo(&self) -> Option<Value> {
+        self.b_group()
+            .map(|g| g["echo"].clone())
+            .filter(Value::is_object)
+    }
+
+    /// b's last takeover (`groups[0].last_takeover`), where its agent reports one.
+    fn b_takeover(&self) -> Option<Takeover> {
+        let g = self.b_group()?;
+        let t = &g["last_takeover"];
+        Some(Takeover {
+            reason: t["reason_kind"].as_str().unwrap_or("?").to_string(),
+            decided_ns: t["decided_mono_ns"].as_u64()?,
+            announced_ns: t["announced_mono_ns"].as_u64(),
+        })
+    }
+
+    /// Waits (up to `limit`) until b's echo has seen a's replies (state "armed"), so
+    /// that a fault is detected by the echo, not by the adverts' silence. Returns at
+    /// once where the echo is off or not reported.
+    fn wait_echo_armed(&self, limit: Duration) {
+        if self.imp != Impl::Vip {
+            return;
+        }
+        let _ = wait_for(limit, || {
+            let Some(e) = self.b_echo() else {
+                return Some(());
+            };
+            matches!(e["state"].as_str(), Some("armed" | "off")).then_some(())
+        });
+    }
+
     fn inject(&mut self, lan: &Lan, fault: Fault) -> Result<()> {
         let signal = |pids: &[i32], sig| {
             for p in pids {
@@ -328,9 +827,9 @@ impl Nodes {
             }
         };
         match fault {
-            Fault::Kill => signal(&self.a_pids(), Signal::SIGKILL),
+            Fault::Kill => signal(&self.pids("a"), Signal::SIGKILL),
             Fault::Stop => {
-                self.stopped = self.a_pids();
+                self.stopped = self.pids("a");
                 signal(&self.stopped, Signal::SIGSTOP);
             }
             Fault::LinkDown => {
@@ -348,7 +847,15 @@ impl Nodes {
                         bail!("vip demote: {}", String::from_utf8_lossy(&out.stderr));
                     }
                 }
-                Impl::Keepalived => signal(&[self.ka[0].pid() as i32], Signal::SIGTERM),
+                Impl::Keepalived => {
+                    let parent: Vec<i32> = self
+                        .ka
+                        .first()
+                        .map(|k| k.pid() as i32)
+                        .into_iter()
+                        .collect();
+                    signal(&parent, Signal::SIGTERM)
+                }
             },
         }
         Ok(())
@@ -391,13 +898,53 @@ fn state(a: Option<&Agent>) -> String {
         .unwrap_or_default()
 }
 
+/// b's echo figures for the soak report: probes, replies, loss, longest run of misses.
+fn echo_summary(e: Option<&Value>) -> (Value, String) {
+    let Some(e) = e else {
+        return (Value::Null, "echo on b n/a".into());
+    };
+    let probes = e["probes"].as_u64();
+    let replies = e["replies"].as_u64();
+    let loss = match (probes, replies) {
+        (Some(p), Some(r)) if p > 0 => Some(p.saturating_sub(r) as f64 * 100.0 / p as f64),
+        _ => None,
+    };
+    let n = |v: Option<u64>| v.map_or_else(|| "n/a".into(), |v| v.to_string());
+    let text = format!(
+        "echo on b every {} ms{}: {} probes, {} replies ({} % unanswered), longest streak {} of {} misses",
+        n(e["interval_ms"].as_u64()),
+        match e["realtime"].as_bool() {
+            Some(true) => " (real-time prober)",
+            _ => "",
+        },
+        n(probes),
+        n(replies),
+        opt(loss, 2),
+        n(e["longest_streak"].as_u64()),
+        n(e["misses"].as_u64()),
+    );
+    let v = json!({
+        "interval_ms": e["interval_ms"],
+        "misses": e["misses"],
+        "state": e["state"],
+        "probes": probes,
+        "replies": replies,
+        "loss_percent": loss,
+        "longest_streak": e["longest_streak"],
+        "realtime": e["realtime"],
+    });
+    (v, text)
+}
+
 /// `cargo xtask bench soak`: no false takeover under load and loss. Both nodes' CPUs
 /// are saturated (two busy loops per core, in the nodes' namespaces) and the switch
 /// drops 2 % of the frames between the two nodes at random (an nftables bridge rule:
 /// this kernel has no netem), for `secs` seconds each: vip at its defaults (100 ms
-/// adverts), then keepalived at its 10 ms minimum, in the same run. Counted: b's
-/// takeovers (none is expected: a never fails) and the client's lost 1 ms probes.
-pub fn soak(vip: &Path, secs: u64) -> Result<serde_json::Value> {
+/// adverts and the echo), then keepalived at its 10 ms minimum, in the same run.
+/// Counted: b's takeovers (none is expected: a never fails), the client's lost 1 ms
+/// probes, and for vip b's echo at the end (probes, replies, longest run of misses
+/// against the misses that would take over): proof the echo ran through the loss.
+pub fn soak(vip: &Path, secs: u64) -> Result<Value> {
     std::env::set_var("VIP_BIN", vip);
     let mut lan = Lan::new(&["a", "b", "c"]).context("building the lab")?;
     lan.enable_xdp_tx(&["a", "b"])?;
@@ -410,47 +957,42 @@ pub fn soak(vip: &Path, secs: u64) -> Result<serde_json::Value> {
         .find(|n| n.ends_with("-switch"))
         .context("the lab has no switch")?;
     let mut rows = Vec::new();
-    for (imp, interval) in [(Impl::Vip, 100u64), (Impl::Keepalived, 10)] {
-        let row = soak_one(&lan, &switch, imp, interval, Duration::from_secs(secs))
-            .with_context(|| format!("soak of {imp:?} at {interval} ms"))?;
+    for setup in [
+        Setup::Vip(VipConfig::DEFAULTS),
+        Setup::Keepalived { advert_ms: 10 },
+    ] {
+        let (row, echo) = soak_one(&lan, &switch, setup, Duration::from_secs(secs))
+            .with_context(|| format!("soak of {}", setup.label()))?;
         eprintln!(
-            "[bench soak] {:<10} {:>4} ms adverts, {secs} s, CPU hogs + 2 % loss between the nodes ({} frames dropped): {} false takeovers, {} probes lost",
-            format!("{imp:?}").to_lowercase(),
-            interval,
+            "[bench soak] {:<16} {:>4} ms adverts, {secs} s, CPU hogs + 2 % loss between the nodes ({} frames dropped): {} false takeovers, {} probes lost{}",
+            setup.label(),
+            setup.advert_ms(),
             row["frames_dropped_between_nodes"],
             row["false_takeovers"],
-            row["lost_probes"]
+            row["lost_probes"],
+            echo.map(|e| format!("; {e}")).unwrap_or_default()
         );
         rows.push(row);
     }
     Ok(json!({ "benchmark": "soak", "seconds": secs, "loss_percent": 2, "hogs": 4, "rows": rows }))
 }
 
+/// One soak; its JSON row, and for vip the echo's line for the report.
 fn soak_one(
     lan: &Lan,
     switch: &str,
-    imp: Impl,
-    interval: u64,
+    setup: Setup,
     secs: Duration,
-) -> Result<serde_json::Value> {
+) -> Result<(Value, Option<String>)> {
     let c = lan.host("c");
-    start_clean(lan)?;
-    let nodes = match imp {
-        Impl::Vip => Nodes::vip(lan, interval)?,
-        Impl::Keepalived => Nodes::keepalived(lan, interval)?,
-    };
-    let settle = Duration::from_millis(interval * 5 + 2000);
-    if wait_for(settle, || nodes.a_active(lan).then_some(())).is_none() {
-        bail!("a never became active");
-    }
+    let imp = setup.imp();
+    let nodes = start_pair(lan, setup)?;
     let takeovers = |nodes: &Nodes| -> usize {
         match imp {
             Impl::Vip => nodes
-                .b
-                .as_ref()
-                .and_then(|b| b.status().ok())
-                .and_then(|s| {
-                    s["groups"][0]["transition_reasons"].as_object().map(|m| {
+                .b_group()
+                .and_then(|g| {
+                    g["transition_reasons"].as_object().map(|m| {
                         m.iter()
                             .filter(|(k, _)| k.starts_with("active/"))
                             .filter_map(|(_, v)| v.as_u64())
@@ -479,6 +1021,8 @@ fn soak_one(
         "add chain bridge vipsoak lossy { type filter hook forward priority 0 ; policy accept ; }",
     )?;
     nft("add rule bridge vipsoak lossy iifname { \"p-a\", \"p-b\" } oifname { \"p-a\", \"p-b\" } numgen random mod 100 < 2 counter drop")?;
+    // The echo's counters from here on: the soak's own probes and replies.
+    let echo_before = nodes.b_echo();
     let mut hogs = Vec::new();
     for h in ["a", "a", "b", "b"] {
         let mut cmd = lan.host(h).ns.command(&["sh", "-c", "while :; do :; done"]);
@@ -490,6 +1034,7 @@ fn soak_one(
     std::thread::sleep(secs);
     let probes = prober.finish();
     drop(hogs);
+    let echo_after = nodes.b_echo();
     // Proof that the loss happened: the rule's counter.
     let dropped = std::process::Command::new("ip")
         .args(["netns", "exec", switch, "nft", "list table bridge vipsoak"])
@@ -509,13 +1054,121 @@ fn soak_one(
         .filter(|p| p.answered_by.as_deref() == Some("b"))
         .count();
     drop(nodes);
-    Ok(json!({
-        "impl": format!("{imp:?}").to_lowercase(),
-        "advert_interval_ms": interval,
-        "false_takeovers": after.saturating_sub(before),
-        "probes": probes.len(),
-        "lost_probes": lost,
-        "answered_by_b": by_b,
-        "frames_dropped_between_nodes": dropped,
-    }))
+    // Probes and replies during the soak (the counters at the end minus those at its
+    // start); the longest streak is the agent's over its life, which the soak bounds.
+    let echo = echo_after.map(|mut e| {
+        for k in ["probes", "replies"] {
+            if let (Some(a), Some(b)) = (
+                e[k].as_u64(),
+                echo_before.as_ref().and_then(|x| x[k].as_u64()),
+            ) {
+                e[k] = json!(a.saturating_sub(b));
+            }
+        }
+        e
+    });
+    let (echo_json, echo_text) = echo_summary(echo.as_ref());
+    Ok((
+        json!({
+            "impl": format!("{imp:?}").to_lowercase(),
+            "config": setup.label(),
+            "advert_interval_ms": setup.advert_ms(),
+            "false_takeovers": after.saturating_sub(before),
+            "probes": probes.len(),
+            "lost_probes": lost,
+            "answered_by_b": by_b,
+            "frames_dropped_between_nodes": dropped,
+            "echo_b": echo_json,
+        }),
+        (imp == Impl::Vip).then_some(echo_text),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        assert_eq!(quantiles(&[]), None);
+        assert_eq!(quantiles(&[3.0]), Some([3.0; 4]));
+        let v: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(quantiles(&v), Some([1.0, 10.0, 18.0, 20.0]));
+    }
+
+    #[test]
+    fn cpu_ticks_of_this_process() {
+        let me = std::process::id() as i32;
+        let t0 = cpu_ticks(&[me]).unwrap();
+        let end = Instant::now() + Duration::from_millis(100);
+        let mut x = 0u64;
+        while Instant::now() < end {
+            x = x.wrapping_add(1);
+        }
+        assert!(x > 0 && cpu_ticks(&[me]).unwrap() >= t0);
+        assert!(cpu_ticks(&[i32::MAX]).is_err());
+        assert!(clk_tck() > 0.0);
+    }
+
+    #[test]
+    fn echo_summary_tolerates_missing_fields() {
+        let (v, t) = echo_summary(None);
+        assert!(v.is_null() && t.contains("n/a"));
+        let e = json!({"interval_ms": 2, "misses": 6, "state": "armed", "probes": 1000, "replies": 960, "longest_streak": 3});
+        let (v, t) = echo_summary(Some(&e));
+        assert_eq!(v["loss_percent"], json!(4.0));
+        assert!(t.contains("1000 probes, 960 replies (4.00 % unanswered), longest streak 3 of 6"));
+        let (v, t) = echo_summary(Some(&json!({"state": "off"})));
+        assert!(v["loss_percent"].is_null() && t.contains("n/a probes"));
+    }
+
+    #[test]
+    fn row_json_keeps_the_fields_and_adds_config_and_detection() {
+        let sample = |d: Option<f64>| Sample {
+            outage_ms: 14.0,
+            lost: 13,
+            detection_ms: d,
+            announce_us: d.map(|_| 400.0),
+            reason: d.map(|_| "echo_lost".to_string()),
+            echo_state: Some("armed".into()),
+        };
+        let row = Row {
+            setup: Setup::Vip(VipConfig::DEFAULTS),
+            fault: Fault::LinkDown,
+            samples: vec![sample(Some(12.0)), sample(None)],
+        };
+        let j = row.json();
+        assert_eq!(j["impl"], "vip");
+        assert_eq!(j["config"], "vip defaults");
+        assert_eq!(j["advert_interval_ms"], 100);
+        assert_eq!(j["fault"], "link down");
+        assert_eq!(j["outage_ms"]["median"], 14.0);
+        assert_eq!(j["detection_ms"]["n"], 1);
+        assert_eq!(j["announce_us"]["p90"], 400.0);
+        assert_eq!(j["takeover_reasons"]["echo_lost"], 1);
+        assert!(j["samples"][1]["detection_ms"].is_null());
+        let ka = Row {
+            setup: Setup::Keepalived { advert_ms: 10 },
+            fault: Fault::Kill,
+            samples: vec![sample(None)],
+        };
+        assert!(ka.json()["detection_ms"].is_null());
+        assert_eq!(ka.json()["config"], "keepalived 10 ms");
+    }
+
+    #[test]
+    fn plan_rows() {
+        let quick = plan(true, 5);
+        assert_eq!(quick.len(), 2);
+        assert!(quick
+            .iter()
+            .all(|(s, _, n)| *s == Setup::Vip(VipConfig::DEFAULTS) && *n == 1));
+        let full = plan(false, 3);
+        assert_eq!(full.len(), 4 * 4 + 2 + 2 * 4);
+        let headline = full
+            .iter()
+            .find(|(s, f, _)| *s == Setup::Vip(VipConfig::DEFAULTS) && *f == Fault::LinkDown);
+        assert_eq!(headline.map(|h| h.2), Some(HEADLINE_SAMPLES));
+        assert!(VipConfig::DEFAULTS.keys.is_empty());
+    }
 }

@@ -292,13 +292,15 @@ impl Agent {
         // The first round leaves from here, now (the socket never blocks); the
         // rest of the burst is timed by a task.
         let frames = garp::frames(mac, &addrs);
-        garp::send_round(&sock, &frames, &name);
-        if let Some(t) = g
-            .takeover
-            .as_mut()
-            .filter(|t| t.announced_mono_ns.is_none())
-        {
-            t.announced_mono_ns = Some(host::monotonic_ns());
+        if garp.count > 0 {
+            garp::send_round(&sock, &frames, &name);
+            if let Some(t) = g
+                .takeover
+                .as_mut()
+                .filter(|t| t.announced_mono_ns.is_none())
+            {
+                t.announced_mono_ns = Some(host::monotonic_ns());
+            }
         }
         g.announcer = Some(tokio::spawn(async move {
             garp::burst_rest(sock.clone(), frames, garp, name.clone()).await;

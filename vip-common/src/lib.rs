@@ -31,6 +31,12 @@ pub mod maps {
     pub const OWNERS: &str = "OWNERS";
     pub const EIP_STATS: &str = "EIP_STATS";
     pub const ECHO_SEEN: &str = "ECHO_SEEN";
+    pub const BALANCE_TABLE: &str = "BALANCE_TABLE";
+    pub const BALANCE_MEMBERS: &str = "BALANCE_MEMBERS";
+    pub const BALANCE_CONF: &str = "BALANCE_CONF";
+    pub const BALANCE_PORTS: &str = "BALANCE_PORTS";
+    pub const BALANCE_FLOWS: &str = "BALANCE_FLOWS";
+    pub const BALANCE_STATS: &str = "BALANCE_STATS";
     /// The benchmarks' maps, in their own object (`vip-bench`).
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
@@ -171,6 +177,10 @@ pub mod flags {
     /// The entry is gated by its group's lease in `LEASES`: once the lease has
     /// expired the entry behaves as if absent (XDP_PASS, no answers).
     pub const LEASED: u32 = 1 << 0;
+    /// A balanced group's VIP on its director (action LOCAL): TCP and UDP (all, or
+    /// the group's ports) are spread over the members; `ifindex` then holds the
+    /// group's balance slot (see [`crate::balance`]).
+    pub const BALANCED: u32 = 1 << 1;
 }
 
 /// Value of the `VIPS_V4` (key: IPv4 address, 4 bytes in network order) and `VIPS_V6`
@@ -312,6 +322,102 @@ pub mod echo {
     pub const OFF_VIP: usize = 28;
 }
 
+/// Active/active groups: the director spreads flows over the members with a Maglev
+/// table (`crate::maglev`) of the flow hash (`crate::flow`), keeps established flows
+/// on their member (an LRU connection table) and delivers by rewriting the MAC
+/// (direct server return). A group has a *balance slot*: its rows in the maps below.
+pub mod balance {
+    use crate::maglev::TABLE_SIZE;
+
+    /// Balanced groups per node.
+    pub const MAX_GROUPS: u32 = 8;
+    /// Members per group (the node itself included): `maglev::MAX_MEMBERS`.
+    pub const MAX_MEMBERS: u32 = 64;
+    /// `BALANCE_TABLE` words per group: four u16 member indexes per u64 (a BPF array
+    /// rounds each value up to 8 bytes), slot `s` in word `s / 4`, bits `16 * (s % 4)`.
+    pub const WORDS: u32 = (TABLE_SIZE as u32).div_ceil(4);
+    /// Entries of the connection table (LRU: the oldest flows go first).
+    pub const MAX_FLOWS: u32 = 65_536;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+
+    /// `BALANCE_PORTS` key: a balanced (protocol, destination port) of a group.
+    pub const fn port_key(slot: u32, proto: u8, port: u16) -> u64 {
+        ((slot as u64) << 32) | ((proto as u64) << 16) | port as u64
+    }
+
+    const _: () = assert!(MAX_MEMBERS as usize == crate::maglev::MAX_MEMBERS);
+}
+
+/// `BALANCE_MEMBERS[slot * MAX_MEMBERS + index]`: where the director sends a
+/// member's flows. `index` is the member's place in the group's node list sorted by
+/// address, the same on every node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BalanceMember {
+    pub mac: [u8; 6],
+    /// 1 while the member is in the table; a flow pinned to a member that left is
+    /// looked up again.
+    pub up: u8,
+    /// 1 for this node: its flows go to the local stack.
+    pub this_node: u8,
+}
+const _: () = assert!(size_of::<BalanceMember>() == 8);
+
+/// `BALANCE_CONF[slot]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BalanceConf {
+    /// 1: every TCP and UDP port is balanced; 0: only those in `BALANCE_PORTS`.
+    pub all_ports: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<BalanceConf>() == 8);
+
+/// `BALANCE_FLOWS` key: a flow as the client sends it. Addresses in network order
+/// (IPv4 in the first 4 bytes, the rest zero), ports as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// `BALANCE_FLOWS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    /// The member's index.
+    pub member: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FlowValue>() == 8);
+
+/// `BALANCE_STATS[slot * MAX_MEMBERS + index]`, per CPU: what the director sent to
+/// each member (itself included).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BalanceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// New flows assigned (connection-table inserts).
+    pub flows: u64,
+}
+const _: () = assert!(size_of::<BalanceStats>() == 24);
+
+impl BalanceStats {
+    pub fn add(&mut self, o: &BalanceStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.flows += o.flows;
+    }
+}
+
 /// `ECHO_SEEN[slot]`: the prober writes the token when it starts probing an active;
 /// the XDP program raises `seq` to the highest sequence of a reply carrying that
 /// token and counts those replies. All fields in host order.
@@ -409,6 +515,16 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EchoSeen {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BalanceMember {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BalanceConf {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BalanceStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EipEntry {}
     // SAFETY: as above.

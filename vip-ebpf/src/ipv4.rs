@@ -26,5 +26,5 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
         }
         return Ok(XDP_PASS);
     };
-    maps::steer(ctx, frame, entry)
+    maps::steer(ctx, frame, entry, Family::V4)
 }

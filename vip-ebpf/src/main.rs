@@ -9,6 +9,7 @@
 #![no_main]
 
 mod arp;
+mod balance;
 mod echo;
 mod eip;
 mod ipv4;

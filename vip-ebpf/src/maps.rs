@@ -4,17 +4,21 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use vip_common::{
     action, flags, global,
     xdp::{XDP_PASS, XDP_TX},
-    EchoSeen, EipEntry, EipStats, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
+    balance, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, FlowKey,
+    FlowValue, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
     MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
-use crate::packet::{self, Error, Frame};
+use crate::{
+    echo::Family,
+    packet::{self, Error, Frame},
+};
 
 /// IPv4 VIP (4 bytes, network order, as a native-endian u32) -> entry.
 #[map]
@@ -61,6 +65,33 @@ pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_
 /// `vip_common::echo`).
 #[map]
 pub static ECHO_SEEN: Array<EchoSeen> = Array::with_max_entries(MAX_GROUPS, 0);
+
+/// Balanced groups' Maglev tables, `balance::WORDS` per balance slot.
+#[map]
+pub static BALANCE_TABLE: Array<u64> =
+    Array::with_max_entries(balance::MAX_GROUPS * balance::WORDS, 0);
+
+/// Balanced groups' members, `balance::MAX_MEMBERS` per balance slot.
+#[map]
+pub static BALANCE_MEMBERS: Array<BalanceMember> =
+    Array::with_max_entries(balance::MAX_GROUPS * balance::MAX_MEMBERS, 0);
+
+#[map]
+pub static BALANCE_CONF: Array<BalanceConf> = Array::with_max_entries(balance::MAX_GROUPS, 0);
+
+/// `balance::port_key` -> 1 for the balanced ports of groups that list them.
+#[map]
+pub static BALANCE_PORTS: HashMap<u64, u32> = HashMap::with_max_entries(256, 0);
+
+/// The director's connection table: a flow stays on its member while the table
+/// changes under it.
+#[map]
+pub static BALANCE_FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(balance::MAX_FLOWS, 0);
+
+#[map]
+pub static BALANCE_STATS: PerCpuArray<BalanceStats> =
+    PerCpuArray::with_max_entries(balance::MAX_GROUPS * balance::MAX_MEMBERS, 0);
 
 /// Program-wide settings, written by the loader into read-only data before the
 /// program is verified: the verifier then knows them as constants, and a node without
@@ -126,7 +157,12 @@ pub fn answers(entry: &VipEntry) -> bool {
 
 /// Steers one IP packet addressed to a VIP according to its entry.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<u32, Error> {
+pub fn steer(
+    ctx: &XdpContext,
+    frame: &Frame,
+    entry: &VipEntry,
+    family: Family,
+) -> Result<u32, Error> {
     // A frame flooded to us for another node's MAC is not ours to act on: steering it
     // would duplicate it.
     if frame.dst != entry.own_mac {
@@ -141,6 +177,12 @@ pub fn steer(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<u32, E
     if lease_expired(entry) {
         stats.lease_expired += 1;
         return Ok(XDP_PASS);
+    }
+    if entry.flags & flags::BALANCED != 0 && entry.action == action::LOCAL {
+        if let Some(act) = crate::balance::steer(ctx, entry, family)? {
+            stats.forwarded += 1;
+            return Ok(act);
+        }
     }
     match entry.action {
         action::REDIRECT => {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  0..4   magic "VIPA"          4   version (2; 1 is still read)
-//!  5      kind (1 advert, 2 release, 3 hold, 4 hello)
+//!  5      kind (1 advert, 2 release, 3 hold, 4 hello, 5 member)
 //!  6      priority (0..=255)    7   flags (bit 0: HMAC follows)
 //!  8..10  advert interval, ms  10..12 hold, ms (kind 3)  12..18 sender MAC
 //! 18      address family (4/6) 19   group name length n (1..=64)
@@ -53,6 +53,9 @@ pub enum Kind {
     /// "I am starting and listening, with this priority": a starting standby that
     /// hears a better candidate lets it claim the VIPs first (version 2 only).
     Hello,
+    /// "I am a healthy member" (a balanced group's standby, every interval): the
+    /// active director spreads flows over the members it hears (version 2 only).
+    Member,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +129,7 @@ impl Advert {
             Kind::Release => 2,
             Kind::Hold => 3,
             Kind::Hello => 4,
+            Kind::Member => 5,
         });
         b.push(self.priority);
         b.push(if key.is_some() { FLAG_HMAC } else { 0 });
@@ -187,6 +191,7 @@ impl Advert {
             2 => Kind::Release,
             3 => Kind::Hold,
             4 if header == HEADER => Kind::Hello,
+            5 if header == HEADER => Kind::Member,
             k => return Err(DecodeError::BadKind(k)),
         };
         let signed = b[7] & FLAG_HMAC != 0;

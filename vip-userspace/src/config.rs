@@ -152,6 +152,21 @@ pub struct Group {
     pub garp_refresh: Option<Duration>,
     /// After a planned handover, forward stale-cache traffic to the new active this long.
     pub drain: Duration,
+    /// Active/active: the active spreads flows over every healthy node of the group.
+    pub balance: Option<Balance>,
+}
+
+/// `balance = {}` (all TCP and UDP) or `balance = { ports = ["tcp/443", ...] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Balance {
+    /// (IP protocol, port); empty: every TCP and UDP port.
+    pub ports: Vec<(u8, u16)>,
+}
+
+impl Balance {
+    pub fn port_label((proto, port): (u8, u16)) -> String {
+        format!("{}/{port}", if proto == 6 { "tcp" } else { "udp" })
+    }
 }
 
 /// Built-in election parameters (VRRP-like, unicast).
@@ -286,6 +301,12 @@ struct RawNode {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawBalance {
+    ports: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawCheck {
     command: Option<Vec<String>>,
     address: Option<String>,
@@ -317,6 +338,7 @@ struct RawGroup {
     lease_ms: Option<u64>,
     echo_interval_ms: Option<u64>,
     echo_misses: Option<u32>,
+    balance: Option<RawBalance>,
     keepalived_instance: Option<String>,
     track_interface: Option<bool>,
     track_script: Option<RawCheck>,
@@ -366,6 +388,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let mut groups = Vec::new();
     let mut seen_groups: HashMap<String, usize> = HashMap::new();
     let mut seen_vips: HashMap<IpAddr, String> = HashMap::new();
+    let mut balanced_ports: Vec<((u8, u16), String)> = Vec::new();
     for (gi, g) in raw.group.iter().enumerate() {
         let gkey = format!(
             "group[{}]",
@@ -519,6 +542,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         };
         let forward_to = parse_mac_key(&gkey, "forward_to", g.forward_to.as_deref(), &mut p);
         let garp = garp(&gkey, g.garp_count, g.garp_interval_ms, node_garp, &mut p);
+        let balance = balance(&gkey, g, elected, &mut balanced_ports, &mut p);
         groups.push(Group {
             name: g.name.clone(),
             vips,
@@ -531,7 +555,18 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             track,
             garp_refresh,
             drain,
+            balance,
         });
+    }
+    let balanced = groups.iter().filter(|g| g.balance.is_some()).count();
+    if balanced > vip_common::balance::MAX_GROUPS as usize {
+        p(
+            "group".into(),
+            format!(
+                "{balanced} groups have `balance`; a node balances at most {}",
+                vip_common::balance::MAX_GROUPS
+            ),
+        );
     }
 
     let pin = match (raw.node.pin, &raw.node.pin_dir) {
@@ -852,6 +887,70 @@ fn echo(
         return (0, DEFAULT_ECHO_MISSES);
     }
     (ms, misses)
+}
+
+/// `balance`: elected groups only; ports as "tcp/N" or "udp/N", each balanced by one
+/// group only (`taken` holds the ports of the groups before this one), since a
+/// member runs one service per port and the director sends it all of that port.
+fn balance(
+    gkey: &str,
+    g: &RawGroup,
+    elected: bool,
+    taken: &mut Vec<((u8, u16), String)>,
+    p: &mut impl FnMut(String, String),
+) -> Option<Balance> {
+    let raw = g.balance.as_ref()?;
+    if !elected {
+        p(
+            format!("{gkey}.balance"),
+            "only applies to elected groups (with `peers`): the active spreads flows over the nodes it hears".into(),
+        );
+        return None;
+    }
+    let peers = g.peers.as_ref().map_or(0, Vec::len);
+    if peers + 1 > vip_common::balance::MAX_MEMBERS as usize {
+        p(
+            format!("{gkey}.balance"),
+            format!(
+                "{} nodes; a balanced group has at most {}",
+                peers + 1,
+                vip_common::balance::MAX_MEMBERS
+            ),
+        );
+    }
+    let mut ports = Vec::new();
+    for (i, spec) in raw.ports.iter().flatten().enumerate() {
+        let key = format!("{gkey}.balance.ports[{i}]");
+        let parsed = spec.split_once('/').and_then(|(proto, port)| {
+            let proto = match proto.trim().to_ascii_lowercase().as_str() {
+                "tcp" => 6u8,
+                "udp" => 17u8,
+                _ => return None,
+            };
+            port.trim().parse::<u16>().ok().filter(|p| *p > 0).map(|p| (proto, p))
+        });
+        let Some(pp) = parsed else {
+            p(key, format!("`{spec}` is not PROTOCOL/PORT (\"tcp/443\", \"udp/53\"; port 1..=65535)"));
+            continue;
+        };
+        if ports.contains(&pp) {
+            p(key, format!("`{spec}` is listed twice"));
+            continue;
+        }
+        if let Some((_, other)) = taken.iter().find(|(q, _)| *q == pp) {
+            p(key, format!("`{spec}` is also balanced by group {other}; a port is balanced by one group"));
+            continue;
+        }
+        ports.push(pp);
+    }
+    if raw.ports.as_ref().is_some_and(Vec::is_empty) {
+        p(
+            format!("{gkey}.balance.ports"),
+            "is empty: leave it out to balance every TCP and UDP port".into(),
+        );
+    }
+    taken.extend(ports.iter().map(|pp| (*pp, g.name.clone())));
+    Some(Balance { ports })
 }
 
 /// A health check: `track_script` needs `command`, `track_tcp` needs `address`.

@@ -19,7 +19,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use vip_common::{
-    global, globals, maps, programs, EchoSeen, EipEntry, EipStats, Owner, Settings, VipEntry,
+    balance, global, globals, maps, programs, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, Owner, Settings, VipEntry,
     VipStats,
 };
 
@@ -92,6 +92,7 @@ pub struct Dataplane {
     owners: HashMap<MapData, u32, Owner>,
     eip_stats: PerCpuArray<MapData, EipStats>,
     echo_seen: Array<MapData, EchoSeen>,
+    balance: BalanceMaps,
     max_vips: u32,
     /// Where the maps and the attachment are pinned, if they are.
     pin_dir: Option<PathBuf>,
@@ -207,6 +208,18 @@ impl Dataplane {
             PerCpuArray::try_from(take(maps::EIP_STATS)?).map_err(map_err(maps::EIP_STATS))?;
         let echo_seen =
             Array::try_from(take(maps::ECHO_SEEN)?).map_err(map_err(maps::ECHO_SEEN))?;
+        let balance = BalanceMaps {
+            table: Array::try_from(take(maps::BALANCE_TABLE)?)
+                .map_err(map_err(maps::BALANCE_TABLE))?,
+            members: Array::try_from(take(maps::BALANCE_MEMBERS)?)
+                .map_err(map_err(maps::BALANCE_MEMBERS))?,
+            conf: Array::try_from(take(maps::BALANCE_CONF)?)
+                .map_err(map_err(maps::BALANCE_CONF))?,
+            ports: HashMap::try_from(take(maps::BALANCE_PORTS)?)
+                .map_err(map_err(maps::BALANCE_PORTS))?,
+            stats: PerCpuArray::try_from(take(maps::BALANCE_STATS)?)
+                .map_err(map_err(maps::BALANCE_STATS))?,
+        };
         Ok(Dataplane {
             ebpf,
             vips_v4,
@@ -222,6 +235,7 @@ impl Dataplane {
             owners,
             eip_stats,
             echo_seen,
+            balance,
             max_vips,
             pin_dir: pin_dir.map(Path::to_path_buf),
             pinned_link: None,
@@ -834,6 +848,7 @@ pub struct Reader {
     global: PerCpuArray<MapData, u64>,
     owners: HashMap<MapData, u32, Owner>,
     eip_stats: PerCpuArray<MapData, EipStats>,
+    balance_stats: PerCpuArray<MapData, BalanceStats>,
 }
 
 /// A VIP's entry in whichever family's map holds it.
@@ -848,7 +863,89 @@ fn vip_entry(
     }
 }
 
+/// The balanced groups' maps (see `vip_common::balance`). Not pinned: a director's
+/// table is rebuilt from the membership at every start.
+struct BalanceMaps {
+    table: Array<MapData, u64>,
+    members: Array<MapData, BalanceMember>,
+    conf: Array<MapData, BalanceConf>,
+    ports: HashMap<MapData, u64, u32>,
+    stats: PerCpuArray<MapData, BalanceStats>,
+}
+
 impl Dataplane {
+    /// Programs balance slot `slot`: its ports (`all` or the listed (protocol, port)
+    /// pairs, replacing `old_ports`), its members (by index) and its Maglev table.
+    /// The table is written with one batch: each word is replaced atomically, the
+    /// table as a whole is not (a flow whose slot moves may see either member once).
+    pub fn set_balance(
+        &mut self,
+        slot: u32,
+        all: bool,
+        old_ports: &[(u8, u16)],
+        ports: &[(u8, u16)],
+        members: &[BalanceMember],
+        table: &[u16],
+    ) -> Result<()> {
+        use aya::maps::IterableMap as _;
+        if slot >= balance::MAX_GROUPS || members.len() > balance::MAX_MEMBERS as usize {
+            return Err(DataplaneError::Missing("a balance slot"));
+        }
+        let b = &mut self.balance;
+        for (p, port) in old_ports {
+            if !ports.contains(&(*p, *port)) {
+                let _ = b.ports.remove(&balance::port_key(slot, *p, *port));
+            }
+        }
+        for (p, port) in ports {
+            b.ports
+                .insert(balance::port_key(slot, *p, *port), 1, 0)
+                .map_err(map_err(maps::BALANCE_PORTS))?;
+        }
+        b.conf
+            .set(
+                slot,
+                BalanceConf {
+                    all_ports: all as u32,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err(maps::BALANCE_CONF))?;
+        for i in 0..balance::MAX_MEMBERS as usize {
+            let m = members.get(i).copied().unwrap_or_default();
+            b.members
+                .set(slot * balance::MAX_MEMBERS + i as u32, m, 0)
+                .map_err(map_err(maps::BALANCE_MEMBERS))?;
+        }
+        let words = balance::WORDS as usize;
+        let (mut keys, mut values) = (Vec::with_capacity(words * 4), Vec::with_capacity(words * 8));
+        for w in 0..words {
+            let mut word = 0u64;
+            for j in 0..4 {
+                let v = table.get(w * 4 + j).copied().unwrap_or(vip_common::maglev::NO_MEMBER);
+                word |= (v as u64) << (16 * j);
+            }
+            keys.extend_from_slice(&(slot * balance::WORDS + w as u32).to_ne_bytes());
+            values.extend_from_slice(&word.to_ne_bytes());
+        }
+        update_batch(b.table.map().fd().as_fd(), &keys, &values, words as u32)
+            .map_err(|source| DataplaneError::MapIo {
+                map: maps::BALANCE_TABLE,
+                source,
+            })
+    }
+
+    /// What the director sent to member `index` of slot `slot`, summed over CPUs.
+    pub fn balance_stats(&self, slot: u32, index: u32) -> Result<BalanceStats> {
+        sum_per_cpu(
+            &self.balance.stats,
+            maps::BALANCE_STATS,
+            slot * balance::MAX_MEMBERS + index,
+            BalanceStats::add,
+        )
+    }
+
     /// The prober's own handle on `ECHO_SEEN` (it runs on its own thread).
     pub fn echo_seen(&self) -> Result<Array<MapData, EchoSeen>> {
         use aya::maps::IterableMap as _;
@@ -894,11 +991,22 @@ impl Dataplane {
             global: dup_per_cpu(&self.global, maps::GLOBAL_STATS)?,
             owners: dup_hash(&self.owners, maps::OWNERS)?,
             eip_stats: dup_per_cpu(&self.eip_stats, maps::EIP_STATS)?,
+            balance_stats: dup_per_cpu(&self.balance.stats, maps::BALANCE_STATS)?,
         })
     }
 }
 
 impl Reader {
+    /// What the director sent to member `index` of balance slot `slot`.
+    pub fn balance_stats(&self, slot: u32, index: u32) -> Result<BalanceStats> {
+        sum_per_cpu(
+            &self.balance_stats,
+            maps::BALANCE_STATS,
+            slot * balance::MAX_MEMBERS + index,
+            BalanceStats::add,
+        )
+    }
+
     /// The entry the data plane holds for a VIP, if any.
     pub fn vip(&self, addr: IpAddr) -> Option<VipEntry> {
         vip_entry(&self.vips_v4, &self.vips_v6, addr)

@@ -157,6 +157,9 @@ pub struct Election {
     handover_until: Option<Instant>,
     active: Option<Peer>,
     forwarding: Option<Mac>,
+    /// Standby: the active asked us to hold (it is restarting) until then; its
+    /// probes may go unanswered meanwhile, which proves nothing.
+    hold_until: Option<Instant>,
     pub counters: Counters,
 }
 
@@ -175,6 +178,7 @@ impl Election {
             handover_until: None,
             active: None,
             forwarding: None,
+            hold_until: None,
             counters: Counters::default(),
         }
     }
@@ -360,6 +364,8 @@ impl Election {
         self.counters.adverts_received += 1;
         let mut out = Vec::new();
         match ad.kind {
+            // Membership of a balanced group: the agent's business, not the election's.
+            Kind::Member => {}
             Kind::Hello => {
                 let theirs = (ad.priority, ad.addr);
                 let ours = (self.effective_priority(), self.p.me);
@@ -465,6 +471,7 @@ impl Election {
                     && self.state != State::Active
                 {
                     let hold = Duration::from_millis(ad.hold_ms as u64);
+                    self.hold_until = Some(now + hold);
                     self.master_down_at = Some(now + hold.max(self.master_down_interval()));
                     self.down_cause = DownCause::Silent { since: Some(now) };
                     if let Some(a) = &mut self.active {
@@ -487,7 +494,9 @@ impl Election {
         now: Instant,
     ) -> Vec<Action> {
         let from_active = self.active.as_ref().is_some_and(|a| a.addr == peer);
+        let holding = self.hold_until.is_some_and(|t| now < t);
         if !from_active
+            || holding
             || !matches!(self.state, State::Standby | State::Init)
             || !self.healthy
             || self.pin == Pin::Standby
@@ -715,6 +724,24 @@ mod tests {
         assert_eq!(e.state(), State::Standby);
         // The better standby goes first: a higher priority waits less.
         assert!(Params::echo_skew_for(150, 2 * MS, 2) < Params::echo_skew_for(100, 2 * MS, 2));
+    }
+
+    #[test]
+    fn a_lost_echo_is_ignored_while_the_active_asked_us_to_hold() {
+        let t0 = Instant::now();
+        let mut e = node(100, 10);
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 200, 20), t0 + 10 * MS);
+        let mut hold = advert(Kind::Hold, 200, 20);
+        hold.hold_ms = 5000;
+        e.receive(&hold, t0 + 20 * MS);
+        let peer = "10.0.0.20".parse().unwrap();
+        assert!(took_over_reason(&e.echo_lost(peer, 6, 12 * MS, t0 + 40 * MS)).is_none());
+        assert_eq!(e.state(), State::Standby);
+        // After the hold, the echo counts again.
+        let later = t0 + 5100 * MS;
+        e.receive(&advert(Kind::Advert, 200, 20), later);
+        assert!(took_over_reason(&e.echo_lost(peer, 6, 12 * MS, later + MS)).is_some());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod addresses;
 pub mod advert;
+pub mod balance;
 pub mod agent;
 pub mod cli;
 pub mod config;

@@ -269,11 +269,20 @@ impl Agent {
             ad.kind,
             ad.priority
         );
+        let now = Instant::now();
+        if let Some(b) = &mut self.groups[gi].balance {
+            match ad.kind {
+                Kind::Advert | Kind::Member => b.heard(from_ip, ad.mac, now),
+                Kind::Release => b.left(from_ip),
+                Kind::Hold | Kind::Hello => {}
+            }
+        }
         let actions = match self.groups[gi].election_mut() {
-            Some(e) => e.receive(&ad, Instant::now()),
+            Some(e) => e.receive(&ad, now),
             None => return,
         };
         self.apply(gi, actions);
+        self.balance_sync(gi);
     }
 
     pub(super) fn send_hold(&mut self, gi: usize, hold: Duration) {

@@ -88,6 +88,10 @@ pub(super) struct GroupRuntime {
     pub transition_reasons: BTreeMap<String, u64>,
     /// Health-check tasks, aborted when the group goes away.
     pub tasks: Vec<JoinHandle<()>>,
+    /// Active/active: the members and the director's table (`crate::balance`).
+    pub balance: Option<crate::balance::Membership>,
+    /// A balanced standby's next member advertisement.
+    pub member_advert_at: Option<Instant>,
     /// The last takeover's timing, for status and the failover benchmark.
     pub takeover: Option<crate::status::TakeoverStatus>,
     /// When the decision that the next takeover carries out was made, if before the
@@ -127,6 +131,8 @@ impl GroupRuntime {
             lease_deadline: None,
             transition_reasons: BTreeMap::new(),
             tasks: Vec::new(),
+            balance: None,
+            member_advert_at: None,
             takeover: None,
             decided_ns: None,
         }
@@ -219,6 +225,12 @@ impl GroupRuntime {
 
     /// The data-plane entry for one of our VIPs under `act`.
     pub fn entry(&self, mac: Mac, v: &VipRuntime, act: u32, forward_to: Option<Mac>) -> VipEntry {
+        // A balanced group's director spreads flows; its members (standbys) deliver
+        // what the director sends them, never forwarding it back.
+        let act = match (&self.balance, act) {
+            (Some(_), action::FORWARD) => action::NONE,
+            _ => act,
+        };
         let mut e = VipEntry {
             action: act,
             flags: if self.leased() { flags::LEASED } else { 0 },
@@ -237,6 +249,12 @@ impl GroupRuntime {
                 }
             }
             action::FORWARD => e.dst_mac = forward_to.unwrap_or_default().0,
+            action::LOCAL => {
+                if let Some(b) = &self.balance {
+                    e.flags |= flags::BALANCED;
+                    e.ifindex = b.slot;
+                }
+            }
             _ => {}
         }
         e
@@ -345,6 +363,17 @@ impl super::Agent {
         Ok(slot)
     }
 
+    pub(super) fn alloc_balance_slot(&self) -> Result<u32> {
+        let used: BTreeSet<u32> = self
+            .groups
+            .iter()
+            .filter_map(|g| g.balance.as_ref().map(|b| b.slot))
+            .collect();
+        (0..vip_common::balance::MAX_GROUPS)
+            .find(|i| !used.contains(i))
+            .context("too many balanced groups")
+    }
+
     pub(super) fn alloc_group_index(&self) -> Result<u32> {
         let used: BTreeSet<u32> = self.groups.iter().map(|g| g.index).collect();
         (0..vip_common::MAX_GROUPS)
@@ -397,8 +426,20 @@ impl super::Agent {
             None => Driver::for_group(g),
         };
         let index = self.alloc_group_index()?;
-        self.groups
-            .push(GroupRuntime::new(g, index, redirect, vips, driver, key));
+        let membership = match (&g.balance, &g.election, driver.election()) {
+            (Some(b), Some(e), Some(el)) => Some(crate::balance::Membership::new(
+                el.params().me,
+                self.iface.mac,
+                &e.peers,
+                e.advert_interval,
+                self.alloc_balance_slot()?,
+                b.ports.clone(),
+            )),
+            _ => None,
+        };
+        let mut runtime = GroupRuntime::new(g, index, redirect, vips, driver, key);
+        runtime.balance = membership;
+        self.groups.push(runtime);
         let gi = self.groups.len() - 1;
         self.spawn_checks(gi);
         let actions = self.groups[gi].driver.start(was_active, now);

@@ -13,6 +13,7 @@
 //! (status); `crate::addresses` owns the VIP addresses.
 
 mod adverts;
+mod balance;
 mod eips;
 mod group;
 mod reload;
@@ -523,7 +524,10 @@ impl Agent {
             if let Some(t) = g.election().and_then(|e| e.next_deadline()) {
                 next = next.min(t);
             }
-            for t in [g.drain_until, g.addrs_until].into_iter().flatten() {
+            for t in [g.drain_until, g.addrs_until, g.member_advert_at]
+                .into_iter()
+                .flatten()
+            {
                 next = next.min(t);
             }
         }
@@ -543,6 +547,7 @@ impl Agent {
             {
                 self.release_addresses(gi);
             }
+            self.balance_tick(gi, now);
             if self.groups[gi].drain_until.is_some_and(|t| now >= t) {
                 self.groups[gi].drain_until = None;
                 if self.groups[gi].state != State::Active {

@@ -185,6 +185,9 @@ impl Agent {
                 .set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
         }
         let act = g.active_action();
+        // The director's table before the entries that use it.
+        self.program_balance(gi)?;
+        let g = &self.groups[gi];
         let entries: Vec<(IpAddr, VipEntry)> = g
             .vips
             .iter()
@@ -245,7 +248,8 @@ impl Agent {
             // New traffic is forwarded to the successor from now on; what our stack
             // already accepted still finds its address until the drain ends.
             self.groups[gi].addrs_until = Some(Instant::now() + drain);
-        } else {
+        } else if !(self.groups[gi].balance.is_some() && state == State::Standby) {
+            // A balanced group's standby is a member: it keeps the VIP on lo.
             self.release_addresses(gi);
         }
         let g = &self.groups[gi];

@@ -1,0 +1,97 @@
+//! Active/active groups in the loop: member advertisements, the VIP on lo of every
+//! member, and the director's table kept in step with who is heard
+//! (`crate::balance` holds the membership and the table's arithmetic).
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::Agent;
+use crate::{advert::Kind, election::State};
+
+impl Agent {
+    /// Due work of a balanced group: a standby's member advertisement, then the
+    /// membership's expiry.
+    pub(super) fn balance_tick(&mut self, gi: usize, now: Instant) {
+        let g = &mut self.groups[gi];
+        let Some(b) = &g.balance else { return };
+        let interval = b.interval;
+        if g.state != State::Standby {
+            g.member_advert_at = None;
+        } else if g.member_advert_at.is_none_or(|t| now >= t) {
+            g.member_advert_at = Some(now + interval);
+            self.send_advert(gi, Kind::Member);
+        }
+        self.balance_sync(gi);
+    }
+
+    /// Members hold the VIP on lo (the director hands them packets for it); the
+    /// director's table follows the membership.
+    pub(super) fn balance_sync(&mut self, gi: usize) {
+        if self.groups[gi].balance.is_none() {
+            return;
+        }
+        let state = self.groups[gi].state;
+        let member = matches!(state, State::Standby | State::Active);
+        if member {
+            let (name, vips) = (self.groups[gi].cfg.name.clone(), self.groups[gi].vips.clone());
+            for v in vips.iter() {
+                if !self.addrs.holds(v.vip.addr) {
+                    self.addrs.add(&name, v.vip.addr);
+                }
+            }
+        } else if self.groups[gi].addrs_until.is_none() {
+            let holds = self.groups[gi].vips.iter().any(|v| self.addrs.holds(v.vip.addr));
+            if holds {
+                self.release_addresses(gi);
+            }
+        }
+        if state != State::Active {
+            if let Some(b) = &mut self.groups[gi].balance {
+                b.programmed = None;
+            }
+            return;
+        }
+        if let Err(e) = self.program_balance(gi) {
+            log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
+        }
+    }
+
+    /// Writes the director's members and table if the member set (or the ports)
+    /// changed since the last time.
+    pub(super) fn program_balance(&mut self, gi: usize) -> Result<()> {
+        let now = Instant::now();
+        let g = &self.groups[gi];
+        let Some(b) = &g.balance else { return Ok(()) };
+        let up = b.up(now, true);
+        if b.programmed.as_ref() == Some(&up) && b.programmed_ports == b.ports {
+            return Ok(());
+        }
+        let table = b
+            .table(&up)
+            .with_context(|| format!("group {}: building the balance table", g.cfg.name))?;
+        let rows = b.rows(&up);
+        let (slot, ports, old) = (b.slot, b.ports.clone(), b.programmed_ports.clone());
+        let members: Vec<String> = b
+            .nodes
+            .iter()
+            .zip(&up)
+            .filter(|(_, u)| **u)
+            .map(|(n, _)| n.addr.to_string())
+            .collect();
+        self.dp
+            .set_balance(slot, ports.is_empty(), &old, &ports, &rows, &table)
+            .with_context(|| format!("group {}: programming the balance table", g.cfg.name))?;
+        log::info!(
+            "group {}: balancing over {} member(s): {}",
+            g.cfg.name,
+            members.len(),
+            members.join(", ")
+        );
+        if let Some(b) = &mut self.groups[gi].balance {
+            b.programmed = Some(up);
+            b.programmed_ports = ports;
+        }
+        Ok(())
+    }
+}

@@ -94,7 +94,11 @@ impl Membership {
 
     /// A peer's advertisement or member advertisement.
     pub fn heard(&mut self, addr: IpAddr, mac: Mac, now: Instant) {
-        if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == addr && !n.this_node) {
+        if let Some(n) = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.addr == addr && !n.this_node)
+        {
             n.mac = Some(mac);
             n.heard = Some(now);
         }
@@ -102,7 +106,11 @@ impl Membership {
 
     /// A peer released (planned handover, stop) or faulted: it leaves at once.
     pub fn left(&mut self, addr: IpAddr) {
-        if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == addr && !n.this_node) {
+        if let Some(n) = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.addr == addr && !n.this_node)
+        {
             n.heard = None;
         }
     }
@@ -190,7 +198,8 @@ mod tests {
             })
             .collect();
         assert!(tables.windows(2).all(|w| w[0] == w[1]));
-        let share = |i: u16| tables[0].iter().filter(|&&x| x == i).count() as f64 / TABLE_SIZE as f64;
+        let share =
+            |i: u16| tables[0].iter().filter(|&&x| x == i).count() as f64 / TABLE_SIZE as f64;
         for i in 0..3 {
             assert!((share(i) - 1.0 / 3.0).abs() < 0.01, "{}", share(i));
         }
@@ -203,8 +212,14 @@ mod tests {
         let t0 = Instant::now();
         m.heard(ip("10.0.0.12"), Mac([2, 0, 0, 0, 0, 2]), t0);
         m.heard(ip("10.0.0.13"), Mac([2, 0, 0, 0, 0, 3]), t0);
-        assert_eq!(m.up(t0 + Duration::from_millis(300), true), [true, true, true]);
-        assert_eq!(m.up(t0 + Duration::from_millis(301), true), [true, false, false]);
+        assert_eq!(
+            m.up(t0 + Duration::from_millis(300), true),
+            [true, true, true]
+        );
+        assert_eq!(
+            m.up(t0 + Duration::from_millis(301), true),
+            [true, false, false]
+        );
         m.left(ip("10.0.0.12"));
         assert_eq!(m.up(t0, true), [true, false, true]);
         // Unknown addresses and our own are never changed by what is heard.
@@ -228,7 +243,10 @@ mod tests {
             .zip(&after)
             .filter(|(b, a)| **b != 2 && b != a)
             .count();
-        assert!((moved_others as f64) < 0.01 * TABLE_SIZE as f64, "{moved_others}");
+        assert!(
+            (moved_others as f64) < 0.01 * TABLE_SIZE as f64,
+            "{moved_others}"
+        );
         assert!(after.iter().all(|&x| x != 2));
         let rows = m.rows(&[true, true, false]);
         assert_eq!((rows[0].this_node, rows[2].up, rows[2].mac[5]), (1, 0, 3));

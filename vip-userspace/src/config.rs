@@ -927,10 +927,17 @@ fn balance(
                 "udp" => 17u8,
                 _ => return None,
             };
-            port.trim().parse::<u16>().ok().filter(|p| *p > 0).map(|p| (proto, p))
+            port.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .map(|p| (proto, p))
         });
         let Some(pp) = parsed else {
-            p(key, format!("`{spec}` is not PROTOCOL/PORT (\"tcp/443\", \"udp/53\"; port 1..=65535)"));
+            p(
+                key,
+                format!("`{spec}` is not PROTOCOL/PORT (\"tcp/443\", \"udp/53\"; port 1..=65535)"),
+            );
             continue;
         };
         if ports.contains(&pp) {
@@ -938,7 +945,12 @@ fn balance(
             continue;
         }
         if let Some((_, other)) = taken.iter().find(|(q, _)| *q == pp) {
-            p(key, format!("`{spec}` is also balanced by group {other}; a port is balanced by one group"));
+            p(
+                key,
+                format!(
+                    "`{spec}` is also balanced by group {other}; a port is balanced by one group"
+                ),
+            );
             continue;
         }
         ports.push(pp);
@@ -1591,6 +1603,95 @@ role = "active"
         );
         assert!(w.contains("= 3 ms: a probe delayed"), "{w}");
         assert!(w.contains("advert_interval_ms = 10"), "{w}");
+    }
+
+    #[test]
+    fn balance_is_for_elected_groups_with_sound_ports() {
+        let grp = |name: &str, vip: &str, extra: &str| {
+            format!("\n[[group]]\nname = \"{name}\"\nvips = [\"{vip}/24\"]\npeers = [\"10.0.0.12\"]\npriority = 150\n{extra}\n")
+        };
+        let c = parse(&format!(
+            "{GOOD}{}",
+            grp("api", "10.0.0.60", "balance = {}")
+        ))
+        .unwrap();
+        assert_eq!(c.groups[1].balance, Some(Balance::default()));
+        let c = parse(&format!(
+            "{GOOD}{}",
+            grp(
+                "api",
+                "10.0.0.60",
+                "balance = { ports = [\"tcp/443\", \"UDP/53\"] }"
+            )
+        ))
+        .unwrap();
+        assert_eq!(
+            c.groups[1].balance.as_ref().unwrap().ports,
+            [(6, 443), (17, 53)]
+        );
+        for (text, key, says) in [
+            (
+                format!("{GOOD}balance = {{}}\n"),
+                "group[web].balance",
+                "only applies to elected groups",
+            ),
+            (
+                format!(
+                    "{GOOD}{}",
+                    grp("api", "10.0.0.60", "balance = { ports = [\"tcp/0\"] }")
+                ),
+                "group[api].balance.ports[0]",
+                "is not PROTOCOL/PORT",
+            ),
+            (
+                format!(
+                    "{GOOD}{}",
+                    grp("api", "10.0.0.60", "balance = { ports = [\"sctp/9\"] }")
+                ),
+                "group[api].balance.ports[0]",
+                "is not PROTOCOL/PORT",
+            ),
+            (
+                format!(
+                    "{GOOD}{}",
+                    grp(
+                        "api",
+                        "10.0.0.60",
+                        "balance = { ports = [\"tcp/80\", \"tcp/80\"] }"
+                    )
+                ),
+                "group[api].balance.ports[1]",
+                "listed twice",
+            ),
+            (
+                format!(
+                    "{GOOD}{}",
+                    grp("api", "10.0.0.60", "balance = { ports = [] }")
+                ),
+                "group[api].balance.ports",
+                "is empty",
+            ),
+            (
+                format!(
+                    "{GOOD}{}{}",
+                    grp("api", "10.0.0.60", "balance = { ports = [\"tcp/80\"] }"),
+                    grp("www", "10.0.0.61", "balance = { ports = [\"tcp/80\"] }")
+                ),
+                "group[www].balance.ports[0]",
+                "also balanced by group api",
+            ),
+            (
+                format!(
+                    "{GOOD}{}",
+                    grp("api", "10.0.0.60", "balance = { port = 1 }")
+                ),
+                "balance",
+                "unknown field",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -19,8 +19,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use vip_common::{
-    balance, global, globals, maps, programs, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, Owner, Settings, VipEntry,
-    VipStats,
+    balance, global, globals, maps, programs, BalanceConf, BalanceMember, BalanceStats, EchoSeen,
+    EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
 };
 
 use crate::{config::XdpMode, xdpmode::Choice};
@@ -923,17 +923,21 @@ impl Dataplane {
         for w in 0..words {
             let mut word = 0u64;
             for j in 0..4 {
-                let v = table.get(w * 4 + j).copied().unwrap_or(vip_common::maglev::NO_MEMBER);
+                let v = table
+                    .get(w * 4 + j)
+                    .copied()
+                    .unwrap_or(vip_common::maglev::NO_MEMBER);
                 word |= (v as u64) << (16 * j);
             }
             keys.extend_from_slice(&(slot * balance::WORDS + w as u32).to_ne_bytes());
             values.extend_from_slice(&word.to_ne_bytes());
         }
-        update_batch(b.table.map().fd().as_fd(), &keys, &values, words as u32)
-            .map_err(|source| DataplaneError::MapIo {
+        update_batch(b.table.map().fd().as_fd(), &keys, &values, words as u32).map_err(|source| {
+            DataplaneError::MapIo {
                 map: maps::BALANCE_TABLE,
                 source,
-            })
+            }
+        })
     }
 
     /// What the director sent to member `index` of slot `slot`, summed over CPUs.

@@ -10,8 +10,8 @@
 
 pub mod addresses;
 pub mod advert;
-pub mod balance;
 pub mod agent;
+pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -192,6 +192,21 @@ pub fn render(s: &Status) -> String {
         "Echo probes this standby sent to the active's data plane",
     );
     let echo_replies = counter(&mut reg, "echo_replies", "Echo replies received");
+    let member_packets = counter(
+        &mut reg,
+        "balance_member_packets",
+        "Packets the director sent to each member of a balanced group",
+    );
+    let member_flows = counter(
+        &mut reg,
+        "balance_member_flows",
+        "New flows the director assigned to each member",
+    );
+    let member_up = gauge(
+        &mut reg,
+        "balance_member_up",
+        "1 while the member is in the table",
+    );
     let echo_streak = gauge(
         &mut reg,
         "echo_longest_streak",
@@ -228,6 +243,17 @@ pub fn render(s: &Status) -> String {
             priority.get_or_create(&gl).set(e.effective_priority as i64);
             if let Some(ms) = e.lease_remaining_ms {
                 lease.get_or_create(&gl).set(ms as i64);
+            }
+        }
+        if let Some(b) = &g.balance {
+            for m in &b.members {
+                let l = vec![
+                    ("group".to_string(), g.name.clone()),
+                    ("member".to_string(), m.address.clone()),
+                ];
+                member_packets.get_or_create(&l).inc_by(m.packets);
+                member_flows.get_or_create(&l).inc_by(m.flows);
+                member_up.get_or_create(&l).set(m.healthy as i64);
             }
         }
         if let Some(e) = &g.echo {

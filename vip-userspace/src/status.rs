@@ -77,7 +77,29 @@ pub struct GroupStatus {
     /// The standby's probing of the active's data plane (elected groups).
     #[serde(default)]
     pub echo: Option<EchoStatus>,
+    /// Active/active groups: the members and what the director sent each.
+    #[serde(default)]
+    pub balance: Option<BalanceStatus>,
     pub vips: Vec<VipStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BalanceStatus {
+    /// "tcp/443"...; empty: every TCP and UDP port.
+    pub ports: Vec<String>,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberStatus {
+    pub address: String,
+    pub mac: Option<String>,
+    /// In the table: heard within 3 intervals (this node: serving).
+    pub healthy: bool,
+    pub this_node: bool,
+    /// New flows and packets the director (this node, while active) sent it.
+    pub flows: u64,
+    pub packets: u64,
 }
 
 /// When a takeover was decided and announced, on the host's CLOCK_MONOTONIC (the

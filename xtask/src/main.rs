@@ -188,6 +188,7 @@ fn build() -> Result<PathBuf> {
 /// their tests run one at a time, so that two of them do not skew each other's
 /// outage and takeover figures on a loaded machine. Every other test runs in parallel.
 const SERIAL: &[&str] = &[
+    "balance",
     "chaos",
     "eip",
     "failover",

@@ -34,14 +34,20 @@ impl Agent {
         let state = self.groups[gi].state;
         let member = matches!(state, State::Standby | State::Active);
         if member {
-            let (name, vips) = (self.groups[gi].cfg.name.clone(), self.groups[gi].vips.clone());
+            let (name, vips) = (
+                self.groups[gi].cfg.name.clone(),
+                self.groups[gi].vips.clone(),
+            );
             for v in vips.iter() {
                 if !self.addrs.holds(v.vip.addr) {
                     self.addrs.add(&name, v.vip.addr);
                 }
             }
         } else if self.groups[gi].addrs_until.is_none() {
-            let holds = self.groups[gi].vips.iter().any(|v| self.addrs.holds(v.vip.addr));
+            let holds = self.groups[gi]
+                .vips
+                .iter()
+                .any(|v| self.addrs.holds(v.vip.addr));
             if holds {
                 self.release_addresses(gi);
             }

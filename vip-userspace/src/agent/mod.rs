@@ -524,10 +524,12 @@ impl Agent {
             if let Some(t) = g.election().and_then(|e| e.next_deadline()) {
                 next = next.min(t);
             }
-            for t in [g.drain_until, g.addrs_until, g.member_advert_at]
-                .into_iter()
-                .flatten()
-            {
+            // A balanced standby's first member advertisement is due at once.
+            let member = match (g.balance.is_some(), g.state, g.member_advert_at) {
+                (true, State::Standby, None) => Some(now),
+                (_, _, t) => t,
+            };
+            for t in [g.drain_until, g.addrs_until, member].into_iter().flatten() {
                 next = next.min(t);
             }
         }

@@ -20,8 +20,8 @@ use crate::{
     mac::Mac,
     reason::{self, Reason},
     status::{
-        ActivePeer, EchoStatus, EipStatus, ElectionStatus, GroupStatus, Status, TakeoverStatus,
-        TransitionStatus, VipStatus,
+        ActivePeer, BalanceStatus, EchoStatus, EipStatus, ElectionStatus, GroupStatus,
+        MemberStatus, Status, TakeoverStatus, TransitionStatus, VipStatus,
     },
 };
 
@@ -87,7 +87,16 @@ struct GroupSnap {
     election: Option<ElectionStatus>,
     last_takeover: Option<TakeoverStatus>,
     echo: Option<EchoStatus>,
+    balance: Option<BalanceSnap>,
     vips: Arc<Vec<VipRuntime>>,
+}
+
+/// A balanced group's slot, ports and members (by index: address, MAC, in the
+/// table, this node); the counters are read off the loop.
+struct BalanceSnap {
+    slot: u32,
+    ports: Vec<String>,
+    members: Vec<(String, Option<String>, bool, bool)>,
 }
 
 struct EipSnap {
@@ -174,6 +183,35 @@ impl Agent {
                         realtime: self.echo.as_ref().is_some_and(|p| p.realtime()),
                     }
                 }),
+                balance: g.balance.as_ref().map(|b| {
+                    // The director shows what its table holds; a member what it hears.
+                    let self_up = matches!(g.state, State::Active | State::Standby);
+                    let up = b
+                        .programmed
+                        .clone()
+                        .unwrap_or_else(|| b.up(std::time::Instant::now(), self_up));
+                    BalanceSnap {
+                        slot: b.slot,
+                        ports: b
+                            .ports
+                            .iter()
+                            .map(|p| crate::config::Balance::port_label(*p))
+                            .collect(),
+                        members: b
+                            .nodes
+                            .iter()
+                            .zip(up)
+                            .map(|(n, u)| {
+                                (
+                                    n.addr.to_string(),
+                                    n.mac.map(|m| m.to_string()),
+                                    u,
+                                    n.this_node,
+                                )
+                            })
+                            .collect(),
+                    }
+                }),
                 vips: g.vips.clone(),
             })
             .collect();
@@ -243,6 +281,30 @@ impl Snapshot {
                 election: g.election,
                 last_takeover: g.last_takeover,
                 echo: g.echo,
+                balance: g.balance.map(
+                    |BalanceSnap {
+                         slot,
+                         ports,
+                         members,
+                     }| BalanceStatus {
+                        ports,
+                        members: members
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, (address, mac, healthy, this_node))| {
+                                let s = dp.balance_stats(slot, i as u32).unwrap_or_default();
+                                MemberStatus {
+                                    address,
+                                    mac,
+                                    healthy,
+                                    this_node,
+                                    flows: s.flows,
+                                    packets: s.packets,
+                                }
+                            })
+                            .collect(),
+                    },
+                ),
                 vips: g
                     .vips
                     .iter()

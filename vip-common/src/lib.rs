@@ -168,6 +168,21 @@ pub mod flags {
     /// The entry is gated by its group's lease in `LEASES`: once the lease has
     /// expired the entry behaves as if absent (XDP_PASS, no answers).
     pub const LEASED: u32 = 1 << 0;
+    // 1 << 1 is reserved.
+    /// Planned handover, on the NEW active's entries (local) for its first
+    /// `drain_ms` after taking over from a node that released the VIPs: a TCP
+    /// packet that is not a SYN and that no local socket knows belongs to a
+    /// connection of the old active; it is sent there (Ethernet to `dst_mac`, the
+    /// old active's MAC, from `own_mac`; XDP_TX) rather than reset by our kernel.
+    /// Unless it came from `dst_mac` itself: then neither node knows the flow.
+    pub const GRACE: u32 = 1 << 2;
+    /// Planned handover, on the OLD active's forward entries while it drains (its
+    /// VIP addresses still on `lo`): a TCP packet that a local socket knows is
+    /// passed to the local stack instead of forwarded to `dst_mac` (the new
+    /// active); so is a non-SYN TCP packet that no socket knows and that came from
+    /// `dst_mac` (the new active's GRACE sent it: neither node knows the flow, our
+    /// kernel resets it). Everything else is forwarded as without the flag.
+    pub const KEEP: u32 = 1 << 3;
 }
 
 /// Value of the `VIPS_V4` (key: IPv4 address, 4 bytes in network order) and `VIPS_V6`

@@ -11,6 +11,7 @@
 mod arp;
 mod echo;
 mod eip;
+mod handover;
 mod ipv4;
 mod ipv6;
 mod maps;

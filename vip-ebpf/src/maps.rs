@@ -14,7 +14,10 @@ use vip_common::{
     MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
-use crate::packet::{self, Error, Frame};
+use crate::{
+    handover,
+    packet::{self, Error, Frame},
+};
 
 /// IPv4 VIP (4 bytes, network order, as a native-endian u32) -> entry.
 #[map]
@@ -141,6 +144,13 @@ pub fn steer(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<u32, E
     if lease_expired(entry) {
         stats.lease_expired += 1;
         return Ok(XDP_PASS);
+    }
+    // A planned handover's drain: established TCP connections stay on the node that
+    // has their sockets (see `handover`).
+    if entry.flags & (flags::GRACE | flags::KEEP) != 0 {
+        if let Some(act) = handover::steer(ctx, frame, entry, stats)? {
+            return Ok(act);
+        }
     }
     match entry.action {
         action::REDIRECT => {

@@ -111,7 +111,7 @@ enum DownCause {
     /// Nothing heard from an active since this instant.
     Silent { since: Option<Instant> },
     /// The active released the VIPs.
-    Released { by: IpAddr },
+    Released { by: IpAddr, mac: Mac },
     /// The active's data plane stopped answering probes.
     EchoLost {
         peer: IpAddr,
@@ -156,6 +156,9 @@ pub struct Election {
     /// Active, handing over: until when we wait for a new active before giving up.
     handover_until: Option<Instant>,
     active: Option<Peer>,
+    /// Active after a release: the MAC of the node that released (it still serves
+    /// the connections its stack accepted, during its drain).
+    predecessor: Option<Mac>,
     forwarding: Option<Mac>,
     pub counters: Counters,
 }
@@ -174,6 +177,7 @@ impl Election {
             next_advert_at: None,
             handover_until: None,
             active: None,
+            predecessor: None,
             forwarding: None,
             counters: Counters::default(),
         }
@@ -205,6 +209,12 @@ impl Election {
     /// The active node as we know it (None while we are active ourselves).
     pub fn active(&self) -> Option<&Peer> {
         self.active.as_ref()
+    }
+
+    /// Active since a takeover that followed a release: the MAC of the node that
+    /// released the VIPs (None after any other takeover).
+    pub fn predecessor(&self) -> Option<Mac> {
+        self.predecessor.filter(|_| self.state == State::Active)
     }
 
     /// True while we are active but waiting for a successor.
@@ -331,7 +341,7 @@ impl Election {
                     out.extend(self.take_over(now, why));
                 } else if self.master_down_at.is_some_and(|t| now >= t) {
                     let why = match self.down_cause {
-                        DownCause::Released { by } => Reason::Released { by },
+                        DownCause::Released { by, .. } => Reason::Released { by },
                         DownCause::EchoLost {
                             peer,
                             missed,
@@ -348,6 +358,9 @@ impl Election {
                         },
                     };
                     out.extend(self.take_over(now, why));
+                    if let DownCause::Released { mac, .. } = self.down_cause {
+                        self.predecessor = Some(mac);
+                    }
                 }
             }
             State::Fault => {}
@@ -457,7 +470,10 @@ impl Election {
                 {
                     // Planned handover: the best standby goes first.
                     self.master_down_at = Some(now + self.skew());
-                    self.down_cause = DownCause::Released { by: ad.addr };
+                    self.down_cause = DownCause::Released {
+                        by: ad.addr,
+                        mac: ad.mac,
+                    };
                 }
             }
             Kind::Hold => {
@@ -605,6 +621,7 @@ impl Election {
         self.preempt_at = None;
         self.handover_until = None;
         self.active = None;
+        self.predecessor = None;
         self.forwarding = None;
         self.next_advert_at = Some(now + self.p.interval);
         vec![Action::TakeOver { reason }, self.send(Kind::Advert)]
@@ -946,6 +963,35 @@ mod tests {
         e.receive(&advert(Kind::Release, 150, 10), t0 + 50 * MS);
         assert!(!took_over(&e.tick(t0 + 50 * MS + e.skew() - MS)));
         assert!(took_over(&e.tick(t0 + 50 * MS + e.skew())));
+        // The node that released is known (it drains its connections).
+        assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
+    }
+
+    #[test]
+    fn only_a_takeover_after_a_release_has_a_predecessor() {
+        let t0 = Instant::now();
+        let mut e = node(200, 12);
+        e.p.preempt = false;
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        // Silence: the active is gone, nothing to drain.
+        let a = e.tick(t0 + 50 * MS + e.master_down_interval());
+        assert!(took_over(&a));
+        assert_eq!(e.predecessor(), None);
+        // After a release and a step-down, a takeover by silence forgets it.
+        let mut e = node(200, 12);
+        e.p.preempt = false;
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        e.receive(&advert(Kind::Release, 150, 10), t0 + 50 * MS);
+        assert!(took_over(&e.tick(t0 + 50 * MS + e.skew())));
+        assert!(e.predecessor().is_some());
+        e.receive(&advert(Kind::Advert, 255, 11), t0 + 100 * MS);
+        assert_eq!(e.state(), State::Standby);
+        assert_eq!(e.predecessor(), None);
+        let a = e.tick(t0 + 100 * MS + e.master_down_interval());
+        assert!(took_over(&a));
+        assert_eq!(e.predecessor(), None);
     }
 
     #[test]

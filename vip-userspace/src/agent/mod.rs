@@ -523,7 +523,8 @@ impl Agent {
             if let Some(t) = g.election().and_then(|e| e.next_deadline()) {
                 next = next.min(t);
             }
-            for t in [g.drain_until, g.addrs_until].into_iter().flatten() {
+            let grace = g.grace_until.map(|(t, _)| t);
+            for t in [g.drain_until, g.addrs_until, grace].into_iter().flatten() {
                 next = next.min(t);
             }
         }
@@ -541,7 +542,29 @@ impl Agent {
             if self.groups[gi].addrs_until.is_some_and(|t| now >= t)
                 && self.groups[gi].state != State::Active
             {
+                // The drain is over: plain forwarding (no KEEP), then no addresses.
+                self.groups[gi].addrs_until = None;
+                let fwd = self.groups[gi].forward_to;
+                if fwd.is_some() {
+                    if let Err(e) = self.set_entries(gi, fwd) {
+                        log::error!(
+                            "group {}: ending the drain: {e:#}",
+                            self.groups[gi].cfg.name
+                        );
+                    }
+                }
                 self.release_addresses(gi);
+            }
+            if self.groups[gi].grace_until.is_some_and(|(t, _)| now >= t) {
+                self.groups[gi].grace_until = None;
+                if self.groups[gi].state == State::Active {
+                    if let Err(e) = self.set_active_entries(gi) {
+                        log::error!(
+                            "group {}: ending the handover grace: {e:#}",
+                            self.groups[gi].cfg.name
+                        );
+                    }
+                }
             }
             if self.groups[gi].drain_until.is_some_and(|t| now >= t) {
                 self.groups[gi].drain_until = None;

@@ -178,21 +178,32 @@ impl Agent {
             decided_mono_ns,
             announced_mono_ns: None,
         });
+        // Taken from a node that released the VIPs: its established connections stay
+        // with it while it drains (`flags::GRACE`; the old active keeps them).
         let g = &self.groups[gi];
+        let act = g.active_action();
+        let drain = g.cfg.drain;
+        self.groups[gi].grace_until = match g.election().and_then(|e| e.predecessor()) {
+            Some(old_active) if act == action::LOCAL && !drain.is_zero() => {
+                Some((Instant::now() + drain, old_active))
+            }
+            _ => None,
+        };
+        let g = &self.groups[gi];
+        if let Some((_, old_active)) = g.grace_until {
+            log::info!(
+                "group {}: TCP connections of the old active ({old_active}) stay with it for {} ms",
+                g.cfg.name,
+                drain.as_millis()
+            );
+        }
         if g.leased() {
             let lease = self.lease_of(gi);
             self.dp
                 .set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
         }
-        let act = g.active_action();
-        let entries: Vec<(IpAddr, VipEntry)> = g
-            .vips
-            .iter()
-            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, act, None)))
-            .collect();
-        self.dp
-            .set_vips_batch(&entries)
-            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))?;
+        self.set_active_entries(gi)?;
+        let g = &self.groups[gi];
         if act == action::LOCAL {
             let (name, vips) = (g.cfg.name.clone(), g.vips.clone());
             for v in vips.iter() {
@@ -206,6 +217,20 @@ impl Agent {
         self.groups[gi].set_state(State::Active, reason);
         self.announce(gi);
         Ok(())
+    }
+
+    /// Active entries for every VIP of the group (with `GRACE` while it runs).
+    pub(super) fn set_active_entries(&mut self, gi: usize) -> Result<()> {
+        let g = &self.groups[gi];
+        let act = g.active_action();
+        let entries: Vec<(IpAddr, VipEntry)> = g
+            .vips
+            .iter()
+            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, act, None)))
+            .collect();
+        self.dp
+            .set_vips_batch(&entries)
+            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))
     }
 
     /// A step-down decided by the election: towards a known successor, forward for
@@ -239,13 +264,15 @@ impl Agent {
             forward_to
         };
         self.groups[gi].forward_to = forward_to;
-        self.set_entries(gi, forward_to)?;
+        self.groups[gi].grace_until = None;
         let drain = self.groups[gi].cfg.drain;
-        if was_active && forward_to.is_some() && !drain.is_zero() {
-            // New traffic is forwarded to the successor from now on; what our stack
-            // already accepted still finds its address until the drain ends.
-            self.groups[gi].addrs_until = Some(Instant::now() + drain);
-        } else {
+        // New traffic is forwarded to the successor from now on; what our stack
+        // already accepted still finds its address until the drain ends, and the
+        // data plane passes it the packets of its connections (`flags::KEEP`).
+        let drains = was_active && forward_to.is_some() && !drain.is_zero();
+        self.groups[gi].addrs_until = drains.then(|| Instant::now() + drain);
+        self.set_entries(gi, forward_to)?;
+        if !drains {
             self.release_addresses(gi);
         }
         let g = &self.groups[gi];

@@ -168,7 +168,7 @@ pub mod flags {
     /// The entry is gated by its group's lease in `LEASES`: once the lease has
     /// expired the entry behaves as if absent (XDP_PASS, no answers).
     pub const LEASED: u32 = 1 << 0;
-    // 1 << 1 is reserved.
+    // 1 << 1 is reserved (BALANCED).
     /// Planned handover, on the NEW active's entries (local) for its first
     /// `drain_ms` after taking over from a node that released the VIPs: a TCP
     /// packet that is not a SYN and that no local socket knows belongs to a

@@ -170,7 +170,8 @@ pub mod flags {
     pub const LEASED: u32 = 1 << 0;
     // 1 << 1 is reserved (BALANCED).
     /// Planned handover, on the NEW active's entries (local) for its first
-    /// `drain_ms` after taking over from a node that released the VIPs: a TCP
+    /// `drain_ms` after taking over from a live active (it released the VIPs, or we
+    /// preempted it; either way it steps down towards us and drains): a TCP
     /// packet that is not a SYN and that no local socket knows belongs to a
     /// connection of the old active; it is sent there (Ethernet to `dst_mac`, the
     /// old active's MAC, from `own_mac`; XDP_TX) rather than reset by our kernel.

@@ -156,8 +156,9 @@ pub struct Election {
     /// Active, handing over: until when we wait for a new active before giving up.
     handover_until: Option<Instant>,
     active: Option<Peer>,
-    /// Active after a release: the MAC of the node that released (it still serves
-    /// the connections its stack accepted, during its drain).
+    /// Active after a planned handover (the active released the VIPs, or we
+    /// preempted a live active): its MAC. It steps down towards us and, during its
+    /// drain, still serves the connections its stack had accepted.
     predecessor: Option<Mac>,
     forwarding: Option<Mac>,
     pub counters: Counters,
@@ -211,8 +212,9 @@ impl Election {
         self.active.as_ref()
     }
 
-    /// Active since a takeover that followed a release: the MAC of the node that
-    /// released the VIPs (None after any other takeover).
+    /// Active since a planned handover (a release, a preemption, `vip promote` over a
+    /// live active): the old active's MAC. None after a takeover from a node that is
+    /// gone (silence, echo) or that we never heard.
     pub fn predecessor(&self) -> Option<Mac> {
         self.predecessor.filter(|_| self.state == State::Active)
     }
@@ -338,7 +340,10 @@ impl Election {
                         },
                         None => Reason::Promoted,
                     };
+                    // The active we preempt is alive: it yields and drains.
+                    let from = self.active.as_ref().map(|a| a.mac);
                     out.extend(self.take_over(now, why));
+                    self.predecessor = from;
                 } else if self.master_down_at.is_some_and(|t| now >= t) {
                     let why = match self.down_cause {
                         DownCause::Released { by, .. } => Reason::Released { by },
@@ -559,7 +564,11 @@ impl Election {
         if self.state == State::Active {
             return vec![self.send(Kind::Advert), Action::Reannounce];
         }
-        self.take_over(now, Reason::Promoted)
+        // An active we hear yields to us (priority 255) and drains.
+        let from = self.active.as_ref().map(|a| a.mac);
+        let out = self.take_over(now, Reason::Promoted);
+        self.predecessor = from;
+        out
     }
 
     /// `vip demote`: hand over (keep serving until a successor is heard, then forward
@@ -968,7 +977,28 @@ mod tests {
     }
 
     #[test]
-    fn only_a_takeover_after_a_release_has_a_predecessor() {
+    fn a_preemption_or_a_promotion_over_a_live_active_has_a_predecessor() {
+        let t0 = Instant::now();
+        let mut e = node(200, 12);
+        e.start(t0);
+        let a = e.receive(&advert(Kind::Advert, 150, 10), t0);
+        assert!(took_over(&a), "{a:?}");
+        assert_eq!(took_over_reason(&a).unwrap().kind(), "preempt");
+        assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
+        let mut e = node(100, 12);
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        assert!(took_over(&e.promote(t0 + 10 * MS)));
+        assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
+        // Promoted with no active heard: nobody to drain.
+        let mut e = node(100, 12);
+        e.start(t0);
+        assert!(took_over(&e.promote(t0 + 10 * MS)));
+        assert_eq!(e.predecessor(), None);
+    }
+
+    #[test]
+    fn a_takeover_from_a_silent_active_has_no_predecessor() {
         let t0 = Instant::now();
         let mut e = node(200, 12);
         e.p.preempt = false;

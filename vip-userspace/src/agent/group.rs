@@ -85,7 +85,7 @@ pub(super) struct GroupRuntime {
     /// meanwhile its forward entries pass the TCP packets its sockets know
     /// (`flags::KEEP`).
     pub addrs_until: Option<Instant>,
-    /// After a takeover from a node that released the VIPs: until when, and to
+    /// After a planned handover to us (a release, a preemption): until when, and to
     /// which MAC (the old active's), our entries send it the TCP packets of flows
     /// we have no socket for (`flags::GRACE`): its connections, while it drains.
     pub grace_until: Option<(Instant, Mac)>,

@@ -178,8 +178,9 @@ impl Agent {
             decided_mono_ns,
             announced_mono_ns: None,
         });
-        // Taken from a node that released the VIPs: its established connections stay
-        // with it while it drains (`flags::GRACE`; the old active keeps them).
+        // A planned handover (the old active released the VIPs, or we preempted it):
+        // its established connections stay with it while it drains (`flags::GRACE`
+        // here, `flags::KEEP` there).
         let g = &self.groups[gi];
         let act = g.active_action();
         let drain = g.cfg.drain;

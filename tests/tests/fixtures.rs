@@ -353,33 +353,7 @@ fn run_table(_ns: &Netns) {
         None,
     ));
 
-    let mut failures = Vec::new();
-    for c in &cases {
-        let r = dp
-            .test_run(&c.frame)
-            .unwrap_or_else(|e| panic!("{}: BPF_PROG_TEST_RUN failed: {e}", c.name));
-        let want = c.out.as_ref().unwrap_or(&c.frame);
-        if r.action != c.action {
-            failures.push(format!(
-                "{}: {} (wanted {})",
-                c.name,
-                action_name(r.action),
-                action_name(c.action)
-            ));
-        } else if &r.frame != want {
-            failures.push(format!(
-                "{}: frame out differs\n  got  {:02x?}\n  want {:02x?}",
-                c.name, r.frame, want
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    run_cases(&dp, &cases);
 
     // Counters follow what was run.
     let s = |i| dp.stats(i).unwrap();
@@ -542,8 +516,249 @@ fn run_echo() {
             None,
         ),
     ];
+    run_cases(&dp, &cases);
+    // Only the reply with the current token moved the slot (3 -> 9).
+    assert_eq!(
+        seen.get(&7, 0).unwrap(),
+        EchoSeen {
+            token: 42,
+            seq: 9,
+            replies: 1
+        }
+    );
+    let g: std::collections::HashMap<_, _> = dp.global_stats().unwrap().into_iter().collect();
+    assert_eq!(g["echo_answered"], 3, "{g:?}");
+    assert_eq!(g["echo_refused"], 4, "{g:?}");
+}
+
+const GRACE4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 55);
+const KEEP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 56);
+const WEB: u16 = 80;
+
+/// A TCP connection from `from` to `to` (both local to this namespace): its
+/// client side and the server side the listener accepted.
+fn connect_from(
+    listener: &std::net::TcpListener,
+    from: std::net::SocketAddr,
+) -> (std::net::TcpStream, std::net::TcpStream) {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType};
+    use nix::sys::socket::{setsockopt, sockopt::ReuseAddr, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let to = listener.local_addr().unwrap();
+    let family = if from.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::empty(), None).unwrap();
+    setsockopt(&fd, ReuseAddr, &true).unwrap();
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(from)).unwrap();
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(to)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (std::net::TcpStream::from(fd), server)
+}
+
+/// The planned handover's flags (`flags::GRACE` on the new active, `flags::KEEP` on
+/// the old one) against real sockets of this namespace: a listener on each VIP's
+/// port 80 (which must not count as a socket of the flow) and one established
+/// connection to each.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn handover_fixtures() {
+    privileged();
+    let ns = Netns::new("handover-fixtures").unwrap();
+    for a in ["10.0.0.12/32", "10.0.0.55/32", "10.0.0.56/32"] {
+        ns.ip(&["addr", "add", a, "dev", "lo"]).unwrap();
+    }
+    for a in ["2001:db8::12/128", "2001:db8::55/128", "2001:db8::56/128"] {
+        ns.ip(&["addr", "add", a, "dev", "lo", "nodad"]).unwrap();
+    }
+    ns.run_in(run_handover);
+}
+
+fn run_handover() {
+    use std::net::{SocketAddr, TcpListener};
+    use vip::frames::{tcp4, tcp6, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
+    let (grace6, keep6, client6) = (v6("2001:db8::55"), v6("2001:db8::56"), v6("2001:db8::12"));
+    let mut dp = Dataplane::load(64).expect("loading the data plane");
+    // The new active: local, sends what it does not know to the old active (ACTIVE).
+    let mut grace = entry(action::LOCAL, 0, 0);
+    grace.flags = flags::GRACE;
+    grace.dst_mac = ACTIVE.0;
+    // The old active: forwards to the new active (ACTIVE), keeps what it knows.
+    let mut keep = entry(action::FORWARD, 1, 0);
+    keep.flags = flags::KEEP;
+    dp.set_vip(IpAddr::V4(GRACE4), &grace).unwrap();
+    dp.set_vip(IpAddr::V4(KEEP4), &keep).unwrap();
+    grace.stats_index = 2;
+    keep.stats_index = 3;
+    dp.set_vip(IpAddr::V6(grace6), &grace).unwrap();
+    dp.set_vip(IpAddr::V6(keep6), &keep).unwrap();
+    for i in 0..4 {
+        dp.reset_stats(i).unwrap();
+    }
+
+    let listen = |ip: IpAddr| TcpListener::bind(SocketAddr::new(ip, WEB)).unwrap();
+    let (l_grace4, l_keep4) = (listen(GRACE4.into()), listen(KEEP4.into()));
+    let (l_grace6, l_keep6) = (listen(grace6.into()), listen(keep6.into()));
+    // Established connections from the client's port 40001 to each VIP.
+    let _c1 = connect_from(&l_grace4, (CLIENT4, 40001).into());
+    let _c2 = connect_from(&l_keep4, (CLIENT4, 40001).into());
+    let _c3 = connect_from(&l_grace6, (client6, 40001).into());
+    let _c4 = connect_from(&l_keep6, (client6, 40001).into());
+
+    let t4 =
+        |src: Mac, vip, sport, flags| tcp4(OWN, src, CLIENT4, vip, sport, WEB, flags, &[], b"GET");
+    let t6 = |src: Mac, vip, sport, flags| tcp6(OWN, src, client6, vip, sport, WEB, flags, b"GET");
+    let to = |f: Vec<u8>| Some(with_macs(f, ACTIVE, OWN));
+    let (ack, data) = (TCP_ACK, TCP_ACK | TCP_PSH);
+    let with_options = tcp4(
+        OWN, CLIENT, CLIENT4, GRACE4, 40002, WEB, data, &[1; 8], b"GET",
+    );
+    let cases = vec![
+        // The new active (GRACE).
+        case(
+            "GRACE: data of a flow we have no socket for -> the old active",
+            t4(CLIENT, GRACE4, 40002, data),
+            XDP_TX,
+            to(t4(CLIENT, GRACE4, 40002, data)),
+        ),
+        case(
+            "GRACE: a reset of a flow we have no socket for -> the old active",
+            t4(CLIENT, GRACE4, 40002, TCP_RST),
+            XDP_TX,
+            to(t4(CLIENT, GRACE4, 40002, TCP_RST)),
+        ),
+        case(
+            "GRACE: behind IPv4 options (IHL 7)",
+            with_options.clone(),
+            XDP_TX,
+            to(with_options),
+        ),
+        case(
+            "GRACE: a SYN (new connection) is ours",
+            t4(CLIENT, GRACE4, 40002, TCP_SYN),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "GRACE: a SYN-ACK is not a new connection",
+            t4(CLIENT, GRACE4, 40002, TCP_SYN | TCP_ACK),
+            XDP_TX,
+            to(t4(CLIENT, GRACE4, 40002, TCP_SYN | TCP_ACK)),
+        ),
+        case(
+            "GRACE: our established connection",
+            t4(CLIENT, GRACE4, 40001, ack),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "GRACE: from the old active (it has no socket either) -> our kernel",
+            t4(ACTIVE, GRACE4, 40002, data),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "GRACE: UDP is ours",
+            frames::udp4(OWN, CLIENT, CLIENT4, GRACE4, 40002, WEB, b"x"),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "GRACE: TCP header truncated",
+            t4(CLIENT, GRACE4, 40002, data)[..44].to_vec(),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "GRACE: IPv6, no socket -> the old active",
+            t6(CLIENT, grace6, 40002, data),
+            XDP_TX,
+            to(t6(CLIENT, grace6, 40002, data)),
+        ),
+        case(
+            "GRACE: IPv6, our established connection",
+            t6(CLIENT, grace6, 40001, data),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "GRACE: IPv6 SYN",
+            t6(CLIENT, grace6, 40002, TCP_SYN),
+            XDP_PASS,
+            None,
+        ),
+        // The old active (KEEP).
+        case(
+            "KEEP: our established connection stays here",
+            t4(CLIENT, KEEP4, 40001, data),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "KEEP: a flow we do not know -> the new active",
+            t4(CLIENT, KEEP4, 40002, data),
+            XDP_TX,
+            to(t4(CLIENT, KEEP4, 40002, data)),
+        ),
+        case(
+            "KEEP: a SYN -> the new active, though we listen",
+            t4(CLIENT, KEEP4, 40002, TCP_SYN),
+            XDP_TX,
+            to(t4(CLIENT, KEEP4, 40002, TCP_SYN)),
+        ),
+        case(
+            "KEEP: from the new active, unknown to both -> our kernel (a reset)",
+            t4(ACTIVE, KEEP4, 40002, data),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "KEEP: from the new active, our connection",
+            t4(ACTIVE, KEEP4, 40001, data),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "KEEP: UDP -> the new active",
+            frames::udp4(OWN, CLIENT, CLIENT4, KEEP4, 40002, WEB, b"x"),
+            XDP_TX,
+            to(frames::udp4(OWN, CLIENT, CLIENT4, KEEP4, 40002, WEB, b"x")),
+        ),
+        case(
+            "KEEP: IPv6, our established connection",
+            t6(CLIENT, keep6, 40001, data),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "KEEP: IPv6, a flow we do not know -> the new active",
+            t6(CLIENT, keep6, 40002, data),
+            XDP_TX,
+            to(t6(CLIENT, keep6, 40002, data)),
+        ),
+        case(
+            "KEEP: IPv6, from the new active, unknown to both",
+            t6(ACTIVE, keep6, 40002, data),
+            XDP_PASS,
+            None,
+        ),
+    ];
+    run_cases(&dp, &cases);
+    let s = |i| dp.stats(i).unwrap();
+    // Sent to the old active: 4 over IPv4, 1 over IPv6; kept: 3 and 2.
+    assert_eq!(s(0).forwarded, 4, "{:?}", s(0));
+    assert_eq!(s(2).forwarded, 1, "{:?}", s(2));
+    assert_eq!(s(1).passed, 3, "{:?}", s(1));
+    assert_eq!(s(3).passed, 2, "{:?}", s(3));
+    assert_eq!(s(1).forwarded, 3, "{:?}", s(1));
+}
+
+/// Runs each case through the program; fails with every mismatch.
+fn run_cases(dp: &Dataplane, cases: &[Case]) {
     let mut failures = Vec::new();
-    for c in &cases {
+    for c in cases {
         let r = dp
             .test_run(&c.frame)
             .unwrap_or_else(|e| panic!("{}: BPF_PROG_TEST_RUN failed: {e}", c.name));
@@ -569,16 +784,4 @@ fn run_echo() {
         cases.len(),
         failures.join("\n")
     );
-    // Only the reply with the current token moved the slot (3 -> 9).
-    assert_eq!(
-        seen.get(&7, 0).unwrap(),
-        EchoSeen {
-            token: 42,
-            seq: 9,
-            replies: 1
-        }
-    );
-    let g: std::collections::HashMap<_, _> = dp.global_stats().unwrap().into_iter().collect();
-    assert_eq!(g["echo_answered"], 3, "{g:?}");
-    assert_eq!(g["echo_refused"], 4, "{g:?}");
 }

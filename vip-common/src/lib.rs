@@ -181,6 +181,21 @@ pub mod flags {
     /// the group's ports) are spread over the members; `ifindex` then holds the
     /// group's balance slot (see [`crate::balance`]).
     pub const BALANCED: u32 = 1 << 1;
+    /// Planned handover, on the NEW active's entries (local) for its first
+    /// `drain_ms` after taking over from a live active (it released the VIPs, or we
+    /// preempted it; either way it steps down towards us and drains): a TCP
+    /// packet that is not a SYN and that no local socket knows belongs to a
+    /// connection of the old active; it is sent there (Ethernet to `dst_mac`, the
+    /// old active's MAC, from `own_mac`; XDP_TX) rather than reset by our kernel.
+    /// Unless it came from `dst_mac` itself: then neither node knows the flow.
+    pub const GRACE: u32 = 1 << 2;
+    /// Planned handover, on the OLD active's forward entries while it drains (its
+    /// VIP addresses still on `lo`): a TCP packet that a local socket knows is
+    /// passed to the local stack instead of forwarded to `dst_mac` (the new
+    /// active); so is a non-SYN TCP packet that no socket knows and that came from
+    /// `dst_mac` (the new active's GRACE sent it: neither node knows the flow, our
+    /// kernel resets it). Everything else is forwarded as without the flag.
+    pub const KEEP: u32 = 1 << 3;
 }
 
 /// Value of the `VIPS_V4` (key: IPv4 address, 4 bytes in network order) and `VIPS_V6`

@@ -12,6 +12,7 @@ mod arp;
 mod balance;
 mod echo;
 mod eip;
+mod handover;
 mod ipv4;
 mod ipv6;
 mod maps;

@@ -17,6 +17,7 @@ use vip_common::{
 
 use crate::{
     echo::Family,
+    handover,
     packet::{self, Error, Frame},
 };
 
@@ -177,6 +178,13 @@ pub fn steer(
     if lease_expired(entry) {
         stats.lease_expired += 1;
         return Ok(XDP_PASS);
+    }
+    // A planned handover's drain: established TCP connections stay on the node that
+    // has their sockets (see `handover`).
+    if entry.flags & (flags::GRACE | flags::KEEP) != 0 {
+        if let Some(act) = handover::steer(ctx, frame, entry, stats)? {
+            return Ok(act);
+        }
     }
     if entry.flags & flags::BALANCED != 0 && entry.action == action::LOCAL {
         if let Some(act) = crate::balance::steer(ctx, entry, family)? {

@@ -111,7 +111,7 @@ enum DownCause {
     /// Nothing heard from an active since this instant.
     Silent { since: Option<Instant> },
     /// The active released the VIPs.
-    Released { by: IpAddr },
+    Released { by: IpAddr, mac: Mac },
     /// The active's data plane stopped answering probes.
     EchoLost {
         peer: IpAddr,
@@ -156,6 +156,10 @@ pub struct Election {
     /// Active, handing over: until when we wait for a new active before giving up.
     handover_until: Option<Instant>,
     active: Option<Peer>,
+    /// Active after a planned handover (the active released the VIPs, or we
+    /// preempted a live active): its MAC. It steps down towards us and, during its
+    /// drain, still serves the connections its stack had accepted.
+    predecessor: Option<Mac>,
     forwarding: Option<Mac>,
     /// Standby: the active asked us to hold (it is restarting) until then; its
     /// probes may go unanswered meanwhile, which proves nothing.
@@ -177,6 +181,7 @@ impl Election {
             next_advert_at: None,
             handover_until: None,
             active: None,
+            predecessor: None,
             forwarding: None,
             hold_until: None,
             counters: Counters::default(),
@@ -209,6 +214,13 @@ impl Election {
     /// The active node as we know it (None while we are active ourselves).
     pub fn active(&self) -> Option<&Peer> {
         self.active.as_ref()
+    }
+
+    /// Active since a planned handover (a release, a preemption, `vip promote` over a
+    /// live active): the old active's MAC. None after a takeover from a node that is
+    /// gone (silence, echo) or that we never heard.
+    pub fn predecessor(&self) -> Option<Mac> {
+        self.predecessor.filter(|_| self.state == State::Active)
     }
 
     /// True while we are active but waiting for a successor.
@@ -332,10 +344,13 @@ impl Election {
                         },
                         None => Reason::Promoted,
                     };
+                    // The active we preempt is alive: it yields and drains.
+                    let from = self.active.as_ref().map(|a| a.mac);
                     out.extend(self.take_over(now, why));
+                    self.predecessor = from;
                 } else if self.master_down_at.is_some_and(|t| now >= t) {
                     let why = match self.down_cause {
-                        DownCause::Released { by } => Reason::Released { by },
+                        DownCause::Released { by, .. } => Reason::Released { by },
                         DownCause::EchoLost {
                             peer,
                             missed,
@@ -352,6 +367,9 @@ impl Election {
                         },
                     };
                     out.extend(self.take_over(now, why));
+                    if let DownCause::Released { mac, .. } = self.down_cause {
+                        self.predecessor = Some(mac);
+                    }
                 }
             }
             State::Fault => {}
@@ -463,7 +481,10 @@ impl Election {
                 {
                     // Planned handover: the best standby goes first.
                     self.master_down_at = Some(now + self.skew());
-                    self.down_cause = DownCause::Released { by: ad.addr };
+                    self.down_cause = DownCause::Released {
+                        by: ad.addr,
+                        mac: ad.mac,
+                    };
                 }
             }
             Kind::Hold => {
@@ -552,7 +573,11 @@ impl Election {
         if self.state == State::Active {
             return vec![self.send(Kind::Advert), Action::Reannounce];
         }
-        self.take_over(now, Reason::Promoted)
+        // An active we hear yields to us (priority 255) and drains.
+        let from = self.active.as_ref().map(|a| a.mac);
+        let out = self.take_over(now, Reason::Promoted);
+        self.predecessor = from;
+        out
     }
 
     /// `vip demote`: hand over (keep serving until a successor is heard, then forward
@@ -614,6 +639,7 @@ impl Election {
         self.preempt_at = None;
         self.handover_until = None;
         self.active = None;
+        self.predecessor = None;
         self.forwarding = None;
         self.next_advert_at = Some(now + self.p.interval);
         vec![Action::TakeOver { reason }, self.send(Kind::Advert)]
@@ -973,6 +999,56 @@ mod tests {
         e.receive(&advert(Kind::Release, 150, 10), t0 + 50 * MS);
         assert!(!took_over(&e.tick(t0 + 50 * MS + e.skew() - MS)));
         assert!(took_over(&e.tick(t0 + 50 * MS + e.skew())));
+        // The node that released is known (it drains its connections).
+        assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
+    }
+
+    #[test]
+    fn a_preemption_or_a_promotion_over_a_live_active_has_a_predecessor() {
+        let t0 = Instant::now();
+        let mut e = node(200, 12);
+        e.start(t0);
+        let a = e.receive(&advert(Kind::Advert, 150, 10), t0);
+        assert!(took_over(&a), "{a:?}");
+        assert_eq!(took_over_reason(&a).unwrap().kind(), "preempt");
+        assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
+        let mut e = node(100, 12);
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        assert!(took_over(&e.promote(t0 + 10 * MS)));
+        assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
+        // Promoted with no active heard: nobody to drain.
+        let mut e = node(100, 12);
+        e.start(t0);
+        assert!(took_over(&e.promote(t0 + 10 * MS)));
+        assert_eq!(e.predecessor(), None);
+    }
+
+    #[test]
+    fn a_takeover_from_a_silent_active_has_no_predecessor() {
+        let t0 = Instant::now();
+        let mut e = node(200, 12);
+        e.p.preempt = false;
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        // Silence: the active is gone, nothing to drain.
+        let a = e.tick(t0 + 50 * MS + e.master_down_interval());
+        assert!(took_over(&a));
+        assert_eq!(e.predecessor(), None);
+        // After a release and a step-down, a takeover by silence forgets it.
+        let mut e = node(200, 12);
+        e.p.preempt = false;
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        e.receive(&advert(Kind::Release, 150, 10), t0 + 50 * MS);
+        assert!(took_over(&e.tick(t0 + 50 * MS + e.skew())));
+        assert!(e.predecessor().is_some());
+        e.receive(&advert(Kind::Advert, 255, 11), t0 + 100 * MS);
+        assert_eq!(e.state(), State::Standby);
+        assert_eq!(e.predecessor(), None);
+        let a = e.tick(t0 + 100 * MS + e.master_down_interval());
+        assert!(took_over(&a));
+        assert_eq!(e.predecessor(), None);
     }
 
     #[test]

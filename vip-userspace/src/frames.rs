@@ -219,6 +219,95 @@ pub fn udp6(
     f
 }
 
+/// TCP flag bits (byte 13 of the header).
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A 20-byte TCP header (no options) + payload, checksum over `pseudo` (the
+/// pseudo-header's sum).
+fn tcp(pseudo: u32, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(20 + payload.len());
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&1000u32.to_be_bytes());
+    t.extend_from_slice(&(if flags & TCP_ACK != 0 { 2000u32 } else { 0 }).to_be_bytes());
+    t.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    let c = csum_finish(csum_add(pseudo + t.len() as u32 + 6, &t));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+/// An IPv4 header with `options` (a multiple of 4 bytes; checksum filled in) + TCP.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp4(
+    eth_dst: Mac,
+    eth_src: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let seg = tcp(
+        csum_add(csum_add(0, &src.octets()), &dst.octets()),
+        sport,
+        dport,
+        flags,
+        payload,
+    );
+    let ihl = 5 + options.len() / 4;
+    let mut ip = vec![0x40 | ihl as u8, 0];
+    ip.extend_from_slice(&((ihl * 4 + seg.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(options);
+    let c = csum_finish(csum_add(0, &ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = ethernet(eth_dst, eth_src, ETH_P_IP);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&seg);
+    if f.len() < ETH_MIN_LEN {
+        f.resize(ETH_MIN_LEN, 0);
+    }
+    f
+}
+
+/// An IPv6 header + TCP.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp6(
+    eth_dst: Mac,
+    eth_src: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let seg = tcp(
+        csum_add(csum_add(0, &src.octets()), &dst.octets()),
+        sport,
+        dport,
+        flags,
+        payload,
+    );
+    let mut f = ethernet(eth_dst, eth_src, ETH_P_IPV6);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    f.push(6);
+    f.push(64);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&seg);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +336,26 @@ mod tests {
         sum = csum_add(sum, &(msg.len() as u32).to_be_bytes());
         sum = csum_add(sum, &[0, 0, 0, 58]);
         assert_eq!(csum_finish(csum_add(sum, msg)), 0);
+    }
+
+    #[test]
+    fn tcp_checksums_verify() {
+        let (m, n) = (Mac([2, 0, 0, 0, 0, 0xa]), Mac([2, 0, 0, 0, 0, 0xb]));
+        let (s4, d4) = (Ipv4Addr::new(10, 0, 0, 12), Ipv4Addr::new(10, 0, 0, 50));
+        let f = tcp4(m, n, s4, d4, 40000, 80, TCP_ACK, &[1, 1, 1, 1], b"GET");
+        assert_eq!(f[14], 0x46);
+        assert_eq!(csum_finish(csum_add(0, &f[14..38])), 0, "IPv4 header");
+        let seg = &f[38..38 + 23];
+        let sum = csum_add(csum_add(0, &s4.octets()), &d4.octets()) + 6 + seg.len() as u32;
+        assert_eq!(csum_finish(csum_add(sum, seg)), 0, "TCP over IPv4");
+        let (s6, d6): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8::12".parse().unwrap(),
+            "2001:db8::50".parse().unwrap(),
+        );
+        let f = tcp6(m, n, s6, d6, 40000, 80, TCP_SYN, b"");
+        let seg = &f[54..];
+        let sum = csum_add(csum_add(0, &s6.octets()), &d6.octets()) + 6 + seg.len() as u32;
+        assert_eq!(csum_finish(csum_add(sum, seg)), 0, "TCP over IPv6");
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! between that nobody answered.
 //!
 //! The vip configurations ([`VipConfig`]): its defaults (peers and priority only: 100 ms
-//! adverts and the echo, a probe every 2 ms, 6 misses), an aggressive one (10 ms
-//! adverts, a 1 ms echo, 4 misses), advert-only detection (echo off) at 100 and 10 ms
+//! adverts and the echo, a probe every 2 ms, 6 misses), an aggressive one (a 1 ms
+//! echo, 4 misses; the adverts stay at 100 ms, so a stalled agent's lease still
+//! runs 300 ms: with 10 ms adverts a loaded lab host took over falsely), advert-only detection (echo off) at 100 and 10 ms
 //! for comparison, and 1000 ms adverts with the default echo (detection no longer
 //! depends on the advert interval); keepalived at 1000 ms and at its 10 ms minimum.
 //!
@@ -75,8 +76,8 @@ impl VipConfig {
     };
     const AGGRESSIVE: VipConfig = VipConfig {
         label: "vip aggressive",
-        advert_ms: 10,
-        keys: "advert_interval_ms = 10\necho_interval_ms = 1\necho_misses = 4\n",
+        advert_ms: 100,
+        keys: "echo_interval_ms = 1\necho_misses = 4\n",
     };
     const ADVERTS_100: VipConfig = VipConfig {
         label: "vip 100 ms, echo off",

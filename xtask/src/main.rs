@@ -192,6 +192,7 @@ const SERIAL: &[&str] = &[
     "chaos",
     "eip",
     "failover",
+    "handover",
     "ipv6",
     "keepalived",
     "operations",

@@ -81,8 +81,14 @@ pub(super) struct GroupRuntime {
     /// Until when a drained step-down keeps forwarding (static/keepalived groups).
     pub drain_until: Option<Instant>,
     /// After a handover, the old active keeps its VIP addresses (on lo, never
-    /// announced) for the drain, so what its stack already accepted is answered.
+    /// announced) for the drain, so what its stack already accepted is answered;
+    /// meanwhile its forward entries pass the TCP packets its sockets know
+    /// (`flags::KEEP`).
     pub addrs_until: Option<Instant>,
+    /// After a planned handover to us (a release, a preemption): until when, and to
+    /// which MAC (the old active's), our entries send it the TCP packets of flows
+    /// we have no socket for (`flags::GRACE`): its connections, while it drains.
+    pub grace_until: Option<(Instant, Mac)>,
     pub lease_deadline: Option<u64>,
     /// Transitions by "state/reason kind", for metrics.
     pub transition_reasons: BTreeMap<String, u64>,
@@ -128,6 +134,7 @@ impl GroupRuntime {
             checks: trackers(&cfg.track),
             drain_until: None,
             addrs_until: None,
+            grace_until: None,
             lease_deadline: None,
             transition_reasons: BTreeMap::new(),
             tasks: Vec::new(),
@@ -223,7 +230,9 @@ impl GroupRuntime {
         parts.join("; ")
     }
 
-    /// The data-plane entry for one of our VIPs under `act`.
+    /// The data-plane entry for one of our VIPs under `act`, with the handover's
+    /// flags while a drain runs (local VIPs only: the sockets of redirected ones live
+    /// in another namespace).
     pub fn entry(&self, mac: Mac, v: &VipRuntime, act: u32, forward_to: Option<Mac>) -> VipEntry {
         // A balanced group's director spreads flows; its members (standbys) deliver
         // what the director sends them, never forwarding it back.
@@ -248,11 +257,20 @@ impl GroupRuntime {
                     e.dst_mac = r.dst_mac.0;
                 }
             }
-            action::FORWARD => e.dst_mac = forward_to.unwrap_or_default().0,
+            action::FORWARD => {
+                e.dst_mac = forward_to.unwrap_or_default().0;
+                if self.addrs_until.is_some() && self.redirect.is_none() {
+                    e.flags |= flags::KEEP;
+                }
+            }
             action::LOCAL => {
                 if let Some(b) = &self.balance {
                     e.flags |= flags::BALANCED;
                     e.ifindex = b.slot;
+                }
+                if let Some((_, old_active)) = self.grace_until {
+                    e.flags |= flags::GRACE;
+                    e.dst_mac = old_active.0;
                 }
             }
             _ => {}

@@ -529,7 +529,11 @@ impl Agent {
                 (true, State::Standby, None) => Some(now),
                 (_, _, t) => t,
             };
-            for t in [g.drain_until, g.addrs_until, member].into_iter().flatten() {
+            let grace = g.grace_until.map(|(t, _)| t);
+            for t in [g.drain_until, g.addrs_until, member, grace]
+                .into_iter()
+                .flatten()
+            {
                 next = next.min(t);
             }
         }
@@ -547,9 +551,31 @@ impl Agent {
             if self.groups[gi].addrs_until.is_some_and(|t| now >= t)
                 && self.groups[gi].state != State::Active
             {
+                // The drain is over: plain forwarding (no KEEP), then no addresses.
+                self.groups[gi].addrs_until = None;
+                let fwd = self.groups[gi].forward_to;
+                if fwd.is_some() {
+                    if let Err(e) = self.set_entries(gi, fwd) {
+                        log::error!(
+                            "group {}: ending the drain: {e:#}",
+                            self.groups[gi].cfg.name
+                        );
+                    }
+                }
                 self.release_addresses(gi);
             }
             self.balance_tick(gi, now);
+            if self.groups[gi].grace_until.is_some_and(|(t, _)| now >= t) {
+                self.groups[gi].grace_until = None;
+                if self.groups[gi].state == State::Active {
+                    if let Err(e) = self.set_active_entries(gi) {
+                        log::error!(
+                            "group {}: ending the handover grace: {e:#}",
+                            self.groups[gi].cfg.name
+                        );
+                    }
+                }
+            }
             if self.groups[gi].drain_until.is_some_and(|t| now >= t) {
                 self.groups[gi].drain_until = None;
                 if self.groups[gi].state != State::Active {

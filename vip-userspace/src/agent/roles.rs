@@ -178,24 +178,38 @@ impl Agent {
             decided_mono_ns,
             announced_mono_ns: None,
         });
+        // A planned handover (the old active released the VIPs, or we preempted it):
+        // its established connections stay with it while it drains (`flags::GRACE`
+        // here, `flags::KEEP` there).
         let g = &self.groups[gi];
+        let act = g.active_action();
+        let drain = g.cfg.drain;
+        self.groups[gi].grace_until = match g.election().and_then(|e| e.predecessor()) {
+            // A balanced group's director hands flows to members by its table (the
+            // old director, now a member, keeps its own), never by socket lookups.
+            Some(old_active) if act == action::LOCAL && !drain.is_zero() && g.balance.is_none() => {
+                Some((Instant::now() + drain, old_active))
+            }
+            _ => None,
+        };
+        let g = &self.groups[gi];
+        if let Some((_, old_active)) = g.grace_until {
+            log::info!(
+                "group {}: TCP connections of the old active ({old_active}) stay with it for {} ms",
+                g.cfg.name,
+                drain.as_millis()
+            );
+        }
         if g.leased() {
             let lease = self.lease_of(gi);
             self.dp
                 .set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
         }
-        let act = g.active_action();
         // The director's table before the entries that use it.
         self.program_balance(gi)?;
+        self.set_active_entries(gi)?;
         let g = &self.groups[gi];
-        let entries: Vec<(IpAddr, VipEntry)> = g
-            .vips
-            .iter()
-            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, act, None)))
-            .collect();
-        self.dp
-            .set_vips_batch(&entries)
-            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))?;
+        let act = g.active_action();
         if act == action::LOCAL {
             let (name, vips) = (g.cfg.name.clone(), g.vips.clone());
             for v in vips.iter() {
@@ -209,6 +223,20 @@ impl Agent {
         self.groups[gi].set_state(State::Active, reason);
         self.announce(gi);
         Ok(())
+    }
+
+    /// Active entries for every VIP of the group (with `GRACE` while it runs).
+    pub(super) fn set_active_entries(&mut self, gi: usize) -> Result<()> {
+        let g = &self.groups[gi];
+        let act = g.active_action();
+        let entries: Vec<(IpAddr, VipEntry)> = g
+            .vips
+            .iter()
+            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, act, None)))
+            .collect();
+        self.dp
+            .set_vips_batch(&entries)
+            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))
     }
 
     /// A step-down decided by the election: towards a known successor, forward for
@@ -242,14 +270,17 @@ impl Agent {
             forward_to
         };
         self.groups[gi].forward_to = forward_to;
-        self.set_entries(gi, forward_to)?;
+        self.groups[gi].grace_until = None;
         let drain = self.groups[gi].cfg.drain;
-        if was_active && forward_to.is_some() && !drain.is_zero() {
-            // New traffic is forwarded to the successor from now on; what our stack
-            // already accepted still finds its address until the drain ends.
-            self.groups[gi].addrs_until = Some(Instant::now() + drain);
-        } else if !(self.groups[gi].balance.is_some() && state == State::Standby) {
-            // A balanced group's standby is a member: it keeps the VIP on lo.
+        // New traffic is forwarded to the successor from now on; what our stack
+        // already accepted still finds its address until the drain ends, and the
+        // data plane passes it the packets of its connections (`flags::KEEP`).
+        let drains = was_active && forward_to.is_some() && !drain.is_zero();
+        self.groups[gi].addrs_until = drains.then(|| Instant::now() + drain);
+        self.set_entries(gi, forward_to)?;
+        // A balanced group's standby is a member: it keeps the VIP on lo.
+        let member = self.groups[gi].balance.is_some() && state == State::Standby;
+        if !drains && !member {
             self.release_addresses(gi);
         }
         let g = &self.groups[gi];

@@ -103,6 +103,8 @@ static VIP_IFINDEX: u32 = 0;
 static EIP_ENABLED: u32 = 0;
 #[unsafe(no_mangle)]
 static ECHO_PORT: u32 = 0;
+#[unsafe(no_mangle)]
+static BALANCE_ENABLED: u32 = 0;
 
 #[inline(always)]
 pub fn settings() -> Settings {
@@ -113,6 +115,7 @@ pub fn settings() -> Settings {
             vip_ifindex: core::ptr::read_volatile(&VIP_IFINDEX),
             eip_enabled: core::ptr::read_volatile(&EIP_ENABLED),
             echo_port: core::ptr::read_volatile(&ECHO_PORT),
+            balance_enabled: core::ptr::read_volatile(&BALANCE_ENABLED),
         }
     }
 }
@@ -186,7 +189,10 @@ pub fn steer(
             return Ok(act);
         }
     }
-    if entry.flags & flags::BALANCED != 0 && entry.action == action::LOCAL {
+    if settings().balance_enabled != 0
+        && entry.flags & flags::BALANCED != 0
+        && entry.action == action::LOCAL
+    {
         if let Some(act) = crate::balance::steer(ctx, entry, family)? {
             stats.forwarded += 1;
             return Ok(act);

@@ -168,6 +168,7 @@ impl Dataplane {
             .override_global(globals::VIP_IFINDEX, &settings.vip_ifindex, true)
             .override_global(globals::EIP_ENABLED, &settings.eip_enabled, true)
             .override_global(globals::ECHO_PORT, &settings.echo_port, true)
+            .override_global(globals::BALANCE_ENABLED, &settings.balance_enabled, true)
             .map_max_entries(maps::VIPS_V4, max_vips)
             .map_max_entries(maps::VIPS_V6, max_vips)
             .map_max_entries(maps::VIP_STATS, max_vips);

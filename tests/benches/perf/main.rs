@@ -196,27 +196,6 @@ fn paths(size: Size) -> Result<Vec<Value>> {
             Ipv4Addr::new(10, 9, 0, 52),
         );
         let local6: Ipv6Addr = "2001:db8::50".parse()?;
-        // A balanced VIP whose table sends every flow to another member (whose MAC is
-        // the frame's own, so a repeated run takes the same path: the connection
-        // table's hit after the first run).
-        let balanced = Ipv4Addr::new(10, 9, 0, 53);
-        let mut b = entry(action::LOCAL, 4);
-        b.flags = vip_common::flags::BALANCED;
-        b.ifindex = 0;
-        dp.set_vip(IpAddr::V4(balanced), &b)?;
-        let rows = [
-            vip_common::BalanceMember {
-                mac: OWN.0,
-                up: 1,
-                this_node: 1,
-            },
-            vip_common::BalanceMember {
-                mac: OWN.0,
-                up: 1,
-                this_node: 0,
-            },
-        ];
-        dp.set_balance(0, true, &[], &[], &rows, &vec![1u16; vip_common::maglev::TABLE_SIZE])?;
         let mut r = entry(action::REDIRECT, 1);
         r.ifindex = svc;
         dp.set_vip(IpAddr::V4(local), &entry(action::LOCAL, 0))?;
@@ -236,10 +215,6 @@ fn paths(size: Size) -> Result<Vec<Value>> {
             ("IPv4 to a VIP: local (XDP_PASS)", udp(local)),
             ("IPv4 to a VIP: redirect (XDP_REDIRECT)", udp(redir)),
             ("IPv4 to a VIP: forward (XDP_TX)", udp(fwd)),
-            (
-                "IPv4 to a balanced VIP: director, established flow (XDP_TX)",
-                udp(balanced),
-            ),
         ];
         let vip = dp.program();
         let floor = dp.pass_program();
@@ -277,6 +252,60 @@ fn paths(size: Size) -> Result<Vec<Value>> {
             r["ratio"] = json!(median(ratios[i].clone()));
             r["method"] = json!(format!("repeat {} x {} rounds", size.repeat, size.rounds));
             out.push(r);
+        }
+        // A data plane loaded with the director's code (a node with a balanced
+        // group), whose table sends every flow to another member with the frame's
+        // own MAC, so a repeated run takes the same path: a connection-table hit.
+        let balanced = Ipv4Addr::new(10, 9, 0, 53);
+        let mut dpb = Dataplane::open(
+            64,
+            None,
+            vip_common::Settings {
+                balance_enabled: 1,
+                ..Default::default()
+            },
+        )?;
+        let mut b = entry(action::LOCAL, 4);
+        b.flags = vip_common::flags::BALANCED;
+        dpb.set_vip(IpAddr::V4(balanced), &b)?;
+        dpb.set_vip(IpAddr::V4(local), &entry(action::LOCAL, 0))?;
+        let rows = [
+            vip_common::BalanceMember {
+                mac: OWN.0,
+                up: 1,
+                this_node: 1,
+            },
+            vip_common::BalanceMember {
+                mac: OWN.0,
+                up: 1,
+                this_node: 0,
+            },
+        ];
+        dpb.set_balance(0, true, &[], &[], &rows, &vec![1u16; vip_common::maglev::TABLE_SIZE])?;
+        let director = dpb.program();
+        for (name, f) in [
+            (
+                "IPv4 to a balanced VIP: director, established flow (XDP_TX)",
+                udp(balanced),
+            ),
+            (
+                "IPv4, not a VIP, with the director's code loaded",
+                udp(Ipv4Addr::new(10, 9, 0, 99)),
+            ),
+            ("IPv4 to a VIP: local, with the director's code loaded", udp(local)),
+        ] {
+            let mut v = Vec::new();
+            for _ in 0..size.rounds {
+                v.push(cost(director, &f, size.repeat)?);
+            }
+            out.push(record(
+                "paths",
+                name,
+                median(v),
+                "ns/pkt",
+                Some(("XDP_PASS floor", floor_ns)),
+                true,
+            ));
         }
         // Answers rewrite a request into a reply, which a repeat would then process
         // as a reply: measured one run per call, against the floor measured the same way.
@@ -320,7 +349,7 @@ fn paths(size: Size) -> Result<Vec<Value>> {
             for i in 0..size.singles / 5 {
                 let sport = 10_000 + (round * (size.singles / 5) + i) as u16;
                 let f = frames::udp4(OWN, CLIENT, CLIENT4, balanced, sport, 53, &[0u8; 18]);
-                v.push(cost(vip, &f, 1)?);
+                v.push(cost(director, &f, 1)?);
             }
             c.push(median(v));
         }

@@ -98,6 +98,8 @@ pub struct Agent {
     events: Option<mpsc::Sender<Event>>,
     /// Probes the active's data plane for every standby group (`crate::echo`).
     echo: Option<crate::echo::Prober>,
+    /// The program was loaded with the director's code (a balanced group existed).
+    balance_enabled: bool,
 }
 
 /// How the agent leaves.
@@ -342,7 +344,9 @@ impl Agent {
             vip_ifindex: if cfg.eips.is_empty() { 0 } else { iface.index },
             eip_enabled: u32::from(!cfg.eips.is_empty()),
             echo_port: cfg.node.advert_port as u32,
+            balance_enabled: u32::from(cfg.groups.iter().any(|g| g.balance.is_some())),
         };
+        let balance_enabled = settings.balance_enabled != 0;
         let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref(), settings)
             .context("loading the XDP data plane")?;
         let xdp = dp.attach_chosen(&iface.name, xdpmode::choose(&cfg, &iface.name, iface.index))?;
@@ -424,6 +428,7 @@ impl Agent {
             binary: None,
             events: None,
             echo: None,
+            balance_enabled,
         };
         // Counter slots an adopted data plane already uses keep their VIPs (and counts).
         let mut previous: HashMap<IpAddr, VipEntry> = HashMap::new();

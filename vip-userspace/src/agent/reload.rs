@@ -57,6 +57,17 @@ fn kind(g: &Group) -> impl PartialEq {
     )
 }
 
+impl Plan {
+    /// A group of the new config that balances, if any.
+    pub(super) fn new_balanced(&self) -> Option<String> {
+        self.new
+            .groups
+            .iter()
+            .find(|g| g.balance.is_some())
+            .map(|g| g.name.clone())
+    }
+}
+
 impl Agent {
     /// Re-reads the config and applies the difference: only groups and VIPs that
     /// changed are touched. A bad config changes nothing; a failure while applying

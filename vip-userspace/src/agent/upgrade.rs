@@ -118,6 +118,14 @@ impl Agent {
         let bin = match (&self.binary, self.dp.pin_dir()) {
             (Some(b), Some(_)) => b.clone(),
             _ => {
+                if let Some(g) = plan.new_balanced().filter(|_| !self.balance_enabled) {
+                    return answer(
+                        reply,
+                        Response::error(format!(
+                            "reload refused, running state kept: group[{g}].balance: the running data plane was loaded without balancing; restart the agent (or pin the data plane: a reload then re-executes the binary, which loads it anew)"
+                        )),
+                    );
+                }
                 let r = match self.apply_plan(plan) {
                     Ok(s) => Response::ok(format!(
                         "{s} (applied in place: the data plane is not pinned, so the binary is not re-executed)"

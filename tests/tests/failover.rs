@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use common::*;
 use lab::{privileged, wait_for, Agent, Capture, Lan, Responder};
 use nix::sys::signal::Signal;
-use vip::{advert::Advert, frames};
+use vip::{advert::Advert, frames, host::monotonic_ns};
 
 fn servers_lan(names: &[&str]) -> Lan {
     let mut all: Vec<&str> = names.to_vec();
@@ -87,11 +87,6 @@ fn three_nodes_elect_fail_over_and_preempt() {
     );
     drop((a, b, e));
     teardown(lan);
-}
-
-fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 fn echo(a: &Agent) -> serde_json::Value {

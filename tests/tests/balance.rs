@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::*;
-use lab::{privileged, wait_for, Agent, Lan, Netns, Responder};
+use lab::{privileged, wait_for, Agent, Capture, Lan, Netns, Responder};
 use nix::sys::signal::Signal;
 
 const SERVERS: [&str; 3] = ["a", "b", "e"];
@@ -122,6 +122,17 @@ fn three_members_share_flows_keep_them_and_survive_failures() {
         &["active", "standby", "standby"],
     );
     members_up(&a, 3);
+    // Members hold the VIP but never answer for it: one ARP reply, the director's.
+    let cl = lan.host("c");
+    let cap = Capture::open(&cl.ns, "eth0").unwrap();
+    cap.send(&vip::frames::arp_request(mac(&cl.mac), cl.ip4, VIP4))
+        .unwrap();
+    let replies = arp_replies_for(&cap.collect(Duration::from_millis(200), |_| true), VIP4);
+    assert_eq!(
+        replies,
+        [mac(&lan.host("a").mac)],
+        "ARP replies for the VIP"
+    );
     let to: SocketAddr = (VIP4, UDP_PORT).into();
     let _r: Vec<Responder> = SERVERS
         .iter()

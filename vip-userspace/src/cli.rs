@@ -98,7 +98,8 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
-    /// A live per-VIP packets/s view, refreshed in place.
+    /// A live per-VIP packets/s view (and per member of a balanced group), refreshed in
+    /// place.
     Watch {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,

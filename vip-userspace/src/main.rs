@@ -196,11 +196,12 @@ fn simple(socket: &std::path::Path, req: Request) -> Result<ExitCode> {
     }
 }
 
-/// `vip watch`: polls the agent and redraws a per-VIP rate table in place.
+/// `vip watch`: polls the agent and redraws the rate table (`status::watch_frame`)
+/// in place.
 fn watch(socket: &std::path::Path, interval_ms: u64, count: Option<u64>) -> Result<ExitCode> {
-    use std::{collections::HashMap, io::Write, time::Instant};
+    use std::{io::Write, time::Instant};
     let interval = std::time::Duration::from_millis(interval_ms.max(100));
-    let mut last: HashMap<String, (u64, u64, u64)> = HashMap::new();
+    let mut last = vip::status::WatchCounters::default();
     let mut last_t = Instant::now();
     let mut n = 0u64;
     loop {
@@ -212,37 +213,10 @@ fn watch(socket: &std::path::Path, interval_ms: u64, count: Option<u64>) -> Resu
                     .unwrap_or_else(|| "the agent returned no status".into())
             );
         };
-        let dt = last_t.elapsed().as_secs_f64().max(1e-3);
+        let elapsed = (n > 0).then(|| last_t.elapsed().as_secs_f64());
         last_t = Instant::now();
-        let mut out = String::new();
-        out.push_str(&format!(
-            "vip watch: node {} on {} (every {} ms; Ctrl-C to stop)\n{:<12} {:<8} {:<26} {:<9} {:>12} {:>12} {:>10}\n",
-            status.node, status.interface, interval.as_millis(), "GROUP", "STATE", "VIP", "ACTION", "PKTS/S", "BITS/S", "ARP+ND/S"
-        ));
-        for g in &status.groups {
-            for v in &g.vips {
-                let key = format!("{}/{}", g.name, v.address);
-                let now = (v.rx_packets, v.rx_bytes, v.arp_replies + v.nd_replies);
-                let rate = |a: u64, b: u64| {
-                    if n == 0 {
-                        0.0
-                    } else {
-                        a.saturating_sub(b) as f64 / dt
-                    }
-                };
-                let prev = last.insert(key, now).unwrap_or(now);
-                out.push_str(&format!(
-                    "{:<12} {:<8} {:<26} {:<9} {:>12.0} {:>12.0} {:>10.0}\n",
-                    g.name,
-                    g.state,
-                    format!("{}/{}", v.address, v.prefix),
-                    v.action,
-                    rate(now.0, prev.0),
-                    rate(now.1, prev.1) * 8.0,
-                    rate(now.2, prev.2)
-                ));
-            }
-        }
+        let out =
+            vip::status::watch_frame(&status, &mut last, elapsed, interval.as_millis() as u64);
         // Clear the screen and draw from the top: refresh in place.
         print!("\x1b[H\x1b[2J{out}");
         std::io::stdout().flush()?;

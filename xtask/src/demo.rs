@@ -5,15 +5,33 @@
 //! active; the gateway maps an elastic IP onto the VIP. The client probes the VIP and
 //! the internet host the elastic IP, every 5 ms. Server a loses its link, b takes over;
 //! a comes back and preempts without a loss.
+//!
+//! Act 2, active/active: the servers' agents restart with a balanced group on a
+//! second VIP, over a, b and a third server d; the client's flows spread over the
+//! three; d's agent is killed and only d's flows move.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
-use lab::{outage, Agent, Lan, Prober, Responder};
+use lab::{outage, Agent, Lan, Netns, Prober, Responder};
 
 const VIP: &str = "10.0.0.50";
 const EIP: &str = "203.0.113.10";
 const PORT: u16 = 7007;
+/// Act 2's balanced VIP: UDP flows to PORT, TCP connections to TCP_PORT.
+const VIP2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 60);
+const TCP_PORT: u16 = 8080;
+const FLOWS: u16 = 300;
+const FIRST_SPORT: u16 = 20_000;
+const CONNECTIONS: usize = 12;
+/// Act 2's servers, by priority: a directs.
+const MEMBERS: [(&str, u8); 3] = [("a", 200), ("b", 150), ("d", 100)];
 const GATEWAY: &str = "[node]\nname = \"g\"\ninterface = \"eth0\"\n\n[[eip]]\naddress = \"203.0.113.10\"\nvip = \"10.0.0.50\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n";
 
 /// Elected with the defaults (100 ms adverts), a preferred over b.
@@ -24,14 +42,29 @@ fn config(lan: &Lan, node: &str, peer: &str, priority: u8) -> String {
     )
 }
 
+/// The balanced group: elected like `web` (a directs), `balance = {}` spreads every
+/// TCP and UDP flow to VIP2 over every member heard.
+fn balanced_config(lan: &Lan, node: &str, priority: u8) -> String {
+    let peers: Vec<String> = MEMBERS
+        .iter()
+        .filter(|(n, _)| *n != node)
+        .map(|(n, _)| format!("\"{}\"", lan.host(n).ip4))
+        .collect();
+    format!(
+        "[node]\nname = \"{node}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"api\"\nvips = [\"{VIP2}/24\"]\npeers = [{}]\npriority = {priority}\nbalance = {{}}\n",
+        peers.join(", ")
+    )
+}
+
 pub fn run(vip: &Path) -> Result<()> {
     if nix::unistd::geteuid().as_raw() != 0 {
         bail!("the demo creates network namespaces and attaches XDP: run it as root");
     }
     std::env::set_var("VIP_BIN", vip);
     say("building the lab: a switch (bridge) with servers a and b, client c and gateway g; internet host i behind g");
-    let mut lan = Lan::new(&["a", "b", "c", "g"]).context("building the namespace lab")?;
-    lan.enable_xdp_tx(&["a", "b", "g"])?;
+    // d, act 2's third server, is on the switch from the start (idle until then).
+    let mut lan = Lan::new(&["a", "b", "c", "g", "d"]).context("building the namespace lab")?;
+    lan.enable_xdp_tx(&["a", "b", "g", "d"])?;
     let inet = lan.internet("g", &["a", "b"])?;
     let (a, b, c, g) = (lan.host("a"), lan.host("b"), lan.host("c"), lan.host("g"));
     println!(
@@ -94,8 +127,13 @@ pub fn run(vip: &Path) -> Result<()> {
     table("b", &agent_b)?;
     table("g", &agent_g)?;
 
+    // The standby first: the active's handover then has no successor to wait for.
+    drop(agent_b);
+    drop(agent_a);
+    active_active(&lan)?;
+
     say("cleaning up: agents stopped, namespaces deleted");
-    drop((agent_a, agent_b, agent_g));
+    drop(agent_g);
     drop(lan);
     drop(inet);
     say("demo done");
@@ -172,4 +210,339 @@ fn show_neighbour(lan: &Lan) -> Result<()> {
         n.trim()
     );
     Ok(())
+}
+
+/// Act 2: a balanced group over a, b and d; the client's flows spread over them; d's
+/// agent dies and only d's flows move.
+fn active_active(lan: &Lan) -> Result<()> {
+    let d = lan.host("d");
+    say(&format!(
+        "act 2, active/active: the agents on a and b restart with a group `api` on a second VIP, {VIP2}, with `balance = {{}}`, over a, b and a third server d ({}  {})",
+        d.ip4, d.mac
+    ));
+    let mut agents: Vec<(&str, Agent)> = Vec::new();
+    for (name, prio) in MEMBERS {
+        let agent = Agent::start(&lan.host(name).ns, name, &balanced_config(lan, name, prio))?;
+        agents.push((name, agent));
+    }
+    let director = &agents[0].1;
+    wait_state(director, "active")?;
+    members_up(director, MEMBERS.len())?;
+    println!(
+        "    a (priority 200) is the director: it answers ARP for {VIP2} and hands each new flow"
+    );
+    println!("    to a member by a Maglev hash of the 5-tuple (MAC rewrite, XDP_TX); b and d send member");
+    println!(
+        "    adverts every 100 ms and hold the VIP on lo; every member answers the client directly"
+    );
+
+    let udp: SocketAddr = (VIP2, PORT).into();
+    let mut servers = Vec::new();
+    for (name, _) in MEMBERS {
+        let ns = &lan.host(name).ns;
+        servers.push(Responder::start(ns, udp, name)?);
+        tcp_server(ns, name)?;
+    }
+    let c = &lan.host("c").ns;
+    say(&format!(
+        "c opens {FLOWS} UDP flows to {VIP2}:{PORT} (source ports {FIRST_SPORT}-{}) and {CONNECTIONS} TCP connections to :{TCP_PORT}; every answer names its server",
+        FIRST_SPORT + FLOWS - 1
+    ));
+    let before = ask_flows(c)?;
+    let unanswered = before.iter().filter(|a| a.is_none()).count();
+    if unanswered > 0 {
+        bail!(
+            "{unanswered} of {FLOWS} flows were not answered; director's status:\n{}",
+            director.status()?["groups"][0]
+        );
+    }
+    let spread = count(&before);
+    println!(
+        "    UDP flows per server: {}",
+        shares(&spread, FLOWS as usize)
+    );
+    for (name, _) in MEMBERS {
+        if spread.get(name).copied().unwrap_or(0) == 0 {
+            bail!("member {name} got none of the {FLOWS} flows: {spread:?}");
+        }
+    }
+    let counted = director_flows(lan, director)?;
+    check_counts("the director's flow counters", &counted, &spread)?;
+    println!("    the director counted the same per member (vip status, below)");
+
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        conns.push(Conn::open(c)?);
+    }
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
+    for conn in &conns {
+        *by.entry(conn.server.clone()).or_default() += 1;
+    }
+    println!(
+        "    TCP connections per server: {}",
+        shares(&by, CONNECTIONS)
+    );
+    table("a (the director)", director)?;
+
+    say("failure: d's agent dies (SIGKILL); d's server still runs, but d sends no more member adverts");
+    let counted = director_flows(lan, director)?;
+    let killed = Instant::now();
+    agents[2].1.proc.signal(nix::sys::signal::Signal::SIGKILL)?;
+    members_up(director, MEMBERS.len() - 1)?;
+    println!(
+        "    the director dropped d from its table {} ms after the kill (3 adverts missed)",
+        killed.elapsed().as_millis()
+    );
+
+    say("c asks the same flows again");
+    let after = ask_flows(c)?;
+    let (mut kept, mut moved_to) = (0usize, BTreeMap::<String, usize>::new());
+    for (i, (was, now)) in before.iter().zip(&after).enumerate() {
+        let (Some(was), Some(now)) = (was, now) else {
+            bail!(
+                "flow {} (source port {}) was not answered after the failure",
+                i,
+                FIRST_SPORT as usize + i
+            );
+        };
+        if was == "d" {
+            if now == "d" {
+                bail!(
+                    "flow from port {} still reached d, which left",
+                    FIRST_SPORT as usize + i
+                );
+            }
+            *moved_to.entry(now.clone()).or_default() += 1;
+        } else if was != now {
+            bail!(
+                "flow from port {} moved from {was} to {now}: only d's flows may move",
+                FIRST_SPORT as usize + i
+            );
+        } else {
+            kept += 1;
+        }
+    }
+    let moved: usize = moved_to.values().sum();
+    println!(
+        "    d's {moved} flows moved: {}; of the {} flows on a and b, {kept} stayed, 0 moved",
+        moved_to
+            .iter()
+            .map(|(n, k)| format!("{k} to {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        FLOWS as usize - moved
+    );
+    println!(
+        "    UDP flows per server now: {}",
+        shares(&count(&after), FLOWS as usize)
+    );
+    // d's flows are new flows for their new members; the others hit the director's
+    // connection table.
+    let now = director_flows(lan, director)?;
+    let grew: BTreeMap<String, usize> = now
+        .iter()
+        .map(|(n, f)| {
+            (
+                n.clone(),
+                f.saturating_sub(counted.get(n).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, f)| *f > 0)
+        .collect();
+    check_counts(
+        "the director's new flows after the failure",
+        &grew,
+        &moved_to,
+    )?;
+
+    let (mut alive, mut on_d, mut reset, mut broken) = (0, 0, 0, Vec::new());
+    for conn in &mut conns {
+        let answer = conn.round_trip();
+        if conn.server == "d" {
+            on_d += 1;
+            // Their packets now reach a member without the connection.
+            if answer.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) {
+                reset += 1;
+            }
+        } else if answer.as_ref().ok() == Some(&conn.server) {
+            alive += 1;
+        } else {
+            broken.push(format!("{} -> {answer:?}", conn.server));
+        }
+    }
+    if !broken.is_empty() {
+        bail!("connections to surviving members broke: {broken:?}");
+    }
+    println!(
+        "    TCP: {alive} of {alive} connections to a and b still answered by the same server; of d's {on_d}, {reset} reset by the member that got their packets"
+    );
+    table("a (the director)", director)?;
+    drop(servers);
+    // Members first: the director then has no successor to hand over to and wait for.
+    while let Some(agent) = agents.pop() {
+        drop(agent);
+    }
+    Ok(())
+}
+
+/// Waits until the director's table holds `n` healthy members.
+fn members_up(director: &Agent, n: usize) -> Result<()> {
+    let ok = lab::wait_for(Duration::from_secs(5), || {
+        let s = director.status().ok()?;
+        let up = s["groups"][0]["balance"]["members"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["healthy"] == true)
+            .count();
+        (up == n).then_some(())
+    });
+    ok.with_context(|| {
+        format!(
+            "the director never had {n} members: {}",
+            director
+                .status()
+                .map(|s| s["groups"][0]["balance"].to_string())
+                .unwrap_or_default()
+        )
+    })
+}
+
+/// Who answers each flow (one per source port from FIRST_SPORT); None: nobody.
+/// An answer must come from the VIP (direct server return).
+fn ask_flows(ns: &Netns) -> Result<Vec<Option<String>>> {
+    ns.run_in(|| {
+        let to: SocketAddr = (VIP2, PORT).into();
+        let mut answers = Vec::new();
+        for i in 0..FLOWS {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, FIRST_SPORT + i))
+                .with_context(|| format!("binding source port {}", FIRST_SPORT + i))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let mut answer = None;
+            // A second try: one lost datagram is not a lost flow.
+            for _ in 0..2 {
+                s.send_to(&u64::from(i).to_be_bytes(), to)?;
+                let mut buf = [0u8; 64];
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    if from != to {
+                        bail!("flow {i} was answered from {from}, not from the VIP");
+                    }
+                    // The responder echoes the 8 bytes, then says its name.
+                    answer = Some(String::from_utf8_lossy(&buf[8.min(n)..n]).into_owned());
+                    break;
+                }
+            }
+            answers.push(answer);
+        }
+        Ok(answers)
+    })
+}
+
+fn count(answers: &[Option<String>]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for a in answers.iter().flatten() {
+        *m.entry(a.clone()).or_default() += 1;
+    }
+    m
+}
+
+/// "a 98 (32.7%), b 104 (34.7%), d 98 (32.7%)".
+fn shares(by: &BTreeMap<String, usize>, total: usize) -> String {
+    by.iter()
+        .map(|(n, k)| format!("{n} {k} ({:.1}%)", *k as f64 * 100.0 / total.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The director's flow counter per member, by server name.
+fn director_flows(lan: &Lan, director: &Agent) -> Result<BTreeMap<String, usize>> {
+    let s = director.status()?;
+    let members = s["groups"][0]["balance"]["members"]
+        .as_array()
+        .context("the director's status has no balance members")?;
+    let mut m = BTreeMap::new();
+    for member in members {
+        let address = member["address"].as_str().unwrap_or_default();
+        let Some((name, _)) = MEMBERS
+            .iter()
+            .find(|(n, _)| lan.host(n).ip4.to_string() == address)
+        else {
+            bail!("the director lists an unknown member {address}");
+        };
+        m.insert(
+            name.to_string(),
+            member["flows"].as_u64().unwrap_or_default() as usize,
+        );
+    }
+    Ok(m)
+}
+
+/// The director's counters must say what the client saw, member by member.
+fn check_counts(
+    what: &str,
+    counted: &BTreeMap<String, usize>,
+    seen: &BTreeMap<String, usize>,
+) -> Result<()> {
+    let counted: BTreeMap<&String, &usize> = counted.iter().filter(|(_, k)| **k > 0).collect();
+    let seen: BTreeMap<&String, &usize> = seen.iter().collect();
+    if counted != seen {
+        bail!("{what} {counted:?} disagree with the client's answers {seen:?}");
+    }
+    Ok(())
+}
+
+/// A TCP server on VIP2 that answers every line with its name.
+fn tcp_server(ns: &Netns, name: &'static str) -> Result<()> {
+    let l = ns
+        .run_in(|| TcpListener::bind((VIP2, TCP_PORT)))
+        .with_context(|| format!("binding {VIP2}:{TCP_PORT} in {}", ns.name))?;
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut w) = c.try_clone() else { return };
+                for line in BufReader::new(c).lines() {
+                    if line.is_err() || writeln!(w, "{name}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// A long-lived TCP connection from the client and the server that answered first.
+struct Conn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    server: String,
+}
+
+impl Conn {
+    fn open(ns: &Netns) -> Result<Self> {
+        let to: SocketAddr = (VIP2, TCP_PORT).into();
+        let stream = ns
+            .run_in(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)))
+            .with_context(|| format!("connecting to {to}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        let mut conn = Conn {
+            stream,
+            reader,
+            server: String::new(),
+        };
+        conn.server = conn
+            .round_trip()
+            .with_context(|| format!("no answer on a new connection to {to}"))?;
+        Ok(conn)
+    }
+
+    /// One line there and back: the name of the server at the other end.
+    fn round_trip(&mut self) -> std::io::Result<String> {
+        writeln!(self.stream, "ping")?;
+        let mut s = String::new();
+        if self.reader.read_line(&mut s)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(s.trim().to_string())
+    }
 }

@@ -36,7 +36,8 @@ enum Cmd {
         #[arg(long)]
         xdp_mode: Option<String>,
     },
-    /// The demo: a switch, two servers and a client in namespaces; a live failover.
+    /// The demo: a switch, servers, a client and a gateway in namespaces; a live
+    /// failover, then active/active (a balanced group) with a member failure.
     Demo,
     /// Benchmarks with same-run baselines: paths, throughput, scale, control, stall,
     /// failover (all by default), and soak (only when named: no false takeover under

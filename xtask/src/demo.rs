@@ -220,20 +220,21 @@ fn active_active(lan: &Lan) -> Result<()> {
         "act 2, active/active: the agents on a and b restart with a group `api` on a second VIP, {VIP2}, with `balance = {{}}`, over a, b and a third server d ({}  {})",
         d.ip4, d.mac
     ));
-    let mut agents: Vec<(&str, Agent)> = Vec::new();
+    let mut agents = Vec::new();
     for (name, prio) in MEMBERS {
-        let agent = Agent::start(&lan.host(name).ns, name, &balanced_config(lan, name, prio))?;
-        agents.push((name, agent));
+        agents.push(Agent::start(
+            &lan.host(name).ns,
+            name,
+            &balanced_config(lan, name, prio),
+        )?);
     }
-    let director = &agents[0].1;
+    let director = &agents[0];
     wait_state(director, "active")?;
     members_up(director, MEMBERS.len())?;
     println!(
-        "    a (priority 200) is the director: it answers ARP for {VIP2} and hands each new flow"
-    );
-    println!("    to a member by a Maglev hash of the 5-tuple (MAC rewrite, XDP_TX); b and d send member");
-    println!(
-        "    adverts every 100 ms and hold the VIP on lo; every member answers the client directly"
+        "    a (priority 200) is the director: it answers ARP for {VIP2} and hands each new flow
+    to a member by a Maglev hash of the 5-tuple (MAC rewrite, XDP_TX); b and d send member
+    adverts every 100 ms and hold the VIP on lo; every member answers the client directly"
     );
 
     let udp: SocketAddr = (VIP2, PORT).into();
@@ -287,7 +288,7 @@ fn active_active(lan: &Lan) -> Result<()> {
     say("failure: d's agent dies (SIGKILL); d's server still runs, but d sends no more member adverts");
     let counted = director_flows(lan, director)?;
     let killed = Instant::now();
-    agents[2].1.proc.signal(nix::sys::signal::Signal::SIGKILL)?;
+    agents[2].proc.signal(nix::sys::signal::Signal::SIGKILL)?;
     members_up(director, MEMBERS.len() - 1)?;
     println!(
         "    the director dropped d from its table {} ms after the kill (3 adverts missed)",

@@ -124,6 +124,15 @@ pub fn arp_replies_for(frames: &[Vec<u8>], ip: Ipv4Addr) -> Vec<Mac> {
         .collect()
 }
 
+/// The (source, destination) addresses of an untagged IPv4 frame.
+pub fn ipv4_addrs(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    if frame.len() < 34 || frame[12..14] != [8, 0] {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(frame[o], frame[o + 1], frame[o + 2], frame[o + 3]);
+    Some((ip(26), ip(30)))
+}
+
 /// The MAC the client's kernel has for `ip` (after resolving it with a ping).
 pub fn kernel_neighbour(ns: &Netns, ip: &str) -> Option<String> {
     let out = ns.ip(&["neigh", "show", ip, "dev", "eth0"]).ok()?;

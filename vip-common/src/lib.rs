@@ -40,6 +40,7 @@ pub mod maps {
     pub const BALANCE_CONF: &str = "BALANCE_CONF";
     pub const BALANCE_PORTS: &str = "BALANCE_PORTS";
     pub const BALANCE_FLOWS: &str = "BALANCE_FLOWS";
+    pub const BALANCE_FLOWS_V4: &str = "BALANCE_FLOWS_V4";
     pub const BALANCE_STATS: &str = "BALANCE_STATS";
     /// The benchmarks' maps, in their own object (`vip-bench`).
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
@@ -480,7 +481,22 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
-/// `BALANCE_FLOWS` value.
+/// `BALANCE_FLOWS_V4` key: an IPv4 flow as the client sends it (addresses and ports
+/// as on the wire). A key of its own because the connection table hashes and
+/// compares every byte of it on every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowKeyV4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKeyV4>() == 16);
+
+/// `BALANCE_FLOWS` and `BALANCE_FLOWS_V4` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
@@ -615,6 +631,8 @@ mod pod {
     unsafe impl aya::Pod for super::BalanceConf {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: as above.

@@ -11,7 +11,7 @@ use vip_common::{
     action, flags, global,
     xdp::{XDP_PASS, XDP_TX},
     balance, index, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, FlowKey,
-    FlowValue, IndexedEntry, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
+    FlowKeyV4, FlowValue, IndexedEntry, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
     MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
@@ -95,11 +95,17 @@ pub static BALANCE_CONF: Array<BalanceConf> = Array::with_max_entries(balance::M
 #[map]
 pub static BALANCE_PORTS: HashMap<u64, u32> = HashMap::with_max_entries(256, 0);
 
-/// The director's connection table: a flow stays on its member while the table
-/// changes under it.
+/// The director's connection tables (IPv6, IPv4): a flow stays on its member while
+/// the Maglev table changes under it. Per-CPU LRU lists (as Katran's): a new flow
+/// takes no lock shared with the other CPUs.
 #[map]
 pub static BALANCE_FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(balance::MAX_FLOWS, 0);
+    LruHashMap::with_max_entries(balance::MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+#[map]
+pub static BALANCE_FLOWS_V4: LruHashMap<FlowKeyV4, FlowValue> =
+    LruHashMap::with_max_entries(balance::MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 #[map]
 pub static BALANCE_STATS: PerCpuArray<BalanceStats> =

@@ -785,3 +785,149 @@ fn run_cases(dp: &Dataplane, cases: &[Case]) {
         failures.join("\n")
     );
 }
+
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn vip_index_fixtures() {
+    privileged();
+    let ns = Netns::new("fixtures-index").unwrap();
+    ns.run_in(run_vip_index);
+}
+
+/// The IPv4 VIP index in front of the hash map (`vip_common::index`): VIPs that share
+/// a slot, a non-VIP whose slot holds a VIP, removals, replacements, and enough
+/// updates to reuse every entry of the index: every lookup still finds exactly the
+/// table's entry.
+fn run_vip_index() {
+    use vip_common::index;
+    // 16 VIPs of capacity: 64 slots, so slots are easy to share.
+    let max = 16;
+    let mut dp = Dataplane::load(max).expect("loading the data plane");
+    let shift = 32 - index::bits(max);
+    let slot = |a: Ipv4Addr| index::slot(u32::from_ne_bytes(a.octets()), shift);
+    let addrs: Vec<Ipv4Addr> = (1..=254).map(|l| Ipv4Addr::new(10, 0, 5, l)).collect();
+    let a = addrs[0];
+    let mut same = addrs.iter().skip(1).filter(|x| slot(**x) == slot(a));
+    let (b, e) = (*same.next().unwrap(), *same.next().unwrap());
+    let c = *addrs.iter().find(|x| slot(**x) != slot(a)).unwrap();
+    let d = *addrs
+        .iter()
+        .find(|x| **x != c && slot(**x) == slot(c))
+        .unwrap();
+    let udp = |dst| frames::udp4(OWN, CLIENT, CLIENT4, dst, 40000, 5000, b"payload");
+    let fwd = |dst| with_macs(udp(dst), ACTIVE, OWN);
+    let arp_req = |tpa| frames::arp_request(CLIENT, CLIENT4, tpa);
+    let answered = |vip| Some(frames::arp(CLIENT, ARP_REPLY, OWN, vip, CLIENT, CLIENT4));
+    let name = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+
+    // a and b share a slot (it says "collided"); c is alone in its slot, d is not a
+    // VIP but hashes there; e is not a VIP and hashes to a and b's slot.
+    dp.set_vip(IpAddr::V4(a), &entry(action::LOCAL, 0, 0))
+        .unwrap();
+    dp.set_vip(IpAddr::V4(b), &entry(action::FORWARD, 1, 0))
+        .unwrap();
+    dp.set_vip(IpAddr::V4(c), &entry(action::FORWARD, 2, 0))
+        .unwrap();
+    run_cases(
+        &dp,
+        &[
+            case("a, sharing its slot: local", udp(a), XDP_PASS, None),
+            case("a: ARP answered", arp_req(a), XDP_TX, answered(a)),
+            case(
+                "b, sharing its slot: forwarded",
+                udp(b),
+                XDP_TX,
+                Some(fwd(b)),
+            ),
+            case("b (standby): ARP not answered", arp_req(b), XDP_DROP, None),
+            case(
+                "c, alone in its slot: forwarded",
+                udp(c),
+                XDP_TX,
+                Some(fwd(c)),
+            ),
+            case(
+                "d, not a VIP, in c's slot: untouched",
+                udp(d),
+                XDP_PASS,
+                None,
+            ),
+            case("d: ARP untouched", arp_req(d), XDP_PASS, None),
+            case(
+                "e, not a VIP, in a and b's slot: untouched",
+                udp(e),
+                XDP_PASS,
+                None,
+            ),
+        ],
+    );
+    // Removing a leaves b alone in the slot; c turns local (a new entry).
+    dp.remove_vip(IpAddr::V4(a)).unwrap();
+    dp.set_vip(IpAddr::V4(c), &entry(action::LOCAL, 2, 0))
+        .unwrap();
+    run_cases(
+        &dp,
+        &[
+            case("a removed: ARP untouched", arp_req(a), XDP_PASS, None),
+            case("b, now alone: forwarded", udp(b), XDP_TX, Some(fwd(b))),
+            case("c, replaced: local", udp(c), XDP_PASS, None),
+            case("c: ARP answered", arp_req(c), XDP_TX, answered(c)),
+            case("d still untouched", arp_req(d), XDP_PASS, None),
+        ],
+    );
+    // Enough updates to cycle through every entry of the index (capacity + 1,024),
+    // alternating b and c between local and forward, then every VIP of the table.
+    for i in 0..(index::entries(max) as usize + 100) {
+        let (x, stats) = if i % 2 == 0 { (b, 1) } else { (c, 2) };
+        let act = if i % 4 < 2 {
+            action::LOCAL
+        } else {
+            action::FORWARD
+        };
+        dp.set_vip(IpAddr::V4(x), &entry(act, stats, 0)).unwrap();
+    }
+    let table: Vec<(IpAddr, VipEntry)> = addrs
+        .iter()
+        .take(max as usize)
+        .enumerate()
+        .map(|(i, x)| {
+            let act = if i % 2 == 0 {
+                action::LOCAL
+            } else {
+                action::FORWARD
+            };
+            (IpAddr::V4(*x), entry(act, i as u32, 0))
+        })
+        .collect();
+    for x in [b, c] {
+        dp.remove_vip(IpAddr::V4(x)).unwrap();
+    }
+    dp.set_vips_batch(&table).unwrap();
+    let mut cases = Vec::new();
+    for (i, x) in addrs.iter().take(max as usize).enumerate() {
+        if i % 2 == 0 {
+            cases.push(case(
+                name(format!("{x}: local")),
+                arp_req(*x),
+                XDP_TX,
+                answered(*x),
+            ));
+        } else {
+            cases.push(case(
+                name(format!("{x}: forwarded")),
+                udp(*x),
+                XDP_TX,
+                Some(fwd(*x)),
+            ));
+        }
+    }
+    for x in addrs.iter().skip(max as usize).take(40) {
+        cases.push(case(
+            name(format!("{x}: not a VIP")),
+            udp(*x),
+            XDP_PASS,
+            None,
+        ));
+    }
+    run_cases(&dp, &cases);
+}

@@ -17,12 +17,15 @@ pub mod globals {
     pub const EIP_ENABLED: &str = "EIP_ENABLED";
     pub const ECHO_PORT: &str = "ECHO_PORT";
     pub const BALANCE_ENABLED: &str = "BALANCE_ENABLED";
+    pub const VIP_INDEX_SHIFT: &str = "VIP_INDEX_SHIFT";
 }
 
 /// Map names, as the loader finds them in the object file.
 pub mod maps {
     pub const VIPS_V4: &str = "VIPS_V4";
     pub const VIPS_V6: &str = "VIPS_V6";
+    pub const VIP_INDEX_V4: &str = "VIP_INDEX_V4";
+    pub const VIP_ENTRIES_V4: &str = "VIP_ENTRIES_V4";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const LEASES: &str = "LEASES";
@@ -37,6 +40,7 @@ pub mod maps {
     pub const BALANCE_CONF: &str = "BALANCE_CONF";
     pub const BALANCE_PORTS: &str = "BALANCE_PORTS";
     pub const BALANCE_FLOWS: &str = "BALANCE_FLOWS";
+    pub const BALANCE_FLOWS_V4: &str = "BALANCE_FLOWS_V4";
     pub const BALANCE_STATS: &str = "BALANCE_STATS";
     /// The benchmarks' maps, in their own object (`vip-bench`).
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
@@ -227,6 +231,76 @@ pub struct VipEntry {
 }
 const _: () = assert!(size_of::<VipEntry>() == 40);
 
+/// The IPv4 VIP index (see [`index`]): a VIP's entry with its address, so that a
+/// reader can tell a reused entry from its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IndexedEntry {
+    /// The VIP, network order as a native-endian u32 (the `VIPS_V4` key).
+    pub addr: u32,
+    pub _pad: u32,
+    pub entry: VipEntry,
+}
+const _: () = assert!(size_of::<IndexedEntry>() == 48);
+
+/// The IPv4 VIP index: a direct-mapped array of slots in front of `VIPS_V4`, whose
+/// hash lookup costs about as much as everything else a VIP's packet does. A slot
+/// is one u64 the agent stores atomically (the array is mmapped), so the program
+/// reads either the old or the new slot, never a mix:
+///
+/// * low 32 bits: the address of the one VIP that hashes to the slot (0 when none);
+/// * high 32 bits: [`EMPTY`](index::EMPTY) (no VIP hashes here: not a VIP),
+///   [`COLLIDED`](index::COLLIDED) (several do: look in `VIPS_V4`), or 1 + the index
+///   of the VIP's [`IndexedEntry`] in `VIP_ENTRIES_V4`.
+///
+/// An update writes the new entry into a free index first, then flips the slot, so
+/// the program never sees an entry half written; freed indexes are reused last
+/// (FIFO), and the entry carries its address, checked on every read. `VIPS_V4`
+/// stays the source of truth: anything the index cannot answer falls back to it.
+pub mod index {
+    /// Slot value: no VIP hashes here.
+    pub const EMPTY: u32 = 0;
+    /// Slot value: more than one VIP hashes here.
+    pub const COLLIDED: u32 = u32::MAX;
+    /// Knuth's multiplicative constant (2^32 / the golden ratio).
+    const MUL: u32 = 0x9e37_79b1;
+
+    /// log2 of the slot count for `max_vips`: four slots per VIP of capacity (at
+    /// most ~22 % of a full table's VIPs share a slot), at least 64, at most 2^24.
+    pub const fn bits(max_vips: u32) -> u32 {
+        let want = (max_vips as u64) * 4;
+        let mut b = 6;
+        while b < 24 && (1u64 << b) < want {
+            b += 1;
+        }
+        b
+    }
+
+    /// Entries: the capacity plus room so that a freed entry is reused only after
+    /// 1,024 other updates.
+    pub const fn entries(max_vips: u32) -> u32 {
+        max_vips.saturating_add(1024)
+    }
+
+    /// The slot of an address (network order as a native-endian u32); `shift` is
+    /// 32 - [`bits`].
+    #[inline(always)]
+    pub fn slot(addr: u32, shift: u32) -> u32 {
+        (addr ^ (addr >> 16)).wrapping_mul(MUL) >> shift
+    }
+
+    #[inline(always)]
+    pub const fn pack(addr: u32, reference: u32) -> u64 {
+        ((reference as u64) << 32) | addr as u64
+    }
+
+    /// (address, reference)
+    #[inline(always)]
+    pub const fn unpack(v: u64) -> (u32, u32) {
+        (v as u32, (v >> 32) as u32)
+    }
+}
+
 /// Per-VIP counters, one copy per CPU (`VIP_STATS`, a per-CPU array).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -407,7 +481,22 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
-/// `BALANCE_FLOWS` value.
+/// `BALANCE_FLOWS_V4` key: an IPv4 flow as the client sends it (addresses and ports
+/// as on the wire). A key of its own because the connection table hashes and
+/// compares every byte of it on every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowKeyV4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKeyV4>() == 16);
+
+/// `BALANCE_FLOWS` and `BALANCE_FLOWS_V4` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
@@ -531,6 +620,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::VipStats {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::IndexedEntry {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EchoSeen {}
@@ -540,6 +631,8 @@ mod pod {
     unsafe impl aya::Pod for super::BalanceConf {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: as above.

@@ -20,7 +20,7 @@ use vip_common::{
 };
 
 use crate::{
-    maps::{self, VIPS_V4},
+    maps,
     packet::{is_multicast, ptr_at, Error, Frame, Mac, BROADCAST, ETH_HLEN},
 };
 
@@ -69,8 +69,7 @@ pub fn reply(ctx: &XdpContext, arp: &mut ArpEthIpv4, own_mac: &Mac) -> Result<()
 pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     let arp = body(ctx)?;
     let tpa = u32::from_ne_bytes(arp.tpa);
-    // SAFETY: hash-map values are replaced under RCU, never written in place.
-    let Some(entry) = (unsafe { VIPS_V4.get(tpa) }) else {
+    let Some(entry) = maps::vip_v4(tpa) else {
         return Ok(XDP_PASS);
     };
     // Replies and gratuitous announcements are the kernel's to learn from.

@@ -21,12 +21,15 @@ use vip_common::{
     flow::{flow_hash_v4, flow_hash_v6},
     maglev::TABLE_SIZE,
     xdp::XDP_TX,
-    FlowKey, FlowValue, VipEntry,
+    FlowKey, FlowKeyV4, FlowValue, VipEntry,
 };
 
 use crate::{
     echo::Family,
-    maps::{BALANCE_CONF, BALANCE_FLOWS, BALANCE_MEMBERS, BALANCE_PORTS, BALANCE_STATS, BALANCE_TABLE},
+    maps::{
+        BALANCE_CONF, BALANCE_FLOWS, BALANCE_FLOWS_V4, BALANCE_MEMBERS, BALANCE_PORTS, BALANCE_STATS,
+        BALANCE_TABLE,
+    },
     packet::{self, ptr_at, Error, ETH_HLEN},
 };
 
@@ -36,10 +39,24 @@ const IPV6_FRAGMENT: u8 = 44;
 
 /// A packet's flow, as the client sends it.
 struct Flow {
-    key: FlowKey,
+    key: Key,
     /// A fragment: hashed by addresses only, never in the connection table.
     frag: bool,
-    v6: bool,
+}
+
+enum Key {
+    V4(FlowKeyV4),
+    V6(FlowKey),
+}
+
+impl Key {
+    #[inline(always)]
+    fn proto_dport(&self) -> (u8, u16) {
+        match self {
+            Key::V4(k) => (k.proto, u16::from_be_bytes(k.dport)),
+            Key::V6(k) => (k.proto, u16::from_be_bytes(k.dport)),
+        }
+    }
 }
 
 /// Some(action) when the packet goes to another member; None: deliver locally (this
@@ -61,9 +78,9 @@ pub fn steer(ctx: &XdpContext, entry: &VipEntry, family: Family) -> Result<Optio
         return Ok(None);
     };
     if conf.all_ports == 0 {
-        let port = u16::from_be_bytes(flow.key.dport);
+        let (proto, port) = flow.key.proto_dport();
         // SAFETY: hash-map values are replaced under RCU, never written in place.
-        if flow.frag || unsafe { BALANCE_PORTS.get(&balance::port_key(slot, flow.key.proto, port)) }.is_none() {
+        if flow.frag || unsafe { BALANCE_PORTS.get(&balance::port_key(slot, proto, port)) }.is_none() {
             return Ok(None);
         }
     }
@@ -81,7 +98,11 @@ pub fn steer(ctx: &XdpContext, entry: &VipEntry, family: Family) -> Result<Optio
         return Ok(None);
     };
     if new {
-        let _ = BALANCE_FLOWS.insert(&flow.key, &FlowValue { member: index, _pad: 0 }, 0);
+        let v = FlowValue { member: index, _pad: 0 };
+        let _ = match &flow.key {
+            Key::V4(k) => BALANCE_FLOWS_V4.insert(k, &v, 0),
+            Key::V6(k) => BALANCE_FLOWS.insert(k, &v, 0),
+        };
     }
     if let Some(s) = BALANCE_STATS.get_ptr_mut(row) {
         // SAFETY: per-CPU slot, nobody else writes it concurrently.
@@ -104,7 +125,11 @@ fn pinned(slot: u32, flow: &Flow) -> Option<u32> {
         return None;
     }
     // SAFETY: LRU values are replaced under RCU, never written in place.
-    let index = unsafe { BALANCE_FLOWS.get(&flow.key) }?.member;
+    let index = match &flow.key {
+        Key::V4(k) => unsafe { BALANCE_FLOWS_V4.get(k) },
+        Key::V6(k) => unsafe { BALANCE_FLOWS.get(k) },
+    }?
+    .member;
     if index >= MAX_MEMBERS {
         return None;
     }
@@ -115,23 +140,21 @@ fn pinned(slot: u32, flow: &Flow) -> Option<u32> {
 /// The Maglev table's member for the flow.
 #[inline(always)]
 fn table(slot: u32, flow: &Flow) -> Option<u32> {
-    let k = &flow.key;
-    let h = if !flow.v6 {
-        flow_hash_v4(
-            u32::from_ne_bytes([k.src[0], k.src[1], k.src[2], k.src[3]]),
-            u32::from_ne_bytes([k.dst[0], k.dst[1], k.dst[2], k.dst[3]]),
+    let h = match &flow.key {
+        Key::V4(k) => flow_hash_v4(
+            u32::from_ne_bytes(k.src),
+            u32::from_ne_bytes(k.dst),
             u16::from_ne_bytes(k.sport),
             u16::from_ne_bytes(k.dport),
             k.proto,
-        )
-    } else {
-        flow_hash_v6(
+        ),
+        Key::V6(k) => flow_hash_v6(
             &k.src,
             &k.dst,
             u16::from_ne_bytes(k.sport),
             u16::from_ne_bytes(k.dport),
             k.proto,
-        )
+        ),
     };
     let s = h % TABLE_SIZE as u32;
     let word = BALANCE_TABLE.get(slot * WORDS + s / 4)?;
@@ -148,16 +171,15 @@ fn ports_at(ctx: &XdpContext, off: usize) -> Result<([u8; 2], [u8; 2]), Error> {
 }
 
 #[inline(always)]
-fn v4_key(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey {
-    let mut k = FlowKey {
+fn v4_key(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Key {
+    Key::V4(FlowKeyV4 {
+        src,
+        dst,
         sport,
         dport,
         proto,
-        ..FlowKey::default()
-    };
-    k.src[..4].copy_from_slice(&src);
-    k.dst[..4].copy_from_slice(&dst);
-    k
+        _pad: [0; 3],
+    })
 }
 
 #[inline(always)]
@@ -173,14 +195,12 @@ fn flow_v4(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
         TCP | UDP if frag => Ok(Some(Flow {
             key: v4_key(ip.src_addr, ip.dst_addr, [0; 2], [0; 2], ip.proto),
             frag: true,
-            v6: false,
         })),
         TCP | UDP => {
             let (sport, dport) = ports_at(ctx, l4)?;
             Ok(Some(Flow {
                 key: v4_key(ip.src_addr, ip.dst_addr, sport, dport, ip.proto),
                 frag: false,
-                v6: false,
             }))
         }
         ICMP if !frag => {
@@ -202,7 +222,6 @@ fn flow_v4(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
             Ok(Some(Flow {
                 key: v4_key(inner.dst_addr, inner.src_addr, idport, isport, inner.proto),
                 frag: false,
-                v6: false,
             }))
         }
         _ => Ok(None),
@@ -210,15 +229,15 @@ fn flow_v4(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
 }
 
 #[inline(always)]
-fn v6_key(src: &[u8; 16], dst: &[u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey {
-    FlowKey {
+fn v6_key(src: &[u8; 16], dst: &[u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Key {
+    Key::V6(FlowKey {
         src: *src,
         dst: *dst,
         sport,
         dport,
         proto,
         _pad: [0; 3],
-    }
+    })
 }
 
 #[inline(always)]
@@ -233,7 +252,6 @@ fn flow_v6(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
             Ok(Some(Flow {
                 key: v6_key(&ip.src_addr, &ip.dst_addr, sport, dport, ip.next_hdr),
                 frag: false,
-                v6: true,
             }))
         }
         IPV6_FRAGMENT => {
@@ -246,7 +264,6 @@ fn flow_v6(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
             Ok(Some(Flow {
                 key: v6_key(&ip.src_addr, &ip.dst_addr, [0; 2], [0; 2], next),
                 frag: true,
-                v6: true,
             }))
         }
         ICMPV6 => {
@@ -265,7 +282,6 @@ fn flow_v6(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
             Ok(Some(Flow {
                 key: v6_key(&inner.dst_addr, &inner.src_addr, idport, isport, inner.next_hdr),
                 frag: false,
-                v6: true,
             }))
         }
         _ => Ok(None),

@@ -13,7 +13,7 @@ use vip_common::{
 };
 
 use crate::{
-    maps::{self, ECHO_SEEN, VIPS_V4, VIPS_V6},
+    maps::{self, ECHO_SEEN, VIPS_V6},
     packet::{ptr_at, Error, Frame, ETH_HLEN},
 };
 
@@ -72,14 +72,12 @@ pub fn handle(ctx: &XdpContext, frame: &Frame, family: Family, l4: usize) -> Res
 #[inline(always)]
 fn serving(frame: &Frame, body: &[u8; echo::LEN]) -> bool {
     let at = echo::OFF_VIP;
-    // SAFETY (both lookups): hash-map values are replaced under RCU, never in place.
     let entry = match body[echo::OFF_FAMILY] {
-        4 => unsafe {
-            VIPS_V4.get(u32::from_ne_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]))
-        },
+        4 => maps::vip_v4(u32::from_ne_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]])),
         6 => {
             let mut vip = [0u8; 16];
             vip.copy_from_slice(&body[at..at + 16]);
+            // SAFETY: hash-map values are replaced under RCU, never written in place.
             unsafe { VIPS_V6.get(vip) }
         }
         _ => None,

@@ -6,7 +6,7 @@ use vip_common::xdp::XDP_PASS;
 
 use crate::{
     echo::{self, Family},
-    maps::{self, VIPS_V4},
+    maps,
     packet::{ptr_at, Error, Frame, ETH_HLEN},
 };
 
@@ -19,8 +19,7 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
         return Ok(XDP_PASS);
     }
     let dst = u32::from_ne_bytes(ip.dst_addr);
-    // SAFETY: hash-map values are replaced under RCU, never written in place.
-    let Some(entry) = (unsafe { VIPS_V4.get(dst) }) else {
+    let Some(entry) = maps::vip_v4(dst) else {
         if ip.proto == echo::UDP && ip.vihl & 0x0f == 5 {
             return echo::handle(ctx, frame, Family::V4, ETH_HLEN + Ipv4Hdr::LEN);
         }

@@ -34,7 +34,10 @@ const _: () = assert!(
 
 use vip_ebpf::packet::{self, Error, Frame};
 
+/// Inlined into the entry point the macro generates: a BPF-to-BPF call per packet
+/// otherwise.
 #[xdp]
+#[inline(always)]
 pub fn vip_xdp(ctx: XdpContext) -> u32 {
     match try_vip_xdp(&ctx) {
         Ok(action) => action,

@@ -10,8 +10,8 @@ use aya_ebpf::{
 use vip_common::{
     action, flags, global,
     xdp::{XDP_PASS, XDP_TX},
-    balance, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, FlowKey,
-    FlowValue, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
+    balance, index, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, FlowKey,
+    FlowKeyV4, FlowValue, IndexedEntry, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
     MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
@@ -24,6 +24,17 @@ use crate::{
 /// IPv4 VIP (4 bytes, network order, as a native-endian u32) -> entry.
 #[map]
 pub static VIPS_V4: HashMap<u32, VipEntry> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// The IPv4 VIP index's slots and entries (see `vip_common::index`); the agent
+/// sizes them at load time. The slots are mmapped by the agent (BPF_F_MMAPABLE) so
+/// that it stores each one atomically.
+#[map]
+pub static VIP_INDEX_V4: Array<u64> = Array::with_max_entries(1 << 6, BPF_F_MMAPABLE);
+#[map]
+pub static VIP_ENTRIES_V4: Array<IndexedEntry> =
+    Array::with_max_entries(index::entries(DEFAULT_MAX_VIPS), 0);
+
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// IPv6 VIP (16 bytes, network order) -> entry.
 #[map]
@@ -84,11 +95,17 @@ pub static BALANCE_CONF: Array<BalanceConf> = Array::with_max_entries(balance::M
 #[map]
 pub static BALANCE_PORTS: HashMap<u64, u32> = HashMap::with_max_entries(256, 0);
 
-/// The director's connection table: a flow stays on its member while the table
-/// changes under it.
+/// The director's connection tables (IPv6, IPv4): a flow stays on its member while
+/// the Maglev table changes under it. Per-CPU LRU lists (as Katran's): a new flow
+/// takes no lock shared with the other CPUs.
 #[map]
 pub static BALANCE_FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(balance::MAX_FLOWS, 0);
+    LruHashMap::with_max_entries(balance::MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+#[map]
+pub static BALANCE_FLOWS_V4: LruHashMap<FlowKeyV4, FlowValue> =
+    LruHashMap::with_max_entries(balance::MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 #[map]
 pub static BALANCE_STATS: PerCpuArray<BalanceStats> =
@@ -105,6 +122,39 @@ static EIP_ENABLED: u32 = 0;
 static ECHO_PORT: u32 = 0;
 #[unsafe(no_mangle)]
 static BALANCE_ENABLED: u32 = 0;
+/// 32 - log2 of the index's slot count (`vip_common::index::bits`).
+#[unsafe(no_mangle)]
+static VIP_INDEX_SHIFT: u32 = 32 - 6;
+
+/// The entry of an IPv4 VIP (`dst`: network order as a native-endian u32). The
+/// index answers most lookups from two array reads, which the verifier inlines; a
+/// slot that several VIPs share, or any doubt, falls back to the hash map.
+#[inline(always)]
+pub fn vip_v4(dst: u32) -> Option<&'static VipEntry> {
+    // SAFETY: a read-only global the loader patches; volatile keeps the load.
+    let shift = unsafe { core::ptr::read_volatile(&VIP_INDEX_SHIFT) };
+    if let Some(slot) = VIP_INDEX_V4.get(index::slot(dst, shift)) {
+        // One 8-byte load: the agent stores slots whole.
+        // SAFETY: a valid pointer into the array.
+        let (addr, reference) = index::unpack(unsafe { core::ptr::read_volatile(slot) });
+        if reference == index::EMPTY && addr == 0 {
+            return None;
+        }
+        if reference != index::COLLIDED && reference != index::EMPTY {
+            if addr != dst {
+                // The slot is another VIP's alone: no VIP hashes to it but that one.
+                return None;
+            }
+            if let Some(e) = VIP_ENTRIES_V4.get(reference - 1) {
+                if e.addr == dst {
+                    return Some(&e.entry);
+                }
+            }
+        }
+    }
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    unsafe { VIPS_V4.get(dst) }
+}
 
 #[inline(always)]
 pub fn settings() -> Settings {

@@ -23,7 +23,11 @@ use vip_common::{
     EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
 };
 
-use crate::{config::XdpMode, xdpmode::Choice};
+use crate::{
+    config::XdpMode,
+    vip_index::{Index, KernelStore},
+    xdpmode::Choice,
+};
 
 /// The XDP object built by build.rs (empty in a VIP_EBPF_STUB build).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip.bpf.o"));
@@ -93,6 +97,15 @@ pub struct Dataplane {
     eip_stats: PerCpuArray<MapData, EipStats>,
     echo_seen: Array<MapData, EchoSeen>,
     balance: BalanceMaps,
+    /// The IPv4 VIP index in front of `vips_v4` (see `vip_index`). Its maps belong to
+    /// this load of the program, never pinned: a new program gets a fresh index,
+    /// built from `vips_v4` before it is attached.
+    index: Index,
+    index_store: KernelStore,
+    _index_maps: (
+        Array<MapData, u64>,
+        Array<MapData, vip_common::IndexedEntry>,
+    ),
     max_vips: u32,
     /// Where the maps and the attachment are pinned, if they are.
     pin_dir: Option<PathBuf>,
@@ -163,12 +176,18 @@ impl Dataplane {
         if OBJECT.is_empty() {
             return Err(DataplaneError::Stub);
         }
+        use aya::maps::IterableMap as _;
+        let mut index = Index::new(max_vips);
+        let shift = index.shift();
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::VIP_IFINDEX, &settings.vip_ifindex, true)
             .override_global(globals::EIP_ENABLED, &settings.eip_enabled, true)
             .override_global(globals::ECHO_PORT, &settings.echo_port, true)
             .override_global(globals::BALANCE_ENABLED, &settings.balance_enabled, true)
+            .override_global(globals::VIP_INDEX_SHIFT, &shift, true)
+            .map_max_entries(maps::VIP_INDEX_V4, Index::slots(max_vips))
+            .map_max_entries(maps::VIP_ENTRIES_V4, vip_common::index::entries(max_vips))
             .map_max_entries(maps::VIPS_V4, max_vips)
             .map_max_entries(maps::VIPS_V6, max_vips)
             .map_max_entries(maps::VIP_STATS, max_vips);
@@ -195,6 +214,27 @@ impl Dataplane {
             |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
         let vips_v4 = HashMap::try_from(take(maps::VIPS_V4)?).map_err(map_err(maps::VIPS_V4))?;
         let vips_v6 = HashMap::try_from(take(maps::VIPS_V6)?).map_err(map_err(maps::VIPS_V6))?;
+        let index_slots: Array<MapData, u64> =
+            Array::try_from(take(maps::VIP_INDEX_V4)?).map_err(map_err(maps::VIP_INDEX_V4))?;
+        let index_entries: Array<MapData, vip_common::IndexedEntry> =
+            Array::try_from(take(maps::VIP_ENTRIES_V4)?).map_err(map_err(maps::VIP_ENTRIES_V4))?;
+        let mut index_store = KernelStore::new(
+            index_slots.map().fd().as_fd(),
+            Index::slots(max_vips),
+            index_entries.map().fd().as_fd(),
+        )
+        .map_err(|source| DataplaneError::MapIo {
+            map: maps::VIP_INDEX_V4,
+            source,
+        })?;
+        // An adopted data plane's VIPs: indexed before this program is attached.
+        let existing: Vec<(u32, VipEntry)> = vips_v4.iter().filter_map(|r| r.ok()).collect();
+        index
+            .set(&mut index_store, &existing)
+            .map_err(|source| DataplaneError::MapIo {
+                map: maps::VIP_ENTRIES_V4,
+                source,
+            })?;
         let stats =
             PerCpuArray::try_from(take(maps::VIP_STATS)?).map_err(map_err(maps::VIP_STATS))?;
         let global = PerCpuArray::try_from(take(maps::GLOBAL_STATS)?)
@@ -237,6 +277,9 @@ impl Dataplane {
             eip_stats,
             echo_seen,
             balance,
+            index,
+            index_store,
+            _index_maps: (index_slots, index_entries),
             max_vips,
             pin_dir: pin_dir.map(Path::to_path_buf),
             pinned_link: None,
@@ -483,10 +526,18 @@ impl Dataplane {
     /// Installs or replaces the entry for a VIP (atomic for the data plane).
     pub fn set_vip(&mut self, addr: IpAddr, entry: &VipEntry) -> Result<()> {
         match addr {
-            IpAddr::V4(a) => self
-                .vips_v4
-                .insert(u32::from_ne_bytes(a.octets()), entry, 0)
-                .map_err(map_err(maps::VIPS_V4)),
+            IpAddr::V4(a) => {
+                let key = u32::from_ne_bytes(a.octets());
+                self.vips_v4
+                    .insert(key, entry, 0)
+                    .map_err(map_err(maps::VIPS_V4))?;
+                self.index
+                    .set(&mut self.index_store, &[(key, *entry)])
+                    .map_err(|source| DataplaneError::MapIo {
+                        map: maps::VIP_ENTRIES_V4,
+                        source,
+                    })
+            }
             IpAddr::V6(a) => self
                 .vips_v6
                 .insert(a.octets(), entry, 0)
@@ -497,10 +548,11 @@ impl Dataplane {
     /// Removes a VIP's entry; absent already is not an error.
     pub fn remove_vip(&mut self, addr: IpAddr) -> Result<()> {
         let (r, map) = match addr {
-            IpAddr::V4(a) => (
-                self.vips_v4.remove(&u32::from_ne_bytes(a.octets())),
-                maps::VIPS_V4,
-            ),
+            IpAddr::V4(a) => {
+                let key = u32::from_ne_bytes(a.octets());
+                self.index.remove(&mut self.index_store, key);
+                (self.vips_v4.remove(&key), maps::VIPS_V4)
+            }
             IpAddr::V6(a) => (self.vips_v6.remove(&a.octets()), maps::VIPS_V6),
         };
         match r {
@@ -517,6 +569,7 @@ impl Dataplane {
     /// atomically; the batch as a whole is not.
     pub fn set_vips_batch(&mut self, entries: &[(IpAddr, VipEntry)]) -> Result<()> {
         let (mut k4, mut v4, mut k6, mut v6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut indexed = Vec::new();
         for (addr, e) in entries {
             // SAFETY: VipEntry is plain data (repr(C), no padding).
             let bytes = unsafe {
@@ -529,6 +582,7 @@ impl Dataplane {
                 IpAddr::V4(a) => {
                     k4.extend_from_slice(&a.octets());
                     v4.extend_from_slice(bytes);
+                    indexed.push((u32::from_ne_bytes(a.octets()), *e));
                 }
                 IpAddr::V6(a) => {
                     k6.extend_from_slice(&a.octets());
@@ -546,7 +600,12 @@ impl Dataplane {
                     .map_err(|source| DataplaneError::MapIo { map: name, source })?;
             }
         }
-        Ok(())
+        self.index
+            .set(&mut self.index_store, &indexed)
+            .map_err(|source| DataplaneError::MapIo {
+                map: maps::VIP_ENTRIES_V4,
+                source,
+            })
     }
 
     /// Kernel memory charged to each map (its `memlock` in /proc/self/fdinfo).
@@ -725,7 +784,7 @@ fn attached_mode(iface: &str) -> Option<XdpMode> {
 }
 
 /// BPF_MAP_UPDATE_BATCH: `count` keys and values, laid out back to back.
-fn update_batch(
+pub(crate) fn update_batch(
     fd: std::os::fd::BorrowedFd<'_>,
     keys: &[u8],
     values: &[u8],

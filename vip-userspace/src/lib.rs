@@ -28,4 +28,5 @@ pub mod metrics;
 pub mod netlink;
 pub mod reason;
 pub mod status;
+pub mod vip_index;
 pub mod xdpmode;

@@ -1,0 +1,355 @@
+//! The IPv4 VIP index the program reads before the `VIPS_V4` hash map (layout and
+//! read rules: `vip_common::index`). The agent is its only writer: it knows which
+//! VIPs share a slot and which entries are free, so the program only ever reads.
+//!
+//! Order of writes, so that the program sees the old state or the new one and never
+//! a mix: an entry goes to a free index first (one batched syscall), then its slot
+//! is stored whole (an atomic 8-byte store into the mmapped array). Freed indexes go
+//! to the back of the queue. `VIPS_V4` is written before the index on an update and
+//! after it on a removal, so a lookup that falls back to it agrees.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    os::fd::{AsRawFd, BorrowedFd},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use vip_common::{index, IndexedEntry, VipEntry};
+
+/// Where the index lives: the kernel's arrays, or plain memory in unit tests.
+pub trait Store {
+    fn write_entries(&mut self, items: &[(u32, IndexedEntry)]) -> std::io::Result<()>;
+    fn write_slot(&mut self, slot: u32, value: u64);
+}
+
+/// Which slot and entry every indexed VIP has.
+#[derive(Debug)]
+pub struct Index {
+    shift: u32,
+    free: VecDeque<u32>,
+    /// VIP -> its entry's index.
+    at: HashMap<u32, u32>,
+    /// Slot -> the VIPs that hash to it.
+    by_slot: HashMap<u32, Vec<u32>>,
+}
+
+impl Index {
+    pub fn new(max_vips: u32) -> Self {
+        Index {
+            shift: 32 - index::bits(max_vips),
+            free: (0..index::entries(max_vips)).collect(),
+            at: HashMap::new(),
+            by_slot: HashMap::new(),
+        }
+    }
+
+    pub fn slots(max_vips: u32) -> u32 {
+        1 << index::bits(max_vips)
+    }
+
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// Indexes (or re-indexes) VIPs with their entries, which `VIPS_V4` already holds.
+    /// A batch larger than the free entries goes in chunks: each chunk's flips free
+    /// the entries the next one takes.
+    pub fn set(
+        &mut self,
+        store: &mut impl Store,
+        items: &[(u32, VipEntry)],
+    ) -> std::io::Result<()> {
+        let mut rest = items;
+        while !rest.is_empty() {
+            let n = rest.len().min(self.free.len());
+            if n == 0 {
+                return Err(std::io::Error::other("the VIP index has no free entry"));
+            }
+            let (chunk, more) = rest.split_at(n);
+            self.set_chunk(store, chunk)?;
+            rest = more;
+        }
+        Ok(())
+    }
+
+    fn set_chunk(
+        &mut self,
+        store: &mut impl Store,
+        items: &[(u32, VipEntry)],
+    ) -> std::io::Result<()> {
+        let batch: Vec<(u32, IndexedEntry)> = items
+            .iter()
+            .zip(self.free.iter())
+            .map(|((addr, entry), &i)| {
+                (
+                    i,
+                    IndexedEntry {
+                        addr: *addr,
+                        _pad: 0,
+                        entry: *entry,
+                    },
+                )
+            })
+            .collect();
+        store.write_entries(&batch)?;
+        for (i, e) in batch {
+            self.free.pop_front();
+            if let Some(old) = self.at.insert(e.addr, i) {
+                self.free.push_back(old);
+            }
+            let slot = index::slot(e.addr, self.shift);
+            let vips = self.by_slot.entry(slot).or_default();
+            if !vips.contains(&e.addr) {
+                vips.push(e.addr);
+            }
+            store.write_slot(slot, self.slot_value(slot));
+        }
+        Ok(())
+    }
+
+    /// Takes a VIP out of the index (before `VIPS_V4` forgets it).
+    pub fn remove(&mut self, store: &mut impl Store, addr: u32) {
+        let Some(i) = self.at.remove(&addr) else {
+            return;
+        };
+        let slot = index::slot(addr, self.shift);
+        if let Some(vips) = self.by_slot.get_mut(&slot) {
+            vips.retain(|a| *a != addr);
+            if vips.is_empty() {
+                self.by_slot.remove(&slot);
+            }
+        }
+        store.write_slot(slot, self.slot_value(slot));
+        self.free.push_back(i);
+    }
+
+    /// What the slot must hold now.
+    pub fn slot_value(&self, slot: u32) -> u64 {
+        match self.by_slot.get(&slot).map(Vec::as_slice) {
+            None | Some([]) => index::pack(0, index::EMPTY),
+            Some([one]) => index::pack(*one, self.at[one] + 1),
+            Some(_) => index::pack(0, index::COLLIDED),
+        }
+    }
+
+    /// VIPs that share their slot with another (these take the hash map's path).
+    pub fn collided(&self) -> usize {
+        self.by_slot
+            .values()
+            .filter(|v| v.len() > 1)
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// The kernel side: the slot array mmapped (stores are atomic), the entries written
+/// with BPF_MAP_UPDATE_BATCH.
+pub struct KernelStore {
+    slots: *mut AtomicU64,
+    len: u32,
+    map_len: usize,
+    entries_fd: i32,
+}
+
+// SAFETY: the mapping is owned by this struct and only touched through &mut self.
+unsafe impl Send for KernelStore {}
+// SAFETY: as above; shared references only read `len`.
+unsafe impl Sync for KernelStore {}
+
+impl KernelStore {
+    /// Maps the slot array (`len` u64 slots, created BPF_F_MMAPABLE). `entries` must
+    /// outlive the store (the data plane owns both).
+    pub fn new(slots: BorrowedFd<'_>, len: u32, entries: BorrowedFd<'_>) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let map_len = (len as usize * 8).div_ceil(page) * page;
+        // SAFETY: a shared mapping of a BPF array fd; the kernel checks size and flags.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                slots.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(KernelStore {
+            slots: p as *mut AtomicU64,
+            len,
+            map_len,
+            entries_fd: entries.as_raw_fd(),
+        })
+    }
+}
+
+impl Store for KernelStore {
+    fn write_entries(&mut self, items: &[(u32, IndexedEntry)]) -> std::io::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(items.len() * 4);
+        let mut values = Vec::with_capacity(items.len() * size_of::<IndexedEntry>());
+        for (i, e) in items {
+            keys.extend_from_slice(&i.to_ne_bytes());
+            // SAFETY: IndexedEntry is plain data (repr(C), no implicit padding).
+            values.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(
+                    e as *const IndexedEntry as *const u8,
+                    size_of::<IndexedEntry>(),
+                )
+            });
+        }
+        // SAFETY: the data plane keeps the entries map open while the store exists.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.entries_fd) };
+        crate::dataplane::update_batch(fd, &keys, &values, items.len() as u32)
+    }
+
+    fn write_slot(&mut self, slot: u32, value: u64) {
+        if slot < self.len {
+            // SAFETY: in bounds of the mapping; 8-byte aligned (page-aligned base).
+            unsafe { (*self.slots.add(slot as usize)).store(value, Ordering::Release) };
+        }
+    }
+}
+
+impl Drop for KernelStore {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.slots as *mut libc::c_void, self.map_len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Mem {
+        slots: HashMap<u32, u64>,
+        entries: HashMap<u32, IndexedEntry>,
+    }
+
+    impl Store for Mem {
+        fn write_entries(&mut self, items: &[(u32, IndexedEntry)]) -> std::io::Result<()> {
+            self.entries.extend(items.iter().copied());
+            Ok(())
+        }
+        fn write_slot(&mut self, slot: u32, value: u64) {
+            self.slots.insert(slot, value);
+        }
+    }
+
+    /// The program's read, as vip-ebpf's `maps::vip_v4` does it: Some(Some(entry))
+    /// from the index, Some(None) a definite miss, None: ask the hash map.
+    fn read(m: &Mem, shift: u32, dst: u32) -> Option<Option<VipEntry>> {
+        let (addr, r) = index::unpack(*m.slots.get(&index::slot(dst, shift)).unwrap_or(&0));
+        if r == index::EMPTY && addr == 0 {
+            return Some(None);
+        }
+        if r != index::COLLIDED && r != index::EMPTY {
+            if addr != dst {
+                return Some(None);
+            }
+            if let Some(e) = m.entries.get(&(r - 1)) {
+                if e.addr == dst {
+                    return Some(Some(e.entry));
+                }
+            }
+        }
+        None
+    }
+
+    fn entry(action: u32) -> VipEntry {
+        VipEntry {
+            action,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lookups_agree_with_the_table_through_updates_collisions_and_removals() {
+        let mut ix = Index::new(16);
+        let mut m = Mem::default();
+        let shift = ix.shift();
+        // Addresses that share a slot, and some that do not.
+        let base = u32::from_ne_bytes([10, 0, 0, 0]);
+        let mut same = Vec::new();
+        let first = index::slot(base + (1 << 24), shift);
+        for last in 1..=255u32 {
+            let a = u32::from_ne_bytes([10, 0, 1, last as u8]);
+            if index::slot(a, shift) == first && same.len() < 2 {
+                same.push(a);
+            }
+        }
+        let mut truth: HashMap<u32, VipEntry> = HashMap::new();
+        let mut check = |ix: &Index, m: &Mem, truth: &HashMap<u32, VipEntry>| {
+            for last in 0..=255u8 {
+                for third in 0..2u8 {
+                    let a = u32::from_ne_bytes([10, 0, third, last]);
+                    match read(m, ix.shift(), a) {
+                        Some(got) => assert_eq!(got, truth.get(&a).copied(), "{a:#x}"),
+                        None => {} // the hash map answers, and it holds the truth
+                    }
+                }
+            }
+        };
+        for (n, a) in (1..=8u8)
+            .map(|l| u32::from_ne_bytes([10, 0, 0, l]))
+            .enumerate()
+        {
+            ix.set(&mut m, &[(a, entry(n as u32))]).unwrap();
+            truth.insert(a, entry(n as u32));
+            check(&ix, &m, &truth);
+        }
+        for a in &same {
+            ix.set(&mut m, &[(*a, entry(7))]).unwrap();
+            truth.insert(*a, entry(7));
+            check(&ix, &m, &truth);
+        }
+        // Replacing an entry moves it to a fresh index; the old one is reused last.
+        let a = u32::from_ne_bytes([10, 0, 0, 3]);
+        let before = ix.at[&a];
+        ix.set(&mut m, &[(a, entry(99))]).unwrap();
+        truth.insert(a, entry(99));
+        assert_ne!(ix.at[&a], before);
+        assert_eq!(ix.free.back(), Some(&before));
+        check(&ix, &m, &truth);
+        for a in same.iter().chain([a].iter()) {
+            ix.remove(&mut m, *a);
+            truth.remove(a);
+            check(&ix, &m, &truth);
+        }
+        assert_eq!(ix.collided(), 0);
+    }
+
+    #[test]
+    fn a_full_table_leaves_room_and_most_vips_alone_in_their_slot() {
+        let max = 4096;
+        let mut ix = Index::new(max);
+        let mut m = Mem::default();
+        let items: Vec<(u32, VipEntry)> = (0..max)
+            .map(|i| {
+                (
+                    u32::from_ne_bytes([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+                    entry(1),
+                )
+            })
+            .collect();
+        ix.set(&mut m, &items).unwrap();
+        // Every update takes a fresh entry first: the capacity allows a full table.
+        ix.set(&mut m, &items).unwrap();
+        assert!(ix.free.len() >= 1024);
+        // At a quarter full, random hashing would leave ~22 % sharing a slot;
+        // consecutive addresses do better.
+        let shared = ix.collided();
+        assert!(
+            shared * 100 / max as usize <= 22,
+            "{shared} of {max} share a slot"
+        );
+        assert_eq!(Index::slots(max), 16384);
+    }
+}

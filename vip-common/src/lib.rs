@@ -45,6 +45,7 @@ pub mod maps {
     /// The benchmarks' maps, in their own object (`vip-bench`).
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
+    pub const BENCH_FLOWS: &str = "BENCH_FLOWS";
 }
 
 /// Program names in the object file.

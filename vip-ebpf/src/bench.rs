@@ -19,16 +19,47 @@ static BENCH_FRAME: Array<[u8; 64]> = Array::with_max_entries(1, 0);
 #[map]
 static BENCH_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Flows the generator spreads its frames over (0 or 1: every frame is the template).
+#[map]
+static BENCH_FLOWS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The generator's frame counter, per CPU (the flow of the next frame).
+#[map]
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The UDP source port of an IPv4 frame without options: where flows differ.
+const SPORT: usize = 34;
+
 /// Generator: run in live-frames mode (BPF_PROG_TEST_RUN), it transmits every frame
 /// out of the interface it is told it arrived on. Live frames recycle their pages
 /// without restoring them, and the path under test rewrites frames in place (an ARP
 /// request becomes a reply), so each frame is rewritten from the template in
-/// `BENCH_FRAME` first. Never attached.
+/// `BENCH_FRAME` first. With `BENCH_FLOWS` = N > 1, frame k gets the template's UDP
+/// source port + k mod N (the template is IPv4/UDP without options and without a UDP
+/// checksum, so the frame stays valid), for paths that keep per-flow state. Never
+/// attached.
 #[xdp]
 pub fn vip_bench_tx(ctx: XdpContext) -> u32 {
-    if let (Some(t), Ok(p)) = (BENCH_FRAME.get(0), ptr_at::<[u8; 60]>(&ctx, 0)) {
-        // SAFETY: bounds checked by ptr_at; the template is 64 bytes.
-        unsafe { (*p).copy_from_slice(&t[..60]) };
+    let (Some(t), Ok(p)) = (BENCH_FRAME.get(0), ptr_at::<[u8; 60]>(&ctx, 0)) else {
+        return XDP_TX;
+    };
+    // SAFETY: bounds checked by ptr_at; the template is 64 bytes.
+    let f = unsafe { &mut *p };
+    f.copy_from_slice(&t[..60]);
+    let n = BENCH_FLOWS.get(0).copied().unwrap_or(0);
+    if n > 1 {
+        if let Some(seq) = BENCH_SEQ.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, nobody else writes it concurrently.
+            let k = unsafe {
+                let k = *seq;
+                *seq = k.wrapping_add(1);
+                k
+            };
+            let base = u16::from_be_bytes([t[SPORT], t[SPORT + 1]]);
+            let sport = base.wrapping_add((k % n) as u16).to_be_bytes();
+            f[SPORT] = sport[0];
+            f[SPORT + 1] = sport[1];
+        }
     }
     XDP_TX
 }

@@ -758,6 +758,18 @@ impl BenchPrograms {
         arr.set(0, t, 0).map_err(map_err(maps::BENCH_FRAME))
     }
 
+    /// Spreads the generator's frames over `n` flows (UDP source ports from the
+    /// frame's own up); 0 or 1: every frame is the frame set by [`Self::set_frame`].
+    pub fn set_flows(&mut self, n: u32) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::BENCH_FLOWS)
+            .ok_or(DataplaneError::Missing(maps::BENCH_FLOWS))?;
+        let mut arr =
+            Array::<&mut MapData, u32>::try_from(map).map_err(map_err(maps::BENCH_FLOWS))?;
+        arr.set(0, n, 0).map_err(map_err(maps::BENCH_FLOWS))
+    }
+
     /// Frames counted by the sink so far (summed over CPUs).
     pub fn count(&self) -> u64 {
         let Some(map) = self.ebpf.map(maps::BENCH_COUNT) else {

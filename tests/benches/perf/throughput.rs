@@ -5,6 +5,11 @@
 //! (sink). Two generators: XDP live frames (BPF_PROG_TEST_RUN, ~millions of frames/s;
 //! it can only feed a peer with NAPI, i.e. a native XDP program) and AF_PACKET
 //! (sendmmsg, slower, but feeds any mode; used for native against skb).
+//!
+//! The balanced VIP's director sends every flow back out dut0 to one of three other
+//! members, whose MAC is gen0's, so its output lands on gen0's sink; the kernel's
+//! counterpart is nftables `dnat to jhash ... map` + forwarding to three member
+//! addresses on dut0's segment (IPVS is not in this kernel).
 
 use std::{
     net::Ipv4Addr,
@@ -33,6 +38,12 @@ const DNAT_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 61);
 const REDIR_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 70);
 const EIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const EIP_VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 50);
+const BAL_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 80);
+/// The kernel balancer's members (neighbours on dut0 with gen0's MAC).
+const BAL_MEMBERS: [&str; 3] = ["10.9.0.11", "10.9.0.12", "10.9.0.13"];
+/// Flows of the many-flow balance case: well inside the director's connection table
+/// (LRU, 65,536) and the kernel's conntrack table.
+const MANY_FLOWS: u32 = 4096;
 
 struct Lab {
     gen: Netns,
@@ -104,6 +115,19 @@ fn lab() -> Result<Lab> {
         "nud",
         "permanent",
     ])?;
+    for m in BAL_MEMBERS {
+        dut.ip(&[
+            "neigh",
+            "replace",
+            m,
+            "lladdr",
+            &gen_mac.to_string(),
+            "dev",
+            "dut0",
+            "nud",
+            "permanent",
+        ])?;
+    }
     let mut gen_bench = gen.run_in(BenchPrograms::load)?;
     gen.run_in(|| gen_bench.attach_sink("gen0", XdpMode::Native))?;
     let mut svc_bench = svc.run_in(BenchPrograms::load)?;
@@ -136,6 +160,11 @@ enum Dut {
     Gateway,
     /// The kernel doing the same 1:1 NAT with nftables.
     KernelNat,
+    /// vip's program directing a balanced VIP: three other members, MAC rewrite and
+    /// XDP_TX back out dut0.
+    Director,
+    /// The kernel balancing with nftables (`dnat to jhash ... map`) + forward.
+    KernelBalance,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -144,6 +173,7 @@ enum Case {
     Forward,
     Redirect,
     Eip,
+    Balance,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -160,6 +190,62 @@ fn nft(l: &Lab, cmds: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Empties the conntrack table of the calling thread's namespace (ctnetlink's flush:
+/// IPCTNL_MSG_CT_DELETE without a tuple). Deleting the nftables table leaves its
+/// connections, with their NAT bindings, until they time out.
+fn flush_conntrack() -> Result<()> {
+    // SAFETY: plain socket(2); owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        bail!(
+            "netfilter netlink socket: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: a fresh descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+    const IPCTNL_MSG_CT_DELETE: u16 = 2;
+    // struct nlmsghdr (len, type, flags, seq, pid) + struct nfgenmsg (family,
+    // version, res_id): AF_UNSPEC, every family.
+    let mut m = Vec::with_capacity(20);
+    m.extend_from_slice(&20u32.to_ne_bytes());
+    m.extend_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE).to_ne_bytes());
+    m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    // SAFETY: a valid buffer of m.len() bytes; the kernel is the default destination.
+    if unsafe { libc::send(fd.as_raw_fd(), m.as_ptr() as *const _, m.len(), 0) } < 0 {
+        bail!("conntrack flush: {}", std::io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: a valid buffer of buf.len() bytes.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+    if n < 20 {
+        bail!(
+            "conntrack flush: no answer ({})",
+            std::io::Error::last_os_error()
+        );
+    }
+    // The ack: NLMSG_ERROR whose error is 0.
+    let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+    let err = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+    if kind != libc::NLMSG_ERROR as u16 || err != 0 {
+        bail!(
+            "conntrack flush: {}",
+            std::io::Error::from_raw_os_error(-err)
+        );
+    }
+    Ok(())
+}
+
 /// Sets the DUT up for one measurement; what it returns keeps it so until dropped.
 fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
     // The kernel paths' state, removed again at the end of every measurement.
@@ -168,6 +254,66 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
     let _ = l.dut.ip(&["route", "del", "10.9.0.70/32"]);
     let _ = l.dut.exec(&["nft", "delete table ip benchnat"]);
     let _ = l.dut.ip(&["route", "del", "10.10.0.50/32"]);
+    l.dut.run_in(flush_conntrack)?;
+    match dut {
+        Dut::Director => {
+            let settings = vip_common::Settings {
+                balance_enabled: 1,
+                ..Default::default()
+            };
+            let mut dp = l.dut.run_in(|| Dataplane::open(16, None, settings))?;
+            l.dut.run_in(|| dp.attach("dut0", XdpMode::Native))?;
+            dp.set_vip(
+                BAL_VIP.into(),
+                &VipEntry {
+                    action: action::LOCAL,
+                    flags: vip_common::flags::BALANCED,
+                    // The balance slot.
+                    ifindex: 0,
+                    own_mac: l.dut_mac.0,
+                    src_mac: l.dut_mac.0,
+                    ..Default::default()
+                },
+            )?;
+            // Row 0 is this node, with no share of the table: every flow goes to one
+            // of the other three, "behind" gen0's MAC.
+            let member = |mac: Mac, this_node| vip_common::BalanceMember {
+                mac: mac.0,
+                up: 1,
+                this_node,
+            };
+            let rows = [
+                member(l.dut_mac, 1),
+                member(l.gen_mac, 0),
+                member(l.gen_mac, 0),
+                member(l.gen_mac, 0),
+            ];
+            let table: Vec<u16> = (0..vip_common::maglev::TABLE_SIZE)
+                .map(|i| 1 + (i % 3) as u16)
+                .collect();
+            dp.set_balance(0, true, &[], &[], &rows, &table)?;
+            return Ok(Some(dp));
+        }
+        Dut::KernelBalance => {
+            let mut dp = l.dut.run_in(|| Dataplane::load(16))?;
+            l.dut.run_in(|| dp.attach_pass("dut0"))?;
+            let [a, b, c] = BAL_MEMBERS;
+            let rule = format!(
+                "add rule ip benchnat pre ip daddr {BAL_VIP} udp dport 9 \
+                 dnat to jhash ip saddr . udp sport mod 3 map {{ 0 : {a}, 1 : {b}, 2 : {c} }}"
+            );
+            nft(
+                l,
+                &[
+                    "add table ip benchnat",
+                    "add chain ip benchnat pre { type nat hook prerouting priority -100 ; }",
+                    &rule,
+                ],
+            )?;
+            return Ok(Some(dp));
+        }
+        _ => {}
+    }
     match dut {
         Dut::Gateway => {
             let settings = vip_common::Settings {
@@ -260,6 +406,7 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
                     },
                 ),
                 Case::Eip => unreachable!("the EIP case uses Gateway/KernelNat"),
+                Case::Balance => unreachable!("the balance case uses Director/KernelBalance"),
                 Case::Redirect => (
                     REDIR_VIP,
                     VipEntry {
@@ -275,7 +422,9 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
             dp.set_vip(ip.into(), &e)?;
             Ok(Some(dp))
         }
-        Dut::Gateway | Dut::KernelNat => unreachable!("set up above"),
+        Dut::Gateway | Dut::KernelNat | Dut::Director | Dut::KernelBalance => {
+            unreachable!("set up above")
+        }
         Dut::Kernel | Dut::KernelDnat => {
             let mut dp = l.dut.run_in(|| Dataplane::load(16))?;
             l.dut.run_in(|| dp.attach_pass("dut0"))?;
@@ -306,6 +455,7 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
                     ])?;
                 }
                 Case::Eip => unreachable!("the EIP case uses Gateway/KernelNat"),
+                Case::Balance => unreachable!("the balance case uses Director/KernelBalance"),
             }
             if dut == Dut::KernelDnat {
                 nft(
@@ -339,6 +489,8 @@ fn frame(l: &Lab, case: Case, dnat: bool) -> Vec<u8> {
             frames::udp4(l.dut_mac, l.gen_mac, GEN_IP, REDIR_VIP, 4000, 9, &[0u8; 18])
         }
         Case::Eip => frames::udp4(l.dut_mac, l.gen_mac, GEN_IP, EIP, 4000, 9, &[0u8; 18]),
+        // No UDP checksum (valid for IPv4): the generator varies the source port.
+        Case::Balance => frames::udp4(l.dut_mac, l.gen_mac, GEN_IP, BAL_VIP, 4000, 9, &[0u8; 18]),
     }
 }
 
@@ -444,13 +596,17 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
     let live_count: u32 = if size.quick { 300_000 } else { 4_000_000 };
     let packet_count: u32 = if size.quick { 100_000 } else { 1_000_000 };
     let mut out = Vec::new();
-    // (case, xdp dut, kernel dut, generator, label)
-    let pairs: Vec<(Case, Dut, Dut, Gen, &str)> = vec![
+    // (case, xdp dut, kernel dut, generator, flows, label)
+    let many = format!(
+        "balanced VIP, {MANY_FLOWS} flows: director vs kernel nftables jhash DNAT + forward"
+    );
+    let pairs: Vec<(Case, Dut, Dut, Gen, u32, &str)> = vec![
         (
             Case::Arp,
             Dut::Vip(XdpMode::Native),
             Dut::Kernel,
             Gen::LiveFrames,
+            1,
             "ARP requests answered: XDP vs the kernel",
         ),
         (
@@ -458,6 +614,7 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
             Dut::Vip(XdpMode::Native),
             Dut::Kernel,
             Gen::LiveFrames,
+            1,
             "VIP traffic forwarded: XDP vs kernel ip_forward",
         ),
         (
@@ -465,6 +622,7 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
             Dut::Vip(XdpMode::Native),
             Dut::KernelDnat,
             Gen::LiveFrames,
+            1,
             "VIP traffic forwarded: XDP vs kernel nftables DNAT + forward",
         ),
         (
@@ -472,6 +630,7 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
             Dut::Vip(XdpMode::Native),
             Dut::Kernel,
             Gen::LiveFrames,
+            1,
             "VIP traffic redirected into another interface: XDP vs kernel routing",
         ),
         (
@@ -479,13 +638,31 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
             Dut::Gateway,
             Dut::KernelNat,
             Gen::LiveFrames,
+            1,
             "elastic IP 1:1 NAT gateway: XDP vs kernel nftables NAT + forward",
+        ),
+        (
+            Case::Balance,
+            Dut::Director,
+            Dut::KernelBalance,
+            Gen::LiveFrames,
+            1,
+            "balanced VIP, 1 flow: director vs kernel nftables jhash DNAT + forward",
+        ),
+        (
+            Case::Balance,
+            Dut::Director,
+            Dut::KernelBalance,
+            Gen::LiveFrames,
+            MANY_FLOWS,
+            &many,
         ),
         (
             Case::Arp,
             Dut::Vip(XdpMode::Native),
             Dut::Vip(XdpMode::Skb),
             Gen::Packet,
+            1,
             "ARP requests answered: native vs skb mode (AF_PACKET generator)",
         ),
         (
@@ -493,10 +670,11 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
             Dut::Vip(XdpMode::Skb),
             Dut::Kernel,
             Gen::Packet,
+            1,
             "ARP requests answered: skb mode vs the kernel (AF_PACKET generator)",
         ),
     ];
-    for (case, a, b, gen, label) in pairs {
+    for (case, a, b, gen, flows, label) in pairs {
         let count = if gen == Gen::LiveFrames {
             live_count
         } else {
@@ -509,7 +687,9 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
             let mut one = |dut: Dut| -> Result<(f64, f64)> {
                 let keep = setup(&l, dut, case)?;
                 let f = frame(&l, case, dut == Dut::KernelDnat);
-                // Warm caches (neighbour, conntrack) before measuring.
+                l.gen_bench.set_flows(flows)?;
+                // Warm caches (neighbour, conntrack, the director's connection
+                // table: count / 20 covers every flow) before measuring.
                 measure(&mut l, gen, &f, count / 20, sink_svc)?;
                 let r = measure(&mut l, gen, &f, count, sink_svc)?;
                 drop(keep);
@@ -533,6 +713,7 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
         );
         r["ratio"] = json!(median(ratio));
         r["offered_mpps"] = json!(median(offered) / 1e6);
+        r["flows"] = json!(flows);
         r["generator"] = json!(if gen == Gen::LiveFrames {
             "XDP live frames"
         } else {

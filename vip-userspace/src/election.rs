@@ -194,6 +194,17 @@ impl Election {
         self.down_cause = DownCause::Silent { since: Some(now) };
     }
 
+    /// Standby: an active better than `theirs` (priority, address) was heard within
+    /// two intervals, so the advertiser of `theirs` is the loser of a split brain.
+    fn worse_than_known_active(&self, theirs: (u8, IpAddr), now: Instant) -> bool {
+        matches!(self.state, State::Standby | State::Init)
+            && self.active.as_ref().is_some_and(|a| {
+                a.addr != theirs.1
+                    && (a.priority, a.addr) > theirs
+                    && now.saturating_duration_since(a.last_seen) <= self.p.interval * 2
+            })
+    }
+
     /// True while a starting standby is still listening for the active.
     pub fn listening(&self) -> bool {
         self.listening
@@ -410,6 +421,15 @@ impl Election {
                 }
                 let theirs = (ad.priority, ad.addr);
                 let ours = (self.effective_priority(), self.p.me);
+                if self.worse_than_known_active(theirs, now) {
+                    // Two actives (a split brain settling, say after a failure several
+                    // standbys detected at once): the better one wins it, so a standby
+                    // neither preempts the worse one, which would only move the clients'
+                    // ARP caches once more, nor forwards to it. An active exists
+                    // all the same: no takeover for silence.
+                    self.arm_silence(now);
+                    return out;
+                }
                 self.active = Some(Peer {
                     addr: ad.addr,
                     mac: ad.mac,
@@ -941,6 +961,27 @@ mod tests {
             &e.receive(&advert(Kind::Advert, 150, 10), t0 + 100 * MS)
         ));
         assert!(took_over(&e.tick(t0 + 500 * MS)));
+    }
+
+    #[test]
+    fn a_standby_hearing_two_actives_leaves_the_split_brain_to_the_better_one() {
+        let t0 = Instant::now();
+        let mut e = node(150, 13);
+        e.start(t0);
+        // b (200) and d (100) both active, as after a failure two standbys detected.
+        e.receive(&advert(Kind::Advert, 200, 12), t0);
+        let a = e.receive(&advert(Kind::Advert, 100, 14), t0 + 10 * MS);
+        assert!(!took_over(&a), "{a:?}");
+        assert!(!a.contains(&Action::ForwardTo(Some(Mac([2, 0, 0, 0, 0, 14])))));
+        assert!(!took_over(&e.tick(t0 + 20 * MS)));
+        assert_eq!(e.active().map(|p| p.priority), Some(200));
+        // b settles it (d yields); we stay standby behind b.
+        e.receive(&advert(Kind::Advert, 200, 12), t0 + 100 * MS);
+        assert!(!took_over(&e.tick(t0 + 150 * MS)));
+        assert_eq!(e.state(), State::Standby);
+        // b gone for more than two intervals: d is the active, and we preempt it.
+        let a = e.receive(&advert(Kind::Advert, 100, 14), t0 + 350 * MS);
+        assert!(took_over(&a) || took_over(&e.tick(t0 + 350 * MS)), "{a:?}");
     }
 
     #[test]

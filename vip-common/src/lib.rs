@@ -266,8 +266,8 @@ pub mod index {
     /// Knuth's multiplicative constant (2^32 / the golden ratio).
     const MUL: u32 = 0x9e37_79b1;
 
-    /// log2 of the slot count for `max_vips`: four slots per VIP of capacity (at
-    /// most ~22 % of a full table's VIPs share a slot), at least 64, at most 2^24.
+    /// log2 of the slot count for `max_vips`: four slots per VIP of capacity (random
+    /// addresses: ~22 % of a full table's VIPs share a slot), at least 64, at most 2^24.
     pub const fn bits(max_vips: u32) -> u32 {
         let want = (max_vips as u64) * 4;
         let mut b = 6;
@@ -284,10 +284,11 @@ pub mod index {
     }
 
     /// The slot of an address (network order as a native-endian u32); `shift` is
-    /// 32 - [`bits`].
+    /// 32 - [`bits`]. Fibonacci hashing of the address as a number: consecutive
+    /// addresses (a subnet's VIPs) land in distinct slots while they fit.
     #[inline(always)]
     pub fn slot(addr: u32, shift: u32) -> u32 {
-        (addr ^ (addr >> 16)).wrapping_mul(MUL) >> shift
+        u32::from_be(addr).wrapping_mul(MUL) >> shift
     }
 
     #[inline(always)]

@@ -102,7 +102,7 @@ pub struct Dataplane {
     /// built from `vips_v4` before it is attached.
     index: Index,
     index_store: KernelStore,
-    _index_maps: (
+    index_maps: (
         Array<MapData, u64>,
         Array<MapData, vip_common::IndexedEntry>,
     ),
@@ -279,7 +279,7 @@ impl Dataplane {
             balance,
             index,
             index_store,
-            _index_maps: (index_slots, index_entries),
+            index_maps: (index_slots, index_entries),
             max_vips,
             pin_dir: pin_dir.map(Path::to_path_buf),
             pinned_link: None,
@@ -635,6 +635,14 @@ impl Dataplane {
             (
                 maps::VIP_STATS,
                 memlock(self.stats.map().fd().as_fd().as_raw_fd()),
+            ),
+            (
+                maps::VIP_INDEX_V4,
+                memlock(self.index_maps.0.map().fd().as_fd().as_raw_fd()),
+            ),
+            (
+                maps::VIP_ENTRIES_V4,
+                memlock(self.index_maps.1.map().fd().as_fd().as_raw_fd()),
             ),
         ]
     }

@@ -42,6 +42,7 @@ pub mod maps {
     pub const BALANCE_FLOWS: &str = "BALANCE_FLOWS";
     pub const BALANCE_FLOWS_V4: &str = "BALANCE_FLOWS_V4";
     pub const BALANCE_STATS: &str = "BALANCE_STATS";
+    pub const BALANCE_NODES: &str = "BALANCE_NODES";
     /// The benchmarks' maps, in their own object (`vip-bench`).
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
@@ -164,7 +165,8 @@ pub mod action {
     /// Answer ARP/NS; rewrite Ethernet to `src_mac`/`dst_mac` and redirect to `ifindex`.
     pub const REDIRECT: u32 = 2;
     /// Do not answer ARP/NS; rewrite Ethernet to `src_mac` -> `dst_mac` (the active
-    /// node) and send back out of the same interface.
+    /// node) and send back out of the same interface (a balanced member: only what
+    /// did not come from the group's nodes, see [`super::flags::BALANCED`]).
     pub const FORWARD: u32 = 3;
 
     pub const fn name(action: u32) -> &'static str {
@@ -183,9 +185,14 @@ pub mod flags {
     /// The entry is gated by its group's lease in `LEASES`: once the lease has
     /// expired the entry behaves as if absent (XDP_PASS, no answers).
     pub const LEASED: u32 = 1 << 0;
-    /// A balanced group's VIP on its director (action LOCAL): TCP and UDP (all, or
-    /// the group's ports) are spread over the members; `ifindex` then holds the
-    /// group's balance slot (see [`crate::balance`]).
+    /// A balanced group's VIP (see [`crate::balance`]); `ifindex` then holds the
+    /// group's balance slot.
+    /// * On its director (action LOCAL): TCP and UDP (all, or the group's ports) are
+    ///   spread over the members.
+    /// * On a member (action FORWARD, `dst_mac` the director): a packet from one of
+    ///   the group's nodes (`dst_mac`, or a MAC in `BALANCE_NODES`) is delivered
+    ///   locally; any other (a client whose ARP cache names this node) is forwarded
+    ///   to the director, which hands it to the member that holds its flow.
     pub const BALANCED: u32 = 1 << 1;
     /// Planned handover, on the NEW active's entries (local) for its first
     /// `drain_ms` after taking over from a live active (it released the VIPs, or we
@@ -441,6 +448,22 @@ pub mod balance {
         ((slot as u64) << 32) | ((proto as u64) << 16) | port as u64
     }
 
+    /// `BALANCE_NODES` entries: every node of every balanced group.
+    pub const MAX_NODES: u32 = MAX_GROUPS * MAX_MEMBERS;
+
+    /// `BALANCE_NODES` key: a node's MAC (as on the wire, in the low 48 bits) in a
+    /// group's balance slot.
+    #[inline(always)]
+    pub const fn node_key(slot: u32, mac: &[u8; 6]) -> u64 {
+        ((slot as u64) << 48)
+            | ((mac[0] as u64) << 40)
+            | ((mac[1] as u64) << 32)
+            | ((mac[2] as u64) << 24)
+            | ((mac[3] as u64) << 16)
+            | ((mac[4] as u64) << 8)
+            | mac[5] as u64
+    }
+
     const _: () = assert!(MAX_MEMBERS as usize == crate::maglev::MAX_MEMBERS);
 }
 
@@ -691,6 +714,15 @@ mod tests {
         // Worst case: two folds are enough for any u32.
         assert_eq!(csum_fold(u32::MAX), 0xffff);
         assert_eq!(csum_finish(u32::MAX), 0);
+    }
+
+    #[test]
+    fn balance_node_key_is_the_slot_above_the_mac() {
+        use super::balance::node_key;
+        let mac = [0x02, 0xab, 0, 0, 0xcd, 0x10];
+        assert_eq!(node_key(3, &mac), (3 << 48) | 0x02ab_0000_cd10);
+        assert_ne!(node_key(3, &mac), node_key(4, &mac));
+        assert_eq!(node_key(0, &[0xff; 6]), 0xffff_ffff_ffff);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   balance is hashed by addresses only (ports zero), so all fragments of a
 //!   datagram reach one member. With a list of ports they cannot be told apart and
 //!   stay local.
+//! * A member's entry forwards to the director what a client sends it directly
+//!   (its ARP cache names the member after a failover churned); see [`from_node`].
 
 use aya_ebpf::programs::XdpContext;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
@@ -27,10 +29,10 @@ use vip_common::{
 use crate::{
     echo::Family,
     maps::{
-        BALANCE_CONF, BALANCE_FLOWS, BALANCE_FLOWS_V4, BALANCE_MEMBERS, BALANCE_PORTS, BALANCE_STATS,
-        BALANCE_TABLE,
+        BALANCE_CONF, BALANCE_FLOWS, BALANCE_FLOWS_V4, BALANCE_MEMBERS, BALANCE_NODES,
+        BALANCE_PORTS, BALANCE_STATS, BALANCE_TABLE,
     },
-    packet::{self, ptr_at, Error, ETH_HLEN},
+    packet::{self, ptr_at, Error, Mac, ETH_HLEN},
 };
 
 const ICMP: u8 = 1;
@@ -116,6 +118,31 @@ pub fn steer(ctx: &XdpContext, entry: &VipEntry, family: Family) -> Result<Optio
     }
     packet::set_macs(ctx, &member.mac, &entry.own_mac)?;
     Ok(Some(XDP_TX))
+}
+
+/// On a member's forward entry (`flags::BALANCED`, action FORWARD): whether the
+/// frame's Ethernet source is a node of the group: the director (`dst_mac`, the
+/// common case, no lookup) or any node in `BALANCE_NODES`. Those are delivered
+/// locally, the rest forwarded to the director.
+///
+/// Why this cannot loop, even while nodes disagree on who directs: a member forwards
+/// only frames from outside the group, and a forwarded frame carries the member's
+/// MAC as its source, so no other member forwards it again (it delivers it); the
+/// director it reaches hands it to a member with its own MAC as the source, which
+/// that member delivers too. A client's packet is thus forwarded by a member at most
+/// once, and handed over by a director at most once after that (unless two nodes
+/// direct at once: a split election, which this check does not mend).
+#[inline(always)]
+pub fn from_node(ctx: &XdpContext, entry: &VipEntry) -> Result<bool, Error> {
+    let src: *const Mac = ptr_at(ctx, 6)?;
+    // SAFETY: bounds checked by ptr_at.
+    let src = unsafe { *src };
+    if src == entry.dst_mac {
+        return Ok(true);
+    }
+    let key = balance::node_key(entry.ifindex, &src);
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    Ok(unsafe { BALANCE_NODES.get(&key) }.is_some())
 }
 
 /// The member the connection table holds for the flow, if it is still up.

@@ -111,6 +111,11 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 pub static BALANCE_STATS: PerCpuArray<BalanceStats> =
     PerCpuArray::with_max_entries(balance::MAX_GROUPS * balance::MAX_MEMBERS, 0);
 
+/// `balance::node_key` -> 1 for every node of every balanced group (the agent's
+/// membership: each node heard, itself included): what a member delivers locally.
+#[map]
+pub static BALANCE_NODES: HashMap<u64, u32> = HashMap::with_max_entries(balance::MAX_NODES, 0);
+
 /// Program-wide settings, written by the loader into read-only data before the
 /// program is verified: the verifier then knows them as constants, and a node without
 /// elastic IPs pays nothing for them.
@@ -239,13 +244,16 @@ pub fn steer(
             return Ok(act);
         }
     }
-    if settings().balance_enabled != 0
-        && entry.flags & flags::BALANCED != 0
-        && entry.action == action::LOCAL
-    {
-        if let Some(act) = crate::balance::steer(ctx, entry, family)? {
-            stats.forwarded += 1;
-            return Ok(act);
+    if settings().balance_enabled != 0 && entry.flags & flags::BALANCED != 0 {
+        if entry.action == action::LOCAL {
+            if let Some(act) = crate::balance::steer(ctx, entry, family)? {
+                stats.forwarded += 1;
+                return Ok(act);
+            }
+        } else if entry.action == action::FORWARD && crate::balance::from_node(ctx, entry)? {
+            // A member: what a node sends us is ours; the rest goes to the director.
+            stats.passed += 1;
+            return Ok(XDP_PASS);
         }
     }
     match entry.action {

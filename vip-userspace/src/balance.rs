@@ -47,6 +47,8 @@ pub struct Membership {
     pub programmed: Option<Vec<bool>>,
     /// The ports the data plane holds now.
     pub programmed_ports: Vec<(u8, u16)>,
+    /// The node MACs the data plane holds now (`BALANCE_NODES`).
+    pub programmed_nodes: Vec<[u8; 6]>,
 }
 
 pub fn member_id(addr: IpAddr) -> u64 {
@@ -89,6 +91,7 @@ impl Membership {
             ports,
             programmed: None,
             programmed_ports: Vec::new(),
+            programmed_nodes: Vec::new(),
         }
     }
 
@@ -129,6 +132,21 @@ impl Membership {
                 }
             })
             .collect()
+    }
+
+    /// The MACs of every node ever heard, this one included, up or not: a member
+    /// delivers what they send it rather than forward it to the director (a node
+    /// that left may still be handing over flows it thinks it directs).
+    pub fn node_macs(&self) -> Vec<[u8; 6]> {
+        let mut macs: Vec<[u8; 6]> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.mac)
+            .map(|m| m.0)
+            .collect();
+        macs.sort_unstable();
+        macs.dedup();
+        macs
     }
 
     /// The data plane's member rows for `up`.
@@ -249,6 +267,8 @@ mod tests {
         );
         assert!(after.iter().all(|&x| x != 2));
         let rows = m.rows(&[true, true, false]);
+        // Every node heard is a node for the member's forward check, up or not.
+        assert_eq!(m.node_macs().len(), 3);
         assert_eq!((rows[0].this_node, rows[2].up, rows[2].mac[5]), (1, 0, 3));
         // Nobody up: an empty table, never an error.
         assert!(m

@@ -260,6 +260,8 @@ impl Dataplane {
                 .map_err(map_err(maps::BALANCE_PORTS))?,
             stats: PerCpuArray::try_from(take(maps::BALANCE_STATS)?)
                 .map_err(map_err(maps::BALANCE_STATS))?,
+            nodes: HashMap::try_from(take(maps::BALANCE_NODES)?)
+                .map_err(map_err(maps::BALANCE_NODES))?,
         };
         Ok(Dataplane {
             ebpf,
@@ -951,6 +953,7 @@ struct BalanceMaps {
     conf: Array<MapData, BalanceConf>,
     ports: HashMap<MapData, u64, u32>,
     stats: PerCpuArray<MapData, BalanceStats>,
+    nodes: HashMap<MapData, u64, u32>,
 }
 
 impl Dataplane {
@@ -1018,6 +1021,25 @@ impl Dataplane {
                 source,
             }
         })
+    }
+
+    /// Replaces balance slot `slot`'s node MACs, `old` (as last written), with `new`:
+    /// a member delivers locally what these send it (see `vip_common::flags::BALANCED`).
+    /// The new ones go in first, so a node that stays is never missing.
+    pub fn set_balance_nodes(&mut self, slot: u32, old: &[[u8; 6]], new: &[[u8; 6]]) -> Result<()> {
+        if slot >= balance::MAX_GROUPS || new.len() > balance::MAX_MEMBERS as usize {
+            return Err(DataplaneError::Missing("a balance slot"));
+        }
+        let nodes = &mut self.balance.nodes;
+        for mac in new {
+            nodes
+                .insert(balance::node_key(slot, mac), 1, 0)
+                .map_err(map_err(maps::BALANCE_NODES))?;
+        }
+        for mac in old.iter().filter(|m| !new.contains(m)) {
+            let _ = nodes.remove(&balance::node_key(slot, mac));
+        }
+        Ok(())
     }
 
     /// What the director sent to member `index` of slot `slot`, summed over CPUs.

@@ -26,10 +26,13 @@ impl Agent {
     }
 
     /// Members hold the VIP on lo (the director hands them packets for it); the
-    /// director's table follows the membership.
+    /// director's table, and every node's list of node MACs, follow the membership.
     pub(super) fn balance_sync(&mut self, gi: usize) {
         if self.groups[gi].balance.is_none() {
             return;
+        }
+        if let Err(e) = self.program_balance_nodes(gi) {
+            log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
         }
         let state = self.groups[gi].state;
         let member = matches!(state, State::Standby | State::Active);
@@ -97,6 +100,24 @@ impl Agent {
         if let Some(b) = &mut self.groups[gi].balance {
             b.programmed = Some(up);
             b.programmed_ports = ports;
+        }
+        Ok(())
+    }
+
+    /// Writes the group's node MACs (`BALANCE_NODES`) if a node's MAC was learned or
+    /// changed: a member's forward entry delivers what they send it locally.
+    pub(super) fn program_balance_nodes(&mut self, gi: usize) -> Result<()> {
+        let g = &self.groups[gi];
+        let Some(b) = &g.balance else { return Ok(()) };
+        let macs = b.node_macs();
+        if macs == b.programmed_nodes {
+            return Ok(());
+        }
+        self.dp
+            .set_balance_nodes(b.slot, &b.programmed_nodes, &macs)
+            .with_context(|| format!("group {}: programming the balance nodes", g.cfg.name))?;
+        if let Some(b) = &mut self.groups[gi].balance {
+            b.programmed_nodes = macs;
         }
         Ok(())
     }

@@ -234,12 +234,6 @@ impl GroupRuntime {
     /// flags while a drain runs (local VIPs only: the sockets of redirected ones live
     /// in another namespace).
     pub fn entry(&self, mac: Mac, v: &VipRuntime, act: u32, forward_to: Option<Mac>) -> VipEntry {
-        // A balanced group's director spreads flows; its members (standbys) deliver
-        // what the director sends them, never forwarding it back.
-        let act = match (&self.balance, act) {
-            (Some(_), action::FORWARD) => action::NONE,
-            _ => act,
-        };
         let mut e = VipEntry {
             action: act,
             flags: if self.leased() { flags::LEASED } else { 0 },
@@ -261,6 +255,13 @@ impl GroupRuntime {
                 e.dst_mac = forward_to.unwrap_or_default().0;
                 if self.addrs_until.is_some() && self.redirect.is_none() {
                     e.flags |= flags::KEEP;
+                }
+                // A balanced group's member (it holds the VIP on lo) delivers what
+                // the group's nodes send it, and forwards to the director only what
+                // a client sent it directly (see `flags::BALANCED`).
+                if let Some(b) = &self.balance {
+                    e.flags |= flags::BALANCED;
+                    e.ifindex = b.slot;
                 }
             }
             action::LOCAL => {
@@ -490,6 +491,12 @@ impl super::Agent {
         }
         let mut g = self.groups.remove(gi);
         g.stop_announcing();
+        // Its balance slot may go to another group: its nodes must not stay nodes.
+        if let Some(b) = &g.balance {
+            if let Err(e) = self.dp.set_balance_nodes(b.slot, &b.programmed_nodes, &[]) {
+                log::warn!("group {}: removing its balance nodes: {e:#}", g.cfg.name);
+            }
+        }
         for t in g.tasks.drain(..) {
             t.abort();
         }

@@ -67,8 +67,13 @@ impl Agent {
         Ok(())
     }
 
-    /// Standby entries: forward to `mac`, or inert.
+    /// Standby entries: forward to `mac`, or inert. A balanced member's forward
+    /// entry needs the node MACs (what they send is delivered): written first, and
+    /// a failure there never keeps the entries from following the election.
     pub(super) fn set_entries(&mut self, gi: usize, mac: Option<Mac>) -> Result<()> {
+        if let Err(e) = self.program_balance_nodes(gi) {
+            log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
+        }
         let g = &self.groups[gi];
         let act = if mac.is_some() {
             action::FORWARD

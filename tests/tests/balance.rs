@@ -3,7 +3,8 @@
 //! members from the VIP without touching the director; a member that stops, or fails
 //! its health check, loses only its own flows; a joining member takes only new flows;
 //! a new director keeps the surviving members' connections (measured over five
-//! members); fragments reach one member.
+//! members); fragments reach one member; a client whose ARP cache names a member
+//! keeps every connection (the member forwards to the director).
 
 mod common;
 
@@ -641,6 +642,103 @@ fn director_failover_over_five_members_keeps_99_percent_of_the_survivors_connect
     );
     lan.host("a").ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     drop(agents);
+    teardown(lan);
+}
+
+/// A client whose ARP cache names a member instead of the director: what an election
+/// that took a few takeovers to settle leaves behind (every node that took over and
+/// yielded announced itself). The member forwards what the client sends it to the
+/// director, once, which hands each flow to its member: every connection keeps its
+/// member with no reset (delivered locally, the member's kernel would reset the
+/// others' connections), and new flows still spread by the director's table.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn a_client_whose_arp_cache_names_a_member_keeps_every_connection() {
+    privileged();
+    let lan = balanced_lan(&SERVERS);
+    let (a, b, e) = start_abe(&lan, &SERVERS, "");
+    let _r = serve(&lan, &SERVERS);
+    let cl = lan.host("c");
+    let c = &cl.ns;
+    let mut conns = open_conns(c, &[cl.ip4], 60);
+    let placed = conn_shares(&conns);
+    assert!(
+        SERVERS.iter().all(|h| placed.contains_key(*h)),
+        "connections on every member: {placed:?}"
+    );
+    // b forwards to the director (a) once it knows it.
+    let fwd = wait_for(Duration::from_secs(5), || {
+        let v = b.vip_status(VIP).ok()?;
+        (v["action"] == "forward").then_some(())
+    });
+    assert!(fwd.is_some(), "b's entry: {}", b.vip_status(VIP).unwrap());
+
+    // The client's cache names b, as after b took over and yielded.
+    let b_mac = &lan.host("b").mac;
+    c.ip(&[
+        "neigh",
+        "replace",
+        VIP,
+        "lladdr",
+        b_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    assert_eq!(kernel_neighbour(c, VIP).as_deref(), Some(b_mac.as_str()));
+    let (forwarded0, passed0) = (counter(&b, VIP, "forwarded"), counter(&b, VIP, "passed"));
+    let received = Capture::open(c, "eth0").unwrap();
+    let results = round_trips(&mut conns);
+    let resets = tcp_by_mac(
+        &lan,
+        &received.collect(Duration::from_millis(100), |_| true),
+        |s, _, f| s != VIP4 || f & 4 == 0,
+        6..12,
+    );
+    let lost: Vec<_> = conns
+        .iter()
+        .zip(&results)
+        .filter(|(k, got)| got.as_deref() != Ok(k.who.as_str()))
+        .map(|(k, got)| (k.src, k.who.clone(), got.clone()))
+        .collect();
+
+    // New flows and connections, still through b: where the director's table says.
+    let table = Table::new(&lan, &SERVERS, &SERVERS);
+    let fresh = spread(c, 24_000..24_600);
+    let misplaced = (24_000..24_600)
+        .zip(&fresh)
+        .filter(|(p, w)| w.as_deref() != Some(table.udp_member(&lan, *p)))
+        .count();
+    let s = shares(&fresh);
+    let new_conns = open_conns(c, &[cl.ip4], 30);
+    let new_placed = conn_shares(&new_conns);
+    let (forwarded, passed) = (
+        counter(&b, VIP, "forwarded") - forwarded0,
+        counter(&b, VIP, "passed") - passed0,
+    );
+    eprintln!(
+        "client's cache naming member b: {} of {} connections kept ({placed:?}), resets \
+         from {resets:?}; 600 new flows {s:?} ({misplaced} off the table), 30 new \
+         connections {new_placed:?}; b forwarded {forwarded} packets to the director \
+         and delivered {passed} it handed back",
+        conns.len() - lost.len(),
+        conns.len()
+    );
+    assert!(lost.is_empty(), "connections lost: {lost:?}");
+    assert!(resets.is_empty(), "resets from {resets:?}");
+    assert!(fresh.iter().all(Option::is_some), "unanswered new flows");
+    assert_eq!(misplaced, 0, "new flows off the director's table: {s:?}");
+    assert!(
+        SERVERS.iter().all(|h| new_placed.contains_key(*h)),
+        "new connections on every member: {new_placed:?}"
+    );
+    assert!(
+        forwarded > 0 && passed > 0,
+        "b forwarded {forwarded}, passed {passed}"
+    );
+    drop((a, b, e));
     teardown(lan);
 }
 

@@ -755,6 +755,160 @@ fn run_handover() {
     assert_eq!(s(1).forwarded, 3, "{:?}", s(1));
 }
 
+const BAL4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 57);
+/// Another node of the member's balanced group, and a node of another group.
+const MEMBER: Mac = Mac([0x02, 0, 0, 0, 0, 0x10]);
+const STRANGER: Mac = Mac([0x02, 0, 0, 0, 0, 0x11]);
+
+/// A balanced group's member (`flags::BALANCED` on a forward entry to the director,
+/// ACTIVE): what the group's nodes send is delivered, what a client sends directly
+/// goes to the director; it never answers ARP/NS for the VIP. A plain standby's
+/// forward entry still forwards everything.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn balance_member_fixtures() {
+    privileged();
+    let ns = Netns::new("balance-member-fixtures").unwrap();
+    ns.run_in(run_balance_member);
+}
+
+fn run_balance_member() {
+    use vip::frames::{tcp4, tcp6, TCP_ACK, TCP_PSH};
+    use vip_common::Settings;
+    let settings = Settings {
+        balance_enabled: 1,
+        ..Settings::default()
+    };
+    let mut dp = Dataplane::open(64, None, settings).expect("loading the data plane");
+    let (bal6, client6) = (v6("2001:db8::57"), v6("2001:db8::12"));
+    const SLOT: u32 = 3;
+    let mut member = entry(action::FORWARD, 0, 0);
+    member.flags = flags::BALANCED;
+    member.ifindex = SLOT;
+    dp.set_vip(IpAddr::V4(BAL4), &member).unwrap();
+    member.stats_index = 2;
+    dp.set_vip(IpAddr::V6(bal6), &member).unwrap();
+    dp.set_vip(IpAddr::V4(FWD4), &entry(action::FORWARD, 1, 0))
+        .unwrap();
+    // The group's nodes as the agent writes them (the director, this node, another
+    // member); STRANGER is a node of another balanced group only.
+    let nodes = [ACTIVE.0, OWN.0, MEMBER.0];
+    dp.set_balance_nodes(SLOT, &[], &nodes).unwrap();
+    dp.set_balance_nodes(SLOT + 1, &[], &[STRANGER.0]).unwrap();
+    for i in 0..3 {
+        dp.reset_stats(i).unwrap();
+    }
+
+    let udp = |src: Mac, dst| frames::udp4(OWN, src, CLIENT4, dst, 40000, 5000, b"payload");
+    let data = TCP_ACK | TCP_PSH;
+    let tcp = |src: Mac| tcp4(OWN, src, CLIENT4, BAL4, 40001, 80, data, &[], b"GET");
+    let udp6 = |src: Mac| frames::udp6(OWN, src, client6, bal6, 40000, 5000, b"payload");
+    let to_director = |f: Vec<u8>| Some(with_macs(f, ACTIVE, OWN));
+    let cases = vec![
+        case(
+            "member: from the director (a flow it hands us) -> delivered",
+            udp(ACTIVE, BAL4),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "member: from another node of the group -> delivered",
+            udp(MEMBER, BAL4),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "member: TCP from another node of the group -> delivered",
+            tcp(MEMBER),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "member: from a client (its ARP cache names us) -> the director",
+            udp(CLIENT, BAL4),
+            XDP_TX,
+            to_director(udp(CLIENT, BAL4)),
+        ),
+        case(
+            "member: TCP from a client -> the director",
+            tcp(CLIENT),
+            XDP_TX,
+            to_director(tcp(CLIENT)),
+        ),
+        case(
+            "member: from a node of another balanced group -> the director",
+            udp(STRANGER, BAL4),
+            XDP_TX,
+            to_director(udp(STRANGER, BAL4)),
+        ),
+        case(
+            "member: flooded to us for another MAC -> untouched",
+            frames::udp4(MEMBER, CLIENT, CLIENT4, BAL4, 40000, 5000, b"payload"),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "member: ARP request for the VIP -> not answered",
+            frames::arp_request(CLIENT, CLIENT4, BAL4),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "member: IPv6 from the director -> delivered",
+            udp6(ACTIVE),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "member: IPv6 from a client -> the director",
+            udp6(CLIENT),
+            XDP_TX,
+            to_director(udp6(CLIENT)),
+        ),
+        case(
+            "member: IPv6 TCP from another node -> delivered",
+            tcp6(OWN, MEMBER, client6, bal6, 40001, 80, data, b"GET"),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "member: NS for the VIP -> not answered",
+            frames::neighbour_solicitation(CLIENT, client6, bal6, None),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "plain standby: from the active -> forwarded all the same",
+            udp(ACTIVE, FWD4),
+            XDP_TX,
+            to_director(udp(ACTIVE, FWD4)),
+        ),
+        case(
+            "plain standby: from a client -> forwarded",
+            udp(CLIENT, FWD4),
+            XDP_TX,
+            to_director(udp(CLIENT, FWD4)),
+        ),
+    ];
+    run_cases(&dp, &cases);
+    // A node that is no longer listed is a stranger.
+    dp.set_balance_nodes(SLOT, &nodes, &[ACTIVE.0, OWN.0])
+        .unwrap();
+    run_cases(
+        &dp,
+        &[case(
+            "member: from a node no longer listed -> the director",
+            udp(MEMBER, BAL4),
+            XDP_TX,
+            to_director(udp(MEMBER, BAL4)),
+        )],
+    );
+    let s = |i| dp.stats(i).unwrap();
+    assert_eq!((s(0).passed, s(0).forwarded), (3, 4), "{:?}", s(0));
+    assert_eq!((s(2).passed, s(2).forwarded), (2, 1), "{:?}", s(2));
+    assert_eq!((s(1).passed, s(1).forwarded), (0, 2), "{:?}", s(1));
+}
+
 /// Runs each case through the program; fails with every mismatch.
 fn run_cases(dp: &Dataplane, cases: &[Case]) {
     let mut failures = Vec::new();

@@ -1085,3 +1085,143 @@ fn run_vip_index() {
     }
     run_cases(&dp, &cases);
 }
+
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn director_odd_packets_fixtures() {
+    privileged();
+    let ns = Netns::new("fixtures-director").unwrap();
+    ns.run_in(run_director_odd_packets);
+}
+
+/// An IPv4 frame to our MAC with `l4` after a 20-byte header (checksum filled in);
+/// `frag`: the flags and fragment offset field.
+fn ip4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, id: u16, frag: u16, l4: &[u8]) -> Vec<u8> {
+    use vip_common::csum::csum_finish;
+    let mut f = frames::ethernet(OWN, CLIENT, 0x0800);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&id.to_be_bytes());
+    ip.extend_from_slice(&frag.to_be_bytes());
+    ip.extend_from_slice(&[64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = csum_finish(frames::csum_add(0, &ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(l4);
+    if f.len() < 60 {
+        f.resize(60, 0);
+    }
+    f
+}
+
+/// The director's odd packets (issue 12): an ICMP error about a member's reply
+/// (fragmentation needed, from a router on the way to the client) reaches the member
+/// that holds the client's flow; all fragments of a datagram reach one member. Each
+/// is checked over many flows against three members, so a wrong choice cannot pass
+/// by chance (one in 3^n).
+fn run_director_odd_packets() {
+    use vip_common::{maglev::TABLE_SIZE, BalanceMember, Settings};
+    let settings = Settings {
+        balance_enabled: 1,
+        ..Settings::default()
+    };
+    let mut dp = Dataplane::open(64, None, settings).expect("loading the data plane");
+    let mut e = entry(action::LOCAL, 0, 0);
+    e.flags = flags::BALANCED;
+    e.ifindex = 0; // the balance slot
+    let vip6 = v6("2001:db8::50");
+    dp.set_vip(IpAddr::V4(VIP4), &e).unwrap();
+    dp.set_vip(IpAddr::V6(vip6), &e).unwrap();
+    let member = |last: u8| Mac([0x02, 0, 0, 0, 1, last]);
+    let mut rows = vec![BalanceMember {
+        mac: OWN.0,
+        up: 1,
+        this_node: 1,
+    }];
+    rows.extend((1..=3).map(|i| BalanceMember {
+        mac: member(i).0,
+        up: 1,
+        this_node: 0,
+    }));
+    // Every slot names one of the three other members: every packet leaves by XDP_TX.
+    let table: Vec<u16> = (0..TABLE_SIZE).map(|i| 1 + (i % 3) as u16).collect();
+    dp.set_balance(0, true, &[], &[], &rows, &table).unwrap();
+    // Which member a frame went to (XDP_TX, our MAC as the source).
+    let to = |f: &[u8]| -> Mac {
+        let r = dp.test_run(f).unwrap();
+        assert_eq!(
+            action_name(r.action),
+            action_name(XDP_TX),
+            "a balanced packet leaves for a member"
+        );
+        assert_eq!(&r.frame[6..12], &OWN.0, "the director's MAC is the source");
+        assert_eq!(
+            &r.frame[14..],
+            &f[14..],
+            "the packet is unchanged above Ethernet"
+        );
+        Mac(r.frame[0..6].try_into().unwrap())
+    };
+    let router = Ipv4Addr::new(192, 0, 2, 1);
+    let mut members_seen = std::collections::HashSet::new();
+    for i in 0..30u16 {
+        let client = Ipv4Addr::new(198, 51, 100, 1 + (i % 7) as u8);
+        let cport = 40_000 + i * 13;
+        // The client's flow, and a router's "fragmentation needed" about the
+        // member's reply to it (VIP:53 -> client:cport), quoting its headers.
+        let m = to(&frames::udp4(
+            OWN, CLIENT, client, VIP4, cport, 53, b"query",
+        ));
+        members_seen.insert(m);
+        let quoted = ip4(VIP4, client, 17, 7, 0x4000, &{
+            let mut u = Vec::new();
+            u.extend_from_slice(&53u16.to_be_bytes());
+            u.extend_from_slice(&cport.to_be_bytes());
+            u.extend_from_slice(&[0, 16, 0, 0]);
+            u
+        });
+        let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc]; // MTU 1500
+        icmp.extend_from_slice(&quoted[14..14 + 28]);
+        let c = vip_common::csum::csum_finish(frames::csum_add(0, &icmp));
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let err = ip4(router, VIP4, 1, 9, 0, &icmp);
+        assert_eq!(
+            to(&err),
+            m,
+            "flow {client}:{cport}: the ICMP error went elsewhere"
+        );
+        // A datagram in two fragments: the first carries the ports, the second none.
+        let mut udp = Vec::new();
+        udp.extend_from_slice(&cport.to_be_bytes());
+        udp.extend_from_slice(&53u16.to_be_bytes());
+        udp.extend_from_slice(&[0x05, 0xc8, 0, 0]);
+        udp.extend_from_slice(&[0u8; 24]);
+        let first = ip4(client, VIP4, 17, 100 + i, 0x2000, &udp);
+        let second = ip4(client, VIP4, 17, 100 + i, 4, &[0u8; 32]);
+        assert_eq!(
+            to(&first),
+            to(&second),
+            "{client}:{cport}: the fragments of one datagram went to different members"
+        );
+    }
+    assert_eq!(members_seen.len(), 3, "the flows reach all three members");
+    // IPv6: an ICMPv6 "packet too big" about the member's reply reaches its member.
+    let client6 = v6("2001:db8:1::12");
+    for i in 0..20u16 {
+        let cport = 41_000 + i * 17;
+        let m = to(&frames::udp6(
+            OWN, CLIENT, client6, vip6, cport, 53, b"query",
+        ));
+        let reply = frames::udp6(CLIENT, OWN, vip6, client6, 53, cport, b"answer");
+        let mut msg = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00]; // MTU 1280
+        msg.extend_from_slice(&reply[14..14 + 48]);
+        let err = frames::icmpv6(OWN, CLIENT, v6("2001:db8:2::1"), vip6, 64, msg);
+        assert_eq!(
+            to(&err),
+            m,
+            "[{client6}]:{cport}: the ICMPv6 error went elsewhere"
+        );
+    }
+}

@@ -662,7 +662,10 @@ impl Election {
         self.predecessor = None;
         self.forwarding = None;
         self.next_advert_at = Some(now + self.p.interval);
-        vec![Action::TakeOver { reason }, self.send(Kind::Advert)]
+        // The advert first: the other standbys, whose own takeovers wait out their
+        // skew, hear the claim before the data plane work (entries, the director's
+        // table, the announcement) delays it by milliseconds.
+        vec![self.send(Kind::Advert), Action::TakeOver { reason }]
     }
 
     fn step_down(&mut self, now: Instant, forward_to: Option<Mac>, reason: Reason) -> Vec<Action> {
@@ -982,6 +985,22 @@ mod tests {
         // b gone for more than two intervals: d is the active, and we preempt it.
         let a = e.receive(&advert(Kind::Advert, 100, 14), t0 + 350 * MS);
         assert!(took_over(&a) || took_over(&e.tick(t0 + 350 * MS)), "{a:?}");
+    }
+
+    #[test]
+    fn a_takeover_claims_the_vips_before_taking_them() {
+        // The other standbys hear the advert before the data plane work starts.
+        let t0 = Instant::now();
+        let mut e = node(200, 12);
+        e.start(t0);
+        let a = e.tick(t0 + e.master_down_interval());
+        assert!(
+            matches!(
+                a.as_slice(),
+                [Action::Send(Kind::Advert), Action::TakeOver { .. }, ..]
+            ),
+            "{a:?}"
+        );
     }
 
     #[test]

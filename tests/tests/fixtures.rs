@@ -1084,6 +1084,51 @@ fn run_vip_index() {
         ));
     }
     run_cases(&dp, &cases);
+
+    // A batch large enough to go through the hash map while the index catches up
+    // (`Index::bypass`), twice (the second replaces every entry), then checked.
+    let mut dp = Dataplane::load(4096).expect("loading the data plane");
+    let many: Vec<Ipv4Addr> = (0..3000u32)
+        .map(|i| Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8))
+        .collect();
+    for flip in [0, 1] {
+        let table: Vec<(IpAddr, VipEntry)> = many
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let act = if (i + flip) % 2 == 0 {
+                    action::LOCAL
+                } else {
+                    action::FORWARD
+                };
+                (IpAddr::V4(*x), entry(act, (i % 64) as u32, 0))
+            })
+            .collect();
+        dp.set_vips_batch(&table).unwrap();
+    }
+    let cases: Vec<Case> = many
+        .iter()
+        .enumerate()
+        .step_by(37)
+        .map(|(i, x)| {
+            if (i + 1) % 2 == 0 {
+                case(
+                    name(format!("{x} (batch): local")),
+                    arp_req(*x),
+                    XDP_TX,
+                    answered(*x),
+                )
+            } else {
+                case(
+                    name(format!("{x} (batch): forwarded")),
+                    udp(*x),
+                    XDP_TX,
+                    Some(fwd(*x)),
+                )
+            }
+        })
+        .collect();
+    run_cases(&dp, &cases);
 }
 
 #[test]

@@ -115,6 +115,10 @@ pub struct Dataplane {
     xdp: Option<Choice>,
 }
 
+/// Batches larger than this go through the hash map while the index catches up
+/// (`Index::bypass`): below it, writing the index costs less than a millisecond.
+const BYPASS_FROM: usize = 1024;
+
 /// The pinned objects, one file each under the pin directory.
 const PINNED_MAPS: [&str; 10] = [
     maps::VIPS_V4,
@@ -591,6 +595,12 @@ impl Dataplane {
                     v6.extend_from_slice(bytes);
                 }
             }
+        }
+        // A takeover of many VIPs: the program reads the hash map for them from the
+        // moment it has the new entries, while the index catches up.
+        let bypass: Vec<u32> = indexed.iter().map(|(a, _)| *a).collect();
+        if bypass.len() > BYPASS_FROM {
+            self.index.bypass(&mut self.index_store, &bypass);
         }
         use aya::maps::IterableMap as _;
         for (map, name, keys, values, width) in [

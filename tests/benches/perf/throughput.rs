@@ -93,37 +93,18 @@ fn lab() -> Result<Lab> {
     let gen_mac = mac_of(&gen, "gen0")?;
     let svc1_mac = mac_of(&svc, "svc1")?;
     // The kernel paths know their next hops: no ARP during a measurement.
-    dut.ip(&[
-        "neigh",
-        "replace",
-        "10.9.0.1",
-        "lladdr",
-        &gen_mac.to_string(),
-        "dev",
-        "dut0",
-        "nud",
-        "permanent",
-    ])?;
-    dut.ip(&[
-        "neigh",
-        "replace",
-        "10.10.0.2",
-        "lladdr",
-        &svc1_mac.to_string(),
-        "dev",
-        "svc0",
-        "nud",
-        "permanent",
-    ])?;
-    for m in BAL_MEMBERS {
+    let (gen_s, svc1_s) = (gen_mac.to_string(), svc1_mac.to_string());
+    let mut hops = vec![("10.9.0.1", &gen_s, "dut0"), ("10.10.0.2", &svc1_s, "svc0")];
+    hops.extend(BAL_MEMBERS.iter().map(|m| (*m, &gen_s, "dut0")));
+    for (ip, mac, dev) in hops {
         dut.ip(&[
             "neigh",
             "replace",
-            m,
+            ip,
             "lladdr",
-            &gen_mac.to_string(),
+            mac,
             "dev",
-            "dut0",
+            dev,
             "nud",
             "permanent",
         ])?;

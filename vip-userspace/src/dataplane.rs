@@ -598,9 +598,9 @@ impl Dataplane {
         }
         // A takeover of many VIPs: the program reads the hash map for them from the
         // moment it has the new entries, while the index catches up.
-        let bypass: Vec<u32> = indexed.iter().map(|(a, _)| *a).collect();
-        if bypass.len() > BYPASS_FROM {
-            self.index.bypass(&mut self.index_store, &bypass);
+        if indexed.len() > BYPASS_FROM {
+            let addrs: Vec<u32> = indexed.iter().map(|(a, _)| *a).collect();
+            self.index.bypass(&mut self.index_store, &addrs);
         }
         use aya::maps::IterableMap as _;
         for (map, name, keys, values, width) in [

@@ -133,11 +133,8 @@ impl Index {
                 .entry(slot)
                 .and_modify(|o| o.add(e.addr))
                 .or_insert(Occupants::One(e.addr));
-            let value = match o {
-                Occupants::One(_) => index::pack(e.addr, i + 1),
-                Occupants::Many(_) => index::pack(0, index::COLLIDED),
-            };
-            store.write_slot(slot, value);
+            // Its entry is `i`: no lookup in `at`.
+            store.write_slot(slot, o.value(|_| Some(i)));
         }
         Ok(())
     }
@@ -145,7 +142,7 @@ impl Index {
     /// Points the VIPs' slots at the hash map for a while (they read "collided"), so
     /// that a large batch takes effect as soon as `VIPS_V4` has it: the entries and
     /// slots written next, by [`Index::set`], cost about as much again.
-    pub fn bypass(&mut self, store: &mut impl Store, addrs: &[u32]) {
+    pub fn bypass(&self, store: &mut impl Store, addrs: &[u32]) {
         for a in addrs {
             store.write_slot(index::slot(*a, self.shift), index::pack(0, index::COLLIDED));
         }
@@ -168,11 +165,11 @@ impl Index {
 
     /// What the slot must hold now.
     pub fn slot_value(&self, slot: u32) -> u64 {
-        match self.by_slot.get(&slot) {
-            None => index::pack(0, index::EMPTY),
-            Some(Occupants::One(one)) => index::pack(*one, self.at[one] + 1),
-            Some(Occupants::Many(_)) => index::pack(0, index::COLLIDED),
-        }
+        self.by_slot
+            .get(&slot)
+            .map_or(index::pack(0, index::EMPTY), |o| {
+                o.value(|a| self.at.get(&a).copied())
+            })
     }
 
     /// VIPs that share their slot with another (these take the hash map's path).
@@ -188,6 +185,18 @@ impl Index {
 }
 
 impl Occupants {
+    /// The slot's word, given where a VIP's entry is (None: it has none, and the
+    /// program must read the hash map).
+    fn value(&self, entry_of: impl FnOnce(u32) -> Option<u32>) -> u64 {
+        match self {
+            Occupants::One(one) => match entry_of(*one) {
+                Some(i) => index::pack(*one, i + 1),
+                None => index::pack(0, index::COLLIDED),
+            },
+            Occupants::Many(_) => index::pack(0, index::COLLIDED),
+        }
+    }
+
     /// Adds a VIP (present already: nothing changes).
     fn add(&mut self, addr: u32) {
         match self {
@@ -207,17 +216,15 @@ impl Occupants {
             Occupants::One(a) => *a == addr,
             Occupants::Many(v) => {
                 v.retain(|a| *a != addr);
-                if let [one] = v.as_slice() {
-                    *self = Occupants::One(*one);
+                match v.as_slice() {
+                    [] => return true,
+                    [one] => *self = Occupants::One(*one),
+                    _ => {}
                 }
-                v_is_empty(self)
+                false
             }
         }
     }
-}
-
-fn v_is_empty(o: &Occupants) -> bool {
-    matches!(o, Occupants::Many(v) if v.is_empty())
 }
 
 /// The kernel side: the slot array mmapped (stores are atomic), the entries written

@@ -232,7 +232,11 @@ impl Dataplane {
             source,
         })?;
         // An adopted data plane's VIPs: indexed before this program is attached.
-        let existing: Vec<(u32, VipEntry)> = vips_v4.iter().filter_map(|r| r.ok()).collect();
+        // Every one, or none: a VIP left out would read as absent.
+        let existing: Vec<(u32, VipEntry)> = vips_v4
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(maps::VIPS_V4))?;
         index
             .set(&mut index_store, &existing)
             .map_err(|source| DataplaneError::MapIo {

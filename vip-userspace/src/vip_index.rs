@@ -121,7 +121,22 @@ impl Index {
                 )
             })
             .collect();
-        store.write_entries(&batch)?;
+        if let Err(e) = store.write_entries(&batch) {
+            // `VIPS_V4` has them already: their slots send the program there (a VIP
+            // with no entry reads "collided") until they are set again.
+            for (addr, _) in items {
+                if let Some(old) = self.at.remove(addr) {
+                    self.free.push_back(old);
+                }
+                let slot = index::slot(*addr, self.shift);
+                self.by_slot
+                    .entry(slot)
+                    .and_modify(|o| o.add(*addr))
+                    .or_insert(Occupants::One(*addr));
+                store.write_slot(slot, self.slot_value(slot));
+            }
+            return Err(e);
+        }
         for (i, e) in batch {
             self.free.pop_front();
             if let Some(old) = self.at.insert(e.addr, i) {
@@ -409,6 +424,48 @@ mod tests {
             check(&ix, &m, &truth);
         }
         assert_eq!(ix.collided(), 0);
+    }
+
+    /// A store whose entry writes fail (the syscall refused).
+    #[derive(Default)]
+    struct Failing(Mem);
+
+    impl Store for Failing {
+        fn write_entries(&mut self, _: &[(u32, IndexedEntry)]) -> std::io::Result<()> {
+            Err(std::io::Error::other("refused"))
+        }
+        fn write_slot(&mut self, slot: u32, value: u64) {
+            self.0.write_slot(slot, value);
+        }
+    }
+
+    #[test]
+    fn a_failed_entry_write_sends_the_program_to_the_hash_map() {
+        let mut ix = Index::new(16);
+        let mut m = Mem::default();
+        let a = u32::from_ne_bytes([10, 0, 0, 1]);
+        ix.set(&mut m, &[(a, entry(1))]).unwrap();
+        // The update fails: the old entry must not stay visible, nor may the VIP
+        // read as absent; the hash map (which has the new entry) answers.
+        let mut f = Failing(m);
+        assert!(ix.set(&mut f, &[(a, entry(2))]).is_err());
+        assert_eq!(read(&f.0, ix.shift(), a), None);
+        // A new VIP whose write fails is not "absent" either, nor made so by a
+        // neighbour set later in its slot.
+        let b = u32::from_ne_bytes([10, 0, 0, 2]);
+        assert!(ix.set(&mut f, &[(b, entry(3))]).is_err());
+        assert_eq!(read(&f.0, ix.shift(), b), None);
+        let mut m = f.0;
+        let shift = ix.shift();
+        let twin = (3..=255u8)
+            .map(|l| u32::from_ne_bytes([10, 0, 0, l]))
+            .find(|x| index::slot(*x, shift) == index::slot(b, shift))
+            .unwrap();
+        ix.set(&mut m, &[(twin, entry(4))]).unwrap();
+        assert_eq!(read(&m, shift, b), None);
+        // Set again successfully: back in the index.
+        ix.set(&mut m, &[(a, entry(5)), (b, entry(6))]).unwrap();
+        assert_eq!(read(&m, shift, a), Some(Some(entry(5))));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use lab::{privileged, Netns};
 use vip::{
     dataplane::{action_name, Dataplane},
     frames::{self, ARP_REPLY},
-    host::monotonic_ns,
+    host::boottime_ns,
     mac::Mac,
 };
 use vip_common::{action, flags, VipEntry};
@@ -102,8 +102,8 @@ fn run_table(_ns: &Netns) {
     expired.flags = flags::LEASED;
     dp.set_vip(IpAddr::V4(LEASED4), &leased).unwrap();
     dp.set_vip(IpAddr::V4(EXPIRED4), &expired).unwrap();
-    dp.set_lease(1, monotonic_ns() + 60_000_000_000).unwrap();
-    dp.set_lease(2, monotonic_ns().saturating_sub(1)).unwrap();
+    dp.grant_lease(1, boottime_ns() + 60_000_000_000).unwrap();
+    dp.grant_lease(2, boottime_ns().saturating_sub(1)).unwrap();
     dp.set_vip(IpAddr::V6(local6), &entry(action::LOCAL, 5, 0))
         .unwrap();
     dp.set_vip(IpAddr::V6(fwd6), &entry(action::FORWARD, 6, 0))
@@ -403,8 +403,8 @@ fn run_echo() {
     expired.flags = flags::LEASED;
     dp.set_vip(IpAddr::V4(LEASED4), &leased).unwrap();
     dp.set_vip(IpAddr::V4(EXPIRED4), &expired).unwrap();
-    dp.set_lease(1, monotonic_ns() + 60_000_000_000).unwrap();
-    dp.set_lease(2, monotonic_ns().saturating_sub(1)).unwrap();
+    dp.grant_lease(1, boottime_ns() + 60_000_000_000).unwrap();
+    dp.grant_lease(2, boottime_ns().saturating_sub(1)).unwrap();
     dp.set_vip(IpAddr::V6(local6), &entry(action::LOCAL, 5, 0))
         .unwrap();
     let mut seen = dp.echo_seen().unwrap();

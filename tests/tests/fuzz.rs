@@ -22,7 +22,7 @@ use lab::{privileged, Netns};
 use vip::{
     dataplane::{action_name, Dataplane},
     frames,
-    host::monotonic_ns,
+    host::boottime_ns,
     mac::Mac,
 };
 use vip_common::{action, flags, rng::XorShift64 as Rng, VipEntry};
@@ -344,8 +344,8 @@ fn data_plane_matches_its_model_on_100k_frames() {
         t.v6.insert(v6("2001:db8::50"), (entry(action::LOCAL, 6, 0, 0), true));
         t.v6.insert(v6("2001:db8::52"), (entry(action::FORWARD, 7, 0, 0), true));
         t.v6.insert(v6("2001:db8::51"), (entry(action::REDIRECT, 8, 0, svc), true));
-        dp.set_lease(1, monotonic_ns() + 600_000_000_000).unwrap();
-        dp.set_lease(2, 1).unwrap();
+        dp.grant_lease(1, boottime_ns() + 600_000_000_000).unwrap();
+        dp.grant_lease(2, 1).unwrap();
         for (ip, (e, _)) in &t.v4 {
             dp.set_vip(IpAddr::V4(*ip), e).unwrap();
         }

@@ -73,7 +73,20 @@ fn hitless_restart_loses_nothing_and_cleanup_uninstalls() {
     );
     drop(a);
     let a = Agent::start(&lan.host("a").ns, "a", &cfg_a).unwrap();
-    assert_eq!(state(&a), "active");
+    // It listens for the current owner before it renews the lease it found (the
+    // data plane serves on it meanwhile), then takes the VIPs back.
+    let first = a.status().unwrap()["groups"][0].clone();
+    assert_eq!(first["state"], "standby", "{first}");
+    assert!(
+        first["reason"]
+            .as_str()
+            .unwrap()
+            .contains("listening for the current owner"),
+        "{first}"
+    );
+    assert!(wait_for(Duration::from_secs(5), || (state(&a) == "active")
+        .then_some(()))
+    .is_some());
     assert!(a.status().unwrap()["groups"][0]["reason"]
         .as_str()
         .unwrap()

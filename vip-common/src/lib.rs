@@ -18,6 +18,8 @@ pub mod globals {
     pub const ECHO_PORT: &str = "ECHO_PORT";
     pub const BALANCE_ENABLED: &str = "BALANCE_ENABLED";
     pub const VIP_INDEX_SHIFT: &str = "VIP_INDEX_SHIFT";
+    /// See [`crate::lease::Request::key`].
+    pub const LEASE_KEY: &str = "LEASE_KEY";
 }
 
 /// Map names, as the loader finds them in the object file.
@@ -59,6 +61,57 @@ pub mod programs {
     /// own object (`vip-bench`), which only the benchmarks load.
     pub const BENCH_TX: &str = "vip_bench_tx";
     pub const BENCH_SINK: &str = "vip_bench_sink";
+    /// Extends a group's lease only while it is still valid (see [`lease`]); run by the
+    /// agent with BPF_PROG_TEST_RUN, never attached to an interface.
+    pub const LEASE: &str = "vip_lease";
+}
+
+/// The data-plane lease of an elected group: a deadline in `LEASES` (CLOCK_BOOTTIME ns,
+/// `bpf_ktime_get_boot_ns()`), after which the group's leased entries neither answer
+/// ARP/NS and echo probes nor steer traffic. Boot time, not monotonic time: it goes on
+/// counting while the host is suspended, so a host that wakes up finds its lease run
+/// out instead of answering for a VIP that a standby took meanwhile.
+///
+/// The agent grants a lease (a plain map write) only when its election decided to take
+/// the VIPs. It *extends* one through the `vip_lease` program, which compares the
+/// deadline with the kernel's clock and writes the new one in the same program run: a
+/// lease that has run out is never extended, however long the agent was stopped between
+/// deciding to renew and the write (a userspace check-then-write could resurrect it).
+///
+/// The program's input is one [`Request`]; it writes the deadline it found and the
+/// kernel's time back into it and answers with one of the outcome codes.
+pub mod lease {
+    /// [`Request::magic`]: anything else is not a lease request.
+    pub const MAGIC: u32 = 0x5649_504c; // "VIPL"
+    /// The deadline was `expect` and had not passed: it is now `deadline`.
+    pub const EXTENDED: u32 = crate::xdp::XDP_PASS;
+    /// The deadline had passed (or was 0: revoked): nothing written.
+    pub const EXPIRED: u32 = crate::xdp::XDP_DROP;
+    /// The deadline was not `expect` (someone else wrote it): nothing written.
+    pub const CHANGED: u32 = crate::xdp::XDP_TX;
+    /// Not a request (wrong magic, key or size, group out of range): nothing written.
+    pub const REFUSED: u32 = crate::xdp::XDP_ABORTED;
+
+    /// A lease extension, as the packet data of a BPF_PROG_TEST_RUN of `vip_lease`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct Request {
+        pub magic: u32,
+        /// Index into `LEASES`.
+        pub group: u32,
+        /// Must equal the program's `LEASE_KEY` global (random per load): a frame that
+        /// reached the program any other way than from its loader is not a request.
+        pub key: u64,
+        /// The deadline the agent believes is in force.
+        pub expect: u64,
+        /// The new deadline.
+        pub deadline: u64,
+        /// Written back: the deadline the program found.
+        pub found: u64,
+        /// Written back: the kernel's boot time when it looked.
+        pub now: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<Request>() == 48);
 }
 
 /// EtherTypes, in host order: compare with `u16::from_be_bytes` of the wire field.

@@ -37,7 +37,10 @@ pub fn handle(ctx: &XdpContext, frame: &Frame, family: Family, l4: usize) -> Res
     let udp: *mut UdpHdr = ptr_at(ctx, l4)?;
     // SAFETY: bounds checked by ptr_at.
     let udp = unsafe { &mut *udp };
-    let (sport, dport) = (u16::from_be_bytes(udp.src) as u32, u16::from_be_bytes(udp.dst) as u32);
+    let (sport, dport) = (
+        u16::from_be_bytes(udp.src) as u32,
+        u16::from_be_bytes(udp.dst) as u32,
+    );
     if sport != port && dport != port {
         return Ok(XDP_PASS);
     }
@@ -73,7 +76,12 @@ pub fn handle(ctx: &XdpContext, frame: &Frame, family: Family, l4: usize) -> Res
 fn serving(frame: &Frame, body: &[u8; echo::LEN]) -> bool {
     let at = echo::OFF_VIP;
     let entry = match body[echo::OFF_FAMILY] {
-        4 => maps::vip_v4(u32::from_ne_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]])),
+        4 => maps::vip_v4(u32::from_ne_bytes([
+            body[at],
+            body[at + 1],
+            body[at + 2],
+            body[at + 3],
+        ])),
         6 => {
             let mut vip = [0u8; 16];
             vip.copy_from_slice(&body[at..at + 16]);
@@ -87,7 +95,12 @@ fn serving(frame: &Frame, body: &[u8; echo::LEN]) -> bool {
 
 /// Sends the probe back where it came from, as a reply.
 #[inline(always)]
-fn reflect(ctx: &XdpContext, family: Family, udp: &mut UdpHdr, body: &mut [u8; echo::LEN]) -> Result<(), Error> {
+fn reflect(
+    ctx: &XdpContext,
+    family: Family,
+    udp: &mut UdpHdr,
+    body: &mut [u8; echo::LEN],
+) -> Result<(), Error> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     let eth = unsafe { &mut *eth };

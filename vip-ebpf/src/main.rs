@@ -15,6 +15,7 @@ mod eip;
 mod handover;
 mod ipv4;
 mod ipv6;
+mod lease;
 mod maps;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -100,6 +101,13 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
 #[xdp]
 pub fn vip_xdp_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// Extends a group's lease only while it is still valid (`lease`). Never attached:
+/// the agent runs it with BPF_PROG_TEST_RUN.
+#[xdp]
+pub fn vip_lease(ctx: XdpContext) -> u32 {
+    lease::extend(&ctx).unwrap_or(vip_common::lease::REFUSED)
 }
 
 #[cfg(not(test))]

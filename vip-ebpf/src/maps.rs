@@ -2,16 +2,16 @@
 //! IPv4 and IPv6 data paths.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use vip_common::{
-    action, flags, global,
+    action, balance, flags, global, index,
     xdp::{XDP_PASS, XDP_TX},
-    balance, index, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, FlowKey,
-    FlowKeyV4, FlowValue, IndexedEntry, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
+    BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, FlowKey, FlowKeyV4,
+    FlowValue, IndexedEntry, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
     MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
@@ -48,8 +48,10 @@ pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(DEFA
 #[map]
 pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::COUNT, 0);
 
-/// Per-group lease: bpf_ktime_get_ns() deadline after which leased entries are inert.
-/// A u64 array value is written atomically, so renewing never tears.
+/// Per-group lease (`vip_common::lease`): a `bpf_ktime_get_boot_ns()` deadline after
+/// which leased entries are inert; 0 is no lease. A u64 array value is written
+/// atomically, so a renewal never tears. Written by the agent (a grant, a revocation)
+/// and by `vip_lease` (an extension, only while the lease still runs).
 #[map]
 pub static LEASES: Array<u64> = Array::with_max_entries(MAX_GROUPS, 0);
 
@@ -130,6 +132,15 @@ static BALANCE_ENABLED: u32 = 0;
 /// 32 - log2 of the index's slot count (`vip_common::index::bits`).
 #[unsafe(no_mangle)]
 static VIP_INDEX_SHIFT: u32 = 32 - 6;
+/// Random per load; a lease request must carry it (`vip_common::lease::Request::key`).
+#[unsafe(no_mangle)]
+static LEASE_KEY: u64 = 0;
+
+#[inline(always)]
+pub fn lease_key() -> u64 {
+    // SAFETY: a read-only global the loader patches; volatile keeps the load.
+    unsafe { core::ptr::read_volatile(&LEASE_KEY) }
+}
 
 /// The entry of an IPv4 VIP (`dst`: network order as a native-endian u32). The
 /// index answers most lookups from two array reads, which the verifier inlines; a
@@ -203,7 +214,7 @@ pub fn lease_expired(entry: &VipEntry) -> bool {
     }
     match LEASES.get(entry.group_index) {
         // SAFETY: a helper without side effects.
-        Some(deadline) => (unsafe { bpf_ktime_get_ns() }) > *deadline,
+        Some(deadline) => (unsafe { bpf_ktime_get_boot_ns() }) >= *deadline,
         None => true,
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!  0..4   magic "VIPA"          4   version (2; 1 is still read)
-//!  5      kind (1 advert, 2 release, 3 hold, 4 hello, 5 member)
-//!  6      priority (0..=255)    7   flags (bit 0: HMAC follows)
+//!  5      kind (1 advert, 2 release, 3 hold, 4 hello, 5 standby, 6 claim)
+//!  6      priority (0..=255)    7   flags (bit 0: HMAC follows; bit 1: the sender
+//!                                   releases the VIPs when a better peer claims them)
 //!  8..10  advert interval, ms  10..12 hold, ms (kind 3)  12..18 sender MAC
 //! 18      address family (4/6) 19   group name length n (1..=64)
 //! 20..36  sender's primary address (IPv4 in the first 4 bytes)
@@ -40,6 +41,7 @@ const HEADER: usize = 52;
 const TAG: usize = 32;
 pub const MAX_NAME: usize = 64;
 const FLAG_HMAC: u8 = 1;
+const FLAG_HANDOVER: u8 = 2;
 
 /// What an advertisement says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +55,16 @@ pub enum Kind {
     /// "I am starting and listening, with this priority": a starting standby that
     /// hears a better candidate lets it claim the VIPs first (version 2 only).
     Hello,
-    /// "I am a healthy member" (a balanced group's standby, every interval): the
-    /// active director spreads flows over the members it hears (version 2 only).
-    Member,
+    /// "I am a standby, with this priority" (every interval, from every healthy
+    /// standby): standbys learn which of them is the best one alive, which then takes
+    /// over without a skew; in a balanced group it also says "I am a healthy member",
+    /// and the director spreads flows over the members it hears (version 2 only).
+    Standby,
+    /// "I am better than you and want the VIPs: release them to me" (a preemption, or
+    /// `vip promote`, sent to every peer every interval until the active releases).
+    /// An active that hears a better claim stops answering first, then releases, so
+    /// the claimant never answers while it does (version 2 only).
+    Claim,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +79,9 @@ pub struct Advert {
     /// The sender's epoch (random per start); 0 for a version-1 sender.
     pub epoch: u64,
     pub group: String,
+    /// The sender answers a [`Kind::Claim`] with a release (flag bit 1). A peer
+    /// without it (an older vip) is preempted the old way: by taking over.
+    pub handover: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,10 +141,15 @@ impl Advert {
             Kind::Release => 2,
             Kind::Hold => 3,
             Kind::Hello => 4,
-            Kind::Member => 5,
+            Kind::Standby => 5,
+            Kind::Claim => 6,
         });
         b.push(self.priority);
-        b.push(if key.is_some() { FLAG_HMAC } else { 0 });
+        let mut flags = if key.is_some() { FLAG_HMAC } else { 0 };
+        if self.handover {
+            flags |= FLAG_HANDOVER;
+        }
+        b.push(flags);
         b.extend_from_slice(&self.interval_ms.to_be_bytes());
         b.extend_from_slice(&self.hold_ms.to_be_bytes());
         b.extend_from_slice(&self.mac.0);
@@ -191,7 +208,8 @@ impl Advert {
             2 => Kind::Release,
             3 => Kind::Hold,
             4 if header == HEADER => Kind::Hello,
-            5 if header == HEADER => Kind::Member,
+            5 if header == HEADER => Kind::Standby,
+            6 if header == HEADER => Kind::Claim,
             k => return Err(DecodeError::BadKind(k)),
         };
         let signed = b[7] & FLAG_HMAC != 0;
@@ -243,6 +261,7 @@ impl Advert {
             seq: be64(36),
             epoch: if header == HEADER { be64(44) } else { 0 },
             group: group.to_string(),
+            handover: b[7] & FLAG_HANDOVER != 0,
         })
     }
 }
@@ -345,6 +364,7 @@ mod tests {
             seq: 42,
             epoch: 0x1234_5678_9abc_def0,
             group: "web".into(),
+            handover: true,
         }
     }
 

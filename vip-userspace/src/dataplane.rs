@@ -65,6 +65,8 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the lease program refused the request (code {0}): this agent's program and its maps do not match")]
+    LeaseRefused(u32),
     #[error("BPF map {map}: {source}")]
     MapIo {
         map: &'static str,
@@ -113,6 +115,19 @@ pub struct Dataplane {
     adopted: bool,
     /// The mode of the main attachment and why (see [`Dataplane::attach_chosen`]).
     xdp: Option<Choice>,
+    /// The `LEASE_KEY` this load's `vip_lease` program expects.
+    lease_key: u64,
+}
+
+/// What `vip_lease` answered to an extension (see `vip_common::lease`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// The lease ran and now runs until the new deadline.
+    Extended,
+    /// The lease had run out at `found` (0: revoked); the kernel's time was `now`.
+    Expired { found: u64, now: u64 },
+    /// The lease was not the one expected (`found`): nothing was written.
+    Changed { found: u64 },
 }
 
 /// Batches larger than this go through the hash map while the index catches up
@@ -183,6 +198,7 @@ impl Dataplane {
         use aya::maps::IterableMap as _;
         let mut index = Index::new(max_vips);
         let shift = index.shift();
+        let lease_key = crate::advert::new_epoch();
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::VIP_IFINDEX, &settings.vip_ifindex, true)
@@ -190,6 +206,7 @@ impl Dataplane {
             .override_global(globals::ECHO_PORT, &settings.echo_port, true)
             .override_global(globals::BALANCE_ENABLED, &settings.balance_enabled, true)
             .override_global(globals::VIP_INDEX_SHIFT, &shift, true)
+            .override_global(globals::LEASE_KEY, &lease_key, true)
             .map_max_entries(maps::VIP_INDEX_V4, Index::slots(max_vips))
             .map_max_entries(maps::VIP_ENTRIES_V4, vip_common::index::entries(max_vips))
             .map_max_entries(maps::VIPS_V4, max_vips)
@@ -207,7 +224,7 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in [programs::VIP, programs::PASS] {
+        for name in [programs::VIP, programs::PASS, programs::LEASE] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing("XDP program"))?
@@ -295,6 +312,7 @@ impl Dataplane {
             pinned_link: None,
             adopted,
             xdp: None,
+            lease_key,
         })
     }
 
@@ -404,7 +422,7 @@ impl Dataplane {
     }
 
     fn program_named(&self, name: &str) -> &Xdp {
-        // Both programs were found and loaded in `load`.
+        // Every program named here was found and loaded in `open`.
         self.ebpf
             .program(name)
             .and_then(|p| <&Xdp>::try_from(p).ok())
@@ -694,12 +712,58 @@ impl Dataplane {
         self.reader()?.global_stats()
     }
 
-    /// Sets a group's lease deadline (CLOCK_MONOTONIC ns). One 8-byte array write:
-    /// the data plane never sees a torn value.
-    pub fn set_lease(&mut self, group: u32, deadline_ns: u64) -> Result<()> {
+    /// Grants a group a lease until `deadline_ns` (CLOCK_BOOTTIME, `host::boottime_ns`),
+    /// whatever it held: only for a decision to take the VIPs (or to forward, which
+    /// never answers for them). One 8-byte array write: never torn.
+    pub fn grant_lease(&mut self, group: u32, deadline_ns: u64) -> Result<()> {
         self.leases
             .set(group, deadline_ns, 0)
             .map_err(map_err(maps::LEASES))
+    }
+
+    /// Ends a group's lease now: its leased entries stop answering at once.
+    pub fn revoke_lease(&mut self, group: u32) -> Result<()> {
+        self.grant_lease(group, 0)
+    }
+
+    /// The deadline in force for a group (0: none).
+    pub fn lease(&self, group: u32) -> Result<u64> {
+        self.leases.get(&group, 0).map_err(map_err(maps::LEASES))
+    }
+
+    /// Extends a group's lease from `expect` to `deadline_ns`, only if `expect` is
+    /// what is in force and has not run out: the kernel checks and writes in one run
+    /// of `vip_lease` (see `vip_common::lease`).
+    pub fn extend_lease(&mut self, group: u32, expect: u64, deadline_ns: u64) -> Result<Extension> {
+        use vip_common::lease;
+        let req = lease::Request {
+            magic: lease::MAGIC,
+            group,
+            key: self.lease_key,
+            expect,
+            deadline: deadline_ns,
+            found: 0,
+            now: 0,
+        };
+        // SAFETY: Request is repr(C), Copy, with no padding (size asserted).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&req as *const lease::Request).cast::<u8>(),
+                std::mem::size_of::<lease::Request>(),
+            )
+        };
+        let out = run(self.program_named(programs::LEASE), bytes, 1)?;
+        let back = (out.frame.len() == bytes.len()).then(|| {
+            // SAFETY: the program wrote a Request's worth of bytes; read unaligned.
+            unsafe { std::ptr::read_unaligned(out.frame.as_ptr().cast::<lease::Request>()) }
+        });
+        let (found, now) = back.map(|r| (r.found, r.now)).unwrap_or((0, 0));
+        match out.action {
+            lease::EXTENDED => Ok(Extension::Extended),
+            lease::EXPIRED => Ok(Extension::Expired { found, now }),
+            lease::CHANGED => Ok(Extension::Changed { found }),
+            code => Err(DataplaneError::LeaseRefused(code)),
+        }
     }
 
     /// Makes `ifindex` a redirect target.

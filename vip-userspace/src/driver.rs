@@ -65,15 +65,17 @@ impl Driver {
         }
     }
 
-    /// The first actions of a group. `was_active`: an adopted data plane served it.
+    /// The first actions of a group. `was_active`: an adopted data plane served it
+    /// (for an elected group: with a lease that still runs).
     pub fn start(&mut self, was_active: bool, now: Instant) -> Vec<Action> {
         match self {
             Driver::Elected(e) if was_active => {
-                // A restart: the predecessor was active and asked the peers to hold.
-                let mut out = vec![Action::TakeOver {
-                    reason: Reason::Adopted,
+                // A restart: the data plane keeps serving on the lease it has, which
+                // we do not renew before the election has listened for the owner.
+                let mut out = vec![Action::Listen {
+                    reason: Reason::Resuming,
                 }];
-                out.extend(e.start_active(now));
+                out.extend(e.start_adopted(now));
                 out
             }
             Driver::Elected(e) => {

@@ -78,6 +78,10 @@ struct Shared {
     targets: Mutex<Vec<Target>>,
     generation: AtomicU64,
     stats: Mutex<HashMap<String, Stats>>,
+    /// CLOCK_MONOTONIC ns of each group's last reply, published as it is seen (the
+    /// stats only every 50 ms): the loop's election asks it before it takes advert
+    /// silence for a failure.
+    answered: Mutex<HashMap<String, u64>>,
     realtime: std::sync::atomic::AtomicBool,
 }
 
@@ -110,6 +114,7 @@ impl Prober {
             targets: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             stats: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
             realtime: std::sync::atomic::AtomicBool::new(false),
         });
         let sockets = Sockets::open()?;
@@ -132,6 +137,11 @@ impl Prober {
 
     pub fn stats(&self, group: &str) -> Option<Stats> {
         self.shared.stats.lock().ok()?.get(group).cloned()
+    }
+
+    /// When the group's current target last answered a probe (CLOCK_MONOTONIC ns).
+    pub fn last_answer_ns(&self, group: &str) -> Option<u64> {
+        self.shared.answered.lock().ok()?.get(group).copied()
     }
 
     /// True when the thread runs at a real-time priority (SCHED_FIFO).
@@ -235,6 +245,14 @@ fn run(
             let targets = shared.targets.lock().map(|t| t.clone()).unwrap_or_default();
             let totals = shared.stats.lock().map(|s| s.clone()).unwrap_or_default();
             probes = retarget(std::mem::take(&mut probes), targets, &totals, &mut seen);
+            // A new target has answered nothing yet.
+            if let Ok(mut a) = shared.answered.lock() {
+                a.retain(|g, _| {
+                    probes
+                        .iter()
+                        .any(|p| &p.target.group == g && p.answered > 0)
+                });
+            }
             publish(&shared, &probes);
         }
         if probes.is_empty() {
@@ -251,6 +269,9 @@ fn run(
                 if s.token == p.token && s.seq > p.answered {
                     p.answered = s.seq;
                     p.progress_ns = now;
+                    if let Ok(mut a) = shared.answered.lock() {
+                        a.insert(p.target.group.clone(), now);
+                    }
                     // Answering again (the loop kept us standby): watch afresh.
                     p.lost = false;
                     p.stats.state = "armed";

@@ -2,18 +2,34 @@
 //! advertisements, with no I/O and no clock of its own (time comes in as an argument),
 //! so every rule is unit-tested.
 //!
-//! * The active node advertises every interval. A standby takes over when it has heard
-//!   nothing for 3 intervals plus a skew that is shorter for higher priorities, so the
-//!   best standby wins without a vote storm; on a release (planned handover) it waits
-//!   for the skew only. The skew is a quarter of VRRP's (see `skew`).
+//! * The active node advertises every interval; every healthy standby says so every
+//!   interval too ([`Kind::Standby`], with its priority), so the standbys know which of
+//!   them is the best one alive.
+//! * A standby takes over when it has heard nothing from the active for 3 of the
+//!   active's intervals plus a skew, when the active's data plane stops answering its
+//!   echo probes (after the echo skew), or at once after a release. The best standby
+//!   alive has no skew at all; the others keep theirs (shorter for higher priorities,
+//!   see [`Election::skew`] and [`Params::echo_skew_for`]), so the best wins without
+//!   a vote storm and a lower one only goes when the better one did not. While the
+//!   active's data plane answers our probes, advertisement silence alone never makes
+//!   us take over: the active still answers for the VIPs, so taking them would make
+//!   two owners (its adverts are what is lost, say in a flood).
 //! * A standby with a higher priority than the active preempts it (after
-//!   `preempt_delay`), unless `preempt = false`.
+//!   `preempt_delay`), unless `preempt = false`, by a *claim*: the active stops
+//!   answering, releases, and only then does the claimant take over, so the two never
+//!   answer at once. An active that does not say it understands claims (an older vip)
+//!   is preempted the old way, by taking over.
 //! * Two actives (a healed partition): the lower (priority, address) yields at once,
 //!   the winner re-announces.
-//! * A planned handover (demote, SIGTERM, being preempted) keeps serving until the new
-//!   active is heard, then hands its stale-cache traffic to the new active's MAC.
+//! * A planned handover (demote, SIGTERM, a claim) stops answering first
+//!   ([`Action::Quiesce`]), then releases; when the new active is heard, it hands its
+//!   stale-cache traffic to the new active's MAC.
+//! * A node whose data-plane lease ran out (its agent was stopped past it) or whose
+//!   link went down is no longer the owner: it goes back to listening, as a starting
+//!   node does, and claims the VIPs again only through the election.
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -22,27 +38,8 @@ use crate::{
     advert::{Advert, Kind},
     mac::Mac,
     reason::Reason,
+    state::{Pin, State},
 };
-
-/// A group's state, VRRP-style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Init,
-    Standby,
-    Active,
-    Fault,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Init => "init",
-            State::Standby => "standby",
-            State::Active => "active",
-            State::Fault => "fault",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -53,16 +50,20 @@ pub struct Params {
     /// Our primary address: identity and tie-breaker.
     pub me: IpAddr,
     /// After the active's data plane stops answering probes, how long to wait before
-    /// taking over: zero with a single peer, else shorter for higher priorities (see
-    /// `Params::echo_skew_for`), so that of several standbys the best goes first.
+    /// taking over when a better standby is alive: zero with a single peer, else
+    /// shorter for higher priorities (see `Params::echo_skew_for`).
     pub echo_skew: Duration,
+    /// How recent an echo reply proves the active's data plane still answers: the
+    /// echo's detection time (`echo_interval * echo_misses`); zero without the echo.
+    pub echo_window: Duration,
 }
 
 impl Params {
     /// The echo's priority skew: an echo interval per 24 priority points below 256
     /// (priority 100: 6.5 intervals, 150: 4.4, 200: 2.3). Two standbys 50 points
     /// apart are then two intervals apart, more than the interval by which their
-    /// probes' phases (hence their detections) can differ.
+    /// probes' phases (hence their detections) can differ. The best standby alive
+    /// does not wait it (see `Election::best_standby`).
     pub fn echo_skew_for(priority: u8, echo_interval: Duration, peers: usize) -> Duration {
         if peers <= 1 {
             return Duration::ZERO;
@@ -71,26 +72,22 @@ impl Params {
     }
 }
 
-/// An operator's override of the election.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pin {
-    None,
-    /// `vip promote`: active whatever the priorities (acts as priority 255).
-    Active,
-    /// `vip demote`: never takes over (acts as priority 0).
-    Standby,
-}
-
 /// What the election wants the agent to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Take the VIPs (entries, addresses, announcements).
+    /// Take the VIPs (lease, entries, addresses, announcements).
     TakeOver { reason: Reason },
     /// Give them up; hand stale-cache traffic to `forward_to` if known.
     StepDown {
         forward_to: Option<Mac>,
         reason: Reason,
     },
+    /// Stop answering for the VIPs now (the lease goes), but keep delivering what
+    /// arrives: the first step of a planned handover, before the release is sent.
+    Quiesce,
+    /// Standby, listening, with the data plane left as it is (a restarted agent that
+    /// adopted a serving one; the election decides after listening).
+    Listen { reason: Reason },
     /// Give them up because a health check failed.
     Fault { reason: Reason },
     /// Hold nothing and wait (a static active group before its first health results).
@@ -127,13 +124,31 @@ pub struct Peer {
     pub mac: Mac,
     pub priority: u8,
     pub last_seen: Instant,
+    /// Its advertisement interval: its silence is measured in its own intervals.
+    pub interval: Duration,
+    /// It releases the VIPs on a claim (see [`Kind::Claim`]).
+    pub handover: bool,
 }
+
+/// A standby (or a starting node) we heard, for knowing the best standby alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Presence {
+    priority: u8,
+    seen: Instant,
+}
+
+/// How many intervals a standby stays "alive" to the others after it was last heard:
+/// long enough that a live better standby is never missed (that would let two claim
+/// at once), short enough that a dead one soon stops costing us our skew.
+const PRESENCE_INTERVALS: u32 = 10;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub split_brains: u64,
+    /// Times our lease ran out while we were active (we were stopped past it).
+    pub leases_lost: u64,
 }
 
 #[derive(Debug)]
@@ -149,13 +164,30 @@ pub struct Election {
     /// Standby since start, no active heard yet: we say hello to the peers, and a
     /// better candidate's hello makes us wait for it.
     listening: bool,
+    /// Listening after adopting a data plane an earlier agent left serving: a takeover
+    /// at the end resumes it (reason `Adopted`).
+    resuming: bool,
     /// Standby: when we preempt a lower-priority active.
     preempt_at: Option<Instant>,
-    /// Active: when the next advertisement is due.
+    /// Standby: we claimed the VIPs from the active and wait for its release.
+    claiming: bool,
+    /// Active: when the next advertisement is due; standby: the next presence or hello.
     next_advert_at: Option<Instant>,
     /// Active, handing over: until when we wait for a new active before giving up.
     handover_until: Option<Instant>,
+    /// Active, handing over because this peer claimed the VIPs: if it does not take
+    /// them, we serve again.
+    claimed_by: Option<IpAddr>,
+    /// Active: when we last answered a hello (at most once an interval).
+    hello_answered_at: Option<Instant>,
     active: Option<Peer>,
+    /// Standby: a worse node that advertised itself active while we still heard a
+    /// better one (see `take_contender`).
+    contender: Option<Peer>,
+    /// The last time the active's data plane answered our echo.
+    echo_heard: Option<Instant>,
+    /// The standbys and starting nodes heard, by address.
+    standbys: HashMap<IpAddr, Presence>,
     /// Active after a planned handover (the active released the VIPs, or we
     /// preempted a live active): its MAC. It steps down towards us and, during its
     /// drain, still serves the connections its stack had accepted.
@@ -177,10 +209,17 @@ impl Election {
             master_down_at: None,
             down_cause: DownCause::Silent { since: None },
             listening: false,
+            resuming: false,
             preempt_at: None,
+            claiming: false,
             next_advert_at: None,
             handover_until: None,
+            claimed_by: None,
+            hello_answered_at: None,
             active: None,
+            contender: None,
+            echo_heard: None,
+            standbys: HashMap::new(),
             predecessor: None,
             forwarding: None,
             hold_until: None,
@@ -190,7 +229,7 @@ impl Election {
 
     /// Arms the takeover timer for silence starting now.
     fn arm_silence(&mut self, now: Instant) {
-        self.master_down_at = Some(now + self.master_down_interval());
+        self.master_down_at = Some(now + self.master_down_interval_at(now));
         self.down_cause = DownCause::Silent { since: Some(now) };
     }
 
@@ -239,6 +278,11 @@ impl Election {
         self.handover_until.is_some()
     }
 
+    /// True while we claimed the VIPs from the active and wait for its release.
+    pub fn claiming(&self) -> bool {
+        self.claiming
+    }
+
     /// The priority we advertise and compare with.
     pub fn effective_priority(&self) -> u8 {
         match self.pin {
@@ -248,19 +292,51 @@ impl Election {
         }
     }
 
+    /// No better standby (or starting node) was heard within `PRESENCE_INTERVALS`:
+    /// we go first, without a skew. The active itself does not count.
+    pub fn best_standby(&self, now: Instant) -> bool {
+        let ours = (self.effective_priority(), self.p.me);
+        let alive = self.p.interval * PRESENCE_INTERVALS;
+        let active = self.active.as_ref().map(|a| a.addr);
+        !self.standbys.iter().any(|(addr, s)| {
+            Some(*addr) != active
+                && now.saturating_duration_since(s.seen) <= alive
+                && (s.priority, *addr) > ours
+        })
+    }
+
     /// The priority-based part of the takeover delay: a quarter of VRRP's
     /// `(256 - priority) / 256` interval. It only has to order standbys (a LAN delivers
-    /// the winner's advert in microseconds; a rare tie is a split brain that heals
-    /// at the next advert, and the loser forwards meanwhile), and every bit of it is
-    /// outage when a single standby takes over.
+    /// the winner's advert in microseconds), and every bit of it is outage, so the
+    /// best standby alive does without it.
     fn skew(&self) -> Duration {
         let prio = self.effective_priority().max(1) as u32;
         self.p.interval * (256 - prio) / 1024
     }
 
-    /// How long a standby waits for an advertisement before taking over.
+    fn skew_at(&self, now: Instant) -> Duration {
+        if self.best_standby(now) {
+            Duration::ZERO
+        } else {
+            self.skew()
+        }
+    }
+
+    /// How long a standby waits for an advertisement before taking over (as things
+    /// stand when nothing else is known: with our skew).
     pub fn master_down_interval(&self) -> Duration {
-        self.p.interval * 3 + self.skew()
+        self.silence_limit() + self.skew()
+    }
+
+    /// 3 of the active's intervals (or ours, if longer or no active is known): its
+    /// lease never runs longer than that after its last advertisement.
+    fn silence_limit(&self) -> Duration {
+        let theirs = self.active.as_ref().map_or(Duration::ZERO, |a| a.interval);
+        self.p.interval.max(theirs) * 3
+    }
+
+    fn master_down_interval_at(&self, now: Instant) -> Duration {
+        self.silence_limit() + self.skew_at(now)
     }
 
     /// The next instant `tick` has something to do.
@@ -284,25 +360,73 @@ impl Election {
         }
     }
 
-    /// Resumes as active without an election: a restarted agent that found the data
-    /// plane serving (its predecessor was active and asked peers to hold).
-    pub fn start_active(&mut self, now: Instant) -> Vec<Action> {
-        self.state = State::Active;
-        self.master_down_at = None;
-        self.next_advert_at = Some(now + self.p.interval);
-        vec![self.send(Kind::Advert)]
-    }
-
     /// Leaves `init`: standby, listening for the active for a full detection time
     /// before it may claim the VIPs (VRRP's backup state). Meanwhile it says hello
     /// every interval, so that of two nodes started at once only the better one
     /// claims, whichever process happened to be ready first.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         self.state = State::Standby;
+        self.listen(now)
+    }
+
+    /// A restarted agent found its predecessor's data plane serving the group, with a
+    /// lease that still runs: it listens as a starting node does and renews nothing;
+    /// if no other active is heard in that time, it takes the VIPs again (`Adopted`),
+    /// else it gives them up to the one heard.
+    pub fn start_adopted(&mut self, now: Instant) -> Vec<Action> {
+        let out = self.start(now);
+        self.resuming = true;
+        out
+    }
+
+    fn listen(&mut self, now: Instant) -> Vec<Action> {
         self.arm_silence(now);
         self.listening = true;
         self.next_advert_at = Some(now + self.p.interval);
         vec![self.send(Kind::Hello)]
+    }
+
+    /// Our data-plane lease ran out while we were active (`stalled`: how long the agent
+    /// did not renew it), or our link went down: we are no longer the owner. Back to
+    /// listening, as a starting node, without a word to the peers (whatever we would
+    /// say comes after our silence; the one who took over tells us).
+    pub fn lost(&mut self, now: Instant, reason: Reason) -> Vec<Action> {
+        if !matches!(self.state, State::Active) {
+            return Vec::new();
+        }
+        if matches!(reason, Reason::LeaseExpired { .. }) {
+            self.counters.leases_lost += 1;
+        }
+        self.state = State::Standby;
+        self.handover_until = None;
+        self.claimed_by = None;
+        self.predecessor = None;
+        self.forwarding = None;
+        self.preempt_at = None;
+        self.claiming = false;
+        let mut out = vec![Action::StepDown {
+            forward_to: None,
+            reason,
+        }];
+        if self.healthy && self.pin != Pin::Standby {
+            out.extend(self.listen(now));
+        }
+        out
+    }
+
+    /// The echo prober saw the active's data plane answer (`crate::echo`) at `at`.
+    pub fn echo_answered(&mut self, peer: IpAddr, at: Instant) {
+        if self.active.as_ref().is_some_and(|a| a.addr == peer) {
+            self.echo_heard = Some(self.echo_heard.map_or(at, |t| t.max(at)));
+        }
+    }
+
+    /// True while the active's data plane answered our probes recently.
+    fn echo_alive(&self, now: Instant) -> bool {
+        !self.p.echo_window.is_zero()
+            && self
+                .echo_heard
+                .is_some_and(|t| now.saturating_duration_since(t) <= self.p.echo_window)
     }
 
     /// Advances time: adverts due, timers expired.
@@ -312,8 +436,13 @@ impl Election {
             State::Active => {
                 if let Some(until) = self.handover_until {
                     if now >= until {
-                        // Nobody took over: step down anyway (the operator asked us to).
                         self.handover_until = None;
+                        if let Some(by) = self.claimed_by.take() {
+                            // The claimant never took the VIPs: serve again.
+                            out.extend(self.take_over(now, Reason::ClaimUnanswered { by }));
+                            return out;
+                        }
+                        // Nobody took over: step down anyway (the operator asked us to).
                         out.extend(self.step_down(now, None, Reason::HandoverUnanswered));
                         return out;
                     }
@@ -330,36 +459,72 @@ impl Election {
             }
             State::Standby | State::Init => {
                 if let Some(a) = &self.active {
-                    // Stop forwarding to an active we no longer hear.
-                    if now.saturating_duration_since(a.last_seen) > self.p.interval * 3 {
+                    // Stop forwarding to an active we no longer hear, nor see serve.
+                    let silent = now.saturating_duration_since(a.last_seen) > self.silence_limit();
+                    if silent && !self.echo_alive(now) {
                         self.active = None;
+                        self.claiming = false;
                         out.extend(self.forward(None));
+                    }
+                }
+                if self.next_advert_at.is_some_and(|t| now >= t) {
+                    self.next_advert_at = Some(now + self.p.interval);
+                    if self.listening {
+                        if self.healthy && self.pin != Pin::Standby {
+                            out.push(self.send(Kind::Hello));
+                        }
+                    } else if self.healthy {
+                        out.push(self.send(Kind::Standby));
+                        if self.claiming {
+                            out.push(self.send(Kind::Claim));
+                        }
                     }
                 }
                 if !self.healthy || self.pin == Pin::Standby {
                     self.master_down_at = None;
                     self.preempt_at = None;
-                    self.listening = false;
-                    self.next_advert_at = None;
+                    self.claiming = false;
+                    if self.listening {
+                        self.listening = false;
+                        self.resuming = false;
+                        self.next_advert_at = Some(now + self.p.interval);
+                    }
                     return out;
                 }
-                if self.listening && self.next_advert_at.is_some_and(|t| now >= t) {
-                    out.push(self.send(Kind::Hello));
-                    self.next_advert_at = Some(now + self.p.interval);
-                }
                 if self.preempt_at.is_some_and(|t| now >= t) {
-                    let why = match &self.active {
-                        Some(a) => Reason::Preempt {
-                            active: a.addr,
-                            priority: a.priority,
-                        },
-                        None => Reason::Promoted,
-                    };
-                    // The active we preempt is alive: it yields and drains.
-                    let from = self.active.as_ref().map(|a| a.mac);
-                    out.extend(self.take_over(now, why));
-                    self.predecessor = from;
+                    self.preempt_at = None;
+                    match self.active.clone() {
+                        // The active releases when it hears our claim; we take over
+                        // on its release (see `receive`).
+                        Some(a) if a.handover => {
+                            self.claiming = true;
+                            out.push(self.send(Kind::Claim));
+                        }
+                        // An older vip: taking over is the only way.
+                        Some(a) => {
+                            let why = Reason::Preempt {
+                                active: a.addr,
+                                priority: a.priority,
+                            };
+                            out.extend(self.take_over(now, why));
+                            self.predecessor = Some(a.mac);
+                        }
+                        None => out.extend(self.take_over(now, Reason::Promoted)),
+                    }
                 } else if self.master_down_at.is_some_and(|t| now >= t) {
+                    let silence = matches!(self.down_cause, DownCause::Silent { .. });
+                    if silence && self.echo_alive(now) {
+                        // Its adverts are lost, not its data plane: it still answers
+                        // for the VIPs, so taking them would make two owners.
+                        self.arm_silence(now);
+                        return out;
+                    }
+                    if !matches!(self.down_cause, DownCause::Released { .. }) {
+                        if let Some(acts) = self.take_contender(now) {
+                            out.extend(acts);
+                            return out;
+                        }
+                    }
                     let why = match self.down_cause {
                         DownCause::Released { by, .. } => Reason::Released { by },
                         DownCause::EchoLost {
@@ -371,6 +536,7 @@ impl Election {
                             missed,
                             silent,
                         },
+                        DownCause::Silent { .. } if self.resuming => Reason::Adopted,
                         DownCause::Silent { since } => Reason::PeerSilent {
                             silent: since
                                 .map(|s| now.saturating_duration_since(s))
@@ -392,20 +558,43 @@ impl Election {
     pub fn receive(&mut self, ad: &Advert, now: Instant) -> Vec<Action> {
         self.counters.adverts_received += 1;
         let mut out = Vec::new();
+        let theirs = (ad.priority, ad.addr);
+        let ours = (self.effective_priority(), self.p.me);
         match ad.kind {
-            // Membership of a balanced group: the agent's business, not the election's.
-            Kind::Member => {}
+            Kind::Standby => {
+                self.standbys.insert(
+                    ad.addr,
+                    Presence {
+                        priority: ad.priority,
+                        seen: now,
+                    },
+                );
+            }
             Kind::Hello => {
-                let theirs = (ad.priority, ad.addr);
-                let ours = (self.effective_priority(), self.p.me);
+                self.standbys.insert(
+                    ad.addr,
+                    Presence {
+                        priority: ad.priority,
+                        seen: now,
+                    },
+                );
                 match self.state {
-                    // A node is starting: tell it at once who is active.
-                    State::Active if !self.handing_over() => out.push(self.send(Kind::Advert)),
+                    // A node is starting: tell it who is active (at most once an
+                    // interval, whoever asks and how often).
+                    State::Active
+                        if !self.handing_over()
+                            && self
+                                .hello_answered_at
+                                .is_none_or(|t| now >= t + self.p.interval) =>
+                    {
+                        self.hello_answered_at = Some(now);
+                        out.push(self.send(Kind::Advert));
+                    }
                     // Two starting nodes: the worse one waits for the better one.
                     State::Standby | State::Init
                         if self.listening && ad.priority > 0 && theirs > ours =>
                     {
-                        let deadline = now + self.master_down_interval();
+                        let deadline = now + self.master_down_interval_at(now);
                         if self.master_down_at.is_some_and(|t| t < deadline) {
                             self.arm_silence(now);
                         }
@@ -413,84 +602,53 @@ impl Election {
                     _ => {}
                 }
             }
+            Kind::Claim => {
+                // A better peer wants the VIPs: stop answering, then release to it.
+                if self.state == State::Active
+                    && !self.handing_over()
+                    && self.pin != Pin::Active
+                    && theirs > ours
+                {
+                    self.claimed_by = Some(ad.addr);
+                    out.extend(self.hand_over(now));
+                }
+            }
             Kind::Advert => {
+                self.standbys.remove(&ad.addr);
                 if self.listening {
                     // An active exists: the start-up phase (and its hellos) is over.
                     self.listening = false;
-                    self.next_advert_at = None;
+                    self.next_advert_at = Some(now + self.p.interval);
+                    if self.resuming {
+                        // Another node serves: the data plane we adopted must not.
+                        self.resuming = false;
+                        out.push(Action::StepDown {
+                            forward_to: Some(ad.mac),
+                            reason: Reason::Electing,
+                        });
+                        self.forwarding = Some(ad.mac);
+                    }
                 }
-                let theirs = (ad.priority, ad.addr);
-                let ours = (self.effective_priority(), self.p.me);
+                let peer = Peer {
+                    addr: ad.addr,
+                    mac: ad.mac,
+                    priority: ad.priority,
+                    last_seen: now,
+                    interval: Duration::from_millis(ad.interval_ms as u64),
+                    handover: ad.handover,
+                };
                 if self.worse_than_known_active(theirs, now) {
                     // Two actives (a split brain settling, say after a failure several
                     // standbys detected at once): the better one wins it, so a standby
                     // neither preempts the worse one, which would only move the clients'
                     // ARP caches once more, nor forwards to it. An active exists
-                    // all the same: no takeover for silence.
+                    // all the same: no takeover for silence. And if the better one is
+                    // found gone, this one is the active (it took over first).
+                    self.contender = Some(peer);
                     self.arm_silence(now);
                     return out;
                 }
-                self.active = Some(Peer {
-                    addr: ad.addr,
-                    mac: ad.mac,
-                    priority: ad.priority,
-                    last_seen: now,
-                });
-                match self.state {
-                    State::Active if self.handing_over() => {
-                        self.handover_until = None;
-                        let why = Reason::HandedOver {
-                            to: ad.addr,
-                            priority: ad.priority,
-                        };
-                        out.extend(self.step_down(now, Some(ad.mac), why));
-                    }
-                    State::Active if theirs > ours => {
-                        let why = if ad.priority > self.effective_priority() {
-                            Reason::Yield {
-                                to: ad.addr,
-                                priority: ad.priority,
-                            }
-                        } else {
-                            Reason::SplitBrain { with: ad.addr }
-                        };
-                        if ad.priority <= self.effective_priority() {
-                            self.counters.split_brains += 1;
-                        }
-                        out.extend(self.step_down(now, Some(ad.mac), why));
-                    }
-                    State::Active => {
-                        // Two actives and we win: say so at once and re-announce.
-                        self.counters.split_brains += 1;
-                        self.active = None;
-                        out.push(self.send(Kind::Advert));
-                        out.push(Action::Reannounce);
-                    }
-                    State::Standby | State::Init => {
-                        let preempts = self.p.preempt
-                            && self.pin != Pin::Standby
-                            && self.healthy
-                            && self.effective_priority() > ad.priority;
-                        if preempts || self.pin == Pin::Active {
-                            if self.preempt_at.is_none() {
-                                self.preempt_at = Some(
-                                    now + if self.pin == Pin::Active {
-                                        Duration::ZERO
-                                    } else {
-                                        self.p.preempt_delay
-                                    },
-                                );
-                            }
-                        } else {
-                            self.preempt_at = None;
-                            self.arm_silence(now);
-                            self.next_advert_at = None;
-                        }
-                        out.extend(self.forward(Some(ad.mac)));
-                        out.extend(self.tick(now));
-                    }
-                    State::Fault => {}
-                }
+                out.extend(self.heard(peer, now));
             }
             Kind::Release => {
                 let from_active = self.active.as_ref().is_none_or(|a| a.addr == ad.addr);
@@ -499,12 +657,27 @@ impl Election {
                     && self.healthy
                     && self.pin != Pin::Standby
                 {
-                    // Planned handover: the best standby goes first.
-                    self.master_down_at = Some(now + self.skew());
+                    if self.claiming {
+                        // Our claim answered: the old active stopped answering first.
+                        let why = match (self.pin, &self.active) {
+                            (Pin::Active, _) | (_, None) => Reason::Promoted,
+                            (_, Some(a)) => Reason::Preempt {
+                                active: a.addr,
+                                priority: a.priority,
+                            },
+                        };
+                        out.extend(self.take_over(now, why));
+                        self.predecessor = Some(ad.mac);
+                        return out;
+                    }
+                    // Planned handover: the best standby alive goes at once, the
+                    // others after their skew.
+                    self.master_down_at = Some(now + self.skew_at(now));
                     self.down_cause = DownCause::Released {
                         by: ad.addr,
                         mac: ad.mac,
                     };
+                    out.extend(self.tick(now));
                 }
             }
             Kind::Hold => {
@@ -524,9 +697,91 @@ impl Election {
         out
     }
 
+    /// An active advertised itself (not a split brain's loser): follow it, preempt it,
+    /// yield to it, or win against it.
+    fn heard(&mut self, peer: Peer, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let theirs = (peer.priority, peer.addr);
+        let ours = (self.effective_priority(), self.p.me);
+        let (addr, mac, priority) = (peer.addr, peer.mac, peer.priority);
+        if self.contender.as_ref().is_some_and(|c| c.addr == addr) {
+            self.contender = None;
+        }
+        if self.active.as_ref().is_none_or(|a| a.addr != addr) {
+            self.echo_heard = None;
+        }
+        self.active = Some(peer);
+        match self.state {
+            State::Active if self.handing_over() => {
+                self.handover_until = None;
+                self.claimed_by = None;
+                let why = Reason::HandedOver { to: addr, priority };
+                out.extend(self.step_down(now, Some(mac), why));
+            }
+            State::Active if theirs > ours => {
+                let why = if priority > self.effective_priority() {
+                    Reason::Yield { to: addr, priority }
+                } else {
+                    Reason::SplitBrain { with: addr }
+                };
+                if priority <= self.effective_priority() {
+                    self.counters.split_brains += 1;
+                }
+                out.extend(self.step_down(now, Some(mac), why));
+            }
+            State::Active => {
+                // Two actives and we win: say so at once and re-announce.
+                self.counters.split_brains += 1;
+                self.active = None;
+                out.push(self.send(Kind::Advert));
+                out.push(Action::Reannounce);
+            }
+            State::Standby | State::Init => {
+                let preempts = self.p.preempt
+                    && self.pin != Pin::Standby
+                    && self.healthy
+                    && self.effective_priority() > priority;
+                if preempts || self.pin == Pin::Active {
+                    if self.preempt_at.is_none() && !self.claiming {
+                        self.preempt_at = Some(
+                            now + if self.pin == Pin::Active {
+                                Duration::ZERO
+                            } else {
+                                self.p.preempt_delay
+                            },
+                        );
+                    }
+                } else {
+                    self.preempt_at = None;
+                    self.claiming = false;
+                }
+                // Heard: the silence timer starts again either way.
+                self.arm_silence(now);
+                out.extend(self.forward(Some(mac)));
+                out.extend(self.tick(now));
+            }
+            State::Fault => {}
+        }
+        out
+    }
+
+    /// The active is found gone (silence, echo) but another node advertised itself
+    /// active meanwhile (it took over first, while we still heard the old one): that
+    /// one is the active now, not us.
+    fn take_contender(&mut self, now: Instant) -> Option<Vec<Action>> {
+        let c = self.contender.take()?;
+        if now.saturating_duration_since(c.last_seen) > self.p.interval * 2 {
+            return None;
+        }
+        self.active = None;
+        self.master_down_at = None;
+        Some(self.heard(c, now))
+    }
+
     /// The prober's word: the active's data plane stopped answering (`crate::echo`).
-    /// Acts like advertisement silence, only sooner: the best standby takes over
-    /// after its echo skew, unless an advert from an active comes first.
+    /// Acts like advertisement silence, only sooner: the best standby alive takes over
+    /// at once, the others after their echo skew, unless an advert from an active
+    /// comes first.
     pub fn echo_lost(
         &mut self,
         peer: IpAddr,
@@ -544,7 +799,16 @@ impl Election {
         {
             return Vec::new();
         }
-        let at = now + self.p.echo_skew;
+        self.echo_heard = None;
+        if let Some(out) = self.take_contender(now) {
+            return out;
+        }
+        let skew = if self.best_standby(now) {
+            Duration::ZERO
+        } else {
+            self.p.echo_skew
+        };
+        let at = now + skew;
         if self.master_down_at.is_none_or(|t| at < t) {
             self.master_down_at = Some(at);
             self.down_cause = DownCause::EchoLost {
@@ -565,55 +829,76 @@ impl Election {
         let mut out = Vec::new();
         if !healthy {
             if self.state == State::Active {
+                // Stop answering before the standbys hear they may take over.
+                out.push(Action::Quiesce);
                 out.push(self.send(Kind::Release));
             }
             self.state = State::Fault;
             self.master_down_at = None;
             self.preempt_at = None;
+            self.claiming = false;
             self.next_advert_at = None;
             self.handover_until = None;
+            self.claimed_by = None;
             self.listening = false;
+            self.resuming = false;
             out.push(Action::Fault { reason });
         } else if self.state == State::Fault {
             self.state = State::Standby;
             self.arm_silence(now);
+            self.next_advert_at = Some(now + self.p.interval);
             out.push(Action::Recover { reason });
             out.extend(self.forward(self.active.as_ref().map(|a| a.mac)));
         }
         out
     }
 
-    /// `vip promote`: active now, and stays so until `resume` or a restart.
+    /// `vip promote`: active now, and stays so until `resume` or a restart. Over a
+    /// live active that understands claims, by a claim (it stops answering and
+    /// releases first); else at once.
     pub fn promote(&mut self, now: Instant) -> Vec<Action> {
         self.pin = Pin::Active;
         self.handover_until = None;
+        self.claimed_by = None;
         if !self.healthy {
             return Vec::new();
         }
         if self.state == State::Active {
             return vec![self.send(Kind::Advert), Action::Reannounce];
         }
-        // An active we hear yields to us (priority 255) and drains.
-        let from = self.active.as_ref().map(|a| a.mac);
-        let out = self.take_over(now, Reason::Promoted);
-        self.predecessor = from;
-        out
+        match self.active.clone() {
+            Some(a) if a.handover => {
+                self.claiming = true;
+                self.preempt_at = None;
+                vec![self.send(Kind::Claim)]
+            }
+            active => {
+                // An active we hear yields to us (priority 255) and drains.
+                let out = self.take_over(now, Reason::Promoted);
+                self.predecessor = active.map(|a| a.mac);
+                out
+            }
+        }
     }
 
-    /// `vip demote`: hand over (keep serving until a successor is heard, then forward
-    /// to it); stays standby until `resume` or a restart. With `forward_to`, step down
-    /// at once towards that MAC.
+    /// `vip demote`: hand over (stop answering and release; when a successor is heard,
+    /// forward to it); stays standby until `resume` or a restart. With `forward_to`,
+    /// step down at once towards that MAC.
     pub fn demote(&mut self, forward_to: Option<Mac>, now: Instant) -> Vec<Action> {
         self.pin = Pin::Standby;
         self.master_down_at = None;
         self.preempt_at = None;
+        self.claiming = false;
         match (self.state, forward_to) {
             (State::Active, Some(mac)) => {
-                let mut out = vec![self.send(Kind::Release)];
+                let mut out = vec![Action::Quiesce, self.send(Kind::Release)];
                 out.extend(self.step_down(now, Some(mac), Reason::Demoted));
                 out
             }
-            (State::Active, None) => self.hand_over(now),
+            (State::Active, None) => {
+                self.claimed_by = None;
+                self.hand_over(now)
+            }
             _ => Vec::new(),
         }
     }
@@ -621,15 +906,23 @@ impl Election {
     /// Back to the election after promote/demote.
     pub fn resume(&mut self, now: Instant) -> Vec<Action> {
         self.pin = Pin::None;
+        self.claiming = false;
         if matches!(self.state, State::Standby | State::Init) && self.healthy {
             self.arm_silence(now);
+            // A better node than the active we hear preempts it again.
+            if let Some(a) = &self.active {
+                if self.p.preempt && self.p.priority > a.priority {
+                    self.preempt_at = Some(now + self.p.preempt_delay);
+                }
+            }
         }
         Vec::new()
     }
 
     /// Planned handover for shutdown: like `demote` without pinning.
     pub fn shutdown(&mut self, now: Instant) -> Vec<Action> {
-        if self.state == State::Active {
+        if self.state == State::Active && !self.handing_over() {
+            self.claimed_by = None;
             self.hand_over(now)
         } else {
             Vec::new()
@@ -645,20 +938,26 @@ impl Election {
         }
     }
 
+    /// Stop answering, then release: the successor takes over after its skew (none for
+    /// the best standby alive or the claimant); allow 3 more intervals.
     fn hand_over(&mut self, now: Instant) -> Vec<Action> {
-        // Successors take over after their skew (< 1 interval); allow 3 more intervals.
         self.handover_until = Some(now + self.p.interval * 4);
         self.next_advert_at = Some(now + self.p.interval);
-        vec![self.send(Kind::Release)]
+        vec![Action::Quiesce, self.send(Kind::Release)]
     }
 
     fn take_over(&mut self, now: Instant, reason: Reason) -> Vec<Action> {
         self.state = State::Active;
         self.listening = false;
+        self.resuming = false;
         self.master_down_at = None;
         self.preempt_at = None;
+        self.claiming = false;
         self.handover_until = None;
+        self.claimed_by = None;
         self.active = None;
+        self.contender = None;
+        self.echo_heard = None;
         self.predecessor = None;
         self.forwarding = None;
         self.next_advert_at = Some(now + self.p.interval);
@@ -670,9 +969,11 @@ impl Election {
 
     fn step_down(&mut self, now: Instant, forward_to: Option<Mac>, reason: Reason) -> Vec<Action> {
         self.state = State::Standby;
-        self.next_advert_at = None;
+        self.next_advert_at = Some(now + self.p.interval);
         self.preempt_at = None;
-        self.master_down_at = (self.pin != Pin::Standby).then(|| now + self.master_down_interval());
+        self.claiming = false;
+        self.master_down_at =
+            (self.pin != Pin::Standby).then(|| now + self.master_down_interval_at(now));
         self.down_cause = DownCause::Silent { since: Some(now) };
         self.forwarding = forward_to;
         vec![Action::StepDown { forward_to, reason }]
@@ -706,6 +1007,7 @@ mod tests {
             preempt_delay: Duration::ZERO,
             me: format!("10.0.0.{last}").parse().unwrap(),
             echo_skew: Duration::ZERO,
+            echo_window: Duration::ZERO,
         })
     }
 
@@ -720,7 +1022,18 @@ mod tests {
             seq: 1,
             epoch: 1,
             group: "web".into(),
+            handover: true,
         }
+    }
+
+    /// A standby's presence (or a starting node's hello) from 10.0.0.`last`.
+    fn presence(prio: u8, last: u8) -> Advert {
+        advert(Kind::Standby, prio, last)
+    }
+
+    fn old(mut ad: Advert) -> Advert {
+        ad.handover = false;
+        ad
     }
 
     fn health(detail: &str) -> Reason {
@@ -763,6 +1076,8 @@ mod tests {
         assert!(e.p.echo_skew > Duration::ZERO);
         e.start(t0);
         e.receive(&advert(Kind::Advert, 200, 20), t0 + 10 * MS);
+        // A better standby is alive: we are not the first to go.
+        e.receive(&presence(150, 30), t0 + 15 * MS);
         let t1 = t0 + 20 * MS;
         assert!(
             took_over_reason(&e.echo_lost("10.0.0.20".parse().unwrap(), 6, 12 * MS, t1)).is_none()
@@ -815,9 +1130,9 @@ mod tests {
         let mut e = node(150, 10);
         e.start(t0);
         e.receive(&advert(Kind::Advert, 200, 20), t0 + 10 * MS);
-        e.receive(&advert(Kind::Release, 0, 20), t0 + 50 * MS);
-        let a = e.tick(t0 + 50 * MS + e.skew());
-        let why = took_over_reason(&a).expect("takes over after its skew");
+        // The best standby alive goes at once.
+        let a = e.receive(&advert(Kind::Release, 0, 20), t0 + 50 * MS);
+        let why = took_over_reason(&a).expect("takes over at once");
         assert_eq!(why.kind(), "release", "{why}");
         // Silence is reported as the silence really measured.
         let mut f = node(150, 11);
@@ -916,8 +1231,10 @@ mod tests {
     #[test]
     fn standby_takes_over_after_three_intervals_plus_skew() {
         let t0 = Instant::now();
+        // A better node (a hello at start) is alive: we wait our skew on top.
         let mut e = node(150, 10);
         e.start(t0);
+        e.receive(&advert(Kind::Hello, 200, 11), t0);
         let md = e.master_down_interval();
         assert_eq!(md, 300 * MS + 100 * MS * 106 / 1024);
         assert!(!took_over(&e.tick(t0 + md - MS)));
@@ -925,6 +1242,11 @@ mod tests {
         assert!(took_over(&a), "{a:?}");
         assert!(a.contains(&Action::Send(Kind::Advert)));
         assert_eq!(e.state(), State::Active);
+        // The best one alive has no skew.
+        let mut e = node(150, 10);
+        e.start(t0);
+        assert!(!took_over(&e.tick(t0 + 300 * MS - MS)));
+        assert!(took_over(&e.tick(t0 + 300 * MS)));
     }
 
     #[test]
@@ -946,9 +1268,23 @@ mod tests {
     #[test]
     fn preemption_and_no_preemption() {
         let t0 = Instant::now();
+        // An older vip (no claims) is preempted by taking over.
         let mut e = node(200, 12);
         e.start(t0);
-        assert!(took_over(&e.receive(&advert(Kind::Advert, 150, 10), t0)));
+        assert!(took_over(
+            &e.receive(&old(advert(Kind::Advert, 150, 10)), t0)
+        ));
+        // Today's vip: a claim, and the takeover on its release.
+        let mut e = node(200, 12);
+        e.start(t0);
+        let a = e.receive(&advert(Kind::Advert, 150, 10), t0);
+        assert!(
+            !took_over(&a) && a.contains(&Action::Send(Kind::Claim)),
+            "{a:?}"
+        );
+        assert!(took_over(
+            &e.receive(&advert(Kind::Release, 0, 10), t0 + MS)
+        ));
 
         let mut e = node(200, 12);
         e.p.preempt = false;
@@ -959,11 +1295,13 @@ mod tests {
         let mut e = node(200, 12);
         e.p.preempt_delay = 500 * MS;
         e.start(t0);
-        assert!(!took_over(&e.receive(&advert(Kind::Advert, 150, 10), t0)));
+        assert!(!e
+            .receive(&advert(Kind::Advert, 150, 10), t0)
+            .contains(&Action::Send(Kind::Claim)));
         assert!(!took_over(
-            &e.receive(&advert(Kind::Advert, 150, 10), t0 + 100 * MS)
+            &e.receive(&advert(Kind::Advert, 150, 10), t0 + 400 * MS)
         ));
-        assert!(took_over(&e.tick(t0 + 500 * MS)));
+        assert!(e.tick(t0 + 500 * MS).contains(&Action::Send(Kind::Claim)));
     }
 
     #[test]
@@ -982,9 +1320,13 @@ mod tests {
         e.receive(&advert(Kind::Advert, 200, 12), t0 + 100 * MS);
         assert!(!took_over(&e.tick(t0 + 150 * MS)));
         assert_eq!(e.state(), State::Standby);
-        // b gone for more than two intervals: d is the active, and we preempt it.
+        // b gone for more than two intervals: d is the active, and we preempt it (a
+        // claim, then its release).
         let a = e.receive(&advert(Kind::Advert, 100, 14), t0 + 350 * MS);
-        assert!(took_over(&a) || took_over(&e.tick(t0 + 350 * MS)), "{a:?}");
+        assert!(a.contains(&Action::Send(Kind::Claim)), "{a:?}");
+        assert!(took_over(
+            &e.receive(&advert(Kind::Release, 0, 14), t0 + 351 * MS)
+        ));
     }
 
     #[test]
@@ -1048,15 +1390,28 @@ mod tests {
     #[test]
     fn release_lets_the_best_standby_take_over_after_its_skew() {
         let t0 = Instant::now();
-        let mut e = node(200, 12);
+        let mut e = node(180, 12);
         e.p.preempt = false;
         e.start(t0);
         e.receive(&advert(Kind::Advert, 150, 10), t0);
-        e.receive(&advert(Kind::Release, 150, 10), t0 + 50 * MS);
+        // A better standby (200) is alive: it goes first, we after our skew.
+        e.receive(&presence(200, 13), t0 + 10 * MS);
+        assert!(!took_over(
+            &e.receive(&advert(Kind::Release, 150, 10), t0 + 50 * MS)
+        ));
         assert!(!took_over(&e.tick(t0 + 50 * MS + e.skew() - MS)));
         assert!(took_over(&e.tick(t0 + 50 * MS + e.skew())));
         // The node that released is known (it drains its connections).
         assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
+        // Alone (no better standby heard for 10 intervals), we go at once.
+        let mut e = node(180, 12);
+        e.p.preempt = false;
+        e.start(t0);
+        e.receive(&presence(200, 13), t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0 + 1001 * MS);
+        assert!(took_over(
+            &e.receive(&advert(Kind::Release, 150, 10), t0 + 1002 * MS)
+        ));
     }
 
     #[test]
@@ -1064,14 +1419,23 @@ mod tests {
         let t0 = Instant::now();
         let mut e = node(200, 12);
         e.start(t0);
-        let a = e.receive(&advert(Kind::Advert, 150, 10), t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        let a = e.receive(&advert(Kind::Release, 0, 10), t0 + MS);
         assert!(took_over(&a), "{a:?}");
+        assert_eq!(took_over_reason(&a).unwrap().kind(), "preempt");
+        assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
+        let mut e = node(200, 12);
+        e.start(t0);
+        let a = e.receive(&old(advert(Kind::Advert, 150, 10)), t0);
         assert_eq!(took_over_reason(&a).unwrap().kind(), "preempt");
         assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
         let mut e = node(100, 12);
         e.start(t0);
         e.receive(&advert(Kind::Advert, 150, 10), t0);
-        assert!(took_over(&e.promote(t0 + 10 * MS)));
+        assert_eq!(e.promote(t0 + 10 * MS), vec![Action::Send(Kind::Claim)]);
+        assert!(took_over(
+            &e.receive(&advert(Kind::Release, 0, 10), t0 + 11 * MS)
+        ));
         assert_eq!(e.predecessor(), Some(Mac([2, 0, 0, 0, 0, 10])));
         // Promoted with no active heard: nobody to drain.
         let mut e = node(100, 12);
@@ -1096,8 +1460,9 @@ mod tests {
         e.p.preempt = false;
         e.start(t0);
         e.receive(&advert(Kind::Advert, 150, 10), t0);
-        e.receive(&advert(Kind::Release, 150, 10), t0 + 50 * MS);
-        assert!(took_over(&e.tick(t0 + 50 * MS + e.skew())));
+        assert!(took_over(
+            &e.receive(&advert(Kind::Release, 150, 10), t0 + 50 * MS)
+        ));
         assert!(e.predecessor().is_some());
         e.receive(&advert(Kind::Advert, 255, 11), t0 + 100 * MS);
         assert_eq!(e.state(), State::Standby);
@@ -1114,7 +1479,7 @@ mod tests {
         e.start(t0);
         e.tick(t0 + Duration::from_secs(1));
         let a = e.demote(None, t0 + 2000 * MS);
-        assert_eq!(a, vec![Action::Send(Kind::Release)]);
+        assert_eq!(a, vec![Action::Quiesce, Action::Send(Kind::Release)]);
         assert_eq!(
             e.state(),
             State::Active,
@@ -1157,7 +1522,7 @@ mod tests {
         let t0 = Instant::now();
         let mut e = node(50, 10);
         e.start(t0);
-        e.receive(&advert(Kind::Advert, 200, 12), t0);
+        e.receive(&old(advert(Kind::Advert, 200, 12)), t0);
         assert!(took_over(&e.promote(t0 + 10 * MS)));
         assert_eq!(e.effective_priority(), 255);
         assert!(e
@@ -1173,8 +1538,9 @@ mod tests {
         e.start(t0);
         e.tick(t0 + Duration::from_secs(1));
         let a = e.set_healthy(false, health("failed"), t0 + 2000 * MS);
-        assert_eq!(a[0], Action::Send(Kind::Release));
-        assert!(matches!(a[1], Action::Fault { .. }));
+        assert_eq!(a[0], Action::Quiesce, "stops answering before it releases");
+        assert_eq!(a[1], Action::Send(Kind::Release));
+        assert!(matches!(a[2], Action::Fault { .. }));
         assert!(
             e.tick(t0 + Duration::from_secs(10)).is_empty(),
             "a faulty node never takes over"
@@ -1206,5 +1572,267 @@ mod tests {
         assert_eq!(e.next_deadline(), Some(t1 + 100 * MS));
         assert_eq!(e.tick(t1 + 100 * MS), vec![Action::Send(Kind::Advert)]);
         assert!(e.tick(t1 + 150 * MS).is_empty());
+    }
+    /// The active side of a claim: stop answering, then release; the claimant's
+    /// advert completes the handover.
+    #[test]
+    fn a_claim_makes_the_active_stop_answering_then_release() {
+        let t0 = Instant::now();
+        let mut a = node(150, 10);
+        a.start(t0);
+        a.tick(t0 + Duration::from_secs(1));
+        assert_eq!(a.state(), State::Active);
+        // A worse claim is ignored; so is one while we are pinned active.
+        assert!(a
+            .receive(&advert(Kind::Claim, 100, 12), t0 + 1001 * MS)
+            .is_empty());
+        let out = a.receive(&advert(Kind::Claim, 200, 12), t0 + 1002 * MS);
+        assert_eq!(out, vec![Action::Quiesce, Action::Send(Kind::Release)]);
+        assert!(a.handing_over());
+        let out = a.receive(&advert(Kind::Advert, 200, 12), t0 + 1003 * MS);
+        assert!(
+            matches!(&out[0], Action::StepDown { forward_to: Some(m), reason: Reason::HandedOver { .. } } if *m == Mac([2, 0, 0, 0, 0, 12])),
+            "{out:?}"
+        );
+        let mut p = node(150, 10);
+        p.start(t0);
+        p.tick(t0 + Duration::from_secs(1));
+        p.promote(t0 + 1001 * MS);
+        assert!(p
+            .receive(&advert(Kind::Claim, 254, 12), t0 + 1002 * MS)
+            .is_empty());
+    }
+
+    /// A claimant that never takes the VIPs after our release: we serve again.
+    #[test]
+    fn a_claim_that_is_not_followed_by_a_takeover_is_undone() {
+        let t0 = Instant::now();
+        let mut a = node(150, 10);
+        a.start(t0);
+        a.tick(t0 + Duration::from_secs(1));
+        a.receive(&advert(Kind::Claim, 200, 12), t0 + 1000 * MS);
+        let out = a.tick(t0 + 1400 * MS);
+        match took_over_reason(&out) {
+            Some(Reason::ClaimUnanswered { by }) => assert_eq!(by.to_string(), "10.0.0.12"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A woken node whose lease ran out is no longer the owner: it listens again.
+    #[test]
+    fn a_lost_lease_sends_the_node_back_to_listening() {
+        let t0 = Instant::now();
+        let mut e = node(200, 10);
+        e.start(t0);
+        e.tick(t0 + Duration::from_secs(1));
+        let t1 = t0 + Duration::from_secs(2);
+        let why = Reason::LeaseExpired {
+            stalled: 600 * MS,
+            late: 300 * MS,
+        };
+        let out = e.lost(t1, why);
+        assert!(
+            matches!(
+                &out[0],
+                Action::StepDown {
+                    forward_to: None,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        assert!(out.contains(&Action::Send(Kind::Hello)));
+        assert_eq!(e.state(), State::Standby);
+        assert!(e.listening());
+        assert_eq!(e.counters.leases_lost, 1);
+        // The node that took over meanwhile is heard: we are worse-placed only by
+        // time, not priority, so we claim the VIPs back (preemption), never take them.
+        let out = e.receive(&advert(Kind::Advert, 180, 11), t1 + 5 * MS);
+        assert!(!took_over(&out), "{out:?}");
+        assert!(out.contains(&Action::Send(Kind::Claim)), "{out:?}");
+        // Not active: nothing to lose.
+        assert!(e.lost(t1 + 6 * MS, Reason::LinkDown).is_empty());
+    }
+
+    /// While the active's data plane answers our probes, advertisement silence is not
+    /// a failure (its adverts are lost, say in a flood): no takeover.
+    #[test]
+    fn an_answering_echo_keeps_the_active_alive_through_advert_silence() {
+        let t0 = Instant::now();
+        let mut e = node(100, 11);
+        e.p.echo_window = 12 * MS;
+        e.p.preempt = false;
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 150, 10), t0);
+        let peer = "10.0.0.10".parse().unwrap();
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(2) {
+            e.echo_answered(peer, t);
+            assert!(!took_over(&e.tick(t)), "took over at {:?}", t - t0);
+            t += 2 * MS;
+        }
+        // The echo stops too: now silence counts.
+        assert!(took_over(&e.tick(t + Duration::from_secs(1))));
+    }
+
+    /// A restarted agent that adopted a serving data plane takes it back only after
+    /// listening; if another active is heard, it gives the adopted entries up.
+    #[test]
+    fn an_adopted_data_plane_is_resumed_only_after_listening() {
+        let t0 = Instant::now();
+        let mut e = node(200, 10);
+        assert_eq!(e.start_adopted(t0), vec![Action::Send(Kind::Hello)]);
+        assert!(!took_over(&e.tick(t0 + 299 * MS)));
+        assert_eq!(
+            took_over_reason(&e.tick(t0 + 300 * MS)).map(|r| r.kind()),
+            Some("adopted")
+        );
+        let mut e = node(200, 10);
+        e.start_adopted(t0);
+        let out = e.receive(&advert(Kind::Advert, 180, 11), t0 + 50 * MS);
+        assert!(
+            matches!(
+                &out[0],
+                Action::StepDown {
+                    forward_to: Some(_),
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+    }
+
+    /// A flood of hellos costs the active at most one extra advert an interval.
+    #[test]
+    fn hellos_are_answered_at_most_once_an_interval() {
+        let t0 = Instant::now();
+        let mut e = node(200, 10);
+        e.start(t0);
+        e.tick(t0 + Duration::from_secs(1));
+        let t1 = t0 + Duration::from_secs(2);
+        let mut answers = 0;
+        for i in 0..1000u32 {
+            let at = t1 + Duration::from_micros(i as u64 * 90);
+            answers += e
+                .receive(&advert(Kind::Hello, 100, 11 + (i % 50) as u8), at)
+                .len();
+        }
+        assert_eq!(answers, 1, "90 ms of hellos");
+    }
+
+    /// Every healthy standby says so every interval; a demoted one too (priority 0:
+    /// a balanced group's member), a faulty one not.
+    #[test]
+    fn standbys_announce_their_presence_every_interval() {
+        let t0 = Instant::now();
+        let mut e = node(150, 11);
+        e.start(t0);
+        e.receive(&advert(Kind::Advert, 200, 10), t0);
+        let sent = |e: &mut Election, from: Instant| {
+            (1..=10)
+                .flat_map(|i| e.tick(from + i * 100 * MS))
+                .filter(|a| *a == Action::Send(Kind::Standby))
+                .count()
+        };
+        let mut n = 0;
+        for i in 1..=10u32 {
+            let t = t0 + i * 100 * MS;
+            n += e
+                .receive(&advert(Kind::Advert, 200, 10), t - MS)
+                .into_iter()
+                .chain(e.tick(t))
+                .filter(|a| *a == Action::Send(Kind::Standby))
+                .count();
+        }
+        assert_eq!(n, 10);
+        e.set_healthy(false, health("failed"), t0 + 1100 * MS);
+        assert_eq!(sent(&mut e, t0 + 1100 * MS), 0);
+    }
+
+    /// Several standbys at the defaults, the active's data plane stops answering and
+    /// their probes notice within an echo interval of each other: exactly one takes
+    /// over — the best — and it does without a skew.
+    #[test]
+    fn of_several_standbys_only_the_best_takes_over_and_without_a_skew() {
+        let t0 = Instant::now();
+        for n in [3usize, 5] {
+            for phase_us in [0u64, 700, 1900] {
+                let prios = [180u8, 160, 140, 120];
+                let mut nodes: Vec<Election> = prios[..n - 1]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let mut e = node(*p, 11 + i as u8);
+                        e.p.echo_skew = Params::echo_skew_for(*p, 2 * MS, n - 1);
+                        e.start(t0);
+                        e
+                    })
+                    .collect();
+                // The active (200, .10) and a settled cluster: everyone heard everyone.
+                for k in 0..20u32 {
+                    let t = t0 + k * 100 * MS;
+                    for i in 0..nodes.len() {
+                        nodes[i].receive(&advert(Kind::Advert, 200, 10), t);
+                        for (j, p) in prios[..n - 1].iter().enumerate() {
+                            if j != i {
+                                nodes[i].receive(&presence(*p, 11 + j as u8), t);
+                            }
+                        }
+                        nodes[i].tick(t);
+                    }
+                }
+                let lost_at = t0 + 2000 * MS;
+                let mut queue: Vec<(Instant, usize, Advert)> = Vec::new();
+                let mut claims = vec![0usize; nodes.len()];
+                let mut first: Option<Duration> = None;
+                let mut t = lost_at;
+                while t < lost_at + 40 * MS {
+                    for (i, e) in nodes.iter_mut().enumerate() {
+                        // Each notices at its own phase within an echo interval.
+                        let notice = lost_at + Duration::from_micros(phase_us * i as u64 % 2000);
+                        let mut acts =
+                            if t == notice.max(t) && t < notice + Duration::from_micros(100) {
+                                e.echo_lost("10.0.0.10".parse().unwrap(), 6, 12 * MS, t)
+                            } else {
+                                e.tick(t)
+                            };
+                        let due: Vec<Advert> = queue
+                            .iter()
+                            .filter(|(w, to, _)| *w <= t && *to == i)
+                            .map(|(_, _, a)| a.clone())
+                            .collect();
+                        queue.retain(|(w, to, _)| !(*w <= t && *to == i));
+                        for ad in due {
+                            acts.extend(e.receive(&ad, t));
+                        }
+                        for a in &acts {
+                            if matches!(a, Action::TakeOver { .. }) {
+                                claims[i] += 1;
+                                first.get_or_insert(t - lost_at);
+                            }
+                            if *a == Action::Send(Kind::Advert) {
+                                for j in 0..n - 1 {
+                                    if j != i {
+                                        let ad = advert(Kind::Advert, prios[i], 11 + i as u8);
+                                        queue.push((t + Duration::from_micros(50), j, ad));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    t += Duration::from_micros(100);
+                }
+                assert_eq!(claims[0], 1, "{n} nodes, phase {phase_us}: {claims:?}");
+                assert_eq!(
+                    claims.iter().sum::<usize>(),
+                    1,
+                    "{n} nodes, phase {phase_us}: {claims:?}"
+                );
+                assert!(
+                    first.unwrap() < 2 * MS,
+                    "{n} nodes: the best waited {first:?}"
+                );
+            }
+        }
     }
 }

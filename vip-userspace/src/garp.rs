@@ -13,7 +13,35 @@ use std::{
 
 use nix::sys::socket::{self, AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike};
 
-use crate::{config::Garp, frames, mac::Mac};
+use crate::{config::Garp, frames, host, mac::Mac};
+
+/// Whether a group's announcements may leave now: an elected group announces only
+/// while its serving lease runs, so a burst (or refresh) still in flight when the
+/// agent was stopped past its lease stays silent when it wakes up, whatever task runs
+/// first. Shared by the loop (which sets it with every lease write) and the tasks.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<AtomicU64>);
+
+impl Gate {
+    /// Open for ever: a group without a lease (static, keepalived).
+    pub fn open() -> Self {
+        Gate(Arc::new(AtomicU64::new(u64::MAX)))
+    }
+
+    /// Closed until a lease opens it: an elected group.
+    pub fn closed() -> Self {
+        Gate(Arc::new(AtomicU64::new(0)))
+    }
+
+    /// Open until `deadline` (CLOCK_BOOTTIME ns); 0 closes it.
+    pub fn set(&self, deadline: u64) {
+        self.0.store(deadline, Ordering::Release);
+    }
+
+    pub fn is_open(&self) -> bool {
+        host::boottime_ns() < self.0.load(Ordering::Acquire)
+    }
+}
 
 /// A send-only raw socket bound to one interface. Non-blocking: an announcement the
 /// kernel cannot queue right away is dropped (and counted), never waited for.
@@ -106,9 +134,13 @@ pub fn frames(mac: Mac, addrs: &[IpAddr]) -> Vec<Vec<u8>> {
     addrs.iter().map(|a| announcement(mac, *a)).collect()
 }
 
-/// Sends one round of announcements now.
-pub fn send_round(socket: &PacketSocket, frames: &[Vec<u8>], label: &str) {
+/// Sends one round of announcements now, while `gate` is open.
+pub fn send_round(socket: &PacketSocket, frames: &[Vec<u8>], label: &str, gate: &Gate) {
     for f in frames {
+        if !gate.is_open() {
+            log::debug!("group {label}: announcement withheld: the lease no longer runs");
+            return;
+        }
         match socket.send(f) {
             Ok(()) => {}
             // Dropped and counted; the next round (or the peers' own traffic) will
@@ -130,10 +162,11 @@ pub async fn burst(
     addrs: Vec<IpAddr>,
     garp: Garp,
     label: String,
+    gate: Gate,
 ) {
     let frames = frames(mac, &addrs);
-    send_round(&socket, &frames, &label);
-    burst_rest(socket, frames, garp, label).await;
+    send_round(&socket, &frames, &label, &gate);
+    burst_rest(socket, frames, garp, label, gate).await;
 }
 
 /// The rounds after the first (which the caller sent itself, at once).
@@ -142,10 +175,11 @@ pub async fn burst_rest(
     frames: Vec<Vec<u8>>,
     garp: Garp,
     label: String,
+    gate: Gate,
 ) {
     for _ in 1..garp.count {
         tokio::time::sleep(garp.interval).await;
-        send_round(&socket, &frames, &label);
+        send_round(&socket, &frames, &label, &gate);
     }
 }
 

@@ -147,6 +147,14 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
+/// CLOCK_BOOTTIME in ns: the leases' clock (`bpf_ktime_get_boot_ns()` in the data
+/// plane). It counts while the host is suspended, which CLOCK_MONOTONIC does not.
+pub fn boottime_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .expect("CLOCK_BOOTTIME is always available");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,6 +180,11 @@ pub fn render(s: &Status) -> String {
         ("split_brains", "Two actives seen (partition healed)", |e| {
             e.split_brains
         }),
+        (
+            "leases_lost",
+            "Times the lease ran out while active (the agent was stalled past it): it stopped answering and listened again",
+            |e| e.leases_lost,
+        ),
     ];
     let election: Vec<_> = election
         .into_iter()

@@ -6,7 +6,7 @@ use std::{fmt, net::IpAddr, time::Duration};
 
 use crate::{
     config::Role,
-    election::{Pin, State},
+    state::{Pin, State},
 };
 
 /// The cause of a transition.
@@ -17,8 +17,18 @@ pub enum Reason {
     /// An elected group starts as standby and listens for the active for a full
     /// detection time before it may claim the VIPs.
     Electing,
-    /// A restarted agent found its predecessor's data plane serving the group.
+    /// A restarted agent found its predecessor's data plane serving the group, with a
+    /// lease that still ran: it listens for the current owner before it renews it.
+    Resuming,
+    /// ... and after listening no other active was heard: it serves again.
     Adopted,
+    /// Our data-plane lease ran out while we were active: the agent was not scheduled
+    /// (stopped, starved) for `stalled`, past the lease. Back to listening.
+    LeaseExpired { stalled: Duration, late: Duration },
+    /// Our link went down while we were active: back to listening.
+    LinkDown,
+    /// A better peer claimed the VIPs, we released them, but it never took them.
+    ClaimUnanswered { by: IpAddr },
     /// The configured role of a static group.
     Configured(Role),
     /// A static active group waits for its first health results.
@@ -68,7 +78,11 @@ impl Reason {
         match self {
             Reason::Starting | Reason::Electing => "start",
             Reason::WaitingForHealth | Reason::WaitingForKeepalived => "start",
+            Reason::Resuming => "start",
             Reason::Adopted => "adopted",
+            Reason::LeaseExpired { .. } => "lease_expired",
+            Reason::LinkDown => "link_down",
+            Reason::ClaimUnanswered { .. } => "claim_unanswered",
             Reason::Configured(_) => "configured",
             Reason::PeerSilent { .. } => "peer_silent",
             Reason::EchoLost { .. } => "echo_lost",
@@ -92,7 +106,25 @@ impl fmt::Display for Reason {
         match self {
             Reason::Starting => write!(f, "starting"),
             Reason::Electing => write!(f, "electing: listening for the active"),
-            Reason::Adopted => write!(f, "adopted the running data plane (was active)"),
+            Reason::Resuming => write!(
+                f,
+                "adopted the running data plane (was active): listening for the current owner before renewing its lease"
+            ),
+            Reason::Adopted => write!(
+                f,
+                "adopted the running data plane (was active); no other active heard: serving on"
+            ),
+            Reason::LeaseExpired { stalled, late } => write!(
+                f,
+                "stalled for {} ms, lease expired ({} ms ago), listening again",
+                stalled.as_millis(),
+                late.as_millis()
+            ),
+            Reason::LinkDown => write!(f, "link down: no longer serving, listening again"),
+            Reason::ClaimUnanswered { by } => write!(
+                f,
+                "{by} claimed the VIPs but did not take them after our release: serving again"
+            ),
             Reason::Configured(Role::Active) => write!(f, "configured role: active"),
             Reason::Configured(Role::Standby) => write!(f, "configured role: standby"),
             Reason::WaitingForHealth => {

@@ -153,6 +153,10 @@ pub struct ElectionStatus {
     pub unknown_peers: u64,
     /// Time left on the data plane's lease (active or forwarding), if one is held.
     pub lease_remaining_ms: Option<u64>,
+    /// Times this node's lease ran out while it was active (the agent was stalled past
+    /// it): each time it stopped answering and listened again.
+    #[serde(default)]
+    pub leases_lost: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -476,7 +480,7 @@ impl Status {
                 };
                 let _ = writeln!(
                     s,
-                    "{:<12} priority {}{}  active: {active}  adverts sent {} received {}  rejected: auth {} replay {} malformed {} unknown-peer {}  split-brains {}",
+                    "{:<12} priority {}{}  active: {active}  adverts sent {} received {}  rejected: auth {} replay {} malformed {} unknown-peer {}  split-brains {}  leases lost {}",
                     "",
                     e.effective_priority,
                     e.pinned.as_ref().map(|p| format!(" (pinned {p})")).unwrap_or_default(),
@@ -486,7 +490,8 @@ impl Status {
                     e.replays,
                     e.malformed,
                     e.unknown_peers,
-                    e.split_brains
+                    e.split_brains,
+                    e.leases_lost
                 );
             }
             if !g.health.is_empty() {
@@ -579,6 +584,7 @@ mod tests {
                 malformed: 0,
                 unknown_peers: 0,
                 lease_remaining_ms: None,
+                leases_lost: 0,
             }),
             last_takeover: None,
             echo: None,

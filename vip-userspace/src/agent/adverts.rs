@@ -272,9 +272,9 @@ impl Agent {
         let now = Instant::now();
         if let Some(b) = &mut self.groups[gi].balance {
             match ad.kind {
-                Kind::Advert | Kind::Member => b.heard(from_ip, ad.mac, now),
+                Kind::Advert | Kind::Standby => b.heard(from_ip, ad.mac, now),
                 Kind::Release => b.left(from_ip),
-                Kind::Hold | Kind::Hello => {}
+                Kind::Hold | Kind::Hello | Kind::Claim => {}
             }
         }
         let actions = match self.groups[gi].election_mut() {
@@ -320,13 +320,15 @@ impl Agent {
             seq: self.seq.seq,
             epoch: self.seq.epoch,
             group: g.cfg.name.clone(),
+            handover: true,
         };
         let bytes = ad.encode(g.key.as_deref());
         ad.seq = self.seq.legacy_seq;
         let legacy = ad.encode_version(1, g.key.as_deref());
         for peer in &cfg.peers {
             let old = self.seq.legacy_peers.contains_key(peer);
-            if old && kind == Kind::Hello {
+            // Version 1 has no hello, standby or claim.
+            if old && matches!(kind, Kind::Hello | Kind::Standby | Kind::Claim) {
                 continue;
             }
             let sock = if peer.is_ipv4() {
@@ -342,6 +344,17 @@ impl Agent {
                     log::debug!("group {}: advertisement to {peer}: {err}", g.cfg.name);
                 }
             }
+        }
+        // The lease follows what the peers heard: "active" anchors a serving lease
+        // (it never outlasts a standby's patience from now on), a standby's presence
+        // keeps its forwarding lease.
+        match kind {
+            Kind::Advert => {
+                self.groups[gi].own.advertised(crate::host::boottime_ns());
+                self.renew(gi);
+            }
+            Kind::Standby => self.renew(gi),
+            _ => {}
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Active/active groups in the loop: member advertisements, the VIP on lo of every
-//! member, and the director's table kept in step with who is heard
+//! Active/active groups in the loop: the VIP on lo of every member, and the director's
+//! table kept in step with who is heard
 //! (`crate::balance` holds the membership and the table's arithmetic).
 
 use std::time::Instant;
@@ -7,22 +7,15 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::Agent;
-use crate::{advert::Kind, election::State};
+use crate::state::State;
 
 impl Agent {
-    /// Due work of a balanced group: a standby's member advertisement, then the
-    /// membership's expiry.
-    pub(super) fn balance_tick(&mut self, gi: usize, now: Instant) {
-        let g = &mut self.groups[gi];
-        let Some(b) = &g.balance else { return };
-        let interval = b.interval;
-        if g.state != State::Standby {
-            g.member_advert_at = None;
-        } else if g.member_advert_at.is_none_or(|t| now >= t) {
-            g.member_advert_at = Some(now + interval);
-            self.send_advert(gi, Kind::Member);
+    /// Due work of a balanced group: the membership's expiry (a standby's member
+    /// advertisement is its election's presence, `Kind::Standby`, every interval).
+    pub(super) fn balance_tick(&mut self, gi: usize) {
+        if self.groups[gi].balance.is_some() {
+            self.balance_sync(gi);
         }
-        self.balance_sync(gi);
     }
 
     /// Members hold the VIP on lo (the director hands them packets for it); the
@@ -46,7 +39,7 @@ impl Agent {
                     self.addrs.add(&name, v.vip.addr);
                 }
             }
-        } else if self.groups[gi].addrs_until.is_none() {
+        } else if !self.groups[gi].own.draining() {
             let holds = self.groups[gi]
                 .vips
                 .iter()

@@ -1,5 +1,7 @@
 //! One group's runtime: its configuration, its state and reason, its VIPs and their
-//! counter slots, its election (for elected groups), its health checks.
+//! counter slots, its driver (its election, for elected groups), its hold on the VIPs
+//! (`crate::ownership`: what the data plane holds, the lease, the drains), its health
+//! checks and its announcement tasks.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -17,12 +19,15 @@ use crate::{
     advert::{Kind, ReplayGuard},
     config::{self, Group},
     driver::Driver,
-    election::{Election, Params, State},
+    election::{Election, Params},
+    garp::Gate,
     health::{self, Tracker},
     host,
     mac::Mac,
     netlink::Netlink,
+    ownership::{Entries, Holding, Ownership, Terms},
     reason::Reason,
+    state::State,
 };
 
 /// Where redirected frames go.
@@ -64,7 +69,6 @@ pub(super) struct GroupRuntime {
     pub since: SystemTime,
     pub transitions: u64,
     pub last_transition: Option<Transition>,
-    pub forward_to: Option<Mac>,
     pub redirect: Option<RedirectTarget>,
     /// Shared with status snapshots (cloned on write, which only a reload does).
     pub vips: Arc<Vec<VipRuntime>>,
@@ -72,32 +76,23 @@ pub(super) struct GroupRuntime {
     pub announcer: Option<JoinHandle<()>>,
     /// Bursts for VIPs added by a reload while active; stopped with the announcer.
     pub bursts: Vec<JoinHandle<()>>,
+    /// Open while the announcements may leave (the serving lease runs).
+    pub gate: Gate,
+    /// What this node holds of the VIPs, its lease and its timers: every change of
+    /// the data plane's view of the group goes through it.
+    pub own: Ownership,
     /// What moves the group: its election, its configured role, or keepalived.
     pub driver: Driver,
     pub key: Option<Vec<u8>>,
     pub replay: ReplayGuard,
     pub errors: AdvertErrors,
     pub checks: Vec<(&'static str, Tracker, String)>,
-    /// Until when a drained step-down keeps forwarding (static/keepalived groups).
-    pub drain_until: Option<Instant>,
-    /// After a handover, the old active keeps its VIP addresses (on lo, never
-    /// announced) for the drain, so what its stack already accepted is answered;
-    /// meanwhile its forward entries pass the TCP packets its sockets know
-    /// (`flags::KEEP`).
-    pub addrs_until: Option<Instant>,
-    /// After a planned handover to us (a release, a preemption): until when, and to
-    /// which MAC (the old active's), our entries send it the TCP packets of flows
-    /// we have no socket for (`flags::GRACE`): its connections, while it drains.
-    pub grace_until: Option<(Instant, Mac)>,
-    pub lease_deadline: Option<u64>,
     /// Transitions by "state/reason kind", for metrics.
     pub transition_reasons: BTreeMap<String, u64>,
     /// Health-check tasks, aborted when the group goes away.
     pub tasks: Vec<JoinHandle<()>>,
     /// Active/active: the members and the director's table (`crate::balance`).
     pub balance: Option<crate::balance::Membership>,
-    /// A balanced standby's next member advertisement.
-    pub member_advert_at: Option<Instant>,
     /// The last takeover's timing, for status and the failover benchmark.
     pub takeover: Option<crate::status::TakeoverStatus>,
     /// When the decision that the next takeover carries out was made, if before the
@@ -122,7 +117,12 @@ impl GroupRuntime {
             since: SystemTime::now(),
             transitions: 0,
             last_transition: None,
-            forward_to: cfg.forward_to,
+            own: Ownership::new(terms(cfg, redirect.is_some(), driver.election().is_some())),
+            gate: if driver.election().is_some() {
+                Gate::closed()
+            } else {
+                Gate::open()
+            },
             redirect,
             vips: Arc::new(vips),
             announcer: None,
@@ -132,14 +132,9 @@ impl GroupRuntime {
             replay: ReplayGuard::default(),
             errors: AdvertErrors::default(),
             checks: trackers(&cfg.track),
-            drain_until: None,
-            addrs_until: None,
-            grace_until: None,
-            lease_deadline: None,
             transition_reasons: BTreeMap::new(),
             tasks: Vec::new(),
             balance: None,
-            member_advert_at: None,
             takeover: None,
             decided_ns: None,
         }
@@ -230,10 +225,15 @@ impl GroupRuntime {
         parts.join("; ")
     }
 
-    /// The data-plane entry for one of our VIPs under `act`, with the handover's
-    /// flags while a drain runs (local VIPs only: the sockets of redirected ones live
-    /// in another namespace).
-    pub fn entry(&self, mac: Mac, v: &VipRuntime, act: u32, forward_to: Option<Mac>) -> VipEntry {
+    /// The data-plane entry for one of our VIPs under `plan`, with the handover's
+    /// flags (local VIPs only: the sockets of redirected ones live in another
+    /// namespace).
+    pub fn entry(&self, mac: Mac, v: &VipRuntime, plan: Entries) -> VipEntry {
+        let act = match plan {
+            Entries::Active { .. } => self.active_action(),
+            Entries::Forward { .. } => action::FORWARD,
+            Entries::Inert => action::NONE,
+        };
         let mut e = VipEntry {
             action: act,
             flags: if self.leased() { flags::LEASED } else { 0 },
@@ -243,17 +243,26 @@ impl GroupRuntime {
             src_mac: mac.0,
             ..Default::default()
         };
-        match act {
-            action::REDIRECT => {
+        match plan {
+            Entries::Active { grace } => {
                 if let Some(r) = self.redirect {
                     e.ifindex = r.ifindex;
                     e.src_mac = r.src_mac.0;
                     e.dst_mac = r.dst_mac.0;
+                } else {
+                    if let Some(b) = &self.balance {
+                        e.flags |= flags::BALANCED;
+                        e.ifindex = b.slot;
+                    }
+                    if let Some(old_active) = grace {
+                        e.flags |= flags::GRACE;
+                        e.dst_mac = old_active.0;
+                    }
                 }
             }
-            action::FORWARD => {
-                e.dst_mac = forward_to.unwrap_or_default().0;
-                if self.addrs_until.is_some() && self.redirect.is_none() {
+            Entries::Forward { to, keep } => {
+                e.dst_mac = to.0;
+                if keep && self.redirect.is_none() {
                     e.flags |= flags::KEEP;
                 }
                 // A balanced group's member (it holds the VIP on lo) delivers what
@@ -264,19 +273,28 @@ impl GroupRuntime {
                     e.ifindex = b.slot;
                 }
             }
-            action::LOCAL => {
-                if let Some(b) = &self.balance {
-                    e.flags |= flags::BALANCED;
-                    e.ifindex = b.slot;
-                }
-                if let Some((_, old_active)) = self.grace_until {
-                    e.flags |= flags::GRACE;
-                    e.dst_mac = old_active.0;
-                }
-            }
-            _ => {}
+            Entries::Inert => {}
         }
         e
+    }
+
+    /// The entries the group's VIPs should have now (for VIPs a reload adds).
+    pub fn current_entries(&self) -> Entries {
+        match self.own.holding() {
+            Holding::Serving | Holding::Quiet | Holding::Adopted => Entries::Active {
+                grace: self.own.grace(),
+            },
+            Holding::Forwarding(to) => Entries::Forward {
+                to,
+                keep: self.own.draining(),
+            },
+            Holding::Nothing => Entries::Inert,
+        }
+    }
+
+    /// The active we forward to, if we do.
+    pub fn forward_to(&self) -> Option<Mac> {
+        self.own.forward_to()
     }
 
     /// The action an active group's VIPs take.
@@ -286,6 +304,20 @@ impl GroupRuntime {
         } else {
             action::LOCAL
         }
+    }
+}
+
+/// How a group holds its VIPs, from its config.
+pub(super) fn terms(cfg: &Group, redirect: bool, elected: bool) -> Terms {
+    let e = cfg.election.as_ref().filter(|_| elected);
+    Terms {
+        leased: e.is_some(),
+        lease: e.map_or(Duration::from_secs(1), |e| e.lease),
+        interval: e.map_or(Duration::from_millis(100), |e| e.advert_interval),
+        drain: cfg.drain,
+        redirect,
+        balanced: cfg.balance.is_some(),
+        forward_for_drain: !elected && cfg.forward_to.is_none(),
     }
 }
 
@@ -393,9 +425,13 @@ impl super::Agent {
             .context("too many balanced groups")
     }
 
-    pub(super) fn alloc_group_index(&self) -> Result<u32> {
+    /// A free group index (its lease and echo slot), `preferred` if it is free.
+    pub(super) fn alloc_group_index(&self, preferred: Option<u32>) -> Result<u32> {
         let used: BTreeSet<u32> = self.groups.iter().map(|g| g.index).collect();
-        (0..vip_common::MAX_GROUPS)
+        preferred
+            .filter(|p| *p < vip_common::MAX_GROUPS && !used.contains(p))
+            .into_iter()
+            .chain(0..vip_common::MAX_GROUPS)
             .find(|i| !used.contains(i))
             .context("too many groups")
     }
@@ -444,7 +480,32 @@ impl super::Agent {
             Some(e) => Driver::Elected(Box::new(Election::new(self.election_params(g, e)?))),
             None => Driver::for_group(g),
         };
-        let index = self.alloc_group_index()?;
+        // An adopted group keeps the lease slot its entries use.
+        let adopted_index = g
+            .vips
+            .first()
+            .and_then(|v| previous.get(&v.addr))
+            .map(|e| e.group_index)
+            .filter(|i| {
+                g.vips
+                    .iter()
+                    .all(|v| previous.get(&v.addr).is_some_and(|e| e.group_index == *i))
+            });
+        let index = self.alloc_group_index(adopted_index)?;
+        // An elected group was the owner only if its lease still runs: one that ran
+        // out (the agent was killed, or stopped, past it) was perhaps taken by a
+        // standby meanwhile, and the data plane already stopped answering.
+        let adopted_lease = match (&driver, was_active) {
+            (Driver::Elected(_), true) => self
+                .dp
+                .lease(index)
+                .ok()
+                .filter(|d| *d > host::boottime_ns()),
+            _ => None,
+        };
+        if matches!(driver, Driver::Elected(_)) {
+            was_active &= adopted_lease.is_some();
+        }
         let membership = match (&g.balance, &g.election, driver.election()) {
             (Some(b), Some(e), Some(el)) => Some(crate::balance::Membership::new(
                 el.params().me,
@@ -461,6 +522,15 @@ impl super::Agent {
         self.groups.push(runtime);
         let gi = self.groups.len() - 1;
         self.spawn_checks(gi);
+        if let Some(deadline) = adopted_lease {
+            log::info!(
+                "group {}: adopted its serving data plane, lease {} ms left: listening for the current owner before renewing it",
+                g.name,
+                deadline.saturating_sub(host::boottime_ns()) / 1_000_000
+            );
+            let fx = self.groups[gi].own.adopt(deadline, host::boottime_ns());
+            self.exec(gi, fx)?;
+        }
         let actions = self.groups[gi].driver.start(was_active, now);
         self.carry_out(gi, actions)
     }
@@ -480,6 +550,7 @@ impl super::Agent {
             preempt_delay: e.preempt_delay,
             me,
             echo_skew: Params::echo_skew_for(e.priority, e.echo_interval, e.peers.len()),
+            echo_window: e.echo_interval * e.echo_misses,
         })
     }
 
@@ -487,7 +558,20 @@ impl super::Agent {
     /// frees its slots and stops its tasks.
     pub(super) fn remove_group(&mut self, gi: usize) {
         if self.groups[gi].state == State::Active && self.groups[gi].election().is_some() {
+            // Stop answering before the standbys hear they may take over.
+            let fx = self.groups[gi].own.quiesce();
+            if let Err(e) = self.exec(gi, fx) {
+                log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
+            }
             self.send_advert(gi, Kind::Release);
+        }
+        if self.groups[gi].leased() {
+            if let Err(e) = self.dp.revoke_lease(self.groups[gi].index) {
+                log::warn!(
+                    "group {}: revoking its lease: {e:#}",
+                    self.groups[gi].cfg.name
+                );
+            }
         }
         let mut g = self.groups.remove(gi);
         g.stop_announcing();

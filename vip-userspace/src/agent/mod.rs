@@ -42,12 +42,12 @@ use crate::{
     config::{self, Config, Pin as PinConfig, XdpMode},
     control::{self, Envelope, Request, Response},
     dataplane::{self, Dataplane},
-    election::State,
     garp::PacketSocket,
     health,
     host::{self, Interface},
     netlink::Netlink,
     reason::Reason,
+    state::State,
     xdpmode,
 };
 use adverts::AdvertSockets;
@@ -102,6 +102,15 @@ pub struct Agent {
     balance_enabled: bool,
 }
 
+/// What woke the loop up.
+enum Wake {
+    Request(Request, tokio::sync::oneshot::Sender<Response>),
+    Event(Event),
+    Timer,
+    Hup,
+    Stop(&'static str),
+}
+
 /// How the agent leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -119,20 +128,20 @@ enum Event {
     Health(health::Report),
     /// What the kernel reports about `node.interface` and the VIP addresses on lo.
     Kernel(crate::netlink::Change),
-    /// The binary on disk checked the config (a reload that re-executes).
     /// The echo prober concluded that a group's active is gone.
     EchoLost(crate::echo::Lost),
+    /// The binary on disk checked the config (a reload that re-executes).
     Upgrade(
         Result<(), String>,
         Option<tokio::sync::oneshot::Sender<Response>>,
     ),
 }
 
-/// Loads, validates and checks a config against this host, with the command line's
-/// overrides; nothing is changed on the host.
 /// A config ready to run: itself, its interface, its keys, its warnings.
 type Checked = (Config, Interface, HashMap<String, Vec<u8>>, Vec<String>);
 
+/// Loads, validates and checks a config against this host, with the command line's
+/// overrides; nothing is changed on the host.
 fn load_config(opts: &Options) -> Result<Checked> {
     check_config(parse_config(opts)?)
 }
@@ -229,26 +238,37 @@ pub async fn run(opts: Options) -> Result<()> {
         while agent.exit.is_none() {
             agent.update_echo();
             let deadline = agent.next_deadline();
-            tokio::select! {
-                Some((req, reply)) = rx.recv() => match req {
-                    Request::Status => {
-                        // The loop copies its part; the maps are read on another thread.
-                        let _ = renderer.send((agent.snapshot(), reply));
-                    }
-                    Request::Reload => agent.begin_reload(Some(reply)),
-                    req => {
-                        let resp = agent.handle(req);
-                        let _ = reply.send(resp);
-                    }
-                },
-                Some(ev) = ev_rx.recv() => agent.event(ev),
-                _ = tokio::time::sleep_until(deadline.into()) => agent.tick(),
-                _ = hup.recv() => {
+            let wake = tokio::select! {
+                Some((req, reply)) = rx.recv() => Wake::Request(req, reply),
+                Some(ev) = ev_rx.recv() => Wake::Event(ev),
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
+                _ = hup.recv() => Wake::Hup,
+                _ = term.recv() => Wake::Stop("SIGTERM"),
+                _ = int.recv() => Wake::Stop("SIGINT"),
+            };
+            // Whatever woke us (after a stall, a queued datagram may come first), a
+            // lease that ran out meanwhile is lost before anything else is done.
+            agent.check_leases();
+            match wake {
+                Wake::Request(Request::Status, reply) => {
+                    // The loop copies its part; the maps are read on another thread.
+                    let _ = renderer.send((agent.snapshot(), reply));
+                }
+                Wake::Request(Request::Reload, reply) => agent.begin_reload(Some(reply)),
+                Wake::Request(req, reply) => {
+                    let resp = agent.handle(req);
+                    let _ = reply.send(resp);
+                }
+                Wake::Event(ev) => agent.event(ev),
+                Wake::Timer => agent.tick(),
+                Wake::Hup => {
                     log::info!("SIGHUP: reloading");
                     agent.begin_reload(None);
                 }
-                _ = term.recv() => { log::info!("SIGTERM: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
-                _ = int.recv() => { log::info!("SIGINT: handing over and shutting down"); agent.exit = Some(Exit::Stop); }
+                Wake::Stop(sig) => {
+                    log::info!("{sig}: handing over and shutting down");
+                    agent.exit = Some(Exit::Stop);
+                }
             }
         }
         if matches!(agent.exit, Some(Exit::Restart { .. } | Exit::Reexec)) {
@@ -526,18 +546,12 @@ impl Agent {
         let now = Instant::now();
         let mut next = now + Duration::from_secs(1);
         for g in &self.groups {
-            if let Some(t) = g.election().and_then(|e| e.next_deadline()) {
-                next = next.min(t);
-            }
-            // A balanced standby's first member advertisement is due at once.
-            let member = match (g.balance.is_some(), g.state, g.member_advert_at) {
-                (true, State::Standby, None) => Some(now),
-                (_, _, t) => t,
-            };
-            let grace = g.grace_until.map(|(t, _)| t);
-            for t in [g.drain_until, g.addrs_until, member, grace]
-                .into_iter()
-                .flatten()
+            for t in [
+                g.election().and_then(|e| e.next_deadline()),
+                g.own.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 next = next.min(t);
             }
@@ -545,55 +559,46 @@ impl Agent {
         next.max(now)
     }
 
-    /// Runs due timers of every group.
+    /// Runs due timers of every group: its election's, then its hold's (drains, the
+    /// lease's renewal).
     fn tick(&mut self) {
         let now = Instant::now();
+        self.feed_echo(now);
         for gi in 0..self.groups.len() {
             if let Some(e) = self.groups[gi].election_mut() {
                 let actions = e.tick(now);
                 self.apply(gi, actions);
             }
-            if self.groups[gi].addrs_until.is_some_and(|t| now >= t)
-                && self.groups[gi].state != State::Active
-            {
-                // The drain is over: plain forwarding (no KEEP), then no addresses.
-                self.groups[gi].addrs_until = None;
-                let fwd = self.groups[gi].forward_to;
-                if fwd.is_some() {
-                    if let Err(e) = self.set_entries(gi, fwd) {
-                        log::error!(
-                            "group {}: ending the drain: {e:#}",
-                            self.groups[gi].cfg.name
-                        );
-                    }
-                }
-                self.release_addresses(gi);
+            let fx = self.groups[gi].own.tick(now, host::boottime_ns());
+            if let Err(e) = self.exec(gi, fx) {
+                log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
             }
-            self.balance_tick(gi, now);
-            if self.groups[gi].grace_until.is_some_and(|(t, _)| now >= t) {
-                self.groups[gi].grace_until = None;
-                if self.groups[gi].state == State::Active {
-                    if let Err(e) = self.set_active_entries(gi) {
-                        log::error!(
-                            "group {}: ending the handover grace: {e:#}",
-                            self.groups[gi].cfg.name
-                        );
-                    }
-                }
-            }
-            if self.groups[gi].drain_until.is_some_and(|t| now >= t) {
-                self.groups[gi].drain_until = None;
-                if self.groups[gi].state != State::Active {
-                    if let Err(e) = self.set_entries(gi, None) {
-                        log::error!(
-                            "group {}: ending the drain: {e:#}",
-                            self.groups[gi].cfg.name
-                        );
-                    }
-                }
+            self.balance_tick(gi);
+        }
+    }
+
+    /// Tells every standby group's election when the active's data plane last answered
+    /// its probes: while it does, advertisement silence alone is no reason to take over.
+    fn feed_echo(&mut self, now: Instant) {
+        let Some(prober) = &self.echo else { return };
+        let mono = host::monotonic_ns();
+        let heard: Vec<(usize, IpAddr, Instant)> = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.state == State::Standby)
+            .filter_map(|(gi, g)| {
+                let peer = g.election()?.active()?.addr;
+                let at = prober.last_answer_ns(&g.cfg.name)?;
+                let ago = Duration::from_nanos(mono.saturating_sub(at));
+                Some((gi, peer, now.checked_sub(ago)?))
+            })
+            .collect();
+        for (gi, peer, at) in heard {
+            if let Some(e) = self.groups[gi].election_mut() {
+                e.echo_answered(peer, at);
             }
         }
-        self.renew_leases();
     }
 
     fn event(&mut self, ev: Event) {
@@ -612,7 +617,6 @@ impl Agent {
                 }
             }
         }
-        self.renew_leases();
     }
 
     fn health(&mut self, gi: usize, name: &'static str, ok: bool, detail: String) {
@@ -727,6 +731,17 @@ impl Agent {
         self.link_up = up;
         log::info!("{} is {}", self.iface.name, if up { "up" } else { "down" });
         if !up {
+            // We cannot serve through a dead link, and a standby takes over meanwhile:
+            // our data plane must not answer again when it comes back. Back to
+            // listening; the election decides again once the link is up.
+            let now = Instant::now();
+            for gi in 0..self.groups.len() {
+                let actions = match self.groups[gi].election_mut() {
+                    Some(e) => e.lost(now, Reason::LinkDown),
+                    None => continue,
+                };
+                self.apply(gi, actions);
+            }
             return;
         }
         self.restore_addresses();
@@ -772,7 +787,7 @@ impl Agent {
         while handing_over(self) && Instant::now() < limit {
             self.pump(events, self.next_deadline().min(limit)).await;
         }
-        let forwarding = self.groups.iter().any(|g| g.forward_to.is_some());
+        let forwarding = self.groups.iter().any(|g| g.forward_to().is_some());
         if forwarding {
             log::info!(
                 "draining: forwarding stale-cache traffic to the new active for {} ms",
@@ -787,9 +802,14 @@ impl Agent {
 
     /// Processes events until `until`.
     async fn pump(&mut self, events: &mut mpsc::Receiver<Event>, until: Instant) {
-        tokio::select! {
-            Some(ev) = events.recv() => self.event(ev),
-            _ = tokio::time::sleep_until(until.into()) => self.tick(),
+        let ev = tokio::select! {
+            Some(ev) = events.recv() => Some(ev),
+            _ = tokio::time::sleep_until(until.into()) => None,
+        };
+        self.check_leases();
+        match ev {
+            Some(ev) => self.event(ev),
+            None => self.tick(),
         }
     }
 

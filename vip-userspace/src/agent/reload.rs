@@ -11,14 +11,17 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use vip_common::{action, VipEntry};
 
-use super::{check_config, group::trackers, parse_config, Agent, VipRuntime};
+use super::{
+    check_config,
+    group::{terms, trackers},
+    parse_config, Agent, VipRuntime,
+};
 use crate::{
     config::{self, Config, Group},
-    election::State,
     garp,
     host::{self, Interface},
+    ownership::Holding,
 };
 
 /// A failure injected by the tests: `VIP_FAILPOINTS=reload-apply` makes the apply
@@ -243,7 +246,6 @@ impl Agent {
         self.cfg = plan.new;
         self.iface = plan.iface;
         self.warnings = warnings;
-        self.renew_leases();
         Ok(if summary.is_empty() {
             "reloaded: nothing changed".into()
         } else {
@@ -319,6 +321,11 @@ impl Agent {
         let track_changed = self.groups[gi].cfg.track != g.track;
         self.groups[gi].cfg = g.clone();
         self.groups[gi].key = key;
+        let (redirect, elected) = (
+            self.groups[gi].redirect.is_some(),
+            self.groups[gi].election().is_some(),
+        );
+        self.groups[gi].own.set_terms(terms(g, redirect, elected));
         if let Some(e) = &g.election {
             let p = self.election_params(g, e)?;
             if let Some(el) = self.groups[gi].election_mut() {
@@ -334,34 +341,23 @@ impl Agent {
             self.spawn_checks(gi);
         }
         if !added.is_empty() {
-            let state = self.groups[gi].state;
-            if state == State::Active {
-                let gr = &self.groups[gi];
-                let act = gr.active_action();
-                let entries: Vec<(IpAddr, VipEntry)> = gr
-                    .vips
-                    .iter()
-                    .filter(|v| added.iter().any(|a| a.addr == v.vip.addr))
-                    .map(|v| (v.vip.addr, gr.entry(self.iface.mac, v, act, None)))
-                    .collect();
-                self.dp
-                    .set_vips_batch(&entries)
-                    .with_context(|| format!("group {}: programming added VIPs", g.name))?;
-                if act == action::LOCAL {
-                    for (addr, _) in &entries {
+            let addrs: Vec<IpAddr> = added.iter().map(|v| v.addr).collect();
+            let plan = self.groups[gi].current_entries();
+            self.program_entries(gi, plan, Some(&addrs))
+                .with_context(|| format!("group {}: programming added VIPs", g.name))?;
+            if self.groups[gi].own.holding() == Holding::Serving {
+                if self.groups[gi].redirect.is_none() {
+                    for addr in &addrs {
                         self.addrs.add(&g.name, *addr);
                     }
                 }
                 let socket = self.socket.clone();
                 let (mac, garp, name) = (self.iface.mac, g.garp, g.name.clone());
-                let addrs: Vec<IpAddr> = added.iter().map(|v| v.addr).collect();
+                let gate = self.groups[gi].gate.clone();
                 // Tracked, so that a step-down stops it.
-                let burst = tokio::spawn(garp::burst(socket, mac, addrs, garp, name));
+                let burst = tokio::spawn(garp::burst(socket, mac, addrs, garp, name, gate));
                 self.groups[gi].bursts.push(burst);
                 self.join_solicited_nodes(gi, true);
-            } else {
-                let fwd = self.groups[gi].forward_to;
-                self.set_entries(gi, fwd)?;
             }
         }
         if settings_changed {

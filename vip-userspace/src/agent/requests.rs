@@ -8,8 +8,7 @@ use super::{Agent, Exit};
 use crate::{
     control::{Request, Response},
     driver::Driver,
-    election::State,
-    host,
+    state::State,
 };
 
 impl Agent {
@@ -30,7 +29,6 @@ impl Agent {
                 };
                 let actions = self.groups[gi].driver.promote(now);
                 let res = self.carry_out(gi, actions);
-                self.renew_leases();
                 match res {
                     Ok(()) => Response::ok(format!(
                         "group {group} is {}",
@@ -51,13 +49,12 @@ impl Agent {
                 }
                 let actions = self.groups[gi].driver.demote(forward_to, now);
                 let res = self.carry_out(gi, actions);
-                self.renew_leases();
                 let g = &self.groups[gi];
                 match res {
                     Ok(()) if g.state == State::Active => Response::ok(format!(
                         "group {group} is handing over: serving until a standby takes over, then forwarding to it"
                     )),
-                    Ok(()) => Response::ok(match g.forward_to {
+                    Ok(()) => Response::ok(match g.forward_to() {
                         Some(m) => format!("group {group} is standby, forwarding to {m}"),
                         None => format!("group {group} is standby"),
                     }),
@@ -113,23 +110,14 @@ impl Agent {
         }
     }
 
-    /// Before exiting for a restart: peers hold, leases cover the gap, pins stay.
+    /// Before exiting for a restart: peers hold, then leases cover the gap (never
+    /// past the hold the peers were told of), pins stay.
     pub(super) fn prepare_restart(&mut self, hold: Duration) {
-        let deadline = host::monotonic_ns() + hold.as_nanos() as u64;
         for gi in 0..self.groups.len() {
-            self.groups[gi].stop_announcing();
             if self.groups[gi].state == State::Active && self.groups[gi].election().is_some() {
                 self.send_hold(gi, hold);
             }
-            let (leased, index) = (self.groups[gi].leased(), self.groups[gi].index);
-            if leased {
-                if let Err(e) = self.dp.set_lease(index, deadline) {
-                    log::error!(
-                        "group {}: extending the lease for the restart: {e:#}",
-                        self.groups[gi].cfg.name
-                    );
-                }
-            }
+            self.hold_leases(gi, hold);
         }
     }
 

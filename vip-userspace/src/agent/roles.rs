@@ -1,9 +1,11 @@
-//! Taking and giving up a group's VIPs, in the order that keeps one owner: a
-//! takeover programs the lease and the entries first (the data plane answers from
-//! that instant), then the addresses on lo, then the announcements; a step-down stops
-//! the announcements and changes the entries first (we stop answering at once, or
-//! forward to the new active), then removes the addresses, at the end of the drain
-//! when it hands over to a successor (they are on lo, never announced).
+//! Taking and giving up a group's VIPs: the driver's actions are carried out through
+//! the group's `Ownership` (`crate::ownership`), which decides what the data plane
+//! must hold and in which order; this room performs its effects (map writes, the
+//! lease, addresses, announcements) and keeps the group's state for status.
+//!
+//! The loop asks every group first, each time it wakes up, whether its serving lease
+//! still runs (`check_leases`): a node that was stopped past its lease learns it
+//! before it acts on anything that arrived meanwhile, and goes back to listening.
 
 use std::{
     net::IpAddr,
@@ -11,14 +13,17 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use vip_common::{action, VipEntry};
+use vip_common::VipEntry;
 
 use super::Agent;
 use crate::{
-    election::{Action, State},
+    dataplane::Extension,
+    election::Action,
     garp, host,
     mac::Mac,
+    ownership::{Effect, Entries, Expired, Holding, LeaseWrite},
     reason::Reason,
+    state::State,
 };
 
 impl Agent {
@@ -35,91 +40,199 @@ impl Agent {
     /// Carries out a driver's actions, stopping at the first that fails.
     pub(super) fn carry_out(&mut self, gi: usize, actions: Vec<Action>) -> Result<()> {
         for a in actions {
-            match a {
-                Action::TakeOver { reason } => self.activate(gi, reason),
-                Action::StepDown { forward_to, reason } => self.step_down(gi, forward_to, reason),
-                Action::Fault { reason } => self.deactivate(gi, State::Fault, None, reason),
-                Action::Wait { reason } => self.deactivate(gi, State::Init, None, reason),
-                Action::Recover { reason } => {
-                    self.groups[gi].set_state(State::Standby, reason);
-                    Ok(())
-                }
-                Action::ForwardTo(mac) => {
-                    if self.groups[gi].state == State::Standby
-                        && self.groups[gi].drain_until.is_none()
-                    {
-                        self.groups[gi].forward_to = mac;
-                        self.set_entries(gi, mac)
-                    } else {
-                        Ok(())
-                    }
-                }
-                Action::Send(kind) => {
-                    self.send_advert(gi, kind);
-                    Ok(())
-                }
-                Action::Reannounce => {
-                    self.announce(gi);
-                    Ok(())
-                }
-            }?;
+            self.act(gi, a)?;
         }
         Ok(())
     }
 
-    /// Standby entries: forward to `mac`, or inert. A balanced member's forward
-    /// entry needs the node MACs (what they send is delivered): written first, and
-    /// a failure there never keeps the entries from following the election.
-    pub(super) fn set_entries(&mut self, gi: usize, mac: Option<Mac>) -> Result<()> {
-        if let Err(e) = self.program_balance_nodes(gi) {
-            log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
+    fn act(&mut self, gi: usize, a: Action) -> Result<()> {
+        let (now, boot) = (Instant::now(), host::boottime_ns());
+        match a {
+            Action::TakeOver { reason } => self.activate(gi, reason),
+            Action::StepDown { forward_to, reason } => {
+                self.deactivate(gi, State::Standby, forward_to, reason)
+            }
+            Action::Fault { reason } => self.deactivate(gi, State::Fault, None, reason),
+            Action::Wait { reason } => self.deactivate(gi, State::Init, None, reason),
+            Action::Recover { reason } | Action::Listen { reason } => {
+                self.groups[gi].set_state(State::Standby, reason);
+                Ok(())
+            }
+            Action::Quiesce => {
+                let fx = self.groups[gi].own.quiesce();
+                self.exec(gi, fx)
+            }
+            Action::ForwardTo(mac) => {
+                if self.groups[gi].state != State::Standby {
+                    return Ok(());
+                }
+                let fx = self.groups[gi].own.forward(now, boot, mac);
+                self.exec(gi, fx)
+            }
+            Action::Send(kind) => {
+                self.send_advert(gi, kind);
+                Ok(())
+            }
+            Action::Reannounce => {
+                if self.groups[gi].own.holding() == Holding::Serving {
+                    self.announce(gi);
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Performs a group's effects in order, stopping at the first that fails. A lease
+    /// the kernel refused to extend is lost: the election hears it once they are done.
+    pub(super) fn exec(&mut self, gi: usize, effects: Vec<Effect>) -> Result<()> {
+        let mut lost = None;
+        let mut result = Ok(());
+        for fx in effects {
+            result = self.effect(gi, fx, &mut lost);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.update_gate(gi);
+        if let Some(expired) = lost {
+            self.lease_lost(gi, expired);
+        }
+        result
+    }
+
+    fn effect(&mut self, gi: usize, fx: Effect, lost: &mut Option<Expired>) -> Result<()> {
+        let name = self.groups[gi].cfg.name.clone();
+        let index = self.groups[gi].index;
+        match fx {
+            Effect::StopAnnouncing => self.groups[gi].stop_announcing(),
+            Effect::SolicitedNodes(join) => self.join_solicited_nodes(gi, join),
+            Effect::BalanceTable => self.program_balance(gi)?,
+            Effect::BalanceNodes => {
+                if let Err(e) = self.program_balance_nodes(gi) {
+                    log::error!("group {name}: {e:#}");
+                }
+            }
+            Effect::Entries(plan) => self.program_entries(gi, plan, None)?,
+            Effect::Lease(LeaseWrite::Grant(deadline)) => {
+                self.dp
+                    .grant_lease(index, deadline)
+                    .with_context(|| format!("group {name}: granting the lease"))?;
+                self.update_gate(gi);
+            }
+            Effect::Lease(LeaseWrite::Revoke) => {
+                // Closed first: no announcement may leave once we stop answering.
+                self.update_gate(gi);
+                self.dp
+                    .revoke_lease(index)
+                    .with_context(|| format!("group {name}: revoking the lease"))?;
+            }
+            Effect::Lease(LeaseWrite::Extend { expect, deadline }) => {
+                let answer = self
+                    .dp
+                    .extend_lease(index, expect, deadline)
+                    .with_context(|| format!("group {name}: extending the lease"))?;
+                let (took, found) = match answer {
+                    Extension::Extended => (true, deadline),
+                    Extension::Expired { found, .. } | Extension::Changed { found } => {
+                        (false, found)
+                    }
+                };
+                let (now, boot) = (Instant::now(), host::boottime_ns());
+                match self.groups[gi].own.extension(now, boot, took, found) {
+                    Ok(None) => {}
+                    Ok(Some(LeaseWrite::Grant(d))) => self
+                        .dp
+                        .grant_lease(index, d)
+                        .with_context(|| format!("group {name}: granting the lease"))?,
+                    Ok(Some(_)) => {}
+                    Err(expired) => *lost = Some(expired),
+                }
+                self.update_gate(gi);
+            }
+            Effect::AddAddresses => {
+                let vips = self.groups[gi].vips.clone();
+                for v in vips.iter() {
+                    if !self.addrs.holds(v.vip.addr) {
+                        self.addrs.add(&name, v.vip.addr);
+                    }
+                }
+            }
+            Effect::RemoveAddresses => self.release_addresses(gi),
+            Effect::Announce => self.announce(gi),
+        }
+        Ok(())
+    }
+
+    /// Programs every VIP of the group (or only `only`) for `plan`.
+    pub(super) fn program_entries(
+        &mut self,
+        gi: usize,
+        plan: Entries,
+        only: Option<&[IpAddr]>,
+    ) -> Result<()> {
         let g = &self.groups[gi];
-        let act = if mac.is_some() {
-            action::FORWARD
-        } else {
-            action::NONE
-        };
         let entries: Vec<(IpAddr, VipEntry)> = g
             .vips
             .iter()
-            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, act, mac)))
+            .filter(|v| only.is_none_or(|o| o.contains(&v.vip.addr)))
+            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, plan)))
             .collect();
-        if mac.is_some() && g.leased() {
-            let lease = self.lease_of(gi);
-            self.dp
-                .set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
-        }
         self.dp
             .set_vips_batch(&entries)
-            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))?;
-        Ok(())
+            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))
     }
 
-    pub(super) fn lease_of(&self, gi: usize) -> Duration {
-        self.groups[gi]
-            .cfg
-            .election
-            .as_ref()
-            .map(|e| e.lease)
-            .unwrap_or(Duration::from_secs(1))
+    /// The announcements may leave while the serving lease runs (elected groups), or
+    /// always (the others).
+    fn update_gate(&mut self, gi: usize) {
+        let g = &self.groups[gi];
+        if !g.leased() {
+            return;
+        }
+        let open = match g.own.holding() {
+            Holding::Serving => g.own.lease().deadline().unwrap_or(0),
+            _ => 0,
+        };
+        g.gate.set(open);
     }
 
-    /// Keeps the data plane's leases alive for groups that act (active, or forwarding).
-    pub(super) fn renew_leases(&mut self) {
-        let now = host::monotonic_ns();
+    /// Before anything else each time the loop wakes up: a serving lease that ran out
+    /// (we were stopped past it) is lost.
+    pub(super) fn check_leases(&mut self) {
+        let boot = host::boottime_ns();
         for gi in 0..self.groups.len() {
-            let g = &self.groups[gi];
-            if !g.leased() || !(g.state == State::Active || g.forward_to.is_some()) {
-                continue;
+            if let Some(expired) = self.groups[gi].own.check(boot) {
+                self.update_gate(gi);
+                self.lease_lost(gi, expired);
             }
-            let deadline = now + self.lease_of(gi).as_nanos() as u64;
-            let index = g.index;
-            if let Err(e) = self.dp.set_lease(index, deadline) {
-                log::error!("group {}: renewing the lease: {e:#}", g.cfg.name);
-            } else {
-                self.groups[gi].lease_deadline = Some(deadline);
-            }
+        }
+    }
+
+    /// Our serving lease ran out: we are not the owner any more; the election listens
+    /// again and may claim the VIPs only by itself.
+    fn lease_lost(&mut self, gi: usize, expired: Expired) {
+        let reason = Reason::LeaseExpired {
+            stalled: expired.stalled(),
+            late: expired.late(),
+        };
+        log::warn!("group {}: {reason}", self.groups[gi].cfg.name);
+        let now = Instant::now();
+        let actions = match self.groups[gi].election_mut() {
+            Some(e) => e.lost(now, reason),
+            None => return,
+        };
+        self.apply(gi, actions);
+    }
+
+    /// Renews the group's lease now (after an advertisement, or when it is due).
+    pub(super) fn renew(&mut self, gi: usize) {
+        let (now, boot) = (Instant::now(), host::boottime_ns());
+        let fx = self.groups[gi].own.renew(now, boot);
+        if let Err(e) = self.exec(gi, fx) {
+            log::error!(
+                "group {}: renewing the lease: {e:#}",
+                self.groups[gi].cfg.name
+            );
         }
     }
 
@@ -172,7 +285,7 @@ impl Agent {
         }
     }
 
-    /// Takes the group's VIPs: lease and entries, then addresses, then announcements.
+    /// Takes the group's VIPs, in `Ownership::take`'s order.
     pub fn activate(&mut self, gi: usize, reason: Reason) -> Result<()> {
         let decided_mono_ns = self.groups[gi]
             .decided_ns
@@ -186,77 +299,23 @@ impl Agent {
         // A planned handover (the old active released the VIPs, or we preempted it):
         // its established connections stay with it while it drains (`flags::GRACE`
         // here, `flags::KEEP` there).
-        let g = &self.groups[gi];
-        let act = g.active_action();
-        let drain = g.cfg.drain;
-        self.groups[gi].grace_until = match g.election().and_then(|e| e.predecessor()) {
-            // A balanced group's director hands flows to members by its table (the
-            // old director, now a member, keeps its own), never by socket lookups.
-            Some(old_active) if act == action::LOCAL && !drain.is_zero() && g.balance.is_none() => {
-                Some((Instant::now() + drain, old_active))
-            }
-            _ => None,
-        };
-        let g = &self.groups[gi];
-        if let Some((_, old_active)) = g.grace_until {
+        let predecessor = self.groups[gi].election().and_then(|e| e.predecessor());
+        let (now, boot) = (Instant::now(), host::boottime_ns());
+        let fx = self.groups[gi].own.take(now, boot, predecessor);
+        if let Some(old_active) = self.groups[gi].own.grace() {
             log::info!(
                 "group {}: TCP connections of the old active ({old_active}) stay with it for {} ms",
-                g.cfg.name,
-                drain.as_millis()
+                self.groups[gi].cfg.name,
+                self.groups[gi].cfg.drain.as_millis()
             );
         }
-        if g.leased() {
-            let lease = self.lease_of(gi);
-            self.dp
-                .set_lease(g.index, host::monotonic_ns() + lease.as_nanos() as u64)?;
-        }
-        // The director's table before the entries that use it.
-        self.program_balance(gi)?;
-        self.set_active_entries(gi)?;
-        let g = &self.groups[gi];
-        let act = g.active_action();
-        if act == action::LOCAL {
-            let (name, vips) = (g.cfg.name.clone(), g.vips.clone());
-            for v in vips.iter() {
-                self.addrs.add(&name, v.vip.addr);
-            }
-        }
-        self.join_solicited_nodes(gi, true);
-        self.groups[gi].forward_to = None;
-        self.groups[gi].drain_until = None;
-        self.groups[gi].addrs_until = None;
+        self.exec(gi, fx)?;
         self.groups[gi].set_state(State::Active, reason);
-        self.announce(gi);
         Ok(())
     }
 
-    /// Active entries for every VIP of the group (with `GRACE` while it runs).
-    pub(super) fn set_active_entries(&mut self, gi: usize) -> Result<()> {
-        let g = &self.groups[gi];
-        let act = g.active_action();
-        let entries: Vec<(IpAddr, VipEntry)> = g
-            .vips
-            .iter()
-            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, act, None)))
-            .collect();
-        self.dp
-            .set_vips_batch(&entries)
-            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))
-    }
-
-    /// A step-down decided by the election: towards a known successor, forward for
-    /// the drain period (and as long as it keeps advertising), else inert.
-    pub(super) fn step_down(
-        &mut self,
-        gi: usize,
-        forward_to: Option<Mac>,
-        reason: Reason,
-    ) -> Result<()> {
-        self.deactivate(gi, State::Standby, forward_to, reason)
-    }
-
-    /// Gives the group's VIPs up: stop answering (or forward to `forward_to`), then
-    /// remove the addresses.
+    /// Gives the group's VIPs up, in `Ownership::give_up`'s order: stop answering (or
+    /// forward to `forward_to`), then the addresses.
     pub fn deactivate(
         &mut self,
         gi: usize,
@@ -264,47 +323,15 @@ impl Agent {
         forward_to: Option<Mac>,
         reason: Reason,
     ) -> Result<()> {
-        self.groups[gi].stop_announcing();
-        let was_active = self.groups[gi].state == State::Active;
-        if was_active {
-            self.join_solicited_nodes(gi, false);
-        }
-        let forward_to = if state == State::Fault {
-            None
-        } else {
-            forward_to
-        };
-        self.groups[gi].forward_to = forward_to;
-        self.groups[gi].grace_until = None;
-        let drain = self.groups[gi].cfg.drain;
-        // New traffic is forwarded to the successor from now on; what our stack
-        // already accepted still finds its address until the drain ends, and the
-        // data plane passes it the packets of its connections (`flags::KEEP`).
-        let drains = was_active && forward_to.is_some() && !drain.is_zero();
-        self.groups[gi].addrs_until = drains.then(|| Instant::now() + drain);
-        self.set_entries(gi, forward_to)?;
-        // A balanced group's standby is a member: it keeps the VIP on lo.
-        let member = self.groups[gi].balance.is_some() && state == State::Standby;
-        if !drains && !member {
-            self.release_addresses(gi);
-        }
-        let g = &self.groups[gi];
-        // Static groups forward only for the drain period after giving the VIP up,
-        // unless the config asks for it permanently.
-        if was_active
-            && forward_to.is_some()
-            && g.election().is_none()
-            && g.cfg.forward_to.is_none()
-        {
-            self.groups[gi].drain_until = Some(Instant::now() + g.cfg.drain);
-        }
+        let (now, boot) = (Instant::now(), host::boottime_ns());
+        let fx = self.groups[gi].own.give_up(now, boot, state, forward_to);
+        let result = self.exec(gi, fx);
         self.groups[gi].set_state(state, reason);
-        Ok(())
+        result
     }
 
     /// Removes the group's VIP addresses (the group no longer holds its VIPs).
     pub(super) fn release_addresses(&mut self, gi: usize) {
-        self.groups[gi].addrs_until = None;
         let (name, vips) = (
             self.groups[gi].cfg.name.clone(),
             self.groups[gi].vips.clone(),
@@ -317,23 +344,25 @@ impl Agent {
     }
 
     /// Starts (or restarts) the group's gratuitous ARP / unsolicited NA burst, and the
-    /// periodic refresh if configured.
+    /// periodic refresh if configured; every round leaves only while the group's
+    /// announcement gate is open (its serving lease runs).
     pub(super) fn announce(&mut self, gi: usize) {
         let g = &mut self.groups[gi];
         g.stop_announcing();
         let addrs: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
-        let (sock, mac, garp, name, refresh) = (
+        let (sock, mac, garp, name, refresh, gate) = (
             self.socket.clone(),
             self.iface.mac,
             g.cfg.garp,
             g.cfg.name.clone(),
             g.cfg.garp_refresh,
+            g.gate.clone(),
         );
         // The first round leaves from here, now (the socket never blocks); the
         // rest of the burst is timed by a task.
         let frames = garp::frames(mac, &addrs);
-        if garp.count > 0 {
-            garp::send_round(&sock, &frames, &name);
+        if garp.count > 0 && gate.is_open() {
+            garp::send_round(&sock, &frames, &name, &gate);
             if let Some(t) = g
                 .takeover
                 .as_mut()
@@ -343,13 +372,25 @@ impl Agent {
             }
         }
         g.announcer = Some(tokio::spawn(async move {
-            garp::burst_rest(sock.clone(), frames, garp, name.clone()).await;
+            garp::burst_rest(sock.clone(), frames, garp, name.clone(), gate.clone()).await;
             if let Some(every) = refresh {
                 loop {
                     tokio::time::sleep(every).await;
-                    garp::send_round(&sock, &garp::frames(mac, &addrs), &name);
+                    garp::send_round(&sock, &garp::frames(mac, &addrs), &name, &gate);
                 }
             }
         }));
+    }
+
+    /// How long a restarting agent's peers hold, as the lease must cover it.
+    pub(super) fn hold_leases(&mut self, gi: usize, hold: Duration) {
+        let boot = host::boottime_ns();
+        let fx = self.groups[gi].own.hold(boot, hold);
+        if let Err(e) = self.exec(gi, fx) {
+            log::error!(
+                "group {}: extending the lease for the restart: {e:#}",
+                self.groups[gi].cfg.name
+            );
+        }
     }
 }

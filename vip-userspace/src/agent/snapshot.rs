@@ -15,10 +15,10 @@ use vip_common::action;
 use super::{group::VipRuntime, Agent};
 use crate::{
     dataplane::Reader,
-    election::State,
     host,
     mac::Mac,
     reason::{self, Reason},
+    state::State,
     status::{
         ActivePeer, BalanceStatus, EchoStatus, EipStatus, ElectionStatus, GroupStatus,
         MemberStatus, Status, TakeoverStatus, TransitionStatus, VipStatus,
@@ -113,7 +113,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 impl Agent {
     /// The loop's part of a status: cheap, whatever the number of VIPs.
     pub fn snapshot(&self) -> Snapshot {
-        let now_mono = host::monotonic_ns();
+        let now_boot = host::boottime_ns();
         let groups = self
             .groups
             .iter()
@@ -129,7 +129,7 @@ impl Agent {
                     .map(|t| (t.from, g.state, t.reason.clone(), t.at)),
                 transition_reasons: g.transition_reasons.clone(),
                 mode: g.mode(),
-                forward_to: g.forward_to.filter(|_| g.state != State::Active),
+                forward_to: g.forward_to().filter(|_| g.state != State::Active),
                 healthy: g.healthy(),
                 health: g.health_detail(),
                 election: g.election().map(|e| ElectionStatus {
@@ -160,8 +160,11 @@ impl Agent {
                     malformed: g.errors.malformed,
                     unknown_peers: g.errors.unknown_peers,
                     lease_remaining_ms: g
-                        .lease_deadline
-                        .map(|d| d.saturating_sub(now_mono) / 1_000_000),
+                        .own
+                        .lease()
+                        .deadline()
+                        .map(|d| d.saturating_sub(now_boot) / 1_000_000),
+                    leases_lost: e.counters.leases_lost,
                 }),
                 last_takeover: g.takeover.clone(),
                 echo: g.cfg.election.as_ref().map(|e| {

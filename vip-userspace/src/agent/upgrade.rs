@@ -180,7 +180,9 @@ impl Agent {
     pub(super) fn resume_after_failed_exec(&mut self, err: std::io::Error) {
         log::error!("reload: re-executing the binary failed ({err}); the running agent continues");
         self.exit = None;
-        self.renew_leases();
+        for gi in 0..self.groups.len() {
+            self.renew(gi);
+        }
     }
 
     /// Where the loop's helpers send their events (kept for later helpers).

@@ -1,0 +1,885 @@
+//! What this node holds of one group's VIPs, and the order in which that changes: the
+//! one-owner rules on this side of the election. Like `election`, it does no I/O and
+//! has no clock of its own: time comes in as arguments (an `Instant` for its timers,
+//! CLOCK_BOOTTIME ns for the lease, see `vip_common::lease`), and every transition
+//! returns the [`Effect`]s the agent carries out, in order.
+//!
+//! * **Taking the VIPs**: the lease, the director's table, the entries (the data plane
+//!   answers from here on), the addresses on lo, the solicited-node groups, then the
+//!   announcement.
+//! * **A planned handover** (a release: demote, preemption, SIGTERM): the lease is
+//!   revoked first ([`Ownership::quiesce`]). The data plane stops answering ARP/NS and
+//!   probes at that instant, while the entries still hand what arrives to the local
+//!   stack, which still has the addresses. Only then does the election send its
+//!   release, so the successor never answers while we still do.
+//! * **Giving them up**: the announcements stop, the lease is revoked, the entries
+//!   change (forward or inert), a lease is granted again only for forward entries
+//!   (which never answer for a VIP), and the addresses go (at the end of the drain after
+//!   a handover).
+//! * **The lease** runs only while the agent renews it, never past the moment a standby
+//!   may take our last advertisement's silence for our death
+//!   ([`Ownership::advertised`]), and only while it still runs ([`Lease::extend`]; the
+//!   kernel checks again as it writes). A lease that ran out is *lost*
+//!   ([`Ownership::check`]): the election must go back to listening, as a starting node
+//!   does, and only a new takeover grants a new one.
+
+use std::time::{Duration, Instant};
+
+use crate::{mac::Mac, state::State};
+
+/// A group's lease as this node holds it (`LEASES`, boot-time ns). A value: it can be
+/// extended only while it still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lease {
+    /// The deadline in force; 0: none (revoked, or never granted).
+    deadline: u64,
+    /// When it was last granted or extended (for "stalled for N ms").
+    renewed: u64,
+}
+
+/// The lease had run out when it was to be extended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// The deadline that passed (0: there was none).
+    pub deadline: u64,
+    /// When it was last renewed before that.
+    pub renewed: u64,
+    /// When this was found.
+    pub now: u64,
+}
+
+impl Expired {
+    /// How long the agent did not renew the lease: the stall that lost it.
+    pub fn stalled(&self) -> Duration {
+        Duration::from_nanos(self.now.saturating_sub(self.renewed))
+    }
+
+    /// How long ago it ran out.
+    pub fn late(&self) -> Duration {
+        Duration::from_nanos(self.now.saturating_sub(self.deadline))
+    }
+}
+
+impl Lease {
+    /// A new lease until `deadline`, granted at `now`.
+    pub fn granted(now: u64, deadline: u64) -> Self {
+        Lease {
+            deadline,
+            renewed: now,
+        }
+    }
+
+    /// The deadline, if one is held.
+    pub fn deadline(&self) -> Option<u64> {
+        (self.deadline != 0).then_some(self.deadline)
+    }
+
+    /// True while the lease runs at `now` (the data plane's rule: until the deadline,
+    /// exclusive).
+    pub fn runs(&self, now: u64) -> bool {
+        self.deadline != 0 && now < self.deadline
+    }
+
+    /// The same lease extended to `deadline`, if it still runs at `now`; it never
+    /// shortens. The kernel repeats the check as it writes (`vip_lease`).
+    pub fn extend(&self, now: u64, deadline: u64) -> Result<Lease, Expired> {
+        if !self.runs(now) {
+            return Err(self.expired(now));
+        }
+        Ok(Lease {
+            deadline: deadline.max(self.deadline),
+            renewed: now,
+        })
+    }
+
+    fn expired(&self, now: u64) -> Expired {
+        Expired {
+            deadline: self.deadline,
+            renewed: self.renewed,
+            now,
+        }
+    }
+}
+
+/// How a group holds its VIPs, from its config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// Elected groups hold a lease; static and keepalived groups do not.
+    pub leased: bool,
+    pub lease: Duration,
+    /// The advertisement interval: a standby takes us for silent 3 of them after our
+    /// last advertisement, so no lease outlasts that.
+    pub interval: Duration,
+    pub drain: Duration,
+    /// Active VIPs are redirected (no local addresses, no handover flags).
+    pub redirect: bool,
+    /// An active/active group (members keep the VIP on lo; the director's table).
+    pub balanced: bool,
+    /// A static or keepalived group without a permanent `forward_to`: after giving its
+    /// VIPs up towards a successor it forwards only for the drain.
+    pub forward_for_drain: bool,
+}
+
+impl Terms {
+    /// How long before a standby's silence timer can run out our lease must end: the
+    /// standby measures from receipt (later than our sending) with a clock of its own.
+    fn margin(&self) -> Duration {
+        (self.interval / 20).max(Duration::from_micros(100))
+    }
+}
+
+/// What the data plane holds for the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// Inert entries (or none) and no lease.
+    Nothing,
+    /// Active entries: the data plane answers for the VIPs while the lease runs.
+    Serving,
+    /// Active entries whose lease was revoked: a planned handover has begun; nothing
+    /// is answered, what arrives still reaches the local stack.
+    Quiet,
+    /// Active entries an earlier agent left, with its lease: never renewed by us.
+    /// The election decides (after listening) whether we take the VIPs or not.
+    Adopted,
+    /// Forward entries towards the active's MAC.
+    Forwarding(Mac),
+}
+
+/// The entries every VIP of the group gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entries {
+    /// Serve (local or redirect); with GRACE towards the old active's MAC.
+    Active {
+        grace: Option<Mac>,
+    },
+    /// Forward to `to`; `keep`: the drain after our handover (KEEP, addresses on lo).
+    Forward {
+        to: Mac,
+        keep: bool,
+    },
+    Inert,
+}
+
+/// A write of the group's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseWrite {
+    /// A new lease, whatever was there: only for a takeover or for forward entries.
+    Grant(u64),
+    /// From `expect` to `deadline`, only if `expect` still runs (the kernel decides:
+    /// the agent reports its answer with [`Ownership::extension`]).
+    Extend {
+        expect: u64,
+        deadline: u64,
+    },
+    Revoke,
+}
+
+/// One step for the agent to carry out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Stop the announcement burst and refresh in flight.
+    StopAnnouncing,
+    /// Join (true) or leave the solicited-node groups of the IPv6 VIPs.
+    SolicitedNodes(bool),
+    /// The director's table, before the entries that use it.
+    BalanceTable,
+    /// The group's node MACs, before a member's forward entries that use them.
+    BalanceNodes,
+    Entries(Entries),
+    Lease(LeaseWrite),
+    AddAddresses,
+    RemoveAddresses,
+    /// The gratuitous ARP / unsolicited NA burst.
+    Announce,
+}
+
+/// One group's hold on its VIPs.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    t: Terms,
+    holding: Holding,
+    lease: Lease,
+    /// The earliest boot-time instant at which a standby may take us for silent: 3
+    /// intervals after our last advertisement (minus a margin), or the end of a hold
+    /// we asked the peers for. A serving lease never runs past it.
+    heard_until: u64,
+    /// When the lease is renewed next without an advertisement (short leases).
+    renew_at: Option<Instant>,
+    /// After our handover: the addresses (and KEEP) stay until then.
+    addrs_until: Option<Instant>,
+    /// After a handover to us: GRACE towards the old active's MAC until then.
+    grace: Option<(Instant, Mac)>,
+    /// A static group forwards after giving its VIPs up until then.
+    drain_until: Option<Instant>,
+}
+
+impl Ownership {
+    pub fn new(t: Terms) -> Self {
+        Ownership {
+            t,
+            holding: Holding::Nothing,
+            lease: Lease::default(),
+            heard_until: 0,
+            renew_at: None,
+            addrs_until: None,
+            grace: None,
+            drain_until: None,
+        }
+    }
+
+    pub fn terms(&self) -> &Terms {
+        &self.t
+    }
+
+    /// New terms from a reload; what is held stays.
+    pub fn set_terms(&mut self, t: Terms) {
+        self.t = t;
+    }
+
+    pub fn holding(&self) -> Holding {
+        self.holding
+    }
+
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// The active we forward to, if we do.
+    pub fn forward_to(&self) -> Option<Mac> {
+        match self.holding {
+            Holding::Forwarding(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// After our handover, until the drain ends: the addresses stay, the entries KEEP.
+    pub fn draining(&self) -> bool {
+        self.addrs_until.is_some()
+    }
+
+    /// After a handover to us: the old active's MAC while its connections drain.
+    pub fn grace(&self) -> Option<Mac> {
+        self.grace.map(|(_, m)| m)
+    }
+
+    /// A static group's forwarding after it gave its VIPs up.
+    pub fn forwarding_for_drain(&self) -> bool {
+        self.drain_until.is_some()
+    }
+
+    /// The next instant [`Ownership::tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.addrs_until,
+            self.grace.map(|(t, _)| t),
+            self.drain_until,
+            self.renew_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The agent sent an advertisement saying we are active at `boot`: a standby takes
+    /// us for silent no earlier than 3 intervals after it received it.
+    pub fn advertised(&mut self, boot: u64) {
+        let until = boot
+            + (self.t.interval * 3)
+                .saturating_sub(self.t.margin())
+                .as_nanos() as u64;
+        self.heard_until = self.heard_until.max(until);
+    }
+
+    /// The peers were asked to hold for `hold` from `boot`: none takes over before.
+    pub fn held(&mut self, boot: u64, hold: Duration) {
+        self.heard_until = self.heard_until.max(boot + hold.as_nanos() as u64);
+    }
+
+    /// Where a serving lease may run to, renewed at `boot`.
+    fn serving_deadline(&self, boot: u64) -> u64 {
+        (boot + self.t.lease.as_nanos() as u64).min(self.heard_until)
+    }
+
+    fn schedule_renewal(&mut self, now: Instant, boot: u64) {
+        self.renew_at = self
+            .lease
+            .deadline()
+            .filter(|_| self.t.leased)
+            .map(|d| now + Duration::from_nanos(d.saturating_sub(boot) / 2));
+    }
+
+    /// The election decided to take the VIPs (`predecessor`: the live active we take
+    /// them from, which drains its connections).
+    pub fn take(&mut self, now: Instant, boot: u64, predecessor: Option<Mac>) -> Vec<Effect> {
+        let t = &self.t;
+        self.grace = predecessor
+            .filter(|_| !t.redirect && !t.drain.is_zero() && !t.balanced)
+            .map(|m| (now + t.drain, m));
+        self.addrs_until = None;
+        self.drain_until = None;
+        let mut out = Vec::new();
+        if self.t.leased {
+            let deadline = self
+                .serving_deadline(boot)
+                .max(boot + self.t.margin().as_nanos() as u64);
+            self.lease = Lease::granted(boot, deadline);
+            out.push(Effect::Lease(LeaseWrite::Grant(deadline)));
+        }
+        if self.t.balanced {
+            out.push(Effect::BalanceTable);
+        }
+        out.push(Effect::Entries(Entries::Active {
+            grace: self.grace(),
+        }));
+        if !self.t.redirect {
+            out.push(Effect::AddAddresses);
+        }
+        out.push(Effect::SolicitedNodes(true));
+        out.push(Effect::Announce);
+        self.holding = Holding::Serving;
+        self.schedule_renewal(now, boot);
+        out
+    }
+
+    /// A planned handover's first step: stop answering now (the lease goes), keep
+    /// delivering what arrives (entries and addresses stay). Nothing to do unless we
+    /// serve.
+    pub fn quiesce(&mut self) -> Vec<Effect> {
+        if self.holding != Holding::Serving && self.holding != Holding::Adopted {
+            return Vec::new();
+        }
+        self.holding = Holding::Quiet;
+        self.lease = Lease::default();
+        self.renew_at = None;
+        vec![Effect::StopAnnouncing, Effect::Lease(LeaseWrite::Revoke)]
+    }
+
+    /// Gives the VIPs up for `state`: towards `forward_to` (the new active) if known,
+    /// else inert. After serving towards a successor, the addresses stay for the drain.
+    pub fn give_up(
+        &mut self,
+        now: Instant,
+        boot: u64,
+        state: State,
+        forward_to: Option<Mac>,
+    ) -> Vec<Effect> {
+        let was = matches!(
+            self.holding,
+            Holding::Serving | Holding::Quiet | Holding::Adopted
+        );
+        let forward_to = forward_to.filter(|_| state != State::Fault);
+        let mut out = vec![Effect::StopAnnouncing];
+        if was {
+            out.push(Effect::SolicitedNodes(false));
+        }
+        // Stop answering first: writing every VIP's entry takes a while.
+        if self.t.leased && self.lease.deadline().is_some() {
+            out.push(Effect::Lease(LeaseWrite::Revoke));
+        }
+        self.lease = Lease::default();
+        self.renew_at = None;
+        self.grace = None;
+        let drains = was && forward_to.is_some() && !self.t.drain.is_zero();
+        self.addrs_until = drains.then(|| now + self.t.drain);
+        out.extend(self.forward_effects(now, boot, forward_to));
+        // A balanced group's standby is a member: it keeps the VIP on lo.
+        let member = self.t.balanced && state == State::Standby;
+        if !drains && !member {
+            out.push(Effect::RemoveAddresses);
+        }
+        if was && forward_to.is_some() && self.t.forward_for_drain {
+            self.drain_until = Some(now + self.t.drain);
+        }
+        out
+    }
+
+    /// Entries (and their lease) for forwarding to `to`, or inert ones.
+    fn forward_effects(&mut self, now: Instant, boot: u64, to: Option<Mac>) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if self.t.balanced {
+            out.push(Effect::BalanceNodes);
+        }
+        match to {
+            Some(m) => {
+                let keep = self.addrs_until.is_some() && !self.t.redirect;
+                out.push(Effect::Entries(Entries::Forward { to: m, keep }));
+                self.holding = Holding::Forwarding(m);
+                // Only now: a lease written while an entry still served would make
+                // it answer again.
+                if self.t.leased {
+                    let deadline = boot + self.t.lease.as_nanos() as u64;
+                    self.lease = Lease::granted(boot, deadline);
+                    out.push(Effect::Lease(LeaseWrite::Grant(deadline)));
+                    self.schedule_renewal(now, boot);
+                }
+            }
+            None => {
+                out.push(Effect::Entries(Entries::Inert));
+                if self.t.leased && self.lease.deadline().is_some() {
+                    out.push(Effect::Lease(LeaseWrite::Revoke));
+                }
+                self.lease = Lease::default();
+                self.renew_at = None;
+                self.holding = Holding::Nothing;
+            }
+        }
+        out
+    }
+
+    /// As standby, the active we forward to changed (None: none known). Ignored while
+    /// we serve, and while a static group's drain runs.
+    pub fn forward(&mut self, now: Instant, boot: u64, to: Option<Mac>) -> Vec<Effect> {
+        if matches!(
+            self.holding,
+            Holding::Serving | Holding::Quiet | Holding::Adopted
+        ) || self.drain_until.is_some()
+            || self.forward_to() == to && to.is_some()
+        {
+            return Vec::new();
+        }
+        if to.is_none() && self.holding == Holding::Nothing {
+            return Vec::new();
+        }
+        self.forward_effects(now, boot, to)
+    }
+
+    /// A restarted agent found active entries with a lease that still runs: they stay
+    /// as they are, never renewed, while the election listens for the current owner.
+    /// The addresses are ours again (the local stack keeps delivering), and so are the
+    /// solicited-node groups.
+    pub fn adopt(&mut self, lease_deadline: u64, boot: u64) -> Vec<Effect> {
+        self.holding = Holding::Adopted;
+        self.lease = Lease::granted(boot, lease_deadline);
+        self.renew_at = None;
+        let mut out = Vec::new();
+        if !self.t.redirect {
+            out.push(Effect::AddAddresses);
+        }
+        out.push(Effect::SolicitedNodes(true));
+        out
+    }
+
+    /// The lease's keeping: due renewals without an advertisement, the ends of drains.
+    pub fn tick(&mut self, now: Instant, boot: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let serving = matches!(self.holding, Holding::Serving | Holding::Quiet);
+        if self.addrs_until.is_some_and(|t| now >= t) && !serving {
+            // The drain is over: plain forwarding (no KEEP), then no addresses.
+            self.addrs_until = None;
+            if let Holding::Forwarding(m) = self.holding {
+                out.push(Effect::Entries(Entries::Forward { to: m, keep: false }));
+            }
+            if !self.t.balanced {
+                out.push(Effect::RemoveAddresses);
+            }
+        }
+        if self.grace.is_some_and(|(t, _)| now >= t) {
+            self.grace = None;
+            if self.holding == Holding::Serving {
+                out.push(Effect::Entries(Entries::Active { grace: None }));
+            }
+        }
+        if self.drain_until.is_some_and(|t| now >= t) {
+            self.drain_until = None;
+            if !serving {
+                out.extend(self.forward_effects(now, boot, None));
+            }
+        }
+        if self.renew_at.is_some_and(|t| now >= t) {
+            out.extend(self.renew(now, boot));
+        }
+        out
+    }
+
+    /// Renews the lease now (after an advertisement, or when due): a serving lease
+    /// only while it runs, to no later than a standby may take us for silent; a
+    /// forwarding lease whatever happened (forwarding never answers for a VIP).
+    /// Nothing when there is nothing to renew, or when [`Ownership::check`] would say
+    /// the lease is lost.
+    pub fn renew(&mut self, now: Instant, boot: u64) -> Vec<Effect> {
+        if !self.t.leased {
+            return Vec::new();
+        }
+        match self.holding {
+            Holding::Serving => {
+                let deadline = self.serving_deadline(boot);
+                if !self.lease.runs(boot) || deadline <= self.lease.deadline {
+                    return Vec::new();
+                }
+                let expect = self.lease.deadline;
+                match self.lease.extend(boot, deadline) {
+                    Ok(l) => {
+                        self.lease = l;
+                        self.schedule_renewal(now, boot);
+                        vec![Effect::Lease(LeaseWrite::Extend { expect, deadline })]
+                    }
+                    Err(_) => Vec::new(),
+                }
+            }
+            Holding::Forwarding(_) => {
+                let deadline = boot + self.t.lease.as_nanos() as u64;
+                let write = match self.lease.extend(boot, deadline) {
+                    Ok(l) => {
+                        let expect = self.lease.deadline;
+                        self.lease = l;
+                        LeaseWrite::Extend { expect, deadline }
+                    }
+                    Err(_) => {
+                        self.lease = Lease::granted(boot, deadline);
+                        LeaseWrite::Grant(deadline)
+                    }
+                };
+                self.schedule_renewal(now, boot);
+                vec![Effect::Lease(write)]
+            }
+            Holding::Nothing | Holding::Quiet | Holding::Adopted => Vec::new(),
+        }
+    }
+
+    /// The kernel's answer to an [`LeaseWrite::Extend`]: `None` when it took it, or
+    /// (serving) the lost lease; a refused forwarding lease is granted anew.
+    pub fn extension(
+        &mut self,
+        now: Instant,
+        boot: u64,
+        took: bool,
+        found: u64,
+    ) -> Result<Option<LeaseWrite>, Expired> {
+        if took {
+            return Ok(None);
+        }
+        match self.holding {
+            Holding::Serving => {
+                let lost = Expired {
+                    deadline: found,
+                    renewed: self.lease.renewed,
+                    now: boot,
+                };
+                self.lost();
+                Err(lost)
+            }
+            Holding::Forwarding(_) => {
+                let deadline = boot + self.t.lease.as_nanos() as u64;
+                self.lease = Lease::granted(boot, deadline);
+                self.schedule_renewal(now, boot);
+                Ok(Some(LeaseWrite::Grant(deadline)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A serving lease that ran out (the agent was stopped past it, or lost it in the
+    /// kernel's check): lost, so the group must listen again before it may answer.
+    /// Checked before anything else each time the loop wakes up.
+    pub fn check(&mut self, boot: u64) -> Option<Expired> {
+        if self.holding != Holding::Serving || !self.t.leased || self.lease.runs(boot) {
+            return None;
+        }
+        let lost = self.lease.expired(boot);
+        self.lost();
+        Some(lost)
+    }
+
+    /// The serving lease is gone: the entries still serve but answer nothing, as in a
+    /// handover, until the election gives the VIPs up or takes them anew.
+    fn lost(&mut self) {
+        self.holding = Holding::Quiet;
+        self.lease = Lease::default();
+        self.renew_at = None;
+    }
+
+    /// Before exiting for a restart: a serving lease is extended to cover the hold the
+    /// peers were asked for (while it still runs), a forwarding one too.
+    pub fn hold(&mut self, boot: u64, hold: Duration) -> Vec<Effect> {
+        self.held(boot, hold);
+        let deadline = boot + hold.as_nanos() as u64;
+        let mut out = vec![Effect::StopAnnouncing];
+        if !self.t.leased {
+            return out;
+        }
+        if matches!(self.holding, Holding::Serving | Holding::Forwarding(_)) {
+            if let Ok(l) = self.lease.extend(boot, deadline) {
+                let expect = self.lease.deadline;
+                self.lease = l;
+                self.renew_at = None;
+                out.push(Effect::Lease(LeaseWrite::Extend { expect, deadline }));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const MAC_B: Mac = Mac([2, 0, 0, 0, 0, 0xb]);
+
+    fn terms() -> Terms {
+        Terms {
+            leased: true,
+            lease: 300 * MS,
+            interval: 100 * MS,
+            drain: 1000 * MS,
+            redirect: false,
+            balanced: false,
+            forward_for_drain: false,
+        }
+    }
+
+    fn ms(n: u64) -> u64 {
+        n * 1_000_000
+    }
+
+    fn position(out: &[Effect], f: impl Fn(&Effect) -> bool) -> usize {
+        out.iter()
+            .position(f)
+            .unwrap_or_else(|| panic!("not in {out:?}"))
+    }
+
+    #[test]
+    fn a_lease_extends_only_while_it_runs_and_never_shortens() {
+        let l = Lease::granted(ms(0), ms(300));
+        assert!(l.runs(ms(299)) && !l.runs(ms(300)));
+        assert_eq!(
+            l.extend(ms(100), ms(400)).unwrap().deadline(),
+            Some(ms(400))
+        );
+        assert_eq!(
+            l.extend(ms(100), ms(200)).unwrap().deadline(),
+            Some(ms(300))
+        );
+        let e = l.extend(ms(900), ms(1200)).unwrap_err();
+        assert_eq!((e.stalled(), e.late()), (900 * MS, 600 * MS));
+        assert!(Lease::default().extend(0, ms(1)).is_err());
+    }
+
+    #[test]
+    fn a_takeover_grants_the_lease_and_programs_before_it_announces() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        o.advertised(ms(1000));
+        let out = o.take(t0, ms(1000), None);
+        let lease = position(&out, |e| matches!(e, Effect::Lease(LeaseWrite::Grant(_))));
+        let entries = position(&out, |e| {
+            matches!(e, Effect::Entries(Entries::Active { .. }))
+        });
+        let addrs = position(&out, |e| *e == Effect::AddAddresses);
+        let announce = position(&out, |e| *e == Effect::Announce);
+        assert!(
+            lease < entries && entries < addrs && addrs < announce,
+            "{out:?}"
+        );
+        assert_eq!(out[lease], Effect::Lease(LeaseWrite::Grant(ms(1295))));
+        assert_eq!(o.holding(), Holding::Serving);
+    }
+
+    #[test]
+    fn the_lease_never_outlasts_three_intervals_after_the_last_advert() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        o.advertised(ms(0));
+        o.take(t0, ms(0), None);
+        // A renewal 90 ms later without a new advert may not reach past 300 ms (less
+        // the margin): a standby that heard our last advert at 0 takes over then.
+        assert!(o.renew(t0 + 90 * MS, ms(90)).is_empty());
+        assert!(o.lease().deadline().unwrap() <= ms(300));
+        // An advert at 100: the lease follows it.
+        o.advertised(ms(100));
+        let out = o.renew(t0 + 100 * MS, ms(100));
+        assert_eq!(
+            out,
+            vec![Effect::Lease(LeaseWrite::Extend {
+                expect: ms(295),
+                deadline: ms(395)
+            })]
+        );
+    }
+
+    #[test]
+    fn a_node_stopped_past_its_lease_loses_it_and_never_renews_it() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        o.advertised(ms(0));
+        o.take(t0, ms(0), None);
+        // SIGSTOP for 600 ms: the clock jumps. An advert would be sent on waking, but
+        // the loop checks first.
+        let lost = o.check(ms(600)).expect("lost");
+        assert_eq!(lost.stalled(), 600 * MS);
+        o.advertised(ms(600));
+        assert!(o.renew(t0 + 600 * MS, ms(600)).is_empty(), "never renewed");
+        assert!(o.check(ms(601)).is_none(), "reported once");
+        // Only a takeover (the election decided again) grants a new one.
+        o.advertised(ms(2000));
+        let out = o.take(t0 + 2000 * MS, ms(2000), None);
+        assert!(out.contains(&Effect::Lease(LeaseWrite::Grant(ms(2295)))));
+    }
+
+    #[test]
+    fn a_lease_the_kernel_refused_is_lost() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        o.advertised(ms(0));
+        o.take(t0, ms(0), None);
+        o.advertised(ms(100));
+        assert!(!o.renew(t0 + 100 * MS, ms(100)).is_empty());
+        // Stopped between our check and the kernel's: the kernel says it had run out.
+        let lost = o
+            .extension(t0 + 400 * MS, ms(400), false, ms(295))
+            .unwrap_err();
+        assert_eq!(lost.deadline, ms(295));
+        assert_eq!(o.lease().deadline(), None);
+    }
+
+    #[test]
+    fn a_short_lease_is_renewed_between_adverts() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(Terms {
+            lease: 100 * MS,
+            ..terms()
+        });
+        o.advertised(ms(0));
+        o.take(t0, ms(0), None);
+        let due = o.next_deadline().unwrap();
+        assert_eq!(due, t0 + 50 * MS);
+        let out = o.tick(due, ms(50));
+        assert_eq!(
+            out,
+            vec![Effect::Lease(LeaseWrite::Extend {
+                expect: ms(100),
+                deadline: ms(150)
+            })]
+        );
+    }
+
+    #[test]
+    fn a_handover_stops_answering_before_anything_else() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        o.advertised(ms(0));
+        o.take(t0, ms(0), None);
+        assert_eq!(
+            o.quiesce(),
+            vec![Effect::StopAnnouncing, Effect::Lease(LeaseWrite::Revoke)]
+        );
+        assert_eq!(o.holding(), Holding::Quiet);
+        // Nothing renews a quiet lease.
+        o.advertised(ms(20));
+        assert!(o.renew(t0 + 20 * MS, ms(20)).is_empty());
+        assert!(o.check(ms(5000)).is_none());
+        // The successor is heard: forward to it, KEEP for the drain, addresses kept,
+        // the forwarding lease written only after the forward entries.
+        let out = o.give_up(t0 + 30 * MS, ms(30), State::Standby, Some(MAC_B));
+        let entries = position(&out, |e| {
+            *e == Effect::Entries(Entries::Forward {
+                to: MAC_B,
+                keep: true,
+            })
+        });
+        let grant = position(&out, |e| matches!(e, Effect::Lease(LeaseWrite::Grant(_))));
+        assert!(entries < grant, "{out:?}");
+        assert!(!out.contains(&Effect::RemoveAddresses));
+        assert!(o.draining());
+        // The drain ends: plain forwarding, addresses gone.
+        let out = o.tick(t0 + 1031 * MS, ms(1031));
+        assert!(out.contains(&Effect::Entries(Entries::Forward {
+            to: MAC_B,
+            keep: false
+        })));
+        assert!(out.contains(&Effect::RemoveAddresses));
+    }
+
+    #[test]
+    fn giving_up_while_serving_revokes_before_the_entries_change() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        o.advertised(ms(0));
+        o.take(t0, ms(0), None);
+        let out = o.give_up(t0, ms(10), State::Standby, Some(MAC_B));
+        let revoke = position(&out, |e| *e == Effect::Lease(LeaseWrite::Revoke));
+        let entries = position(&out, |e| matches!(e, Effect::Entries(_)));
+        assert!(revoke < entries, "{out:?}");
+        let out = o.give_up(t0, ms(20), State::Fault, Some(MAC_B));
+        assert!(
+            out.contains(&Effect::Entries(Entries::Inert)),
+            "a fault never forwards"
+        );
+    }
+
+    #[test]
+    fn an_adopted_lease_is_never_renewed_nor_lost() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        let out = o.adopt(ms(5000), ms(0));
+        assert!(out.contains(&Effect::AddAddresses));
+        o.advertised(ms(10));
+        assert!(o.renew(t0, ms(10)).is_empty());
+        assert!(o.check(ms(6000)).is_none());
+        // The election heard another active: give up (revoke first).
+        let out = o.give_up(t0, ms(100), State::Standby, Some(MAC_B));
+        assert_eq!(out[2], Effect::Lease(LeaseWrite::Revoke), "{out:?}");
+    }
+
+    #[test]
+    fn a_forwarding_lease_is_granted_again_after_a_stall() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        o.forward(t0, ms(0), Some(MAC_B));
+        assert_eq!(o.forward_to(), Some(MAC_B));
+        let out = o.renew(t0 + 900 * MS, ms(900));
+        assert_eq!(out, vec![Effect::Lease(LeaseWrite::Grant(ms(1200)))]);
+        assert!(o.check(ms(5000)).is_none(), "forwarding is not ownership");
+    }
+
+    #[test]
+    fn a_hold_extends_the_lease_past_three_intervals() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        o.advertised(ms(0));
+        o.take(t0, ms(0), None);
+        let out = o.hold(ms(10), 5000 * MS);
+        assert!(out.contains(&Effect::Lease(LeaseWrite::Extend {
+            expect: ms(295),
+            deadline: ms(5010)
+        })));
+    }
+
+    #[test]
+    fn a_grace_after_a_handover_to_us_ends_with_plain_entries() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(terms());
+        o.advertised(ms(0));
+        let out = o.take(t0, ms(0), Some(MAC_B));
+        assert!(out.contains(&Effect::Entries(Entries::Active { grace: Some(MAC_B) })));
+        o.advertised(ms(900));
+        let out = o.tick(t0 + 1000 * MS, ms(1000));
+        assert!(out.contains(&Effect::Entries(Entries::Active { grace: None })));
+        // Redirected and balanced groups have no grace.
+        let mut r = Ownership::new(Terms {
+            redirect: true,
+            ..terms()
+        });
+        let out = r.take(t0, ms(0), Some(MAC_B));
+        assert!(out.contains(&Effect::Entries(Entries::Active { grace: None })));
+        assert!(!out.contains(&Effect::AddAddresses));
+    }
+
+    #[test]
+    fn a_static_group_forwards_only_for_the_drain() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(Terms {
+            leased: false,
+            forward_for_drain: true,
+            ..terms()
+        });
+        let out = o.take(t0, 0, None);
+        assert!(!out.iter().any(|e| matches!(e, Effect::Lease(_))));
+        o.give_up(t0, 0, State::Standby, Some(MAC_B));
+        assert!(o.forwarding_for_drain());
+        // A new active heard meanwhile changes nothing until the drain ends.
+        assert!(o.forward(t0, 0, Some(Mac([2, 0, 0, 0, 0, 0xc]))).is_empty());
+        let out = o.tick(t0 + 1000 * MS, 0);
+        assert!(out.contains(&Effect::Entries(Entries::Inert)), "{out:?}");
+    }
+}

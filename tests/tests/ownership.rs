@@ -293,3 +293,115 @@ fn a_reload_that_fails_while_applying_rolls_back() {
     drop(a);
     teardown(lan);
 }
+
+/// One ARP request for the VIP every 5 ms from the client, for `span`; for each, the
+/// MACs that answered it before the next request left (what the client got).
+fn ask_arp(lan: &Lan, span: Duration, during: impl FnOnce() + Send) -> Vec<BTreeSet<String>> {
+    let c = lan.host("c");
+    let cap = Capture::open(&c.ns, "eth0").unwrap();
+    cap.clear();
+    let req = vip::frames::arp_request(mac(&c.mac), c.ip4, VIP4);
+    std::thread::scope(|s| {
+        s.spawn(during);
+        let end = std::time::Instant::now() + span;
+        let mut answers = Vec::new();
+        while std::time::Instant::now() < end {
+            cap.send(&req).unwrap();
+            let got = cap.collect(Duration::from_millis(5), |_| true);
+            answers.push(
+                arp_replies_for(&got, VIP4)
+                    .into_iter()
+                    .map(|m| m.to_string())
+                    .collect(),
+            );
+        }
+        answers
+    })
+}
+
+fn answered_twice(answers: &[BTreeSet<String>]) -> usize {
+    answers.iter().filter(|a| a.len() > 1).count()
+}
+
+/// Defect: an agent stopped past its lease (SIGSTOP) woke up, renewed the lease that
+/// had run out and answered ARP beside the node that had taken over meanwhile, until
+/// the election sorted it out (15-74 requests answered by two MACs per event).
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn a_node_stopped_past_its_lease_never_answers_beside_the_new_active() {
+    privileged();
+    let lan = servers_lan();
+    let (a, b) = elected_pair(&lan);
+    let lease_ms = 3 * INTERVAL;
+    let answers = ask_arp(&lan, Duration::from_millis(1500), || {
+        std::thread::sleep(Duration::from_millis(200));
+        a.proc.signal(Signal::SIGSTOP).unwrap();
+        // Deliberate: the stop is the fault, 10 leases long.
+        std::thread::sleep(Duration::from_millis(10 * lease_ms));
+        a.proc.signal(Signal::SIGCONT).unwrap();
+    });
+    let both = answered_twice(&answers);
+    assert_eq!(
+        both,
+        0,
+        "{both} of {} requests answered by two MACs",
+        answers.len()
+    );
+    // The woken node said why it stopped answering, and counted it.
+    let ok = lab::wait_for(Duration::from_secs(3), || {
+        a.log_text().contains("lease expired").then_some(())
+    });
+    assert!(ok.is_some(), "{}", a.log_text());
+    assert!(a.log_text().contains("stalled for"), "{}", a.log_text());
+    assert_eq!(
+        a.status().unwrap()["groups"][0]["election"]["leases_lost"],
+        1
+    );
+    // a (200) is the better node: it claims the VIPs back, without overlap; in the
+    // end exactly one MAC answers.
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    assert_eq!(arping_macs(&lan), [lan.host("a").mac.clone()].into());
+    drop((a, b));
+    teardown(lan);
+}
+
+/// Defect: a preempting node answered ARP before the old active had stopped (up to 2
+/// requests answered by both per preemption). Now the old active stops answering,
+/// releases, and only then does the claimant take over.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn a_preemption_never_has_two_nodes_answering() {
+    privileged();
+    let lan = servers_lan();
+    let (a, b) = elected_pair(&lan);
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        // a steps back, b serves; then a resumes and preempts b.
+        answers.extend(ask_arp(&lan, Duration::from_millis(600), || {
+            assert!(a.cli(&["demote", "web"]).unwrap().status.success());
+            // Deliberate: b holds the VIP a while before the preemption.
+            std::thread::sleep(Duration::from_millis(250));
+            assert!(a.cli(&["resume", "web"]).unwrap().status.success());
+        }));
+        expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    }
+    let both = answered_twice(&answers);
+    assert_eq!(
+        both,
+        0,
+        "{both} of {} requests answered by two MACs",
+        answers.len()
+    );
+    // How long each handover left the VIP unanswered is the benchmarks' business
+    // (`cargo xtask bench chaos`); on a loaded machine a starved agent also loses its
+    // lease now and then, which is a failover of its own. Shown, not asserted.
+    let unanswered = answers.iter().filter(|a| a.is_empty()).count();
+    eprintln!(
+        "10 handovers: {unanswered} of {} requests unanswered",
+        answers.len()
+    );
+    let reason = a.status().unwrap()["groups"][0]["reason_kind"].clone();
+    assert_eq!(reason, "preempt");
+    drop((a, b));
+    teardown(lan);
+}

@@ -3,23 +3,40 @@
 //!
 //! ```text
 //!  0..4   magic "VIPA"          4   version (2; 1 is still read)
-//!  5      kind (1 advert, 2 release, 3 hold, 4 hello, 5 standby, 6 claim)
-//!  6      priority (0..=255)    7   flags (bit 0: HMAC follows; bit 1: the sender
-//!                                   releases the VIPs when a better peer claims them)
+//!  5      kind (1 advert, 2 release, 3 hold, 4 hello, 5 standby, 6 claim,
+//!               7 challenge, 8 answer)
+//!  6      priority (0..=255)
+//!  7      flags: bit 0 HMAC follows; bit 1 the sender takes part in this version's
+//!               handshakes (it releases when a better peer claims the VIPs, it answers
+//!               challenges); bit 2 an answer: the HMAC also covers the challenge's
+//!               nonce
 //!  8..10  advert interval, ms  10..12 hold, ms (kind 3)  12..18 sender MAC
 //! 18      address family (4/6) 19   group name length n (1..=64)
 //! 20..36  sender's primary address (IPv4 in the first 4 bytes)
 //! 36..44  sequence number (strictly increasing within an epoch)
 //! 44..52  epoch (version 2 only): random, drawn anew at every start of the sender
 //! 52..52+n group name (UTF-8)   then, with a key, 32 bytes HMAC-SHA256 of all before
+//!                               (for an answer: of all before, then the nonce)
 //! ```
 //!
-//! Replay protection is (epoch, sequence): a receiver accepts a higher sequence in
-//! the sender's current epoch, or a new epoch, and refuses the epochs it has seen
-//! retired. No clock is involved, so a sender whose clock stepped back is never
-//! locked out (version 1 seeded its sequence from the wall clock). Version 1 is still
-//! decoded (epoch 0, the sequence alone decides), so a peer running an older vip is
-//! understood during a rolling upgrade, and is answered in version 1.
+//! **Replay protection** needs the key (without one, anyone can forge any datagram, and
+//! refusing some on their unauthenticated epoch and sequence would only let a forger
+//! lock a live peer out). It is (epoch, sequence): a receiver accepts a higher sequence
+//! in the sender's current epoch and refuses the epochs it saw retired. An epoch it
+//! does not know must *prove it is fresh* before it counts: the receiver drops the
+//! datagram and sends a [`Kind::Challenge`] to the sender's address; the live sender
+//! answers with a [`Kind::Answer`] in its current epoch whose HMAC covers the
+//! challenge's nonce (the challenger's own epoch and sequence, never used twice), which
+//! a recording cannot have. Only then does the receiver take the new epoch and retire
+//! the old one. So no datagram, replayed or forged, makes a receiver refuse a peer that
+//! is still speaking: a replay from an earlier epoch only makes the receiver ask, and
+//! the live peer's answer is in its live epoch. No clock is involved, so a sender whose
+//! clock stepped back is never locked out (version 1 seeded its sequence from the wall
+//! clock). A peer that does not take part in the handshakes (an older vip) gets the
+//! old rule, made safer: its new epoch is taken only once the one in use has been
+//! silent for two intervals. Version 1 is still decoded (epoch 0, the sequence alone
+//! decides), so a peer running an older vip is understood during a rolling upgrade,
+//! and is answered in version 1.
 //!
 //! Decoding never panics and never allocates more than the datagram; every way a
 //! datagram can be wrong is a [`DecodeError`], which the agent counts and ignores.
@@ -27,6 +44,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Instant,
 };
 
 use hmac::{Hmac, Mac as _};
@@ -41,7 +59,11 @@ const HEADER: usize = 52;
 const TAG: usize = 32;
 pub const MAX_NAME: usize = 64;
 const FLAG_HMAC: u8 = 1;
-const FLAG_HANDOVER: u8 = 2;
+const FLAG_HANDSHAKES: u8 = 2;
+const FLAG_ANSWER: u8 = 4;
+
+/// A challenge's nonce: the challenger's epoch and the challenge's sequence.
+pub type Nonce = (u64, u64);
 
 /// What an advertisement says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +87,12 @@ pub enum Kind {
     /// An active that hears a better claim stops answering first, then releases, so
     /// the claimant never answers while it does (version 2 only).
     Claim,
+    /// "Prove that your epoch is alive": sent to a peer whose datagram came in an epoch
+    /// we do not know; its nonce is this datagram's own (epoch, sequence).
+    Challenge,
+    /// "Here is my live epoch": the answer to a challenge, its HMAC over the challenge's
+    /// nonce too (flag bit 2).
+    Answer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,9 +107,13 @@ pub struct Advert {
     /// The sender's epoch (random per start); 0 for a version-1 sender.
     pub epoch: u64,
     pub group: String,
-    /// The sender answers a [`Kind::Claim`] with a release (flag bit 1). A peer
-    /// without it (an older vip) is preempted the old way: by taking over.
-    pub handover: bool,
+    /// The sender answers a [`Kind::Claim`] with a release and a [`Kind::Challenge`]
+    /// with an answer (flag bit 1). A peer without it (an older vip) is preempted the
+    /// old way, by taking over, and never challenged.
+    pub handshakes: bool,
+    /// For a [`Kind::Answer`]: the challenge's nonce, which the HMAC covers (flag bit
+    /// 2). Decoded only when the receiver knew it (it is not on the wire).
+    pub nonce: Option<Nonce>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +138,8 @@ pub enum DecodeError {
     BadAuth,
     #[error("authenticated advertisement but no key is configured")]
     UnexpectedAuth,
+    #[error("an answer to a challenge that was not made, or is no longer awaited")]
+    UnexpectedAnswer,
 }
 
 impl DecodeError {
@@ -113,7 +147,10 @@ impl DecodeError {
     pub fn is_auth(&self) -> bool {
         matches!(
             self,
-            DecodeError::Unauthenticated | DecodeError::BadAuth | DecodeError::UnexpectedAuth
+            DecodeError::Unauthenticated
+                | DecodeError::BadAuth
+                | DecodeError::UnexpectedAuth
+                | DecodeError::UnexpectedAnswer
         )
     }
 }
@@ -143,11 +180,16 @@ impl Advert {
             Kind::Hello => 4,
             Kind::Standby => 5,
             Kind::Claim => 6,
+            Kind::Challenge => 7,
+            Kind::Answer => 8,
         });
         b.push(self.priority);
         let mut flags = if key.is_some() { FLAG_HMAC } else { 0 };
-        if self.handover {
-            flags |= FLAG_HANDOVER;
+        if self.handshakes {
+            flags |= FLAG_HANDSHAKES;
+        }
+        if self.nonce.is_some() {
+            flags |= FLAG_ANSWER;
         }
         b.push(flags);
         b.extend_from_slice(&self.interval_ms.to_be_bytes());
@@ -173,7 +215,7 @@ impl Advert {
         }
         b.extend_from_slice(&name[..n]);
         if let Some(k) = key {
-            let tag = mac_of(k, &b);
+            let tag = mac_of(k, &b, self.nonce);
             b.extend_from_slice(&tag);
         }
         b
@@ -181,13 +223,14 @@ impl Advert {
 
     /// Parses and (with `key`) authenticates a datagram.
     pub fn decode(b: &[u8], key: Option<&[u8]>) -> Result<Advert, DecodeError> {
-        Self::decode_with(b, |_| key)
+        Self::decode_with(b, |_| (key, None))
     }
 
-    /// Parses a datagram, authenticating it with the key `key_for` gives for its group.
+    /// Parses a datagram, authenticating it with the key `key_for` gives for its group
+    /// (and, for an answer, the nonce of the challenge we await from its sender).
     pub fn decode_with<'k>(
         b: &[u8],
-        key_for: impl FnOnce(&str) -> Option<&'k [u8]>,
+        key_for: impl FnOnce(&str) -> (Option<&'k [u8]>, Option<Nonce>),
     ) -> Result<Advert, DecodeError> {
         if b.len() < HEADER_V1 + 1 {
             return Err(DecodeError::TooShort(b.len()));
@@ -210,6 +253,8 @@ impl Advert {
             4 if header == HEADER => Kind::Hello,
             5 if header == HEADER => Kind::Standby,
             6 if header == HEADER => Kind::Claim,
+            7 if header == HEADER => Kind::Challenge,
+            8 if header == HEADER => Kind::Answer,
             k => return Err(DecodeError::BadKind(k)),
         };
         let signed = b[7] & FLAG_HMAC != 0;
@@ -223,12 +268,23 @@ impl Advert {
         }
         let group =
             std::str::from_utf8(&b[header..header + n]).map_err(|_| DecodeError::BadName)?;
-        match (key_for(group), signed) {
+        let answer = b[7] & FLAG_ANSWER != 0;
+        let (key, awaited) = key_for(group);
+        let nonce = match (answer, awaited) {
+            (false, _) => None,
+            (true, Some(n)) if key.is_some() => Some(n),
+            (true, _) => return Err(DecodeError::UnexpectedAnswer),
+        };
+        match (key, signed) {
             (Some(_), false) => return Err(DecodeError::Unauthenticated),
             (None, true) => return Err(DecodeError::UnexpectedAuth),
             (Some(k), true) => {
                 let mut m = <Hmac<Sha256>>::new_from_slice(k).map_err(|_| DecodeError::BadAuth)?;
                 m.update(&b[..header + n]);
+                if let Some((epoch, seq)) = nonce {
+                    m.update(&epoch.to_be_bytes());
+                    m.update(&seq.to_be_bytes());
+                }
                 m.verify_slice(&b[header + n..])
                     .map_err(|_| DecodeError::BadAuth)?;
             }
@@ -261,66 +317,144 @@ impl Advert {
             seq: be64(36),
             epoch: if header == HEADER { be64(44) } else { 0 },
             group: group.to_string(),
-            handover: b[7] & FLAG_HANDOVER != 0,
+            handshakes: b[7] & FLAG_HANDSHAKES != 0,
+            nonce,
         })
     }
 }
 
-/// Replay protection per sender: (epoch, sequence), see the module's description.
+/// Replay protection per sender: (epoch, sequence), with a challenge for an epoch it
+/// does not know (see the module's description). Used only with a key.
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
     senders: HashMap<IpAddr, Sender>,
 }
 
-#[derive(Debug, Default)]
+/// What to do with an authenticated datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fresh: act on it.
+    Fresh,
+    /// An old sequence of the sender's current epoch, or an epoch it left: drop it.
+    Replay,
+    /// An epoch we have not verified: drop it; `challenge`: ask the sender now (at
+    /// most once an interval), see [`ReplayGuard::challenged`].
+    Unverified { challenge: bool },
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Sender {
     epoch: u64,
     seq: u64,
+    /// When the current epoch was last heard (None: restored from a saved state).
+    #[serde(skip)]
+    heard: Option<Instant>,
     /// Epochs this sender has left behind: adverts from them are replays.
     retired: VecDeque<u64>,
     /// Version-1 sequence (wall-clock based, epoch 0).
     legacy: Option<u64>,
+    /// The challenge we await an answer to, and when we sent it.
+    #[serde(skip)]
+    challenge: Option<(Nonce, Instant)>,
 }
 
 /// How many of a sender's past epochs are remembered.
 const RETIRED: usize = 16;
 
+impl Sender {
+    /// The epoch that proved itself (or, from an older vip, outlived the current
+    /// one) becomes current; the current one is retired.
+    fn adopt(&mut self, epoch: u64, seq: u64, now: Instant) {
+        if self.epoch != 0 {
+            if self.retired.len() == RETIRED {
+                self.retired.pop_front();
+            }
+            self.retired.push_back(self.epoch);
+        }
+        self.epoch = epoch;
+        self.seq = seq;
+        self.heard = Some(now);
+        self.challenge = None;
+    }
+}
+
 impl ReplayGuard {
-    /// True if the advert is fresh (and records it); false for a replay.
-    pub fn accept(&mut self, from: IpAddr, epoch: u64, seq: u64) -> bool {
-        let s = self.senders.entry(from).or_default();
+    /// Judges an authenticated datagram from its sender (`ad.addr`) and records a fresh
+    /// one: its (epoch, sequence); whether its sender answers challenges (an older vip
+    /// does not: `handshakes`); whether it answers ours (its HMAC covered the nonce we
+    /// await from it: `nonce`). `interval`: the group's advertisement interval.
+    pub fn check(&mut self, ad: &Advert, now: Instant, interval: std::time::Duration) -> Verdict {
+        let (epoch, seq, handshakes, answers) =
+            (ad.epoch, ad.seq, ad.handshakes, ad.nonce.is_some());
+        let s = self.senders.entry(ad.addr).or_default();
         if epoch == 0 {
             if s.legacy.is_some_and(|l| seq <= l) {
-                return false;
+                return Verdict::Replay;
             }
             s.legacy = Some(seq);
-            return true;
+            return Verdict::Fresh;
         }
         if epoch == s.epoch {
             if seq <= s.seq {
-                return false;
+                return Verdict::Replay;
             }
             s.seq = seq;
-            return true;
+            s.heard = Some(now);
+            return Verdict::Fresh;
         }
         if s.retired.contains(&epoch) {
-            return false;
+            return Verdict::Replay;
         }
-        // A new start of the sender: its previous epoch is over.
-        if s.epoch != 0 {
-            if s.retired.len() == RETIRED {
-                s.retired.pop_front();
+        if answers {
+            s.adopt(epoch, seq, now);
+            return Verdict::Fresh;
+        }
+        if !handshakes {
+            // An older vip cannot prove anything: its new epoch is taken only once
+            // the current one has gone quiet (the old process is gone), never on the
+            // word of one datagram while the live one is heard.
+            let quiet = s
+                .heard
+                .is_none_or(|h| now.saturating_duration_since(h) > interval * 2);
+            if s.epoch == 0 || quiet {
+                s.adopt(epoch, seq, now);
+                return Verdict::Fresh;
             }
-            s.retired.push_back(s.epoch);
+            return Verdict::Unverified { challenge: false };
         }
-        s.epoch = epoch;
-        s.seq = seq;
-        true
+        let due = s
+            .challenge
+            .is_none_or(|(_, at)| now.saturating_duration_since(at) >= interval);
+        Verdict::Unverified { challenge: due }
+    }
+
+    /// The nonce we await an answer from `from` with, if we challenged it.
+    pub fn awaited(&self, from: &IpAddr) -> Option<Nonce> {
+        self.senders.get(from)?.challenge.map(|(n, _)| n)
+    }
+
+    /// We challenged `from` with `nonce` at `now`.
+    pub fn challenged(&mut self, from: IpAddr, nonce: Nonce, now: Instant) {
+        self.senders.entry(from).or_default().challenge = Some((nonce, now));
     }
 
     /// Forgets a sender (it left the config).
     pub fn forget(&mut self, from: &IpAddr) {
         self.senders.remove(from);
+    }
+
+    /// What a re-executed agent takes over: every sender's current and retired
+    /// epochs (a JSON value; see `agent::upgrade`).
+    pub fn save(&self) -> serde_json::Value {
+        serde_json::to_value(&self.senders).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Takes a saved state over (anything unreadable is ignored: the challenges
+    /// rebuild it).
+    pub fn restore(&mut self, saved: &serde_json::Value) {
+        if let Ok(senders) = serde_json::from_value::<HashMap<IpAddr, Sender>>(saved.clone()) {
+            self.senders = senders;
+        }
     }
 }
 
@@ -342,16 +476,22 @@ pub fn new_epoch() -> u64 {
     e.max(1)
 }
 
-fn mac_of(key: &[u8], data: &[u8]) -> [u8; TAG] {
+fn mac_of(key: &[u8], data: &[u8], nonce: Option<Nonce>) -> [u8; TAG] {
     // HMAC accepts keys of any length; this cannot fail.
     let mut m = <Hmac<Sha256>>::new_from_slice(key).expect("HMAC takes any key length");
     m.update(data);
+    if let Some((epoch, seq)) = nonce {
+        m.update(&epoch.to_be_bytes());
+        m.update(&seq.to_be_bytes());
+    }
     m.finalize().into_bytes().into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MS: std::time::Duration = std::time::Duration::from_millis(1);
 
     fn sample() -> Advert {
         Advert {
@@ -364,27 +504,145 @@ mod tests {
             seq: 42,
             epoch: 0x1234_5678_9abc_def0,
             group: "web".into(),
-            handover: true,
+            handshakes: true,
+            nonce: None,
+        }
+    }
+
+    const I: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// A datagram from `p` in (`epoch`, `seq`), from a peer that takes part in the
+    /// handshakes or not, answering our challenge or not.
+    fn d(p: IpAddr, epoch: u64, seq: u64, handshakes: bool, answers: bool) -> Advert {
+        Advert {
+            addr: p,
+            epoch,
+            seq,
+            handshakes,
+            nonce: answers.then_some((0, 0)),
+            ..sample()
         }
     }
 
     #[test]
-    fn replay_guard_accepts_a_restart_with_any_clock_and_refuses_replays() {
+    fn replay_guard_refuses_replays_and_challenges_an_unknown_epoch() {
         let p: IpAddr = "10.0.0.2".parse().unwrap();
+        let t = Instant::now();
         let mut g = ReplayGuard::default();
-        assert!(g.accept(p, 7, 1));
-        assert!(g.accept(p, 7, 2));
-        assert!(!g.accept(p, 7, 2), "same sequence again");
-        assert!(!g.accept(p, 7, 1), "older sequence");
-        // The sender restarts (whatever its clock says): a new epoch, from 1 again.
-        assert!(g.accept(p, 99, 1));
-        assert!(g.accept(p, 99, 2));
+        // A first epoch proves itself by its answer.
+        assert_eq!(
+            g.check(&d(p, 7, 1, true, false), t, I),
+            Verdict::Unverified { challenge: true }
+        );
+        g.challenged(p, (99, 1), t);
+        assert_eq!(g.awaited(&p), Some((99, 1)));
+        assert_eq!(
+            g.check(&d(p, 7, 2, true, false), t, I),
+            Verdict::Unverified { challenge: false },
+            "one challenge an interval"
+        );
+        assert_eq!(g.check(&d(p, 7, 3, true, true), t, I), Verdict::Fresh);
+        assert_eq!(g.awaited(&p), None);
+        assert_eq!(g.check(&d(p, 7, 4, true, false), t, I), Verdict::Fresh);
+        assert_eq!(g.check(&d(p, 7, 4, true, false), t, I), Verdict::Replay);
+        assert_eq!(g.check(&d(p, 7, 1, true, false), t, I), Verdict::Replay);
+        // The sender restarts (whatever its clock says): its new epoch answers.
+        assert_eq!(
+            g.check(&d(p, 8, 1, true, false), t, I),
+            Verdict::Unverified { challenge: true }
+        );
+        g.challenged(p, (99, 2), t);
+        assert_eq!(g.check(&d(p, 8, 2, true, true), t, I), Verdict::Fresh);
         // Old adverts of the previous start are replays now.
-        assert!(!g.accept(p, 7, 3));
+        assert_eq!(g.check(&d(p, 7, 5, true, false), t, I), Verdict::Replay);
         // Version 1 keeps its own monotonic sequence.
-        assert!(g.accept(p, 0, 1000));
-        assert!(!g.accept(p, 0, 999));
+        assert_eq!(g.check(&d(p, 0, 1000, false, false), t, I), Verdict::Fresh);
+        assert_eq!(g.check(&d(p, 0, 999, false, false), t, I), Verdict::Replay);
         assert!(new_epoch() != 0 && new_epoch() != new_epoch());
+    }
+
+    /// The attack: both agents restarted, a single advert of the peer's previous
+    /// epoch replayed. It must never retire the live epoch.
+    #[test]
+    fn a_replayed_epoch_never_locks_out_the_live_one() {
+        let p: IpAddr = "10.0.0.2".parse().unwrap();
+        let t = Instant::now();
+        let mut g = ReplayGuard::default();
+        // The live epoch 8 is verified...
+        g.check(&d(p, 8, 1, true, false), t, I);
+        g.challenged(p, (1, 1), t);
+        assert_eq!(g.check(&d(p, 8, 2, true, true), t, I), Verdict::Fresh);
+        // ...then epoch 7, recorded before the restarts, is replayed, often.
+        for k in 0..1000 {
+            let v = g.check(&d(p, 7, 1_000 + k, true, false), t, I);
+            assert!(matches!(v, Verdict::Unverified { .. }), "{v:?}");
+        }
+        // The live peer goes on being heard; its answer to our challenge is in 8.
+        assert_eq!(g.check(&d(p, 8, 3, true, false), t, I), Verdict::Fresh);
+        g.challenged(p, (1, 2), t);
+        assert_eq!(g.check(&d(p, 8, 4, true, true), t, I), Verdict::Fresh);
+        assert_eq!(g.check(&d(p, 8, 5, true, false), t, I), Verdict::Fresh);
+        // Replayed before anything of the live epoch was heard: the same.
+        let mut g = ReplayGuard::default();
+        assert!(matches!(
+            g.check(&d(p, 7, 1, true, false), t, I),
+            Verdict::Unverified { .. }
+        ));
+        g.challenged(p, (1, 3), t);
+        assert_eq!(g.check(&d(p, 8, 9, true, true), t, I), Verdict::Fresh);
+        assert_eq!(g.check(&d(p, 8, 10, true, false), t, I), Verdict::Fresh);
+    }
+
+    /// An older vip answers no challenge: its new epoch is taken only once the old one
+    /// went quiet.
+    #[test]
+    fn an_older_peers_new_epoch_waits_for_the_old_one_to_go_quiet() {
+        let p: IpAddr = "10.0.0.2".parse().unwrap();
+        let t = Instant::now();
+        let mut g = ReplayGuard::default();
+        assert_eq!(g.check(&d(p, 7, 1, false, false), t, I), Verdict::Fresh);
+        assert_eq!(
+            g.check(&d(p, 6, 9, false, false), t + 100 * MS, I),
+            Verdict::Unverified { challenge: false }
+        );
+        assert_eq!(
+            g.check(&d(p, 7, 2, false, false), t + 150 * MS, I),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            g.check(&d(p, 9, 1, false, false), t + 351 * MS, I),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            g.check(&d(p, 7, 3, false, false), t + 352 * MS, I),
+            Verdict::Replay
+        );
+    }
+
+    #[test]
+    fn the_replay_state_survives_a_save_and_restore() {
+        let p: IpAddr = "10.0.0.2".parse().unwrap();
+        let t = Instant::now();
+        let mut g = ReplayGuard::default();
+        g.check(&d(p, 7, 1, false, false), t, I);
+        g.check(&d(p, 8, 1, false, false), t + 10 * I, I);
+        let mut h = ReplayGuard::default();
+        h.restore(&g.save());
+        assert_eq!(h.check(&d(p, 7, 2, true, false), t, I), Verdict::Replay);
+        assert_eq!(h.check(&d(p, 8, 1, true, false), t, I), Verdict::Replay);
+        assert_eq!(h.check(&d(p, 8, 2, true, false), t, I), Verdict::Fresh);
+    }
+
+    #[test]
+    fn an_answer_binds_the_nonce() {
+        let mut a = sample();
+        a.kind = Kind::Answer;
+        a.nonce = Some((5, 6));
+        let b = a.encode(Some(b"k"));
+        let with = |n: Option<Nonce>| Advert::decode_with(&b, |_| (Some(&b"k"[..]), n));
+        assert_eq!(with(Some((5, 6))).unwrap(), a);
+        assert_eq!(with(Some((5, 7))), Err(DecodeError::BadAuth));
+        assert_eq!(with(None), Err(DecodeError::UnexpectedAnswer));
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub struct Peer {
     /// Its advertisement interval: its silence is measured in its own intervals.
     pub interval: Duration,
     /// It releases the VIPs on a claim (see [`Kind::Claim`]).
-    pub handover: bool,
+    pub handshakes: bool,
 }
 
 /// A standby (or a starting node) we heard, for knowing the best standby alive.
@@ -496,7 +496,7 @@ impl Election {
                     match self.active.clone() {
                         // The active releases when it hears our claim; we take over
                         // on its release (see `receive`).
-                        Some(a) if a.handover => {
+                        Some(a) if a.handshakes => {
                             self.claiming = true;
                             out.push(self.send(Kind::Claim));
                         }
@@ -635,7 +635,7 @@ impl Election {
                     priority: ad.priority,
                     last_seen: now,
                     interval: Duration::from_millis(ad.interval_ms as u64),
-                    handover: ad.handover,
+                    handshakes: ad.handshakes,
                 };
                 if self.worse_than_known_active(theirs, now) {
                     // Two actives (a split brain settling, say after a failure several
@@ -680,6 +680,8 @@ impl Election {
                     out.extend(self.tick(now));
                 }
             }
+            // The agent's replay protection; nothing for the election.
+            Kind::Challenge | Kind::Answer => {}
             Kind::Hold => {
                 if self.active.as_ref().is_some_and(|a| a.addr == ad.addr)
                     && self.state != State::Active
@@ -867,7 +869,7 @@ impl Election {
             return vec![self.send(Kind::Advert), Action::Reannounce];
         }
         match self.active.clone() {
-            Some(a) if a.handover => {
+            Some(a) if a.handshakes => {
                 self.claiming = true;
                 self.preempt_at = None;
                 vec![self.send(Kind::Claim)]
@@ -1022,7 +1024,8 @@ mod tests {
             seq: 1,
             epoch: 1,
             group: "web".into(),
-            handover: true,
+            handshakes: true,
+            nonce: None,
         }
     }
 
@@ -1032,7 +1035,7 @@ mod tests {
     }
 
     fn old(mut ad: Advert) -> Advert {
-        ad.handover = false;
+        ad.handshakes = false;
         ad
     }
 
@@ -1771,14 +1774,14 @@ mod tests {
                 // The active (200, .10) and a settled cluster: everyone heard everyone.
                 for k in 0..20u32 {
                     let t = t0 + k * 100 * MS;
-                    for i in 0..nodes.len() {
-                        nodes[i].receive(&advert(Kind::Advert, 200, 10), t);
+                    for (i, e) in nodes.iter_mut().enumerate() {
+                        e.receive(&advert(Kind::Advert, 200, 10), t);
                         for (j, p) in prios[..n - 1].iter().enumerate() {
                             if j != i {
-                                nodes[i].receive(&presence(*p, 11 + j as u8), t);
+                                e.receive(&presence(*p, 11 + j as u8), t);
                             }
                         }
-                        nodes[i].tick(t);
+                        e.tick(t);
                     }
                 }
                 let lost_at = t0 + 2000 * MS;

@@ -177,6 +177,11 @@ pub fn render(s: &Status) -> String {
             "Advertisements from addresses that are not peers",
             |e| e.unknown_peers,
         ),
+        (
+            "advert_unverified",
+            "Authenticated advertisements in an epoch not verified yet (the sender was challenged)",
+            |e| e.unverified,
+        ),
         ("split_brains", "Two actives seen (partition healed)", |e| {
             e.split_brains
         }),

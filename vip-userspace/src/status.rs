@@ -151,6 +151,9 @@ pub struct ElectionStatus {
     pub replays: u64,
     pub malformed: u64,
     pub unknown_peers: u64,
+    /// Authenticated datagrams in an epoch not verified yet (the sender was challenged).
+    #[serde(default)]
+    pub unverified: u64,
     /// Time left on the data plane's lease (active or forwarding), if one is held.
     pub lease_remaining_ms: Option<u64>,
     /// Times this node's lease ran out while it was active (the agent was stalled past
@@ -583,6 +586,7 @@ mod tests {
                 replays: 0,
                 malformed: 0,
                 unknown_peers: 0,
+                unverified: 0,
                 lease_remaining_ms: None,
                 leases_lost: 0,
             }),

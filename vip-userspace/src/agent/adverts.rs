@@ -13,7 +13,7 @@ use tokio::{net::UdpSocket, sync::mpsc};
 
 use super::{Agent, Event, GroupRuntime};
 use crate::{
-    advert::{self, Advert, Kind},
+    advert::{self, Advert, Kind, Verdict},
     config::Config,
     host::Interface,
 };
@@ -170,25 +170,48 @@ pub(super) fn spawn_receivers(sockets: &AdvertSockets, tx: &mpsc::Sender<Event>)
 }
 
 impl Agent {
-    /// One advertisement from the network: authenticate, check the sender and the
-    /// replay state, then feed the group's election. Anything wrong is counted and
-    /// dropped (logged at most once per 10 s per kind and group).
+    /// One advertisement from the network: check the sender is a peer, authenticate,
+    /// check the replay state (challenging an epoch we do not know), then feed the
+    /// group's election. Anything wrong is counted and dropped (logged at most once per
+    /// 10 s per kind and group). The work per datagram is bounded: one name lookup,
+    /// at most one HMAC, one map lookup.
     pub(super) fn datagram(&mut self, b: &[u8], from: SocketAddr) {
         let from_ip = canonical(from.ip());
-        let mut group = None;
-        let decoded = Advert::decode_with(b, |name| {
-            group = self
-                .groups
-                .iter()
-                .position(|g| g.cfg.name == name && g.election().is_some());
-            group.and_then(|gi| self.groups[gi].key.as_deref())
-        });
         let is_peer = |g: &GroupRuntime| {
             g.cfg
                 .election
                 .as_ref()
                 .is_some_and(|e| e.peers.contains(&from_ip))
         };
+        // A stranger costs no HMAC: it is refused before anything is verified.
+        if !self.groups.iter().any(is_peer) {
+            match self.groups.iter().position(|g| g.election().is_some()) {
+                Some(gi) => {
+                    self.groups[gi].errors.unknown_peers += 1;
+                    self.warn_ignored(
+                        gi,
+                        "stranger",
+                        format!("advertisement from {from_ip}, which is not a peer"),
+                    );
+                }
+                None => self.unknown_group_adverts += 1,
+            }
+            return;
+        }
+        let mut group = None;
+        let decoded = Advert::decode_with(b, |name| {
+            group = self
+                .groups
+                .iter()
+                .position(|g| g.cfg.name == name && g.election().is_some());
+            match group {
+                Some(gi) => {
+                    let g = &self.groups[gi];
+                    (g.key.as_deref(), g.replay.awaited(&from_ip))
+                }
+                None => (None, None),
+            }
+        });
         let gi = match group {
             Some(gi) => gi,
             // Not attributable by its name: charge it to a group the sender is a peer of.
@@ -201,20 +224,10 @@ impl Agent {
                 }
             },
         };
-        let g = &mut self.groups[gi];
-        let mut warn = |what: &'static str, line: String| {
-            if let Some(skipped) = self.log_limiter.allow(&g.cfg.name, what) {
-                let more = if skipped > 0 {
-                    format!(" ({skipped} more since the last report)")
-                } else {
-                    String::new()
-                };
-                log::warn!("group {}: {line}; ignored{more}", g.cfg.name);
-            }
-        };
-        if !is_peer(g) {
-            g.errors.unknown_peers += 1;
-            warn(
+        if !is_peer(&self.groups[gi]) {
+            self.groups[gi].errors.unknown_peers += 1;
+            self.warn_ignored(
+                gi,
                 "stranger",
                 format!("advertisement from {from_ip}, which is not a peer"),
             );
@@ -223,39 +236,74 @@ impl Agent {
         let ad = match decoded {
             Ok(ad) => ad,
             Err(e) => {
-                if e.is_auth() {
-                    g.errors.auth_failures += 1;
-                    warn(
+                let (what, line) = if e.is_auth() {
+                    self.groups[gi].errors.auth_failures += 1;
+                    (
                         "auth",
                         format!("advertisement from {from_ip} failed authentication ({e})"),
-                    );
+                    )
                 } else {
-                    g.errors.malformed += 1;
-                    warn(
+                    self.groups[gi].errors.malformed += 1;
+                    (
                         "malformed",
                         format!("malformed advertisement from {from_ip} ({e})"),
-                    );
-                }
+                    )
+                };
+                self.warn_ignored(gi, what, line);
                 return;
             }
         };
         if ad.addr != from_ip {
-            g.errors.malformed += 1;
-            warn(
+            self.groups[gi].errors.malformed += 1;
+            self.warn_ignored(
+                gi,
                 "spoofed",
                 format!("advertisement from {from_ip} claims to be from {}", ad.addr),
             );
             return;
         }
-        if !g.replay.accept(from_ip, ad.epoch, ad.seq) {
-            g.errors.replays += 1;
-            warn(
-                "replay",
-                format!(
-                    "replayed advertisement from {from_ip} (epoch {:x}, sequence {})",
-                    ad.epoch, ad.seq
-                ),
-            );
+        let now = Instant::now();
+        // Without a key there is nothing to protect against replays with: anyone can
+        // forge any datagram, and refusing some would only let a forger lock a peer out.
+        if self.groups[gi].key.is_some() {
+            if ad.kind == Kind::Challenge {
+                // Answered whatever our view of its epoch (both sides may have just
+                // restarted); an answer is unicast to the peer, at most one an interval
+                // for each.
+                self.answer_challenge(gi, from_ip, (ad.epoch, ad.seq), now);
+                return;
+            }
+            let interval = self.groups[gi]
+                .cfg
+                .election
+                .as_ref()
+                .map_or(Duration::from_millis(100), |e| e.advert_interval);
+            let verdict = self.groups[gi].replay.check(&ad, now, interval);
+            match verdict {
+                Verdict::Fresh => {}
+                Verdict::Replay => {
+                    self.groups[gi].errors.replays += 1;
+                    self.warn_ignored(
+                        gi,
+                        "replay",
+                        format!(
+                            "replayed advertisement from {from_ip} (epoch {:x}, sequence {})",
+                            ad.epoch, ad.seq
+                        ),
+                    );
+                    return;
+                }
+                Verdict::Unverified { challenge } => {
+                    self.groups[gi].errors.unverified += 1;
+                    if challenge {
+                        self.challenge(gi, from_ip, now);
+                    }
+                    return;
+                }
+            }
+        }
+        if ad.kind == Kind::Answer || ad.kind == Kind::Challenge {
+            // Their work is done (the epoch is verified); no election news in them.
             return;
         }
         if advert::version_of(b) == Some(1) {
@@ -269,12 +317,11 @@ impl Agent {
             ad.kind,
             ad.priority
         );
-        let now = Instant::now();
         if let Some(b) = &mut self.groups[gi].balance {
             match ad.kind {
                 Kind::Advert | Kind::Standby => b.heard(from_ip, ad.mac, now),
                 Kind::Release => b.left(from_ip),
-                Kind::Hold | Kind::Hello | Kind::Claim => {}
+                Kind::Hold | Kind::Hello | Kind::Claim | Kind::Challenge | Kind::Answer => {}
             }
         }
         let actions = match self.groups[gi].election_mut() {
@@ -283,6 +330,46 @@ impl Agent {
         };
         self.apply(gi, actions);
         self.balance_sync(gi);
+    }
+
+    /// Logs one line for a dropped datagram, at most once per 10 s per kind and group.
+    fn warn_ignored(&mut self, gi: usize, what: &'static str, line: String) {
+        let name = &self.groups[gi].cfg.name;
+        if let Some(skipped) = self.log_limiter.allow(name, what) {
+            let more = if skipped > 0 {
+                format!(" ({skipped} more since the last report)")
+            } else {
+                String::new()
+            };
+            log::warn!("group {name}: {line}; ignored{more}");
+        }
+    }
+
+    /// Asks `peer` to prove its epoch: a challenge whose nonce is its own (epoch,
+    /// sequence), unicast.
+    fn challenge(&mut self, gi: usize, peer: IpAddr, now: Instant) {
+        let Some(seq) = self.send_to(gi, Kind::Challenge, 0, &[peer], None) else {
+            return;
+        };
+        self.groups[gi]
+            .replay
+            .challenged(peer, (self.seq.epoch, seq), now);
+    }
+
+    /// Answers `peer`'s challenge `nonce`, at most once an interval.
+    fn answer_challenge(&mut self, gi: usize, peer: IpAddr, nonce: advert::Nonce, now: Instant) {
+        let interval = self.groups[gi]
+            .cfg
+            .election
+            .as_ref()
+            .map_or(Duration::from_millis(100), |e| e.advert_interval);
+        let key = (self.groups[gi].index, peer);
+        let last = self.answered.get(&key).copied();
+        if last.is_some_and(|t| now.saturating_duration_since(t) < interval / 4) {
+            return;
+        }
+        self.answered.insert(key, now);
+        self.send_to(gi, Kind::Answer, 0, &[peer], Some(nonce));
     }
 
     pub(super) fn send_hold(&mut self, gi: usize, hold: Duration) {
@@ -297,14 +384,45 @@ impl Agent {
         self.send_advert_with(gi, kind, 0);
     }
 
-    /// Sends to every peer without waiting: a full socket buffer drops this advert
-    /// (the next one follows an interval later), it never stalls the loop.
+    /// Sends to every peer without waiting (see `send_to`), then keeps the lease in step
+    /// with what the peers heard.
     fn send_advert_with(&mut self, gi: usize, kind: Kind, hold_ms: u16) {
+        let peers = match self.groups[gi].cfg.election.as_ref() {
+            Some(cfg) => cfg.peers.clone(),
+            None => return,
+        };
+        if self.send_to(gi, kind, hold_ms, &peers, None).is_none() {
+            return;
+        }
+        // The lease follows what the peers heard: "active" anchors a serving lease
+        // (it never outlasts a standby's patience from now on), a standby's presence
+        // keeps its forwarding lease.
+        match kind {
+            Kind::Advert => {
+                self.groups[gi].own.advertised(crate::host::boottime_ns());
+                self.renew(gi);
+            }
+            Kind::Standby => self.renew(gi),
+            _ => {}
+        }
+    }
+
+    /// Sends one datagram of `kind` to `peers` without waiting: a full socket buffer
+    /// drops it (the next one follows an interval later), it never stalls the loop.
+    /// Returns its sequence number (None for a group without an election).
+    fn send_to(
+        &mut self,
+        gi: usize,
+        kind: Kind,
+        hold_ms: u16,
+        peers: &[IpAddr],
+        nonce: Option<advert::Nonce>,
+    ) -> Option<u64> {
         self.seq.seq += 1;
         self.seq.legacy_seq += 1;
         let g = &self.groups[gi];
         let (Some(e), Some(cfg)) = (g.election(), g.cfg.election.as_ref()) else {
-            return;
+            return None;
         };
         let mut ad = Advert {
             kind,
@@ -320,15 +438,21 @@ impl Agent {
             seq: self.seq.seq,
             epoch: self.seq.epoch,
             group: g.cfg.name.clone(),
-            handover: true,
+            handshakes: true,
+            nonce,
         };
         let bytes = ad.encode(g.key.as_deref());
         ad.seq = self.seq.legacy_seq;
         let legacy = ad.encode_version(1, g.key.as_deref());
-        for peer in &cfg.peers {
+        for peer in peers {
             let old = self.seq.legacy_peers.contains_key(peer);
-            // Version 1 has no hello, standby or claim.
-            if old && matches!(kind, Kind::Hello | Kind::Standby | Kind::Claim) {
+            // Version 1 has none of the kinds that came after it.
+            if old
+                && matches!(
+                    kind,
+                    Kind::Hello | Kind::Standby | Kind::Claim | Kind::Challenge | Kind::Answer
+                )
+            {
                 continue;
             }
             let sock = if peer.is_ipv4() {
@@ -345,16 +469,6 @@ impl Agent {
                 }
             }
         }
-        // The lease follows what the peers heard: "active" anchors a serving lease
-        // (it never outlasts a standby's patience from now on), a standby's presence
-        // keeps its forwarding lease.
-        match kind {
-            Kind::Advert => {
-                self.groups[gi].own.advertised(crate::host::boottime_ns());
-                self.renew(gi);
-            }
-            Kind::Standby => self.renew(gi),
-            _ => {}
-        }
+        Some(self.seq.seq)
     }
 }

@@ -51,6 +51,9 @@ pub(super) struct AdvertErrors {
     pub replays: u64,
     pub malformed: u64,
     pub unknown_peers: u64,
+    /// Authenticated datagrams in an epoch not verified yet (the sender was
+    /// challenged): a peer that just restarted, or a replay of an earlier epoch.
+    pub unverified: u64,
 }
 
 /// The last transition, for status.

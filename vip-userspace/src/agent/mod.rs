@@ -98,6 +98,9 @@ pub struct Agent {
     events: Option<mpsc::Sender<Event>>,
     /// Probes the active's data plane for every standby group (`crate::echo`).
     echo: Option<crate::echo::Prober>,
+    /// When we last answered each (group, peer)'s challenge (at most a few an
+    /// interval, whoever asks and how often).
+    answered: HashMap<(u32, IpAddr), Instant>,
     /// The program was loaded with the director's code (a balanced group existed).
     balance_enabled: bool,
 }
@@ -275,6 +278,7 @@ pub async fn run(opts: Options) -> Result<()> {
             // Let the answer to the request that ended the loop reach its client (the
             // peers were told to hold when the request came in).
             tokio::time::sleep(Duration::from_millis(50)).await;
+            agent.save_replay_state();
         }
         if agent.exit != Some(Exit::Reexec) {
             break;
@@ -448,6 +452,7 @@ impl Agent {
             binary: None,
             events: None,
             echo: None,
+            answered: HashMap::new(),
             balance_enabled,
         };
         // Counter slots an adopted data plane already uses keep their VIPs (and counts).
@@ -477,6 +482,7 @@ impl Agent {
         let lo = agent.addrs.ifindex();
         agent.addrs.remove_from(lo, &stale);
         agent.setup_eips(&mut warnings)?;
+        agent.restore_replay_state();
         agent.warnings = warnings;
         Ok(agent)
     }

@@ -159,6 +159,7 @@ impl Agent {
                     replays: g.errors.replays,
                     malformed: g.errors.malformed,
                     unknown_peers: g.errors.unknown_peers,
+                    unverified: g.errors.unverified,
                     lease_remaining_ms: g
                         .own
                         .lease()

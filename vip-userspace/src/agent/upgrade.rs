@@ -185,6 +185,64 @@ impl Agent {
         }
     }
 
+    /// Where a restarting agent leaves its peers' replay state for the next one: beside
+    /// the control socket (a directory only root writes).
+    fn replay_state_path(&self) -> PathBuf {
+        let mut p = self.cfg.node.control_socket.clone().into_os_string();
+        p.push(".replay");
+        PathBuf::from(p)
+    }
+
+    /// Before a restart or a re-exec: every group's replay state (the peers' epochs),
+    /// so that the next agent refuses what this one refused. Losing it costs only a
+    /// challenge per peer (see `crate::advert`).
+    pub(super) fn save_replay_state(&self) {
+        let state: serde_json::Map<String, serde_json::Value> = self
+            .groups
+            .iter()
+            .filter(|g| g.key.is_some())
+            .map(|g| (g.cfg.name.clone(), g.replay.save()))
+            .collect();
+        let path = self.replay_state_path();
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(serde_json::Value::Object(state).to_string().as_bytes())
+        };
+        if let Err(e) = write() {
+            log::warn!(
+                "saving the replay state to {}: {e}; the next agent challenges its peers' epochs anew",
+                path.display()
+            );
+        }
+    }
+
+    /// At start: the replay state a restarting predecessor left (read once, then
+    /// removed; anything unreadable is ignored).
+    pub(super) fn restore_replay_state(&mut self) {
+        let path = self.replay_state_path();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let _ = std::fs::remove_file(&path);
+        let Ok(serde_json::Value::Object(state)) = serde_json::from_str(&text) else {
+            log::warn!("{}: not a replay state; ignored", path.display());
+            return;
+        };
+        for g in self.groups.iter_mut().filter(|g| g.key.is_some()) {
+            if let Some(saved) = state.get(&g.cfg.name) {
+                g.replay.restore(saved);
+            }
+        }
+        log::info!("took over the replay state of the agent before (peers' epochs)");
+    }
+
     /// Where the loop's helpers send their events (kept for later helpers).
     pub(super) fn set_events(&mut self, tx: &mpsc::Sender<Event>) {
         self.events = Some(tx.clone());

@@ -1,7 +1,8 @@
 //! The lease's kernel side, through BPF_PROG_TEST_RUN: `vip_lease` extends a lease
 //! only while it runs (by the kernel's own boot-time clock, checked in the same run
 //! that writes), never one that ran out or was revoked, never one that is not the
-//! deadline the agent expected; and the data plane stops answering at the deadline.
+//! deadline the agent expected; the data plane stops answering at the deadline; a
+//! quiet group (a handover has begun) answers nothing but still steers.
 
 mod common;
 
@@ -113,8 +114,30 @@ fn the_data_plane_stops_answering_at_the_deadline_and_only_a_grant_revives_it() 
         // A grant (the election's decision) revives it.
         dp.grant_lease(1, boottime_ns() + 10 * SECOND).unwrap();
         assert!(answered(&dp));
-        // A revocation stops it at once.
+        // Quiet (a handover has begun): no answer, but its traffic is still steered
+        // (counted as passed to the local stack, not as stopped by the lease).
+        let udp = frames::udp4(
+            OWN,
+            CLIENT,
+            "10.0.0.12".parse().unwrap(),
+            VIP4,
+            40000,
+            80,
+            b"payload",
+        );
+        dp.set_quiet(1, true).unwrap();
+        assert_eq!(dp.test_run(&req).unwrap().action, XDP_DROP);
+        let before = dp.stats(1).unwrap();
+        assert_eq!(dp.test_run(&udp).unwrap().action, XDP_PASS);
+        let after = dp.stats(1).unwrap();
+        assert_eq!(after.passed, before.passed + 1);
+        assert_eq!(after.lease_expired, before.lease_expired);
+        dp.set_quiet(1, false).unwrap();
+        assert!(answered(&dp));
+        // A revocation stops it at once, traffic too.
         dp.revoke_lease(1).unwrap();
         assert_eq!(dp.test_run(&req).unwrap().action, XDP_DROP);
+        assert_eq!(dp.test_run(&udp).unwrap().action, XDP_PASS);
+        assert_eq!(dp.stats(1).unwrap().lease_expired, after.lease_expired + 1);
     });
 }

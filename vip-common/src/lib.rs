@@ -31,6 +31,7 @@ pub mod maps {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const LEASES: &str = "LEASES";
+    pub const QUIET: &str = "QUIET";
     pub const REDIRECT_DEVS: &str = "REDIRECT_DEVS";
     pub const EIPS_IN: &str = "EIPS_IN";
     pub const EIPS_OUT: &str = "EIPS_OUT";

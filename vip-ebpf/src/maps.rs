@@ -55,6 +55,12 @@ pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global
 #[map]
 pub static LEASES: Array<u64> = Array::with_max_entries(MAX_GROUPS, 0);
 
+/// Per group: non-zero while a planned handover has begun (the agent's `Quiesce`):
+/// its entries answer no ARP/NS and no probe, but still steer what arrives, so the
+/// successor can take over without both answering and without a gap in the traffic.
+#[map]
+pub static QUIET: Array<u32> = Array::with_max_entries(MAX_GROUPS, 0);
+
 /// Redirect targets, keyed by ifindex.
 #[map]
 pub static REDIRECT_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_DEVS, 0);
@@ -222,7 +228,9 @@ pub fn lease_expired(entry: &VipEntry) -> bool {
 /// True when this node answers ARP/NS for the entry now.
 #[inline(always)]
 pub fn answers(entry: &VipEntry) -> bool {
-    (entry.action == action::LOCAL || entry.action == action::REDIRECT) && !lease_expired(entry)
+    (entry.action == action::LOCAL || entry.action == action::REDIRECT)
+        && !lease_expired(entry)
+        && QUIET.get(entry.group_index).is_none_or(|q| *q == 0)
 }
 
 /// Steers one IP packet addressed to a VIP according to its entry.

@@ -89,6 +89,7 @@ pub struct Dataplane {
     stats: PerCpuArray<MapData, VipStats>,
     global: PerCpuArray<MapData, u64>,
     leases: Array<MapData, u64>,
+    quiet: Array<MapData, u32>,
     redirect: DevMapHash<MapData>,
     link: Option<XdpLinkId>,
     /// Attachments to further interfaces (a gateway's external side).
@@ -135,12 +136,13 @@ pub enum Extension {
 const BYPASS_FROM: usize = 1024;
 
 /// The pinned objects, one file each under the pin directory.
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 11] = [
     maps::VIPS_V4,
     maps::VIPS_V6,
     maps::VIP_STATS,
     maps::GLOBAL_STATS,
     maps::LEASES,
+    maps::QUIET,
     maps::REDIRECT_DEVS,
     maps::EIPS_IN,
     maps::EIPS_OUT,
@@ -265,6 +267,7 @@ impl Dataplane {
         let global = PerCpuArray::try_from(take(maps::GLOBAL_STATS)?)
             .map_err(map_err(maps::GLOBAL_STATS))?;
         let leases = Array::try_from(take(maps::LEASES)?).map_err(map_err(maps::LEASES))?;
+        let quiet = Array::try_from(take(maps::QUIET)?).map_err(map_err(maps::QUIET))?;
         let redirect = DevMapHash::try_from(take(maps::REDIRECT_DEVS)?)
             .map_err(map_err(maps::REDIRECT_DEVS))?;
         let eips_in = HashMap::try_from(take(maps::EIPS_IN)?).map_err(map_err(maps::EIPS_IN))?;
@@ -295,6 +298,7 @@ impl Dataplane {
             stats,
             global,
             leases,
+            quiet,
             redirect,
             link: None,
             extra_links: Vec::new(),
@@ -724,6 +728,19 @@ impl Dataplane {
     /// Ends a group's lease now: its leased entries stop answering at once.
     pub fn revoke_lease(&mut self, group: u32) -> Result<()> {
         self.grant_lease(group, 0)
+    }
+
+    /// Sets whether a group's entries answer ARP/NS and probes (`QUIET`): a planned
+    /// handover stops answering first, while the entries still steer.
+    pub fn set_quiet(&mut self, group: u32, quiet: bool) -> Result<()> {
+        self.quiet
+            .set(group, u32::from(quiet), 0)
+            .map_err(map_err(maps::QUIET))
+    }
+
+    /// True while a group's entries answer nothing (a handover had begun).
+    pub fn quiet(&self, group: u32) -> Result<bool> {
+        Ok(self.quiet.get(&group, 0).map_err(map_err(maps::QUIET))? != 0)
     }
 
     /// The deadline in force for a group (0: none).

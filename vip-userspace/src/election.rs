@@ -178,6 +178,8 @@ pub struct Election {
     /// Active, handing over because this peer claimed the VIPs: if it does not take
     /// them, we serve again.
     claimed_by: Option<IpAddr>,
+    /// Active, handing over: the successor whose first advert (its claim) we heard.
+    successor: Option<IpAddr>,
     /// Active: when we last answered a hello (at most once an interval).
     hello_answered_at: Option<Instant>,
     active: Option<Peer>,
@@ -215,6 +217,7 @@ impl Election {
             next_advert_at: None,
             handover_until: None,
             claimed_by: None,
+            successor: None,
             hello_answered_at: None,
             active: None,
             contender: None,
@@ -715,8 +718,17 @@ impl Election {
         self.active = Some(peer);
         match self.state {
             State::Active if self.handing_over() => {
+                // A successor's first advert is its claim, sent before its data
+                // plane serves; its second follows once it does (see `take_over`).
+                // Until then we keep steering (quietly), or what we forwarded to it
+                // would bounce back and be lost.
+                if self.successor != Some(addr) {
+                    self.successor = Some(addr);
+                    return out;
+                }
                 self.handover_until = None;
                 self.claimed_by = None;
+                self.successor = None;
                 let why = Reason::HandedOver { to: addr, priority };
                 out.extend(self.step_down(now, Some(mac), why));
             }
@@ -944,6 +956,7 @@ impl Election {
     /// the best standby alive or the claimant); allow 3 more intervals.
     fn hand_over(&mut self, now: Instant) -> Vec<Action> {
         self.handover_until = Some(now + self.p.interval * 4);
+        self.successor = None;
         self.next_advert_at = Some(now + self.p.interval);
         vec![Action::Quiesce, self.send(Kind::Release)]
     }
@@ -965,8 +978,13 @@ impl Election {
         self.next_advert_at = Some(now + self.p.interval);
         // The advert first: the other standbys, whose own takeovers wait out their
         // skew, hear the claim before the data plane work (entries, the director's
-        // table, the announcement) delays it by milliseconds.
-        vec![self.send(Kind::Advert), Action::TakeOver { reason }]
+        // table, the announcement) delays it by milliseconds. The second says that
+        // work is done: an old active handing over to us steps down on it.
+        vec![
+            self.send(Kind::Advert),
+            Action::TakeOver { reason },
+            self.send(Kind::Advert),
+        ]
     }
 
     fn step_down(&mut self, now: Instant, forward_to: Option<Mac>, reason: Reason) -> Vec<Action> {
@@ -1341,7 +1359,8 @@ mod tests {
         let a = e.tick(t0 + e.master_down_interval());
         let claim = a.iter().position(|a| *a == Action::Send(Kind::Advert));
         let take = a.iter().position(|a| matches!(a, Action::TakeOver { .. }));
-        assert!(claim.is_some() && claim < take, "{a:?}");
+        let ready = a.iter().rposition(|a| *a == Action::Send(Kind::Advert));
+        assert!(claim.is_some() && claim < take && take < ready, "{a:?}");
     }
 
     #[test]
@@ -1490,7 +1509,16 @@ mod tests {
         );
         // Adverts continue as releases.
         assert_eq!(e.tick(t0 + 2100 * MS), vec![Action::Send(Kind::Release)]);
-        let a = e.receive(&advert(Kind::Advert, 100, 11), t0 + 2150 * MS);
+        // The successor's claim, then its second advert once it serves.
+        assert!(e
+            .receive(&advert(Kind::Advert, 100, 11), t0 + 2150 * MS)
+            .is_empty());
+        assert_eq!(
+            e.state(),
+            State::Active,
+            "steers until the successor serves"
+        );
+        let a = e.receive(&advert(Kind::Advert, 100, 11), t0 + 2151 * MS);
         assert!(
             matches!(&a[0], Action::StepDown { forward_to: Some(m), .. } if *m == Mac([2, 0, 0, 0, 0, 11]))
         );
@@ -1592,6 +1620,9 @@ mod tests {
         let out = a.receive(&advert(Kind::Claim, 200, 12), t0 + 1002 * MS);
         assert_eq!(out, vec![Action::Quiesce, Action::Send(Kind::Release)]);
         assert!(a.handing_over());
+        assert!(a
+            .receive(&advert(Kind::Advert, 200, 12), t0 + 1003 * MS)
+            .is_empty());
         let out = a.receive(&advert(Kind::Advert, 200, 12), t0 + 1003 * MS);
         assert!(
             matches!(&out[0], Action::StepDown { forward_to: Some(m), reason: Reason::HandedOver { .. } } if *m == Mac([2, 0, 0, 0, 0, 12])),

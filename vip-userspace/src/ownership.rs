@@ -7,15 +7,16 @@
 //! * **Taking the VIPs**: the lease, the director's table, the entries (the data plane
 //!   answers from here on), the addresses on lo, the solicited-node groups, then the
 //!   announcement.
-//! * **A planned handover** (a release: demote, preemption, SIGTERM): the lease is
-//!   revoked first ([`Ownership::quiesce`]). The data plane stops answering ARP/NS and
-//!   probes at that instant, while the entries still hand what arrives to the local
-//!   stack, which still has the addresses. Only then does the election send its
-//!   release, so the successor never answers while we still do.
-//! * **Giving them up**: the announcements stop, the lease is revoked, the entries
-//!   change (forward or inert), a lease is granted again only for forward entries
-//!   (which never answer for a VIP), and the addresses go (at the end of the drain after
-//!   a handover).
+//! * **A planned handover** (a release: demote, preemption, SIGTERM): the group goes
+//!   quiet first ([`Ownership::quiesce`], `QUIET` in the data plane). It stops answering
+//!   ARP/NS and probes at that instant, while its entries still steer what arrives
+//!   (locally, redirected, or over the director's table), on the lease they have. Only
+//!   then does the election send its release, so the successor never answers while we
+//!   still do, and no packet is lost meanwhile.
+//! * **Giving them up**: the announcements stop, the group goes quiet (if it served),
+//!   the entries change (forward or inert), a lease is granted again only for forward
+//!   entries (which never answer for a VIP), inert ones lose theirs, and the addresses
+//!   go (at the end of the drain after a handover).
 //! * **The lease** runs only while the agent renews it, never past the moment a standby
 //!   may take our last advertisement's silence for our death
 //!   ([`Ownership::advertised`]), and only while it still runs ([`Lease::extend`]; the
@@ -122,9 +123,11 @@ pub struct Terms {
 
 impl Terms {
     /// How long before a standby's silence timer can run out our lease must end: the
-    /// standby measures from receipt (later than our sending) with a clock of its own.
+    /// standby measures from receipt (later than our sending) with a clock of its own;
+    /// a tenth of an interval also lets its echo, which sees the lease end within
+    /// milliseconds, tell it first (the better-informed reason).
     fn margin(&self) -> Duration {
-        (self.interval / 20).max(Duration::from_micros(100))
+        (self.interval / 10).max(Duration::from_micros(100))
     }
 }
 
@@ -135,8 +138,8 @@ pub enum Holding {
     Nothing,
     /// Active entries: the data plane answers for the VIPs while the lease runs.
     Serving,
-    /// Active entries whose lease was revoked: a planned handover has begun; nothing
-    /// is answered, what arrives still reaches the local stack.
+    /// Active entries, quiet: a planned handover has begun (or the lease was lost):
+    /// nothing is answered; what arrives is still steered while the lease runs.
     Quiet,
     /// Active entries an earlier agent left, with its lease: never renewed by us.
     /// The election decides (after listening) whether we take the VIPs or not.
@@ -187,6 +190,8 @@ pub enum Effect {
     BalanceNodes,
     Entries(Entries),
     Lease(LeaseWrite),
+    /// Stop (true) or resume answering ARP/NS and probes, steering untouched.
+    Quiet(bool),
     AddAddresses,
     RemoveAddresses,
     /// The gratuitous ARP / unsolicited NA burst.
@@ -324,6 +329,7 @@ impl Ownership {
                 .max(boot + self.t.margin().as_nanos() as u64);
             self.lease = Lease::granted(boot, deadline);
             out.push(Effect::Lease(LeaseWrite::Grant(deadline)));
+            out.push(Effect::Quiet(false));
         }
         if self.t.balanced {
             out.push(Effect::BalanceTable);
@@ -341,17 +347,20 @@ impl Ownership {
         out
     }
 
-    /// A planned handover's first step: stop answering now (the lease goes), keep
-    /// delivering what arrives (entries and addresses stay). Nothing to do unless we
-    /// serve.
+    /// A planned handover's first step: stop answering now, keep steering what
+    /// arrives on the lease we have (entries and addresses stay; it is not renewed
+    /// while quiet). Nothing to do unless we serve.
     pub fn quiesce(&mut self) -> Vec<Effect> {
         if self.holding != Holding::Serving && self.holding != Holding::Adopted {
             return Vec::new();
         }
         self.holding = Holding::Quiet;
-        self.lease = Lease::default();
         self.renew_at = None;
-        vec![Effect::StopAnnouncing, Effect::Lease(LeaseWrite::Revoke)]
+        let mut out = vec![Effect::StopAnnouncing];
+        if self.t.leased {
+            out.push(Effect::Quiet(true));
+        }
+        out
     }
 
     /// Gives the VIPs up for `state`: towards `forward_to` (the new active) if known,
@@ -372,11 +381,11 @@ impl Ownership {
         if was {
             out.push(Effect::SolicitedNodes(false));
         }
-        // Stop answering first: writing every VIP's entry takes a while.
-        if self.t.leased && self.lease.deadline().is_some() {
-            out.push(Effect::Lease(LeaseWrite::Revoke));
+        // Stop answering first (writing every VIP's entry takes a while), but keep
+        // steering until the new entries are in.
+        if self.t.leased && matches!(self.holding, Holding::Serving | Holding::Adopted) {
+            out.push(Effect::Quiet(true));
         }
-        self.lease = Lease::default();
         self.renew_at = None;
         self.grace = None;
         let drains = was && forward_to.is_some() && !self.t.drain.is_zero();
@@ -671,7 +680,7 @@ mod tests {
             lease < entries && entries < addrs && addrs < announce,
             "{out:?}"
         );
-        assert_eq!(out[lease], Effect::Lease(LeaseWrite::Grant(ms(1295))));
+        assert_eq!(out[lease], Effect::Lease(LeaseWrite::Grant(ms(1290))));
         assert_eq!(o.holding(), Holding::Serving);
     }
 
@@ -684,15 +693,15 @@ mod tests {
         // A renewal 90 ms later without a new advert may not reach past 300 ms (less
         // the margin): a standby that heard our last advert at 0 takes over then.
         assert!(o.renew(t0 + 90 * MS, ms(90)).is_empty());
-        assert!(o.lease().deadline().unwrap() <= ms(300));
+        assert!(o.lease().deadline().unwrap() <= ms(290));
         // An advert at 100: the lease follows it.
         o.advertised(ms(100));
         let out = o.renew(t0 + 100 * MS, ms(100));
         assert_eq!(
             out,
             vec![Effect::Lease(LeaseWrite::Extend {
-                expect: ms(295),
-                deadline: ms(395)
+                expect: ms(290),
+                deadline: ms(390)
             })]
         );
     }
@@ -713,7 +722,7 @@ mod tests {
         // Only a takeover (the election decided again) grants a new one.
         o.advertised(ms(2000));
         let out = o.take(t0 + 2000 * MS, ms(2000), None);
-        assert!(out.contains(&Effect::Lease(LeaseWrite::Grant(ms(2295)))));
+        assert!(out.contains(&Effect::Lease(LeaseWrite::Grant(ms(2290)))));
     }
 
     #[test]
@@ -726,9 +735,9 @@ mod tests {
         assert!(!o.renew(t0 + 100 * MS, ms(100)).is_empty());
         // Stopped between our check and the kernel's: the kernel says it had run out.
         let lost = o
-            .extension(t0 + 400 * MS, ms(400), false, ms(295))
+            .extension(t0 + 400 * MS, ms(400), false, ms(290))
             .unwrap_err();
-        assert_eq!(lost.deadline, ms(295));
+        assert_eq!(lost.deadline, ms(290));
         assert_eq!(o.lease().deadline(), None);
     }
 
@@ -761,7 +770,7 @@ mod tests {
         o.take(t0, ms(0), None);
         assert_eq!(
             o.quiesce(),
-            vec![Effect::StopAnnouncing, Effect::Lease(LeaseWrite::Revoke)]
+            vec![Effect::StopAnnouncing, Effect::Quiet(true)]
         );
         assert_eq!(o.holding(), Holding::Quiet);
         // Nothing renews a quiet lease.
@@ -797,9 +806,14 @@ mod tests {
         o.advertised(ms(0));
         o.take(t0, ms(0), None);
         let out = o.give_up(t0, ms(10), State::Standby, Some(MAC_B));
-        let revoke = position(&out, |e| *e == Effect::Lease(LeaseWrite::Revoke));
+        let quiet = position(&out, |e| *e == Effect::Quiet(true));
         let entries = position(&out, |e| matches!(e, Effect::Entries(_)));
-        assert!(revoke < entries, "{out:?}");
+        let grant = position(&out, |e| matches!(e, Effect::Lease(LeaseWrite::Grant(_))));
+        assert!(quiet < entries && entries < grant, "{out:?}");
+        assert!(
+            !out.contains(&Effect::Lease(LeaseWrite::Revoke)),
+            "steering never stops"
+        );
         let out = o.give_up(t0, ms(20), State::Fault, Some(MAC_B));
         assert!(
             out.contains(&Effect::Entries(Entries::Inert)),
@@ -816,9 +830,9 @@ mod tests {
         o.advertised(ms(10));
         assert!(o.renew(t0, ms(10)).is_empty());
         assert!(o.check(ms(6000)).is_none());
-        // The election heard another active: give up (revoke first).
+        // The election heard another active: give up (quiet first).
         let out = o.give_up(t0, ms(100), State::Standby, Some(MAC_B));
-        assert_eq!(out[2], Effect::Lease(LeaseWrite::Revoke), "{out:?}");
+        assert_eq!(out[2], Effect::Quiet(true), "{out:?}");
     }
 
     #[test]
@@ -840,7 +854,7 @@ mod tests {
         o.take(t0, ms(0), None);
         let out = o.hold(ms(10), 5000 * MS);
         assert!(out.contains(&Effect::Lease(LeaseWrite::Extend {
-            expect: ms(295),
+            expect: ms(290),
             deadline: ms(5010)
         })));
     }

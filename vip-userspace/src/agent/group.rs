@@ -499,7 +499,8 @@ impl super::Agent {
         // out (the agent was killed, or stopped, past it) was perhaps taken by a
         // standby meanwhile, and the data plane already stopped answering.
         let adopted_lease = match (&driver, was_active) {
-            (Driver::Elected(_), true) => self
+            // A quiet one had begun a handover: not ours to resume either.
+            (Driver::Elected(_), true) if !self.dp.quiet(index).unwrap_or(true) => self
                 .dp
                 .lease(index)
                 .ok()

@@ -149,6 +149,13 @@ impl Agent {
                 }
                 self.update_gate(gi);
             }
+            Effect::Quiet(quiet) => {
+                // Closed first: no announcement may leave once we stop answering.
+                self.update_gate(gi);
+                self.dp
+                    .set_quiet(index, quiet)
+                    .with_context(|| format!("group {name}: setting its answers"))?;
+            }
             Effect::AddAddresses => {
                 let vips = self.groups[gi].vips.clone();
                 for v in vips.iter() {

@@ -900,3 +900,43 @@ fn a_member_failing_its_health_check_leaves_and_only_its_flows_move() {
     drop((a, b, e));
     teardown(lan);
 }
+
+/// Defect: after a member's MAC changed (a NIC replaced), the director's status showed
+/// the new MAC, but the data plane went on sending the member's flows to the old one:
+/// the rows were reprogrammed only when the member set or the ports changed.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn a_member_whose_mac_changed_gets_its_flows_at_the_new_mac() {
+    privileged();
+    let lan = balanced_lan(&SERVERS);
+    let (a, b, e) = start_abe(&lan, &SERVERS, "");
+    let _r = serve(&lan, &SERVERS);
+    let c = &lan.host("c").ns;
+    let before = spread(c, 21_000..21_300);
+    assert!(before.iter().all(Option::is_some), "unanswered flows");
+    let on_e = before.iter().filter(|w| w.as_deref() == Some("e")).count();
+    assert!(on_e > 0);
+
+    let new_mac = "02:00:00:00:ee:01";
+    lan.host("e")
+        .ns
+        .ip(&["link", "set", "dev", "eth0", "address", new_mac])
+        .unwrap();
+    // The director hears it from e's next member advertisement.
+    let shown = wait_for(Duration::from_secs(3), || {
+        let s = a.status().ok()?;
+        let ms = s["groups"][0]["balance"]["members"].as_array()?.clone();
+        ms.iter()
+            .any(|m| m["mac"].as_str() == Some(new_mac))
+            .then_some(())
+    });
+    assert!(shown.is_some(), "the director never showed e's new MAC");
+    // Deliberate: one more interval, for the table write that follows the status.
+    std::thread::sleep(Duration::from_millis(INTERVAL * 2));
+    let after = spread(c, 21_000..21_300);
+    let lost = after.iter().filter(|w| w.is_none()).count();
+    assert_eq!(lost, 0, "{lost} flows unanswered after e's MAC changed");
+    assert_eq!(moved_others(&before, &after, "none"), 0, "flows moved");
+    drop((a, b, e));
+    teardown(lan);
+}

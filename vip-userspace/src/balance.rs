@@ -47,6 +47,9 @@ pub struct Membership {
     pub programmed: Option<Vec<bool>>,
     /// The ports the data plane holds now.
     pub programmed_ports: Vec<(u8, u16)>,
+    /// The member rows (MACs) the data plane holds now: a member whose MAC changed
+    /// is reprogrammed, or its flows would go on to the old MAC.
+    pub programmed_rows: Vec<BalanceMember>,
     /// The node MACs the data plane holds now (`BALANCE_NODES`).
     pub programmed_nodes: Vec<[u8; 6]>,
 }
@@ -91,7 +94,15 @@ impl Membership {
             ports,
             programmed: None,
             programmed_ports: Vec::new(),
+            programmed_rows: Vec::new(),
             programmed_nodes: Vec::new(),
+        }
+    }
+
+    /// This node's own MAC changed (its interface's).
+    pub fn set_own_mac(&mut self, mac: Mac) {
+        for n in self.nodes.iter_mut().filter(|n| n.this_node) {
+            n.mac = Some(mac);
         }
     }
 

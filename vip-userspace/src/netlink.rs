@@ -378,8 +378,8 @@ pub enum Change {
     /// An address was removed from one of the watched interfaces (by us, an operator,
     /// or the kernel flushing IPv6 addresses when the link goes down).
     AddressRemoved { ifindex: u32, addr: IpAddr },
-    /// The main link's carrier state changed.
-    Link { up: bool },
+    /// The main link's state: carrier, and its MAC (when the notification has it).
+    Link { up: bool, mac: Option<Mac> },
     /// Notifications were lost (a burst, or one that did not decode): everything may
     /// have changed.
     Resync,
@@ -472,8 +472,13 @@ fn parse_changes(data: &[u8], link_ifindex: u32, addr_ifindexes: &[u32]) -> Vec<
             {
                 // IFF_UP and IFF_LOWER_UP (carrier).
                 let f = m.header.flags;
+                let mac = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(v) if v.len() == 6 => Mac::try_from(&v[..]).ok(),
+                    _ => None,
+                });
                 out.push(Change::Link {
                     up: f.contains(LinkFlags::Up) && f.contains(LinkFlags::LowerUp),
+                    mac,
                 });
             }
             _ => {}
@@ -803,8 +808,14 @@ mod tests {
         assert_eq!(
             parse_changes(&data, 4, &[4, 1]),
             vec![
-                Change::Link { up: true },
-                Change::Link { up: false },
+                Change::Link {
+                    up: true,
+                    mac: None
+                },
+                Change::Link {
+                    up: false,
+                    mac: None
+                },
                 Change::AddressRemoved {
                     ifindex: 1,
                     addr: v4

@@ -66,13 +66,16 @@ impl Agent {
         let g = &self.groups[gi];
         let Some(b) = &g.balance else { return Ok(()) };
         let up = b.up(now, true);
-        if b.programmed.as_ref() == Some(&up) && b.programmed_ports == b.ports {
+        let rows = b.rows(&up);
+        if b.programmed.as_ref() == Some(&up)
+            && b.programmed_ports == b.ports
+            && b.programmed_rows == rows
+        {
             return Ok(());
         }
         let table = b
             .table(&up)
             .with_context(|| format!("group {}: building the balance table", g.cfg.name))?;
-        let rows = b.rows(&up);
         let (slot, ports, old) = (b.slot, b.ports.clone(), b.programmed_ports.clone());
         let members: Vec<String> = b
             .nodes
@@ -93,6 +96,7 @@ impl Agent {
         if let Some(b) = &mut self.groups[gi].balance {
             b.programmed = Some(up);
             b.programmed_ports = ports;
+            b.programmed_rows = rows;
         }
         Ok(())
     }

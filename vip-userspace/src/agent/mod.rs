@@ -610,7 +610,12 @@ impl Agent {
     fn event(&mut self, ev: Event) {
         match ev {
             Event::Datagram(b, from) => self.datagram(&b, from),
-            Event::Kernel(crate::netlink::Change::Link { up }) => self.link(up),
+            Event::Kernel(crate::netlink::Change::Link { up, mac }) => {
+                if let Some(mac) = mac.filter(|m| *m != self.iface.mac) {
+                    self.mac_changed(mac);
+                }
+                self.link(up)
+            }
             Event::Kernel(crate::netlink::Change::AddressRemoved { addr, .. }) => {
                 self.address_removed(addr)
             }
@@ -753,6 +758,31 @@ impl Agent {
         self.restore_addresses();
         for gi in 0..self.groups.len() {
             if self.groups[gi].state == State::Active {
+                self.announce(gi);
+            }
+        }
+    }
+
+    /// Our interface got another MAC (a replaced NIC, a moved VM): the entries (whose
+    /// answers carry it), the balance rows and the announcements follow, or the data
+    /// plane would ignore every frame for the new MAC and answer with the old one.
+    fn mac_changed(&mut self, mac: crate::mac::Mac) {
+        log::warn!(
+            "{}: its MAC changed from {} to {mac}; reprogramming every VIP",
+            self.iface.name,
+            self.iface.mac
+        );
+        self.iface.mac = mac;
+        for gi in 0..self.groups.len() {
+            if let Some(b) = &mut self.groups[gi].balance {
+                b.set_own_mac(mac);
+            }
+            let plan = self.groups[gi].current_entries();
+            if let Err(e) = self.program_entries(gi, plan, None) {
+                log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
+            }
+            self.balance_sync(gi);
+            if self.groups[gi].own.holding() == crate::ownership::Holding::Serving {
                 self.announce(gi);
             }
         }

@@ -7,6 +7,7 @@ mod netns;
 mod probe;
 mod process;
 mod topology;
+pub mod wire;
 
 pub use capture::Capture;
 pub use netns::{veth, Bpffs, Netns};

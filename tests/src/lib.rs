@@ -1,8 +1,10 @@
 //! A network lab in namespaces: hosts on a bridge, processes tracked by PID, raw
-//! captures, and the `vip` agent started with a config. Every namespace, link and
-//! process is torn down in `Drop`, also when a test fails.
+//! captures, the `vip` agent started with a config, a recorder of who answers for
+//! the VIPs on the switch ([`wire`]) and the chaos run built on it ([`chaos`]). Every
+//! namespace, link and process is torn down in `Drop`, also when a test fails.
 
 mod capture;
+pub mod chaos;
 mod netns;
 mod probe;
 mod process;

@@ -199,6 +199,7 @@ const SERIAL: &[&str] = &[
     "operations",
     "ownership",
     "upgrade",
+    "wire",
 ];
 
 /// `cargo test` options that choose packages or targets themselves.

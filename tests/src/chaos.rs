@@ -178,6 +178,8 @@ pub struct Options {
     pub mode: Mode,
     /// The vip binary the agents run (the lab's helpers run [`crate::vip_bin`]).
     pub bin: PathBuf,
+    /// A line per fault on stderr as it goes (for long runs).
+    pub progress: bool,
 }
 
 /// One fault as it was applied.
@@ -605,14 +607,30 @@ pub fn run(o: &Options) -> Result<Run> {
         let t_done = Instant::now();
         let settled = wait_for(SETTLE, || cluster.settled());
         let settled_ms = settled.map(|_| t_done.elapsed().as_secs_f64() * 1e3);
-        faults.push(Fault {
+        let fault = Fault {
             kind,
             node: cluster.nodes[target].name.to_string(),
             at_ns,
             done_ns,
             settled_ms,
             then_active: settled.map(|i| (cluster.nodes[i].name.to_string(), cluster.reason(i))),
-        });
+        };
+        if o.progress {
+            eprintln!(
+                "[chaos {} {}] {:>4}/{} {:<30} on {}: settled {}",
+                o.mode.name(),
+                o.bin.display(),
+                faults.len() + 1,
+                o.faults,
+                kind.name(),
+                fault.node,
+                match (&fault.then_active, fault.settled_ms) {
+                    (Some((n, r)), Some(ms)) => format!("on {n} ({r}) {ms:.0} ms after"),
+                    _ => "never".into(),
+                }
+            );
+        }
+        faults.push(fault);
         next = t_done + GAP + Duration::from_millis(rng.below(251));
     }
     std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -789,7 +807,7 @@ impl Run {
         for (i, (f, m)) in self.faults.iter().zip(self.analysis.per_mark()).enumerate() {
             let _ = writeln!(
                 t,
-                "  #{:<3} {:<30} on {}: {:>5.0} ms, settled {:>5} ms later on {:<14} answered twice {} / {}, overlaps {}, longest unanswered {:.0} / {:.0} ms",
+                "  #{:<3} {:<30} on {}: {:>5.0} ms, settled {:>5} ms later on {:<14} answered twice {} / {}, overlaps {}, longest unanswered {:.0} / {:.0} ms (from +{:.0} / +{:.0} ms)",
                 i + 1,
                 f.kind.name(),
                 f.node,
@@ -803,6 +821,8 @@ impl Run {
                 m.overlaps,
                 m.longest_unanswered_ms[0],
                 m.longest_unanswered_ms[1],
+                m.longest_unanswered_after_ms[0],
+                m.longest_unanswered_after_ms[1],
             );
         }
         t
@@ -904,6 +924,7 @@ impl Run {
                     "answered_twice": {"arp": m.doubles[0], "ns": m.doubles[1]},
                     "overlaps": m.overlaps,
                     "longest_unanswered_ms": {"arp": m.longest_unanswered_ms[0], "ns": m.longest_unanswered_ms[1]},
+                    "longest_unanswered_from_ms_after_fault": {"arp": m.longest_unanswered_after_ms[0], "ns": m.longest_unanswered_after_ms[1]},
                 })
             })
             .collect();

@@ -167,6 +167,7 @@ fn one_owner(mode: Mode) {
         faults,
         mode,
         bin: lab::vip_bin(),
+        progress: false,
     };
     let run = chaos::run(&o).unwrap_or_else(|e| {
         panic!(

@@ -241,8 +241,12 @@ impl Analysis {
             }
             for s in &fa.stretches {
                 if let Some(m) = self.mark_of(s.from_ns) {
-                    let l = &mut v[m].longest_unanswered_ms[family as usize];
-                    *l = l.max(s.ms());
+                    let f = family as usize;
+                    if s.ms() > v[m].longest_unanswered_ms[f] {
+                        v[m].longest_unanswered_ms[f] = s.ms();
+                        v[m].longest_unanswered_after_ms[f] =
+                            (s.from_ns - self.marks[m].at_ns) as f64 / 1e6;
+                    }
                 }
             }
             for r in &fa.requests {
@@ -262,6 +266,8 @@ pub struct MarkFigures {
     pub doubles: [usize; 2],
     pub overlaps: usize,
     pub longest_unanswered_ms: [f64; 2],
+    /// When that stretch began, after the fault (ms).
+    pub longest_unanswered_after_ms: [f64; 2],
 }
 
 fn mark_of(marks: &[Mark], at_ns: u64) -> Option<usize> {
@@ -681,6 +687,7 @@ mod tests {
         let pm = an.per_mark();
         assert_eq!(pm[0].longest_unanswered_ms[0], 10.0);
         assert_eq!(pm[1].longest_unanswered_ms[0], 25.0);
+        assert_eq!(pm[1].longest_unanswered_after_ms[0], 1.0);
         assert_eq!(an.arp.stretches.last().unwrap().requests, 6);
         // Nothing of NS was seen.
         assert_eq!(pm[0].longest_unanswered_ms[1], 0.0);

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 
 use crate::{
     wait_for,
-    wire::{self, realtime_ns, Analysis, Asker, Family, Mac, Mark, Recorder, Watch},
+    wire::{self, realtime_ns, Analysis, Asker, Family, Mac, Mark, MarkFigures, Recorder, Watch},
     Agent, Bpffs, Lan,
 };
 
@@ -220,6 +220,9 @@ struct Cluster {
     bpffs: Bpffs,
     bin: PathBuf,
     faketime: PathBuf,
+    /// Agents that did not stop cleanly on SIGTERM (not within 8 s, or not with
+    /// success): each a finding.
+    bad_stops: Vec<String>,
 }
 
 /// Debian's libfaketime, wherever the architecture puts it.
@@ -235,6 +238,7 @@ fn faketime_lib() -> Result<PathBuf> {
 
 impl Cluster {
     fn new(mode: Mode, bin: &Path) -> Result<Self> {
+        let faketime = faketime_lib()?;
         let bpffs = Bpffs::mount()?;
         let names: Vec<&str> = NODES.iter().map(|n| n.0).chain([CLIENT]).collect();
         let mut lan = Lan::new(&names).context("building the lab")?;
@@ -296,7 +300,8 @@ impl Cluster {
             lan,
             bpffs,
             bin: bin.to_path_buf(),
-            faketime: faketime_lib()?,
+            faketime,
+            bad_stops: Vec::new(),
         })
     }
 
@@ -398,8 +403,16 @@ impl Cluster {
         }
         // Drop: SIGKILL for any still running, then reaped.
         for mut a in agents {
-            if a.proc.try_status().is_none() {
-                let _ = a.proc.signal(Signal::SIGKILL);
+            match a.proc.try_status() {
+                None => {
+                    self.bad_stops
+                        .push(format!("{}: still running 8 s after SIGTERM", a.proc.name));
+                    let _ = a.proc.signal(Signal::SIGKILL);
+                }
+                Some(st) if !st.success() => self
+                    .bad_stops
+                    .push(format!("{}: {st} after SIGTERM", a.proc.name)),
+                Some(_) => {}
             }
         }
     }
@@ -566,6 +579,8 @@ pub struct Run {
     pub drops: u64,
     /// Pinned nodes whose pins were left after the agents stopped.
     pub pins_left: Vec<String>,
+    /// Agents that did not stop cleanly on SIGTERM.
+    pub bad_stops: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -584,12 +599,14 @@ pub fn run(o: &Options) -> Result<Run> {
         ASK_INTERVAL,
     )?;
     let all: Vec<usize> = (0..cluster.nodes.len()).collect();
+    let started_ns = realtime_ns();
     cluster.start_at_once(&all)?;
     let mut faults = Vec::new();
     let mut next = Instant::now() + GAP;
     for kind in plan {
-        let settled = wait_for(SETTLE, || cluster.settled());
-        let Some(target) = settled else {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        // Whoever is active now, once exactly one is.
+        let Some(target) = wait_for(SETTLE, || cluster.settled()) else {
             bail!(
                 "the cluster did not settle on one active within {} s before fault {} ({}): states {:?}",
                 SETTLE.as_secs(),
@@ -598,9 +615,6 @@ pub fn run(o: &Options) -> Result<Run> {
                 cluster.states()
             );
         };
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        // Whoever is active now (it may have changed during the pause).
-        let target = cluster.settled().unwrap_or(target);
         let (at_ns, done_ns) = cluster
             .inject(kind, target)
             .with_context(|| format!("fault {} ({})", faults.len() + 1, kind.name()))?;
@@ -640,14 +654,18 @@ pub fn run(o: &Options) -> Result<Run> {
     let recording = recorder.finish()?;
     cluster.stop_at_once(&all);
     let pins_left = cluster.pins_left();
+    let bad_stops = std::mem::take(&mut cluster.bad_stops);
     drop(cluster);
-    let marks: Vec<Mark> = faults
-        .iter()
-        .map(|f| Mark {
-            at_ns: f.at_ns,
-            label: format!("{} on {}", f.kind.name(), f.node),
-        })
-        .collect();
+    let marks: Vec<Mark> = [Mark {
+        at_ns: started_ns,
+        label: "the cluster's start".into(),
+    }]
+    .into_iter()
+    .chain(faults.iter().map(|f| Mark {
+        at_ns: f.at_ns,
+        label: format!("{} on {}", f.kind.name(), f.node),
+    }))
+    .collect();
     let count = |fam: Family| sent.iter().filter(|s| s.family == fam).count();
     Ok(Run {
         seed: o.seed,
@@ -660,6 +678,7 @@ pub fn run(o: &Options) -> Result<Run> {
         send_errors: sent.iter().filter(|s| !s.ok).count(),
         drops: recording.drops,
         pins_left,
+        bad_stops,
         elapsed: t0.elapsed(),
     })
 }
@@ -704,6 +723,7 @@ impl Run {
                 ));
             }
         }
+        p.extend(self.bad_stops.iter().cloned());
         if !self.pins_left.is_empty() {
             p.push(format!("pins left behind by {:?}", self.pins_left));
         }
@@ -718,9 +738,23 @@ impl Run {
         }
     }
 
+    /// The figures of each fault, in order (mark 0, the cluster's start, left out).
+    pub fn fault_figures(&self) -> Vec<MarkFigures> {
+        self.analysis.per_mark().into_iter().skip(1).collect()
+    }
+
+    /// The figures of the cluster's start, before the first fault.
+    pub fn start_figures(&self) -> MarkFigures {
+        self.analysis
+            .per_mark()
+            .first()
+            .copied()
+            .unwrap_or_default()
+    }
+
     pub fn per_kind(&self) -> BTreeMap<FaultKind, KindFigures> {
         let mut out: BTreeMap<FaultKind, KindFigures> = BTreeMap::new();
-        for (f, m) in self.faults.iter().zip(self.analysis.per_mark()) {
+        for (f, m) in self.faults.iter().zip(self.fault_figures()) {
             let k = out.entry(f.kind).or_default();
             k.events += 1;
             k.doubles[0] += m.doubles[0];
@@ -781,6 +815,15 @@ impl Run {
                 format!("{n50:.0} / {nmax:.0}")
             );
         }
+        let st = self.start_figures();
+        let _ = writeln!(
+            t,
+            "  {:<30} {:>6} {:>18} {:>9}",
+            "(the cluster's start)",
+            1,
+            format!("{} / {}", st.doubles[0], st.doubles[1]),
+            st.overlaps,
+        );
         let (arp, nd) = (&self.analysis.arp, &self.analysis.nd);
         let _ = writeln!(
             t,
@@ -804,7 +847,7 @@ impl Run {
     /// Each fault as applied, with its figures.
     pub fn faults_text(&self) -> String {
         let mut t = String::new();
-        for (i, (f, m)) in self.faults.iter().zip(self.analysis.per_mark()).enumerate() {
+        for (i, (f, m)) in self.faults.iter().zip(self.fault_figures()).enumerate() {
             let _ = writeln!(
                 t,
                 "  #{:<3} {:<30} on {}: {:>5.0} ms, settled {:>5} ms later on {:<14} answered twice {} / {}, overlaps {}, longest unanswered {:.0} / {:.0} ms (from +{:.0} / +{:.0} ms)",
@@ -832,16 +875,13 @@ impl Run {
     pub fn episodes_text(&self) -> String {
         let mut t = String::new();
         for e in self.analysis.episodes() {
-            let (label, base) = match e.mark {
-                Some(m) => (
-                    format!("#{} {}", m + 1, self.analysis.marks[m].label),
-                    self.analysis.marks[m].at_ns,
-                ),
-                None => (
-                    "start".to_string(),
-                    self.faults.first().map_or(0, |f| f.at_ns),
-                ),
+            // Mark 0 is the cluster's start, mark i the i-th fault.
+            let m = e.mark.unwrap_or(0);
+            let label = match m {
+                0 => self.analysis.marks[0].label.clone(),
+                _ => format!("#{m} {}", self.analysis.marks[m].label),
             };
+            let base = self.analysis.marks[m].at_ns;
             let rel = |ns: u64| (ns as i128 - base as i128) as f64 / 1e6;
             let macs: Vec<String> = e.macs.iter().map(|m| self.who(*m)).collect();
             let _ = writeln!(
@@ -912,7 +952,7 @@ impl Run {
         let faults: Vec<Value> = self
             .faults
             .iter()
-            .zip(self.analysis.per_mark())
+            .zip(self.fault_figures())
             .map(|(f, m)| {
                 json!({
                     "fault": f.kind.key(),
@@ -936,8 +976,8 @@ impl Run {
                 json!({
                     "family": e.family.name(),
                     "what": e.what,
-                    "after_fault": e.mark.map(|m| m + 1),
-                    "from_ms_after_fault": e.mark.map(|m| (e.from_ns as i128 - self.analysis.marks[m].at_ns as i128) as f64 / 1e6),
+                    "after_fault": e.mark.filter(|m| *m > 0),
+                    "from_ms_after_mark": e.mark.map(|m| (e.from_ns as i128 - self.analysis.marks[m].at_ns as i128) as f64 / 1e6),
                     "duration_ms": (e.to_ns - e.from_ns) as f64 / 1e6,
                     "requests": e.requests,
                     "macs": e.macs.iter().map(|m| self.who(*m)).collect::<Vec<_>>(),
@@ -954,6 +994,10 @@ impl Run {
             "answered_twice": {"arp": v.doubles_arp, "ns": v.doubles_nd},
             "overlaps": v.overlaps,
             "per_fault_kind": per_kind,
+            "start": {
+                "answered_twice": {"arp": self.start_figures().doubles[0], "ns": self.start_figures().doubles[1]},
+                "overlaps": self.start_figures().overlaps,
+            },
             "faults": faults,
             "episodes": episodes,
             "recorder": {

@@ -225,20 +225,9 @@ struct Cluster {
     bad_stops: Vec<String>,
 }
 
-/// Debian's libfaketime, wherever the architecture puts it.
-fn faketime_lib() -> Result<PathBuf> {
-    std::fs::read_dir("/usr/lib")?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("faketime/libfaketime.so.1"))
-        .find(|p| p.exists())
-        .context(
-            "libfaketime is missing (Debian package faketime; `cargo xtask setup` installs it)",
-        )
-}
-
 impl Cluster {
     fn new(mode: Mode, bin: &Path) -> Result<Self> {
-        let faketime = faketime_lib()?;
+        let faketime = crate::libfaketime()?;
         let bpffs = Bpffs::mount()?;
         let names: Vec<&str> = NODES.iter().map(|n| n.0).chain([CLIENT]).collect();
         let mut lan = Lan::new(&names).context("building the lab")?;
@@ -340,8 +329,6 @@ impl Cluster {
         let n = &self.nodes[i];
         let preload = format!("LD_PRELOAD={}", self.faketime.display());
         let wrapper: Vec<&str> = if faked {
-            // `env` execs (the `faketime` wrapper forks: the lab could not stop the
-            // agent by its PID).
             vec![
                 "env",
                 &preload,
@@ -387,34 +374,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGTERM to the agents of `which` at once, then waits for each (SIGKILL after 8 s).
+    /// Stops the agents of `which` together ([`crate::stop_together`]).
     fn stop_at_once(&mut self, which: &[usize]) {
-        let mut agents: Vec<Agent> = which
+        let agents: Vec<Agent> = which
             .iter()
             .filter_map(|&i| self.nodes[i].agent.take())
             .collect();
-        for a in &agents {
-            let _ = a.proc.signal(Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(8);
-        while Instant::now() < deadline && agents.iter_mut().any(|a| a.proc.try_status().is_none())
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // Drop: SIGKILL for any still running, then reaped.
-        for mut a in agents {
-            match a.proc.try_status() {
-                None => {
-                    self.bad_stops
-                        .push(format!("{}: still running 8 s after SIGTERM", a.proc.name));
-                    let _ = a.proc.signal(Signal::SIGKILL);
-                }
-                Some(st) if !st.success() => self
-                    .bad_stops
-                    .push(format!("{}: {st} after SIGTERM", a.proc.name)),
-                Some(_) => {}
-            }
-        }
+        let bad = crate::stop_together(agents, Duration::from_secs(8));
+        self.bad_stops.extend(bad);
     }
 
     fn state(&self, i: usize) -> String {

@@ -14,7 +14,7 @@ pub mod wire;
 pub use capture::Capture;
 pub use netns::{veth, Bpffs, Netns};
 pub use probe::{outage, Outage, Probe, Prober, Responder};
-pub use process::{vip_bin, Agent, Proc};
+pub use process::{libfaketime, stop_together, vip_bin, Agent, Proc};
 pub use topology::{Host, Lan};
 
 /// The root assertion at the top of every privileged test (namespaces, XDP).

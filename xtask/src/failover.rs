@@ -443,15 +443,8 @@ fn standbys_once(lan: &Lan, nodes: usize, bin: &Path) -> Result<Sample> {
         )?);
     }
     let result = standbys_measure(lan, &agents, members);
-    // Stopped together: each hands over to nobody, so one by one would take seconds.
-    for a in &agents {
-        let _ = a.proc.signal(Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < deadline && agents.iter_mut().any(|a| a.proc.try_status().is_none()) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    drop(agents);
+    // Stopped together: one by one, each would wait for a successor in turn.
+    lab::stop_together(agents, Duration::from_secs(8));
     let up = lan.host("a").ns.ip(&["link", "set", "eth0", "up"]);
     let sample = result?;
     up?;

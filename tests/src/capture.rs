@@ -175,9 +175,9 @@ impl Capture {
     }
 
     /// One frame that is already waiting (not one we sent), with its arrival time in
-    /// CLOCK_REALTIME nanoseconds ([`Capture::stamp_arrivals`]; without it, the time
-    /// it was read). Never blocks.
-    pub fn recv_stamped(&self) -> Option<(u64, Vec<u8>)> {
+    /// CLOCK_REALTIME nanoseconds if the kernel stamped it ([`Capture::stamp_arrivals`]).
+    /// Never blocks.
+    pub fn recv_stamped(&self) -> Option<(Option<u64>, Vec<u8>)> {
         let mut buf = vec![0u8; 65536];
         loop {
             let mut iov = libc::iovec {
@@ -219,7 +219,7 @@ impl Capture {
                 }
             }
             buf.truncate(n as usize);
-            return Some((at.unwrap_or_else(crate::wire::realtime_ns), buf));
+            return Some((at, buf));
         }
     }
 

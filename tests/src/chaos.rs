@@ -542,8 +542,9 @@ pub struct Run {
     /// refused.
     pub sent: [usize; 2],
     pub send_errors: usize,
-    /// Frames the recorder's sockets dropped.
+    /// Frames the recorder's sockets dropped, and kept frames without a kernel stamp.
     pub drops: u64,
+    pub unstamped: u64,
     /// Pinned nodes whose pins were left after the agents stopped.
     pub pins_left: Vec<String>,
     /// Agents that did not stop cleanly on SIGTERM.
@@ -644,6 +645,7 @@ pub fn run(o: &Options) -> Result<Run> {
         sent: [count(Family::Arp), count(Family::Nd)],
         send_errors: sent.iter().filter(|s| !s.ok).count(),
         drops: recording.drops,
+        unstamped: recording.unstamped,
         pins_left,
         bad_stops,
         elapsed: t0.elapsed(),
@@ -664,6 +666,12 @@ impl Run {
             p.push(format!(
                 "the recorder's sockets dropped {} frames",
                 self.drops
+            ));
+        }
+        if self.unstamped > 0 {
+            p.push(format!(
+                "{} frames had no kernel arrival stamp (timed when read)",
+                self.unstamped
             ));
         }
         if self.send_errors > 0 {
@@ -975,6 +983,7 @@ impl Run {
                 "orphans": {"arp": self.analysis.arp.orphans, "ns": self.analysis.nd.orphans},
                 "malformed": self.analysis.nd.malformed,
                 "dropped": self.drops,
+                "unstamped": self.unstamped,
             },
             "problems": self.problems(),
         })

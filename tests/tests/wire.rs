@@ -121,7 +121,7 @@ fn the_recorder_sees_every_answer_on_the_switch() {
     let sent = asker.finish();
     std::thread::sleep(Duration::from_millis(20));
     let got = rec.finish().unwrap();
-    assert_eq!(got.drops, 0);
+    assert_eq!((got.drops, got.unstamped), (0, 0), "dropped, unstamped");
     let an = wire::analyse(&got.seen, &[]);
     let a_mac: Mac = lan.host("a").mac.parse().unwrap();
     for f in Family::BOTH {

@@ -9,8 +9,9 @@
 //! several sockets are put in order by the kernel's arrival stamps (SO_TIMESTAMPNS),
 //! so the recorder's own scheduling never reorders the wire. A classic BPF filter in
 //! the kernel keeps only ARP and neighbour solicitations/advertisements (the echo's
-//! 1,000 probes a second never reach userspace), and the socket's drop counter is
-//! read at the end: a recording that lost frames says so.
+//! probes and replies, a thousand or more a second, never reach userspace), and the
+//! sockets' drop counters are read at the end: a recording that lost frames, or whose
+//! frames the kernel did not stamp, says so.
 
 use std::{
     sync::{
@@ -34,6 +35,9 @@ pub struct Recording {
     /// Frames the kernel dropped because a socket's queue was full (0 for a sound
     /// recording).
     pub drops: u64,
+    /// Kept frames the kernel did not stamp, timed when read instead (0 for a sound
+    /// recording).
+    pub unstamped: u64,
 }
 
 /// Captures on switch ports until finished; see the module's documentation.
@@ -136,8 +140,12 @@ fn record(caps: &[Capture], watch: &Watch, stop: &AtomicBool) -> Result<Recordin
         // SAFETY: valid pollfds for the length given.
         unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 20) };
         for (port, cap) in caps.iter().enumerate() {
-            while let Some((at_ns, f)) = cap.recv_stamped() {
+            while let Some((at, f)) = cap.recv_stamped() {
                 if let Some(kind) = classify(&f, watch) {
+                    if at.is_none() {
+                        rec.unstamped += 1;
+                    }
+                    let at_ns = at.unwrap_or_else(realtime_ns);
                     rec.seen.push(Seen { at_ns, port, kind });
                 }
             }

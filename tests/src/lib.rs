@@ -1,17 +1,20 @@
 //! A network lab in namespaces: hosts on a bridge, processes tracked by PID, raw
-//! captures, and the `vip` agent started with a config. Every namespace, link and
-//! process is torn down in `Drop`, also when a test fails.
+//! captures, the `vip` agent started with a config, a recorder of who answers for
+//! the VIPs on the switch ([`wire`]) and the chaos run built on it ([`chaos`]). Every
+//! namespace, link and process is torn down in `Drop`, also when a test fails.
 
 mod capture;
+pub mod chaos;
 mod netns;
 mod probe;
 mod process;
 mod topology;
+pub mod wire;
 
 pub use capture::Capture;
 pub use netns::{veth, Bpffs, Netns};
 pub use probe::{outage, Outage, Probe, Prober, Responder};
-pub use process::{vip_bin, Agent, Proc};
+pub use process::{libfaketime, stop_together, vip_bin, Agent, Proc};
 pub use topology::{Host, Lan};
 
 /// The root assertion at the top of every privileged test (namespaces, XDP).

@@ -27,6 +27,19 @@ pub fn vip_bin() -> PathBuf {
     p
 }
 
+/// Debian's libfaketime (package `faketime`, which `cargo xtask setup` installs),
+/// wherever the architecture puts it: preloaded through `env` (which execs; the
+/// `faketime` wrapper forks, and the lab could not stop the agent by its PID).
+pub fn libfaketime() -> Result<PathBuf> {
+    fs::read_dir("/usr/lib")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .context(
+            "libfaketime is missing (Debian package faketime; `cargo xtask setup` installs it)",
+        )
+}
+
 /// A child process; SIGTERM then SIGKILL on drop, always reaped.
 pub struct Proc {
     pub name: String,
@@ -234,6 +247,37 @@ impl Agent {
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         self.proc.stop(Duration::from_secs(5))
     }
+}
+
+/// Stops `agents` together: SIGTERM to all at once, then waits up to `grace` for every
+/// one (agents that would hand over to each other stop in one handover time, not one
+/// each); any still running is killed. Returns why each agent that did not stop
+/// cleanly (in time, with success) did not.
+pub fn stop_together(agents: Vec<Agent>, grace: Duration) -> Vec<String> {
+    let mut agents = agents;
+    for a in &agents {
+        let _ = a.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && agents.iter_mut().any(|a| a.proc.try_status().is_none()) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut bad = Vec::new();
+    for a in &mut agents {
+        match a.proc.try_status() {
+            None => {
+                bad.push(format!(
+                    "{}: still running {} ms after SIGTERM",
+                    a.proc.name,
+                    grace.as_millis()
+                ));
+                let _ = a.proc.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+            Some(st) if !st.success() => bad.push(format!("{}: {st} after SIGTERM", a.proc.name)),
+            Some(_) => {}
+        }
+    }
+    bad
 }
 
 impl Drop for Agent {

@@ -190,10 +190,23 @@ fn without_preempt_a_returning_node_stays_standby() {
     let b = start_elected(&lan, "b", &all, 100, "");
     expect_states(&[("b", &b)], &["active"]);
     let a = start_elected(&lan, "a", &all, 200, "preempt = false");
-    // Deliberate: nothing may change for 20 intervals (a must not preempt), so time
-    // has to pass; there is no event to wait for.
-    std::thread::sleep(Duration::from_millis(INTERVAL * 20));
     expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
+    let pair = [("a", &a), ("b", &b)];
+    let before = transitions(&pair);
+    // Deliberate: nothing may change for 20 intervals (a must not preempt), so time
+    // has to pass; there is no event to wait for. A preemption that b undid within the
+    // period would still have moved the counters.
+    std::thread::sleep(Duration::from_millis(INTERVAL * 20));
+    assert_no_transitions(&pair, &before, "without preempt");
+    assert_eq!((state(&a), state(&b)), ("standby".into(), "active".into()));
+    // Nor did a go active on its way to standby.
+    let reasons = a.status().unwrap()["groups"][0]["transition_reasons"].clone();
+    assert!(
+        reasons
+            .as_object()
+            .is_some_and(|m| !m.keys().any(|k| k.starts_with("active/"))),
+        "a went active: {reasons}"
+    );
     client_reaches(&lan, &lan.host("b").mac);
     drop((a, b));
     teardown(lan);

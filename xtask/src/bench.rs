@@ -2,8 +2,8 @@
 //! JSON, and with `--compare BASE.json` flags what got slower than an earlier run.
 //!
 //! `paths`, `throughput`, `scale` and `control` need the XDP object and run as the
-//! `perf` benchmark of the tests crate; `failover` runs here (agents and keepalived
-//! as processes in the namespace lab).
+//! `perf` benchmark of the tests crate; `failover`, `soak` and `chaos` run here
+//! (agents and keepalived as processes in the namespace lab).
 
 use std::{
     fmt::Write as _,
@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{failover, root, status};
+use crate::{chaos, failover, root, status};
 
 pub const ALL: [&str; 6] = [
     "paths",
@@ -25,8 +25,9 @@ pub const ALL: [&str; 6] = [
     "failover",
 ];
 
-/// Asked for by name only: it takes `soak_secs` twice (vip, then keepalived).
-pub const EXPLICIT: [&str; 1] = ["soak"];
+/// Asked for by name only: `soak` takes `soak_secs` twice (vip, then keepalived),
+/// `chaos` some 9 minutes per mode and binary at its 200 faults.
+pub const EXPLICIT: [&str; 2] = ["soak", "chaos"];
 
 pub struct Options {
     pub which: Vec<String>,
@@ -38,12 +39,22 @@ pub struct Options {
     pub compare: Option<PathBuf>,
     /// A figure worse than the base by more than this fraction is flagged.
     pub threshold: f64,
+    /// Faults per mode and binary (`chaos`).
+    pub faults: usize,
+    /// The fault sequence's seed (`chaos`).
+    pub seed: Option<u64>,
+    /// A second binary run in the same run (`chaos`, the multi-standby `failover` rows).
+    pub baseline: Option<PathBuf>,
 }
 
 pub fn run(vip: &Path, o: Options) -> Result<()> {
     for w in &o.which {
         if !ALL.contains(&w.as_str()) && !EXPLICIT.contains(&w.as_str()) {
-            bail!("unknown benchmark `{w}` (choose from {})", ALL.join(", "));
+            bail!(
+                "unknown benchmark `{w}` (choose from {}, {})",
+                ALL.join(", "),
+                EXPLICIT.join(", ")
+            );
         }
     }
     let which: Vec<&str> = if o.which.is_empty() {
@@ -55,7 +66,7 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
     let perf: Vec<&str> = which
         .iter()
         .copied()
-        .filter(|w| *w != "failover" && *w != "soak")
+        .filter(|w| !["failover", "soak", "chaos"].contains(w))
         .collect();
     if !perf.is_empty() {
         let tmp = root().join("target/bench/perf.json");
@@ -75,7 +86,7 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
         results.extend(doc["results"].as_array().cloned().unwrap_or_default());
     }
     if which.contains(&"failover") {
-        let f = failover::run(vip, o.quick, o.runs)?;
+        let f = failover::run(vip, o.quick, o.runs, o.baseline.as_deref())?;
         for row in f["rows"].as_array().into_iter().flatten() {
             let case = format!(
                 "{}: {}",
@@ -106,6 +117,7 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
                 }));
             }
         }
+        pair_baselines(&mut results, f["baseline"].as_str());
         for c in f["cpu"].as_array().into_iter().flatten() {
             for (node, key) in [
                 ("a (active)", "a_active_cpu_ms_per_s"),
@@ -138,6 +150,15 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
             }));
         }
     }
+    if which.contains(&"chaos") {
+        results.extend(chaos::run(
+            vip,
+            o.quick,
+            o.faults,
+            o.seed,
+            o.baseline.as_deref(),
+        )?);
+    }
     let doc = json!({ "machine": machine(), "quick": o.quick, "results": results });
     print!("{}", table(&doc));
     let out = o
@@ -166,6 +187,36 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Gives each failover figure that the baseline binary also measured (its config
+/// labelled "... (baseline)") that figure as its same-run baseline and ratio.
+fn pair_baselines(results: &mut [Value], binary: Option<&str>) {
+    let Some(binary) = binary else {
+        return;
+    };
+    let name = Path::new(binary)
+        .file_name()
+        .map_or_else(|| binary.to_string(), |n| n.to_string_lossy().into_owned());
+    let base: Vec<(String, f64)> = results
+        .iter()
+        .filter(|r| r["bench"] == "failover")
+        .filter_map(|r| {
+            let case = r["case"].as_str()?;
+            case.contains(" (baseline)")
+                .then(|| Some((case.replace(" (baseline)", ""), r["value"].as_f64()?)))?
+        })
+        .collect();
+    for r in results.iter_mut().filter(|r| r["bench"] == "failover") {
+        let Some((_, b)) = base.iter().find(|(c, _)| r["case"] == c.as_str()) else {
+            continue;
+        };
+        r["baseline"] = json!(name);
+        r["baseline_value"] = json!(b);
+        if let Some(v) = r["value"].as_f64().filter(|_| *b > 0.0) {
+            r["ratio"] = json!(v / b);
+        }
+    }
 }
 
 /// What the figures were measured on.
@@ -213,14 +264,22 @@ fn table(doc: &Value) -> String {
             r["case"].as_str().unwrap_or(""),
             v
         );
-        if let (Some(bv), Some(ratio)) = (r["baseline_value"].as_f64(), r["ratio"].as_f64()) {
+        if let Some(bv) = r["baseline_value"].as_f64() {
             let _ = write!(
                 line,
-                "   vs {:.2} ({})  ratio {:.2}",
+                "   vs {:.2} ({})",
                 bv,
-                r["baseline"].as_str().unwrap_or(""),
-                ratio
+                r["baseline"].as_str().unwrap_or("")
             );
+            if let Some(ratio) = r["ratio"].as_f64() {
+                let _ = write!(line, "  ratio {ratio:.2}");
+            }
+        }
+        if let (Some(max), None) = (r["max"].as_f64(), r["lost_probes_median"].as_u64()) {
+            let _ = write!(line, "   max {max:.1}");
+            if let Some(bmax) = r["baseline_max"].as_f64() {
+                let _ = write!(line, " (baseline {bmax:.1})");
+            }
         }
         if let Some(l) = r["lost_probes_median"].as_u64() {
             let _ = write!(
@@ -284,6 +343,23 @@ pub fn compare(base: &Value, new: &Value, threshold: f64) -> (String, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_baselines_figures_pair_with_the_same_case() {
+        let mut r = vec![
+            json!({"bench": "failover", "case": "vip defaults, 3 nodes: link down", "value": 24.0}),
+            json!({"bench": "failover", "case": "vip defaults, 3 nodes (baseline): link down", "value": 12.0}),
+            json!({"bench": "failover", "case": "vip defaults: link down", "value": 15.0}),
+        ];
+        pair_baselines(&mut r, Some("/work/baseline/vip-old"));
+        assert_eq!(r[0]["baseline"], "vip-old");
+        assert_eq!(r[0]["baseline_value"], 12.0);
+        assert_eq!(r[0]["ratio"], 2.0);
+        assert!(r[1]["baseline_value"].is_null() && r[2]["baseline_value"].is_null());
+        let mut r2 = r.clone();
+        pair_baselines(&mut r2, None);
+        assert_eq!(r, r2);
+    }
 
     #[test]
     fn compare_flags_slowdowns_both_ways() {

@@ -16,6 +16,16 @@
 //! for comparison, and 1000 ms adverts with the default echo (detection no longer
 //! depends on the advert interval); keepalived at 1000 ms and at its 10 ms minimum.
 //!
+//! Multi-standby rows: 3 and 5 nodes at the defaults (priorities 200/180/160 and
+//! 200/180/160/140/120; a fresh lab with hosts a, b, d, e, f and the client c), a's
+//! link down, the outage from a's last answer to the first answer by any other node
+//! (the row's reasons name who took over: the best standby should). With
+//! `--baseline BIN`, each run is followed by one of that binary, reported as the
+//! row's same-run baseline.
+//!
+//! Before any fault, b's (every standby's) echo must be armed within 2 s, or the run
+//! fails: a run whose echo never armed would measure the adverts' timeout instead.
+//!
 //! Detection: b's status reports, per group, the CLOCK_MONOTONIC instant it decided to
 //! take over and the instant it sent the first gratuitous ARP / unsolicited NA
 //! (`last_takeover`); the bench reads its own CLOCK_MONOTONIC (shared by every
@@ -96,17 +106,28 @@ impl VipConfig {
     };
 }
 
-/// What runs on the two servers.
+/// What runs on the servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
     Vip(VipConfig),
-    Keepalived { advert_ms: u64 },
+    Keepalived {
+        advert_ms: u64,
+    },
+    /// `nodes` vip nodes at the defaults (priorities [`STANDBYS`]), the baseline binary
+    /// or the one under test ([`standbys_once`]).
+    Standbys {
+        nodes: usize,
+        baseline: bool,
+    },
 }
+
+/// The multi-standby rows' nodes: host, priority; the first `nodes` of them run.
+const STANDBYS: [(&str, u8); 5] = [("a", 200), ("b", 180), ("d", 160), ("e", 140), ("f", 120)];
 
 impl Setup {
     fn imp(self) -> Impl {
         match self {
-            Setup::Vip(_) => Impl::Vip,
+            Setup::Vip(_) | Setup::Standbys { .. } => Impl::Vip,
             Setup::Keepalived { .. } => Impl::Keepalived,
         }
     }
@@ -115,6 +136,7 @@ impl Setup {
         match self {
             Setup::Vip(c) => c.advert_ms,
             Setup::Keepalived { advert_ms } => advert_ms,
+            Setup::Standbys { .. } => VipConfig::DEFAULTS.advert_ms,
         }
     }
 
@@ -122,6 +144,10 @@ impl Setup {
         match self {
             Setup::Vip(c) => c.label.to_string(),
             Setup::Keepalived { advert_ms } => format!("keepalived {advert_ms} ms"),
+            Setup::Standbys { nodes, baseline } => format!(
+                "vip defaults, {nodes} nodes{}",
+                if baseline { " (baseline)" } else { "" }
+            ),
         }
     }
 
@@ -129,6 +155,7 @@ impl Setup {
         match self {
             Setup::Vip(c) => Nodes::vip(lan, c),
             Setup::Keepalived { advert_ms } => Nodes::keepalived(lan, advert_ms),
+            Setup::Standbys { .. } => bail!("the multi-standby rows run in standbys_once"),
         }
     }
 
@@ -258,8 +285,9 @@ fn plan(quick: bool, runs: usize) -> Vec<(Setup, Fault, usize)> {
 }
 
 /// Runs the benchmark; returns its JSON record. `quick`: vip defaults, planned and
-/// SIGKILL, one run each and no CPU figures, for CI smoke.
-pub fn run(vip: &Path, quick: bool, runs: usize) -> Result<Value> {
+/// SIGKILL, one run each, one 3-node link down and no CPU figures, for CI smoke.
+/// `baseline`: another binary that the multi-standby rows also run, interleaved.
+pub fn run(vip: &Path, quick: bool, runs: usize, baseline: Option<&Path>) -> Result<Value> {
     std::env::set_var("VIP_BIN", vip);
     let mut lan = Lan::new(&["a", "b", "c"]).context("building the lab")?;
     lan.enable_xdp_tx(&["a", "b"])?;
@@ -313,6 +341,7 @@ pub fn run(vip: &Path, quick: bool, runs: usize) -> Result<Value> {
         cpu
     };
     drop(lan);
+    rows.extend(standbys(vip, quick, runs, baseline)?);
     print!("{}", table(&rows));
     print!("{}", detection_table(&rows));
     print!("{}", cpu_table(&cpu));
@@ -321,9 +350,167 @@ pub fn run(vip: &Path, quick: bool, runs: usize) -> Result<Value> {
         "probe_interval_ms": PROBE.as_millis() as u64,
         "runs": runs,
         "headline_samples": if quick { 1 } else { runs.max(HEADLINE_SAMPLES) },
+        "baseline": baseline.map(|b| b.display().to_string()),
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
         "cpu": cpu.iter().map(Cpu::json).collect::<Vec<_>>(),
     }))
+}
+
+/// The multi-standby rows: with 3 and with 5 nodes at the defaults ([`STANDBYS`]), a
+/// (the best) active, its link down; the outage runs from a's last answer to the first
+/// answer by any other node (the best standby should be it). With `baseline`, each
+/// run of the binary under test is followed by one of the baseline, so both see the
+/// same machine. The headline's sample count (20) for each; `quick`: one 3-node run.
+fn standbys(vip: &Path, quick: bool, runs: usize, baseline: Option<&Path>) -> Result<Vec<Row>> {
+    let names: Vec<&str> = STANDBYS.iter().map(|n| n.0).collect();
+    let mut all = names.clone();
+    all.insert(2, "c");
+    let mut lan = Lan::new(&all).context("building the multi-standby lab")?;
+    lan.enable_xdp_tx(&names)?;
+    let to: SocketAddr = format!("{VIP}:{PORT}").parse()?;
+    let _responders: Vec<Responder> = names
+        .iter()
+        .map(|n| Responder::start(&lan.host(n).ns, to, n))
+        .collect::<Result<_>>()?;
+    let bins: Vec<(bool, &Path)> = [(false, vip)]
+        .into_iter()
+        .chain(baseline.map(|b| (true, b)))
+        .collect();
+    let mut rows = Vec::new();
+    for nodes in if quick { vec![3] } else { vec![3, 5] } {
+        let n = if quick { 1 } else { runs.max(HEADLINE_SAMPLES) };
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); bins.len()];
+        for i in 0..n {
+            for (k, &(is_base, bin)) in bins.iter().enumerate() {
+                let setup = Setup::Standbys {
+                    nodes,
+                    baseline: is_base,
+                };
+                let s = standbys_once(&lan, nodes, bin)
+                    .with_context(|| format!("{} run {}", setup.label(), i + 1))?;
+                eprintln!(
+                    "[bench failover] {:<34} {:<15} run {:>2}/{n}: outage {:>8.1} ms, lost {:>4}, detection {} ({}), announce {}",
+                    setup.label(),
+                    Fault::LinkDown.name(),
+                    i + 1,
+                    s.outage_ms,
+                    s.lost,
+                    unit(s.detection_ms, 1, "ms"),
+                    s.reason.as_deref().unwrap_or("reason n/a"),
+                    unit(s.announce_us, 0, "µs"),
+                );
+                samples[k].push(s);
+            }
+        }
+        for ((is_base, _), samples) in bins.iter().zip(samples) {
+            rows.push(Row {
+                setup: Setup::Standbys {
+                    nodes,
+                    baseline: *is_base,
+                },
+                fault: Fault::LinkDown,
+                samples,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// One multi-standby run: `nodes` agents of `bin`, a active and every standby's echo
+/// armed, the client probing, a's link down; the sample's reason names the node that
+/// took over (`b: echo_lost`).
+fn standbys_once(lan: &Lan, nodes: usize, bin: &Path) -> Result<Sample> {
+    start_clean(lan)?;
+    let members = &STANDBYS[..nodes];
+    let mut agents = Vec::new();
+    for &(me, prio) in members {
+        let peers: Vec<String> = members
+            .iter()
+            .filter(|n| n.0 != me)
+            .map(|n| format!("\"{}\"", lan.host(n.0).ip4))
+            .collect();
+        let cfg = format!(
+            "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"{VIP}/24\"]\npeers = [{}]\npriority = {prio}\n",
+            peers.join(", ")
+        );
+        agents.push(Agent::start_full(
+            &lan.host(me).ns,
+            me,
+            &cfg,
+            bin,
+            &[],
+            &[],
+        )?);
+    }
+    let result = standbys_measure(lan, &agents, members);
+    // Stopped together: one by one, each would wait for a successor in turn.
+    lab::stop_together(agents, Duration::from_secs(8));
+    let up = lan.host("a").ns.ip(&["link", "set", "eth0", "up"]);
+    let sample = result?;
+    up?;
+    Ok(sample)
+}
+
+fn standbys_measure(lan: &Lan, agents: &[Agent], members: &[(&str, u8)]) -> Result<Sample> {
+    let states = || -> Vec<String> { agents.iter().map(|a| state(Some(a))).collect() };
+    let settled = wait_for(Duration::from_secs(5), || {
+        let st = states();
+        (st[0] == "active" && st[1..].iter().all(|s| s == "standby")).then_some(())
+    });
+    if settled.is_none() {
+        bail!("a never became the only active: {:?}", states());
+    }
+    for a in &agents[1..] {
+        wait_echo_armed(a, Duration::from_secs(2))?;
+    }
+    let to: SocketAddr = format!("{VIP}:{PORT}").parse()?;
+    let prober = Prober::start(&lan.host("c").ns, to, PROBE)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let echo_state = agents[1]
+        .status()
+        .ok()
+        .and_then(|s| s["groups"][0]["echo"]["state"].as_str().map(str::to_string));
+    let before = mono_ns()?;
+    lan.host("a").ns.ip(&["link", "set", "eth0", "down"])?;
+    let injected = mono_ns()?;
+    let t0 = Instant::now();
+    let limit = Duration::from_millis(VipConfig::DEFAULTS.advert_ms * 6 + 3000);
+    while t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+        if states()[1..].iter().any(|s| s == "active") && t0.elapsed() > Duration::from_millis(400)
+        {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let probes = prober.finish();
+    let taker = probes
+        .iter()
+        .find_map(|p| p.answered_by.clone().filter(|n| n != "a"))
+        .context("no other node ever answered")?;
+    let o = outage(&probes, "a", &taker).context("the client never moved from a")?;
+    let i = members
+        .iter()
+        .position(|m| m.0 == taker)
+        .context("an unknown node answered")?;
+    let g = agents[i].status()?["groups"][0].clone();
+    let t = &g["last_takeover"];
+    let decided = t["decided_mono_ns"].as_u64().filter(|d| *d >= before);
+    Ok(Sample {
+        outage_ms: o.outage.as_secs_f64() * 1e3,
+        lost: o.lost,
+        detection_ms: decided.map(|d| (d as i128 - injected as i128) as f64 / 1e6),
+        announce_us: decided.and_then(|d| {
+            t["announced_mono_ns"]
+                .as_u64()
+                .map(|a| (a as i128 - d as i128) as f64 / 1e3)
+        }),
+        reason: Some(format!(
+            "{taker}: {}",
+            t["reason_kind"].as_str().unwrap_or("?")
+        )),
+        echo_state,
+    })
 }
 
 /// `x` with `digits` decimals, or "n/a".
@@ -468,7 +655,7 @@ fn start_pair(lan: &Lan, setup: Setup) -> Result<Nodes> {
     if wait_for(setup.settle(), || nodes.a_active(lan).then_some(())).is_none() {
         bail!("a never became active");
     }
-    nodes.wait_echo_armed(Duration::from_secs(2));
+    nodes.wait_echo_armed(Duration::from_secs(2))?;
     Ok(nodes)
 }
 
@@ -521,6 +708,31 @@ fn run_once(lan: &Lan, setup: Setup, fault: Fault) -> Result<Sample> {
         reason: takeover.map(|t| t.reason),
         echo_state,
     })
+}
+
+/// Waits (up to `limit`) until `agent`'s echo has seen the active's replies (state
+/// "armed"), so that a fault is detected by the echo, not by the adverts' silence.
+/// An echo that is off, or an agent whose status has none (an older vip), passes at
+/// once; an echo that never arms, or an agent that stops answering, fails the run
+/// instead of letting it measure the adverts' timeout as if it were the echo's.
+fn wait_echo_armed(agent: &Agent, limit: Duration) -> Result<()> {
+    let echo = || -> Option<Value> {
+        let s = agent.status().ok()?;
+        Some(s["groups"][0]["echo"].clone())
+    };
+    let ready = wait_for(limit, || {
+        let e = echo()?;
+        (!e.is_object() || matches!(e["state"].as_str(), Some("armed" | "off"))).then_some(())
+    });
+    if ready.is_none() {
+        bail!(
+            "{}: the echo did not arm within {} ms: {}",
+            agent.proc.name,
+            limit.as_millis(),
+            echo().map_or_else(|| "no status".into(), |e| e.to_string())
+        );
+    }
+    Ok(())
 }
 
 /// b's last takeover, as its status reports it.
@@ -806,19 +1018,13 @@ impl Nodes {
         })
     }
 
-    /// Waits (up to `limit`) until b's echo has seen a's replies (state "armed"), so
-    /// that a fault is detected by the echo, not by the adverts' silence. Returns at
-    /// once where the echo is off or not reported.
-    fn wait_echo_armed(&self, limit: Duration) {
-        if self.imp != Impl::Vip {
-            return;
+    /// Waits (up to `limit`) until b's echo has seen a's replies (see
+    /// [`wait_echo_armed`]); keepalived has no echo.
+    fn wait_echo_armed(&self, limit: Duration) -> Result<()> {
+        match (self.imp, self.b.as_ref()) {
+            (Impl::Vip, Some(b)) => wait_echo_armed(b, limit),
+            _ => Ok(()),
         }
-        let _ = wait_for(limit, || {
-            let Some(e) = self.b_echo() else {
-                return Some(());
-            };
-            matches!(e["state"].as_str(), Some("armed" | "off")).then_some(())
-        });
     }
 
     fn inject(&mut self, lan: &Lan, fault: Fault) -> Result<()> {

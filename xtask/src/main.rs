@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a fresh machine needs, in one place.
 
 mod bench;
+mod chaos;
 mod deb;
 mod demo;
 mod failover;
@@ -40,9 +41,9 @@ enum Cmd {
     /// failover, then active/active (a balanced group) with a member failure.
     Demo,
     /// Benchmarks with same-run baselines: paths, throughput, scale, control, stall,
-    /// failover (all by default), and soak (only when named: no false takeover under
-    /// CPU hogs and 2 % loss, vip and keepalived); a table, and JSON in
-    /// target/bench/latest.json.
+    /// failover (all by default), and, only when named, soak (no false takeover under
+    /// CPU hogs and 2 % loss, vip and keepalived) and chaos (one owner on the wire
+    /// under random faults); a table, and JSON in target/bench/latest.json.
     Bench {
         /// Which benchmarks (default: all).
         which: Vec<String>,
@@ -64,6 +65,16 @@ enum Cmd {
         /// Slowdown (percent) beyond which a figure is flagged.
         #[arg(long, default_value_t = 15.0)]
         threshold: f64,
+        /// Faults per mode (and binary) of `chaos`.
+        #[arg(long, default_value_t = 200)]
+        faults: usize,
+        /// Seed of `chaos`'s fault sequence (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Another vip binary (e.g. the previous release) that `chaos` (same seed) and
+        /// the multi-standby `failover` rows also run, in the same run.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// Build, then package: target/debian/vip_<version>_<arch>.deb.
     Deb {
@@ -140,6 +151,9 @@ fn run() -> Result<()> {
             out,
             compare,
             threshold,
+            faults,
+            seed,
+            baseline,
         } => {
             if nix::unistd::geteuid().as_raw() != 0 {
                 bail!("the benchmarks load XDP programs and create network namespaces: run them as root");
@@ -155,6 +169,9 @@ fn run() -> Result<()> {
                     out,
                     compare,
                     threshold: threshold / 100.0,
+                    faults,
+                    seed,
+                    baseline,
                 },
             )
         }
@@ -200,6 +217,7 @@ const SERIAL: &[&str] = &[
     "ownership",
     "replay",
     "upgrade",
+    "wire",
 ];
 
 /// `cargo test` options that choose packages or targets themselves.

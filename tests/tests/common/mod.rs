@@ -73,6 +73,26 @@ pub fn expect_states(agents: &[(&str, &Agent)], want: &[&str]) {
     }
 }
 
+/// The first group's transition counter (`groups[0].transitions`) of each agent.
+pub fn transitions(agents: &[(&str, &Agent)]) -> Vec<(String, u64)> {
+    agents
+        .iter()
+        .map(|(n, a)| {
+            let t = a.status().expect("status")["groups"][0]["transitions"]
+                .as_u64()
+                .expect("groups[0].transitions");
+            (n.to_string(), t)
+        })
+        .collect()
+}
+
+/// Asserts that no agent's first group changed state since `before` (from
+/// [`transitions`]): a wrong takeover that healed in the meantime still moved them.
+pub fn assert_no_transitions(agents: &[(&str, &Agent)], before: &[(String, u64)], what: &str) {
+    let after = transitions(agents);
+    assert_eq!(after, before, "{what}: transitions moved");
+}
+
 /// The first group's state, or "down" when the agent does not answer.
 pub fn state(a: &Agent) -> String {
     a.status()

@@ -223,6 +223,8 @@ struct Cluster {
     /// Agents that did not stop cleanly on SIGTERM (not within 8 s, or not with
     /// success): each a finding.
     bad_stops: Vec<String>,
+    /// Every agent's log, as it stopped (written out with `VIP_CHAOS_LOGS=DIR`).
+    logs: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -291,6 +293,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             faketime,
             bad_stops: Vec::new(),
+            logs: Vec::new(),
         })
     }
 
@@ -376,11 +379,19 @@ impl Cluster {
 
     /// Stops the agents of `which` together ([`crate::stop_together`]).
     fn stop_at_once(&mut self, which: &[usize]) {
-        let agents: Vec<Agent> = which
+        let mut agents: Vec<Agent> = which
             .iter()
             .filter_map(|&i| self.nodes[i].agent.take())
             .collect();
-        let bad = crate::stop_together(agents, Duration::from_secs(8));
+        let names: Vec<String> = which
+            .iter()
+            .map(|&i| self.nodes[i].name.to_string())
+            .collect();
+        let bad = crate::stop_together(&mut agents, Duration::from_secs(8));
+        for (n, a) in names.into_iter().zip(&agents) {
+            self.logs.push((n, a.log_text()));
+        }
+        drop(agents);
         self.bad_stops.extend(bad);
     }
 
@@ -452,6 +463,8 @@ impl Cluster {
                 if gone.is_none() {
                     bail!("{} did not die of SIGKILL", self.nodes[i].name);
                 }
+                self.logs
+                    .push((self.nodes[i].name.to_string(), a.log_text()));
                 drop(a);
                 std::thread::sleep(Duration::from_millis(300).saturating_sub(t0.elapsed()));
                 self.nodes[i].agent = Some(self.start(i, false)?);
@@ -623,6 +636,18 @@ pub fn run(o: &Options) -> Result<Run> {
     cluster.stop_at_once(&all);
     let pins_left = cluster.pins_left();
     let bad_stops = std::mem::take(&mut cluster.bad_stops);
+    if let Some(dir) = std::env::var_os("VIP_CHAOS_LOGS") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir)?;
+        for (n, text) in &cluster.logs {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{}-{n}.log", o.mode.name())))?;
+            writeln!(f, "---- agent {n} ----\n{text}")?;
+        }
+    }
     drop(cluster);
     let marks: Vec<Mark> = [Mark {
         at_ns: started_ns,

@@ -253,9 +253,8 @@ impl Agent {
 /// one (agents that would hand over to each other stop in one handover time, not one
 /// each); any still running is killed. Returns why each agent that did not stop
 /// cleanly (in time, with success) did not.
-pub fn stop_together(agents: Vec<Agent>, grace: Duration) -> Vec<String> {
-    let mut agents = agents;
-    for a in &agents {
+pub fn stop_together(agents: &mut [Agent], grace: Duration) -> Vec<String> {
+    for a in agents.iter() {
         let _ = a.proc.signal(nix::sys::signal::Signal::SIGTERM);
     }
     let deadline = Instant::now() + grace;
@@ -263,7 +262,7 @@ pub fn stop_together(agents: Vec<Agent>, grace: Duration) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut bad = Vec::new();
-    for a in &mut agents {
+    for a in agents.iter_mut() {
         match a.proc.try_status() {
             None => {
                 bad.push(format!(

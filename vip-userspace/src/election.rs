@@ -198,6 +198,9 @@ pub struct Election {
     /// Standby: the active asked us to hold (it is restarting) until then; its
     /// probes may go unanswered meanwhile, which proves nothing.
     hold_until: Option<Instant>,
+    /// Our link is up: with it down we neither serve nor take over (alone on a dead
+    /// link, a takeover would only make two owners when it comes back).
+    link_up: bool,
     pub counters: Counters,
 }
 
@@ -226,6 +229,7 @@ impl Election {
             predecessor: None,
             forwarding: None,
             hold_until: None,
+            link_up: true,
             counters: Counters::default(),
         }
     }
@@ -306,6 +310,18 @@ impl Election {
                 && now.saturating_duration_since(s.seen) <= alive
                 && (s.priority, *addr) > ours
         })
+    }
+
+    /// The standbys (and starting nodes) heard, with their priority and how long ago,
+    /// best first: who would go before us.
+    pub fn standbys_heard(&self, now: Instant) -> Vec<(IpAddr, u8, Duration)> {
+        let mut v: Vec<(IpAddr, u8, Duration)> = self
+            .standbys
+            .iter()
+            .map(|(a, s)| (*a, s.priority, now.saturating_duration_since(s.seen)))
+            .collect();
+        v.sort_by_key(|(a, p, _)| std::cmp::Reverse((*p, *a)));
+        v
     }
 
     /// The priority-based part of the takeover delay: a quarter of VRRP's
@@ -417,6 +433,31 @@ impl Election {
         out
     }
 
+    /// Our link went down (`up` false) or came back. Down: an active is no longer the
+    /// owner (see `lost`), and nobody takes over until it is back; back: a standby
+    /// listens afresh, as a starting node does.
+    pub fn link(&mut self, up: bool, now: Instant) -> Vec<Action> {
+        if up == self.link_up {
+            return Vec::new();
+        }
+        self.link_up = up;
+        if !up {
+            let out = self.lost(now, Reason::LinkDown);
+            self.master_down_at = None;
+            self.preempt_at = None;
+            self.claiming = false;
+            self.listening = false;
+            return out;
+        }
+        if matches!(self.state, State::Standby | State::Init)
+            && self.healthy
+            && self.pin != Pin::Standby
+        {
+            return self.listen(now);
+        }
+        Vec::new()
+    }
+
     /// The echo prober saw the active's data plane answer (`crate::echo`) at `at`.
     pub fn echo_answered(&mut self, peer: IpAddr, at: Instant) {
         if self.active.as_ref().is_some_and(|a| a.addr == peer) {
@@ -483,7 +524,7 @@ impl Election {
                         }
                     }
                 }
-                if !self.healthy || self.pin == Pin::Standby {
+                if !self.healthy || self.pin == Pin::Standby || !self.link_up {
                     self.master_down_at = None;
                     self.preempt_at = None;
                     self.claiming = false;
@@ -522,11 +563,11 @@ impl Election {
                         self.arm_silence(now);
                         return out;
                     }
-                    if !matches!(self.down_cause, DownCause::Released { .. }) {
-                        if let Some(acts) = self.take_contender(now) {
-                            out.extend(acts);
-                            return out;
-                        }
+                    // Another node claimed the VIPs meanwhile (it heard the release,
+                    // or saw the failure, first): it is the active, not us.
+                    if let Some(acts) = self.take_contender(now) {
+                        out.extend(acts);
+                        return out;
                     }
                     let why = match self.down_cause {
                         DownCause::Released { by, .. } => Reason::Released { by },
@@ -606,6 +647,14 @@ impl Election {
                 }
             }
             Kind::Claim => {
+                // The claimant is a live standby too (its presence may come later).
+                self.standbys.insert(
+                    ad.addr,
+                    Presence {
+                        priority: ad.priority,
+                        seen: now,
+                    },
+                );
                 // A better peer wants the VIPs: stop answering, then release to it.
                 if self.state == State::Active
                     && !self.handing_over()
@@ -617,7 +666,9 @@ impl Election {
                 }
             }
             Kind::Advert => {
-                self.standbys.remove(&ad.addr);
+                // Its presence stays: the active is excluded from the ranking by being
+                // the active, and one that only claims to be (a contender, below)
+                // still outranks us if it is better.
                 if self.listening {
                     // An active exists: the start-up phase (and its hellos) is over.
                     self.listening = false;
@@ -807,6 +858,7 @@ impl Election {
         let holding = self.hold_until.is_some_and(|t| now < t);
         if !from_active
             || holding
+            || !self.link_up
             || !matches!(self.state, State::Standby | State::Init)
             || !self.healthy
             || self.pin == Pin::Standby
@@ -862,6 +914,9 @@ impl Election {
             self.arm_silence(now);
             self.next_advert_at = Some(now + self.p.interval);
             out.push(Action::Recover { reason });
+            // Its presence at once: the other standbys must know it is alive before it
+            // claims anything (a claim may follow within the interval).
+            out.push(self.send(Kind::Standby));
             out.extend(self.forward(self.active.as_ref().map(|a| a.mac)));
         }
         out
@@ -933,8 +988,14 @@ impl Election {
         Vec::new()
     }
 
-    /// Planned handover for shutdown: like `demote` without pinning.
+    /// Planned handover for shutdown: like `demote`. A node on its way out never takes
+    /// the VIPs again, however good its priority (while it drains, it would otherwise
+    /// preempt its successor, then vanish with the VIPs).
     pub fn shutdown(&mut self, now: Instant) -> Vec<Action> {
+        self.pin = Pin::Standby;
+        self.master_down_at = None;
+        self.preempt_at = None;
+        self.claiming = false;
         if self.state == State::Active && !self.handing_over() {
             self.claimed_by = None;
             self.hand_over(now)
@@ -1867,6 +1928,205 @@ mod tests {
                     "{n} nodes: the best waited {first:?}"
                 );
             }
+        }
+    }
+
+    /// A few elections on one segment, a datagram taking 50 µs, time in 100 µs steps:
+    /// what the agent's loop does, without the data plane.
+    struct Sim {
+        t0: Instant,
+        t: Instant,
+        nodes: Vec<Election>,
+        prios: Vec<u8>,
+        up: Vec<bool>,
+        queue: Vec<(Instant, usize, Advert)>,
+        /// Steps at which two nodes served (active, not handing over) at once.
+        overlaps: usize,
+        takeovers: Vec<usize>,
+    }
+
+    impl Sim {
+        fn new(prios: &[u8]) -> Self {
+            let t0 = Instant::now();
+            let mut nodes: Vec<Election> = prios
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut e = node(*p, 10 + i as u8);
+                    e.p.echo_skew = Params::echo_skew_for(*p, 2 * MS, prios.len() - 1);
+                    e.p.echo_window = 12 * MS;
+                    e
+                })
+                .collect();
+            let mut sim = Sim {
+                t0,
+                t: t0,
+                nodes: Vec::new(),
+                prios: prios.to_vec(),
+                up: vec![true; prios.len()],
+                queue: Vec::new(),
+                overlaps: 0,
+                takeovers: vec![0; prios.len()],
+            };
+            let starts: Vec<Vec<Action>> = nodes.iter_mut().map(|e| e.start(t0)).collect();
+            sim.nodes = nodes;
+            for (i, acts) in starts.into_iter().enumerate() {
+                sim.deliver(i, &acts);
+            }
+            sim
+        }
+
+        fn deliver(&mut self, from: usize, acts: &[Action]) {
+            for a in acts {
+                if matches!(a, Action::TakeOver { .. }) {
+                    self.takeovers[from] += 1;
+                }
+                let Action::Send(kind) = a else { continue };
+                if !self.up[from] {
+                    continue;
+                }
+                let e = &self.nodes[from];
+                let mut ad = advert(
+                    *kind,
+                    if *kind == Kind::Release {
+                        0
+                    } else {
+                        e.effective_priority()
+                    },
+                    10 + from as u8,
+                );
+                ad.interval_ms = 100;
+                for to in 0..self.nodes.len() {
+                    if to != from && self.up[to] {
+                        self.queue
+                            .push((self.t + Duration::from_micros(50), to, ad.clone()));
+                    }
+                }
+            }
+        }
+
+        /// Runs until `until` (from the start), with `each` called every step.
+        fn run(&mut self, until: Duration, mut each: impl FnMut(&mut Sim)) {
+            while self.t < self.t0 + until {
+                self.t += Duration::from_micros(100);
+                let t = self.t;
+                let due: Vec<(usize, Advert)> = self
+                    .queue
+                    .iter()
+                    .filter(|(w, _, _)| *w <= t)
+                    .map(|(_, to, a)| (*to, a.clone()))
+                    .collect();
+                self.queue.retain(|(w, _, _)| *w > t);
+                for (to, ad) in due {
+                    let acts = self.nodes[to].receive(&ad, t);
+                    self.deliver(to, &acts);
+                }
+                for i in 0..self.nodes.len() {
+                    let acts = self.nodes[i].tick(t);
+                    self.deliver(i, &acts);
+                }
+                each(self);
+                let serving = self
+                    .nodes
+                    .iter()
+                    .zip(&self.up)
+                    .filter(|(e, up)| **up && e.state() == State::Active && !e.handing_over())
+                    .count();
+                if serving > 1 {
+                    self.overlaps += 1;
+                }
+            }
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.t0 + Duration::from_millis(ms)
+        }
+    }
+
+    /// What the chaos suite found on the wire with three nodes: the active's link goes
+    /// down (the best standby takes over by the echo), comes back (the old active claims
+    /// the VIPs back), then is demoted (a release). At no step may two nodes serve,
+    /// and each handover goes to exactly one node: the claimant, or the best standby.
+    #[test]
+    fn three_nodes_through_a_link_flap_a_claim_and_a_demote_never_serve_twice() {
+        let mut sim = Sim::new(&[200, 180, 160]);
+        sim.run(Duration::from_secs(2), |_| {});
+        assert_eq!(sim.nodes[0].state(), State::Active);
+        assert_eq!(sim.takeovers, vec![1, 0, 0]);
+        // a's link goes down at 2 s: it stops speaking; the standbys' probes fail.
+        let down = sim.at(2000);
+        sim.up[0] = false;
+        let acts = sim.nodes[0].link(false, down);
+        sim.deliver(0, &acts);
+        let mut echoed = false;
+        sim.run(Duration::from_millis(2400), |s| {
+            if !echoed && s.t >= s.at(2012) {
+                echoed = true;
+                for i in 1..3 {
+                    let t = s.t;
+                    let acts = s.nodes[i].echo_lost("10.0.0.10".parse().unwrap(), 6, 12 * MS, t);
+                    s.deliver(i, &acts);
+                }
+            }
+        });
+        assert_eq!(sim.takeovers, vec![1, 1, 0], "b, the best standby, alone");
+        // The link is back: a listens, hears b, claims the VIPs back.
+        sim.up[0] = true;
+        let t = sim.t;
+        let acts = sim.nodes[0].link(true, t);
+        sim.deliver(0, &acts);
+        sim.run(Duration::from_millis(3500), |_| {});
+        assert_eq!(sim.nodes[0].state(), State::Active);
+        assert_eq!(sim.takeovers, vec![2, 1, 0], "the claimant alone");
+        // a is demoted: b, the best standby, takes over, not d.
+        let t = sim.t;
+        let acts = sim.nodes[0].demote(None, t);
+        sim.deliver(0, &acts);
+        sim.run(Duration::from_millis(4500), |_| {});
+        assert_eq!(sim.takeovers, vec![2, 2, 0], "the best standby alone");
+        assert_eq!(sim.overlaps, 0, "two nodes served at once");
+        let _ = &sim.prios;
+    }
+
+    /// Found by the chaos suite: on a release, the best standby's claim reached the
+    /// next one before the release did; the next one took the claimant for a split
+    /// brain's loser, forgot it as a standby, and took over too.
+    #[test]
+    fn a_claim_heard_before_the_release_is_followed_not_raced() {
+        let t0 = Instant::now();
+        let mut d = node(160, 12);
+        d.start(t0);
+        d.receive(&advert(Kind::Advert, 200, 10), t0);
+        d.receive(&presence(180, 11), t0 + 10 * MS);
+        let t1 = t0 + 50 * MS;
+        // b's claim first (it heard a's release first), then a's release.
+        d.receive(&advert(Kind::Advert, 180, 11), t1);
+        let out = d.receive(&advert(Kind::Release, 0, 10), t1 + MS / 10);
+        assert!(!took_over(&out), "{out:?}");
+        assert!(!took_over(&d.tick(t1 + 20 * MS)));
+        assert_eq!(d.active().map(|a| a.priority), Some(180));
+    }
+
+    /// Found by the chaos suite: on SIGTERM the node handed over, then, while it
+    /// drained, preempted its successor and left with the VIPs.
+    #[test]
+    fn a_node_shutting_down_never_takes_the_vips_back() {
+        let t0 = Instant::now();
+        let mut a = node(200, 10);
+        a.start(t0);
+        a.tick(t0 + Duration::from_secs(1));
+        let out = a.shutdown(t0 + 2000 * MS);
+        assert_eq!(out, vec![Action::Quiesce, Action::Send(Kind::Release)]);
+        a.receive(&advert(Kind::Advert, 180, 11), t0 + 2001 * MS);
+        a.receive(&advert(Kind::Advert, 180, 11), t0 + 2002 * MS);
+        assert_eq!(a.state(), State::Standby);
+        let mut t = t0 + 2002 * MS;
+        while t < t0 + 4000 * MS {
+            let mut out = a.receive(&advert(Kind::Advert, 180, 11), t);
+            out.extend(a.tick(t));
+            assert!(!took_over(&out), "{out:?}");
+            assert!(!out.contains(&Action::Send(Kind::Claim)), "{out:?}");
+            t += 50 * MS;
         }
     }
 }

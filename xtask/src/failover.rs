@@ -444,7 +444,8 @@ fn standbys_once(lan: &Lan, nodes: usize, bin: &Path) -> Result<Sample> {
     }
     let result = standbys_measure(lan, &agents, members);
     // Stopped together: one by one, each would wait for a successor in turn.
-    lab::stop_together(agents, Duration::from_secs(8));
+    lab::stop_together(&mut agents, Duration::from_secs(8));
+    drop(agents);
     let up = lan.host("a").ns.ip(&["link", "set", "eth0", "up"]);
     let sample = result?;
     up?;

@@ -370,6 +370,16 @@ fn overlaps(requests: &[Answered], announcements: &[(u64, Mac)]) -> Vec<Overlap>
             else {
                 continue;
             };
+            // "Still": Y never stopped in between. A request someone else answered
+            // without Y, between Y's last answer before the announcement and its first
+            // after, means Y had stopped and started again (a node back after a
+            // failure, taking over anew), which is not an overlap.
+            let prev = (0..first).rev().find(|&i| answered_by(i, y)).unwrap_or(0);
+            let stopped =
+                (prev + 1..start).any(|i| !requests[i].by.is_empty() && !answered_by(i, y));
+            if stopped {
+                continue;
+            }
             let (mut last, mut n) = (start, 1);
             for i in start + 1..stop {
                 if i - last > OVERLAP_GAP {
@@ -674,6 +684,24 @@ mod tests {
         assert_eq!(an.arp.overlaps.len(), 1, "{:?}", an.arp.overlaps);
         let o = &an.arp.overlaps[0];
         assert_eq!((o.announcer, o.answerer, o.requests), (A, B, 2));
+    }
+
+    /// Found in a chaos run: A (killed) answered on its lease until it ran out, B took
+    /// over and announced, A came back and preempted B, answering just before its own
+    /// announcement. A had stopped in between (B alone answered): no overlap.
+    #[test]
+    fn a_node_that_stopped_and_came_back_is_not_still_answering() {
+        let mut w = Wire::new();
+        w.steady(0.0, 4, &[A]);
+        w.steady(20.0, 2, &[]);
+        w.steady(30.5, 1, &[B]);
+        w.garp(31.0, B);
+        w.steady(35.5, 4, &[B]);
+        w.steady(55.5, 1, &[A]);
+        w.garp(56.0, A);
+        w.steady(60.5, 4, &[A]);
+        let an = analyse(&w.seen, &[]);
+        assert!(an.verdict().one_owner(), "{:?}", an.arp.overlaps);
     }
 
     #[test]

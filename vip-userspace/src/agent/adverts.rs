@@ -76,6 +76,19 @@ impl LogLimiter {
     }
 }
 
+/// How long a datagram may have waited in our socket and still count: past it, the
+/// agent was stopped or starved, and the sender has said something newer since (it
+/// speaks every interval; a lease never outlives three of them).
+const STALE: Duration = Duration::from_millis(100);
+
+/// CLOCK_REALTIME in ns, the clock of the kernel's arrival timestamps.
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 /// IPv4-mapped IPv6 sources (from a dual-stack socket) as plain IPv4.
 fn canonical(a: IpAddr) -> IpAddr {
     match a {
@@ -134,21 +147,33 @@ pub(super) async fn bind(cfg: &Config, iface: &Interface) -> Result<AdvertSocket
     Ok(out)
 }
 
-/// Receives datagrams into the loop. A receive error (e.g. an ICMP error reported on
-/// the socket) is logged, rate-limited, and followed by a short pause, so a socket in
-/// a bad state never spins.
+/// Receives datagrams into the loop, each with the kernel's word on when it arrived
+/// (SO_TIMESTAMPNS): a datagram that waited in the socket while the agent was stopped
+/// says nothing about now (see `Agent::datagram`). A receive error (e.g. an ICMP error
+/// reported on the socket) is logged, rate-limited, and followed by a short pause, so
+/// a socket in a bad state never spins.
 pub(super) fn spawn_receivers(sockets: &AdvertSockets, tx: &mpsc::Sender<Event>) {
     for sock in [&sockets.v4, &sockets.v6].into_iter().flatten() {
         let (sock, tx) = (sock.clone(), tx.clone());
+        if let Err(e) = nix::sys::socket::setsockopt(
+            &*sock,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        ) {
+            log::warn!("advertisement socket: no arrival timestamps ({e}); a datagram queued while the agent was stopped is taken as fresh");
+        }
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             let mut errors = 0u64;
             loop {
-                match sock.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
+                let got = sock
+                    .async_io(tokio::io::Interest::READABLE, || receive(&sock, &mut buf))
+                    .await;
+                match got {
+                    Ok((n, from, arrived)) => {
                         errors = 0;
                         if tx
-                            .send(Event::Datagram(buf[..n].to_vec(), from))
+                            .send(Event::Datagram(buf[..n].to_vec(), from, arrived))
                             .await
                             .is_err()
                         {
@@ -169,14 +194,66 @@ pub(super) fn spawn_receivers(sockets: &AdvertSockets, tx: &mpsc::Sender<Event>)
     }
 }
 
+/// One datagram, its sender, and when the kernel received it (CLOCK_REALTIME ns).
+fn receive(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<u64>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd as _;
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    let arrived = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|m| match m {
+            ControlMessageOwned::ScmTimestampns(ts) => {
+                Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+            }
+            _ => None,
+        })
+    });
+    let from = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from((v4.ip(), v4.port())))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+                })
+        })
+        .ok_or_else(|| std::io::Error::other("a datagram without a sender address"))?;
+    Ok((msg.bytes, from, arrived))
+}
+
 impl Agent {
     /// One advertisement from the network: check the sender is a peer, authenticate,
     /// check the replay state (challenging an epoch we do not know), then feed the
     /// group's election. Anything wrong is counted and dropped (logged at most once per
     /// 10 s per kind and group). The work per datagram is bounded: one name lookup,
     /// at most one HMAC, one map lookup.
-    pub(super) fn datagram(&mut self, b: &[u8], from: SocketAddr) {
+    pub(super) fn datagram(&mut self, b: &[u8], from: SocketAddr, arrived: Option<u64>) {
         let from_ip = canonical(from.ip());
+        // Queued while we were stopped (or far behind): stale news. Acting on it, a
+        // woken node would follow an active that is gone, or take a release that was
+        // meant for another as its own.
+        if let Some(at) = arrived {
+            let age = Duration::from_nanos(realtime_ns().saturating_sub(at));
+            if age > STALE {
+                self.stale_adverts += 1;
+                if self.stale_adverts.is_power_of_two() {
+                    log::info!(
+                        "advertisement from {from_ip} waited {} ms in the socket: dropped as stale ({} so far)",
+                        age.as_millis(),
+                        self.stale_adverts
+                    );
+                }
+                return;
+            }
+        }
         let is_peer = |g: &GroupRuntime| {
             g.cfg
                 .election

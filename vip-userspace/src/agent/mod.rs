@@ -80,6 +80,8 @@ pub struct Agent {
     seq: adverts::Sequence,
     log_limiter: adverts::LogLimiter,
     unknown_group_adverts: u64,
+    /// Election datagrams dropped because they had waited too long in the socket.
+    stale_adverts: u64,
     opts: Options,
     /// Counter slots in use (VIP_STATS indexes), and where to look for the next.
     slots: BTreeSet<u32>,
@@ -127,7 +129,8 @@ pub enum Exit {
 
 /// Events from the agent's helper tasks.
 enum Event {
-    Datagram(Vec<u8>, SocketAddr),
+    /// An election datagram, its sender, and when the kernel received it.
+    Datagram(Vec<u8>, SocketAddr, Option<u64>),
     Health(health::Report),
     /// What the kernel reports about `node.interface` and the VIP addresses on lo.
     Kernel(crate::netlink::Change),
@@ -441,6 +444,7 @@ impl Agent {
             seq: adverts::Sequence::new(),
             log_limiter: adverts::LogLimiter::default(),
             unknown_group_adverts: 0,
+            stale_adverts: 0,
             eips: Vec::new(),
             opts,
             slots: BTreeSet::new(),
@@ -609,7 +613,7 @@ impl Agent {
 
     fn event(&mut self, ev: Event) {
         match ev {
-            Event::Datagram(b, from) => self.datagram(&b, from),
+            Event::Datagram(b, from, at) => self.datagram(&b, from, at),
             Event::Kernel(crate::netlink::Change::Link { up, mac }) => {
                 if let Some(mac) = mac.filter(|m| *m != self.iface.mac) {
                     self.mac_changed(mac);
@@ -741,18 +745,18 @@ impl Agent {
         }
         self.link_up = up;
         log::info!("{} is {}", self.iface.name, if up { "up" } else { "down" });
+        // Down: we cannot serve through a dead link, and a standby takes over
+        // meanwhile: our data plane must not answer again when it comes back, and we
+        // take nothing over alone. Up: we listen afresh, as a starting node.
+        let now = Instant::now();
+        for gi in 0..self.groups.len() {
+            let actions = match self.groups[gi].election_mut() {
+                Some(e) => e.link(up, now),
+                None => continue,
+            };
+            self.apply(gi, actions);
+        }
         if !up {
-            // We cannot serve through a dead link, and a standby takes over meanwhile:
-            // our data plane must not answer again when it comes back. Back to
-            // listening; the election decides again once the link is up.
-            let now = Instant::now();
-            for gi in 0..self.groups.len() {
-                let actions = match self.groups[gi].election_mut() {
-                    Some(e) => e.lost(now, Reason::LinkDown),
-                    None => continue,
-                };
-                self.apply(gi, actions);
-            }
             return;
         }
         self.restore_addresses();

@@ -308,6 +308,22 @@ impl Agent {
         // here, `flags::KEEP` there).
         let predecessor = self.groups[gi].election().and_then(|e| e.predecessor());
         let (now, boot) = (Instant::now(), host::boottime_ns());
+        if let Some(e) = self.groups[gi].election() {
+            let heard: Vec<String> = e
+                .standbys_heard(now)
+                .iter()
+                .map(|(a, p, ago)| format!("{a} ({p}, {} ms ago)", ago.as_millis()))
+                .collect();
+            log::info!(
+                "group {}: taking over ({reason}); standbys heard: {}",
+                self.groups[gi].cfg.name,
+                if heard.is_empty() {
+                    "none".to_string()
+                } else {
+                    heard.join(", ")
+                }
+            );
+        }
         let fx = self.groups[gi].own.take(now, boot, predecessor);
         if let Some(old_active) = self.groups[gi].own.grace() {
             log::info!(

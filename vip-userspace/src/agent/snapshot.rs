@@ -67,6 +67,7 @@ pub struct Snapshot {
     xdp_mode_reason: String,
     warnings: Vec<String>,
     unknown_group_adverts: u64,
+    stale_adverts: u64,
     address_errors: u64,
     groups: Vec<GroupSnap>,
     eips: Vec<EipSnap>,
@@ -235,6 +236,7 @@ impl Agent {
                 .unwrap_or_default(),
             warnings: self.warnings.clone(),
             unknown_group_adverts: self.unknown_group_adverts,
+            stale_adverts: self.stale_adverts,
             address_errors: self.addrs.errors,
             groups,
             eips: self
@@ -344,6 +346,7 @@ impl Snapshot {
             self.unknown_group_adverts,
         );
         global.insert("address_errors".into(), self.address_errors);
+        global.insert("stale_adverts".into(), self.stale_adverts);
         Status {
             node: self.node,
             interface: self.interface,

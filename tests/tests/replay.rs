@@ -10,7 +10,7 @@ mod common;
 use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
-use lab::{privileged, wait_for, Agent, Capture, Lan};
+use lab::{privileged, Agent, Capture, Lan};
 use vip::frames;
 
 fn election(a: &Agent) -> serde_json::Value {

@@ -19,6 +19,7 @@ pub mod dataplane;
 pub mod driver;
 pub mod echo;
 pub mod election;
+pub mod exhaustion;
 pub mod frames;
 pub mod garp;
 pub mod health;

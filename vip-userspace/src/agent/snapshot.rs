@@ -340,6 +340,7 @@ impl Snapshot {
             self.unknown_group_adverts,
         );
         global.insert("address_errors".into(), self.address_errors);
+        global.extend(crate::exhaustion::counters().map(|(k, v)| (k.to_string(), v)));
         Status {
             node: self.node,
             interface: self.interface,

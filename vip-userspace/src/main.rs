@@ -63,6 +63,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            raise_fd_limit();
             // The agent's loop runs on this thread (block_on); sockets and timers on
             // two workers; status is rendered on a thread of its own (see agent).
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -180,6 +181,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             forward_to,
             socket,
         } => simple(&socket, Request::Demote { group, forward_to }),
+    }
+}
+
+/// Raises the agent's soft descriptor limit (systemd's default of 1,024 is what a
+/// local user's idle connections once used up: see `vip::exhaustion`), and says so.
+fn raise_fd_limit() {
+    match vip::exhaustion::raise_fd_limit() {
+        Ok(l) if l.now < 1024 => log::warn!(
+            "descriptor limit: {} (the hard limit); the control socket and the metrics endpoint shed connections early",
+            l.now
+        ),
+        Ok(l) if l.now > l.before => log::info!(
+            "descriptor limit raised from {} to {} (hard limit {})",
+            l.before,
+            l.now,
+            l.hard
+        ),
+        Ok(l) => log::info!("descriptor limit: {} (hard limit {})", l.now, l.hard),
+        Err(e) => log::warn!("raising the descriptor limit: {e}"),
     }
 }
 

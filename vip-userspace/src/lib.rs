@@ -24,6 +24,7 @@ pub mod frames;
 pub mod garp;
 pub mod health;
 pub mod host;
+pub mod keygen;
 pub mod mac;
 pub mod metrics;
 pub mod netlink;

@@ -84,12 +84,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 config::load(&file)?
             };
-            if !no_host {
+            // Against the host, every warning; with --no-host, those about the file
+            // itself (timing, keys).
+            let warnings = if no_host {
+                config::file_warnings(&cfg)
+            } else {
                 let all = host::all_addresses().context("listing host addresses")?;
-                let report = config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?;
-                for w in report.warnings {
-                    println!("warning: {w}");
-                }
+                config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?.warnings
+            };
+            for w in warnings {
+                println!("warning: {w}");
             }
             let vips: usize = cfg.groups.iter().map(|g| g.vips.len()).sum();
             let name = if file == Path::new("-") {
@@ -150,6 +154,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{}", dir.join(f).display());
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { path, force } => {
+            vip::keygen::write(&path, force)?;
+            println!(
+                "wrote a new {}-bit key to {} (mode 0600)",
+                vip::keygen::KEY_BYTES * 8,
+                path.display()
+            );
+            println!(
+                "copy this same file to every peer of the group, and put in the group on each:"
+            );
+            let value = toml::Value::String(path.display().to_string());
+            println!("auth_key_file = {value}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { socket } => simple(&socket, Request::Reload),

@@ -468,6 +468,12 @@ fn attack_changes_nothing(lan: &Lan, a: &Agent, b: &Agent, fill: Option<u64>) ->
     let end = a.status().unwrap();
     assert_eq!(transitions(&end), before.0);
     assert_eq!(transitions(&b.status().unwrap()), before.1);
+    // No key in these configs: the agent said at start what that gives away.
+    assert!(
+        a.log_text().contains("group[web] has no auth_key_file"),
+        "{}",
+        a.log_text()
+    );
     end
 }
 

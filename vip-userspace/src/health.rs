@@ -8,11 +8,10 @@
 //! ports: `exhaustion::ran_out`) or for a reason that says nothing about the service.
 //! An unchecked run is not reported to the group: the check keeps its last result and
 //! its rise/fall streak. It is logged (at most once per 10 s per check, with the
-//! number left out) and counted
-//! (`health_checks_unchecked` in `vip status`'s `global`). Otherwise 1,100 idle
-//! connections to the metrics port once made the agent run out of descriptors, the
-//! interface check could not open sysfs, called the interface missing, and the group
-//! faulted over to the standby. Precisely:
+//! number left out) and counted (`health_checks_unchecked` in `vip status`'s
+//! `global`). Before this, 1,100 idle connections to the metrics port made the agent
+//! run out of descriptors, the interface check could not open sysfs, called the
+//! interface missing, and the group faulted over to the standby. Precisely:
 //!
 //! * `track_interface` reads `/sys/class/net/IFACE/operstate`: `up` or `unknown` is
 //!   healthy, any other state failing. It is *missing* (failing) only when the kernel

@@ -7,10 +7,10 @@
 //! (more wait in the kernel's backlog), none on a descriptor in the top quarter of the
 //! limit, none for a second after the table was found full (the control socket's
 //! spare descriptor must not end up here), a pause after accept errors, and every
-//! connection closed when it has not
-//! sent a complete request head within [`Limits::idle`] (that is also the keep-alive
-//! idle timeout: hyper starts the clock again when it waits for the next request) or
-//! has lasted [`Limits::lifetime`] (a client that stops reading its response).
+//! connection closed when it has not sent a complete request head within
+//! [`Limits::idle`] (that is also the keep-alive idle timeout: hyper starts the clock
+//! again when it waits for the next request) or has lasted [`Limits::lifetime`] (a
+//! client that stops reading its response).
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 

@@ -144,3 +144,95 @@ fn agent_logs_for_journald_under_systemd() {
     std::fs::remove_dir_all(&dir).ok();
     teardown(lan);
 }
+
+/// An elected config for `vip check-config - --no-host`, with `extra` in its group.
+fn elected_config(extra: &str) -> String {
+    format!(
+        "[node]\nname = \"a\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"api\"\nvips = [\"10.0.0.60/24\"]\npeers = [\"10.0.0.12\"]\npriority = 150\n{extra}\n"
+    )
+}
+
+#[test]
+fn check_config_warns_about_an_elected_group_without_a_key() {
+    let out = check_stdin(&elected_config(""), false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    for says in [
+        "group[api] has no auth_key_file",
+        "any host on the segment",
+        "claim the VIPs",
+        "vip keygen",
+    ] {
+        assert!(warnings[0].contains(says), "{says}: {stdout}");
+    }
+    // A static group is not elected: nothing to say.
+    let out = check_stdin(&config("a", &["10.0.0.50/24"], "active", ""), false);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+}
+
+#[test]
+fn keygen_writes_a_key_the_config_accepts_and_never_overwrites_by_accident() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("vip-keygen-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("api.key");
+    let keygen = |extra: &[&str]| {
+        Command::new(vip_bin())
+            .arg("keygen")
+            .arg(&key)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = keygen(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    let line = format!("auth_key_file = \"{}\"", key.display());
+    assert!(
+        stdout.contains(&key.display().to_string()) && stdout.lines().any(|l| l == line),
+        "{stdout}"
+    );
+    let first = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(first.len(), 65, "{first:?}");
+    assert!(first.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // The printed line makes a config that reads the key, and the warning is gone.
+    let mut c = Command::new(vip_bin());
+    let cfg = dir.join("vip.toml");
+    std::fs::write(&cfg, elected_config(&line)).unwrap();
+    let out = c
+        .args(["check-config", "--no-host"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let checked = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!checked.contains("auth_key_file"), "{checked}");
+
+    // Again: refused, the key untouched; with --force: a new key.
+    let out = keygen(&[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), first);
+    let out = keygen(&["--force"]);
+    assert!(out.status.success(), "{out:?}");
+    let second = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(second.len(), 65);
+    assert_ne!(second, first);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{
     config::{XdpMode, DEFAULT_CONTROL_SOCKET},
+    keygen::DEFAULT_KEY_FILE,
     mac::Mac,
 };
 
@@ -126,6 +127,17 @@ pub enum Command {
         priority: Option<u8>,
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
+    },
+    /// Write a new random key for auth_key_file (32 bytes as hex, mode 0600) and print
+    /// the line for the config. Create it once and copy the same file to every peer of
+    /// the group: peers with different keys do not hear each other.
+    Keygen {
+        /// Where to write the key.
+        #[arg(default_value = DEFAULT_KEY_FILE)]
+        path: PathBuf,
+        /// Replace the file if it exists (every peer then needs the new key).
+        #[arg(long)]
+        force: bool,
     },
     /// Lab helper: attach a do-nothing XDP program to veth interfaces so they accept
     /// frames that XDP_TX/XDP_REDIRECT send from their peers; runs until SIGTERM.
@@ -260,6 +272,22 @@ mod tests {
     }
 
     #[test]
+    fn keygen_writes_the_default_key_file_unless_told_otherwise() {
+        let cli = Cli::try_parse_from(["vip", "keygen"]).unwrap();
+        match cli.command {
+            Command::Keygen { path, force } => {
+                assert_eq!(path, Path::new(DEFAULT_KEY_FILE));
+                assert!(!force);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["vip", "keygen", "/tmp/k", "--force"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Keygen { path, force: true } if path == Path::new("/tmp/k"))
+        );
+    }
+
+    #[test]
     fn man_pages_and_completions() {
         let dir = std::env::temp_dir().join(format!("vip-cli-test-{}", std::process::id()));
         let man = write_man_pages(&dir.join("man")).unwrap();
@@ -270,6 +298,7 @@ mod tests {
             "promote",
             "demote",
             "watch",
+            "keygen",
         ] {
             assert!(man.contains(&format!("vip-{sub}.1")), "{man:?}");
         }

@@ -1342,7 +1342,7 @@ pub fn check_host(
             });
         }
     }
-    report.warnings.extend(timing_warnings(cfg));
+    report.warnings.extend(file_warnings(cfg));
     if problems.is_empty() {
         Ok(report)
     } else {
@@ -1368,6 +1368,36 @@ fn human_duration(d: Duration) -> String {
         s if s < 2.0 * 365.0 * 86400.0 => format!("{:.0} days", s / 86400.0),
         s => format!("{:.0} years", s / (365.0 * 86400.0)),
     }
+}
+
+/// What is worth saying about a config whatever the host: its timing and its keys
+/// (`vip check-config` prints these, also with `--no-host`; the agent logs them at
+/// start and shows them in status, through [`check_host`]).
+pub fn file_warnings(cfg: &Config) -> Vec<String> {
+    let mut out = timing_warnings(cfg);
+    out.extend(auth_warnings(cfg));
+    out
+}
+
+/// One line per elected group without `auth_key_file`: its advertisements are not
+/// authenticated, so anyone on the segment can speak for a peer. Valid (keepalived
+/// without authentication is the same), but the user must know what it gives up.
+pub fn auth_warnings(cfg: &Config) -> Vec<String> {
+    cfg.groups
+        .iter()
+        .filter(|g| g.election.as_ref().is_some_and(|e| e.auth_key_file.is_none()))
+        .map(|g| {
+            let member = if g.balance.is_some() {
+                ", join its balance as a member to get a share of the flows"
+            } else {
+                ""
+            };
+            format!(
+                "group[{}] has no auth_key_file: its advertisements are not authenticated, so any host on the segment can send them from a peer's address and claim the VIPs, steer their traffic to itself (a forged better peer naming its own MAC){member}, or block a failover with one forged hold. Set auth_key_file to the same key on every peer (`vip keygen` writes one).",
+                g.name
+            )
+        })
+        .collect()
 }
 
 /// Timing that is valid but risks false takeovers, explained (`vip check-config` and
@@ -1603,6 +1633,54 @@ role = "active"
         );
         assert!(w.contains("= 3 ms: a probe delayed"), "{w}");
         assert!(w.contains("advert_interval_ms = 10"), "{w}");
+    }
+
+    #[test]
+    fn elected_groups_without_a_key_are_warned_about() {
+        let elected = |name: &str, vip: &str, extra: &str| {
+            format!("[[group]]\nname = \"{name}\"\nvips = [\"{vip}/24\"]\npeers = [\"10.0.0.12\"]\npriority = 150\n{extra}\n")
+        };
+        let text = format!(
+            "{GOOD}\n{}{}{}",
+            elected("api", "10.0.0.60", ""),
+            elected("keyed", "10.0.0.61", "auth_key_file = \"/etc/vip/k\""),
+            elected("lb", "10.0.0.62", "balance = {}"),
+        );
+        let c = parse(&text).unwrap();
+        let w = auth_warnings(&c);
+        // The static group `web` and the keyed group are not named.
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(
+            w[0].starts_with("group[api] has no auth_key_file"),
+            "{}",
+            w[0]
+        );
+        for says in [
+            "any host on the segment",
+            "claim the VIPs",
+            "its own MAC",
+            "forged hold",
+            "vip keygen",
+        ] {
+            assert!(w[0].contains(says), "{says}: {}", w[0]);
+        }
+        assert!(!w[0].contains("balance"), "{}", w[0]);
+        assert!(
+            w[1].starts_with("group[lb] has no auth_key_file")
+                && w[1].contains("balance as a member"),
+            "{}",
+            w[1]
+        );
+        // Every warning is one line, and each reaches the host check's report.
+        assert!(w.iter().all(|l| !l.contains('\n')));
+        let r = host(&c, eth0(&[("10.0.0.1", 24)])).unwrap();
+        for l in &w {
+            assert!(r.warnings.contains(l), "{:?}", r.warnings);
+        }
+        assert_eq!(file_warnings(&c).len(), timing_warnings(&c).len() + 2);
+        // keepalived groups elect elsewhere: nothing to say here.
+        let ka = format!("{GOOD}\n[[group]]\nname = \"db\"\nvips = [\"10.0.0.70/24\"]\nkeepalived_instance = \"VI_1\"\n");
+        assert!(auth_warnings(&parse(&ka).unwrap()).is_empty());
     }
 
     #[test]

@@ -4,6 +4,15 @@
 //! `{"command":"demote","group":"web","forward_to":"02:..."}`. A malformed request gets
 //! an error response and changes nothing. Only root or the agent's own user may change
 //! state; anyone who can open the socket (0600 by default) may read status.
+//!
+//! Whoever may connect (root, the agent's user, `node.control_group`) must still not be
+//! able to hold on to the agent (see `exhaustion`): at most [`Limits::max_connections`]
+//! at a time (more wait in the backlog), none on a descriptor in the top sixteenth of
+//! the limit (the metrics endpoint keeps off a quarter, so the socket an operator
+//! diagnoses with is the last server to run short), a spare descriptor for one
+//! connection when the table is full anyway (`vip status` still answers), a pause
+//! after accept errors, a request that must arrive within [`Limits::request_timeout`]
+//! and a connection that ends after [`Limits::lifetime`] whatever it does.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -19,11 +28,35 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{mac::Mac, status::Status};
+use crate::{exhaustion::Gate, mac::Mac, status::Status};
 
 /// A request larger than this is refused without being parsed.
 pub const MAX_REQUEST: usize = 64 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much of the agent one client may hold, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections handled at once (each is one request; the CLI opens one at a time).
+    pub max_connections: usize,
+    /// From the connection's start until its request line is complete: the CLI sends
+    /// it at once, so a client that sends nothing gives its slot back this soon.
+    pub request_timeout: Duration,
+    /// The longest a connection lasts, the agent's answer included.
+    pub lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 16,
+            request_timeout: Duration::from_secs(2),
+            lifetime: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The control socket keeps off the top sixteenth of the descriptor limit.
+const RESERVE_SHARE: u64 = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
@@ -178,23 +211,67 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<Listener, ControlError> 
     })
 }
 
-/// Accepts connections until the agent goes away.
+/// Accepts connections until aborted.
 pub async fn serve(listener: Listener, agent: mpsc::Sender<Envelope>) {
+    serve_with(listener, agent, Limits::default()).await
+}
+
+/// Accepts connections under `limits` until aborted.
+pub async fn serve_with(listener: Listener, agent: mpsc::Sender<Envelope>, limits: Limits) {
     let own_uid = nix::unistd::geteuid().as_raw();
     let group = listener.group;
+    let mut gate = Gate::new("control socket", limits.max_connections, RESERVE_SHARE).with_spare();
     loop {
-        let Ok((stream, _)) = listener.inner.accept().await else {
-            continue;
-        };
+        let (stream, slot) = gate.accept(|| listener.inner.accept()).await;
         let agent = agent.clone();
         tokio::spawn(async move {
-            if let Err(e) =
-                tokio::time::timeout(IO_TIMEOUT, handle(stream, agent, own_uid, group)).await
-            {
+            let handled = handle(stream, agent, own_uid, group, limits.request_timeout);
+            if let Err(e) = tokio::time::timeout(limits.lifetime, handled).await {
                 log::debug!("control connection: {e}");
             }
+            drop(slot);
         });
     }
+}
+
+/// What came in on a connection.
+enum Incoming {
+    /// Up to the first newline, or everything until the client shut its side.
+    Request(Vec<u8>),
+    /// More than [`MAX_REQUEST`] bytes without a newline.
+    TooLarge,
+    /// Nothing complete within the request timeout.
+    TimedOut,
+    /// A read failed.
+    Failed,
+}
+
+async fn read_request(stream: &mut UnixStream, timeout: Duration) -> Incoming {
+    let read = async {
+        let mut buf = Vec::new();
+        let mut limited = stream.take(MAX_REQUEST as u64 + 1);
+        let mut chunk = [0u8; 4096];
+        loop {
+            match limited.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.contains(&b'\n') {
+                        break;
+                    }
+                }
+                Err(_) => return Incoming::Failed,
+            }
+        }
+        if buf.len() > MAX_REQUEST {
+            Incoming::TooLarge
+        } else {
+            Incoming::Request(buf)
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Incoming::TimedOut)
 }
 
 async fn handle(
@@ -202,6 +279,7 @@ async fn handle(
     agent: mpsc::Sender<Envelope>,
     own_uid: u32,
     group: Option<u32>,
+    request_timeout: Duration,
 ) {
     let cred = stream.peer_cred().ok();
     let peer_uid = cred.map(|c| c.uid());
@@ -213,25 +291,16 @@ async fn handle(
         }
         _ => false,
     };
-    let mut buf = Vec::new();
-    let mut limited = (&mut stream).take(MAX_REQUEST as u64 + 1);
-    let mut chunk = [0u8; 4096];
-    loop {
-        match limited.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.contains(&b'\n') {
-                    break;
-                }
-            }
-            Err(_) => return,
-        }
-    }
-    let response =
-        if buf.len() > MAX_REQUEST {
-            Response::error(format!("request larger than {MAX_REQUEST} bytes"))
-        } else {
+    let incoming = read_request(&mut stream, request_timeout).await;
+    let silent = matches!(incoming, Incoming::TimedOut);
+    let response = match incoming {
+        Incoming::Failed => return,
+        Incoming::TimedOut => Response::error(format!(
+            "no complete request within {} ms",
+            request_timeout.as_millis()
+        )),
+        Incoming::TooLarge => Response::error(format!("request larger than {MAX_REQUEST} bytes")),
+        Incoming::Request(buf) => {
             let line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
             match serde_json::from_slice::<Request>(line) {
                 Err(e) => Response::error(format!("malformed request: {e}")),
@@ -252,14 +321,19 @@ async fn handle(
                     }
                 }
             }
-        };
+        }
+    };
     let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
     out.push(b'\n');
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
-    // Read what an oversized request still has in flight, so closing does not reset
-    // the connection before the client has read our answer (bounded: 1 MiB, and the
-    // caller's timeout).
+    if silent {
+        // It sent nothing in time: its slot is given back now, not at the lifetime.
+        return;
+    }
+    // Read what the client still has in flight (an oversized request's rest), so
+    // closing does not reset the connection before the client has read our answer
+    // (bounded: 1 MiB, and the connection's lifetime).
     let mut sink = (&mut stream).take(1 << 20);
     let _ = tokio::io::copy(&mut sink, &mut tokio::io::sink()).await;
 }
@@ -345,6 +419,62 @@ mod tests {
         assert!(permitted(Some(1000), 1000));
         assert!(!permitted(Some(1001), 1000));
         assert!(!permitted(None, 0));
+    }
+
+    /// A control server in a fresh directory under `limits`, whose agent answers
+    /// every request with "ok".
+    async fn server(limits: Limits) -> (std::path::PathBuf, tokio::task::JoinHandle<()>) {
+        let dir = std::env::temp_dir().join(format!(
+            "vip-control-test-{}-{}",
+            std::process::id(),
+            limits.max_connections
+        ));
+        let path = dir.join("vip.sock");
+        let listener = bind(&path, None).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Envelope>(8);
+        let task = tokio::spawn(async move {
+            let agent = tokio::spawn(async move {
+                while let Some((_, reply)) = rx.recv().await {
+                    let _ = reply.send(Response::ok("ok"));
+                }
+            });
+            serve_with(listener, tx, limits).await;
+            agent.abort();
+        });
+        (path, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_client_gives_its_slot_back() {
+        let limits = Limits {
+            max_connections: 1,
+            request_timeout: Duration::from_millis(200),
+            lifetime: Duration::from_secs(30),
+        };
+        let (path, task) = server(limits).await;
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
+            let silent = StdUnixStream::connect(&p).unwrap();
+            // The only slot is taken: this request waits for it.
+            let r = request(&p, &Request::Status).unwrap();
+            assert!(r.ok, "{r:?}");
+            let took = t0.elapsed();
+            assert!(
+                took >= Duration::from_millis(150) && took < Duration::from_secs(3),
+                "{took:?}"
+            );
+            let mut answer = String::new();
+            BufReader::new(silent).read_line(&mut answer).unwrap();
+            assert!(
+                answer.contains("no complete request within 200 ms"),
+                "{answer}"
+            );
+        })
+        .await
+        .unwrap();
+        task.abort();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     /// Random and mutated requests: parsing never panics.

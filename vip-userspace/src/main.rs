@@ -63,6 +63,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            raise_fd_limit();
             // The agent's loop runs on this thread (block_on); sockets and timers on
             // two workers; status is rendered on a thread of its own (see agent).
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -83,12 +84,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 config::load(&file)?
             };
-            if !no_host {
+            // Against the host, every warning; with --no-host, those about the file
+            // itself (timing, keys).
+            let warnings = if no_host {
+                config::file_warnings(&cfg)
+            } else {
                 let all = host::all_addresses().context("listing host addresses")?;
-                let report = config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?;
-                for w in report.warnings {
-                    println!("warning: {w}");
-                }
+                config::check_host(&cfg, &|n| host::interface(n).ok(), &all)?.warnings
+            };
+            for w in warnings {
+                println!("warning: {w}");
             }
             let vips: usize = cfg.groups.iter().map(|g| g.vips.len()).sum();
             let name = if file == Path::new("-") {
@@ -151,6 +156,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keygen { path, force } => {
+            vip::keygen::write(&path, force)?;
+            println!(
+                "wrote a new {}-bit key to {} (mode 0600)",
+                vip::keygen::KEY_BYTES * 8,
+                path.display()
+            );
+            println!(
+                "copy this same file to every peer of the group, and put in the group on each:"
+            );
+            let value = toml::Value::String(path.display().to_string());
+            println!("auth_key_file = {value}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Reload { socket } => simple(&socket, Request::Reload),
         Command::Restart { hold_ms, socket } => simple(&socket, Request::Restart { hold_ms }),
         Command::Watch {
@@ -180,6 +199,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             forward_to,
             socket,
         } => simple(&socket, Request::Demote { group, forward_to }),
+    }
+}
+
+/// Raises the agent's soft descriptor limit (systemd's default of 1,024 is what a
+/// local user's idle connections once used up: see `vip::exhaustion`), and says so.
+fn raise_fd_limit() {
+    match vip::exhaustion::raise_fd_limit() {
+        Ok(l) if l.now < 1024 => log::warn!(
+            "descriptor limit: {} (the hard limit); the control socket and the metrics endpoint shed connections early",
+            l.now
+        ),
+        Ok(l) if l.now > l.before => log::info!(
+            "descriptor limit raised from {} to {} (hard limit {})",
+            l.before,
+            l.now,
+            l.hard
+        ),
+        Ok(l) => log::info!("descriptor limit: {} (hard limit {})", l.now, l.hard),
+        Err(e) => log::warn!("raising the descriptor limit: {e}"),
     }
 }
 

@@ -1,27 +1,38 @@
 //! The Prometheus endpoint (`node.metrics_listen`, off by default): every scrape asks
 //! the agent for its status over the same channel as the control socket and renders
 //! it with the prometheus-client crate; served by hyper.
+//!
+//! Any local user can connect to it, so a client must never be able to hold on to the
+//! agent's resources (see `exhaustion`): at most [`Limits::max_connections`] at a time
+//! (more wait in the kernel's backlog), none on a descriptor in the top quarter of the
+//! limit, none for a second after the table was found full (the control socket's
+//! spare descriptor must not end up here), a pause after accept errors, and every
+//! connection closed when it has not sent a complete request head within
+//! [`Limits::idle`] (that is also the keep-alive idle timeout: hyper starts the clock
+//! again when it waits for the next request) or has lasted [`Limits::lifetime`] (a
+//! client that stops reading its response).
 
-use std::convert::Infallible;
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
     body::Bytes, server::conn::http1, service::service_fn, Request as HttpRequest,
     Response as HttpResponse,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpSocket},
     sync::{mpsc, oneshot},
 };
 
 use crate::{
     control::{Envelope, Request},
+    exhaustion::Gate,
     status::Status,
 };
 
@@ -29,21 +40,70 @@ type Labels = Vec<(String, String)>;
 /// A metric: name, help, and how to read it from a status record.
 type Field<T> = (&'static str, &'static str, fn(&T) -> u64);
 
+/// How much of the agent one client may hold, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; a scraper needs one.
+    pub max_connections: usize,
+    /// Until a request head is complete, from the connection's start or the end of
+    /// the previous response.
+    pub idle: Duration,
+    /// The longest a connection lasts, whatever it does.
+    pub lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            idle: Duration::from_secs(5),
+            lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The metrics server keeps off the top quarter of the descriptor limit.
+const RESERVE_SHARE: u64 = 4;
+
+/// Clients waiting for the agent to take their connection, in the kernel: past the
+/// cap they wait there at no cost to the agent, and a backlog this size leaves room
+/// for a scraper behind a crowd of idle connections.
+const BACKLOG: u32 = 1024;
+
+/// The listening socket of `node.metrics_listen`.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves `/metrics` until aborted.
 pub async fn serve(listener: TcpListener, agent: mpsc::Sender<Envelope>) {
+    serve_with(listener, agent, Limits::default()).await
+}
+
+/// Serves `/metrics` under `limits` until aborted.
+pub async fn serve_with(listener: TcpListener, agent: mpsc::Sender<Envelope>, limits: Limits) {
+    let mut gate = Gate::new("metrics", limits.max_connections, RESERVE_SHARE).yielding();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, slot) = gate.accept(|| listener.accept()).await;
         let agent = agent.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
                 let agent = agent.clone();
                 async move { Ok::<_, Infallible>(respond(req.uri().path(), &agent).await) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.idle)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(limits.lifetime, conn).await;
+            drop(slot);
         });
     }
 }
@@ -323,4 +383,96 @@ pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpStream},
+        time::Instant,
+    };
+
+    /// A metrics server on loopback with `limits` (its agent never answers: the tests
+    /// ask for other paths).
+    async fn server(limits: Limits) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(async move {
+            let _keep = rx;
+            serve_with(listener, tx, limits).await
+        });
+        (addr, task)
+    }
+
+    /// Reads until the server closes the connection; how long that took and what came.
+    fn until_closed(s: &mut TcpStream) -> (Duration, String) {
+        let t0 = Instant::now();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        (t0.elapsed(), String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_are_closed() {
+        let limits = Limits {
+            max_connections: 4,
+            idle: Duration::from_millis(200),
+            lifetime: Duration::from_secs(30),
+        };
+        let (addr, task) = server(limits).await;
+        tokio::task::spawn_blocking(move || {
+            // Connects and sends nothing.
+            let mut silent = TcpStream::connect(addr).unwrap();
+            let (took, _) = until_closed(&mut silent);
+            assert!(
+                took < Duration::from_secs(2),
+                "a silent client held on for {took:?}"
+            );
+            // A request, then nothing: the keep-alive idle timeout.
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let (took, text) = until_closed(&mut s);
+            assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+            assert!(
+                took < Duration::from_secs(2),
+                "an idle keep-alive connection held on for {took:?}"
+            );
+        })
+        .await
+        .unwrap();
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cap_leaves_more_clients_in_the_backlog() {
+        let limits = Limits {
+            max_connections: 2,
+            idle: Duration::from_secs(3),
+            lifetime: Duration::from_secs(30),
+        };
+        let (addr, task) = server(limits).await;
+        tokio::task::spawn_blocking(move || {
+            let a = TcpStream::connect(addr).unwrap();
+            let _b = TcpStream::connect(addr).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            // The kernel completes the third connection; the server does not take it.
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            assert!(c.read(&mut buf).is_err(), "served over the cap");
+            drop(a);
+            let (_, text) = until_closed(&mut c);
+            assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+        })
+        .await
+        .unwrap();
+        task.abort();
+    }
 }

@@ -20,6 +20,11 @@ use crate::{root, status};
 
 const MAINTAINER: &str = "vip maintainers <vip@example.invalid>";
 const UNIT: &str = "vip.service";
+/// The key file the example config names (`vip keygen` writes it there by default).
+/// The package does not create it: a key generated on each host would differ between
+/// peers, and peers with different keys do not hear each other, so each would claim
+/// the VIP. It is made once with `vip keygen` and copied; purge removes it.
+const KEY_FILE: &str = "/etc/vip/auth.key";
 
 /// The files every package must hold (besides one man page per subcommand).
 const REQUIRED: &[&str] = &[
@@ -247,11 +252,23 @@ pub fn check(deb: &Path, vip: &Path) -> Result<()> {
         unit.contains("ExecStart=/usr/bin/vip agent") && !unit.contains("/usr/local/bin"),
         "the unit does not run /usr/bin/vip"
     );
+    // systemd's default soft limit (1,024) is what idle metrics connections once used
+    // up: the unit must raise it.
+    ensure!(
+        unit.lines().any(|l| l.starts_with("LimitNOFILE=")),
+        "the unit sets no LimitNOFILE="
+    );
     let conf = read(&tmp.join("etc/vip/vip.toml"))?;
     ensure!(
         conf.lines()
             .all(|l| l.trim().is_empty() || l.starts_with('#')),
         "/etc/vip/vip.toml is not fully commented out"
+    );
+    // Uncommented, the example authenticates its group's advertisements.
+    ensure!(
+        conf.lines()
+            .any(|l| l == format!("# auth_key_file = \"{KEY_FILE}\"")),
+        "/etc/vip/vip.toml does not point its group at {KEY_FILE}"
     );
     fs::remove_dir_all(&tmp)?;
     eprintln!(
@@ -267,6 +284,7 @@ pub fn check(deb: &Path, vip: &Path) -> Result<()> {
 /// and purges it. For CI's disposable machines (root).
 pub fn install_smoke(deb: &Path, vip: &Path) -> Result<()> {
     let version = version_of(vip)?;
+    let mut made_key = false;
     eprintln!("[deb] dpkg -i {}", deb.display());
     status(Command::new("dpkg").arg("-i").arg(deb))?;
     let result = (|| -> Result<()> {
@@ -277,7 +295,7 @@ pub fn install_smoke(deb: &Path, vip: &Path) -> Result<()> {
         );
         eprintln!("[deb] /usr/bin/vip --version: {v}");
         if Command::new("man").arg("--version").output().is_ok() {
-            for page in ["vip", "vip-agent", "vip-check-config"] {
+            for page in ["vip", "vip-agent", "vip-check-config", "vip-keygen"] {
                 let w = output(Command::new("man").args(["-w", page]))?;
                 ensure!(w.ends_with(".gz"), "man -w {page} found {w:?}");
                 eprintln!("[deb] man -w {page}: {w}");
@@ -292,6 +310,19 @@ pub fn install_smoke(deb: &Path, vip: &Path) -> Result<()> {
             Path::new("/etc/vip/vip.toml").is_file(),
             "/etc/vip/vip.toml not installed"
         );
+        // The key the example config names, as the README says to make it (only if
+        // this machine has none: it might be real).
+        if !Path::new(KEY_FILE).exists() {
+            let out = output(Command::new("/usr/bin/vip").args(["keygen", KEY_FILE]))?;
+            ensure!(
+                out.contains(&format!("auth_key_file = \"{KEY_FILE}\"")),
+                "vip keygen said {out:?}"
+            );
+            let mode = fs::metadata(KEY_FILE)?.permissions().mode() & 0o777;
+            ensure!(mode == 0o600, "{KEY_FILE} has mode {mode:o}");
+            made_key = true;
+            eprintln!("[deb] vip keygen {KEY_FILE}: mode 0600");
+        }
         Ok(())
     })();
     eprintln!("[deb] dpkg -r vip; dpkg --purge vip");
@@ -304,6 +335,10 @@ pub fn install_smoke(deb: &Path, vip: &Path) -> Result<()> {
     ensure!(
         !Path::new("/etc/vip/vip.toml").exists(),
         "/etc/vip/vip.toml is still there after dpkg --purge"
+    );
+    ensure!(
+        !made_key || !Path::new(KEY_FILE).exists(),
+        "{KEY_FILE} is still there after dpkg --purge"
     );
     result
 }
@@ -338,8 +373,10 @@ fn packaged_unit(unit: &str) -> String {
     format!(
         "# systemd unit for the vip agent (Debian package vip).\n\
          #\n\
-         # The package neither enables nor starts it: configure /etc/vip/vip.toml, check it\n\
-         # with `vip check-config /etc/vip/vip.toml`, then `systemctl enable --now vip`.\n\
+         # The package neither enables nor starts it: configure /etc/vip/vip.toml (and its\n\
+         # group's key: `vip keygen /etc/vip/auth.key` on one node, the same file copied to\n\
+         # every peer), check it with `vip check-config /etc/vip/vip.toml`, then\n\
+         # `systemctl enable --now vip`.\n\
          # Reload the config, or upgrade hitlessly (re-executes the new binary):\n\
          #   systemctl reload vip\n\
          # Stop (hands the VIPs over, removes everything): systemctl stop vip\n\n{}",
@@ -509,6 +546,11 @@ if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-decon
 	fi
 	if [ -z "$2" ]; then
 		echo "vip: configure /etc/vip/vip.toml, then: systemctl enable --now vip"
+		if [ ! -e /etc/vip/auth.key ]; then
+			# Not generated here: every peer needs the same key (different ones make
+			# each node claim the VIP), so it is made once and copied.
+			echo "vip: its group's key: vip keygen /etc/vip/auth.key on one node, then copy that file to every peer"
+		fi
 	fi
 fi
 
@@ -541,6 +583,11 @@ if command -v deb-systemd-helper >/dev/null 2>&1; then
 		deb-systemd-helper purge vip.service >/dev/null || true
 		deb-systemd-helper unmask vip.service >/dev/null || true
 	fi
+fi
+# The key `vip keygen` writes where the example config looks for it is configuration
+# too: purge removes it (and so lets dpkg remove /etc/vip).
+if [ "$1" = "purge" ]; then
+	rm -f /etc/vip/auth.key
 fi
 
 exit 0

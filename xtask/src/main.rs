@@ -216,6 +216,7 @@ const SERIAL: &[&str] = &[
     "operations",
     "ownership",
     "replay",
+    "security_local",
     "upgrade",
     "wire",
 ];

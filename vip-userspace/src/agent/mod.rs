@@ -228,8 +228,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let server = tokio::spawn(control::serve(listener, tx.clone()));
     let metrics = match metrics_listen {
         Some(addr) => Some(tokio::spawn(crate::metrics::serve(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            crate::metrics::bind(addr)
                 .with_context(|| format!("node.metrics_listen: binding {addr}"))?,
             tx,
         ))),

@@ -347,6 +347,7 @@ impl Snapshot {
         );
         global.insert("address_errors".into(), self.address_errors);
         global.insert("stale_adverts".into(), self.stale_adverts);
+        global.extend(crate::exhaustion::counters().map(|(k, v)| (k.to_string(), v)));
         Status {
             node: self.node,
             interface: self.interface,

@@ -82,7 +82,9 @@ pub fn steer(ctx: &XdpContext, entry: &VipEntry, family: Family) -> Result<Optio
     if conf.all_ports == 0 {
         let (proto, port) = flow.key.proto_dport();
         // SAFETY: hash-map values are replaced under RCU, never written in place.
-        if flow.frag || unsafe { BALANCE_PORTS.get(&balance::port_key(slot, proto, port)) }.is_none() {
+        if flow.frag
+            || unsafe { BALANCE_PORTS.get(&balance::port_key(slot, proto, port)) }.is_none()
+        {
             return Ok(None);
         }
     }
@@ -100,7 +102,10 @@ pub fn steer(ctx: &XdpContext, entry: &VipEntry, family: Family) -> Result<Optio
         return Ok(None);
     };
     if new {
-        let v = FlowValue { member: index, _pad: 0 };
+        let v = FlowValue {
+            member: index,
+            _pad: 0,
+        };
         let _ = match &flow.key {
             Key::V4(k) => BALANCE_FLOWS_V4.insert(k, &v, 0),
             Key::V6(k) => BALANCE_FLOWS.insert(k, &v, 0),
@@ -307,7 +312,13 @@ fn flow_v6(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
             }
             let (isport, idport) = ports_at(ctx, l4 + 8 + Ipv6Hdr::LEN)?;
             Ok(Some(Flow {
-                key: v6_key(&inner.dst_addr, &inner.src_addr, idport, isport, inner.next_hdr),
+                key: v6_key(
+                    &inner.dst_addr,
+                    &inner.src_addr,
+                    idport,
+                    isport,
+                    inner.next_hdr,
+                ),
                 frag: false,
             }))
         }

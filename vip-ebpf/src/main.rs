@@ -16,6 +16,7 @@ mod handover;
 mod ipv4;
 mod ipv6;
 mod maps;
+mod peers;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use vip_common::{

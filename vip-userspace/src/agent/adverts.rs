@@ -125,6 +125,7 @@ pub(super) async fn bind(cfg: &Config, iface: &Interface) -> Result<AdvertSocket
             .with_context(|| {
                 format!("binding the advertisement socket {me}:{port} (node.advert_port)")
             })?;
+        receive_buffer(&sock);
         if v4 {
             out.v4 = Some(Arc::new(sock));
         } else {
@@ -132,6 +133,35 @@ pub(super) async fn bind(cfg: &Config, iface: &Interface) -> Result<AdvertSocket
         }
     }
     Ok(out)
+}
+
+/// The advertisement sockets' receive buffer: room for a burst that the data plane
+/// let through (peers within their budgets) while the loop was busy, instead of the
+/// default ~200 kB that a flood once overran.
+const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+/// Raises a socket's receive buffer to [`RECEIVE_BUFFER`]: SO_RCVBUFFORCE (past
+/// `net.core.rmem_max`, with CAP_NET_ADMIN), else SO_RCVBUF (up to rmem_max).
+fn receive_buffer(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let set = |opt: libc::c_int| {
+        // SAFETY: a valid socket and an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &RECEIVE_BUFFER as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    if !set(libc::SO_RCVBUFFORCE) && !set(libc::SO_RCVBUF) {
+        log::warn!(
+            "advertisement socket: cannot raise its receive buffer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Receives datagrams into the loop. A receive error (e.g. an ICMP error reported on
@@ -175,20 +205,23 @@ impl Agent {
     /// dropped (logged at most once per 10 s per kind and group).
     pub(super) fn datagram(&mut self, b: &[u8], from: SocketAddr) {
         let from_ip = canonical(from.ip());
-        let mut group = None;
-        let decoded = Advert::decode_with(b, |name| {
-            group = self
-                .groups
-                .iter()
-                .position(|g| g.cfg.name == name && g.election().is_some());
-            group.and_then(|gi| self.groups[gi].key.as_deref())
-        });
         let is_peer = |g: &GroupRuntime| {
             g.cfg
                 .election
                 .as_ref()
                 .is_some_and(|e| e.peers.contains(&from_ip))
         };
+        let mut group = None;
+        let decoded = Advert::decode_with(b, |name| {
+            group = self
+                .groups
+                .iter()
+                .position(|g| g.cfg.name == name && g.election().is_some());
+            // A stranger's datagram is refused below: no HMAC is computed for it.
+            group
+                .filter(|&gi| is_peer(&self.groups[gi]))
+                .and_then(|gi| self.groups[gi].key.as_deref())
+        });
         let gi = match group {
             Some(gi) => gi,
             // Not attributable by its name: charge it to a group the sender is a peer of.
@@ -258,6 +291,8 @@ impl Agent {
             );
             return;
         }
+        // Authenticated (if the group has a key) and fresh: its frames carry this MAC.
+        self.learn_peer_mac(from_ip, ad.mac);
         if advert::version_of(b) == Some(1) {
             self.seq.legacy_peers.insert(from_ip, ());
         } else {

@@ -198,6 +198,7 @@ const SERIAL: &[&str] = &[
     "keepalived",
     "operations",
     "ownership",
+    "security",
     "upgrade",
 ];
 

@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: runs the benchmarks, prints one table, writes the results as
 //! JSON, and with `--compare BASE.json` flags what got slower than an earlier run.
 //!
-//! `paths`, `throughput`, `scale` and `control` need the XDP object and run as the
-//! `perf` benchmark of the tests crate; `failover` runs here (agents and keepalived
-//! as processes in the namespace lab).
+//! `paths`, `throughput`, `scale`, `control`, `stall` and `hostile` need the XDP
+//! object and run as the `perf` benchmark of the tests crate; `failover` runs here
+//! (agents and keepalived as processes in the namespace lab). `--baseline BIN` (an
+//! older vip) gives `paths` and `hostile` its figures too, interleaved.
 
 use std::{
     fmt::Write as _,
@@ -16,12 +17,13 @@ use serde_json::{json, Value};
 
 use crate::{failover, root, status};
 
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     "paths",
     "throughput",
     "scale",
     "control",
     "stall",
+    "hostile",
     "failover",
 ];
 
@@ -38,6 +40,8 @@ pub struct Options {
     pub compare: Option<PathBuf>,
     /// A figure worse than the base by more than this fraction is flagged.
     pub threshold: f64,
+    /// An older `vip` binary for `paths` and `hostile` to measure alongside.
+    pub baseline: Option<PathBuf>,
 }
 
 pub fn run(vip: &Path, o: Options) -> Result<()> {
@@ -67,6 +71,11 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
             .args(&perf);
         if o.quick {
             c.arg("--quick");
+        }
+        if let Some(b) = &o.baseline {
+            let b =
+                std::fs::canonicalize(b).with_context(|| format!("--baseline {}", b.display()))?;
+            c.arg("--baseline").arg(b);
         }
         c.arg("--json").arg(&tmp);
         status(&mut c)?;

@@ -40,8 +40,8 @@ enum Cmd {
     /// failover, then active/active (a balanced group) with a member failure.
     Demo,
     /// Benchmarks with same-run baselines: paths, throughput, scale, control, stall,
-    /// failover (all by default), and soak (only when named: no false takeover under
-    /// CPU hogs and 2 % loss, vip and keepalived); a table, and JSON in
+    /// hostile, failover (all by default), and soak (only when named: no false
+    /// takeover under CPU hogs and 2 % loss, vip and keepalived); a table, and JSON in
     /// target/bench/latest.json.
     Bench {
         /// Which benchmarks (default: all).
@@ -64,6 +64,10 @@ enum Cmd {
         /// Slowdown (percent) beyond which a figure is flagged.
         #[arg(long, default_value_t = 15.0)]
         threshold: f64,
+        /// An older `vip` binary: `paths` measures its data plane interleaved with
+        /// this one's, `hostile` runs its agents on the same cases.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// Build, then package: target/debian/vip_<version>_<arch>.deb.
     Deb {
@@ -140,6 +144,7 @@ fn run() -> Result<()> {
             out,
             compare,
             threshold,
+            baseline,
         } => {
             if nix::unistd::geteuid().as_raw() != 0 {
                 bail!("the benchmarks load XDP programs and create network namespaces: run them as root");
@@ -155,6 +160,7 @@ fn run() -> Result<()> {
                     out,
                     compare,
                     threshold: threshold / 100.0,
+                    baseline,
                 },
             )
         }

@@ -14,6 +14,9 @@
 //!
 //! Until a first reply arrives from an active (an older vip, a data plane without the
 //! echo) nothing is concluded, and advertisement silence alone detects a failure.
+//! And a path just seen delaying replies (a run of k unanswered probes that then
+//! got answers: a congested switch, a host busy with a flood) needs k more misses,
+//! for 10 s: on a path that answers on time the bound stays `misses` intervals.
 //!
 //! And why nobody but the active can silence it (see `vip_common::echo`): probe `n`
 //! carries `echo::token(key, n)` under a key of this (group, active) that only this
@@ -128,6 +131,15 @@ struct Probe {
     next_ns: u64,
     /// Reported lost: at which `sent`, and how many times.
     lost: Option<(u64, u32)>,
+    /// The run of unanswered probes before the last read.
+    streak: u64,
+    /// The longest run of unanswered probes that then got an answer within the last
+    /// `SLACK_FOR_NS`, at most `misses`, and until when it counts. A conclusion needs
+    /// `misses` + this: a path that was just seen delaying (or losing) replies that
+    /// long, a congested switch or a host busy with a flood, must be silent beyond
+    /// that before the active counts as gone; on a path that answers on time it is 0
+    /// and the bound is `misses` intervals.
+    slack: (u64, u64),
     stats: Stats,
 }
 
@@ -243,6 +255,10 @@ pub fn gone(sent: u64, answered: u64, armed: bool, misses: u32) -> bool {
     armed && sent.saturating_sub(answered) >= misses as u64
 }
 
+/// How long a run of unanswered probes that ended in an answer (the path was slow,
+/// or lost a few) raises the bar (see [`Probe::slack`]).
+const SLACK_FOR_NS: u64 = 10_000_000_000;
+
 /// What `ECHO_SEEN` holds for a target from its first probe on: `seq` is `base`.
 pub fn slot_value(t: &Target, key: [u64; 2], base: u64) -> EchoSeen {
     let (mut peer, family) = ([0u8; 16], if t.peer.is_ipv4() { 4 } else { 6 });
@@ -299,6 +315,17 @@ impl Probe {
             progress_ns: now,
             next_ns: now,
             lost: None,
+            streak: 0,
+            slack: (0, 0),
+        }
+    }
+
+    /// The slack now (see the field).
+    fn slack(&self, now: u64) -> u64 {
+        if now < self.slack.1 {
+            self.slack.0
+        } else {
+            0
         }
     }
 
@@ -315,6 +342,11 @@ impl Probe {
             // Only a sequence we sent is an answer (the program records nothing
             // else; this keeps it so whatever the slot says).
             if s.seq > self.answered && s.seq <= self.sent {
+                // A run that ended in an answer: the path's recent delay.
+                let ended = self.streak.min(self.target.misses as u64);
+                if ended > 0 && ended >= self.slack(now) {
+                    self.slack = (ended, now + SLACK_FOR_NS);
+                }
                 self.answered = s.seq;
                 self.progress_ns = now;
                 self.armed = true;
@@ -325,15 +357,17 @@ impl Probe {
             }
         }
         let streak = self.sent.saturating_sub(self.answered);
+        self.streak = streak;
         self.stats.longest_streak = self.stats.longest_streak.max(streak);
-        if !gone(self.sent, self.answered, self.armed, self.target.misses) {
+        let misses = self.target.misses.saturating_add(self.slack(now) as u32);
+        if !gone(self.sent, self.answered, self.armed, misses) {
             return (answer, None);
         }
         // Said once, then again every `misses` further probes while it stays silent:
         // a standby that did not take over (or yielded since) hears it again.
         let repeat = match self.lost {
             None => 0,
-            Some((at, n)) if self.sent - at >= self.target.misses as u64 => n + 1,
+            Some((at, n)) if self.sent - at >= misses as u64 => n + 1,
             Some(_) => return (answer, None),
         };
         self.lost = Some((self.sent, repeat));
@@ -640,6 +674,27 @@ mod tests {
         // The same, remembered as answering before and then not (armed from start).
         let mut remembered = Probe::new(target(), [1, 2], 40, true, Stats::default(), 0);
         assert_eq!(rounds(&mut remembered, 7, |_| 40).len(), 1);
+    }
+
+    #[test]
+    fn a_path_seen_slow_needs_that_many_more_misses_for_a_while() {
+        let mut p = Probe::new(target(), [1, 2], 0, false, Stats::default(), 0);
+        rounds(&mut p, 5, |sent| sent);
+        // Four probes unanswered, then all answered at once: a slow path, not a loss.
+        let stalled = p.answered;
+        assert!(rounds(&mut p, 4, |_| stalled).is_empty());
+        assert!(rounds(&mut p, 3, |sent| sent).is_empty());
+        // Now the active goes silent: 6 misses are not enough, 6 + 4 are.
+        let answered = p.answered;
+        let lost = rounds(&mut p, 11, |_| answered);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].missed, 10);
+        // The slack lasts 10 s: after it, 6 again.
+        let mut q = Probe::new(target(), [1, 2], 0, false, Stats::default(), 0);
+        q.slack = (4, 1);
+        rounds(&mut q, 3, |sent| sent);
+        let answered = q.answered;
+        assert_eq!(rounds(&mut q, 7, |_| answered)[0].missed, 6);
     }
 
     #[test]

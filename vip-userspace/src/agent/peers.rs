@@ -226,6 +226,43 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_has_a_pair_per_peer_with_the_budgets_of_its_groups() {
+        let group = |name: &str, vip: &str, peers: &str| {
+            format!(
+                "\n[[group]]\nname = \"{name}\"\nvips = [\"{vip}\"]\npeers = [{peers}]\npriority = 100\n"
+            )
+        };
+        let text = format!(
+            "[node]\nname = \"a\"\ninterface = \"eth0\"\n{}{}{}",
+            group("web", "10.0.0.50/24", "\"10.0.0.12\", \"10.0.1.12\""),
+            group("api", "10.0.0.60/24", "\"10.0.0.12\", \"2001:db8::12\""),
+            "\n[[group]]\nname = \"static\"\nvips = [\"10.0.0.70/24\"]\nrole = \"active\"\n"
+        );
+        let cfg = crate::config::parse(&text).unwrap();
+        let pairs = plan(&cfg, &iface()).unwrap();
+        assert_eq!(pairs.len(), 3, "{pairs:?}");
+        let me4: IpAddr = "10.0.0.11".parse().unwrap();
+        let shared = &pairs[&key("10.0.0.12".parse().unwrap(), me4)];
+        // Two groups share it: each may send at its fastest.
+        assert_eq!(shared.probe_gap_ns as u64, peers::PROBE_GAP_NS / 2);
+        assert_eq!(shared.datagram_gap_ns as u64, peers::DATAGRAM_GAP_NS / 2);
+        assert!(shared.on_link);
+        let routed = &pairs[&key("10.0.1.12".parse().unwrap(), me4)];
+        assert_eq!(routed.probe_gap_ns as u64, peers::PROBE_GAP_NS);
+        assert!(!routed.on_link);
+        let v6 = key(
+            "2001:db8::12".parse().unwrap(),
+            "2001:db8::11".parse().unwrap(),
+        );
+        assert!(pairs[&v6].on_link);
+        // An interface without an IPv6 address cannot be reached by an IPv6 peer.
+        let mut v4_only = iface();
+        v4_only.addrs.retain(|(a, _)| a.is_ipv4());
+        let e = plan(&cfg, &v4_only).unwrap_err().to_string();
+        assert!(e.contains("no IPv6 address"), "{e}");
+    }
+
+    #[test]
     fn peers_on_our_subnets_are_on_link() {
         let i = iface();
         for (a, want) in [

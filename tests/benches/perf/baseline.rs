@@ -96,14 +96,11 @@ impl Baseline {
             if ebpf.program(programs::VIP).is_none() {
                 continue;
             }
-            for name in [programs::VIP] {
-                let prog: &mut Xdp = ebpf
-                    .program_mut(name)
-                    .with_context(|| format!("no {name} in the baseline's object"))?
-                    .try_into()?;
-                prog.load()
-                    .with_context(|| format!("loading the baseline's {name}"))?;
-            }
+            let prog: &mut Xdp = ebpf
+                .program_mut(programs::VIP)
+                .context("no data plane in the baseline's object")?
+                .try_into()?;
+            prog.load().context("loading the baseline's data plane")?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

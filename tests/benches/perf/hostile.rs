@@ -15,6 +15,8 @@
 //! received, false transitions (either node's state changing during the flood),
 //! UdpRcvbufErrors of b's namespace; then a's link goes down during a second flood
 //! and b's decision time after it (and why) is the echo's detection under attack.
+//!
+//! `VIP_HOSTILE_ONLY=TEXT` runs only the cases whose label contains TEXT.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -200,12 +202,46 @@ fn rx_packets(lan: &Lan, host: &str) -> Result<u64> {
 struct Outcome {
     offered_pps: f64,
     reached_pps: f64,
+    /// What a's agent sent (its counter) and what left a on the wire (a packet
+    /// socket, which may miss a few on a loaded host).
+    adverts_sent: u64,
     adverts_on_wire: u64,
     adverts_received: u64,
     false_transitions: u64,
     rcvbuf_errors: u64,
     detection_ms: Option<f64>,
     detection_reason: String,
+    /// The false transitions' reasons ("node:state/reason_kind") and the data
+    /// plane's refusals of peers' datagrams ("node:counter") during the flood.
+    why: std::collections::BTreeMap<String, u64>,
+    /// b's longest run of unanswered probes (a takeover needs 6, or more on a path
+    /// seen slow).
+    longest_streak: u64,
+}
+
+/// A node's data-plane counters, as "node:name".
+fn counters(node: &str, a: &Agent) -> Result<std::collections::BTreeMap<String, u64>> {
+    Ok(status(a)?["global"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (format!("{node}:{k}"), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// A node's transitions by reason (`transition_reasons`), as "node:reason".
+fn reasons(node: &str, a: &Agent) -> Result<std::collections::BTreeMap<String, u64>> {
+    let g = group(a)?;
+    Ok(g["transition_reasons"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (format!("{node}:{k}"), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 fn one(case: &Case, secs: f64, det_secs: f64, dir: &Path) -> Result<Outcome> {
@@ -254,6 +290,9 @@ fn one(case: &Case, secs: f64, det_secs: f64, dir: &Path) -> Result<Outcome> {
     let gen = Generator::new(gen_ns, &iface, frame, sources)?;
 
     // The flood, with the active's adverts counted as they leave a.
+    let adverts_sent = |a: &Agent| -> Result<u64> {
+        Ok(group(a)?["election"]["adverts_sent"].as_u64().unwrap_or(0))
+    };
     let before = (
         transitions(&a)?,
         transitions(&b)?,
@@ -262,7 +301,12 @@ fn one(case: &Case, secs: f64, det_secs: f64, dir: &Path) -> Result<Outcome> {
             .unwrap_or(0),
         snmp_udp(&lan, "b", "RcvbufErrors")?,
         rx_packets(&lan, "b")?,
+        adverts_sent(&a)?,
     );
+    let mut why_before = reasons("a", &a)?;
+    why_before.extend(reasons("b", &b)?);
+    why_before.extend(counters("a", &a)?);
+    why_before.extend(counters("b", &b)?);
     let from_a = Capture::open(&lan.switch, &ha.port)?;
     let done = AtomicBool::new(false);
     let never = AtomicBool::new(false);
@@ -298,9 +342,23 @@ fn one(case: &Case, secs: f64, det_secs: f64, dir: &Path) -> Result<Outcome> {
         .as_u64()
         .unwrap_or(0)
         - before.2;
+    let sent_by_a = adverts_sent(&a)? - before.5;
     let false_transitions = (transitions(&a)? - before.0) + (transitions(&b)? - before.1);
     let rcvbuf_errors = snmp_udp(&lan, "b", "RcvbufErrors")? - before.3;
     let reached = rx_packets(&lan, "b")? - before.4;
+    let longest_streak = group(&b)?["echo"]["longest_streak"].as_u64().unwrap_or(0);
+    let mut why = reasons("a", &a)?;
+    why.extend(reasons("b", &b)?);
+    // The data plane's refusals other than the flood's own.
+    for (k, v) in counters("a", &a)?.into_iter().chain(counters("b", &b)?) {
+        if k.contains("over_budget") || k.contains("refused") || k.starts_with("a:election") {
+            why.insert(k, v);
+        }
+    }
+    for (k, n) in why.iter_mut() {
+        *n -= why_before.get(k).copied().unwrap_or(0);
+    }
+    why.retain(|_, n| *n > 0);
 
     // Then a's link goes down during a flood: how soon, and why, does b take over?
     let (mut detection_ms, mut detection_reason) = (None, String::new());
@@ -341,12 +399,15 @@ fn one(case: &Case, secs: f64, det_secs: f64, dir: &Path) -> Result<Outcome> {
     Ok(Outcome {
         offered_pps: sent as f64 / spent,
         reached_pps: reached as f64 / spent,
+        adverts_sent: sent_by_a,
         adverts_on_wire: on_wire,
         adverts_received: received,
         false_transitions,
         rcvbuf_errors,
         detection_ms,
         detection_reason,
+        why,
+        longest_streak,
     })
 }
 
@@ -402,26 +463,37 @@ pub fn run(size: Size, baseline: Option<&Path>) -> Result<Vec<Value>> {
             }
         }
     }
+    // VIP_HOSTILE_ONLY=TEXT: only the cases whose label contains TEXT.
+    if let Ok(only) = std::env::var("VIP_HOSTILE_ONLY") {
+        cases.retain(|c| c.label.contains(&only));
+    }
     let dir = std::env::temp_dir().join(format!("vip-hostile-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut out = Vec::new();
     let mut detections = Vec::new();
     for case in &cases {
         let o = one(case, secs, det_secs, &dir).with_context(|| case.label.clone())?;
-        let pct = if o.adverts_on_wire > 0 {
-            100.0 * o.adverts_received.min(o.adverts_on_wire) as f64 / o.adverts_on_wire as f64
+        // Of the adverts a sent: the wire count when the capture saw them all, else
+        // a's own count (the capture missed some; a sends nothing it did not count).
+        let sent = o.adverts_on_wire.max(o.adverts_sent);
+        let pct = if sent > 0 {
+            100.0 * o.adverts_received.min(sent) as f64 / sent as f64
         } else {
             0.0
         };
         eprintln!(
-            "[perf]   {}: offered {:.0} kpps, {:.0} kpps reached b, adverts {}/{} ({pct:.1} %), \
-             false transitions {}, UdpRcvbufErrors {}, link down detected in {} ({})",
+            "[perf]   {}: offered {:.0} kpps, {:.0} kpps reached b, adverts {}/{} ({pct:.1} %; {} on the wire), \
+             false transitions {} {:?}, echo's longest streak {}, UdpRcvbufErrors {}, \
+             link down detected in {} ({})",
             case.label,
             o.offered_pps / 1e3,
             o.reached_pps / 1e3,
             o.adverts_received,
+            sent,
             o.adverts_on_wire,
             o.false_transitions,
+            o.why,
+            o.longest_streak,
             o.rcvbuf_errors,
             o.detection_ms
                 .map(|d| format!("{d:.1} ms"))
@@ -436,12 +508,14 @@ pub fn run(size: Size, baseline: Option<&Path>) -> Result<Vec<Value>> {
             None,
             false,
         );
+        r["adverts_sent"] = json!(o.adverts_sent);
         r["adverts_on_wire"] = json!(o.adverts_on_wire);
         r["adverts_received"] = json!(o.adverts_received);
         r["offered_kpps"] = json!(o.offered_pps / 1e3);
         r["reached_b_kpps"] = json!(o.reached_pps / 1e3);
         r["false_transitions"] = json!(o.false_transitions);
         r["udp_rcvbuf_errors"] = json!(o.rcvbuf_errors);
+        r["echo_longest_streak"] = json!(o.longest_streak);
         r["flood_seconds"] = json!(secs);
         out.push(r);
         let mut r = record(
@@ -453,6 +527,7 @@ pub fn run(size: Size, baseline: Option<&Path>) -> Result<Vec<Value>> {
             true,
         );
         r["udp_rcvbuf_errors"] = json!(o.rcvbuf_errors);
+        r["reasons"] = json!(o.why);
         out.push(r);
         let mut r = record(
             "hostile",

@@ -36,7 +36,7 @@ struct Table {
     v4: HashMap<Ipv4Addr, (VipEntry, bool)>,
     v6: HashMap<Ipv6Addr, (VipEntry, bool)>,
     /// The election port's pairs (source, destination; IPv4-mapped for IPv4), with
-    /// the peer's MAC once learned. Their budgets never run out here (1 ns).
+    /// the peer's MAC once learned. No budgets here (a gap of 0).
     peers: HashMap<([u8; 16], [u8; 16]), Option<Mac>>,
 }
 
@@ -599,8 +599,8 @@ fn data_plane_matches_its_model_on_100k_frames() {
             let p = Peer {
                 mac: mac.unwrap_or(Mac::ZERO).0,
                 mac_known: u8::from(mac.is_some()),
-                probe_gap_ns: 1,
-                datagram_gap_ns: 1,
+                probe_gap_ns: 0,
+                datagram_gap_ns: 0,
                 ..Peer::default()
             };
             dp.set_peer(&PeerKey { src: *src, dst: *dst }, &p).unwrap();

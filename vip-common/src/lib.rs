@@ -734,7 +734,7 @@ pub struct Peer {
     /// and between other datagrams, sustained.
     pub probe_gap_ns: u32,
     pub datagram_gap_ns: u32,
-    /// Written by the program (bpf_ktime_get_ns()): the budgets' theoretical
+    /// Written by the program (bpf_ktime_get_coarse_ns()): the budgets' theoretical
     /// arrival times (probes from the peer's MAC, other datagrams, probes from
     /// another MAC), and when a datagram from another MAC last passed.
     pub probe_tat: u64,

@@ -250,7 +250,7 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
             }
             o.set_vip6(local6, &entry(action::LOCAL, 3))?;
         }
-        // The peer, its MAC learned; budgets of 1 ns, so that a repeated run measures
+        // The peer, its MAC learned; no budgets (a gap of 0), so that a repeated run measures
         // the checks, not the budget's refusals.
         dp.set_peer(
             &PeerKey {
@@ -260,8 +260,8 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
             &Peer {
                 mac: CLIENT.0,
                 mac_known: 1,
-                probe_gap_ns: 1,
-                datagram_gap_ns: 1,
+                probe_gap_ns: 0,
+                datagram_gap_ns: 0,
                 ..Peer::default()
             },
         )?;

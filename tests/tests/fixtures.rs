@@ -11,7 +11,7 @@ use lab::{privileged, Netns};
 use vip::{
     dataplane::{action_name, Dataplane},
     frames::{self, ARP_REPLY},
-    host::boottime_ns,
+    host::{boottime_ns, monotonic_ns},
     mac::Mac,
 };
 use vip_common::{action, flags, VipEntry};
@@ -371,9 +371,13 @@ fn run_table(_ns: &Netns) {
     assert_eq!(g["not_our_mac"], 1);
 }
 
-/// The echo (`vip_common::echo`) through the real program: probes for a VIP we
-/// answer for are reflected, all others dropped; replies carrying the slot's token
-/// raise its sequence; everything else on the port (advertisements) passes.
+/// The election's port and the echo on it (`vip_common::peers`, `vip_common::echo`)
+/// through the real program: a peer's probes for a VIP we answer for are reflected,
+/// all others dropped; datagrams to the port from anyone but a peer, to anything but
+/// our own address of the pair, or from a peer's address with another MAC than the
+/// one learned (but a trickle) are dropped, with IP options, fragments or IPv6
+/// extension headers too; budgets per pair; replies count only from the active's
+/// address and MAC, for a sequence above the slot's, with that sequence's token.
 #[test]
 #[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn echo_fixtures() {
@@ -382,9 +386,55 @@ fn echo_fixtures() {
     ns.run_in(run_echo);
 }
 
+/// IPv4 with 4 bytes of options (NOP NOP NOP EOL) in front of the payload.
+fn with_ip_options(f: &[u8]) -> Vec<u8> {
+    let mut out = f[..34].to_vec();
+    out.extend_from_slice(&[1, 1, 1, 0]);
+    out.extend_from_slice(&f[34..]);
+    out[14] = 0x46;
+    let total = u16::from_be_bytes([out[16], out[17]]) + 4;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    ipv4_checksum(&mut out);
+    out
+}
+
+/// IPv4 with its fragment field set (offset in 8-byte units, more fragments).
+fn fragment(f: &[u8], offset: u16, more: bool) -> Vec<u8> {
+    let mut out = f.to_vec();
+    let v = offset | if more { 0x2000 } else { 0 };
+    out[20..22].copy_from_slice(&v.to_be_bytes());
+    ipv4_checksum(&mut out);
+    out
+}
+
+fn ipv4_checksum(f: &mut [u8]) {
+    let ihl = (f[14] & 0x0f) as usize * 4;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = vip_common::csum::csum_finish(frames::csum_add(0, &f[14..14 + ihl]));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// IPv6 with one 8-byte extension header of `kind` (0, 43, 60; or 44, a fragment
+/// header at `offset` 8-byte units) between the fixed header and the UDP header.
+fn with_extension(f: &[u8], kind: u8, offset: u16) -> Vec<u8> {
+    let mut out = f[..54].to_vec();
+    let ext = if kind == 44 {
+        let o = (offset << 3).to_be_bytes();
+        [17, 0, o[0], o[1] | 1, 0, 0, 0, 7]
+    } else {
+        [17, 0, 1, 4, 0, 0, 0, 0]
+    };
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(&f[54..]);
+    out[20] = kind;
+    let len = u16::from_be_bytes([out[18], out[19]]) + 8;
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
 fn run_echo() {
     use vip::echo::encode;
-    use vip_common::{echo, EchoSeen, Settings};
+    use vip_common::{echo, peers, EchoSeen, Peer, PeerKey, Settings};
     const PORT: u16 = 4112;
     let settings = Settings {
         echo_port: PORT as u32,
@@ -393,6 +443,12 @@ fn run_echo() {
     let mut dp = Dataplane::open(64, None, settings).expect("loading the data plane");
     let host4 = Ipv4Addr::new(10, 0, 0, 11);
     let (local6, host6, client6) = (v6("2001:db8::50"), v6("2001:db8::11"), v6("2001:db8::12"));
+    // A peer whose MAC was learned (ACTIVE), and a stranger; off the link, a victim.
+    let (learned4, stranger4, victim4) = (
+        Ipv4Addr::new(10, 0, 0, 13),
+        Ipv4Addr::new(10, 0, 0, 14),
+        Ipv4Addr::new(198, 51, 100, 7),
+    );
     dp.set_vip(IpAddr::V4(LOCAL4), &entry(action::LOCAL, 0, 0))
         .unwrap();
     dp.set_vip(IpAddr::V4(FWD4), &entry(action::FORWARD, 2, 0))
@@ -407,29 +463,81 @@ fn run_echo() {
     dp.grant_lease(2, boottime_ns().saturating_sub(1)).unwrap();
     dp.set_vip(IpAddr::V6(local6), &entry(action::LOCAL, 5, 0))
         .unwrap();
+    let key4 = |src: Ipv4Addr, dst: Ipv4Addr| PeerKey {
+        src: peers::v4_mapped(src.octets()),
+        dst: peers::v4_mapped(dst.octets()),
+    };
+    // No budgets (a gap of 0): never in the way here (they have a test of their own below).
+    let open = Peer {
+        probe_gap_ns: 0,
+        datagram_gap_ns: 0,
+        ..Peer::default()
+    };
+    dp.set_peer(&key4(CLIENT4, host4), &open).unwrap();
+    dp.set_peer(
+        &PeerKey {
+            src: client6.octets(),
+            dst: host6.octets(),
+        },
+        &open,
+    )
+    .unwrap();
+    dp.set_peer(
+        &key4(learned4, host4),
+        &Peer {
+            mac: ACTIVE.0,
+            mac_known: 1,
+            ..open
+        },
+    )
+    .unwrap();
+
+    let (k, slot) = ([0x1234_5678, 0x9abc_def0], 7u32);
     let mut seen = dp.echo_seen().unwrap();
+    let mut peer = [0u8; 16];
+    peer[..4].copy_from_slice(&CLIENT4.octets());
     seen.set(
-        7,
+        slot,
         EchoSeen {
-            token: 42,
+            key: k,
+            peer,
+            peer_mac: CLIENT.0,
+            family: 4,
             seq: 3,
-            replies: 0,
+            ..EchoSeen::default()
         },
         0,
     )
     .unwrap();
 
-    let probe = |vip: Ipv4Addr| encode(7, 42, 9, IpAddr::V4(vip));
+    let probe = |vip: Ipv4Addr| encode(slot, echo::token(k, 9), 9, IpAddr::V4(vip));
     let reply_of = |mut b: [u8; echo::LEN]| {
         b[echo::OFF_KIND] = echo::REPLY;
         b
     };
+    let from =
+        |src: Ipv4Addr, mac: Mac, b: &[u8]| frames::udp4(OWN, mac, src, host4, 40000, PORT, b);
     let to_us = |dst_mac, b: &[u8]| frames::udp4(dst_mac, CLIENT, CLIENT4, host4, 40000, PORT, b);
     let reflected = |b: &[u8]| frames::udp4(CLIENT, OWN, host4, CLIENT4, PORT, 40000, b);
-    let reply_to_us = |b: &[u8]| frames::udp4(OWN, CLIENT, CLIENT4, host4, PORT, 40000, b);
-    let p6 = encode(7, 42, 9, IpAddr::V6(local6));
+    let reply =
+        |src: Ipv4Addr, mac: Mac, b: &[u8]| frames::udp4(OWN, mac, src, host4, PORT, 40000, b);
+    let reply_to_us = |b: &[u8]| reply(CLIENT4, CLIENT, b);
+    let p6 = encode(slot, 1, 9, IpAddr::V6(local6));
     let mut v2 = probe(LOCAL4);
     v2[4] = 2;
+    let advert = b"VIPA\x02\x01rest-of-an-advert-that-is-long-enough-to-parse";
+    let advert6 = |src: Ipv6Addr| frames::udp6(OWN, CLIENT, src, host6, PORT, PORT, advert);
+    // The reply to the stolen probe that answers it with sequence 2^63.
+    let mut stolen = reply_of(probe(LOCAL4));
+    stolen[echo::OFF_SEQ..echo::OFF_SEQ + 8].copy_from_slice(&(1u64 << 63).to_be_bytes());
+    let reply_seq = |seq: u64, token_seq: u64| {
+        reply_of(encode(
+            slot,
+            echo::token(k, token_seq),
+            seq,
+            IpAddr::V4(LOCAL4),
+        ))
+    };
     let cases = vec![
         case(
             "probe for a local VIP",
@@ -481,54 +589,283 @@ fn run_echo() {
                 &reply_of(p6),
             )),
         ),
+        // Only peers, only to us.
         case(
-            "reply with a stale token",
-            reply_to_us(&reply_of(encode(7, 41, 50, IpAddr::V4(LOCAL4)))),
+            "probe from a host that is not a peer",
+            from(stranger4, CLIENT, &probe(LOCAL4)),
             XDP_DROP,
             None,
         ),
         case(
-            "reply with the slot's token",
-            reply_to_us(&reply_of(probe(LOCAL4))),
+            "probe spoofed from a victim off the link",
+            from(victim4, CLIENT, &probe(LOCAL4)),
             XDP_DROP,
             None,
         ),
         case(
-            "an advertisement on the port",
-            to_us(
+            "probe from a peer to another address than ours",
+            frames::udp4(
                 OWN,
-                b"VIPA\x02\x01rest-of-an-advert-that-is-long-enough-to-parse",
+                CLIENT,
+                CLIENT4,
+                Ipv4Addr::new(10, 0, 0, 255),
+                40000,
+                PORT,
+                &probe(LOCAL4),
             ),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "IPv6 probe from a host that is not a peer",
+            frames::udp6(OWN, CLIENT, v6("2001:db8::14"), host6, 40000, PORT, &p6),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "probe from a learned peer's address and another MAC: the strangers' budget",
+            from(learned4, CLIENT, &probe(LOCAL4)),
+            XDP_TX,
+            Some(frames::udp4(
+                CLIENT,
+                OWN,
+                host4,
+                learned4,
+                PORT,
+                40000,
+                &reply_of(probe(LOCAL4)),
+            )),
+        ),
+        case(
+            "probe from a learned peer's own MAC",
+            from(learned4, ACTIVE, &probe(LOCAL4)),
+            XDP_TX,
+            Some(frames::udp4(
+                ACTIVE,
+                OWN,
+                host4,
+                learned4,
+                PORT,
+                40000,
+                &reply_of(probe(LOCAL4)),
+            )),
+        ),
+        // Advertisements: a peer's pass to the agent, nobody else's does.
+        case(
+            "an advertisement from a peer",
+            to_us(OWN, advert),
             XDP_PASS,
             None,
         ),
         case(
-            "a short datagram on the port",
+            "an advertisement from a host that is not a peer",
+            from(stranger4, CLIENT, advert),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "an advertisement from a learned peer's own MAC",
+            from(learned4, ACTIVE, advert),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "from a learned peer's address and another MAC: the trickle lets one by",
+            from(learned4, CLIENT, advert),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "from a learned peer's address and another MAC, right after",
+            from(learned4, CLIENT, advert),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "an advertisement from a peer, with IP options",
+            with_ip_options(&to_us(OWN, advert)),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "a datagram from a stranger, with IP options",
+            with_ip_options(&from(stranger4, CLIENT, advert)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "a first fragment from a stranger",
+            fragment(&from(stranger4, CLIENT, advert), 0, true),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "a later fragment from a stranger (no UDP header to judge)",
+            fragment(&from(stranger4, CLIENT, advert), 8, false),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "a probe in a first fragment from a peer: passed to the agent, not reflected",
+            fragment(&to_us(OWN, &probe(LOCAL4)), 0, true),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "an IPv6 advertisement from a peer",
+            advert6(client6),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "an IPv6 advertisement from a peer behind a hop-by-hop header",
+            with_extension(&advert6(client6), 0, 0),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "an IPv6 datagram from a stranger behind a destination options header",
+            with_extension(&advert6(v6("2001:db8::14")), 60, 0),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "an IPv6 first fragment from a stranger",
+            with_extension(&advert6(v6("2001:db8::14")), 44, 0),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "an IPv6 later fragment from a stranger (no UDP header to judge)",
+            with_extension(&advert6(v6("2001:db8::14")), 44, 8),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "a short datagram from a peer",
             to_us(OWN, b"VIPE"),
             XDP_PASS,
             None,
         ),
-        case("an unknown echo version", to_us(OWN, &v2), XDP_PASS, None),
+        case(
+            "an unknown echo version from a peer",
+            to_us(OWN, &v2),
+            XDP_PASS,
+            None,
+        ),
         case(
             "a probe to another port",
             frames::udp4(OWN, CLIENT, CLIENT4, host4, 40000, 5000, &probe(LOCAL4)),
             XDP_PASS,
             None,
         ),
+        // Replies: all consumed; only the active's answer to a probe we sent counts.
+        case(
+            "the stolen probe answered with sequence 2^63",
+            reply_to_us(&stolen),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "a reply with another sequence's token",
+            reply_to_us(&reply_seq(10, 9)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "a reply from another address",
+            reply(stranger4, CLIENT, &reply_seq(9, 9)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "a reply from the active's address and another MAC",
+            reply(CLIENT4, ACTIVE, &reply_seq(9, 9)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "the active's reply to probe 9",
+            reply_to_us(&reply_seq(9, 9)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "the same reply again",
+            reply_to_us(&reply_seq(9, 9)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "an older probe's reply (5), its own token",
+            reply_to_us(&reply_seq(5, 5)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "a reply naming a slot out of range",
+            reply_to_us(&{
+                let mut b = reply_seq(10, 10);
+                b[echo::OFF_SLOT..echo::OFF_SLOT + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+                b
+            }),
+            XDP_DROP,
+            None,
+        ),
     ];
     run_cases(&dp, &cases);
-    // Only the reply with the current token moved the slot (3 -> 9).
+    // Only the active's answer to probe 9 moved the slot (3 -> 9).
+    let s = seen.get(&slot, 0).unwrap();
+    assert_eq!((s.seq, s.replies), (9, 1), "{s:?}");
+    assert!(s.last_ns > 0 && s.last_ns <= monotonic_ns(), "{s:?}");
+    let g: std::collections::HashMap<_, _> = dp.global_stats().unwrap().into_iter().collect();
+    assert_eq!(g["echo_answered"], 5, "{g:?}");
+    assert_eq!(g["echo_refused"], 4, "{g:?}");
+    // Not peers: 2 probes, the one to another address, the IPv6 one, 5 datagrams.
+    assert_eq!(g["election_not_peer"], 9, "{g:?}");
+    assert_eq!(g["election_wrong_mac"], 1, "{g:?}");
+    assert_eq!(g["election_over_budget"], 0, "{g:?}");
+    assert_eq!(g["echo_reply_refused"], 7, "{g:?}");
+
+    // Budgets: BURST back to back, then nothing until the gap has passed; probes
+    // and other datagrams apart.
+    let slow = Peer {
+        probe_gap_ns: 1_000_000_000,
+        datagram_gap_ns: 1_000_000_000,
+        ..Peer::default()
+    };
+    let budgeted = Ipv4Addr::new(10, 0, 0, 15);
+    dp.set_peer(
+        &key4(budgeted, host4),
+        &Peer {
+            mac: ACTIVE.0,
+            mac_known: 1,
+            ..slow
+        },
+    )
+    .unwrap();
+    let count = |f: &[u8], want: u32| {
+        (0..peers::BURST + 8)
+            .filter(|_| dp.test_run(f).unwrap().action == want)
+            .count() as u64
+    };
+    // Spoofed probes (another MAC) spend the strangers' budget, not the peer's.
+    let spoofed_probe = from(budgeted, CLIENT, &probe(LOCAL4));
+    assert_eq!(count(&spoofed_probe, XDP_TX), peers::BURST);
+    let own_probe = from(budgeted, ACTIVE, &probe(LOCAL4));
+    assert_eq!(count(&own_probe, XDP_TX), peers::BURST);
     assert_eq!(
-        seen.get(&7, 0).unwrap(),
-        EchoSeen {
-            token: 42,
-            seq: 9,
-            replies: 1
-        }
+        count(&from(budgeted, ACTIVE, advert), XDP_PASS),
+        peers::BURST
     );
     let g: std::collections::HashMap<_, _> = dp.global_stats().unwrap().into_iter().collect();
-    assert_eq!(g["echo_answered"], 3, "{g:?}");
-    assert_eq!(g["echo_refused"], 4, "{g:?}");
+    assert_eq!(g["election_over_budget"], 16, "{g:?}");
+    assert_eq!(g["election_wrong_mac"], 1 + 8, "{g:?}");
+    // Rewriting the entry (the agent learns a MAC) starts the budgets afresh.
+    dp.set_peer(&key4(budgeted, host4), &slow).unwrap();
+    let advert_from = from(budgeted, CLIENT, advert);
+    assert_eq!(dp.test_run(&advert_from).unwrap().action, XDP_PASS);
+    assert_eq!(dp.peers().len(), 4);
 }
 
 const GRACE4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 55);

@@ -2,9 +2,11 @@
 //!
 //! * the data plane, through BPF_PROG_TEST_RUN, against a reference model written from
 //!   the README's rules: for each of >100k random and mutated frames (truncations, bad
-//!   lengths, odd ethertypes, VLAN stacks, ARP/NS variants) the program's action and
-//!   frame out must equal the model's; never XDP_ABORTED; a passed frame comes back
-//!   byte-identical; only well-formed requests for owned VIPs are answered;
+//!   lengths, odd ethertypes, VLAN stacks, ARP/NS variants, the election's port: peers
+//!   and strangers, learned MACs, echo probes and replies, IP options, fragments, IPv6
+//!   extension headers) the program's action and frame out must equal the model's;
+//!   never XDP_ABORTED; a passed frame comes back byte-identical; only well-formed
+//!   requests for owned VIPs are answered, only peers' probes reflected;
 //! * the control socket of a live agent, with thousands of random and mutated
 //!   messages: every one gets an answer, the agent survives, nothing changes.
 
@@ -33,6 +35,23 @@ const SVC: Mac = Mac([0x02, 0, 0, 0, 0, 0x0e]);
 struct Table {
     v4: HashMap<Ipv4Addr, (VipEntry, bool)>,
     v6: HashMap<Ipv6Addr, (VipEntry, bool)>,
+    /// The election port's pairs (source, destination; IPv4-mapped for IPv4), with
+    /// the peer's MAC once learned. No budgets here (a gap of 0).
+    peers: HashMap<([u8; 16], [u8; 16]), Option<Mac>>,
+}
+
+/// The election's port.
+const PORT: u16 = 4112;
+const HOST4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+const LEARNED4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
+const STRANGER4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 14);
+
+/// What the program must do with a frame: its action and frame out, or (for a
+/// datagram from a learned peer's address and another MAC, which the trickle lets by
+/// one per 100 ms) either passing it untouched or dropping it.
+enum Verdict {
+    Exactly(u32, Vec<u8>),
+    PassOrDrop,
 }
 
 fn entry(act: u32, slot: u32, group: u32, ifindex: u32) -> VipEntry {
@@ -56,8 +75,159 @@ fn entry(act: u32, slot: u32, group: u32, ifindex: u32) -> VipEntry {
     }
 }
 
-/// What the program must do with `f`, per the README: (action, frame out).
-fn model(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
+/// What the program must do with `f`, per the README.
+fn model(t: &Table, f: &[u8]) -> Verdict {
+    match model_ip(t, f) {
+        Some(v) => v,
+        None => {
+            let (a, out) = model_l2(t, f);
+            Verdict::Exactly(a, out)
+        }
+    }
+}
+
+/// The election's port and the echo on it, for an IP packet not addressed to a VIP;
+/// None for everything else.
+fn model_ip(t: &Table, f: &[u8]) -> Option<Verdict> {
+    let pass = || Some(Verdict::Exactly(XDP_PASS, f.to_vec()));
+    // (UDP header offset, plain, source and destination as in PEERS)
+    let (l4, plain, src, dst) = match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 => {
+            if f.len() < 34 || f[14] >> 4 != 4 || f[14] & 0xf < 5 || f[23] != 17 {
+                return None;
+            }
+            if t.v4
+                .contains_key(&Ipv4Addr::new(f[30], f[31], f[32], f[33]))
+            {
+                return None;
+            }
+            let frags = u16::from_be_bytes([f[20], f[21]]);
+            if frags & 0x1fff != 0 {
+                return None;
+            }
+            let ihl = (f[14] & 0xf) as usize * 4;
+            let mapped = |o: usize| {
+                let mut a = [0u8; 16];
+                a[10] = 0xff;
+                a[11] = 0xff;
+                a[12..].copy_from_slice(&f[o..o + 4]);
+                a
+            };
+            (
+                14 + ihl,
+                ihl == 20 && frags & 0x2000 == 0,
+                mapped(26),
+                mapped(30),
+            )
+        }
+        0x86dd => {
+            if f.len() < 54 || f[14] >> 4 != 6 {
+                return None;
+            }
+            // NS first (the ICMPv6 path), then the VIPs.
+            if f[20] == 58
+                || t.v6
+                    .contains_key(&Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()))
+            {
+                return None;
+            }
+            let (mut next, mut off, mut plain) = (f[20], 54usize, true);
+            for _ in 0..3 {
+                match next {
+                    0 | 43 | 60 => {
+                        if f.len() < off + 2 {
+                            return pass();
+                        }
+                        next = f[off];
+                        off += (f[off + 1] as usize + 1) * 8;
+                    }
+                    44 => {
+                        if f.len() < off + 4 {
+                            return pass();
+                        }
+                        if u16::from_be_bytes([f[off + 2], f[off + 3]]) & 0xfff8 != 0 {
+                            return pass();
+                        }
+                        next = f[off];
+                        off += 8;
+                    }
+                    _ => break,
+                }
+                plain = false;
+            }
+            if next != 17 {
+                return pass();
+            }
+            let addr = |o: usize| <[u8; 16]>::try_from(&f[o..o + 16]).unwrap();
+            (off, plain, addr(22), addr(38))
+        }
+        _ => return None,
+    };
+    if f.len() < l4 + 8 {
+        return pass();
+    }
+    let port = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+    let (sport, dport) = (port(l4), port(l4 + 2));
+    let b = l4 + 8;
+    let body = (plain && f.len() >= b + 44 && f[b..b + 4] == *b"VIPE" && f[b + 4] == 1)
+        .then(|| &f[b..b + 44]);
+    if dport == PORT {
+        let probe = body.is_some_and(|m| m[5] == 1);
+        let Some(mac) = t.peers.get(&(src, dst)) else {
+            return Some(Verdict::Exactly(XDP_DROP, f.to_vec()));
+        };
+        let stranger = mac.is_some_and(|m| f[6..12] != m.0);
+        if stranger && !probe {
+            return Some(Verdict::PassOrDrop);
+        }
+        if !probe {
+            return pass();
+        }
+        let m = body.unwrap_or_default();
+        let entry = match m[6] {
+            4 => t.v4.get(&Ipv4Addr::new(m[28], m[29], m[30], m[31])),
+            6 => {
+                t.v6.get(&Ipv6Addr::from(<[u8; 16]>::try_from(&m[28..44]).unwrap()))
+            }
+            _ => None,
+        };
+        let serving = entry.is_some_and(|(e, live)| f[0..6] == e.own_mac && answers(e, *live));
+        if !serving {
+            return Some(Verdict::Exactly(XDP_DROP, f.to_vec()));
+        }
+        // Reflected: MACs, addresses and ports swapped, kind 2, checksum patched.
+        let mut out = f.to_vec();
+        out[0..6].copy_from_slice(&f[6..12]);
+        out[6..12].copy_from_slice(&f[0..6]);
+        let (a, n) = if f[12] == 0x08 { (26, 4) } else { (22, 16) };
+        out[a..a + n].copy_from_slice(&f[a + n..a + 2 * n]);
+        out[a + n..a + 2 * n].copy_from_slice(&f[a..a + n]);
+        out[l4..l4 + 2].copy_from_slice(&f[l4 + 2..l4 + 4]);
+        out[l4 + 2..l4 + 4].copy_from_slice(&f[l4..l4 + 2]);
+        out[b + 5] = 2;
+        let check = port(l4 + 6);
+        if check != 0 {
+            // One's-complement: the word (version, kind) went from 0x0101 to 0x0102.
+            let mut sum = (!check) as u32 + 0xfefe + 0x0102;
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            let c = match !(sum as u16) {
+                0 => 0xffff,
+                c => c,
+            };
+            out[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+        }
+        return Some(Verdict::Exactly(XDP_TX, out));
+    }
+    // A reply to a probe of ours: consumed, whatever it says.
+    if sport == PORT && body.is_some_and(|m| m[5] == 2) {
+        return Some(Verdict::Exactly(XDP_DROP, f.to_vec()));
+    }
+    pass()
+}
+
+/// Everything else, per the README: (action, frame out).
+fn model_l2(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
     let pass = (XDP_PASS, f.to_vec());
     let eth_dst = &f[0..6];
     match u16::from_be_bytes([f[12], f[13]]) {
@@ -260,6 +430,94 @@ fn seeds(t: &Table) -> Vec<Vec<u8>> {
     s
 }
 
+/// The election's port: from a peer (MAC unknown), a learned peer (its MAC and
+/// another) and a stranger, advertisements, probes for every VIP, replies, with IP
+/// options, as fragments, behind IPv6 extension headers.
+fn election_seeds(t: &Table) -> Vec<Vec<u8>> {
+    use vip::echo::encode;
+    use vip_common::echo;
+    let c4 = Ipv4Addr::new(10, 0, 0, 12);
+    let (c6, h6): (Ipv6Addr, Ipv6Addr) = (
+        "2001:db8::12".parse().unwrap(),
+        "2001:db8::11".parse().unwrap(),
+    );
+    let (l6, x6): (Ipv6Addr, Ipv6Addr) = (
+        "2001:db8::13".parse().unwrap(),
+        "2001:db8::14".parse().unwrap(),
+    );
+    let advert = b"VIPA\x02\x04 a hello that the agent would judge, long enough".to_vec();
+    let mut payloads = vec![advert];
+    let vips: Vec<IpAddr> =
+        t.v4.keys()
+            .map(|a| IpAddr::V4(*a))
+            .chain(t.v6.keys().map(|a| IpAddr::V6(*a)))
+            .collect();
+    for (i, vip) in vips.iter().enumerate() {
+        payloads.push(encode(1, echo::token(ECHO_KEY, i as u64 + 1), i as u64 + 1, *vip).to_vec());
+    }
+    let mut s = Vec::new();
+    for p in &payloads {
+        let reply = {
+            let mut r = p.clone();
+            if r.len() > 5 {
+                r[5] = 2;
+            }
+            r
+        };
+        for (src, mac) in [
+            (c4, CLIENT),
+            (LEARNED4, ACTIVE),
+            (LEARNED4, CLIENT),
+            (STRANGER4, CLIENT),
+        ] {
+            let f = frames::udp4(OWN, mac, src, HOST4, 40000, PORT, p);
+            s.push(options(&f));
+            s.push(fragmented(&f, 0, true));
+            s.push(fragmented(&f, 16, false));
+            s.push(f);
+            s.push(frames::udp4(OWN, mac, src, HOST4, PORT, 40000, &reply));
+        }
+        for (src, mac) in [(c6, CLIENT), (l6, ACTIVE), (l6, CLIENT), (x6, CLIENT)] {
+            let f = frames::udp6(OWN, mac, src, h6, 40000, PORT, p);
+            for kind in [0, 43, 44, 60] {
+                s.push(extension(&f, kind));
+            }
+            s.push(f);
+            s.push(frames::udp6(OWN, mac, src, h6, PORT, 40000, &reply));
+        }
+    }
+    s
+}
+
+/// IPv4 with 4 bytes of options (NOP NOP NOP EOL).
+fn options(f: &[u8]) -> Vec<u8> {
+    let mut out = f[..34].to_vec();
+    out.extend_from_slice(&[1, 1, 1, 0]);
+    out.extend_from_slice(&f[34..]);
+    out[14] = 0x46;
+    out
+}
+
+/// IPv4 with its fragment field set (offset in 8-byte units).
+fn fragmented(f: &[u8], offset: u16, more: bool) -> Vec<u8> {
+    let mut out = f.to_vec();
+    let v = offset | if more { 0x2000 } else { 0 };
+    out[20..22].copy_from_slice(&v.to_be_bytes());
+    out
+}
+
+/// IPv6 with one 8-byte extension header of `kind` before the UDP header.
+fn extension(f: &[u8], kind: u8) -> Vec<u8> {
+    let mut out = f[..54].to_vec();
+    out.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 0]);
+    out.extend_from_slice(&f[54..]);
+    out[20] = kind;
+    out
+}
+
+/// The key of the echo slot the fuzzer's data plane holds (the learned peer's).
+const ECHO_KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+
 /// One mutation of a seed, or a random frame.
 fn mutate(r: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
     if r.below(20) == 0 {
@@ -325,10 +583,32 @@ fn data_plane_matches_its_model_on_100k_frames() {
     ])
     .unwrap();
     let (n, bad) = ns.run_in(|| {
+        use vip_common::{peers::v4_mapped, EchoSeen, Peer, PeerKey, Settings};
         let svc = nix::net::if_::if_nametoindex("svc").unwrap();
-        let mut dp = Dataplane::load(64).expect("load");
+        let settings = Settings { echo_port: PORT as u32, ..Settings::default() };
+        let mut dp = Dataplane::open(64, None, settings).expect("load");
         dp.add_redirect_target(svc).unwrap();
-        let mut t = Table { v4: HashMap::new(), v6: HashMap::new() };
+        let mut t = Table { v4: HashMap::new(), v6: HashMap::new(), peers: HashMap::new() };
+        let v6a = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
+        let (h4, h6) = (v4_mapped(HOST4.octets()), v6a("2001:db8::11"));
+        t.peers.insert((v4_mapped([10, 0, 0, 12]), h4), None);
+        t.peers.insert((v4_mapped(LEARNED4.octets()), h4), Some(ACTIVE));
+        t.peers.insert((v6a("2001:db8::12"), h6), None);
+        t.peers.insert((v6a("2001:db8::13"), h6), Some(ACTIVE));
+        for ((src, dst), mac) in &t.peers {
+            let p = Peer {
+                mac: mac.unwrap_or(Mac::ZERO).0,
+                mac_known: u8::from(mac.is_some()),
+                probe_gap_ns: 0,
+                datagram_gap_ns: 0,
+                ..Peer::default()
+            };
+            dp.set_peer(&PeerKey { src: *src, dst: *dst }, &p).unwrap();
+        }
+        let mut peer = [0u8; 16];
+        peer[..4].copy_from_slice(&LEARNED4.octets());
+        let slot = EchoSeen { key: ECHO_KEY, peer, peer_mac: ACTIVE.0, family: 4, ..EchoSeen::default() };
+        dp.echo_seen().unwrap().set(1, slot, 0).unwrap();
         let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
         t.v4.insert(v4("10.0.0.50"), (entry(action::LOCAL, 0, 0, 0), true));
@@ -352,17 +632,38 @@ fn data_plane_matches_its_model_on_100k_frames() {
         for (ip, (e, _)) in &t.v6 {
             dp.set_vip(IpAddr::V6(*ip), e).unwrap();
         }
-        let seeds = seeds(&t);
+        // A third of the mutations start from the election port's seeds (there are
+        // many of them), the rest from the others, as before those existed.
+        let (classic, election) = (seeds(&t), election_seeds(&t));
+        let seeds: Vec<Vec<u8>> = classic.iter().chain(&election).cloned().collect();
         let mut r = Rng::new(0x5eed_0f51);
         let mut bad = Vec::new();
         let total = 110_000;
         let mut by_action = [0usize; 5];
+        // Datagrams from a learned peer's address and another MAC: (passed, all).
+        let mut trickle = (0u64, 0u64);
+        let start = std::time::Instant::now();
         for i in 0..total {
-            let f = if i < seeds.len() { seeds[i].clone() } else { mutate(&mut r, &seeds) };
+            let f = if i < seeds.len() {
+                seeds[i].clone()
+            } else {
+                let pool = if r.below(3) == 0 { &election } else { &classic };
+                mutate(&mut r, pool)
+            };
             let got = dp.test_run(&f).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on frame {i}: {e}"));
             assert_ne!(got.action, 0, "XDP_ABORTED on {f:02x?}");
             by_action[got.action.min(4) as usize] += 1;
-            let (want_action, want_frame) = model(&t, &f);
+            let (want_action, want_frame) = match model(&t, &f) {
+                Verdict::Exactly(a, out) => (a, out),
+                Verdict::PassOrDrop => {
+                    trickle.1 += 1;
+                    if got.action == XDP_PASS {
+                        trickle.0 += 1;
+                    }
+                    let a = if got.action == XDP_PASS { XDP_PASS } else { XDP_DROP };
+                    (a, f.clone())
+                }
+            };
             if got.action != want_action || got.frame != want_frame {
                 if bad.len() < 5 {
                     bad.push(format!(
@@ -382,6 +683,15 @@ fn data_plane_matches_its_model_on_100k_frames() {
         );
         // The mutations must reach every outcome, or the fuzzing proves little.
         assert!(by_action[1] > 100 && by_action[3] > 100 && by_action[4] > 10, "{by_action:?}");
+        // The trickle: at most one datagram from another MAC per 100 ms passed, for
+        // each of the two learned peers (IPv4 and IPv6).
+        let allowed = 2 * (1 + start.elapsed().as_millis() as u64 / 100);
+        eprintln!("from a learned peer's address and another MAC: {} of {} passed", trickle.0, trickle.1);
+        assert!(trickle.1 > 100 && trickle.0 <= allowed, "{trickle:?}, at most {allowed}");
+        let g: HashMap<_, _> = dp.global_stats().unwrap().into_iter().collect();
+        eprintln!("election port: {} not peers, {} wrong MAC, {} probes reflected, {} replies refused",
+            g["election_not_peer"], g["election_wrong_mac"], g["echo_answered"], g["echo_reply_refused"]);
+        assert!(g["election_not_peer"] > 100 && g["echo_answered"] > 100, "{g:?}");
         (total, bad)
     });
     assert!(

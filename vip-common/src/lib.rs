@@ -38,6 +38,7 @@ pub mod maps {
     pub const OWNERS: &str = "OWNERS";
     pub const EIP_STATS: &str = "EIP_STATS";
     pub const ECHO_SEEN: &str = "ECHO_SEEN";
+    pub const PEERS: &str = "PEERS";
     pub const BALANCE_TABLE: &str = "BALANCE_TABLE";
     pub const BALANCE_MEMBERS: &str = "BALANCE_MEMBERS";
     pub const BALANCE_CONF: &str = "BALANCE_CONF";
@@ -50,6 +51,7 @@ pub mod maps {
     pub const BENCH_COUNT: &str = "BENCH_COUNT";
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
     pub const BENCH_FLOWS: &str = "BENCH_FLOWS";
+    pub const BENCH_SOURCES: &str = "BENCH_SOURCES";
 }
 
 /// Program names in the object file.
@@ -416,7 +418,22 @@ pub mod global {
     pub const ECHO_ANSWERED: u32 = 6;
     /// Echo probes dropped unanswered: the VIP is not ours now, or its lease ran out.
     pub const ECHO_REFUSED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Datagrams to the election's port whose (source, destination) is not a
+    /// (peer, this node) pair of the config, echo probes included: dropped before any
+    /// socket sees them (see [`crate::peers`]).
+    pub const ELECTION_NOT_PEER: u32 = 8;
+    /// Datagrams to the election's port from a peer's address but another MAC than
+    /// the one the agent learned for it: dropped (but a trickle, see
+    /// [`crate::peers::STRANGER_GAP_NS`], and echo probes within the strangers'
+    /// budget).
+    pub const ELECTION_WRONG_MAC: u32 = 9;
+    /// Datagrams to the election's port over their source's budget: dropped.
+    pub const ELECTION_OVER_BUDGET: u32 = 10;
+    /// Echo replies that are not the current active's answer to a probe we sent:
+    /// wrong address or MAC, a sequence already answered, or a token that is not
+    /// the probe's. Dropped, recording nothing.
+    pub const ECHO_REPLY_REFUSED: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "parse_errors",
@@ -427,6 +444,10 @@ pub mod global {
         "bad_stats_index",
         "echo_answered",
         "echo_refused",
+        "election_not_peer",
+        "election_wrong_mac",
+        "election_over_budget",
+        "echo_reply_refused",
     ];
 }
 
@@ -450,9 +471,16 @@ const _: () = assert!(size_of::<Settings>() == 16);
 /// The echo: a standby's probe of the active's data plane (BFD's echo function). The
 /// standby sends a probe to the active's election port; the active's XDP program
 /// reflects it (addresses and ports swapped, kind set to reply) only while it answers
-/// for the probed VIP, lease included; the standby's XDP program records the reply's
-/// sequence in `ECHO_SEEN` and drops it. So liveness is proven by the very data path
-/// that serves the VIP, with no userspace wake-up on either side per packet.
+/// for the probed VIP, lease included, and only for a peer (see [`crate::peers`]);
+/// the standby's XDP program records the reply in `ECHO_SEEN` and drops it. So
+/// liveness is proven by the very data path that serves the VIP, with no userspace
+/// wake-up on either side per packet.
+///
+/// A reply counts only if it comes from the active's address and MAC and carries
+/// the token of its own sequence number: probe `n` of a (group, active) carries
+/// [`token`]`(key, n)`, a keyed PRF whose key only the standby knows (its prober and
+/// its XDP program). A probe seen on the wire therefore answers that probe and no
+/// other: it cannot stand in for later ones, nor claim a sequence not yet sent.
 ///
 /// UDP payload, network byte order:
 ///
@@ -460,10 +488,13 @@ const _: () = assert!(size_of::<Settings>() == 16);
 ///  0..4  magic "VIPE"     4 version (1)     5 kind (1 probe, 2 reply)
 ///  6     VIP family (4/6) 7 reserved (0)
 ///  8..12 slot: the prober's index into ECHO_SEEN (its group's slot)
-/// 12..20 token: random per (group, active); a reply must carry the current one
+/// 12..20 token: token(key, sequence), one per probe
 /// 20..28 sequence number of the probe
 /// 28..44 the probed VIP (IPv4 in the first 4 bytes)
 /// ```
+///
+/// The layout is the one of the echo's first version (a token per (group, active)
+/// then): a reflector of either version answers the other's probes.
 pub mod echo {
     pub const MAGIC: [u8; 4] = *b"VIPE";
     pub const VERSION: u8 = 1;
@@ -476,6 +507,107 @@ pub mod echo {
     pub const OFF_TOKEN: usize = 12;
     pub const OFF_SEQ: usize = 20;
     pub const OFF_VIP: usize = 28;
+
+    /// The token of probe `seq`: SipHash-2-4 of the sequence (8 bytes, little
+    /// endian) under `key`. A PRF, not a counter or a random value per probe: the
+    /// program checks a reply with the key alone, which the prober writes once per
+    /// (group, active), so no per-probe state crosses from the prober to the
+    /// program (and none can be read half written). SipHash rather than anything
+    /// cheaper because it is a PRF for exactly this size (an observer of any number
+    /// of (sequence, token) pairs learns nothing of the next); about 110
+    /// instructions without branches or loops, on replies only.
+    #[inline(always)]
+    pub fn token(key: [u64; 2], seq: u64) -> u64 {
+        let mut v = [
+            key[0] ^ 0x736f_6d65_7073_6575,
+            key[1] ^ 0x646f_7261_6e64_6f6d,
+            key[0] ^ 0x6c79_6765_6e65_7261,
+            key[1] ^ 0x7465_6462_7974_6573,
+        ];
+        // One message word, then the length block (8 bytes, no tail).
+        compress(&mut v, seq);
+        compress(&mut v, 8u64 << 56);
+        v[2] ^= 0xff;
+        sip_round(&mut v);
+        sip_round(&mut v);
+        sip_round(&mut v);
+        sip_round(&mut v);
+        v[0] ^ v[1] ^ v[2] ^ v[3]
+    }
+
+    #[inline(always)]
+    fn compress(v: &mut [u64; 4], m: u64) {
+        v[3] ^= m;
+        sip_round(v);
+        sip_round(v);
+        v[0] ^= m;
+    }
+
+    #[inline(always)]
+    fn sip_round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+}
+
+/// Who may reach the election's UDP port: the agent writes one `PEERS` entry per
+/// (peer, this node's address of the peer's family) of every elected group; the
+/// program drops, before any socket sees it, every datagram to the port whose
+/// (source, destination) is not such a pair, and every one from a peer's address
+/// whose Ethernet source is not the MAC the agent learned for that peer (from an
+/// authenticated advertisement), but one per [`STRANGER_GAP_NS`] so that a peer
+/// whose MAC really changed gets an advertisement through and re-teaches it. What is
+/// left is rate-limited per pair, echo probes and the rest on separate budgets.
+///
+/// Echo probes from another MAC are not dropped outright but get a budget of their
+/// own, apart from the peer's: a standby sends no advertisements, so one whose MAC
+/// changed would otherwise have its probes refused until it took over (a false
+/// takeover); a flood of probes spoofed from a peer's address exhausts only the
+/// strangers' budget, never the peer's own, and what it gets reflected goes back to
+/// the flood's own MAC.
+pub mod peers {
+    /// Pairs the map holds.
+    pub const MAX: u32 = 1024;
+    /// Datagrams a budget lets through back to back (it then allows one per gap).
+    pub const BURST: u64 = 32;
+    /// From a peer's address but another MAC: one datagram per this many ns passes.
+    pub const STRANGER_GAP_NS: u64 = 100_000_000;
+    /// Probes of one group: a prober sends at most one per ms (the smallest
+    /// `echo_interval_ms`); the budget allows twice that.
+    pub const PROBE_GAP_NS: u64 = 500_000;
+    /// Other datagrams of one group: at most about four kinds per 10 ms (the
+    /// smallest advert interval: advert, member advert, hello, an answer); the
+    /// budget allows that.
+    pub const DATAGRAM_GAP_NS: u64 = 2_500_000;
+
+    /// The key form of an IPv4 address: IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+    #[inline(always)]
+    pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        ]
+    }
+
+    /// One budget (GCRA: `tat` is the theoretical arrival time of the next datagram,
+    /// in ns): the new `tat` if a datagram arriving `now` is within it, else None. A
+    /// gap of 0 is no budget at all.
+    #[inline(always)]
+    pub fn admit(tat: u64, gap: u64, now: u64) -> Option<u64> {
+        let t = if tat > now { tat } else { now };
+        if t - now > (BURST - 1) * gap {
+            None
+        } else {
+            Some(t + gap)
+        }
+    }
 }
 
 /// Active/active groups: the director spreads flows over the members with a Maglev
@@ -605,17 +737,66 @@ impl BalanceStats {
     }
 }
 
-/// `ECHO_SEEN[slot]`: the prober writes the token when it starts probing an active;
-/// the XDP program raises `seq` to the highest sequence of a reply carrying that
-/// token and counts those replies. All fields in host order.
+/// `ECHO_SEEN[slot]`: one standby group's probing of its active. The prober writes the
+/// whole value when it starts probing an active, before the first probe (`key`,
+/// `peer`, `peer_mac`, `family`, and `seq` = the sequence before its first one); the
+/// program then raises `seq`, counts `replies` and stamps `last_ns` for each reply
+/// that comes from `peer` and `peer_mac`, for a sequence above `seq`, with the token
+/// [`echo::token`]`(key, sequence)`. Sequences of a slot only grow, also across
+/// actives, so a reply the program judged under the previous value and records
+/// after the prober rewrote it is below the new `seq`. Integers in host order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EchoSeen {
-    pub token: u64,
+    pub key: [u64; 2],
+    /// The active's address (IPv4 in the first 4 bytes), as in the reply's source.
+    pub peer: [u8; 16],
+    /// The active's MAC; all zero: not checked (a peer reached through a router).
+    pub peer_mac: [u8; 6],
+    /// 4 or 6; 0: the slot probes nothing.
+    pub family: u8,
+    pub _pad: u8,
+    /// The highest sequence answered.
     pub seq: u64,
     pub replies: u64,
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the reply that last raised `seq`.
+    pub last_ns: u64,
 }
-const _: () = assert!(size_of::<EchoSeen>() == 24);
+const _: () = assert!(size_of::<EchoSeen>() == 64);
+
+/// `PEERS` key: a datagram's (source, destination), IPv6 or IPv4-mapped
+/// ([`peers::v4_mapped`]), as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct PeerKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+const _: () = assert!(size_of::<PeerKey>() == 32);
+
+/// `PEERS` value: what the agent knows of a peer, and the program's budgets for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Peer {
+    /// The peer's MAC, once `mac_known` (the agent heard an authenticated
+    /// advertisement from it).
+    pub mac: [u8; 6],
+    /// 1: frames from another MAC are dropped, but a trickle; 0: any MAC passes.
+    pub mac_known: u8,
+    pub _pad: u8,
+    /// Budgets (see [`peers::admit`]), set by the agent: ns between echo probes,
+    /// and between other datagrams, sustained.
+    pub probe_gap_ns: u32,
+    pub datagram_gap_ns: u32,
+    /// Written by the program (bpf_ktime_get_coarse_ns()): the budgets' theoretical
+    /// arrival times (probes from the peer's MAC, other datagrams, probes from
+    /// another MAC), and when a datagram from another MAC last passed.
+    pub probe_tat: u64,
+    pub datagram_tat: u64,
+    pub stranger_probe_tat: u64,
+    pub stranger_ns: u64,
+}
+const _: () = assert!(size_of::<Peer>() == 48);
 
 /// An elastic IP's 1:1 mapping onto a VIP, the value of `EIPS_IN` (key: the EIP)
 /// and of `EIPS_OUT` (key: the VIP); keys are IPv4 addresses in network order as a
@@ -705,6 +886,10 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EchoSeen {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::PeerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Peer {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::BalanceMember {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BalanceConf {}
@@ -777,6 +962,46 @@ mod tests {
         assert_eq!(node_key(3, &mac), (3 << 48) | 0x02ab_0000_cd10);
         assert_ne!(node_key(3, &mac), node_key(4, &mac));
         assert_eq!(node_key(0, &[0xff; 6]), 0xffff_ffff_ffff);
+    }
+
+    #[test]
+    fn the_echo_token_is_siphash_2_4() {
+        extern crate std;
+        // The reference vector of the SipHash paper: key 00..0f, message 00..07.
+        let k = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
+        assert_eq!(
+            super::echo::token(k, 0x0706_0504_0302_0100),
+            0x93f5_f579_9a93_2462
+        );
+        // And std's SipHash-2-4 of the sequence's 8 bytes, for a few others.
+        #[allow(deprecated)]
+        for (k, seq) in [
+            ([1u64, 2], 1u64),
+            ([u64::MAX, 0], 1 << 63),
+            ([7, 9], 123_456),
+        ] {
+            use std::hash::Hasher as _;
+            let mut h = std::hash::SipHasher::new_with_keys(k[0], k[1]);
+            h.write(&seq.to_le_bytes());
+            assert_eq!(super::echo::token(k, seq), h.finish());
+        }
+    }
+
+    #[test]
+    fn a_budget_allows_its_burst_then_one_per_gap() {
+        use super::peers::{admit, BURST};
+        let (gap, mut tat, now) = (1_000u64, 0u64, 1_000_000u64);
+        for _ in 0..BURST {
+            tat = admit(tat, gap, now).expect("within the burst");
+        }
+        assert_eq!(admit(tat, gap, now), None);
+        assert!(admit(tat, gap, now + gap).is_some());
+        // No budget (gap 0) never refuses.
+        assert!((0..1000).all(|_| admit(0, 0, now).is_some()));
+        assert_eq!(
+            super::peers::v4_mapped([10, 0, 0, 1])[10..],
+            [0xff, 0xff, 10, 0, 0, 1]
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The echo (`vip_common::echo`), on the election's UDP port: probes for a VIP this
-//! node answers for are reflected in place (the same test as ARP: entry, our MAC,
-//! lease); replies to our own probes are recorded in `ECHO_SEEN`. Both are consumed
-//! here, so neither node's userspace wakes up per probe. Anything else on the port
-//! (the advertisements) passes.
+//! The election's UDP port and the echo on it (`vip_common::echo`). Every datagram to
+//! the port goes through `peers::admit` first: only peers reach it. A peer's probe for
+//! a VIP this node answers for is reflected in place (the same test as ARP: entry, our
+//! MAC, lease); a reply to one of our own probes is recorded in `ECHO_SEEN` if it is
+//! the active's answer to a probe we sent. Both are consumed here, so neither node's
+//! userspace wakes up per probe. Anything else a peer sends to the port (the
+//! advertisements) passes.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use network_types::{eth::EthHdr, udp::UdpHdr};
 use vip_common::{
     csum::csum_finish,
@@ -14,7 +16,8 @@ use vip_common::{
 
 use crate::{
     maps::{self, ECHO_SEEN, VIPS_V6},
-    packet::{ptr_at, Error, Frame, ETH_HLEN},
+    packet::{ptr_at, Error, Frame, Mac, ETH_HLEN},
+    peers,
 };
 
 pub const UDP: u8 = 17;
@@ -27,9 +30,17 @@ pub enum Family {
     V6,
 }
 
-/// A UDP datagram not addressed to a VIP; `l4` is the UDP header's offset.
+/// A UDP datagram not addressed to a VIP; `l4` is the UDP header's offset. `plain`:
+/// a whole datagram right behind a fixed IP header (no options, extension headers
+/// or fragmentation), the only shape a probe or a reply is answered or recorded in.
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, frame: &Frame, family: Family, l4: usize) -> Result<u32, Error> {
+pub fn handle(
+    ctx: &XdpContext,
+    frame: &Frame,
+    family: Family,
+    l4: usize,
+    plain: bool,
+) -> Result<u32, Error> {
     let port = maps::settings().echo_port;
     if port == 0 {
         return Ok(XDP_PASS);
@@ -41,34 +52,86 @@ pub fn handle(ctx: &XdpContext, frame: &Frame, family: Family, l4: usize) -> Res
         u16::from_be_bytes(udp.src) as u32,
         u16::from_be_bytes(udp.dst) as u32,
     );
-    if sport != port && dport != port {
-        return Ok(XDP_PASS);
-    }
-    // Shorter datagrams on the port are not ours to judge (the agent counts them).
-    let Ok(body) = ptr_at::<[u8; echo::LEN]>(ctx, l4 + UdpHdr::LEN) else {
-        return Ok(XDP_PASS);
-    };
-    // SAFETY: bounds checked by ptr_at.
-    let body = unsafe { &mut *body };
-    if body[0..4] != echo::MAGIC || body[4] != echo::VERSION {
-        return Ok(XDP_PASS);
-    }
-    match body[echo::OFF_KIND] {
-        echo::PROBE if dport == port => {
-            if !serving(frame, body) {
-                maps::count_global(global::ECHO_REFUSED);
-                return Ok(XDP_DROP);
-            }
-            reflect(ctx, family, udp, body)?;
-            maps::count_global(global::ECHO_ANSWERED);
-            Ok(XDP_TX)
+    if dport == port {
+        let body = if plain { echo_body(ctx, l4) } else { None };
+        let probe = body
+            .as_ref()
+            .is_some_and(|b| b[echo::OFF_KIND] == echo::PROBE);
+        if !peers::admit(ctx, family, probe)? {
+            return Ok(XDP_DROP);
         }
-        echo::REPLY if sport == port => {
-            record(body);
+        let Some(body) = body.filter(|_| probe) else {
+            // An advertisement (or anything else a peer says): the agent judges it.
+            return Ok(XDP_PASS);
+        };
+        if !serving(frame, body) {
+            maps::count_global(global::ECHO_REFUSED);
+            return Ok(XDP_DROP);
+        }
+        reflect(ctx, family, udp, body)?;
+        maps::count_global(global::ECHO_ANSWERED);
+        return Ok(XDP_TX);
+    }
+    if sport != port || !plain {
+        return Ok(XDP_PASS);
+    }
+    match echo_body(ctx, l4) {
+        Some(body) if body[echo::OFF_KIND] == echo::REPLY => {
+            if !record(ctx, family, body)? {
+                maps::count_global(global::ECHO_REPLY_REFUSED);
+            }
             Ok(XDP_DROP)
         }
         _ => Ok(XDP_PASS),
     }
+}
+
+/// Where the UDP header of an IPv6 packet not addressed to a VIP is, and whether it
+/// is plain (see [`handle`]): behind up to three extension headers (hop-by-hop,
+/// routing, destination options, a first fragment), so that none of them is a way
+/// past the election port's checks. None: not UDP, or a later fragment (it has no
+/// header to judge; without its first one the kernel drops it).
+#[inline(always)]
+pub fn udp_v6(ctx: &XdpContext, next_hdr: u8) -> Result<Option<(usize, bool)>, Error> {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const DESTINATION: u8 = 60;
+    let (mut next, mut off, mut plain) = (next_hdr, ETH_HLEN + 40, true);
+    for _ in 0..3 {
+        match next {
+            HOP_BY_HOP | ROUTING | DESTINATION => {
+                let h: *const [u8; 2] = ptr_at(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let h = unsafe { *h };
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            FRAGMENT => {
+                let h: *const [u8; 4] = ptr_at(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let h = unsafe { *h };
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    return Ok(None);
+                }
+                next = h[0];
+                off += 8;
+            }
+            _ => break,
+        }
+        plain = false;
+    }
+    Ok((next == UDP).then_some((off, plain)))
+}
+
+/// The datagram's payload if it is an echo message of our version. Shorter
+/// datagrams on the port are not ours to judge (the agent counts them).
+#[inline(always)]
+fn echo_body(ctx: &XdpContext, l4: usize) -> Option<&'static mut [u8; echo::LEN]> {
+    let body = ptr_at::<[u8; echo::LEN]>(ctx, l4 + UdpHdr::LEN).ok()?;
+    // SAFETY: bounds checked by ptr_at.
+    let body = unsafe { &mut *body };
+    (body[0..4] == echo::MAGIC && body[4] == echo::VERSION).then_some(body)
 }
 
 /// True when this node answers ARP/NS for the probed VIP now.
@@ -137,9 +200,11 @@ fn reflect(
     Ok(())
 }
 
-/// A reply to one of our probes: raise the slot's sequence if the token is current.
+/// A reply to one of our probes: recorded (the slot's sequence raised) only if it
+/// comes from the slot's active (address, and MAC unless unknown), for a sequence
+/// above the slot's, with that sequence's token. False when refused.
 #[inline(always)]
-fn record(body: &[u8; echo::LEN]) {
+fn record(ctx: &XdpContext, family: Family, body: &[u8; echo::LEN]) -> Result<bool, Error> {
     let b = |o: usize| {
         u64::from_be_bytes([
             body[o],
@@ -154,17 +219,36 @@ fn record(body: &[u8; echo::LEN]) {
     };
     let s = echo::OFF_SLOT;
     let slot = u32::from_be_bytes([body[s], body[s + 1], body[s + 2], body[s + 3]]);
-    let (token, seq) = (b(echo::OFF_TOKEN), b(echo::OFF_SEQ));
-    if let Some(seen) = ECHO_SEEN.get_ptr_mut(slot) {
-        // SAFETY: a valid array slot; a racing reply on another CPU may write a
-        // slightly lower sequence (or lose a count), which only delays the prober's
-        // view by a probe.
-        let seen = unsafe { &mut *seen };
-        if seen.token == token {
-            seen.replies += 1;
-            if seq > seen.seq {
-                seen.seq = seq;
-            }
+    let Some(seen) = ECHO_SEEN.get_ptr_mut(slot) else {
+        return Ok(false);
+    };
+    // SAFETY: a valid array slot. The prober rewrites it only when it starts probing
+    // another active; a racing reply on another CPU may write a slightly lower
+    // sequence (or lose a count), which only delays the prober's view by a probe.
+    let seen = unsafe { &mut *seen };
+    let from_peer = match family {
+        Family::V4 => {
+            let a: *const [u8; 4] = ptr_at(ctx, ETH_HLEN + 12)?;
+            // SAFETY: bounds checked by ptr_at.
+            seen.family == 4
+                && unsafe { *a } == [seen.peer[0], seen.peer[1], seen.peer[2], seen.peer[3]]
         }
+        Family::V6 => {
+            let a: *const [u8; 16] = ptr_at(ctx, ETH_HLEN + 8)?;
+            // SAFETY: bounds checked by ptr_at.
+            seen.family == 6 && unsafe { *a } == seen.peer
+        }
+    };
+    let mac: *const Mac = ptr_at(ctx, 6)?;
+    // SAFETY: bounds checked by ptr_at.
+    let mac_ok = seen.peer_mac == [0u8; 6] || unsafe { *mac } == seen.peer_mac;
+    let (token, seq) = (b(echo::OFF_TOKEN), b(echo::OFF_SEQ));
+    if !from_peer || !mac_ok || seq <= seen.seq || token != echo::token(seen.key, seq) {
+        return Ok(false);
     }
+    seen.seq = seq;
+    seen.replies += 1;
+    // SAFETY: a helper without side effects.
+    seen.last_ns = unsafe { bpf_ktime_get_ns() };
+    Ok(true)
 }

@@ -20,8 +20,14 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     }
     let dst = u32::from_ne_bytes(ip.dst_addr);
     let Some(entry) = maps::vip_v4(dst) else {
-        if ip.proto == echo::UDP && ip.vihl & 0x0f == 5 {
-            return echo::handle(ctx, frame, Family::V4, ETH_HLEN + Ipv4Hdr::LEN);
+        // Options and first fragments too, so that neither is a way past the
+        // election port's checks; a later fragment has no UDP header to judge (and
+        // without its first one the kernel drops it).
+        let frags = u16::from_be_bytes(ip.frags);
+        if ip.proto == echo::UDP && frags & 0x1fff == 0 {
+            let ihl = (ip.vihl & 0x0f) as usize * 4;
+            let plain = ihl == Ipv4Hdr::LEN && frags & 0x2000 == 0;
+            return echo::handle(ctx, frame, Family::V4, ETH_HLEN + ihl, plain);
         }
         return Ok(XDP_PASS);
     };

@@ -64,10 +64,10 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     match unsafe { VIPS_V6.get(ip.dst_addr) } {
         Some(entry) => maps::steer(ctx, frame, entry, Family::V6),
-        None if ip.next_hdr == echo::UDP => {
-            echo::handle(ctx, frame, Family::V6, ETH_HLEN + IPV6_HLEN)
-        }
-        None => Ok(XDP_PASS),
+        None => match echo::udp_v6(ctx, ip.next_hdr)? {
+            Some((l4, plain)) => echo::handle(ctx, frame, Family::V6, l4, plain),
+            None => Ok(XDP_PASS),
+        },
     }
 }
 

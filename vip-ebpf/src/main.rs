@@ -17,6 +17,7 @@ mod ipv4;
 mod ipv6;
 mod lease;
 mod maps;
+mod peers;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use vip_common::{

@@ -8,11 +8,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use vip_common::{
-    action, balance, flags, global, index,
+    action, balance, flags, global, index, peers,
     xdp::{XDP_PASS, XDP_TX},
     BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, FlowKey, FlowKeyV4,
-    FlowValue, IndexedEntry, Owner, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS,
-    MAX_GROUPS, MAX_REDIRECT_DEVS,
+    FlowValue, IndexedEntry, Owner, Peer, PeerKey, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS,
+    MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
 use crate::{
@@ -85,6 +85,13 @@ pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_
 /// `vip_common::echo`).
 #[map]
 pub static ECHO_SEEN: Array<EchoSeen> = Array::with_max_entries(MAX_GROUPS, 0);
+
+/// (peer, this node) -> what may reach the election's port from there (see
+/// `vip_common::peers` and `crate::peers`). The agent writes it before the program
+/// is attached; the program updates the budgets in place (a racing update by
+/// another CPU can only let a datagram more through).
+#[map]
+pub static PEERS: HashMap<PeerKey, Peer> = HashMap::with_max_entries(peers::MAX, 0);
 
 /// Balanced groups' Maglev tables, `balance::WORDS` per balance slot.
 #[map]

@@ -20,7 +20,7 @@ use aya::{
 };
 use vip_common::{
     balance, global, globals, maps, programs, BalanceConf, BalanceMember, BalanceStats, EchoSeen,
-    EipEntry, EipStats, Owner, Settings, VipEntry, VipStats,
+    EipEntry, EipStats, Owner, Peer, PeerKey, Settings, VipEntry, VipStats,
 };
 
 use crate::{
@@ -99,6 +99,11 @@ pub struct Dataplane {
     owners: HashMap<MapData, u32, Owner>,
     eip_stats: PerCpuArray<MapData, EipStats>,
     echo_seen: Array<MapData, EchoSeen>,
+    /// Who may reach the election's port (see `vip_common::peers`). Not pinned: the
+    /// agent writes it from its config before it attaches the program, so a new
+    /// program never starts with it empty, and its value's layout may change between
+    /// versions without an old pin in the way.
+    peers: HashMap<MapData, PeerKey, Peer>,
     balance: BalanceMaps,
     /// The IPv4 VIP index in front of `vips_v4` (see `vip_index`). Its maps belong to
     /// this load of the program, never pinned: a new program gets a fresh index,
@@ -277,6 +282,7 @@ impl Dataplane {
             PerCpuArray::try_from(take(maps::EIP_STATS)?).map_err(map_err(maps::EIP_STATS))?;
         let echo_seen =
             Array::try_from(take(maps::ECHO_SEEN)?).map_err(map_err(maps::ECHO_SEEN))?;
+        let peers = HashMap::try_from(take(maps::PEERS)?).map_err(map_err(maps::PEERS))?;
         let balance = BalanceMaps {
             table: Array::try_from(take(maps::BALANCE_TABLE)?)
                 .map_err(map_err(maps::BALANCE_TABLE))?,
@@ -307,6 +313,7 @@ impl Dataplane {
             owners,
             eip_stats,
             echo_seen,
+            peers,
             balance,
             index,
             index_store,
@@ -875,6 +882,18 @@ impl BenchPrograms {
         arr.set(0, n, 0).map_err(map_err(maps::BENCH_FLOWS))
     }
 
+    /// Spreads the generator's frames over `n` IPv4 sources (the frame's own source
+    /// address up, in its last 16 bits); 0 or 1: every frame has the frame's source.
+    pub fn set_sources(&mut self, n: u32) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::BENCH_SOURCES)
+            .ok_or(DataplaneError::Missing(maps::BENCH_SOURCES))?;
+        let mut arr =
+            Array::<&mut MapData, u32>::try_from(map).map_err(map_err(maps::BENCH_SOURCES))?;
+        arr.set(0, n, 0).map_err(map_err(maps::BENCH_SOURCES))
+    }
+
     /// Frames counted by the sink so far (summed over CPUs).
     pub fn count(&self) -> u64 {
         let Some(map) = self.ebpf.map(maps::BENCH_COUNT) else {
@@ -1147,6 +1166,30 @@ impl Dataplane {
         )
     }
 
+    /// Admits datagrams from `key.src` to `key.dst` to the election's port, on the
+    /// terms of `peer` (replaced whole: its budgets start afresh).
+    pub fn set_peer(&mut self, key: &PeerKey, peer: &Peer) -> Result<()> {
+        self.peers
+            .insert(key, peer, 0)
+            .map_err(map_err(maps::PEERS))
+    }
+
+    /// No longer admits that pair; absent already is not an error.
+    pub fn remove_peer(&mut self, key: &PeerKey) -> Result<()> {
+        match self.peers.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(maps::PEERS)(e)),
+        }
+    }
+
+    /// Every pair admitted to the election's port, with its entry.
+    pub fn peers(&self) -> Vec<(PeerKey, Peer)> {
+        self.peers.iter().filter_map(|r| r.ok()).collect()
+    }
+
     /// The prober's own handle on `ECHO_SEEN` (it runs on its own thread).
     pub fn echo_seen(&self) -> Result<Array<MapData, EchoSeen>> {
         use aya::maps::IterableMap as _;
@@ -1218,15 +1261,29 @@ impl Reader {
         sum_per_cpu(&self.stats, maps::VIP_STATS, index, VipStats::add)
     }
 
-    /// Program-wide counters, by name, summed over CPUs.
+    /// Program-wide counters, by name, summed over CPUs. A pinned map adopted from an
+    /// older vip may hold fewer counters than this one names (aya reuses a pin as it
+    /// is): those it lacks read 0, the program's increments of them find no slot.
     pub fn global_stats(&self) -> Result<Vec<(&'static str, u64)>> {
+        use aya::maps::IterableMap as _;
+        let held = self
+            .global
+            .map()
+            .info()
+            .map(|i| i.max_entries())
+            .map_err(map_err(maps::GLOBAL_STATS))?;
         let mut out = Vec::new();
         for i in 0..global::COUNT {
-            let v = self
-                .global
-                .get(&i, 0)
-                .map_err(map_err(maps::GLOBAL_STATS))?;
-            out.push((global::NAMES[i as usize], v.iter().sum()));
+            let sum = if i < held {
+                let v = self
+                    .global
+                    .get(&i, 0)
+                    .map_err(map_err(maps::GLOBAL_STATS))?;
+                v.iter().sum()
+            } else {
+                0
+            };
+            out.push((global::NAMES[i as usize], sum));
         }
         Ok(out)
     }

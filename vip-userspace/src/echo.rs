@@ -14,6 +14,22 @@
 //!
 //! Until a first reply arrives from an active (an older vip, a data plane without the
 //! echo) nothing is concluded, and advertisement silence alone detects a failure.
+//! And a path just seen delaying replies (a run of k unanswered probes that then
+//! got answers: a congested switch, a host busy with a flood) needs k more misses,
+//! for 10 s: on a path that answers on time the bound stays `misses` intervals.
+//!
+//! And why nobody but the active can silence it (see `vip_common::echo`): probe `n`
+//! carries `echo::token(key, n)` under a key of this (group, active) that only this
+//! node has (drawn here, written to `ECHO_SEEN` before the first probe), and our XDP
+//! program records a reply only from the active's address and MAC, for a sequence
+//! above the last one answered, with that sequence's token. A probe seen on the
+//! wire answers that probe and no later one, so a copy answered with a huge
+//! sequence records nothing; and this thread takes as answered only sequences it
+//! has sent. While the active stays silent the loss is reported again every
+//! `misses` further probes, and a standby that comes back to probing an active
+//! whose data plane had stopped answering it (it took over, then yielded to that
+//! active's advertisement, maybe a replayed one) starts armed: that active answered
+//! before and has not since.
 
 use std::{
     collections::HashMap,
@@ -29,7 +45,7 @@ use aya::maps::{Array, MapData};
 use serde::Serialize;
 use vip_common::{echo, EchoSeen};
 
-use crate::host::monotonic_ns;
+use crate::{host::monotonic_ns, mac::Mac};
 
 /// What one standby group probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +57,9 @@ pub struct Target {
     pub vip: IpAddr,
     /// The active node (its election address; probes go to its election port).
     pub peer: IpAddr,
+    /// The active's MAC (from its advertisements), which its replies must come
+    /// from; None: not checked (a peer reached through a router).
+    pub peer_mac: Option<Mac>,
     pub interval: Duration,
     pub misses: u32,
 }
@@ -55,6 +74,9 @@ pub struct Lost {
     pub silent: Duration,
     /// CLOCK_MONOTONIC of the decision.
     pub decided_ns: u64,
+    /// 0 for the first report of a loss; n for the n-th repetition (every `misses`
+    /// further unanswered probes while the active stays silent).
+    pub repeat: u32,
 }
 
 /// A group's probing, for status and metrics.
@@ -78,27 +100,46 @@ struct Shared {
     targets: Mutex<Vec<Target>>,
     generation: AtomicU64,
     stats: Mutex<HashMap<String, Stats>>,
-    /// CLOCK_MONOTONIC ns of each group's last reply, published as it is seen (the
-    /// stats only every 50 ms): the loop's election asks it before it takes advert
-    /// silence for a failure.
-    answered: Mutex<HashMap<String, u64>>,
+    /// Per group: CLOCK_MONOTONIC ns of the last valid reply of its current target.
+    answers: Mutex<HashMap<String, u64>>,
     realtime: std::sync::atomic::AtomicBool,
 }
+
+/// How long a standby remembers that an active's data plane stopped answering it,
+/// for when it probes that active again (see the module's description). Bounded, so
+/// that an active that comes back without the echo (an older vip) is, some time
+/// later, watched by advertisement silence alone again.
+const REMEMBER_LOST_NS: u64 = 60_000_000_000;
 
 /// One target's probing state, on the thread.
 struct Probe {
     target: Target,
-    token: u64,
-    /// Last sequence sent (probes are numbered from 1).
+    /// Of this (group, active): probe n carries `echo::token(key, n)`.
+    key: [u64; 2],
+    /// Last sequence sent (starts at the slot's highest so far: sequences of a slot
+    /// only grow).
     sent: u64,
-    /// Highest sequence answered.
+    /// Highest sequence answered (`base` until the first reply).
     answered: u64,
-    /// Replies counted by the data plane for this token, as last read.
+    /// The active has answered (or had answered before, and stopped): a run of
+    /// `misses` unanswered probes concludes.
+    armed: bool,
+    /// Replies counted by the data plane for this key, as last read.
     counted: u64,
     /// When `answered` last moved (or probing began).
     progress_ns: u64,
     next_ns: u64,
-    lost: bool,
+    /// Reported lost: at which `sent`, and how many times.
+    lost: Option<(u64, u32)>,
+    /// The run of unanswered probes before the last read.
+    streak: u64,
+    /// The longest run of unanswered probes that then got an answer within the last
+    /// `SLACK_FOR_NS`, at most `misses`, and until when it counts. A conclusion needs
+    /// `misses` + this: a path that was just seen delaying (or losing) replies that
+    /// long, a congested switch or a host busy with a flood, must be silent beyond
+    /// that before the active counts as gone; on a path that answers on time it is 0
+    /// and the bound is `misses` intervals.
+    slack: (u64, u64),
     stats: Stats,
 }
 
@@ -114,7 +155,7 @@ impl Prober {
             targets: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             stats: Mutex::new(HashMap::new()),
-            answered: Mutex::new(HashMap::new()),
+            answers: Mutex::new(HashMap::new()),
             realtime: std::sync::atomic::AtomicBool::new(false),
         });
         let sockets = Sockets::open()?;
@@ -139,9 +180,12 @@ impl Prober {
         self.shared.stats.lock().ok()?.get(group).cloned()
     }
 
-    /// When the group's current target last answered a probe (CLOCK_MONOTONIC ns).
+    /// CLOCK_MONOTONIC ns (the data plane's clock when it recorded it) of the last
+    /// valid reply from the group's current target: its active's data plane answered
+    /// then. None before the first reply of that target, or when the group is not
+    /// probed. Up to one probe interval old (the thread reads the map once per probe).
     pub fn last_answer_ns(&self, group: &str) -> Option<u64> {
-        self.shared.answered.lock().ok()?.get(group).copied()
+        self.shared.answers.lock().ok()?.get(group).copied()
     }
 
     /// True when the thread runs at a real-time priority (SCHED_FIFO).
@@ -207,8 +251,144 @@ pub fn encode(slot: u32, token: u64, seq: u64, vip: IpAddr) -> [u8; echo::LEN] {
 /// The decision rule, on one probe's bookkeeping: true when the last `misses`
 /// probes sent all went unanswered for at least an interval each, and the active
 /// had answered before (armed).
-pub fn gone(sent: u64, answered: u64, misses: u32) -> bool {
-    answered > 0 && sent.saturating_sub(answered) >= misses as u64
+pub fn gone(sent: u64, answered: u64, armed: bool, misses: u32) -> bool {
+    armed && sent.saturating_sub(answered) >= misses as u64
+}
+
+/// How long a run of unanswered probes that ended in an answer (the path was slow,
+/// or lost a few) raises the bar (see [`Probe::slack`]).
+const SLACK_FOR_NS: u64 = 10_000_000_000;
+
+/// What `ECHO_SEEN` holds for a target from its first probe on: `seq` is `base`.
+pub fn slot_value(t: &Target, key: [u64; 2], base: u64) -> EchoSeen {
+    let (mut peer, family) = ([0u8; 16], if t.peer.is_ipv4() { 4 } else { 6 });
+    match t.peer {
+        IpAddr::V4(a) => peer[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => peer.copy_from_slice(&a.octets()),
+    }
+    EchoSeen {
+        key,
+        peer,
+        peer_mac: t.peer_mac.unwrap_or(Mac::ZERO).0,
+        family,
+        seq: base,
+        ..EchoSeen::default()
+    }
+}
+
+/// 128 bits from the kernel's generator: the key of a (group, active).
+fn secret_key() -> [u64; 2] {
+    let mut b = [0u8; 16];
+    // SAFETY: a valid buffer of b.len() bytes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
+    if n != b.len() as isize {
+        log::warn!(
+            "echo: getrandom failed; the probes' key is drawn from /dev/urandom or the clock"
+        );
+        return [crate::advert::new_epoch(), crate::advert::new_epoch()];
+    }
+    let (lo, hi) = b.split_at(8);
+    let word = |s: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(s);
+        u64::from_ne_bytes(w)
+    };
+    [word(lo), word(hi)]
+}
+
+impl Probe {
+    /// A new probe of `t` whose sequences start above `base`; `armed` when the
+    /// active had answered before and had stopped (see `REMEMBER_LOST_NS`).
+    fn new(t: Target, key: [u64; 2], base: u64, armed: bool, stats: Stats, now: u64) -> Self {
+        Probe {
+            stats: Stats {
+                state: if armed { "armed" } else { "probing" },
+                peer: Some(t.peer),
+                ..stats
+            },
+            target: t,
+            key,
+            sent: base,
+            answered: base,
+            armed,
+            counted: 0,
+            progress_ns: now,
+            next_ns: now,
+            lost: None,
+            streak: 0,
+            slack: (0, 0),
+        }
+    }
+
+    /// The slack now (see the field).
+    fn slack(&self, now: u64) -> u64 {
+        if now < self.slack.1 {
+            self.slack.0
+        } else {
+            0
+        }
+    }
+
+    /// Takes in what the data plane recorded (`seen`: the slot, if it could be read)
+    /// before the next probe goes out: the replies it counted, the highest sequence
+    /// answered. Returns the time of a new valid reply, and a loss to report.
+    fn observe(&mut self, seen: Option<&EchoSeen>, now: u64) -> (Option<u64>, Option<Lost>) {
+        let mut answer = None;
+        if let Some(s) = seen.filter(|s| s.key == self.key) {
+            if s.replies > self.counted {
+                self.stats.replies += s.replies - self.counted;
+                self.counted = s.replies;
+            }
+            // Only a sequence we sent is an answer (the program records nothing
+            // else; this keeps it so whatever the slot says).
+            if s.seq > self.answered && s.seq <= self.sent {
+                // A run that ended in an answer: the path's recent delay.
+                let ended = self.streak.min(self.target.misses as u64);
+                if ended > 0 && ended >= self.slack(now) {
+                    self.slack = (ended, now + SLACK_FOR_NS);
+                }
+                self.answered = s.seq;
+                self.progress_ns = now;
+                self.armed = true;
+                // Answering again (the loop kept us standby): watch afresh.
+                self.lost = None;
+                self.stats.state = "armed";
+                answer = Some(if s.last_ns != 0 { s.last_ns } else { now });
+            }
+        }
+        let streak = self.sent.saturating_sub(self.answered);
+        self.streak = streak;
+        self.stats.longest_streak = self.stats.longest_streak.max(streak);
+        let misses = self.target.misses.saturating_add(self.slack(now) as u32);
+        if !gone(self.sent, self.answered, self.armed, misses) {
+            return (answer, None);
+        }
+        // Said once, then again every `misses` further probes while it stays silent:
+        // a standby that did not take over (or yielded since) hears it again.
+        let repeat = match self.lost {
+            None => 0,
+            Some((at, n)) if self.sent - at >= misses as u64 => n + 1,
+            Some(_) => return (answer, None),
+        };
+        self.lost = Some((self.sent, repeat));
+        self.stats.state = "lost";
+        let lost = Lost {
+            group: self.target.group.clone(),
+            peer: self.target.peer,
+            missed: streak.min(u32::MAX as u64) as u32,
+            silent: Duration::from_nanos(now.saturating_sub(self.progress_ns)),
+            decided_ns: now,
+            repeat,
+        };
+        (answer, Some(lost))
+    }
+
+    /// The next probe's bytes, and its sequence.
+    fn next_probe(&self) -> ([u8; echo::LEN], u64) {
+        let seq = self.sent + 1;
+        let token = echo::token(self.key, seq);
+        (encode(self.target.slot, token, seq, self.target.vip), seq)
+    }
 }
 
 /// Asks for SCHED_FIFO at the lowest real-time priority: the thread runs for a few
@@ -219,6 +399,16 @@ fn go_realtime() -> bool {
     let param = libc::sched_param { sched_priority: 1 };
     // SAFETY: plain syscall on the calling thread with a valid, initialised param.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+}
+
+/// The thread's memory across targets.
+#[derive(Default)]
+struct History {
+    /// Per slot: the highest sequence ever sent from it.
+    high: HashMap<u32, u64>,
+    /// Per group: the active whose data plane had stopped answering when we stopped
+    /// probing it, and until when that is remembered.
+    lost: HashMap<String, (IpAddr, u64)>,
 }
 
 fn run(
@@ -237,6 +427,7 @@ fn run(
     }
     let mut generation = u64::MAX;
     let mut probes: Vec<Probe> = Vec::new();
+    let mut history = History::default();
     let mut published_ns = 0u64;
     loop {
         let g = shared.generation.load(Ordering::Acquire);
@@ -244,14 +435,15 @@ fn run(
             generation = g;
             let targets = shared.targets.lock().map(|t| t.clone()).unwrap_or_default();
             let totals = shared.stats.lock().map(|s| s.clone()).unwrap_or_default();
-            probes = retarget(std::mem::take(&mut probes), targets, &totals, &mut seen);
-            // A new target has answered nothing yet.
-            if let Ok(mut a) = shared.answered.lock() {
-                a.retain(|g, _| {
-                    probes
-                        .iter()
-                        .any(|p| &p.target.group == g && p.answered > 0)
-                });
+            probes = retarget(
+                std::mem::take(&mut probes),
+                targets,
+                &totals,
+                &mut history,
+                &mut seen,
+            );
+            if let Ok(mut a) = shared.answers.lock() {
+                a.retain(|g, _| probes.iter().any(|p| &p.target.group == g && p.armed));
             }
             publish(&shared, &probes);
         }
@@ -261,39 +453,20 @@ fn run(
         }
         let now = monotonic_ns();
         for p in probes.iter_mut().filter(|p| now >= p.next_ns) {
-            if let Ok(s) = seen.get(&p.target.slot, 0) {
-                if s.token == p.token && s.replies > p.counted {
-                    p.stats.replies += s.replies - p.counted;
-                    p.counted = s.replies;
-                }
-                if s.token == p.token && s.seq > p.answered {
-                    p.answered = s.seq;
-                    p.progress_ns = now;
-                    if let Ok(mut a) = shared.answered.lock() {
-                        a.insert(p.target.group.clone(), now);
-                    }
-                    // Answering again (the loop kept us standby): watch afresh.
-                    p.lost = false;
-                    p.stats.state = "armed";
+            let s = seen.get(&p.target.slot, 0).ok();
+            let (answer, decision) = p.observe(s.as_ref(), now);
+            if let Some(at) = answer {
+                history.lost.remove(&p.target.group);
+                if let Ok(mut a) = shared.answers.lock() {
+                    a.insert(p.target.group.clone(), at);
                 }
             }
-            let streak = p.sent.saturating_sub(p.answered);
-            p.stats.longest_streak = p.stats.longest_streak.max(streak);
-            if !p.lost && gone(p.sent, p.answered, p.target.misses) {
-                // Said once; the probes go on, so a peer that answers again re-arms.
-                p.lost = true;
-                p.stats.state = "lost";
-                lost(Lost {
-                    group: p.target.group.clone(),
-                    peer: p.target.peer,
-                    missed: streak as u32,
-                    silent: Duration::from_nanos(now.saturating_sub(p.progress_ns)),
-                    decided_ns: now,
-                });
+            if let Some(d) = decision {
+                lost(d);
             }
-            let b = encode(p.target.slot, p.token, p.sent + 1, p.target.vip);
+            let (b, seq) = p.next_probe();
             if sockets.send(SocketAddr::new(p.target.peer, port), &b) {
-                p.sent += 1;
+                p.sent = seq;
                 p.stats.probes += 1;
             }
             // Never catch up in a burst after a delay: each probe gets its interval.
@@ -314,50 +487,65 @@ fn run(
 }
 
 /// New targets keep the state of identical old ones; others start afresh with a new
-/// token, written to their slot before the first probe.
+/// key, written to their slot before the first probe. A dropped probe leaves its
+/// highest sequence, and whether its active had stopped answering, to `history`.
 /// A new probe's counters continue the group's totals (they are counters in metrics).
 fn retarget(
     old: Vec<Probe>,
     targets: Vec<Target>,
     totals: &HashMap<String, Stats>,
+    history: &mut History,
     seen: &mut Array<MapData, EchoSeen>,
 ) -> Vec<Probe> {
-    let mut old: Vec<Option<Probe>> = old.into_iter().map(Some).collect();
     let now = monotonic_ns();
-    targets
-        .into_iter()
+    let mut old: Vec<Option<Probe>> = old.into_iter().map(Some).collect();
+    let new: Vec<Option<Probe>> = targets
+        .iter()
         .map(|t| {
-            if let Some(p) = old
-                .iter_mut()
-                .find(|p| p.as_ref().is_some_and(|p| p.target == t))
+            old.iter_mut()
+                .find(|p| p.as_ref().is_some_and(|p| p.target == *t))
                 .and_then(Option::take)
-            {
-                return p;
-            }
-            let token = crate::advert::new_epoch();
-            let fresh = EchoSeen {
-                token,
+        })
+        .collect();
+    for p in old.into_iter().flatten() {
+        let high = history.high.entry(p.target.slot).or_default();
+        *high = (*high).max(p.sent);
+        if gone(p.sent, p.answered, p.armed, p.target.misses) {
+            history.lost.insert(
+                p.target.group.clone(),
+                (p.target.peer, now + REMEMBER_LOST_NS),
+            );
+        }
+        if !targets.iter().any(|t| t.slot == p.target.slot) {
+            // Nothing probed from this slot any more: the program records nothing.
+            let quiet = EchoSeen {
+                seq: *high,
                 ..EchoSeen::default()
             };
-            if let Err(e) = seen.set(t.slot, fresh, 0) {
+            if let Err(e) = seen.set(p.target.slot, quiet, 0) {
+                log::warn!("group {}: clearing the echo slot: {e}", p.target.group);
+            }
+        }
+    }
+    history.lost.retain(|_, (_, until)| *until > now);
+    targets
+        .into_iter()
+        .zip(new)
+        .map(|(t, kept)| {
+            if let Some(p) = kept {
+                return p;
+            }
+            let key = secret_key();
+            let base = history.high.get(&t.slot).copied().unwrap_or(0);
+            let armed = history
+                .lost
+                .get(&t.group)
+                .is_some_and(|(peer, _)| *peer == t.peer);
+            if let Err(e) = seen.set(t.slot, slot_value(&t, key, base), 0) {
                 log::error!("group {}: preparing the echo: {e}", t.group);
             }
             let before = totals.get(&t.group).cloned().unwrap_or_default();
-            Probe {
-                stats: Stats {
-                    state: "probing",
-                    peer: Some(t.peer),
-                    ..before
-                },
-                target: t,
-                token,
-                sent: 0,
-                answered: 0,
-                counted: 0,
-                progress_ns: now,
-                next_ns: now,
-                lost: false,
-            }
+            Probe::new(t, key, base, armed, before, now)
         })
         .collect()
 }
@@ -397,11 +585,129 @@ mod tests {
     #[test]
     fn only_an_armed_probe_with_a_full_run_of_misses_concludes() {
         // Never answered: an old peer, or no echo in its data plane.
-        assert!(!gone(100, 0, 6));
+        assert!(!gone(100, 0, false, 6));
         // Answered up to 10, then 5 more sent: one short.
-        assert!(!gone(15, 10, 6));
-        assert!(gone(16, 10, 6));
+        assert!(!gone(15, 10, true, 6));
+        assert!(gone(16, 10, true, 6));
         // A thread that did not run sent nothing: no streak grows while it sleeps.
-        assert!(!gone(10, 10, 6));
+        assert!(!gone(10, 10, true, 6));
+    }
+
+    fn target() -> Target {
+        Target {
+            group: "web".into(),
+            slot: 3,
+            vip: "10.0.0.50".parse().unwrap(),
+            peer: "10.0.0.11".parse().unwrap(),
+            peer_mac: Some(Mac([2, 0, 0, 0, 0, 0x0b])),
+            interval: Duration::from_millis(2),
+            misses: 6,
+        }
+    }
+
+    /// Runs `n` probe rounds against a slot that answers according to `answer`
+    /// (the sequence it holds after each round); returns the losses reported.
+    fn rounds(p: &mut Probe, n: u64, answer: impl Fn(u64) -> u64) -> Vec<Lost> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let s = EchoSeen {
+                key: p.key,
+                seq: answer(p.sent),
+                last_ns: 1 + i,
+                ..EchoSeen::default()
+            };
+            if let (_, Some(l)) = p.observe(Some(&s), i * 2_000_000) {
+                out.push(l);
+            }
+            p.sent = p.next_probe().1;
+        }
+        out
+    }
+
+    #[test]
+    fn tokens_are_per_probe_and_the_slot_starts_at_the_base() {
+        let p = Probe::new(target(), [1, 2], 100, false, Stats::default(), 0);
+        let (b, seq) = p.next_probe();
+        assert_eq!(seq, 101);
+        let token = u64::from_be_bytes(b[12..20].try_into().unwrap());
+        assert_eq!(token, echo::token([1, 2], 101));
+        assert_ne!(token, echo::token([1, 2], 102));
+        let v = slot_value(&p.target, [1, 2], 100);
+        assert_eq!(
+            (v.seq, v.family, v.peer[..4].to_vec()),
+            (100, 4, vec![10, 0, 0, 11])
+        );
+        assert_eq!(v.peer_mac, [2, 0, 0, 0, 0, 0x0b]);
+    }
+
+    #[test]
+    fn a_sequence_never_sent_is_no_answer() {
+        let mut p = Probe::new(target(), [1, 2], 0, false, Stats::default(), 0);
+        // Answered normally for a while: armed.
+        assert!(rounds(&mut p, 10, |sent| sent).is_empty());
+        assert!(p.armed);
+        // Then the slot claims 2^63 (what a stolen probe answered with would say, if
+        // the program recorded it): the prober ignores it, and the silence concludes.
+        let lost = rounds(&mut p, 7, |_| 1 << 63);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].missed, 6);
+        assert!(p.answered < 1 << 63);
+    }
+
+    #[test]
+    fn a_silent_active_is_reported_again_every_misses_probes() {
+        let mut p = Probe::new(target(), [1, 2], 0, false, Stats::default(), 0);
+        rounds(&mut p, 5, |sent| sent);
+        let answered = p.answered;
+        let lost = rounds(&mut p, 6 + 3 * 6, |_| answered);
+        let repeats: Vec<u32> = lost.iter().map(|l| l.repeat).collect();
+        assert_eq!(repeats, vec![0, 1, 2, 3], "{lost:?}");
+        // It answers again: armed afresh, nothing more reported.
+        assert!(rounds(&mut p, 10, |sent| sent).is_empty());
+        assert_eq!(p.stats.state, "armed");
+    }
+
+    #[test]
+    fn an_active_that_never_answered_is_not_concluded_unless_it_had_before() {
+        let mut fresh = Probe::new(target(), [1, 2], 0, false, Stats::default(), 0);
+        assert!(rounds(&mut fresh, 50, |_| 0).is_empty());
+        // The same, remembered as answering before and then not (armed from start).
+        let mut remembered = Probe::new(target(), [1, 2], 40, true, Stats::default(), 0);
+        assert_eq!(rounds(&mut remembered, 7, |_| 40).len(), 1);
+    }
+
+    #[test]
+    fn a_path_seen_slow_needs_that_many_more_misses_for_a_while() {
+        let mut p = Probe::new(target(), [1, 2], 0, false, Stats::default(), 0);
+        rounds(&mut p, 5, |sent| sent);
+        // Four probes unanswered, then all answered at once: a slow path, not a loss.
+        let stalled = p.answered;
+        assert!(rounds(&mut p, 4, |_| stalled).is_empty());
+        assert!(rounds(&mut p, 3, |sent| sent).is_empty());
+        // Now the active goes silent: 6 misses are not enough, 6 + 4 are.
+        let answered = p.answered;
+        let lost = rounds(&mut p, 11, |_| answered);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].missed, 10);
+        // The slack lasts 10 s: after it, 6 again.
+        let mut q = Probe::new(target(), [1, 2], 0, false, Stats::default(), 0);
+        q.slack = (4, 1);
+        rounds(&mut q, 3, |sent| sent);
+        let answered = q.answered;
+        assert_eq!(rounds(&mut q, 7, |_| answered)[0].missed, 6);
+    }
+
+    #[test]
+    fn a_slot_written_for_another_key_is_ignored() {
+        let mut p = Probe::new(target(), [1, 2], 0, false, Stats::default(), 0);
+        p.sent = 5;
+        let other = EchoSeen {
+            key: [3, 4],
+            seq: 5,
+            replies: 5,
+            ..EchoSeen::default()
+        };
+        assert_eq!(p.observe(Some(&other), 1).0, None);
+        assert_eq!((p.answered, p.stats.replies), (0, 0));
     }
 }

@@ -1,9 +1,11 @@
 //! `cargo xtask bench`: runs the benchmarks, prints one table, writes the results as
 //! JSON, and with `--compare BASE.json` flags what got slower than an earlier run.
 //!
-//! `paths`, `throughput`, `scale` and `control` need the XDP object and run as the
-//! `perf` benchmark of the tests crate; `failover`, `soak` and `chaos` run here
-//! (agents and keepalived as processes in the namespace lab).
+//! `paths`, `throughput`, `scale`, `control`, `stall` and `hostile` need the XDP
+//! object and run as the `perf` benchmark of the tests crate; `failover`, `soak` and
+//! `chaos` run here (agents and keepalived as processes in the namespace lab).
+//! `--baseline BIN` (an older vip) gives `paths`, `hostile`, `chaos` and the
+//! multi-standby `failover` rows its figures too, in the same run.
 
 use std::{
     fmt::Write as _,
@@ -16,12 +18,13 @@ use serde_json::{json, Value};
 
 use crate::{chaos, failover, root, status};
 
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     "paths",
     "throughput",
     "scale",
     "control",
     "stall",
+    "hostile",
     "failover",
 ];
 
@@ -43,7 +46,8 @@ pub struct Options {
     pub faults: usize,
     /// The fault sequence's seed (`chaos`).
     pub seed: Option<u64>,
-    /// A second binary run in the same run (`chaos`, the multi-standby `failover` rows).
+    /// An older `vip` binary measured in the same run: `paths` (interleaved), `hostile`,
+    /// `chaos` (same seed) and the multi-standby `failover` rows.
     pub baseline: Option<PathBuf>,
 }
 
@@ -78,6 +82,11 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
             .args(&perf);
         if o.quick {
             c.arg("--quick");
+        }
+        if let Some(b) = &o.baseline {
+            let b =
+                std::fs::canonicalize(b).with_context(|| format!("--baseline {}", b.display()))?;
+            c.arg("--baseline").arg(b);
         }
         c.arg("--json").arg(&tmp);
         status(&mut c)?;

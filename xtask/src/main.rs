@@ -41,9 +41,9 @@ enum Cmd {
     /// failover, then active/active (a balanced group) with a member failure.
     Demo,
     /// Benchmarks with same-run baselines: paths, throughput, scale, control, stall,
-    /// failover (all by default), and, only when named, soak (no false takeover under
-    /// CPU hogs and 2 % loss, vip and keepalived) and chaos (one owner on the wire
-    /// under random faults); a table, and JSON in target/bench/latest.json.
+    /// hostile, failover (all by default), and, only when named, soak (no false
+    /// takeover under CPU hogs and 2 % loss, vip and keepalived) and chaos (one owner
+    /// on the wire under random faults); a table, and JSON in target/bench/latest.json.
     Bench {
         /// Which benchmarks (default: all).
         which: Vec<String>,
@@ -71,8 +71,9 @@ enum Cmd {
         /// Seed of `chaos`'s fault sequence (default: from the clock; printed).
         #[arg(long)]
         seed: Option<u64>,
-        /// Another vip binary (e.g. the previous release) that `chaos` (same seed) and
-        /// the multi-standby `failover` rows also run, in the same run.
+        /// Another vip binary (e.g. the previous release) measured in the same run:
+        /// `paths` (its data plane interleaved with this one's), `hostile` (its agents
+        /// on the same cases), `chaos` (same seed) and the multi-standby `failover` rows.
         #[arg(long)]
         baseline: Option<PathBuf>,
     },
@@ -217,6 +218,7 @@ const SERIAL: &[&str] = &[
     "ownership",
     "replay",
     "security_local",
+    "security",
     "upgrade",
     "wire",
 ];

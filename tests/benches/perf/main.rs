@@ -8,11 +8,19 @@
 //!   the kernel doing the same work, native against skb mode;
 //! * `scale`: per-packet cost and map memory with 1 to 100k VIPs;
 //! * `control`: time from a failover decision to the data plane answering for 1 and
-//!   10k VIPs.
+//!   10k VIPs;
+//! * `hostile`: floods on the election port from a host without the key (non-peers,
+//!   spoofed as a peer): the active's advertisements received, false transitions,
+//!   receive-buffer overflows, the echo's detection of a link down during a flood.
 //!
-//! Usage: `cargo bench -p vip-tests --bench perf -- [paths|throughput|scale|control]...
-//! [--quick] [--json FILE]`.
+//! With `--baseline FILE` (an older `vip` binary), `paths` measures that binary's
+//! data plane too, interleaved with this one's, and `hostile` runs its agents too.
+//!
+//! Usage: `cargo bench -p vip-tests --bench perf -- [paths|throughput|scale|control|
+//! stall|hostile]... [--quick] [--json FILE] [--baseline FILE]`.
 
+mod baseline;
+mod hostile;
 mod stall;
 mod throughput;
 
@@ -87,18 +95,29 @@ fn real_main() -> Result<()> {
         .filter(|a| a != "--bench")
         .collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let json_out = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let json_out = value_of("--json");
+    let baseline = value_of("--baseline").map(std::path::PathBuf::from);
+    const ALL: [&str; 6] = [
+        "paths",
+        "throughput",
+        "scale",
+        "control",
+        "stall",
+        "hostile",
+    ];
     let mut which: Vec<&str> = args
         .iter()
         .map(String::as_str)
-        .filter(|a| ["paths", "throughput", "scale", "control", "stall"].contains(a))
+        .filter(|a| ALL.contains(a))
         .collect();
     if which.is_empty() {
-        which = vec!["paths", "throughput", "scale", "control", "stall"];
+        which = ALL.to_vec();
     }
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -124,7 +143,8 @@ fn real_main() -> Result<()> {
         let t0 = Instant::now();
         eprintln!("[perf] {w}...");
         let recs = match w {
-            "paths" => paths(size)?,
+            "paths" => paths(size, baseline.as_deref())?,
+            "hostile" => hostile::run(size, baseline.as_deref())?,
             "scale" => scale(size)?,
             "control" => control(size)?,
             "stall" => stall::run(size)?,
@@ -184,12 +204,28 @@ fn single_cost(prog: &aya::programs::Xdp, frame: &[u8], n: usize) -> Result<f64>
     Ok(median(v))
 }
 
-fn paths(size: Size) -> Result<Vec<Value>> {
+/// The election's port in `paths`: this node, a peer (whose MAC is CLIENT's), a
+/// stranger, the echo slot of a probe of ours.
+const PORT: u16 = 4112;
+const HOST4: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+const PEER4: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 3);
+const ECHO_SLOT: u32 = 1;
+
+fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
     let ns = bench_ns("perf-paths")?;
     ns.run_in(|| -> Result<Vec<Value>> {
+        use vip_common::{echo, peers, EchoSeen, Peer, PeerKey, Settings};
         let svc = nix::net::if_::if_nametoindex("svc")?;
-        let mut dp = Dataplane::load(64)?;
+        // The election's port set, as every agent sets it.
+        let settings = Settings {
+            echo_port: PORT as u32,
+            ..Settings::default()
+        };
+        let mut dp = Dataplane::open(64, None, settings)?;
         dp.add_redirect_target(svc)?;
+        let mut old = base
+            .map(|b| baseline::Baseline::load(b, PORT as u32))
+            .transpose()?;
         let (local, redir, fwd) = (
             Ipv4Addr::new(10, 9, 0, 50),
             Ipv4Addr::new(10, 9, 0, 51),
@@ -198,11 +234,60 @@ fn paths(size: Size) -> Result<Vec<Value>> {
         let local6: Ipv6Addr = "2001:db8::50".parse()?;
         let mut r = entry(action::REDIRECT, 1);
         r.ifindex = svc;
-        dp.set_vip(IpAddr::V4(local), &entry(action::LOCAL, 0))?;
-        dp.set_vip(IpAddr::V4(redir), &r)?;
-        dp.set_vip(IpAddr::V4(fwd), &entry(action::FORWARD, 2))?;
+        let vips = [
+            (local, entry(action::LOCAL, 0)),
+            (redir, r),
+            (fwd, entry(action::FORWARD, 2)),
+        ];
+        for (a, e) in &vips {
+            dp.set_vip(IpAddr::V4(*a), e)?;
+        }
         dp.set_vip(IpAddr::V6(local6), &entry(action::LOCAL, 3))?;
+        if let Some(o) = &mut old {
+            o.add_redirect_target(svc)?;
+            for (a, e) in &vips {
+                o.set_vip(*a, e)?;
+            }
+            o.set_vip6(local6, &entry(action::LOCAL, 3))?;
+        }
+        // The peer, its MAC learned; no budgets (a gap of 0), so that a repeated run measures
+        // the checks, not the budget's refusals.
+        dp.set_peer(
+            &PeerKey {
+                src: peers::v4_mapped(PEER4.octets()),
+                dst: peers::v4_mapped(HOST4.octets()),
+            },
+            &Peer {
+                mac: CLIENT.0,
+                mac_known: 1,
+                probe_gap_ns: 0,
+                datagram_gap_ns: 0,
+                ..Peer::default()
+            },
+        )?;
+        let key = [7, 9];
+        let mut peer = [0u8; 16];
+        peer[..4].copy_from_slice(&PEER4.octets());
+        dp.echo_seen()?.set(
+            ECHO_SLOT,
+            EchoSeen {
+                key,
+                peer,
+                peer_mac: CLIENT.0,
+                family: 4,
+                ..EchoSeen::default()
+            },
+            0,
+        )?;
         let udp = |dst| frames::udp4(OWN, CLIENT, CLIENT4, dst, 4000, 53, &[0u8; 18]);
+        let advert = [0x56u8; 64];
+        let port = |src, mac, b: &[u8]| frames::udp4(OWN, mac, src, HOST4, PORT, PORT, b);
+        let probe = vip::echo::encode(ECHO_SLOT, echo::token(key, 5), 5, IpAddr::V4(local));
+        // A reply whose token is another sequence's: checked in full, recorded never.
+        let mut reply = probe;
+        reply[echo::OFF_KIND] = echo::REPLY;
+        reply[echo::OFF_SEQ..echo::OFF_SEQ + 8].copy_from_slice(&6u64.to_be_bytes());
+        let reply = frames::udp4(OWN, CLIENT, PEER4, HOST4, PORT, 40000, &reply);
         let mut lldp = frames::ethernet(Mac([1, 0x80, 0xc2, 0, 0, 0xe]), CLIENT, 0x88cc);
         lldp.resize(60, 0);
         let stable: Vec<(&str, Vec<u8>)> = vec![
@@ -215,6 +300,19 @@ fn paths(size: Size) -> Result<Vec<Value>> {
             ("IPv4 to a VIP: local (XDP_PASS)", udp(local)),
             ("IPv4 to a VIP: redirect (XDP_REDIRECT)", udp(redir)),
             ("IPv4 to a VIP: forward (XDP_TX)", udp(fwd)),
+            (
+                "election port: a peer's advertisement (XDP_PASS)",
+                port(PEER4, CLIENT, &advert),
+            ),
+            (
+                "election port: a stranger's datagram (XDP_DROP)",
+                port(Ipv4Addr::new(10, 9, 0, 99), CLIENT, &advert),
+            ),
+            (
+                "election port: a peer's address, another MAC (XDP_DROP)",
+                port(PEER4, Mac([2, 0, 0, 0, 0, 0x66]), &advert),
+            ),
+            ("echo reply, token checked (XDP_DROP)", reply),
         ];
         let vip = dp.program();
         let floor = dp.pass_program();
@@ -222,6 +320,9 @@ fn paths(size: Size) -> Result<Vec<Value>> {
         let mut floors = Vec::new();
         let mut per_case: Vec<Vec<f64>> = vec![Vec::new(); stable.len()];
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); stable.len()];
+        let mut old_case: Vec<Vec<f64>> = vec![Vec::new(); stable.len()];
+        let mut old_ratios: Vec<Vec<f64>> = vec![Vec::new(); stable.len()];
+        let mut old_actions = vec![0u32; stable.len()];
         for _ in 0..size.rounds {
             for (i, (_, f)) in stable.iter().enumerate() {
                 let b = cost(floor, f, size.repeat)?;
@@ -229,6 +330,13 @@ fn paths(size: Size) -> Result<Vec<Value>> {
                 floors.push(b);
                 per_case[i].push(c);
                 ratios[i].push(c / b.max(1.0));
+                if let Some(o) = &old {
+                    // Interleaved: the same frame, the floor just measured.
+                    let c = cost(o.program(), f, size.repeat)?;
+                    old_case[i].push(c);
+                    old_ratios[i].push(c / b.max(1.0));
+                    old_actions[i] = run(o.program(), f, 1)?.action;
+                }
             }
         }
         let floor_ns = median(floors);
@@ -240,17 +348,37 @@ fn paths(size: Size) -> Result<Vec<Value>> {
             None,
             true,
         ));
-        for (i, (name, _)) in stable.iter().enumerate() {
+        for (i, (name, f)) in stable.iter().enumerate() {
+            let ns = median(per_case[i].clone());
             let mut r = record(
                 "paths",
                 name,
-                median(per_case[i].clone()),
+                ns,
                 "ns/pkt",
                 Some(("XDP_PASS floor", floor_ns)),
                 true,
             );
             r["ratio"] = json!(median(ratios[i].clone()));
+            r["above_floor_ns"] = json!(ns - floor_ns);
+            r["action"] = json!(vip::dataplane::action_name(run(vip, f, 1)?.action));
             r["method"] = json!(format!("repeat {} x {} rounds", size.repeat, size.rounds));
+            if let Some(o) = &old {
+                let ons = median(old_case[i].clone());
+                r["baseline_binary"] = json!(o.name);
+                r["baseline_binary_ns"] = json!(ons);
+                r["baseline_binary_ratio"] = json!(median(old_ratios[i].clone()));
+                r["baseline_binary_above_floor_ns"] = json!(ons - floor_ns);
+                r["baseline_binary_action"] = json!(vip::dataplane::action_name(old_actions[i]));
+                eprintln!(
+                    "[perf]   {name}: {ns:.1} ns ({:.2} x floor, +{:.1}) vs {} {ons:.1} ns ({:.2} x, +{:.1}, {})",
+                    median(ratios[i].clone()),
+                    ns - floor_ns,
+                    o.name,
+                    median(old_ratios[i].clone()),
+                    ons - floor_ns,
+                    vip::dataplane::action_name(old_actions[i])
+                );
+            }
             out.push(r);
         }
         // A data plane loaded with the director's code (a node with a balanced
@@ -318,6 +446,10 @@ fn paths(size: Size) -> Result<Vec<Value>> {
                 "IPv6 NS for a VIP, answered (XDP_TX)",
                 frames::neighbour_solicitation(CLIENT, "2001:db8::1".parse()?, local6, None),
             ),
+            (
+                "echo probe from a peer, reflected (XDP_TX)",
+                frames::udp4(OWN, CLIENT, PEER4, HOST4, 40000, PORT, &probe),
+            ),
         ];
         // A single run carries the test harness's fixed overhead, which a repeated
         // run spreads out: measured on the floor program (single minus repeated) and
@@ -367,9 +499,12 @@ fn paths(size: Size) -> Result<Vec<Value>> {
         ));
         out.push(r);
         for (name, f) in answered {
-            let mut c = Vec::new();
+            let (mut c, mut oc) = (Vec::new(), Vec::new());
             for _ in 0..size.rounds.min(5) {
                 c.push(single_cost(vip, &f, size.singles / 5)?);
+                if let Some(o) = &old {
+                    oc.push(single_cost(o.program(), &f, size.singles / 5)?);
+                }
             }
             let corrected = median(c) - overhead;
             let mut r = record(
@@ -380,10 +515,24 @@ fn paths(size: Size) -> Result<Vec<Value>> {
                 Some(("XDP_PASS floor", floor_ns)),
                 true,
             );
+            r["above_floor_ns"] = json!(corrected - floor_ns);
             r["method"] = json!(format!(
                 "single runs x {} minus the harness overhead ({overhead:.0} ns)",
                 size.singles
             ));
+            if let Some(o) = &old {
+                let ons = median(oc) - overhead;
+                r["baseline_binary"] = json!(o.name);
+                r["baseline_binary_ns"] = json!(ons);
+                r["baseline_binary_ratio"] = json!(ons / floor_ns.max(1.0));
+                r["baseline_binary_above_floor_ns"] = json!(ons - floor_ns);
+                eprintln!(
+                    "[perf]   {name}: {corrected:.1} ns (+{:.1}) vs {} {ons:.1} ns (+{:.1})",
+                    corrected - floor_ns,
+                    o.name,
+                    ons - floor_ns
+                );
+            }
             out.push(r);
         }
         Ok(out)

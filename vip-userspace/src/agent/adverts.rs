@@ -138,6 +138,7 @@ pub(super) async fn bind(cfg: &Config, iface: &Interface) -> Result<AdvertSocket
             .with_context(|| {
                 format!("binding the advertisement socket {me}:{port} (node.advert_port)")
             })?;
+        receive_buffer(&sock);
         if v4 {
             out.v4 = Some(Arc::new(sock));
         } else {
@@ -145,6 +146,35 @@ pub(super) async fn bind(cfg: &Config, iface: &Interface) -> Result<AdvertSocket
         }
     }
     Ok(out)
+}
+
+/// The advertisement sockets' receive buffer: room for a burst that the data plane
+/// let through (peers within their budgets) while the loop was busy, instead of the
+/// default ~200 kB that a flood once overran.
+const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+/// Raises a socket's receive buffer to [`RECEIVE_BUFFER`]: SO_RCVBUFFORCE (past
+/// `net.core.rmem_max`, with CAP_NET_ADMIN), else SO_RCVBUF (up to rmem_max).
+fn receive_buffer(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let set = |opt: libc::c_int| {
+        // SAFETY: a valid socket and an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &RECEIVE_BUFFER as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    if !set(libc::SO_RCVBUFFORCE) && !set(libc::SO_RCVBUF) {
+        log::warn!(
+            "advertisement socket: cannot raise its receive buffer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Receives datagrams into the loop, each with the kernel's word on when it arrived
@@ -281,7 +311,8 @@ impl Agent {
                 .groups
                 .iter()
                 .position(|g| g.cfg.name == name && g.election().is_some());
-            match group {
+            // A stranger's datagram is refused below: no HMAC is computed for it.
+            match group.filter(|&gi| is_peer(&self.groups[gi])) {
                 Some(gi) => {
                     let g = &self.groups[gi];
                     (g.key.as_deref(), g.replay.awaited(&from_ip))
@@ -383,6 +414,8 @@ impl Agent {
             // Their work is done (the epoch is verified); no election news in them.
             return;
         }
+        // Authenticated (if the group has a key) and fresh: its frames carry this MAC.
+        self.learn_peer_mac(from_ip, ad.mac);
         if advert::version_of(b) == Some(1) {
             self.seq.legacy_peers.insert(from_ip, ());
         } else {

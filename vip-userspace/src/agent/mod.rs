@@ -16,6 +16,7 @@ mod adverts;
 mod balance;
 mod eips;
 mod group;
+mod peers;
 mod reload;
 mod requests;
 mod roles;
@@ -105,6 +106,8 @@ pub struct Agent {
     answered: HashMap<(u32, IpAddr), Instant>,
     /// The program was loaded with the director's code (a balanced group existed).
     balance_enabled: bool,
+    /// Who the data plane lets reach the election's port (`peers`).
+    peers: peers::Peers,
 }
 
 /// What woke the loop up.
@@ -375,6 +378,9 @@ impl Agent {
         let balance_enabled = settings.balance_enabled != 0;
         let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref(), settings)
             .context("loading the XDP data plane")?;
+        // Before the program is attached: it serves the election's port to peers only.
+        let peer_plan = peers::plan(&cfg, &iface)?;
+        peers::write(&mut dp, &Default::default(), &peer_plan, &HashMap::new())?;
         let xdp = dp.attach_chosen(&iface.name, xdpmode::choose(&cfg, &iface.name, iface.index))?;
         warnings.extend(xdp.warning.clone());
         let xdp_line = xdp.describe();
@@ -457,6 +463,10 @@ impl Agent {
             echo: None,
             answered: HashMap::new(),
             balance_enabled,
+            peers: peers::Peers {
+                written: peer_plan,
+                learned: HashMap::new(),
+            },
         };
         // Counter slots an adopted data plane already uses keep their VIPs (and counts).
         let mut previous: HashMap<IpAddr, VipEntry> = HashMap::new();
@@ -690,6 +700,8 @@ impl Agent {
                     slot: g.index,
                     vip,
                     peer: active.addr,
+                    // Its replies carry its own MAC only when it is on our link.
+                    peer_mac: peers::on_link(&self.iface, active.addr).then_some(active.mac),
                     interval: e.echo_interval,
                     misses: e.echo_misses,
                 })
@@ -712,7 +724,8 @@ impl Agent {
             return;
         };
         let actions = e.echo_lost(lost.peer, lost.missed, lost.silent, now);
-        if actions.is_empty() {
+        // Repeated every few probes while the active stays silent: said once.
+        if actions.is_empty() && lost.repeat == 0 {
             log::info!(
                 "group {}: the data plane of {} stopped answering probes; not taking over now ({})",
                 lost.group,

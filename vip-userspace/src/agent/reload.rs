@@ -48,6 +48,8 @@ pub(super) struct Plan {
     replace: Vec<Group>,
     /// Groups gone from the config.
     remove: Vec<String>,
+    /// Who may reach the election's port under the new config.
+    peers: super::peers::Plan,
 }
 
 /// A group's kind: what cannot change in place.
@@ -99,6 +101,7 @@ impl Agent {
             bail!("{key} changed: that needs a restart of the agent; nothing was changed");
         }
         let (new, iface, keys, warnings) = check_config(new)?;
+        let peers = super::peers::plan(&new, &iface)?;
         let families = |c: &Config| {
             c.groups
                 .iter()
@@ -168,6 +171,7 @@ impl Agent {
             update,
             replace,
             remove,
+            peers,
         })
     }
 
@@ -217,9 +221,13 @@ impl Agent {
                 summary.push(format!("group {}: {changed}", g.name));
                 failpoint("reload-apply")?;
             }
+            // New peers are admitted before their groups' first datagram matters;
+            // those that leave go below, with their groups.
+            self.admit_peers(&plan.peers)?;
             Ok(())
         })();
         if let Err(e) = result {
+            self.restore_peers(&plan.peers);
             self.roll_back(&added, updated, now);
             return Err(e.context("reload failed while applying; rolled back, running state kept"));
         }
@@ -242,6 +250,10 @@ impl Agent {
                     summary.push(format!("group {} could not be re-added: {e:#}", g.name));
                 }
             }
+        }
+        if let Err(e) = self.program_peers(plan.peers) {
+            // Only removals are left to do, which log their own failures.
+            log::error!("reload: the election port's peers: {e:#}");
         }
         self.cfg = plan.new;
         self.iface = plan.iface;

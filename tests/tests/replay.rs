@@ -17,12 +17,14 @@ fn election(a: &Agent) -> serde_json::Value {
     a.status().unwrap()["groups"][0]["election"].clone()
 }
 
-/// A datagram from `src`'s address and MAC to `dst`'s election port, sent by the
-/// client: a replay must get past the data plane's peer check (which knows `src`'s
-/// MAC) to test the replay protection behind it.
+/// A datagram from `src`'s address to `dst`'s election port, sent by the client from
+/// its own MAC. The data plane lets one such datagram through per 100 ms (a peer whose
+/// MAC changed must be heard again), so some of a burst reach the replay protection;
+/// sending from `src`'s MAC instead would steal it on the switch, which is another
+/// attack (see README, Security).
 fn spoofed(lan: &Lan, src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
-    let (s, d) = (lan.host(src), lan.host(dst));
-    frames::udp4(mac(&d.mac), mac(&s.mac), s.ip4, d.ip4, 4112, 4112, payload)
+    let (s, d, c) = (lan.host(src), lan.host(dst), lan.host("c"));
+    frames::udp4(mac(&d.mac), mac(&c.mac), s.ip4, d.ip4, 4112, 4112, payload)
 }
 
 /// The MACs that answered ARP for the VIP on the client's wire over `n` requests.

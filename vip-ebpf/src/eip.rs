@@ -69,19 +69,20 @@ enum Claim {
     Refuse,
 }
 
-/// The owner-learning rule, in one place for both families: `key` is the VIP (an
-/// IPv4 one IPv4-mapped) and the MAC the frame claims it at (ARP's sender hardware
-/// address; for IPv6 an NA's target link-layer address). Only a unicast MAC can own a
-/// VIP; it must be one of the VIP's nodes unless the EIP learns from any sender.
-/// Runs for such announcements only, never for the EIP's traffic.
+/// The owner-learning rule, in one place for both families: `mac` is the MAC the
+/// frame claims the VIP at (ARP's sender hardware address; for IPv6 an NA's target
+/// link-layer address), `key` the VIP's node key for it (an IPv4 VIP IPv4-mapped),
+/// built only when it is looked up. Only a unicast MAC can own a VIP; it must be one
+/// of the VIP's nodes unless the EIP learns from any sender. Runs for such
+/// announcements only, never for the EIP's traffic.
 #[inline(always)]
-fn claim(flags: u16, key: &EipNodeKey) -> Claim {
-    let unicast = !packet::is_multicast(&key.mac) && key.mac != [0; 6];
+fn claim(flags: u16, mac: &Mac, key: impl FnOnce() -> EipNodeKey) -> Claim {
+    let unicast = !packet::is_multicast(mac) && *mac != [0; 6];
     if flags & eip_flags::ANY_SENDER != 0 {
         return if unicast { Claim::Learn } else { Claim::Ignore };
     }
     // SAFETY: hash-map values are replaced under RCU, never written in place.
-    if unicast && unsafe { EIP_NODES.get(key) }.is_some() {
+    if unicast && unsafe { EIP_NODES.get(&key()) }.is_some() {
         Claim::Learn
     } else {
         Claim::Refuse
@@ -113,7 +114,7 @@ pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
     // SAFETY: as above.
     if let Some(e) = unsafe { EIPS_OUT.get(u32::from_ne_bytes(body.spa)) } {
         if e.int_ifindex == ingress {
-            match claim(e.flags, &EipNodeKey::v4(body.spa, body.sha)) {
+            match claim(e.flags, &body.sha, || EipNodeKey::v4(body.spa, body.sha)) {
                 Claim::Learn => learn(e, u32::from_ne_bytes(body.spa), body.sha),
                 Claim::Ignore => {}
                 Claim::Refuse => {

@@ -3,7 +3,7 @@
 //! the same run, interleaved with it, and is reported as a ratio to it:
 //!
 //! * `paths`: per-packet cost of each XDP path (BPF_PROG_TEST_RUN) against a program
-//!   that only returns XDP_PASS;
+//!   that only returns XDP_PASS, a gateway's elastic-IP paths included (`eip`);
 //! * `throughput`: packets handled per second on veth between namespaces, XDP against
 //!   the kernel doing the same work, native against skb mode;
 //! * `scale`: per-packet cost and map memory with 1 to 100k VIPs;
@@ -13,6 +13,7 @@
 //! Usage: `cargo bench -p vip-tests --bench perf -- [paths|throughput|scale|control]...
 //! [--quick] [--json FILE]`.
 
+mod eip;
 mod stall;
 mod throughput;
 
@@ -186,6 +187,7 @@ fn single_cost(prog: &aya::programs::Xdp, frame: &[u8], n: usize) -> Result<f64>
 
 fn paths(size: Size) -> Result<Vec<Value>> {
     let ns = bench_ns("perf-paths")?;
+    eip::prepare(&ns)?;
     ns.run_in(|| -> Result<Vec<Value>> {
         let svc = nix::net::if_::if_nametoindex("svc")?;
         let mut dp = Dataplane::load(64)?;
@@ -386,6 +388,7 @@ fn paths(size: Size) -> Result<Vec<Value>> {
             ));
             out.push(r);
         }
+        out.extend(eip::paths(size)?);
         Ok(out)
     })
 }

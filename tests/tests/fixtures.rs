@@ -1607,3 +1607,209 @@ fn run_director_odd_packets() {
         );
     }
 }
+
+/// Who may become an elastic IP's VIP owner on a gateway (`eip::claim`): a node
+/// listed in `EIP_NODES` is learned from its ARP; any other sender naming the VIP is
+/// refused (counted, dropped: the kernel's neighbour table must not learn it either),
+/// however the frame is dressed; an EIP without nodes learns from anyone, as before.
+/// BPF_PROG_TEST_RUN delivers on `lo` (ifindex 1 in the test's namespace), which
+/// plays both of the gateway's interfaces here.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn eip_owner_fixtures() {
+    privileged();
+    let ns = Netns::new("eip-fixtures").unwrap();
+    ns.run_in(run_eip_owner);
+}
+
+fn run_eip_owner() {
+    use std::collections::HashSet;
+    use vip::frames::ARP_REQUEST;
+    use vip_common::{eip_flags, EipEntry, EipNodeKey, Settings};
+    const LO: u32 = 1;
+    const ELSEWHERE: u32 = 99;
+    let gw4 = Ipv4Addr::new(10, 0, 0, 1);
+    let inet4 = Ipv4Addr::new(198, 51, 100, 10);
+    let (ext_mac, inet_mac) = (Mac([2, 0, 0, 0, 1, 1]), Mac([2, 0, 0, 0, 1, 2]));
+    let other_node = Mac([2, 0, 0, 0, 0, 0x0f]);
+    let eip = |n: u8| Ipv4Addr::new(203, 0, 113, n);
+    let vip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
+    let settings = Settings {
+        eip_enabled: 1,
+        ..Settings::default()
+    };
+    let mut dp = Dataplane::open(64, None, settings).expect("loading the data plane");
+    dp.add_redirect_target(LO).unwrap();
+    // (EIP, VIP, internal ifindex, flags): a strict one, one without nodes, a strict
+    // one with other nodes, a strict one whose internal interface is elsewhere.
+    let table = [
+        (eip(10), vip(60), LO, 0),
+        (eip(11), vip(61), LO, eip_flags::ANY_SENDER),
+        (eip(12), vip(62), LO, 0),
+        (eip(13), vip(63), ELSEWHERE, 0),
+    ];
+    let entries: Vec<EipEntry> = table
+        .iter()
+        .enumerate()
+        .map(|(i, (e, v, int, flags))| EipEntry {
+            eip: e.octets(),
+            vip: v.octets(),
+            ext_ifindex: LO,
+            int_ifindex: *int,
+            ext_mac: ext_mac.0,
+            int_mac: OWN.0,
+            stats_index: i as u16,
+            flags: *flags,
+        })
+        .collect();
+    for (i, e) in entries.iter().enumerate() {
+        dp.reset_eip_stats(i as u32).unwrap();
+        dp.set_eip(e).unwrap();
+    }
+    let nodes: HashSet<EipNodeKey> = [
+        EipNodeKey::v4(vip(60).octets(), ACTIVE.0),
+        EipNodeKey::v4(vip(60).octets(), other_node.0),
+        EipNodeKey::v4(vip(62).octets(), TARGET.0),
+        EipNodeKey::v4(vip(63).octets(), ACTIVE.0),
+    ]
+    .into();
+    dp.set_eip_nodes(&nodes).unwrap();
+
+    let garp = |mac: Mac, ip| frames::gratuitous_arp(mac, ip);
+    let reply_to_gw = |sha: Mac, spa| frames::arp(OWN, ARP_REPLY, sha, spa, OWN, gw4);
+    let mut dressed = garp(CLIENT, vip(60));
+    dressed[6..12].copy_from_slice(&ACTIVE.0);
+    let multicast = Mac([0x01, 0, 0x5e, 0, 0, 1]);
+    let inbound = frames::udp4(ext_mac, inet_mac, inet4, eip(10), 40000, 7007, b"payload");
+    // Translated towards the owner learned last (the other node): the VIP as the
+    // destination, TTL 63, the IPv4 checksum redone (UDP checksum 0 stays 0).
+    let mut translated = frames::udp4(other_node, OWN, inet4, vip(60), 40000, 7007, b"payload");
+    translated[22] = 63;
+    translated[24..26].copy_from_slice(&[0, 0]);
+    let c = vip_common::csum::csum_finish(frames::csum_add(0, &translated[14..34]));
+    translated[24..26].copy_from_slice(&c.to_be_bytes());
+
+    let cases = vec![
+        case(
+            "a node's gratuitous ARP for the VIP: learned, passed",
+            garp(ACTIVE, vip(60)),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "a stranger's gratuitous ARP for the VIP",
+            garp(CLIENT, vip(60)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "a stranger's ARP reply naming the VIP, to the gateway",
+            reply_to_gw(CLIENT, vip(60)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "a stranger's ARP request from the VIP",
+            frames::arp(Mac::BROADCAST, ARP_REQUEST, CLIENT, vip(60), Mac::ZERO, gw4),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "a stranger's ARP from the VIP with a node's Ethernet source",
+            dressed,
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "ARP naming the VIP at a multicast MAC",
+            garp(multicast, vip(60)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "ARP naming the VIP at the zero MAC",
+            garp(Mac::ZERO, vip(60)),
+            XDP_DROP,
+            None,
+        ),
+        case(
+            "the other node's ARP reply: learned, passed",
+            reply_to_gw(other_node, vip(60)),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "inbound to the EIP after the forgeries: to the node learned last",
+            inbound,
+            XDP_REDIRECT,
+            Some(translated),
+        ),
+        case(
+            "an EIP without nodes: a stranger's gratuitous ARP is learned",
+            garp(CLIENT, vip(61)),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "an EIP without nodes: a multicast MAC is not learned, passed",
+            garp(multicast, vip(61)),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "a node of another EIP's VIP is a stranger here",
+            garp(ACTIVE, vip(62)),
+            XDP_DROP,
+            None,
+        ),
+        case("this VIP's own node", garp(TARGET, vip(62)), XDP_PASS, None),
+        case(
+            "ARP naming a VIP whose internal interface is another one: not ours",
+            garp(CLIENT, vip(63)),
+            XDP_PASS,
+            None,
+        ),
+        case(
+            "ARP naming an address without an EIP",
+            garp(CLIENT, vip(64)),
+            XDP_PASS,
+            None,
+        ),
+    ];
+    run_cases(&dp, &cases);
+    let owner = |v| dp.owner(v).map(|o| Mac(o.mac));
+    assert_eq!(owner(vip(60)), Some(other_node));
+    assert_eq!(owner(vip(61)), Some(CLIENT));
+    assert_eq!(owner(vip(62)), Some(TARGET));
+    assert_eq!(owner(vip(63)), None);
+    let counts = |i| {
+        let s = dp.eip_stats(i).unwrap();
+        (s.owner_changes, s.owner_refused)
+    };
+    assert_eq!(counts(0), (2, 6), "{:?}", dp.eip_stats(0));
+    assert_eq!(counts(1), (1, 0), "{:?}", dp.eip_stats(1));
+    assert_eq!(counts(2), (1, 1), "{:?}", dp.eip_stats(2));
+    assert_eq!(counts(3), (0, 0), "{:?}", dp.eip_stats(3));
+    assert_eq!(dp.eip_stats(0).unwrap().in_packets, 1);
+
+    // The agent's rewrite of the nodes: a node no longer listed is a stranger at once,
+    // and removing an EIP takes its nodes along.
+    let fewer: HashSet<EipNodeKey> = [EipNodeKey::v4(vip(60).octets(), ACTIVE.0)].into();
+    dp.set_eip_nodes(&fewer).unwrap();
+    assert_eq!(
+        dp.eip_nodes(),
+        vec![EipNodeKey::v4(vip(60).octets(), ACTIVE.0)]
+    );
+    run_cases(
+        &dp,
+        &[case(
+            "a node taken off the list",
+            reply_to_gw(other_node, vip(60)),
+            XDP_DROP,
+            None,
+        )],
+    );
+    dp.remove_eip(&entries[0]).unwrap();
+    assert!(dp.eip_nodes().is_empty());
+    assert_eq!(dp.owner(vip(60)), None);
+}

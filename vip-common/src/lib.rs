@@ -37,6 +37,7 @@ pub mod maps {
     pub const EIPS_OUT: &str = "EIPS_OUT";
     pub const OWNERS: &str = "OWNERS";
     pub const EIP_STATS: &str = "EIP_STATS";
+    pub const EIP_NODES: &str = "EIP_NODES";
     pub const ECHO_SEEN: &str = "ECHO_SEEN";
     pub const PEERS: &str = "PEERS";
     pub const BALANCE_TABLE: &str = "BALANCE_TABLE";
@@ -816,10 +817,56 @@ pub struct EipEntry {
     pub ext_mac: [u8; 6],
     /// MAC of the internal interface: source of inbound frames towards the VIP's owner.
     pub int_mac: [u8; 6],
-    /// Index into `EIP_STATS`.
-    pub stats_index: u32,
+    /// Index into `EIP_STATS` (below [`MAX_EIPS`]).
+    pub stats_index: u16,
+    /// Bits of [`eip_flags`].
+    pub flags: u16,
 }
 const _: () = assert!(size_of::<EipEntry>() == 32);
+const _: () = assert!(MAX_EIPS <= u16::MAX as u32);
+
+/// Bits of [`EipEntry::flags`].
+pub mod eip_flags {
+    /// Learn the VIP's owner from any ARP sender: an `[[eip]]` without `nodes`, as
+    /// before the key existed. One forged ARP then moves the EIP's traffic to the
+    /// forger. Without the bit the owner is learned only from the nodes in
+    /// `EIP_NODES` (see [`crate::EipNodeKey`]), and ARP naming the VIP from anyone
+    /// else is refused.
+    pub const ANY_SENDER: u16 = 1 << 0;
+}
+
+/// Key of `EIP_NODES` (value: 1): a node whose ARP may make it a VIP's owner on a
+/// gateway, the VIP's MAC as on the wire. The VIP is kept as an IPv6 address (an
+/// IPv4 VIP IPv4-mapped, `::ffff:a.b.c.d`), so that one map and one rule serve the
+/// owners of both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EipNodeKey {
+    pub vip: [u8; 16],
+    pub mac: [u8; 6],
+    /// Zero: the kernel hashes the whole key.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<EipNodeKey>() == 24);
+
+impl EipNodeKey {
+    /// The key of an IPv4 VIP (network order) and a MAC.
+    #[inline(always)]
+    pub const fn v4(vip: [u8; 4], mac: [u8; 6]) -> Self {
+        EipNodeKey {
+            vip: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, vip[0], vip[1], vip[2], vip[3],
+            ],
+            mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Nodes an elastic IP's owner may be learned from, per EIP.
+pub const MAX_EIP_NODES_PER_EIP: u32 = 16;
+/// `EIP_NODES` capacity (allocated as entries are added: most gateways hold a few).
+pub const MAX_EIP_NODES: u32 = MAX_EIPS * MAX_EIP_NODES_PER_EIP;
 
 /// The node that owns a VIP now, as the data plane learned it from ARP on the
 /// internal segment (`OWNERS`, key: the VIP).
@@ -845,11 +892,13 @@ pub struct EipStats {
     pub out_bytes: u64,
     /// Translated, then handed to the kernel to route (no owner/neighbour known yet).
     pub to_kernel: u64,
-    /// Owner changes learned from ARP or traffic on the internal segment.
+    /// Owner changes learned from ARP on the internal segment.
     pub owner_changes: u64,
     pub arp_replies: u64,
-    /// ICMP errors whose quoted header was translated too.
-    pub icmp_errors: u64,
+    /// ARP on the internal segment naming the VIP, from a sender that is not one of
+    /// the EIP's nodes: not learned, dropped. (This slot held an ICMP-error counter
+    /// that was never counted: reusing it keeps the pinned map's layout.)
+    pub owner_refused: u64,
 }
 const _: () = assert!(size_of::<EipStats>() == 64);
 
@@ -862,7 +911,7 @@ impl EipStats {
         self.to_kernel += o.to_kernel;
         self.owner_changes += o.owner_changes;
         self.arp_replies += o.arp_replies;
-        self.icmp_errors += o.icmp_errors;
+        self.owner_refused += o.owner_refused;
     }
 }
 
@@ -905,6 +954,8 @@ mod pod {
     unsafe impl aya::Pod for super::EipEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EipNodeKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EipStats {}
 }
@@ -953,6 +1004,19 @@ mod tests {
         // Worst case: two folds are enough for any u32.
         assert_eq!(csum_fold(u32::MAX), 0xffff);
         assert_eq!(csum_finish(u32::MAX), 0);
+    }
+
+    #[test]
+    fn an_ipv4_eip_node_is_keyed_by_its_ipv4_mapped_vip() {
+        use super::EipNodeKey;
+        let mac = [0x02, 0, 0, 0, 0, 0x0b];
+        let k = EipNodeKey::v4([10, 0, 0, 50], mac);
+        assert_eq!(
+            k.vip,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 50]
+        );
+        assert_eq!((k.mac, k._pad), (mac, [0; 2]));
+        assert_ne!(k, EipNodeKey::v4([10, 0, 0, 51], mac));
     }
 
     #[test]

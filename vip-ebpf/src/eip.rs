@@ -11,6 +11,13 @@
 //!   moves the EIP's traffic. Until an owner is known, the kernel's neighbour table
 //!   (through the FIB) is the fallback; without either, the translated packet is handed
 //!   to the kernel, which routes it and resolves the neighbour (ip_forward must be on).
+//! * Only the group's real nodes can become the owner ([`claim`]): the agent lists
+//!   their MACs in `EIP_NODES` (the `[[eip]]`'s `nodes`), and ARP naming the VIP from
+//!   any other sender is counted (`owner_refused`) and dropped, so that neither this
+//!   program nor the kernel's neighbour table, the fallback, learns it. ARP carries no
+//!   proof of who sent it; a MAC list is what the gateway can check without trusting
+//!   the segment. An `[[eip]]` without `nodes` keeps the old rule (any sender,
+//!   `eip_flags::ANY_SENDER`), which one forged ARP subverts.
 //! * Fragments: every fragment's address is translated; only the first carries the
 //!   TCP/UDP checksum, which is updated there. ICMP errors (types 3, 11, 12): the
 //!   quoted header's address is translated too (its own checksum updated, which keeps
@@ -25,13 +32,14 @@ use aya_ebpf::{
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use vip_common::{
     csum::csum_finish,
+    eip_flags,
     xdp::{XDP_DROP, XDP_PASS, XDP_TX},
-    EipEntry, EipStats, Owner,
+    EipEntry, EipNodeKey, EipStats, Owner,
 };
 
 use crate::{
     arp,
-    maps::{EIPS_IN, EIPS_OUT, EIP_STATS, OWNERS, REDIRECT_DEVS},
+    maps::{EIPS_IN, EIPS_OUT, EIP_NODES, EIP_STATS, OWNERS, REDIRECT_DEVS},
     packet::{self, ptr_at, Error, Frame, Mac, ETH_HLEN},
 };
 
@@ -45,12 +53,45 @@ const FIB_SUCCESS: i64 = 0;
 fn stats(e: &EipEntry) -> Option<&mut EipStats> {
     // SAFETY: per-CPU slot, nobody else writes it concurrently.
     EIP_STATS
-        .get_ptr_mut(e.stats_index)
+        .get_ptr_mut(e.stats_index as u32)
         .map(|p| unsafe { &mut *p })
 }
 
+/// What a gateway makes of a neighbour announcement on the internal segment that
+/// names a VIP of an EIP with a link-layer address.
+#[derive(Clone, Copy, PartialEq)]
+enum Claim {
+    /// The sender may own the VIP: learn it.
+    Learn,
+    /// Nothing to learn (not a unicast MAC); the frame goes on as before.
+    Ignore,
+    /// Not one of the VIP's nodes: count, drop.
+    Refuse,
+}
+
+/// The owner-learning rule, in one place for both families: `mac` is the MAC the
+/// frame claims the VIP at (ARP's sender hardware address; for IPv6 an NA's target
+/// link-layer address), `key` the VIP's node key for it (an IPv4 VIP IPv4-mapped),
+/// built only when it is looked up. Only a unicast MAC can own a VIP; it must be one
+/// of the VIP's nodes unless the EIP learns from any sender. Runs for such
+/// announcements only, never for the EIP's traffic.
+#[inline(always)]
+fn claim(flags: u16, mac: &Mac, key: impl FnOnce() -> EipNodeKey) -> Claim {
+    let unicast = !packet::is_multicast(mac) && *mac != [0; 6];
+    if flags & eip_flags::ANY_SENDER != 0 {
+        return if unicast { Claim::Learn } else { Claim::Ignore };
+    }
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    if unicast && unsafe { EIP_NODES.get(&key()) }.is_some() {
+        Claim::Learn
+    } else {
+        Claim::Refuse
+    }
+}
+
 /// ARP on a gateway: answers requests for an EIP on its external interface, learns
-/// VIP owners on the internal one. None: not ours, continue with the VIP rules.
+/// VIP owners on the internal one (from the VIP's nodes only, see [`claim`]). None:
+/// not ours, continue with the VIP rules.
 #[inline(always)]
 pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
     let body = arp::body(ctx)?;
@@ -72,8 +113,18 @@ pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
     }
     // SAFETY: as above.
     if let Some(e) = unsafe { EIPS_OUT.get(u32::from_ne_bytes(body.spa)) } {
-        if e.int_ifindex == ingress && !packet::is_multicast(&body.sha) && body.sha != [0; 6] {
-            learn(e, u32::from_ne_bytes(body.spa), body.sha);
+        if e.int_ifindex == ingress {
+            match claim(e.flags, &body.sha, || EipNodeKey::v4(body.spa, body.sha)) {
+                Claim::Learn => learn(e, u32::from_ne_bytes(body.spa), body.sha),
+                Claim::Ignore => {}
+                Claim::Refuse => {
+                    let entry = *e;
+                    if let Some(s) = stats(&entry) {
+                        s.owner_refused += 1;
+                    }
+                    return Ok(Some(XDP_DROP));
+                }
+            }
         }
     }
     Ok(None)

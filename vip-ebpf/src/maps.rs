@@ -81,6 +81,14 @@ pub static OWNERS: HashMap<u32, Owner> = HashMap::with_max_entries(MAX_EIPS, 0);
 #[map]
 pub static EIP_STATS: PerCpuArray<EipStats> = PerCpuArray::with_max_entries(MAX_EIPS, 0);
 
+/// The nodes each EIP's owner may be learned from (see `eip::claim`). Allocated as the
+/// agent adds them, not up front: most nodes have no elastic IP.
+#[map]
+pub static EIP_NODES: HashMap<vip_common::EipNodeKey, u32> =
+    HashMap::with_max_entries(vip_common::MAX_EIP_NODES, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1 << 0;
+
 /// The standby's view of its echo probes, indexed by its group's slot (see
 /// `vip_common::echo`).
 #[map]

@@ -52,6 +52,17 @@ pub struct Eip {
     pub vip: std::net::Ipv4Addr,
     pub external_interface: String,
     pub internal_interface: String,
+    /// The MACs of the VIP's nodes: the only senders whose ARP can make one of them
+    /// the VIP's owner. None (the key absent): any sender can, as before the key
+    /// existed; one forged ARP then takes the EIP's traffic (see [`eip_warnings`]).
+    pub nodes: Option<Vec<Mac>>,
+}
+
+impl Eip {
+    /// How validation and the agent name this EIP: `eip[203.0.113.10]`.
+    pub fn key(&self) -> String {
+        format!("eip[{}]", self.address)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -280,6 +291,7 @@ struct RawEip {
     vip: String,
     external_interface: String,
     internal_interface: String,
+    nodes: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -668,12 +680,13 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 /// Elastic IPs, with the seed's limits: IPv4 only, one EIP per VIP, one VIP per EIP,
-/// and an IPv6 VIP cannot bind an elastic IP.
+/// and an IPv6 VIP cannot bind an elastic IP. Each is named by its address as
+/// written (`eip[203.0.113.10]`), as groups are by name.
 fn eips(raw: &[RawEip], p: &mut impl FnMut(String, String)) -> Vec<Eip> {
     let mut out: Vec<Eip> = Vec::new();
-    for (i, e) in raw.iter().enumerate() {
-        let key = format!("eip[{i}]");
-        let address = match e.address.parse::<IpAddr>() {
+    for e in raw {
+        let key = format!("eip[{}]", e.address.trim());
+        let address = match e.address.trim().parse::<IpAddr>() {
             Ok(IpAddr::V4(a))
                 if !(a.is_unspecified()
                     || a.is_loopback()
@@ -735,21 +748,28 @@ fn eips(raw: &[RawEip], p: &mut impl FnMut(String, String)) -> Vec<Eip> {
                 "must differ from external_interface".into(),
             );
         }
+        let nodes = e
+            .nodes
+            .as_ref()
+            .map(|n| eip_nodes(&format!("{key}.nodes"), n, p));
         let (Some(address), Some(vip)) = (address, vip) else {
             continue;
         };
-        if let Some(j) = out.iter().position(|o| o.address == address) {
+        if out.iter().any(|o| o.address == address) {
             p(
                 format!("{key}.address"),
-                format!("{address} is already the elastic IP of eip[{j}]: one VIP per elastic IP"),
+                format!(
+                    "{address} is the elastic IP of an earlier [[eip]] too: one VIP per elastic IP"
+                ),
             );
             continue;
         }
-        if let Some(j) = out.iter().position(|o| o.vip == vip) {
+        if let Some(o) = out.iter().find(|o| o.vip == vip) {
             p(
                 format!("{key}.vip"),
                 format!(
-                    "{vip} is already bound to eip[{j}]: a VIP binds to at most one elastic IP"
+                    "{vip} is already bound to {}: a VIP binds to at most one elastic IP",
+                    o.key()
                 ),
             );
             continue;
@@ -759,6 +779,7 @@ fn eips(raw: &[RawEip], p: &mut impl FnMut(String, String)) -> Vec<Eip> {
             vip,
             external_interface: e.external_interface.clone(),
             internal_interface: e.internal_interface.clone(),
+            nodes,
         });
     }
     if out.len() > vip_common::MAX_EIPS as usize {
@@ -766,6 +787,39 @@ fn eips(raw: &[RawEip], p: &mut impl FnMut(String, String)) -> Vec<Eip> {
             "eip".into(),
             format!("at most {} elastic IPs", vip_common::MAX_EIPS),
         );
+    }
+    out
+}
+
+/// An `[[eip]]`'s `nodes`: the MACs of the VIP's nodes (each node's `node.interface`),
+/// unicast, each once.
+fn eip_nodes(key: &str, raw: &[String], p: &mut impl FnMut(String, String)) -> Vec<Mac> {
+    if raw.is_empty() {
+        p(
+            key.into(),
+            "must list the MACs of the VIP's nodes (the gateway learns the VIP's owner only \
+             from them; an empty list would never learn one)"
+                .into(),
+        );
+    }
+    let max = vip_common::MAX_EIP_NODES_PER_EIP as usize;
+    if raw.len() > max {
+        p(
+            key.into(),
+            format!("{} nodes; an elastic IP follows at most {max}", raw.len()),
+        );
+    }
+    let mut out: Vec<Mac> = Vec::new();
+    for s in raw {
+        match s.trim().parse::<Mac>() {
+            Err(e) => p(key.into(), e.to_string()),
+            Ok(m) if !m.is_unicast() => p(
+                key.into(),
+                format!("{m} is not a unicast MAC: list each node's interface MAC"),
+            ),
+            Ok(m) if out.contains(&m) => p(key.into(), format!("{m} is listed twice")),
+            Ok(m) => out.push(m),
+        }
     }
     out
 }
@@ -1303,8 +1357,8 @@ pub fn check_host(
             }
         }
     }
-    for (i, e) in cfg.eips.iter().enumerate() {
-        let key = format!("eip[{i}]");
+    for e in &cfg.eips {
+        let key = e.key();
         for (k, name) in [
             ("external_interface", &e.external_interface),
             ("internal_interface", &e.internal_interface),
@@ -1376,6 +1430,7 @@ fn human_duration(d: Duration) -> String {
 pub fn file_warnings(cfg: &Config) -> Vec<String> {
     let mut out = timing_warnings(cfg);
     out.extend(auth_warnings(cfg));
+    out.extend(eip_warnings(cfg));
     out
 }
 
@@ -1438,6 +1493,28 @@ pub fn timing_warnings(cfg: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+/// Elastic IPs that learn their VIP's owner from any ARP (no `nodes`): valid, as
+/// configs written before the key existed must still load, but open to anyone on the
+/// internal segment (`vip check-config` and the agent's start-up print these).
+pub fn eip_warnings(cfg: &Config) -> Vec<String> {
+    cfg.eips
+        .iter()
+        .filter(|e| e.nodes.is_none())
+        .map(|e| {
+            format!(
+                "{key}.nodes is not set: the owner of VIP {vip} is learned from any ARP on {int}, so one forged \
+                 ARP from any host on that segment moves all of {eip}'s traffic to the forger's MAC, where it \
+                 stays until the real owner announces again. List the MACs of the VIP's nodes (their \
+                 node.interface): nodes = [\"02:..\", ...]",
+                key = e.key(),
+                vip = e.vip,
+                int = e.internal_interface,
+                eip = e.address,
+            )
+        })
+        .collect()
 }
 
 fn is_host_prefix(a: IpAddr, p: u8) -> bool {
@@ -1878,7 +1955,9 @@ role = "active"
             eip("203.0.113.11", "10.0.0.50")
         ));
         assert!(
-            p[0].key == "eip[1].vip" && p[0].message.contains("at most one elastic IP"),
+            p[0].key == "eip[203.0.113.11].vip"
+                && p[0].message.contains("already bound to eip[203.0.113.10]")
+                && p[0].message.contains("at most one elastic IP"),
             "{p:?}"
         );
         let p = problems(&format!(
@@ -1887,11 +1966,110 @@ role = "active"
             eip("203.0.113.10", "10.0.0.51")
         ));
         assert!(
-            p[0].key == "eip[1].address" && p[0].message.contains("one VIP per elastic IP"),
+            p[0].key == "eip[203.0.113.10].address"
+                && p[0].message.contains("one VIP per elastic IP"),
             "{p:?}"
         );
         let p = problems(&format!("{GOOD}{}", eip("2001:db8::1", "10.0.0.50")));
         assert!(p[0].message.contains("IPv4"), "{p:?}");
+    }
+
+    /// An `[[eip]]` of GOOD's VIP with `nodes` set to `nodes` (TOML), or without the
+    /// key when None.
+    fn eip_with_nodes(nodes: Option<&str>) -> String {
+        let line = nodes.map(|n| format!("nodes = {n}\n")).unwrap_or_default();
+        format!(
+            "{GOOD}\n[[eip]]\naddress = \"203.0.113.10\"\nvip = \"10.0.0.50\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n{line}"
+        )
+    }
+
+    #[test]
+    fn eip_nodes_are_unicast_macs_each_once() {
+        let c = parse(&eip_with_nodes(Some(
+            r#"["02:00:00:00:00:0A", "02:00:00:00:00:0b"]"#,
+        )))
+        .unwrap();
+        assert_eq!(
+            c.eips[0].nodes,
+            Some(vec![Mac([2, 0, 0, 0, 0, 0x0a]), Mac([2, 0, 0, 0, 0, 0x0b])])
+        );
+        let key = "eip[203.0.113.10].nodes";
+        for (nodes, why) in [
+            (
+                r#"["01:00:5e:00:00:01"]"#,
+                "01:00:5e:00:00:01 is not a unicast MAC",
+            ),
+            (
+                r#"["ff:ff:ff:ff:ff:ff"]"#,
+                "ff:ff:ff:ff:ff:ff is not a unicast MAC",
+            ),
+            (
+                r#"["00:00:00:00:00:00"]"#,
+                "00:00:00:00:00:00 is not a unicast MAC",
+            ),
+            (
+                r#"["02:00:00:00:00:0a", "02:00:00:00:00:0A"]"#,
+                "02:00:00:00:00:0a is listed twice",
+            ),
+            (
+                r#"["02:00:00:00:00"]"#,
+                "`02:00:00:00:00` is not a MAC address",
+            ),
+            ("[]", "must list the MACs of the VIP's nodes"),
+        ] {
+            let p = problems(&eip_with_nodes(Some(nodes)));
+            assert!(
+                p.len() == 1 && p[0].key == key && p[0].message.contains(why),
+                "{nodes}: {p:?}"
+            );
+        }
+        let many: Vec<String> = (0..=vip_common::MAX_EIP_NODES_PER_EIP)
+            .map(|i| format!("\"02:00:00:00:01:{i:02x}\""))
+            .collect();
+        let p = problems(&eip_with_nodes(Some(&format!("[{}]", many.join(", ")))));
+        assert!(
+            p[0].key == key && p[0].message.contains("at most 16"),
+            "{p:?}"
+        );
+        // Not a list of strings: the parser names the key.
+        let e = parse(&eip_with_nodes(Some("\"02:00:00:00:00:0a\"")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nodes"), "{e}");
+    }
+
+    /// A config written before `nodes` existed still loads, and says what it risks.
+    #[test]
+    fn an_eip_without_nodes_loads_with_a_warning_naming_the_key() {
+        let ifaces = |n: &str| {
+            let mut i = eth0(&[("10.0.0.1", 24)]);
+            if n == "eth1" {
+                i.name = "eth1".into();
+                i.index = 3;
+                i.addrs = vec![("198.51.100.1".parse().unwrap(), 24)];
+            }
+            (n == "eth0" || n == "eth1").then_some(i)
+        };
+        let all: HashMap<String, Vec<(IpAddr, u8)>> = HashMap::new();
+        let c = parse(&eip_with_nodes(None)).unwrap();
+        assert_eq!(c.eips[0].nodes, None);
+        let r = check_host(&c, &ifaces, &all).unwrap();
+        let w: Vec<&String> = r.warnings.iter().filter(|w| w.contains("eip[")).collect();
+        assert!(
+            w.len() == 1
+                && w[0].starts_with("eip[203.0.113.10].nodes is not set")
+                && w[0].contains("one forged ARP")
+                && w[0].contains("on eth0"),
+            "{:?}",
+            r.warnings
+        );
+        let c = parse(&eip_with_nodes(Some(r#"["02:00:00:00:00:0a"]"#))).unwrap();
+        let r = check_host(&c, &ifaces, &all).unwrap();
+        assert!(
+            !r.warnings.iter().any(|w| w.contains("eip[")),
+            "{:?}",
+            r.warnings
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use aya::{
 };
 use vip_common::{
     balance, global, globals, maps, programs, BalanceConf, BalanceMember, BalanceStats, EchoSeen,
-    EipEntry, EipStats, Owner, Peer, PeerKey, Settings, VipEntry, VipStats,
+    EipEntry, EipNodeKey, EipStats, Owner, Peer, PeerKey, Settings, VipEntry, VipStats,
 };
 
 use crate::{
@@ -98,6 +98,7 @@ pub struct Dataplane {
     eips_out: HashMap<MapData, u32, EipEntry>,
     owners: HashMap<MapData, u32, Owner>,
     eip_stats: PerCpuArray<MapData, EipStats>,
+    eip_nodes: HashMap<MapData, EipNodeKey, u32>,
     echo_seen: Array<MapData, EchoSeen>,
     /// Who may reach the election's port (see `vip_common::peers`). Not pinned: the
     /// agent writes it from its config before it attaches the program, so a new
@@ -153,6 +154,7 @@ const PINNED_MAPS: [&str; 11] = [
     maps::EIPS_OUT,
     maps::OWNERS,
     maps::EIP_STATS,
+    maps::EIP_NODES,
 ];
 const LINK_PIN: &str = "link";
 
@@ -280,6 +282,8 @@ impl Dataplane {
         let owners = HashMap::try_from(take(maps::OWNERS)?).map_err(map_err(maps::OWNERS))?;
         let eip_stats =
             PerCpuArray::try_from(take(maps::EIP_STATS)?).map_err(map_err(maps::EIP_STATS))?;
+        let eip_nodes =
+            HashMap::try_from(take(maps::EIP_NODES)?).map_err(map_err(maps::EIP_NODES))?;
         let echo_seen =
             Array::try_from(take(maps::ECHO_SEEN)?).map_err(map_err(maps::ECHO_SEEN))?;
         let peers = HashMap::try_from(take(maps::PEERS)?).map_err(map_err(maps::PEERS))?;
@@ -312,6 +316,7 @@ impl Dataplane {
             eips_out,
             owners,
             eip_stats,
+            eip_nodes,
             echo_seen,
             peers,
             balance,
@@ -362,11 +367,71 @@ impl Dataplane {
             .map_err(map_err(maps::EIPS_OUT))
     }
 
+    /// Removes an EIP <-> VIP mapping, the VIP's learned owner and its nodes.
     pub fn remove_eip(&mut self, e: &EipEntry) -> Result<()> {
         let _ = self.eips_in.remove(&u32::from_ne_bytes(e.eip));
         let _ = self.eips_out.remove(&u32::from_ne_bytes(e.vip));
         let _ = self.owners.remove(&u32::from_ne_bytes(e.vip));
+        let vip = EipNodeKey::v4(e.vip, [0; 6]).vip;
+        let keys: Vec<EipNodeKey> = self.eip_nodes_now().filter(|k| k.vip == vip).collect();
+        for k in keys {
+            let _ = self.eip_nodes.remove(&k);
+        }
         Ok(())
+    }
+
+    /// The EIP mappings the maps hold (an adopted data plane's included), from both
+    /// directions' maps.
+    pub fn eips(&self) -> Vec<EipEntry> {
+        let inbound = self.eips_in.iter().filter_map(|r| r.ok()).map(|(_, e)| e);
+        let outbound = self.eips_out.iter().filter_map(|r| r.ok()).map(|(_, e)| e);
+        let mut all: Vec<EipEntry> = Vec::new();
+        for e in inbound.chain(outbound) {
+            if !all.contains(&e) {
+                all.push(e);
+            }
+        }
+        all
+    }
+
+    fn eip_nodes_now(&self) -> impl Iterator<Item = EipNodeKey> + '_ {
+        self.eip_nodes.keys().filter_map(|k| k.ok())
+    }
+
+    /// Makes `EIP_NODES` exactly `wanted` (see `vip_common::EipNodeKey`): the new keys
+    /// first, then the others removed, so that a node listed before and after is
+    /// never missing in between (its ARP would be refused).
+    pub fn set_eip_nodes(&mut self, wanted: &std::collections::HashSet<EipNodeKey>) -> Result<()> {
+        for k in wanted {
+            self.eip_nodes
+                .insert(k, 1, 0)
+                .map_err(map_err(maps::EIP_NODES))?;
+        }
+        let stale: Vec<EipNodeKey> = self
+            .eip_nodes_now()
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for k in stale {
+            self.eip_nodes
+                .remove(&k)
+                .map_err(map_err(maps::EIP_NODES))?;
+        }
+        Ok(())
+    }
+
+    /// The nodes `EIP_NODES` holds.
+    pub fn eip_nodes(&self) -> Vec<EipNodeKey> {
+        self.eip_nodes_now().collect()
+    }
+
+    /// Forgets a VIP's learned owner (the kernel's neighbour table serves until the
+    /// next owner is learned).
+    pub fn forget_owner(&mut self, vip: std::net::Ipv4Addr) -> Result<()> {
+        let key = u32::from_ne_bytes(vip.octets());
+        if self.owners.get(&key, 0).is_err() {
+            return Ok(());
+        }
+        self.owners.remove(&key).map_err(map_err(maps::OWNERS))
     }
 
     /// Sets a VIP's owner as if learned from ARP (tests and benchmarks).

@@ -360,6 +360,11 @@ pub fn render(s: &Status) -> String {
             "ARP requests for the elastic IP answered",
             |e| e.arp_replies,
         ),
+        (
+            "eip_owner_refused",
+            "ARP naming the VIP from a non-node, dropped",
+            |e| e.owner_refused,
+        ),
     ];
     for (name, help, get) in eip {
         let f = counter(&mut reg, name, help);

@@ -39,6 +39,12 @@ pub struct EipStatus {
     pub to_kernel: u64,
     pub owner_changes: u64,
     pub arp_replies: u64,
+    /// The nodes the owner may be learned from (`nodes`); None: any ARP sender.
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
+    /// ARP naming the VIP from a sender that is not one of `nodes`: not learned, dropped.
+    #[serde(default)]
+    pub owner_refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -507,7 +513,7 @@ impl Status {
         for e in &self.eips {
             let _ = writeln!(
                 s,
-                "eip {} -> {}  owner {}  in {} pkts / {} B  out {} pkts / {} B  via kernel {}  owner changes {}",
+                "eip {} -> {}  owner {}  in {} pkts / {} B  out {} pkts / {} B  via kernel {}  owner changes {}  refused {}",
                 e.address,
                 e.vip,
                 e.owner.as_deref().unwrap_or("unknown"),
@@ -516,7 +522,17 @@ impl Status {
                 e.out_packets,
                 e.out_bytes,
                 e.to_kernel,
-                e.owner_changes
+                e.owner_changes,
+                e.owner_refused
+            );
+            let _ = writeln!(
+                s,
+                "{:<12} owner learned from: {}",
+                "",
+                match &e.nodes {
+                    Some(n) => n.join(", "),
+                    None => "any ARP sender (no nodes: one forged ARP takes the traffic)".into(),
+                }
             );
         }
         let nonzero: Vec<String> = self

@@ -32,7 +32,16 @@ const FIRST_SPORT: u16 = 20_000;
 const CONNECTIONS: usize = 12;
 /// Act 2's servers, by priority: a directs.
 const MEMBERS: [(&str, u8); 3] = [("a", 200), ("b", 150), ("d", 100)];
-const GATEWAY: &str = "[node]\nname = \"g\"\ninterface = \"eth0\"\n\n[[eip]]\naddress = \"203.0.113.10\"\nvip = \"10.0.0.50\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\n";
+
+/// The gateway: the elastic IP of the VIP, whose owner is learned from a's and b's ARP
+/// only (their MACs are the lab's, known once it is built).
+fn gateway_config(lan: &Lan) -> String {
+    format!(
+        "[node]\nname = \"g\"\ninterface = \"eth0\"\n\n[[eip]]\naddress = \"{EIP}\"\nvip = \"{VIP}\"\nexternal_interface = \"eth1\"\ninternal_interface = \"eth0\"\nnodes = [\"{}\", \"{}\"]\n",
+        lan.host("a").mac,
+        lan.host("b").mac
+    )
+}
 
 /// Elected with the defaults (100 ms adverts), a preferred over b.
 fn config(lan: &Lan, node: &str, peer: &str, priority: u8) -> String {
@@ -72,10 +81,10 @@ pub fn run(vip: &Path) -> Result<()> {
         a.ip4, a.mac, b.ip4, b.mac, c.ip4, c.mac, g.ip4
     );
 
-    say("starting the agents: a (priority 200) and b (100) elect the active with unicast adverts every 100 ms; g maps the elastic IP onto the VIP");
+    say("starting the agents: a (priority 200) and b (100) elect the active with unicast adverts every 100 ms; g maps the elastic IP onto the VIP and follows a's and b's ARP only");
     let agent_a = Agent::start(&a.ns, "a", &config(&lan, "a", "b", 200))?;
     let agent_b = Agent::start(&b.ns, "b", &config(&lan, "b", "a", 100))?;
-    let agent_g = Agent::start(&g.ns, "g", GATEWAY)?;
+    let agent_g = Agent::start(&g.ns, "g", &gateway_config(&lan))?;
     let to: SocketAddr = format!("{VIP}:{PORT}").parse()?;
     let eip: SocketAddr = format!("{EIP}:{PORT}").parse()?;
     let _ra = Responder::start(&a.ns, to, "a")?;

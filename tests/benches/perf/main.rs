@@ -3,7 +3,7 @@
 //! the same run, interleaved with it, and is reported as a ratio to it:
 //!
 //! * `paths`: per-packet cost of each XDP path (BPF_PROG_TEST_RUN) against a program
-//!   that only returns XDP_PASS;
+//!   that only returns XDP_PASS, a gateway's elastic-IP paths included (`eip`);
 //! * `throughput`: packets handled per second on veth between namespaces, XDP against
 //!   the kernel doing the same work, native against skb mode;
 //! * `scale`: per-packet cost and map memory with 1 to 100k VIPs;
@@ -20,6 +20,7 @@
 //! stall|hostile]... [--quick] [--json FILE] [--baseline FILE]`.
 
 mod baseline;
+mod eip;
 mod hostile;
 mod stall;
 mod throughput;
@@ -213,6 +214,7 @@ const ECHO_SLOT: u32 = 1;
 
 fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
     let ns = bench_ns("perf-paths")?;
+    eip::prepare(&ns)?;
     ns.run_in(|| -> Result<Vec<Value>> {
         use vip_common::{echo, peers, EchoSeen, Peer, PeerKey, Settings};
         let svc = nix::net::if_::if_nametoindex("svc")?;
@@ -535,6 +537,7 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
             }
             out.push(r);
         }
+        out.extend(eip::paths(size)?);
         Ok(out)
     })
 }

@@ -319,6 +319,7 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
                     ext_mac: l.dut_mac.0,
                     int_mac: l.svc0_mac.0,
                     stats_index: 0,
+                    flags: 0,
                 })?;
                 // The owner as learned from the internal segment's ARP.
                 dp.set_owner(EIP_VIP, l.svc1_mac.0)?;

@@ -377,6 +377,12 @@ impl Snapshot {
                         to_kernel: st.to_kernel,
                         owner_changes: st.owner_changes,
                         arp_replies: st.arp_replies,
+                        nodes: e
+                            .cfg
+                            .nodes
+                            .as_ref()
+                            .map(|n| n.iter().map(Mac::to_string).collect()),
+                        owner_refused: st.owner_refused,
                     }
                 })
                 .collect(),

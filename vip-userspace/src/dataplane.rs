@@ -142,7 +142,7 @@ pub enum Extension {
 const BYPASS_FROM: usize = 1024;
 
 /// The pinned objects, one file each under the pin directory.
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 12] = [
     maps::VIPS_V4,
     maps::VIPS_V6,
     maps::VIP_STATS,

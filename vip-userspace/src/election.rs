@@ -180,6 +180,8 @@ pub struct Election {
     claimed_by: Option<IpAddr>,
     /// Active, handing over: the successor whose first advert (its claim) we heard.
     successor: Option<IpAddr>,
+    /// The priority of the peer whose claim we answer (`claimed_by`).
+    claimant_priority: u8,
     /// Active: when we last answered a hello (at most once an interval).
     hello_answered_at: Option<Instant>,
     active: Option<Peer>,
@@ -221,6 +223,7 @@ impl Election {
             handover_until: None,
             claimed_by: None,
             successor: None,
+            claimant_priority: 0,
             hello_answered_at: None,
             active: None,
             contender: None,
@@ -310,6 +313,26 @@ impl Election {
                 && now.saturating_duration_since(s.seen) <= alive
                 && (s.priority, *addr) > ours
         })
+    }
+
+    /// The priority a datagram of `kind` carries. A release says who should take over:
+    /// the claimant's priority (a release answering a claim), else the best standby we
+    /// heard alive (0 if none), so that a standby that missed the claimant, or a better
+    /// standby, does not race it (version 1 and older vips send 0: the old rule).
+    pub fn priority_for(&self, kind: Kind, now: Instant) -> u8 {
+        if kind != Kind::Release {
+            return self.effective_priority();
+        }
+        if self.claimed_by.is_some() {
+            return self.claimant_priority;
+        }
+        let alive = self.p.interval * PRESENCE_INTERVALS;
+        self.standbys
+            .values()
+            .filter(|s| now.saturating_duration_since(s.seen) <= alive)
+            .map(|s| s.priority)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The standbys (and starting nodes) heard, with their priority and how long ago,
@@ -662,6 +685,7 @@ impl Election {
                     && theirs > ours
                 {
                     self.claimed_by = Some(ad.addr);
+                    self.claimant_priority = ad.priority;
                     out.extend(self.hand_over(now));
                 }
             }
@@ -725,8 +749,15 @@ impl Election {
                         return out;
                     }
                     // Planned handover: the best standby alive goes at once, the
-                    // others after their skew.
-                    self.master_down_at = Some(now + self.skew_at(now));
+                    // others after their skew; so does one that the releaser says is
+                    // not the best (it named a better one: a claimant, say).
+                    let named_better = ad.priority > self.effective_priority();
+                    let wait = if named_better {
+                        self.skew()
+                    } else {
+                        self.skew_at(now)
+                    };
+                    self.master_down_at = Some(now + wait);
                     self.down_cause = DownCause::Released {
                         by: ad.addr,
                         mac: ad.mac,
@@ -2128,5 +2159,30 @@ mod tests {
             assert!(!out.contains(&Action::Send(Kind::Claim)), "{out:?}");
             t += 50 * MS;
         }
+    }
+
+    /// Found by the chaos suite: a claimant's claim reached the active, whose release
+    /// reached a third node before the claim did; that node, the best standby in its
+    /// own view, took over beside the claimant. The release now names the claimant.
+    #[test]
+    fn a_release_names_who_should_take_over() {
+        let t0 = Instant::now();
+        let mut b = node(180, 11);
+        b.start(t0);
+        b.tick(t0 + Duration::from_secs(1));
+        b.receive(&presence(160, 12), t0 + 1001 * MS);
+        assert_eq!(b.priority_for(Kind::Release, t0 + 1002 * MS), 160);
+        b.receive(&advert(Kind::Claim, 200, 10), t0 + 1003 * MS);
+        assert_eq!(b.priority_for(Kind::Release, t0 + 1003 * MS), 200);
+        assert_eq!(b.priority_for(Kind::Advert, t0 + 1003 * MS), 180);
+        // d (160), which never heard a's claim, hears b's release naming 200.
+        let mut d = node(160, 12);
+        d.start(t0);
+        d.receive(&advert(Kind::Advert, 180, 11), t0 + 1001 * MS);
+        let out = d.receive(&advert(Kind::Release, 200, 11), t0 + 1004 * MS);
+        assert!(!took_over(&out), "{out:?}");
+        // The claimant's advert comes within the skew.
+        d.receive(&advert(Kind::Advert, 200, 10), t0 + 1005 * MS);
+        assert!(!took_over(&d.tick(t0 + 1100 * MS)));
     }
 }

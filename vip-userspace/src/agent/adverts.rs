@@ -536,11 +536,7 @@ impl Agent {
         };
         let mut ad = Advert {
             kind,
-            priority: if kind == Kind::Release {
-                0
-            } else {
-                e.effective_priority()
-            },
+            priority: e.priority_for(kind, Instant::now()),
             interval_ms: cfg.advert_interval.as_millis().min(u16::MAX as u128) as u16,
             hold_ms,
             mac: self.iface.mac,

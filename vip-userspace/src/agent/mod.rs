@@ -8,9 +8,11 @@
 //! thread (`snapshot`), announcements never block (`crate::garp`), netlink requests
 //! have a timeout. Rooms: `group` (one group's runtime and its life), `roles` (taking
 //! and giving up VIPs, in the order that keeps one owner), `requests` (control
-//! requests), `adverts` (the election's datagrams), `reload` (plan, then apply),
-//! `upgrade` (re-executing the binary on reload), `eips` (elastic IPs), `snapshot`
-//! (status); `crate::addresses` owns the VIP addresses.
+//! requests), `adverts` (the election's datagrams), `peers` (who may reach the
+//! election's port), `reload` (plan, then apply), `upgrade` (re-executing the binary
+//! on reload), `eips` (elastic IPs), `balance` (active/active groups: the VIP on every
+//! member, the director's table), `snapshot` (status); `crate::addresses` owns the VIP
+//! addresses.
 
 mod adverts;
 mod balance;
@@ -258,15 +260,7 @@ pub async fn run(opts: Options) -> Result<()> {
             // lease that ran out meanwhile is lost before anything else is done.
             agent.check_leases();
             match wake {
-                Wake::Request(Request::Status, reply) => {
-                    // The loop copies its part; the maps are read on another thread.
-                    let _ = renderer.send((agent.snapshot(), reply));
-                }
-                Wake::Request(Request::Reload, reply) => agent.begin_reload(Some(reply)),
-                Wake::Request(req, reply) => {
-                    let resp = agent.handle(req);
-                    let _ = reply.send(resp);
-                }
+                Wake::Request(req, reply) => agent.request(req, reply, &renderer),
                 Wake::Event(ev) => agent.event(ev),
                 Wake::Timer => agent.tick(),
                 Wake::Hup => {

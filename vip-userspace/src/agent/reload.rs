@@ -74,14 +74,6 @@ impl Plan {
 }
 
 impl Agent {
-    /// Re-reads the config and applies the difference: only groups and VIPs that
-    /// changed are touched. A bad config changes nothing; a failure while applying
-    /// rolls back.
-    pub fn reload(&mut self) -> Result<String> {
-        let plan = self.plan()?;
-        self.apply_plan(plan)
-    }
-
     /// Validates the new config and resolves everything that can fail.
     pub(super) fn plan(&self) -> Result<Plan> {
         let new = parse_config(&self.opts)?;

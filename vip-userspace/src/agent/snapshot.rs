@@ -31,10 +31,13 @@ pub(super) type Job = (
     tokio::sync::oneshot::Sender<crate::control::Response>,
 );
 
+/// Where the loop sends status requests.
+pub(super) type Renderer = std::sync::mpsc::Sender<Job>;
+
 /// Renders statuses on a thread of its own at a lower priority (nice 10): reading
 /// 20,000 VIPs' counters takes milliseconds of CPU, which on a busy host must not
 /// delay the threads that run the election's timers and sockets.
-pub(super) fn spawn_renderer(reader: Arc<Reader>) -> std::sync::mpsc::Sender<Job> {
+pub(super) fn spawn_renderer(reader: Arc<Reader>) -> Renderer {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let spawned = std::thread::Builder::new()
         .name("vip-status".into())

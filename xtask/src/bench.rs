@@ -145,7 +145,7 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
         }
     }
     if which.contains(&"soak") {
-        let f = failover::soak(vip, o.soak_secs)?;
+        let f = failover::soak(vip, o.soak_secs, o.baseline.as_deref())?;
         for row in f["rows"].as_array().into_iter().flatten() {
             results.push(json!({
                 "bench": "soak",

@@ -356,7 +356,8 @@ pub fn run(vip: &Path, quick: bool, runs: usize, baseline: Option<&Path>) -> Res
     }))
 }
 
-/// The multi-standby rows: with 3 and with 5 nodes at the defaults ([`STANDBYS`]), a
+/// The multi-standby rows: with 3 and with 5 nodes at the defaults ([`STANDBYS`]; with
+/// a baseline also 2, a and b: the default link down, old against new), a
 /// (the best) active, its link down; the outage runs from a's last answer to the first
 /// answer by any other node (the best standby should be it). With `baseline`, each
 /// run of the binary under test is followed by one of the baseline, so both see the
@@ -377,7 +378,14 @@ fn standbys(vip: &Path, quick: bool, runs: usize, baseline: Option<&Path>) -> Re
         .chain(baseline.map(|b| (true, b)))
         .collect();
     let mut rows = Vec::new();
-    for nodes in if quick { vec![3] } else { vec![3, 5] } {
+    // Two nodes too when there is a baseline: the default link-down figure, old and
+    // new binary interleaved.
+    let sizes = match (quick, baseline) {
+        (true, _) => vec![3],
+        (false, Some(_)) => vec![2, 3, 5],
+        (false, None) => vec![3, 5],
+    };
+    for nodes in sizes {
         let n = if quick { 1 } else { runs.max(HEADLINE_SAMPLES) };
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); bins.len()];
         for i in 0..n {
@@ -1152,7 +1160,8 @@ fn echo_summary(e: Option<&Value>) -> (Value, String) {
 /// Counted: b's takeovers (none is expected: a never fails), the client's lost 1 ms
 /// probes, and for vip b's echo at the end (probes, replies, longest run of misses
 /// against the misses that would take over): proof the echo ran through the loss.
-pub fn soak(vip: &Path, secs: u64) -> Result<Value> {
+/// `baseline`: another vip binary soaked the same way right after the one under test.
+pub fn soak(vip: &Path, secs: u64, baseline: Option<&Path>) -> Result<Value> {
     std::env::set_var("VIP_BIN", vip);
     let mut lan = Lan::new(&["a", "b", "c"]).context("building the lab")?;
     lan.enable_xdp_tx(&["a", "b"])?;
@@ -1165,15 +1174,26 @@ pub fn soak(vip: &Path, secs: u64) -> Result<Value> {
         .find(|n| n.ends_with("-switch"))
         .context("the lab has no switch")?;
     let mut rows = Vec::new();
-    for setup in [
-        Setup::Vip(VipConfig::DEFAULTS),
-        Setup::Keepalived { advert_ms: 10 },
-    ] {
-        let (row, echo) = soak_one(&lan, &switch, setup, Duration::from_secs(secs))
-            .with_context(|| format!("soak of {}", setup.label()))?;
+    let runs = [
+        (Setup::Vip(VipConfig::DEFAULTS), Some(vip)),
+        (Setup::Vip(VipConfig::DEFAULTS), baseline),
+        (Setup::Keepalived { advert_ms: 10 }, None),
+    ];
+    for (setup, bin) in runs {
+        let label = match (setup, bin) {
+            (Setup::Vip(_), None) => continue,
+            (Setup::Vip(_), Some(b)) if b != vip => format!("{} (baseline)", setup.label()),
+            _ => setup.label(),
+        };
+        if let Some(b) = bin {
+            std::env::set_var("VIP_BIN", b);
+        }
+        let (mut row, echo) = soak_one(&lan, &switch, setup, Duration::from_secs(secs))
+            .with_context(|| format!("soak of {label}"))?;
+        row["config"] = json!(label);
         eprintln!(
             "[bench soak] {:<16} {:>4} ms adverts, {secs} s, CPU hogs + 2 % loss between the nodes ({} frames dropped): {} false takeovers, {} probes lost{}",
-            setup.label(),
+            label,
             setup.advert_ms(),
             row["frames_dropped_between_nodes"],
             row["false_takeovers"],

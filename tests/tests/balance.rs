@@ -21,7 +21,7 @@ use std::{
 use common::*;
 use lab::{privileged, wait_for, Agent, Capture, Lan, Netns, Responder};
 use nix::sys::signal::Signal;
-use vip::{balance::Membership, mac::Mac};
+use vip::{mac::Mac, membership::Membership};
 use vip_common::{flow::flow_hash_v4, maglev};
 
 const SERVERS: [&str; 3] = ["a", "b", "e"];

@@ -11,7 +11,6 @@
 pub mod addresses;
 pub mod advert;
 pub mod agent;
-pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -26,6 +25,7 @@ pub mod health;
 pub mod host;
 pub mod keygen;
 pub mod mac;
+pub mod membership;
 pub mod metrics;
 pub mod netlink;
 pub mod ownership;

@@ -94,8 +94,8 @@ pub(super) struct GroupRuntime {
     pub transition_reasons: BTreeMap<String, u64>,
     /// Health-check tasks, aborted when the group goes away.
     pub tasks: Vec<JoinHandle<()>>,
-    /// Active/active: the members and the director's table (`crate::balance`).
-    pub balance: Option<crate::balance::Membership>,
+    /// Active/active: the members and the director's table (`crate::membership`).
+    pub balance: Option<crate::membership::Membership>,
     /// The last takeover's timing, for status and the failover benchmark.
     pub takeover: Option<crate::status::TakeoverStatus>,
     /// When the decision that the next takeover carries out was made, if before the
@@ -511,7 +511,7 @@ impl super::Agent {
             was_active &= adopted_lease.is_some();
         }
         let membership = match (&g.balance, &g.election, driver.election()) {
-            (Some(b), Some(e), Some(el)) => Some(crate::balance::Membership::new(
+            (Some(b), Some(e), Some(el)) => Some(crate::membership::Membership::new(
                 el.params().me,
                 self.iface.mac,
                 &e.peers,

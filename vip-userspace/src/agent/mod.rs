@@ -10,12 +10,12 @@
 //! and giving up VIPs, in the order that keeps one owner), `requests` (control
 //! requests), `adverts` (the election's datagrams), `peers` (who may reach the
 //! election's port), `reload` (plan, then apply), `upgrade` (re-executing the binary
-//! on reload), `eips` (elastic IPs), `balance` (active/active groups: the VIP on every
-//! member, the director's table), `snapshot` (status); `crate::addresses` owns the VIP
-//! addresses.
+//! on reload), `eips` (elastic IPs), `active_active` (active/active groups: the VIP on
+//! every member, the director's table), `snapshot` (status); `crate::addresses` owns
+//! the VIP addresses.
 
+mod active_active;
 mod adverts;
-mod balance;
 mod eips;
 mod group;
 mod peers;

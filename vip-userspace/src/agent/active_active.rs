@@ -1,6 +1,6 @@
 //! Active/active groups in the loop: the VIP on lo of every member, and the director's
 //! table kept in step with who is heard
-//! (`crate::balance` holds the membership and the table's arithmetic).
+//! (`crate::membership` holds the membership and the table's arithmetic).
 
 use std::time::Instant;
 

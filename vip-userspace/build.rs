@@ -1,7 +1,8 @@
 //! Builds the XDP programs (`vip-ebpf`) with the BPF toolchain and embeds the objects in
 //! the `vip` binary, so `cargo build --release` yields one self-contained executable:
 //! `vip.bpf.o`, the data plane, and `vip-bench.bpf.o`, the benchmarks' generator and
-//! sink, which only `dataplane::BenchPrograms` loads (never an agent).
+//! sink, which only `dataplane::BenchPrograms` embeds and loads (feature `test-run`,
+//! never an agent).
 //!
 //! The host rustup toolchain has no `core` for bpfel-unknown-none; Debian's rustc
 //! (/usr/bin/rustc, package rustc-web) ships one, and bpf-linker links the object.

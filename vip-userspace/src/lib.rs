@@ -32,5 +32,4 @@ pub mod ownership;
 pub mod reason;
 pub mod state;
 pub mod status;
-pub mod vip_index;
 pub mod xdpmode;

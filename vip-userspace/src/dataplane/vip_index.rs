@@ -6,7 +6,8 @@
 //! a mix: an entry goes to a free index first (one batched syscall), then its slot
 //! is stored whole (an atomic 8-byte store into the mmapped array). Freed indexes go
 //! to the back of the queue. `VIPS_V4` is written before the index on an update and
-//! after it on a removal, so a lookup that falls back to it agrees.
+//! after it on a removal (`super::vips` does so, and its tests pin it), so a lookup
+//! that falls back to it agrees.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -295,17 +296,11 @@ impl Store for KernelStore {
         let mut values = Vec::with_capacity(items.len() * size_of::<IndexedEntry>());
         for (i, e) in items {
             keys.extend_from_slice(&i.to_ne_bytes());
-            // SAFETY: IndexedEntry is plain data (repr(C), no implicit padding).
-            values.extend_from_slice(unsafe {
-                std::slice::from_raw_parts(
-                    e as *const IndexedEntry as *const u8,
-                    size_of::<IndexedEntry>(),
-                )
-            });
+            values.extend_from_slice(super::sys::bytes_of(e));
         }
         // SAFETY: the data plane keeps the entries map open while the store exists.
         let fd = unsafe { BorrowedFd::borrow_raw(self.entries_fd) };
-        crate::dataplane::update_batch(fd, &keys, &values, items.len() as u32)
+        super::sys::update_batch(fd, &keys, &values, items.len() as u32)
     }
 
     fn write_slot(&mut self, slot: u32, value: u64) {

@@ -1,0 +1,135 @@
+//! The director's rows of the active/active groups (`vip_common::balance`), one slot
+//! per balanced group: its Maglev table (`BALANCE_TABLE`), members (`BALANCE_MEMBERS`),
+//! ports (`BALANCE_CONF`, `BALANCE_PORTS`), node MACs (`BALANCE_NODES`) and what it
+//! sent each member (`BALANCE_STATS`). Not pinned: a director's table is rebuilt from
+//! the membership at every start.
+
+use std::os::fd::AsFd as _;
+
+use aya::{
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
+    Ebpf,
+};
+use vip_common::{balance, maps, BalanceConf, BalanceMember, BalanceStats};
+
+use super::{io_err, map_err, reader::Counters, sys, Dataplane, DataplaneError, Result};
+
+/// The director's part of the data plane.
+pub(super) struct Director {
+    table: Array<MapData, u64>,
+    members: Array<MapData, BalanceMember>,
+    conf: Array<MapData, BalanceConf>,
+    ports: HashMap<MapData, u64, u32>,
+    nodes: HashMap<MapData, u64, u32>,
+    stats: Counters<BalanceStats>,
+}
+
+/// Member `index` of slot `slot`, in `BALANCE_MEMBERS` and `BALANCE_STATS`.
+pub(super) fn member_slot(slot: u32, index: u32) -> u32 {
+    slot * balance::MAX_MEMBERS + index
+}
+
+impl Director {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let stats: PerCpuArray<MapData, BalanceStats> = super::take(ebpf, maps::BALANCE_STATS)?;
+        Ok(Director {
+            table: super::take(ebpf, maps::BALANCE_TABLE)?,
+            members: super::take(ebpf, maps::BALANCE_MEMBERS)?,
+            conf: super::take(ebpf, maps::BALANCE_CONF)?,
+            ports: super::take(ebpf, maps::BALANCE_PORTS)?,
+            nodes: super::take(ebpf, maps::BALANCE_NODES)?,
+            stats: Counters::new(stats, maps::BALANCE_STATS, BalanceStats::add),
+        })
+    }
+
+    pub(super) fn stats(&self) -> &Counters<BalanceStats> {
+        &self.stats
+    }
+}
+
+impl Dataplane {
+    /// Programs balance slot `slot`: its ports (`all` or the listed (protocol, port)
+    /// pairs, replacing `old_ports`), its members (by index) and its Maglev table.
+    /// The table is written with one batch: each word is replaced atomically, the
+    /// table as a whole is not (a flow whose slot moves may see either member once).
+    pub fn set_balance(
+        &mut self,
+        slot: u32,
+        all: bool,
+        old_ports: &[(u8, u16)],
+        ports: &[(u8, u16)],
+        members: &[BalanceMember],
+        table: &[u16],
+    ) -> Result<()> {
+        if slot >= balance::MAX_GROUPS || members.len() > balance::MAX_MEMBERS as usize {
+            return Err(DataplaneError::Missing("a balance slot"));
+        }
+        let d = &mut self.director;
+        for (p, port) in old_ports {
+            if !ports.contains(&(*p, *port)) {
+                let _ = d.ports.remove(&balance::port_key(slot, *p, *port));
+            }
+        }
+        for (p, port) in ports {
+            d.ports
+                .insert(balance::port_key(slot, *p, *port), 1, 0)
+                .map_err(map_err(maps::BALANCE_PORTS))?;
+        }
+        d.conf
+            .set(
+                slot,
+                BalanceConf {
+                    all_ports: all as u32,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err(maps::BALANCE_CONF))?;
+        for i in 0..balance::MAX_MEMBERS {
+            let m = members.get(i as usize).copied().unwrap_or_default();
+            d.members
+                .set(member_slot(slot, i), m, 0)
+                .map_err(map_err(maps::BALANCE_MEMBERS))?;
+        }
+        let words = balance::WORDS as usize;
+        let (mut keys, mut values) = (Vec::with_capacity(words * 4), Vec::with_capacity(words * 8));
+        for w in 0..words {
+            let mut word = 0u64;
+            for j in 0..4 {
+                let v = table
+                    .get(w * 4 + j)
+                    .copied()
+                    .unwrap_or(vip_common::maglev::NO_MEMBER);
+                word |= (v as u64) << (16 * j);
+            }
+            keys.extend_from_slice(&(slot * balance::WORDS + w as u32).to_ne_bytes());
+            values.extend_from_slice(&word.to_ne_bytes());
+        }
+        sys::update_batch(d.table.map().fd().as_fd(), &keys, &values, words as u32)
+            .map_err(io_err(maps::BALANCE_TABLE))
+    }
+
+    /// Replaces balance slot `slot`'s node MACs, `old` (as last written), with `new`:
+    /// a member delivers locally what these send it (see `vip_common::flags::BALANCED`).
+    /// The new ones go in first, so a node that stays is never missing.
+    pub fn set_balance_nodes(&mut self, slot: u32, old: &[[u8; 6]], new: &[[u8; 6]]) -> Result<()> {
+        if slot >= balance::MAX_GROUPS || new.len() > balance::MAX_MEMBERS as usize {
+            return Err(DataplaneError::Missing("a balance slot"));
+        }
+        let nodes = &mut self.director.nodes;
+        for mac in new {
+            nodes
+                .insert(balance::node_key(slot, mac), 1, 0)
+                .map_err(map_err(maps::BALANCE_NODES))?;
+        }
+        for mac in old.iter().filter(|m| !new.contains(m)) {
+            let _ = nodes.remove(&balance::node_key(slot, mac));
+        }
+        Ok(())
+    }
+
+    /// What the director sent to member `index` of slot `slot`, summed over CPUs.
+    pub fn balance_stats(&self, slot: u32, index: u32) -> Result<BalanceStats> {
+        self.director.stats.get(member_slot(slot, index))
+    }
+}

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::Agent;
-use crate::state::State;
+use super::{group::GroupRuntime, Agent};
+use crate::{dataplane::VipMaps, state::State};
 
 impl Agent {
     /// Due work of a balanced group: the membership's expiry (a standby's member
@@ -24,7 +24,7 @@ impl Agent {
         if self.groups[gi].balance.is_none() {
             return;
         }
-        if let Err(e) = self.program_balance_nodes(gi) {
+        if let Err(e) = program_nodes(&mut self.dp, &mut self.groups[gi]) {
             log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
         }
         let state = self.groups[gi].state;
@@ -54,68 +54,64 @@ impl Agent {
             }
             return;
         }
-        if let Err(e) = self.program_balance(gi) {
+        if let Err(e) = program_table(&mut self.dp, &mut self.groups[gi]) {
             log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
         }
     }
+}
 
-    /// Writes the director's members and table if the member set (or the ports)
-    /// changed since the last time.
-    pub(super) fn program_balance(&mut self, gi: usize) -> Result<()> {
-        let now = Instant::now();
-        let g = &self.groups[gi];
-        let Some(b) = &g.balance else { return Ok(()) };
-        let up = b.up(now, true);
-        let rows = b.rows(&up);
-        if b.programmed.as_ref() == Some(&up)
-            && b.programmed_ports == b.ports
-            && b.programmed_rows == rows
-        {
-            return Ok(());
-        }
-        let table = b
-            .table(&up)
-            .with_context(|| format!("group {}: building the balance table", g.cfg.name))?;
-        let (slot, ports, old) = (b.slot, b.ports.clone(), b.programmed_ports.clone());
-        let members: Vec<String> = b
-            .nodes
-            .iter()
-            .zip(&up)
-            .filter(|(_, u)| **u)
-            .map(|(n, _)| n.addr.to_string())
-            .collect();
-        self.dp
-            .set_balance(slot, ports.is_empty(), &old, &ports, &rows, &table)
-            .with_context(|| format!("group {}: programming the balance table", g.cfg.name))?;
-        log::info!(
-            "group {}: balancing over {} member(s): {}",
-            g.cfg.name,
-            members.len(),
-            members.join(", ")
-        );
-        if let Some(b) = &mut self.groups[gi].balance {
-            b.programmed = Some(up);
-            b.programmed_ports = ports;
-            b.programmed_rows = rows;
-        }
-        Ok(())
+/// Writes the director's members and table if the member set (or the ports, or a
+/// member's MAC) changed since the last time.
+pub(super) fn program_table(maps: &mut impl VipMaps, g: &mut GroupRuntime) -> Result<()> {
+    let now = Instant::now();
+    let Some(b) = &g.balance else { return Ok(()) };
+    let up = b.up(now, true);
+    let rows = b.rows(&up);
+    if b.programmed.as_ref() == Some(&up)
+        && b.programmed_ports == b.ports
+        && b.programmed_rows == rows
+    {
+        return Ok(());
     }
+    let table = b
+        .table(&up)
+        .with_context(|| format!("group {}: building the balance table", g.cfg.name))?;
+    let (slot, ports, old) = (b.slot, b.ports.clone(), b.programmed_ports.clone());
+    let members: Vec<String> = b
+        .nodes
+        .iter()
+        .zip(&up)
+        .filter(|(_, u)| **u)
+        .map(|(n, _)| n.addr.to_string())
+        .collect();
+    maps.set_balance(slot, ports.is_empty(), &old, &ports, &rows, &table)
+        .with_context(|| format!("group {}: programming the balance table", g.cfg.name))?;
+    log::info!(
+        "group {}: balancing over {} member(s): {}",
+        g.cfg.name,
+        members.len(),
+        members.join(", ")
+    );
+    if let Some(b) = &mut g.balance {
+        b.programmed = Some(up);
+        b.programmed_ports = ports;
+        b.programmed_rows = rows;
+    }
+    Ok(())
+}
 
-    /// Writes the group's node MACs (`BALANCE_NODES`) if a node's MAC was learned or
-    /// changed: a member's forward entry delivers what they send it locally.
-    pub(super) fn program_balance_nodes(&mut self, gi: usize) -> Result<()> {
-        let g = &self.groups[gi];
-        let Some(b) = &g.balance else { return Ok(()) };
-        let macs = b.node_macs();
-        if macs == b.programmed_nodes {
-            return Ok(());
-        }
-        self.dp
-            .set_balance_nodes(b.slot, &b.programmed_nodes, &macs)
-            .with_context(|| format!("group {}: programming the balance nodes", g.cfg.name))?;
-        if let Some(b) = &mut self.groups[gi].balance {
-            b.programmed_nodes = macs;
-        }
-        Ok(())
+/// Writes the group's node MACs (`BALANCE_NODES`) if a node's MAC was learned or
+/// changed: a member's forward entry delivers what they send it locally.
+pub(super) fn program_nodes(maps: &mut impl VipMaps, g: &mut GroupRuntime) -> Result<()> {
+    let Some(b) = &mut g.balance else {
+        return Ok(());
+    };
+    let macs = b.node_macs();
+    if macs == b.programmed_nodes {
+        return Ok(());
     }
+    maps.set_balance_nodes(b.slot, &b.programmed_nodes, &macs)
+        .with_context(|| format!("group {}: programming the balance nodes", g.cfg.name))?;
+    b.programmed_nodes = macs;
+    Ok(())
 }

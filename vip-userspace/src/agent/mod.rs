@@ -7,15 +7,17 @@
 //! I/O that can take long: status and metrics are read from a snapshot on another
 //! thread (`snapshot`), announcements never block (`crate::garp`), netlink requests
 //! have a timeout. Rooms: `group` (one group's runtime and its life), `roles` (taking
-//! and giving up VIPs, in the order that keeps one owner), `requests` (control
-//! requests), `adverts` (the election's datagrams), `peers` (who may reach the
-//! election's port), `reload` (plan, then apply), `upgrade` (re-executing the binary
-//! on reload), `eips` (elastic IPs), `active_active` (active/active groups: the VIP on
-//! every member, the director's table), `snapshot` (status); `crate::addresses` owns
-//! the VIP addresses.
+//! and giving up VIPs, in the order that keeps one owner), `effects` (carrying that
+//! order out through one seam, the writes unit-tested without a kernel), `requests`
+//! (control requests), `adverts` (the election's datagrams), `peers` (who may reach
+//! the election's port), `reload` (plan, then apply), `upgrade` (re-executing the
+//! binary on reload), `eips` (elastic IPs), `active_active` (active/active groups: the
+//! VIP on every member, the director's table), `snapshot` (status);
+//! `crate::addresses` owns the VIP addresses.
 
 mod active_active;
 mod adverts;
+mod effects;
 mod eips;
 mod group;
 mod peers;

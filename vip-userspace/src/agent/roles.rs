@@ -1,7 +1,7 @@
 //! Taking and giving up a group's VIPs: the driver's actions are carried out through
 //! the group's `Ownership` (`crate::ownership`), which decides what the data plane
-//! must hold and in which order; this room performs its effects (map writes, the
-//! lease, addresses, announcements) and keeps the group's state for status.
+//! must hold and in which order; `effects` carries them out (map writes, the lease,
+//! addresses, announcements), and this room keeps the group's state for status.
 //!
 //! The loop asks every group first, each time it wakes up, whether its serving lease
 //! still runs (`check_leases`): a node that was stopped past its lease learns it
@@ -12,16 +12,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
-use vip_common::VipEntry;
+use anyhow::Result;
 
-use super::Agent;
+use super::{
+    effects::{self, Writes as _},
+    Agent,
+};
 use crate::{
-    dataplane::Extension,
     election::Action,
-    garp, host,
+    host,
     mac::Mac,
-    ownership::{Effect, Entries, Expired, Holding, LeaseWrite},
+    ownership::{Effect, Entries, Expired, Holding},
     reason::Reason,
     state::State,
 };
@@ -82,92 +83,17 @@ impl Agent {
         }
     }
 
-    /// Performs a group's effects in order, stopping at the first that fails. A lease
-    /// the kernel refused to extend is lost: the election hears it once they are done.
+    /// Performs a group's effects in order, stopping at the first that fails (see
+    /// `effects`). A lease the kernel refused to extend is lost: the election hears it
+    /// once they are done.
     pub(super) fn exec(&mut self, gi: usize, effects: Vec<Effect>) -> Result<()> {
-        let mut lost = None;
-        let mut result = Ok(());
-        for fx in effects {
-            result = self.effect(gi, fx, &mut lost);
-            if result.is_err() {
-                break;
-            }
-        }
-        self.update_gate(gi);
+        let mac = self.iface.mac;
+        let (mut kernel, groups) = self.kernel();
+        let (result, lost) = effects::perform(&mut kernel, &mut groups[gi], mac, effects);
         if let Some(expired) = lost {
             self.lease_lost(gi, expired);
         }
         result
-    }
-
-    fn effect(&mut self, gi: usize, fx: Effect, lost: &mut Option<Expired>) -> Result<()> {
-        let name = self.groups[gi].cfg.name.clone();
-        let index = self.groups[gi].index;
-        match fx {
-            Effect::StopAnnouncing => self.groups[gi].stop_announcing(),
-            Effect::SolicitedNodes(join) => self.join_solicited_nodes(gi, join),
-            Effect::BalanceTable => self.program_balance(gi)?,
-            Effect::BalanceNodes => {
-                if let Err(e) = self.program_balance_nodes(gi) {
-                    log::error!("group {name}: {e:#}");
-                }
-            }
-            Effect::Entries(plan) => self.program_entries(gi, plan, None)?,
-            Effect::Lease(LeaseWrite::Grant(deadline)) => {
-                self.dp
-                    .grant_lease(index, deadline)
-                    .with_context(|| format!("group {name}: granting the lease"))?;
-                self.update_gate(gi);
-            }
-            Effect::Lease(LeaseWrite::Revoke) => {
-                // Closed first: no announcement may leave once we stop answering.
-                self.update_gate(gi);
-                self.dp
-                    .revoke_lease(index)
-                    .with_context(|| format!("group {name}: revoking the lease"))?;
-            }
-            Effect::Lease(LeaseWrite::Extend { expect, deadline }) => {
-                let answer = self
-                    .dp
-                    .extend_lease(index, expect, deadline)
-                    .with_context(|| format!("group {name}: extending the lease"))?;
-                let (took, found) = match answer {
-                    Extension::Extended => (true, deadline),
-                    Extension::Expired { found, .. } | Extension::Changed { found } => {
-                        (false, found)
-                    }
-                };
-                let (now, boot) = (Instant::now(), host::boottime_ns());
-                match self.groups[gi].own.extension(now, boot, took, found) {
-                    Ok(None) => {}
-                    Ok(Some(LeaseWrite::Grant(d))) => self
-                        .dp
-                        .grant_lease(index, d)
-                        .with_context(|| format!("group {name}: granting the lease"))?,
-                    Ok(Some(_)) => {}
-                    Err(expired) => *lost = Some(expired),
-                }
-                self.update_gate(gi);
-            }
-            Effect::Quiet(quiet) => {
-                // Closed first: no announcement may leave once we stop answering.
-                self.update_gate(gi);
-                self.dp
-                    .set_quiet(index, quiet)
-                    .with_context(|| format!("group {name}: setting its answers"))?;
-            }
-            Effect::AddAddresses => {
-                let vips = self.groups[gi].vips.clone();
-                for v in vips.iter() {
-                    if !self.addrs.holds(v.vip.addr) {
-                        self.addrs.add(&name, v.vip.addr);
-                    }
-                }
-            }
-            Effect::RemoveAddresses => self.release_addresses(gi),
-            Effect::Announce => self.announce(gi),
-        }
-        Ok(())
     }
 
     /// Programs every VIP of the group (or only `only`) for `plan`.
@@ -177,30 +103,7 @@ impl Agent {
         plan: Entries,
         only: Option<&[IpAddr]>,
     ) -> Result<()> {
-        let g = &self.groups[gi];
-        let entries: Vec<(IpAddr, VipEntry)> = g
-            .vips
-            .iter()
-            .filter(|v| only.is_none_or(|o| o.contains(&v.vip.addr)))
-            .map(|v| (v.vip.addr, g.entry(self.iface.mac, v, plan)))
-            .collect();
-        self.dp
-            .set_vips_batch(&entries)
-            .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))
-    }
-
-    /// The announcements may leave while the serving lease runs (elected groups), or
-    /// always (the others).
-    fn update_gate(&mut self, gi: usize) {
-        let g = &self.groups[gi];
-        if !g.leased() {
-            return;
-        }
-        let open = match g.own.holding() {
-            Holding::Serving => g.own.lease().deadline().unwrap_or(0),
-            _ => 0,
-        };
-        g.gate.set(open);
+        effects::program_entries(&mut self.dp, &self.groups[gi], self.iface.mac, plan, only)
     }
 
     /// Before anything else each time the loop wakes up: a serving lease that ran out
@@ -209,7 +112,7 @@ impl Agent {
         let boot = host::boottime_ns();
         for gi in 0..self.groups.len() {
             if let Some(expired) = self.groups[gi].own.check(boot) {
-                self.update_gate(gi);
+                effects::update_gate(&self.groups[gi]);
                 self.lease_lost(gi, expired);
             }
         }
@@ -243,53 +146,10 @@ impl Agent {
         }
     }
 
-    /// An IPv6 VIP's address is on `lo` (or, redirected, nowhere), so the interface
-    /// does not join its solicited-node group by itself: join it, or NICs that filter
-    /// multicast and switches that snoop MLD never deliver the solicitations for it.
+    /// Joins (or leaves) the solicited-node groups of the group's IPv6 VIPs.
     pub(super) fn join_solicited_nodes(&mut self, gi: usize, join: bool) {
-        let addrs: Vec<std::net::Ipv6Addr> = self.groups[gi]
-            .vips
-            .iter()
-            .filter_map(|v| match v.vip.addr {
-                IpAddr::V6(a) => Some(a),
-                IpAddr::V4(_) => None,
-            })
-            .collect();
-        if addrs.is_empty() {
-            return;
-        }
-        if self.mcast.is_none() {
-            match std::net::UdpSocket::bind("[::]:0") {
-                Ok(s) => self.mcast = Some(s),
-                Err(e) => {
-                    log::error!("opening a socket for multicast membership: {e}");
-                    return;
-                }
-            }
-        }
-        let Some(sock) = &self.mcast else { return };
-        for a in addrs {
-            let (group, _) = crate::frames::solicited_node(a);
-            let r = if join {
-                sock.join_multicast_v6(&group, self.iface.index)
-            } else {
-                sock.leave_multicast_v6(&group, self.iface.index)
-            };
-            match r {
-                Ok(()) => {}
-                // Joining twice or leaving what was never joined: nothing to do.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EADDRINUSE) | Some(libc::EADDRNOTAVAIL) | Some(libc::EINVAL)
-                    ) => {}
-                Err(e) => log::error!(
-                    "group {}: {} solicited-node group {group}: {e}",
-                    self.groups[gi].cfg.name,
-                    if join { "joining" } else { "leaving" }
-                ),
-            }
-        }
+        let (mut kernel, groups) = self.kernel();
+        kernel.solicited_nodes(&groups[gi], join);
     }
 
     /// Takes the group's VIPs, in `Ownership::take`'s order.
@@ -355,54 +215,16 @@ impl Agent {
 
     /// Removes the group's VIP addresses (the group no longer holds its VIPs).
     pub(super) fn release_addresses(&mut self, gi: usize) {
-        let (name, vips) = (
-            self.groups[gi].cfg.name.clone(),
-            self.groups[gi].vips.clone(),
-        );
-        for v in vips.iter() {
-            if self.addrs.holds(v.vip.addr) {
-                self.addrs.remove(&name, v.vip.addr);
-            }
-        }
+        let (mut kernel, groups) = self.kernel();
+        kernel.remove_addresses(&groups[gi]);
     }
 
     /// Starts (or restarts) the group's gratuitous ARP / unsolicited NA burst, and the
     /// periodic refresh if configured; every round leaves only while the group's
     /// announcement gate is open (its serving lease runs).
     pub(super) fn announce(&mut self, gi: usize) {
-        let g = &mut self.groups[gi];
-        g.stop_announcing();
-        let addrs: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
-        let (sock, mac, garp, name, refresh, gate) = (
-            self.socket.clone(),
-            self.iface.mac,
-            g.cfg.garp,
-            g.cfg.name.clone(),
-            g.cfg.garp_refresh,
-            g.gate.clone(),
-        );
-        // The first round leaves from here, now (the socket never blocks); the
-        // rest of the burst is timed by a task.
-        let frames = garp::frames(mac, &addrs);
-        if garp.count > 0 && gate.is_open() {
-            garp::send_round(&sock, &frames, &name, &gate);
-            if let Some(t) = g
-                .takeover
-                .as_mut()
-                .filter(|t| t.announced_mono_ns.is_none())
-            {
-                t.announced_mono_ns = Some(host::monotonic_ns());
-            }
-        }
-        g.announcer = Some(tokio::spawn(async move {
-            garp::burst_rest(sock.clone(), frames, garp, name.clone(), gate.clone()).await;
-            if let Some(every) = refresh {
-                loop {
-                    tokio::time::sleep(every).await;
-                    garp::send_round(&sock, &garp::frames(mac, &addrs), &name, &gate);
-                }
-            }
-        }));
+        let (mut kernel, groups) = self.kernel();
+        kernel.announce(&mut groups[gi]);
     }
 
     /// How long a restarting agent's peers hold, as the lease must cover it.

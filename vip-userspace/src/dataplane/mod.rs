@@ -16,6 +16,8 @@
 //! * `peers`: who may reach the election's port (`PEERS`);
 //! * `reader`: per-CPU counter slots, and read-only handles for status and metrics
 //!   on another thread;
+//! * `vip_maps`: [`VipMaps`], the writes a change of ownership makes, in the order
+//!   `crate::ownership` gives them: the one seam unit tests record instead of a kernel;
 //! * `sys`: the raw bpf(2) call aya has no wrapper for (BPF_MAP_UPDATE_BATCH);
 //! * `test_run` (feature `test-run`): BPF_PROG_TEST_RUN of the data plane and the
 //!   benchmarks' programs, for the integration tests and benchmarks only.
@@ -33,6 +35,7 @@ mod sys;
 #[cfg(feature = "test-run")]
 mod test_run;
 pub mod vip_index;
+mod vip_maps;
 mod vips;
 
 use std::path::PathBuf;
@@ -49,6 +52,7 @@ pub use program::{on_bpffs, remove_pins};
 pub use reader::Reader;
 #[cfg(feature = "test-run")]
 pub use test_run::{action_name, run, BenchPrograms, TestOutcome};
+pub use vip_maps::VipMaps;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {

@@ -1,0 +1,638 @@
+//! Carrying out a group's effects (`crate::ownership::Effect`), in the order its
+//! `Ownership` gave them, through one seam: [`Writes`], the data plane's maps
+//! ([`VipMaps`]) and the host's side of a change of ownership (the VIP addresses on
+//! lo, the solicited-node groups, the announcements). The agent's is [`Kernel`]; the
+//! tests below record the writes instead, and pin the order a takeover and a release
+//! reach the kernel in, announcement gate included.
+//!
+//! The gate (`crate::garp::Gate`) is the group's own: it opens only once the lease
+//! that lets the data plane answer is written, and closes before the data plane
+//! stops answering (a quiet or revoked lease), so no announcement leaves for VIPs we
+//! do not answer for.
+
+use std::{net::IpAddr, sync::Arc, time::Instant};
+
+use anyhow::{Context, Result};
+use vip_common::VipEntry;
+
+use super::{active_active, group::GroupRuntime, Agent};
+use crate::{
+    addresses::Addresses,
+    dataplane::{Dataplane, Extension, VipMaps},
+    garp::{self, PacketSocket},
+    host::{self, Interface},
+    mac::Mac,
+    ownership::{Effect, Entries, Expired, Holding, LeaseWrite},
+};
+
+/// Where a group's effects are written.
+pub(super) trait Writes {
+    type Maps: VipMaps;
+    /// The data plane's maps: leases, quiet, the director, the entries.
+    fn maps(&mut self) -> &mut Self::Maps;
+    /// Stops the group's announcements in flight.
+    fn stop_announcing(&mut self, g: &mut GroupRuntime);
+    /// Joins (or leaves) the solicited-node groups of the group's IPv6 VIPs.
+    fn solicited_nodes(&mut self, g: &GroupRuntime, join: bool);
+    /// Puts the group's VIP addresses on lo (those not there already).
+    fn add_addresses(&mut self, g: &GroupRuntime);
+    /// Takes the group's VIP addresses off lo.
+    fn remove_addresses(&mut self, g: &GroupRuntime);
+    /// Starts the group's announcement burst (and its refresh): every round leaves
+    /// only while the group's gate is open.
+    fn announce(&mut self, g: &mut GroupRuntime);
+}
+
+/// Performs `effects` in order on group `g` (our interface's MAC is `mac`), stopping
+/// at the first that fails; the gate is brought up to date at the end whatever
+/// happened. Returns that result, and the lease the kernel refused to extend (it is
+/// lost: the caller tells the election once the effects are done).
+pub(super) fn perform(
+    w: &mut impl Writes,
+    g: &mut GroupRuntime,
+    mac: Mac,
+    effects: Vec<Effect>,
+) -> (Result<()>, Option<Expired>) {
+    let mut lost = None;
+    let mut result = Ok(());
+    for fx in effects {
+        result = effect(w, g, mac, fx, &mut lost);
+        if result.is_err() {
+            break;
+        }
+    }
+    update_gate(g);
+    (result, lost)
+}
+
+fn effect(
+    w: &mut impl Writes,
+    g: &mut GroupRuntime,
+    mac: Mac,
+    fx: Effect,
+    lost: &mut Option<Expired>,
+) -> Result<()> {
+    let index = g.index;
+    match fx {
+        Effect::StopAnnouncing => w.stop_announcing(g),
+        Effect::SolicitedNodes(join) => w.solicited_nodes(g, join),
+        Effect::BalanceTable => active_active::program_table(w.maps(), g)?,
+        Effect::BalanceNodes => {
+            if let Err(e) = active_active::program_nodes(w.maps(), g) {
+                log::error!("group {}: {e:#}", g.cfg.name);
+            }
+        }
+        Effect::Entries(plan) => program_entries(w.maps(), g, mac, plan, None)?,
+        Effect::Lease(LeaseWrite::Grant(deadline)) => {
+            w.maps()
+                .grant_lease(index, deadline)
+                .with_context(|| format!("group {}: granting the lease", g.cfg.name))?;
+            update_gate(g);
+        }
+        Effect::Lease(LeaseWrite::Revoke) => {
+            // Closed first: no announcement may leave once we stop answering.
+            update_gate(g);
+            w.maps()
+                .revoke_lease(index)
+                .with_context(|| format!("group {}: revoking the lease", g.cfg.name))?;
+        }
+        Effect::Lease(LeaseWrite::Extend { expect, deadline }) => {
+            let answer = w
+                .maps()
+                .extend_lease(index, expect, deadline)
+                .with_context(|| format!("group {}: extending the lease", g.cfg.name))?;
+            let (took, found) = match answer {
+                Extension::Extended => (true, deadline),
+                Extension::Expired { found, .. } | Extension::Changed { found } => (false, found),
+            };
+            let (now, boot) = (Instant::now(), host::boottime_ns());
+            match g.own.extension(now, boot, took, found) {
+                Ok(None) => {}
+                Ok(Some(LeaseWrite::Grant(d))) => w
+                    .maps()
+                    .grant_lease(index, d)
+                    .with_context(|| format!("group {}: granting the lease", g.cfg.name))?,
+                Ok(Some(_)) => {}
+                Err(expired) => *lost = Some(expired),
+            }
+            update_gate(g);
+        }
+        Effect::Quiet(quiet) => {
+            // Closed first: no announcement may leave once we stop answering.
+            update_gate(g);
+            w.maps()
+                .set_quiet(index, quiet)
+                .with_context(|| format!("group {}: setting its answers", g.cfg.name))?;
+        }
+        Effect::AddAddresses => w.add_addresses(g),
+        Effect::RemoveAddresses => w.remove_addresses(g),
+        Effect::Announce => w.announce(g),
+    }
+    Ok(())
+}
+
+/// The announcements may leave while the serving lease runs (elected groups), or
+/// always (the others).
+pub(super) fn update_gate(g: &GroupRuntime) {
+    if !g.leased() {
+        return;
+    }
+    let open = match g.own.holding() {
+        Holding::Serving => g.own.lease().deadline().unwrap_or(0),
+        _ => 0,
+    };
+    g.gate.set(open);
+}
+
+/// Programs every VIP of the group (or only `only`) for `plan`.
+pub(super) fn program_entries(
+    maps: &mut impl VipMaps,
+    g: &GroupRuntime,
+    mac: Mac,
+    plan: Entries,
+    only: Option<&[IpAddr]>,
+) -> Result<()> {
+    let entries: Vec<(IpAddr, VipEntry)> = g
+        .vips
+        .iter()
+        .filter(|v| only.is_none_or(|o| o.contains(&v.vip.addr)))
+        .map(|v| (v.vip.addr, g.entry(mac, v, plan)))
+        .collect();
+    maps.set_vips_batch(&entries)
+        .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))
+}
+
+/// The kernel: the data plane, the addresses on lo, the packet socket announcements
+/// leave by, and the socket holding the solicited-node memberships.
+pub(super) struct Kernel<'a> {
+    pub dp: &'a mut Dataplane,
+    pub addrs: &'a mut Addresses,
+    pub socket: &'a Arc<PacketSocket>,
+    pub mcast: &'a mut Option<std::net::UdpSocket>,
+    pub iface: &'a Interface,
+}
+
+impl Agent {
+    /// The kernel's side of the effects and the groups, borrowed apart.
+    pub(super) fn kernel(&mut self) -> (Kernel<'_>, &mut Vec<GroupRuntime>) {
+        (
+            Kernel {
+                dp: &mut self.dp,
+                addrs: &mut self.addrs,
+                socket: &self.socket,
+                mcast: &mut self.mcast,
+                iface: &self.iface,
+            },
+            &mut self.groups,
+        )
+    }
+}
+
+impl Writes for Kernel<'_> {
+    type Maps = Dataplane;
+
+    fn maps(&mut self) -> &mut Dataplane {
+        self.dp
+    }
+
+    fn stop_announcing(&mut self, g: &mut GroupRuntime) {
+        g.stop_announcing();
+    }
+
+    /// An IPv6 VIP's address is on `lo` (or, redirected, nowhere), so the interface
+    /// does not join its solicited-node group by itself: join it, or NICs that filter
+    /// multicast and switches that snoop MLD never deliver the solicitations for it.
+    fn solicited_nodes(&mut self, g: &GroupRuntime, join: bool) {
+        let addrs: Vec<std::net::Ipv6Addr> = g
+            .vips
+            .iter()
+            .filter_map(|v| match v.vip.addr {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        if self.mcast.is_none() {
+            match std::net::UdpSocket::bind("[::]:0") {
+                Ok(s) => *self.mcast = Some(s),
+                Err(e) => {
+                    log::error!("opening a socket for multicast membership: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(sock) = self.mcast.as_ref() else {
+            return;
+        };
+        for a in addrs {
+            let (group, _) = crate::frames::solicited_node(a);
+            let r = if join {
+                sock.join_multicast_v6(&group, self.iface.index)
+            } else {
+                sock.leave_multicast_v6(&group, self.iface.index)
+            };
+            match r {
+                Ok(()) => {}
+                // Joining twice or leaving what was never joined: nothing to do.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EADDRINUSE) | Some(libc::EADDRNOTAVAIL) | Some(libc::EINVAL)
+                    ) => {}
+                Err(e) => log::error!(
+                    "group {}: {} solicited-node group {group}: {e}",
+                    g.cfg.name,
+                    if join { "joining" } else { "leaving" }
+                ),
+            }
+        }
+    }
+
+    fn add_addresses(&mut self, g: &GroupRuntime) {
+        for v in g.vips.iter() {
+            if !self.addrs.holds(v.vip.addr) {
+                self.addrs.add(&g.cfg.name, v.vip.addr);
+            }
+        }
+    }
+
+    fn remove_addresses(&mut self, g: &GroupRuntime) {
+        for v in g.vips.iter() {
+            if self.addrs.holds(v.vip.addr) {
+                self.addrs.remove(&g.cfg.name, v.vip.addr);
+            }
+        }
+    }
+
+    /// Starts (or restarts) the group's gratuitous ARP / unsolicited NA burst, and the
+    /// periodic refresh if configured.
+    fn announce(&mut self, g: &mut GroupRuntime) {
+        g.stop_announcing();
+        let addrs: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
+        let (sock, mac, garp, name, refresh, gate) = (
+            self.socket.clone(),
+            self.iface.mac,
+            g.cfg.garp,
+            g.cfg.name.clone(),
+            g.cfg.garp_refresh,
+            g.gate.clone(),
+        );
+        // The first round leaves from here, now (the socket never blocks); the
+        // rest of the burst is timed by a task.
+        let frames = garp::frames(mac, &addrs);
+        if garp.count > 0 && gate.is_open() {
+            garp::send_round(&sock, &frames, &name, &gate);
+            if let Some(t) = g
+                .takeover
+                .as_mut()
+                .filter(|t| t.announced_mono_ns.is_none())
+            {
+                t.announced_mono_ns = Some(host::monotonic_ns());
+            }
+        }
+        g.announcer = Some(tokio::spawn(async move {
+            garp::burst_rest(sock.clone(), frames, garp, name.clone(), gate.clone()).await;
+            if let Some(every) = refresh {
+                loop {
+                    tokio::time::sleep(every).await;
+                    garp::send_round(&sock, &garp::frames(mac, &addrs), &name, &gate);
+                }
+            }
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use vip_common::action;
+
+    use super::*;
+    use crate::{
+        agent::group::VipRuntime,
+        config,
+        dataplane::DataplaneError,
+        driver::Driver,
+        election::{Election, Params},
+        garp::Gate,
+        membership::Membership,
+        state::State,
+    };
+
+    /// One write the effects made, in a recorder's words.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum W {
+        GrantLease,
+        RevokeLease,
+        ExtendLease,
+        Quiet(bool),
+        /// The entries, by the action every VIP of the group got.
+        Entries(u32),
+        BalanceTable,
+        BalanceNodes,
+        StopAnnouncing,
+        SolicitedNodes(bool),
+        AddAddresses,
+        RemoveAddresses,
+        Announce,
+    }
+
+    /// Records every write with whether the group's announcement gate was open as it
+    /// was made (the gate is shared with the group, as an announcer task's is).
+    struct Recorder {
+        log: Vec<(W, bool)>,
+        gate: Gate,
+        /// What `extend_lease` answers.
+        extension: Extension,
+    }
+
+    impl Recorder {
+        fn new(g: &GroupRuntime) -> Self {
+            Recorder {
+                log: Vec::new(),
+                gate: g.gate.clone(),
+                extension: Extension::Extended,
+            }
+        }
+
+        fn push(&mut self, w: W) {
+            let open = self.gate.is_open();
+            self.log.push((w, open));
+        }
+
+        /// The writes since the last call.
+        fn take(&mut self) -> Vec<(W, bool)> {
+            std::mem::take(&mut self.log)
+        }
+    }
+
+    type Result<T> = std::result::Result<T, DataplaneError>;
+
+    impl VipMaps for Recorder {
+        fn grant_lease(&mut self, _: u32, _: u64) -> Result<()> {
+            self.push(W::GrantLease);
+            Ok(())
+        }
+        fn revoke_lease(&mut self, _: u32) -> Result<()> {
+            self.push(W::RevokeLease);
+            Ok(())
+        }
+        fn extend_lease(&mut self, _: u32, _: u64, _: u64) -> Result<Extension> {
+            self.push(W::ExtendLease);
+            Ok(self.extension)
+        }
+        fn set_quiet(&mut self, _: u32, quiet: bool) -> Result<()> {
+            self.push(W::Quiet(quiet));
+            Ok(())
+        }
+        fn set_vips_batch(&mut self, entries: &[(IpAddr, VipEntry)]) -> Result<()> {
+            let act = entries.first().map_or(u32::MAX, |(_, e)| e.action);
+            assert!(entries.iter().all(|(_, e)| e.action == act), "{entries:?}");
+            self.push(W::Entries(act));
+            Ok(())
+        }
+        fn set_balance(
+            &mut self,
+            _: u32,
+            _: bool,
+            _: &[(u8, u16)],
+            _: &[(u8, u16)],
+            _: &[vip_common::BalanceMember],
+            _: &[u16],
+        ) -> Result<()> {
+            self.push(W::BalanceTable);
+            Ok(())
+        }
+        fn set_balance_nodes(&mut self, _: u32, _: &[[u8; 6]], _: &[[u8; 6]]) -> Result<()> {
+            self.push(W::BalanceNodes);
+            Ok(())
+        }
+    }
+
+    impl Writes for Recorder {
+        type Maps = Self;
+        fn maps(&mut self) -> &mut Self {
+            self
+        }
+        fn stop_announcing(&mut self, _: &mut GroupRuntime) {
+            self.push(W::StopAnnouncing);
+        }
+        fn solicited_nodes(&mut self, _: &GroupRuntime, join: bool) {
+            self.push(W::SolicitedNodes(join));
+        }
+        fn add_addresses(&mut self, _: &GroupRuntime) {
+            self.push(W::AddAddresses);
+        }
+        fn remove_addresses(&mut self, _: &GroupRuntime) {
+            self.push(W::RemoveAddresses);
+        }
+        fn announce(&mut self, _: &mut GroupRuntime) {
+            self.push(W::Announce);
+        }
+    }
+
+    const MAC: Mac = Mac([2, 0, 0, 0, 0, 11]);
+    const PEER_MAC: Mac = Mac([2, 0, 0, 0, 0, 12]);
+
+    /// An elected group with an IPv4 and an IPv6 VIP (`extra`: more of its keys), as
+    /// the agent builds it, and an advertisement just sent (a standby takes us for
+    /// silent no earlier than 3 intervals from now: the serving lease may run).
+    fn elected(extra: &str) -> GroupRuntime {
+        let text = format!(
+            "[node]\nname = \"a\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\n\
+             vips = [\"10.0.0.50/24\", \"2001:db8::50/64\"]\npeers = [\"10.0.0.12\"]\n\
+             priority = 150\n{extra}\n"
+        );
+        let cfg = config::parse(&text).unwrap();
+        let g = &cfg.groups[0];
+        let e = g.election.as_ref().unwrap();
+        let me: IpAddr = "10.0.0.11".parse().unwrap();
+        let election = Election::new(Params {
+            priority: e.priority,
+            interval: e.advert_interval,
+            preempt: e.preempt,
+            preempt_delay: e.preempt_delay,
+            me,
+            echo_skew: Duration::ZERO,
+            echo_window: Duration::ZERO,
+        });
+        let vips = g
+            .vips
+            .iter()
+            .enumerate()
+            .map(|(slot, vip)| VipRuntime {
+                vip: *vip,
+                slot: slot as u32,
+            })
+            .collect();
+        let mut runtime =
+            GroupRuntime::new(g, 3, None, vips, Driver::Elected(Box::new(election)), None);
+        if let Some(b) = &g.balance {
+            runtime.balance = Some(Membership::new(
+                me,
+                MAC,
+                &e.peers,
+                e.advert_interval,
+                0,
+                b.ports.clone(),
+            ));
+        }
+        runtime.own.advertised(host::boottime_ns());
+        runtime
+    }
+
+    /// Performs what `decide` returns for `g` through the recorder; every write
+    /// succeeded, so nothing may fail and no lease be lost.
+    fn run(
+        g: &mut GroupRuntime,
+        rec: &mut Recorder,
+        decide: impl FnOnce(&mut GroupRuntime, Instant, u64) -> Vec<Effect>,
+    ) -> Vec<(W, bool)> {
+        let fx = decide(g, Instant::now(), host::boottime_ns());
+        let (result, lost) = perform(rec, g, MAC, fx);
+        result.unwrap();
+        assert!(lost.is_none(), "{lost:?}");
+        rec.take()
+    }
+
+    fn take(g: &mut GroupRuntime, now: Instant, boot: u64) -> Vec<Effect> {
+        g.own.take(now, boot, None)
+    }
+
+    /// Each write with whether the gate was open as it was made.
+    use W::*;
+    const OPEN: bool = true;
+    const CLOSED: bool = false;
+
+    #[test]
+    fn a_takeover_writes_the_lease_before_the_entries_and_announces_last_once_the_gate_opens() {
+        let mut g = elected("");
+        let mut rec = Recorder::new(&g);
+        assert!(!g.gate.is_open(), "an elected group starts closed");
+        assert_eq!(
+            run(&mut g, &mut rec, take),
+            [
+                // The lease first: the data plane answers nothing for a group without
+                // one, and the gate opens only once it is written.
+                (GrantLease, CLOSED),
+                // Answers resume only under that lease.
+                (Quiet(false), OPEN),
+                // The entries answer from here on (the index follows them, `dataplane::vips`).
+                (Entries(action::LOCAL), OPEN),
+                (AddAddresses, OPEN),
+                (SolicitedNodes(true), OPEN),
+                // Last: every VIP is answered for when the announcement says so.
+                (Announce, OPEN),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_planned_release_goes_quiet_behind_a_closed_gate_then_forwards_then_grants_the_lease() {
+        let mut g = elected("");
+        let mut rec = Recorder::new(&g);
+        run(&mut g, &mut rec, take);
+        // The handover's first step, before the release is sent.
+        assert_eq!(
+            run(&mut g, &mut rec, |g, _, _| g.own.quiesce()),
+            [(StopAnnouncing, OPEN), (Quiet(true), CLOSED)]
+        );
+        // The successor took over: forward to it; the addresses stay for the drain.
+        assert_eq!(
+            run(&mut g, &mut rec, |g, now, boot| g.own.give_up(
+                now,
+                boot,
+                State::Standby,
+                Some(PEER_MAC)
+            )),
+            [
+                (StopAnnouncing, CLOSED),
+                (SolicitedNodes(false), CLOSED),
+                (Entries(action::FORWARD), CLOSED),
+                // Only now: a lease written while an entry still served would make it
+                // answer again.
+                (GrantLease, CLOSED),
+            ]
+        );
+        assert!(!g.gate.is_open());
+    }
+
+    #[test]
+    fn a_fault_closes_the_gate_goes_quiet_then_the_entries_then_the_lease_then_the_addresses() {
+        let mut g = elected("");
+        let mut rec = Recorder::new(&g);
+        run(&mut g, &mut rec, take);
+        assert_eq!(
+            run(&mut g, &mut rec, |g, now, boot| g.own.give_up(
+                now,
+                boot,
+                State::Fault,
+                None
+            )),
+            [
+                (StopAnnouncing, OPEN),
+                (SolicitedNodes(false), OPEN),
+                // Stops answering at once (writing every entry takes a while), behind
+                // a closed gate.
+                (Quiet(true), CLOSED),
+                (Entries(action::NONE), CLOSED),
+                (RevokeLease, CLOSED),
+                (RemoveAddresses, CLOSED),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_balanced_group_writes_its_table_before_the_entries_and_its_nodes_before_forwarding() {
+        let mut g = elected("balance = {}");
+        let mut rec = Recorder::new(&g);
+        assert_eq!(
+            run(&mut g, &mut rec, take),
+            [
+                (GrantLease, CLOSED),
+                (Quiet(false), OPEN),
+                // The director's table before the entries that use it.
+                (BalanceTable, OPEN),
+                (Entries(action::LOCAL), OPEN),
+                (AddAddresses, OPEN),
+                (SolicitedNodes(true), OPEN),
+                (Announce, OPEN),
+            ]
+        );
+        let release = run(&mut g, &mut rec, |g, now, boot| {
+            let mut fx = g.own.quiesce();
+            fx.extend(g.own.give_up(now, boot, State::Standby, Some(PEER_MAC)));
+            fx
+        });
+        // The node MACs before the member's forward entries that use them; a
+        // balanced standby is a member, and keeps the VIP on lo.
+        let at = |w: W| release.iter().position(|(x, _)| *x == w).unwrap();
+        assert!(
+            at(BalanceNodes) < at(Entries(action::FORWARD)),
+            "{release:?}"
+        );
+        assert!(at(Quiet(true)) < at(BalanceNodes), "{release:?}");
+        assert!(!release.iter().any(|(w, _)| *w == RemoveAddresses));
+    }
+
+    #[test]
+    fn a_renewal_the_kernel_refuses_loses_the_lease_and_closes_the_gate() {
+        let mut g = elected("");
+        let mut rec = Recorder::new(&g);
+        run(&mut g, &mut rec, take);
+        // A later advertisement lets the lease run further: a renewal is due.
+        std::thread::sleep(Duration::from_millis(2));
+        g.own.advertised(host::boottime_ns());
+        rec.extension = Extension::Expired { found: 0, now: 0 };
+        let fx = g.own.renew(Instant::now(), host::boottime_ns());
+        let (result, lost) = perform(&mut rec, &mut g, MAC, fx);
+        result.unwrap();
+        assert!(lost.is_some(), "the lease is lost");
+        // Found out as the extension was refused: the gate closed by the end.
+        assert_eq!(rec.take(), [(ExtendLease, OPEN)]);
+        assert!(!g.gate.is_open());
+    }
+}

@@ -574,9 +574,7 @@ fn mutate(r: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
 #[test]
 #[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn data_plane_matches_its_model_on_100k_frames() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let ns = Netns::new("fuzz").unwrap();
     ns.ip(&[
         "link", "add", "svc", "type", "veth", "peer", "name", "svc-peer",
@@ -705,9 +703,7 @@ fn data_plane_matches_its_model_on_100k_frames() {
 #[test]
 #[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn control_socket_survives_random_messages() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let a = agent(&lan, "a", &config("a", &["10.0.0.50/24"], "active", ""));
     let snapshot = |a: &lab::Agent| {

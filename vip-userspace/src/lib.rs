@@ -15,6 +15,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod dataplane;
 pub mod driver;
 pub mod echo;

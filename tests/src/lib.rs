@@ -1,10 +1,12 @@
 //! A network lab in namespaces: hosts on a bridge, processes tracked by PID, raw
-//! captures, the `vip` agent started with a config, a recorder of who answers for
-//! the VIPs on the switch ([`wire`]) and the chaos run built on it ([`chaos`]). Every
-//! namespace, link and process is torn down in `Drop`, also when a test fails.
+//! captures, the `vip` agent started with a config, the frames the tests send
+//! ([`frames`]), a recorder of who answers for the VIPs on the switch ([`wire`]) and
+//! the chaos run built on it ([`chaos`]). Every namespace, link and process is torn
+//! down in `Drop`, also when a test fails.
 
 mod capture;
 pub mod chaos;
+pub mod frames;
 mod netns;
 mod probe;
 mod process;

@@ -8,9 +8,9 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use common::*;
-use lab::{privileged, wait_for, Agent, Capture, Lan, Responder};
+use lab::{frames, privileged, wait_for, Agent, Capture, Lan, Responder};
 use nix::sys::signal::Signal;
-use vip::{advert::Advert, frames, host::monotonic_ns};
+use vip::{advert::Advert, host::monotonic_ns};
 
 fn servers_lan(names: &[&str]) -> Lan {
     let mut all: Vec<&str> = names.to_vec();

@@ -28,10 +28,12 @@ use common::*;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lab::{privileged, Netns};
+use lab::{
+    frames::{self, ARP_REPLY},
+    privileged, Netns,
+};
 use vip::{
     dataplane::{action_name, Dataplane},
-    frames::{self, ARP_REPLY},
     host::{boottime_ns, monotonic_ns},
     mac::Mac,
 };

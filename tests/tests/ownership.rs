@@ -297,7 +297,7 @@ fn ask_arp(lan: &Lan, span: Duration, during: impl FnOnce() + Send) -> Vec<BTree
     let c = lan.host("c");
     let cap = Capture::open(&c.ns, "eth0").unwrap();
     cap.clear();
-    let req = vip::frames::arp_request(mac(&c.mac), c.ip4, VIP4);
+    let req = lab::frames::arp_request(mac(&c.mac), c.ip4, VIP4);
     std::thread::scope(|s| {
         s.spawn(during);
         let end = std::time::Instant::now() + span;

@@ -295,22 +295,26 @@ mod tests {
 
     #[test]
     fn counts_serialize_in_table_order_and_read_back() {
-        let v = Counts(VipStats {
-            rx_packets: 1,
-            rx_bytes: 2,
-            arp_replies: 3,
-            nd_replies: 4,
-            passed: 5,
-            redirected: 6,
-            forwarded: 7,
-            lease_expired: 8,
-        });
-        let json = serde_json::to_string(&v).unwrap();
-        assert_eq!(
-            json,
-            r#"{"rx_packets":1,"rx_bytes":2,"arp_replies":3,"nd_replies":4,"passed":5,"redirected":6,"forwarded":7,"lease_expired":8}"#
-        );
-        assert_eq!(serde_json::from_str::<Counts<VipStats>>(&json).unwrap(), v);
+        fn check<T: Counted + Copy + PartialEq + fmt::Debug>() {
+            let mut t = T::default();
+            for (i, c) in T::COUNTERS.iter().enumerate() {
+                (c.set)(&mut t, 1 + i as u64);
+            }
+            let json = serde_json::to_string(&Counts(t)).unwrap();
+            let keys: Vec<String> = T::COUNTERS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("\"{}\":{}", c.key, 1 + i))
+                .collect();
+            assert_eq!(json, format!("{{{}}}", keys.join(",")));
+            assert_eq!(serde_json::from_str::<Counts<T>>(&json).unwrap().0, t);
+        }
+        check::<VipStats>();
+        check::<EipStats>();
+        check::<BalanceStats>();
+        check::<ElectionCounters>();
+        check::<AdvertErrors>();
+        check::<EchoCounters>();
         // An older agent's status lacks a counter, a newer one's has one more: both read.
         let old: Counts<VipStats> =
             serde_json::from_str(r#"{"rx_packets":9,"later_counter":1}"#).unwrap();

@@ -22,7 +22,10 @@ mod tests;
 mod track;
 mod warnings;
 
-use std::{fmt, path::Path, path::PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 

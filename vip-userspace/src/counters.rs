@@ -3,11 +3,12 @@
 //! rejections, the echo's), each entry saying the counter's status key, its
 //! Prometheus family, its help text, its kind and where it is in the record.
 //!
-//! Everything that shows counters walks these tables: the status JSON (a record's
-//! counters are serialized as [`Counts`], in table order), `vip status`'s VIP columns,
-//! the metrics renderer (one family per entry, in table order) and the dashboard
-//! test. So a new counter of one of these records is one line here, besides the code
-//! that counts it (and, for the data plane's, its field in `vip-common`).
+//! The snapshot copies each record whole into the status, and everything that shows
+//! counters walks these tables: the status JSON (a record's counters are serialized
+//! as [`Counts`], in table order), `vip status`'s VIP columns, the metrics renderer
+//! (one family per entry, in table order) and the dashboard test. So a new counter of
+//! one of these records is one line here, besides the code that counts it (and, for
+//! the data plane's, its field in `vip-common`).
 //!
 //! The program-wide counters (`Status::global`) are not records of a fixed shape:
 //! their names are declared where they are counted (`vip_common::global::NAMES` for

@@ -1,10 +1,12 @@
 //! A network lab in namespaces: hosts on a bridge, processes tracked by PID, raw
-//! captures, the `vip` agent started with a config, a recorder of who answers for
-//! the VIPs on the switch ([`wire`]) and the chaos run built on it ([`chaos`]). Every
-//! namespace, link and process is torn down in `Drop`, also when a test fails.
+//! captures, the `vip` agent started with a config, the frames the tests send
+//! ([`frames`]), a recorder of who answers for the VIPs on the switch ([`wire`]) and
+//! the chaos run built on it ([`chaos`]). Every namespace, link and process is torn
+//! down in `Drop`, also when a test fails.
 
 mod capture;
 pub mod chaos;
+pub mod frames;
 mod netns;
 mod probe;
 mod process;
@@ -19,12 +21,13 @@ pub use topology::{Host, Lan};
 
 /// The root assertion at the top of every privileged test (namespaces, XDP).
 ///
-/// Privileged tests are marked `#[ignore = "privileged: ..."]`: a plain `cargo test`
-/// reports them as ignored, and `cargo xtask test` runs them with `--include-ignored`
-/// unless `VIP_SKIP_PRIVILEGED=1`, so a skipped test is shown as ignored, never as
-/// passed. Once a privileged test runs it must run for real: without root this panics
-/// loudly, and it never returns false (the `bool` is kept only for callers still
-/// written as `if !privileged() { return; }`).
+/// Every privileged test is marked `#[ignore = "privileged: ..."]` and calls this
+/// first: a plain `cargo test` reports them as ignored, and `cargo xtask test` runs
+/// them with `--include-ignored` unless `VIP_SKIP_PRIVILEGED=1`, so a skipped test is
+/// shown as ignored, never as passed. Once a privileged test runs it must run for
+/// real: without root this panics loudly. It never returns false; the `bool` only
+/// keeps `if !privileged() { return; }` compiling, a form no test uses any more (it
+/// reads as a silent pass).
 #[track_caller]
 pub fn privileged() -> bool {
     assert_eq!(

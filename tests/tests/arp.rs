@@ -7,8 +7,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use lab::{privileged, Capture};
-use vip::frames;
+use lab::{frames, privileged, Capture};
 
 #[test]
 #[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
@@ -118,7 +117,7 @@ fn malformed_arp_is_never_answered() {
     cases.push(("opcode 3 (RARP)", f));
     cases.push((
         "gratuitous (sender IP = VIP)",
-        frames::gratuitous_arp(me, VIP4),
+        vip::frames::gratuitous_arp(me, VIP4),
     ));
     let mut f = good.clone();
     f[22..28].copy_from_slice(&[0x01, 0, 0x5e, 0, 0, 1]);

@@ -371,7 +371,7 @@ fn three_members_share_flows_keep_them_and_survive_failures() {
     // Members hold the VIP but never answer for it: one ARP reply, the director's.
     let cl = lan.host("c");
     let cap = Capture::open(&cl.ns, "eth0").unwrap();
-    cap.send(&vip::frames::arp_request(mac(&cl.mac), cl.ip4, VIP4))
+    cap.send(&lab::frames::arp_request(mac(&cl.mac), cl.ip4, VIP4))
         .unwrap();
     let replies = arp_replies_for(&cap.collect(Duration::from_millis(200), |_| true), VIP4);
     assert_eq!(

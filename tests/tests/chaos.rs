@@ -8,9 +8,8 @@ mod common;
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use common::*;
-use lab::{privileged, wait_for, Agent, Bpffs, Capture, Lan, Prober, Responder};
+use lab::{frames, privileged, wait_for, Agent, Bpffs, Capture, Lan, Prober, Responder};
 use nix::sys::signal::Signal;
-use vip::frames;
 
 /// A node config with its data plane pinned under `pin`.
 fn pinned(lan: &Lan, me: &str, all: &[&str], priority: u8, pin: &Path) -> String {

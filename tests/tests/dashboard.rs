@@ -1,6 +1,8 @@
 //! The Grafana dashboard (dist/grafana-dashboard.json): a standard Grafana JSON model
-//! that imports through Dashboards > Import with a `${DS_PROMETHEUS}` datasource input,
-//! and every metric its queries use is one that a running agent exports.
+//! that imports through Dashboards > Import with a `${DS_PROMETHEUS}` datasource input;
+//! every metric its queries use is one that vip's renderer declares and a running
+//! agent exports, and it shows every counter of the VIP and elastic-IP tables
+//! (`vip::counters`).
 
 mod common;
 
@@ -13,6 +15,8 @@ use std::{
 use common::*;
 use lab::{privileged, wait_for, Agent, Lan, Netns};
 use serde_json::Value;
+use vip::counters::{AdvertErrors, Counted, EchoCounters, ElectionCounters, Kind};
+use vip_common::{BalanceStats, EipStats, VipStats};
 
 const DASHBOARD: &str = include_str!("../../dist/grafana-dashboard.json");
 
@@ -151,28 +155,105 @@ fn the_dashboard_is_an_importable_grafana_model() {
     }
     assert!(targets >= 20, "only {targets} queries");
     // What the dashboard must show: role and state, transitions, packets per VIP and
-    // action, ARP/ND answers, advert errors, split brains, lease expiries, elastic IPs.
+    // action, ARP/ND answers, advert errors, split brains, lease expiries, elastic IPs;
+    // and every counter of a VIP and of an elastic IP (their tables in
+    // `vip::counters`), so that one added there is added here too.
     let used = dashboard_metrics();
-    for want in [
-        "vip_group_active",
-        "vip_group_state",
-        "vip_group_transitions_total",
-        "vip_rx_packets_total",
-        "vip_vip_action",
-        "vip_passed_total",
-        "vip_redirected_total",
-        "vip_forwarded_total",
-        "vip_arp_replies_total",
-        "vip_nd_replies_total",
-        "vip_advert_auth_failures_total",
-        "vip_advert_malformed_total",
-        "vip_split_brains_total",
-        "vip_lease_expired_total",
-        "vip_eip_in_packets_total",
-        "vip_eip_out_packets_total",
-    ] {
+    let per_vip = VipStats::COUNTERS.iter().map(|c| c.metric);
+    let per_eip = EipStats::COUNTERS.iter().map(|c| c.metric);
+    let mut want: Vec<String> = per_vip
+        .chain(per_eip)
+        .map(|m| format!("vip_{m}_total"))
+        .collect();
+    want.extend(
+        [
+            "vip_group_active",
+            "vip_group_state",
+            "vip_group_transitions_total",
+            "vip_vip_action",
+            "vip_advert_auth_failures_total",
+            "vip_advert_malformed_total",
+            "vip_split_brains_total",
+        ]
+        .map(String::from),
+    );
+    for want in &want {
         assert!(used.contains(want), "the dashboard does not show {want}");
     }
+}
+
+/// The families `text` declares (`# TYPE name kind`), by name.
+fn families(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut families = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            if let (Some(n), Some(k)) = (it.next(), it.next()) {
+                families.insert(n.to_string(), k.to_string());
+            }
+        }
+    }
+    families
+}
+
+/// Whether `families` declares the metric `m` (a counter's samples end in `_total`).
+fn declared(families: &std::collections::BTreeMap<String, String>, m: &str) -> bool {
+    families.contains_key(m)
+        || m.strip_suffix("_total")
+            .is_some_and(|f| families.get(f).is_some_and(|k| k == "counter"))
+}
+
+#[test]
+fn every_dashboard_metric_is_declared_by_the_renderer() {
+    // The renderer declares every family, samples or not: an agent with nothing.
+    let empty = vip::status::Status {
+        node: "a".into(),
+        interface: "eth0".into(),
+        xdp_mode: "native".into(),
+        xdp_mode_reason: String::new(),
+        groups: vec![],
+        global: Default::default(),
+        warnings: vec![],
+        eips: vec![],
+    };
+    let families = families(&vip::metrics::render(&empty));
+    // Each table entry is a family of its kind.
+    fn kinds<T: Counted>() -> Vec<(String, &'static str)> {
+        T::COUNTERS
+            .iter()
+            .map(|c| {
+                let kind = match c.kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                };
+                (format!("vip_{}", c.metric), kind)
+            })
+            .collect()
+    }
+    let tables = [
+        kinds::<VipStats>(),
+        kinds::<EipStats>(),
+        kinds::<BalanceStats>(),
+        kinds::<ElectionCounters>(),
+        kinds::<AdvertErrors>(),
+        kinds::<EchoCounters>(),
+    ];
+    for (name, kind) in tables.iter().flatten() {
+        assert_eq!(
+            families.get(name).map(String::as_str),
+            Some(*kind),
+            "{name}"
+        );
+    }
+    let unknown: Vec<String> = dashboard_metrics()
+        .into_iter()
+        .filter(|m| !declared(&families, m))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard uses metrics vip does not declare: {unknown:?}\ndeclared: {:?}",
+        families.keys().collect::<Vec<_>>()
+    );
 }
 
 /// GET /metrics from inside `ns`.
@@ -191,10 +272,9 @@ fn scrape(ns: &Netns) -> String {
 const METRICS: &str = "metrics_listen = \"127.0.0.1:9477\"";
 
 #[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn every_dashboard_metric_is_exported_by_a_running_agent() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     // Elected servers a and b (election, lease, per-VIP counters) and a gateway g with
     // an elastic IP, so every family the dashboard shows has samples.
     let mut lan = Lan::new(&["a", "b", "g"]).unwrap();
@@ -224,16 +304,7 @@ fn every_dashboard_metric_is_exported_by_a_running_agent() {
         scrape(&lan.host("a").ns),
         scrape(&lan.host("g").ns)
     );
-    // Families are declared by `# TYPE name kind`; counters' samples end in `_total`.
-    let mut families = std::collections::BTreeMap::new();
-    for l in text.lines() {
-        if let Some(rest) = l.strip_prefix("# TYPE ") {
-            let mut it = rest.split_whitespace();
-            if let (Some(n), Some(k)) = (it.next(), it.next()) {
-                families.insert(n.to_string(), k.to_string());
-            }
-        }
-    }
+    let families = families(&text);
     let samples: BTreeSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -244,10 +315,7 @@ fn every_dashboard_metric_is_exported_by_a_running_agent() {
     let mut unknown = Vec::new();
     let mut empty = Vec::new();
     for m in &used {
-        let declared = families.contains_key(m)
-            || m.strip_suffix("_total")
-                .is_some_and(|f| families.get(f).is_some_and(|k| k == "counter"));
-        if !declared {
+        if !declared(&families, m) {
             unknown.push(m.as_str());
         } else if !samples.contains(m.as_str()) {
             empty.push(m.as_str());

@@ -12,8 +12,10 @@ use std::{
 };
 
 use common::*;
-use lab::{outage, privileged, wait_for, Agent, Capture, Lan, Netns, Prober, Responder};
-use vip::frames::{self, ARP_REPLY, ARP_REQUEST};
+use lab::{
+    frames::{self, ARP_REPLY, ARP_REQUEST},
+    outage, privileged, wait_for, Agent, Capture, Lan, Netns, Prober, Responder,
+};
 
 const EIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
@@ -181,7 +183,7 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
     let cap = Capture::open(&inet, "eth0").unwrap();
     cap.clear();
     let me = mac(&inet.mac("eth0").unwrap());
-    cap.send(&vip::frames::arp_request(
+    cap.send(&lab::frames::arp_request(
         me,
         Ipv4Addr::new(198, 51, 100, 10),
         EIP,
@@ -305,7 +307,9 @@ fn a_forged_arp_never_takes_the_eips_traffic() {
     round("before any forgery", false);
 
     // One gratuitous ARP: "10.0.0.50 is at x".
-    attacker.send(&frames::gratuitous_arp(xmac, VIP4)).unwrap();
+    attacker
+        .send(&vip::frames::gratuitous_arp(xmac, VIP4))
+        .unwrap();
     let mut forged = 1u64;
     // Deliberate: the gateway's data plane acts on the frame as it arrives; this only
     // lets it cross the bridge.
@@ -315,7 +319,7 @@ fn a_forged_arp_never_takes_the_eips_traffic() {
     // A flood while the datagrams flow: gratuitous requests and replies, and replies
     // to the gateway as if it had asked.
     let flood = [
-        frames::gratuitous_arp(xmac, VIP4),
+        vip::frames::gratuitous_arp(xmac, VIP4),
         frames::arp(vip::mac::Mac::BROADCAST, ARP_REPLY, xmac, VIP4, xmac, VIP4),
         frames::arp(gmac, ARP_REPLY, xmac, VIP4, gmac, lan.host("g").ip4),
         frames::arp(
@@ -435,7 +439,7 @@ fn a_forger_naming_the_standby_costs_a_hop_and_loses_nothing() {
         Capture::open(&lan.host("x").ns, "eth0").unwrap(),
     );
     // x: "10.0.0.50 is at b".
-    on_x.send(&frames::gratuitous_arp(mac(&bmac), VIP4))
+    on_x.send(&vip::frames::gratuitous_arp(mac(&bmac), VIP4))
         .unwrap();
     assert!(
         wait_for(Duration::from_secs(1), || (owner(&g) == bmac).then_some(())).is_some(),

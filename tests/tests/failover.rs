@@ -8,9 +8,9 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use common::*;
-use lab::{privileged, wait_for, Agent, Capture, Lan, Responder};
+use lab::{frames, privileged, wait_for, Agent, Capture, Lan, Responder};
 use nix::sys::signal::Signal;
-use vip::{advert::Advert, frames, host::monotonic_ns};
+use vip::{advert::Advert, host::monotonic_ns};
 
 fn servers_lan(names: &[&str]) -> Lan {
     let mut all: Vec<&str> = names.to_vec();
@@ -51,6 +51,10 @@ fn three_nodes_elect_fail_over_and_preempt() {
         &[("a", &a), ("b", &b), ("e", &e)],
         &["active", "standby", "standby"],
     );
+    // Each step below moves b exactly once and e never: a takeover by e, or a flap of
+    // b, that healed before the states were looked at still moves the counters.
+    let start = transitions(&[("b", &b), ("e", &e)]);
+    let moved = |steps: u64| vec![("b".to_string(), start[0].1 + steps), start[1].clone()];
     client_reaches(&lan, &lan.host("a").mac);
     let eb = election(&b);
     assert_eq!(
@@ -63,6 +67,11 @@ fn three_nodes_elect_fail_over_and_preempt() {
     a.proc.signal(Signal::SIGKILL).unwrap();
     expect_states(&[("b", &b), ("e", &e)], &["active", "standby"]);
     client_reaches(&lan, &lan.host("b").mac);
+    assert_eq!(
+        transitions(&[("b", &b), ("e", &e)]),
+        moved(1),
+        "b took over once, e stayed"
+    );
     // The killed agent's data plane went with it (unpinned): the echo saw it first.
     let g = b.status().unwrap()["groups"][0].clone();
     assert_eq!(g["reason_kind"], "echo_lost", "{}", g["reason"]);
@@ -80,6 +89,11 @@ fn three_nodes_elect_fail_over_and_preempt() {
         .unwrap()
         .to_string();
     assert!(reason.contains("preempting"), "{reason}");
+    assert_eq!(
+        transitions(&[("b", &b), ("e", &e)]),
+        moved(2),
+        "b yielded once, e stayed"
+    );
     // b yielded and forwards stale-cache traffic to a.
     assert_eq!(
         b.status().unwrap()["groups"][0]["forward_to"],
@@ -238,6 +252,9 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
     let a = start_elected(&lan, "a", &all, 200, &extra);
     let b = start_elected(&lan, "b", &all, 100, &extra);
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    // Nothing below may move either node, not even for a moment.
+    let pair = [("a", &a), ("b", &b)];
+    let before = transitions(&pair);
 
     // Capture a genuine advertisement from a to b, to replay it later.
     let on_b = Capture::open(&lan.host("b").ns, "eth0").unwrap();
@@ -314,6 +331,7 @@ fn forged_replayed_and_malformed_adverts_change_nothing() {
     assert!(judged.is_some(), "{}", election(&b));
 
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    assert_no_transitions(&pair, &before, "forged, replayed and malformed adverts");
     let ea = election(&a);
     let eb = election(&b);
     assert_eq!(ea["auth_failures"], 10, "{ea}");
@@ -457,6 +475,7 @@ fn planned_handover_loses_nothing() {
     let a = start_elected(&lan, "a", &all, 200, "");
     let b = start_elected(&lan, "b", &all, 100, "");
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    let before = transitions(&[("a", &a), ("b", &b)]);
     let to: SocketAddr = (VIP4, 7007).into();
     let _ra = Responder::start(&lan.host("a").ns, to, "a").unwrap();
     let _rb = Responder::start(&lan.host("b").ns, to, "b").unwrap();
@@ -477,6 +496,9 @@ fn planned_handover_loses_nothing() {
         "b never answered"
     );
     let probes = prober.finish();
+    // One step each: a to standby, b to active; no flap on the way.
+    let once: Vec<_> = before.iter().map(|(n, t)| (n.clone(), t + 1)).collect();
+    assert_eq!(transitions(&[("a", &a), ("b", &b)]), once);
     let o = lab::outage(&probes, "a", "b").expect("the client never moved to b");
     assert_eq!(o.lost, 0, "probes lost in a planned handover: {o:?}");
     assert_eq!(o.unanswered_total, 0, "{o:?}");

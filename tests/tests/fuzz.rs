@@ -20,10 +20,9 @@ use std::{
 };
 
 use common::*;
-use lab::{privileged, Netns};
+use lab::{frames, privileged, Netns};
 use vip::{
     dataplane::{action_name, Dataplane},
-    frames,
     host::boottime_ns,
     mac::Mac,
 };
@@ -326,7 +325,7 @@ fn solicitation(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
     let unspecified = src.is_unspecified();
-    let (sn, sn_mac) = frames::solicited_node(target);
+    let (sn, sn_mac) = vip::frames::solicited_node(target);
     let to_us = if dst == target {
         f[0..6] == OWN.0
     } else {
@@ -375,7 +374,7 @@ fn solicitation(t: &Table, f: &[u8]) -> (u32, Vec<u8>) {
         return drop;
     }
     let out = if unspecified {
-        frames::unsolicited_na(OWN, target)
+        vip::frames::unsolicited_na(OWN, target)
     } else {
         frames::neighbour_advertisement(Mac(f[6..12].try_into().unwrap()), OWN, target, src, true)
     };
@@ -401,7 +400,7 @@ fn seeds(t: &Table) -> Vec<Vec<u8>> {
         ));
         s.push(frames::arp_request(CLIENT, Ipv4Addr::UNSPECIFIED, ip));
         s.push(frames::arp(OWN, frames::ARP_REPLY, CLIENT, c4, OWN, ip));
-        s.push(frames::gratuitous_arp(ACTIVE, ip));
+        s.push(vip::frames::gratuitous_arp(ACTIVE, ip));
         s.push(frames::udp4(OWN, CLIENT, c4, ip, 4000, 53, b"fuzz"));
         s.push(frames::udp4(ACTIVE, CLIENT, c4, ip, 4000, 53, b"fuzz"));
     }
@@ -409,7 +408,7 @@ fn seeds(t: &Table) -> Vec<Vec<u8>> {
     v6.push("2001:db8::99".parse().unwrap());
     for ip in v6 {
         s.push(frames::neighbour_solicitation(CLIENT, c6, ip, None));
-        s.push(frames::neighbour_solicitation(CLIENT, c6, ip, Some(OWN)));
+        s.push(frames::neighbour_solicitation(CLIENT, c6, ip, Some(OWN.0)));
         s.push(frames::neighbour_solicitation(
             CLIENT,
             Ipv6Addr::UNSPECIFIED,
@@ -421,7 +420,7 @@ fn seeds(t: &Table) -> Vec<Vec<u8>> {
         // An NS with a nonce option (RFC 7527 style): 24 + 8 + 8 bytes.
         let mut msg = frames::neighbour_solicitation(CLIENT, c6, ip, None)[54..].to_vec();
         msg.extend_from_slice(&[14, 1, 1, 2, 3, 4, 5, 6]);
-        let (sn, sn_mac) = frames::solicited_node(ip);
+        let (sn, sn_mac) = vip::frames::solicited_node(ip);
         s.push(frames::icmpv6(sn_mac, CLIENT, c6, sn, 255, msg));
     }
     let mut lldp = frames::ethernet(Mac([1, 0x80, 0xc2, 0, 0, 0xe]), CLIENT, 0x88cc);
@@ -574,9 +573,7 @@ fn mutate(r: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
 #[test]
 #[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn data_plane_matches_its_model_on_100k_frames() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let ns = Netns::new("fuzz").unwrap();
     ns.ip(&[
         "link", "add", "svc", "type", "veth", "peer", "name", "svc-peer",
@@ -705,9 +702,7 @@ fn data_plane_matches_its_model_on_100k_frames() {
 #[test]
 #[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn control_socket_survives_random_messages() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let lan = lan();
     let a = agent(&lan, "a", &config("a", &["10.0.0.50/24"], "active", ""));
     let snapshot = |a: &lab::Agent| {

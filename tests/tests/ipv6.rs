@@ -18,8 +18,8 @@ use std::{
 };
 
 use common::*;
-use lab::{privileged, wait_for, Agent, Capture, Lan, Netns};
-use vip::{frames, mac::Mac};
+use lab::{frames, privileged, wait_for, Agent, Capture, Lan, Netns};
+use vip::mac::Mac;
 
 const VIP6: &str = "2001:db8::50";
 const VIP6_ADDR: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x50);
@@ -304,7 +304,7 @@ fn well_formed_solicitations_are_answered_once_by_the_active_and_no_other_ever()
     // reports the end of), so that only answers to the solicitations below are seen.
     std::thread::sleep(Duration::from_millis(300));
     let me = mac(&c.mac);
-    let (sn, sn_mac) = frames::solicited_node(VIP6_ADDR);
+    let (sn, sn_mac) = vip::frames::solicited_node(VIP6_ADDR);
     let link_local: Ipv6Addr = "fe80::c".parse().unwrap();
     let to_c = |to: Ipv6Addr| vec![Na::solicited(&a.mac, &c.mac, to)];
     // An NS message from `src` to the VIP's solicited-node group.

@@ -9,10 +9,9 @@ mod common;
 use std::{net::IpAddr, time::Duration};
 
 use common::*;
-use lab::{privileged, Netns};
+use lab::{frames, privileged, Netns};
 use vip::{
     dataplane::{Dataplane, Extension},
-    frames,
     host::boottime_ns,
 };
 use vip_common::{action, flags, VipEntry};

@@ -230,7 +230,7 @@ fn reload_applies_a_diff_and_refuses_bad_configs() {
     assert!(!msg.contains("web"), "{msg}");
     let cap = lab::Capture::open(&c.ns, "eth0").unwrap();
     cap.clear();
-    cap.send(&vip::frames::arp_request(
+    cap.send(&lab::frames::arp_request(
         mac(&c.mac),
         c.ip4,
         "10.0.0.52".parse().unwrap(),

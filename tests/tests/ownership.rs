@@ -164,6 +164,9 @@ fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
 
     a.proc.signal(Signal::SIGKILL).unwrap();
     expect_states(&[("b", &b)], &["active"]);
+    // And b stays so while the client asks.
+    let b_only = [("b", &b)];
+    let taken = transitions(&b_only);
     // The dead agent's address is still on a's lo: its kernel must stay silent.
     let lo = lan
         .host("a")
@@ -178,6 +181,7 @@ fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
             "only the new active may answer"
         );
     }
+    assert_no_transitions(&b_only, &taken, "the new active");
     drop((a, b));
     teardown(lan);
 }
@@ -297,7 +301,7 @@ fn ask_arp(lan: &Lan, span: Duration, during: impl FnOnce() + Send) -> Vec<BTree
     let c = lan.host("c");
     let cap = Capture::open(&c.ns, "eth0").unwrap();
     cap.clear();
-    let req = vip::frames::arp_request(mac(&c.mac), c.ip4, VIP4);
+    let req = lab::frames::arp_request(mac(&c.mac), c.ip4, VIP4);
     std::thread::scope(|s| {
         s.spawn(during);
         let end = std::time::Instant::now() + span;

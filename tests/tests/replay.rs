@@ -10,8 +10,7 @@ mod common;
 use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
-use lab::{privileged, Agent, Capture, Lan};
-use vip::frames;
+use lab::{frames, privileged, Agent, Capture, Lan};
 
 fn election(a: &Agent) -> serde_json::Value {
     a.status().unwrap()["groups"][0]["election"].clone()

@@ -31,12 +31,11 @@ use std::{
 
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use common::*;
-use lab::{privileged, wait_for, Agent, Capture, Lan};
+use lab::{frames, privileged, wait_for, Agent, Capture, Lan};
 use vip::{
     advert::{Advert, Kind},
     dataplane::BenchPrograms,
     echo::encode,
-    frames,
     host::monotonic_ns,
 };
 use vip_common::echo;

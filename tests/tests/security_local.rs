@@ -19,8 +19,7 @@ use std::{
 };
 
 use common::*;
-use lab::{privileged, vip_bin, wait_for, Agent, Capture, Lan, Netns, Proc};
-use vip::frames;
+use lab::{frames, privileged, vip_bin, wait_for, Agent, Capture, Lan, Netns, Proc};
 
 /// Where a's agent serves metrics: loopback of a's namespace, where any local user
 /// can connect.

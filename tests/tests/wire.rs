@@ -33,9 +33,10 @@ fn wmac(m: vip::mac::Mac) -> Mac {
     Mac(m.0)
 }
 
-/// The lab's requests are the ones vip's own builders make (which its fixtures feed
+/// The asker's requests are the ones the lab's builders make (which the fixtures feed
 /// the data plane), the ARP request's padding aside: that is where the asker's
-/// sequence number travels.
+/// sequence number travels. And the lab builds the agent's own announcements byte for
+/// byte as the agent does (`vip::frames` keeps a copy of the layouts it sends).
 #[test]
 fn the_askers_requests_are_the_real_ones() {
     let client = mac("02:00:00:00:00:0c");
@@ -45,15 +46,42 @@ fn the_askers_requests_are_the_real_ones() {
     let vip6 = "2001:db8::50".parse().unwrap();
     assert_eq!(
         wire::arp_request(wmac(client), ip4, VIP4, None),
-        vip::frames::arp_request(client, ip4, VIP4)
+        lab::frames::arp_request(client, ip4, VIP4)
     );
     let tagged = wire::arp_request(wmac(client), ip4, VIP4, Some(9));
-    let plain = vip::frames::arp_request(client, ip4, VIP4);
+    let plain = lab::frames::arp_request(client, ip4, VIP4);
     assert_eq!(tagged[..42], plain[..42]);
     assert_eq!(tagged.len(), plain.len());
     assert_eq!(
         wire::neighbour_solicitation(wmac(client), ip6, vip6),
-        vip::frames::neighbour_solicitation(client, ip6, vip6, None)
+        lab::frames::neighbour_solicitation(client, ip6, vip6, None)
+    );
+    assert_eq!(
+        lab::frames::arp(
+            lab::frames::BROADCAST,
+            lab::frames::ARP_REQUEST,
+            node,
+            VIP4,
+            [0; 6],
+            VIP4
+        ),
+        vip::frames::gratuitous_arp(node, VIP4)
+    );
+    assert_eq!(
+        lab::frames::neighbour_advertisement(
+            lab::frames::ALL_NODES_MAC,
+            node,
+            vip6,
+            lab::frames::ALL_NODES,
+            false
+        ),
+        vip::frames::unsolicited_na(node, vip6)
+    );
+    let (group, group_mac) = vip::frames::solicited_node(vip6);
+    let ns = lab::frames::neighbour_solicitation(client, ip6, vip6, None);
+    assert_eq!(
+        (&ns[0..6], &ns[38..54]),
+        (&group_mac.0[..], &group.octets()[..])
     );
     // And what vip sends is read as it is meant.
     let w = Watch {
@@ -79,7 +107,7 @@ fn the_askers_requests_are_the_real_ones() {
     );
     assert_eq!(
         wire::classify(
-            &vip::frames::neighbour_advertisement(client, node, vip6, ip6, true),
+            &lab::frames::neighbour_advertisement(client, node, vip6, ip6, true),
             &w
         ),
         Some(wire::Kind::Answer {

@@ -42,10 +42,9 @@ use std::{
 };
 
 use aya::maps::{Array, MapData};
-use serde::Serialize;
 use vip_common::{echo, EchoSeen};
 
-use crate::{host::monotonic_ns, mac::Mac};
+use crate::{counters::EchoCounters, host::monotonic_ns, mac::Mac};
 
 /// What one standby group probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,15 +79,13 @@ pub struct Lost {
 }
 
 /// A group's probing, for status and metrics.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// `probing` (no reply yet: nothing is concluded), `armed`, or `lost`.
     pub state: &'static str,
     pub peer: Option<IpAddr>,
-    pub probes: u64,
-    pub replies: u64,
-    /// The longest run of consecutive unanswered probes (a takeover needs `misses`).
-    pub longest_streak: u64,
+    /// Probes, replies, the longest unanswered run (declared in `counters`).
+    pub counters: EchoCounters,
 }
 
 /// The handle the loop keeps: publish targets, read stats.
@@ -336,7 +333,7 @@ impl Probe {
         let mut answer = None;
         if let Some(s) = seen.filter(|s| s.key == self.key) {
             if s.replies > self.counted {
-                self.stats.replies += s.replies - self.counted;
+                self.stats.counters.replies += s.replies - self.counted;
                 self.counted = s.replies;
             }
             // Only a sequence we sent is an answer (the program records nothing
@@ -358,7 +355,7 @@ impl Probe {
         }
         let streak = self.sent.saturating_sub(self.answered);
         self.streak = streak;
-        self.stats.longest_streak = self.stats.longest_streak.max(streak);
+        self.stats.counters.longest_streak = self.stats.counters.longest_streak.max(streak);
         let misses = self.target.misses.saturating_add(self.slack(now) as u32);
         if !gone(self.sent, self.answered, self.armed, misses) {
             return (answer, None);
@@ -467,7 +464,7 @@ fn run(
             let (b, seq) = p.next_probe();
             if sockets.send(SocketAddr::new(p.target.peer, port), &b) {
                 p.sent = seq;
-                p.stats.probes += 1;
+                p.stats.counters.probes += 1;
             }
             // Never catch up in a burst after a delay: each probe gets its interval.
             p.next_ns = now + p.target.interval.as_nanos() as u64;
@@ -708,6 +705,6 @@ mod tests {
             ..EchoSeen::default()
         };
         assert_eq!(p.observe(Some(&other), 1).0, None);
-        assert_eq!((p.answered, p.stats.replies), (0, 0));
+        assert_eq!((p.answered, p.stats.counters.replies), (0, 0));
     }
 }

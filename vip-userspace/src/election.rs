@@ -142,14 +142,8 @@ struct Presence {
 /// at once), short enough that a dead one soon stops costing us our skew.
 const PRESENCE_INTERVALS: u32 = 10;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub adverts_sent: u64,
-    pub adverts_received: u64,
-    pub split_brains: u64,
-    /// Times our lease ran out while we were active (we were stopped past it).
-    pub leases_lost: u64,
-}
+/// What the election counts (declared with its status keys and metrics in `counters`).
+pub use crate::counters::ElectionCounters as Counters;
 
 #[derive(Debug)]
 pub struct Election {

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod dataplane;
 pub mod driver;
 pub mod echo;

@@ -14,6 +14,13 @@ impl Mac {
     }
 }
 
+/// Its six bytes (what frame builders take, the lab's among them).
+impl From<Mac> for [u8; 6] {
+    fn from(m: Mac) -> Self {
+        m.0
+    }
+}
+
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;

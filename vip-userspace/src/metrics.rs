@@ -32,13 +32,12 @@ use tokio::{
 
 use crate::{
     control::{Envelope, Request},
+    counters::{Counted, Counts, Kind},
     exhaustion::Gate,
     status::Status,
 };
 
 type Labels = Vec<(String, String)>;
-/// A metric: name, help, and how to read it from a status record.
-type Field<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// How much of the agent one client may hold, and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -133,65 +132,21 @@ async fn respond(path: &str, agent: &mpsc::Sender<Envelope>) -> HttpResponse<Ful
     }
 }
 
-/// Renders a status as OpenMetrics text; every name starts with `vip_`.
+/// Renders a status as OpenMetrics text; every name starts with `vip_`. The records'
+/// counters come from their tables (`counters`), one family per entry; the groups'
+/// states, the VIPs' actions, the lease and the priority are gauges of their own.
 pub fn render(s: &Status) -> String {
     let mut reg = Registry::with_prefix("vip");
-    let counter = |reg: &mut Registry, name: &str, help: &str| {
-        let f = Family::<Labels, Counter>::default();
-        reg.register(name, help, f.clone());
-        f
-    };
-    let gauge = |reg: &mut Registry, name: &str, help: &str| {
-        let f = Family::<Labels, Gauge>::default();
-        reg.register(name, help, f.clone());
-        f
-    };
-    let per_vip: Vec<Field<crate::status::VipStatus>> = vec![
-        ("rx_packets", "IP packets addressed to the VIP", |v| {
-            v.rx_packets
-        }),
-        ("rx_bytes", "Bytes of those packets", |v| v.rx_bytes),
-        (
-            "arp_replies",
-            "ARP requests answered by the data plane",
-            |v| v.arp_replies,
-        ),
-        (
-            "nd_replies",
-            "Neighbour solicitations answered by the data plane",
-            |v| v.nd_replies,
-        ),
-        ("passed", "VIP packets passed to the local stack", |v| {
-            v.passed
-        }),
-        (
-            "redirected",
-            "VIP packets redirected to another interface",
-            |v| v.redirected,
-        ),
-        (
-            "forwarded",
-            "VIP packets forwarded to the active node",
-            |v| v.forwarded,
-        ),
-        (
-            "lease_expired",
-            "VIP packets passed because the lease had expired",
-            |v| v.lease_expired,
-        ),
-    ];
-    for (name, help, get) in per_vip {
-        let f = counter(&mut reg, name, help);
-        for g in &s.groups {
-            for v in &g.vips {
-                let l = vec![
-                    ("group".into(), g.name.clone()),
-                    ("vip".into(), v.address.clone()),
-                ];
-                f.get_or_create(&l).inc_by(get(v));
-            }
-        }
-    }
+    let vips: Vec<_> = s
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.vips
+                .iter()
+                .map(move |v| (labels(&[("group", &g.name), ("vip", &v.address)]), &v.stats))
+        })
+        .collect();
+    table(&mut reg, &vips);
     let action = gauge(
         &mut reg,
         "vip_action",
@@ -214,180 +169,140 @@ pub fn render(s: &Status) -> String {
         "lease_remaining_milliseconds",
         "Time left on the data plane's lease",
     );
-    let election: Vec<Field<crate::status::ElectionStatus>> = vec![
-        ("adverts_sent", "Advertisements sent", |e| e.adverts_sent),
-        ("adverts_received", "Advertisements accepted", |e| {
-            e.adverts_received
-        }),
-        (
-            "advert_auth_failures",
-            "Advertisements that failed authentication",
-            |e| e.auth_failures,
-        ),
-        ("advert_replays", "Replayed advertisements ignored", |e| {
-            e.replays
-        }),
-        (
-            "advert_malformed",
-            "Malformed advertisements ignored",
-            |e| e.malformed,
-        ),
-        (
-            "advert_unknown_peers",
-            "Advertisements from addresses that are not peers",
-            |e| e.unknown_peers,
-        ),
-        (
-            "advert_unverified",
-            "Authenticated advertisements in an epoch not verified yet (the sender was challenged)",
-            |e| e.unverified,
-        ),
-        ("split_brains", "Two actives seen (partition healed)", |e| {
-            e.split_brains
-        }),
-        (
-            "leases_lost",
-            "Times the lease ran out while active (the agent was stalled past it): it stopped answering and listened again",
-            |e| e.leases_lost,
-        ),
-    ];
-    let election: Vec<_> = election
-        .into_iter()
-        .map(|(n, h, get)| (counter(&mut reg, n, h), get))
+    for g in &s.groups {
+        let gl = labels(&[("group", &g.name)]);
+        active.get_or_create(&gl).set((g.state == "active") as i64);
+        healthy.get_or_create(&gl).set(g.healthy as i64);
+        state
+            .get_or_create(&labels(&[("group", &g.name), ("state", &g.state)]))
+            .set(1);
+        for v in &g.vips {
+            let l = labels(&[
+                ("group", &g.name),
+                ("vip", &v.address),
+                ("action", &v.action),
+            ]);
+            action.get_or_create(&l).set(1);
+        }
+        for (k, n) in &g.transition_reasons {
+            let (to, why) = k.split_once('/').unwrap_or((k.as_str(), "other"));
+            let l = labels(&[("group", &g.name), ("to", to), ("reason", why)]);
+            transitions.get_or_create(&l).inc_by(*n);
+        }
+        if let Some(ms) = g.election.as_ref().and_then(|e| e.lease_remaining_ms) {
+            lease.get_or_create(&gl).set(ms as i64);
+        }
+    }
+    let elected: Vec<_> = s
+        .groups
+        .iter()
+        .filter_map(|g| Some((labels(&[("group", &g.name)]), g.election.as_ref()?)))
         .collect();
+    table(
+        &mut reg,
+        &elected
+            .iter()
+            .map(|(l, e)| (l.clone(), &e.counters))
+            .collect::<Vec<_>>(),
+    );
+    table(
+        &mut reg,
+        &elected
+            .iter()
+            .map(|(l, e)| (l.clone(), &e.errors))
+            .collect::<Vec<_>>(),
+    );
     let priority = gauge(&mut reg, "group_priority", "Effective election priority");
-    let echo_probes = counter(
+    for (l, e) in &elected {
+        priority.get_or_create(l).set(e.effective_priority as i64);
+    }
+    let echoes: Vec<_> = s
+        .groups
+        .iter()
+        .filter_map(|g| Some((labels(&[("group", &g.name)]), &g.echo.as_ref()?.counters)))
+        .collect();
+    table(&mut reg, &echoes);
+    let members: Vec<_> = s
+        .groups
+        .iter()
+        .filter_map(|g| Some((g, g.balance.as_ref()?)))
+        .flat_map(|(g, b)| {
+            b.members
+                .iter()
+                .map(move |m| (labels(&[("group", &g.name), ("member", &m.address)]), m))
+        })
+        .collect();
+    table(
         &mut reg,
-        "echo_probes",
-        "Echo probes this standby sent to the active's data plane",
-    );
-    let echo_replies = counter(&mut reg, "echo_replies", "Echo replies received");
-    let member_packets = counter(
-        &mut reg,
-        "balance_member_packets",
-        "Packets the director sent to each member of a balanced group",
-    );
-    let member_flows = counter(
-        &mut reg,
-        "balance_member_flows",
-        "New flows the director assigned to each member",
+        &members
+            .iter()
+            .map(|(l, m)| (l.clone(), &m.stats))
+            .collect::<Vec<_>>(),
     );
     let member_up = gauge(
         &mut reg,
         "balance_member_up",
         "1 while the member is in the table",
     );
-    let echo_streak = gauge(
-        &mut reg,
-        "echo_longest_streak",
-        "Longest run of consecutive unanswered probes (a takeover needs echo_misses)",
-    );
-    for g in &s.groups {
-        let gl = vec![("group".to_string(), g.name.clone())];
-        active.get_or_create(&gl).set((g.state == "active") as i64);
-        healthy.get_or_create(&gl).set(g.healthy as i64);
-        let mut sl = gl.clone();
-        sl.push(("state".into(), g.state.clone()));
-        state.get_or_create(&sl).set(1);
-        for v in &g.vips {
-            let l = vec![
-                ("group".into(), g.name.clone()),
-                ("vip".into(), v.address.clone()),
-                ("action".into(), v.action.clone()),
-            ];
-            action.get_or_create(&l).set(1);
-        }
-        for (k, n) in &g.transition_reasons {
-            let (to, why) = k.split_once('/').unwrap_or((k.as_str(), "other"));
-            let l = vec![
-                ("group".into(), g.name.clone()),
-                ("to".into(), to.to_string()),
-                ("reason".into(), why.to_string()),
-            ];
-            transitions.get_or_create(&l).inc_by(*n);
-        }
-        if let Some(e) = &g.election {
-            for (f, get) in &election {
-                f.get_or_create(&gl).inc_by(get(e));
-            }
-            priority.get_or_create(&gl).set(e.effective_priority as i64);
-            if let Some(ms) = e.lease_remaining_ms {
-                lease.get_or_create(&gl).set(ms as i64);
-            }
-        }
-        if let Some(b) = &g.balance {
-            for m in &b.members {
-                let l = vec![
-                    ("group".to_string(), g.name.clone()),
-                    ("member".to_string(), m.address.clone()),
-                ];
-                member_packets.get_or_create(&l).inc_by(m.packets);
-                member_flows.get_or_create(&l).inc_by(m.flows);
-                member_up.get_or_create(&l).set(m.healthy as i64);
-            }
-        }
-        if let Some(e) = &g.echo {
-            echo_probes.get_or_create(&gl).inc_by(e.probes);
-            echo_replies.get_or_create(&gl).inc_by(e.replies);
-            echo_streak.get_or_create(&gl).set(e.longest_streak as i64);
-        }
+    for (l, m) in &members {
+        member_up.get_or_create(l).set(m.healthy as i64);
     }
-    let eip: Vec<Field<crate::status::EipStatus>> = vec![
-        (
-            "eip_in_packets",
-            "Packets to the elastic IP sent to the VIP's owner",
-            |e| e.in_packets,
-        ),
-        ("eip_in_bytes", "Bytes of those packets", |e| e.in_bytes),
-        (
-            "eip_out_packets",
-            "Packets from the VIP sent out as the elastic IP",
-            |e| e.out_packets,
-        ),
-        ("eip_out_bytes", "Bytes of those packets", |e| e.out_bytes),
-        (
-            "eip_to_kernel",
-            "Translated packets handed to the kernel to route",
-            |e| e.to_kernel,
-        ),
-        (
-            "eip_owner_changes",
-            "VIP owner changes learned from ARP",
-            |e| e.owner_changes,
-        ),
-        (
-            "eip_arp_replies",
-            "ARP requests for the elastic IP answered",
-            |e| e.arp_replies,
-        ),
-        (
-            "eip_owner_refused",
-            "ARP naming the VIP from a non-node, dropped",
-            |e| e.owner_refused,
-        ),
-    ];
-    for (name, help, get) in eip {
-        let f = counter(&mut reg, name, help);
-        for e in &s.eips {
-            f.get_or_create(&vec![
-                ("eip".to_string(), e.address.clone()),
-                ("vip".to_string(), e.vip.clone()),
-            ])
-            .inc_by(get(e));
-        }
-    }
+    let eips: Vec<_> = s
+        .eips
+        .iter()
+        .map(|e| (labels(&[("eip", &e.address), ("vip", &e.vip)]), &e.stats))
+        .collect();
+    table(&mut reg, &eips);
     let dp = counter(
         &mut reg,
         "dataplane_events",
         "Program-wide data-plane counters, by kind",
     );
     for (k, v) in &s.global {
-        dp.get_or_create(&vec![("kind".to_string(), k.clone())])
-            .inc_by(*v);
+        dp.get_or_create(&labels(&[("kind", k)])).inc_by(*v);
     }
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+/// One family per entry of `T`'s table, in table order, with a sample per record.
+fn table<T: Counted>(reg: &mut Registry, records: &[(Labels, &Counts<T>)]) {
+    for c in T::COUNTERS {
+        match c.kind {
+            Kind::Counter => {
+                let f = counter(reg, c.metric, c.help);
+                for (l, r) in records {
+                    f.get_or_create(l).inc_by((c.get)(r));
+                }
+            }
+            Kind::Gauge => {
+                let f = gauge(reg, c.metric, c.help);
+                for (l, r) in records {
+                    f.get_or_create(l).set((c.get)(r) as i64);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -479,5 +394,103 @@ mod tests {
         .await
         .unwrap();
         task.abort();
+    }
+
+    /// The families of `text`, in order, with their help and type.
+    fn families(text: &str) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let mut help = String::new();
+        for l in text.lines() {
+            if let Some(h) = l.strip_prefix("# HELP ") {
+                help = h.split_once(' ').map_or("", |(_, h)| h).to_string();
+            } else if let Some(t) = l.strip_prefix("# TYPE ") {
+                let (name, kind) = t.split_once(' ').unwrap();
+                out.push((name.to_string(), kind.to_string(), help.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_table_entry_is_a_family_with_its_help_and_samples() {
+        use crate::counters::{AdvertErrors, EchoCounters, ElectionCounters};
+        use vip_common::{BalanceStats, EipStats, VipStats};
+        let text = render(&crate::status::example());
+        let fams = families(&text);
+        // Counter i of a table holds base + i in the example.
+        fn check<T: Counted>(
+            text: &str,
+            fams: &[(String, String, String)],
+            labels: &str,
+            base: u64,
+        ) {
+            for (i, c) in T::COUNTERS.iter().enumerate() {
+                let name = format!("vip_{}", c.metric);
+                let kind = match c.kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                };
+                assert!(
+                    fams.contains(&(name.clone(), kind.into(), format!("{}.", c.help))),
+                    "{name}: {fams:?}"
+                );
+                let sample = match c.kind {
+                    Kind::Counter => format!("{name}_total{{{labels}}} {}", base + i as u64),
+                    Kind::Gauge => format!("{name}{{{labels}}} {}", base + i as u64),
+                };
+                assert!(
+                    text.lines().any(|l| l == sample),
+                    "no `{sample}` in\n{text}"
+                );
+            }
+        }
+        check::<VipStats>(&text, &fams, r#"group="web",vip="10.0.0.50""#, 100);
+        check::<ElectionCounters>(&text, &fams, r#"group="web""#, 200);
+        check::<AdvertErrors>(&text, &fams, r#"group="web""#, 300);
+        check::<EchoCounters>(&text, &fams, r#"group="web""#, 400);
+        check::<BalanceStats>(&text, &fams, r#"group="web",member="10.0.0.11""#, 600);
+        check::<EipStats>(&text, &fams, r#"eip="203.0.113.10",vip="10.0.0.50""#, 700);
+        // Every family once: each table's in its order, between the state gauges.
+        fn of<T: Counted>() -> Vec<String> {
+            crate::counters::families::<T>().map(|f| f.0).collect()
+        }
+        let gauges = |names: &[&str]| names.iter().map(|n| format!("vip_{n}")).collect();
+        let want: Vec<String> = [
+            of::<VipStats>(),
+            gauges(&[
+                "vip_action",
+                "group_active",
+                "group_state",
+                "group_healthy",
+                "group_transitions",
+                "lease_remaining_milliseconds",
+            ]),
+            of::<ElectionCounters>(),
+            of::<AdvertErrors>(),
+            gauges(&["group_priority"]),
+            of::<EchoCounters>(),
+            of::<BalanceStats>(),
+            gauges(&["balance_member_up"]),
+            of::<EipStats>(),
+            gauges(&["dataplane_events"]),
+        ]
+        .concat();
+        let names: Vec<String> = fams.iter().map(|f| f.0.clone()).collect();
+        assert_eq!(names, want);
+        for want in [
+            r#"vip_vip_action{group="web",vip="10.0.0.50",action="local"} 1"#,
+            r#"vip_group_active{group="web"} 1"#,
+            r#"vip_group_state{group="web",state="active"} 1"#,
+            r#"vip_group_healthy{group="web"} 1"#,
+            r#"vip_group_transitions_total{group="web",to="active",reason="peer_silent"} 1"#,
+            r#"vip_lease_remaining_milliseconds{group="web"} 45"#,
+            r#"vip_group_priority{group="web"} 200"#,
+            r#"vip_balance_member_up{group="web",member="10.0.0.11"} 1"#,
+            r#"vip_balance_member_up{group="web",member="10.0.0.10"} 0"#,
+            r#"vip_dataplane_events_total{kind="echo_answered"} 7"#,
+            r#"vip_dataplane_events_total{kind="parse_errors"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == want), "no `{want}` in\n{text}");
+        }
     }
 }

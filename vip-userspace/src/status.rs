@@ -4,6 +4,9 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
+use vip_common::{BalanceStats, EipStats, VipStats};
+
+use crate::counters::{AdvertErrors, Counted, Counts, EchoCounters, ElectionCounters};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -31,20 +34,12 @@ pub struct EipStatus {
     /// The VIP's owner as the data plane learned it from ARP, and how long ago.
     pub owner: Option<String>,
     pub owner_age_ms: Option<u64>,
-    pub in_packets: u64,
-    pub in_bytes: u64,
-    pub out_packets: u64,
-    pub out_bytes: u64,
-    /// Translated but handed to the kernel to route (next hop not known yet).
-    pub to_kernel: u64,
-    pub owner_changes: u64,
-    pub arp_replies: u64,
+    /// What the data plane counted for it (see `counters`).
+    #[serde(flatten)]
+    pub stats: Counts<EipStats>,
     /// The nodes the owner may be learned from (`nodes`); None: any ARP sender.
     #[serde(default)]
     pub nodes: Option<Vec<String>>,
-    /// ARP naming the VIP from a sender that is not one of `nodes`: not learned, dropped.
-    #[serde(default)]
-    pub owner_refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,8 +99,8 @@ pub struct MemberStatus {
     pub healthy: bool,
     pub this_node: bool,
     /// New flows and packets the director (this node, while active) sent it.
-    pub flows: u64,
-    pub packets: u64,
+    #[serde(flatten)]
+    pub stats: Counts<BalanceStats>,
 }
 
 /// When a takeover was decided and announced, on the host's CLOCK_MONOTONIC (the
@@ -126,9 +121,8 @@ pub struct EchoStatus {
     /// (no reply yet: nothing is concluded), armed, or lost.
     pub state: String,
     pub peer: Option<String>,
-    pub probes: u64,
-    pub replies: u64,
-    pub longest_streak: u64,
+    #[serde(flatten)]
+    pub counters: Counts<EchoCounters>,
     /// True when the prober runs at a real-time priority.
     pub realtime: bool,
 }
@@ -150,22 +144,12 @@ pub struct ElectionStatus {
     pub pinned: Option<String>,
     pub advert_interval_ms: u64,
     pub current_active: Option<ActivePeer>,
-    pub adverts_sent: u64,
-    pub adverts_received: u64,
-    pub split_brains: u64,
-    pub auth_failures: u64,
-    pub replays: u64,
-    pub malformed: u64,
-    pub unknown_peers: u64,
-    /// Authenticated datagrams in an epoch not verified yet (the sender was challenged).
-    #[serde(default)]
-    pub unverified: u64,
+    #[serde(flatten)]
+    pub counters: Counts<ElectionCounters>,
+    #[serde(flatten)]
+    pub errors: Counts<AdvertErrors>,
     /// Time left on the data plane's lease (active or forwarding), if one is held.
     pub lease_remaining_ms: Option<u64>,
-    /// Times this node's lease ran out while it was active (the agent was stalled past
-    /// it): each time it stopped answering and listened again.
-    #[serde(default)]
-    pub leases_lost: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -182,14 +166,9 @@ pub struct VipStatus {
     pub prefix: u8,
     /// The data plane's action now: local, redirect, forward or none.
     pub action: String,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub arp_replies: u64,
-    pub nd_replies: u64,
-    pub passed: u64,
-    pub redirected: u64,
-    pub forwarded: u64,
-    pub lease_expired: u64,
+    /// What the data plane counted for it (see `counters`).
+    #[serde(flatten)]
+    pub stats: Counts<VipStats>,
 }
 
 /// "850 ms", "12.3 s", "4 min 5 s", "3 h 2 min".
@@ -258,8 +237,8 @@ fn counted_by(g: &GroupStatus, counted: bool) -> String {
 /// and what it sent each, with each member's share of the flows.
 fn member_table(g: &GroupStatus, b: &BalanceStatus) -> String {
     let mut s = String::new();
-    let flows: u64 = b.members.iter().map(|m| m.flows).sum();
-    let packets: u64 = b.members.iter().map(|m| m.packets).sum();
+    let flows: u64 = b.members.iter().map(|m| m.stats.flows).sum();
+    let packets: u64 = b.members.iter().map(|m| m.stats.packets).sum();
     // Zeros on a member are "not counted here", not "no traffic".
     let show = g.state == "active" || flows + packets > 0;
     let up = b.members.iter().filter(|m| m.healthy).count();
@@ -280,9 +259,9 @@ fn member_table(g: &GroupStatus, b: &BalanceStatus) -> String {
     for m in &b.members {
         let (f, sh, p) = if show {
             (
-                m.flows.to_string(),
-                share(m.flows, flows),
-                m.packets.to_string(),
+                m.stats.flows.to_string(),
+                share(m.stats.flows, flows),
+                m.stats.packets.to_string(),
             )
         } else {
             ("-".into(), "-".into(), "-".into())
@@ -336,7 +315,11 @@ pub fn watch_frame(
     );
     for g in &status.groups {
         for v in &g.vips {
-            let now = (v.rx_packets, v.rx_bytes, v.arp_replies + v.nd_replies);
+            let now = (
+                v.stats.rx_packets,
+                v.stats.rx_bytes,
+                v.stats.arp_replies + v.stats.nd_replies,
+            );
             let prev = last
                 .vips
                 .insert(format!("{}/{}", g.name, v.address), now)
@@ -360,7 +343,7 @@ pub fn watch_frame(
             .members
             .iter()
             .map(|m| {
-                let now = (m.packets, m.flows);
+                let now = (m.stats.packets, m.stats.flows);
                 let prev = last
                     .members
                     .insert(format!("{}/{}", g.name, m.address), now)
@@ -422,20 +405,20 @@ impl Status {
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");
         }
-        let _ = writeln!(
+        // The VIP counters with a column, in table order (see `counters`).
+        let columns: Vec<_> = VipStats::COUNTERS
+            .iter()
+            .filter_map(|c| c.column.map(|col| (col, c.get)))
+            .collect();
+        let _ = write!(
             s,
-            "{:<12} {:<8} {:<26} {:<9} {:>10} {:>12} {:>8} {:>8} {:>10} {:>10}",
-            "GROUP",
-            "STATE",
-            "VIP",
-            "ACTION",
-            "RX_PKTS",
-            "RX_BYTES",
-            "ARP",
-            "ND",
-            "REDIRECT",
-            "FORWARD"
+            "{:<12} {:<8} {:<26} {:<9}",
+            "GROUP", "STATE", "VIP", "ACTION"
         );
+        for (col, _) in &columns {
+            let _ = write!(s, " {:>w$}", col.header, w = col.width);
+        }
+        s.push('\n');
         for g in &self.groups {
             for (i, v) in g.vips.iter().enumerate() {
                 let (name, state) = if i == 0 {
@@ -443,20 +426,18 @@ impl Status {
                 } else {
                     ("", "")
                 };
-                let _ = writeln!(
+                let _ = write!(
                     s,
-                    "{:<12} {:<8} {:<26} {:<9} {:>10} {:>12} {:>8} {:>8} {:>10} {:>10}",
+                    "{:<12} {:<8} {:<26} {:<9}",
                     name,
                     state,
                     format!("{}/{}", v.address, v.prefix),
                     v.action,
-                    v.rx_packets,
-                    v.rx_bytes,
-                    v.arp_replies,
-                    v.nd_replies,
-                    v.redirected,
-                    v.forwarded
                 );
+                for (col, get) in &columns {
+                    let _ = write!(s, " {:>w$}", get(&v.stats), w = col.width);
+                }
+                s.push('\n');
             }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -493,14 +474,14 @@ impl Status {
                     "",
                     e.effective_priority,
                     e.pinned.as_ref().map(|p| format!(" (pinned {p})")).unwrap_or_default(),
-                    e.adverts_sent,
-                    e.adverts_received,
-                    e.auth_failures,
-                    e.replays,
-                    e.malformed,
-                    e.unknown_peers,
-                    e.split_brains,
-                    e.leases_lost
+                    e.counters.adverts_sent,
+                    e.counters.adverts_received,
+                    e.errors.auth_failures,
+                    e.errors.replays,
+                    e.errors.malformed,
+                    e.errors.unknown_peers,
+                    e.counters.split_brains,
+                    e.counters.leases_lost
                 );
             }
             if !g.health.is_empty() {
@@ -517,13 +498,13 @@ impl Status {
                 e.address,
                 e.vip,
                 e.owner.as_deref().unwrap_or("unknown"),
-                e.in_packets,
-                e.in_bytes,
-                e.out_packets,
-                e.out_bytes,
-                e.to_kernel,
-                e.owner_changes,
-                e.owner_refused
+                e.stats.in_packets,
+                e.stats.in_bytes,
+                e.stats.out_packets,
+                e.stats.out_bytes,
+                e.stats.to_kernel,
+                e.stats.owner_changes,
+                e.stats.owner_refused
             );
             let _ = writeln!(
                 s,
@@ -548,6 +529,111 @@ impl Status {
     }
 }
 
+/// A status with every optional part present and every counter distinct and non-zero
+/// (counter `i` of a table holds `base + i`), for the tests of its views.
+#[cfg(test)]
+pub(crate) fn example() -> Status {
+    fn filled<T: Counted>(base: u64) -> Counts<T> {
+        let mut t = T::default();
+        for (i, c) in T::COUNTERS.iter().enumerate() {
+            (c.set)(&mut t, base + i as u64);
+        }
+        Counts(t)
+    }
+    let member = |address: &str, this_node: bool, base: u64| MemberStatus {
+        address: address.into(),
+        mac: Some("02:00:00:00:00:0b".into()),
+        healthy: !this_node,
+        this_node,
+        stats: filled(base),
+    };
+    let group = GroupStatus {
+        name: "web".into(),
+        role: "active".into(),
+        state: "active".into(),
+        reason: "no advertisement from the active for 61 ms".into(),
+        reason_kind: "peer_silent".into(),
+        since_unix_ms: u64::MAX,
+        last_transition: Some(TransitionStatus {
+            from: "standby".into(),
+            to: "active".into(),
+            reason: "no advertisement from the active for 61 ms".into(),
+            reason_kind: "peer_silent".into(),
+            at_unix_ms: u64::MAX,
+        }),
+        transitions: 2,
+        transition_reasons: [
+            ("active/peer_silent".into(), 1),
+            ("standby/start".into(), 1),
+        ]
+        .into(),
+        mode: "elected".into(),
+        forward_to: None,
+        healthy: true,
+        health: "track_interface ok (eth0 is up)".into(),
+        election: Some(ElectionStatus {
+            priority: 200,
+            effective_priority: 200,
+            pinned: None,
+            advert_interval_ms: 20,
+            current_active: Some(ActivePeer {
+                address: "10.0.0.10".into(),
+                mac: "02:00:00:00:00:0a".into(),
+                priority: 200,
+                this_node: true,
+            }),
+            counters: filled(200),
+            errors: filled(300),
+            lease_remaining_ms: Some(45),
+        }),
+        last_takeover: Some(TakeoverStatus {
+            reason_kind: "peer_silent".into(),
+            decided_mono_ns: 1,
+            announced_mono_ns: Some(2),
+        }),
+        echo: Some(EchoStatus {
+            interval_ms: 2,
+            misses: 6,
+            state: "idle".into(),
+            peer: None,
+            counters: filled(400),
+            realtime: true,
+        }),
+        balance: Some(BalanceStatus {
+            ports: vec![],
+            members: vec![
+                member("10.0.0.10", true, 500),
+                member("10.0.0.11", false, 600),
+            ],
+        }),
+        vips: vec![VipStatus {
+            address: "10.0.0.50".into(),
+            prefix: 24,
+            action: "local".into(),
+            stats: filled(100),
+        }],
+    };
+    Status {
+        node: "a".into(),
+        interface: "eth0".into(),
+        xdp_mode: "native".into(),
+        xdp_mode_reason: "configured".into(),
+        groups: vec![group],
+        global: [("echo_answered".into(), 7), ("parse_errors".into(), 0)].into(),
+        warnings: vec!["a warning".into()],
+        eips: vec![EipStatus {
+            address: "203.0.113.10".into(),
+            vip: "10.0.0.50".into(),
+            external_interface: "eth1".into(),
+            internal_interface: "eth0".into(),
+            owner: Some("02:00:00:00:00:0a".into()),
+            owner_age_ms: Some(3),
+            stats: filled(700),
+            nodes: Some(vec!["02:00:00:00:00:0a".into()]),
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,8 +644,11 @@ mod tests {
             mac: Some(format!("02:00:00:00:00:{}", &address[address.len() - 2..])),
             healthy: true,
             this_node,
-            flows,
-            packets,
+            stats: Counts(BalanceStats {
+                flows,
+                packets,
+                ..Default::default()
+            }),
         }
     }
 
@@ -595,16 +684,9 @@ mod tests {
                     priority: 250,
                     this_node: state == "active",
                 }),
-                adverts_sent: 0,
-                adverts_received: 0,
-                split_brains: 0,
-                auth_failures: 0,
-                replays: 0,
-                malformed: 0,
-                unknown_peers: 0,
-                unverified: 0,
+                counters: Counts::default(),
+                errors: Counts::default(),
                 lease_remaining_ms: None,
-                leases_lost: 0,
             }),
             last_takeover: None,
             echo: None,
@@ -616,8 +698,10 @@ mod tests {
                 address: "10.0.0.60".into(),
                 prefix: 24,
                 action: "local".into(),
-                rx_packets: 600,
-                ..Default::default()
+                stats: Counts(VipStats {
+                    rx_packets: 600,
+                    ..Default::default()
+                }),
             }],
         }
     }
@@ -734,7 +818,7 @@ mod tests {
             "active",
             members([15, 10, 30], [150, 200, 450]),
         )]);
-        second.groups[0].vips[0].rx_packets = 1100;
+        second.groups[0].vips[0].stats.0.rx_packets = 1100;
         let f1 = watch_frame(&second, &mut last, Some(0.5), 1000);
         let want = [
             "api          active   10.0.0.60/24               local             1000            0          0",
@@ -762,6 +846,82 @@ mod tests {
                 "             10.0.0.10 (this node)  healthy            -            -      -"
             ),
             "{f}"
+        );
+    }
+
+    #[test]
+    fn json_reads_back_and_names_every_counter_in_table_order() {
+        let s = example();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let g = &v["groups"][0];
+        // Each record's counters are keys of its own object, with their values.
+        let check = |o: &serde_json::Value, table: &[(&str, u64)]| {
+            for (k, want) in table {
+                assert_eq!(o[*k], *want, "{k} in {o}");
+            }
+        };
+        fn entries<T: Counted>(base: u64) -> Vec<(&'static str, u64)> {
+            T::COUNTERS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.key, base + i as u64))
+                .collect()
+        }
+        check(&g["vips"][0], &entries::<VipStats>(100));
+        check(&g["election"], &entries::<ElectionCounters>(200));
+        check(&g["election"], &entries::<AdvertErrors>(300));
+        check(&g["echo"], &entries::<EchoCounters>(400));
+        check(&g["balance"]["members"][1], &entries::<BalanceStats>(600));
+        check(&v["eips"][0], &entries::<EipStats>(700));
+        // In table order, after the record's own fields.
+        let in_order = |head: &str, counters: &[(&str, u64)]| {
+            let tail: Vec<String> = counters
+                .iter()
+                .map(|(k, v)| format!(",\"{k}\":{v}"))
+                .collect();
+            format!("{{{head}{}}}", tail.concat())
+        };
+        assert_eq!(
+            serde_json::to_string(&s.groups[0].vips[0]).unwrap(),
+            in_order(
+                r#""address":"10.0.0.50","prefix":24,"action":"local""#,
+                &entries::<VipStats>(100)
+            )
+        );
+        let members = &s.groups[0].balance.as_ref().unwrap().members;
+        assert_eq!(
+            serde_json::to_string(&members[1]).unwrap(),
+            in_order(
+                r#""address":"10.0.0.11","mac":"02:00:00:00:00:0b","healthy":true,"this_node":false"#,
+                &entries::<BalanceStats>(600)
+            )
+        );
+    }
+
+    #[test]
+    fn the_table_shows_the_vip_counters_that_have_columns() {
+        let t = example().table();
+        let lines: Vec<&str> = t.lines().collect();
+        let at = lines.iter().position(|l| l.starts_with("GROUP")).unwrap();
+        assert_eq!(
+            lines[at],
+            "GROUP        STATE    VIP                        ACTION       RX_PKTS     RX_BYTES      ARP       ND   REDIRECT    FORWARD"
+        );
+        // rx_packets 100, rx_bytes 101, ARP 102, ND 103, (passed 104), redirected 105,
+        // forwarded 106, (lease_expired 107).
+        assert_eq!(
+            lines[at + 1],
+            "web          active   10.0.0.50/24               local            100          101      102      103        105        106"
+        );
+        assert!(
+            t.contains("adverts sent 200 received 201  rejected: auth 300 replay 301 malformed 302 unknown-peer 303  split-brains 202  leases lost 203"),
+            "{t}"
+        );
+        assert!(
+            t.contains("in 700 pkts / 701 B  out 702 pkts / 703 B  via kernel 704  owner changes 705  refused 707"),
+            "{t}"
         );
     }
 }

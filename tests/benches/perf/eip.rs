@@ -20,10 +20,10 @@ use aya::{
     programs::Xdp,
     Ebpf, EbpfLoader,
 };
+use lab::frames;
 use serde_json::{json, Value};
 use vip::{
     dataplane::{run, Dataplane},
-    frames,
     mac::Mac,
 };
 use vip_common::{eip_flags, globals, maps, programs, EipEntry, EipNodeKey, Owner, Settings};
@@ -175,7 +175,7 @@ pub fn paths(size: Size) -> Result<Vec<Value>> {
     let floor = dp.pass_program();
     let old = base.as_ref().map(Baseline::program).transpose()?;
 
-    let garp = |m: Mac, ip| frames::gratuitous_arp(m, ip);
+    let garp = |m: Mac, ip| vip::frames::gratuitous_arp(m, ip);
     // Frames a repeated run leaves as they are.
     let stable: Vec<(&str, Vec<u8>)> = vec![
         (

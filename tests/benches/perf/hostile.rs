@@ -30,12 +30,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
-use lab::{Agent, Capture, Lan};
+use lab::{frames, Agent, Capture, Lan};
 use serde_json::{json, Value};
 use vip::{
     advert::{Advert, Kind},
     dataplane::BenchPrograms,
-    frames,
     host::monotonic_ns,
     mac::Mac,
 };
@@ -277,8 +276,8 @@ fn one(case: &Case, secs: f64, det_secs: f64, dir: &Path) -> Result<Outcome> {
         Flood::SpoofedPeer => (ha.ip4, 1),
     };
     let frame = frames::udp4(
-        hb.mac.parse()?,
-        hx.mac.parse()?,
+        hb.mac.parse::<Mac>()?,
+        hx.mac.parse::<Mac>()?,
         src,
         hb.ip4,
         PORT,

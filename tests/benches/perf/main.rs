@@ -31,11 +31,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lab::Netns;
+use lab::{frames, Netns};
 use serde_json::{json, Value};
 use vip::{
     dataplane::{run, Dataplane},
-    frames,
     mac::Mac,
 };
 use vip_common::{action, VipEntry};

@@ -19,12 +19,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
-use lab::{veth, Netns};
+use lab::{frames, veth, Netns};
 use serde_json::{json, Value};
 use vip::{
     config::XdpMode,
     dataplane::{BenchPrograms, Dataplane},
-    frames,
     mac::Mac,
 };
 use vip_common::{action, VipEntry};

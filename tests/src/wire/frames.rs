@@ -1,23 +1,17 @@
-//! The frames the wire recorder cares about: the asker's requests (built here, as a
-//! client's kernel sends them) and what the nodes send for the VIPs (recognised here).
-//!
-//! The lab does not depend on vip (xtask's benchmarks use it before vip is built), so
-//! the two requests are built here; `tests/tests/wire.rs` checks them byte for byte
-//! against vip's own builders.
+//! The frames the wire recorder cares about: the asker's requests (as a client's
+//! kernel sends them, from the lab's builders) and what the nodes send for the VIPs
+//! (recognised here).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{Family, Mac};
+use crate::frames::{icmpv6_checksum, ETH_P_ARP, ETH_P_IPV6};
 
-const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
-const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const ICMPV6: u8 = 58;
 const NS: u8 = 135;
 const NA: u8 = 136;
 /// The NA flags byte: solicited.
 const NA_SOLICITED: u8 = 0x40;
-/// Ethernet's minimum frame (without FCS): an ARP request is padded to it on a wire.
-const ETH_MIN_LEN: usize = 60;
 /// Marks the asker's sequence number in an ARP request's padding (bytes 42..60, which
 /// no receiver reads: a NIC pads with zeros or whatever its buffer held). The XDP
 /// program answers in place, so its reply carries the request's number back; a
@@ -95,9 +89,9 @@ fn tag_of(f: &[u8]) -> Option<u64> {
 /// What `f` is for `w`, or None when it is not about the watched VIPs (adverts, echo
 /// probes, other addresses, VLAN-tagged frames).
 pub fn classify(f: &[u8], w: &Watch) -> Option<Kind> {
-    match f.get(12..14)? {
-        t if t == ETH_P_ARP => classify_arp(f, w),
-        t if t == ETH_P_IPV6 => classify_nd(f, w),
+    match u16::from_be_bytes(f.get(12..14)?.try_into().ok()?) {
+        ETH_P_ARP => classify_arp(f, w),
+        ETH_P_IPV6 => classify_nd(f, w),
         _ => None,
     }
 }
@@ -178,110 +172,22 @@ fn target_lladdr(mut opts: &[u8]) -> Option<Mac> {
     None
 }
 
-fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-/// The ICMPv6 checksum over `msg` as it stands: 0 for a message whose checksum field
-/// is right, the value to put there for one whose field is zero.
-fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
-    let mut sum = csum_add(0, &src.octets());
-    sum = csum_add(sum, &dst.octets());
-    sum = csum_add(sum, &(msg.len() as u32).to_be_bytes());
-    sum = csum_add(sum, &[0, 0, 0, ICMPV6]);
-    sum = csum_add(sum, msg);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn ethernet(dst: Mac, src: Mac, ethertype: [u8; 2]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(96);
-    f.extend_from_slice(&dst.0);
-    f.extend_from_slice(&src.0);
-    f.extend_from_slice(&ethertype);
-    f
-}
-
-/// An Ethernet/IPv4 ARP frame padded to the Ethernet minimum (`tag` in the padding).
-fn arp(
-    eth_dst: Mac,
-    op: u16,
-    sha: Mac,
-    spa: Ipv4Addr,
-    tha: Mac,
-    tpa: Ipv4Addr,
-    tag: Option<u64>,
-) -> Vec<u8> {
-    let mut f = ethernet(eth_dst, sha, ETH_P_ARP);
-    f.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
-    f.extend_from_slice(&op.to_be_bytes());
-    f.extend_from_slice(&sha.0);
-    f.extend_from_slice(&spa.octets());
-    f.extend_from_slice(&tha.0);
-    f.extend_from_slice(&tpa.octets());
-    if let Some(t) = tag {
-        f.extend_from_slice(TAG);
-        f.extend_from_slice(&t.to_be_bytes());
-    }
-    f.resize(ETH_MIN_LEN, 0);
-    f
-}
-
 /// The broadcast ARP request a client's kernel sends to resolve `vip`, with the
 /// asker's sequence number `tag` in its padding.
 pub fn arp_request(mac: Mac, ip: Ipv4Addr, vip: Ipv4Addr, tag: Option<u64>) -> Vec<u8> {
-    arp(Mac::BROADCAST, 1, mac, ip, Mac([0; 6]), vip, tag)
+    let mut f = crate::frames::arp_request(mac, ip, vip);
+    if let Some(t) = tag {
+        f[TAG_AT..TAG_AT + 4].copy_from_slice(TAG);
+        f[TAG_AT + 4..TAG_AT + 12].copy_from_slice(&t.to_be_bytes());
+    }
+    f
 }
 
 /// A multicast neighbour solicitation for `target` from `src` at `mac`, as a client's
 /// kernel sends it to resolve an address: to the target's solicited-node group, hop
 /// limit 255, with the source link-layer address option.
 pub fn neighbour_solicitation(mac: Mac, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
-    let t = target.octets();
-    let dst = Ipv6Addr::new(
-        0xff02,
-        0,
-        0,
-        0,
-        0,
-        1,
-        0xff00 | u16::from(t[13]),
-        u16::from_be_bytes([t[14], t[15]]),
-    );
-    let mut msg = vec![NS, 0, 0, 0, 0, 0, 0, 0];
-    msg.extend_from_slice(&t);
-    msg.extend_from_slice(&[1, 1]);
-    msg.extend_from_slice(&mac.0);
-    icmpv6(
-        Mac([0x33, 0x33, 0xff, t[13], t[14], t[15]]),
-        mac,
-        src,
-        dst,
-        msg,
-    )
-}
-
-fn icmpv6(eth_dst: Mac, eth_src: Mac, src: Ipv6Addr, dst: Ipv6Addr, mut msg: Vec<u8>) -> Vec<u8> {
-    let c = icmpv6_checksum(src, dst, &msg);
-    msg[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut f = ethernet(eth_dst, eth_src, ETH_P_IPV6);
-    f.extend_from_slice(&[0x60, 0, 0, 0]);
-    f.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-    f.push(ICMPV6);
-    f.push(255);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&msg);
-    f
+    crate::frames::neighbour_solicitation(mac, src, target, None)
 }
 
 /// What the nodes send, for the analysis' tests: an answer built from the request the
@@ -289,6 +195,7 @@ fn icmpv6(eth_dst: Mac, eth_src: Mac, src: Ipv6Addr, dst: Ipv6Addr, mut msg: Vec
 #[cfg(test)]
 pub(crate) mod synthetic {
     use super::*;
+    use crate::frames;
 
     /// The lab's client (10.0.0.12, 2001:db8::12) asking for 10.0.0.50 and 2001:db8::50.
     pub fn watch() -> Watch {
@@ -317,13 +224,27 @@ pub(crate) mod synthetic {
 
     /// A kernel's ARP reply: built afresh, 42 bytes, no padding.
     pub fn kernel_arp_reply(w: &Watch, mac: Mac) -> Vec<u8> {
-        let mut f = arp(w.client_mac, 2, mac, w.vip4, w.client_mac, w.client4, None);
+        let mut f = frames::arp(
+            w.client_mac,
+            frames::ARP_REPLY,
+            mac,
+            w.vip4,
+            w.client_mac,
+            w.client4,
+        );
         f.truncate(42);
         f
     }
 
     pub fn gratuitous_arp(mac: Mac, vip: Ipv4Addr) -> Vec<u8> {
-        arp(Mac::BROADCAST, 1, mac, vip, Mac([0; 6]), vip, None)
+        frames::arp(
+            frames::BROADCAST,
+            frames::ARP_REQUEST,
+            mac,
+            vip,
+            [0; 6],
+            vip,
+        )
     }
 
     /// An NA for `vip` at `mac` to `dst`: solicited (an answer) or not (an
@@ -334,17 +255,12 @@ pub(crate) mod synthetic {
         dst: Ipv6Addr,
         solicited: bool,
     ) -> Vec<u8> {
-        let flags = 0x20 | if solicited { NA_SOLICITED } else { 0 };
-        let mut msg = vec![NA, 0, 0, 0, flags, 0, 0, 0];
-        msg.extend_from_slice(&vip.octets());
-        msg.extend_from_slice(&[2, 1]);
-        msg.extend_from_slice(&mac.0);
         let eth_dst = if solicited {
-            Mac([2, 0, 0, 0, 0, 0x0c])
+            [2, 0, 0, 0, 0, 0x0c]
         } else {
-            Mac([0x33, 0x33, 0, 0, 0, 1])
+            frames::ALL_NODES_MAC
         };
-        icmpv6(eth_dst, mac, vip, dst, msg)
+        frames::neighbour_advertisement(eth_dst, mac, vip, dst, solicited)
     }
 }
 

@@ -26,6 +26,12 @@ impl Mac {
     pub const BROADCAST: Mac = Mac([0xff; 6]);
 }
 
+impl From<Mac> for [u8; 6] {
+    fn from(m: Mac) -> Self {
+        m.0
+    }
+}
+
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;

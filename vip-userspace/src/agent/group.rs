@@ -44,17 +44,8 @@ pub(super) struct VipRuntime {
     pub slot: u32,
 }
 
-/// Advertisement problems, counted per group.
-#[derive(Debug, Default, Clone)]
-pub(super) struct AdvertErrors {
-    pub auth_failures: u64,
-    pub replays: u64,
-    pub malformed: u64,
-    pub unknown_peers: u64,
-    /// Authenticated datagrams in an epoch not verified yet (the sender was
-    /// challenged): a peer that just restarted, or a replay of an earlier epoch.
-    pub unverified: u64,
-}
+/// Advertisement problems, counted per group (declared in `counters`).
+pub(super) use crate::counters::AdvertErrors;
 
 /// The last transition, for status.
 #[derive(Debug, Clone)]

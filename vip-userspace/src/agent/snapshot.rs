@@ -14,6 +14,7 @@ use vip_common::action;
 
 use super::{group::VipRuntime, Agent};
 use crate::{
+    counters::Counts,
     dataplane::Reader,
     host,
     mac::Mac,
@@ -156,20 +157,13 @@ impl Agent {
                             this_node: false,
                         })
                     },
-                    adverts_sent: e.counters.adverts_sent,
-                    adverts_received: e.counters.adverts_received,
-                    split_brains: e.counters.split_brains,
-                    auth_failures: g.errors.auth_failures,
-                    replays: g.errors.replays,
-                    malformed: g.errors.malformed,
-                    unknown_peers: g.errors.unknown_peers,
-                    unverified: g.errors.unverified,
+                    counters: Counts(e.counters),
+                    errors: Counts(g.errors),
                     lease_remaining_ms: g
                         .own
                         .lease()
                         .deadline()
                         .map(|d| d.saturating_sub(now_boot) / 1_000_000),
-                    leases_lost: e.counters.leases_lost,
                 }),
                 last_takeover: g.takeover.clone(),
                 echo: g.cfg.election.as_ref().map(|e| {
@@ -185,9 +179,7 @@ impl Agent {
                         misses: e.echo_misses,
                         state: state.into(),
                         peer: s.peer.map(|p| p.to_string()),
-                        probes: s.probes,
-                        replies: s.replies,
-                        longest_streak: s.longest_streak,
+                        counters: Counts(s.counters),
                         realtime: self.echo.as_ref().is_some_and(|p| p.realtime()),
                     }
                 }),
@@ -307,8 +299,7 @@ impl Snapshot {
                                     mac,
                                     healthy,
                                     this_node,
-                                    flows: s.flows,
-                                    packets: s.packets,
+                                    stats: Counts(s),
                                 }
                             })
                             .collect(),
@@ -324,14 +315,7 @@ impl Snapshot {
                             address: v.vip.addr.to_string(),
                             prefix: v.vip.prefix,
                             action: action::name(act).into(),
-                            rx_packets: s.rx_packets,
-                            rx_bytes: s.rx_bytes,
-                            arp_replies: s.arp_replies,
-                            nd_replies: s.nd_replies,
-                            passed: s.passed,
-                            redirected: s.redirected,
-                            forwarded: s.forwarded,
-                            lease_expired: s.lease_expired,
+                            stats: Counts(s),
                         }
                     })
                     .collect(),
@@ -373,19 +357,12 @@ impl Snapshot {
                         owner: owner.map(|o| Mac(o.mac).to_string()),
                         owner_age_ms: owner
                             .map(|o| now_mono.saturating_sub(o.updated_ns) / 1_000_000),
-                        in_packets: st.in_packets,
-                        in_bytes: st.in_bytes,
-                        out_packets: st.out_packets,
-                        out_bytes: st.out_bytes,
-                        to_kernel: st.to_kernel,
-                        owner_changes: st.owner_changes,
-                        arp_replies: st.arp_replies,
+                        stats: Counts(st),
                         nodes: e
                             .cfg
                             .nodes
                             .as_ref()
                             .map(|n| n.iter().map(Mac::to_string).collect()),
-                        owner_refused: st.owner_refused,
                     }
                 })
                 .collect(),

@@ -1,0 +1,441 @@
+//! `[[group]]`: a set of VIPs that move together, its role (fixed, elected or driven
+//! by keepalived), where its traffic goes (local, a redirect, forwarding while
+//! standby), its announcements and drain; then the rules across groups (a VIP in one
+//! group only, names and keepalived instances once each, the limits on their number).
+//! The election's, balance's and health checks' keys of a group are in their rooms.
+
+use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use super::{
+    balance::{self, RawBalance},
+    election,
+    node::garp,
+    track::{self, RawCheck},
+    Balance, Election, Garp, Track, DEFAULT_DRAIN_MS,
+};
+use crate::mac::Mac;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub name: String,
+    pub vips: Vec<Vip>,
+    pub role: Role,
+    pub redirect: Option<Redirect>,
+    /// While standby, hand VIP traffic that still reaches us to this MAC.
+    pub forward_to: Option<Mac>,
+    pub garp: Garp,
+    /// Present when the group is elected among `peers`; `role` is then only the start.
+    pub election: Option<Election>,
+    /// keepalived decides: its notify events for this VRRP instance drive the group.
+    pub keepalived_instance: Option<String>,
+    /// Health checks; a failing one moves the group to `fault` (gives the VIPs up).
+    pub track: Track,
+    /// Re-send the announcements this often while active (None: only on takeover).
+    pub garp_refresh: Option<Duration>,
+    /// After a planned handover, forward stale-cache traffic to the new active this long.
+    pub drain: Duration,
+    /// Active/active: the active spreads flows over every healthy node of the group.
+    pub balance: Option<Balance>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Vip {
+    pub addr: IpAddr,
+    /// The subnet prefix the VIP belongs to (its on-link subnet).
+    pub prefix: u8,
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Active,
+    Standby,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    pub interface: String,
+    /// Destination MAC for redirected frames; discovered from the veth peer if absent.
+    pub mac: Option<Mac>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGroup {
+    pub(super) name: String,
+    pub(super) vips: Vec<String>,
+    pub(super) role: Option<String>,
+    pub(super) redirect_to: Option<String>,
+    pub(super) redirect_mac: Option<String>,
+    pub(super) forward_to: Option<String>,
+    pub(super) garp_count: Option<u32>,
+    pub(super) garp_interval_ms: Option<u64>,
+    pub(super) garp_refresh_ms: Option<u64>,
+    pub(super) drain_ms: Option<u64>,
+    pub(super) peers: Option<Vec<String>>,
+    pub(super) priority: Option<i64>,
+    pub(super) advert_interval_ms: Option<u64>,
+    pub(super) preempt: Option<bool>,
+    pub(super) preempt_delay_ms: Option<u64>,
+    pub(super) auth_key_file: Option<PathBuf>,
+    pub(super) lease_ms: Option<u64>,
+    pub(super) echo_interval_ms: Option<u64>,
+    pub(super) echo_misses: Option<u32>,
+    pub(super) balance: Option<RawBalance>,
+    pub(super) keepalived_instance: Option<String>,
+    pub(super) track_interface: Option<bool>,
+    pub(super) track_script: Option<RawCheck>,
+    pub(super) track_tcp: Option<RawCheck>,
+}
+
+/// What the groups read so far hold, for the rules across groups.
+#[derive(Default)]
+struct Seen {
+    names: HashMap<String, usize>,
+    vips: HashMap<IpAddr, String>,
+    /// Balanced ports and the group that balances each.
+    ports: Vec<((u8, u16), String)>,
+}
+
+/// Every `[[group]]`, in order, then the limit on balanced groups.
+pub(super) fn groups(
+    raw: &[RawGroup],
+    node_garp: Garp,
+    p: &mut impl FnMut(String, String),
+) -> Vec<Group> {
+    let mut seen = Seen::default();
+    let groups: Vec<Group> = raw
+        .iter()
+        .enumerate()
+        .map(|(gi, g)| group(gi, g, node_garp, &mut seen, p))
+        .collect();
+    let balanced = groups.iter().filter(|g| g.balance.is_some()).count();
+    if balanced > vip_common::balance::MAX_GROUPS as usize {
+        p(
+            "group".into(),
+            format!(
+                "{balanced} groups have `balance`; a node balances at most {}",
+                vip_common::balance::MAX_GROUPS
+            ),
+        );
+    }
+    groups
+}
+
+/// One group, named `group[NAME]` in problems (`group[INDEX]` while it has no name).
+fn group(
+    gi: usize,
+    g: &RawGroup,
+    node_garp: Garp,
+    seen: &mut Seen,
+    p: &mut impl FnMut(String, String),
+) -> Group {
+    let gkey = format!(
+        "group[{}]",
+        if g.name.is_empty() {
+            gi.to_string()
+        } else {
+            g.name.clone()
+        }
+    );
+    if g.name.trim().is_empty() {
+        p(format!("{gkey}.name"), "must not be empty".into());
+    } else if let Some(prev) = seen.names.insert(g.name.clone(), gi) {
+        p(
+            format!("{gkey}.name"),
+            format!(
+                "group name `{}` is used twice (groups {prev} and {gi})",
+                g.name
+            ),
+        );
+    }
+    let vips = vips(&gkey, g, &mut seen.vips, p);
+    let role = role(&gkey, g, p);
+    let election = election::election(&gkey, g, p);
+    if let Some(i) = &g.keepalived_instance {
+        if i.trim().is_empty() {
+            p(
+                format!("{gkey}.keepalived_instance"),
+                "must not be empty".into(),
+            );
+        }
+    }
+    let track = track::track(&gkey, g, p);
+    let garp_refresh = match g.garp_refresh_ms {
+        None | Some(0) => None,
+        Some(ms) if ms < 100 => {
+            p(
+                format!("{gkey}.garp_refresh_ms"),
+                format!("{ms} is below 100 ms"),
+            );
+            None
+        }
+        Some(ms) => Some(Duration::from_millis(ms)),
+    };
+    let drain = Duration::from_millis(g.drain_ms.unwrap_or(DEFAULT_DRAIN_MS));
+    if drain > Duration::from_secs(60) {
+        p(format!("{gkey}.drain_ms"), "is above 60000".into());
+    }
+    let redirect = redirect(&gkey, g, p);
+    let forward_to = parse_mac_key(&gkey, "forward_to", g.forward_to.as_deref(), p);
+    let garp = garp(&gkey, g.garp_count, g.garp_interval_ms, node_garp, p);
+    let balance = balance::balance(&gkey, g, &mut seen.ports, p);
+    Group {
+        name: g.name.clone(),
+        vips,
+        role,
+        redirect,
+        forward_to,
+        garp,
+        election,
+        keepalived_instance: g.keepalived_instance.clone(),
+        track,
+        garp_refresh,
+        drain,
+        balance,
+    }
+}
+
+/// The group's VIPs: at least one, each in no other group (`seen`: the VIPs so far).
+fn vips(
+    gkey: &str,
+    g: &RawGroup,
+    seen: &mut HashMap<IpAddr, String>,
+    p: &mut impl FnMut(String, String),
+) -> Vec<Vip> {
+    if g.vips.is_empty() {
+        p(format!("{gkey}.vips"), "must list at least one VIP".into());
+    }
+    let mut vips = Vec::new();
+    for (vi, s) in g.vips.iter().enumerate() {
+        let key = format!("{gkey}.vips[{vi}]");
+        match parse_vip(s) {
+            Ok(v) => {
+                if let Some(other) = seen.insert(v.addr, g.name.clone()) {
+                    let where_ = if other == g.name {
+                        "twice in this group".to_string()
+                    } else {
+                        format!("also in group `{other}`")
+                    };
+                    p(
+                        key,
+                        format!(
+                            "VIP {} is listed {where_}; a VIP belongs to exactly one group",
+                            v.addr
+                        ),
+                    );
+                } else {
+                    vips.push(v);
+                }
+            }
+            Err(e) => p(key, format!("`{s}`: {e}")),
+        }
+    }
+    vips
+}
+
+/// Who decides the group's role: `role` (static groups), the election (`peers`) or
+/// keepalived (`keepalived_instance`), one of them only.
+fn role(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Role {
+    let elected = g.peers.is_some();
+    let driven = g.keepalived_instance.is_some();
+    let role = match g.role.as_deref() {
+        Some(_) if elected || driven => {
+            let by = if elected {
+                "the election (peers)"
+            } else {
+                "keepalived"
+            };
+            p(
+                format!("{gkey}.role"),
+                format!("is for static groups; this group's role comes from {by}"),
+            );
+            Role::Standby
+        }
+        Some("active") => Role::Active,
+        Some("standby") => Role::Standby,
+        Some(other) => {
+            p(
+                format!("{gkey}.role"),
+                format!("`{other}` is not a role (expected \"active\" or \"standby\")"),
+            );
+            Role::Standby
+        }
+        None if elected || driven => Role::Standby,
+        None => {
+            p(
+                format!("{gkey}.role"),
+                "is required (\"active\" or \"standby\"), or give `peers` to elect it".into(),
+            );
+            Role::Standby
+        }
+    };
+    if elected && driven {
+        p(
+            format!("{gkey}.keepalived_instance"),
+            "a group is either elected by vip (peers) or driven by keepalived, not both".into(),
+        );
+    }
+    role
+}
+
+/// `redirect_to` (and its `redirect_mac`).
+fn redirect(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Option<Redirect> {
+    let redirect_mac = parse_mac_key(gkey, "redirect_mac", g.redirect_mac.as_deref(), p);
+    match (&g.redirect_to, redirect_mac) {
+        (Some(i), mac) if !i.trim().is_empty() => Some(Redirect {
+            interface: i.clone(),
+            mac,
+        }),
+        (Some(_), _) => {
+            p(format!("{gkey}.redirect_to"), "must not be empty".into());
+            None
+        }
+        (None, Some(_)) => {
+            p(format!("{gkey}.redirect_mac"), "needs redirect_to".into());
+            None
+        }
+        (None, None) => None,
+    }
+}
+
+/// A keepalived instance drives one group only.
+pub(super) fn check_instances(groups: &[Group], p: &mut impl FnMut(String, String)) {
+    let mut instances: HashMap<&str, &str> = HashMap::new();
+    for g in groups {
+        if let Some(i) = &g.keepalived_instance {
+            if let Some(other) = instances.insert(i.as_str(), g.name.as_str()) {
+                p(
+                    format!("group[{}].keepalived_instance", g.name),
+                    format!("instance `{i}` already drives group `{other}`"),
+                );
+            }
+        }
+    }
+}
+
+/// At most `vip_common::MAX_GROUPS` groups (the data plane's per-group maps).
+pub(super) fn check_count(groups: &[Group], p: &mut impl FnMut(String, String)) {
+    if groups.len() > vip_common::MAX_GROUPS as usize {
+        p(
+            "group".into(),
+            format!(
+                "{} groups; at most {} are supported",
+                groups.len(),
+                vip_common::MAX_GROUPS
+            ),
+        );
+    }
+}
+
+fn parse_mac_key(
+    gkey: &str,
+    name: &str,
+    v: Option<&str>,
+    p: &mut impl FnMut(String, String),
+) -> Option<Mac> {
+    let s = v?;
+    match s.parse::<Mac>() {
+        Ok(m) if m.is_unicast() => Some(m),
+        Ok(_) => {
+            p(
+                format!("{gkey}.{name}"),
+                format!("`{s}` is not a unicast MAC address"),
+            );
+            None
+        }
+        Err(e) => {
+            p(format!("{gkey}.{name}"), e.to_string());
+            None
+        }
+    }
+}
+
+/// Parses `ADDRESS/PREFIX` and rejects addresses that can never be a VIP.
+pub fn parse_vip(s: &str) -> Result<Vip, String> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or("expected ADDRESS/PREFIX with the VIP's subnet prefix, like 10.0.0.50/24")?;
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("`{a}` is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or(format!("prefix `{p}` is not in 1..={max}"))?;
+    let bad = match addr {
+        IpAddr::V4(v4) => {
+            if v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_link_local()
+            {
+                Some("not a unicast address usable as a VIP")
+            } else if prefix < 31
+                && (addr == network(addr, prefix) || addr == broadcast4(addr, prefix))
+            {
+                Some("the network or broadcast address of its subnet")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local()
+                || v6.to_ipv4_mapped().is_some()
+            {
+                Some("not a global or unique-local unicast address usable as a VIP")
+            } else if prefix < 127 && addr == network(addr, prefix) {
+                // RFC 4291 2.6.1; point-to-point /127s have none (RFC 6164).
+                Some("the subnet-router anycast address of its subnet (every router on it answers for it)")
+            } else {
+                None
+            }
+        }
+    };
+    match bad {
+        Some(why) => Err(format!("{addr} is {why}")),
+        None => Ok(Vip { addr, prefix }),
+    }
+}
+
+/// The network address of `addr/prefix`.
+pub fn network(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix as u32)
+            };
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix as u32)
+            };
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+fn broadcast4(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) | (u32::MAX >> prefix as u32)).into()),
+        v6 => v6,
+    }
+}

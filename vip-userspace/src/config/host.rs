@@ -1,0 +1,160 @@
+//! The configuration against this host (`vip check-config` without `--no-host`, and
+//! the agent at start): interfaces that must exist, VIPs that must be on-link and not
+//! real addresses of the host, elastic IPs the kernel must not own.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use super::{network, warnings::file_warnings, Config, ConfigError, Problem, RECOMMENDED_MAX_VIPS};
+use crate::host::Interface;
+
+/// What `check_host` found that is worth saying but not fatal.
+#[derive(Debug, Default)]
+pub struct HostReport {
+    pub warnings: Vec<String>,
+}
+
+/// Checks the configuration against this host's interfaces. `lookup` resolves an
+/// interface by name; `all_addrs` lists every address on the host by interface.
+pub fn check_host(
+    cfg: &Config,
+    lookup: &dyn Fn(&str) -> Option<Interface>,
+    all_addrs: &HashMap<String, Vec<(IpAddr, u8)>>,
+) -> Result<HostReport, ConfigError> {
+    let mut problems = Vec::new();
+    let mut report = HostReport::default();
+    let Some(iface) = lookup(&cfg.node.interface) else {
+        return Err(ConfigError::Invalid(vec![Problem {
+            key: "node.interface".into(),
+            message: format!(
+                "interface `{}` does not exist on this host",
+                cfg.node.interface
+            ),
+        }]));
+    };
+    let total: usize = cfg.groups.iter().map(|g| g.vips.len()).sum();
+    if total > RECOMMENDED_MAX_VIPS {
+        report.warnings.push(format!(
+            "{total} VIPs on this node: more than the recommended {RECOMMENDED_MAX_VIPS} per server"
+        ));
+    }
+    // Addresses that are VIP-shaped (/32, /128) on our interface are taken as leftovers
+    // of an earlier run (ours or another HA tool's), not as real addresses.
+    let subnets: Vec<(IpAddr, u8)> = iface
+        .addrs
+        .iter()
+        .copied()
+        .filter(|(a, p)| !is_host_prefix(*a, *p) && !is_link_local(*a))
+        .collect();
+    for g in &cfg.groups {
+        for (vi, vip) in g.vips.iter().enumerate() {
+            let key = format!("group[{}].vips[{vi}]", g.name);
+            for (ifname, addrs) in all_addrs {
+                for (a, p) in addrs {
+                    if *a == vip.addr {
+                        // The agent keeps an active VIP on lo (a host prefix, never
+                        // announced by the kernel): that is ours, running.
+                        if ifname == "lo" && is_host_prefix(*a, *p) {
+                            continue;
+                        }
+                        if ifname == &iface.name && is_host_prefix(*a, *p) {
+                            report.warnings.push(format!(
+                                "VIP {} is already assigned on {ifname} (left over by an earlier run?); \
+                                 it is removed while this node is not active",
+                                vip.addr
+                            ));
+                        } else {
+                            problems.push(Problem {
+                                key: key.clone(),
+                                message: format!("{} is a real address of this host (on {ifname}); a VIP must be an address no interface owns", vip.addr),
+                            });
+                        }
+                    }
+                }
+            }
+            let on_link = subnets.iter().any(|(a, p)| {
+                *p == vip.prefix
+                    && a.is_ipv4() == vip.addr.is_ipv4()
+                    && network(*a, *p) == network(vip.addr, vip.prefix)
+            });
+            if !on_link {
+                let have: Vec<String> = subnets
+                    .iter()
+                    .filter(|(a, _)| a.is_ipv4() == vip.addr.is_ipv4())
+                    .map(|(a, p)| format!("{}/{p}", network(*a, *p)))
+                    .collect();
+                problems.push(Problem {
+                    key,
+                    message: format!(
+                        "{vip} is not in a subnet of interface {} ({}); a VIP binds only to servers of its own subnet",
+                        iface.name,
+                        if have.is_empty() { "it has no such address".to_string() } else { have.join(", ") }
+                    ),
+                });
+            }
+        }
+        if let Some(r) = &g.redirect {
+            if lookup(&r.interface).is_none() {
+                problems.push(Problem {
+                    key: format!("group[{}].redirect_to", g.name),
+                    message: format!("interface `{}` does not exist on this host", r.interface),
+                });
+            }
+        }
+    }
+    for e in &cfg.eips {
+        let key = e.key();
+        for (k, name) in [
+            ("external_interface", &e.external_interface),
+            ("internal_interface", &e.internal_interface),
+        ] {
+            if lookup(name).is_none() {
+                problems.push(Problem {
+                    key: format!("{key}.{k}"),
+                    message: format!("interface `{name}` does not exist on this host"),
+                });
+            }
+        }
+        if let Some(int) = lookup(&e.internal_interface) {
+            let on_link = int.addrs.iter().any(|(a, p)| {
+                a.is_ipv4()
+                    && !is_host_prefix(*a, *p)
+                    && network(*a, *p) == network(IpAddr::V4(e.vip), *p)
+            });
+            if !on_link {
+                problems.push(Problem {
+                    key: format!("{key}.vip"),
+                    message: format!(
+                        "{} is not in a subnet of the internal interface {}",
+                        e.vip, int.name
+                    ),
+                });
+            }
+        }
+        if let Some((ifname, _)) = all_addrs
+            .iter()
+            .find(|(_, v)| v.iter().any(|(a, _)| *a == IpAddr::V4(e.address)))
+        {
+            problems.push(Problem {
+                key: format!("{key}.address"),
+                message: format!("{} is an address of this host (on {ifname}); the elastic IP must be answered by vip, not the kernel", e.address),
+            });
+        }
+    }
+    report.warnings.extend(file_warnings(cfg));
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn is_host_prefix(a: IpAddr, p: u8) -> bool {
+    (a.is_ipv4() && p == 32) || (a.is_ipv6() && p == 128)
+}
+
+fn is_link_local(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => v.is_link_local(),
+        IpAddr::V6(v) => v.is_unicast_link_local(),
+    }
+}

@@ -242,8 +242,8 @@ pub mod flags {
     /// The entry is gated by its group's lease in `LEASES`: once the lease has
     /// expired the entry behaves as if absent (XDP_PASS, no answers).
     pub const LEASED: u32 = 1 << 0;
-    /// A balanced group's VIP (see [`crate::balance`]); `ifindex` then holds the
-    /// group's balance slot.
+    /// A balanced group's VIP (see [`crate::balance_maps`]); `ifindex` then holds
+    /// the group's balance slot.
     /// * On its director (action LOCAL): TCP and UDP (all, or the group's ports) are
     ///   spread over the members.
     /// * On a member (action FORWARD, `dst_mac` the director): a packet from one of
@@ -284,7 +284,9 @@ pub struct VipEntry {
     pub stats_index: u32,
     /// Index into `LEASES`; one per group.
     pub group_index: u32,
-    /// REDIRECT: ifindex of the target interface (the key in `REDIRECT_DEVS`).
+    /// REDIRECT: ifindex of the target interface (the key in `REDIRECT_DEVS`). A
+    /// balanced VIP's entry ([`flags::BALANCED`]) holds its group's balance slot here
+    /// instead (see [`balance_maps`]).
     pub ifindex: u32,
     /// MAC of the interface the program is attached to: the answer to ARP/NS.
     pub own_mac: [u8; 6],
@@ -611,15 +613,19 @@ pub mod peers {
     }
 }
 
-/// Active/active groups: the director spreads flows over the members with a Maglev
-/// table (`crate::maglev`) of the flow hash (`crate::flow`), keeps established flows
-/// on their member (an LRU connection table) and delivers by rewriting the MAC
-/// (direct server return). A group has a *balance slot*: its rows in the maps below.
-pub mod balance {
+/// The sizes and keys of the balanced (active/active) groups' maps. The director
+/// spreads flows over the members with a Maglev table (`crate::maglev`) of the flow
+/// hash (`crate::flow`), keeps established flows on their member (an LRU connection
+/// table) and delivers by rewriting the MAC (direct server return). A group has a
+/// *balance slot*: its rows in `BALANCE_TABLE`, `BALANCE_MEMBERS`, `BALANCE_CONF`
+/// and `BALANCE_STATS`, and the slot in the keys of `BALANCE_PORTS` and
+/// `BALANCE_NODES`.
+pub mod balance_maps {
     use crate::maglev::TABLE_SIZE;
 
-    /// Balanced groups per node.
-    pub const MAX_GROUPS: u32 = 8;
+    /// Balanced groups per node: balance slots (not [`crate::MAX_GROUPS`], every
+    /// group's slots in `LEASES`, `QUIET` and `ECHO_SEEN`).
+    pub const MAX_BALANCED_GROUPS: u32 = 8;
     /// Members per group (the node itself included): `maglev::MAX_MEMBERS`.
     pub const MAX_MEMBERS: u32 = 64;
     /// `BALANCE_TABLE` words per group: four u16 member indexes per u64 (a BPF array
@@ -627,8 +633,6 @@ pub mod balance {
     pub const WORDS: u32 = (TABLE_SIZE as u32).div_ceil(4);
     /// Entries of the connection table (LRU: the oldest flows go first).
     pub const MAX_FLOWS: u32 = 65_536;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
 
     /// `BALANCE_PORTS` key: a balanced (protocol, destination port) of a group.
     pub const fn port_key(slot: u32, proto: u8, port: u16) -> u64 {
@@ -636,7 +640,7 @@ pub mod balance {
     }
 
     /// `BALANCE_NODES` entries: every node of every balanced group.
-    pub const MAX_NODES: u32 = MAX_GROUPS * MAX_MEMBERS;
+    pub const MAX_NODES: u32 = MAX_BALANCED_GROUPS * MAX_MEMBERS;
 
     /// `BALANCE_NODES` key: a node's MAC (as on the wire, in the low 48 bits) in a
     /// group's balance slot.
@@ -1021,7 +1025,7 @@ mod tests {
 
     #[test]
     fn balance_node_key_is_the_slot_above_the_mac() {
-        use super::balance::node_key;
+        use super::balance_maps::node_key;
         let mac = [0x02, 0xab, 0, 0, 0xcd, 0x10];
         assert_eq!(node_key(3, &mac), (3 << 48) | 0x02ab_0000_cd10);
         assert_ne!(node_key(3, &mac), node_key(4, &mac));

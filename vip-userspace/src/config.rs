@@ -571,12 +571,12 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         });
     }
     let balanced = groups.iter().filter(|g| g.balance.is_some()).count();
-    if balanced > vip_common::balance::MAX_GROUPS as usize {
+    if balanced > vip_common::balance_maps::MAX_BALANCED_GROUPS as usize {
         p(
             "group".into(),
             format!(
                 "{balanced} groups have `balance`; a node balances at most {}",
-                vip_common::balance::MAX_GROUPS
+                vip_common::balance_maps::MAX_BALANCED_GROUPS
             ),
         );
     }
@@ -962,13 +962,13 @@ fn balance(
         return None;
     }
     let peers = g.peers.as_ref().map_or(0, Vec::len);
-    if peers + 1 > vip_common::balance::MAX_MEMBERS as usize {
+    if peers + 1 > vip_common::balance_maps::MAX_MEMBERS as usize {
         p(
             format!("{gkey}.balance"),
             format!(
                 "{} nodes; a balanced group has at most {}",
                 peers + 1,
-                vip_common::balance::MAX_MEMBERS
+                vip_common::balance_maps::MAX_MEMBERS
             ),
         );
     }

@@ -19,8 +19,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use vip_common::{
-    balance, global, globals, maps, programs, BalanceConf, BalanceMember, BalanceStats, EchoSeen,
-    EipEntry, EipNodeKey, EipStats, Owner, Peer, PeerKey, Settings, VipEntry, VipStats,
+    balance_maps, global, globals, maps, programs, BalanceConf, BalanceMember, BalanceStats,
+    EchoSeen, EipEntry, EipNodeKey, EipStats, Owner, Peer, PeerKey, Settings, VipEntry, VipStats,
 };
 
 use crate::{
@@ -1124,7 +1124,7 @@ fn vip_entry(
     }
 }
 
-/// The balanced groups' maps (see `vip_common::balance`). Not pinned: a director's
+/// The balanced groups' maps (see `vip_common::balance_maps`). Not pinned: a director's
 /// table is rebuilt from the membership at every start.
 struct BalanceMaps {
     table: Array<MapData, u64>,
@@ -1150,18 +1150,20 @@ impl Dataplane {
         table: &[u16],
     ) -> Result<()> {
         use aya::maps::IterableMap as _;
-        if slot >= balance::MAX_GROUPS || members.len() > balance::MAX_MEMBERS as usize {
+        if slot >= balance_maps::MAX_BALANCED_GROUPS
+            || members.len() > balance_maps::MAX_MEMBERS as usize
+        {
             return Err(DataplaneError::Missing("a balance slot"));
         }
         let b = &mut self.balance;
         for (p, port) in old_ports {
             if !ports.contains(&(*p, *port)) {
-                let _ = b.ports.remove(&balance::port_key(slot, *p, *port));
+                let _ = b.ports.remove(&balance_maps::port_key(slot, *p, *port));
             }
         }
         for (p, port) in ports {
             b.ports
-                .insert(balance::port_key(slot, *p, *port), 1, 0)
+                .insert(balance_maps::port_key(slot, *p, *port), 1, 0)
                 .map_err(map_err(maps::BALANCE_PORTS))?;
         }
         b.conf
@@ -1174,13 +1176,13 @@ impl Dataplane {
                 0,
             )
             .map_err(map_err(maps::BALANCE_CONF))?;
-        for i in 0..balance::MAX_MEMBERS as usize {
+        for i in 0..balance_maps::MAX_MEMBERS as usize {
             let m = members.get(i).copied().unwrap_or_default();
             b.members
-                .set(slot * balance::MAX_MEMBERS + i as u32, m, 0)
+                .set(slot * balance_maps::MAX_MEMBERS + i as u32, m, 0)
                 .map_err(map_err(maps::BALANCE_MEMBERS))?;
         }
-        let words = balance::WORDS as usize;
+        let words = balance_maps::WORDS as usize;
         let (mut keys, mut values) = (Vec::with_capacity(words * 4), Vec::with_capacity(words * 8));
         for w in 0..words {
             let mut word = 0u64;
@@ -1191,7 +1193,7 @@ impl Dataplane {
                     .unwrap_or(vip_common::maglev::NO_MEMBER);
                 word |= (v as u64) << (16 * j);
             }
-            keys.extend_from_slice(&(slot * balance::WORDS + w as u32).to_ne_bytes());
+            keys.extend_from_slice(&(slot * balance_maps::WORDS + w as u32).to_ne_bytes());
             values.extend_from_slice(&word.to_ne_bytes());
         }
         update_batch(b.table.map().fd().as_fd(), &keys, &values, words as u32).map_err(|source| {
@@ -1206,17 +1208,19 @@ impl Dataplane {
     /// a member delivers locally what these send it (see `vip_common::flags::BALANCED`).
     /// The new ones go in first, so a node that stays is never missing.
     pub fn set_balance_nodes(&mut self, slot: u32, old: &[[u8; 6]], new: &[[u8; 6]]) -> Result<()> {
-        if slot >= balance::MAX_GROUPS || new.len() > balance::MAX_MEMBERS as usize {
+        if slot >= balance_maps::MAX_BALANCED_GROUPS
+            || new.len() > balance_maps::MAX_MEMBERS as usize
+        {
             return Err(DataplaneError::Missing("a balance slot"));
         }
         let nodes = &mut self.balance.nodes;
         for mac in new {
             nodes
-                .insert(balance::node_key(slot, mac), 1, 0)
+                .insert(balance_maps::node_key(slot, mac), 1, 0)
                 .map_err(map_err(maps::BALANCE_NODES))?;
         }
         for mac in old.iter().filter(|m| !new.contains(m)) {
-            let _ = nodes.remove(&balance::node_key(slot, mac));
+            let _ = nodes.remove(&balance_maps::node_key(slot, mac));
         }
         Ok(())
     }
@@ -1226,7 +1230,7 @@ impl Dataplane {
         sum_per_cpu(
             &self.balance.stats,
             maps::BALANCE_STATS,
-            slot * balance::MAX_MEMBERS + index,
+            slot * balance_maps::MAX_MEMBERS + index,
             BalanceStats::add,
         )
     }
@@ -1311,7 +1315,7 @@ impl Reader {
         sum_per_cpu(
             &self.balance_stats,
             maps::BALANCE_STATS,
-            slot * balance::MAX_MEMBERS + index,
+            slot * balance_maps::MAX_MEMBERS + index,
             BalanceStats::add,
         )
     }

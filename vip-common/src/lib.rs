@@ -240,7 +240,9 @@ pub mod action {
 /// Bits of [`VipEntry::flags`].
 pub mod flags {
     /// The entry is gated by its group's lease in `LEASES`: once the lease has
-    /// expired the entry behaves as if absent (XDP_PASS, no answers).
+    /// expired the entry steers nothing (its packets pass, XDP_PASS) and answers
+    /// nothing (ARP/NS requests for it are dropped, as for any VIP this node does
+    /// not serve now, and so are echo probes).
     pub const LEASED: u32 = 1 << 0;
     /// A balanced group's VIP (see [`crate::balance_maps`]); `ifindex` then holds
     /// the group's balance slot.
@@ -282,7 +284,7 @@ pub struct VipEntry {
     pub flags: u32,
     /// Index into `VIP_STATS`; unique per VIP.
     pub stats_index: u32,
-    /// Index into `LEASES`; one per group.
+    /// Index into `LEASES` and `QUIET`; one per group.
     pub group_index: u32,
     /// REDIRECT: ifindex of the target interface (the key in `REDIRECT_DEVS`). A
     /// balanced VIP's entry ([`flags::BALANCED`]) holds its group's balance slot here
@@ -290,9 +292,11 @@ pub struct VipEntry {
     pub ifindex: u32,
     /// MAC of the interface the program is attached to: the answer to ARP/NS.
     pub own_mac: [u8; 6],
-    /// Source MAC written into steered frames.
+    /// Source MAC written into redirected and forwarded frames.
     pub src_mac: [u8; 6],
-    /// Destination MAC written into steered frames (target, or the active node).
+    /// Destination MAC written into redirected and forwarded frames (the target, or
+    /// the active node); with [`flags::GRACE`] the old active, with [`flags::KEEP`]
+    /// the new one, on a balanced member's entry the director.
     pub dst_mac: [u8; 6],
     pub _pad: [u8; 2],
 }
@@ -373,7 +377,8 @@ pub mod index {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VipStats {
-    /// IP packets addressed to the VIP (ARP/NS not included).
+    /// IP packets addressed to the VIP and to this node's MAC (ARP/NS not included;
+    /// frames flooded to us for another MAC count in `global::NOT_OUR_MAC`).
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub arp_replies: u64,
@@ -407,8 +412,9 @@ pub mod global {
     /// Processing of a VIP frame given up (e.g. a redirect the kernel refused);
     /// the frame was passed.
     pub const ABORTS: u32 = 1;
-    /// ARP requests / NS for a VIP that we did not answer: malformed, gratuitous, not
-    /// addressed to us, or for a VIP this node does not own now.
+    /// ARP requests / NS for a VIP that we did not answer, dropped: malformed, not
+    /// addressed to us, or for a VIP this node does not serve now (gratuitous ARP and
+    /// replies pass to the kernel uncounted).
     pub const NOT_ANSWERED: u32 = 2;
     /// 802.1Q / 802.1ad tagged frames, always passed untouched.
     pub const VLAN_PASSED: u32 = 3;
@@ -454,7 +460,8 @@ pub mod global {
     ];
 }
 
-/// Program-wide settings: globals (`VIP_IFINDEX`, `EIP_ENABLED`) set at load time.
+/// Program-wide settings: the read-only globals (`VIP_IFINDEX`, `EIP_ENABLED`,
+/// `ECHO_PORT`, `BALANCE_ENABLED`) the loader sets before the program is verified.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
@@ -466,7 +473,7 @@ pub struct Settings {
     /// The UDP port of the election (host order), where echo probes arrive; 0: no echo.
     pub echo_port: u32,
     /// Non-zero when a group balances: the director's code is verified away otherwise
-    /// (it costs every path about 10 ns when present).
+    /// (so a node without a balanced group pays nothing for it).
     pub balance_enabled: u32,
 }
 const _: () = assert!(size_of::<Settings>() == 16);
@@ -683,8 +690,8 @@ pub struct BalanceConf {
 }
 const _: () = assert!(size_of::<BalanceConf>() == 8);
 
-/// `BALANCE_FLOWS` key: a flow as the client sends it. Addresses in network order
-/// (IPv4 in the first 4 bytes, the rest zero), ports as on the wire.
+/// `BALANCE_FLOWS` key: an IPv6 flow as the client sends it (IPv4 flows have their
+/// own key and table, [`FlowKeyV4`]). Addresses and ports as on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowKey {
@@ -898,6 +905,7 @@ pub struct EipStats {
     pub to_kernel: u64,
     /// Owner changes learned from ARP on the internal segment.
     pub owner_changes: u64,
+    /// ARP requests for the EIP answered on the external interface.
     pub arp_replies: u64,
     /// ARP on the internal segment naming the VIP, from a sender that is not one of
     /// the EIP's nodes: not learned, dropped. (This slot held an ICMP-error counter
@@ -919,11 +927,17 @@ impl EipStats {
     }
 }
 
+/// Elastic IPs per gateway: `EIPS_IN`, `EIPS_OUT`, `OWNERS`, `EIP_STATS`.
 pub const MAX_EIPS: u32 = 1024;
 
-/// Capacity defaults; the agent may size the maps differently at load time.
+/// VIPs: the capacity of `VIPS_V4`, `VIPS_V6`, `VIP_STATS` and the IPv4 index unless
+/// the agent sizes them otherwise at load time (`node.max_vips`).
 pub const DEFAULT_MAX_VIPS: u32 = 4096;
+/// Groups per node, every mode: a group's index is its slot in `LEASES`, `QUIET` and
+/// `ECHO_SEEN` (balanced groups also have a balance slot, below
+/// [`balance_maps::MAX_BALANCED_GROUPS`]).
 pub const MAX_GROUPS: u32 = 1024;
+/// Redirect targets (`REDIRECT_DEVS`).
 pub const MAX_REDIRECT_DEVS: u32 = 256;
 
 #[cfg(feature = "user")]

@@ -6,9 +6,10 @@
 //!   the member it started on while the member set changes, and the Maglev table
 //!   (the same on every node) places new flows, and all flows after a director
 //!   change.
-//! * An ICMP error about a packet a member sent (fragmentation needed, unreachable,
-//!   time exceeded) quotes that packet: the quoted header, swapped, is the client's
-//!   flow, so the error reaches the member that holds it.
+//! * An ICMP error about a packet a member sent (unreachable, fragmentation needed
+//!   or packet too big, time exceeded, parameter problem: `parse::is_icmp_error`)
+//!   quotes that packet: the quoted header, swapped, is the client's flow, so the
+//!   error reaches the member that holds it.
 //! * Fragments carry no ports after the first: every fragment of a protocol we
 //!   balance is hashed by addresses only (ports zero), so all fragments of a
 //!   datagram reach one member. With a list of ports they cannot be told apart and
@@ -21,7 +22,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use vip_common::{
     balance_maps::{self, MAX_BALANCED_GROUPS, MAX_MEMBERS, WORDS},
     flow::{flow_hash_v4, flow_hash_v6},
-    maglev::TABLE_SIZE,
+    maglev,
     xdp::XDP_TX,
     FlowKey, FlowKeyV4, FlowValue, VipEntry,
 };
@@ -183,7 +184,7 @@ fn table(slot: u32, flow: &Flow) -> Option<u32> {
             k.proto,
         ),
     };
-    let s = h % TABLE_SIZE as u32;
+    let s = maglev::slot(h);
     let word = BALANCE_TABLE.get(slot * WORDS + s / 4)?;
     let index = ((*word >> (16 * (s % 4))) & 0xffff) as u32;
     (index < MAX_MEMBERS).then_some(index)

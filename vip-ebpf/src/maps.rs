@@ -95,9 +95,10 @@ const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 pub static ECHO_SEEN: Array<EchoSeen> = Array::with_max_entries(MAX_GROUPS, 0);
 
 /// (peer, this node) -> what may reach the election's port from there (see
-/// `vip_common::peers` and `crate::peers`). The agent writes it before the program
-/// is attached; the program updates the budgets in place (a racing update by
-/// another CPU can only let a datagram more through).
+/// `vip_common::peers` and `crate::peers`). The agent writes a pair's entry when it
+/// admits the pair (at start, on a reload) and when it learns the peer's MAC (the
+/// budgets start afresh then); the program updates the budgets in place (a racing
+/// update by another CPU can only let a datagram more through).
 #[map]
 pub static PEERS: HashMap<PeerKey, Peer> = HashMap::with_max_entries(peers::MAX, 0);
 
@@ -141,9 +142,10 @@ pub static BALANCE_STATS: PerCpuArray<BalanceStats> =
 #[map]
 pub static BALANCE_NODES: HashMap<u64, u32> = HashMap::with_max_entries(balance_maps::MAX_NODES, 0);
 
-/// Program-wide settings, written by the loader into read-only data before the
-/// program is verified: the verifier then knows them as constants, and a node without
-/// elastic IPs pays nothing for them.
+/// Program-wide settings (`vip_common::Settings`), written by the loader into
+/// read-only data before the program is verified: the verifier then knows them as
+/// constants and drops the code they turn off (a node without elastic IPs, without
+/// a balanced group or without an election port pays nothing for that code).
 #[unsafe(no_mangle)]
 static VIP_IFINDEX: u32 = 0;
 #[unsafe(no_mangle)]

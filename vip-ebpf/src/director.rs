@@ -33,7 +33,7 @@ use crate::{
         BALANCE_PORTS, BALANCE_STATS, BALANCE_TABLE,
     },
     packet::{self, hdr, Error},
-    parse::{is_icmp_error, Family, Layout, Packet, ICMP, ICMPV6, TCP, UDP},
+    parse::{is_icmp_error, Addrs, Family, Layout, Packet, ICMP, ICMPV6, TCP, UDP},
 };
 
 /// A packet's flow, as the client sends it.
@@ -196,25 +196,25 @@ fn table(slot: u32, flow: &Flow) -> Option<u32> {
 /// fixed header or a fragment header.
 #[inline(always)]
 fn flow(ctx: &XdpContext, pkt: &mut Packet) -> Result<Option<Flow>, Error> {
-    let l = pkt.layout(ctx)?;
-    if pkt.family == Family::V6 && l.options {
+    let l = pkt.layout(ctx);
+    if pkt.family == Family::V6 && l.options() {
         return Ok(None);
     }
     let (family, proto) = (pkt.family, l.proto);
     match proto {
-        TCP | UDP if l.fragment => Ok(Some(Flow {
+        TCP | UDP if l.fragment() => Ok(Some(Flow {
             key: key(ctx, pkt, [0; 2], [0; 2], proto)?,
             frag: true,
         })),
         TCP | UDP => {
-            let p = pkt.transport(ctx)?.ports.ok_or(Error::Truncated)?;
+            let p = pkt.transport(ctx).ports.ok_or(Error::Truncated)?;
             Ok(Some(Flow {
                 key: key(ctx, pkt, p.src, p.dst, proto)?,
                 frag: false,
             }))
         }
-        ICMP | ICMPV6 if !l.fragment && (proto == ICMP) == (family == Family::V4) => {
-            let t = pkt.transport(ctx)?.icmp_type.ok_or(Error::Truncated)?;
+        ICMP | ICMPV6 if !l.fragment() && (proto == ICMP) == (family == Family::V4) => {
+            let t = pkt.transport(ctx).icmp_type.ok_or(Error::Truncated)?;
             if !is_icmp_error(family, t) {
                 return Ok(None);
             }
@@ -273,28 +273,28 @@ fn key(
     dport: [u8; 2],
     proto: u8,
 ) -> Result<Key, Error> {
-    Ok(match pkt.family {
-        Family::V4 => {
-            let a = pkt.addrs_v4(ctx)?;
-            Key::V4(FlowKeyV4 {
-                src: a[0],
-                dst: a[1],
+    Ok(match pkt.addrs(ctx) {
+        Addrs::V4 { src, dst } => {
+            let mut k = FlowKeyV4 {
                 sport,
                 dport,
                 proto,
-                _pad: [0; 3],
-            })
+                ..FlowKeyV4::default()
+            };
+            k.src.copy_from_slice(src);
+            k.dst.copy_from_slice(dst);
+            Key::V4(k)
         }
-        Family::V6 => {
-            let a = pkt.addrs_v6(ctx)?;
-            Key::V6(FlowKey {
-                src: a[0],
-                dst: a[1],
+        Addrs::V6 { src, dst } => {
+            let mut k = FlowKey {
                 sport,
                 dport,
                 proto,
-                _pad: [0; 3],
-            })
+                ..FlowKey::default()
+            };
+            k.src.copy_from_slice(src);
+            k.dst.copy_from_slice(dst);
+            Key::V6(k)
         }
     })
 }

@@ -21,7 +21,7 @@ use vip_common::{
 use crate::{
     maps::{self, ECHO_SEEN, VIPS_V6},
     packet::{hdr, hdr_mut, src_mac, Error, Frame, Plain},
-    parse::{Family, Packet},
+    parse::{Addrs, Family, Packet},
     peers,
 };
 
@@ -57,13 +57,13 @@ pub fn handle(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<u
     if port == 0 {
         return Ok(XDP_PASS);
     }
-    let l = pkt.layout(ctx)?;
+    let l = pkt.layout(ctx);
     // A datagram cut inside its UDP header is a parse error here (as it always was),
     // even where the ports are whole.
-    if (frame.len as usize) < l.l4 + UdpHdr::LEN {
+    let t = pkt.transport(ctx);
+    let (Some(ports), true) = (t.ports, t.udp_header) else {
         return Err(Error::Truncated);
-    }
-    let ports = pkt.transport(ctx)?.ports.ok_or(Error::Truncated)?;
+    };
     let (sport, dport) = (
         u16::from_be_bytes(ports.src) as u32,
         u16::from_be_bytes(ports.dst) as u32,
@@ -196,12 +196,11 @@ fn record(ctx: &XdpContext, pkt: &Packet, body: &[u8; echo::LEN]) -> Result<bool
     // another active; a racing reply on another CPU may write a slightly lower
     // sequence (or lose a count), which only delays the prober's view by a probe.
     let seen = unsafe { &mut *seen };
-    let from_peer = match pkt.family {
-        Family::V4 => {
-            seen.family == 4
-                && pkt.addrs_v4(ctx)?[0] == [seen.peer[0], seen.peer[1], seen.peer[2], seen.peer[3]]
+    let from_peer = match pkt.addrs(ctx) {
+        Addrs::V4 { src, .. } => {
+            seen.family == 4 && *src == [seen.peer[0], seen.peer[1], seen.peer[2], seen.peer[3]]
         }
-        Family::V6 => seen.family == 6 && pkt.addrs_v6(ctx)?[0] == seen.peer,
+        Addrs::V6 { src, .. } => seen.family == 6 && *src == seen.peer,
     };
     let mac_ok = seen.peer_mac == [0u8; 6] || src_mac(ctx)? == seen.peer_mac;
     let (token, seq) = (b(echo::OFF_TOKEN), b(echo::OFF_SEQ));

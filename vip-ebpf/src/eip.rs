@@ -41,7 +41,7 @@ use crate::{
     arp,
     maps::{EIPS_IN, EIPS_OUT, EIP_NODES, EIP_STATS, OWNERS, REDIRECT_DEVS},
     packet::{self, hdr_mut, Error, Frame, Mac},
-    parse::{is_icmp_error, Family, Packet, ICMP, TCP, UDP},
+    parse::{is_icmp_error, Addrs, Family, Packet, ICMP, TCP, UDP},
 };
 
 const AF_INET: u8 = 2;
@@ -171,7 +171,10 @@ pub fn ipv4(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<Opt
             return inbound(ctx, frame, pkt, &entry).map(Some);
         }
     }
-    let src = u32::from_ne_bytes(pkt.addrs_v4(ctx)?[0]);
+    let Addrs::V4 { src, .. } = pkt.addrs(ctx) else {
+        return Ok(None);
+    };
+    let src = u32::from_ne_bytes(*src);
     // SAFETY: as above.
     if let Some(e) = unsafe { EIPS_OUT.get(src) } {
         if e.int_ifindex == ingress && frame.dst == e.int_mac {
@@ -306,7 +309,7 @@ fn translate(
     old: &[u8; 4],
     new: &[u8; 4],
 ) -> Result<bool, Error> {
-    let l = pkt.layout(ctx)?;
+    let l = pkt.layout(ctx);
     let ip = hdr_mut::<Ipv4Hdr>(ctx, pkt.l3)?;
     if ip.ttl <= 1 {
         return Ok(false);
@@ -320,7 +323,7 @@ fn translate(
     ip.check = csum;
 
     // Only the first fragment carries the transport header.
-    if !l.first_fragment {
+    if !l.first_fragment() {
         return Ok(true);
     }
     match l.proto {
@@ -337,7 +340,7 @@ fn translate(
             }
         }
         ICMP => {
-            let icmp_type = pkt.transport(ctx)?.icmp_type.ok_or(Error::Truncated)?;
+            let icmp_type = pkt.transport(ctx).icmp_type.ok_or(Error::Truncated)?;
             if is_icmp_error(Family::V4, icmp_type) {
                 let inner = hdr_mut::<Ipv4Hdr>(ctx, l.quoted())?;
                 // The quoted packet went the other way.

@@ -36,7 +36,7 @@ use vip_common::{
 
 use crate::{
     packet::{self, Error},
-    parse::{Family, Packet, TCP, TCP_ACK, TCP_SYN},
+    parse::{Addrs, Family, Packet, TCP, TCP_ACK, TCP_SYN},
 };
 
 /// `TCP_LISTEN` of the kernel's socket states.
@@ -56,15 +56,15 @@ pub fn drain_action(
     pkt: &mut Packet,
     stats: &mut VipStats,
 ) -> Result<Option<u32>, Error> {
-    let l = pkt.layout(ctx)?;
+    let l = pkt.layout(ctx);
     let has_header = match pkt.family {
-        Family::V4 => l.first_fragment,
+        Family::V4 => l.first_fragment(),
         Family::V6 => l.plain(),
     };
     if l.proto != TCP || !has_header {
         return Ok(None);
     }
-    let t = pkt.transport(ctx)?;
+    let t = pkt.transport(ctx);
     let (Some(ports), Some(tcp_flags)) = (t.ports, t.tcp_flags) else {
         return Err(Error::Truncated);
     };
@@ -76,19 +76,18 @@ pub fn drain_action(
     let (sport, dport) = (u16::from_ne_bytes(ports.src), u16::from_ne_bytes(ports.dst));
     // SAFETY: an all-zero tuple is a valid value of this plain C union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let ours = match pkt.family {
-        Family::V4 => {
-            let a = pkt.addrs_v4(ctx)?;
+    let ours = match pkt.addrs(ctx) {
+        Addrs::V4 { src, dst } => {
             // SAFETY: writing plain integers into the union's IPv4 part.
             let t = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
-            t.saddr = u32::from_ne_bytes(a[0]);
-            t.daddr = u32::from_ne_bytes(a[1]);
+            t.saddr = u32::from_ne_bytes(*src);
+            t.daddr = u32::from_ne_bytes(*dst);
             t.sport = sport;
             t.dport = dport;
             has_socket(ctx, &mut tuple, TUPLE4)
         }
-        Family::V6 => {
-            let a = pkt.addrs_v6(ctx)?;
+        Addrs::V6 { src, dst } => {
+            let a = [src, dst];
             // SAFETY: writing plain integers into the union's IPv6 part.
             let t = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
             for i in 0..4 {

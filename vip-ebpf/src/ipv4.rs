@@ -17,8 +17,8 @@ pub fn handle(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<u
         // Options and first fragments too, so that neither is a way past the
         // election port's checks; a later fragment has no UDP header to judge (and
         // without its first one the kernel drops it).
-        let l = pkt.layout(ctx)?;
-        if l.proto == UDP && l.first_fragment {
+        let l = pkt.layout(ctx);
+        if l.proto == UDP && l.first_fragment() {
             return echo::handle(ctx, frame, pkt);
         }
         return Ok(XDP_PASS);

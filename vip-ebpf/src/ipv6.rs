@@ -28,7 +28,7 @@ use crate::{
     echo,
     maps::{self, VIPS_V6},
     packet::{self, hdr, hdr_mut, Error, Frame, Mac, ETH_HLEN},
-    parse::{self, ICMPV6, UDP},
+    parse::{self, Addrs, ICMPV6, UDP},
     steer,
 };
 
@@ -53,22 +53,25 @@ pub fn handle(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
     let Some(mut pkt) = parse::ipv6(ctx)? else {
         return Ok(XDP_PASS);
     };
-    let l = pkt.layout(ctx)?;
+    let l = pkt.layout(ctx);
     if l.proto == ICMPV6 && l.plain() {
-        let icmp_type = pkt.transport(ctx)?.icmp_type.ok_or(Error::Truncated)?;
+        let icmp_type = pkt.icmp_type(ctx).ok_or(Error::Truncated)?;
         if icmp_type == NS {
             return solicitation(ctx, frame);
         }
     }
-    let dst = pkt.addrs_v6(ctx)?[1];
+    let Addrs::V6 { dst, .. } = pkt.addrs(ctx) else {
+        return Ok(XDP_PASS);
+    };
+    let dst = *dst;
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     match unsafe { VIPS_V6.get(dst) } {
         Some(entry) => steer::vip_action(ctx, frame, entry, &mut pkt),
         // Behind up to three extension headers and in a first fragment too, so that
         // none of them is a way past the election port's checks; a later fragment
         // has no UDP header to judge (and without its first one the kernel drops it).
-        None if l.truncated => Err(Error::Truncated),
-        None if l.proto == UDP && l.first_fragment => echo::handle(ctx, frame, &mut pkt),
+        None if l.truncated() => Err(Error::Truncated),
+        None if l.proto == UDP && l.first_fragment() => echo::handle(ctx, frame, &mut pkt),
         None => Ok(XDP_PASS),
     }
 }

@@ -76,9 +76,9 @@ fn try_vip_xdp(ctx: &mut XdpContext) -> Result<u32, Error> {
     let vips = settings.vip_ifindex == 0 || settings.vip_ifindex == ctx.ingress_ifindex() as u32;
     match frame.ethertype {
         packet::ETH_P_IP => {
-            if settings.eip_enabled == 0 && !vips {
-                return Ok(XDP_PASS);
-            }
+            // Parsed before either rule looks: an interface where neither applies
+            // does not exist (the agent sets VIP_IFINDEX only with elastic IPs), and
+            // its frames would pass all the same.
             let Some(mut pkt) = parse::ipv4(ctx)? else {
                 return Ok(XDP_PASS);
             };

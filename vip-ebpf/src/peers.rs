@@ -19,27 +19,23 @@ use vip_common::{
 use crate::{
     maps::{self, PEERS},
     packet::{src_mac, Error},
-    parse::{Family, Packet},
+    parse::{Addrs, Packet},
 };
 
 /// True when the datagram to the election's port may go on (to the reflector if
 /// `probe`, else to the agent's socket); false when it is to be dropped (counted).
 #[inline(always)]
 pub fn admit(ctx: &XdpContext, pkt: &Packet, probe: bool) -> Result<bool, Error> {
-    let key = match pkt.family {
-        Family::V4 => {
-            let a = pkt.addrs_v4(ctx)?;
-            PeerKey {
-                src: v4_mapped(a[0]),
-                dst: v4_mapped(a[1]),
-            }
-        }
-        Family::V6 => {
-            let a = pkt.addrs_v6(ctx)?;
-            PeerKey {
-                src: a[0],
-                dst: a[1],
-            }
+    let key = match pkt.addrs(ctx) {
+        Addrs::V4 { src, dst } => PeerKey {
+            src: v4_mapped(*src),
+            dst: v4_mapped(*dst),
+        },
+        Addrs::V6 { src, dst } => {
+            let mut k = PeerKey::default();
+            k.src.copy_from_slice(src);
+            k.dst.copy_from_slice(dst);
+            k
         }
     };
     let Some(peer) = PEERS.get_ptr_mut(key) else {

@@ -68,6 +68,10 @@ pub fn handle(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<u
         u16::from_be_bytes(ports.src) as u32,
         u16::from_be_bytes(ports.dst) as u32,
     );
+    if dport != port && sport != port {
+        // Neither the election's nor a reply from it: most datagrams.
+        return Ok(XDP_PASS);
+    }
     let plain = l.plain();
     if dport == port {
         let body = if plain { echo_body(ctx, l.l4) } else { None };

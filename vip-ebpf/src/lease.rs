@@ -27,7 +27,8 @@ pub fn extend(ctx: &mut XdpContext) -> Result<u32, Error> {
     let req: *mut Request = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that the buffer holds a whole Request, which any bytes
     // are; the test run's buffer is ours alone (the context is borrowed mutably) and
-    // 8-aligned (the kernel copies it in at XDP_PACKET_HEADROOM of a fresh page).
+    // 8-aligned (the kernel copies it into a fresh allocation, XDP_PACKET_HEADROOM
+    // bytes in).
     let req = unsafe { &mut *req };
     if req.magic != MAGIC || req.key != maps::lease_key() {
         return Ok(REFUSED);

@@ -5,6 +5,9 @@
 //! is sound. The types they hand out are [`Plain`]: network-types' `#[repr(C)]`
 //! headers (`EthHdr`, `Ipv4Hdr`, `Ipv6Hdr`, `ArpHdr`, `TcpHdr`, `UdpHdr`,
 //! `Icmpv4Hdr`), byte arrays, and the program's own layouts of several headers.
+//! (Two reads go around them, each with its own argument: the parser's later reads
+//! of the IP header `hdr` checked, `parse::checked`, and the lease request, which is
+//! not a header, `lease::extend`.)
 //!
 //! Writes take the context mutably, reads share it: the borrow checker then keeps
 //! a reference to a header from outliving a write into the frame, or a resize

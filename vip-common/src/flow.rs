@@ -22,9 +22,10 @@
 //! destination the client. The client's flow is the reverse, so the director swaps the
 //! quoted addresses and ports ([`icmp_inner_key`]) before hashing, and the error lands
 //! on the member that owns the connection: [`icmp_inner_hash_v4`] /
-//! [`icmp_inner_hash_v6`]. Other ICMP (echo) carries no ports: hash it with
-//! [`frag_hash_v4`] / [`frag_hash_v6`] (the protocol is part of the hash, so that never
-//! mixes with TCP or UDP flows).
+//! [`icmp_inner_hash_v6`]. Other ICMP (echo) carries no ports; the director does not
+//! spread it (it is delivered locally); hashed, it would take [`frag_hash_v4`] /
+//! [`frag_hash_v6`] (the protocol is part of the hash, so that never mixes with TCP or
+//! UDP flows).
 //!
 //! # Fragments
 //! Only a datagram's first fragment carries the L4 header; the others have no ports.
@@ -40,9 +41,10 @@
 //! chance, 1 in N). That is harmless where each datagram stands alone (DNS) and rare
 //! for TCP (DF and path MTU discovery: TCP is practically never fragmented), but it
 //! breaks protocols that fragment regularly and keep per-flow state (IKE, SIP or NFS
-//! over UDP, some VPNs). For those, a per-group "hash by addresses only" rule hashes
-//! *every* packet of the group with the 3-tuple: always consistent, at the cost of
-//! spread (all flows of one client address, or of a whole NAT, land on one member).
+//! over UDP, some VPNs). For those, a per-group "hash by addresses only" rule (not
+//! built) would hash *every* packet of the group with the 3-tuple: always consistent,
+//! at the cost of spread (all flows of one client address, or of a whole NAT, land on
+//! one member).
 
 /// The fixed seed (`initval`) of every flow hash: part of the contract between
 /// directors, never change it in a running cluster (tables would disagree).

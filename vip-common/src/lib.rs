@@ -240,10 +240,12 @@ pub mod action {
 /// Bits of [`VipEntry::flags`].
 pub mod flags {
     /// The entry is gated by its group's lease in `LEASES`: once the lease has
-    /// expired the entry behaves as if absent (XDP_PASS, no answers).
+    /// expired the entry steers nothing (its packets pass, XDP_PASS) and answers
+    /// nothing (ARP/NS requests for it are dropped, as for any VIP this node does
+    /// not serve now, and so are echo probes).
     pub const LEASED: u32 = 1 << 0;
-    /// A balanced group's VIP (see [`crate::balance`]); `ifindex` then holds the
-    /// group's balance slot.
+    /// A balanced group's VIP (see [`crate::balance_maps`]); `ifindex` then holds
+    /// the group's balance slot.
     /// * On its director (action LOCAL): TCP and UDP (all, or the group's ports) are
     ///   spread over the members.
     /// * On a member (action FORWARD, `dst_mac` the director): a packet from one of
@@ -282,15 +284,19 @@ pub struct VipEntry {
     pub flags: u32,
     /// Index into `VIP_STATS`; unique per VIP.
     pub stats_index: u32,
-    /// Index into `LEASES`; one per group.
+    /// Index into `LEASES` and `QUIET`; one per group.
     pub group_index: u32,
-    /// REDIRECT: ifindex of the target interface (the key in `REDIRECT_DEVS`).
+    /// REDIRECT: ifindex of the target interface (the key in `REDIRECT_DEVS`). A
+    /// balanced VIP's entry ([`flags::BALANCED`]) holds its group's balance slot here
+    /// instead (see [`balance_maps`]).
     pub ifindex: u32,
     /// MAC of the interface the program is attached to: the answer to ARP/NS.
     pub own_mac: [u8; 6],
-    /// Source MAC written into steered frames.
+    /// Source MAC written into redirected and forwarded frames.
     pub src_mac: [u8; 6],
-    /// Destination MAC written into steered frames (target, or the active node).
+    /// Destination MAC written into redirected and forwarded frames (the target, or
+    /// the active node); with [`flags::GRACE`] the old active, with [`flags::KEEP`]
+    /// the new one, on a balanced member's entry the director.
     pub dst_mac: [u8; 6],
     pub _pad: [u8; 2],
 }
@@ -371,7 +377,8 @@ pub mod index {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VipStats {
-    /// IP packets addressed to the VIP (ARP/NS not included).
+    /// IP packets addressed to the VIP and to this node's MAC (ARP/NS not included;
+    /// frames flooded to us for another MAC count in `global::NOT_OUR_MAC`).
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub arp_replies: u64,
@@ -405,8 +412,9 @@ pub mod global {
     /// Processing of a VIP frame given up (e.g. a redirect the kernel refused);
     /// the frame was passed.
     pub const ABORTS: u32 = 1;
-    /// ARP requests / NS for a VIP that we did not answer: malformed, gratuitous, not
-    /// addressed to us, or for a VIP this node does not own now.
+    /// ARP requests / NS for a VIP that we did not answer, dropped: malformed, not
+    /// addressed to us, or for a VIP this node does not serve now (gratuitous ARP and
+    /// replies pass to the kernel uncounted).
     pub const NOT_ANSWERED: u32 = 2;
     /// 802.1Q / 802.1ad tagged frames, always passed untouched.
     pub const VLAN_PASSED: u32 = 3;
@@ -452,7 +460,8 @@ pub mod global {
     ];
 }
 
-/// Program-wide settings: globals (`VIP_IFINDEX`, `EIP_ENABLED`) set at load time.
+/// Program-wide settings: the read-only globals (`VIP_IFINDEX`, `EIP_ENABLED`,
+/// `ECHO_PORT`, `BALANCE_ENABLED`) the loader sets before the program is verified.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
@@ -464,7 +473,7 @@ pub struct Settings {
     /// The UDP port of the election (host order), where echo probes arrive; 0: no echo.
     pub echo_port: u32,
     /// Non-zero when a group balances: the director's code is verified away otherwise
-    /// (it costs every path about 10 ns when present).
+    /// (so a node without a balanced group pays nothing for it).
     pub balance_enabled: u32,
 }
 const _: () = assert!(size_of::<Settings>() == 16);
@@ -611,15 +620,19 @@ pub mod peers {
     }
 }
 
-/// Active/active groups: the director spreads flows over the members with a Maglev
-/// table (`crate::maglev`) of the flow hash (`crate::flow`), keeps established flows
-/// on their member (an LRU connection table) and delivers by rewriting the MAC
-/// (direct server return). A group has a *balance slot*: its rows in the maps below.
-pub mod balance {
+/// The sizes and keys of the balanced (active/active) groups' maps. The director
+/// spreads flows over the members with a Maglev table (`crate::maglev`) of the flow
+/// hash (`crate::flow`), keeps established flows on their member (an LRU connection
+/// table) and delivers by rewriting the MAC (direct server return). A group has a
+/// *balance slot*: its rows in `BALANCE_TABLE`, `BALANCE_MEMBERS`, `BALANCE_CONF`
+/// and `BALANCE_STATS`, and the slot in the keys of `BALANCE_PORTS` and
+/// `BALANCE_NODES`.
+pub mod balance_maps {
     use crate::maglev::TABLE_SIZE;
 
-    /// Balanced groups per node.
-    pub const MAX_GROUPS: u32 = 8;
+    /// Balanced groups per node: balance slots (not [`crate::MAX_GROUPS`], every
+    /// group's slots in `LEASES`, `QUIET` and `ECHO_SEEN`).
+    pub const MAX_BALANCED_GROUPS: u32 = 8;
     /// Members per group (the node itself included): `maglev::MAX_MEMBERS`.
     pub const MAX_MEMBERS: u32 = 64;
     /// `BALANCE_TABLE` words per group: four u16 member indexes per u64 (a BPF array
@@ -627,8 +640,6 @@ pub mod balance {
     pub const WORDS: u32 = (TABLE_SIZE as u32).div_ceil(4);
     /// Entries of the connection table (LRU: the oldest flows go first).
     pub const MAX_FLOWS: u32 = 65_536;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
 
     /// `BALANCE_PORTS` key: a balanced (protocol, destination port) of a group.
     pub const fn port_key(slot: u32, proto: u8, port: u16) -> u64 {
@@ -636,7 +647,7 @@ pub mod balance {
     }
 
     /// `BALANCE_NODES` entries: every node of every balanced group.
-    pub const MAX_NODES: u32 = MAX_GROUPS * MAX_MEMBERS;
+    pub const MAX_NODES: u32 = MAX_BALANCED_GROUPS * MAX_MEMBERS;
 
     /// `BALANCE_NODES` key: a node's MAC (as on the wire, in the low 48 bits) in a
     /// group's balance slot.
@@ -679,8 +690,8 @@ pub struct BalanceConf {
 }
 const _: () = assert!(size_of::<BalanceConf>() == 8);
 
-/// `BALANCE_FLOWS` key: a flow as the client sends it. Addresses in network order
-/// (IPv4 in the first 4 bytes, the rest zero), ports as on the wire.
+/// `BALANCE_FLOWS` key: an IPv6 flow as the client sends it (IPv4 flows have their
+/// own key and table, [`FlowKeyV4`]). Addresses and ports as on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowKey {
@@ -894,6 +905,7 @@ pub struct EipStats {
     pub to_kernel: u64,
     /// Owner changes learned from ARP on the internal segment.
     pub owner_changes: u64,
+    /// ARP requests for the EIP answered on the external interface.
     pub arp_replies: u64,
     /// ARP on the internal segment naming the VIP, from a sender that is not one of
     /// the EIP's nodes: not learned, dropped. (This slot held an ICMP-error counter
@@ -915,11 +927,17 @@ impl EipStats {
     }
 }
 
+/// Elastic IPs per gateway: `EIPS_IN`, `EIPS_OUT`, `OWNERS`, `EIP_STATS`.
 pub const MAX_EIPS: u32 = 1024;
 
-/// Capacity defaults; the agent may size the maps differently at load time.
+/// VIPs: the capacity of `VIPS_V4`, `VIPS_V6`, `VIP_STATS` and the IPv4 index unless
+/// the agent sizes them otherwise at load time (`node.max_vips`).
 pub const DEFAULT_MAX_VIPS: u32 = 4096;
+/// Groups per node, every mode: a group's index is its slot in `LEASES`, `QUIET` and
+/// `ECHO_SEEN` (balanced groups also have a balance slot, below
+/// [`balance_maps::MAX_BALANCED_GROUPS`]).
 pub const MAX_GROUPS: u32 = 1024;
+/// Redirect targets (`REDIRECT_DEVS`).
 pub const MAX_REDIRECT_DEVS: u32 = 256;
 
 #[cfg(feature = "user")]
@@ -1021,7 +1039,7 @@ mod tests {
 
     #[test]
     fn balance_node_key_is_the_slot_above_the_mac() {
-        use super::balance::node_key;
+        use super::balance_maps::node_key;
         let mac = [0x02, 0xab, 0, 0, 0xcd, 0x10];
         assert_eq!(node_key(3, &mac), (3 << 48) | 0x02ab_0000_cd10);
         assert_ne!(node_key(3, &mac), node_key(4, &mac));

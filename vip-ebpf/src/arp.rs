@@ -13,7 +13,7 @@
 //! them. Frames too short to name a target pass too.
 
 use aya_ebpf::programs::XdpContext;
-use network_types::arp::ArpHdr;
+use network_types::{arp::ArpHdr, eth::EthHdr};
 use vip_common::{
     global,
     xdp::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -21,22 +21,30 @@ use vip_common::{
 
 use crate::{
     maps,
-    packet::{is_multicast, ptr_at, Error, Frame, Mac, BROADCAST, ETH_HLEN},
+    packet::{hdr, hdr_mut, is_multicast, Error, Frame, Mac, Plain, BROADCAST, ETH_HLEN},
 };
 
 /// The Ethernet/IPv4 ARP body (network-types' `ArpHdr`), all fields in network order.
 pub type ArpEthIpv4 = ArpHdr;
 const _: () = assert!(ArpHdr::LEN == 28);
 
+/// What an answer rewrites: the Ethernet header and the ARP body behind it.
+#[repr(C)]
+struct ArpFrame {
+    eth: EthHdr,
+    arp: ArpEthIpv4,
+}
+const _: () = assert!(core::mem::size_of::<ArpFrame>() == ETH_HLEN + ArpHdr::LEN);
+// SAFETY: `#[repr(C)]` of `Plain` headers, without padding (the sizes add up).
+unsafe impl Plain for ArpFrame {}
+
 pub const OP_REQUEST: [u8; 2] = [0, 1];
 const OP_REPLY: [u8; 2] = [0, 2];
 
-/// The ARP body of the frame (the frame is ours until we return).
+/// The ARP body of the frame, to read; [`reply`] rewrites it.
 #[inline(always)]
-pub fn body(ctx: &XdpContext) -> Result<&mut ArpEthIpv4, Error> {
-    let arp: *mut ArpEthIpv4 = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by ptr_at.
-    Ok(unsafe { &mut *arp })
+pub fn body(ctx: &XdpContext) -> Result<&ArpEthIpv4, Error> {
+    hdr(ctx, ETH_HLEN)
 }
 
 /// A request we may answer: Ethernet/IPv4, from a unicast sender, broadcast or to
@@ -51,22 +59,26 @@ pub fn well_formed(arp: &ArpEthIpv4, frame: &Frame, own_mac: &Mac) -> bool {
         && (frame.dst == BROADCAST || frame.dst == *own_mac)
 }
 
-/// Turns the request into our reply, in place: "`tpa` is at `own_mac`".
+/// Turns the request into our reply, in place: "`tpa` is at `own_mac`", sent back to
+/// the requester.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, arp: &mut ArpEthIpv4, own_mac: &Mac) -> Result<(), Error> {
-    let requester = arp.sha;
-    let requester_ip = arp.spa;
-    let ip = arp.tpa;
-    arp.oper = OP_REPLY;
-    arp.tha = requester;
-    arp.tpa = requester_ip;
-    arp.sha = *own_mac;
-    arp.spa = ip;
-    crate::packet::set_macs(ctx, &requester, own_mac)
+pub fn reply(ctx: &mut XdpContext, own_mac: &Mac) -> Result<(), Error> {
+    let f = hdr_mut::<ArpFrame>(ctx, 0)?;
+    let requester = f.arp.sha;
+    let requester_ip = f.arp.spa;
+    let ip = f.arp.tpa;
+    f.arp.oper = OP_REPLY;
+    f.arp.tha = requester;
+    f.arp.tpa = requester_ip;
+    f.arp.sha = *own_mac;
+    f.arp.spa = ip;
+    f.eth.dst_addr = requester;
+    f.eth.src_addr = *own_mac;
+    Ok(())
 }
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
+pub fn handle(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
     let arp = body(ctx)?;
     let tpa = u32::from_ne_bytes(arp.tpa);
     let Some(entry) = maps::vip_v4(tpa) else {
@@ -80,8 +92,9 @@ pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
         maps::count_global(global::NOT_ANSWERED);
         return Ok(XDP_DROP);
     }
-    reply(ctx, arp, &entry.own_mac)?;
-    if let Some(stats) = maps::stats(entry) {
+    reply(ctx, &entry.own_mac)?;
+    // SAFETY: the packet's one reference to the VIP's stats.
+    if let Some(stats) = unsafe { maps::stats(entry) } {
         stats.arp_replies += 1;
     }
     Ok(XDP_TX)

@@ -12,7 +12,7 @@ use vip_common::{
     csum::csum_finish,
     xdp::{XDP_DROP, XDP_TX},
 };
-use vip_ebpf::packet::ptr_at;
+use vip_ebpf::packet::hdr_mut;
 
 /// The frame the generator sends (60 bytes used).
 #[map]
@@ -52,12 +52,10 @@ const IP_CHECK: usize = 24;
 /// header checksum patched, RFC 1624), for floods from many sources. Frames longer
 /// than 60 bytes keep the rest of the bytes they were given. Never attached.
 #[xdp]
-pub fn vip_bench_tx(ctx: XdpContext) -> u32 {
-    let (Some(t), Ok(p)) = (BENCH_FRAME.get(0), ptr_at::<[u8; 60]>(&ctx, 0)) else {
+pub fn vip_bench_tx(mut ctx: XdpContext) -> u32 {
+    let (Some(t), Ok(f)) = (BENCH_FRAME.get(0), hdr_mut::<[u8; 60]>(&mut ctx, 0)) else {
         return XDP_TX;
     };
-    // SAFETY: bounds checked by ptr_at; the template is 64 bytes.
-    let f = unsafe { &mut *p };
     f.copy_from_slice(&t[..60]);
     let n = BENCH_FLOWS.get(0).copied().unwrap_or(0);
     let m = BENCH_SOURCES.get(0).copied().unwrap_or(0);

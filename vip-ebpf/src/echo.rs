@@ -7,7 +7,11 @@
 //! advertisements) passes.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
-use network_types::{eth::EthHdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
 use vip_common::{
     csum::csum_finish,
     echo, global,
@@ -16,48 +20,63 @@ use vip_common::{
 
 use crate::{
     maps::{self, ECHO_SEEN, VIPS_V6},
-    packet::{ptr_at, Error, Frame, Mac, ETH_HLEN},
+    packet::{hdr, hdr_mut, src_mac, Error, Frame, Plain},
+    parse::{Addrs, Family, Packet},
     peers,
 };
 
-pub const UDP: u8 = 17;
-
-/// Where the IP addresses are, to swap them when reflecting.
-#[derive(Clone, Copy)]
-pub enum Family {
-    /// Offset of the IPv4 header's source address; 4 bytes, destination follows.
-    V4,
-    V6,
+/// A plain probe, as [`reflect`] rewrites it: every header at a fixed offset.
+#[repr(C)]
+struct ProbeV4 {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    udp: UdpHdr,
+    body: [u8; echo::LEN],
 }
+#[repr(C)]
+struct ProbeV6 {
+    eth: EthHdr,
+    ip: Ipv6Hdr,
+    udp: UdpHdr,
+    body: [u8; echo::LEN],
+}
+const _: () = assert!(
+    core::mem::size_of::<ProbeV4>() == EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN + echo::LEN
+        && core::mem::size_of::<ProbeV6>() == EthHdr::LEN + Ipv6Hdr::LEN + UdpHdr::LEN + echo::LEN
+);
+// SAFETY: `#[repr(C)]` of `Plain` headers, without padding (the sizes add up).
+unsafe impl Plain for ProbeV4 {}
+// SAFETY: as above.
+unsafe impl Plain for ProbeV6 {}
 
-/// A UDP datagram not addressed to a VIP; `l4` is the UDP header's offset. `plain`:
-/// a whole datagram right behind a fixed IP header (no options, extension headers
-/// or fragmentation), the only shape a probe or a reply is answered or recorded in.
+/// A UDP datagram not addressed to a VIP, on a first fragment. Only a plain one
+/// (see `parse::Layout::plain`) is answered or recorded as a probe or a reply.
 #[inline(always)]
-pub fn handle(
-    ctx: &XdpContext,
-    frame: &Frame,
-    family: Family,
-    l4: usize,
-    plain: bool,
-) -> Result<u32, Error> {
+pub fn handle(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<u32, Error> {
     let port = maps::settings().echo_port;
     if port == 0 {
         return Ok(XDP_PASS);
     }
-    let udp: *mut UdpHdr = ptr_at(ctx, l4)?;
-    // SAFETY: bounds checked by ptr_at.
-    let udp = unsafe { &mut *udp };
+    let l = pkt.layout(ctx);
+    // A datagram cut inside its UDP header is a parse error here (as it always was),
+    // even where the ports are whole.
+    let t = pkt.transport(ctx);
+    let (Some(ports), true) = (t.ports, t.udp_header) else {
+        return Err(Error::Truncated);
+    };
     let (sport, dport) = (
-        u16::from_be_bytes(udp.src) as u32,
-        u16::from_be_bytes(udp.dst) as u32,
+        u16::from_be_bytes(ports.src) as u32,
+        u16::from_be_bytes(ports.dst) as u32,
     );
+    if dport != port && sport != port {
+        // Neither the election's nor a reply from it: most datagrams.
+        return Ok(XDP_PASS);
+    }
+    let plain = l.plain();
     if dport == port {
-        let body = if plain { echo_body(ctx, l4) } else { None };
-        let probe = body
-            .as_ref()
-            .is_some_and(|b| b[echo::OFF_KIND] == echo::PROBE);
-        if !peers::admit(ctx, family, probe)? {
+        let body = if plain { echo_body(ctx, l.l4) } else { None };
+        let probe = body.is_some_and(|b| b[echo::OFF_KIND] == echo::PROBE);
+        if !peers::admit(ctx, pkt, probe)? {
             return Ok(XDP_DROP);
         }
         let Some(body) = body.filter(|_| probe) else {
@@ -68,16 +87,16 @@ pub fn handle(
             maps::count_global(global::ECHO_REFUSED);
             return Ok(XDP_DROP);
         }
-        reflect(ctx, family, udp, body)?;
+        reflect(ctx, pkt.family)?;
         maps::count_global(global::ECHO_ANSWERED);
         return Ok(XDP_TX);
     }
     if sport != port || !plain {
         return Ok(XDP_PASS);
     }
-    match echo_body(ctx, l4) {
+    match echo_body(ctx, l.l4) {
         Some(body) if body[echo::OFF_KIND] == echo::REPLY => {
-            if !record(ctx, family, body)? {
+            if !record(ctx, pkt, body)? {
                 maps::count_global(global::ECHO_REPLY_REFUSED);
             }
             Ok(XDP_DROP)
@@ -86,51 +105,11 @@ pub fn handle(
     }
 }
 
-/// Where the UDP header of an IPv6 packet not addressed to a VIP is, and whether it
-/// is plain (see [`handle`]): behind up to three extension headers (hop-by-hop,
-/// routing, destination options, a first fragment), so that none of them is a way
-/// past the election port's checks. None: not UDP, or a later fragment (it has no
-/// header to judge; without its first one the kernel drops it).
-#[inline(always)]
-pub fn udp_v6(ctx: &XdpContext, next_hdr: u8) -> Result<Option<(usize, bool)>, Error> {
-    const HOP_BY_HOP: u8 = 0;
-    const ROUTING: u8 = 43;
-    const FRAGMENT: u8 = 44;
-    const DESTINATION: u8 = 60;
-    let (mut next, mut off, mut plain) = (next_hdr, ETH_HLEN + 40, true);
-    for _ in 0..3 {
-        match next {
-            HOP_BY_HOP | ROUTING | DESTINATION => {
-                let h: *const [u8; 2] = ptr_at(ctx, off)?;
-                // SAFETY: bounds checked by ptr_at.
-                let h = unsafe { *h };
-                next = h[0];
-                off += (h[1] as usize + 1) * 8;
-            }
-            FRAGMENT => {
-                let h: *const [u8; 4] = ptr_at(ctx, off)?;
-                // SAFETY: bounds checked by ptr_at.
-                let h = unsafe { *h };
-                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
-                    return Ok(None);
-                }
-                next = h[0];
-                off += 8;
-            }
-            _ => break,
-        }
-        plain = false;
-    }
-    Ok((next == UDP).then_some((off, plain)))
-}
-
 /// The datagram's payload if it is an echo message of our version. Shorter
 /// datagrams on the port are not ours to judge (the agent counts them).
 #[inline(always)]
-fn echo_body(ctx: &XdpContext, l4: usize) -> Option<&'static mut [u8; echo::LEN]> {
-    let body = ptr_at::<[u8; echo::LEN]>(ctx, l4 + UdpHdr::LEN).ok()?;
-    // SAFETY: bounds checked by ptr_at.
-    let body = unsafe { &mut *body };
+fn echo_body(ctx: &XdpContext, l4: usize) -> Option<&[u8; echo::LEN]> {
+    let body = hdr::<[u8; echo::LEN]>(ctx, l4 + UdpHdr::LEN).ok()?;
     (body[0..4] == echo::MAGIC && body[4] == echo::VERSION).then_some(body)
 }
 
@@ -156,32 +135,28 @@ fn serving(frame: &Frame, body: &[u8; echo::LEN]) -> bool {
     entry.is_some_and(|e| frame.dst == e.own_mac && maps::answers(e))
 }
 
-/// Sends the probe back where it came from, as a reply.
+/// Sends the (plain) probe back where it came from, as a reply.
 #[inline(always)]
-fn reflect(
-    ctx: &XdpContext,
-    family: Family,
-    udp: &mut UdpHdr,
-    body: &mut [u8; echo::LEN],
-) -> Result<(), Error> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at.
-    let eth = unsafe { &mut *eth };
-    core::mem::swap(&mut eth.src_addr, &mut eth.dst_addr);
+fn reflect(ctx: &mut XdpContext, family: Family) -> Result<(), Error> {
     match family {
         Family::V4 => {
-            let a: *mut [[u8; 4]; 2] = ptr_at(ctx, ETH_HLEN + 12)?;
-            // SAFETY: bounds checked by ptr_at.
-            let a = unsafe { &mut *a };
-            a.swap(0, 1);
+            let p = hdr_mut::<ProbeV4>(ctx, 0)?;
+            core::mem::swap(&mut p.ip.src_addr, &mut p.ip.dst_addr);
+            reply(&mut p.eth, &mut p.udp, &mut p.body);
         }
         Family::V6 => {
-            let a: *mut [[u8; 16]; 2] = ptr_at(ctx, ETH_HLEN + 8)?;
-            // SAFETY: bounds checked by ptr_at.
-            let a = unsafe { &mut *a };
-            a.swap(0, 1);
+            let p = hdr_mut::<ProbeV6>(ctx, 0)?;
+            core::mem::swap(&mut p.ip.src_addr, &mut p.ip.dst_addr);
+            reply(&mut p.eth, &mut p.udp, &mut p.body);
         }
     }
+    Ok(())
+}
+
+/// What a reply changes besides the IP addresses.
+#[inline(always)]
+fn reply(eth: &mut EthHdr, udp: &mut UdpHdr, body: &mut [u8; echo::LEN]) {
+    core::mem::swap(&mut eth.src_addr, &mut eth.dst_addr);
     // Swapping addresses and ports leaves the checksum as it is; the kind does not
     // (RFC 1624: HC' = ~(~HC + ~m + m')). IPv4's "no checksum" (0) stays 0.
     core::mem::swap(&mut udp.src, &mut udp.dst);
@@ -197,14 +172,13 @@ fn reflect(
         }
         udp.check = c.to_be_bytes();
     }
-    Ok(())
 }
 
 /// A reply to one of our probes: recorded (the slot's sequence raised) only if it
 /// comes from the slot's active (address, and MAC unless unknown), for a sequence
 /// above the slot's, with that sequence's token. False when refused.
 #[inline(always)]
-fn record(ctx: &XdpContext, family: Family, body: &[u8; echo::LEN]) -> Result<bool, Error> {
+fn record(ctx: &XdpContext, pkt: &Packet, body: &[u8; echo::LEN]) -> Result<bool, Error> {
     let b = |o: usize| {
         u64::from_be_bytes([
             body[o],
@@ -226,22 +200,13 @@ fn record(ctx: &XdpContext, family: Family, body: &[u8; echo::LEN]) -> Result<bo
     // another active; a racing reply on another CPU may write a slightly lower
     // sequence (or lose a count), which only delays the prober's view by a probe.
     let seen = unsafe { &mut *seen };
-    let from_peer = match family {
-        Family::V4 => {
-            let a: *const [u8; 4] = ptr_at(ctx, ETH_HLEN + 12)?;
-            // SAFETY: bounds checked by ptr_at.
-            seen.family == 4
-                && unsafe { *a } == [seen.peer[0], seen.peer[1], seen.peer[2], seen.peer[3]]
+    let from_peer = match pkt.addrs(ctx) {
+        Addrs::V4 { src, .. } => {
+            seen.family == 4 && *src == [seen.peer[0], seen.peer[1], seen.peer[2], seen.peer[3]]
         }
-        Family::V6 => {
-            let a: *const [u8; 16] = ptr_at(ctx, ETH_HLEN + 8)?;
-            // SAFETY: bounds checked by ptr_at.
-            seen.family == 6 && unsafe { *a } == seen.peer
-        }
+        Addrs::V6 { src, .. } => seen.family == 6 && *src == seen.peer,
     };
-    let mac: *const Mac = ptr_at(ctx, 6)?;
-    // SAFETY: bounds checked by ptr_at.
-    let mac_ok = seen.peer_mac == [0u8; 6] || unsafe { *mac } == seen.peer_mac;
+    let mac_ok = seen.peer_mac == [0u8; 6] || src_mac(ctx)? == seen.peer_mac;
     let (token, seq) = (b(echo::OFF_TOKEN), b(echo::OFF_SEQ));
     if !from_peer || !mac_ok || seq <= seen.seq || token != echo::token(seen.key, seq) {
         return Ok(false);

@@ -29,7 +29,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
     programs::XdpContext,
 };
-use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use vip_common::{
     csum::csum_finish,
     eip_flags,
@@ -40,20 +40,25 @@ use vip_common::{
 use crate::{
     arp,
     maps::{EIPS_IN, EIPS_OUT, EIP_NODES, EIP_STATS, OWNERS, REDIRECT_DEVS},
-    packet::{self, ptr_at, Error, Frame, Mac, ETH_HLEN},
+    packet::{self, hdr_mut, Error, Frame, Mac},
+    parse::{is_icmp_error, Addrs, Family, Packet, ICMP, TCP, UDP},
 };
 
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
 
+/// The EIP's counters on this CPU.
+///
+/// # Safety
+///
+/// The caller holds no other reference to the same slot while it uses this one: a
+/// packet takes its EIP's stats once.
 #[inline(always)]
-fn stats(e: &EipEntry) -> Option<&mut EipStats> {
-    // SAFETY: per-CPU slot, nobody else writes it concurrently.
+unsafe fn stats(e: &EipEntry) -> Option<&'static mut EipStats> {
     EIP_STATS
         .get_ptr_mut(e.stats_index as u32)
+        // SAFETY: this CPU's slot, which no other CPU writes; the caller holds no
+        // other reference to it.
         .map(|p| unsafe { &mut *p })
 }
 
@@ -82,7 +87,7 @@ fn claim(flags: u16, mac: &Mac, key: impl FnOnce() -> EipNodeKey) -> Claim {
         return if unicast { Claim::Learn } else { Claim::Ignore };
     }
     // SAFETY: hash-map values are replaced under RCU, never written in place.
-    if unicast && unsafe { EIP_NODES.get(&key()) }.is_some() {
+    if unicast && unsafe { EIP_NODES.get(key()) }.is_some() {
         Claim::Learn
     } else {
         Claim::Refuse
@@ -93,7 +98,7 @@ fn claim(flags: u16, mac: &Mac, key: impl FnOnce() -> EipNodeKey) -> Claim {
 /// VIP owners on the internal one (from the VIP's nodes only, see [`claim`]). None:
 /// not ours, continue with the VIP rules.
 #[inline(always)]
-pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
+pub fn arp(ctx: &mut XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
     let body = arp::body(ctx)?;
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: hash-map values are replaced under RCU, never written in place.
@@ -102,10 +107,10 @@ pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
             if !arp::well_formed(body, frame, &e.ext_mac) {
                 return Ok(Some(XDP_DROP));
             }
-            let ext_mac = e.ext_mac;
             let entry = *e;
-            arp::reply(ctx, body, &ext_mac)?;
-            if let Some(s) = stats(&entry) {
+            arp::reply(ctx, &entry.ext_mac)?;
+            // SAFETY: the packet's one reference to the EIP's stats.
+            if let Some(s) = unsafe { stats(&entry) } {
                 s.arp_replies += 1;
             }
             return Ok(Some(XDP_TX));
@@ -119,7 +124,8 @@ pub fn arp(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
                 Claim::Ignore => {}
                 Claim::Refuse => {
                     let entry = *e;
-                    if let Some(s) = stats(&entry) {
+                    // SAFETY: the packet's one reference to the EIP's stats.
+                    if let Some(s) = unsafe { stats(&entry) } {
                         s.owner_refused += 1;
                     }
                     return Ok(Some(XDP_DROP));
@@ -138,15 +144,16 @@ fn learn(e: &EipEntry, vip: u32, mac: Mac) {
     if known == Some(mac) {
         return;
     }
-    // SAFETY: a helper without side effects.
     let owner = Owner {
         mac,
         _pad: [0; 2],
+        // SAFETY: a helper without side effects.
         updated_ns: unsafe { bpf_ktime_get_ns() },
     };
     if OWNERS.insert(vip, owner, 0).is_ok() {
         let entry = *e;
-        if let Some(s) = stats(&entry) {
+        // SAFETY: the packet's one reference to the EIP's stats.
+        if let Some(s) = unsafe { stats(&entry) } {
             s.owner_changes += 1;
         }
     }
@@ -155,36 +162,37 @@ fn learn(e: &EipEntry, vip: u32, mac: Mac) {
 /// IPv4 on a gateway: translates EIP traffic in either direction. None: not EIP
 /// traffic, continue with the VIP rules.
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, frame: &Frame) -> Result<Option<u32>, Error> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &*ip };
-    if ip.vihl >> 4 != 4 || ip.vihl & 0x0f < 5 {
-        return Ok(None);
-    }
+pub fn ipv4(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<Option<u32>, Error> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let dst = u32::from_ne_bytes(ip.dst_addr);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
-    if let Some(e) = unsafe { EIPS_IN.get(dst) } {
+    if let Some(e) = unsafe { EIPS_IN.get(pkt.dst_v4) } {
         if e.ext_ifindex == ingress && frame.dst == e.ext_mac {
             let entry = *e;
-            return inbound(ctx, frame, &entry).map(Some);
+            return inbound(ctx, frame, pkt, &entry).map(Some);
         }
     }
-    let src = u32::from_ne_bytes(ip.src_addr);
+    let Addrs::V4 { src, .. } = pkt.addrs(ctx) else {
+        return Ok(None);
+    };
+    let src = u32::from_ne_bytes(*src);
     // SAFETY: as above.
     if let Some(e) = unsafe { EIPS_OUT.get(src) } {
         if e.int_ifindex == ingress && frame.dst == e.int_mac {
             let entry = *e;
-            return outbound(ctx, frame, &entry).map(Some);
+            return outbound(ctx, frame, pkt, &entry).map(Some);
         }
     }
     Ok(None)
 }
 
 #[inline(always)]
-fn inbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> {
-    if !translate(ctx, Addr::Dst, &e.eip, &e.vip)? {
+fn inbound(
+    ctx: &mut XdpContext,
+    frame: &Frame,
+    pkt: &mut Packet,
+    e: &EipEntry,
+) -> Result<u32, Error> {
+    if !translate(ctx, pkt, Addr::Dst, &e.eip, &e.vip)? {
         return Ok(XDP_PASS);
     }
     let vip = u32::from_ne_bytes(e.vip);
@@ -197,28 +205,32 @@ fn inbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> 
 }
 
 #[inline(always)]
-fn outbound(ctx: &XdpContext, frame: &Frame, e: &EipEntry) -> Result<u32, Error> {
-    if !translate(ctx, Addr::Src, &e.vip, &e.eip)? {
+fn outbound(
+    ctx: &mut XdpContext,
+    frame: &Frame,
+    pkt: &mut Packet,
+    e: &EipEntry,
+) -> Result<u32, Error> {
+    if !translate(ctx, pkt, Addr::Src, &e.vip, &e.eip)? {
         return Ok(XDP_PASS);
     }
-    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by ptr_at.
-    let dst = unsafe { (*ip).dst_addr };
-    let next = fib(ctx, e.eip, dst, e.ext_ifindex);
+    // The source was rewritten, the destination is the packet's.
+    let next = fib(ctx, e.eip, pkt.dst_v4.to_ne_bytes(), e.ext_ifindex);
     send(ctx, frame, e, next, e.ext_ifindex, false)
 }
 
 /// Sets the MACs and redirects, or hands the (translated) packet to the kernel.
 #[inline(always)]
 fn send(
-    ctx: &XdpContext,
+    ctx: &mut XdpContext,
     frame: &Frame,
     e: &EipEntry,
     next: Option<(Mac, Mac)>,
     out: u32,
     inbound: bool,
 ) -> Result<u32, Error> {
-    let s = stats(e);
+    // SAFETY: the packet's one reference to the EIP's stats.
+    let s = unsafe { stats(e) };
     let Some((dst, src)) = next else {
         if let Some(s) = s {
             s.to_kernel += 1;
@@ -290,10 +302,15 @@ fn addr(ip: &mut Ipv4Hdr, which: Addr) -> &mut [u8; 4] {
 /// header's address of the other direction is rewritten too. False: leave the packet
 /// to the kernel (TTL expiring).
 #[inline(always)]
-fn translate(ctx: &XdpContext, which: Addr, old: &[u8; 4], new: &[u8; 4]) -> Result<bool, Error> {
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &mut *ip };
+fn translate(
+    ctx: &mut XdpContext,
+    pkt: &mut Packet,
+    which: Addr,
+    old: &[u8; 4],
+    new: &[u8; 4],
+) -> Result<bool, Error> {
+    let l = pkt.layout(ctx);
+    let ip = hdr_mut::<Ipv4Hdr>(ctx, pkt.l3)?;
     if ip.ttl <= 1 {
         return Ok(false);
     }
@@ -305,37 +322,27 @@ fn translate(ctx: &XdpContext, which: Addr, old: &[u8; 4], new: &[u8; 4]) -> Res
     *addr(ip, which) = *new;
     ip.check = csum;
 
-    let first_fragment = u16::from_be_bytes(ip.frags) & 0x1fff == 0;
-    if !first_fragment {
+    // Only the first fragment carries the transport header.
+    if !l.first_fragment() {
         return Ok(true);
     }
-    let l4 = ETH_HLEN + ((ip.vihl as usize & 0x0f) * 4 & 0x3c);
-    match ip.proto {
-        PROTO_TCP => {
-            let tcp: *mut TcpHdr = ptr_at(ctx, l4)?;
-            // SAFETY: bounds checked by ptr_at.
-            let tcp = unsafe { &mut *tcp };
+    match l.proto {
+        TCP => {
+            let tcp = hdr_mut::<TcpHdr>(ctx, l.l4)?;
             tcp.check = replace4(tcp.check, *old, *new);
         }
-        PROTO_UDP => {
-            let udp: *mut UdpHdr = ptr_at(ctx, l4)?;
-            // SAFETY: bounds checked by ptr_at.
-            let udp = unsafe { &mut *udp };
+        UDP => {
+            let udp = hdr_mut::<UdpHdr>(ctx, l.l4)?;
             // Zero: no checksum (IPv4). A result of zero is sent as all ones.
             if udp.check != [0, 0] {
                 let n = replace4(udp.check, *old, *new);
                 udp.check = if n == [0, 0] { [0xff, 0xff] } else { n };
             }
         }
-        PROTO_ICMP => {
-            // The whole ICMP header: a 1-byte read at a variable offset compiles to a
-            // bounds check the verifier cannot follow.
-            let icmp: *const Icmpv4Hdr = ptr_at(ctx, l4)?;
-            // SAFETY: bounds checked by ptr_at.
-            if matches!(unsafe { (*icmp).type_ }, 3 | 11 | 12) {
-                let inner: *mut Ipv4Hdr = ptr_at(ctx, l4 + Icmpv4Hdr::LEN)?;
-                // SAFETY: bounds checked by ptr_at.
-                let inner = unsafe { &mut *inner };
+        ICMP => {
+            let icmp_type = pkt.transport(ctx).icmp_type.ok_or(Error::Truncated)?;
+            if is_icmp_error(Family::V4, icmp_type) {
+                let inner = hdr_mut::<Ipv4Hdr>(ctx, l.quoted())?;
                 // The quoted packet went the other way.
                 let quoted = if which == Addr::Dst {
                     Addr::Src

@@ -28,108 +28,86 @@ use aya_ebpf::{
     helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
     programs::XdpContext,
 };
-use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use vip_common::{
     flags,
     xdp::{XDP_PASS, XDP_TX},
     VipEntry, VipStats,
 };
 
-use crate::packet::{self, ptr_at, Error, Frame, Mac, ETH_HLEN};
+use crate::{
+    packet::{self, Error},
+    parse::{Addrs, Family, Packet, TCP, TCP_ACK, TCP_SYN},
+};
 
-const TCP: u8 = 6;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 /// `TCP_LISTEN` of the kernel's socket states.
 const TCP_LISTEN: u32 = 10;
-/// The IPv4 fragment offset bits of `frags`.
-const FRAG_OFFSET: u16 = 0x1fff;
 /// Sizes of `bpf_sock_tuple`'s IPv4 and IPv6 parts (what the helper wants).
 const TUPLE4: u32 = 12;
 const TUPLE6: u32 = 36;
 
 /// The handover's decision for a packet to a VIP whose entry has `GRACE` or `KEEP`:
 /// Some(action) when it applies, None when the entry's action applies as usual.
+/// TCP only, with its header: an IPv4 first fragment (options allowed), an IPv6
+/// segment right behind the fixed header.
 #[inline(always)]
-pub fn steer(
-    ctx: &XdpContext,
-    frame: &Frame,
+pub fn drain_action(
+    ctx: &mut XdpContext,
     entry: &VipEntry,
+    pkt: &mut Packet,
     stats: &mut VipStats,
 ) -> Result<Option<u32>, Error> {
+    let l = pkt.layout(ctx);
+    let has_header = match pkt.family {
+        Family::V4 => l.first_fragment(),
+        Family::V6 => l.plain(),
+    };
+    if l.proto != TCP || !has_header {
+        return Ok(None);
+    }
+    let t = pkt.transport(ctx);
+    let (Some(ports), Some(tcp_flags)) = (t.ports, t.tcp_flags) else {
+        return Err(Error::Truncated);
+    };
+    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A new connection: the new active takes it, the old one forwards it.
+        return Ok(None);
+    }
+    // Ports as on the wire: the tuple is in network order.
+    let (sport, dport) = (u16::from_ne_bytes(ports.src), u16::from_ne_bytes(ports.dst));
     // SAFETY: an all-zero tuple is a valid value of this plain C union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let (size, tcp_off) = match frame.ethertype {
-        packet::ETH_P_IP => {
-            let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
-            // SAFETY: bounds checked by ptr_at.
-            let ip = unsafe { &*ip };
-            // Only the first fragment carries the TCP header.
-            if ip.proto != TCP || u16::from_be_bytes(ip.frags) & FRAG_OFFSET != 0 {
-                return Ok(None);
-            }
+    let ours = match pkt.addrs(ctx) {
+        Addrs::V4 { src, dst } => {
             // SAFETY: writing plain integers into the union's IPv4 part.
             let t = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
-            t.saddr = u32::from_ne_bytes(ip.src_addr);
-            t.daddr = u32::from_ne_bytes(ip.dst_addr);
-            // IHL >= 5 was checked by the caller; options are skipped.
-            (TUPLE4, ETH_HLEN + ((ip.vihl & 0x0f) as usize) * 4)
+            t.saddr = u32::from_ne_bytes(*src);
+            t.daddr = u32::from_ne_bytes(*dst);
+            t.sport = sport;
+            t.dport = dport;
+            has_socket(ctx, &mut tuple, TUPLE4)
         }
-        packet::ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
-            // SAFETY: bounds checked by ptr_at.
-            let ip = unsafe { &*ip };
-            // TCP right after the fixed header only (no extension headers).
-            if ip.next_hdr != TCP {
-                return Ok(None);
-            }
+        Addrs::V6 { src, dst } => {
+            let a = [src, dst];
             // SAFETY: writing plain integers into the union's IPv6 part.
             let t = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
             for i in 0..4 {
                 t.saddr[i] = u32::from_ne_bytes([
-                    ip.src_addr[4 * i],
-                    ip.src_addr[4 * i + 1],
-                    ip.src_addr[4 * i + 2],
-                    ip.src_addr[4 * i + 3],
+                    a[0][4 * i],
+                    a[0][4 * i + 1],
+                    a[0][4 * i + 2],
+                    a[0][4 * i + 3],
                 ]);
                 t.daddr[i] = u32::from_ne_bytes([
-                    ip.dst_addr[4 * i],
-                    ip.dst_addr[4 * i + 1],
-                    ip.dst_addr[4 * i + 2],
-                    ip.dst_addr[4 * i + 3],
+                    a[1][4 * i],
+                    a[1][4 * i + 1],
+                    a[1][4 * i + 2],
+                    a[1][4 * i + 3],
                 ]);
             }
-            (TUPLE6, ETH_HLEN + Ipv6Hdr::LEN)
+            t.sport = sport;
+            t.dport = dport;
+            has_socket(ctx, &mut tuple, TUPLE6)
         }
-        _ => return Ok(None),
-    };
-    // Ports (0..4) and flags (13) of the TCP header.
-    let tcp: *const [u8; 14] = ptr_at(ctx, tcp_off)?;
-    // SAFETY: bounds checked by ptr_at.
-    let tcp = unsafe { &*tcp };
-    if tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        // A new connection: the new active takes it, the old one forwards it.
-        return Ok(None);
-    }
-    let (sport, dport) = (
-        u16::from_ne_bytes([tcp[0], tcp[1]]),
-        u16::from_ne_bytes([tcp[2], tcp[3]]),
-    );
-    if size == TUPLE4 {
-        // SAFETY: writing plain integers into the union's IPv4 part.
-        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
-        t.sport = sport;
-        t.dport = dport;
-    } else {
-        // SAFETY: writing plain integers into the union's IPv6 part.
-        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
-        t.sport = sport;
-        t.dport = dport;
-    }
-    let ours = if size == TUPLE4 {
-        has_socket(ctx, &mut tuple, TUPLE4)
-    } else {
-        has_socket(ctx, &mut tuple, TUPLE6)
     };
     let keep = entry.flags & flags::KEEP != 0;
     if ours {
@@ -140,9 +118,7 @@ pub fn steer(
         // GRACE: our own connection, the entry's action.
         return Ok(None);
     }
-    let eth_src: *const Mac = ptr_at(ctx, 6)?;
-    // SAFETY: bounds checked by ptr_at.
-    let from_peer = unsafe { *eth_src } == entry.dst_mac;
+    let from_peer = packet::src_mac(ctx)? == entry.dst_mac;
     if keep {
         if from_peer {
             stats.passed += 1;

@@ -13,9 +13,10 @@
 //! As for ARP, the data plane is the only thing that answers an NS for a VIP in the
 //! table: one it does not answer (malformed, longer than `MAX_NS_LEN`, for a VIP we
 //! do not own now, lease expired) is dropped so the kernel cannot answer it either.
-//! NS behind extension headers are not parsed and pass to the kernel.
+//! An NS behind extension headers is not answered: it is steered like any other
+//! packet to its destination.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use network_types::ip::Ipv6Hdr;
 use vip_common::{
     csum::{csum_finish, csum_fold},
@@ -24,13 +25,14 @@ use vip_common::{
 };
 
 use crate::{
-    echo::{self, Family},
+    echo,
     maps::{self, VIPS_V6},
-    packet::{ptr_at, Error, Frame, Mac, ETH_HLEN},
+    packet::{self, hdr, hdr_mut, Error, Frame, Mac, ETH_HLEN},
+    parse::{self, Addrs, ICMPV6, UDP},
+    steer,
 };
 
 const IPV6_HLEN: usize = 40;
-const ICMPV6: u8 = 58;
 const NS: u8 = 135;
 const NA: u8 = 136;
 const NS_MIN_LEN: usize = 24;
@@ -47,36 +49,38 @@ const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const _: () = assert!(Ipv6Hdr::LEN == IPV6_HLEN);
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, frame: &Frame) -> Result<u32, Error> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &*ip };
-    if ip.vcf[0] >> 4 != 6 {
+pub fn handle(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
+    let Some(mut pkt) = parse::ipv6(ctx)? else {
         return Ok(XDP_PASS);
-    }
-    if ip.next_hdr == ICMPV6 {
-        let icmp_type: *const u8 = ptr_at(ctx, ETH_HLEN + IPV6_HLEN)?;
-        // SAFETY: bounds checked by ptr_at.
-        if unsafe { *icmp_type } == NS {
-            return solicitation(ctx, frame, ip);
+    };
+    let l = pkt.layout(ctx);
+    if l.proto == ICMPV6 && l.plain() {
+        let icmp_type = pkt.icmp_type(ctx).ok_or(Error::Truncated)?;
+        if icmp_type == NS {
+            return solicitation(ctx, frame);
         }
     }
+    let Addrs::V6 { dst, .. } = pkt.addrs(ctx) else {
+        return Ok(XDP_PASS);
+    };
+    let dst = *dst;
     // SAFETY: hash-map values are replaced under RCU, never written in place.
-    match unsafe { VIPS_V6.get(ip.dst_addr) } {
-        Some(entry) => maps::steer(ctx, frame, entry, Family::V6),
-        None => match echo::udp_v6(ctx, ip.next_hdr)? {
-            Some((l4, plain)) => echo::handle(ctx, frame, Family::V6, l4, plain),
-            None => Ok(XDP_PASS),
-        },
+    match unsafe { VIPS_V6.get(dst) } {
+        Some(entry) => steer::vip_action(ctx, frame, entry, &mut pkt),
+        // Behind up to three extension headers and in a first fragment too, so that
+        // none of them is a way past the election port's checks; a later fragment
+        // has no UDP header to judge (and without its first one the kernel drops it).
+        None if l.truncated() => Err(Error::Truncated),
+        None if l.proto == UDP && l.first_fragment() => echo::handle(ctx, frame, &mut pkt),
+        None => Ok(XDP_PASS),
     }
 }
 
 #[inline(always)]
-fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Error> {
+fn solicitation(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
     const BASE: usize = ETH_HLEN + IPV6_HLEN;
-    let ns: *const [u8; NS_MIN_LEN] = ptr_at(ctx, BASE)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ns = unsafe { &*ns };
+    let ip = hdr::<Ipv6Hdr>(ctx, ETH_HLEN)?;
+    let ns = hdr::<[u8; NS_MIN_LEN]>(ctx, BASE)?;
     let mut target = [0u8; 16];
     target.copy_from_slice(&ns[8..24]);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
@@ -88,9 +92,8 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
     let shape_ok = ip.hop_limit == 255
         && usable_source(&ip.src_addr)
         && ns[1] == 0
-        && len >= NS_MIN_LEN
-        && len <= MAX_NS_LEN
-        && len % 8 == 0
+        && (NS_MIN_LEN..=MAX_NS_LEN).contains(&len)
+        && len.is_multiple_of(8)
         && (frame.len as usize) >= BASE + len
         && addressed_to_us(frame, &ip.dst_addr, &target, &entry.own_mac)
         && (!from_unspecified || ip.dst_addr != target);
@@ -105,9 +108,7 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
     }
 
     // Everything the answer needs, before the frame is resized.
-    let eth_src: *const Mac = ptr_at(ctx, 6)?;
-    // SAFETY: bounds checked by ptr_at.
-    let requester: Mac = unsafe { *eth_src };
+    let requester = packet::src_mac(ctx)?;
     let (dst_ip, dst_mac, flags) = if from_unspecified {
         // Defend the address against a DAD probe: tell all nodes.
         (ALL_NODES, [0x33, 0x33, 0, 0, 0, 1], NA_FLAG_OVERRIDE)
@@ -117,14 +118,8 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
     let own_mac = entry.own_mac;
     let stats_entry = *entry;
 
-    let delta = NA_FRAME_LEN as i32 - frame.len as i32;
-    // SAFETY: the helper checks the new size itself.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        return Err(Error::Aborted);
-    }
-    let out: *mut [u8; NA_FRAME_LEN] = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at (after the resize).
-    let out = unsafe { &mut *out };
+    packet::adjust_tail(ctx, NA_FRAME_LEN as i32 - frame.len as i32)?;
+    let out = hdr_mut::<[u8; NA_FRAME_LEN]>(ctx, 0)?;
     out[0..6].copy_from_slice(&dst_mac);
     out[6..12].copy_from_slice(&own_mac);
     out[12] = 0x86;
@@ -158,7 +153,8 @@ fn solicitation(ctx: &XdpContext, frame: &Frame, ip: &Ipv6Hdr) -> Result<u32, Er
     let csum = csum_finish(sum);
     na[2..4].copy_from_slice(&csum.to_be_bytes());
 
-    if let Some(stats) = maps::stats(&stats_entry) {
+    // SAFETY: the packet's one reference to the VIP's stats.
+    if let Some(stats) = unsafe { maps::stats(&stats_entry) } {
         stats.nd_replies += 1;
     }
     Ok(XDP_TX)
@@ -211,9 +207,8 @@ fn options(ctx: &XdpContext, base: usize, len: usize) -> Result<bool, Error> {
                 Err(Error::Aborted)
             };
         }
-        let opt: *const [u8; 2] = ptr_at(ctx, base + (off & (MAX_NS_LEN - 1)))?;
-        // SAFETY: bounds checked by ptr_at.
-        let (kind, units) = unsafe { ((*opt)[0], (*opt)[1] as usize) };
+        let opt = hdr::<[u8; 2]>(ctx, base + (off & (MAX_NS_LEN - 1)))?;
+        let (kind, units) = (opt[0], opt[1] as usize);
         if units == 0 {
             return Err(Error::Aborted);
         }
@@ -241,9 +236,7 @@ fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, base: usize, len: usize) -> Resul
         if chunk * 8 >= len {
             break;
         }
-        let p: *const [u8; 8] = ptr_at(ctx, base + chunk * 8)?;
-        // SAFETY: bounds checked by ptr_at.
-        let b = unsafe { &*p };
+        let b = hdr::<[u8; 8]>(ctx, base + chunk * 8)?;
         sum += u16::from_be_bytes([b[0], b[1]]) as u32
             + u16::from_be_bytes([b[2], b[3]]) as u32
             + u16::from_be_bytes([b[4], b[5]]) as u32

@@ -19,12 +19,16 @@ use crate::{
 const LOOPBACK_IFINDEX: u32 = 1;
 
 #[inline(always)]
-pub fn extend(ctx: &XdpContext) -> Result<u32, Error> {
+pub fn extend(ctx: &mut XdpContext) -> Result<u32, Error> {
     if ctx.ingress_ifindex() as u32 != LOOPBACK_IFINDEX {
         return Ok(REFUSED);
     }
+    // Not a `packet::hdr_mut`: a Request holds u64s (alignment 8), not a header.
     let req: *mut Request = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at; the test run's buffer is ours alone.
+    // SAFETY: ptr_at checked that the buffer holds a whole Request, which any bytes
+    // are; the test run's buffer is ours alone (the context is borrowed mutably) and
+    // 8-aligned (the kernel copies it into a fresh allocation, XDP_PACKET_HEADROOM
+    // bytes in).
     let req = unsafe { &mut *req };
     if req.magic != MAGIC || req.key != maps::lease_key() {
         return Ok(REFUSED);

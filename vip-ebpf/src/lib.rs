@@ -1,4 +1,5 @@
-//! What the crate's two XDP objects share: the bounds-checked frame access.
+//! What the crate's two XDP objects share: the bounds-checked frame access
+//! (`packet`).
 //!
 //! * `vip` (src/main.rs): the data plane the agent loads, and the XDP_PASS-only
 //!   program (`vip xdp-pass`, the benchmarks' floor).

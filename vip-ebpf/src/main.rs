@@ -1,15 +1,26 @@
 //! The vip data plane: an XDP program that answers ARP and IPv6 neighbour
 //! solicitations for the VIPs this node owns and steers VIP traffic (pass, redirect,
-//! forward). Everything that is not a VIP leaves exactly as it came: XDP_PASS, untouched.
+//! forward, or to a balanced group's member), reflects and records the echo, and, on
+//! a gateway, translates elastic IPs. Everything else leaves exactly as it came:
+//! XDP_PASS, untouched.
 //!
-//! The program only reads its maps (the agent writes them) and increments counters.
-//! Every path funnels through `try_vip_xdp`, whose errors all become XDP_PASS: a frame
-//! we cannot make sense of is the kernel's business, never dropped by us.
+//! The agent writes the maps; the program writes a few of them too, each in one
+//! place (see `maps`: its counters, the owners it learns, the echo replies it
+//! records, the peers' budgets, the director's connection tables; and the leases,
+//! only through `vip_lease`). Each IP packet is parsed once (`parse`). Every path
+//! funnels through `try_vip_xdp`, whose errors all become XDP_PASS: a frame we
+//! cannot make sense of is the kernel's business, never dropped by us.
+//!
+//! Rooms: `arp`, `ipv4`, `ipv6` (neighbour solicitations) take a frame by its
+//! EtherType; `steer` acts on a VIP's entry, with `handover` (a planned handover's
+//! drain) and `director` (a balanced group's director) before it; `echo` and
+//! `peers` guard the election's port; `eip` is the gateway's; `lease` is the
+//! `vip_lease` program.
 #![no_std]
 #![no_main]
 
 mod arp;
-mod balance;
+mod director;
 mod echo;
 mod eip;
 mod handover;
@@ -17,7 +28,9 @@ mod ipv4;
 mod ipv6;
 mod lease;
 mod maps;
+mod parse;
 mod peers;
+mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use vip_common::{
@@ -40,8 +53,8 @@ use vip_ebpf::packet::{self, Error, Frame};
 /// otherwise.
 #[xdp]
 #[inline(always)]
-pub fn vip_xdp(ctx: XdpContext) -> u32 {
-    match try_vip_xdp(&ctx) {
+pub fn vip_xdp(mut ctx: XdpContext) -> u32 {
+    match try_vip_xdp(&mut ctx) {
         Ok(action) => action,
         Err(Error::Truncated) => {
             maps::count_global(global::PARSE_ERRORS);
@@ -55,7 +68,7 @@ pub fn vip_xdp(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
+fn try_vip_xdp(ctx: &mut XdpContext) -> Result<u32, Error> {
     let frame = Frame::new(ctx)?;
     let settings = maps::settings();
     // On a gateway the same program also runs on the external interface, where the
@@ -63,13 +76,19 @@ fn try_vip_xdp(ctx: &XdpContext) -> Result<u32, Error> {
     let vips = settings.vip_ifindex == 0 || settings.vip_ifindex == ctx.ingress_ifindex() as u32;
     match frame.ethertype {
         packet::ETH_P_IP => {
+            // Parsed before either rule looks: an interface where neither applies
+            // does not exist (the agent sets VIP_IFINDEX only with elastic IPs), and
+            // its frames would pass all the same.
+            let Some(mut pkt) = parse::ipv4(ctx)? else {
+                return Ok(XDP_PASS);
+            };
             if settings.eip_enabled != 0 {
-                if let Some(act) = eip::ipv4(ctx, &frame)? {
+                if let Some(act) = eip::ipv4(ctx, &frame, &mut pkt)? {
                     return Ok(act);
                 }
             }
             if vips {
-                ipv4::handle(ctx, &frame)
+                ipv4::handle(ctx, &frame, &mut pkt)
             } else {
                 Ok(XDP_PASS)
             }
@@ -107,8 +126,8 @@ pub fn vip_xdp_pass(_ctx: XdpContext) -> u32 {
 /// Extends a group's lease only while it is still valid (`lease`). Never attached:
 /// the agent runs it with BPF_PROG_TEST_RUN.
 #[xdp]
-pub fn vip_lease(ctx: XdpContext) -> u32 {
-    lease::extend(&ctx).unwrap_or(vip_common::lease::REFUSED)
+pub fn vip_lease(mut ctx: XdpContext) -> u32 {
+    lease::extend(&mut ctx).unwrap_or(vip_common::lease::REFUSED)
 }
 
 #[cfg(not(test))]

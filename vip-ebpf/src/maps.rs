@@ -1,24 +1,24 @@
-//! The maps the agent writes and the program reads, and the steering shared by the
-//! IPv4 and IPv6 data paths.
+//! The program's maps, and its reads of them.
+//!
+//! The agent writes every map (the entries, the index, the leases, the balance rows,
+//! the peers...). The program writes some of them too, each in one place: its
+//! counters (`GLOBAL_STATS`, `VIP_STATS`, `EIP_STATS`, `BALANCE_STATS`, per CPU),
+//! `OWNERS` (the owners it learns, `eip::learn`), `ECHO_SEEN` (the replies it
+//! records, `echo::record`), the budgets in `PEERS` (`peers::admit`), the director's
+//! connection tables (`BALANCE_FLOWS`, `BALANCE_FLOWS_V4`, `director`), and `LEASES`
+//! (only `vip_lease`, which extends a lease that still runs).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
-    programs::XdpContext,
 };
 use vip_common::{
-    action, balance, flags, global, index, peers,
-    xdp::{XDP_PASS, XDP_TX},
-    BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry, EipStats, FlowKey, FlowKeyV4,
-    FlowValue, IndexedEntry, Owner, Peer, PeerKey, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS,
-    MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
-};
-
-use crate::{
-    echo::Family,
-    handover,
-    packet::{self, Error, Frame},
+    action,
+    balance_maps::{self, MAX_BALANCED_GROUPS, MAX_MEMBERS},
+    flags, global, index, peers, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry,
+    EipStats, FlowKey, FlowKeyV4, FlowValue, IndexedEntry, Owner, Peer, PeerKey, Settings,
+    VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
 /// IPv4 VIP (4 bytes, network order, as a native-endian u32) -> entry.
@@ -95,26 +95,28 @@ const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 pub static ECHO_SEEN: Array<EchoSeen> = Array::with_max_entries(MAX_GROUPS, 0);
 
 /// (peer, this node) -> what may reach the election's port from there (see
-/// `vip_common::peers` and `crate::peers`). The agent writes it before the program
-/// is attached; the program updates the budgets in place (a racing update by
-/// another CPU can only let a datagram more through).
+/// `vip_common::peers` and `crate::peers`). The agent writes a pair's entry when it
+/// admits the pair (at start, on a reload) and when it learns the peer's MAC (the
+/// budgets start afresh then); the program updates the budgets in place (a racing
+/// update by another CPU can only let a datagram more through).
 #[map]
 pub static PEERS: HashMap<PeerKey, Peer> = HashMap::with_max_entries(peers::MAX, 0);
 
-/// Balanced groups' Maglev tables, `balance::WORDS` per balance slot.
+/// Balanced groups' Maglev tables, `balance_maps::WORDS` per balance slot.
 #[map]
 pub static BALANCE_TABLE: Array<u64> =
-    Array::with_max_entries(balance::MAX_GROUPS * balance::WORDS, 0);
+    Array::with_max_entries(MAX_BALANCED_GROUPS * balance_maps::WORDS, 0);
 
-/// Balanced groups' members, `balance::MAX_MEMBERS` per balance slot.
+/// Balanced groups' members, `MAX_MEMBERS` per balance slot.
 #[map]
 pub static BALANCE_MEMBERS: Array<BalanceMember> =
-    Array::with_max_entries(balance::MAX_GROUPS * balance::MAX_MEMBERS, 0);
+    Array::with_max_entries(MAX_BALANCED_GROUPS * MAX_MEMBERS, 0);
 
+/// Per balance slot: which ports the group balances.
 #[map]
-pub static BALANCE_CONF: Array<BalanceConf> = Array::with_max_entries(balance::MAX_GROUPS, 0);
+pub static BALANCE_CONF: Array<BalanceConf> = Array::with_max_entries(MAX_BALANCED_GROUPS, 0);
 
-/// `balance::port_key` -> 1 for the balanced ports of groups that list them.
+/// `balance_maps::port_key` -> 1 for the balanced ports of groups that list them.
 #[map]
 pub static BALANCE_PORTS: HashMap<u64, u32> = HashMap::with_max_entries(256, 0);
 
@@ -123,25 +125,27 @@ pub static BALANCE_PORTS: HashMap<u64, u32> = HashMap::with_max_entries(256, 0);
 /// takes no lock shared with the other CPUs.
 #[map]
 pub static BALANCE_FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(balance::MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(balance_maps::MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 #[map]
 pub static BALANCE_FLOWS_V4: LruHashMap<FlowKeyV4, FlowValue> =
-    LruHashMap::with_max_entries(balance::MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(balance_maps::MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
+/// Per (balance slot, member), per CPU: what the director sent to each member.
 #[map]
 pub static BALANCE_STATS: PerCpuArray<BalanceStats> =
-    PerCpuArray::with_max_entries(balance::MAX_GROUPS * balance::MAX_MEMBERS, 0);
+    PerCpuArray::with_max_entries(MAX_BALANCED_GROUPS * MAX_MEMBERS, 0);
 
-/// `balance::node_key` -> 1 for every node of every balanced group (the agent's
+/// `balance_maps::node_key` -> 1 for every node of every balanced group (the agent's
 /// membership: each node heard, itself included): what a member delivers locally.
 #[map]
-pub static BALANCE_NODES: HashMap<u64, u32> = HashMap::with_max_entries(balance::MAX_NODES, 0);
+pub static BALANCE_NODES: HashMap<u64, u32> = HashMap::with_max_entries(balance_maps::MAX_NODES, 0);
 
-/// Program-wide settings, written by the loader into read-only data before the
-/// program is verified: the verifier then knows them as constants, and a node without
-/// elastic IPs pays nothing for them.
+/// Program-wide settings (`vip_common::Settings`), written by the loader into
+/// read-only data before the program is verified: the verifier then knows them as
+/// constants and drops the code they turn off (a node without elastic IPs, without
+/// a balanced group or without an election port pays nothing for that code).
 #[unsafe(no_mangle)]
 static VIP_IFINDEX: u32 = 0;
 #[unsafe(no_mangle)]
@@ -215,10 +219,17 @@ pub fn count_global(index: u32) {
     }
 }
 
+/// The VIP's counters on this CPU.
+///
+/// # Safety
+///
+/// The caller holds no other reference to the same slot while it uses this one: a
+/// packet takes its VIP's stats once.
 #[inline(always)]
-pub fn stats(entry: &VipEntry) -> Option<&mut VipStats> {
+pub unsafe fn stats(entry: &VipEntry) -> Option<&'static mut VipStats> {
     match VIP_STATS.get_ptr_mut(entry.stats_index) {
-        // SAFETY: per-CPU slot, nobody else writes it concurrently.
+        // SAFETY: this CPU's slot, which no other CPU writes; the caller holds no other
+        // reference to it.
         Some(p) => Some(unsafe { &mut *p }),
         None => {
             count_global(global::BAD_STATS_INDEX);
@@ -246,73 +257,4 @@ pub fn answers(entry: &VipEntry) -> bool {
     (entry.action == action::LOCAL || entry.action == action::REDIRECT)
         && !lease_expired(entry)
         && QUIET.get(entry.group_index).is_none_or(|q| *q == 0)
-}
-
-/// Steers one IP packet addressed to a VIP according to its entry.
-#[inline(always)]
-pub fn steer(
-    ctx: &XdpContext,
-    frame: &Frame,
-    entry: &VipEntry,
-    family: Family,
-) -> Result<u32, Error> {
-    // A frame flooded to us for another node's MAC is not ours to act on: steering it
-    // would duplicate it.
-    if frame.dst != entry.own_mac {
-        count_global(global::NOT_OUR_MAC);
-        return Ok(XDP_PASS);
-    }
-    let Some(stats) = stats(entry) else {
-        return Ok(XDP_PASS);
-    };
-    stats.rx_packets += 1;
-    stats.rx_bytes += frame.len;
-    if lease_expired(entry) {
-        stats.lease_expired += 1;
-        return Ok(XDP_PASS);
-    }
-    // A planned handover's drain: established TCP connections stay on the node that
-    // has their sockets (see `handover`).
-    if entry.flags & (flags::GRACE | flags::KEEP) != 0 {
-        if let Some(act) = handover::steer(ctx, frame, entry, stats)? {
-            return Ok(act);
-        }
-    }
-    if settings().balance_enabled != 0 && entry.flags & flags::BALANCED != 0 {
-        if entry.action == action::LOCAL {
-            if let Some(act) = crate::balance::steer(ctx, entry, family)? {
-                stats.forwarded += 1;
-                return Ok(act);
-            }
-        } else if entry.action == action::FORWARD && crate::balance::from_node(ctx, entry)? {
-            // A member: what a node sends us is ours; the rest goes to the director.
-            stats.passed += 1;
-            return Ok(XDP_PASS);
-        }
-    }
-    match entry.action {
-        action::REDIRECT => {
-            // On a missing devmap entry the helper returns XDP_PASS (the flags' low bits).
-            match REDIRECT_DEVS.redirect(entry.ifindex, XDP_PASS as u64) {
-                Ok(act) => {
-                    packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
-                    stats.redirected += 1;
-                    Ok(act)
-                }
-                Err(_) => {
-                    stats.passed += 1;
-                    Err(Error::Aborted)
-                }
-            }
-        }
-        action::FORWARD => {
-            packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
-            stats.forwarded += 1;
-            Ok(XDP_TX)
-        }
-        _ => {
-            stats.passed += 1;
-            Ok(XDP_PASS)
-        }
-    }
 }

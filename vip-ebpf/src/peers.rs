@@ -17,47 +17,39 @@ use vip_common::{
 };
 
 use crate::{
-    echo::Family,
     maps::{self, PEERS},
-    packet::{ptr_at, Error, Mac, ETH_HLEN},
+    packet::{src_mac, Error},
+    parse::{Addrs, Packet},
 };
 
 /// True when the datagram to the election's port may go on (to the reflector if
 /// `probe`, else to the agent's socket); false when it is to be dropped (counted).
 #[inline(always)]
-pub fn admit(ctx: &XdpContext, family: Family, probe: bool) -> Result<bool, Error> {
-    let key = match family {
-        Family::V4 => {
-            let a: *const [[u8; 4]; 2] = ptr_at(ctx, ETH_HLEN + 12)?;
-            // SAFETY: bounds checked by ptr_at.
-            let a = unsafe { &*a };
-            PeerKey {
-                src: v4_mapped(a[0]),
-                dst: v4_mapped(a[1]),
-            }
-        }
-        Family::V6 => {
-            let a: *const [[u8; 16]; 2] = ptr_at(ctx, ETH_HLEN + 8)?;
-            // SAFETY: bounds checked by ptr_at.
-            let a = unsafe { &*a };
-            PeerKey {
-                src: a[0],
-                dst: a[1],
-            }
+pub fn admit(ctx: &XdpContext, pkt: &Packet, probe: bool) -> Result<bool, Error> {
+    let key = match pkt.addrs(ctx) {
+        Addrs::V4 { src, dst } => PeerKey {
+            src: v4_mapped(*src),
+            dst: v4_mapped(*dst),
+        },
+        Addrs::V6 { src, dst } => {
+            let mut k = PeerKey::default();
+            k.src.copy_from_slice(src);
+            k.dst.copy_from_slice(dst);
+            k
         }
     };
-    let Some(peer) = PEERS.get_ptr_mut(&key) else {
+    let Some(peer) = PEERS.get_ptr_mut(key) else {
         maps::count_global(global::ELECTION_NOT_PEER);
         return Ok(false);
     };
     // SAFETY: a valid value of the map; the program's writes are budgets only.
     let peer = unsafe { &mut *peer };
-    let src: *const Mac = ptr_at(ctx, 6)?;
+    let src = src_mac(ctx)?;
     // The coarse clock (a tick, a few ms): a budget allows BURST datagrams at one
     // reading and one per gap as it advances, whatever the tick; the precise one
     // would cost every datagram of a peer a third more.
-    // SAFETY: bounds checked by ptr_at; a helper without side effects.
-    let (src, now) = (unsafe { *src }, unsafe { bpf_ktime_get_coarse_ns() });
+    // SAFETY: a helper without side effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let stranger = peer.mac_known != 0 && src != peer.mac;
     if stranger && !probe {
         if now.wrapping_sub(peer.stranger_ns) < STRANGER_GAP_NS {

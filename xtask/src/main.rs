@@ -28,6 +28,10 @@ enum Cmd {
     Setup,
     /// Build the self-contained `target/release/vip` (XDP object embedded).
     Build,
+    /// Lint the XDP program (`vip-ebpf`, outside the workspace) for its own target,
+    /// bpfel-unknown-none, with the clippy of the compiler that builds it; warnings
+    /// are errors. CI runs it next to the workspace's clippy.
+    ClippyEbpf,
     /// Build, then run the agent in the foreground on IFACE with CONFIG.
     BuildAndLoad {
         #[arg(long)]
@@ -108,6 +112,7 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
         Cmd::Build => build().map(|_| ()),
+        Cmd::ClippyEbpf => clippy_ebpf(),
         Cmd::BuildAndLoad {
             iface,
             config,
@@ -201,6 +206,44 @@ fn build() -> Result<PathBuf> {
         bail!("{} was not produced", vip.display());
     }
     Ok(vip)
+}
+
+/// Clippy over the eBPF crate as it is built: for bpfel-unknown-none, by Debian's
+/// rustc (the only one here with a `core` for that target) and the clippy-driver
+/// built with it (package rust-web-clippy; rustup's clippy has no BPF `core`).
+/// `cargo-clippy` runs `cargo check` with its sibling clippy-driver as the wrapper.
+/// Its own target directory, so that the real build's artifacts are left alone.
+fn clippy_ebpf() -> Result<()> {
+    setup::ensure()?;
+    eprintln!("[clippy-ebpf] clippy for bpfel-unknown-none over vip-ebpf (-D warnings)");
+    let mut c = Command::new(setup::BPF_CLIPPY);
+    c.current_dir(root().join("vip-ebpf"))
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--lib",
+            "--bins",
+        ])
+        .arg("--target-dir")
+        .arg(root().join("target/bpf-clippy"))
+        .args(["--", "-D", "warnings"]);
+    // As vip-userspace/build.rs builds it: Debian's rustc, asm_experimental_arch
+    // (aya-ebpf) through RUSTC_BOOTSTRAP, none of the outer build's settings.
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("RUSTC_BOOTSTRAP", "1").env("RUSTC", setup::BPF_RUSTC);
+    status(&mut c)
 }
 
 /// Integration test binaries (tests/tests/NAME.rs) that measure timing or fail over:

@@ -7,11 +7,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::status;
 
-/// Debian packages: the BPF compiler (Debian's rustc with a prebuilt bpfel core),
-/// what bpf-linker builds against, and the tools the tests and demo drive.
+/// Debian packages: the BPF compiler (Debian's rustc with a prebuilt bpfel core)
+/// and its clippy, what bpf-linker builds against, and the tools the tests and demo
+/// drive.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
+    "rust-web-clippy",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -28,7 +30,10 @@ const PACKAGES: &[&str] = &[
     "nftables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const BPF_RUSTC: &str = "/usr/bin/rustc";
+pub const BPF_RUSTC: &str = "/usr/bin/rustc";
+/// rust-web-clippy's, next to its clippy-driver (rustup's `cargo-clippy` comes first
+/// on PATH and drives rustup's toolchain).
+pub const BPF_CLIPPY: &str = "/usr/bin/cargo-clippy";
 
 /// What is missing, one line each; empty when everything is in place.
 pub fn missing() -> Vec<String> {

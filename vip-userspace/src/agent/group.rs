@@ -414,7 +414,7 @@ impl super::Agent {
             .iter()
             .filter_map(|g| g.balance.as_ref().map(|b| b.slot))
             .collect();
-        (0..vip_common::balance::MAX_GROUPS)
+        (0..vip_common::balance_maps::MAX_BALANCED_GROUPS)
             .find(|i| !used.contains(i))
             .context("too many balanced groups")
     }

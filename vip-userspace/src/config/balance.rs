@@ -42,13 +42,13 @@ pub(super) fn balance(
         return None;
     }
     let peers = g.peers.as_ref().map_or(0, Vec::len);
-    if peers + 1 > vip_common::balance::MAX_MEMBERS as usize {
+    if peers + 1 > vip_common::balance_maps::MAX_MEMBERS as usize {
         p(
             format!("{gkey}.balance"),
             format!(
                 "{} nodes; a balanced group has at most {}",
                 peers + 1,
-                vip_common::balance::MAX_MEMBERS
+                vip_common::balance_maps::MAX_MEMBERS
             ),
         );
     }

@@ -117,12 +117,12 @@ pub(super) fn groups(
         .map(|(gi, g)| group(gi, g, node_garp, &mut seen, p))
         .collect();
     let balanced = groups.iter().filter(|g| g.balance.is_some()).count();
-    if balanced > vip_common::balance::MAX_GROUPS as usize {
+    if balanced > vip_common::balance_maps::MAX_BALANCED_GROUPS as usize {
         p(
             "group".into(),
             format!(
                 "{balanced} groups have `balance`; a node balances at most {}",
-                vip_common::balance::MAX_GROUPS
+                vip_common::balance_maps::MAX_BALANCED_GROUPS
             ),
         );
     }

@@ -1,4 +1,4 @@
-//! The director's rows of the active/active groups (`vip_common::balance`), one slot
+//! The director's rows of the active/active groups (`vip_common::balance_maps`), one slot
 //! per balanced group: its Maglev table (`BALANCE_TABLE`), members (`BALANCE_MEMBERS`),
 //! ports (`BALANCE_CONF`, `BALANCE_PORTS`), node MACs (`BALANCE_NODES`) and what it
 //! sent each member (`BALANCE_STATS`). Not pinned: a director's table is rebuilt from
@@ -10,7 +10,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
     Ebpf,
 };
-use vip_common::{balance, maps, BalanceConf, BalanceMember, BalanceStats};
+use vip_common::{balance_maps, maps, BalanceConf, BalanceMember, BalanceStats};
 
 use super::{io_err, map_err, reader::Counters, sys, Dataplane, DataplaneError, Result};
 
@@ -26,7 +26,7 @@ pub(super) struct Director {
 
 /// Member `index` of slot `slot`, in `BALANCE_MEMBERS` and `BALANCE_STATS`.
 pub(super) fn member_slot(slot: u32, index: u32) -> u32 {
-    slot * balance::MAX_MEMBERS + index
+    slot * balance_maps::MAX_MEMBERS + index
 }
 
 impl Director {
@@ -61,18 +61,20 @@ impl Dataplane {
         members: &[BalanceMember],
         table: &[u16],
     ) -> Result<()> {
-        if slot >= balance::MAX_GROUPS || members.len() > balance::MAX_MEMBERS as usize {
+        if slot >= balance_maps::MAX_BALANCED_GROUPS
+            || members.len() > balance_maps::MAX_MEMBERS as usize
+        {
             return Err(DataplaneError::Missing("a balance slot"));
         }
         let d = &mut self.director;
         for (p, port) in old_ports {
             if !ports.contains(&(*p, *port)) {
-                let _ = d.ports.remove(&balance::port_key(slot, *p, *port));
+                let _ = d.ports.remove(&balance_maps::port_key(slot, *p, *port));
             }
         }
         for (p, port) in ports {
             d.ports
-                .insert(balance::port_key(slot, *p, *port), 1, 0)
+                .insert(balance_maps::port_key(slot, *p, *port), 1, 0)
                 .map_err(map_err(maps::BALANCE_PORTS))?;
         }
         d.conf
@@ -85,13 +87,13 @@ impl Dataplane {
                 0,
             )
             .map_err(map_err(maps::BALANCE_CONF))?;
-        for i in 0..balance::MAX_MEMBERS {
+        for i in 0..balance_maps::MAX_MEMBERS {
             let m = members.get(i as usize).copied().unwrap_or_default();
             d.members
                 .set(member_slot(slot, i), m, 0)
                 .map_err(map_err(maps::BALANCE_MEMBERS))?;
         }
-        let words = balance::WORDS as usize;
+        let words = balance_maps::WORDS as usize;
         let (mut keys, mut values) = (Vec::with_capacity(words * 4), Vec::with_capacity(words * 8));
         for w in 0..words {
             let mut word = 0u64;
@@ -102,7 +104,7 @@ impl Dataplane {
                     .unwrap_or(vip_common::maglev::NO_MEMBER);
                 word |= (v as u64) << (16 * j);
             }
-            keys.extend_from_slice(&(slot * balance::WORDS + w as u32).to_ne_bytes());
+            keys.extend_from_slice(&(slot * balance_maps::WORDS + w as u32).to_ne_bytes());
             values.extend_from_slice(&word.to_ne_bytes());
         }
         sys::update_batch(d.table.map().fd().as_fd(), &keys, &values, words as u32)
@@ -113,17 +115,19 @@ impl Dataplane {
     /// a member delivers locally what these send it (see `vip_common::flags::BALANCED`).
     /// The new ones go in first, so a node that stays is never missing.
     pub fn set_balance_nodes(&mut self, slot: u32, old: &[[u8; 6]], new: &[[u8; 6]]) -> Result<()> {
-        if slot >= balance::MAX_GROUPS || new.len() > balance::MAX_MEMBERS as usize {
+        if slot >= balance_maps::MAX_BALANCED_GROUPS
+            || new.len() > balance_maps::MAX_MEMBERS as usize
+        {
             return Err(DataplaneError::Missing("a balance slot"));
         }
         let nodes = &mut self.director.nodes;
         for mac in new {
             nodes
-                .insert(balance::node_key(slot, mac), 1, 0)
+                .insert(balance_maps::node_key(slot, mac), 1, 0)
                 .map_err(map_err(maps::BALANCE_NODES))?;
         }
         for mac in old.iter().filter(|m| !new.contains(m)) {
-            let _ = nodes.remove(&balance::node_key(slot, mac));
+            let _ = nodes.remove(&balance_maps::node_key(slot, mac));
         }
         Ok(())
     }

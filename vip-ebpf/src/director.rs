@@ -6,9 +6,10 @@
 //!   the member it started on while the member set changes, and the Maglev table
 //!   (the same on every node) places new flows, and all flows after a director
 //!   change.
-//! * An ICMP error about a packet a member sent (fragmentation needed, unreachable,
-//!   time exceeded) quotes that packet: the quoted header, swapped, is the client's
-//!   flow, so the error reaches the member that holds it.
+//! * An ICMP error about a packet a member sent (unreachable, fragmentation needed
+//!   or packet too big, time exceeded, parameter problem: `parse::is_icmp_error`)
+//!   quotes that packet: the quoted header, swapped, is the client's flow, so the
+//!   error reaches the member that holds it.
 //! * Fragments carry no ports after the first: every fragment of a protocol we
 //!   balance is hashed by addresses only (ports zero), so all fragments of a
 //!   datagram reach one member. With a list of ports they cannot be told apart and
@@ -19,25 +20,21 @@
 use aya_ebpf::programs::XdpContext;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use vip_common::{
-    balance::{self, MAX_MEMBERS, TCP, UDP, WORDS},
+    balance_maps::{self, MAX_BALANCED_GROUPS, MAX_MEMBERS, WORDS},
     flow::{flow_hash_v4, flow_hash_v6},
-    maglev::TABLE_SIZE,
+    maglev,
     xdp::XDP_TX,
     FlowKey, FlowKeyV4, FlowValue, VipEntry,
 };
 
 use crate::{
-    echo::Family,
     maps::{
         BALANCE_CONF, BALANCE_FLOWS, BALANCE_FLOWS_V4, BALANCE_MEMBERS, BALANCE_NODES,
         BALANCE_PORTS, BALANCE_STATS, BALANCE_TABLE,
     },
-    packet::{self, ptr_at, Error, Mac, ETH_HLEN},
+    packet::{self, hdr, Error},
+    parse::{is_icmp_error, Addrs, Family, Layout, Packet, ICMP, ICMPV6, TCP, UDP},
 };
-
-const ICMP: u8 = 1;
-const ICMPV6: u8 = 58;
-const IPV6_FRAGMENT: u8 = 44;
 
 /// A packet's flow, as the client sends it.
 struct Flow {
@@ -62,18 +59,19 @@ impl Key {
 }
 
 /// Some(action) when the packet goes to another member; None: deliver locally (this
-/// node's share, or not a balanced packet).
+/// node's share, or not a balanced packet). The entry's `ifindex` is the group's
+/// balance slot.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext, entry: &VipEntry, family: Family) -> Result<Option<u32>, Error> {
+pub fn member_action(
+    ctx: &mut XdpContext,
+    entry: &VipEntry,
+    pkt: &mut Packet,
+) -> Result<Option<u32>, Error> {
     let slot = entry.ifindex;
-    if slot >= balance::MAX_GROUPS {
+    if slot >= MAX_BALANCED_GROUPS {
         return Ok(None);
     }
-    let flow = match family {
-        Family::V4 => flow_v4(ctx)?,
-        Family::V6 => flow_v6(ctx)?,
-    };
-    let Some(flow) = flow else {
+    let Some(flow) = flow(ctx, pkt)? else {
         return Ok(None);
     };
     let Some(conf) = BALANCE_CONF.get(slot) else {
@@ -81,10 +79,9 @@ pub fn steer(ctx: &XdpContext, entry: &VipEntry, family: Family) -> Result<Optio
     };
     if conf.all_ports == 0 {
         let (proto, port) = flow.key.proto_dport();
+        let key = balance_maps::port_key(slot, proto, port);
         // SAFETY: hash-map values are replaced under RCU, never written in place.
-        if flow.frag
-            || unsafe { BALANCE_PORTS.get(&balance::port_key(slot, proto, port)) }.is_none()
-        {
+        if flow.frag || unsafe { BALANCE_PORTS.get(key) }.is_none() {
             return Ok(None);
         }
     }
@@ -107,8 +104,8 @@ pub fn steer(ctx: &XdpContext, entry: &VipEntry, family: Family) -> Result<Optio
             _pad: 0,
         };
         let _ = match &flow.key {
-            Key::V4(k) => BALANCE_FLOWS_V4.insert(k, &v, 0),
-            Key::V6(k) => BALANCE_FLOWS.insert(k, &v, 0),
+            Key::V4(k) => BALANCE_FLOWS_V4.insert(k, v, 0),
+            Key::V6(k) => BALANCE_FLOWS.insert(k, v, 0),
         };
     }
     if let Some(s) = BALANCE_STATS.get_ptr_mut(row) {
@@ -139,15 +136,13 @@ pub fn steer(ctx: &XdpContext, entry: &VipEntry, family: Family) -> Result<Optio
 /// direct at once: a split election, which this check does not mend).
 #[inline(always)]
 pub fn from_node(ctx: &XdpContext, entry: &VipEntry) -> Result<bool, Error> {
-    let src: *const Mac = ptr_at(ctx, 6)?;
-    // SAFETY: bounds checked by ptr_at.
-    let src = unsafe { *src };
+    let src = packet::src_mac(ctx)?;
     if src == entry.dst_mac {
         return Ok(true);
     }
-    let key = balance::node_key(entry.ifindex, &src);
+    let key = balance_maps::node_key(entry.ifindex, &src);
     // SAFETY: hash-map values are replaced under RCU, never written in place.
-    Ok(unsafe { BALANCE_NODES.get(&key) }.is_some())
+    Ok(unsafe { BALANCE_NODES.get(key) }.is_some())
 }
 
 /// The member the connection table holds for the flow, if it is still up.
@@ -156,9 +151,10 @@ fn pinned(slot: u32, flow: &Flow) -> Option<u32> {
     if flow.frag {
         return None;
     }
-    // SAFETY: LRU values are replaced under RCU, never written in place.
     let index = match &flow.key {
+        // SAFETY: LRU values are replaced under RCU, never written in place.
         Key::V4(k) => unsafe { BALANCE_FLOWS_V4.get(k) },
+        // SAFETY: as above.
         Key::V6(k) => unsafe { BALANCE_FLOWS.get(k) },
     }?
     .member;
@@ -188,140 +184,117 @@ fn table(slot: u32, flow: &Flow) -> Option<u32> {
             k.proto,
         ),
     };
-    let s = h % TABLE_SIZE as u32;
+    let s = maglev::slot(h);
     let word = BALANCE_TABLE.get(slot * WORDS + s / 4)?;
     let index = ((*word >> (16 * (s % 4))) & 0xffff) as u32;
     (index < MAX_MEMBERS).then_some(index)
 }
 
+/// The flow of a packet to a balanced VIP, None when it is not one the director
+/// spreads: TCP and UDP (a fragment by addresses only), and an ICMP error about a
+/// packet a member sent (the quoted header, swapped). IPv6 only right behind the
+/// fixed header or a fragment header.
 #[inline(always)]
-fn ports_at(ctx: &XdpContext, off: usize) -> Result<([u8; 2], [u8; 2]), Error> {
-    let p: *const [u8; 4] = ptr_at(ctx, off)?;
-    // SAFETY: bounds checked by ptr_at.
-    let p = unsafe { &*p };
-    Ok(([p[0], p[1]], [p[2], p[3]]))
-}
-
-#[inline(always)]
-fn v4_key(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Key {
-    Key::V4(FlowKeyV4 {
-        src,
-        dst,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    })
-}
-
-#[inline(always)]
-fn flow_v4(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &*ip };
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    let l4 = ETH_HLEN + ihl;
-    let frags = u16::from_be_bytes(ip.frags);
-    let frag = frags & 0x3fff != 0;
-    match ip.proto {
-        TCP | UDP if frag => Ok(Some(Flow {
-            key: v4_key(ip.src_addr, ip.dst_addr, [0; 2], [0; 2], ip.proto),
+fn flow(ctx: &XdpContext, pkt: &mut Packet) -> Result<Option<Flow>, Error> {
+    let l = pkt.layout(ctx);
+    if pkt.family == Family::V6 && l.options() {
+        return Ok(None);
+    }
+    let (family, proto) = (pkt.family, l.proto);
+    match proto {
+        TCP | UDP if l.fragment() => Ok(Some(Flow {
+            key: key(ctx, pkt, [0; 2], [0; 2], proto)?,
             frag: true,
         })),
         TCP | UDP => {
-            let (sport, dport) = ports_at(ctx, l4)?;
+            let p = pkt.transport(ctx).ports.ok_or(Error::Truncated)?;
             Ok(Some(Flow {
-                key: v4_key(ip.src_addr, ip.dst_addr, sport, dport, ip.proto),
+                key: key(ctx, pkt, p.src, p.dst, proto)?,
                 frag: false,
             }))
         }
-        ICMP if !frag => {
-            // The whole ICMP header: a 1-byte read at a variable offset is bounds
-            // checked in a form the verifier does not follow (`p >= end`).
-            let h: *const [u8; 8] = ptr_at(ctx, l4)?;
-            // SAFETY: bounds checked by ptr_at.
-            if !matches!(unsafe { (*h)[0] }, 3 | 11 | 12) {
+        ICMP | ICMPV6 if !l.fragment() && (proto == ICMP) == (family == Family::V4) => {
+            let t = pkt.transport(ctx).icmp_type.ok_or(Error::Truncated)?;
+            if !is_icmp_error(family, t) {
                 return Ok(None);
             }
-            // The quoted header (without options): what a member sent to the client.
-            let inner: *const Ipv4Hdr = ptr_at(ctx, l4 + 8)?;
-            // SAFETY: bounds checked by ptr_at.
-            let inner = unsafe { &*inner };
+            quoted(ctx, family, &l)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The flow an ICMP error quotes: what a member sent to the client, swapped. IPv4
+/// only without options in the quoted header.
+#[inline(always)]
+fn quoted(ctx: &XdpContext, family: Family, l: &Layout) -> Result<Option<Flow>, Error> {
+    let at = l.quoted();
+    let key = match family {
+        Family::V4 => {
+            let inner = hdr::<Ipv4Hdr>(ctx, at)?;
             if inner.vihl != 0x45 || !matches!(inner.proto, TCP | UDP) {
                 return Ok(None);
             }
-            let (isport, idport) = ports_at(ctx, l4 + 8 + Ipv4Hdr::LEN)?;
-            Ok(Some(Flow {
-                key: v4_key(inner.dst_addr, inner.src_addr, idport, isport, inner.proto),
-                frag: false,
-            }))
+            let p = hdr::<[[u8; 2]; 2]>(ctx, at + Ipv4Hdr::LEN)?;
+            Key::V4(FlowKeyV4 {
+                src: inner.dst_addr,
+                dst: inner.src_addr,
+                sport: p[1],
+                dport: p[0],
+                proto: inner.proto,
+                _pad: [0; 3],
+            })
         }
-        _ => Ok(None),
-    }
-}
-
-#[inline(always)]
-fn v6_key(src: &[u8; 16], dst: &[u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Key {
-    Key::V6(FlowKey {
-        src: *src,
-        dst: *dst,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    })
-}
-
-#[inline(always)]
-fn flow_v6(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by ptr_at.
-    let ip = unsafe { &*ip };
-    let l4 = ETH_HLEN + Ipv6Hdr::LEN;
-    match ip.next_hdr {
-        TCP | UDP => {
-            let (sport, dport) = ports_at(ctx, l4)?;
-            Ok(Some(Flow {
-                key: v6_key(&ip.src_addr, &ip.dst_addr, sport, dport, ip.next_hdr),
-                frag: false,
-            }))
-        }
-        IPV6_FRAGMENT => {
-            let next: *const u8 = ptr_at(ctx, l4)?;
-            // SAFETY: bounds checked by ptr_at.
-            let next = unsafe { *next };
-            if !matches!(next, TCP | UDP) {
-                return Ok(None);
-            }
-            Ok(Some(Flow {
-                key: v6_key(&ip.src_addr, &ip.dst_addr, [0; 2], [0; 2], next),
-                frag: true,
-            }))
-        }
-        ICMPV6 => {
-            let t: *const u8 = ptr_at(ctx, l4)?;
-            // SAFETY: bounds checked by ptr_at.
-            if !matches!(unsafe { *t }, 1..=4) {
-                return Ok(None);
-            }
-            let inner: *const Ipv6Hdr = ptr_at(ctx, l4 + 8)?;
-            // SAFETY: bounds checked by ptr_at.
-            let inner = unsafe { &*inner };
+        Family::V6 => {
+            let inner = hdr::<Ipv6Hdr>(ctx, at)?;
             if !matches!(inner.next_hdr, TCP | UDP) {
                 return Ok(None);
             }
-            let (isport, idport) = ports_at(ctx, l4 + 8 + Ipv6Hdr::LEN)?;
-            Ok(Some(Flow {
-                key: v6_key(
-                    &inner.dst_addr,
-                    &inner.src_addr,
-                    idport,
-                    isport,
-                    inner.next_hdr,
-                ),
-                frag: false,
-            }))
+            let p = hdr::<[[u8; 2]; 2]>(ctx, at + Ipv6Hdr::LEN)?;
+            Key::V6(FlowKey {
+                src: inner.dst_addr,
+                dst: inner.src_addr,
+                sport: p[1],
+                dport: p[0],
+                proto: inner.next_hdr,
+                _pad: [0; 3],
+            })
         }
-        _ => Ok(None),
-    }
+    };
+    Ok(Some(Flow { key, frag: false }))
+}
+
+/// The packet's own flow key.
+#[inline(always)]
+fn key(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    sport: [u8; 2],
+    dport: [u8; 2],
+    proto: u8,
+) -> Result<Key, Error> {
+    Ok(match pkt.addrs(ctx) {
+        Addrs::V4 { src, dst } => {
+            let mut k = FlowKeyV4 {
+                sport,
+                dport,
+                proto,
+                ..FlowKeyV4::default()
+            };
+            k.src.copy_from_slice(src);
+            k.dst.copy_from_slice(dst);
+            Key::V4(k)
+        }
+        Addrs::V6 { src, dst } => {
+            let mut k = FlowKey {
+                sport,
+                dport,
+                proto,
+                ..FlowKey::default()
+            };
+            k.src.copy_from_slice(src);
+            k.dst.copy_from_slice(dst);
+            Key::V6(k)
+        }
+    })
 }

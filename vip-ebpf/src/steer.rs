@@ -1,0 +1,86 @@
+//! The action for an IP packet addressed to a VIP, from its entry: the data path
+//! shared by IPv4 and IPv6 once the VIP is found.
+
+use aya_ebpf::programs::XdpContext;
+use vip_common::{
+    action, flags, global,
+    xdp::{XDP_PASS, XDP_TX},
+    VipEntry,
+};
+
+use crate::{
+    director, handover,
+    maps::{self, REDIRECT_DEVS},
+    packet::{self, Error, Frame},
+    parse::Packet,
+};
+
+/// What becomes of one IP packet to a VIP (counted in the VIP's stats).
+#[inline(always)]
+pub fn vip_action(
+    ctx: &mut XdpContext,
+    frame: &Frame,
+    entry: &VipEntry,
+    pkt: &mut Packet,
+) -> Result<u32, Error> {
+    // A frame flooded to us for another node's MAC is not ours to act on: steering it
+    // would duplicate it.
+    if frame.dst != entry.own_mac {
+        maps::count_global(global::NOT_OUR_MAC);
+        return Ok(XDP_PASS);
+    }
+    // SAFETY: the packet's one reference to the VIP's stats.
+    let Some(stats) = (unsafe { maps::stats(entry) }) else {
+        return Ok(XDP_PASS);
+    };
+    stats.rx_packets += 1;
+    stats.rx_bytes += frame.len;
+    if maps::lease_expired(entry) {
+        stats.lease_expired += 1;
+        return Ok(XDP_PASS);
+    }
+    // A planned handover's drain: established TCP connections stay on the node that
+    // has their sockets (see `handover`).
+    if entry.flags & (flags::GRACE | flags::KEEP) != 0 {
+        if let Some(act) = handover::drain_action(ctx, entry, pkt, stats)? {
+            return Ok(act);
+        }
+    }
+    if maps::settings().balance_enabled != 0 && entry.flags & flags::BALANCED != 0 {
+        if entry.action == action::LOCAL {
+            if let Some(act) = director::member_action(ctx, entry, pkt)? {
+                stats.forwarded += 1;
+                return Ok(act);
+            }
+        } else if entry.action == action::FORWARD && director::from_node(ctx, entry)? {
+            // A member: what a node sends us is ours; the rest goes to the director.
+            stats.passed += 1;
+            return Ok(XDP_PASS);
+        }
+    }
+    match entry.action {
+        action::REDIRECT => {
+            // On a missing devmap entry the helper returns XDP_PASS (the flags' low bits).
+            match REDIRECT_DEVS.redirect(entry.ifindex, XDP_PASS as u64) {
+                Ok(act) => {
+                    packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
+                    stats.redirected += 1;
+                    Ok(act)
+                }
+                Err(_) => {
+                    stats.passed += 1;
+                    Err(Error::Aborted)
+                }
+            }
+        }
+        action::FORWARD => {
+            packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
+            stats.forwarded += 1;
+            Ok(XDP_TX)
+        }
+        _ => {
+            stats.passed += 1;
+            Ok(XDP_PASS)
+        }
+    }
+}

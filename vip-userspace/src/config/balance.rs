@@ -1,9 +1,7 @@
 //! `balance` of an elected group (active/active): the ports it spreads over the group's
 //! nodes, each balanced by one group only, within the data plane's limits.
 
-use serde::Deserialize;
-
-use super::group::RawGroup;
+use super::raw::RawGroup;
 
 /// `balance = {}` (all TCP and UDP) or `balance = { ports = ["tcp/443", ...] }`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -16,12 +14,6 @@ impl Balance {
     pub fn port_label((proto, port): (u8, u16)) -> String {
         format!("{}/{port}", if proto == 6 { "tcp" } else { "udp" })
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawBalance {
-    pub(super) ports: Option<Vec<String>>,
 }
 
 /// `balance`: elected groups only; ports as "tcp/N" or "udp/N", each balanced by one

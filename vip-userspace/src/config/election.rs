@@ -5,7 +5,7 @@
 use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Duration};
 
 use super::{
-    group::RawGroup, Config, ConfigError, Problem, DEFAULT_ADVERT_INTERVAL_MS,
+    raw::RawGroup, Config, ConfigError, Problem, DEFAULT_ADVERT_INTERVAL_MS,
     DEFAULT_ECHO_INTERVAL_MS, DEFAULT_ECHO_MISSES, MIN_ADVERT_INTERVAL_MS, MIN_ECHO_MISSES,
     MIN_KEY_LEN,
 };

@@ -4,16 +4,11 @@
 //! group only, names and keepalived instances once each, the limits on their number).
 //! The election's, balance's and health checks' keys of a group are in their rooms.
 
-use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, time::Duration};
-
-use serde::Deserialize;
+use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
 
 use super::{
-    balance::{self, RawBalance},
-    election,
-    node::garp,
-    track::{self, RawCheck},
-    Balance, Election, Garp, Track, DEFAULT_DRAIN_MS,
+    balance, election, node::garp, raw::RawGroup, track, Balance, Election, Garp, Track,
+    DEFAULT_DRAIN_MS,
 };
 use crate::mac::Mac;
 
@@ -64,35 +59,6 @@ pub struct Redirect {
     pub interface: String,
     /// Destination MAC for redirected frames; discovered from the veth peer if absent.
     pub mac: Option<Mac>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawGroup {
-    pub(super) name: String,
-    pub(super) vips: Vec<String>,
-    pub(super) role: Option<String>,
-    pub(super) redirect_to: Option<String>,
-    pub(super) redirect_mac: Option<String>,
-    pub(super) forward_to: Option<String>,
-    pub(super) garp_count: Option<u32>,
-    pub(super) garp_interval_ms: Option<u64>,
-    pub(super) garp_refresh_ms: Option<u64>,
-    pub(super) drain_ms: Option<u64>,
-    pub(super) peers: Option<Vec<String>>,
-    pub(super) priority: Option<i64>,
-    pub(super) advert_interval_ms: Option<u64>,
-    pub(super) preempt: Option<bool>,
-    pub(super) preempt_delay_ms: Option<u64>,
-    pub(super) auth_key_file: Option<PathBuf>,
-    pub(super) lease_ms: Option<u64>,
-    pub(super) echo_interval_ms: Option<u64>,
-    pub(super) echo_misses: Option<u32>,
-    pub(super) balance: Option<RawBalance>,
-    pub(super) keepalived_instance: Option<String>,
-    pub(super) track_interface: Option<bool>,
-    pub(super) track_script: Option<RawCheck>,
-    pub(super) track_tcp: Option<RawCheck>,
 }
 
 /// What the groups read so far hold, for the rules across groups.

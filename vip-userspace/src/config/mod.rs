@@ -17,6 +17,7 @@ mod election;
 mod group;
 mod host;
 mod node;
+mod raw;
 #[cfg(test)]
 mod tests;
 mod track;
@@ -102,7 +103,7 @@ pub enum ConfigError {
 struct RawConfig {
     node: node::RawNode,
     #[serde(default)]
-    group: Vec<group::RawGroup>,
+    group: Vec<raw::RawGroup>,
     #[serde(default)]
     eip: Vec<eips::RawEip>,
 }

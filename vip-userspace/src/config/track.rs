@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::group::RawGroup;
+use super::raw::{RawCheck, RawGroup};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Track {
@@ -25,17 +23,6 @@ pub struct Check {
     /// Consecutive successes to become healthy, failures to become faulty.
     pub rise: u32,
     pub fall: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawCheck {
-    pub(super) command: Option<Vec<String>>,
-    pub(super) address: Option<String>,
-    pub(super) interval_ms: Option<u64>,
-    pub(super) timeout_ms: Option<u64>,
-    pub(super) rise: Option<u32>,
-    pub(super) fall: Option<u32>,
 }
 
 /// The group's checks; the interface is tracked by default in elected groups.

@@ -12,7 +12,7 @@ use aya::{
 };
 use vip_common::{balance_maps, maps, BalanceConf, BalanceMember, BalanceStats};
 
-use super::{io_err, map_err, reader::Counters, sys, Dataplane, DataplaneError, Result};
+use super::{handles::Counters, io_err, map_err, sys, Dataplane, DataplaneError, Result};
 
 /// The director's part of the data plane.
 pub(super) struct Director {

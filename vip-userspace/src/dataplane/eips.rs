@@ -11,7 +11,10 @@ use aya::{
 };
 use vip_common::{maps, EipEntry, EipNodeKey, EipStats, Owner};
 
-use super::{map_err, reader, reader::Counters, Dataplane, Result};
+use super::{
+    handles::{self, Counters},
+    map_err, Dataplane, Result,
+};
 
 /// What status reads of the EIPs: the learned owners and the counters.
 pub(super) struct EipReads {
@@ -31,7 +34,7 @@ impl EipReads {
 
     pub(super) fn dup(&self) -> Result<Self> {
         Ok(EipReads {
-            owners: reader::dup_hash(&self.owners, maps::OWNERS)?,
+            owners: handles::dup_hash(&self.owners, maps::OWNERS)?,
             stats: self.stats.dup()?,
         })
     }

@@ -14,8 +14,8 @@
 //! * `eips`: the elastic IPs' mappings, learned owners, nodes and counters;
 //! * `director`: an active/active group's rows (`BALANCE_*`);
 //! * `peers`: who may reach the election's port (`PEERS`);
-//! * `reader`: per-CPU counter slots, and read-only handles for status and metrics
-//!   on another thread;
+//! * `handles`: per-CPU counter slots (summed, zeroed) and second handles on a map;
+//! * `reader`: the read-only handles status and metrics read on another thread;
 //! * `vip_maps`: [`VipMaps`], the writes a change of ownership makes, in the order
 //!   `crate::ownership` gives them: the one seam unit tests record instead of a kernel;
 //! * `sys`: the raw bpf(2) call aya has no wrapper for (BPF_MAP_UPDATE_BATCH);
@@ -27,6 +27,7 @@
 
 mod director;
 mod eips;
+mod handles;
 mod leases;
 mod peers;
 mod program;
@@ -142,20 +143,20 @@ impl Dataplane {
     /// The prober's own handle on `ECHO_SEEN` (it runs on its own thread).
     pub fn echo_seen(&self) -> Result<Array<MapData, EchoSeen>> {
         use aya::maps::IterableMap as _;
-        let map = reader::dup_map(self.echo_seen.map(), maps::ECHO_SEEN)?;
+        let map = handles::dup_map(self.echo_seen.map(), maps::ECHO_SEEN)?;
         Array::try_from(Map::Array(map)).map_err(map_err(maps::ECHO_SEEN))
     }
 
     /// Program-wide counters, by name, summed over CPUs.
     pub fn global_stats(&self) -> Result<Vec<(&'static str, u64)>> {
-        reader::global_stats(&self.global)
+        handles::global_stats(&self.global)
     }
 
     /// Read-only handles for another thread.
     pub fn reader(&self) -> Result<Reader> {
         Ok(Reader {
             vips: self.vips.tables().dup()?,
-            global: reader::dup_per_cpu(&self.global, maps::GLOBAL_STATS)?,
+            global: handles::dup_per_cpu(&self.global, maps::GLOBAL_STATS)?,
             eips: self.eips.read().dup()?,
             balance_stats: self.director.stats().dup()?,
         })

@@ -13,9 +13,9 @@ use aya::{
 use vip_common::{maps, IndexedEntry, VipEntry, VipStats};
 
 use super::{
-    absent_ok, io_err, map_err, reader,
-    reader::Counters,
-    sys,
+    absent_ok, handles,
+    handles::Counters,
+    io_err, map_err, sys,
     vip_index::{Index, KernelStore, Store},
     Dataplane, Result,
 };
@@ -48,8 +48,8 @@ impl VipTables {
 
     pub(super) fn dup(&self) -> Result<Self> {
         Ok(VipTables {
-            v4: reader::dup_hash(&self.v4, maps::VIPS_V4)?,
-            v6: reader::dup_hash(&self.v6, maps::VIPS_V6)?,
+            v4: handles::dup_hash(&self.v4, maps::VIPS_V4)?,
+            v6: handles::dup_hash(&self.v6, maps::VIPS_V6)?,
             stats: self.stats.dup()?,
         })
     }

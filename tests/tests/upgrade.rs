@@ -94,9 +94,21 @@ fn reload_re_executes_a_replaced_binary_and_loses_nothing() {
         probes.len()
     );
     assert_eq!(lost, 0, "probes lost across the upgrade");
+    let by_b: Vec<String> = probes
+        .iter()
+        .filter(|p| p.answered_by.as_deref() == Some("b"))
+        .map(|p| format!("#{} at {:?}", p.seq, p.sent))
+        .collect();
     assert!(
-        probes.iter().all(|p| p.answered_by.as_deref() == Some("a")),
-        "b answered during a's upgrade"
+        by_b.is_empty(),
+        "b answered during a's upgrade: {} probes ({}); b's status: {}\na's log:\n{}\nb's log:\n{}",
+        by_b.len(),
+        by_b.join(", "),
+        b.status()
+            .map(|s| s["groups"][0].to_string())
+            .unwrap_or_default(),
+        a.log_text(),
+        b.log_text()
     );
     assert_eq!(
         b.status().unwrap()["groups"][0]["transitions"],

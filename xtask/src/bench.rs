@@ -360,7 +360,7 @@ mod tests {
             json!({"bench": "failover", "case": "vip defaults, 3 nodes (baseline): link down", "value": 12.0}),
             json!({"bench": "failover", "case": "vip defaults: link down", "value": 15.0}),
         ];
-        pair_baselines(&mut r, Some("/work/baseline/vip-old"));
+        pair_baselines(&mut r, Some("/opt/old/vip-old"));
         assert_eq!(r[0]["baseline"], "vip-old");
         assert_eq!(r[0]["baseline_value"], 12.0);
         assert_eq!(r[0]["ratio"], 2.0);

@@ -319,6 +319,56 @@ pub fn tcp6(
     f
 }
 
+// Reshaping a built frame: the parser's odd shapes.
+
+/// IPv4 with 4 bytes of options (NOP NOP NOP EOL) in front of the payload.
+pub fn with_ip_options(f: &[u8]) -> Vec<u8> {
+    let mut out = f[..34].to_vec();
+    out.extend_from_slice(&[1, 1, 1, 0]);
+    out.extend_from_slice(&f[34..]);
+    out[14] = 0x46;
+    let total = u16::from_be_bytes([out[16], out[17]]) + 4;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    ipv4_checksum(&mut out);
+    out
+}
+
+/// IPv4 with its fragment field set (offset in 8-byte units, more fragments).
+pub fn fragment(f: &[u8], offset: u16, more: bool) -> Vec<u8> {
+    let mut out = f.to_vec();
+    let v = offset | if more { 0x2000 } else { 0 };
+    out[20..22].copy_from_slice(&v.to_be_bytes());
+    ipv4_checksum(&mut out);
+    out
+}
+
+/// Recomputes the IPv4 header checksum of an Ethernet frame (options included).
+pub fn ipv4_checksum(f: &mut [u8]) {
+    let ihl = (f[14] & 0x0f) as usize * 4;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = csum_finish(csum_add(0, &f[14..14 + ihl]));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// IPv6 with one 8-byte extension header (its next header: the frame's own) of `kind` (0, 43, 60; or 44, a fragment
+/// header at `offset` 8-byte units) between the fixed header and the L4 header.
+pub fn with_extension(f: &[u8], kind: u8, offset: u16) -> Vec<u8> {
+    let mut out = f[..54].to_vec();
+    let next = f[20];
+    let ext = if kind == 44 {
+        let o = (offset << 3).to_be_bytes();
+        [next, 0, o[0], o[1] | 1, 0, 0, 0, 7]
+    } else {
+        [next, 0, 1, 4, 0, 0, 0, 0]
+    };
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(&f[54..]);
+    out[20] = kind;
+    let len = u16::from_be_bytes([out[18], out[19]]) + 8;
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,53 +33,6 @@ fn entry(act: u32, slot: u32) -> VipEntry {
     }
 }
 
-/// IPv4 with 4 bytes of options (NOP NOP NOP EOL) in front of the payload.
-fn with_ip_options(f: &[u8]) -> Vec<u8> {
-    let mut out = f[..34].to_vec();
-    out.extend_from_slice(&[1, 1, 1, 0]);
-    out.extend_from_slice(&f[34..]);
-    out[14] = 0x46;
-    let total = u16::from_be_bytes([out[16], out[17]]) + 4;
-    out[16..18].copy_from_slice(&total.to_be_bytes());
-    ipv4_checksum(&mut out);
-    out
-}
-
-/// IPv4 with its fragment field set (offset in 8-byte units, more fragments).
-fn fragment(f: &[u8], offset: u16, more: bool) -> Vec<u8> {
-    let mut out = f.to_vec();
-    let v = offset | if more { 0x2000 } else { 0 };
-    out[20..22].copy_from_slice(&v.to_be_bytes());
-    ipv4_checksum(&mut out);
-    out
-}
-
-fn ipv4_checksum(f: &mut [u8]) {
-    let ihl = (f[14] & 0x0f) as usize * 4;
-    f[24..26].copy_from_slice(&[0, 0]);
-    let c = vip_common::csum::csum_finish(frames::csum_add(0, &f[14..14 + ihl]));
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-}
-
-/// IPv6 with one 8-byte extension header of `kind` (0, 43, 60; or 44, a fragment
-/// header at `offset` 8-byte units) between the fixed header and the L4 header.
-fn with_extension(f: &[u8], kind: u8, offset: u16) -> Vec<u8> {
-    let mut out = f[..54].to_vec();
-    let next = f[20];
-    let ext = if kind == 44 {
-        let o = (offset << 3).to_be_bytes();
-        [next, 0, o[0], o[1] | 1, 0, 0, 0, 7]
-    } else {
-        [next, 0, 1, 4, 0, 0, 0, 0]
-    };
-    out.extend_from_slice(&ext);
-    out.extend_from_slice(&f[54..]);
-    out[20] = kind;
-    let len = u16::from_be_bytes([out[18], out[19]]) + 8;
-    out[18..20].copy_from_slice(&len.to_be_bytes());
-    out
-}
-
 fn parse_errors(dp: &Dataplane) -> u64 {
     dp.global_stats()
         .unwrap()
@@ -136,7 +89,7 @@ fn director_shapes() {
             let (a, m) = go(&plain);
             assert_eq!(action_name(a), action_name(XDP_TX));
             assert_eq!(
-                go(&with_ip_options(&plain)),
+                go(&frames::with_ip_options(&plain)),
                 (XDP_TX, m),
                 "IHL 6: the ports are read at the IHL"
             );
@@ -167,14 +120,14 @@ fn director_shapes() {
             let u6 = frames::udp6(OWN, CLIENT, client6, vip6, cport, 53, b"query");
             let (a, _) = go(&u6);
             assert_eq!(action_name(a), action_name(XDP_TX));
-            let (a, _) = go(&with_extension(&u6, 0, 0));
+            let (a, _) = go(&frames::with_extension(&u6, 0, 0));
             assert_eq!(
                 action_name(a),
                 action_name(XDP_PASS),
                 "behind a hop-by-hop header: delivered locally"
             );
-            let first = go(&with_extension(&u6, 44, 0));
-            let later = go(&with_extension(&u6, 44, 8));
+            let first = go(&frames::with_extension(&u6, 44, 0));
+            let later = go(&frames::with_extension(&u6, 44, 8));
             assert_eq!(action_name(first.0), action_name(XDP_TX));
             assert_eq!(first, later, "both IPv6 fragments: one member");
         }
@@ -251,7 +204,7 @@ fn eip_shapes() {
             t[6..12].copy_from_slice(&OWN.0);
             t[22] -= 1;
             t[30..34].copy_from_slice(&vip.octets());
-            ipv4_checksum(&mut t);
+            frames::ipv4_checksum(&mut t);
             t
         };
         let valid_udp = |f: &[u8]| {
@@ -265,7 +218,7 @@ fn eip_shapes() {
         let r = dp.test_run(&plain).unwrap();
         assert_eq!(action_name(r.action), action_name(XDP_REDIRECT));
         assert!(valid_udp(&r.frame), "UDP checksum updated");
-        let opt = with_ip_options(&plain);
+        let opt = frames::with_ip_options(&plain);
         let r = dp.test_run(&opt).unwrap();
         assert_eq!(action_name(r.action), action_name(XDP_REDIRECT));
         assert!(
@@ -276,7 +229,7 @@ fn eip_shapes() {
         want[44..46].copy_from_slice(&r.frame[44..46]);
         assert_eq!(r.frame, want, "IHL 6: translated");
         // A later fragment: the IP header only (its payload is not a UDP header).
-        let later = fragment(&plain, 2, false);
+        let later = frames::fragment(&plain, 2, false);
         let r = dp.test_run(&later).unwrap();
         assert_eq!(action_name(r.action), action_name(XDP_REDIRECT));
         assert_eq!(r.frame, expect(&later), "a later fragment: IP header only");
@@ -365,7 +318,7 @@ fn echo_and_handover_shapes() {
         );
         let r = dp.test_run(&seg).unwrap();
         assert_eq!(action_name(r.action), action_name(XDP_TX));
-        let r = dp.test_run(&with_extension(&seg, 44, 0)).unwrap();
+        let r = dp.test_run(&frames::with_extension(&seg, 44, 0)).unwrap();
         assert_eq!(action_name(r.action), action_name(XDP_PASS));
         // An NS behind a hop-by-hop header is not answered: the data plane parses
         // none; it passes (its destination is no VIP).
@@ -375,7 +328,7 @@ fn echo_and_handover_shapes() {
         let ns_ = frames::neighbour_solicitation(CLIENT, v6("2001:db8::12"), local6, None);
         let r = dp.test_run(&ns_).unwrap();
         assert_eq!(action_name(r.action), action_name(XDP_TX));
-        let r = dp.test_run(&with_extension(&ns_, 0, 0)).unwrap();
+        let r = dp.test_run(&frames::with_extension(&ns_, 0, 0)).unwrap();
         assert_eq!(action_name(r.action), action_name(XDP_PASS));
     });
 }

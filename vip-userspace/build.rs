@@ -25,6 +25,7 @@ fn main() {
     let objects = [("vip", "vip.bpf.o"), ("vip-bench", "vip-bench.bpf.o")];
     println!("cargo:rerun-if-env-changed=VIP_EBPF_STUB");
     println!("cargo:rerun-if-env-changed=VIP_BPF_RUSTC");
+    println!("cargo:rerun-if-env-changed=VIP_EBPF_SALT");
     println!("cargo:rustc-check-cfg=cfg(vip_ebpf_stub)");
     for p in [
         "vip-ebpf/src",
@@ -90,10 +91,19 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
+    // VIP_EBPF_SALT changes the crate hashes and nothing else, as building the tree
+    // at another path does (cargo hashes vip-common's absolute path: it lies outside
+    // vip-ebpf's workspace). LLVM's choices follow the symbol names, so a program
+    // the verifier takes at one path may be refused at another; `cargo xtask
+    // codegen` loads the program built under several salts.
+    let mut rustflags = String::from("-C debuginfo=2 -C link-arg=--btf");
+    if let Ok(salt) = env::var("VIP_EBPF_SALT") {
+        rustflags.push_str(&format!(" -C metadata=vip-salt-{salt}"));
+    }
     cmd.env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTC", &rustc)
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
-        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
+        .env("RUSTFLAGS", rustflags);
     let status = cmd.status().expect("running cargo for vip-ebpf");
     if !status.success() {
         panic!("building vip-ebpf failed ({status}); see the output above");

@@ -207,14 +207,14 @@ fn flow(ctx: &XdpContext, pkt: &mut Packet) -> Result<Option<Flow>, Error> {
             frag: true,
         })),
         TCP | UDP => {
-            let p = pkt.transport(ctx).ports.ok_or(Error::Truncated)?;
+            let p = pkt.transport(ctx).ports().ok_or(Error::Truncated)?;
             Ok(Some(Flow {
                 key: key(ctx, pkt, p.src, p.dst, proto)?,
                 frag: false,
             }))
         }
         ICMP | ICMPV6 if !l.fragment() && (proto == ICMP) == (family == Family::V4) => {
-            let t = pkt.transport(ctx).icmp_type.ok_or(Error::Truncated)?;
+            let t = pkt.transport(ctx).icmp_type().ok_or(Error::Truncated)?;
             if !is_icmp_error(family, t) {
                 return Ok(None);
             }

@@ -61,7 +61,7 @@ pub fn handle(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<u
     // A datagram cut inside its UDP header is a parse error here (as it always was),
     // even where the ports are whole.
     let t = pkt.transport(ctx);
-    let (Some(ports), true) = (t.ports, t.udp_header) else {
+    let (Some(ports), true) = (t.ports(), t.udp_header()) else {
         return Err(Error::Truncated);
     };
     let (sport, dport) = (

@@ -340,7 +340,7 @@ fn translate(
             }
         }
         ICMP => {
-            let icmp_type = pkt.transport(ctx).icmp_type.ok_or(Error::Truncated)?;
+            let icmp_type = pkt.transport(ctx).icmp_type().ok_or(Error::Truncated)?;
             if is_icmp_error(Family::V4, icmp_type) {
                 let inner = hdr_mut::<Ipv4Hdr>(ctx, l.quoted())?;
                 // The quoted packet went the other way.

@@ -65,7 +65,7 @@ pub fn drain_action(
         return Ok(None);
     }
     let t = pkt.transport(ctx);
-    let (Some(ports), Some(tcp_flags)) = (t.ports, t.tcp_flags) else {
+    let (Some(ports), Some(tcp_flags)) = (t.ports(), t.tcp_flags()) else {
         return Err(Error::Truncated);
     };
     if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {

@@ -27,7 +27,7 @@
 //!
 //! Only a frame too short for the fixed IP header is an error. A frame that ends
 //! inside a header the description would go on to read is described as far as it
-//! goes (`truncated`, a `None` in [`Transport`]); each consumer decides what that
+//! goes (`truncated`, a `None` from a [`Transport`] accessor); each consumer decides what that
 //! means for it, as it did before there was one parser.
 
 use aya_ebpf::programs::XdpContext;
@@ -100,10 +100,26 @@ pub struct Packet {
     /// The fixed IP header `ipv4` or `ipv6` bounds-checked: an `Ipv4Hdr` or an
     /// `Ipv6Hdr` as `family` says (read again through [`checked`]).
     ip: *const u8,
-    /// Always set for IPv6 (`ipv6` walks the extension headers); for IPv4 on the
-    /// first [`Packet::layout`].
-    layout: Option<Layout>,
-    transport: Option<Transport>,
+    /// Valid when `read` has [`read::LAYOUT`]: always for IPv6 (`ipv6` walks the
+    /// extension headers); for IPv4 from the first [`Packet::layout`].
+    ///
+    /// Why a flag and not an `Option`: a `None` leaves its payload undefined, and
+    /// LLVM may carry that undefined value in a register across a branch and spill
+    /// it, a store of an uninitialised register that the verifier refuses
+    /// (`R4 !read_ok`). Which functions that happens in moved with nothing but the
+    /// crate hashes, that is the path the tree was built at. Every field here is
+    /// defined from the start.
+    layout: Layout,
+    /// Valid when `read` has [`read::TRANSPORT`].
+    transport: Transport,
+    /// Bits of `read::*`: which parts are read.
+    read: u8,
+}
+
+/// Bits of [`Packet`]'s `read`.
+mod read {
+    pub const LAYOUT: u8 = 1 << 0;
+    pub const TRANSPORT: u8 = 1 << 1;
 }
 
 /// The packet's addresses, as on the wire.
@@ -150,18 +166,71 @@ mod layout {
 }
 
 /// What the transport header holds, for the protocols the program looks into.
+///
+/// Every field is defined whatever the packet (zero when absent, `bits` says which
+/// are there), for the reason [`Packet`]'s `layout` is not an `Option`; the
+/// accessors hand out `Option`s, which fold into selects on defined values.
 #[derive(Clone, Copy)]
 pub struct Transport {
+    ports: Ports,
+    tcp_flags: u8,
+    icmp_type: u8,
+    /// Bits of `transport::*`.
+    bits: u8,
+}
+
+/// Bits of a [`Transport`]: which of its fields the frame held.
+mod transport {
+    pub const PORTS: u8 = 1 << 0;
+    pub const TCP_FLAGS: u8 = 1 << 1;
+    pub const UDP_HEADER: u8 = 1 << 2;
+    pub const ICMP_TYPE: u8 = 1 << 3;
+}
+
+impl Transport {
+    const NONE: Transport = Transport {
+        ports: Ports {
+            src: [0; 2],
+            dst: [0; 2],
+        },
+        tcp_flags: 0,
+        icmp_type: 0,
+        bits: 0,
+    };
+
     /// TCP and UDP on a first fragment, when the frame holds them.
-    pub ports: Option<Ports>,
+    #[inline(always)]
+    pub fn ports(&self) -> Option<Ports> {
+        (self.bits & transport::PORTS != 0).then_some(self.ports)
+    }
+
     /// TCP, when the frame holds the header up to its flags (14 bytes).
-    pub tcp_flags: Option<u8>,
+    #[inline(always)]
+    pub fn tcp_flags(&self) -> Option<u8> {
+        (self.bits & transport::TCP_FLAGS != 0).then_some(self.tcp_flags)
+    }
+
     /// UDP, when the frame holds its whole header (8 bytes).
-    pub udp_header: bool,
+    #[inline(always)]
+    pub fn udp_header(&self) -> bool {
+        self.bits & transport::UDP_HEADER != 0
+    }
+
     /// ICMP on a first fragment, when the frame holds its header (8 bytes); ICMPv6
     /// only right behind the fixed header (neither an option nor a fragment), when
     /// the frame holds its type.
-    pub icmp_type: Option<u8>,
+    #[inline(always)]
+    pub fn icmp_type(&self) -> Option<u8> {
+        (self.bits & transport::ICMP_TYPE != 0).then_some(self.icmp_type)
+    }
+
+    #[inline(always)]
+    fn set_ports(&mut self, p: Option<Ports>) {
+        if let Some(p) = p {
+            self.ports = p;
+            self.bits |= transport::PORTS;
+        }
+    }
 }
 
 /// Source and destination port, as on the wire.
@@ -190,8 +259,9 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Option<Packet>, Error> {
         l3: ETH_HLEN,
         dst_v4: u32::from_ne_bytes(ip.dst_addr),
         ip: (ip as *const Ipv4Hdr).cast(),
-        layout: None,
-        transport: None,
+        layout: Layout::NONE,
+        transport: Transport::NONE,
+        read: 0,
     }))
 }
 
@@ -208,8 +278,9 @@ pub fn ipv6(ctx: &XdpContext) -> Result<Option<Packet>, Error> {
         l3: ETH_HLEN,
         dst_v4: 0,
         ip: (ip as *const Ipv6Hdr).cast(),
-        layout: Some(walk_v6(ctx, ip)),
-        transport: None,
+        layout: walk_v6(ctx, ip),
+        transport: Transport::NONE,
+        read: read::LAYOUT,
     }))
 }
 
@@ -273,6 +344,15 @@ fn walk_v6(ctx: &XdpContext, ip: &Ipv6Hdr) -> Layout {
 }
 
 impl Layout {
+    /// A packet's layout before it is read: defined, never consulted.
+    const NONE: Layout = Layout {
+        proto: 0,
+        l4: 0,
+        family: Family::V4,
+        frags: 0,
+        bits: 0,
+    };
+
     /// IPv4 options (an IHL above 5), or an IPv6 extension header other than a
     /// fragment header, in front of the transport header.
     #[inline(always)]
@@ -347,9 +427,11 @@ impl Packet {
     /// The packet's layout, read the first time it is asked for.
     #[inline(always)]
     pub fn layout(&mut self, ctx: &XdpContext) -> Layout {
-        let l = match (self.layout, self.family) {
-            (Some(l), _) => return l,
-            (None, Family::V4) => {
+        if self.read & read::LAYOUT != 0 {
+            return self.layout;
+        }
+        let l = match self.family {
+            Family::V4 => {
                 let ip = checked::<Ipv4Hdr>(self, ctx);
                 Layout {
                     proto: ip.proto,
@@ -360,52 +442,55 @@ impl Packet {
                 }
             }
             // Not reached: `ipv6` reads it.
-            (None, Family::V6) => walk_v6(ctx, checked::<Ipv6Hdr>(self, ctx)),
+            Family::V6 => walk_v6(ctx, checked::<Ipv6Hdr>(self, ctx)),
         };
-        self.layout = Some(l);
+        self.layout = l;
+        self.read |= read::LAYOUT;
         l
     }
 
     /// The transport header's fields, read the first time they are asked for.
     #[inline(always)]
     pub fn transport(&mut self, ctx: &XdpContext) -> Transport {
-        if let Some(t) = self.transport {
-            return t;
+        if self.read & read::TRANSPORT != 0 {
+            return self.transport;
         }
         let l = self.layout(ctx);
-        let mut t = Transport {
-            ports: None,
-            tcp_flags: None,
-            udp_header: false,
-            icmp_type: None,
-        };
+        let mut t = Transport::NONE;
         if l.first_fragment() {
             match l.proto {
                 TCP => match hdr::<[u8; TCP_FLAGS_AT + 1]>(ctx, l.l4) {
                     Ok(h) => {
-                        t.ports = Some(Ports {
+                        t.set_ports(Some(Ports {
                             src: [h[0], h[1]],
                             dst: [h[2], h[3]],
-                        });
-                        t.tcp_flags = Some(h[TCP_FLAGS_AT]);
+                        }));
+                        t.tcp_flags = h[TCP_FLAGS_AT];
+                        t.bits |= transport::TCP_FLAGS;
                     }
-                    Err(_) => t.ports = ports_at(ctx, l.l4),
+                    Err(_) => t.set_ports(ports_at(ctx, l.l4)),
                 },
                 UDP => match hdr::<UdpHdr>(ctx, l.l4) {
                     Ok(h) => {
-                        t.ports = Some(Ports {
+                        t.set_ports(Some(Ports {
                             src: h.src,
                             dst: h.dst,
-                        });
-                        t.udp_header = true;
+                        }));
+                        t.bits |= transport::UDP_HEADER;
                     }
-                    Err(_) => t.ports = ports_at(ctx, l.l4),
+                    Err(_) => t.set_ports(ports_at(ctx, l.l4)),
                 },
-                ICMP | ICMPV6 => t.icmp_type = self.icmp_type(ctx),
+                ICMP | ICMPV6 => {
+                    if let Some(ty) = self.icmp_type(ctx) {
+                        t.icmp_type = ty;
+                        t.bits |= transport::ICMP_TYPE;
+                    }
+                }
                 _ => {}
             }
         }
-        self.transport = Some(t);
+        self.transport = t;
+        self.read |= read::TRANSPORT;
         t
     }
 

@@ -32,6 +32,15 @@ enum Cmd {
     /// bpfel-unknown-none, with the clippy of the compiler that builds it; warnings
     /// are errors. CI runs it next to the workspace's clippy.
     ClippyEbpf,
+    /// Load the XDP program as built under other crate hashes: for each SALT, build it
+    /// with `VIP_EBPF_SALT=SALT` and run the suites that load it in every
+    /// configuration (fixtures, parse_shapes). The hashes follow the path the tree is
+    /// built at, and LLVM's register choices follow them: a program the verifier
+    /// takes here may be refused in a clone elsewhere. CI runs two salts.
+    Codegen {
+        #[arg(default_values = ["1", "2"])]
+        salts: Vec<String>,
+    },
     /// Build, then run the agent in the foreground on IFACE with CONFIG.
     BuildAndLoad {
         #[arg(long)]
@@ -113,6 +122,7 @@ fn run() -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Build => build().map(|_| ()),
         Cmd::ClippyEbpf => clippy_ebpf(),
+        Cmd::Codegen { salts } => codegen(&salts),
         Cmd::BuildAndLoad {
             iface,
             config,
@@ -206,6 +216,22 @@ fn build() -> Result<PathBuf> {
         bail!("{} was not produced", vip.display());
     }
     Ok(vip)
+}
+
+/// `cargo xtask codegen`: the loading suites against the program built under each
+/// salt; the build without one is restored at the end (the next build rebuilds it).
+fn codegen(salts: &[String]) -> Result<()> {
+    let suites: Vec<String> = ["--test", "fixtures", "--test", "parse_shapes"]
+        .map(String::from)
+        .into();
+    for salt in salts {
+        eprintln!("[codegen] the XDP program built with VIP_EBPF_SALT={salt}");
+        std::env::set_var("VIP_EBPF_SALT", salt);
+        let r = test(&suites);
+        std::env::remove_var("VIP_EBPF_SALT");
+        r.with_context(|| format!("the XDP program built with VIP_EBPF_SALT={salt}"))?;
+    }
+    Ok(())
 }
 
 /// Clippy over the eBPF crate as it is built: for bpfel-unknown-none, by Debian's

@@ -13,8 +13,8 @@
 //! The program-wide counters (`Status::global`) are not records of a fixed shape:
 //! their names are declared where they are counted (`vip_common::global::NAMES` for
 //! the data plane's, `exhaustion::counters` for the agent's resources, the snapshot
-//! for the agent's advertisement and address errors), and every view iterates the
-//! map they are collected in.
+//! for the agent's advertisement, address and announcement counters), and every
+//! view iterates the map they are collected in.
 
 use std::{fmt, marker::PhantomData, ops::Deref};
 

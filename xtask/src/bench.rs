@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{chaos, failover, root, status};
+use crate::{chaos, failover, failover_sizes, root, status};
 
 pub const ALL: [&str; 7] = [
     "paths",
@@ -29,8 +29,9 @@ pub const ALL: [&str; 7] = [
 ];
 
 /// Asked for by name only: `soak` takes `soak_secs` twice (vip, then keepalived),
-/// `chaos` some 9 minutes per mode and binary at its 200 faults.
-pub const EXPLICIT: [&str; 2] = ["soak", "chaos"];
+/// `chaos` some 9 minutes per mode and binary at its 200 faults; `failover-sizes` is
+/// `failover`'s size axis alone (which `failover` runs too).
+pub const EXPLICIT: [&str; 3] = ["soak", "chaos", "failover-sizes"];
 
 pub struct Options {
     pub which: Vec<String>,
@@ -70,7 +71,7 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
     let perf: Vec<&str> = which
         .iter()
         .copied()
-        .filter(|w| !["failover", "soak", "chaos"].contains(w))
+        .filter(|w| !["failover", "failover-sizes", "soak", "chaos"].contains(w))
         .collect();
     if !perf.is_empty() {
         let tmp = root().join("target/bench/perf.json");
@@ -139,6 +140,26 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
                     "unit": "CPU ms per s",
                     "seconds": c["seconds"],
                     "host_softirq_ms_per_s": c["host_softirq_ms_per_s"],
+                    "lower_is_better": true,
+                }));
+            }
+        }
+    }
+    if which.contains(&"failover") || which.contains(&"failover-sizes") {
+        let (rows, table) = failover_sizes::run(vip, o.quick, o.runs, o.baseline.as_deref())?;
+        print!("{table}");
+        for row in rows {
+            let bin = row["binary"].as_str().unwrap_or("");
+            for which in ["first", "middle", "last"] {
+                results.push(json!({
+                    "bench": "failover",
+                    "case": format!("{} VIPs, link down ({bin}): {which} VIP", row["size"]),
+                    "value": row["outage_ms_p50"][which],
+                    "unit": "ms outage (median)",
+                    "detection_ms_p50": row["detection_ms_p50"],
+                    "announce_ms_p50": row["announce_ms_p50"],
+                    "start_s_p50": row["start_s_p50"],
+                    "samples": row["samples"],
                     "lower_is_better": true,
                 }));
             }

@@ -5,6 +5,7 @@ mod chaos;
 mod deb;
 mod demo;
 mod failover;
+mod failover_sizes;
 mod setup;
 
 use std::{
@@ -54,9 +55,11 @@ enum Cmd {
     /// failover, then active/active (a balanced group) with a member failure.
     Demo,
     /// Benchmarks with same-run baselines: paths, throughput, scale, control, stall,
-    /// hostile, failover (all by default), and, only when named, soak (no false
-    /// takeover under CPU hogs and 2 % loss, vip and keepalived) and chaos (one owner
-    /// on the wire under random faults); a table, and JSON in target/bench/latest.json.
+    /// hostile, failover (with its size axis: 1 to 20,000 VIPs) (all by default), and,
+    /// only when named, soak (no false takeover under CPU hogs and 2 % loss, vip and
+    /// keepalived), chaos (one owner on the wire under random faults) and
+    /// failover-sizes (the size axis alone); a table, and JSON in
+    /// target/bench/latest.json.
     Bench {
         /// Which benchmarks (default: all).
         which: Vec<String>,

@@ -35,9 +35,9 @@ pub(super) trait Writes {
     /// Joins (or leaves) the solicited-node groups of the group's IPv6 VIPs.
     fn solicited_nodes(&mut self, g: &GroupRuntime, join: bool);
     /// Puts the group's VIP addresses on lo (those not there already).
-    fn add_addresses(&mut self, g: &GroupRuntime);
+    fn add_addresses(&mut self, g: &mut GroupRuntime);
     /// Takes the group's VIP addresses off lo.
-    fn remove_addresses(&mut self, g: &GroupRuntime);
+    fn remove_addresses(&mut self, g: &mut GroupRuntime);
     /// Starts the group's announcement burst (and its refresh): every round leaves
     /// only while the group's gate is open.
     fn announce(&mut self, g: &mut GroupRuntime);
@@ -250,19 +250,32 @@ impl Writes for Kernel<'_> {
         }
     }
 
-    fn add_addresses(&mut self, g: &GroupRuntime) {
-        for v in g.vips.iter() {
-            if !self.addrs.holds(v.vip.addr) {
-                self.addrs.add(&g.cfg.name, v.vip.addr);
-            }
+    /// Asks the address worker for the addresses not on lo yet; the announcement
+    /// that follows sends each VIP's once its address is there.
+    fn add_addresses(&mut self, g: &mut GroupRuntime) {
+        let new: Vec<IpAddr> = g
+            .vips
+            .iter()
+            .map(|v| v.vip.addr)
+            .filter(|a| !self.addrs.holds(*a))
+            .collect();
+        if new.is_empty() {
+            return;
         }
+        let progress = self.addrs.add_all(&g.cfg.name, new.clone());
+        g.pending_addresses = Some((new, progress));
     }
 
-    fn remove_addresses(&mut self, g: &GroupRuntime) {
-        for v in g.vips.iter() {
-            if self.addrs.holds(v.vip.addr) {
-                self.addrs.remove(&g.cfg.name, v.vip.addr);
-            }
+    fn remove_addresses(&mut self, g: &mut GroupRuntime) {
+        g.pending_addresses = None;
+        let held: Vec<IpAddr> = g
+            .vips
+            .iter()
+            .map(|v| v.vip.addr)
+            .filter(|a| self.addrs.holds(*a))
+            .collect();
+        if !held.is_empty() {
+            self.addrs.remove_all(&g.cfg.name, held);
         }
     }
 
@@ -270,7 +283,17 @@ impl Writes for Kernel<'_> {
     /// periodic refresh if configured.
     fn announce(&mut self, g: &mut GroupRuntime) {
         g.stop_announcing();
-        let addrs: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
+        // The VIPs already on lo first, then those the address worker is adding, in
+        // its order: each of those waits for its address (`garp::Ready`).
+        let pending = g.pending_addresses.take();
+        let mut addrs: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
+        let ready = pending.map(|(new, progress)| {
+            let new_set: std::collections::HashSet<IpAddr> = new.iter().copied().collect();
+            addrs.retain(|a| !new_set.contains(a));
+            let from = addrs.len();
+            addrs.extend(new);
+            garp::Ready { progress, from }
+        });
         let (sock, mac, garp, name, refresh, gate) = (
             self.socket.clone(),
             self.iface.mac,
@@ -279,25 +302,46 @@ impl Writes for Kernel<'_> {
             g.cfg.garp_refresh,
             g.gate.clone(),
         );
-        // The first round leaves from here, now (the socket never blocks); the
-        // rest of the burst is timed by a task.
+        // A takeover's first announcement is stamped (status: last_takeover) by
+        // whichever sends it, here or the task.
+        let stamp = g
+            .takeover
+            .as_ref()
+            .filter(|t| t.announced_mono_ns.is_none())
+            .map(|_| {
+                g.announced.reset();
+                g.announced.clone()
+            });
+        // The first announcements leave from here, now, as far as their addresses
+        // are in place (the socket never blocks); the rest of the round, paced and
+        // retried, and the other rounds are timed by a task, so a big group's round
+        // does not hold the loop.
         let frames = garp::frames(mac, &addrs);
+        let mut sent = 0;
         if garp.count > 0 && gate.is_open() {
-            garp::send_round(&sock, &frames, &name, &gate);
-            if let Some(t) = g
-                .takeover
-                .as_mut()
-                .filter(|t| t.announced_mono_ns.is_none())
-            {
-                t.announced_mono_ns = Some(host::monotonic_ns());
-            }
+            let now = ready
+                .as_ref()
+                .map_or(frames.len(), |r| r.allowed(frames.len()));
+            let max = garp::FIRST_FRAMES.min(now);
+            sent = garp::send_now(&sock, &frames, max, &gate, stamp.as_ref());
         }
         g.announcer = Some(tokio::spawn(async move {
-            garp::burst_rest(sock.clone(), frames, garp, name.clone(), gate.clone()).await;
+            if garp.count > 0 {
+                let first = garp::First { sent, ready, stamp };
+                let rest = garp::burst_rest(
+                    sock.clone(),
+                    frames,
+                    first,
+                    garp,
+                    name.clone(),
+                    gate.clone(),
+                );
+                rest.await;
+            }
             if let Some(every) = refresh {
                 loop {
                     tokio::time::sleep(every).await;
-                    garp::send_round(&sock, &garp::frames(mac, &addrs), &name, &gate);
+                    garp::send_round(&sock, &garp::frames(mac, &addrs), &name, &gate).await;
                 }
             }
         }));
@@ -423,10 +467,10 @@ mod tests {
         fn solicited_nodes(&mut self, _: &GroupRuntime, join: bool) {
             self.push(W::SolicitedNodes(join));
         }
-        fn add_addresses(&mut self, _: &GroupRuntime) {
+        fn add_addresses(&mut self, _: &mut GroupRuntime) {
             self.push(W::AddAddresses);
         }
-        fn remove_addresses(&mut self, _: &GroupRuntime) {
+        fn remove_addresses(&mut self, _: &mut GroupRuntime) {
             self.push(W::RemoveAddresses);
         }
         fn announce(&mut self, _: &mut GroupRuntime) {

@@ -72,6 +72,11 @@ pub(super) struct GroupRuntime {
     pub bursts: Vec<JoinHandle<()>>,
     /// Open while the announcements may leave (the serving lease runs).
     pub gate: Gate,
+    /// The addresses a takeover asked the address worker for, in the order it adds
+    /// them, and how far it is: the announcement of each waits for its address.
+    pub pending_addresses: Option<(Vec<std::net::IpAddr>, Arc<crate::addresses::Progress>)>,
+    /// When the current takeover's first announcement left.
+    pub announced: crate::garp::Stamp,
     /// What this node holds of the VIPs, its lease and its timers: every change of
     /// the data plane's view of the group goes through it.
     pub own: Ownership,
@@ -120,6 +125,8 @@ impl GroupRuntime {
             redirect,
             vips: Arc::new(vips),
             announcer: None,
+            pending_addresses: None,
+            announced: Default::default(),
             bursts: Vec::new(),
             driver,
             key,

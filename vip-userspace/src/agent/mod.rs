@@ -288,6 +288,8 @@ pub async fn run(opts: Options) -> Result<()> {
             break;
         };
         log::info!("re-executing {}", bin.exe.display());
+        // The address changes asked for so far are made before the new image adopts.
+        agent.addrs.flush();
         // Only returns if the exec failed; then this agent carries on.
         let err = upgrade::exec(&bin);
         agent.resume_after_failed_exec(err);
@@ -296,6 +298,7 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Some(m) = metrics {
         m.abort();
     }
+    agent.addrs.flush();
     match agent.exit {
         Some(Exit::Restart { hold }) => {
             let _ = std::fs::remove_file(&socket_path);
@@ -888,6 +891,8 @@ impl Agent {
                 }
             }
         }
+        // The process exits next: every removal must be made first.
+        self.addrs.flush();
     }
 }
 

@@ -350,16 +350,17 @@ impl Agent {
             self.program_entries(gi, plan, Some(&addrs))
                 .with_context(|| format!("group {}: programming added VIPs", g.name))?;
             if self.groups[gi].own.holding() == Holding::Serving {
-                if self.groups[gi].redirect.is_none() {
-                    for addr in &addrs {
-                        self.addrs.add(&g.name, *addr);
-                    }
-                }
+                // Each announcement waits for its address (off the loop, in the
+                // address worker's order).
+                let ready = self.groups[gi].redirect.is_none().then(|| garp::Ready {
+                    progress: self.addrs.add_all(&g.name, addrs.clone()),
+                    from: 0,
+                });
                 let socket = self.socket.clone();
                 let (mac, garp, name) = (self.iface.mac, g.garp, g.name.clone());
                 let gate = self.groups[gi].gate.clone();
                 // Tracked, so that a step-down stops it.
-                let burst = tokio::spawn(garp::burst(socket, mac, addrs, garp, name, gate));
+                let burst = tokio::spawn(garp::burst(socket, mac, addrs, garp, name, gate, ready));
                 self.groups[gi].bursts.push(burst);
                 self.join_solicited_nodes(gi, true);
             }

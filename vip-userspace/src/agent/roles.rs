@@ -216,7 +216,7 @@ impl Agent {
     /// Removes the group's VIP addresses (the group no longer holds its VIPs).
     pub(super) fn release_addresses(&mut self, gi: usize) {
         let (mut kernel, groups) = self.kernel();
-        kernel.remove_addresses(&groups[gi]);
+        kernel.remove_addresses(&mut groups[gi]);
     }
 
     /// Starts (or restarts) the group's gratuitous ARP / unsolicited NA burst, and the

@@ -73,6 +73,8 @@ pub struct Snapshot {
     unknown_group_adverts: u64,
     stale_adverts: u64,
     address_errors: u64,
+    announcement_retries: u64,
+    announcements_dropped: u64,
     groups: Vec<GroupSnap>,
     eips: Vec<EipSnap>,
 }
@@ -165,7 +167,12 @@ impl Agent {
                         .deadline()
                         .map(|d| d.saturating_sub(now_boot) / 1_000_000),
                 }),
-                last_takeover: g.takeover.clone(),
+                last_takeover: g.takeover.clone().map(|mut t| {
+                    if t.announced_mono_ns.is_none() {
+                        t.announced_mono_ns = g.announced.get().filter(|&a| a >= t.decided_mono_ns);
+                    }
+                    t
+                }),
                 echo: g.cfg.election.as_ref().map(|e| {
                     let s = self.echo.as_ref().and_then(|p| p.stats(&g.cfg.name));
                     let state = if e.echo_interval.is_zero() {
@@ -232,7 +239,9 @@ impl Agent {
             warnings: self.warnings.clone(),
             unknown_group_adverts: self.unknown_group_adverts,
             stale_adverts: self.stale_adverts,
-            address_errors: self.addrs.errors,
+            address_errors: self.addrs.errors(),
+            announcement_retries: self.socket.retried(),
+            announcements_dropped: self.socket.dropped(),
             groups,
             eips: self
                 .eips
@@ -333,6 +342,8 @@ impl Snapshot {
             self.unknown_group_adverts,
         );
         global.insert("address_errors".into(), self.address_errors);
+        global.insert("announcement_retries".into(), self.announcement_retries);
+        global.insert("announcements_dropped".into(), self.announcements_dropped);
         global.insert("stale_adverts".into(), self.stale_adverts);
         global.extend(crate::exhaustion::counters().map(|(k, v)| (k.to_string(), v)));
         Status {

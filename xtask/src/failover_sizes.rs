@@ -1,0 +1,297 @@
+//! `cargo xtask bench failover`'s size axis: how long clients lose a VIP when the
+//! active of a group of 1, 100, 1,000, 10,000 or 20,000 VIPs loses its link, for the
+//! group's first, middle and last VIP.
+//!
+//! The demo's topology (servers a at priority 200 and b at 100, client c), the VIPs
+//! in a /16 beside the lab's /24 (every host gets an address in it), both agents at
+//! the defaults. Once a serves all three probed VIPs (its start-up has put every
+//! address on lo) and b's echo is armed, c probes the three every millisecond over
+//! UDP and a's link goes down; the outage of each is the time from its last answer
+//! by a to its first by b. b's status gives the decision and the first announcement
+//! (`last_takeover`), so detection and decision-to-announcement are reported too.
+//! With `--baseline BIN`, each run of the binary under test is followed by one of
+//! that binary, on the same lab. `--quick` (CI): one 1,000-VIP run.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use lab::{outage, wait_for, Agent, Lan, Prober, Responder};
+use serde_json::{json, Value};
+
+const PORT: u16 = 7008;
+const PROBE: Duration = Duration::from_millis(1);
+const SIZES: [usize; 5] = [1, 100, 1000, 10_000, 20_000];
+/// Runs per size and binary when `--runs` asks for fewer.
+const RUNS: usize = 3;
+
+/// The `i`-th VIP of a group (in the /16 10.9.0.0, beside the lab's /24).
+fn vip(i: usize) -> String {
+    format!("10.9.{}.{}", 1 + i / 250, 1 + i % 250)
+}
+
+/// The probed VIPs of a group of `n`: its first, middle and last.
+fn probed(n: usize) -> [usize; 3] {
+    [0, n / 2, n - 1]
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    /// Outage of the first, middle and last VIP (ms).
+    outage_ms: [f64; 3],
+    lost: [usize; 3],
+    detection_ms: Option<f64>,
+    announce_ms: Option<f64>,
+    /// From a's start to a serving all three probed VIPs (s).
+    start_s: f64,
+}
+
+struct Row {
+    size: usize,
+    baseline: bool,
+    samples: Vec<Sample>,
+}
+
+/// Runs the size axis: its rows as JSON, and its table.
+pub fn run(
+    vip: &Path,
+    quick: bool,
+    runs: usize,
+    baseline: Option<&Path>,
+) -> Result<(Vec<Value>, String)> {
+    let mut lan = Lan::new(&["a", "b", "c"]).context("building the lab")?;
+    lan.enable_xdp_tx(&["a", "b"])?;
+    for (h, last) in [("a", 1), ("b", 2), ("c", 3)] {
+        lan.host(h)
+            .ns
+            .ip(&["addr", "add", &format!("10.9.0.{last}/16"), "dev", "eth0"])?;
+    }
+    let sizes: Vec<usize> = if quick { vec![1000] } else { SIZES.to_vec() };
+    let runs = if quick { 1 } else { runs.max(RUNS) };
+    let mut rows = Vec::new();
+    for &size in &sizes {
+        let mut bins = vec![(vip, false)];
+        if let Some(b) = baseline.filter(|_| !quick) {
+            bins.push((b, true));
+        }
+        let mut per: Vec<Vec<Sample>> = vec![Vec::new(); bins.len()];
+        for i in 0..runs {
+            for (k, &(bin, is_base)) in bins.iter().enumerate() {
+                let label = if is_base { "baseline" } else { "this build" };
+                let s = once(&lan, size, bin)
+                    .with_context(|| format!("{size} VIPs, {label}, run {}", i + 1))?;
+                eprintln!(
+                    "[bench failover] {size:>6} VIPs {label:<10} run {}/{runs}: outage first/middle/last {:.1} / {:.1} / {:.1} ms (lost {} / {} / {}), detection {}, first announcement {} after the decision, a serving {:.2} s after its start",
+                    i + 1,
+                    s.outage_ms[0],
+                    s.outage_ms[1],
+                    s.outage_ms[2],
+                    s.lost[0],
+                    s.lost[1],
+                    s.lost[2],
+                    opt_ms(s.detection_ms),
+                    opt_ms(s.announce_ms),
+                    s.start_s,
+                );
+                per[k].push(s);
+            }
+        }
+        for (k, samples) in per.into_iter().enumerate() {
+            rows.push(Row {
+                size,
+                baseline: bins[k].1,
+                samples,
+            });
+        }
+    }
+    drop(lan);
+    Ok((rows.iter().map(Row::json).collect(), table(&rows)))
+}
+
+fn once(lan: &Lan, size: usize, bin: &Path) -> Result<Sample> {
+    lan.host("c").ns.ip(&["neigh", "flush", "dev", "eth0"])?;
+    let vips: Vec<String> = (0..size).map(|i| format!("\"{}/16\"", vip(i))).collect();
+    let cfg = |me: &str, peer: &str, prio: u8| {
+        format!(
+            "[node]\nname = \"{me}\"\ninterface = \"eth0\"\nmax_vips = {}\n\n[[group]]\nname = \"web\"\nvips = [{}]\npeers = [\"{}\"]\npriority = {prio}\n",
+            size.max(4096),
+            vips.join(", "),
+            lan.host(peer).ip4,
+        )
+    };
+    let targets: Vec<SocketAddr> = probed(size)
+        .iter()
+        .map(|&i| format!("{}:{PORT}", vip(i)).parse())
+        .collect::<std::result::Result<_, _>>()?;
+    let mut responders = Vec::new();
+    for to in &targets {
+        for h in ["a", "b"] {
+            responders.push(Responder::start(&lan.host(h).ns, *to, h)?);
+        }
+    }
+    let started = Instant::now();
+    let a = Agent::start_full(&lan.host("a").ns, "a", &cfg("a", "b", 200), bin, &[], &[])?;
+    let b = Agent::start_full(&lan.host("b").ns, "b", &cfg("b", "a", 100), bin, &[], &[])?;
+    let result = measure(lan, &a, &b, &targets, started);
+    drop((a, b));
+    let up = lan.host("a").ns.ip(&["link", "set", "eth0", "up"]);
+    drop(responders);
+    let s = result?;
+    up?;
+    Ok(s)
+}
+
+fn measure(
+    lan: &Lan,
+    a: &Agent,
+    b: &Agent,
+    targets: &[SocketAddr],
+    started: Instant,
+) -> Result<Sample> {
+    let state = |x: &Agent| -> String {
+        x.status()
+            .ok()
+            .and_then(|s| s["groups"][0]["state"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let settle = Duration::from_secs(60);
+    if wait_for(settle, || {
+        (state(a) == "active" && state(b) == "standby").then_some(())
+    })
+    .is_none()
+    {
+        bail!(
+            "a never became active with b standby: {} / {}",
+            state(a),
+            state(b)
+        );
+    }
+    let c = &lan.host("c").ns;
+    let probers: Vec<Prober> = targets
+        .iter()
+        .map(|t| Prober::start(c, *t, PROBE))
+        .collect::<Result<_>>()?;
+    // a serves every probed VIP: its addresses are on lo.
+    for (p, t) in probers.iter().zip(targets) {
+        if !p.wait_answers("a", 20, settle) {
+            bail!("a never answered {t}");
+        }
+    }
+    let start_s = started.elapsed().as_secs_f64();
+    let armed = wait_for(Duration::from_secs(5), || {
+        let s = b.status().ok()?;
+        let e = &s["groups"][0]["echo"];
+        (e.is_null() || e["state"].as_str() == Some("armed")).then_some(())
+    });
+    if armed.is_none() {
+        bail!("b's echo never armed");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let injected = mono_ns()?;
+    lan.host("a").ns.ip(&["link", "set", "eth0", "down"])?;
+    for (p, t) in probers.iter().zip(targets) {
+        if !p.wait_answers("b", 20, settle) {
+            bail!("b never answered {t}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut outage_ms = [0.0; 3];
+    let mut lost = [0; 3];
+    for (k, p) in probers.into_iter().enumerate() {
+        let probes = p.finish();
+        let o = outage(&probes, "a", "b").context("the client never went from a to b")?;
+        outage_ms[k] = o.outage.as_secs_f64() * 1e3;
+        lost[k] = o.lost;
+    }
+    let t = b.status()?["groups"][0]["last_takeover"].clone();
+    let decided = t["decided_mono_ns"].as_u64().filter(|&d| d >= injected);
+    let announced = t["announced_mono_ns"].as_u64();
+    Ok(Sample {
+        outage_ms,
+        lost,
+        detection_ms: decided.map(|d| (d - injected) as f64 / 1e6),
+        announce_ms: decided
+            .zip(announced)
+            .map(|(d, a)| (a as i128 - d as i128) as f64 / 1e6),
+        start_s,
+    })
+}
+
+fn mono_ns() -> Result<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+}
+
+fn opt_ms(x: Option<f64>) -> String {
+    x.map_or("n/a".into(), |v| format!("{v:.2} ms"))
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+impl Row {
+    fn medians(&self) -> ([Option<f64>; 3], Option<f64>, Option<f64>, Option<f64>) {
+        let col = |k: usize| median(self.samples.iter().map(|s| s.outage_ms[k]).collect());
+        (
+            [col(0), col(1), col(2)],
+            median(self.samples.iter().filter_map(|s| s.detection_ms).collect()),
+            median(self.samples.iter().filter_map(|s| s.announce_ms).collect()),
+            median(self.samples.iter().map(|s| s.start_s).collect()),
+        )
+    }
+
+    fn json(&self) -> Value {
+        let (o, d, a, st) = self.medians();
+        json!({
+            "size": self.size,
+            "binary": if self.baseline { "baseline" } else { "this build" },
+            "runs": self.samples.len(),
+            "outage_ms_p50": { "first": o[0], "middle": o[1], "last": o[2] },
+            "detection_ms_p50": d,
+            "announce_ms_p50": a,
+            "start_s_p50": st,
+            "samples": self.samples.iter().map(|s| json!({
+                "outage_ms": s.outage_ms,
+                "lost": s.lost,
+                "detection_ms": s.detection_ms,
+                "announce_ms": s.announce_ms,
+                "start_s": s.start_s,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "\nfailover by group size (link down, vip defaults; medians)\n\
+         | VIPs | binary | runs | outage first / middle / last | detection | decision → first announcement | a serving after start |\n\
+         |---:|---|---:|---|---:|---:|---:|\n",
+    );
+    let f = |x: Option<f64>, u: &str, d: usize| x.map_or("n/a".into(), |v| format!("{v:.d$} {u}"));
+    for r in rows {
+        let (o, d, a, st) = r.medians();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} / {} / {} | {} | {} | {} |",
+            r.size,
+            if r.baseline { "baseline" } else { "this build" },
+            r.samples.len(),
+            f(o[0], "ms", 1),
+            f(o[1], "ms", 1),
+            f(o[2], "ms", 1),
+            f(d, "ms", 1),
+            f(a, "ms", 2),
+            f(st, "s", 2),
+        );
+    }
+    out
+}

@@ -151,6 +151,10 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
         for row in rows {
             let bin = row["binary"].as_str().unwrap_or("");
             for which in ["first", "middle", "last"] {
+                // A row whose runs all failed has no figure (its table says so).
+                if row["outage_ms_p50"][which].is_null() {
+                    continue;
+                }
                 results.push(json!({
                     "bench": "failover",
                     "case": format!("{} VIPs, link down ({bin}): {which} VIP", row["size"]),

@@ -11,6 +11,7 @@
 //! (`last_takeover`), so detection and decision-to-announcement are reported too.
 //! With `--baseline BIN`, each run of the binary under test is followed by one of
 //! that binary, on the same lab. `--quick` (CI): one 1,000-VIP run.
+//! `VIP_BENCH_SIZES=1000,10000` chooses the sizes.
 
 use std::{
     fmt::Write as _,
@@ -54,6 +55,8 @@ struct Row {
     size: usize,
     baseline: bool,
     samples: Vec<Sample>,
+    /// Runs that did not get to a fault, and why.
+    failed: Vec<String>,
 }
 
 /// Runs the size axis: its rows as JSON, and its table.
@@ -70,7 +73,18 @@ pub fn run(
             .ns
             .ip(&["addr", "add", &format!("10.9.0.{last}/16"), "dev", "eth0"])?;
     }
-    let sizes: Vec<usize> = if quick { vec![1000] } else { SIZES.to_vec() };
+    let sizes: Vec<usize> = match std::env::var("VIP_BENCH_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .context("VIP_BENCH_SIZES: comma-separated sizes")
+            })
+            .collect::<Result<_>>()?,
+        Err(_) if quick => vec![1000],
+        Err(_) => SIZES.to_vec(),
+    };
     let runs = if quick { 1 } else { runs.max(RUNS) };
     let mut rows = Vec::new();
     for &size in &sizes {
@@ -79,11 +93,23 @@ pub fn run(
             bins.push((b, true));
         }
         let mut per: Vec<Vec<Sample>> = vec![Vec::new(); bins.len()];
+        let mut failed: Vec<Vec<String>> = vec![Vec::new(); bins.len()];
         for i in 0..runs {
             for (k, &(bin, is_base)) in bins.iter().enumerate() {
                 let label = if is_base { "baseline" } else { "this build" };
-                let s = once(&lan, size, bin)
-                    .with_context(|| format!("{size} VIPs, {label}, run {}", i + 1))?;
+                let s = match once(&lan, size, bin) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Reported in the row (a binary that cannot hold the group is a
+                        // result, not a broken bench).
+                        eprintln!(
+                            "[bench failover] {size:>6} VIPs {label:<10} run {}/{runs}: FAILED: {e:#}",
+                            i + 1
+                        );
+                        failed[k].push(format!("{e:#}"));
+                        continue;
+                    }
+                };
                 eprintln!(
                     "[bench failover] {size:>6} VIPs {label:<10} run {}/{runs}: outage first/middle/last {:.1} / {:.1} / {:.1} ms (lost {} / {} / {}), detection {}, first announcement {} after the decision, a serving {:.2} s after its start",
                     i + 1,
@@ -100,11 +126,12 @@ pub fn run(
                 per[k].push(s);
             }
         }
-        for (k, samples) in per.into_iter().enumerate() {
+        for (k, (samples, failed)) in per.into_iter().zip(failed).enumerate() {
             rows.push(Row {
                 size,
                 baseline: bins[k].1,
                 samples,
+                failed,
             });
         }
     }
@@ -128,7 +155,10 @@ fn once(lan: &Lan, size: usize, bin: &Path) -> Result<Sample> {
         .map(|&i| format!("{}:{PORT}", vip(i)).parse())
         .collect::<std::result::Result<_, _>>()?;
     let mut responders = Vec::new();
-    for to in &targets {
+    // A group of one VIP (or two) probes the same VIP more than once: one responder.
+    let mut unique = targets.clone();
+    unique.dedup();
+    for to in &unique {
         for h in ["a", "b"] {
             responders.push(Responder::start(&lan.host(h).ns, *to, h)?);
         }
@@ -137,7 +167,23 @@ fn once(lan: &Lan, size: usize, bin: &Path) -> Result<Sample> {
     let a = Agent::start_full(&lan.host("a").ns, "a", &cfg("a", "b", 200), bin, &[], &[])?;
     let b = Agent::start_full(&lan.host("b").ns, "b", &cfg("b", "a", 100), bin, &[], &[])?;
     let result = measure(lan, &a, &b, &targets, started);
-    drop((a, b));
+    // Stopped together, with time to take thousands of addresses off lo (both
+    // namespaces share the kernel's rtnetlink lock).
+    let mut agents = [a, b];
+    for why in lab::stop_together(&mut agents, Duration::from_secs(90)) {
+        eprintln!("[bench failover] {why}");
+    }
+    drop(agents);
+    for h in ["a", "b"] {
+        let left = lan
+            .host(h)
+            .ns
+            .ip(&["-4", "-o", "addr", "show", "dev", "lo"])?;
+        let n = left.lines().filter(|l| l.contains(" 10.9.")).count();
+        if n > 0 {
+            eprintln!("[bench failover] {h} left {n} VIP addresses on lo");
+        }
+    }
     let up = lan.host("a").ns.ip(&["link", "set", "eth0", "up"]);
     drop(responders);
     let s = result?;
@@ -158,7 +204,7 @@ fn measure(
             .and_then(|s| s["groups"][0]["state"].as_str().map(str::to_string))
             .unwrap_or_default()
     };
-    let settle = Duration::from_secs(60);
+    let settle = Duration::from_secs(90);
     if wait_for(settle, || {
         (state(a) == "active" && state(b) == "standby").then_some(())
     })
@@ -255,6 +301,7 @@ impl Row {
             "size": self.size,
             "binary": if self.baseline { "baseline" } else { "this build" },
             "runs": self.samples.len(),
+            "failed_runs": self.failed,
             "outage_ms_p50": { "first": o[0], "middle": o[1], "last": o[2] },
             "detection_ms_p50": d,
             "announce_ms_p50": a,
@@ -273,7 +320,7 @@ impl Row {
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "\nfailover by group size (link down, vip defaults; medians)\n\
-         | VIPs | binary | runs | outage first / middle / last | detection | decision → first announcement | a serving after start |\n\
+         | VIPs | binary | runs (failed) | outage first / middle / last | detection | decision → first announcement | a serving after start |\n\
          |---:|---|---:|---|---:|---:|---:|\n",
     );
     let f = |x: Option<f64>, u: &str, d: usize| x.map_or("n/a".into(), |v| format!("{v:.d$} {u}"));
@@ -281,10 +328,11 @@ fn table(rows: &[Row]) -> String {
         let (o, d, a, st) = r.medians();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} / {} / {} | {} | {} | {} |",
+            "| {} | {} | {} ({}) | {} / {} / {} | {} | {} | {} |",
             r.size,
             if r.baseline { "baseline" } else { "this build" },
             r.samples.len(),
+            r.failed.len(),
             f(o[0], "ms", 1),
             f(o[1], "ms", 1),
             f(o[2], "ms", 1),

@@ -19,7 +19,7 @@ use vip_common::{
 };
 
 use crate::{
-    maps::{self, ECHO_SEEN, VIPS_V6},
+    maps::{self, ECHO_SEEN},
     packet::{hdr, hdr_mut, src_mac, Error, Frame, Plain},
     parse::{Addrs, Family, Packet},
     peers,
@@ -127,8 +127,7 @@ fn serving(frame: &Frame, body: &[u8; echo::LEN]) -> bool {
         6 => {
             let mut vip = [0u8; 16];
             vip.copy_from_slice(&body[at..at + 16]);
-            // SAFETY: hash-map values are replaced under RCU, never written in place.
-            unsafe { VIPS_V6.get(vip) }
+            maps::vip_v6(&vip)
         }
         _ => None,
     };

@@ -25,8 +25,7 @@ use vip_common::{
 };
 
 use crate::{
-    echo,
-    maps::{self, VIPS_V6},
+    echo, maps,
     packet::{self, hdr, hdr_mut, Error, Frame, Mac, ETH_HLEN},
     parse::{self, Addrs, ICMPV6, UDP},
     steer,
@@ -64,8 +63,7 @@ pub fn handle(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
         return Ok(XDP_PASS);
     };
     let dst = *dst;
-    // SAFETY: hash-map values are replaced under RCU, never written in place.
-    match unsafe { VIPS_V6.get(dst) } {
+    match maps::vip_v6(&dst) {
         Some(entry) => steer::vip_action(ctx, frame, entry, &mut pkt),
         // Behind up to three extension headers and in a first fragment too, so that
         // none of them is a way past the election port's checks; a later fragment
@@ -81,10 +79,9 @@ fn solicitation(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
     const BASE: usize = ETH_HLEN + IPV6_HLEN;
     let ip = hdr::<Ipv6Hdr>(ctx, ETH_HLEN)?;
     let ns = hdr::<[u8; NS_MIN_LEN]>(ctx, BASE)?;
-    let mut target = [0u8; 16];
-    target.copy_from_slice(&ns[8..24]);
-    // SAFETY: hash-map values are replaced under RCU, never written in place.
-    let Some(entry) = (unsafe { VIPS_V6.get(target) }) else {
+    // A copy without a zeroed buffer first (which LLVM made a call to memset).
+    let target: [u8; 16] = *<&[u8; 16]>::try_from(&ns[8..24]).map_err(|_| Error::Truncated)?;
+    let Some(entry) = maps::vip_v6(&target) else {
         return Ok(XDP_PASS);
     };
     let len = u16::from_be_bytes(ip.payload_len) as usize;

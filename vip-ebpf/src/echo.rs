@@ -125,9 +125,10 @@ fn serving(frame: &Frame, body: &[u8; echo::LEN]) -> bool {
             body[at + 3],
         ])),
         6 => {
-            let mut vip = [0u8; 16];
-            vip.copy_from_slice(&body[at..at + 16]);
-            maps::vip_v6(&vip)
+            // In the packet, as `vip_v6` wants it.
+            <&[u8; 16]>::try_from(&body[at..at + 16])
+                .ok()
+                .and_then(maps::vip_v6)
         }
         _ => None,
     };

@@ -28,6 +28,8 @@ pub mod maps {
     pub const VIPS_V6: &str = "VIPS_V6";
     pub const VIP_INDEX_V4: &str = "VIP_INDEX_V4";
     pub const VIP_ENTRIES_V4: &str = "VIP_ENTRIES_V4";
+    pub const VIP_INDEX_V6: &str = "VIP_INDEX_V6";
+    pub const VIP_ENTRIES_V6: &str = "VIP_ENTRIES_V6";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const LEASES: &str = "LEASES";
@@ -314,6 +316,19 @@ pub struct IndexedEntry {
 }
 const _: () = assert!(size_of::<IndexedEntry>() == 48);
 
+/// The IPv6 VIP index's entry (see [`index`], [`index::slot_v6`]): a VIP's entry
+/// with its full address, compared on every read. 8-aligned so that the program
+/// compares the address as two u64 loads; no padding (16 + 40 bytes).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IndexedEntryV6 {
+    /// The VIP's 16 bytes in network order (the `VIPS_V6` key).
+    pub addr: [u8; 16],
+    pub entry: VipEntry,
+}
+const _: () = assert!(size_of::<IndexedEntryV6>() == 56);
+const _: () = assert!(core::mem::align_of::<IndexedEntryV6>() == 8);
+
 /// The IPv4 VIP index: a direct-mapped array of slots in front of `VIPS_V4`, whose
 /// hash lookup costs about as much as everything else a VIP's packet does. A slot
 /// is one u64 the agent stores atomically (the array is mmapped), so the program
@@ -328,6 +343,12 @@ const _: () = assert!(size_of::<IndexedEntry>() == 48);
 /// the program never sees an entry half written; freed indexes are reused last
 /// (FIFO), and the entry carries its address, checked on every read. `VIPS_V4`
 /// stays the source of truth: anything the index cannot answer falls back to it.
+///
+/// IPv6 VIPs have an index of their own in front of `VIPS_V6` (`VIP_INDEX_V6`,
+/// `VIP_ENTRIES_V6` of [`IndexedEntryV6`]), with the same slot count, the same
+/// rules and the same [`pack`](index::pack)ed slots, but for the low 32 bits: they
+/// hold the VIP's [`fold_v6`](index::fold_v6), a hint (an address whose fold differs
+/// is not that VIP; one whose fold matches is compared in full with the entry's).
 pub mod index {
     /// Slot value: no VIP hashes here.
     pub const EMPTY: u32 = 0;
@@ -359,6 +380,32 @@ pub mod index {
     #[inline(always)]
     pub fn slot(addr: u32, shift: u32) -> u32 {
         u32::from_be(addr).wrapping_mul(MUL) >> shift
+    }
+
+    /// An IPv6 address (16 bytes, network order) folded to 32 bits: the xor of its
+    /// first three big-endian words plus the last. Within one /96 (a /64's
+    /// addresses numbered from 1, as VIPs are) consecutive addresses fold to
+    /// consecutive numbers, which [`slot_v6`] then spreads as [`slot`] spreads a
+    /// subnet's IPv4 addresses; the xor keeps every prefix bit in the fold.
+    #[inline(always)]
+    pub fn fold_v6(a: &[u8; 16]) -> u32 {
+        let w = |i: usize| u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        (w(0) ^ w(4) ^ w(8)).wrapping_add(w(12))
+    }
+
+    /// [`fold_v6`] of an address read as two native-endian u64 (its bytes 0-7 and
+    /// 8-15), as the program loads it.
+    #[inline(always)]
+    pub fn fold_v6_words(w: [u64; 2]) -> u32 {
+        let (h, l) = (w[0].to_ne_bytes(), w[1].to_ne_bytes());
+        let be = |b: [u8; 8], i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        (be(h, 0) ^ be(h, 4) ^ be(l, 0)).wrapping_add(be(l, 4))
+    }
+
+    /// The slot of an IPv6 address's fold ([`fold_v6`]); `shift` as for [`slot`].
+    #[inline(always)]
+    pub fn slot_v6(fold: u32, shift: u32) -> u32 {
+        fold.wrapping_mul(MUL) >> shift
     }
 
     #[inline(always)]
@@ -948,6 +995,8 @@ mod pod {
     unsafe impl aya::Pod for super::VipStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IndexedEntry {}
+    // SAFETY: as above (the 16-byte address fills the room before the 4-aligned entry).
+    unsafe impl aya::Pod for super::IndexedEntryV6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
@@ -1096,5 +1145,44 @@ mod tests {
         assert_ne!(z.next_u64(), 0);
         assert!((0..1000).all(|_| r.below(7) < 7));
         assert_eq!(r.below(0), 0);
+    }
+
+    #[test]
+    fn an_ipv6_subnets_consecutive_vips_land_in_distinct_slots_while_they_fit() {
+        extern crate std;
+        use super::index::{bits, fold_v6, slot_v6};
+        let a: [u8; 16] = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0x2a, 0, 0, 0, 0, 0, 0, 0, 1,
+        ];
+        // The fold is as documented: xor of the first three words, plus the last.
+        assert_eq!(fold_v6(&a), (0x2001_0db8 ^ 0x2a) + 1);
+        let words = |x: &[u8; 16]| {
+            [
+                u64::from_ne_bytes(x[..8].try_into().unwrap()),
+                u64::from_ne_bytes(x[8..].try_into().unwrap()),
+            ]
+        };
+        assert_eq!(super::index::fold_v6_words(words(&a)), fold_v6(&a));
+        // As for IPv4 (the same hash of the same numbers), not at every capacity:
+        // with 65,536 VIPs of capacity two VIPs 50,549 apart share a slot (and the
+        // hash map answers for them).
+        for max in [16u32, 64, 1024, 4096, 32_768, 1 << 20] {
+            let shift = 32 - bits(max);
+            let mut seen = std::vec![false; 1 << bits(max)];
+            for i in 0..max {
+                let mut x = a;
+                x[12..].copy_from_slice(&(1 + i).to_be_bytes());
+                let s = slot_v6(fold_v6(&x), shift) as usize;
+                assert!(!seen[s], "{max} VIPs: the {i}th shares slot {s}");
+                seen[s] = true;
+            }
+        }
+        // An address whose fold differs from a VIP's is not that VIP: changing any
+        // one word changes the fold.
+        for byte in 0..16 {
+            let mut x = a;
+            x[byte] ^= 0x10;
+            assert_ne!(fold_v6(&x), fold_v6(&a), "byte {byte}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use vip_common::{
 };
 
 use crate::{
-    maps::{self, ECHO_SEEN, VIPS_V6},
+    maps::{self, ECHO_SEEN},
     packet::{hdr, hdr_mut, src_mac, Error, Frame, Plain},
     parse::{Addrs, Family, Packet},
     peers,
@@ -125,10 +125,10 @@ fn serving(frame: &Frame, body: &[u8; echo::LEN]) -> bool {
             body[at + 3],
         ])),
         6 => {
-            let mut vip = [0u8; 16];
-            vip.copy_from_slice(&body[at..at + 16]);
-            // SAFETY: hash-map values are replaced under RCU, never written in place.
-            unsafe { VIPS_V6.get(vip) }
+            // In the packet, as `vip_v6` wants it.
+            <&[u8; 16]>::try_from(&body[at..at + 16])
+                .ok()
+                .and_then(maps::vip_v6)
         }
         _ => None,
     };

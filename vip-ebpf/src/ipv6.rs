@@ -25,8 +25,7 @@ use vip_common::{
 };
 
 use crate::{
-    echo,
-    maps::{self, VIPS_V6},
+    echo, maps,
     packet::{self, hdr, hdr_mut, Error, Frame, Mac, ETH_HLEN},
     parse::{self, Addrs, ICMPV6, UDP},
     steer,
@@ -63,9 +62,7 @@ pub fn handle(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
     let Addrs::V6 { dst, .. } = pkt.addrs(ctx) else {
         return Ok(XDP_PASS);
     };
-    let dst = *dst;
-    // SAFETY: hash-map values are replaced under RCU, never written in place.
-    match unsafe { VIPS_V6.get(dst) } {
+    match maps::vip_v6(dst) {
         Some(entry) => steer::vip_action(ctx, frame, entry, &mut pkt),
         // Behind up to three extension headers and in a first fragment too, so that
         // none of them is a way past the election port's checks; a later fragment
@@ -81,22 +78,27 @@ fn solicitation(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
     const BASE: usize = ETH_HLEN + IPV6_HLEN;
     let ip = hdr::<Ipv6Hdr>(ctx, ETH_HLEN)?;
     let ns = hdr::<[u8; NS_MIN_LEN]>(ctx, BASE)?;
-    let mut target = [0u8; 16];
-    target.copy_from_slice(&ns[8..24]);
-    // SAFETY: hash-map values are replaced under RCU, never written in place.
-    let Some(entry) = (unsafe { VIPS_V6.get(target) }) else {
+    let in_packet = <&[u8; 16]>::try_from(&ns[8..24]).map_err(|_| Error::Truncated)?;
+    let Some(entry) = maps::vip_v6(in_packet) else {
         return Ok(XDP_PASS);
     };
+    // Kept for the answer, across the resize (a copy without a zeroed buffer first,
+    // which LLVM made a call to memset).
+    let target: [u8; 16] = *in_packet;
     let len = u16::from_be_bytes(ip.payload_len) as usize;
-    let from_unspecified = ip.src_addr == [0u8; 16];
+    // The addresses compared as two 8-byte words each (see `maps::packet_u64`).
+    let (src, dst, tgt) = (words(&ip.src_addr), words(&ip.dst_addr), words(in_packet));
+    let from_unspecified = src == [0, 0];
+    let to_target = dst == tgt;
     let shape_ok = ip.hop_limit == 255
-        && usable_source(&ip.src_addr)
+        && ip.src_addr[0] != 0xff
+        && src != LOOPBACK
         && ns[1] == 0
         && (NS_MIN_LEN..=MAX_NS_LEN).contains(&len)
         && len.is_multiple_of(8)
         && (frame.len as usize) >= BASE + len
-        && addressed_to_us(frame, &ip.dst_addr, &target, &entry.own_mac)
-        && (!from_unspecified || ip.dst_addr != target);
+        && addressed_to_us(frame, &ip.dst_addr, to_target, &target, &entry.own_mac)
+        && (!from_unspecified || !to_target);
     if !shape_ok || !maps::answers(entry) {
         return not_answered();
     }
@@ -107,18 +109,32 @@ fn solicitation(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
         return not_answered();
     }
 
-    // Everything the answer needs, before the frame is resized.
+    // Everything the answer needs, before the frame is resized; the addresses' part
+    // of the NA's checksum (the target twice, the destination) from the packet.
     let requester = packet::src_mac(ctx)?;
-    let (dst_ip, dst_mac, flags) = if from_unspecified {
+    let (dst_ip, dst_mac, flags, addr_sum) = if from_unspecified {
         // Defend the address against a DAD probe: tell all nodes.
-        (ALL_NODES, [0x33, 0x33, 0, 0, 0, 1], NA_FLAG_OVERRIDE)
+        (
+            ALL_NODES,
+            [0x33, 0x33, 0, 0, 0, 1],
+            NA_FLAG_OVERRIDE,
+            network_order(2 * loaded_sum(in_packet)) + ALL_NODES_SUM,
+        )
     } else {
-        (ip.src_addr, requester, NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE)
+        (
+            ip.src_addr,
+            requester,
+            NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE,
+            network_order(2 * loaded_sum(in_packet) + loaded_sum(&ip.src_addr)),
+        )
     };
     let own_mac = entry.own_mac;
     let stats_entry = *entry;
 
-    packet::adjust_tail(ctx, NA_FRAME_LEN as i32 - frame.len as i32)?;
+    // An NS with a source link-layer option is as long as the NA: no helper call.
+    if frame.len as usize != NA_FRAME_LEN {
+        packet::adjust_tail(ctx, NA_FRAME_LEN as i32 - frame.len as i32)?;
+    }
     let out = hdr_mut::<[u8; NA_FRAME_LEN]>(ctx, 0)?;
     out[0..6].copy_from_slice(&dst_mac);
     out[6..12].copy_from_slice(&own_mac);
@@ -144,10 +160,9 @@ fn solicitation(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
     na[24] = OPT_TARGET_LL;
     na[25] = 1;
     na[26..32].copy_from_slice(&own_mac);
-    let mut sum = sum16(&target) + sum16(&dst_ip) + NA_LEN as u32 + ICMPV6 as u32;
+    let mut sum = addr_sum + NA_LEN as u32 + ICMPV6 as u32;
     sum += (NA as u32) << 8;
     sum += (flags as u32) << 8;
-    sum += sum16(&target);
     sum += ((OPT_TARGET_LL as u32) << 8) | 1;
     sum += mac_sum(&own_mac);
     let csum = csum_finish(sum);
@@ -166,20 +181,31 @@ fn not_answered() -> Result<u32, Error> {
     Ok(XDP_DROP)
 }
 
-/// Neither multicast (RFC 4291 2.7) nor loopback (2.5.3): the kernel drops such
-/// packets on input, and an answer would go to a group (with the solicited flag,
-/// which receivers reject) or to `::1` on the wire.
+/// `::1` as [`words`] loads it. A source must be neither multicast (RFC 4291 2.7)
+/// nor loopback (2.5.3): the kernel drops such packets on input, and an answer
+/// would go to a group (with the solicited flag, which receivers reject) or to
+/// `::1` on the wire.
+const LOOPBACK: [u64; 2] = [0, u64::from_ne_bytes([0, 0, 0, 0, 0, 0, 0, 1])];
+
+/// 16 bytes of the packet as two native-endian u64, each one load.
 #[inline(always)]
-fn usable_source(src: &[u8; 16]) -> bool {
-    const LOOPBACK: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    src[0] != 0xff && *src != LOOPBACK
+fn words(a: &[u8; 16]) -> [u64; 2] {
+    let p = a.as_ptr();
+    // SAFETY: 16 bytes of the packet (callers pass its addresses).
+    unsafe { [maps::packet_u64(p), maps::packet_u64(p.add(8))] }
 }
 
 /// The NS must reach us either as the target's solicited-node multicast or unicast
 /// to the VIP at our MAC.
 #[inline(always)]
-fn addressed_to_us(frame: &Frame, dst: &[u8; 16], target: &[u8; 16], own_mac: &Mac) -> bool {
-    if dst == target {
+fn addressed_to_us(
+    frame: &Frame,
+    dst: &[u8; 16],
+    to_target: bool,
+    target: &[u8; 16],
+    own_mac: &Mac,
+) -> bool {
+    if to_target {
         return frame.dst == *own_mac;
     }
     let solicited_node = dst[0] == 0xff
@@ -230,31 +256,46 @@ fn options(ctx: &XdpContext, base: usize, len: usize) -> Result<bool, Error> {
 /// Verifies the ICMPv6 checksum over the pseudo-header and `len` bytes of message.
 #[inline(always)]
 fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, base: usize, len: usize) -> Result<bool, Error> {
-    let mut sum = sum16(&ip.src_addr) + sum16(&ip.dst_addr) + len as u32 + ICMPV6 as u32;
+    let mut loaded = loaded_sum(&ip.src_addr) + loaded_sum(&ip.dst_addr);
     let mut chunk = 0;
     while chunk < MAX_NS_LEN / 8 {
         if chunk * 8 >= len {
             break;
         }
         let b = hdr::<[u8; 8]>(ctx, base + chunk * 8)?;
-        sum += u16::from_be_bytes([b[0], b[1]]) as u32
-            + u16::from_be_bytes([b[2], b[3]]) as u32
-            + u16::from_be_bytes([b[4], b[5]]) as u32
-            + u16::from_be_bytes([b[6], b[7]]) as u32;
+        // SAFETY: 8 bytes of the packet, bounds checked just above.
+        loaded += halves(unsafe { maps::packet_u64(b.as_ptr()) });
         chunk += 1;
     }
-    Ok(csum_fold(sum) == 0xffff)
+    Ok(csum_fold(network_order(loaded) + len as u32 + ICMPV6 as u32) == 0xffff)
 }
 
+/// `ALL_NODES`' part of a checksum (ff02::1: 0xff02 + 0x0001).
+const ALL_NODES_SUM: u32 = 0xff03;
+
+/// The sum of a u64's two halves: a one's-complement sum of its four 16-bit words
+/// (in the order they were loaded, little-endian), carries kept above bit 16.
 #[inline(always)]
-fn sum16(a: &[u8; 16]) -> u32 {
-    let mut s = 0u32;
-    let mut i = 0;
-    while i < 16 {
-        s += u16::from_be_bytes([a[i], a[i + 1]]) as u32;
-        i += 2;
-    }
-    s
+fn halves(w: u64) -> u64 {
+    (w & 0xffff_ffff) + (w >> 32)
+}
+
+/// 16 bytes of the packet summed as loaded: two 8-byte loads instead of 16 byte
+/// loads (see [`network_order`]).
+#[inline(always)]
+fn loaded_sum(a: &[u8; 16]) -> u64 {
+    let w = words(a);
+    halves(w[0]) + halves(w[1])
+}
+
+/// A sum of little-endian loads as the network-order 16-bit sum: the one's-complement
+/// sum of byte-swapped words is the byte-swapped sum (RFC 1071 2.B), so fold, then
+/// swap. Exact for sums below 2^63: the first fold leaves less than 2^32 + 2^31.
+#[inline(always)]
+fn network_order(sum: u64) -> u32 {
+    let s = (sum & 0xffff_ffff) + (sum >> 32);
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    csum_fold(s as u32).swap_bytes() as u32
 }
 
 #[inline(always)]

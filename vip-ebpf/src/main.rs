@@ -18,6 +18,8 @@
 //! `vip_lease` program.
 #![no_std]
 #![no_main]
+// One 8-byte load from a packet whatever its alignment (`maps::packet_u64`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod arp;
 mod director;

@@ -17,8 +17,8 @@ use vip_common::{
     action,
     balance_maps::{self, MAX_BALANCED_GROUPS, MAX_MEMBERS},
     flags, global, index, peers, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry,
-    EipStats, FlowKey, FlowKeyV4, FlowValue, IndexedEntry, Owner, Peer, PeerKey, Settings,
-    VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
+    EipStats, FlowKey, FlowKeyV4, FlowValue, IndexedEntry, IndexedEntryV6, Owner, Peer, PeerKey,
+    Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
 };
 
 /// IPv4 VIP (4 bytes, network order, as a native-endian u32) -> entry.
@@ -39,6 +39,14 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// IPv6 VIP (16 bytes, network order) -> entry.
 #[map]
 pub static VIPS_V6: HashMap<[u8; 16], VipEntry> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// The IPv6 VIP index's slots and entries (`vip_common::index`, `IndexedEntryV6`):
+/// as the IPv4 index's, with as many slots (the same `VIP_INDEX_SHIFT`).
+#[map]
+pub static VIP_INDEX_V6: Array<u64> = Array::with_max_entries(1 << 6, BPF_F_MMAPABLE);
+#[map]
+pub static VIP_ENTRIES_V6: Array<IndexedEntryV6> =
+    Array::with_max_entries(index::entries(DEFAULT_MAX_VIPS), 0);
 
 /// Per-VIP counters, indexed by `VipEntry::stats_index`.
 #[map]
@@ -154,7 +162,8 @@ static EIP_ENABLED: u32 = 0;
 static ECHO_PORT: u32 = 0;
 #[unsafe(no_mangle)]
 static BALANCE_ENABLED: u32 = 0;
-/// 32 - log2 of the index's slot count (`vip_common::index::bits`).
+/// 32 - log2 of the slot count of each index, IPv4's and IPv6's
+/// (`vip_common::index::bits`).
 #[unsafe(no_mangle)]
 static VIP_INDEX_SHIFT: u32 = 32 - 6;
 /// Random per load; a lease request must carry it (`vip_common::lease::Request::key`).
@@ -195,6 +204,68 @@ pub fn vip_v4(dst: u32) -> Option<&'static VipEntry> {
     }
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     unsafe { VIPS_V4.get(dst) }
+}
+
+/// The entry of an IPv6 VIP (16 bytes, network order, **in the packet**), read as
+/// `vip_v4` reads an IPv4 one: the slot of the address's fold, then the entry,
+/// whose address is compared whole (two u64 compares); a slot several VIPs share, or
+/// any doubt, falls back to `VIPS_V6` (keyed by the packet's bytes, as the helper
+/// allows).
+#[inline(always)]
+pub fn vip_v6(dst: &[u8; 16]) -> Option<&'static VipEntry> {
+    let p = dst.as_ptr();
+    // SAFETY: 16 bytes of the packet, within the bounds its parser checked.
+    let words = unsafe { [packet_u64(p), packet_u64(p.add(8))] };
+    let fold = index::fold_v6_words(words);
+    // SAFETY: a read-only global the loader patches; volatile keeps the load.
+    let shift = unsafe { core::ptr::read_volatile(&VIP_INDEX_SHIFT) };
+    if let Some(slot) = VIP_INDEX_V6.get(index::slot_v6(fold, shift)) {
+        // One 8-byte load: the agent stores slots whole.
+        // SAFETY: a valid pointer into the array.
+        let (hint, reference) = index::unpack(unsafe { core::ptr::read_volatile(slot) });
+        if reference == index::EMPTY && hint == 0 {
+            return None;
+        }
+        if reference != index::COLLIDED && reference != index::EMPTY {
+            if hint != fold {
+                // The slot is another VIP's alone, whose fold differs.
+                return None;
+            }
+            if let Some(e) = VIP_ENTRIES_V6.get(reference - 1) {
+                let a = e.addr.as_ptr() as *const u64;
+                // SAFETY: the entry is 8-aligned (`IndexedEntryV6`), its address 16 bytes.
+                if unsafe { *a == words[0] && *a.add(1) == words[1] } {
+                    return Some(&e.entry);
+                }
+            }
+        }
+    }
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    unsafe { VIPS_V6.get(dst) }
+}
+
+/// The 8 bytes at `p` as a native-endian u64, in one load. LLVM turns an unaligned
+/// read into 8 byte loads and shifts (a packet's IPv6 address is only 2-aligned),
+/// and a copy to the stack first costs as much plus a stalled reload; the verifier
+/// takes an unaligned load from the packet (not from the stack, which it checks
+/// strictly: hence packet addresses only).
+///
+/// # Safety
+///
+/// `p..p + 8` is inside the packet, within the bounds the verifier knows.
+#[inline(always)]
+pub unsafe fn packet_u64(p: *const u8) -> u64 {
+    let v: u64;
+    // SAFETY: a plain load of memory the caller vouches for; no other effect.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u64 *)({p} + 0)",
+            p = in(reg) p,
+            v = lateout(reg) v,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+    }
+    v
 }
 
 #[inline(always)]

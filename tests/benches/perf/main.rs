@@ -281,6 +281,8 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
             0,
         )?;
         let udp = |dst| frames::udp4(OWN, CLIENT, CLIENT4, dst, 4000, 53, &[0u8; 18]);
+        let client6: Ipv6Addr = "2001:db8::1".parse()?;
+        let udp6 = |dst| frames::udp6(OWN, CLIENT, client6, dst, 4000, 53, &[0u8; 18]);
         let advert = [0x56u8; 64];
         let port = |src, mac, b: &[u8]| frames::udp4(OWN, mac, src, HOST4, PORT, PORT, b);
         let probe = vip::echo::encode(ECHO_SLOT, echo::token(key, 5), 5, IpAddr::V4(local));
@@ -301,6 +303,8 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
             ("IPv4 to a VIP: local (XDP_PASS)", udp(local)),
             ("IPv4 to a VIP: redirect (XDP_REDIRECT)", udp(redir)),
             ("IPv4 to a VIP: forward (XDP_TX)", udp(fwd)),
+            ("IPv6, not a VIP", udp6("2001:db8::99".parse()?)),
+            ("IPv6 to a VIP: local (XDP_PASS)", udp6(local6)),
             (
                 "election port: a peer's advertisement (XDP_PASS)",
                 port(PEER4, CLIENT, &advert),

@@ -182,6 +182,8 @@ impl Dataplane {
             .override_global(globals::LEASE_KEY, &lease_key, true)
             .map_max_entries(maps::VIP_INDEX_V4, Index::slots(max_vips))
             .map_max_entries(maps::VIP_ENTRIES_V4, vip_common::index::entries(max_vips))
+            .map_max_entries(maps::VIP_INDEX_V6, Index::slots(max_vips))
+            .map_max_entries(maps::VIP_ENTRIES_V6, vip_common::index::entries(max_vips))
             .map_max_entries(maps::VIPS_V4, max_vips)
             .map_max_entries(maps::VIPS_V6, max_vips)
             .map_max_entries(maps::VIP_STATS, max_vips);

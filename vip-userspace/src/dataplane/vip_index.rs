@@ -1,31 +1,78 @@
-//! The IPv4 VIP index the program reads before the `VIPS_V4` hash map (layout and
-//! read rules: `vip_common::index`). The agent is its only writer: it knows which
-//! VIPs share a slot and which entries are free, so the program only ever reads.
+//! The VIP indexes the program reads before the hash maps, IPv4's in front of
+//! `VIPS_V4` and IPv6's in front of `VIPS_V6` (layout and read rules:
+//! `vip_common::index`), one [`Index`] each, over the family's [`Key`]. The agent is
+//! their only writer: it knows which VIPs share a slot and which entries are free,
+//! so the program only ever reads.
 //!
 //! Order of writes, so that the program sees the old state or the new one and never
 //! a mix: an entry goes to a free index first (one batched syscall), then its slot
 //! is stored whole (an atomic 8-byte store into the mmapped array). Freed indexes go
-//! to the back of the queue. `VIPS_V4` is written before the index on an update and
-//! after it on a removal (`super::vips` does so, and its tests pin it), so a lookup
-//! that falls back to it agrees.
+//! to the back of the queue. The hash map is written before the index on an update
+//! and after it on a removal (`super::vips` does so, and its tests pin it), so a
+//! lookup that falls back to it agrees.
 
 use std::{
     collections::{HashMap, VecDeque},
-    hash::{BuildHasherDefault, Hasher},
+    fmt::Debug,
+    hash::{BuildHasherDefault, Hash, Hasher},
     os::fd::{AsRawFd, BorrowedFd},
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use vip_common::{index, IndexedEntry, VipEntry};
+use vip_common::{index, IndexedEntry, IndexedEntryV6, VipEntry};
 
-/// Where the index lives: the kernel's arrays, or plain memory in unit tests.
-pub trait Store {
-    fn write_entries(&mut self, items: &[(u32, IndexedEntry)]) -> std::io::Result<()>;
+/// A family's VIP as its index keys it: IPv4's u32 (network order as a native-endian
+/// u32, the `VIPS_V4` key) or IPv6's 16 bytes (network order, the `VIPS_V6` key).
+pub trait Key: Copy + Eq + Hash + Debug {
+    /// The index's entry: the VIP's entry with its address.
+    type Indexed: Copy + aya::Pod;
+    /// The slot the program reads for this address.
+    fn slot(&self, shift: u32) -> u32;
+    /// The low 32 bits of the slot when the VIP has it alone: the IPv4 address, the
+    /// IPv6 address's fold (see `vip_common::index`).
+    fn hint(&self) -> u32;
+    fn indexed(&self, entry: VipEntry) -> Self::Indexed;
+}
+
+impl Key for u32 {
+    type Indexed = IndexedEntry;
+    fn slot(&self, shift: u32) -> u32 {
+        index::slot(*self, shift)
+    }
+    fn hint(&self) -> u32 {
+        *self
+    }
+    fn indexed(&self, entry: VipEntry) -> IndexedEntry {
+        IndexedEntry {
+            addr: *self,
+            _pad: 0,
+            entry,
+        }
+    }
+}
+
+impl Key for [u8; 16] {
+    type Indexed = IndexedEntryV6;
+    fn slot(&self, shift: u32) -> u32 {
+        index::slot_v6(index::fold_v6(self), shift)
+    }
+    fn hint(&self) -> u32 {
+        index::fold_v6(self)
+    }
+    fn indexed(&self, entry: VipEntry) -> IndexedEntryV6 {
+        IndexedEntryV6 { addr: *self, entry }
+    }
+}
+
+/// Where an index lives: the kernel's arrays, or plain memory in unit tests.
+pub trait Store<K: Key> {
+    fn write_entries(&mut self, items: &[(u32, K::Indexed)]) -> std::io::Result<()>;
     fn write_slot(&mut self, slot: u32, value: u64);
 }
 
 /// The keys are addresses and slots the agent itself chose, not a peer's input: a
-/// multiplicative hash (rustc-hash's) instead of SipHash.
+/// multiplicative hash (rustc-hash's) instead of SipHash. An IPv6 key is hashed as
+/// its four words.
 #[derive(Default)]
 struct U32Hasher(u64);
 
@@ -35,7 +82,11 @@ impl Hasher for U32Hasher {
         self.0.rotate_left(26)
     }
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
+        let mut words = bytes.chunks_exact(4);
+        for w in &mut words {
+            self.write_u32(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+        }
+        for b in words.remainder() {
             self.write_u32(*b as u32);
         }
     }
@@ -48,23 +99,30 @@ type Fast<K, V> = HashMap<K, V, BuildHasherDefault<U32Hasher>>;
 
 /// The VIPs that hash to one slot: almost always one.
 #[derive(Debug)]
-enum Occupants {
-    One(u32),
-    Many(Vec<u32>),
+enum Occupants<K> {
+    One(K),
+    Many(Vec<K>),
 }
 
-/// Which slot and entry every indexed VIP has.
+/// Which slot and entry every indexed VIP of a family has (IPv4 by default).
 #[derive(Debug)]
-pub struct Index {
+pub struct Index<K: Key = u32> {
     shift: u32,
     free: VecDeque<u32>,
     /// VIP -> its entry's index.
-    at: Fast<u32, u32>,
+    at: Fast<K, u32>,
     /// Slot -> the VIPs that hash to it.
-    by_slot: Fast<u32, Occupants>,
+    by_slot: Fast<u32, Occupants<K>>,
 }
 
 impl Index {
+    /// The slot count of each family's index for `max_vips`.
+    pub fn slots(max_vips: u32) -> u32 {
+        1 << index::bits(max_vips)
+    }
+}
+
+impl<K: Key> Index<K> {
     pub fn new(max_vips: u32) -> Self {
         Index {
             shift: 32 - index::bits(max_vips),
@@ -74,21 +132,18 @@ impl Index {
         }
     }
 
-    pub fn slots(max_vips: u32) -> u32 {
-        1 << index::bits(max_vips)
-    }
-
     pub fn shift(&self) -> u32 {
         self.shift
     }
 
-    /// Indexes (or re-indexes) VIPs with their entries, which `VIPS_V4` already holds.
+    /// Indexes (or re-indexes) VIPs with their entries, which the hash map already
+    /// holds.
     /// A batch larger than the free entries goes in chunks: each chunk's flips free
     /// the entries the next one takes.
     pub fn set(
         &mut self,
-        store: &mut impl Store,
-        items: &[(u32, VipEntry)],
+        store: &mut impl Store<K>,
+        items: &[(K, VipEntry)],
     ) -> std::io::Result<()> {
         let mut rest = items;
         while !rest.is_empty() {
@@ -105,31 +160,22 @@ impl Index {
 
     fn set_chunk(
         &mut self,
-        store: &mut impl Store,
-        items: &[(u32, VipEntry)],
+        store: &mut impl Store<K>,
+        items: &[(K, VipEntry)],
     ) -> std::io::Result<()> {
-        let batch: Vec<(u32, IndexedEntry)> = items
+        let batch: Vec<(u32, K::Indexed)> = items
             .iter()
             .zip(self.free.iter())
-            .map(|((addr, entry), &i)| {
-                (
-                    i,
-                    IndexedEntry {
-                        addr: *addr,
-                        _pad: 0,
-                        entry: *entry,
-                    },
-                )
-            })
+            .map(|((addr, entry), &i)| (i, addr.indexed(*entry)))
             .collect();
         if let Err(e) = store.write_entries(&batch) {
-            // `VIPS_V4` has them already: their slots send the program there (a VIP
+            // The hash map has them already: their slots send the program there (a VIP
             // with no entry reads "collided") until they are set again.
             for (addr, _) in items {
                 if let Some(old) = self.at.remove(addr) {
                     self.free.push_back(old);
                 }
-                let slot = index::slot(*addr, self.shift);
+                let slot = addr.slot(self.shift);
                 self.by_slot
                     .entry(slot)
                     .and_modify(|o| o.add(*addr))
@@ -138,17 +184,18 @@ impl Index {
             }
             return Err(e);
         }
-        for (i, e) in batch {
+        for ((i, _), (addr, _)) in batch.iter().zip(items) {
+            let (i, addr) = (*i, *addr);
             self.free.pop_front();
-            if let Some(old) = self.at.insert(e.addr, i) {
+            if let Some(old) = self.at.insert(addr, i) {
                 self.free.push_back(old);
             }
-            let slot = index::slot(e.addr, self.shift);
+            let slot = addr.slot(self.shift);
             let o = self
                 .by_slot
                 .entry(slot)
-                .and_modify(|o| o.add(e.addr))
-                .or_insert(Occupants::One(e.addr));
+                .and_modify(|o| o.add(addr))
+                .or_insert(Occupants::One(addr));
             // Its entry is `i`: no lookup in `at`.
             store.write_slot(slot, o.value(|_| Some(i)));
         }
@@ -156,20 +203,20 @@ impl Index {
     }
 
     /// Points the VIPs' slots at the hash map for a while (they read "collided"), so
-    /// that a large batch takes effect as soon as `VIPS_V4` has it: the entries and
-    /// slots written next, by [`Index::set`], cost about as much again.
-    pub fn bypass(&self, store: &mut impl Store, addrs: &[u32]) {
+    /// that a large batch takes effect as soon as the hash map has it: the entries
+    /// and slots written next, by [`Index::set`], cost about as much again.
+    pub fn bypass(&self, store: &mut impl Store<K>, addrs: &[K]) {
         for a in addrs {
-            store.write_slot(index::slot(*a, self.shift), index::pack(0, index::COLLIDED));
+            store.write_slot(a.slot(self.shift), index::pack(0, index::COLLIDED));
         }
     }
 
-    /// Takes a VIP out of the index (before `VIPS_V4` forgets it).
-    pub fn remove(&mut self, store: &mut impl Store, addr: u32) {
+    /// Takes a VIP out of the index (before the hash map forgets it).
+    pub fn remove(&mut self, store: &mut impl Store<K>, addr: K) {
         let Some(i) = self.at.remove(&addr) else {
             return;
         };
-        let slot = index::slot(addr, self.shift);
+        let slot = addr.slot(self.shift);
         if let Some(o) = self.by_slot.get_mut(&slot) {
             if o.remove(addr) {
                 self.by_slot.remove(&slot);
@@ -200,13 +247,13 @@ impl Index {
     }
 }
 
-impl Occupants {
+impl<K: Key> Occupants<K> {
     /// The slot's word, given where a VIP's entry is (None: it has none, and the
     /// program must read the hash map).
-    fn value(&self, entry_of: impl FnOnce(u32) -> Option<u32>) -> u64 {
+    fn value(&self, entry_of: impl FnOnce(K) -> Option<u32>) -> u64 {
         match self {
             Occupants::One(one) => match entry_of(*one) {
-                Some(i) => index::pack(*one, i + 1),
+                Some(i) => index::pack(one.hint(), i + 1),
                 None => index::pack(0, index::COLLIDED),
             },
             Occupants::Many(_) => index::pack(0, index::COLLIDED),
@@ -214,7 +261,7 @@ impl Occupants {
     }
 
     /// Adds a VIP (present already: nothing changes).
-    fn add(&mut self, addr: u32) {
+    fn add(&mut self, addr: K) {
         match self {
             Occupants::One(a) if *a == addr => {}
             Occupants::One(a) => *self = Occupants::Many(vec![*a, addr]),
@@ -227,7 +274,7 @@ impl Occupants {
     }
 
     /// Removes a VIP; true when none is left.
-    fn remove(&mut self, addr: u32) -> bool {
+    fn remove(&mut self, addr: K) -> bool {
         match self {
             Occupants::One(a) => *a == addr,
             Occupants::Many(v) => {
@@ -287,13 +334,13 @@ impl KernelStore {
     }
 }
 
-impl Store for KernelStore {
-    fn write_entries(&mut self, items: &[(u32, IndexedEntry)]) -> std::io::Result<()> {
+impl<K: Key> Store<K> for KernelStore {
+    fn write_entries(&mut self, items: &[(u32, K::Indexed)]) -> std::io::Result<()> {
         if items.is_empty() {
             return Ok(());
         }
         let mut keys = Vec::with_capacity(items.len() * 4);
-        let mut values = Vec::with_capacity(items.len() * size_of::<IndexedEntry>());
+        let mut values = Vec::with_capacity(items.len() * size_of::<K::Indexed>());
         for (i, e) in items {
             keys.extend_from_slice(&i.to_ne_bytes());
             values.extend_from_slice(super::sys::bytes_of(e));
@@ -328,7 +375,7 @@ mod tests {
         entries: HashMap<u32, IndexedEntry>,
     }
 
-    impl Store for Mem {
+    impl Store<u32> for Mem {
         fn write_entries(&mut self, items: &[(u32, IndexedEntry)]) -> std::io::Result<()> {
             self.entries.extend(items.iter().copied());
             Ok(())
@@ -425,7 +472,7 @@ mod tests {
     #[derive(Default)]
     struct Failing(Mem);
 
-    impl Store for Failing {
+    impl Store<u32> for Failing {
         fn write_entries(&mut self, _: &[(u32, IndexedEntry)]) -> std::io::Result<()> {
             Err(std::io::Error::other("refused"))
         }
@@ -483,5 +530,107 @@ mod tests {
         // Random addresses would leave ~22 % sharing a slot; consecutive ones none.
         assert_eq!(ix.collided(), 0, "{} of {max} share a slot", ix.collided());
         assert_eq!(Index::slots(max), 16384);
+    }
+
+    #[derive(Default)]
+    struct Mem6 {
+        slots: HashMap<u32, u64>,
+        entries: HashMap<u32, IndexedEntryV6>,
+    }
+
+    impl Store<[u8; 16]> for Mem6 {
+        fn write_entries(&mut self, items: &[(u32, IndexedEntryV6)]) -> std::io::Result<()> {
+            self.entries.extend(items.iter().copied());
+            Ok(())
+        }
+        fn write_slot(&mut self, slot: u32, value: u64) {
+            self.slots.insert(slot, value);
+        }
+    }
+
+    /// The program's IPv6 read, as vip-ebpf's `maps::vip_v6` does it (answers as
+    /// [`read`]'s).
+    fn read6(m: &Mem6, shift: u32, dst: [u8; 16]) -> Option<Option<VipEntry>> {
+        let fold = index::fold_v6(&dst);
+        let (hint, r) = index::unpack(*m.slots.get(&index::slot_v6(fold, shift)).unwrap_or(&0));
+        if r == index::EMPTY && hint == 0 {
+            return Some(None);
+        }
+        if r != index::COLLIDED && r != index::EMPTY {
+            if hint != fold {
+                return Some(None);
+            }
+            if let Some(e) = m.entries.get(&(r - 1)) {
+                if e.addr == dst {
+                    return Some(Some(e.entry));
+                }
+            }
+        }
+        None
+    }
+
+    fn v6(last: u16) -> [u8; 16] {
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 6, 0, 0, 0, last).octets()
+    }
+
+    #[test]
+    fn ipv6_lookups_agree_with_the_table_through_updates_collisions_and_removals() {
+        let mut ix: Index<[u8; 16]> = Index::new(16);
+        let mut m = Mem6::default();
+        let shift = ix.shift();
+        let slot = |a: &[u8; 16]| a.slot(shift);
+        let all: Vec<[u8; 16]> = (1..=512).map(v6).collect();
+        // Two VIPs in one slot, a third alone; a non-VIP whose fold equals the
+        // third's (its first and second words xor-ed alike), in its slot.
+        let a = all[0];
+        let b = *all[1..].iter().find(|x| slot(x) == slot(&a)).unwrap();
+        let c = *all.iter().find(|x| slot(x) != slot(&a)).unwrap();
+        let mut twin = c;
+        twin[3] ^= 1;
+        twin[7] ^= 1;
+        assert_eq!(index::fold_v6(&twin), index::fold_v6(&c));
+        let mut truth: HashMap<[u8; 16], VipEntry> = HashMap::new();
+        let check = |m: &Mem6, truth: &HashMap<[u8; 16], VipEntry>| {
+            for x in all.iter().chain([twin].iter()) {
+                if let Some(got) = read6(m, shift, *x) {
+                    assert_eq!(got, truth.get(x).copied(), "{x:02x?}");
+                }
+            }
+        };
+        for (n, x) in [a, b, c].into_iter().enumerate() {
+            ix.set(&mut m, &[(x, entry(n as u32))]).unwrap();
+            truth.insert(x, entry(n as u32));
+            check(&m, &truth);
+        }
+        assert_eq!(ix.collided(), 2);
+        // c from the index; the twin reads c's entry, compares, and asks the hash map.
+        assert_eq!(read6(&m, shift, c), Some(Some(entry(2))));
+        assert_eq!(read6(&m, shift, twin), None);
+        assert_eq!(read6(&m, shift, a), None);
+        // Replaced: a fresh entry; removed: the slot says so.
+        ix.set(&mut m, &[(c, entry(9))]).unwrap();
+        truth.insert(c, entry(9));
+        check(&m, &truth);
+        assert_eq!(read6(&m, shift, c), Some(Some(entry(9))));
+        for x in [a, c] {
+            ix.remove(&mut m, x);
+            truth.remove(&x);
+            check(&m, &truth);
+        }
+        assert_eq!(read6(&m, shift, c), Some(None));
+        // b alone in its slot now: from the index.
+        assert_eq!(read6(&m, shift, b), Some(Some(entry(1))));
+        assert_eq!(ix.collided(), 0);
+        // A full table of a /64's consecutive VIPs: none shares a slot.
+        let mut ix: Index<[u8; 16]> = Index::new(4096);
+        let items: Vec<([u8; 16], VipEntry)> = (1..=4096u32)
+            .map(|i| {
+                let mut x = v6(0);
+                x[12..].copy_from_slice(&i.to_be_bytes());
+                (x, entry(1))
+            })
+            .collect();
+        ix.set(&mut Mem6::default(), &items).unwrap();
+        assert_eq!(ix.collided(), 0);
     }
 }

@@ -56,6 +56,14 @@ pub fn host_prefix(addr: IpAddr) -> u8 {
 const CHUNK_FIRST: usize = 1;
 const CHUNK_MAX: usize = 256;
 
+/// A change of at most this many addresses is waited for (at most [`SYNC_WAIT`]):
+/// a group of the recommended size has its addresses on lo, or off it, when its
+/// change of state is done, as when the loop made the requests itself, so a service
+/// that binds the VIP once `vip status` says active finds it. A bigger one is not:
+/// the loop must not wait seconds for a 10,000-VIP group.
+const SYNC_MAX: usize = 64;
+const SYNC_WAIT: Duration = Duration::from_millis(200);
+
 /// How far the worker is with the addresses of one [`Addresses::add_all`]: the
 /// announcer sends a VIP's announcement only once its address is on lo (a client
 /// that follows the announcement must find a stack that accepts its packets).
@@ -102,12 +110,10 @@ enum Job {
     Remove {
         group: String,
         addrs: Vec<IpAddr>,
+        progress: Arc<Progress>,
     },
     /// Remove from another interface (an earlier version's, or a killed agent's).
-    RemoveFrom {
-        ifindex: u32,
-        addrs: Vec<IpAddr>,
-    },
+    RemoveFrom { ifindex: u32, addrs: Vec<IpAddr> },
     /// Answers once every job before it is done.
     Flush(mpsc::Sender<()>),
 }
@@ -118,7 +124,9 @@ enum Job {
 /// are asked for: the kernel takes a time that grows with the addresses already on
 /// the device (about 0.4 ms each with 10,000 on lo), and the agent's loop must not
 /// wait for a big group's (it would delay the adverts). What the loop keeps is the
-/// set it holds; a takeover's announcer follows the worker through [`Progress`].
+/// set it holds; a takeover's announcer follows the worker through [`Progress`]. A
+/// change of up to [`SYNC_MAX`] addresses is still waited for (bounded), so a small
+/// group's addresses are in place when its change of state is done.
 pub struct Addresses {
     jobs: mpsc::Sender<Job>,
     lo: u32,
@@ -197,12 +205,14 @@ impl Addresses {
     /// are in place.
     pub fn add_all(&mut self, group: &str, addrs: Vec<IpAddr>) -> Arc<Progress> {
         let progress = Arc::new(Progress::default());
+        let n = addrs.len();
         self.held.extend(addrs.iter().copied());
         self.send(Job::Add {
             group: group.into(),
             addrs,
             progress: Some(progress.clone()),
         });
+        settle(&progress, n);
         progress
     }
 
@@ -216,10 +226,14 @@ impl Addresses {
         for a in &addrs {
             self.held.remove(a);
         }
+        let progress = Arc::new(Progress::default());
+        let n = addrs.len();
         self.send(Job::Remove {
             group: group.into(),
             addrs,
+            progress: progress.clone(),
         });
+        settle(&progress, n);
     }
 
     /// True if we hold (and keep restoring) this address.
@@ -257,6 +271,17 @@ impl Addresses {
     }
 }
 
+/// Waits, on the caller's thread, for a small change to be made (see [`SYNC_MAX`]).
+fn settle(progress: &Progress, n: usize) {
+    if n > SYNC_MAX {
+        return;
+    }
+    let deadline = std::time::Instant::now() + SYNC_WAIT;
+    while progress.done() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
 /// The worker: one job at a time, in order, a chunk of addresses at a time.
 fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>) {
     let fail = |what: String| {
@@ -288,13 +313,18 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
                     chunk = (chunk * 2).min(CHUNK_MAX);
                 }
             }
-            Job::Remove { group, addrs } => {
+            Job::Remove {
+                group,
+                addrs,
+                progress,
+            } => {
                 for addr in addrs {
                     if let Err(e) = nl.del_address(lo, addr, host_prefix(addr)) {
                         fail(format!(
                             "group {group}: removing VIP address {addr} from lo: {e}"
                         ));
                     }
+                    progress.advance(1);
                 }
             }
             Job::RemoveFrom { ifindex, addrs } => {

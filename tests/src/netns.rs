@@ -158,3 +158,21 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
     .with_context(|| format!("veth {a_name}@{} <-> {b_name}@{}", a.name, b.name))
     .map(|_| ())
 }
+
+impl Netns {
+    /// The addresses (without prefix) on `dev`.
+    pub fn addresses_on(&self, dev: &str) -> Vec<std::net::IpAddr> {
+        self.ip(&["-o", "addr", "show", "dev", dev])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
+            .collect()
+    }
+
+    /// True if this namespace's kernel delivers `addr` locally (`ip route get` says
+    /// "local"): what decides whether its stack accepts a packet to it.
+    pub fn delivers_locally(&self, addr: std::net::IpAddr) -> bool {
+        self.ip(&["route", "get", &addr.to_string()])
+            .is_ok_and(|r| r.trim_start().starts_with("local "))
+    }
+}

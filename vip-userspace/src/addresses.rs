@@ -196,11 +196,6 @@ impl Addresses {
         }
     }
 
-    /// Adds a VIP address (idempotent).
-    pub fn add(&mut self, group: &str, addr: IpAddr) {
-        self.add_all(group, vec![addr]);
-    }
-
     /// Adds `addrs` (idempotent), in this order; the returned progress says how many
     /// are in place.
     pub fn add_all(&mut self, group: &str, addrs: Vec<IpAddr>) -> Arc<Progress> {

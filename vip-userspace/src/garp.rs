@@ -253,7 +253,18 @@ pub fn send_now(
 /// [`RETRIES`] refusals in a row the rest of the round is given up (counted in
 /// [`PacketSocket::dropped`]) and left to the next round.
 pub async fn send_round(socket: &PacketSocket, frames: &[Vec<u8>], label: &str, gate: &Gate) {
-    send_round_stamped(socket, frames, label, gate, None).await
+    send_round_stamped(socket, frames, label, gate, None).await;
+}
+
+/// How a round (or a part of one) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoundEnd {
+    /// Every frame was handed to the queue (or failed for another reason, logged).
+    Sent,
+    /// The queue stayed full: the rest was given up (counted).
+    GaveUp,
+    /// The gate closed: nothing more may leave.
+    Withheld,
 }
 
 async fn send_round_stamped(
@@ -262,14 +273,14 @@ async fn send_round_stamped(
     label: &str,
     gate: &Gate,
     stamp: Option<&Stamp>,
-) {
+) -> RoundEnd {
     let mut since_yield = 0;
     for (i, f) in frames.iter().enumerate() {
         let mut refused = 0;
         loop {
             if !gate.is_open() {
                 log::debug!("group {label}: announcement withheld: the lease no longer runs");
-                return;
+                return RoundEnd::Withheld;
             }
             match socket.send(f) {
                 Ok(()) => {
@@ -287,7 +298,7 @@ async fn send_round_stamped(
                             "group {label}: the send queue stayed full for {RETRIES} ms: \
                              {lost} announcements of this round dropped"
                         );
-                        return;
+                        return RoundEnd::GaveUp;
                     }
                     socket.retried.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(RETRY_AFTER).await;
@@ -305,6 +316,7 @@ async fn send_round_stamped(
             tokio::task::yield_now().await;
         }
     }
+    RoundEnd::Sent
 }
 
 /// Sends `garp.count` rounds of announcements, the first at once, then one every
@@ -366,7 +378,7 @@ pub async fn burst_rest(
                 }
             }
         };
-        send_round_stamped(
+        let end = send_round_stamped(
             &socket,
             &frames[sent..upto],
             &label,
@@ -374,7 +386,18 @@ pub async fn burst_rest(
             first.stamp.as_ref(),
         )
         .await;
-        sent = upto;
+        match end {
+            RoundEnd::Sent => sent = upto,
+            // The rest of the first round is given up with the part that was
+            // (the next round sends them all again).
+            RoundEnd::GaveUp => {
+                socket
+                    .dropped
+                    .fetch_add((len - upto) as u64, Ordering::Relaxed);
+                break;
+            }
+            RoundEnd::Withheld => break,
+        }
     }
     for _ in 1..garp.count {
         tokio::time::sleep(garp.interval).await;

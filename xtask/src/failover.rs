@@ -548,7 +548,7 @@ fn stats(s: &[Sample]) -> ((f64, f64, f64), (usize, usize, usize)) {
 }
 
 /// min, p50, p90, max (nearest rank); None without samples.
-fn quantiles(v: &[f64]) -> Option<[f64; 4]> {
+pub(crate) fn quantiles(v: &[f64]) -> Option<[f64; 4]> {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let rank = |p: f64| -> Option<f64> {
@@ -638,7 +638,7 @@ fn detection_table(rows: &[Row]) -> String {
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds (the clock the agent's `*_mono_ns` use).
-fn mono_ns() -> Result<u64> {
+pub(crate) fn mono_ns() -> Result<u64> {
     let t = nix::time::clock_gettime(ClockId::CLOCK_MONOTONIC).context("clock_gettime")?;
     Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
 }

@@ -22,6 +22,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use lab::{outage, wait_for, Agent, Lan, Prober, Responder};
+
+use crate::failover::{mono_ns, quantiles};
 use serde_json::{json, Value};
 
 const PORT: u16 = 7008;
@@ -267,21 +269,13 @@ fn measure(
     })
 }
 
-fn mono_ns() -> Result<u64> {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-    Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-}
-
 fn opt_ms(x: Option<f64>) -> String {
     x.map_or("n/a".into(), |v| format!("{v:.2} ms"))
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    Some(v[v.len() / 2])
+/// The median (nearest rank, as the failover bench's quantiles).
+fn median(v: Vec<f64>) -> Option<f64> {
+    quantiles(&v).map(|q| q[1])
 }
 
 impl Row {

@@ -280,6 +280,7 @@ fn clippy_ebpf() -> Result<()> {
 /// outage and takeover figures on a loaded machine. Every other test runs in parallel.
 const SERIAL: &[&str] = &[
     "balance",
+    "big_group",
     "chaos",
     "eip",
     "failover",

@@ -34,10 +34,13 @@ impl Agent {
                 self.groups[gi].cfg.name.clone(),
                 self.groups[gi].vips.clone(),
             );
-            for v in vips.iter() {
-                if !self.addrs.holds(v.vip.addr) {
-                    self.addrs.add(&name, v.vip.addr);
-                }
+            let missing: Vec<_> = vips
+                .iter()
+                .map(|v| v.vip.addr)
+                .filter(|a| !self.addrs.holds(*a))
+                .collect();
+            if !missing.is_empty() {
+                self.addrs.add_all(&name, missing);
             }
         } else if !self.groups[gi].own.draining() {
             let holds = self.groups[gi]

@@ -40,25 +40,26 @@ fn config(lan: &lab::Lan, me: &str, priority: u8) -> String {
 /// Asserts how `ns` holds the group: every VIP on lo and delivered locally exactly
 /// when `serving`, none otherwise (waited for: the worker is asynchronous).
 fn assert_holds(ns: &Netns, node: &str, serving: bool) {
-    let want = |v: &IpAddr, on: &[IpAddr]| on.contains(v) == serving;
+    let all = vips();
     let ok = wait_for(Duration::from_secs(5), || {
         let on = ns.addresses_on("lo");
-        vips().iter().all(|v| want(v, &on)).then_some(())
+        all.iter().all(|v| on.contains(v) == serving).then_some(())
     });
     let on = ns.addresses_on("lo");
     assert!(
         ok.is_some(),
         "{node}: {} of {} VIPs on lo, wanted {}",
-        vips().iter().filter(|v| on.contains(v)).count(),
-        vips().len(),
+        all.iter().filter(|v| on.contains(v)).count(),
+        all.len(),
         if serving { "all" } else { "none" }
     );
-    let local: Vec<IpAddr> = vips()
-        .into_iter()
+    let local: Vec<IpAddr> = all
+        .iter()
+        .copied()
         .filter(|v| ns.delivers_locally(*v))
         .collect();
     if serving {
-        assert_eq!(local.len(), vips().len(), "{node}: VIPs delivered locally");
+        assert_eq!(local.len(), all.len(), "{node}: VIPs delivered locally");
     } else {
         assert!(local.is_empty(), "{node} delivers {local:?} locally");
     }

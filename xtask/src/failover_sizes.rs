@@ -22,9 +22,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use lab::{outage, wait_for, Agent, Lan, Prober, Responder};
+use serde_json::{json, Value};
 
 use crate::failover::{mono_ns, quantiles};
-use serde_json::{json, Value};
 
 const PORT: u16 = 7008;
 const PROBE: Duration = Duration::from_millis(1);

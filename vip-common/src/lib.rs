@@ -270,6 +270,13 @@ pub mod flags {
     /// `dst_mac` (the new active's GRACE sent it: neither node knows the flow, our
     /// kernel resets it). Everything else is forwarded as without the flag.
     pub const KEEP: u32 = 1 << 3;
+    /// A resident group's VIP (`addresses = "resident"`): its address stays on `lo`
+    /// on every node of the group, whatever the node's role, so the kernel would
+    /// accept whatever the program passes. What the entry does not serve now (its
+    /// lease has expired, or it is inert) is therefore dropped (XDP_DROP, counted in
+    /// `lease_expired`), never passed; serving, forwarding and the drain's KEEP are
+    /// as without the flag.
+    pub const RESIDENT: u32 = 1 << 4;
 }
 
 /// Value of the `VIPS_V4` (key: IPv4 address, 4 bytes in network order) and `VIPS_V6`
@@ -433,7 +440,8 @@ pub struct VipStats {
     pub passed: u64,
     pub redirected: u64,
     pub forwarded: u64,
-    /// Packets passed because the group's lease had expired.
+    /// Packets not steered because the group's lease had expired (or its entry is
+    /// inert): passed, or dropped on a resident group's entry ([`flags::RESIDENT`]).
     pub lease_expired: u64,
 }
 const _: () = assert!(size_of::<VipStats>() == 64);

@@ -4,7 +4,7 @@
 use aya_ebpf::programs::XdpContext;
 use vip_common::{
     action, flags, global,
-    xdp::{XDP_PASS, XDP_TX},
+    xdp::{XDP_DROP, XDP_PASS, XDP_TX},
     VipEntry,
 };
 
@@ -35,9 +35,16 @@ pub fn vip_action(
     };
     stats.rx_packets += 1;
     stats.rx_bytes += frame.len;
+    // A resident group's address is on `lo` here whatever our role: what we do not
+    // serve must not reach the kernel, which would accept it.
+    let unserved = if entry.flags & flags::RESIDENT != 0 {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    };
     if maps::lease_expired(entry) {
         stats.lease_expired += 1;
-        return Ok(XDP_PASS);
+        return Ok(unserved);
     }
     // A planned handover's drain: established TCP connections stay on the node that
     // has their sockets (see `handover`).
@@ -77,6 +84,14 @@ pub fn vip_action(
             packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
             stats.forwarded += 1;
             Ok(XDP_TX)
+        }
+        action::LOCAL => {
+            stats.passed += 1;
+            Ok(XDP_PASS)
+        }
+        _ if unserved == XDP_DROP => {
+            stats.lease_expired += 1;
+            Ok(XDP_DROP)
         }
         _ => {
             stats.passed += 1;

@@ -16,7 +16,8 @@
 //! * **Giving them up**: the announcements stop, the group goes quiet (if it served),
 //!   the entries change (forward or inert), a lease is granted again only for forward
 //!   entries (which never answer for a VIP), inert ones lose theirs, and the addresses
-//!   go (at the end of the drain after a handover).
+//!   go (at the end of the drain after a handover; a resident group's stay, see
+//!   [`Terms::resident`]).
 //! * **The lease** runs only while the agent renews it, never past the moment a standby
 //!   may take our last advertisement's silence for our death
 //!   ([`Ownership::advertised`]), and only while it still runs ([`Lease::extend`]; the
@@ -116,6 +117,10 @@ pub struct Terms {
     pub redirect: bool,
     /// An active/active group (members keep the VIP on lo; the director's table).
     pub balanced: bool,
+    /// The addresses stay on lo in every role (`addresses = "resident"`): giving the
+    /// VIPs up keeps them (a standby's entries drop what they do not serve), and they
+    /// are added as soon as the group starts, so a takeover finds them in place.
+    pub resident: bool,
     /// A static or keepalived group without a permanent `forward_to`: after giving its
     /// VIPs up towards a successor it forwards only for the drain.
     pub forward_for_drain: bool,
@@ -391,9 +396,13 @@ impl Ownership {
         let drains = was && forward_to.is_some() && !self.t.drain.is_zero();
         self.addrs_until = drains.then(|| now + self.t.drain);
         out.extend(self.forward_effects(now, boot, forward_to));
-        // A balanced group's standby is a member: it keeps the VIP on lo.
+        // A balanced group's standby is a member: it keeps the VIP on lo. A resident
+        // group keeps (or, starting, adds) its addresses in every role, after the
+        // entries that drop what it does not serve.
         let member = self.t.balanced && state == State::Standby;
-        if !drains && !member {
+        if self.t.resident {
+            out.push(Effect::AddAddresses);
+        } else if !drains && !member {
             out.push(Effect::RemoveAddresses);
         }
         if was && forward_to.is_some() && self.t.forward_for_drain {
@@ -478,7 +487,7 @@ impl Ownership {
             if let Holding::Forwarding(m) = self.holding {
                 out.push(Effect::Entries(Entries::Forward { to: m, keep: false }));
             }
-            if !self.t.balanced {
+            if !self.t.balanced && !self.t.resident {
                 out.push(Effect::RemoveAddresses);
             }
         }
@@ -633,6 +642,7 @@ mod tests {
             drain: 1000 * MS,
             redirect: false,
             balanced: false,
+            resident: false,
             forward_for_drain: false,
         }
     }
@@ -682,6 +692,40 @@ mod tests {
         );
         assert_eq!(out[lease], Effect::Lease(LeaseWrite::Grant(ms(1290))));
         assert_eq!(o.holding(), Holding::Serving);
+    }
+
+    /// A resident group's addresses are added when it starts (as it gives the VIPs up
+    /// to nobody, inert), after its entries, and never removed by a change of role: not
+    /// at a failure, a fault, a handover or the end of its drain.
+    #[test]
+    fn a_resident_group_adds_its_addresses_at_start_and_never_removes_them() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(Terms {
+            resident: true,
+            ..terms()
+        });
+        let start = o.give_up(t0, ms(0), State::Standby, None);
+        let inert = position(&start, |e| *e == Effect::Entries(Entries::Inert));
+        let addrs = position(&start, |e| *e == Effect::AddAddresses);
+        assert!(inert < addrs, "{start:?}");
+        o.advertised(ms(1000));
+        assert!(o.take(t0, ms(1000), None).contains(&Effect::AddAddresses));
+        // A planned handover: forward (with KEEP for the drain), then its end.
+        let out = o.give_up(t0, ms(1010), State::Standby, Some(MAC_B));
+        assert!(!out.contains(&Effect::RemoveAddresses), "{out:?}");
+        let out = o.tick(t0 + 2000 * MS, ms(3010));
+        assert!(!out.contains(&Effect::RemoveAddresses), "{out:?}");
+        // A fault.
+        o.advertised(ms(4000));
+        o.take(t0, ms(4000), None);
+        let out = o.give_up(t0, ms(4010), State::Fault, None);
+        assert!(!out.contains(&Effect::RemoveAddresses), "{out:?}");
+        // The same group without `resident` removes them.
+        let mut plain = Ownership::new(terms());
+        plain.advertised(ms(1000));
+        plain.take(t0, ms(1000), None);
+        let out = plain.give_up(t0, ms(1010), State::Fault, None);
+        assert!(out.contains(&Effect::RemoveAddresses), "{out:?}");
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct GroupStatus {
     pub mode: String,
     /// MAC that standby traffic is forwarded to, if any.
     pub forward_to: Option<String>,
+    /// Where the VIP addresses are kept: "on_takeover" (on lo while the node holds
+    /// the VIPs) or "resident" (on lo in every role).
+    #[serde(default)]
+    pub addresses: String,
     /// False while a health check fails (the group is then in fault).
     pub healthy: bool,
     /// Each check and its last result.
@@ -487,6 +491,13 @@ impl Status {
             if !g.health.is_empty() {
                 let _ = writeln!(s, "{:<12} health: {}", "", g.health);
             }
+            if g.addresses == "resident" {
+                let _ = writeln!(
+                    s,
+                    "{:<12} addresses: resident (on lo in every role)",
+                    ""
+                );
+            }
             if let Some(b) = &g.balance {
                 s.push_str(&member_table(g, b));
             }
@@ -569,6 +580,7 @@ pub(crate) fn example() -> Status {
         .into(),
         mode: "elected".into(),
         forward_to: None,
+        addresses: "on_takeover".into(),
         healthy: true,
         health: "track_interface ok (eth0 is up)".into(),
         election: Some(ElectionStatus {
@@ -671,6 +683,7 @@ mod tests {
             transition_reasons: BTreeMap::new(),
             mode: "elected".into(),
             forward_to: None,
+            addresses: "on_takeover".into(),
             healthy: true,
             health: String::new(),
             election: Some(ElectionStatus {

@@ -237,7 +237,12 @@ impl GroupRuntime {
         };
         let mut e = VipEntry {
             action: act,
-            flags: if self.leased() { flags::LEASED } else { 0 },
+            flags: if self.leased() { flags::LEASED } else { 0 }
+                | if self.own.terms().resident {
+                    flags::RESIDENT
+                } else {
+                    0
+                },
             stats_index: v.slot,
             group_index: self.index,
             own_mac: mac.0,
@@ -318,6 +323,7 @@ pub(super) fn terms(cfg: &Group, redirect: bool, elected: bool) -> Terms {
         drain: cfg.drain,
         redirect,
         balanced: cfg.balance.is_some(),
+        resident: cfg.addresses.is_resident() && elected && !redirect,
         forward_for_drain: !elected && cfg.forward_to.is_none(),
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use super::{
-    check_config,
+    check_config, effects,
     group::{terms, trackers},
     parse_config, Agent, VipRuntime,
 };
@@ -74,6 +74,30 @@ impl Plan {
 }
 
 impl Agent {
+    /// A reload turned `addresses = "resident"` on or off for a group: the entries
+    /// carry the flag that drops what they do not serve, and the addresses follow,
+    /// in the order that never lets the kernel accept what the node does not serve
+    /// (on: entries first, then the addresses; off: the addresses go first unless the
+    /// node holds the VIPs now, then the entries).
+    fn change_residence(&mut self, gi: usize, resident: bool) -> Result<()> {
+        let plan = self.groups[gi].current_entries();
+        let holds_vips = matches!(
+            self.groups[gi].own.holding(),
+            Holding::Serving | Holding::Quiet | Holding::Adopted
+        ) || self.groups[gi].own.draining();
+        if resident {
+            self.program_entries(gi, plan, None)?;
+            let (mut kernel, groups) = self.kernel();
+            effects::Writes::add_addresses(&mut kernel, &mut groups[gi]);
+        } else {
+            if !holds_vips {
+                self.release_addresses(gi);
+            }
+            self.program_entries(gi, plan, None)?;
+        }
+        Ok(())
+    }
+
     /// Validates the new config and resolves everything that can fail.
     pub(super) fn plan(&self) -> Result<Plan> {
         let new = parse_config(&self.opts)?;
@@ -323,6 +347,7 @@ impl Agent {
             a != b || self.groups[gi].key != key
         };
         let track_changed = self.groups[gi].cfg.track != g.track;
+        let was_resident = self.groups[gi].own.terms().resident;
         self.groups[gi].cfg = g.clone();
         self.groups[gi].key = key;
         let (redirect, elected) = (
@@ -344,6 +369,11 @@ impl Agent {
             self.groups[gi].checks = trackers(&g.track);
             self.spawn_checks(gi);
         }
+        let resident = self.groups[gi].own.terms().resident;
+        if resident != was_resident {
+            self.change_residence(gi, resident)
+                .with_context(|| format!("group[{}].addresses", g.name))?;
+        }
         if !added.is_empty() {
             let addrs: Vec<IpAddr> = added.iter().map(|v| v.addr).collect();
             let plan = self.groups[gi].current_entries();
@@ -363,6 +393,10 @@ impl Agent {
                 let burst = tokio::spawn(garp::burst(socket, mac, addrs, garp, name, gate, ready));
                 self.groups[gi].bursts.push(burst);
                 self.join_solicited_nodes(gi, true);
+            } else if resident && self.groups[gi].redirect.is_none() {
+                // In place before any takeover (the entries just written drop what
+                // reaches them unserved).
+                self.addrs.add_all(&g.name, addrs.clone());
             }
         }
         if settings_changed {

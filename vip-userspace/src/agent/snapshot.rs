@@ -89,6 +89,7 @@ struct GroupSnap {
     transition_reasons: BTreeMap<String, u64>,
     mode: &'static str,
     forward_to: Option<Mac>,
+    resident: bool,
     healthy: bool,
     health: String,
     election: Option<ElectionStatus>,
@@ -137,6 +138,7 @@ impl Agent {
                 transition_reasons: g.transition_reasons.clone(),
                 mode: g.mode(),
                 forward_to: g.forward_to().filter(|_| g.state != State::Active),
+                resident: g.own.terms().resident,
                 healthy: g.healthy(),
                 health: g.health_detail(),
                 election: g.election().map(|e| ElectionStatus {
@@ -286,6 +288,7 @@ impl Snapshot {
                 transition_reasons: g.transition_reasons,
                 mode: g.mode.into(),
                 forward_to: g.forward_to.map(|m| m.to_string()),
+                addresses: if g.resident { "resident" } else { "on_takeover" }.into(),
                 healthy: g.healthy,
                 health: g.health,
                 election: g.election,

@@ -33,6 +33,34 @@ pub struct Group {
     pub drain: Duration,
     /// Active/active: the active spreads flows over every healthy node of the group.
     pub balance: Option<Balance>,
+    /// `addresses = "resident"`: the VIP addresses stay on `lo` in every role, so a
+    /// takeover changes only the data plane's entries (see [`Addresses`]).
+    pub addresses: Addresses,
+}
+
+/// Where a group's VIP addresses are on `lo` (`addresses`): what a takeover has to
+/// change in the kernel before the local stack accepts the VIPs' traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Addresses {
+    /// Added at each takeover, removed when the node gives the VIPs up (the default:
+    /// a standby's own processes reach the active, as on any host without the VIP).
+    /// The kernel's cost grows with the addresses already on `lo`: a 10,000-VIP
+    /// group's last address is in place seconds after the takeover.
+    #[default]
+    OnTakeover,
+    /// On `lo` from start to stop on every node of the group (as an LVS-DR real
+    /// server holds its VIP), so a takeover is the data plane's entries only. A
+    /// standby's data plane forwards what reaches it to the active, or drops it
+    /// (`vip_common::flags::RESIDENT`); only its own processes reach their own stack
+    /// for the VIPs. Elected groups only (the lease is what makes a standby's entries
+    /// drop), not redirected or balanced ones.
+    Resident,
+}
+
+impl Addresses {
+    pub fn is_resident(self) -> bool {
+        self == Addresses::Resident
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,6 +181,7 @@ fn group(
     let forward_to = parse_mac_key(&gkey, "forward_to", g.forward_to.as_deref(), p);
     let garp = garp(&gkey, g.garp_count, g.garp_interval_ms, node_garp, p);
     let balance = balance::balance(&gkey, g, &mut seen.ports, p);
+    let addresses = addresses(&gkey, g, p);
     Group {
         name: g.name.clone(),
         vips,
@@ -166,7 +195,39 @@ fn group(
         garp_refresh,
         drain,
         balance,
+        addresses,
     }
+}
+
+/// `addresses`: "on_takeover" (the default) or "resident", for elected groups whose
+/// VIPs are delivered locally.
+fn addresses(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Addresses {
+    let key = format!("{gkey}.addresses");
+    let a = match g.addresses.as_deref() {
+        None | Some("on_takeover") => return Addresses::OnTakeover,
+        Some("resident") => Addresses::Resident,
+        Some(other) => {
+            p(
+                key,
+                format!("`{other}` is not a choice (expected \"on_takeover\" or \"resident\")"),
+            );
+            return Addresses::OnTakeover;
+        }
+    };
+    let refused = if g.peers.is_none() {
+        Some("is for elected groups (peers): a standby's lease is what makes its data plane drop what it does not serve")
+    } else if g.redirect_to.is_some() {
+        Some("does not apply to a redirected group: its VIPs are never on lo")
+    } else if g.balance.is_some() {
+        Some("does not apply to a balanced group: its members hold the VIPs on lo already")
+    } else {
+        None
+    };
+    if let Some(why) = refused {
+        p(key, format!("\"resident\" {why}"));
+        return Addresses::OnTakeover;
+    }
+    a
 }
 
 /// The group's VIPs: at least one, each in no other group (`seen`: the VIPs so far).

@@ -633,3 +633,49 @@ fn ipv6_on_link_prefix_and_not_a_real_address() {
         );
     }
 }
+
+/// `addresses`: "on_takeover" by default, "resident" for elected groups delivered
+/// locally only; a big group without it is warned about, naming the key's remedy.
+#[test]
+fn addresses_resident_is_for_elected_local_groups() {
+    let elected = |vips: &str, extra: &str| {
+        format!("{GOOD}\n[[group]]\nname = \"api\"\nvips = [{vips}]\npeers = [\"10.0.0.12\"]\npriority = 150\n{extra}\n")
+    };
+    let one = "\"10.0.0.60/24\"";
+    let c = parse(&elected(one, "")).unwrap();
+    assert_eq!(c.groups[1].addresses, Addresses::OnTakeover);
+    let c = parse(&elected(one, "addresses = \"resident\"")).unwrap();
+    assert!(c.groups[1].addresses.is_resident());
+    let p = problems(&elected(one, "addresses = \"always\""));
+    assert_eq!(p[0].key, "group[api].addresses");
+    assert!(p[0].message.contains("`always`"), "{p:?}");
+    // Not for static, redirected or balanced groups.
+    let p = problems(&GOOD.replace("role = ", "addresses = \"resident\"\nrole = "));
+    assert_eq!(p[0].key, "group[web].addresses");
+    assert!(p[0].message.contains("elected"), "{p:?}");
+    let p = problems(&elected(
+        one,
+        "addresses = \"resident\"\nredirect_to = \"veth1\"",
+    ));
+    assert!(
+        p.iter().any(|p| p.key == "group[api].addresses" && p.message.contains("redirected")),
+        "{p:?}"
+    );
+    let p = problems(&elected(one, "addresses = \"resident\"\nbalance = {}"));
+    assert!(
+        p.iter().any(|p| p.key == "group[api].addresses" && p.message.contains("balanced")),
+        "{p:?}"
+    );
+    // Above 64 VIPs, adding the addresses at each takeover is warned about.
+    let many: Vec<String> = (1..=65).map(|i| format!("\"10.0.1.{i}/24\"")).collect();
+    let c = parse(&elected(&many.join(", "), "")).unwrap();
+    let w = timing_warnings(&c).join("\n");
+    assert!(
+        w.contains("group[api]: 65 VIPs") && w.contains("addresses = \"resident\""),
+        "{w}"
+    );
+    let c = parse(&elected(&many.join(", "), "addresses = \"resident\"")).unwrap();
+    assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
+    let c = parse(&elected(&many[..64].join(", "), "")).unwrap();
+    assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
+}

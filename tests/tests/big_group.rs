@@ -3,12 +3,16 @@
 //! the kernel only where it is served. Judged from the kernels and the wire: which
 //! stack delivers a VIP locally (`ip route get`), where the addresses are, a client's
 //! UDP probes and TCP connection across a failover, and what a killed or stopped
-//! agent leaves behind.
+//! agent leaves behind. A resident group (`addresses = "resident"`) holds its
+//! addresses on every node: there only the data plane keeps a standby's stack from
+//! accepting, so the client sends to the standby's MAC on purpose and sees who
+//! answers.
 
 mod common;
 
 use std::{
-    net::{IpAddr, SocketAddr, TcpListener},
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -149,6 +153,182 @@ fn a_killed_agents_addresses_do_not_keep_accepting() {
     expect_states(&[("a", &a), ("b", &b)], &["standby", "active"]);
     assert_holds(an, "a", false);
     assert_holds(bn, "b", true);
+    drop((a, b));
+    teardown(lan);
+}
+
+/// Every VIP on lo in `ns`, waited for (the worker adds them in the background).
+fn assert_resident(ns: &Netns, node: &str) {
+    let all = vips();
+    let ok = wait_for(Duration::from_secs(5), || {
+        let on = ns.addresses_on("lo");
+        all.iter().all(|v| on.contains(v)).then_some(())
+    });
+    let on = ns.addresses_on("lo");
+    assert!(
+        ok.is_some(),
+        "{node}: {} of {} resident VIPs on lo",
+        all.iter().filter(|v| on.contains(v)).count(),
+        all.len()
+    );
+}
+
+/// Accepts TCP connections on `addr` in `ns`, writing `name` to each and counting
+/// them; the thread ends with the test's process (the listener is never closed).
+fn name_server(
+    ns: &Netns,
+    addr: SocketAddr,
+    name: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let listener = ns
+        .run_in(|| TcpListener::bind(addr))
+        .unwrap_or_else(|e| panic!("{name} binds {addr}: {e}"));
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = conn.write_all(name.as_bytes());
+        }
+    });
+    accepted
+}
+
+/// Connects from `ns` to `to` and reads who answered (None: no connection).
+fn who_serves_tcp(ns: &Netns, to: SocketAddr) -> Option<String> {
+    ns.run_in(|| {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+}
+
+/// Points the client's neighbour entry for `vip` at `mac` (a stale cache, or a
+/// client that ignores the announcements), or back to what ARP/ND resolve.
+fn pin_neighbour(ns: &Netns, vip: IpAddr, mac: Option<&str>) {
+    let v = vip.to_string();
+    match mac {
+        Some(m) => ns
+            .ip(&[
+                "neigh", "replace", &v, "lladdr", m, "dev", "eth0", "nud", "permanent",
+            ])
+            .map(|_| ()),
+        None => ns.ip(&["neigh", "del", &v, "dev", "eth0"]).map(|_| ()),
+    }
+    .unwrap_or_else(|e| panic!("neighbour entry for {v}: {e}"));
+}
+
+/// A resident group keeps every address on both nodes, and still only the owner's
+/// stack accepts: UDP and TCP sent to the standby's MAC are forwarded to the active
+/// (the standby's own sockets, bound to the same VIPs, get nothing), a standby whose
+/// agent is stopped past its lease drops them, and a failover moves every VIP with
+/// no address to add.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn a_resident_group_is_accepted_only_where_it_is_served() {
+    privileged();
+    let lan = lan();
+    let (an, bn, cn) = (&lan.host("a").ns, &lan.host("b").ns, &lan.host("c").ns);
+    let resident = |me, prio| config(&lan, me, prio) + "addresses = \"resident\"\n";
+    let mut a = Agent::start(an, "a", &resident("a", 200)).unwrap();
+    let mut b = Agent::start(bn, "b", &resident("b", 100)).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    assert_resident(an, "a");
+    assert_resident(bn, "b");
+    let status = b.status().unwrap();
+    assert_eq!(status["groups"][0]["addresses"], "resident", "{status}");
+
+    // Both stacks could accept every VIP: both nodes serve the same ports on them.
+    let (last4, v6) = (vips()[99], vips()[105]);
+    let udp4: SocketAddr = (last4, 7007).into();
+    let udp6: SocketAddr = (v6, 7007).into();
+    let tcp4: SocketAddr = (last4, 8080).into();
+    let _r = [
+        Responder::start(an, udp4, "a").unwrap(),
+        Responder::start(bn, udp4, "b").unwrap(),
+        Responder::start(an, udp6, "a").unwrap(),
+        Responder::start(bn, udp6, "b").unwrap(),
+    ];
+    let tcp_a = name_server(an, tcp4, "a");
+    let tcp_b = name_server(bn, tcp4, "b");
+
+    // The client sends to the standby's MAC: the standby forwards to the active.
+    let b_mac = bn.mac("eth0").unwrap();
+    pin_neighbour(cn, last4, Some(&b_mac));
+    pin_neighbour(cn, v6, Some(&b_mac));
+    for to in [udp4, udp6] {
+        let prober = lab::Prober::start(cn, to, Duration::from_millis(1)).unwrap();
+        assert!(
+            prober.wait_answers("a", 100, Duration::from_secs(3)),
+            "{to} through b's MAC: the active never answered"
+        );
+        let probes = prober.finish();
+        let by_b = probes
+            .iter()
+            .filter(|p| p.answered_by.as_deref() == Some("b"))
+            .count();
+        assert_eq!(by_b, 0, "{to}: the standby's stack answered {by_b} probes");
+    }
+    for _ in 0..5 {
+        assert_eq!(who_serves_tcp(cn, tcp4).as_deref(), Some("a"), "TCP via b's MAC");
+    }
+    assert_eq!(tcp_b.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // The standby's agent stopped past its lease: its data plane drops, its stack
+    // (which holds the address) still sees nothing.
+    b.proc.signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let prober = lab::Prober::start(cn, udp4, Duration::from_millis(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let probes = prober.finish();
+    b.proc.signal(nix::sys::signal::Signal::SIGCONT).unwrap();
+    let by_b = probes
+        .iter()
+        .filter(|p| p.answered_by.as_deref() == Some("b"))
+        .count();
+    assert_eq!(
+        by_b,
+        0,
+        "a stopped standby's stack answered {by_b} of {} probes",
+        probes.len()
+    );
+    assert!(who_serves_tcp(cn, tcp4).as_deref() != Some("b"));
+    assert_eq!(tcp_b.load(std::sync::atomic::Ordering::SeqCst), 0);
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+
+    // A failover: the client follows the announcements again.
+    pin_neighbour(cn, last4, None);
+    pin_neighbour(cn, v6, None);
+    let prober = lab::Prober::start(cn, udp4, Duration::from_millis(1)).unwrap();
+    assert!(
+        prober.wait_answers("a", 100, Duration::from_secs(3)),
+        "a never answered"
+    );
+    an.ip(&["link", "set", "eth0", "down"]).unwrap();
+    assert!(
+        prober.wait_answers("b", 100, Duration::from_secs(3)),
+        "b never answered for the last VIP"
+    );
+    let o = lab::outage(&prober.finish(), "a", "b").expect("the client never moved to b");
+    eprintln!("110-VIP resident group, last VIP: {o:?}");
+    assert_eq!(who_serves_tcp(cn, tcp4).as_deref(), Some("b"));
+    assert!(tcp_a.load(std::sync::atomic::Ordering::SeqCst) >= 5);
+    // Both still hold every address: a's link going down moved no address.
+    assert_resident(an, "a");
+    assert_resident(bn, "b");
+
+    // Stopped agents take the addresses with them.
+    assert!(b.stop().unwrap().success());
+    assert!(a.stop().unwrap().success());
+    for (ns, node) in [(an, "a"), (bn, "b")] {
+        let on = ns.addresses_on("lo");
+        assert!(
+            vips().iter().all(|v| !on.contains(v)),
+            "{node}: VIP addresses left behind"
+        );
+    }
     drop((a, b));
     teardown(lan);
 }

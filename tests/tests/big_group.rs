@@ -212,7 +212,15 @@ fn pin_neighbour(ns: &Netns, vip: IpAddr, mac: Option<&str>) {
     match mac {
         Some(m) => ns
             .ip(&[
-                "neigh", "replace", &v, "lladdr", m, "dev", "eth0", "nud", "permanent",
+                "neigh",
+                "replace",
+                &v,
+                "lladdr",
+                m,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
             ])
             .map(|_| ()),
         None => ns.ip(&["neigh", "del", &v, "dev", "eth0"]).map(|_| ()),
@@ -272,7 +280,11 @@ fn a_resident_group_is_accepted_only_where_it_is_served() {
         assert_eq!(by_b, 0, "{to}: the standby's stack answered {by_b} probes");
     }
     for _ in 0..5 {
-        assert_eq!(who_serves_tcp(cn, tcp4).as_deref(), Some("a"), "TCP via b's MAC");
+        assert_eq!(
+            who_serves_tcp(cn, tcp4).as_deref(),
+            Some("a"),
+            "TCP via b's MAC"
+        );
     }
     assert_eq!(tcp_b.load(std::sync::atomic::Ordering::SeqCst), 0);
 

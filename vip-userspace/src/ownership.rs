@@ -6,7 +6,9 @@
 //!
 //! * **Taking the VIPs**: the lease, the director's table, the entries (the data plane
 //!   answers from here on), the addresses on lo, the solicited-node groups, then the
-//!   announcement.
+//!   announcement; the first VIPs' entries and announcements go ahead of the rest's
+//!   (a VIP is announced only once it is answered for, and a big group's first
+//!   announcement does not wait for its last entry).
 //! * **A planned handover** (a release: demote, preemption, SIGTERM): the group goes
 //!   quiet first ([`Ownership::quiesce`], `QUIET` in the data plane). It stops answering
 //!   ARP/NS and probes at that instant, while its entries still steer what arrives
@@ -193,13 +195,23 @@ pub enum Effect {
     BalanceTable,
     /// The group's node MACs, before a member's forward entries that use them.
     BalanceNodes,
+    /// The entries of the whole group.
     Entries(Entries),
+    /// A takeover's first step of the entries: only the VIPs that the first
+    /// announcements name (`garp::FIRST_FRAMES` of them), so a big group's first
+    /// announcement does not wait for every entry; [`Effect::Entries`] follows.
+    FirstEntries(Entries),
     Lease(LeaseWrite),
     /// Stop (true) or resume answering ARP/NS and probes, steering untouched.
     Quiet(bool),
     AddAddresses,
     RemoveAddresses,
-    /// The gratuitous ARP / unsolicited NA burst.
+    /// The first announcements, sent at once, for the VIPs [`Effect::FirstEntries`]
+    /// wrote (whose addresses are in place; none while the address worker is still
+    /// adding them).
+    AnnounceFirst,
+    /// The gratuitous ARP / unsolicited NA burst (its first round goes on from what
+    /// [`Effect::AnnounceFirst`] sent).
     Announce,
 }
 
@@ -339,10 +351,23 @@ impl Ownership {
         if self.t.balanced {
             out.push(Effect::BalanceTable);
         }
-        out.push(Effect::Entries(Entries::Active {
+        // The first VIPs' entries, their addresses, their announcements; then the
+        // rest: a VIP is announced only once its entry answers and its address is on
+        // lo, and the first announcement of a 10,000-VIP group leaves without waiting
+        // for the other 9,936 entries. A resident group's addresses are in place
+        // since its start: asked again (for any an operator removed) after the first
+        // announcements.
+        let plan = Entries::Active {
             grace: self.grace(),
-        }));
-        if !self.t.redirect {
+        };
+        out.push(Effect::FirstEntries(plan));
+        let addresses = !self.t.redirect;
+        if addresses && !self.t.resident {
+            out.push(Effect::AddAddresses);
+        }
+        out.push(Effect::AnnounceFirst);
+        out.push(Effect::Entries(plan));
+        if addresses && self.t.resident {
             out.push(Effect::AddAddresses);
         }
         out.push(Effect::SolicitedNodes(true));
@@ -681,13 +706,21 @@ mod tests {
         o.advertised(ms(1000));
         let out = o.take(t0, ms(1000), None);
         let lease = position(&out, |e| matches!(e, Effect::Lease(LeaseWrite::Grant(_))));
+        let first = position(&out, |e| {
+            matches!(e, Effect::FirstEntries(Entries::Active { .. }))
+        });
         let entries = position(&out, |e| {
             matches!(e, Effect::Entries(Entries::Active { .. }))
         });
         let addrs = position(&out, |e| *e == Effect::AddAddresses);
+        let announce_first = position(&out, |e| *e == Effect::AnnounceFirst);
         let announce = position(&out, |e| *e == Effect::Announce);
         assert!(
-            lease < entries && entries < addrs && addrs < announce,
+            lease < first
+                && first < addrs
+                && addrs < announce_first
+                && announce_first < entries
+                && entries < announce,
             "{out:?}"
         );
         assert_eq!(out[lease], Effect::Lease(LeaseWrite::Grant(ms(1290))));
@@ -709,7 +742,14 @@ mod tests {
         let addrs = position(&start, |e| *e == Effect::AddAddresses);
         assert!(inert < addrs, "{start:?}");
         o.advertised(ms(1000));
-        assert!(o.take(t0, ms(1000), None).contains(&Effect::AddAddresses));
+        // Its takeover announces without asking for the addresses first (they are in
+        // place); asked again afterwards, for any that an operator removed.
+        let out = o.take(t0, ms(1000), None);
+        let first = position(&out, |e| *e == Effect::AnnounceFirst);
+        assert!(
+            first < position(&out, |e| *e == Effect::AddAddresses),
+            "{out:?}"
+        );
         // A planned handover: forward (with KEEP for the drain), then its end.
         let out = o.give_up(t0, ms(1010), State::Standby, Some(MAC_B));
         assert!(!out.contains(&Effect::RemoveAddresses), "{out:?}");

@@ -492,11 +492,7 @@ impl Status {
                 let _ = writeln!(s, "{:<12} health: {}", "", g.health);
             }
             if g.addresses == "resident" {
-                let _ = writeln!(
-                    s,
-                    "{:<12} addresses: resident (on lo in every role)",
-                    ""
-                );
+                let _ = writeln!(s, "{:<12} addresses: resident (on lo in every role)", "");
             }
             if let Some(b) = &g.balance {
                 s.push_str(&member_table(g, b));

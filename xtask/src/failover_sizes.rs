@@ -9,8 +9,11 @@
 //! UDP and a's link goes down; the outage of each is the time from its last answer
 //! by a to its first by b. b's status gives the decision and the first announcement
 //! (`last_takeover`), so detection and decision-to-announcement are reported too.
-//! With `--baseline BIN`, each run of the binary under test is followed by one of
-//! that binary, on the same lab. `--quick` (CI): one 1,000-VIP run.
+//! Each size is run with the group's addresses added at the takeover (the default)
+//! and with `addresses = "resident"` (on lo on both nodes from the start: the bench
+//! waits until b holds every one before the fault). With `--baseline BIN`, each run
+//! of the binary under test is followed by one of that binary (at its defaults), on
+//! the same lab. `--quick` (CI): one 1,000-VIP run of each way.
 //! `VIP_BENCH_SIZES=1000,10000` chooses the sizes.
 
 use std::{
@@ -53,9 +56,27 @@ struct Sample {
     start_s: f64,
 }
 
+/// What is run: a binary, and the way its group holds its addresses.
+#[derive(Clone, Copy)]
+struct Variant<'a> {
+    bin: &'a Path,
+    baseline: bool,
+    resident: bool,
+}
+
+impl Variant<'_> {
+    fn label(&self) -> &'static str {
+        match (self.baseline, self.resident) {
+            (true, _) => "baseline",
+            (false, false) => "this build",
+            (false, true) => "this build, resident",
+        }
+    }
+}
+
 struct Row {
     size: usize,
-    baseline: bool,
+    label: &'static str,
     samples: Vec<Sample>,
     /// Runs that did not get to a fault, and why.
     failed: Vec<String>,
@@ -90,22 +111,31 @@ pub fn run(
     let runs = if quick { 1 } else { runs.max(RUNS) };
     let mut rows = Vec::new();
     for &size in &sizes {
-        let mut bins = vec![(vip, false)];
+        let this = |resident| Variant {
+            bin: vip,
+            baseline: false,
+            resident,
+        };
+        let mut bins = vec![this(false), this(true)];
         if let Some(b) = baseline.filter(|_| !quick) {
-            bins.push((b, true));
+            bins.push(Variant {
+                bin: b,
+                baseline: true,
+                resident: false,
+            });
         }
         let mut per: Vec<Vec<Sample>> = vec![Vec::new(); bins.len()];
         let mut failed: Vec<Vec<String>> = vec![Vec::new(); bins.len()];
         for i in 0..runs {
-            for (k, &(bin, is_base)) in bins.iter().enumerate() {
-                let label = if is_base { "baseline" } else { "this build" };
-                let s = match once(&lan, size, bin) {
+            for (k, &v) in bins.iter().enumerate() {
+                let label = v.label();
+                let s = match once(&lan, size, v) {
                     Ok(s) => s,
                     Err(e) => {
                         // Reported in the row (a binary that cannot hold the group is a
                         // result, not a broken bench).
                         eprintln!(
-                            "[bench failover] {size:>6} VIPs {label:<10} run {}/{runs}: FAILED: {e:#}",
+                            "[bench failover] {size:>6} VIPs {label:<20} run {}/{runs}: FAILED: {e:#}",
                             i + 1
                         );
                         failed[k].push(format!("{e:#}"));
@@ -113,7 +143,7 @@ pub fn run(
                     }
                 };
                 eprintln!(
-                    "[bench failover] {size:>6} VIPs {label:<10} run {}/{runs}: outage first/middle/last {:.1} / {:.1} / {:.1} ms (lost {} / {} / {}), detection {}, first announcement {} after the decision, a serving {:.2} s after its start",
+                    "[bench failover] {size:>6} VIPs {label:<20} run {}/{runs}: outage first/middle/last {:.1} / {:.1} / {:.1} ms (lost {} / {} / {}), detection {}, first announcement {} after the decision, a serving {:.2} s after its start",
                     i + 1,
                     s.outage_ms[0],
                     s.outage_ms[1],
@@ -131,7 +161,7 @@ pub fn run(
         for (k, (samples, failed)) in per.into_iter().zip(failed).enumerate() {
             rows.push(Row {
                 size,
-                baseline: bins[k].1,
+                label: bins[k].label(),
                 samples,
                 failed,
             });
@@ -141,15 +171,21 @@ pub fn run(
     Ok((rows.iter().map(Row::json).collect(), table(&rows)))
 }
 
-fn once(lan: &Lan, size: usize, bin: &Path) -> Result<Sample> {
+fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
+    let bin = v.bin;
     lan.host("c").ns.ip(&["neigh", "flush", "dev", "eth0"])?;
     let vips: Vec<String> = (0..size).map(|i| format!("\"{}/16\"", vip(i))).collect();
     let cfg = |me: &str, peer: &str, prio: u8| {
         format!(
-            "[node]\nname = \"{me}\"\ninterface = \"eth0\"\nmax_vips = {}\n\n[[group]]\nname = \"web\"\nvips = [{}]\npeers = [\"{}\"]\npriority = {prio}\n",
+            "[node]\nname = \"{me}\"\ninterface = \"eth0\"\nmax_vips = {}\n\n[[group]]\nname = \"web\"\nvips = [{}]\npeers = [\"{}\"]\npriority = {prio}\n{}",
             size.max(4096),
             vips.join(", "),
             lan.host(peer).ip4,
+            if v.resident {
+                "addresses = \"resident\"\n"
+            } else {
+                ""
+            },
         )
     };
     let targets: Vec<SocketAddr> = probed(size)
@@ -168,7 +204,7 @@ fn once(lan: &Lan, size: usize, bin: &Path) -> Result<Sample> {
     let started = Instant::now();
     let a = Agent::start_full(&lan.host("a").ns, "a", &cfg("a", "b", 200), bin, &[], &[])?;
     let b = Agent::start_full(&lan.host("b").ns, "b", &cfg("b", "a", 100), bin, &[], &[])?;
-    let result = measure(lan, &a, &b, &targets, started);
+    let result = measure(lan, &a, &b, &targets, started, v.resident.then_some(size));
     // Stopped together, with time to take thousands of addresses off lo (both
     // namespaces share the kernel's rtnetlink lock).
     let mut agents = [a, b];
@@ -181,7 +217,7 @@ fn once(lan: &Lan, size: usize, bin: &Path) -> Result<Sample> {
             .host(h)
             .ns
             .ip(&["-4", "-o", "addr", "show", "dev", "lo"])?;
-        let n = left.lines().filter(|l| l.contains(" 10.9.")).count();
+        let n = vips_on_lo(&left);
         if n > 0 {
             eprintln!("[bench failover] {h} left {n} VIP addresses on lo");
         }
@@ -193,12 +229,19 @@ fn once(lan: &Lan, size: usize, bin: &Path) -> Result<Sample> {
     Ok(s)
 }
 
+/// How many of the bench's VIPs an `ip -4 -o addr show dev lo` lists.
+fn vips_on_lo(listing: &str) -> usize {
+    listing.lines().filter(|l| l.contains(" 10.9.")).count()
+}
+
+/// `resident`: the group's size, when b must hold every address before the fault.
 fn measure(
     lan: &Lan,
     a: &Agent,
     b: &Agent,
     targets: &[SocketAddr],
     started: Instant,
+    resident: Option<usize>,
 ) -> Result<Sample> {
     let state = |x: &Agent| -> String {
         x.status()
@@ -206,7 +249,9 @@ fn measure(
             .and_then(|s| s["groups"][0]["state"].as_str().map(str::to_string))
             .unwrap_or_default()
     };
-    let settle = Duration::from_secs(90);
+    // Both namespaces' address adds share the kernel's rtnetlink lock: two resident
+    // 20,000-VIP nodes start in about twice one's time.
+    let settle = Duration::from_secs(if resident.is_some() { 240 } else { 90 });
     if wait_for(settle, || {
         (state(a) == "active" && state(b) == "standby").then_some(())
     })
@@ -230,6 +275,17 @@ fn measure(
         }
     }
     let start_s = started.elapsed().as_secs_f64();
+    if let Some(n) = resident {
+        let b_ns = &lan.host("b").ns;
+        let held = || {
+            b_ns.ip(&["-4", "-o", "addr", "show", "dev", "lo"])
+                .map(|l| vips_on_lo(&l))
+                .unwrap_or(0)
+        };
+        if wait_for(settle, || (held() >= n).then_some(())).is_none() {
+            bail!("b holds {} of its {n} resident addresses", held());
+        }
+    }
     let armed = wait_for(Duration::from_secs(5), || {
         let s = b.status().ok()?;
         let e = &s["groups"][0]["echo"];
@@ -293,7 +349,7 @@ impl Row {
         let (o, d, a, st) = self.medians();
         json!({
             "size": self.size,
-            "binary": if self.baseline { "baseline" } else { "this build" },
+            "binary": self.label,
             "runs": self.samples.len(),
             "failed_runs": self.failed,
             "outage_ms_p50": { "first": o[0], "middle": o[1], "last": o[2] },
@@ -313,7 +369,7 @@ impl Row {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "\nfailover by group size (link down, vip defaults; medians)\n\
+        "\nfailover by group size (link down; medians; resident: addresses = \"resident\")\n\
          | VIPs | binary | runs (failed) | outage first / middle / last | detection | decision → first announcement | a serving after start |\n\
          |---:|---|---:|---|---:|---:|---:|\n",
     );
@@ -324,7 +380,7 @@ fn table(rows: &[Row]) -> String {
             out,
             "| {} | {} | {} ({}) | {} / {} / {} | {} | {} | {} |",
             r.size,
-            if r.baseline { "baseline" } else { "this build" },
+            r.label,
             r.samples.len(),
             r.failed.len(),
             f(o[0], "ms", 1),

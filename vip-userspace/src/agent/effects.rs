@@ -15,7 +15,11 @@ use std::{net::IpAddr, sync::Arc, time::Instant};
 use anyhow::{Context, Result};
 use vip_common::VipEntry;
 
-use super::{active_active, group::GroupRuntime, Agent};
+use super::{
+    active_active,
+    group::{GroupRuntime, VipRuntime},
+    Agent,
+};
 use crate::{
     addresses::Addresses,
     dataplane::{Dataplane, Extension, VipMaps},
@@ -38,8 +42,13 @@ pub(super) trait Writes {
     fn add_addresses(&mut self, g: &mut GroupRuntime);
     /// Takes the group's VIP addresses off lo.
     fn remove_addresses(&mut self, g: &mut GroupRuntime);
+    /// Sends a takeover's first announcements at once, for the group's first VIPs,
+    /// if their addresses are in place (none otherwise: the burst sends them as the
+    /// address worker adds them).
+    fn announce_first(&mut self, g: &mut GroupRuntime);
     /// Starts the group's announcement burst (and its refresh): every round leaves
-    /// only while the group's gate is open.
+    /// only while the group's gate is open; the first round goes on from what
+    /// `announce_first` sent.
     fn announce(&mut self, g: &mut GroupRuntime);
 }
 
@@ -83,6 +92,10 @@ fn effect(
             }
         }
         Effect::Entries(plan) => program_entries(w.maps(), g, mac, plan, None)?,
+        Effect::FirstEntries(plan) => {
+            let first = g.vips.iter().take(garp::FIRST_FRAMES);
+            program(w.maps(), g, mac, plan, first)?
+        }
         Effect::Lease(LeaseWrite::Grant(deadline)) => {
             w.maps()
                 .grant_lease(index, deadline)
@@ -126,6 +139,7 @@ fn effect(
         }
         Effect::AddAddresses => w.add_addresses(g),
         Effect::RemoveAddresses => w.remove_addresses(g),
+        Effect::AnnounceFirst => w.announce_first(g),
         Effect::Announce => w.announce(g),
     }
     Ok(())
@@ -152,12 +166,23 @@ pub(super) fn program_entries(
     plan: Entries,
     only: Option<&[IpAddr]>,
 ) -> Result<()> {
-    let entries: Vec<(IpAddr, VipEntry)> = g
+    let vips = g
         .vips
         .iter()
-        .filter(|v| only.is_none_or(|o| o.contains(&v.vip.addr)))
-        .map(|v| (v.vip.addr, g.entry(mac, v, plan)))
-        .collect();
+        .filter(|v| only.is_none_or(|o| o.contains(&v.vip.addr)));
+    program(maps, g, mac, plan, vips)
+}
+
+/// Programs `vips` (of the group) for `plan`, in one batch.
+fn program<'a>(
+    maps: &mut impl VipMaps,
+    g: &GroupRuntime,
+    mac: Mac,
+    plan: Entries,
+    vips: impl Iterator<Item = &'a VipRuntime>,
+) -> Result<()> {
+    let entries: Vec<(IpAddr, VipEntry)> =
+        vips.map(|v| (v.vip.addr, g.entry(mac, v, plan))).collect();
     maps.set_vips_batch(&entries)
         .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))
 }
@@ -279,13 +304,41 @@ impl Writes for Kernel<'_> {
         }
     }
 
+    /// A takeover's first announcements, for the group's first VIPs (their entries
+    /// are written: `Effect::FirstEntries`), sent from the loop now, unless some
+    /// address still waits for the worker (then the burst sends each as its address
+    /// arrives, in the worker's order).
+    fn announce_first(&mut self, g: &mut GroupRuntime) {
+        g.stop_announcing();
+        if g.pending_addresses
+            .as_ref()
+            .is_some_and(|(new, p)| p.done() < new.len())
+            || g.cfg.garp.count == 0
+            || !g.gate.is_open()
+        {
+            return;
+        }
+        let n = garp::FIRST_FRAMES.min(g.vips.len());
+        let addrs: Vec<IpAddr> = g.vips[..n].iter().map(|v| v.vip.addr).collect();
+        let frames = garp::frames(self.iface.mac, &addrs);
+        let stamp = takeover_stamp(g);
+        g.first_announced = garp::send_now(self.socket, &frames, n, &g.gate, stamp.as_ref());
+    }
+
     /// Starts (or restarts) the group's gratuitous ARP / unsolicited NA burst, and the
     /// periodic refresh if configured.
     fn announce(&mut self, g: &mut GroupRuntime) {
+        // What `announce_first` sent: the first frames of this round, in the group's
+        // order (it sends only when no address waits, and then neither does this).
+        let already = g.first_announced;
         g.stop_announcing();
         // The VIPs already on lo first, then those the address worker is adding, in
-        // its order: each of those waits for its address (`garp::Ready`).
-        let pending = g.pending_addresses.take();
+        // its order: each of those waits for its address (`garp::Ready`). A job the
+        // worker has finished (a resident group's, made at its start) holds nothing.
+        let pending = g
+            .pending_addresses
+            .take()
+            .filter(|(new, p)| p.done() < new.len());
         let mut addrs: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
         let ready = pending.map(|(new, progress)| {
             let new_set: std::collections::HashSet<IpAddr> = new.iter().copied().collect();
@@ -294,6 +347,7 @@ impl Writes for Kernel<'_> {
             addrs.extend(new);
             garp::Ready { progress, from }
         });
+        let already = if ready.is_some() { 0 } else { already };
         let (sock, mac, garp, name, refresh, gate) = (
             self.socket.clone(),
             self.iface.mac,
@@ -303,34 +357,29 @@ impl Writes for Kernel<'_> {
             g.gate.clone(),
         );
         // A takeover's first announcement is stamped (status: last_takeover) by
-        // whichever sends it, here or the task.
-        let stamp = g
-            .takeover
-            .as_ref()
-            .filter(|t| t.announced_mono_ns.is_none())
-            .map(|_| {
-                g.announced.reset();
-                g.announced.clone()
-            });
+        // whichever sends it: `announce_first`, here or the task.
+        let stamp = if already > 0 { None } else { takeover_stamp(g) };
         // The first announcements leave from here, now, as far as their addresses
         // are in place (the socket never blocks); the rest of the round, paced and
-        // retried, and the other rounds are timed by a task, so a big group's round
-        // does not hold the loop.
-        let frames = garp::frames(mac, &addrs);
-        let mut sent = 0;
+        // retried, and the other rounds are timed (and their frames built) by a
+        // task, so a big group's round does not hold the loop.
+        let mut sent = already;
         if garp.count > 0 && gate.is_open() {
             let now = ready
                 .as_ref()
-                .map_or(frames.len(), |r| r.allowed(frames.len()));
+                .map_or(addrs.len(), |r| r.allowed(addrs.len()));
             let max = garp::FIRST_FRAMES.min(now);
-            sent = garp::send_now(&sock, &frames, max, &gate, stamp.as_ref());
+            if max > sent {
+                let frames = garp::frames(mac, &addrs[sent..max]);
+                sent += garp::send_now(&sock, &frames, max - sent, &gate, stamp.as_ref());
+            }
         }
         g.announcer = Some(tokio::spawn(async move {
             if garp.count > 0 {
                 let first = garp::First { sent, ready, stamp };
                 let rest = garp::burst_rest(
                     sock.clone(),
-                    frames,
+                    garp::frames(mac, &addrs),
                     first,
                     garp,
                     name.clone(),
@@ -346,6 +395,18 @@ impl Writes for Kernel<'_> {
             }
         }));
     }
+}
+
+/// The stamp a takeover's first announcement marks (status: last_takeover), if the
+/// current takeover has not announced yet.
+fn takeover_stamp(g: &mut GroupRuntime) -> Option<garp::Stamp> {
+    g.takeover
+        .as_ref()
+        .filter(|t| t.announced_mono_ns.is_none())
+        .map(|_| {
+            g.announced.reset();
+            g.announced.clone()
+        })
 }
 
 #[cfg(test)]
@@ -381,6 +442,7 @@ mod tests {
         SolicitedNodes(bool),
         AddAddresses,
         RemoveAddresses,
+        AnnounceFirst,
         Announce,
     }
 
@@ -473,6 +535,9 @@ mod tests {
         fn remove_addresses(&mut self, _: &mut GroupRuntime) {
             self.push(W::RemoveAddresses);
         }
+        fn announce_first(&mut self, _: &mut GroupRuntime) {
+            self.push(W::AnnounceFirst);
+        }
         fn announce(&mut self, _: &mut GroupRuntime) {
             self.push(W::Announce);
         }
@@ -564,9 +629,13 @@ mod tests {
                 (GrantLease, CLOSED),
                 // Answers resume only under that lease.
                 (Quiet(false), OPEN),
-                // The entries answer from here on (the index follows them, `dataplane::vips`).
+                // The first VIPs' entries answer from here on (the index follows
+                // them, `dataplane::vips`), then their addresses and announcements.
                 (Entries(action::LOCAL), OPEN),
                 (AddAddresses, OPEN),
+                (AnnounceFirst, OPEN),
+                // The whole group's entries, before the burst names them.
+                (Entries(action::LOCAL), OPEN),
                 (SolicitedNodes(true), OPEN),
                 // Last: every VIP is answered for when the announcement says so.
                 (Announce, OPEN),
@@ -642,6 +711,8 @@ mod tests {
                 (BalanceTable, OPEN),
                 (Entries(action::LOCAL), OPEN),
                 (AddAddresses, OPEN),
+                (AnnounceFirst, OPEN),
+                (Entries(action::LOCAL), OPEN),
                 (SolicitedNodes(true), OPEN),
                 (Announce, OPEN),
             ]

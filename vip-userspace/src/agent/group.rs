@@ -77,6 +77,9 @@ pub(super) struct GroupRuntime {
     pub pending_addresses: Option<(Vec<std::net::IpAddr>, Arc<crate::addresses::Progress>)>,
     /// When the current takeover's first announcement left.
     pub announced: crate::garp::Stamp,
+    /// Announcements a takeover sent ahead of its burst (`Effect::AnnounceFirst`):
+    /// the burst's first round goes on from there.
+    pub first_announced: usize,
     /// What this node holds of the VIPs, its lease and its timers: every change of
     /// the data plane's view of the group goes through it.
     pub own: Ownership,
@@ -126,6 +129,7 @@ impl GroupRuntime {
             vips: Arc::new(vips),
             announcer: None,
             pending_addresses: None,
+            first_announced: 0,
             announced: Default::default(),
             bursts: Vec::new(),
             driver,
@@ -169,6 +173,7 @@ impl GroupRuntime {
 
     /// Stops every announcement in flight (a step-down must not be followed by one).
     pub fn stop_announcing(&mut self) {
+        self.first_announced = 0;
         if let Some(h) = self.announcer.take() {
             h.abort();
         }

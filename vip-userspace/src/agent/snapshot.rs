@@ -288,7 +288,12 @@ impl Snapshot {
                 transition_reasons: g.transition_reasons,
                 mode: g.mode.into(),
                 forward_to: g.forward_to.map(|m| m.to_string()),
-                addresses: if g.resident { "resident" } else { "on_takeover" }.into(),
+                addresses: if g.resident {
+                    "resident"
+                } else {
+                    "on_takeover"
+                }
+                .into(),
                 healthy: g.healthy,
                 health: g.health,
                 election: g.election,

@@ -658,12 +658,14 @@ fn addresses_resident_is_for_elected_local_groups() {
         "addresses = \"resident\"\nredirect_to = \"veth1\"",
     ));
     assert!(
-        p.iter().any(|p| p.key == "group[api].addresses" && p.message.contains("redirected")),
+        p.iter()
+            .any(|p| p.key == "group[api].addresses" && p.message.contains("redirected")),
         "{p:?}"
     );
     let p = problems(&elected(one, "addresses = \"resident\"\nbalance = {}"));
     assert!(
-        p.iter().any(|p| p.key == "group[api].addresses" && p.message.contains("balanced")),
+        p.iter()
+            .any(|p| p.key == "group[api].addresses" && p.message.contains("balanced")),
         "{p:?}"
     );
     // Above 64 VIPs, adding the addresses at each takeover is warned about.

@@ -11,7 +11,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -35,31 +35,6 @@ fn vips() -> Vec<String> {
     let v4 = (0..v4_count()).map(|i| format!("10.9.{}.{}/16", 1 + i / 250, 1 + i % 250));
     let v6 = (0..V6).map(|i| format!("2001:db8::1:{:x}/64", i + 1));
     v4.chain(v6).collect()
-}
-
-/// The VIP a frame announces and the MAC it names: a gratuitous ARP (sender and
-/// target the VIP, request or reply) or an unsolicited NA (its target).
-fn announced(f: &[u8]) -> Option<(IpAddr, [u8; 6])> {
-    let mac_at = |o: usize| -> Option<[u8; 6]> { f.get(o..o + 6)?.try_into().ok() };
-    match u16::from_be_bytes(f.get(12..14)?.try_into().ok()?) {
-        0x0806 => {
-            if f.get(14..20)? != [0, 1, 8, 0, 6, 4] {
-                return None;
-            }
-            let spa: [u8; 4] = f.get(28..32)?.try_into().ok()?;
-            let tpa: [u8; 4] = f.get(38..42)?.try_into().ok()?;
-            (spa == tpa).then_some((IpAddr::V4(Ipv4Addr::from(spa)), mac_at(22)?))
-        }
-        0x86dd => {
-            // ICMPv6 right behind the header, type 136 (NA), the solicited flag clear.
-            if *f.get(20)? != 58 || *f.get(54)? != 136 || f.get(58)? & 0x40 != 0 {
-                return None;
-            }
-            let target: [u8; 16] = f.get(62..78)?.try_into().ok()?;
-            Some((IpAddr::V6(Ipv6Addr::from(target)), mac_at(6)?))
-        }
-        _ => None,
-    }
 }
 
 #[test]

@@ -310,9 +310,15 @@ fn a_resident_group_is_accepted_only_where_it_is_served() {
     assert_eq!(tcp_b.load(std::sync::atomic::Ordering::SeqCst), 0);
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
 
-    // A failover: the client follows the announcements again.
+    // A failover: the client follows the announcements again. The switch sees
+    // each VIP announced exactly `garp_count` (3) times by b: the first ones from
+    // the loop, the rest of the round and the other rounds from its task.
     pin_neighbour(cn, last4, None);
     pin_neighbour(cn, v6, None);
+    let b_port = &lan.host("b").port;
+    let cap = lab::Capture::open(&lan.switch, b_port).expect("capture on b's port");
+    cap.receive_buffer(8 << 20)
+        .expect("a capture buffer for every round");
     let prober = lab::Prober::start(cn, udp4, Duration::from_millis(1)).unwrap();
     assert!(
         prober.wait_answers("a", 100, Duration::from_secs(3)),
@@ -325,6 +331,22 @@ fn a_resident_group_is_accepted_only_where_it_is_served() {
     );
     let o = lab::outage(&prober.finish(), "a", "b").expect("the client never moved to b");
     eprintln!("110-VIP resident group, last VIP: {o:?}");
+    let b_mac_bytes = mac(&b_mac).0;
+    let mut seen: std::collections::BTreeMap<IpAddr, usize> = Default::default();
+    for f in cap.collect(Duration::from_millis(500), |f| announced(f).is_some()) {
+        if let Some((ip, _)) = announced(&f).filter(|(_, m)| *m == b_mac_bytes) {
+            *seen.entry(ip).or_default() += 1;
+        }
+    }
+    let wrong: Vec<String> = vips()
+        .iter()
+        .filter(|v| seen.get(v) != Some(&3))
+        .map(|v| format!("{v}: {}", seen.get(v).copied().unwrap_or(0)))
+        .collect();
+    assert!(
+        wrong.is_empty() && seen.len() == vips().len(),
+        "VIPs not announced exactly 3 times by b: {wrong:?}"
+    );
     assert_eq!(who_serves_tcp(cn, tcp4).as_deref(), Some("b"));
     assert!(tcp_a.load(std::sync::atomic::Ordering::SeqCst) >= 5);
     // Both still hold every address: a's link going down moved no address.

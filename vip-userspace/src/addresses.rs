@@ -14,6 +14,12 @@
 //! plane), the addresses it leaves behind on `lo` cannot make its kernel answer for
 //! the VIP while another node is active.
 //!
+//! A group's addresses are here while the node holds its VIPs, or, for a resident
+//! group (`addresses = "resident"`), from its start to the agent's stop whatever the
+//! node's role: there it is the data plane's entries (`vip_common::flags::RESIDENT`)
+//! that keep a standby's stack from accepting the VIPs' traffic, and a takeover waits
+//! for no address.
+//!
 //! One error policy for every address change: it never fails a transition (the data
 //! plane's entries decide who answers and where frames go; the address only lets the
 //! local stack accept them), it is logged with the group and the address, counted, and

@@ -14,7 +14,9 @@
 //! waits until b holds every one before the fault). With `--baseline BIN`, each run
 //! of the binary under test is followed by one of that binary (at its defaults), on
 //! the same lab. `--quick` (CI): one 1,000-VIP run of each way.
-//! `VIP_BENCH_SIZES=1000,10000` chooses the sizes.
+//! `VIP_BENCH_SIZES=1000,10000` chooses the sizes; `VIP_BENCH_FAULT=handover` makes
+//! the fault a planned handover (`vip demote web` on a) instead of a's link going
+//! down.
 
 use std::{
     fmt::Write as _,
@@ -229,6 +231,11 @@ fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
     Ok(s)
 }
 
+/// The fault is a planned handover (`VIP_BENCH_FAULT=handover`), not a link down.
+fn handover() -> bool {
+    std::env::var("VIP_BENCH_FAULT").is_ok_and(|f| f == "handover")
+}
+
 /// How many of the bench's VIPs an `ip -4 -o addr show dev lo` lists.
 fn vips_on_lo(listing: &str) -> usize {
     listing.lines().filter(|l| l.contains(" 10.9.")).count()
@@ -296,7 +303,14 @@ fn measure(
     }
     std::thread::sleep(Duration::from_millis(100));
     let injected = mono_ns()?;
-    lan.host("a").ns.ip(&["link", "set", "eth0", "down"])?;
+    if handover() {
+        let out = a.cli(&["demote", "web"])?;
+        if !out.status.success() {
+            bail!("vip demote: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    } else {
+        lan.host("a").ns.ip(&["link", "set", "eth0", "down"])?;
+    }
     for (p, t) in probers.iter().zip(targets) {
         if !p.wait_answers("b", 20, settle) {
             bail!("b never answered {t}");
@@ -368,8 +382,13 @@ impl Row {
 }
 
 fn table(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "\nfailover by group size (link down; medians; resident: addresses = \"resident\")\n\
+    let fault = if handover() {
+        "planned handover"
+    } else {
+        "link down"
+    };
+    let mut out = format!(
+        "\nfailover by group size ({fault}; medians; resident: addresses = \"resident\")\n\
          | VIPs | binary | runs (failed) | outage first / middle / last | detection | decision → first announcement | a serving after start |\n\
          |---:|---|---:|---|---:|---:|---:|\n",
     );

@@ -148,6 +148,11 @@ enum Event {
         Result<(), String>,
         Option<tokio::sync::oneshot::Sender<Response>>,
     ),
+    /// A reload's config, read and checked against the host off the loop.
+    ReloadRead(
+        Box<reload::Read>,
+        Option<tokio::sync::oneshot::Sender<Response>>,
+    ),
 }
 
 /// A config ready to run: itself, its interface, its keys, its warnings.
@@ -633,6 +638,7 @@ impl Agent {
             }
             Event::Kernel(crate::netlink::Change::Resync) => self.restore_addresses(),
             Event::Upgrade(result, reply) => self.upgrade_ready(result, reply),
+            Event::ReloadRead(read, reply) => self.reload_read(*read, reply),
             Event::EchoLost(lost) => self.echo_lost(lost),
             Event::Health((group, name, ok, detail)) => {
                 if let Some(gi) = self.groups.iter().position(|g| g.cfg.name == group) {

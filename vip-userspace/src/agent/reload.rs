@@ -73,6 +73,31 @@ impl Plan {
     }
 }
 
+/// A reload's config as read from its file and checked against this host: the parts
+/// of a reload that take time with a big config (parsing 30,000 VIPs, comparing them
+/// with the host's addresses: some 150 ms, which the adverts must not wait for), made
+/// off the loop. The loop then compares it with what runs ([`Agent::plan`]).
+pub(super) struct Read {
+    /// The file as parsed (with the command line's overrides).
+    parsed: Result<Config>,
+    /// The same, checked against the host (only if it parsed).
+    checked: Result<super::Checked>,
+}
+
+/// Reads and checks the config file: no state of the agent, any thread.
+pub(super) fn read(opts: &super::Options) -> Read {
+    match parse_config(opts) {
+        Ok(cfg) => Read {
+            checked: check_config(cfg.clone()),
+            parsed: Ok(cfg),
+        },
+        Err(e) => Read {
+            checked: Err(anyhow::anyhow!("not parsed")),
+            parsed: Err(e),
+        },
+    }
+}
+
 impl Agent {
     /// A reload turned `addresses = "resident"` on or off for a group: the entries
     /// carry the flag that drops what they do not serve, and the addresses follow,
@@ -98,9 +123,10 @@ impl Agent {
         Ok(())
     }
 
-    /// Validates the new config and resolves everything that can fail.
-    pub(super) fn plan(&self) -> Result<Plan> {
-        let new = parse_config(&self.opts)?;
+    /// Validates the new config (read and checked against the host by [`read`], off
+    /// the loop) and resolves everything that can fail.
+    pub(super) fn plan(&self, read: Read) -> Result<Plan> {
+        let new = read.parsed?;
         let (a, b) = (&self.cfg.node, &new.node);
         let fixed = [
             ("node.interface", a.interface != b.interface),
@@ -116,7 +142,7 @@ impl Agent {
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{key} changed: that needs a restart of the agent; nothing was changed");
         }
-        let (new, iface, keys, warnings) = check_config(new)?;
+        let (new, iface, keys, warnings) = read.checked?;
         let peers = super::peers::plan(&new, &iface)?;
         let families = |c: &Config| {
             c.groups

@@ -93,8 +93,29 @@ pub(super) fn exec(bin: &Binary) -> std::io::Error {
 }
 
 impl Agent {
-    /// SIGHUP or `vip reload` (`reply` is the requester, none for a signal).
+    /// SIGHUP or `vip reload` (`reply` is the requester, none for a signal): the
+    /// config is read and checked against the host off the loop (`reload::read`),
+    /// then planned and applied on it ([`Agent::reload_read`]), in the order asked.
     pub(super) fn begin_reload(&mut self, reply: Option<oneshot::Sender<Response>>) {
+        let Some(events) = self.events.clone() else {
+            // Before the loop's helpers exist: here and now.
+            let read = super::reload::read(&self.opts);
+            return self.reload_read(read, reply);
+        };
+        let opts = self.opts.clone();
+        tokio::task::spawn_blocking(move || {
+            let read = super::reload::read(&opts);
+            let _ = events.blocking_send(Event::ReloadRead(Box::new(read), reply));
+        });
+    }
+
+    /// A reload's config, read and checked: planned against what runs, then applied
+    /// in place or by re-executing the binary.
+    pub(super) fn reload_read(
+        &mut self,
+        read: super::reload::Read,
+        reply: Option<oneshot::Sender<Response>>,
+    ) {
         let answer = |reply: Option<oneshot::Sender<Response>>, r: Response| {
             match (&r.message, &r.error) {
                 (Some(m), _) => log::info!("reload: {m}"),
@@ -106,7 +127,7 @@ impl Agent {
             }
         };
         // The config must pass our own checks first; a refused one changes nothing.
-        let plan = match self.plan() {
+        let plan = match self.plan(read) {
             Ok(p) => p,
             Err(e) => {
                 return answer(

@@ -14,7 +14,8 @@
 //! waits until b holds every one before the fault). With `--baseline BIN`, each run
 //! of the binary under test is followed by one of that binary (at its defaults), on
 //! the same lab. `--quick` (CI): one 1,000-VIP run of each way.
-//! `VIP_BENCH_SIZES=1000,10000` chooses the sizes; `VIP_BENCH_FAULT=handover` makes
+//! `VIP_BENCH_SIZES=1000,10000` chooses the sizes; `VIP_BENCH_FAMILY=6` makes the
+//! VIPs IPv6 (in the lab's /64); `VIP_BENCH_FAULT=handover` makes
 //! the fault a planned handover (`vip demote web` on a) instead of a's link going
 //! down.
 
@@ -37,9 +38,45 @@ const SIZES: [usize; 5] = [1, 100, 1000, 10_000, 20_000];
 /// Runs per size and binary when `--runs` asks for fewer.
 const RUNS: usize = 3;
 
-/// The `i`-th VIP of a group (in the /16 10.9.0.0, beside the lab's /24).
+/// The group's VIPs are IPv6 (`VIP_BENCH_FAMILY=6`: in the lab's /64), not IPv4.
+fn ipv6() -> bool {
+    std::env::var("VIP_BENCH_FAMILY").is_ok_and(|f| f == "6")
+}
+
+/// The `i`-th VIP of a group (in the /16 10.9.0.0, beside the lab's /24, or in the
+/// lab's 2001:db8::/64 from 2001:db8::9:1), with its prefix.
 fn vip(i: usize) -> String {
-    format!("10.9.{}.{}", 1 + i / 250, 1 + i % 250)
+    if ipv6() {
+        format!("2001:db8::9:{:x}", i + 1)
+    } else {
+        format!("10.9.{}.{}", 1 + i / 250, 1 + i % 250)
+    }
+}
+
+fn prefix() -> u8 {
+    if ipv6() {
+        64
+    } else {
+        16
+    }
+}
+
+/// A VIP as a socket address's host part.
+fn host_part(i: usize) -> String {
+    if ipv6() {
+        format!("[{}]", vip(i))
+    } else {
+        vip(i)
+    }
+}
+
+/// The `ip -o addr show dev lo` family flag, and the text every bench VIP's line has.
+fn lo_listing() -> ([&'static str; 6], &'static str) {
+    let fam = if ipv6() { "-6" } else { "-4" };
+    (
+        [fam, "-o", "addr", "show", "dev", "lo"],
+        if ipv6() { " 2001:db8::9:" } else { " 10.9." },
+    )
 }
 
 /// The probed VIPs of a group of `n`: its first, middle and last.
@@ -176,7 +213,9 @@ pub fn run(
 fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
     let bin = v.bin;
     lan.host("c").ns.ip(&["neigh", "flush", "dev", "eth0"])?;
-    let vips: Vec<String> = (0..size).map(|i| format!("\"{}/16\"", vip(i))).collect();
+    let vips: Vec<String> = (0..size)
+        .map(|i| format!("\"{}/{}\"", vip(i), prefix()))
+        .collect();
     let cfg = |me: &str, peer: &str, prio: u8| {
         format!(
             "[node]\nname = \"{me}\"\ninterface = \"eth0\"\nmax_vips = {}\n\n[[group]]\nname = \"web\"\nvips = [{}]\npeers = [\"{}\"]\npriority = {prio}\n{}",
@@ -192,7 +231,7 @@ fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
     };
     let targets: Vec<SocketAddr> = probed(size)
         .iter()
-        .map(|&i| format!("{}:{PORT}", vip(i)).parse())
+        .map(|&i| format!("{}:{PORT}", host_part(i)).parse())
         .collect::<std::result::Result<_, _>>()?;
     let mut responders = Vec::new();
     // A group of one VIP (or two) probes the same VIP more than once: one responder.
@@ -215,16 +254,20 @@ fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
     }
     drop(agents);
     for h in ["a", "b"] {
-        let left = lan
-            .host(h)
-            .ns
-            .ip(&["-4", "-o", "addr", "show", "dev", "lo"])?;
+        let left = lan.host(h).ns.ip(&lo_listing().0)?;
         let n = vips_on_lo(&left);
         if n > 0 {
             eprintln!("[bench failover] {h} left {n} VIP addresses on lo");
         }
     }
-    let up = lan.host("a").ns.ip(&["link", "set", "eth0", "up"]);
+    let a_host = lan.host("a");
+    let up = a_host.ns.ip(&["link", "set", "eth0", "up"]).and_then(|_| {
+        // The kernel flushed a's IPv6 addresses when its link went down.
+        let ip6 = format!("{}/64", a_host.ip6);
+        a_host
+            .ns
+            .ip(&["-6", "addr", "replace", &ip6, "dev", "eth0", "nodad"])
+    });
     drop(responders);
     let s = result?;
     up?;
@@ -238,7 +281,8 @@ fn handover() -> bool {
 
 /// How many of the bench's VIPs an `ip -4 -o addr show dev lo` lists.
 fn vips_on_lo(listing: &str) -> usize {
-    listing.lines().filter(|l| l.contains(" 10.9.")).count()
+    let mark = lo_listing().1;
+    listing.lines().filter(|l| l.contains(mark)).count()
 }
 
 /// `resident`: the group's size, when b must hold every address before the fault.
@@ -285,7 +329,7 @@ fn measure(
     if let Some(n) = resident {
         let b_ns = &lan.host("b").ns;
         let held = || {
-            b_ns.ip(&["-4", "-o", "addr", "show", "dev", "lo"])
+            b_ns.ip(&lo_listing().0)
                 .map(|l| vips_on_lo(&l))
                 .unwrap_or(0)
         };
@@ -388,9 +432,10 @@ fn table(rows: &[Row]) -> String {
         "link down"
     };
     let mut out = format!(
-        "\nfailover by group size ({fault}; medians; resident: addresses = \"resident\")\n\
+        "\nfailover by group size ({fault}, IPv{}; medians; resident: addresses = \"resident\")\n\
          | VIPs | binary | runs (failed) | outage first / middle / last | detection | decision → first announcement | a serving after start |\n\
          |---:|---|---:|---|---:|---:|---:|\n",
+        if ipv6() { 6 } else { 4 },
     );
     let f = |x: Option<f64>, u: &str, d: usize| x.map_or("n/a".into(), |v| format!("{v:.d$} {u}"));
     for r in rows {

@@ -4,7 +4,7 @@
 //! frames), `ipv6` (neighbour solicitations and IPv6 steering), `echo` (the
 //! election's port and the echo on it), `handover` (the planned handover's flags
 //! against real sockets), `balance` (a balanced group's member, the director's odd
-//! packets), `index` (the IPv4 VIP index), `eip` (an elastic IP's owner rule). This
+//! packets), `index` (the IPv4 VIP index), `eip` (an elastic IP's owner rule), `route6` (an IPv6 VIP routed by a gateway). This
 //! file holds what they share: the addresses, a table's row and the runner. Needs
 //! root (BPF), no traffic.
 
@@ -23,6 +23,8 @@ mod handover;
 mod index;
 #[path = "fixtures/ipv6.rs"]
 mod ipv6;
+#[path = "fixtures/route6.rs"]
+mod route6;
 
 use common::*;
 

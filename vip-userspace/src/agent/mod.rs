@@ -366,11 +366,12 @@ impl Agent {
         opts: Options,
     ) -> Result<Self> {
         // A gateway runs the program on its external side too: VIP rules apply on our
-        // interface only, elastic-IP rules everywhere.
+        // interface only, elastic-IP and IPv6-route rules everywhere.
+        let gateway = !cfg.eips.is_empty() || !cfg.routes6.is_empty();
         // Echo probes arrive on the election's port (see `crate::echo`).
         let settings = vip_common::Settings {
-            vip_ifindex: if cfg.eips.is_empty() { 0 } else { iface.index },
-            eip_enabled: u32::from(!cfg.eips.is_empty()),
+            vip_ifindex: if gateway { iface.index } else { 0 },
+            eip_enabled: u32::from(gateway),
             echo_port: cfg.node.advert_port as u32,
             balance_enabled: u32::from(cfg.groups.iter().any(|g| g.balance.is_some())),
         };

@@ -320,6 +320,11 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether [`Self::attach_extra`] attached the program to `iface` already.
+    pub fn attached_extra(&self, iface: &str) -> bool {
+        self.program.extra_links.iter().any(|(n, _)| n == iface)
+    }
+
     /// Attaches the do-nothing program to `iface` (native mode). On a veth this turns
     /// on NAPI, without which the kernel silently drops frames that XDP_TX or
     /// XDP_REDIRECT send into it from its peer. Detached when `self` is dropped.

@@ -215,6 +215,7 @@ fn every_dashboard_metric_is_declared_by_the_renderer() {
         global: Default::default(),
         warnings: vec![],
         eips: vec![],
+        routes6: vec![],
     };
     let families = families(&vip::metrics::render(&empty));
     // Each table entry is a family of its kind.

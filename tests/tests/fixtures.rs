@@ -5,7 +5,8 @@
 //! election's port and the echo on it), `handover` (the planned handover's flags
 //! against real sockets), `balance` (a balanced group's member, the director's odd
 //! packets), `index` (the IPv4 VIP index), `eip` (an elastic IP's owner rule),
-//! `resident` (a resident group's entries drop what they do not serve). This
+//! `resident` (a resident group's entries drop what they do not serve), `route6` (an
+//! IPv6 VIP routed by a gateway). This
 //! file holds what they share: the addresses, a table's row and the runner. Needs
 //! root (BPF), no traffic.
 
@@ -26,6 +27,8 @@ mod index;
 mod ipv6;
 #[path = "fixtures/resident.rs"]
 mod resident;
+#[path = "fixtures/route6.rs"]
+mod route6;
 
 use common::*;
 

@@ -40,6 +40,9 @@ pub mod maps {
     pub const OWNERS: &str = "OWNERS";
     pub const EIP_STATS: &str = "EIP_STATS";
     pub const EIP_NODES: &str = "EIP_NODES";
+    pub const ROUTES6: &str = "ROUTES6";
+    pub const OWNERS_V6: &str = "OWNERS_V6";
+    pub const ROUTE6_STATS: &str = "ROUTE6_STATS";
     pub const ECHO_SEEN: &str = "ECHO_SEEN";
     pub const PEERS: &str = "PEERS";
     pub const BALANCE_TABLE: &str = "BALANCE_TABLE";
@@ -523,7 +526,8 @@ pub struct Settings {
     /// When non-zero, VIP entries apply only to frames arriving on this ifindex (a
     /// gateway attaches the same program to its external interface too).
     pub vip_ifindex: u32,
-    /// Non-zero when elastic IPs are configured: skips their lookups otherwise.
+    /// Non-zero on a gateway (elastic IPs or IPv6 routes, `[[eip]]`/`[[route6]]`): skips
+    /// their lookups otherwise.
     pub eip_enabled: u32,
     /// The UDP port of the election (host order), where echo probes arrive; 0: no echo.
     pub echo_port: u32,
@@ -929,6 +933,34 @@ impl EipNodeKey {
     }
 }
 
+/// An IPv6 VIP routed (without NAT) by a gateway from its external interface to the
+/// VIP's owner on the internal one (`ROUTES6`, key: the VIP; a `[[route6]]`). Its
+/// owner is learned from neighbour advertisements of the nodes in `EIP_NODES` (the
+/// same rule as an elastic IP's, keyed by the IPv6 VIP itself) into `OWNERS_V6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Route6Entry {
+    /// The VIP, network order.
+    pub vip: [u8; 16],
+    /// ifindex of the external interface (where the VIP's traffic arrives).
+    pub ext_ifindex: u32,
+    /// ifindex of the internal interface (the VIP's subnet).
+    pub int_ifindex: u32,
+    /// MAC of the external interface: only frames sent to it are routed.
+    pub ext_mac: [u8; 6],
+    /// MAC of the internal interface: source of the frames towards the owner.
+    pub int_mac: [u8; 6],
+    /// Index into `ROUTE6_STATS` (below [`MAX_ROUTES6`]).
+    pub stats_index: u16,
+    /// Zero (reserved; a route always learns from its nodes only).
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<Route6Entry>() == 40);
+
+/// `[[route6]]` entries a gateway holds.
+pub const MAX_ROUTES6: u32 = 1024;
+const _: () = assert!(MAX_ROUTES6 <= u16::MAX as u32);
+
 /// Nodes an elastic IP's owner may be learned from, per EIP.
 pub const MAX_EIP_NODES_PER_EIP: u32 = 16;
 /// `EIP_NODES` capacity (allocated as entries are added: most gateways hold a few).
@@ -978,6 +1010,33 @@ impl EipStats {
         self.to_kernel += o.to_kernel;
         self.owner_changes += o.owner_changes;
         self.arp_replies += o.arp_replies;
+        self.owner_refused += o.owner_refused;
+    }
+}
+
+/// A routed IPv6 VIP's counters (`ROUTE6_STATS`, one slot per `[[route6]]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route6Stats {
+    /// Packets to the VIP from outside sent to its owner (XDP_REDIRECT).
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    /// Packets to the VIP left to the kernel: hop limit 1, no owner or neighbour
+    /// known, or the redirect refused.
+    pub to_kernel: u64,
+    /// Owner changes learned from neighbour advertisements of the VIP's nodes.
+    pub owner_changes: u64,
+    /// Neighbour advertisements naming the VIP from a non-node: dropped.
+    pub owner_refused: u64,
+}
+const _: () = assert!(size_of::<Route6Stats>() == 40);
+
+impl Route6Stats {
+    pub fn add(&mut self, o: &Route6Stats) {
+        self.in_packets += o.in_packets;
+        self.in_bytes += o.in_bytes;
+        self.to_kernel += o.to_kernel;
+        self.owner_changes += o.owner_changes;
         self.owner_refused += o.owner_refused;
     }
 }
@@ -1033,6 +1092,10 @@ mod pod {
     unsafe impl aya::Pod for super::EipNodeKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EipStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Route6Entry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Route6Stats {}
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ unsafe fn stats(e: &EipEntry) -> Option<&'static mut EipStats> {
 /// What a gateway makes of a neighbour announcement on the internal segment that
 /// names a VIP of an EIP with a link-layer address.
 #[derive(Clone, Copy, PartialEq)]
-enum Claim {
+pub(crate) enum Claim {
     /// The sender may own the VIP: learn it.
     Learn,
     /// Nothing to learn (not a unicast MAC); the frame goes on as before.
@@ -81,7 +81,7 @@ enum Claim {
 /// of the VIP's nodes unless the EIP learns from any sender. Runs for such
 /// announcements only, never for the EIP's traffic.
 #[inline(always)]
-fn claim(flags: u16, mac: &Mac, key: impl FnOnce() -> EipNodeKey) -> Claim {
+pub(crate) fn claim(flags: u16, mac: &Mac, key: impl FnOnce() -> EipNodeKey) -> Claim {
     let unicast = !packet::is_multicast(mac) && *mac != [0; 6];
     if flags & eip_flags::ANY_SENDER != 0 {
         return if unicast { Claim::Learn } else { Claim::Ignore };

@@ -27,7 +27,7 @@ use vip_common::{
 use crate::{
     echo, maps,
     packet::{self, hdr, hdr_mut, Error, Frame, Mac, ETH_HLEN},
-    parse::{self, Addrs, ICMPV6, UDP},
+    parse::{Addrs, Packet, ICMPV6, UDP},
     steer,
 };
 
@@ -48,10 +48,7 @@ const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const _: () = assert!(Ipv6Hdr::LEN == IPV6_HLEN);
 
 #[inline(always)]
-pub fn handle(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
-    let Some(mut pkt) = parse::ipv6(ctx)? else {
-        return Ok(XDP_PASS);
-    };
+pub fn handle(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<u32, Error> {
     let l = pkt.layout(ctx);
     if l.proto == ICMPV6 && l.plain() {
         let icmp_type = pkt.icmp_type(ctx).ok_or(Error::Truncated)?;
@@ -63,12 +60,12 @@ pub fn handle(ctx: &mut XdpContext, frame: &Frame) -> Result<u32, Error> {
         return Ok(XDP_PASS);
     };
     match maps::vip_v6(dst) {
-        Some(entry) => steer::vip_action(ctx, frame, entry, &mut pkt),
+        Some(entry) => steer::vip_action(ctx, frame, entry, pkt),
         // Behind up to three extension headers and in a first fragment too, so that
         // none of them is a way past the election port's checks; a later fragment
         // has no UDP header to judge (and without its first one the kernel drops it).
         None if l.truncated() => Err(Error::Truncated),
-        None if l.proto == UDP && l.first_fragment() => echo::handle(ctx, frame, &mut pkt),
+        None if l.proto == UDP && l.first_fragment() => echo::handle(ctx, frame, pkt),
         None => Ok(XDP_PASS),
     }
 }

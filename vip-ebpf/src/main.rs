@@ -14,7 +14,7 @@
 //! Rooms: `arp`, `ipv4`, `ipv6` (neighbour solicitations) take a frame by its
 //! EtherType; `steer` acts on a VIP's entry, with `handover` (a planned handover's
 //! drain) and `director` (a balanced group's director) before it; `echo` and
-//! `peers` guard the election's port; `eip` is the gateway's; `lease` is the
+//! `peers` guard the election's port; `eip` and `route6` (IPv6 VIPs routed without NAT) are the gateway's; `lease` is the
 //! `vip_lease` program.
 #![no_std]
 #![no_main]
@@ -32,6 +32,7 @@ mod lease;
 mod maps;
 mod parse;
 mod peers;
+mod route6;
 mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -107,7 +108,22 @@ fn try_vip_xdp(ctx: &mut XdpContext) -> Result<u32, Error> {
                 Ok(XDP_PASS)
             }
         }
-        packet::ETH_P_IPV6 if vips => ipv6::handle(ctx, &frame),
+        packet::ETH_P_IPV6 => {
+            // As for IPv4: one parse for the gateway's route and the VIP rules.
+            let Some(mut pkt) = parse::ipv6(ctx)? else {
+                return Ok(XDP_PASS);
+            };
+            if settings.eip_enabled != 0 {
+                if let Some(act) = route6::handle(ctx, &frame, &mut pkt)? {
+                    return Ok(act);
+                }
+            }
+            if vips {
+                ipv6::handle(ctx, &frame, &mut pkt)
+            } else {
+                Ok(XDP_PASS)
+            }
+        }
         packet::ETH_P_8021Q | packet::ETH_P_8021AD => {
             // VIPs are not VLAN-aware: tagged frames are the kernel's, untouched.
             maps::count_global(global::VLAN_PASSED);

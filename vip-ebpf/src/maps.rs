@@ -97,6 +97,22 @@ pub static EIP_NODES: HashMap<vip_common::EipNodeKey, u32> =
 
 const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 
+/// IPv6 VIP -> its route through this gateway (`route6`).
+#[map]
+pub static ROUTES6: HashMap<[u8; 16], vip_common::Route6Entry> =
+    HashMap::with_max_entries(vip_common::MAX_ROUTES6, 0);
+
+/// IPv6 VIP -> its current owner, learned from neighbour advertisements of its nodes
+/// on the internal segment (`route6::advert`).
+#[map]
+pub static OWNERS_V6: HashMap<[u8; 16], Owner> =
+    HashMap::with_max_entries(vip_common::MAX_ROUTES6, 0);
+
+/// Per-route counters.
+#[map]
+pub static ROUTE6_STATS: PerCpuArray<vip_common::Route6Stats> =
+    PerCpuArray::with_max_entries(vip_common::MAX_ROUTES6, 0);
+
 /// The standby's view of its echo probes, indexed by its group's slot (see
 /// `vip_common::echo`).
 #[map]

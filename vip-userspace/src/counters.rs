@@ -1,5 +1,5 @@
 //! Every counter vip reports, declared once: one table per stats record (a VIP's, an
-//! elastic IP's, a balanced group's member's, the election's, the advertisements'
+//! elastic IP's, a routed IPv6 VIP's, a balanced group's member's, the election's, the advertisements'
 //! rejections, the echo's), each entry saying the counter's status key, its
 //! Prometheus family, its help text, its kind and where it is in the record.
 //!
@@ -23,7 +23,7 @@ use serde::{
     ser::SerializeMap,
     Deserialize, Deserializer, Serialize, Serializer,
 };
-use vip_common::{BalanceStats, EipStats, VipStats};
+use vip_common::{BalanceStats, EipStats, Route6Stats, VipStats};
 
 /// How Prometheus is told to read a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +179,14 @@ table!(EipStats {
     owner_refused: Counter "eip_owner_refused" "ARP naming the VIP from a non-node, dropped";
 });
 
+table!(Route6Stats {
+    in_packets: Counter "route6_in_packets" "Packets to the routed IPv6 VIP sent to its owner by XDP";
+    in_bytes: Counter "route6_in_bytes" "Bytes of those packets";
+    to_kernel: Counter "route6_to_kernel" "Packets to the routed IPv6 VIP left to the kernel to route";
+    owner_changes: Counter "route6_owner_changes" "VIP owner changes learned from neighbour advertisements";
+    owner_refused: Counter "route6_owner_refused" "Neighbour discovery naming the VIP from a non-node, dropped";
+});
+
 // What the director sent one member (its `bytes` are counted, not shown).
 table!(BalanceStats {
     flows: Counter "balance_member_flows" "New flows the director assigned to each member";
@@ -245,6 +253,7 @@ mod tests {
         }
         of::<VipStats>("vip")
             .chain(of::<EipStats>("eip"))
+            .chain(of::<Route6Stats>("route6"))
             .chain(of::<BalanceStats>("member"))
             .chain(of::<ElectionCounters>("election"))
             .chain(of::<AdvertErrors>("election"))
@@ -288,6 +297,7 @@ mod tests {
         }
         check::<VipStats>();
         check::<EipStats>();
+        check::<Route6Stats>();
         check::<BalanceStats>();
         check::<ElectionCounters>();
         check::<AdvertErrors>();
@@ -312,6 +322,7 @@ mod tests {
         }
         check::<VipStats>();
         check::<EipStats>();
+        check::<Route6Stats>();
         check::<BalanceStats>();
         check::<ElectionCounters>();
         check::<AdvertErrors>();

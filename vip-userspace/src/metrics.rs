@@ -253,6 +253,12 @@ pub fn render(s: &Status) -> String {
         .map(|e| (labels(&[("eip", &e.address), ("vip", &e.vip)]), &e.stats))
         .collect();
     table(&mut reg, &eips);
+    let routes6: Vec<_> = s
+        .routes6
+        .iter()
+        .map(|r| (labels(&[("vip", &r.vip)]), &r.stats))
+        .collect();
+    table(&mut reg, &routes6);
     let dp = counter(
         &mut reg,
         "dataplane_events",
@@ -414,7 +420,7 @@ mod tests {
     #[test]
     fn every_table_entry_is_a_family_with_its_help_and_samples() {
         use crate::counters::{AdvertErrors, EchoCounters, ElectionCounters};
-        use vip_common::{BalanceStats, EipStats, VipStats};
+        use vip_common::{BalanceStats, EipStats, Route6Stats, VipStats};
         let text = render(&crate::status::example());
         let fams = families(&text);
         // Counter i of a table holds base + i in the example.
@@ -450,6 +456,7 @@ mod tests {
         check::<EchoCounters>(&text, &fams, r#"group="web""#, 400);
         check::<BalanceStats>(&text, &fams, r#"group="web",member="10.0.0.11""#, 600);
         check::<EipStats>(&text, &fams, r#"eip="203.0.113.10",vip="10.0.0.50""#, 700);
+        check::<Route6Stats>(&text, &fams, r#"vip="2001:db8::60""#, 800);
         // Every family once: each table's in its order, between the state gauges.
         fn of<T: Counted>() -> Vec<String> {
             crate::counters::families::<T>().map(|f| f.0).collect()
@@ -472,6 +479,7 @@ mod tests {
             of::<BalanceStats>(),
             gauges(&["balance_member_up"]),
             of::<EipStats>(),
+            of::<Route6Stats>(),
             gauges(&["dataplane_events"]),
         ]
         .concat();

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
-use vip_common::{BalanceStats, EipStats, VipStats};
+use vip_common::{BalanceStats, EipStats, Route6Stats, VipStats};
 
 use crate::counters::{AdvertErrors, Counted, Counts, EchoCounters, ElectionCounters};
 
@@ -23,6 +23,25 @@ pub struct Status {
     /// Elastic IPs this node translates (a gateway).
     #[serde(default)]
     pub eips: Vec<EipStatus>,
+    /// IPv6 VIPs this node routes (a gateway, `[[route6]]`).
+    #[serde(default)]
+    pub routes6: Vec<Route6Status>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Route6Status {
+    pub vip: String,
+    pub external_interface: String,
+    pub internal_interface: String,
+    /// The VIP's owner as the data plane learned it from neighbour advertisements,
+    /// and how long ago.
+    pub owner: Option<String>,
+    pub owner_age_ms: Option<u64>,
+    /// What the data plane counted for it (see `counters`).
+    #[serde(flatten)]
+    pub stats: Counts<Route6Stats>,
+    /// The nodes the owner may be learned from.
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -523,6 +542,27 @@ impl Status {
                 }
             );
         }
+        for r in &self.routes6 {
+            let _ = writeln!(
+                s,
+                "route6 {}  owner {}  in {} pkts / {} B  via kernel {}  owner changes {}  refused {}",
+                r.vip,
+                r.owner.as_deref().unwrap_or("unknown"),
+                r.stats.in_packets,
+                r.stats.in_bytes,
+                r.stats.to_kernel,
+                r.stats.owner_changes,
+                r.stats.owner_refused
+            );
+            let _ = writeln!(
+                s,
+                "{:<12} {} -> {}, owner learned from: {}",
+                "",
+                r.external_interface,
+                r.internal_interface,
+                r.nodes.join(", ")
+            );
+        }
         let nonzero: Vec<String> = self
             .global
             .iter()
@@ -639,6 +679,15 @@ pub(crate) fn example() -> Status {
             stats: filled(700),
             nodes: Some(vec!["02:00:00:00:00:0a".into()]),
         }],
+        routes6: vec![Route6Status {
+            vip: "2001:db8::60".into(),
+            external_interface: "eth1".into(),
+            internal_interface: "eth0".into(),
+            owner: Some("02:00:00:00:00:0a".into()),
+            owner_age_ms: Some(4),
+            stats: filled(800),
+            nodes: vec!["02:00:00:00:00:0a".into(), "02:00:00:00:00:0b".into()],
+        }],
     }
 }
 
@@ -725,6 +774,7 @@ mod tests {
             global: BTreeMap::new(),
             warnings: vec![],
             eips: vec![],
+            routes6: vec![],
         }
     }
 
@@ -884,6 +934,7 @@ mod tests {
         check(&g["echo"], &entries::<EchoCounters>(400));
         check(&g["balance"]["members"][1], &entries::<BalanceStats>(600));
         check(&v["eips"][0], &entries::<EipStats>(700));
+        check(&v["routes6"][0], &entries::<Route6Stats>(800));
         // In table order, after the record's own fields.
         let in_order = |head: &str, counters: &[(&str, u64)]| {
             let tail: Vec<String> = counters

@@ -212,6 +212,11 @@ pub fn choose(cfg: &Config, iface: &str, ifindex: u32) -> Choice {
                 .iter()
                 .flat_map(|e| [e.external_interface.as_str(), e.internal_interface.as_str()]),
         )
+        .chain(
+            cfg.routes6
+                .iter()
+                .flat_map(|r| [r.external_interface.as_str(), r.internal_interface.as_str()]),
+        )
         .filter(|n| *n != iface)
         .collect();
     names.sort_unstable();

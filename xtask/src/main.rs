@@ -290,6 +290,7 @@ const SERIAL: &[&str] = &[
     "operations",
     "ownership",
     "replay",
+    "route6",
     "security_local",
     "security",
     "upgrade",

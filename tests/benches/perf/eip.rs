@@ -10,9 +10,15 @@
 //!
 //! BPF_PROG_TEST_RUN delivers on `lo` (ifindex 1): lo is the external interface of one
 //! EIP (inbound: redirected into `svc`) and the internal interface of another
-//! (outbound: the FIB finds the internet host on `svc`; ARP learning).
+//! (outbound: the FIB finds the internet host on `svc`; ARP learning). The same for
+//! the routed IPv6 VIPs (`[[route6]]`): one routed from lo into `svc`, one whose
+//! internal interface is lo (its owner's neighbour advertisement); a baseline object
+//! without routes passes their frames.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -26,7 +32,9 @@ use vip::{
     dataplane::{run, Dataplane},
     mac::Mac,
 };
-use vip_common::{eip_flags, globals, maps, programs, EipEntry, EipNodeKey, Owner, Settings};
+use vip_common::{
+    eip_flags, globals, maps, programs, EipEntry, EipNodeKey, Owner, Route6Entry, Settings,
+};
 
 use crate::{cost, median, record, single_cost, Size, CLIENT, CLIENT4, OWN};
 
@@ -40,6 +48,9 @@ const VIP_ANY: Ipv4Addr = Ipv4Addr::new(10, 9, 1, 52);
 const INET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const INET_MAC: Mac = Mac([0x02, 0, 0, 0, 1, 0x10]);
 const NODE: Mac = Mac([0x02, 0, 0, 0, 1, 0x0b]);
+const VIP6_IN: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 1, 0, 0, 0, 0x60);
+const VIP6_NA: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 1, 0, 0, 0, 0x61);
+const INET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
 
 /// Routes and a neighbour for the outbound path's FIB lookup; run before `paths`.
 pub fn prepare(ns: &lab::Netns) -> Result<()> {
@@ -165,6 +176,29 @@ pub fn paths(size: Size) -> Result<Vec<Value>> {
             nodes.insert(EipNodeKey::v4(e.vip, NODE.0));
         }
     }
+    // The routed IPv6 VIPs: one from lo into svc, one whose internal side is lo.
+    dp.add_redirect_target(LO)?;
+    for (i, (vip, ext, int)) in [(VIP6_IN, LO, svc), (VIP6_NA, svc, LO)]
+        .into_iter()
+        .enumerate()
+    {
+        dp.reset_route6_stats(i as u32)?;
+        dp.set_route6(&Route6Entry {
+            vip: vip.octets(),
+            ext_ifindex: ext,
+            int_ifindex: int,
+            ext_mac: OWN.0,
+            int_mac: OWN.0,
+            stats_index: i as u16,
+            _pad: 0,
+        })?;
+        dp.set_route6_owner(vip, NODE.0)?;
+        nodes.insert(EipNodeKey {
+            vip: vip.octets(),
+            mac: NODE.0,
+            _pad: [0; 2],
+        });
+    }
     dp.set_eip_nodes(&nodes)?;
     let base_path = std::env::var("VIP_BENCH_BASELINE_OBJECT").ok();
     let base = match &base_path {
@@ -206,6 +240,14 @@ pub fn paths(size: Size) -> Result<Vec<Value>> {
             "gateway: ARP naming the VIP of an EIP without nodes (XDP_PASS)",
             garp(CLIENT, VIP_ANY),
         ),
+        (
+            "gateway: a node's NA naming a routed IPv6 VIP, owner known (XDP_PASS)",
+            frames::neighbour_advertisement(OWN, NODE, VIP6_NA, INET6, true),
+        ),
+        (
+            "gateway: a stranger's NA naming a routed IPv6 VIP (refused: XDP_DROP)",
+            frames::neighbour_advertisement(OWN, CLIENT, VIP6_NA, INET6, true),
+        ),
     ];
     // Frames the program rewrites into another path's: one run per call.
     let single: Vec<(&str, Vec<u8>)> = vec![
@@ -220,6 +262,10 @@ pub fn paths(size: Size) -> Result<Vec<Value>> {
         (
             "gateway: ARP request for the EIP, answered (XDP_TX)",
             frames::arp_request(INET_MAC, INET, EIP_IN),
+        ),
+        (
+            "gateway: routed IPv6 VIP inbound, to the owner (XDP_REDIRECT)",
+            frames::udp6(OWN, INET_MAC, INET6, VIP6_IN, 4000, 53, &[0u8; 18]),
         ),
     ];
     // Each single frame takes the path it is named for.

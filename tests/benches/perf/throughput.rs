@@ -10,9 +10,13 @@
 //! members, whose MAC is gen0's, so its output lands on gen0's sink; the kernel's
 //! counterpart is nftables `dnat to jhash ... map` + forwarding to three member
 //! addresses on dut0's segment (IPVS is not in this kernel).
+//!
+//! A routed IPv6 VIP (`[[route6]]`, dut0 external, svc0 internal, owner svc1) against
+//! the kernel's IPv6 forwarding to the same neighbour: 60-byte frames, so the IPv6
+//! header carries 6 bytes of "no next header" (59), which neither path reads.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -37,6 +41,8 @@ const DNAT_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 61);
 const REDIR_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 70);
 const EIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const EIP_VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 50);
+const GEN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1);
+const ROUTE6_VIP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x50);
 const BAL_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 80);
 /// The kernel balancer's members (neighbours on dut0 with gen0's MAC).
 const BAL_MEMBERS: [&str; 3] = ["10.9.0.11", "10.9.0.12", "10.9.0.13"];
@@ -72,6 +78,14 @@ fn lab() -> Result<Lab> {
     dut.ip(&["addr", "add", "10.9.0.2/24", "dev", "dut0"])?;
     dut.ip(&["addr", "add", "10.10.0.1/24", "dev", "svc0"])?;
     svc.ip(&["addr", "add", "10.10.0.2/24", "dev", "svc1"])?;
+    for (ns, a, i) in [
+        (&gen, "2001:db8:9::1/64", "gen0"),
+        (&dut, "2001:db8:9::2/64", "dut0"),
+        (&dut, "2001:db8:10::1/64", "svc0"),
+        (&svc, "2001:db8:10::2/64", "svc1"),
+    ] {
+        ns.ip(&["-6", "addr", "add", a, "dev", i, "nodad"])?;
+    }
     for (ns, i) in [
         (&gen, "gen0"),
         (&dut, "dut0"),
@@ -86,6 +100,7 @@ fn lab() -> Result<Lab> {
         ("net.ipv4.conf.dut0.send_redirects", "0"),
         ("net.ipv4.conf.all.rp_filter", "0"),
         ("net.ipv4.conf.dut0.rp_filter", "0"),
+        ("net.ipv6.conf.all.forwarding", "1"),
     ] {
         dut.sysctl(k, v)?;
     }
@@ -95,6 +110,8 @@ fn lab() -> Result<Lab> {
     let (gen_s, svc1_s) = (gen_mac.to_string(), svc1_mac.to_string());
     let mut hops = vec![("10.9.0.1", &gen_s, "dut0"), ("10.10.0.2", &svc1_s, "svc0")];
     hops.extend(BAL_MEMBERS.iter().map(|m| (*m, &gen_s, "dut0")));
+    let route6_vip = ROUTE6_VIP.to_string();
+    hops.push((&route6_vip, &svc1_s, "svc0"));
     for (ip, mac, dev) in hops {
         dut.ip(&[
             "neigh",
@@ -145,6 +162,11 @@ enum Dut {
     Director,
     /// The kernel balancing with nftables (`dnat to jhash ... map`) + forward.
     KernelBalance,
+    /// vip's program routing an IPv6 VIP (`[[route6]]`: dut0 external, svc0 internal,
+    /// the owner svc1 as learned from its neighbour advertisements).
+    Route6,
+    /// The kernel's IPv6 forwarding to the same neighbour.
+    Kernel6,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -154,6 +176,7 @@ enum Case {
     Redirect,
     Eip,
     Balance,
+    Route6,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -295,6 +318,39 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
         _ => {}
     }
     match dut {
+        Dut::Route6 => {
+            let settings = vip_common::Settings {
+                eip_enabled: 1,
+                ..Default::default()
+            };
+            let mut dp = l.dut.run_in(|| Dataplane::open(16, None, settings))?;
+            l.dut.run_in(|| -> Result<()> {
+                dp.attach("dut0", XdpMode::Native)?;
+                let (ext, int) = (
+                    nix::net::if_::if_nametoindex("dut0")?,
+                    nix::net::if_::if_nametoindex("svc0")?,
+                );
+                dp.add_redirect_target(int)?;
+                dp.set_route6(&vip_common::Route6Entry {
+                    vip: ROUTE6_VIP.octets(),
+                    ext_ifindex: ext,
+                    int_ifindex: int,
+                    ext_mac: l.dut_mac.0,
+                    int_mac: l.svc0_mac.0,
+                    stats_index: 0,
+                    _pad: 0,
+                })?;
+                dp.set_route6_owner(ROUTE6_VIP, l.svc1_mac.0)?;
+                Ok(())
+            })?;
+            return Ok(Some(dp));
+        }
+        Dut::Kernel6 => {
+            // The route is svc0's connected /64, the neighbour permanent (`lab`).
+            let mut dp = l.dut.run_in(|| Dataplane::load(16))?;
+            l.dut.run_in(|| dp.attach_pass("dut0"))?;
+            return Ok(Some(dp));
+        }
         Dut::Gateway => {
             let settings = vip_common::Settings {
                 vip_ifindex: 0,
@@ -388,6 +444,7 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
                 ),
                 Case::Eip => unreachable!("the EIP case uses Gateway/KernelNat"),
                 Case::Balance => unreachable!("the balance case uses Director/KernelBalance"),
+                Case::Route6 => unreachable!("the route6 case uses Route6/Kernel6"),
                 Case::Redirect => (
                     REDIR_VIP,
                     VipEntry {
@@ -403,7 +460,12 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
             dp.set_vip(ip.into(), &e)?;
             Ok(Some(dp))
         }
-        Dut::Gateway | Dut::KernelNat | Dut::Director | Dut::KernelBalance => {
+        Dut::Gateway
+        | Dut::KernelNat
+        | Dut::Director
+        | Dut::KernelBalance
+        | Dut::Route6
+        | Dut::Kernel6 => {
             unreachable!("set up above")
         }
         Dut::Kernel | Dut::KernelDnat => {
@@ -437,6 +499,7 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
                 }
                 Case::Eip => unreachable!("the EIP case uses Gateway/KernelNat"),
                 Case::Balance => unreachable!("the balance case uses Director/KernelBalance"),
+                Case::Route6 => unreachable!("the route6 case uses Route6/Kernel6"),
             }
             if dut == Dut::KernelDnat {
                 nft(
@@ -472,6 +535,15 @@ fn frame(l: &Lab, case: Case, dnat: bool) -> Vec<u8> {
         Case::Eip => frames::udp4(l.dut_mac, l.gen_mac, GEN_IP, EIP, 4000, 9, &[0u8; 18]),
         // No UDP checksum (valid for IPv4): the generator varies the source port.
         Case::Balance => frames::udp4(l.dut_mac, l.gen_mac, GEN_IP, BAL_VIP, 4000, 9, &[0u8; 18]),
+        Case::Route6 => {
+            let mut f = frames::ethernet(l.dut_mac, l.gen_mac, 0x86dd);
+            // Version 6, payload 6 bytes, next header 59 (none), hop limit 64.
+            f.extend_from_slice(&[0x60, 0, 0, 0, 0, 6, 59, 64]);
+            f.extend_from_slice(&GEN6.octets());
+            f.extend_from_slice(&ROUTE6_VIP.octets());
+            f.extend_from_slice(&[0; 6]);
+            f
+        }
     }
 }
 
@@ -623,6 +695,14 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
             "elastic IP 1:1 NAT gateway: XDP vs kernel nftables NAT + forward",
         ),
         (
+            Case::Route6,
+            Dut::Route6,
+            Dut::Kernel6,
+            Gen::LiveFrames,
+            1,
+            "routed IPv6 VIP gateway: XDP vs kernel IPv6 forwarding",
+        ),
+        (
             Case::Balance,
             Dut::Director,
             Dut::KernelBalance,
@@ -661,7 +741,7 @@ pub fn run(size: Size) -> Result<Vec<Value>> {
         } else {
             packet_count
         };
-        let sink_svc = matches!(case, Case::Redirect | Case::Eip);
+        let sink_svc = matches!(case, Case::Redirect | Case::Eip | Case::Route6);
         let (mut ra, mut rb, mut ratio, mut offered) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {

@@ -50,6 +50,8 @@ impl Agent {
                     .flatten()
                     .map(move |m| EipNodeKey::v4(vip, m.0))
             })
+            // The routed IPv6 VIPs' too: this makes the map exactly the config's.
+            .chain(super::routes6::node_keys(&self.cfg))
             .collect();
         self.dp
             .set_eip_nodes(&nodes)

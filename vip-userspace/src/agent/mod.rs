@@ -11,7 +11,7 @@
 //! order out through one seam, the writes unit-tested without a kernel), `requests`
 //! (control requests), `adverts` (the election's datagrams), `peers` (who may reach
 //! the election's port), `reload` (plan, then apply), `upgrade` (re-executing the
-//! binary on reload), `eips` (elastic IPs), `active_active` (active/active groups: the
+//! binary on reload), `eips` (elastic IPs), `routes6` (routed IPv6 VIPs), `active_active` (active/active groups: the
 //! VIP on every member, the director's table), `snapshot` (status);
 //! `crate::addresses` owns the VIP addresses.
 
@@ -24,6 +24,7 @@ mod peers;
 mod reload;
 mod requests;
 mod roles;
+mod routes6;
 mod snapshot;
 mod upgrade;
 
@@ -99,6 +100,7 @@ pub struct Agent {
     /// Set when a control request ends the main loop.
     exit: Option<Exit>,
     eips: Vec<eips::EipRuntime>,
+    routes6: Vec<routes6::Route6Runtime>,
     /// The binary and command line to re-execute on reload (hitless upgrade).
     binary: Option<upgrade::Binary>,
     /// The loop's event channel, for helpers started later (the upgrade preflight).
@@ -371,11 +373,12 @@ impl Agent {
         opts: Options,
     ) -> Result<Self> {
         // A gateway runs the program on its external side too: VIP rules apply on our
-        // interface only, elastic-IP rules everywhere.
+        // interface only, elastic-IP and IPv6-route rules everywhere.
+        let gateway = !cfg.eips.is_empty() || !cfg.routes6.is_empty();
         // Echo probes arrive on the election's port (see `crate::echo`).
         let settings = vip_common::Settings {
-            vip_ifindex: if cfg.eips.is_empty() { 0 } else { iface.index },
-            eip_enabled: u32::from(!cfg.eips.is_empty()),
+            vip_ifindex: if gateway { iface.index } else { 0 },
+            eip_enabled: u32::from(gateway),
             echo_port: cfg.node.advert_port as u32,
             balance_enabled: u32::from(cfg.groups.iter().any(|g| g.balance.is_some())),
         };
@@ -455,6 +458,7 @@ impl Agent {
             unknown_group_adverts: 0,
             stale_adverts: 0,
             eips: Vec::new(),
+            routes6: Vec::new(),
             opts,
             slots: BTreeSet::new(),
             slot_hint: 0,
@@ -499,6 +503,7 @@ impl Agent {
         let lo = agent.addrs.ifindex();
         agent.addrs.remove_from(lo, &stale);
         agent.setup_eips(&mut warnings)?;
+        agent.setup_routes6(&mut warnings)?;
         agent.restore_replay_state();
         agent.warnings = warnings;
         Ok(agent)
@@ -874,6 +879,7 @@ impl Agent {
         for e in &self.eips {
             let _ = self.dp.remove_eip(&e.entry);
         }
+        self.remove_routes6();
         for g in &mut self.groups {
             for t in g.tasks.drain(..) {
                 t.abort();

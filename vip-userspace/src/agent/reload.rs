@@ -138,6 +138,7 @@ impl Agent {
             ("node.pin / node.pin_dir", a.pin != b.pin),
             ("node.metrics_listen", a.metrics_listen != b.metrics_listen),
             ("eip (elastic IPs)", self.cfg.eips != new.eips),
+            ("route6 (routed IPv6 VIPs)", self.cfg.routes6 != new.routes6),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{key} changed: that needs a restart of the agent; nothing was changed");

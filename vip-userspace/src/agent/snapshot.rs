@@ -22,7 +22,7 @@ use crate::{
     state::State,
     status::{
         ActivePeer, BalanceStatus, EchoStatus, EipStatus, ElectionStatus, GroupStatus,
-        MemberStatus, Status, TakeoverStatus, TransitionStatus, VipStatus,
+        MemberStatus, Route6Status, Status, TakeoverStatus, TransitionStatus, VipStatus,
     },
 };
 
@@ -77,6 +77,7 @@ pub struct Snapshot {
     announcements_dropped: u64,
     groups: Vec<GroupSnap>,
     eips: Vec<EipSnap>,
+    routes6: Vec<Route6Snap>,
 }
 
 struct GroupSnap {
@@ -109,6 +110,11 @@ struct BalanceSnap {
 
 struct EipSnap {
     cfg: crate::config::Eip,
+    index: u32,
+}
+
+struct Route6Snap {
+    cfg: crate::config::Route6,
     index: u32,
 }
 
@@ -254,6 +260,15 @@ impl Agent {
                     index: i as u32,
                 })
                 .collect(),
+            routes6: self
+                .routes6
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Route6Snap {
+                    cfg: r.cfg.clone(),
+                    index: i as u32,
+                })
+                .collect(),
         }
     }
 
@@ -382,6 +397,23 @@ impl Snapshot {
                             .nodes
                             .as_ref()
                             .map(|n| n.iter().map(Mac::to_string).collect()),
+                    }
+                })
+                .collect(),
+            routes6: self
+                .routes6
+                .into_iter()
+                .map(|r| {
+                    let owner = dp.route6_owner(r.cfg.vip);
+                    Route6Status {
+                        vip: r.cfg.vip.to_string(),
+                        external_interface: r.cfg.external_interface,
+                        internal_interface: r.cfg.internal_interface,
+                        owner: owner.map(|o| Mac(o.mac).to_string()),
+                        owner_age_ms: owner
+                            .map(|o| now_mono.saturating_sub(o.updated_ns) / 1_000_000),
+                        stats: Counts(dp.route6_stats(r.index).unwrap_or_default()),
+                        nodes: r.cfg.nodes.iter().map(Mac::to_string).collect(),
                     }
                 })
                 .collect(),

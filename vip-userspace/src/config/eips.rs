@@ -149,9 +149,9 @@ pub(super) fn eips(raw: &[RawEip], p: &mut impl FnMut(String, String)) -> Vec<Ei
     out
 }
 
-/// An `[[eip]]`'s `nodes`: the MACs of the VIP's nodes (each node's `node.interface`),
+/// An `[[eip]]`'s (or a `[[route6]]`'s) `nodes`: the MACs of the VIP's nodes (each node's `node.interface`),
 /// unicast, each once.
-fn eip_nodes(key: &str, raw: &[String], p: &mut impl FnMut(String, String)) -> Vec<Mac> {
+pub(super) fn eip_nodes(key: &str, raw: &[String], p: &mut impl FnMut(String, String)) -> Vec<Mac> {
     if raw.is_empty() {
         p(
             key.into(),
@@ -164,7 +164,10 @@ fn eip_nodes(key: &str, raw: &[String], p: &mut impl FnMut(String, String)) -> V
     if raw.len() > max {
         p(
             key.into(),
-            format!("{} nodes; an elastic IP follows at most {max}", raw.len()),
+            format!(
+                "{} nodes; a VIP's owner is learned from at most {max}",
+                raw.len()
+            ),
         );
     }
     let mut out: Vec<Mac> = Vec::new();

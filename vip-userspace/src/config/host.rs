@@ -1,6 +1,7 @@
 //! The configuration against this host (`vip check-config` without `--no-host`, and
 //! the agent at start): interfaces that must exist, VIPs that must be on-link and not
-//! real addresses of the host, elastic IPs the kernel must not own.
+//! real addresses of the host, elastic IPs the kernel must not own, routed IPv6 VIPs
+//! on their internal interface's subnet.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -142,6 +143,52 @@ pub fn check_host(
             problems.push(Problem {
                 key: format!("{key}.address"),
                 message: format!("{} is an address of this host (on {ifname}); the elastic IP must be answered by vip, not the kernel", e.address),
+            });
+        }
+    }
+    for r in &cfg.routes6 {
+        let key = r.key();
+        for (k, name) in [
+            ("external_interface", &r.external_interface),
+            ("internal_interface", &r.internal_interface),
+        ] {
+            if lookup(name).is_none() {
+                problems.push(Problem {
+                    key: format!("{key}.{k}"),
+                    message: format!("interface `{name}` does not exist on this host"),
+                });
+            }
+        }
+        // The VIP's subnet must be the internal interface's: that is where the owner's
+        // neighbour advertisements are heard and where the packets go.
+        if let Some(int) = lookup(&r.internal_interface) {
+            let on_link = int.addrs.iter().any(|(a, p)| {
+                a.is_ipv6()
+                    && !is_host_prefix(*a, *p)
+                    && !is_link_local(*a)
+                    && network(*a, *p) == network(IpAddr::V6(r.vip), *p)
+            });
+            if !on_link {
+                problems.push(Problem {
+                    key: format!("{key}.vip"),
+                    message: format!(
+                        "{} is not in a subnet of the internal interface {}",
+                        r.vip, int.name
+                    ),
+                });
+            }
+        }
+        if let Some((ifname, _)) = all_addrs
+            .iter()
+            .find(|(_, v)| v.iter().any(|(a, _)| *a == IpAddr::V6(r.vip)))
+        {
+            problems.push(Problem {
+                key: format!("{key}.vip"),
+                message: format!(
+                    "{} is an address of this host (on {ifname}); a routed VIP is the group's, \
+                     not the gateway's",
+                    r.vip
+                ),
             });
         }
     }

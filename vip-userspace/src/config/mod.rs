@@ -18,6 +18,7 @@ mod group;
 mod host;
 mod node;
 mod raw;
+mod routes6;
 #[cfg(test)]
 mod tests;
 mod track;
@@ -36,6 +37,7 @@ pub use election::{load_keys, Election};
 pub use group::{network, parse_vip, Addresses, Group, Redirect, Role, Vip};
 pub use host::{check_host, HostReport};
 pub use node::{Garp, Node, Pin, XdpMode};
+pub use routes6::Route6;
 pub use track::{Check, Track};
 pub use warnings::{
     auth_warnings, echo_false_alarm_every, eip_warnings, file_warnings, timing_warnings,
@@ -68,6 +70,8 @@ pub struct Config {
     pub groups: Vec<Group>,
     /// Elastic IPs this node translates as a gateway.
     pub eips: Vec<Eip>,
+    /// IPv6 VIPs this node routes as a gateway (`[[route6]]`).
+    pub routes6: Vec<Route6>,
 }
 
 /// One thing wrong with a configuration, and where.
@@ -106,6 +110,8 @@ struct RawConfig {
     group: Vec<raw::RawGroup>,
     #[serde(default)]
     eip: Vec<eips::RawEip>,
+    #[serde(default)]
+    route6: Vec<routes6::RawRoute6>,
 }
 
 /// Reads and validates (without host checks) a configuration file.
@@ -131,6 +137,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let max_vips = node::max_vips(&raw.node, &groups, &mut p);
     group::check_count(&groups, &mut p);
     let eips = eips::eips(&raw.eip, &mut p);
+    let routes6 = routes6::routes6(&raw.route6, &mut p);
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
     }
@@ -138,5 +145,6 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         node: Node::new(raw.node, head, tail, max_vips),
         groups,
         eips,
+        routes6,
     })
 }

@@ -1,25 +1,33 @@
 //! Elastic IPs: the mappings both ways (`EIPS_IN` by EIP, `EIPS_OUT` by VIP), the
 //! owner the gateway learned for each VIP (`OWNERS`, which the program writes from
 //! ARP), the nodes allowed to be that owner (`EIP_NODES`) and the counters
-//! (`EIP_STATS`).
+//! (`EIP_STATS`); and the IPv6 VIPs a gateway routes without NAT (`ROUTES6`, their
+//! owners `OWNERS_V6`, learned from neighbour advertisements of the same `EIP_NODES`,
+//! and `ROUTE6_STATS`).
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     Ebpf,
 };
-use vip_common::{maps, EipEntry, EipNodeKey, EipStats, Owner};
+use vip_common::{maps, EipEntry, EipNodeKey, EipStats, Owner, Route6Entry, Route6Stats};
 
 use super::{
     handles::{self, Counters},
     map_err, Dataplane, Result,
 };
 
-/// What status reads of the EIPs: the learned owners and the counters.
+/// What status reads of the EIPs and routed IPv6 VIPs: the learned owners and the
+/// counters.
 pub(super) struct EipReads {
     owners: HashMap<MapData, u32, Owner>,
     stats: Counters<EipStats>,
+    owners6: HashMap<MapData, [u8; 16], Owner>,
+    route6_stats: Counters<Route6Stats>,
 }
 
 impl EipReads {
@@ -32,10 +40,21 @@ impl EipReads {
         self.stats.get(index)
     }
 
+    /// The owner the gateway learned for a routed IPv6 VIP.
+    pub(super) fn route6_owner(&self, vip: Ipv6Addr) -> Option<Owner> {
+        self.owners6.get(&vip.octets(), 0).ok()
+    }
+
+    pub(super) fn route6_stats(&self, index: u32) -> Result<Route6Stats> {
+        self.route6_stats.get(index)
+    }
+
     pub(super) fn dup(&self) -> Result<Self> {
         Ok(EipReads {
             owners: handles::dup_hash(&self.owners, maps::OWNERS)?,
             stats: self.stats.dup()?,
+            owners6: handles::dup_hash(&self.owners6, maps::OWNERS_V6)?,
+            route6_stats: self.route6_stats.dup()?,
         })
     }
 }
@@ -45,6 +64,7 @@ pub(super) struct Eips {
     inbound: HashMap<MapData, u32, EipEntry>,
     outbound: HashMap<MapData, u32, EipEntry>,
     nodes: HashMap<MapData, EipNodeKey, u32>,
+    routes6: HashMap<MapData, [u8; 16], Route6Entry>,
     read: EipReads,
 }
 
@@ -55,9 +75,16 @@ impl Eips {
             inbound: super::take(ebpf, maps::EIPS_IN)?,
             outbound: super::take(ebpf, maps::EIPS_OUT)?,
             nodes: super::take(ebpf, maps::EIP_NODES)?,
+            routes6: super::take(ebpf, maps::ROUTES6)?,
             read: EipReads {
                 owners: super::take(ebpf, maps::OWNERS)?,
                 stats: Counters::new(stats, maps::EIP_STATS, EipStats::add),
+                owners6: super::take(ebpf, maps::OWNERS_V6)?,
+                route6_stats: Counters::new(
+                    super::take(ebpf, maps::ROUTE6_STATS)?,
+                    maps::ROUTE6_STATS,
+                    Route6Stats::add,
+                ),
             },
         })
     }
@@ -170,5 +197,77 @@ impl Dataplane {
 
     pub fn reset_eip_stats(&mut self, index: u32) -> Result<()> {
         self.eips.read.stats.reset(index)
+    }
+}
+
+impl Dataplane {
+    /// Installs the route of an IPv6 VIP through this gateway.
+    pub fn set_route6(&mut self, r: &Route6Entry) -> Result<()> {
+        self.eips
+            .routes6
+            .insert(r.vip, r, 0)
+            .map_err(map_err(maps::ROUTES6))
+    }
+
+    /// The routes the map holds (an adopted data plane's included).
+    pub fn routes6(&self) -> Vec<Route6Entry> {
+        self.eips
+            .routes6
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// Removes a route, the VIP's learned owner and its nodes.
+    pub fn remove_route6(&mut self, vip: Ipv6Addr) -> Result<()> {
+        let x = &mut self.eips;
+        let key = vip.octets();
+        let _ = x.routes6.remove(&key);
+        let _ = x.read.owners6.remove(&key);
+        let keys: Vec<EipNodeKey> = x.nodes_now().filter(|k| k.vip == key).collect();
+        for k in keys {
+            let _ = x.nodes.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// The owner of a routed IPv6 VIP as the data plane learned it.
+    pub fn route6_owner(&self, vip: Ipv6Addr) -> Option<Owner> {
+        self.eips.read.route6_owner(vip)
+    }
+
+    /// Forgets a routed VIP's learned owner (the kernel's neighbour table serves
+    /// until the next owner is learned).
+    pub fn forget_route6_owner(&mut self, vip: Ipv6Addr) -> Result<()> {
+        let owners = &mut self.eips.read.owners6;
+        let key = vip.octets();
+        if owners.get(&key, 0).is_err() {
+            return Ok(());
+        }
+        owners.remove(&key).map_err(map_err(maps::OWNERS_V6))
+    }
+
+    /// Sets a routed VIP's owner as if learned from an NA (tests and benchmarks).
+    #[cfg(feature = "test-run")]
+    pub fn set_route6_owner(&mut self, vip: Ipv6Addr, mac: [u8; 6]) -> Result<()> {
+        let o = Owner {
+            mac,
+            _pad: [0; 2],
+            updated_ns: crate::host::monotonic_ns(),
+        };
+        self.eips
+            .read
+            .owners6
+            .insert(vip.octets(), o, 0)
+            .map_err(map_err(maps::OWNERS_V6))
+    }
+
+    pub fn route6_stats(&self, index: u32) -> Result<Route6Stats> {
+        self.eips.read.route6_stats(index)
+    }
+
+    pub fn reset_route6_stats(&mut self, index: u32) -> Result<()> {
+        self.eips.read.route6_stats.reset(index)
     }
 }

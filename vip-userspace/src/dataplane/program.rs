@@ -27,7 +27,7 @@ use crate::{config::XdpMode, xdpmode::Choice};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip.bpf.o"));
 
 /// The pinned objects, one file each under the pin directory.
-const PINNED_MAPS: [&str; 12] = [
+const PINNED_MAPS: [&str; 15] = [
     maps::VIPS_V4,
     maps::VIPS_V6,
     maps::VIP_STATS,
@@ -40,6 +40,9 @@ const PINNED_MAPS: [&str; 12] = [
     maps::OWNERS,
     maps::EIP_STATS,
     maps::EIP_NODES,
+    maps::ROUTES6,
+    maps::OWNERS_V6,
+    maps::ROUTE6_STATS,
 ];
 const LINK_PIN: &str = "link";
 
@@ -315,6 +318,11 @@ impl Dataplane {
         };
         p.extra_links.push((iface.to_string(), pinned));
         Ok(())
+    }
+
+    /// Whether [`Self::attach_extra`] attached the program to `iface` already.
+    pub fn attached_extra(&self, iface: &str) -> bool {
+        self.program.extra_links.iter().any(|(n, _)| n == iface)
     }
 
     /// Attaches the do-nothing program to `iface` (native mode). On a veth this turns

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use aya::maps::{MapData, PerCpuArray};
-use vip_common::{BalanceStats, EipStats, Owner, VipEntry, VipStats};
+use vip_common::{BalanceStats, EipStats, Owner, Route6Stats, VipEntry, VipStats};
 
 use super::{
     eips::EipReads,
@@ -54,5 +54,14 @@ impl Reader {
 
     pub fn eip_stats(&self, index: u32) -> Result<EipStats> {
         self.eips.stats(index)
+    }
+
+    /// The owner the gateway learned for a routed IPv6 VIP.
+    pub fn route6_owner(&self, vip: std::net::Ipv6Addr) -> Option<Owner> {
+        self.eips.route6_owner(vip)
+    }
+
+    pub fn route6_stats(&self, index: u32) -> Result<Route6Stats> {
+        self.eips.route6_stats(index)
     }
 }

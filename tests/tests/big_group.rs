@@ -41,6 +41,22 @@ fn config(lan: &lab::Lan, me: &str, priority: u8) -> String {
     )
 }
 
+/// The client `cn` probes `to` every millisecond, answered by a, until a's link
+/// (`an`) goes down and b answers: the outage between them.
+fn link_down_failover(an: &Netns, cn: &Netns, to: SocketAddr) -> lab::Outage {
+    let prober = lab::Prober::start(cn, to, Duration::from_millis(1)).unwrap();
+    assert!(
+        prober.wait_answers("a", 100, Duration::from_secs(3)),
+        "a never answered {to}"
+    );
+    an.ip(&["link", "set", "eth0", "down"]).unwrap();
+    assert!(
+        prober.wait_answers("b", 100, Duration::from_secs(3)),
+        "b never answered for {to}"
+    );
+    lab::outage(&prober.finish(), "a", "b").expect("the client never moved to b")
+}
+
 /// Asserts how `ns` holds the group: every VIP on lo and delivered locally exactly
 /// when `serving`, none otherwise (waited for: the worker is asynchronous).
 fn assert_holds(ns: &Netns, node: &str, serving: bool) {
@@ -86,18 +102,7 @@ fn a_big_group_is_accepted_only_where_it_is_served() {
     let last: SocketAddr = (vips()[99], 7007).into();
     let _ra = Responder::start(an, last, "a").unwrap();
     let _rb = Responder::start(bn, last, "b").unwrap();
-    let prober = lab::Prober::start(cn, last, Duration::from_millis(1)).unwrap();
-    assert!(
-        prober.wait_answers("a", 100, Duration::from_secs(3)),
-        "a never answered"
-    );
-    an.ip(&["link", "set", "eth0", "down"]).unwrap();
-    assert!(
-        prober.wait_answers("b", 100, Duration::from_secs(3)),
-        "b never answered for the last VIP"
-    );
-    let probes = prober.finish();
-    let o = lab::outage(&probes, "a", "b").expect("the client never moved to b");
+    let o = link_down_failover(an, cn, last);
     eprintln!("110-VIP group, last VIP: {o:?}");
     assert_holds(bn, "b", true);
     assert_holds(an, "a", false);
@@ -319,17 +324,7 @@ fn a_resident_group_is_accepted_only_where_it_is_served() {
     let cap = lab::Capture::open(&lan.switch, b_port).expect("capture on b's port");
     cap.receive_buffer(8 << 20)
         .expect("a capture buffer for every round");
-    let prober = lab::Prober::start(cn, udp4, Duration::from_millis(1)).unwrap();
-    assert!(
-        prober.wait_answers("a", 100, Duration::from_secs(3)),
-        "a never answered"
-    );
-    an.ip(&["link", "set", "eth0", "down"]).unwrap();
-    assert!(
-        prober.wait_answers("b", 100, Duration::from_secs(3)),
-        "b never answered for the last VIP"
-    );
-    let o = lab::outage(&prober.finish(), "a", "b").expect("the client never moved to b");
+    let o = link_down_failover(an, cn, udp4);
     eprintln!("110-VIP resident group, last VIP: {o:?}");
     let b_mac_bytes = mac(&b_mac).0;
     let mut seen: std::collections::BTreeMap<IpAddr, usize> = Default::default();

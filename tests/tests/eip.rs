@@ -197,44 +197,6 @@ fn the_internet_reaches_the_service_through_the_eip_across_a_failover() {
     drop(inet);
 }
 
-/// Sends `n` small datagrams from `ns` to `to`, 200 us apart: a burst can overflow a
-/// veth's queue in the lab, and a datagram lost there is not the gateway's doing.
-fn paced_send(ns: &Netns, to: SocketAddr, n: usize) {
-    ns.run_in(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
-        for i in 0..n as u64 {
-            s.send_to(&i.to_be_bytes(), to).expect("send");
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    });
-}
-
-/// Sends `n` datagrams from the internet to the EIP's `port`; returns how many reached
-/// `sink`, and how many each of `wires` saw, read while they arrive (a flood would
-/// overflow a capture's buffer otherwise).
-fn datagram_round(
-    inet: &Netns,
-    sink: &UdpSocket,
-    wires: &[&Capture],
-    n: usize,
-    port: u16,
-) -> (usize, Vec<usize>) {
-    for w in wires {
-        w.clear();
-    }
-    let window = Duration::from_millis(500);
-    let datagram = |f: &[u8]| to_vip(&[f.to_vec()], port) == 1;
-    std::thread::scope(|s| {
-        let seen: Vec<_> = wires
-            .iter()
-            .map(|w| s.spawn(move || w.collect(window, datagram).len()))
-            .collect();
-        paced_send(inet, (EIP, port).into(), n);
-        let got = udp_count(sink, n);
-        (got, seen.into_iter().map(|h| h.join().unwrap()).collect())
-    })
-}
-
 /// UDP datagrams to the VIP's `port` in `frames`.
 fn to_vip(frames: &[Vec<u8>], port: u16) -> usize {
     frames
@@ -289,7 +251,14 @@ fn a_forged_arp_never_takes_the_eips_traffic() {
     // frame (its reader shares two cores with the flood), so a's wire must then show
     // at least 95 %.
     let round = |what: &str, flooded: bool| {
-        let (got, wires) = datagram_round(&inet, &sink, &[&on_a, &on_x], DATAGRAMS, PORT);
+        let (got, wires) = datagram_round(
+            &inet,
+            &sink,
+            &[&on_a, &on_x],
+            DATAGRAMS,
+            (EIP, PORT).into(),
+            |f| to_vip(&[f.to_vec()], PORT) == 1,
+        );
         let (wire_a, wire_x) = (wires[0], wires[1]);
         eprintln!("{what}: a's socket {got}, a's wire {wire_a}, x's wire {wire_x} of {DATAGRAMS}");
         let seen_a = if flooded {
@@ -446,7 +415,14 @@ fn a_forger_naming_the_standby_costs_a_hop_and_loses_nothing() {
         "{}",
         eip_status(&g)
     );
-    let (got, wires) = datagram_round(&inet, &sink, &[&on_a, &from_b, &on_x], DATAGRAMS, PORT);
+    let (got, wires) = datagram_round(
+        &inet,
+        &sink,
+        &[&on_a, &from_b, &on_x],
+        DATAGRAMS,
+        (EIP, PORT).into(),
+        |f| to_vip(&[f.to_vec()], PORT) == 1,
+    );
     eprintln!(
         "named at the standby: a's socket {got}, a's wire {}, forwarded by b {}, x's wire {} of {DATAGRAMS}",
         wires[0], wires[1], wires[2]

@@ -11,7 +11,7 @@
 mod common;
 
 use std::{
-    net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{Ipv6Addr, SocketAddr, TcpListener},
     time::Duration,
 };
 
@@ -209,18 +209,6 @@ fn the_internet_reaches_an_ipv6_vip_through_the_gateway_across_a_failover() {
     drop(inet);
 }
 
-/// Sends `n` small datagrams from `ns` to `to`, 200 us apart (a burst can overflow a
-/// veth's queue in the lab, and a datagram lost there is not the gateway's doing).
-fn paced_send(ns: &Netns, to: SocketAddr, n: usize) {
-    ns.run_in(|| {
-        let s = UdpSocket::bind("[::]:0").expect("client socket");
-        for i in 0..n as u64 {
-            s.send_to(&i.to_be_bytes(), to).expect("send");
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    });
-}
-
 /// An IPv6 UDP datagram to the VIP's `port`.
 fn to_vip(f: &[u8], port: u16) -> bool {
     f.len() >= 58
@@ -228,30 +216,6 @@ fn to_vip(f: &[u8], port: u16) -> bool {
         && f[20] == 17
         && f[38..54] == VIP6.octets()
         && f[56..58] == port.to_be_bytes()
-}
-
-/// Sends `n` datagrams from the internet to the VIP's `port`; returns how many reached
-/// `sink`, and how many each of `wires` saw, read while they arrive.
-fn datagram_round(
-    inet: &Netns,
-    sink: &UdpSocket,
-    wires: &[&Capture],
-    n: usize,
-    port: u16,
-) -> (usize, Vec<usize>) {
-    for w in wires {
-        w.clear();
-    }
-    let window = Duration::from_millis(500);
-    std::thread::scope(|s| {
-        let seen: Vec<_> = wires
-            .iter()
-            .map(|w| s.spawn(move || w.collect(window, |f| to_vip(f, port)).len()))
-            .collect();
-        paced_send(inet, (VIP6, port).into(), n);
-        let got = udp_count(sink, n);
-        (got, seen.into_iter().map(|h| h.join().unwrap()).collect())
-    })
 }
 
 /// The owner is one of the group's nodes, never any sender of an NA: host x on the
@@ -287,7 +251,14 @@ fn a_forged_neighbour_advertisement_never_takes_the_vips_traffic() {
     // there means none went elsewhere); under a flood a capture may miss a frame, so
     // a's wire must then show at least 95 %.
     let round = |what: &str, flooded: bool| {
-        let (got, wires) = datagram_round(&inet, &sink, &[&on_a, &on_x], DATAGRAMS, PORT);
+        let (got, wires) = datagram_round(
+            &inet,
+            &sink,
+            &[&on_a, &on_x],
+            DATAGRAMS,
+            (VIP6, PORT).into(),
+            |f| to_vip(f, PORT),
+        );
         let (wire_a, wire_x) = (wires[0], wires[1]);
         eprintln!("{what}: a's socket {got}, a's wire {wire_a}, x's wire {wire_x} of {DATAGRAMS}");
         let seen_a = if flooded {

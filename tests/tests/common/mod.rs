@@ -260,3 +260,43 @@ pub fn announced(f: &[u8]) -> Option<(IpAddr, [u8; 6])> {
         _ => None,
     }
 }
+
+/// Sends `n` small datagrams from `ns` to `to`, 200 us apart: a burst can overflow a
+/// veth's queue in the lab, and a datagram lost there is not the gateway's doing.
+pub fn paced_send(ns: &Netns, to: SocketAddr, n: usize) {
+    ns.run_in(|| {
+        let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(any).expect("client socket");
+        for i in 0..n as u64 {
+            s.send_to(&i.to_be_bytes(), to).expect("send");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+}
+
+/// Sends `n` datagrams from the internet (`inet`) to `to` through a gateway; returns
+/// how many reached `sink`, and how many frames `wanted` (the datagram as it must
+/// appear on a wire) each of `wires` saw, read while they arrive (a flood would
+/// overflow a capture's buffer otherwise).
+pub fn datagram_round(
+    inet: &Netns,
+    sink: &UdpSocket,
+    wires: &[&lab::Capture],
+    n: usize,
+    to: SocketAddr,
+    wanted: impl Fn(&[u8]) -> bool + Copy + Send,
+) -> (usize, Vec<usize>) {
+    for w in wires {
+        w.clear();
+    }
+    let window = Duration::from_millis(500);
+    std::thread::scope(|s| {
+        let seen: Vec<_> = wires
+            .iter()
+            .map(|w| s.spawn(move || w.collect(window, wanted).len()))
+            .collect();
+        paced_send(inet, to, n);
+        let got = udp_count(sink, n);
+        (got, seen.into_iter().map(|h| h.join().unwrap()).collect())
+    })
+}

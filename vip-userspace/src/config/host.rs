@@ -46,8 +46,9 @@ pub fn check_host(
         .copied()
         .filter(|(a, p)| !is_host_prefix(*a, *p) && !is_link_local(*a))
         .collect();
-    // Who holds each address of the host, looked up once per VIP: a node with 20,000
-    // VIPs on lo would otherwise compare every VIP with every address (a reload that
+    // Who holds each address of the host, looked up once per VIP (and per elastic IP
+    // and routed VIP): a node with 20,000 VIPs on lo would otherwise compare every
+    // VIP with every address (a reload that
     // took 0.7 s on the loop, which the adverts waited for).
     let mut holders: HashMap<IpAddr, Vec<(&str, u8)>> = HashMap::new();
     for (ifname, addrs) in all_addrs {
@@ -55,6 +56,8 @@ pub fn check_host(
             holders.entry(*a).or_default().push((ifname.as_str(), *p));
         }
     }
+    // The interface an address is on, if the host has it (an elastic IP, a routed VIP).
+    let holder = |addr: IpAddr| holders.get(&addr).and_then(|l| l.first()).map(|h| h.0);
     for g in &cfg.groups {
         for (vi, vip) in g.vips.iter().enumerate() {
             let key = format!("group[{}].vips[{vi}]", g.name);
@@ -136,10 +139,7 @@ pub fn check_host(
                 });
             }
         }
-        if let Some((ifname, _)) = all_addrs
-            .iter()
-            .find(|(_, v)| v.iter().any(|(a, _)| *a == IpAddr::V4(e.address)))
-        {
+        if let Some(ifname) = holder(IpAddr::V4(e.address)) {
             problems.push(Problem {
                 key: format!("{key}.address"),
                 message: format!("{} is an address of this host (on {ifname}); the elastic IP must be answered by vip, not the kernel", e.address),
@@ -178,10 +178,7 @@ pub fn check_host(
                 });
             }
         }
-        if let Some((ifname, _)) = all_addrs
-            .iter()
-            .find(|(_, v)| v.iter().any(|(a, _)| *a == IpAddr::V6(r.vip)))
-        {
+        if let Some(ifname) = holder(IpAddr::V6(r.vip)) {
             problems.push(Problem {
                 key: format!("{key}.vip"),
                 message: format!(

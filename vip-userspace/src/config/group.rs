@@ -34,14 +34,14 @@ pub struct Group {
     /// Active/active: the active spreads flows over every healthy node of the group.
     pub balance: Option<Balance>,
     /// `addresses = "resident"`: the VIP addresses stay on `lo` in every role, so a
-    /// takeover changes only the data plane's entries (see [`Addresses`]).
-    pub addresses: Addresses,
+    /// takeover changes only the data plane's entries (see [`AddressMode`]).
+    pub addresses: AddressMode,
 }
 
 /// Where a group's VIP addresses are on `lo` (`addresses`): what a takeover has to
 /// change in the kernel before the local stack accepts the VIPs' traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Addresses {
+pub enum AddressMode {
     /// Added at each takeover, removed when the node gives the VIPs up (the default:
     /// a standby's own processes reach the active, as on any host without the VIP).
     /// The kernel's cost grows with the addresses already on `lo`: a 10,000-VIP
@@ -57,9 +57,9 @@ pub enum Addresses {
     Resident,
 }
 
-impl Addresses {
+impl AddressMode {
     pub fn is_resident(self) -> bool {
-        self == Addresses::Resident
+        self == AddressMode::Resident
     }
 }
 
@@ -201,17 +201,17 @@ fn group(
 
 /// `addresses`: "on_takeover" (the default) or "resident", for elected groups whose
 /// VIPs are delivered locally.
-fn addresses(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Addresses {
+fn addresses(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> AddressMode {
     let key = format!("{gkey}.addresses");
     let a = match g.addresses.as_deref() {
-        None | Some("on_takeover") => return Addresses::OnTakeover,
-        Some("resident") => Addresses::Resident,
+        None | Some("on_takeover") => return AddressMode::OnTakeover,
+        Some("resident") => AddressMode::Resident,
         Some(other) => {
             p(
                 key,
                 format!("`{other}` is not a choice (expected \"on_takeover\" or \"resident\")"),
             );
-            return Addresses::OnTakeover;
+            return AddressMode::OnTakeover;
         }
     };
     let refused = if g.peers.is_none() {
@@ -225,7 +225,7 @@ fn addresses(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Ad
     };
     if let Some(why) = refused {
         p(key, format!("\"resident\" {why}"));
-        return Addresses::OnTakeover;
+        return AddressMode::OnTakeover;
     }
     a
 }

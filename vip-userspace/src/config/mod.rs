@@ -34,7 +34,7 @@ use serde::Deserialize;
 pub use balance::Balance;
 pub use eips::Eip;
 pub use election::{load_keys, Election};
-pub use group::{network, parse_vip, Addresses, Group, Redirect, Role, Vip};
+pub use group::{network, parse_vip, AddressMode, Group, Redirect, Role, Vip};
 pub use host::{check_host, HostReport};
 pub use node::{Garp, Node, Pin, XdpMode};
 pub use routes6::Route6;

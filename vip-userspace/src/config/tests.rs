@@ -643,7 +643,7 @@ fn addresses_resident_is_for_elected_local_groups() {
     };
     let one = "\"10.0.0.60/24\"";
     let c = parse(&elected(one, "")).unwrap();
-    assert_eq!(c.groups[1].addresses, Addresses::OnTakeover);
+    assert_eq!(c.groups[1].addresses, AddressMode::OnTakeover);
     let c = parse(&elected(one, "addresses = \"resident\"")).unwrap();
     assert!(c.groups[1].addresses.is_resident());
     let p = problems(&elected(one, "addresses = \"always\""));

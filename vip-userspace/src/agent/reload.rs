@@ -73,29 +73,18 @@ impl Plan {
     }
 }
 
-/// A reload's config as read from its file and checked against this host: the parts
-/// of a reload that take time with a big config (parsing 30,000 VIPs, comparing them
-/// with the host's addresses: some 150 ms, which the adverts must not wait for), made
-/// off the loop. The loop then compares it with what runs ([`Agent::plan`]).
-pub(super) struct Read {
-    /// The file as parsed (with the command line's overrides).
-    parsed: Result<Config>,
-    /// The same, checked against the host (only if it parsed).
-    checked: Result<super::Checked>,
-}
+/// A reload's config as read from its file (with the command line's overrides), and
+/// the same checked against this host: the parts of a reload that take time with a
+/// big config (parsing 30,000 VIPs, comparing them with the host's addresses), made
+/// off the loop so the adverts do not wait for them. The loop then compares it with
+/// what runs ([`Agent::plan`]).
+pub(super) type Read = Result<(Config, Result<super::Checked>)>;
 
 /// Reads and checks the config file: no state of the agent, any thread.
 pub(super) fn read(opts: &super::Options) -> Read {
-    match parse_config(opts) {
-        Ok(cfg) => Read {
-            checked: check_config(cfg.clone()),
-            parsed: Ok(cfg),
-        },
-        Err(e) => Read {
-            checked: Err(anyhow::anyhow!("not parsed")),
-            parsed: Err(e),
-        },
-    }
+    let cfg = parse_config(opts)?;
+    let checked = check_config(cfg.clone());
+    Ok((cfg, checked))
 }
 
 impl Agent {
@@ -126,7 +115,7 @@ impl Agent {
     /// Validates the new config (read and checked against the host by [`read`], off
     /// the loop) and resolves everything that can fail.
     pub(super) fn plan(&self, read: Read) -> Result<Plan> {
-        let new = read.parsed?;
+        let (new, checked) = read?;
         let (a, b) = (&self.cfg.node, &new.node);
         let fixed = [
             ("node.interface", a.interface != b.interface),
@@ -143,7 +132,7 @@ impl Agent {
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{key} changed: that needs a restart of the agent; nothing was changed");
         }
-        let (new, iface, keys, warnings) = read.checked?;
+        let (new, iface, keys, warnings) = checked?;
         let peers = super::peers::plan(&new, &iface)?;
         let families = |c: &Config| {
             c.groups

@@ -276,9 +276,10 @@ pub mod flags {
     /// A resident group's VIP (`addresses = "resident"`): its address stays on `lo`
     /// on every node of the group, whatever the node's role, so the kernel would
     /// accept whatever the program passes. What the entry does not serve now (its
-    /// lease has expired, or it is inert) is therefore dropped (XDP_DROP, counted in
-    /// `lease_expired`), never passed; serving, forwarding and the drain's KEEP are
-    /// as without the flag.
+    /// lease has expired, or it is inert: the agent writes a resident group's
+    /// entries always with [`LEASED`], and revokes an inert one's lease) is therefore
+    /// dropped (XDP_DROP, counted in `lease_expired`), never passed; serving,
+    /// forwarding and the drain's KEEP are as without the flag.
     pub const RESIDENT: u32 = 1 << 4;
 }
 

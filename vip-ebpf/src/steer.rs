@@ -35,16 +35,16 @@ pub fn vip_action(
     };
     stats.rx_packets += 1;
     stats.rx_bytes += frame.len;
-    // A resident group's address is on `lo` here whatever our role: what we do not
-    // serve must not reach the kernel, which would accept it.
-    let unserved = if entry.flags & flags::RESIDENT != 0 {
-        XDP_DROP
-    } else {
-        XDP_PASS
-    };
     if maps::lease_expired(entry) {
         stats.lease_expired += 1;
-        return Ok(unserved);
+        // A resident group's address is on `lo` here whatever our role: what we do
+        // not serve must not reach the kernel, which would accept it. Its entries are
+        // always leased, and an inert one's lease is revoked: this is the one place.
+        return Ok(if entry.flags & flags::RESIDENT != 0 {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        });
     }
     // A planned handover's drain: established TCP connections stay on the node that
     // has their sockets (see `handover`).
@@ -84,14 +84,6 @@ pub fn vip_action(
             packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
             stats.forwarded += 1;
             Ok(XDP_TX)
-        }
-        action::LOCAL => {
-            stats.passed += 1;
-            Ok(XDP_PASS)
-        }
-        _ if unserved == XDP_DROP => {
-            stats.lease_expired += 1;
-            Ok(XDP_DROP)
         }
         _ => {
             stats.passed += 1;

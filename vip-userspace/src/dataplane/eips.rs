@@ -163,26 +163,17 @@ impl Dataplane {
     /// Forgets a VIP's learned owner (the kernel's neighbour table serves until the
     /// next owner is learned).
     pub fn forget_owner(&mut self, vip: Ipv4Addr) -> Result<()> {
-        let owners = &mut self.eips.read.owners;
         let key = u32::from_ne_bytes(vip.octets());
-        if owners.get(&key, 0).is_err() {
-            return Ok(());
-        }
-        owners.remove(&key).map_err(map_err(maps::OWNERS))
+        forget(&mut self.eips.read.owners, key, maps::OWNERS)
     }
 
     /// Sets a VIP's owner as if learned from ARP (tests and benchmarks).
     #[cfg(feature = "test-run")]
     pub fn set_owner(&mut self, vip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
-        let o = Owner {
-            mac,
-            _pad: [0; 2],
-            updated_ns: crate::host::monotonic_ns(),
-        };
         self.eips
             .read
             .owners
-            .insert(u32::from_ne_bytes(vip.octets()), o, 0)
+            .insert(u32::from_ne_bytes(vip.octets()), learned_now(mac), 0)
             .map_err(map_err(maps::OWNERS))
     }
 
@@ -240,26 +231,16 @@ impl Dataplane {
     /// Forgets a routed VIP's learned owner (the kernel's neighbour table serves
     /// until the next owner is learned).
     pub fn forget_route6_owner(&mut self, vip: Ipv6Addr) -> Result<()> {
-        let owners = &mut self.eips.read.owners6;
-        let key = vip.octets();
-        if owners.get(&key, 0).is_err() {
-            return Ok(());
-        }
-        owners.remove(&key).map_err(map_err(maps::OWNERS_V6))
+        forget(&mut self.eips.read.owners6, vip.octets(), maps::OWNERS_V6)
     }
 
     /// Sets a routed VIP's owner as if learned from an NA (tests and benchmarks).
     #[cfg(feature = "test-run")]
     pub fn set_route6_owner(&mut self, vip: Ipv6Addr, mac: [u8; 6]) -> Result<()> {
-        let o = Owner {
-            mac,
-            _pad: [0; 2],
-            updated_ns: crate::host::monotonic_ns(),
-        };
         self.eips
             .read
             .owners6
-            .insert(vip.octets(), o, 0)
+            .insert(vip.octets(), learned_now(mac), 0)
             .map_err(map_err(maps::OWNERS_V6))
     }
 
@@ -269,5 +250,28 @@ impl Dataplane {
 
     pub fn reset_route6_stats(&mut self, index: u32) -> Result<()> {
         self.eips.read.route6_stats.reset(index)
+    }
+}
+
+/// Removes a learned owner from `owners` (`OWNERS` or `OWNERS_V6`, named `name`);
+/// none there already is fine.
+fn forget<K: aya::Pod>(
+    owners: &mut HashMap<MapData, K, Owner>,
+    key: K,
+    name: &'static str,
+) -> Result<()> {
+    if owners.get(&key, 0).is_err() {
+        return Ok(());
+    }
+    owners.remove(&key).map_err(map_err(name))
+}
+
+/// An owner as the data plane records one it learns now (tests and benchmarks).
+#[cfg(feature = "test-run")]
+fn learned_now(mac: [u8; 6]) -> Owner {
+    Owner {
+        mac,
+        _pad: [0; 2],
+        updated_ns: crate::host::monotonic_ns(),
     }
 }

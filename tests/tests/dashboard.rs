@@ -216,6 +216,7 @@ fn every_dashboard_metric_is_declared_by_the_renderer() {
         warnings: vec![],
         eips: vec![],
         routes6: vec![],
+        bgp: None,
     };
     let families = families(&vip::metrics::render(&empty));
     // Each table entry is a family of its kind.

@@ -145,6 +145,21 @@ pub enum Command {
         #[arg(required = true)]
         interfaces: Vec<String>,
     },
+    /// Started by the agent when `[bgp]` is configured: runs BIRD and withdraws every
+    /// route of vip's table when the agent stops vouching for them (see the README's
+    /// BGP section); not for use by hand.
+    #[command(hide = true)]
+    SpeakerGuard {
+        /// The BIRD binary.
+        #[arg(long)]
+        bird: PathBuf,
+        /// The speaker's directory (BIRD's config, sockets, logs).
+        #[arg(long)]
+        dir: PathBuf,
+        /// vip's route table.
+        #[arg(long)]
+        table: u32,
+    },
     /// Packaging helper: write man pages (vip.1, vip-SUBCOMMAND.1) and shell completions
     /// (bash, zsh, fish) generated from these definitions.
     #[command(hide = true)]

@@ -225,6 +225,71 @@ fn connect_failed(addr: &str, e: &io::Error) -> Verdict {
     }
 }
 
+/// Polls the BGP speaker for a group announced only over BGP (`track_bgp`, added by
+/// itself): the node can declare the VIPs only while at least one session is
+/// Established, so a node whose speaker is down or whose sessions all are gives the
+/// VIPs up (a standby that can announce takes them). The speaker's control socket is
+/// asked on a blocking thread, bounded by its timeout.
+pub async fn run_bgp(
+    group: String,
+    source: crate::speaker::StatusSource,
+    every: Duration,
+    tx: mpsc::Sender<Report>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out = Reporter::new(group, "track_bgp", tx);
+    loop {
+        tick.tick().await;
+        let src = source.clone();
+        let verdict = match tokio::task::spawn_blocking(move || src.sessions()).await {
+            Ok(r) => bgp_verdict(r),
+            Err(e) => Verdict::Unchecked(format!("asking the speaker: {e}")),
+        };
+        if !out.report(verdict).await {
+            return;
+        }
+    }
+}
+
+/// Healthy while at least one session is Established; a speaker that does not
+/// answer is failing, unless the agent ran out of something to ask it with.
+fn bgp_verdict(r: anyhow::Result<Vec<crate::speaker::Session>>) -> Verdict {
+    match r {
+        Ok(sessions) => {
+            let up: Vec<String> = sessions
+                .iter()
+                .filter(|s| s.established)
+                .map(|s| s.neighbor.to_string())
+                .collect();
+            if up.is_empty() {
+                let all: Vec<String> = sessions
+                    .iter()
+                    .map(|s| format!("{}: {}", s.neighbor, s.state))
+                    .collect();
+                Verdict::Failing(format!(
+                    "no BGP session is established ({})",
+                    all.join(", ")
+                ))
+            } else {
+                Verdict::Healthy(format!("established with {}", up.join(", ")))
+            }
+        }
+        Err(e) => {
+            let ran_out = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<io::Error>())
+                .any(exhaustion::ran_out);
+            let detail = format!("the speaker does not answer: {e:#}");
+            if ran_out {
+                Verdict::Unchecked(detail)
+            } else {
+                Verdict::Failing(detail)
+            }
+        }
+    }
+}
+
 /// Polls the interface's operational state for one group.
 pub async fn run_interface(
     group: String,

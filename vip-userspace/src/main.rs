@@ -120,6 +120,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::SpeakerGuard { bird, dir, table } => {
+            vip::speaker::guard::run(&bird, &dir, table)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::XdpPass { interfaces } => {
             let mut dp = vip::dataplane::Dataplane::load(1).context("loading the XDP object")?;
             for i in &interfaces {

@@ -169,8 +169,35 @@ pub fn render(s: &Status) -> String {
         "lease_remaining_milliseconds",
         "Time left on the data plane's lease",
     );
+    let routes = gauge(
+        &mut reg,
+        "group_routes_announced",
+        "1 while a routed group's host routes are announced over BGP",
+    );
+    let bgp_up = gauge(
+        &mut reg,
+        "bgp_session_established",
+        "1 while the BGP session to the neighbour is Established",
+    );
+    let bfd_up = gauge(
+        &mut reg,
+        "bgp_bfd_up",
+        "1 while the BFD session to the neighbour is up",
+    );
+    if let Some(b) = &s.bgp {
+        for x in &b.sessions {
+            let l = labels(&[("neighbor", &x.neighbor)]);
+            bgp_up.get_or_create(&l).set(x.established as i64);
+            if x.bfd.is_some() {
+                bfd_up.get_or_create(&l).set(x.bfd_up as i64);
+            }
+        }
+    }
     for g in &s.groups {
         let gl = labels(&[("group", &g.name)]);
+        if let Some(r) = &g.routes {
+            routes.get_or_create(&gl).set(r.announced as i64);
+        }
         active.get_or_create(&gl).set((g.state == "active") as i64);
         healthy.get_or_create(&gl).set(g.healthy as i64);
         state
@@ -471,6 +498,9 @@ mod tests {
                 "group_healthy",
                 "group_transitions",
                 "lease_remaining_milliseconds",
+                "group_routes_announced",
+                "bgp_session_established",
+                "bgp_bfd_up",
             ]),
             of::<ElectionCounters>(),
             of::<AdvertErrors>(),
@@ -490,6 +520,8 @@ mod tests {
             r#"vip_group_active{group="web"} 1"#,
             r#"vip_group_state{group="web",state="active"} 1"#,
             r#"vip_group_healthy{group="web"} 1"#,
+            r#"vip_bgp_session_established{neighbor="10.0.0.1"} 1"#,
+            r#"vip_bgp_bfd_up{neighbor="10.0.0.1"} 1"#,
             r#"vip_group_transitions_total{group="web",to="active",reason="peer_silent"} 1"#,
             r#"vip_lease_remaining_milliseconds{group="web"} 45"#,
             r#"vip_group_priority{group="web"} 200"#,

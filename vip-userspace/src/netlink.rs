@@ -26,6 +26,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo},
     link::{LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -144,6 +145,68 @@ impl Netlink {
             Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENOENT)) => Ok(()),
             r => r.map(|_| ()),
         }
+    }
+
+    /// Puts the host route `addr/prefix` into `table` as a blackhole of protocol
+    /// [`ROUTE_PROTOCOL`]; idempotent. Such a route only marks what the BGP speaker
+    /// exports: no rule points at the table, so it never forwards on this host.
+    pub fn add_route(&self, table: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
+        let msg = RouteNetlinkMessage::NewRoute(route_msg(table, addr, prefix));
+        self.exchange(msg, NLM_F_CREATE | NLM_F_REPLACE).map(|_| ())
+    }
+
+    /// Takes the host route `addr/prefix` out of `table`; absent already is not an
+    /// error.
+    pub fn del_route(&self, table: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
+        let msg = RouteNetlinkMessage::DelRoute(route_msg(table, addr, prefix));
+        match self.exchange(msg, 0) {
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH) | Some(libc::ENOENT)) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// Every route of `table` (both families): (destination, prefix length).
+    pub fn routes(&self, table: u32) -> io::Result<Vec<(IpAddr, u8)>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = family;
+            let replies = self.exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
+            for r in replies.into_iter().filter_map(Result::ok) {
+                let RouteNetlinkMessage::NewRoute(r) = r else {
+                    continue;
+                };
+                let t = r
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Table(t) => Some(*t),
+                        _ => None,
+                    })
+                    .unwrap_or(r.header.table as u32);
+                if t != table {
+                    continue;
+                }
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                    _ => None,
+                });
+                if let Some(d) = dst {
+                    out.push((d, r.header.destination_prefix_length));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Empties `table` (both families); returns how many routes it removed.
+    pub fn flush_routes(&self, table: u32) -> io::Result<usize> {
+        let routes = self.routes(table)?;
+        for (a, p) in &routes {
+            self.del_route(table, *a, *p)?;
+        }
+        Ok(routes.len())
     }
 
     /// Facts about a link, in our namespace or (with `netnsid`) in a peer namespace.
@@ -284,6 +347,32 @@ fn timeval(d: Duration) -> libc::timeval {
         tv_sec: d.as_secs() as libc::time_t,
         tv_usec: d.subsec_micros() as libc::suseconds_t,
     }
+}
+
+/// The routing protocol number vip's announced routes carry (`ip route show proto
+/// 99`): not one of the kernel's or a known daemon's, so no other daemon takes them
+/// for its own.
+pub const ROUTE_PROTOCOL: u8 = 99;
+
+fn route_msg(table: u32, addr: IpAddr, prefix: u8) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    m.header.destination_prefix_length = prefix;
+    // Tables above 255 go in the attribute; the header's byte says "see it".
+    m.header.table = if table < 256 {
+        table as u8
+    } else {
+        RouteHeader::RT_TABLE_UNSPEC
+    };
+    m.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
+    m.header.kind = RouteType::BlackHole;
+    m.attributes.push(RouteAttribute::Table(table));
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(addr)));
+    m
 }
 
 /// A NETLINK_ROUTE socket (close-on-exec, as netlink-sys opens them).

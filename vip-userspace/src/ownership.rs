@@ -126,6 +126,11 @@ pub struct Terms {
     /// A static or keepalived group without a permanent `forward_to`: after giving its
     /// VIPs up towards a successor it forwards only for the drain.
     pub forward_for_drain: bool,
+    /// Announced over BGP (`announce = "bgp"` or `"both"`): the active's host routes
+    /// go with [`Effect::Announce`], and are withdrawn ([`Effect::Withdraw`]) before
+    /// the data plane stops serving, or, after a handover, at the end of the drain
+    /// (the successor announces first; we forward to it meanwhile).
+    pub routed: bool,
 }
 
 impl Terms {
@@ -211,8 +216,10 @@ pub enum Effect {
     /// adding them).
     AnnounceFirst,
     /// The gratuitous ARP / unsolicited NA burst (its first round goes on from what
-    /// [`Effect::AnnounceFirst`] sent).
+    /// [`Effect::AnnounceFirst`] sent), and a routed group's host routes.
     Announce,
+    /// A routed group's host routes withdrawn ([`Terms::routed`]).
+    Withdraw,
 }
 
 /// One group's hold on its VIPs.
@@ -407,7 +414,13 @@ impl Ownership {
             Holding::Serving | Holding::Quiet | Holding::Adopted
         );
         let forward_to = forward_to.filter(|_| state != State::Fault);
+        let drains = was && forward_to.is_some() && !self.t.drain.is_zero();
         let mut out = vec![Effect::StopAnnouncing];
+        // Withdrawn before anything stops serving, unless a successor announces and
+        // we forward to it for the drain: then at its end (`tick`).
+        if self.t.routed && !drains {
+            out.push(Effect::Withdraw);
+        }
         if was {
             out.push(Effect::SolicitedNodes(false));
         }
@@ -418,7 +431,6 @@ impl Ownership {
         }
         self.renew_at = None;
         self.grace = None;
-        let drains = was && forward_to.is_some() && !self.t.drain.is_zero();
         self.addrs_until = drains.then(|| now + self.t.drain);
         out.extend(self.forward_effects(now, boot, forward_to));
         // A balanced group's standby is a member: it keeps the VIP on lo. A resident
@@ -507,8 +519,13 @@ impl Ownership {
         let mut out = Vec::new();
         let serving = matches!(self.holding, Holding::Serving | Holding::Quiet);
         if self.addrs_until.is_some_and(|t| now >= t) && !serving {
-            // The drain is over: plain forwarding (no KEEP), then no addresses.
+            // The drain is over: the routes go (the successor has announced since
+            // our handover; we still forward whatever reaches us), plain forwarding
+            // (no KEEP), then no addresses.
             self.addrs_until = None;
+            if self.t.routed {
+                out.push(Effect::Withdraw);
+            }
             if let Holding::Forwarding(m) = self.holding {
                 out.push(Effect::Entries(Entries::Forward { to: m, keep: false }));
             }
@@ -669,6 +686,7 @@ mod tests {
             balanced: false,
             resident: false,
             forward_for_drain: false,
+            routed: false,
         }
     }
 
@@ -881,6 +899,51 @@ mod tests {
             keep: false
         })));
         assert!(out.contains(&Effect::RemoveAddresses));
+    }
+
+    #[test]
+    fn a_routed_group_withdraws_before_it_stops_serving_or_after_its_drain() {
+        let t0 = Instant::now();
+        let routed = Terms {
+            routed: true,
+            ..terms()
+        };
+        // A takeover announces (routes with the announcements), last.
+        let mut o = Ownership::new(routed.clone());
+        o.advertised(ms(0));
+        let out = o.take(t0, ms(0), None);
+        assert_eq!(out.last(), Some(&Effect::Announce));
+        assert!(!out.contains(&Effect::Withdraw));
+        // A fault: withdrawn first thing, before the entries go inert.
+        let out = o.give_up(t0, ms(10), State::Fault, None);
+        let withdraw = position(&out, |e| *e == Effect::Withdraw);
+        let entries = position(&out, |e| matches!(e, Effect::Entries(_)));
+        assert!(withdraw < entries, "{out:?}");
+        // A planned handover: the successor announces; we forward to it and withdraw
+        // only when the drain ends, before the entries stop keeping.
+        let mut o = Ownership::new(routed);
+        o.advertised(ms(0));
+        o.take(t0, ms(0), None);
+        o.quiesce();
+        let out = o.give_up(t0 + 30 * MS, ms(30), State::Standby, Some(MAC_B));
+        assert!(!out.contains(&Effect::Withdraw), "{out:?}");
+        assert!(!o.tick(t0 + 500 * MS, ms(500)).contains(&Effect::Withdraw));
+        let out = o.tick(t0 + 1031 * MS, ms(1031));
+        let withdraw = position(&out, |e| *e == Effect::Withdraw);
+        let plain = position(&out, |e| {
+            *e == Effect::Entries(Entries::Forward {
+                to: MAC_B,
+                keep: false,
+            })
+        });
+        assert!(withdraw < plain, "{out:?}");
+        // An ARP group never withdraws anything.
+        let mut o = Ownership::new(terms());
+        o.advertised(ms(0));
+        o.take(t0, ms(0), None);
+        assert!(!o
+            .give_up(t0, ms(10), State::Fault, None)
+            .contains(&Effect::Withdraw));
     }
 
     #[test]

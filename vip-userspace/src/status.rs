@@ -26,6 +26,40 @@ pub struct Status {
     /// IPv6 VIPs this node routes (a gateway, `[[route6]]`).
     #[serde(default)]
     pub routes6: Vec<Route6Status>,
+    /// The BGP speaker's sessions (`[bgp]`).
+    #[serde(default)]
+    pub bgp: Option<BgpStatus>,
+}
+
+/// The BGP speaker as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct BgpStatus {
+    pub local_as: u32,
+    pub sessions: Vec<BgpSession>,
+    /// Set when the speaker could not be asked (it is not running, or did not answer).
+    pub error: Option<String>,
+}
+
+/// One BGP neighbour's session, and its BFD.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct BgpSession {
+    pub neighbor: String,
+    /// The speaker's word: "Established", "Active", "Connect"...
+    pub state: String,
+    pub established: bool,
+    pub since_unix_s: Option<u64>,
+    /// "up", "down", "init"..., or None without BFD on this session.
+    pub bfd: Option<String>,
+    pub bfd_up: bool,
+    pub bfd_since_unix_s: Option<u64>,
+}
+
+/// A routed group's announcement (`announce = "bgp"` or `"both"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RoutesStatus {
+    /// Its host routes are in vip's table, exported to every established session.
+    pub announced: bool,
+    pub since_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -89,6 +123,12 @@ pub struct GroupStatus {
     /// the VIPs) or "resident" (on lo in every role).
     #[serde(default)]
     pub addresses: String,
+    /// How ownership is declared: "arp", "bgp" or "both".
+    #[serde(default)]
+    pub announce: String,
+    /// A routed group's host routes.
+    #[serde(default)]
+    pub routes: Option<RoutesStatus>,
     /// False while a health check fails (the group is then in fault).
     pub healthy: bool,
     /// Each check and its last result.
@@ -195,6 +235,35 @@ pub struct VipStatus {
 }
 
 /// "850 ms", "12.3 s", "4 min 5 s", "3 h 2 min".
+/// "announced to 10.0.0.1 (Established, BFD up, 12 min)", or "not announced".
+fn routes_line(r: &RoutesStatus, bgp: Option<&BgpStatus>, now_ms: u64) -> String {
+    if !r.announced {
+        return "BGP: not announced".into();
+    }
+    let age = |s: Option<u64>| s.map(|s| human_ms(now_ms.saturating_sub(s * 1000)));
+    let mut to = Vec::new();
+    if let Some(b) = bgp {
+        for x in &b.sessions {
+            let mut parts = vec![x.state.clone()];
+            if let Some(bfd) = &x.bfd {
+                parts.push(format!("BFD {bfd}"));
+            }
+            if let Some(a) = age(x.since_unix_s) {
+                parts.push(a);
+            }
+            to.push(format!("{} ({})", x.neighbor, parts.join(", ")));
+        }
+        if let Some(e) = &b.error {
+            to.push(format!("speaker: {e}"));
+        }
+    }
+    let since = r
+        .since_unix_ms
+        .map(|t| format!(" for {}", human_ms(now_ms.saturating_sub(t))))
+        .unwrap_or_default();
+    format!("BGP: announced{since} to {}", to.join("; "))
+}
+
 pub fn human_ms(ms: u64) -> String {
     match ms {
         0..=999 => format!("{ms} ms"),
@@ -513,6 +582,9 @@ impl Status {
             if g.addresses == "resident" {
                 let _ = writeln!(s, "{:<12} addresses: resident (on lo in every role)", "");
             }
+            if let Some(r) = &g.routes {
+                let _ = writeln!(s, "{:<12} {}", "", routes_line(r, self.bgp.as_ref(), now));
+            }
             if let Some(b) = &g.balance {
                 s.push_str(&member_table(g, b));
             }
@@ -617,6 +689,8 @@ pub(crate) fn example() -> Status {
         mode: "elected".into(),
         forward_to: None,
         addresses: "on_takeover".into(),
+        announce: "arp".into(),
+        routes: None,
         healthy: true,
         health: "track_interface ok (eth0 is up)".into(),
         election: Some(ElectionStatus {
@@ -679,6 +753,19 @@ pub(crate) fn example() -> Status {
             stats: filled(700),
             nodes: Some(vec!["02:00:00:00:00:0a".into()]),
         }],
+        bgp: Some(BgpStatus {
+            local_as: 65001,
+            sessions: vec![BgpSession {
+                neighbor: "10.0.0.1".into(),
+                state: "Established".into(),
+                established: true,
+                since_unix_s: Some(1_700_000_000),
+                bfd: Some("up".into()),
+                bfd_up: true,
+                bfd_since_unix_s: Some(1_700_000_000),
+            }],
+            error: None,
+        }),
         routes6: vec![Route6Status {
             vip: "2001:db8::60".into(),
             external_interface: "eth1".into(),
@@ -729,6 +816,8 @@ mod tests {
             mode: "elected".into(),
             forward_to: None,
             addresses: "on_takeover".into(),
+            announce: "arp".into(),
+            routes: None,
             healthy: true,
             health: String::new(),
             election: Some(ElectionStatus {
@@ -775,6 +864,7 @@ mod tests {
             warnings: vec![],
             eips: vec![],
             routes6: vec![],
+            bgp: None,
         }
     }
 

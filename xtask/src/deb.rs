@@ -132,7 +132,7 @@ pub fn build(vip: &Path) -> Result<PathBuf> {
     // Control files.
     let control = format!(
         "Package: vip\nVersion: {version}\nArchitecture: {arch}\nMaintainer: {MAINTAINER}\n\
-         Installed-Size: {}\nDepends: {}\nRecommends: iproute2\nSection: net\nPriority: optional\n\
+         Installed-Size: {}\nDepends: {}\nRecommends: iproute2, bird2\nSection: net\nPriority: optional\n\
          Description: XDP data plane for virtual-IP failover\n \
          vip answers ARP and neighbour solicitations for virtual IPs and steers their\n \
          traffic in XDP, moves groups of VIPs between active and standby servers (own\n \

@@ -27,6 +27,7 @@ use crate::{
     host::{self, Interface},
     mac::Mac,
     ownership::{Effect, Entries, Expired, Holding, LeaseWrite},
+    speaker::Speaker,
 };
 
 /// Where a group's effects are written.
@@ -50,6 +51,8 @@ pub(super) trait Writes {
     /// only while the group's gate is open; the first round goes on from what
     /// `announce_first` sent.
     fn announce(&mut self, g: &mut GroupRuntime);
+    /// Announces (or withdraws) a routed group's host routes through the speaker.
+    fn routes(&mut self, g: &mut GroupRuntime, announce: bool);
 }
 
 /// Performs `effects` in order on group `g` (our interface's MAC is `mac`), stopping
@@ -139,8 +142,18 @@ fn effect(
         }
         Effect::AddAddresses => w.add_addresses(g),
         Effect::RemoveAddresses => w.remove_addresses(g),
-        Effect::AnnounceFirst => w.announce_first(g),
-        Effect::Announce => w.announce(g),
+        Effect::AnnounceFirst if g.cfg.announce.arp() => w.announce_first(g),
+        Effect::AnnounceFirst => {}
+        Effect::Announce => {
+            // The routes only while the serving lease runs, as the frames.
+            if g.cfg.announce.bgp() && (!g.leased() || g.gate.is_open()) {
+                w.routes(g, true);
+            }
+            if g.cfg.announce.arp() {
+                w.announce(g);
+            }
+        }
+        Effect::Withdraw => w.routes(g, false),
     }
     Ok(())
 }
@@ -191,6 +204,9 @@ fn program<'a>(
 /// leave by, and the socket holding the solicited-node memberships.
 pub(super) struct Kernel<'a> {
     pub dp: &'a mut Dataplane,
+    pub speaker: Option<&'a mut (dyn Speaker + 'static)>,
+    /// The loop's events: a route waiting for its addresses comes back through it.
+    pub events: Option<&'a tokio::sync::mpsc::Sender<super::Event>>,
     pub addrs: &'a mut Addresses,
     pub socket: &'a Arc<PacketSocket>,
     pub mcast: &'a mut Option<std::net::UdpSocket>,
@@ -203,6 +219,8 @@ impl Agent {
         (
             Kernel {
                 dp: &mut self.dp,
+                speaker: self.speaker.as_deref_mut(),
+                events: self.events.as_ref(),
                 addrs: &mut self.addrs,
                 socket: &self.socket,
                 mcast: &mut self.mcast,
@@ -325,6 +343,68 @@ impl Writes for Kernel<'_> {
         g.first_announced = garp::send_now(self.socket, &frames, n, &g.gate, stamp.as_ref());
     }
 
+    /// The group's host routes into (or out of) vip's route table, which the speaker
+    /// exports. A failure is logged, never fails the transition: a route that did not
+    /// go in is retried by the next announcement, one that did not go out is the
+    /// guard's to withdraw once our lease ends.
+    fn routes(&mut self, g: &mut GroupRuntime, announce: bool) {
+        let Some(sp) = self.speaker.as_deref_mut() else {
+            return;
+        };
+        if !announce && g.routes.is_none() {
+            return;
+        }
+        // Announced once the local stack accepts every VIP: a big group's addresses
+        // may still be on their way to lo (the address worker); the routes follow
+        // them (`Event::RoutesReady`).
+        if announce {
+            if let Some((new, progress)) = g
+                .pending_addresses
+                .as_ref()
+                .filter(|(new, p)| p.done() < new.len())
+            {
+                if let Some(tx) = self.events {
+                    let (n, progress, tx) = (new.len(), progress.clone(), tx.clone());
+                    let name = g.cfg.name.clone();
+                    tokio::spawn(async move {
+                        progress
+                            .wait_for(n, std::time::Duration::from_secs(30))
+                            .await;
+                        let _ = tx.send(super::Event::RoutesReady(name)).await;
+                    });
+                    return;
+                }
+            }
+        }
+        let vips: Vec<IpAddr> = g.vips.iter().map(|v| v.vip.addr).collect();
+        let r = if announce {
+            sp.announce(&vips)
+        } else {
+            sp.withdraw(&vips)
+        };
+        match r {
+            Ok(()) if announce => {
+                if g.routes.is_none() {
+                    g.routes = Some(std::time::SystemTime::now());
+                    log::info!(
+                        "group {}: announced {} routes over BGP",
+                        g.cfg.name,
+                        vips.len()
+                    );
+                }
+            }
+            Ok(()) => {
+                g.routes = None;
+                log::info!(
+                    "group {}: withdrew {} routes from BGP",
+                    g.cfg.name,
+                    vips.len()
+                );
+            }
+            Err(e) => log::error!("group {}: BGP: {e:#}", g.cfg.name),
+        }
+    }
+
     /// Starts (or restarts) the group's gratuitous ARP / unsolicited NA burst, and the
     /// periodic refresh if configured.
     fn announce(&mut self, g: &mut GroupRuntime) {
@@ -444,6 +524,7 @@ mod tests {
         RemoveAddresses,
         AnnounceFirst,
         Announce,
+        Routes(bool),
     }
 
     /// Records every write with whether the group's announcement gate was open as it
@@ -541,6 +622,9 @@ mod tests {
         fn announce(&mut self, _: &mut GroupRuntime) {
             self.push(W::Announce);
         }
+        fn routes(&mut self, _: &mut GroupRuntime, announce: bool) {
+            self.push(W::Routes(announce));
+        }
     }
 
     const MAC: Mac = Mac([2, 0, 0, 0, 0, 11]);
@@ -550,8 +634,13 @@ mod tests {
     /// the agent builds it, and an advertisement just sent (a standby takes us for
     /// silent no earlier than 3 intervals from now: the serving lease may run).
     fn elected(extra: &str) -> GroupRuntime {
+        elected_after("", extra)
+    }
+
+    /// As [`elected`], with `head` (sections) before the group.
+    fn elected_after(head: &str, extra: &str) -> GroupRuntime {
         let text = format!(
-            "[node]\nname = \"a\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\n\
+            "[node]\nname = \"a\"\ninterface = \"eth0\"\n{head}\n[[group]]\nname = \"web\"\n\
              vips = [\"10.0.0.50/24\", \"2001:db8::50/64\"]\npeers = [\"10.0.0.12\"]\n\
              priority = 150\n{extra}\n"
         );
@@ -641,6 +730,33 @@ mod tests {
                 (Announce, OPEN),
             ]
         );
+    }
+
+    #[test]
+    fn a_routed_group_announces_its_routes_last_and_withdraws_them_before_a_fault_changes_anything()
+    {
+        let bgp = "[bgp]\nlocal_as = 65001\nneighbors = [{ address = \"10.0.0.1\", as = 65000 }]\n";
+        // BGP only: no ARP announcement at all.
+        let mut g = elected_after(bgp, "announce = \"bgp\"");
+        let mut rec = Recorder::new(&g);
+        let out = run(&mut g, &mut rec, take);
+        assert_eq!(out.last(), Some(&(Routes(true), OPEN)), "{out:?}");
+        assert!(!out
+            .iter()
+            .any(|(w, _)| matches!(w, Announce | AnnounceFirst)));
+        let out = run(&mut g, &mut rec, |g, now, boot| {
+            g.own.give_up(now, boot, State::Fault, None)
+        });
+        assert_eq!(out[..2], [(StopAnnouncing, OPEN), (Routes(false), OPEN)]);
+        // Both: the routes, then the frames.
+        let mut g = elected_after(bgp, "announce = \"both\"");
+        let mut rec = Recorder::new(&g);
+        let out = run(&mut g, &mut rec, take);
+        assert_eq!(
+            out[out.len() - 2..],
+            [(Routes(true), OPEN), (Announce, OPEN)]
+        );
+        assert!(out.contains(&(AnnounceFirst, OPEN)));
     }
 
     #[test]

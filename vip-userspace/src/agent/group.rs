@@ -100,6 +100,8 @@ pub(super) struct GroupRuntime {
     /// When the decision that the next takeover carries out was made, if before the
     /// loop saw it (the echo prober decides on its own thread).
     pub decided_ns: Option<u64>,
+    /// A routed group's host routes are in vip's table (announced), since then.
+    pub routes: Option<SystemTime>,
 }
 
 impl GroupRuntime {
@@ -136,12 +138,13 @@ impl GroupRuntime {
             key,
             replay: ReplayGuard::default(),
             errors: AdvertErrors::default(),
-            checks: trackers(&cfg.track),
+            checks: trackers(cfg),
             transition_reasons: BTreeMap::new(),
             tasks: Vec::new(),
             balance: None,
             takeover: None,
             decided_ns: None,
+            routes: None,
         }
     }
 
@@ -330,12 +333,17 @@ pub(super) fn terms(cfg: &Group, redirect: bool, elected: bool) -> Terms {
         balanced: cfg.balance.is_some(),
         resident: cfg.addresses.is_resident() && elected && !redirect,
         forward_for_drain: !elected && cfg.forward_to.is_none(),
+        routed: cfg.announce.bgp(),
     }
 }
 
 /// One rise/fall tracker per configured health check, none reported yet.
-pub(super) fn trackers(track: &config::Track) -> Vec<(&'static str, Tracker, String)> {
+pub(super) fn trackers(cfg: &Group) -> Vec<(&'static str, Tracker, String)> {
+    let track = &cfg.track;
     let mut checks = Vec::new();
+    if bgp_only(cfg) {
+        checks.push(("track_bgp", Tracker::new(1, 1), String::new()));
+    }
     if track.interface {
         checks.push(("track_interface", Tracker::new(1, 1), String::new()));
     }
@@ -346,6 +354,12 @@ pub(super) fn trackers(track: &config::Track) -> Vec<(&'static str, Tracker, Str
         checks.push(("track_tcp", Tracker::new(c.rise, c.fall), String::new()));
     }
     checks
+}
+
+/// A group declared only over BGP depends on its sessions (`track_bgp`); one that
+/// also announces by ARP is still reachable on its segment without them.
+fn bgp_only(cfg: &Group) -> bool {
+    cfg.announce == config::Announce::Bgp
 }
 
 /// Resolves a redirect interface: its ifindex, its MAC (our source) and the MAC frames
@@ -578,6 +592,8 @@ impl super::Agent {
             }
             self.send_advert(gi, Kind::Release);
         }
+        // Its routes go before its entries stop serving.
+        self.withdraw_routes(gi);
         if self.groups[gi].leased() {
             if let Err(e) = self.dp.revoke_lease(self.groups[gi].index) {
                 log::warn!(
@@ -640,6 +656,21 @@ impl super::Agent {
             g.tasks.push(tokio::spawn(health::run_script(
                 name.clone(),
                 c.clone(),
+                htx.clone(),
+            )));
+        }
+        if let (true, Some(src)) = (bgp_only(&g.cfg), self.speaker_status.clone()) {
+            // As often as the interface's state: a dead speaker is a dead link.
+            let every = g
+                .cfg
+                .election
+                .as_ref()
+                .map_or(Duration::from_millis(100), |e| e.advert_interval)
+                .min(Duration::from_millis(100));
+            g.tasks.push(tokio::spawn(health::run_bgp(
+                name.clone(),
+                src,
+                every,
                 htx.clone(),
             )));
         }

@@ -17,6 +17,7 @@
 
 mod active_active;
 mod adverts;
+mod bgp;
 mod effects;
 mod eips;
 mod group;
@@ -114,6 +115,10 @@ pub struct Agent {
     balance_enabled: bool,
     /// Who the data plane lets reach the election's port (`peers`).
     peers: peers::Peers,
+    /// The BGP speaker, when `[bgp]` is configured (`crate::speaker`).
+    speaker: Option<Box<dyn crate::speaker::Speaker>>,
+    /// Where status reads the speaker's sessions from.
+    speaker_status: Option<crate::speaker::StatusSource>,
 }
 
 /// What woke the loop up.
@@ -150,6 +155,10 @@ enum Event {
         Result<(), String>,
         Option<tokio::sync::oneshot::Sender<Response>>,
     ),
+    /// The speaker's guard withdrew every route (our hold on them ran out).
+    SpeakerFlushed,
+    /// A takeover's addresses are on lo: the group's routes may go out.
+    RoutesReady(String),
     /// A reload's config, read and checked against the host off the loop.
     ReloadRead(
         Box<reload::Read>,
@@ -268,6 +277,8 @@ pub async fn run(opts: Options) -> Result<()> {
             // Whatever woke us (after a stall, a queued datagram may come first), a
             // lease that ran out meanwhile is lost before anything else is done.
             agent.check_leases();
+            // The speaker's guard learns how long our routes may stay (our leases).
+            agent.hold_routes();
             match wake {
                 Wake::Request(req, reply) => agent.request(req, reply, &renderer),
                 Wake::Event(ev) => agent.event(ev),
@@ -281,12 +292,15 @@ pub async fn run(opts: Options) -> Result<()> {
                     agent.exit = Some(Exit::Stop);
                 }
             }
+            agent.hold_routes();
         }
         if matches!(agent.exit, Some(Exit::Restart { .. } | Exit::Reexec)) {
             // Let the answer to the request that ended the loop reach its client (the
             // peers were told to hold when the request came in).
             tokio::time::sleep(Duration::from_millis(50)).await;
             agent.save_replay_state();
+            // The leases were extended over the peers' hold: the routes stay as long.
+            agent.hold_routes();
         }
         if agent.exit != Some(Exit::Reexec) {
             break;
@@ -475,7 +489,10 @@ impl Agent {
                 written: peer_plan,
                 learned: HashMap::new(),
             },
+            speaker: None,
+            speaker_status: None,
         };
+        agent.start_speaker(!adopted)?;
         // Counter slots an adopted data plane already uses keep their VIPs (and counts).
         let mut previous: HashMap<IpAddr, VipEntry> = HashMap::new();
         if adopted {
@@ -502,6 +519,7 @@ impl Agent {
             .collect();
         let lo = agent.addrs.ifindex();
         agent.addrs.remove_from(lo, &stale);
+        agent.adopt_routes();
         agent.setup_eips(&mut warnings)?;
         agent.setup_routes6(&mut warnings)?;
         agent.restore_replay_state();
@@ -538,6 +556,7 @@ impl Agent {
             ),
         }
         adverts::spawn_receivers(&self.adverts, tx);
+        self.watch_speaker(tx);
         let etx = tx.clone();
         self.echo = match self.dp.echo_seen() {
             Ok(seen) => crate::echo::Prober::spawn(
@@ -645,6 +664,8 @@ impl Agent {
             Event::Upgrade(result, reply) => self.upgrade_ready(result, reply),
             Event::ReloadRead(read, reply) => self.reload_read(*read, reply),
             Event::EchoLost(lost) => self.echo_lost(lost),
+            Event::SpeakerFlushed => self.speaker_flushed(),
+            Event::RoutesReady(group) => self.routes_ready(&group),
             Event::Health((group, name, ok, detail)) => {
                 if let Some(gi) = self.groups.iter().position(|g| g.cfg.name == group) {
                     self.health(gi, name, ok, detail);
@@ -876,6 +897,10 @@ impl Agent {
     }
 
     pub fn shutdown(&mut self) {
+        // The routes first: nothing may stay announced once the entries go.
+        if let Some(sp) = self.speaker.as_mut() {
+            sp.stop();
+        }
         for e in &self.eips {
             let _ = self.dp.remove_eip(&e.entry);
         }

@@ -59,6 +59,8 @@ fn kind(g: &Group) -> impl PartialEq {
         g.keepalived_instance.clone(),
         g.redirect.clone(),
         g.role,
+        // Announced another way: the group starts anew (its routes withdrawn with it).
+        g.announce,
     )
 }
 
@@ -128,6 +130,7 @@ impl Agent {
             ("node.metrics_listen", a.metrics_listen != b.metrics_listen),
             ("eip (elastic IPs)", self.cfg.eips != new.eips),
             ("route6 (routed IPv6 VIPs)", self.cfg.routes6 != new.routes6),
+            ("bgp (the BGP speaker)", self.cfg.bgp != new.bgp),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{key} changed: that needs a restart of the agent; nothing was changed");
@@ -336,6 +339,8 @@ impl Agent {
                 k += 1;
                 continue;
             }
+            // Withdrawn while its entry still serves.
+            self.some_routes(gi, &[v.addr], false);
             let slot = Arc::make_mut(&mut self.groups[gi].vips).remove(k).slot;
             self.dp.remove_vip(v.addr)?;
             let name = self.groups[gi].cfg.name.clone();
@@ -382,7 +387,7 @@ impl Agent {
             self.groups[gi].driver = crate::driver::Driver::for_group(g);
         }
         if track_changed {
-            self.groups[gi].checks = trackers(&g.track);
+            self.groups[gi].checks = trackers(g);
             self.spawn_checks(gi);
         }
         let resident = self.groups[gi].own.terms().resident;
@@ -406,6 +411,7 @@ impl Agent {
                 let (mac, garp, name) = (self.iface.mac, g.garp, g.name.clone());
                 let gate = self.groups[gi].gate.clone();
                 // Tracked, so that a step-down stops it.
+                self.some_routes(gi, &addrs, true);
                 let burst = tokio::spawn(garp::burst(socket, mac, addrs, garp, name, gate, ready));
                 self.groups[gi].bursts.push(burst);
                 self.join_solicited_nodes(gi, true);

@@ -126,6 +126,7 @@ impl Agent {
             late: expired.late(),
         };
         log::warn!("group {}: {reason}", self.groups[gi].cfg.name);
+        self.withdraw_routes(gi);
         let now = Instant::now();
         let actions = match self.groups[gi].election_mut() {
             Some(e) => e.lost(now, reason),
@@ -224,7 +225,13 @@ impl Agent {
     /// announcement gate is open (its serving lease runs).
     pub(super) fn announce(&mut self, gi: usize) {
         let (mut kernel, groups) = self.kernel();
-        kernel.announce(&mut groups[gi]);
+        let g = &mut groups[gi];
+        if g.cfg.announce.bgp() && (!g.leased() || g.gate.is_open()) {
+            kernel.routes(g, true);
+        }
+        if g.cfg.announce.arp() {
+            kernel.announce(g);
+        }
     }
 
     /// How long a restarting agent's peers hold, as the lease must cover it.

@@ -78,6 +78,8 @@ pub struct Snapshot {
     groups: Vec<GroupSnap>,
     eips: Vec<EipSnap>,
     routes6: Vec<Route6Snap>,
+    /// The local AS and where the speaker's sessions are read (off the loop).
+    bgp: Option<(u32, crate::speaker::StatusSource)>,
 }
 
 struct GroupSnap {
@@ -91,6 +93,9 @@ struct GroupSnap {
     mode: &'static str,
     forward_to: Option<Mac>,
     resident: bool,
+    announce: &'static str,
+    /// A routed group's routes: announced since, or not (None: not routed).
+    routes: Option<Option<SystemTime>>,
     healthy: bool,
     health: String,
     election: Option<ElectionStatus>,
@@ -145,6 +150,8 @@ impl Agent {
                 mode: g.mode(),
                 forward_to: g.forward_to().filter(|_| g.state != State::Active),
                 resident: g.own.terms().resident,
+                announce: g.cfg.announce.name(),
+                routes: g.cfg.announce.bgp().then_some(g.routes),
                 healthy: g.healthy(),
                 health: g.health_detail(),
                 election: g.election().map(|e| ElectionStatus {
@@ -269,6 +276,12 @@ impl Agent {
                     index: i as u32,
                 })
                 .collect(),
+            bgp: self
+                .cfg
+                .bgp
+                .as_ref()
+                .zip(self.speaker_status.clone())
+                .map(|(b, s)| (b.local_as, s)),
         }
     }
 
@@ -309,6 +322,11 @@ impl Snapshot {
                     "on_takeover"
                 }
                 .into(),
+                announce: g.announce.into(),
+                routes: g.routes.map(|since| crate::status::RoutesStatus {
+                    announced: since.is_some(),
+                    since_unix_ms: since.map(unix_ms),
+                }),
                 healthy: g.healthy,
                 health: g.health,
                 election: g.election,
@@ -400,6 +418,7 @@ impl Snapshot {
                     }
                 })
                 .collect(),
+            bgp: self.bgp.map(|(local_as, src)| bgp_status(local_as, &src)),
             routes6: self
                 .routes6
                 .into_iter()
@@ -418,5 +437,33 @@ impl Snapshot {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The speaker's sessions, asked over its control socket (bounded by its timeout).
+fn bgp_status(local_as: u32, src: &crate::speaker::StatusSource) -> crate::status::BgpStatus {
+    let secs = |s: &Option<String>| s.as_deref().and_then(|t| t.parse::<u64>().ok());
+    match src.sessions() {
+        Ok(sessions) => crate::status::BgpStatus {
+            local_as,
+            sessions: sessions
+                .into_iter()
+                .map(|x| crate::status::BgpSession {
+                    neighbor: x.neighbor.to_string(),
+                    since_unix_s: secs(&x.since),
+                    established: x.established,
+                    state: x.state,
+                    bfd_up: x.bfd.as_ref().is_some_and(|b| b.up),
+                    bfd_since_unix_s: x.bfd.as_ref().and_then(|b| secs(&b.since)),
+                    bfd: x.bfd.map(|b| b.state.to_lowercase()),
+                })
+                .collect(),
+            error: None,
+        },
+        Err(e) => crate::status::BgpStatus {
+            local_as,
+            sessions: Vec::new(),
+            error: Some(format!("{e:#}")),
+        },
     }
 }

@@ -7,8 +7,8 @@
 use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
 
 use super::{
-    balance, election, node::garp, raw::RawGroup, track, Balance, Election, Garp, Track,
-    DEFAULT_DRAIN_MS,
+    balance, bgp, bgp::Announce, election, node::garp, raw::RawGroup, track, Balance, Election,
+    Garp, Track, DEFAULT_DRAIN_MS,
 };
 use crate::mac::Mac;
 
@@ -36,6 +36,8 @@ pub struct Group {
     /// `addresses = "resident"`: the VIP addresses stay on `lo` in every role, so a
     /// takeover changes only the data plane's entries (see [`AddressMode`]).
     pub addresses: AddressMode,
+    /// How ownership is declared: on the segment (ARP/NDP), over BGP, or both.
+    pub announce: Announce,
 }
 
 /// Where a group's VIP addresses are on `lo` (`addresses`): what a takeover has to
@@ -102,13 +104,14 @@ struct Seen {
 pub(super) fn groups(
     raw: &[RawGroup],
     node_garp: Garp,
+    has_bgp: bool,
     p: &mut impl FnMut(String, String),
 ) -> Vec<Group> {
     let mut seen = Seen::default();
     let groups: Vec<Group> = raw
         .iter()
         .enumerate()
-        .map(|(gi, g)| group(gi, g, node_garp, &mut seen, p))
+        .map(|(gi, g)| group(gi, g, node_garp, has_bgp, &mut seen, p))
         .collect();
     let balanced = groups.iter().filter(|g| g.balance.is_some()).count();
     if balanced > vip_common::balance_maps::MAX_BALANCED_GROUPS as usize {
@@ -128,6 +131,7 @@ fn group(
     gi: usize,
     g: &RawGroup,
     node_garp: Garp,
+    has_bgp: bool,
     seen: &mut Seen,
     p: &mut impl FnMut(String, String),
 ) -> Group {
@@ -182,6 +186,13 @@ fn group(
     let garp = garp(&gkey, g.garp_count, g.garp_interval_ms, node_garp, p);
     let balance = balance::balance(&gkey, g, &mut seen.ports, p);
     let addresses = addresses(&gkey, g, p);
+    let announce = bgp::announce(
+        &gkey,
+        g.announce.as_deref(),
+        has_bgp,
+        g.balance.is_some(),
+        p,
+    );
     Group {
         name: g.name.clone(),
         vips,
@@ -196,6 +207,7 @@ fn group(
         drain,
         balance,
         addresses,
+        announce,
     }
 }
 

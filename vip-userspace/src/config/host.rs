@@ -80,11 +80,13 @@ pub fn check_host(
                     });
                 }
             }
-            let on_link = subnets.iter().any(|(a, p)| {
-                *p == vip.prefix
-                    && a.is_ipv4() == vip.addr.is_ipv4()
-                    && network(*a, *p) == network(vip.addr, vip.prefix)
-            });
+            // A VIP announced only over BGP is routed to the node: it need not be on-link.
+            let on_link = g.announce == super::Announce::Bgp
+                || subnets.iter().any(|(a, p)| {
+                    *p == vip.prefix
+                        && a.is_ipv4() == vip.addr.is_ipv4()
+                        && network(*a, *p) == network(vip.addr, vip.prefix)
+                });
             if !on_link {
                 let have: Vec<String> = subnets
                     .iter()
@@ -187,6 +189,37 @@ pub fn check_host(
                     r.vip
                 ),
             });
+        }
+    }
+    if let Some(b) = &cfg.bgp {
+        if !b.speaker_bin.is_file() {
+            problems.push(Problem {
+                key: "bgp.speaker_bin".into(),
+                message: format!(
+                    "{} is not there: vip runs BIRD 2 as its BGP speaker (Debian: apt install bird2)",
+                    b.speaker_bin.display()
+                ),
+            });
+        }
+        if b.router_id.is_none() && !iface.addrs.iter().any(|(a, _)| a.is_ipv4()) {
+            problems.push(Problem {
+                key: "bgp.router_id".into(),
+                message: format!(
+                    "is not set and interface {} has no IPv4 address to take it from",
+                    iface.name
+                ),
+            });
+        }
+        for (i, n) in b.neighbors.iter().enumerate() {
+            if let Some(ifname) = holder(n.address) {
+                problems.push(Problem {
+                    key: format!("bgp.neighbors[{i}].address"),
+                    message: format!(
+                        "{} is an address of this host (on {ifname}); a neighbour is another speaker",
+                        n.address
+                    ),
+                });
+            }
         }
     }
     report.warnings.extend(file_warnings(cfg));

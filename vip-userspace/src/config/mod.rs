@@ -7,11 +7,12 @@
 //! One room per part of the file: `node` (`[node]`), `group` (each `[[group]]`: its
 //! VIPs, role, redirect, forwarding and announcements), `election` (an elected group's
 //! `peers`, timers, echo and keys), `balance` (`balance`), `track` (health checks),
-//! `eips` (`[[eip]]`); then `host` (the checks against this host) and `warnings`
+//! `eips` (`[[eip]]`), `bgp` (`[bgp]` and a group's `announce`); then `host` (the checks against this host) and `warnings`
 //! (what is valid but worth saying). The types of every room are re-exported here, so
 //! the rest of vip names them `config::Group`, `config::Eip`...
 
 mod balance;
+mod bgp;
 mod eips;
 mod election;
 mod group;
@@ -32,6 +33,7 @@ use std::{
 use serde::Deserialize;
 
 pub use balance::Balance;
+pub use bgp::{host_route, Announce, Bfd, Bgp, Neighbor, DEFAULT_ROUTE_TABLE};
 pub use eips::Eip;
 pub use election::{load_keys, Election};
 pub use group::{network, parse_vip, AddressMode, Group, Redirect, Role, Vip};
@@ -72,6 +74,8 @@ pub struct Config {
     pub eips: Vec<Eip>,
     /// IPv6 VIPs this node routes as a gateway (`[[route6]]`).
     pub routes6: Vec<Route6>,
+    /// BGP announcements through the speaker (`[bgp]`).
+    pub bgp: Option<Bgp>,
 }
 
 /// One thing wrong with a configuration, and where.
@@ -112,6 +116,7 @@ struct RawConfig {
     eip: Vec<eips::RawEip>,
     #[serde(default)]
     route6: Vec<routes6::RawRoute6>,
+    bgp: Option<bgp::RawBgp>,
 }
 
 /// Reads and validates (without host checks) a configuration file.
@@ -131,7 +136,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     // In the order vip has always listed the problems: the node's own keys (the groups
     // inherit its announcements), each group, then what spans them.
     let head = node::head(&raw.node, &mut p);
-    let groups = group::groups(&raw.group, head.garp, &mut p);
+    let bgp = bgp::bgp(raw.bgp.as_ref(), &mut p);
+    let groups = group::groups(&raw.group, head.garp, bgp.is_some(), &mut p);
     let tail = node::tail(&raw.node, &mut p);
     group::check_instances(&groups, &mut p);
     let max_vips = node::max_vips(&raw.node, &groups, &mut p);
@@ -146,5 +152,6 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         groups,
         eips,
         routes6,
+        bgp,
     })
 }

@@ -681,3 +681,180 @@ fn addresses_resident_is_for_elected_local_groups() {
     let c = parse(&elected(&many[..64].join(", "), "")).unwrap();
     assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
 }
+
+const BGP: &str = r#"
+[node]
+name = "a"
+interface = "eth0"
+
+[bgp]
+local_as = 65001
+neighbors = [{ address = "10.0.0.1", as = 65000 }]
+
+[[group]]
+name = "web"
+vips = ["10.99.0.50/32"]
+peers = ["10.0.0.12"]
+priority = 150
+announce = "bgp"
+"#;
+
+/// `[bgp]` and `announce`: defaults, and every bad value refused with its key.
+#[test]
+fn bgp_keys_are_checked_and_named() {
+    let c = parse(BGP).unwrap();
+    let b = c.bgp.as_ref().unwrap();
+    assert_eq!(b.local_as, 65001);
+    assert!(b.neighbors[0].bfd, "BFD on by default");
+    assert_eq!(b.bfd.interval, Duration::from_millis(10));
+    assert_eq!(b.bfd.multiplier, 3);
+    assert_eq!(b.hold_time, Duration::from_secs(3));
+    assert_eq!(b.route_table, DEFAULT_ROUTE_TABLE);
+    assert_eq!(c.groups[0].announce, Announce::Bgp);
+    assert_eq!(parse(GOOD).unwrap().groups[0].announce, Announce::Arp);
+    for (from, to, key, why) in [
+        (
+            "local_as = 65001",
+            "local_as = 0",
+            "bgp.local_as",
+            "not an AS number",
+        ),
+        (
+            "local_as = 65001",
+            "local_as = 4294967296",
+            "bgp.local_as",
+            "not an AS number",
+        ),
+        (
+            "local_as = 65001",
+            "local_as = 23456",
+            "bgp.local_as",
+            "AS_TRANS",
+        ),
+        ("local_as = 65001", "", "bgp.local_as", "required"),
+        (
+            "address = \"10.0.0.1\"",
+            "address = \"router\"",
+            "bgp.neighbors[0].address",
+            "not an IP address",
+        ),
+        (
+            "address = \"10.0.0.1\"",
+            "address = \"224.0.0.5\"",
+            "bgp.neighbors[0].address",
+            "cannot be",
+        ),
+        (
+            "as = 65000",
+            "as = -1",
+            "bgp.neighbors[0].as",
+            "not an AS number",
+        ),
+        (
+            "local_as = 65001",
+            "local_as = 65001\nbfd = { interval_ms = 1 }",
+            "bgp.bfd.interval_ms",
+            "10..=10000",
+        ),
+        (
+            "local_as = 65001",
+            "local_as = 65001\nbfd = { multiplier = 1 }",
+            "bgp.bfd.multiplier",
+            "2..=255",
+        ),
+        (
+            "local_as = 65001",
+            "local_as = 65001\nhold_time_s = 2",
+            "bgp.hold_time_s",
+            "not a BGP hold time",
+        ),
+        (
+            "local_as = 65001",
+            "local_as = 65001\nroute_table = 254",
+            "bgp.route_table",
+            "not a table of vip's own",
+        ),
+        (
+            "local_as = 65001",
+            "local_as = 65001\nrouter_id = \"::1\"",
+            "bgp.router_id",
+            "not an IPv4 address",
+        ),
+        (
+            "announce = \"bgp\"",
+            "announce = \"ospf\"",
+            "group[web].announce",
+            "not a choice",
+        ),
+        (
+            "announce = \"bgp\"",
+            "announce = \"bgp\"\nbalance = {}",
+            "group[web].announce",
+            "not supported yet",
+        ),
+    ] {
+        let text = BGP.replace(from, to);
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|p| p.key == key && p.message.contains(why)),
+            "{to}: {p:?}"
+        );
+    }
+    let neighbours = BGP.replace(
+        "neighbors = [{ address = \"10.0.0.1\", as = 65000 }]",
+        "neighbors = [{ address = \"10.0.0.1\", as = 65000 }, { address = \"10.0.0.1\", as = 65000 }]",
+    );
+    assert_eq!(problems(&neighbours)[0].key, "bgp.neighbors[1].address");
+    // BGP without [bgp].
+    let p = problems(&GOOD.replace("role = ", "announce = \"both\"\nrole = "));
+    assert_eq!(p[0].key, "group[web].announce");
+    assert!(p[0].message.contains("[bgp]"), "{p:?}");
+}
+
+/// A VIP announced over BGP only need not be on-link; with ARP it must be. A
+/// neighbour or a VIP that is the host's own address is refused.
+#[test]
+fn bgp_host_rules() {
+    // A speaker binary that is there on any host.
+    let c = parse(&BGP.replace(
+        "local_as = 65001",
+        "local_as = 65001\nspeaker_bin = \"/bin/sh\"",
+    ))
+    .unwrap();
+    let missing = parse(&BGP.replace(
+        "local_as = 65001",
+        "local_as = 65001\nspeaker_bin = \"/nonexistent/bird\"",
+    ))
+    .unwrap();
+    let e = host(&missing, eth0(&[("10.0.0.11", 24)]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bgp.speaker_bin") && e.contains("bird2"), "{e}");
+    assert!(host(&c, eth0(&[("10.0.0.11", 24)])).is_ok());
+    let both = parse(
+        &BGP.replace("announce = \"bgp\"", "announce = \"both\"")
+            .replace(
+                "local_as = 65001",
+                "local_as = 65001\nspeaker_bin = \"/bin/sh\"",
+            ),
+    )
+    .unwrap();
+    let e = host(&both, eth0(&[("10.0.0.11", 24)]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("group[web].vips[0]"), "{e}");
+    let e = host(&c, eth0(&[("10.0.0.1", 24)])).unwrap_err().to_string();
+    assert!(e.contains("bgp.neighbors[0].address"), "{e}");
+    let e = host(&c, eth0(&[("10.0.0.11", 24), ("10.99.0.50", 24)]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("group[web].vips[0]") && e.contains("real address"),
+        "{e}"
+    );
+    // No router ID to take.
+    let e = host(&c, eth0(&[("2001:db8::11", 64)]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bgp.router_id"), "{e}");
+}

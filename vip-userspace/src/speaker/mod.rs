@@ -1,0 +1,314 @@
+//! Announcing VIPs over BGP: the one interface the agent drives a BGP speaker through
+//! ([`Speaker`]), and the speaker vip runs, BIRD 2 ([`Bird`]).
+//!
+//! Why BIRD: it is small, packaged (`bird2`), has BFD, learns routes from a kernel
+//! table at once (netlink), and is what Calico runs. FRR would do too (the lab's
+//! router is FRR, a different implementation, as in the field), but needs three
+//! daemons and its own config language per daemon; GoBGP's packaged release has no
+//! BFD. A GoBGP speaker driven over its gRPC API would stand behind the same trait.
+//!
+//! The agent decides what is announced and when (`ownership` emits
+//! `Effect::Withdraw` and the agent announces with the ARP announcements); the
+//! speaker only carries it out. The rules that keep a route from outliving the data
+//! plane that serves it are the guard's ([`guard`]).
+
+pub mod bird;
+pub mod guard;
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::unix::{fs::PermissionsExt, net::UnixDatagram, process::CommandExt},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{host_route, Bgp},
+    netlink::Netlink,
+};
+use guard::{Paths, ToGuard};
+
+/// A BGP session as the speaker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub neighbor: IpAddr,
+    /// The speaker's word for the BGP state ("Established", "Active", "Connect"...).
+    pub state: String,
+    pub established: bool,
+    /// Since when, in the speaker's words (BIRD: a time of day, or a date).
+    pub since: Option<String>,
+    /// The session's BFD, if it runs one.
+    pub bfd: Option<Bfd>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bfd {
+    pub up: bool,
+    pub state: String,
+    pub since: Option<String>,
+}
+
+/// What the agent needs of a BGP speaker.
+pub trait Speaker: Send {
+    /// Announces these VIPs as host routes (idempotent).
+    fn announce(&mut self, vips: &[IpAddr]) -> Result<()>;
+    /// Withdraws them (absent already is fine).
+    fn withdraw(&mut self, vips: &[IpAddr]) -> Result<()>;
+    /// The routes may stay announced until this boot-time instant (ns) unless told
+    /// again ([`guard::FOREVER`]: no limit); past it they are withdrawn without the
+    /// agent.
+    fn hold(&mut self, until: u64);
+    /// A reload's new `[bgp]`.
+    fn reconfigure(&mut self, bgp: &Bgp, router_id: Ipv4Addr) -> Result<()>;
+    /// Where status reads the sessions from, off the loop.
+    fn status_source(&self) -> StatusSource;
+    /// The VIPs announced now (the kernel table's word).
+    fn announced(&self) -> Result<Vec<IpAddr>>;
+    /// Calls `on_flush` (from a thread of its own) whenever the routes were withdrawn
+    /// without the agent.
+    fn watch(&self, on_flush: Box<dyn Fn() + Send>) -> Result<()>;
+    /// A clean stop: everything withdrawn, the speaker stopped.
+    fn stop(&mut self);
+}
+
+/// Enough to read the sessions without the loop.
+#[derive(Debug, Clone)]
+pub struct StatusSource {
+    pub control: PathBuf,
+    pub neighbors: Vec<IpAddr>,
+}
+
+impl StatusSource {
+    pub fn sessions(&self) -> Result<Vec<Session>> {
+        bird::sessions(&self.control, &self.neighbors)
+    }
+}
+
+/// BIRD, run by vip's guard process (`vip speaker-guard`).
+pub struct Bird {
+    paths: Paths,
+    table: u32,
+    nl: Netlink,
+    /// Bound at `agent.sock`: the guard's answers and its `flushed`.
+    sock: UnixDatagram,
+    neighbors: Vec<IpAddr>,
+    last_hold: Option<u64>,
+}
+
+impl Bird {
+    /// Writes BIRD's config and starts the guard (which starts BIRD), or finds the
+    /// guard a previous agent left running and reconfigures its BIRD: a restart or an
+    /// upgrade withdraws nothing. `fresh`: no adopted data plane, so nothing we find in
+    /// the table is served: it is withdrawn first.
+    pub fn start(bgp: &Bgp, router_id: Ipv4Addr, fresh: bool) -> Result<Self> {
+        let paths = Paths {
+            dir: bgp.speaker_dir.clone(),
+        };
+        std::fs::create_dir_all(&paths.dir)
+            .with_context(|| format!("bgp.speaker_dir: creating {}", paths.dir.display()))?;
+        std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))?;
+        let nl = Netlink::open().context("rtnetlink")?;
+        if fresh {
+            let n = nl
+                .flush_routes(bgp.route_table)
+                .context("emptying vip's route table")?;
+            if n > 0 {
+                log::warn!(
+                    "withdrew {n} routes an earlier agent left in table {} (nothing serves them)",
+                    bgp.route_table
+                );
+            }
+        }
+        let _ = std::fs::remove_file(paths.agent());
+        let sock = UnixDatagram::bind(paths.agent())
+            .with_context(|| format!("binding {}", paths.agent().display()))?;
+        let b = Bird {
+            paths,
+            table: bgp.route_table,
+            nl,
+            sock,
+            neighbors: bgp.neighbors.iter().map(|n| n.address).collect(),
+            last_hold: None,
+        };
+        b.write_config(bgp, router_id)?;
+        if b.guard_answers() {
+            log::info!("BGP: the speaker's guard is running; reconfiguring BIRD");
+            b.configure_running()?;
+        } else {
+            b.spawn_guard(bgp)?;
+        }
+        Ok(b)
+    }
+
+    fn write_config(&self, bgp: &Bgp, router_id: Ipv4Addr) -> Result<()> {
+        let text = bird::config_text(bgp, router_id, &self.paths.log());
+        let tmp = self.paths.dir.join("bird.conf.new");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.paths.config())?;
+        Ok(())
+    }
+
+    /// True when a guard answers `hello` within 200 ms.
+    fn guard_answers(&self) -> bool {
+        if self
+            .sock
+            .send_to(ToGuard::Hello.encode().as_bytes(), self.paths.guard())
+            .is_err()
+        {
+            return false;
+        }
+        let _ = self.sock.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 64];
+        matches!(self.sock.recv(&mut buf), Ok(n) if &buf[..n] == b"ok")
+    }
+
+    /// Asks the running BIRD to read its config again (a reload, or a new agent).
+    fn configure_running(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match bird::command(&self.paths.control(), "configure", Duration::from_secs(2)) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e).context("reconfiguring BIRD"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn spawn_guard(&self, bgp: &Bgp) -> Result<()> {
+        let exe = std::env::current_exe().context("finding our own binary")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.paths.dir.join("guard.log"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("speaker-guard")
+            .arg("--bird")
+            .arg(&bgp.speaker_bin)
+            .arg("--dir")
+            .arg(&self.paths.dir)
+            .arg("--table")
+            .arg(bgp.route_table.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Its own session: a signal to the agent's process group does not reach it;
+        // it outlives the agent on purpose (see `guard`).
+        // SAFETY: setsid is async-signal-safe, and the closure touches nothing else
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().context("starting the speaker's guard")?;
+        log::info!(
+            "BGP: started the speaker's guard (pid {}) running {}",
+            child.id(),
+            bgp.speaker_bin.display()
+        );
+        // Reaped by nobody on purpose: it is not our child for long (setsid), and a
+        // zombie would only show while we run.
+        std::mem::forget(child);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if self.guard_answers() {
+                return Ok(());
+            }
+        }
+        bail!(
+            "the speaker's guard did not answer within 3 s (see {})",
+            self.paths.dir.join("guard.log").display()
+        )
+    }
+
+    /// A thread that tells `on_flush` each time the guard withdrew everything.
+    fn watch_flushes(&self, on_flush: Box<dyn Fn() + Send>) -> Result<()> {
+        let sock = self.sock.try_clone()?;
+        sock.set_read_timeout(None)?;
+        std::thread::Builder::new()
+            .name("vip-speaker".into())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = sock.recv(&mut buf) {
+                    if &buf[..n] == b"flushed" {
+                        on_flush();
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    fn send(&self, m: ToGuard) {
+        if let Err(e) = self.sock.send_to(m.encode().as_bytes(), self.paths.guard()) {
+            log::error!("BGP: telling the speaker's guard {m:?}: {e}");
+        }
+    }
+}
+
+impl Speaker for Bird {
+    fn announce(&mut self, vips: &[IpAddr]) -> Result<()> {
+        for v in vips {
+            let (a, p) = host_route(*v);
+            self.nl
+                .add_route(self.table, a, p)
+                .with_context(|| format!("announcing {a}/{p}"))?;
+        }
+        Ok(())
+    }
+
+    fn withdraw(&mut self, vips: &[IpAddr]) -> Result<()> {
+        for v in vips {
+            let (a, p) = host_route(*v);
+            self.nl
+                .del_route(self.table, a, p)
+                .with_context(|| format!("withdrawing {a}/{p}"))?;
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, until: u64) {
+        if self.last_hold != Some(until) {
+            self.last_hold = Some(until);
+            self.send(ToGuard::Hold(until));
+        }
+    }
+
+    fn reconfigure(&mut self, bgp: &Bgp, router_id: Ipv4Addr) -> Result<()> {
+        self.write_config(bgp, router_id)?;
+        self.neighbors = bgp.neighbors.iter().map(|n| n.address).collect();
+        self.configure_running()
+    }
+
+    fn status_source(&self) -> StatusSource {
+        StatusSource {
+            control: self.paths.control(),
+            neighbors: self.neighbors.clone(),
+        }
+    }
+
+    fn announced(&self) -> Result<Vec<IpAddr>> {
+        Ok(self
+            .nl
+            .routes(self.table)?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect())
+    }
+
+    fn watch(&self, on_flush: Box<dyn Fn() + Send>) -> Result<()> {
+        self.watch_flushes(on_flush)
+    }
+
+    fn stop(&mut self) {
+        if let Err(e) = self.nl.flush_routes(self.table) {
+            log::error!("BGP: withdrawing every route: {e}");
+        }
+        self.send(ToGuard::Stop);
+    }
+}

@@ -443,7 +443,11 @@ pub const VIP_PROTO: &str = "0x99";
 /// Why each part:
 /// * `kernel ... learn`: BIRD hears of routes added to the table by netlink at once
 ///   (measured: the UPDATE is on the wire about 2 ms after `ip route add`); `scan time`
-///   is only the fallback for a missed notification. `export none`: BIRD never writes
+///   is only the fallback for a missed notification. `netlink rx buffer` (8 MiB):
+///   with the default buffer, 10,000 routes added at once overflowed it ("Kernel
+///   dropped some netlink messages, will resync on next scan") and reached the router
+///   after 1.9 s, by the next scan; with 8 MiB none was dropped and all 10,000 were in
+///   the router's FIB after 0.33 s. `export none`: BIRD never writes
 ///   into the kernel. Routes of protocol `kernel` or `bird` are not learned; a
 ///   `blackhole` route or a `dev lo` one, of protocol 0x99 (or boot, static), is.
 /// * own tables `vip4`/`vip6`: nothing else (no device or kernel main-table routes)
@@ -480,12 +484,14 @@ protocol kernel vip_k4 {{
   ipv4 {{ table vip4; import all; export none; }};
   kernel table {VIP_TABLE};
   learn;
+  netlink rx buffer 8388608;
   scan time 1;
 }}
 protocol kernel vip_k6 {{
   ipv6 {{ table vip6; import all; export none; }};
   kernel table {VIP_TABLE};
   learn;
+  netlink rx buffer 8388608;
   scan time 1;
 }}
 protocol bfd {{

@@ -1,7 +1,8 @@
 //! A network lab in namespaces: hosts on a bridge, processes tracked by PID, raw
 //! captures, the `vip` agent started with a config, the frames the tests send
 //! ([`frames`]), a recorder of who answers for the VIPs on the switch ([`wire`]) and
-//! the chaos run built on it ([`chaos`]). Every namespace, link and process is torn
+//! the chaos run built on it ([`chaos`]), a BGP router (FRR) and BGP speakers (BIRD)
+//! for routed VIPs ([`Frr`], [`Bird`]). Every namespace, link and process is torn
 //! down in `Drop`, also when a test fails.
 
 mod capture;
@@ -10,6 +11,7 @@ pub mod frames;
 mod netns;
 mod probe;
 mod process;
+mod router;
 mod topology;
 pub mod wire;
 
@@ -17,6 +19,9 @@ pub use capture::Capture;
 pub use netns::{veth, Bpffs, Netns};
 pub use probe::{outage, Outage, Probe, Prober, Responder};
 pub use process::{libfaketime, stop_together, vip_bin, Agent, Proc};
+pub use router::{
+    bird_node_config, next_hops, Bird, Frr, FrrOptions, Neighbor, VIP_PROTO, VIP_TABLE,
+};
 pub use topology::{Host, Lan};
 
 /// The root assertion at the top of every privileged test (namespaces, XDP).

@@ -9,7 +9,8 @@ use crate::status;
 
 /// Debian packages: the BPF compiler (Debian's rustc with a prebuilt bpfel core)
 /// and its clippy, what bpf-linker builds against, and the tools the tests and demo
-/// drive.
+/// drive (BIRD 2 and FRR: the BGP lab's nodes and router, run only inside the tests'
+/// namespaces).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -28,6 +29,8 @@ const PACKAGES: &[&str] = &[
     "faketime",
     "ndisc6",
     "nftables",
+    "bird2",
+    "frr",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_RUSTC: &str = "/usr/bin/rustc";

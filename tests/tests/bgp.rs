@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lab::{privileged, wait_for, Agent, Frr, FrrOptions, Lan, Netns, Prober, Responder};
+use lab::{privileged, wait_for, Agent, Bpffs, Frr, FrrOptions, Lan, Netns, Prober, Responder};
 
 /// Outside the lab's subnets: reachable only over BGP.
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 80);
@@ -77,15 +77,19 @@ impl Drop for Speaker {
     }
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("address")
-}
-
 /// Node `me`'s config: AS 65001 + i, the router as its one neighbour (BFD on), the
 /// group `web` with the VIP, announced over BGP only.
-fn node_config(lan: &Lan, me: &str, other: &str, asn: u32, priority: u8, dir: &Path) -> String {
+fn node_config(
+    lan: &Lan,
+    me: &str,
+    other: &str,
+    asn: u32,
+    priority: u8,
+    dir: &Path,
+    node_extra: &str,
+) -> String {
     format!(
-        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n\n\
+        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n{node_extra}\n\n\
          [bgp]\nlocal_as = {asn}\nneighbors = [{{ address = \"{}\", as = {ROUTER_AS} }}]\nspeaker_dir = \"{}\"\n\n\
          [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\"]\npeers = [\"{}\"]\npriority = {priority}\n\
          advert_interval_ms = {}\nannounce = \"bgp\"\n",
@@ -97,6 +101,11 @@ fn node_config(lan: &Lan, me: &str, other: &str, asn: u32, priority: u8, dir: &P
 }
 
 fn routed(opts: FrrOptions) -> Routed {
+    routed_with(opts, "")
+}
+
+/// The routed lab, with `a_extra` in a's `[node]`.
+fn routed_with(opts: FrrOptions, a_extra: &str) -> Routed {
     let mut lan = Lan::new(&["r", "a", "b"]).expect("building the lab");
     lan.enable_xdp_tx(&["a", "b"]).expect("xdp-pass");
     let client = lan.routed("r", "c").expect("the client network");
@@ -118,7 +127,8 @@ fn routed(opts: FrrOptions) -> Routed {
         let dir = std::env::temp_dir().join(format!("vip-bgp-{}-{me}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let speaker = Speaker { dir: dir.clone() };
-        let cfg = node_config(&lan, me, other, 65001 + i as u32, prio, &dir);
+        let extra = if me == "a" { a_extra } else { "" };
+        let cfg = node_config(&lan, me, other, 65001 + i as u32, prio, &dir, extra);
         responders.push(
             Responder::start(&lan.host(me).ns, SocketAddr::new(VIP.into(), PORT), me)
                 .expect("responder"),
@@ -287,9 +297,33 @@ fn a_planned_handover_over_bgp_loses_no_probe() {
     let prober = lab.probe();
     let out = lab.agent("a").cli(&["demote", "web"]).expect("demote");
     assert!(out.status.success(), "{out:?}");
+    // The router's FIB through the handover: never empty; both nodes for the drain
+    // (the successor has announced, the old active has not withdrawn: it forwards
+    // what still reaches it), then the successor alone. A withdrawal at the handover
+    // itself could reach the router before the successor's route does.
+    let (a, b) = (lab.node_ip("a"), lab.node_ip("b"));
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        let h = lab.hops();
+        if seen.last() != Some(&h) {
+            seen.push(h.clone());
+        }
+        if h == [b] {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        !seen.iter().any(|h| h.is_empty()),
+        "the router had no route for the VIP during the handover: {seen:?}"
+    );
+    assert!(
+        seen.contains(&vec![a, b]),
+        "the old active withdrew before its drain ended: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&vec![b]), "{seen:?}");
     assert!(prober.wait_answers("b", 200, Duration::from_secs(5)));
-    // Both routes for the drain (the old active forwards), then the successor's alone.
-    lab.wait_routed(&["b"], "after the drain, only the new active announces");
     std::thread::sleep(Duration::from_millis(100));
     let probes = prober.finish();
     // The last few may still be in flight when the prober stopped.
@@ -403,5 +437,87 @@ fn a_node_whose_speaker_dies_gives_the_vip_up() {
         .is_some(),
         "the guard restarted BIRD\n{}",
         lab.log("a")
+    );
+}
+
+/// An upgrade (`vip reload`, the pinned data plane adopted by the re-executed binary)
+/// withdraws nothing: the router routes to a throughout, a's session never drops, its
+/// BIRD is the same process, and no probe is lost. Then SIGTERM: a hands over (the
+/// successor announces, a withdraws after its drain) and no probe is lost either.
+#[test]
+#[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
+fn an_upgrade_withdraws_nothing_and_a_stop_hands_over_without_loss() {
+    if !privileged() {
+        return;
+    }
+    let bpffs = Bpffs::mount().expect("bpffs");
+    let pin = format!("pin_dir = \"{}/bgp-a\"", bpffs.dir.display());
+    let mut lab = routed_with(FrrOptions::default(), &pin);
+    let a_ip = lab.node_ip("a");
+    let bird = lab.speaker("a").pid("bird.pid");
+    let prober = lab.probe();
+    let out = lab.agent("a").cli(&["reload"]).expect("reload");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("re-executing"),
+        "{text}"
+    );
+    // Watched from the router until the new image has adopted the data plane.
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut adopted = false;
+    while Instant::now() < end {
+        let (h, up) = (lab.hops(), lab.frr.established());
+        assert_eq!(h, vec![a_ip], "the router's route moved during the upgrade");
+        assert!(up.contains(&a_ip), "a's session dropped during the upgrade");
+        if lab
+            .agent("a")
+            .status()
+            .is_ok_and(|s| s["groups"][0]["reason_kind"] == "adopted")
+        {
+            adopted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(adopted, "not re-executed:\n{}", lab.log("a"));
+    assert_eq!(lab.speaker("a").pid("bird.pid"), bird, "BIRD was restarted");
+    let st = lab.agent("a").status().expect("status");
+    assert_eq!(st["groups"][0]["routes"]["announced"], true, "{st}");
+    assert!(prober.wait_answers("a", 100, Duration::from_secs(3)));
+    // SIGTERM: a planned handover.
+    let (_, a, _) = lab
+        .agents
+        .iter_mut()
+        .find(|(n, _, _)| n == "a")
+        .expect("agent a");
+    let stopped = a.stop();
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "a did not stop cleanly: {stopped:?}"
+    );
+    assert!(prober.wait_answers("b", 100, Duration::from_secs(5)));
+    lab.wait_routed(&["b"], "after a's stop, b alone");
+    let probes = prober.finish();
+    let last = probes.last().map_or(Duration::ZERO, |l| l.sent);
+    let lost = probes
+        .iter()
+        .filter(|p| p.sent + Duration::from_millis(50) < last && p.answered_by.is_none())
+        .count();
+    assert_eq!(
+        lost,
+        0,
+        "probes lost across the upgrade and the stop\n{}",
+        lab.log("b")
+    );
+    // A clean stop stopped its speaker too.
+    assert!(
+        wait_for(Duration::from_secs(3), || lab
+            .speaker("a")
+            .pid("guard.pid")
+            .is_none()
+            .then_some(()))
+        .is_some(),
+        "a's guard outlived a clean stop"
     );
 }

@@ -281,6 +281,7 @@ fn clippy_ebpf() -> Result<()> {
 const SERIAL: &[&str] = &[
     "balance",
     "big_group",
+    "bgp",
     "bgp_lab",
     "chaos",
     "eip",

@@ -44,11 +44,13 @@ pub fn config_text(bgp: &Bgp, router_id: Ipv4Addr, log: &Path) -> String {
     s.push_str("protocol device { scan time 10; }\n");
     s.push_str("ipv4 table vip4;\nipv6 table vip6;\n");
     // `learn`: the routes vip puts in the table are not BIRD's own; netlink tells
-    // BIRD of each at once (the scan is only a safety net).
+    // BIRD of each at once (the scan is only a safety net). The 8 MiB buffer: 10,000
+    // routes added at once overflow the default one, and BIRD then waits for its next
+    // scan (1.9 s to the router's FIB in the lab, 0.33 s with it).
     for (name, fam) in [("vip_k4", "ipv4"), ("vip_k6", "ipv6")] {
         let table = if fam == "ipv4" { "vip4" } else { "vip6" };
         s.push_str(&format!(
-            "protocol kernel {name} {{ {fam} {{ table {table}; import all; export none; }}; kernel table {t}; learn; scan time 5; }}\n"
+            "protocol kernel {name} {{ {fam} {{ table {table}; import all; export none; }}; kernel table {t}; learn; netlink rx buffer 8388608; scan time 5; }}\n"
         ));
     }
     if bgp.neighbors.iter().any(|n| n.bfd) {

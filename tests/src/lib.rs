@@ -11,6 +11,7 @@ pub mod frames;
 mod netns;
 mod probe;
 mod process;
+pub mod routed;
 mod router;
 mod topology;
 pub mod wire;

@@ -90,6 +90,9 @@ pub struct FrrOptions {
     /// Runs bfdd with real-time priority (SCHED_FIFO): at 10 ms intervals, a bfdd
     /// that waits behind a busy CPU's other work for 30 ms declares its peers down.
     pub realtime_bfd: bool,
+    /// zebra's work-queue hold before it writes routes to the kernel (FRR's default,
+    /// None, is 10 ms); bgpd's own 50 ms queue hold is compiled in.
+    pub zebra_work_queue_ms: Option<u32>,
 }
 
 impl Default for FrrOptions {
@@ -101,6 +104,7 @@ impl Default for FrrOptions {
             keepalive: Duration::from_secs(1),
             maximum_paths: 8,
             realtime_bfd: true,
+            zebra_work_queue_ms: None,
         }
     }
 }
@@ -184,7 +188,11 @@ impl Frr {
                 path_str(&self.dir.join(format!("{daemon}.log")))?
             ))
         };
-        fs::write(self.dir.join("zebra.conf"), log("zebra")?)?;
+        let mut zebra = log("zebra")?;
+        if let Some(ms) = opts.zebra_work_queue_ms {
+            writeln!(zebra, "zebra work-queue {ms}")?;
+        }
+        fs::write(self.dir.join("zebra.conf"), zebra)?;
         let ms = opts.bfd_interval.as_millis();
         fs::write(
             self.dir.join("bfdd.conf"),

@@ -20,199 +20,26 @@
 
 mod common;
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
+use std::time::{Duration, Instant};
+
+use lab::{
+    privileged,
+    routed::{Options, Routed},
+    wait_for, Agent, Bpffs, Probe, Prober,
 };
 
-use lab::{privileged, wait_for, Agent, Bpffs, Frr, FrrOptions, Lan, Netns, Prober, Responder};
-
-/// Outside the lab's subnets: reachable only over BGP.
-const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 80);
-const PREFIX: &str = "203.0.113.80/32";
-const ROUTER_AS: u32 = 65000;
-const PORT: u16 = 7007;
-
-/// The routed lab: router r (FRR), nodes a and b (the agent and its BIRD), client c
-/// behind r. Dropped in order: agents (and their speakers), FRR, the lab.
-struct Routed {
-    agents: Vec<(String, Agent, Speaker)>,
-    _responders: Vec<Responder>,
-    frr: Frr,
-    client: Netns,
-    lan: Lan,
+fn routed() -> Routed {
+    Routed::start(&Options::default()).expect("the routed lab")
 }
 
-/// A node's speaker directory: the guard and its BIRD are killed by PID (from their
-/// pid files) and the directory removed on drop, whatever the test did to the agent.
-struct Speaker {
-    dir: PathBuf,
-}
-
-impl Speaker {
-    fn pid(&self, file: &str) -> Option<i32> {
-        std::fs::read_to_string(self.dir.join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    fn kill(&self, file: &str) {
-        if let Some(p) = self.pid(file) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-impl Drop for Speaker {
-    fn drop(&mut self) {
-        self.kill("guard.pid");
-        self.kill("bird.pid");
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Node `me`'s config: AS 65001 + i, the router as its one neighbour (BFD on), the
-/// group `web` with the VIP, announced over BGP only.
-fn node_config(
-    lan: &Lan,
-    me: &str,
-    other: &str,
-    asn: u32,
-    priority: u8,
-    dir: &Path,
-    node_extra: &str,
-) -> String {
-    format!(
-        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n{node_extra}\n\n\
-         [bgp]\nlocal_as = {asn}\nneighbors = [{{ address = \"{}\", as = {ROUTER_AS} }}]\nspeaker_dir = \"{}\"\n\n\
-         [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\"]\npeers = [\"{}\"]\npriority = {priority}\n\
-         advert_interval_ms = {}\nannounce = \"bgp\"\n",
-        lan.host("r").ip4,
-        dir.display(),
-        lan.host(other).ip4,
-        common::INTERVAL,
-    )
-}
-
-fn routed(opts: FrrOptions) -> Routed {
-    routed_with(opts, "")
-}
-
-/// The routed lab, with `a_extra` in a's `[node]`.
-fn routed_with(opts: FrrOptions, a_extra: &str) -> Routed {
-    let mut lan = Lan::new(&["r", "a", "b"]).expect("building the lab");
-    lan.enable_xdp_tx(&["a", "b"]).expect("xdp-pass");
-    let client = lan.routed("r", "c").expect("the client network");
-    let r = lan.host("r").ip4;
-    for n in ["a", "b"] {
-        lan.host(n)
-            .ns
-            .ip(&["route", "add", "default", "via", &r.to_string()])
-            .expect("default route");
-    }
-    let nodes = [
-        (IpAddr::V4(lan.host("a").ip4), 65001, true),
-        (IpAddr::V4(lan.host("b").ip4), 65002, true),
-    ];
-    let frr = Frr::start(&lan.host("r").ns, ROUTER_AS, r, &nodes, opts).expect("starting FRR");
-    let mut responders = Vec::new();
-    let mut agents = Vec::new();
-    for (i, (me, other, prio)) in [("a", "b", 150), ("b", "a", 100)].into_iter().enumerate() {
-        let dir = std::env::temp_dir().join(format!("vip-bgp-{}-{me}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let speaker = Speaker { dir: dir.clone() };
-        let extra = if me == "a" { a_extra } else { "" };
-        let cfg = node_config(&lan, me, other, 65001 + i as u32, prio, &dir, extra);
-        responders.push(
-            Responder::start(&lan.host(me).ns, SocketAddr::new(VIP.into(), PORT), me)
-                .expect("responder"),
-        );
-        let agent = Agent::start(&lan.host(me).ns, me, &cfg).expect("starting the agent");
-        agents.push((me.to_string(), agent, speaker));
-    }
-    let lab = Routed {
-        agents,
-        _responders: responders,
-        frr,
-        client,
-        lan,
-    };
-    lab.wait_routed(&["a"], "the active alone announces");
-    lab
-}
-
-impl Routed {
-    fn agent(&self, name: &str) -> &Agent {
-        &self
-            .agents
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .expect("agent")
-            .1
-    }
-
-    fn speaker(&self, name: &str) -> &Speaker {
-        &self
-            .agents
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .expect("agent")
-            .2
-    }
-
-    fn hops(&self) -> Vec<IpAddr> {
-        self.frr.next_hops(PREFIX)
-    }
-
-    fn node_ip(&self, name: &str) -> IpAddr {
-        IpAddr::V4(self.lan.host(name).ip4)
-    }
-
-    /// Waits (10 s: sessions come up first) until the router's FIB routes the VIP to
-    /// exactly `nodes`.
-    fn wait_routed(&self, nodes: &[&str], what: &str) {
-        let mut want: Vec<IpAddr> = nodes.iter().map(|n| self.node_ip(n)).collect();
-        want.sort();
-        if wait_for(Duration::from_secs(10), || {
-            (self.hops() == want).then_some(())
-        })
-        .is_none()
-        {
-            panic!(
-                "{what}: the router routes {PREFIX} to {:?}, wanted {want:?}\nsessions: {:?}, BFD up: {:?}\n{}\n--- a\n{}\n--- b\n{}",
-                self.hops(),
-                self.frr.established(),
-                self.frr.bfd_up(),
-                self.frr.logs(),
-                self.agent("a").log_text(),
-                self.agent("b").log_text(),
-            );
-        }
-    }
-
-    fn probe(&self) -> Prober {
-        let p = Prober::start(
-            &self.client,
-            SocketAddr::new(VIP.into(), PORT),
-            Duration::from_millis(1),
-        )
-        .expect("prober");
-        assert!(
-            p.wait_answers("a", 20, Duration::from_secs(5)),
-            "the client reaches the active through the router"
-        );
-        p
-    }
-
-    fn log(&self, name: &str) -> String {
-        self.agent(name).log_text()
-    }
+/// Probes sent more than 50 ms before the last one that nobody answered (the last
+/// few may still be in flight when the prober stops).
+fn lost(probes: &[Probe]) -> usize {
+    let last = probes.last().map_or(Duration::ZERO, |l| l.sent);
+    probes
+        .iter()
+        .filter(|p| p.sent + Duration::from_millis(50) < last && p.answered_by.is_none())
+        .count()
 }
 
 /// The first group's state in `a`'s status.
@@ -227,10 +54,8 @@ fn state(a: &Agent) -> String {
 #[test]
 #[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
 fn the_active_alone_announces_and_a_dead_link_leaves_the_router_within_bfd_time() {
-    if !privileged() {
-        return;
-    }
-    let lab = routed(FrrOptions::default());
+    privileged();
+    let lab = routed();
     // Status: what is announced, to whom, in what state.
     let st = lab.agent("a").status().expect("status");
     let g = &st["groups"][0];
@@ -249,7 +74,7 @@ fn the_active_alone_announces_and_a_dead_link_leaves_the_router_within_bfd_time(
     let sb = lab.agent("b").status().expect("status");
     assert_eq!(sb["groups"][0]["routes"]["announced"], false, "{sb}");
 
-    let prober = lab.probe();
+    let prober = lab.probe(true).expect("probing");
     let down = Instant::now();
     lab.lan
         .host("a")
@@ -290,11 +115,9 @@ fn the_active_alone_announces_and_a_dead_link_leaves_the_router_within_bfd_time(
 #[test]
 #[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
 fn a_planned_handover_over_bgp_loses_no_probe() {
-    if !privileged() {
-        return;
-    }
-    let lab = routed(FrrOptions::default());
-    let prober = lab.probe();
+    privileged();
+    let lab = routed();
+    let prober = lab.probe(true).expect("probing");
     let out = lab.agent("a").cli(&["demote", "web"]).expect("demote");
     assert!(out.status.success(), "{out:?}");
     // The router's FIB through the handover: never empty; both nodes for the drain
@@ -326,19 +149,12 @@ fn a_planned_handover_over_bgp_loses_no_probe() {
     assert!(prober.wait_answers("b", 200, Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(100));
     let probes = prober.finish();
-    // The last few may still be in flight when the prober stopped.
-    let settled: Vec<_> = probes
-        .iter()
-        .filter(|p| {
-            p.sent + Duration::from_millis(50) < probes.last().map_or(Duration::ZERO, |l| l.sent)
-        })
-        .collect();
-    let lost = settled.iter().filter(|p| p.answered_by.is_none()).count();
+    let lost = lost(&probes);
     assert_eq!(
         lost,
         0,
         "{lost} of {} probes lost across a planned handover\n{}\n{}",
-        settled.len(),
+        probes.len(),
         lab.log("a"),
         lab.log("b")
     );
@@ -352,10 +168,8 @@ fn a_planned_handover_over_bgp_loses_no_probe() {
 #[test]
 #[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
 fn a_stalled_or_killed_agent_has_its_routes_withdrawn_by_the_guard() {
-    if !privileged() {
-        return;
-    }
-    let mut lab = routed(FrrOptions::default());
+    privileged();
+    let mut lab = routed();
     let a_ip = lab.node_ip("a");
     lab.agent("a")
         .proc
@@ -370,7 +184,8 @@ fn a_stalled_or_killed_agent_has_its_routes_withdrawn_by_the_guard() {
         lab.frr.established().contains(&a_ip),
         "the session stayed up: only the guard can have withdrawn the route"
     );
-    lab.wait_routed(&["b"], "the standby took over and announces");
+    lab.wait_routed(&["b"], "the standby took over and announces")
+        .unwrap();
     eprintln!("SIGSTOP: route withdrawn from the router's FIB after {gone:?}");
     assert!(gone < Duration::from_secs(1), "{gone:?}");
     lab.agent("a")
@@ -378,14 +193,11 @@ fn a_stalled_or_killed_agent_has_its_routes_withdrawn_by_the_guard() {
         .signal(nix::sys::signal::Signal::SIGCONT)
         .expect("SIGCONT");
     // It lost its lease, listens, and (higher priority, preempting) takes the VIP back.
-    lab.wait_routed(&["a"], "the resumed agent took the VIP back");
+    lab.wait_routed(&["a"], "the resumed agent took the VIP back")
+        .unwrap();
     // Killed: its data plane goes, its speaker stays, and so would the route.
-    let (_, a, _) = lab
-        .agents
-        .iter_mut()
-        .find(|(n, _, _)| n == "a")
-        .expect("agent a");
-    a.proc
+    lab.agent_mut("a")
+        .proc
         .signal(nix::sys::signal::Signal::SIGKILL)
         .expect("SIGKILL");
     let killed = Instant::now();
@@ -397,7 +209,8 @@ fn a_stalled_or_killed_agent_has_its_routes_withdrawn_by_the_guard() {
         lab.speaker("a").pid("bird.pid").is_some() && lab.frr.established().contains(&a_ip),
         "BIRD outlived the agent, with its session"
     );
-    lab.wait_routed(&["b"], "after the kill, only the standby");
+    lab.wait_routed(&["b"], "after the kill, only the standby")
+        .unwrap();
     eprintln!("SIGKILL: route withdrawn from the router's FIB after {gone:?}");
 }
 
@@ -406,13 +219,12 @@ fn a_stalled_or_killed_agent_has_its_routes_withdrawn_by_the_guard() {
 #[test]
 #[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
 fn a_node_whose_speaker_dies_gives_the_vip_up() {
-    if !privileged() {
-        return;
-    }
-    let lab = routed(FrrOptions::default());
-    let prober = lab.probe();
+    privileged();
+    let lab = routed();
+    let prober = lab.probe(true).expect("probing");
     lab.speaker("a").kill("bird.pid");
-    lab.wait_routed(&["b"], "the standby announces once a's speaker is gone");
+    lab.wait_routed(&["b"], "the standby announces once a's speaker is gone")
+        .unwrap();
     assert!(
         prober.wait_answers("b", 50, Duration::from_secs(5)),
         "the client is answered by the new active"
@@ -447,15 +259,16 @@ fn a_node_whose_speaker_dies_gives_the_vip_up() {
 #[test]
 #[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
 fn an_upgrade_withdraws_nothing_and_a_stop_hands_over_without_loss() {
-    if !privileged() {
-        return;
-    }
+    privileged();
     let bpffs = Bpffs::mount().expect("bpffs");
-    let pin = format!("pin_dir = \"{}/bgp-a\"", bpffs.dir.display());
-    let mut lab = routed_with(FrrOptions::default(), &pin);
+    let mut lab = Routed::start(&Options {
+        a_node: format!("pin_dir = \"{}/bgp-a\"", bpffs.dir.display()),
+        ..Options::default()
+    })
+    .expect("the routed lab");
     let a_ip = lab.node_ip("a");
     let bird = lab.speaker("a").pid("bird.pid");
-    let prober = lab.probe();
+    let prober = lab.probe(true).expect("probing");
     let out = lab.agent("a").cli(&["reload"]).expect("reload");
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -485,31 +298,22 @@ fn an_upgrade_withdraws_nothing_and_a_stop_hands_over_without_loss() {
     let st = lab.agent("a").status().expect("status");
     assert_eq!(st["groups"][0]["routes"]["announced"], true, "{st}");
     assert!(prober.wait_answers("a", 100, Duration::from_secs(3)));
-    // SIGTERM: a planned handover.
-    let (_, a, _) = lab
-        .agents
-        .iter_mut()
-        .find(|(n, _, _)| n == "a")
-        .expect("agent a");
-    let stopped = a.stop();
+    let probes = prober.finish();
+    assert_eq!(lost(&probes), 0, "probes lost across the upgrade");
+    // SIGTERM: a planned handover, watched by 8 flows (the router hashes them over
+    // both next hops while a drains): none may lose a probe, also after a withdraws.
+    let flows: Vec<Prober> = (0..8).map(|_| lab.probe(true).expect("probing")).collect();
+    let stopped = lab.agent_mut("a").stop();
     assert!(
         stopped.is_some_and(|s| s.success()),
         "a did not stop cleanly: {stopped:?}"
     );
-    assert!(prober.wait_answers("b", 100, Duration::from_secs(5)));
-    lab.wait_routed(&["b"], "after a's stop, b alone");
-    let probes = prober.finish();
-    let last = probes.last().map_or(Duration::ZERO, |l| l.sent);
-    let lost = probes
-        .iter()
-        .filter(|p| p.sent + Duration::from_millis(50) < last && p.answered_by.is_none())
-        .count();
-    assert_eq!(
-        lost,
-        0,
-        "probes lost across the upgrade and the stop\n{}",
-        lab.log("b")
-    );
+    lab.wait_routed(&["b"], "after a's stop, b alone").unwrap();
+    for f in &flows {
+        assert!(f.wait_answers("b", 100, Duration::from_secs(5)));
+    }
+    let lost: usize = flows.into_iter().map(|f| lost(&f.finish())).sum();
+    assert_eq!(lost, 0, "probes lost across the stop\n{}", lab.log("b"));
     // A clean stop stopped its speaker too.
     assert!(
         wait_for(Duration::from_secs(3), || lab

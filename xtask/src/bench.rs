@@ -2,8 +2,9 @@
 //! JSON, and with `--compare BASE.json` flags what got slower than an earlier run.
 //!
 //! `paths`, `throughput`, `scale`, `control`, `stall` and `hostile` need the XDP
-//! object and run as the `perf` benchmark of the tests crate; `failover`, `soak` and
-//! `chaos` run here (agents and keepalived as processes in the namespace lab).
+//! object and run as the `perf` benchmark of the tests crate; `failover`, `bgp`,
+//! `soak` and `chaos` run here (agents, keepalived, BIRD and FRR as processes in the
+//! namespace lab).
 //! `--baseline BIN` (an older vip) gives `paths`, `hostile`, `chaos` and the
 //! multi-standby `failover` rows its figures too, in the same run.
 
@@ -16,9 +17,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{chaos, failover, failover_sizes, root, status};
+use crate::{bgp, chaos, failover, failover_sizes, root, status};
 
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     "paths",
     "throughput",
     "scale",
@@ -26,6 +27,7 @@ pub const ALL: [&str; 7] = [
     "stall",
     "hostile",
     "failover",
+    "bgp",
 ];
 
 /// Asked for by name only: `soak` takes `soak_secs` twice (vip, then keepalived),
@@ -71,7 +73,7 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
     let perf: Vec<&str> = which
         .iter()
         .copied()
-        .filter(|w| !["failover", "failover-sizes", "soak", "chaos"].contains(w))
+        .filter(|w| !["failover", "failover-sizes", "soak", "chaos", "bgp"].contains(w))
         .collect();
     if !perf.is_empty() {
         let tmp = root().join("target/bench/perf.json");
@@ -168,6 +170,11 @@ pub fn run(vip: &Path, o: Options) -> Result<()> {
                 }));
             }
         }
+    }
+    if which.contains(&"bgp") {
+        let (rows, table) = bgp::run(vip, o.quick, o.runs)?;
+        print!("{table}");
+        results.extend(rows);
     }
     if which.contains(&"soak") {
         let f = failover::soak(vip, o.soak_secs, o.baseline.as_deref())?;

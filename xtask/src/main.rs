@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a fresh machine needs, in one place.
 
 mod bench;
+mod bgp;
 mod chaos;
 mod deb;
 mod demo;
@@ -55,7 +56,8 @@ enum Cmd {
     /// failover, then active/active (a balanced group) with a member failure.
     Demo,
     /// Benchmarks with same-run baselines: paths, throughput, scale, control, stall,
-    /// hostile, failover (with its size axis: 1 to 20,000 VIPs) (all by default), and,
+    /// hostile, failover (with its size axis: 1 to 20,000 VIPs), bgp (VIPs announced
+    /// over BGP to an FRR router, with and without BFD) (all by default), and,
     /// only when named, soak (no false takeover under CPU hogs and 2 % loss, vip and
     /// keepalived), chaos (one owner on the wire under random faults) and
     /// failover-sizes (the size axis alone); a table, and JSON in

@@ -23,6 +23,11 @@ use crate::{
 /// advertisement.
 const WITHDRAW_AHEAD: Duration = Duration::from_millis(10);
 
+/// How long a stopping agent goes on forwarding after it withdrew its routes: the
+/// routers' time to act on a withdrawal (FRR took 60-100 ms in the lab: bgpd's 50 ms
+/// work-queue hold, then zebra's), with a margin.
+pub(super) const WITHDRAW_SETTLE: Duration = Duration::from_millis(300);
+
 /// The router ID: `bgp.router_id`, or the interface's first IPv4 address.
 pub(super) fn router_id(bgp: &Bgp, iface: &Interface) -> Result<Ipv4Addr> {
     if let Some(r) = bgp.router_id {
@@ -133,6 +138,20 @@ impl Agent {
             until = until.min(end.saturating_sub(ahead.as_nanos() as u64));
         }
         sp.hold(until);
+    }
+
+    /// A stopping agent's last routes go (its drain is over); true when any routed
+    /// group had been announcing since the stop began, so the routers need time.
+    pub(super) fn withdraw_all_routes(&mut self) -> bool {
+        let mut any = false;
+        for gi in 0..self.groups.len() {
+            if !self.groups[gi].cfg.announce.bgp() {
+                continue;
+            }
+            any |= self.groups[gi].routes.is_some() || self.groups[gi].own.forward_to().is_some();
+            self.withdraw_routes(gi);
+        }
+        any
     }
 
     /// The lease of a routed group was lost: its routes go now (the guard has withdrawn

@@ -881,6 +881,15 @@ impl Agent {
                 self.pump(events, self.next_deadline().min(until)).await;
             }
         }
+        // Routes still announced (a drain the loop had not ended) go now, and we go on
+        // forwarding while the routers act on the withdrawal: the flows a router still
+        // hashes to us would otherwise reach a node that no longer serves.
+        if self.withdraw_all_routes() {
+            let until = Instant::now() + bgp::WITHDRAW_SETTLE;
+            while Instant::now() < until {
+                self.pump(events, self.next_deadline().min(until)).await;
+            }
+        }
     }
 
     /// Processes events until `until`.
@@ -894,6 +903,9 @@ impl Agent {
             Some(ev) => self.event(ev),
             None => self.tick(),
         }
+        // The handover's drain: the routes stay announced (we forward) only while
+        // our leases say so, as in the main loop.
+        self.hold_routes();
     }
 
     pub fn shutdown(&mut self) {

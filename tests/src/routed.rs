@@ -1,0 +1,247 @@
+//! The routed lab with vip on the nodes: router r (FRR), nodes a and b running the
+//! agent with `[bgp]` (each its own BIRD, started by the agent's speaker guard), and a
+//! client c behind r. The group `web` holds one VIP outside every subnet of the lab
+//! (TEST-NET-3), announced over BGP only: the client reaches it only through the
+//! route the active announces. Shared by the `bgp` tests and `cargo xtask bench bgp`.
+//!
+//! What the tests and the benchmark judge is outside the agents: the router's kernel
+//! FIB ([`Routed::hops`]), FRR's sessions, and the client's probes. Dropped in order:
+//! the agents and their speakers (killed by PID from their pid files, whatever the
+//! test did to the agent), FRR, then the lab's namespaces.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{wait_for, Agent, Frr, FrrOptions, Lan, Netns, Prober, Responder};
+
+/// The VIP (outside the lab's subnets: reachable only over BGP) and its route.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 80);
+pub const PREFIX: &str = "203.0.113.80/32";
+pub const ROUTER_AS: u32 = 65000;
+/// The UDP port the nodes' responders answer on.
+pub const PORT: u16 = 7007;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// How the routed lab is set up.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub frr: FrrOptions,
+    /// BFD on the sessions (both ends); without it, a dead node's route goes with the
+    /// hold timer.
+    pub bfd: bool,
+    /// Lines in a's `[node]` (a pin directory, for an upgrade).
+    pub a_node: String,
+    /// The group's advertisement interval.
+    pub advert_interval_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            frr: FrrOptions::default(),
+            bfd: true,
+            a_node: String::new(),
+            advert_interval_ms: 20,
+        }
+    }
+}
+
+/// A node's speaker directory: its guard and BIRD are killed by PID, and the
+/// directory removed, on drop.
+pub struct Speaker {
+    pub dir: PathBuf,
+}
+
+impl Speaker {
+    /// The PID in the directory's `file` (`guard.pid`, `bird.pid`), if there.
+    pub fn pid(&self, file: &str) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// SIGKILL to the process of `file`'s PID.
+    pub fn kill(&self, file: &str) {
+        if let Some(p) = self.pid(file) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        self.kill("guard.pid");
+        self.kill("bird.pid");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The running routed lab (field order is drop order).
+pub struct Routed {
+    pub agents: Vec<(String, Agent, Speaker)>,
+    _responders: Vec<Responder>,
+    pub frr: Frr,
+    pub client: Netns,
+    pub lan: Lan,
+}
+
+/// Node `me`'s config: its own AS, the router as its one neighbour, the group `web`
+/// with the VIP, announced over BGP only.
+fn node_config(
+    lan: &Lan,
+    me: &str,
+    other: &str,
+    asn: u32,
+    priority: u8,
+    speaker_dir: &std::path::Path,
+    o: &Options,
+) -> String {
+    let extra = if me == "a" { o.a_node.as_str() } else { "" };
+    format!(
+        "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n{extra}\n\n\
+         [bgp]\nlocal_as = {asn}\nneighbors = [{{ address = \"{}\", as = {ROUTER_AS}, bfd = {} }}]\nspeaker_dir = \"{}\"\n\n\
+         [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\"]\npeers = [\"{}\"]\npriority = {priority}\n\
+         advert_interval_ms = {}\nannounce = \"bgp\"\n",
+        lan.host("r").ip4,
+        o.bfd,
+        speaker_dir.display(),
+        lan.host(other).ip4,
+        o.advert_interval_ms,
+    )
+}
+
+impl Routed {
+    /// Builds the lab, starts FRR and both agents (a at priority 150, b at 100), and
+    /// waits until the router routes the VIP to a alone.
+    pub fn start(o: &Options) -> Result<Self> {
+        let mut lan = Lan::new(&["r", "a", "b"]).context("building the lab")?;
+        lan.enable_xdp_tx(&["a", "b"])?;
+        let client = lan.routed("r", "c")?;
+        let r = lan.host("r").ip4;
+        for n in ["a", "b"] {
+            lan.host(n)
+                .ns
+                .ip(&["route", "add", "default", "via", &r.to_string()])?;
+        }
+        let nodes = [
+            (IpAddr::V4(lan.host("a").ip4), 65001, o.bfd),
+            (IpAddr::V4(lan.host("b").ip4), 65002, o.bfd),
+        ];
+        let frr = Frr::start(&lan.host("r").ns, ROUTER_AS, r, &nodes, o.frr.clone())?;
+        let mut responders = Vec::new();
+        let mut agents = Vec::new();
+        for (i, (me, other, prio)) in [("a", "b", 150), ("b", "a", 100)].into_iter().enumerate() {
+            let dir = std::env::temp_dir().join(format!(
+                "vip-bgp-{}-{}-{me}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let speaker = Speaker { dir: dir.clone() };
+            let cfg = node_config(&lan, me, other, 65001 + i as u32, prio, &dir, o);
+            responders.push(Responder::start(
+                &lan.host(me).ns,
+                SocketAddr::new(VIP.into(), PORT),
+                me,
+            )?);
+            let agent = Agent::start(&lan.host(me).ns, me, &cfg)?;
+            agents.push((me.to_string(), agent, speaker));
+        }
+        let lab = Routed {
+            agents,
+            _responders: responders,
+            frr,
+            client,
+            lan,
+        };
+        lab.wait_routed(&["a"], "the active alone announces")?;
+        Ok(lab)
+    }
+
+    pub fn agent(&self, name: &str) -> &Agent {
+        &self.entry(name).1
+    }
+
+    pub fn agent_mut(&mut self, name: &str) -> &mut Agent {
+        let i = self
+            .agents
+            .iter()
+            .position(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no agent {name}"));
+        &mut self.agents[i].1
+    }
+
+    pub fn speaker(&self, name: &str) -> &Speaker {
+        &self.entry(name).2
+    }
+
+    fn entry(&self, name: &str) -> &(String, Agent, Speaker) {
+        self.agents
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// The next hops of the VIP's route in the router's kernel FIB, sorted.
+    pub fn hops(&self) -> Vec<IpAddr> {
+        self.frr.next_hops(PREFIX)
+    }
+
+    pub fn node_ip(&self, name: &str) -> IpAddr {
+        IpAddr::V4(self.lan.host(name).ip4)
+    }
+
+    /// Waits (10 s: sessions come up first) until the router's FIB routes the VIP to
+    /// exactly `nodes`; the error says what the router, FRR and the agents had.
+    pub fn wait_routed(&self, nodes: &[&str], what: &str) -> Result<()> {
+        let mut want: Vec<IpAddr> = nodes.iter().map(|n| self.node_ip(n)).collect();
+        want.sort();
+        if wait_for(Duration::from_secs(10), || {
+            (self.hops() == want).then_some(())
+        })
+        .is_some()
+        {
+            return Ok(());
+        }
+        bail!(
+            "{what}: the router routes {PREFIX} to {:?}, wanted {want:?}\nsessions: {:?}, BFD up: {:?}\n{}\n--- a\n{}\n--- b\n{}",
+            self.hops(),
+            self.frr.established(),
+            self.frr.bfd_up(),
+            self.frr.logs(),
+            self.log("a"),
+            self.log("b"),
+        )
+    }
+
+    /// A client prober at 1 ms to the VIP from source `port` (0: any), once the
+    /// active answers it.
+    pub fn probe(&self, from_a: bool) -> Result<Prober> {
+        let p = Prober::start(
+            &self.client,
+            SocketAddr::new(VIP.into(), PORT),
+            Duration::from_millis(1),
+        )?;
+        let first = if from_a { "a" } else { "b" };
+        if !p.wait_answers(first, 20, Duration::from_secs(5)) {
+            bail!("the client is not answered by {first} through the router");
+        }
+        Ok(p)
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        self.agent(name).log_text()
+    }
+}

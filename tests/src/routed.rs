@@ -10,7 +10,7 @@
 //! test did to the agent), FRR, then the lab's namespaces.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
@@ -23,6 +23,10 @@ use crate::{wait_for, Agent, Frr, FrrOptions, Lan, Netns, Prober, Responder};
 /// The VIP (outside the lab's subnets: reachable only over BGP) and its route.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 80);
 pub const PREFIX: &str = "203.0.113.80/32";
+/// The group's IPv6 VIP (outside the lab's /64), announced over the same IPv4
+/// sessions (MP-BGP, the node's IPv6 addresses as next hop).
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 0x80);
+pub const PREFIX6: &str = "2001:db8:99::80/128";
 pub const ROUTER_AS: u32 = 65000;
 /// The UDP port the nodes' responders answer on.
 pub const PORT: u16 = 7007;
@@ -112,7 +116,7 @@ fn node_config(
     format!(
         "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n{extra}\n\n\
          [bgp]\nlocal_as = {asn}\nneighbors = [{{ address = \"{}\", as = {ROUTER_AS}, bfd = {} }}]\nspeaker_dir = \"{}\"\n\n\
-         [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\"]\npeers = [\"{}\"]\npriority = {priority}\n\
+         [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\", \"{VIP6}/128\"]\npeers = [\"{}\"]\npriority = {priority}\n\
          advert_interval_ms = {}\nannounce = \"bgp\"\n",
         lan.host("r").ip4,
         o.bfd,
@@ -130,10 +134,11 @@ impl Routed {
         lan.enable_xdp_tx(&["a", "b"])?;
         let client = lan.routed("r", "c")?;
         let r = lan.host("r").ip4;
+        let r6 = lan.host("r").ip6;
         for n in ["a", "b"] {
-            lan.host(n)
-                .ns
-                .ip(&["route", "add", "default", "via", &r.to_string()])?;
+            let ns = &lan.host(n).ns;
+            ns.ip(&["route", "add", "default", "via", &r.to_string()])?;
+            ns.ip(&["-6", "route", "add", "default", "via", &r6.to_string()])?;
         }
         let nodes = [
             (IpAddr::V4(lan.host("a").ip4), 65001, o.bfd),
@@ -151,11 +156,13 @@ impl Routed {
             let _ = std::fs::remove_dir_all(&dir);
             let speaker = Speaker { dir: dir.clone() };
             let cfg = node_config(&lan, me, other, 65001 + i as u32, prio, &dir, o);
-            responders.push(Responder::start(
-                &lan.host(me).ns,
-                SocketAddr::new(VIP.into(), PORT),
-                me,
-            )?);
+            for vip in [IpAddr::V4(VIP), IpAddr::V6(VIP6)] {
+                responders.push(Responder::start(
+                    &lan.host(me).ns,
+                    SocketAddr::new(vip, PORT),
+                    me,
+                )?);
+            }
             let agent = Agent::start(&lan.host(me).ns, me, &cfg)?;
             agents.push((me.to_string(), agent, speaker));
         }
@@ -226,12 +233,17 @@ impl Routed {
         )
     }
 
-    /// A client prober at 1 ms to the VIP from source `port` (0: any), once the
-    /// active answers it.
+    /// A client prober at 1 ms to the IPv4 VIP (a new source port each), once the
+    /// active (`from_a`: a, else b) answers it.
     pub fn probe(&self, from_a: bool) -> Result<Prober> {
+        self.probe_to(IpAddr::V4(VIP), from_a)
+    }
+
+    /// The same, to `vip` (the IPv4 or the IPv6 VIP).
+    pub fn probe_to(&self, vip: IpAddr, from_a: bool) -> Result<Prober> {
         let p = Prober::start(
             &self.client,
-            SocketAddr::new(VIP.into(), PORT),
+            SocketAddr::new(vip, PORT),
             Duration::from_millis(1),
         )?;
         let first = if from_a { "a" } else { "b" };

@@ -74,6 +74,11 @@ fn the_active_alone_announces_and_a_dead_link_leaves_the_router_within_bfd_time(
     let sb = lab.agent("b").status().expect("status");
     assert_eq!(sb["groups"][0]["routes"]["announced"], false, "{sb}");
 
+    // The IPv6 VIP, over the same IPv4 session.
+    let v6 = lab
+        .probe_to(lab::routed::VIP6.into(), true)
+        .expect("the client reaches the IPv6 VIP through the router");
+    drop(v6);
     let prober = lab.probe(true).expect("probing");
     let down = Instant::now();
     lab.lan

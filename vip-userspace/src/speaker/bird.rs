@@ -61,8 +61,6 @@ pub fn config_text(bgp: &Bgp, router_id: Ipv4Addr, log: &Path) -> String {
         ));
     }
     for n in &bgp.neighbors {
-        let fam = if n.address.is_ipv4() { "ipv4" } else { "ipv6" };
-        let table = if n.address.is_ipv4() { "vip4" } else { "vip6" };
         s.push_str(&format!(
             "protocol bgp {} {{\n  local as {};\n  neighbor {} as {};\n  hold time {hold};\n  keepalive time {keepalive};\n  connect retry time 1;\n  error wait time 1, 5;\n",
             protocol_name(n.address),
@@ -76,9 +74,12 @@ pub fn config_text(bgp: &Bgp, router_id: Ipv4Addr, log: &Path) -> String {
         if bgp.graceful_restart {
             s.push_str("  graceful restart on;\n");
         }
-        s.push_str(&format!(
-            "  {fam} {{ table {table}; import none; export all; next hop self; }};\n}}\n"
-        ));
+        // Both families on every session (MP-BGP): an IPv6 VIP goes over an IPv4
+        // session with the interface's IPv6 addresses as its next hop (FRR installs
+        // `via fe80::... dev eth0`), and the other way round.
+        s.push_str(
+            "  ipv4 { table vip4; import none; export all; next hop self; };\n  ipv6 { table vip6; import none; export all; next hop self; };\n}\n",
+        );
     }
     s
 }
@@ -263,7 +264,15 @@ mod tests {
         assert!(t.contains("local as 65001;"));
         assert!(t.contains("ipv4 { table vip4; import none; export all; next hop self; };"));
         assert!(t.contains("protocol bgp n_2001_db8__1 {"));
-        assert!(t.contains("ipv6 { table vip6; import none; export all; next hop self; };"));
+        // Both families on each session.
+        for session in t.split("protocol bgp ").skip(1) {
+            assert!(
+                session.contains("ipv4 { table vip4; import none; export all; next hop self; };")
+            );
+            assert!(
+                session.contains("ipv6 { table vip6; import none; export all; next hop self; };")
+            );
+        }
         // BFD on the first session only.
         let second = t.split("protocol bgp n_2001").nth(1).unwrap();
         assert!(!second.contains("bfd on"));

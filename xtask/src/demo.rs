@@ -9,6 +9,10 @@
 //! Act 2, active/active: the servers' agents restart with a balanced group on a
 //! second VIP, over a, b and a third server d; the client's flows spread over the
 //! three; d's agent is killed and only d's flows move.
+//!
+//! Act 3, beyond one segment: a router (FRR) between the servers and a client on
+//! another subnet; the VIP is announced over BGP by the active's own BIRD, with BFD;
+//! the active's link goes down and the router follows within BFD's time.
 
 use std::{
     collections::BTreeMap,
@@ -145,7 +149,51 @@ pub fn run(vip: &Path) -> Result<()> {
     drop(agent_g);
     drop(lan);
     drop(inet);
+    beyond_one_segment()?;
     say("demo done");
+    Ok(())
+}
+
+/// Act 3: a VIP on no subnet of the lab, announced over BGP by the active (its own
+/// BIRD) to a router running FRR, BFD at 10 ms x 3; a client behind the router; the
+/// active's link goes down and the router's BFD moves the traffic to the new active.
+fn beyond_one_segment() -> Result<()> {
+    use lab::routed::{Options, Routed, PREFIX, VIP};
+    say("act 3, beyond one segment: a new lab with router r (FRR) between servers a, b and a client c on another subnet; the group's VIP is on no subnet of the lab and is announced over BGP (announce = \"bgp\") by the active's own BIRD, BFD at 10 ms x 3");
+    let lab = Routed::start(&Options::default())?;
+    println!(
+        "    r  {} (AS 65000)  towards c: 198.51.100.1\n    a  {} (AS 65001)\n    b  {} (AS 65002)\n    c  198.51.100.10\n    VIP {VIP}",
+        lab.lan.host("r").ip4,
+        lab.lan.host("a").ip4,
+        lab.lan.host("b").ip4,
+    );
+    let text = |name: &str| -> Result<String> {
+        let out = lab.agent(name).cli(&["status"])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("BGP:"))
+            .map(|l| format!("    {name}: {}", l.trim()))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    };
+    println!("{}\n{}", text("a")?, text("b")?);
+    println!("    the router's FIB: {PREFIX} via {:?}", lab.hops());
+    say("c probes the VIP every millisecond through the router; then server a loses its link");
+    let prober = lab.probe(true)?;
+    lab.lan.host("a").ns.ip(&["link", "set", "eth0", "down"])?;
+    lab.wait_routed(&["b"], "after a's link went down")?;
+    if !prober.wait_answers("b", 100, Duration::from_secs(5)) {
+        bail!("the client never reached b through the router");
+    }
+    let probes = prober.finish();
+    report(&probes, "a", "b")?;
+    println!(
+        "    the router's FIB: {PREFIX} via {:?} (BFD saw a go; b announced when it took over)",
+        lab.hops()
+    );
+    println!("{}", text("b")?);
+    say("cleaning up act 3: agents, BIRD, FRR, namespaces");
+    drop(lab);
     Ok(())
 }
 

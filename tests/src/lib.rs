@@ -8,6 +8,7 @@
 mod capture;
 pub mod chaos;
 pub mod frames;
+pub mod http;
 mod netns;
 mod probe;
 mod process;

@@ -233,6 +233,20 @@ impl Routed {
         )
     }
 
+    /// How long after `since` the router's FIB stopped routing the VIP to `node`
+    /// (waiting up to `limit`); None if it still does.
+    pub fn gone_after(
+        &self,
+        node: &str,
+        since: std::time::Instant,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let ip = self.node_ip(node);
+        wait_for(limit, || {
+            (!self.hops().contains(&ip)).then(|| since.elapsed())
+        })
+    }
+
     /// A client prober at 1 ms to the IPv4 VIP (a new source port each), once the
     /// active (`from_a`: a, else b) answers it.
     pub fn probe(&self, from_a: bool) -> Result<Prober> {

@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use lab::{
     outage,
     routed::{Options, Routed},
-    wait_for, Probe, Prober,
+    Probe, Prober,
 };
 use serde_json::{json, Value};
 
@@ -83,7 +83,6 @@ fn one(fault: Fault, bfd: bool, zebra_wq: Option<u32>) -> Result<Run> {
     o.frr.zebra_work_queue_ms = zebra_wq;
     let mut lab = Routed::start(&o)?;
     let ps = probers(&lab)?;
-    let a_ip = lab.node_ip("a");
     let t0 = Instant::now();
     match fault {
         Fault::LinkDown => {
@@ -102,9 +101,7 @@ fn one(fault: Fault, bfd: bool, zebra_wq: Option<u32>) -> Result<Run> {
         }
     }
     // Long enough for the hold timer (3 s) when there is no BFD.
-    let withdrawn = wait_for(Duration::from_secs(6), || {
-        (!lab.hops().contains(&a_ip)).then(|| t0.elapsed())
-    });
+    let withdrawn = lab.gone_after("a", t0, Duration::from_secs(6));
     for p in &ps {
         if !p.wait_answers("b", 50, Duration::from_secs(6)) {
             bail!(

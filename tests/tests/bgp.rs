@@ -101,6 +101,32 @@ fn the_active_alone_announces_and_a_dead_link_leaves_the_router_within_bfd_time(
         "the router kept the dead node's route for {gone:?} (BFD at 10 ms x 3 sees it in 30 ms)"
     );
     assert_eq!(lab.hops(), vec![b]);
+    // a's link comes back; a (priority 150, preempting) takes the VIPs back, and its
+    // IPv6 VIP is announced again (its interface kept its IPv6 address).
+    lab.lan
+        .host("a")
+        .ns
+        .ip(&["link", "set", "eth0", "up"])
+        .expect("link up");
+    let r6 = lab.lan.host("r").ip6.to_string();
+    let _ = lab
+        .lan
+        .host("a")
+        .ns
+        .ip(&["-6", "route", "replace", "default", "via", &r6]);
+    let _ = lab.lan.host("a").ns.ip(&[
+        "route",
+        "replace",
+        "default",
+        "via",
+        &lab.lan.host("r").ip4.to_string(),
+    ]);
+    lab.wait_routed(&["a"], "a took the VIPs back").unwrap();
+    assert!(
+        lab.probe_to(lab::routed::VIP6.into(), true).is_ok(),
+        "a's IPv6 VIP is not reached after its link flapped\n{}",
+        lab.log("a")
+    );
     let o = lab::outage(&probes, "a", "b").expect("a failover a -> b");
     eprintln!(
         "link down over BGP: route gone from the router's FIB after {gone:?}; client outage {:?} ({} lost)",

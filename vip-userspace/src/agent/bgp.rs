@@ -48,6 +48,28 @@ pub(super) fn router_id(bgp: &Bgp, iface: &Interface) -> Result<Ipv4Addr> {
         })
 }
 
+/// The interface keeps its IPv6 addresses over a link flap
+/// (`net.ipv6.conf.IF.keep_addr_on_down = 1`): BIRD sends IPv6 routes with the
+/// interface's global address as their next hop, and the kernel otherwise deletes it
+/// when the link goes down, so after the link came back the node would announce no
+/// IPv6 VIP at all (BIRD: "Missing next hop address"). A failure is logged: IPv4
+/// announcements do not need it.
+fn keep_ipv6_addresses(iface: &Interface) {
+    let path = format!("net/ipv6/conf/{}/keep_addr_on_down", iface.name);
+    match crate::host::get_sysctl(&path) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(v) => match crate::host::set_sysctl(&path, "1") {
+            Ok(()) => log::info!(
+                "net.ipv6.conf.{}.keep_addr_on_down {} -> 1 (BGP: IPv6 routes need the interface's address as next hop)",
+                iface.name,
+                v.trim()
+            ),
+            Err(e) => log::warn!("BGP: {e}; IPv6 VIPs are not announced after a link flap"),
+        },
+        Err(e) => log::warn!("BGP: {e}"),
+    }
+}
+
 impl Agent {
     /// Starts the speaker for `[bgp]`; `fresh`: no adopted data plane, so routes an
     /// earlier agent left are withdrawn (nothing here serves them yet).
@@ -56,6 +78,7 @@ impl Agent {
             return Ok(());
         };
         let rid = router_id(&bgp, &self.iface)?;
+        keep_ipv6_addresses(&self.iface);
         let bird = Bird::start(&bgp, rid, fresh).context("starting the BGP speaker")?;
         log::info!(
             "BGP: AS {} (router ID {rid}), {} neighbour(s), routes in table {}",

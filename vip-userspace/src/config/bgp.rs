@@ -206,11 +206,12 @@ pub(super) fn bgp(raw: Option<&RawBgp>, p: &mut impl FnMut(String, String)) -> O
         );
     }
     let hold = raw.hold_time_s.unwrap_or(DEFAULT_HOLD_TIME_S);
-    // RFC 4271: 0 (no keepalives) or at least 3 s.
-    if hold != 0 && !(3..=65_535).contains(&hold) {
+    // RFC 4271 allows 0 (no keepalives): a neighbour that died would then never be
+    // seen without BFD, and its routes would stay. At least 3 s, as the RFC says.
+    if !(3..=65_535).contains(&hold) {
         p(
             "bgp.hold_time_s".into(),
-            format!("{hold} is not a BGP hold time (0, or 3 to 65535)"),
+            format!("{hold} is not a hold time vip uses (3 to 65535; 0 would never notice a dead neighbour)"),
         );
     }
     let route_table = match raw.route_table {

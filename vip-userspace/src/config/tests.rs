@@ -766,7 +766,13 @@ fn bgp_keys_are_checked_and_named() {
             "local_as = 65001",
             "local_as = 65001\nhold_time_s = 2",
             "bgp.hold_time_s",
-            "not a BGP hold time",
+            "is not a hold time",
+        ),
+        (
+            "local_as = 65001",
+            "local_as = 65001\nhold_time_s = 0",
+            "bgp.hold_time_s",
+            "never notice",
         ),
         (
             "local_as = 65001",

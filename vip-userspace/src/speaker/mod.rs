@@ -75,6 +75,33 @@ pub trait Speaker: Send {
     fn stop(&mut self);
 }
 
+/// The speaker's directory, made 0700 if we create it. One that exists must be
+/// root's and closed to others already: its sockets hold the routes up or withdraw
+/// them, and vip never changes the mode of a directory it did not make (`/tmp`...).
+fn own_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(dir) {
+        Ok(m) => {
+            if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() || m.mode() & 0o077 != 0 {
+                bail!(
+                    "bgp.speaker_dir: {} must be a directory of vip's own (owned by this user, mode 0700); it is {}mode {:o}, owner {}",
+                    dir.display(),
+                    if m.is_dir() { "" } else { "not a directory, " },
+                    m.mode() & 0o7777,
+                    m.uid()
+                );
+            }
+            Ok(())
+        }
+        Err(_) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("bgp.speaker_dir: creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("bgp.speaker_dir: {}", dir.display()))
+        }
+    }
+}
+
 /// Enough to read the sessions without the loop.
 #[derive(Debug, Clone)]
 pub struct StatusSource {
@@ -108,9 +135,7 @@ impl Bird {
         let paths = Paths {
             dir: bgp.speaker_dir.clone(),
         };
-        std::fs::create_dir_all(&paths.dir)
-            .with_context(|| format!("bgp.speaker_dir: creating {}", paths.dir.display()))?;
-        std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700))?;
+        own_dir(&paths.dir)?;
         let nl = Netlink::open().context("rtnetlink")?;
         if fresh {
             let n = nl
@@ -144,10 +169,25 @@ impl Bird {
         Ok(b)
     }
 
+    /// Writes BIRD's config, once BIRD itself has parsed it (`bird -p`): a config it
+    /// would refuse is an error here, not a BIRD that exits in a loop.
     fn write_config(&self, bgp: &Bgp, router_id: Ipv4Addr) -> Result<()> {
         let text = bird::config_text(bgp, router_id, &self.paths.log());
         let tmp = self.paths.dir.join("bird.conf.new");
         std::fs::write(&tmp, text)?;
+        let out = Command::new(&bgp.speaker_bin)
+            .arg("-p")
+            .arg("-c")
+            .arg(&tmp)
+            .output()
+            .with_context(|| format!("bgp.speaker_bin: running {}", bgp.speaker_bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "[bgp]: BIRD refused the config vip wrote for it ({}): {}",
+                tmp.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
         std::fs::rename(&tmp, self.paths.config())?;
         Ok(())
     }
@@ -310,5 +350,35 @@ impl Speaker for Bird {
             log::error!("BGP: withdrawing every route: {e}");
         }
         self.send(ToGuard::Stop);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// vip makes its own speaker directory 0700, and never takes (nor changes the mode
+    /// of) one that others can enter, such as /tmp.
+    #[test]
+    fn the_speaker_directory_is_vips_own_or_refused() {
+        let base = std::env::temp_dir().join(format!("vip-speaker-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let fresh = base.join("bird");
+        own_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        own_dir(&fresh).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = own_dir(&base).unwrap_err().to_string();
+        assert!(
+            e.contains("bgp.speaker_dir") && e.contains("mode 755"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::metadata(&base).unwrap().mode() & 0o777,
+            0o755,
+            "left as it was"
+        );
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -403,3 +403,71 @@ fn keep_alive_http_clients_lose_no_request_across_planned_handovers() {
     }
     t.assert_clean();
 }
+
+/// `vip reload` on the active: a VIP added to the group is announced (the router
+/// routes it to a), one removed is withdrawn; the group's other route never leaves
+/// the router's FIB and the session never drops (a group's change never touches
+/// BIRD). BFD's timers change in place (BIRD reconfigures, the session stays up). A
+/// `[bgp]` change the running speaker cannot take (its table) is refused, with
+/// nothing changed.
+#[test]
+#[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
+fn a_reload_announces_added_vips_and_never_drops_the_session() {
+    privileged();
+    let lab = routed();
+    let a_ip = lab.node_ip("a");
+    let path = lab.agent("a").config.clone();
+    let original = std::fs::read_to_string(&path).expect("a's config");
+    let reload = |text: &str| {
+        std::fs::write(&path, text).expect("writing a's config");
+        lab.agent("a").cli(&["reload"]).expect("vip reload")
+    };
+    let extra = "203.0.113.81/32";
+    let watch = |what: &str, want: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            assert_eq!(lab.hops(), vec![a_ip], "{what}: the VIP's route moved");
+            assert!(
+                lab.frr.established().contains(&a_ip),
+                "{what}: a's session dropped"
+            );
+            if want() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("{what}: not seen at the router in 10 s");
+    };
+    let added = original.replace(
+        &format!("vips = [\"{}/32\"", lab::routed::VIP),
+        &format!("vips = [\"{extra}\", \"{}/32\"", lab::routed::VIP),
+    );
+    assert_ne!(added, original);
+    let out = reload(&added);
+    assert!(out.status.success(), "{out:?}");
+    watch("a VIP added", &|| lab.frr.next_hops(extra) == vec![a_ip]);
+    // The table cannot move under a running speaker.
+    let moved = added.replace("[bgp]\n", "[bgp]\nroute_table = 1700\n");
+    let out = reload(&moved);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("restart"), "{text}");
+    assert_eq!(
+        lab.frr.next_hops(extra),
+        vec![a_ip],
+        "a refused reload changed nothing"
+    );
+    // BFD's timers change in place: BIRD reconfigures, the sessions stay up.
+    let slower = added.replace("[bgp]\n", "[bgp]\nbfd = { interval_ms = 20 }\n");
+    let out = reload(&slower);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("the speaker took the new [bgp] in place"),
+        "{out:?}"
+    );
+    let settle = Instant::now() + Duration::from_secs(1);
+    watch("BFD's timers changed", &|| Instant::now() > settle);
+    let out = reload(&original);
+    assert!(out.status.success(), "{out:?}");
+    watch("the VIP removed", &|| lab.frr.next_hops(extra).is_empty());
+}

@@ -91,6 +91,56 @@ impl Agent {
         Ok(())
     }
 
+    /// A reload's `[bgp]`: None when it did not change; the new one (and its router
+    /// ID) when the running speaker can take it in place, once BIRD has parsed the
+    /// config it would get. Adding or removing `[bgp]`, or moving its table, binary
+    /// or directory, needs a restart (refused, nothing changed).
+    pub(super) fn plan_bgp(
+        &self,
+        new: &crate::config::Config,
+        iface: &Interface,
+    ) -> Result<Option<(Bgp, Ipv4Addr)>> {
+        match (&self.cfg.bgp, &new.bgp) {
+            (None, None) => Ok(None),
+            (Some(a), Some(b)) if a == b => Ok(None),
+            (Some(a), Some(b))
+                if a.route_table == b.route_table
+                    && a.speaker_bin == b.speaker_bin
+                    && a.speaker_dir == b.speaker_dir =>
+            {
+                let rid = router_id(b, iface)?;
+                crate::speaker::check_config(b, rid)?;
+                Ok(Some((b.clone(), rid)))
+            }
+            _ => anyhow::bail!(
+                "bgp changed in a way the running speaker cannot take ([bgp] added or removed, or its route_table, speaker_bin or speaker_dir): that needs a restart of the agent; nothing was changed"
+            ),
+        }
+    }
+
+    /// Gives the running speaker a reload's `[bgp]` (BIRD reconfigures: sessions
+    /// whose settings did not change stay up); the routes are untouched. The groups
+    /// announced only over BGP check the new neighbours from now on.
+    pub(super) fn reconfigure_speaker(&mut self, bgp: &Bgp, rid: Ipv4Addr) -> String {
+        let Some(sp) = self.speaker.as_mut() else {
+            return "bgp: no speaker running".into();
+        };
+        let said = match sp.reconfigure(bgp, rid) {
+            Ok(()) => "bgp: the speaker took the new [bgp] in place".to_string(),
+            Err(e) => {
+                log::error!("reload: BGP: {e:#}");
+                format!("bgp: reconfiguring the speaker failed: {e:#}")
+            }
+        };
+        self.speaker_status = Some(sp.status_source());
+        for gi in 0..self.groups.len() {
+            if self.groups[gi].cfg.announce == crate::config::Announce::Bgp {
+                self.spawn_checks(gi);
+            }
+        }
+        said
+    }
+
     /// After the groups started: an adopted group that holds its VIPs keeps the
     /// routes a previous agent announced; every other route in the table that no group
     /// announced since goes.

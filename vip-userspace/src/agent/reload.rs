@@ -50,6 +50,8 @@ pub(super) struct Plan {
     remove: Vec<String>,
     /// Who may reach the election's port under the new config.
     peers: super::peers::Plan,
+    /// A changed `[bgp]` the running speaker takes in place (BIRD checked it).
+    bgp: Option<(crate::config::Bgp, std::net::Ipv4Addr)>,
 }
 
 /// A group's kind: what cannot change in place.
@@ -130,12 +132,12 @@ impl Agent {
             ("node.metrics_listen", a.metrics_listen != b.metrics_listen),
             ("eip (elastic IPs)", self.cfg.eips != new.eips),
             ("route6 (routed IPv6 VIPs)", self.cfg.routes6 != new.routes6),
-            ("bgp (the BGP speaker)", self.cfg.bgp != new.bgp),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{key} changed: that needs a restart of the agent; nothing was changed");
         }
         let (new, iface, keys, warnings) = checked?;
+        let bgp = self.plan_bgp(&new, &iface)?;
         let peers = super::peers::plan(&new, &iface)?;
         let families = |c: &Config| {
             c.groups
@@ -198,6 +200,7 @@ impl Agent {
             }
         }
         Ok(Plan {
+            bgp,
             new,
             iface,
             warnings,
@@ -285,6 +288,9 @@ impl Agent {
                     summary.push(format!("group {} could not be re-added: {e:#}", g.name));
                 }
             }
+        }
+        if let Some((bgp, rid)) = plan.bgp.take() {
+            summary.push(self.reconfigure_speaker(&bgp, rid));
         }
         if let Err(e) = self.program_peers(plan.peers) {
             // Only removals are left to do, which log their own failures.

@@ -75,6 +75,39 @@ pub trait Speaker: Send {
     fn stop(&mut self);
 }
 
+/// Whether BIRD takes the config vip would write for `bgp` (`bird -p`): a config it
+/// would refuse is an error at start or reload, not a BIRD that exits in a loop.
+pub fn check_config(bgp: &Bgp, router_id: Ipv4Addr) -> Result<()> {
+    let paths = Paths {
+        dir: bgp.speaker_dir.clone(),
+    };
+    own_dir(&paths.dir)?;
+    let tmp = checked(bgp, router_id, &paths)?;
+    let _ = std::fs::remove_file(tmp);
+    Ok(())
+}
+
+/// The config for `bgp`, written beside the live one and parsed by BIRD; its path.
+fn checked(bgp: &Bgp, router_id: Ipv4Addr, paths: &Paths) -> Result<PathBuf> {
+    let text = bird::config_text(bgp, router_id, &paths.log());
+    let tmp = paths.dir.join("bird.conf.new");
+    std::fs::write(&tmp, text)?;
+    let out = Command::new(&bgp.speaker_bin)
+        .arg("-p")
+        .arg("-c")
+        .arg(&tmp)
+        .output()
+        .with_context(|| format!("bgp.speaker_bin: running {}", bgp.speaker_bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "[bgp]: BIRD refused the config vip wrote for it ({}): {}",
+            tmp.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(tmp)
+}
+
 /// The speaker's directory, made 0700 if we create it. One that exists must be
 /// root's and closed to others already: its sockets hold the routes up or withdraw
 /// them, and vip never changes the mode of a directory it did not make (`/tmp`...).
@@ -169,25 +202,9 @@ impl Bird {
         Ok(b)
     }
 
-    /// Writes BIRD's config, once BIRD itself has parsed it (`bird -p`): a config it
-    /// would refuse is an error here, not a BIRD that exits in a loop.
+    /// Writes BIRD's config, once BIRD itself has parsed it ([`check_config`]).
     fn write_config(&self, bgp: &Bgp, router_id: Ipv4Addr) -> Result<()> {
-        let text = bird::config_text(bgp, router_id, &self.paths.log());
-        let tmp = self.paths.dir.join("bird.conf.new");
-        std::fs::write(&tmp, text)?;
-        let out = Command::new(&bgp.speaker_bin)
-            .arg("-p")
-            .arg("-c")
-            .arg(&tmp)
-            .output()
-            .with_context(|| format!("bgp.speaker_bin: running {}", bgp.speaker_bin.display()))?;
-        if !out.status.success() {
-            bail!(
-                "[bgp]: BIRD refused the config vip wrote for it ({}): {}",
-                tmp.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        let tmp = checked(bgp, router_id, &self.paths)?;
         std::fs::rename(&tmp, self.paths.config())?;
         Ok(())
     }

@@ -1,6 +1,6 @@
-//! The routed lab with vip on the nodes: router r (FRR), nodes a and b running the
-//! agent with `[bgp]` (each its own BIRD, started by the agent's speaker guard), and a
-//! client c behind r. The group `web` holds one VIP outside every subnet of the lab
+//! The routed lab with vip on the nodes: router r (FRR), nodes a and b (and d, for
+//! anycast) running the agent with `[bgp]` (each its own BIRD, started by the agent's
+//! speaker guard), and a client c behind r. The group `web` holds one VIP outside every subnet of the lab
 //! (TEST-NET-3), announced over BGP only: the client reaches it only through the
 //! route the active announces. Shared by the `bgp` tests and `cargo xtask bench bgp`.
 //!
@@ -44,6 +44,12 @@ pub struct Options {
     pub a_node: String,
     /// The group's advertisement interval.
     pub advert_interval_ms: u64,
+    /// The nodes (a, b, then d), by falling priority: 150, 100, 50.
+    pub nodes: Vec<&'static str>,
+    /// Lines added to the group (`balance = {}`: anycast; `role = ...`).
+    pub group: String,
+    /// An elected group among the nodes (else each node's group stands alone).
+    pub elected: bool,
 }
 
 impl Default for Options {
@@ -53,6 +59,9 @@ impl Default for Options {
             bfd: true,
             a_node: String::new(),
             advert_interval_ms: 20,
+            nodes: vec!["a", "b"],
+            group: String::new(),
+            elected: true,
         }
     }
 }
@@ -106,23 +115,35 @@ pub struct Routed {
 fn node_config(
     lan: &Lan,
     me: &str,
-    other: &str,
     asn: u32,
     priority: u8,
     speaker_dir: &std::path::Path,
     o: &Options,
 ) -> String {
     let extra = if me == "a" { o.a_node.as_str() } else { "" };
+    let peers: Vec<String> = o
+        .nodes
+        .iter()
+        .filter(|n| **n != me)
+        .map(|n| format!("\"{}\"", lan.host(n).ip4))
+        .collect();
+    let election = if o.elected {
+        format!(
+            "peers = [{}]\npriority = {priority}\nadvert_interval_ms = {}\n",
+            peers.join(", "),
+            o.advert_interval_ms
+        )
+    } else {
+        String::new()
+    };
     format!(
         "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n{extra}\n\n\
          [bgp]\nlocal_as = {asn}\nneighbors = [{{ address = \"{}\", as = {ROUTER_AS}, bfd = {} }}]\nspeaker_dir = \"{}\"\n\n\
-         [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\", \"{VIP6}/128\"]\npeers = [\"{}\"]\npriority = {priority}\n\
-         advert_interval_ms = {}\nannounce = \"bgp\"\n",
+         [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\", \"{VIP6}/128\"]\n{election}announce = \"bgp\"\n{}\n",
         lan.host("r").ip4,
         o.bfd,
         speaker_dir.display(),
-        lan.host(other).ip4,
-        o.advert_interval_ms,
+        o.group,
     )
 }
 
@@ -130,24 +151,29 @@ impl Routed {
     /// Builds the lab, starts FRR and both agents (a at priority 150, b at 100), and
     /// waits until the router routes the VIP to a alone.
     pub fn start(o: &Options) -> Result<Self> {
-        let mut lan = Lan::new(&["r", "a", "b"]).context("building the lab")?;
-        lan.enable_xdp_tx(&["a", "b"])?;
+        let mut names = vec!["r"];
+        names.extend(o.nodes.iter().copied());
+        let mut lan = Lan::new(&names).context("building the lab")?;
+        lan.enable_xdp_tx(&o.nodes)?;
         let client = lan.routed("r", "c")?;
         let r = lan.host("r").ip4;
         let r6 = lan.host("r").ip6;
-        for n in ["a", "b"] {
+        for n in &o.nodes {
             let ns = &lan.host(n).ns;
             ns.ip(&["route", "add", "default", "via", &r.to_string()])?;
             ns.ip(&["-6", "route", "add", "default", "via", &r6.to_string()])?;
         }
-        let nodes = [
-            (IpAddr::V4(lan.host("a").ip4), 65001, o.bfd),
-            (IpAddr::V4(lan.host("b").ip4), 65002, o.bfd),
-        ];
+        let nodes: Vec<(IpAddr, u32, bool)> = o
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (IpAddr::V4(lan.host(n).ip4), 65001 + i as u32, o.bfd))
+            .collect();
         let frr = Frr::start(&lan.host("r").ns, ROUTER_AS, r, &nodes, o.frr.clone())?;
         let mut responders = Vec::new();
         let mut agents = Vec::new();
-        for (i, (me, other, prio)) in [("a", "b", 150), ("b", "a", 100)].into_iter().enumerate() {
+        for (i, me) in o.nodes.iter().copied().enumerate() {
+            let prio = [150u8, 100, 50].get(i).copied().unwrap_or(10);
             let dir = std::env::temp_dir().join(format!(
                 "vip-bgp-{}-{}-{me}",
                 std::process::id(),
@@ -155,7 +181,7 @@ impl Routed {
             ));
             let _ = std::fs::remove_dir_all(&dir);
             let speaker = Speaker { dir: dir.clone() };
-            let cfg = node_config(&lan, me, other, 65001 + i as u32, prio, &dir, o);
+            let cfg = node_config(&lan, me, 65001 + i as u32, prio, &dir, o);
             for vip in [IpAddr::V4(VIP), IpAddr::V6(VIP6)] {
                 responders.push(Responder::start(
                     &lan.host(me).ns,
@@ -173,7 +199,11 @@ impl Routed {
             client,
             lan,
         };
-        lab.wait_routed(&["a"], "the active alone announces")?;
+        if o.elected && o.group.is_empty() {
+            lab.wait_routed(&["a"], "the active alone announces")?;
+        } else {
+            lab.wait_routed(&o.nodes, "every node announces")?;
+        }
         Ok(lab)
     }
 

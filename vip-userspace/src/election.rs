@@ -933,6 +933,9 @@ impl Election {
             self.claimed_by = None;
             self.listening = false;
             self.resuming = false;
+            // A fault gives the VIPs up with nothing to forward to (the data plane's
+            // entries go inert): on recovery the active is named again.
+            self.forwarding = None;
             out.push(Action::Fault { reason });
         } else if self.state == State::Fault {
             self.state = State::Standby;
@@ -1354,6 +1357,21 @@ mod tests {
         e.start(t0);
         assert!(!took_over(&e.tick(t0 + 300 * MS - MS)));
         assert!(took_over(&e.tick(t0 + 300 * MS)));
+    }
+
+    #[test]
+    fn a_standby_recovering_from_a_fault_forwards_to_the_active_again() {
+        let t0 = Instant::now();
+        let mut e = node(100, 11);
+        e.start(t0);
+        let a = e.receive(&advert(Kind::Advert, 150, 10), t0 + 200 * MS);
+        let active = Mac([2, 0, 0, 0, 0, 10]);
+        assert!(a.contains(&Action::ForwardTo(Some(active))), "{a:?}");
+        // The fault leaves the data plane with nothing to forward to; the recovery
+        // names the active again (an anycast member announces only while it does).
+        e.set_healthy(false, health("failed"), t0 + 300 * MS);
+        let a = e.set_healthy(true, health("ok"), t0 + 400 * MS);
+        assert!(a.contains(&Action::ForwardTo(Some(active))), "{a:?}");
     }
 
     #[test]

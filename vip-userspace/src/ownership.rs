@@ -220,6 +220,10 @@ pub enum Effect {
     Announce,
     /// A routed group's host routes withdrawn ([`Terms::routed`]).
     Withdraw,
+    /// A routed balanced group's member announces its routes too (anycast): it
+    /// forwards what the router sends it to the director, which steers each flow to
+    /// the member that holds it.
+    AnnounceRoutes,
 }
 
 /// One group's hold on its VIPs.
@@ -415,10 +419,14 @@ impl Ownership {
         );
         let forward_to = forward_to.filter(|_| state != State::Fault);
         let drains = was && forward_to.is_some() && !self.t.drain.is_zero();
+        // A balanced group's standby is a member (it keeps the VIP on lo); routed,
+        // it announces as long as it forwards to a director (anycast).
+        let member = self.t.balanced && state == State::Standby;
+        let anycast = self.t.routed && member && forward_to.is_some();
         let mut out = vec![Effect::StopAnnouncing];
         // Withdrawn before anything stops serving, unless a successor announces and
         // we forward to it for the drain: then at its end (`tick`).
-        if self.t.routed && !drains {
+        if self.t.routed && !drains && !anycast {
             out.push(Effect::Withdraw);
         }
         if was {
@@ -433,10 +441,9 @@ impl Ownership {
         self.grace = None;
         self.addrs_until = drains.then(|| now + self.t.drain);
         out.extend(self.forward_effects(now, boot, forward_to));
-        // A balanced group's standby is a member: it keeps the VIP on lo. A resident
-        // group keeps (or, starting, adds) its addresses in every role, after the
-        // entries that drop what it does not serve.
-        let member = self.t.balanced && state == State::Standby;
+        // A member keeps the VIP on lo. A resident group keeps (or, starting, adds)
+        // its addresses in every role, after the entries that drop what it does not
+        // serve.
         if self.t.resident {
             out.push(Effect::AddAddresses);
         } else if !drains && !member {
@@ -444,6 +451,10 @@ impl Ownership {
         }
         if was && forward_to.is_some() && self.t.forward_for_drain {
             self.drain_until = Some(now + self.t.drain);
+        }
+        // Last: the member's forward entries and their lease are in.
+        if anycast {
+            out.push(Effect::AnnounceRoutes);
         }
         out
     }
@@ -495,7 +506,18 @@ impl Ownership {
         if to.is_none() && self.holding == Holding::Nothing {
             return Vec::new();
         }
-        self.forward_effects(now, boot, to)
+        // An anycast member announces while it forwards to a director, and withdraws
+        // before its entries go inert.
+        let anycast = self.t.routed && self.t.balanced;
+        let mut out = Vec::new();
+        if anycast && to.is_none() {
+            out.push(Effect::Withdraw);
+        }
+        out.extend(self.forward_effects(now, boot, to));
+        if anycast && to.is_some() {
+            out.push(Effect::AnnounceRoutes);
+        }
+        out
     }
 
     /// A restarted agent found active entries with a lease that still runs: they stay
@@ -523,7 +545,8 @@ impl Ownership {
             // our handover; we still forward whatever reaches us), plain forwarding
             // (no KEEP), then no addresses.
             self.addrs_until = None;
-            if self.t.routed {
+            // (An anycast member goes on announcing: it forwards to the director.)
+            if self.t.routed && !self.t.balanced {
                 out.push(Effect::Withdraw);
             }
             if let Holding::Forwarding(m) = self.holding {

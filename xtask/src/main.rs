@@ -281,6 +281,7 @@ fn clippy_ebpf() -> Result<()> {
 /// their tests run one at a time, so that two of them do not skew each other's
 /// outage and takeover figures on a loaded machine. Every other test runs in parallel.
 const SERIAL: &[&str] = &[
+    "anycast",
     "balance",
     "big_group",
     "bgp",

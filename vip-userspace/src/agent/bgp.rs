@@ -281,7 +281,9 @@ impl Agent {
             }
             let g = &self.groups[gi];
             let serving = g.own.holding() == Holding::Serving && g.own.lease().runs(boot);
-            if serving || !g.leased() {
+            // An anycast member announces while it forwards to the director.
+            let member = g.balance.is_some() && g.own.forward_to().is_some();
+            if serving || member || !g.leased() {
                 let (mut kernel, groups) = self.kernel();
                 kernel.routes(&mut groups[gi], true);
             }

@@ -154,6 +154,8 @@ fn effect(
             }
         }
         Effect::Withdraw => w.routes(g, false),
+        // Forward entries never answer for a VIP: no gate to wait for.
+        Effect::AnnounceRoutes => w.routes(g, true),
     }
     Ok(())
 }

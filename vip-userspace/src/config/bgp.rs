@@ -268,13 +268,11 @@ pub(super) fn bgp(raw: Option<&RawBgp>, p: &mut impl FnMut(String, String)) -> O
     })
 }
 
-/// A group's `announce`: "arp" (the default), "bgp" or "both"; BGP needs `[bgp]`, and
-/// is not (yet) for balanced groups (anycast).
+/// A group's `announce`: "arp" (the default), "bgp" or "both"; BGP needs `[bgp]`.
 pub(super) fn announce(
     gkey: &str,
     value: Option<&str>,
     has_bgp: bool,
-    balanced: bool,
     p: &mut impl FnMut(String, String),
 ) -> Announce {
     let key = format!("{gkey}.announce");
@@ -300,16 +298,7 @@ pub(super) fn announce(
         );
         return Announce::Arp;
     }
-    if balanced {
-        p(
-            key,
-            format!(
-                "\"{}\" with `balance` (anycast active/active) is not supported yet; announce a balanced group by ARP",
-                a.name()
-            ),
-        );
-        return Announce::Arp;
-    }
+    // With `balance`, every healthy member announces (anycast, see `ownership`).
     a
 }
 

@@ -186,13 +186,7 @@ fn group(
     let garp = garp(&gkey, g.garp_count, g.garp_interval_ms, node_garp, p);
     let balance = balance::balance(&gkey, g, &mut seen.ports, p);
     let addresses = addresses(&gkey, g, p);
-    let announce = bgp::announce(
-        &gkey,
-        g.announce.as_deref(),
-        has_bgp,
-        g.balance.is_some(),
-        p,
-    );
+    let announce = bgp::announce(&gkey, g.announce.as_deref(), has_bgp, p);
     Group {
         name: g.name.clone(),
         vips,

@@ -792,12 +792,6 @@ fn bgp_keys_are_checked_and_named() {
             "group[web].announce",
             "not a choice",
         ),
-        (
-            "announce = \"bgp\"",
-            "announce = \"bgp\"\nbalance = {}",
-            "group[web].announce",
-            "not supported yet",
-        ),
     ] {
         let text = BGP.replace(from, to);
         let p = problems(&text);

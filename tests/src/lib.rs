@@ -19,7 +19,7 @@ pub mod wire;
 
 pub use capture::Capture;
 pub use netns::{veth, Bpffs, Netns};
-pub use probe::{outage, Outage, Probe, Prober, Responder};
+pub use probe::{outage, unanswered, Outage, Probe, Prober, Responder};
 pub use process::{libfaketime, stop_together, vip_bin, Agent, Proc};
 pub use router::{
     bird_node_config, next_hops, Bird, Frr, FrrOptions, Neighbor, VIP_PROTO, VIP_TABLE,

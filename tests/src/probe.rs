@@ -213,3 +213,13 @@ pub fn outage(probes: &[Probe], from: &str, to: &str) -> Option<Outage> {
         unanswered_total: probes.iter().filter(|p| p.answered_by.is_none()).count(),
     })
 }
+
+/// Probes nobody answered, leaving out those sent in the last 50 ms of the record
+/// (still in flight when the prober stopped).
+pub fn unanswered(probes: &[Probe]) -> usize {
+    let last = probes.last().map_or(Duration::ZERO, |p| p.sent);
+    probes
+        .iter()
+        .filter(|p| p.sent + Duration::from_millis(50) < last && p.answered_by.is_none())
+        .count()
+}

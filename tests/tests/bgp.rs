@@ -25,21 +25,11 @@ use std::time::{Duration, Instant};
 use lab::{
     privileged,
     routed::{Options, Routed},
-    wait_for, Agent, Bpffs, Probe, Prober,
+    wait_for, Agent, Bpffs, Prober,
 };
 
 fn routed() -> Routed {
     Routed::start(&Options::default()).expect("the routed lab")
-}
-
-/// Probes sent more than 50 ms before the last one that nobody answered (the last
-/// few may still be in flight when the prober stops).
-fn lost(probes: &[Probe]) -> usize {
-    let last = probes.last().map_or(Duration::ZERO, |l| l.sent);
-    probes
-        .iter()
-        .filter(|p| p.sent + Duration::from_millis(50) < last && p.answered_by.is_none())
-        .count()
 }
 
 /// The first group's state in `a`'s status.
@@ -178,7 +168,7 @@ fn a_planned_handover_over_bgp_loses_no_probe() {
     assert!(prober.wait_answers("b", 200, Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(100));
     let probes = prober.finish();
-    let lost = lost(&probes);
+    let lost = lab::unanswered(&probes);
     assert_eq!(
         lost,
         0,
@@ -326,7 +316,11 @@ fn an_upgrade_withdraws_nothing_and_a_stop_hands_over_without_loss() {
     assert_eq!(st["groups"][0]["routes"]["announced"], true, "{st}");
     assert!(prober.wait_answers("a", 100, Duration::from_secs(3)));
     let probes = prober.finish();
-    assert_eq!(lost(&probes), 0, "probes lost across the upgrade");
+    assert_eq!(
+        lab::unanswered(&probes),
+        0,
+        "probes lost across the upgrade"
+    );
     // SIGTERM: a planned handover, watched by 8 flows (the router hashes them over
     // both next hops while a drains): none may lose a probe, also after a withdraws.
     let flows: Vec<Prober> = (0..8).map(|_| lab.probe(true).expect("probing")).collect();
@@ -339,7 +333,10 @@ fn an_upgrade_withdraws_nothing_and_a_stop_hands_over_without_loss() {
     for f in &flows {
         assert!(f.wait_answers("b", 100, Duration::from_secs(5)));
     }
-    let lost: usize = flows.into_iter().map(|f| lost(&f.finish())).sum();
+    let lost: usize = flows
+        .into_iter()
+        .map(|f| lab::unanswered(&f.finish()))
+        .sum();
     assert_eq!(lost, 0, "probes lost across the stop\n{}", lab.log("b"));
     // A clean stop stopped its speaker too.
     assert!(

@@ -129,7 +129,9 @@ pub struct Terms {
     /// Announced over BGP (`announce = "bgp"` or `"both"`): the active's host routes
     /// go with [`Effect::Announce`], and are withdrawn ([`Effect::Withdraw`]) before
     /// the data plane stops serving, or, after a handover, at the end of the drain
-    /// (the successor announces first; we forward to it meanwhile).
+    /// (the successor announces first; we forward to it meanwhile). A balanced
+    /// group's members announce too while they forward to the director
+    /// ([`Effect::AnnounceRoutes`]: anycast).
     pub routed: bool,
 }
 

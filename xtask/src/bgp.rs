@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use lab::{
     outage,
     routed::{Options, Routed},
-    Probe, Prober,
+    Prober,
 };
 use serde_json::{json, Value};
 
@@ -63,16 +63,6 @@ impl Fault {
 
 fn probers(lab: &Routed) -> Result<Vec<Prober>> {
     (0..FLOWS).map(|_| lab.probe(true)).collect()
-}
-
-/// Probes sent more than 50 ms before the last one that nobody answered (the last
-/// few may still be in flight when the prober stops).
-fn lost(probes: &[Probe]) -> usize {
-    let last = probes.last().map_or(Duration::ZERO, |p| p.sent);
-    probes
-        .iter()
-        .filter(|p| p.sent + Duration::from_millis(50) < last && p.answered_by.is_none())
-        .count()
 }
 
 fn one(fault: Fault, bfd: bool, zebra_wq: Option<u32>) -> Result<Run> {
@@ -116,7 +106,7 @@ fn one(fault: Fault, bfd: bool, zebra_wq: Option<u32>) -> Result<Run> {
     };
     for p in ps {
         let probes = p.finish();
-        run.lost += lost(&probes);
+        run.lost += lab::unanswered(&probes);
         if let Some(o) = outage(&probes, "a", "b") {
             run.outages_ms.push(o.outage.as_secs_f64() * 1e3);
         }

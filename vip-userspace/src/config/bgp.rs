@@ -54,8 +54,9 @@ pub enum Announce {
     /// Gratuitous ARP / unsolicited NA on the segment, answers to ARP/NS (the default).
     #[default]
     Arp,
-    /// Host routes (/32, /128) over BGP: only the active announces; the VIPs need not
-    /// be on-link. No ARP/NS is answered for them.
+    /// Host routes (/32, /128) over BGP: the active announces (with `balance`, every
+    /// member that forwards to the director too: anycast); the VIPs need not be
+    /// on-link, and no gratuitous ARP or NA is sent for them.
     Bgp,
     /// Both: on the segment and over BGP.
     Both,

@@ -468,3 +468,66 @@ fn a_reload_announces_added_vips_and_never_drops_the_session() {
     assert!(out.status.success(), "{out:?}");
     watch("the VIP removed", &|| lab.frr.next_hops(extra).is_empty());
 }
+
+/// `vip restart` (the agent exits, its pinned data plane serving, peers and the
+/// guard holding) and a new agent started on the same config: the route never leaves
+/// the router's FIB, a's session never drops, BIRD is the same process, no probe is
+/// lost, and the new agent adopts the routes with the data plane.
+#[test]
+#[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
+fn a_restart_withdraws_nothing() {
+    privileged();
+    let bpffs = Bpffs::mount().expect("bpffs");
+    let mut lab = Routed::start(&Options {
+        a_node: format!("pin_dir = \"{}/bgp-restart-a\"", bpffs.dir.display()),
+        ..Options::default()
+    })
+    .expect("the routed lab");
+    let a_ip = lab.node_ip("a");
+    let bird = lab.speaker("a").pid("bird.pid");
+    let cfg: String = std::fs::read_to_string(&lab.agent("a").config)
+        .expect("a's config")
+        .lines()
+        .filter(|l| !l.starts_with("control_socket"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let prober = lab.probe(true).expect("probing");
+    let out = lab
+        .agent("a")
+        .cli(&["restart", "--hold-ms", "3000"])
+        .expect("vip restart");
+    assert!(out.status.success(), "{out:?}");
+    let st = wait_for(Duration::from_secs(5), || {
+        lab.agent_mut("a").proc.try_status()
+    })
+    .expect("the agent did not exit");
+    assert!(st.success(), "{}", lab.log("a"));
+    // No agent for a while: the route stays (the data plane serves, the guard holds).
+    let watch = |lab: &Routed, d: Duration| {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            assert_eq!(lab.hops(), vec![a_ip], "the route moved during the restart");
+            assert!(lab.frr.established().contains(&a_ip), "a's session dropped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    watch(&lab, Duration::from_millis(500));
+    let a = lab::Agent::start(&lab.lan.host("a").ns, "a", &cfg).expect("the new agent");
+    *lab.agent_mut("a") = a;
+    let adopted = wait_for(Duration::from_secs(5), || {
+        lab.agent("a")
+            .status()
+            .ok()
+            .filter(|s| s["groups"][0]["state"] == "active")
+    })
+    .expect("the new agent never became active");
+    assert_eq!(
+        adopted["groups"][0]["routes"]["announced"], true,
+        "{adopted}"
+    );
+    watch(&lab, Duration::from_millis(500));
+    assert_eq!(lab.speaker("a").pid("bird.pid"), bird, "BIRD was restarted");
+    assert!(prober.wait_answers("a", 100, Duration::from_secs(3)));
+    let lost = lab::unanswered(&prober.finish());
+    assert_eq!(lost, 0, "probes lost across the restart\n{}", lab.log("a"));
+}

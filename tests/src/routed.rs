@@ -263,6 +263,20 @@ impl Routed {
         )
     }
 
+    /// Starts a new agent on `name` with the config its current one was started with
+    /// (after that one exited or was stopped), in its place.
+    pub fn restart_agent(&mut self, name: &str) -> Result<()> {
+        let cfg: String = std::fs::read_to_string(&self.agent(name).config)?
+            .lines()
+            // Written by `Agent::start`, which writes its own again.
+            .filter(|l| !l.starts_with("control_socket"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let agent = Agent::start(&self.lan.host(name).ns, name, &cfg)?;
+        *self.agent_mut(name) = agent;
+        Ok(())
+    }
+
     /// How long after `since` the router's FIB stopped routing the VIP to `node`
     /// (waiting up to `limit`); None if it still does.
     pub fn gone_after(

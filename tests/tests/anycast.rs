@@ -200,12 +200,6 @@ fn run(o: Options, what: &str) -> Figures {
     let mut conns = Conns::open(&lab.client);
     // d leaves: its agent stops (SIGTERM: its routes are withdrawn, it leaves the
     // members).
-    let cfg = std::fs::read_to_string(&lab.agent("d").config).expect("d's config");
-    let cfg: String = cfg
-        .lines()
-        .filter(|l| !l.starts_with("control_socket"))
-        .map(|l| format!("{l}\n"))
-        .collect();
     let stopped = lab.agent_mut("d").stop();
     assert!(
         stopped.is_some_and(|s| s.success()),
@@ -229,8 +223,7 @@ fn run(o: Options, what: &str) -> Figures {
     // hide the rehash); then d joins again (a new agent) and the router rehashes.
     drop(alive);
     let mut conns = Conns::open(&lab.client);
-    let d = lab::Agent::start(&lab.lan.host("d").ns, "d", &cfg).expect("d's new agent");
-    *lab.agent_mut("d") = d;
+    lab.restart_agent("d").expect("d's new agent");
     lab.wait_routed(&["a", "b", "d"], &format!("{what}: d joined"))
         .unwrap();
     thread::sleep(Duration::from_millis(500));

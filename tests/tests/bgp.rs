@@ -485,12 +485,6 @@ fn a_restart_withdraws_nothing() {
     .expect("the routed lab");
     let a_ip = lab.node_ip("a");
     let bird = lab.speaker("a").pid("bird.pid");
-    let cfg: String = std::fs::read_to_string(&lab.agent("a").config)
-        .expect("a's config")
-        .lines()
-        .filter(|l| !l.starts_with("control_socket"))
-        .map(|l| format!("{l}\n"))
-        .collect();
     let prober = lab.probe(true).expect("probing");
     let out = lab
         .agent("a")
@@ -512,8 +506,7 @@ fn a_restart_withdraws_nothing() {
         }
     };
     watch(&lab, Duration::from_millis(500));
-    let a = lab::Agent::start(&lab.lan.host("a").ns, "a", &cfg).expect("the new agent");
-    *lab.agent_mut("a") = a;
+    lab.restart_agent("a").expect("the new agent");
     let adopted = wait_for(Duration::from_secs(5), || {
         lab.agent("a")
             .status()

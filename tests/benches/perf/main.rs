@@ -402,6 +402,16 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
         b.flags = vip_common::flags::BALANCED;
         dpb.set_vip(IpAddr::V4(balanced), &b)?;
         dpb.set_vip(IpAddr::V4(local), &entry(action::LOCAL, 0))?;
+        // An anycast member's entry for the same group (BGP with `balance`): a frame
+        // from a MAC that is no node of the group (the router's, after its rehash) is
+        // handed to the director (`dst_mac`, here our own MAC, so that a repeat takes
+        // the same path; the source is rewritten to CLIENT's, which it already is):
+        // the second chance. A frame from the director is delivered.
+        let member = Ipv4Addr::new(10, 9, 0, 54);
+        let mut m = entry(action::FORWARD, 5);
+        m.flags = vip_common::flags::BALANCED;
+        m.src_mac = CLIENT.0;
+        dpb.set_vip(IpAddr::V4(member), &m)?;
         let rows = [
             vip_common::BalanceMember {
                 mac: OWN.0,
@@ -426,6 +436,14 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
                 udp(Ipv4Addr::new(10, 9, 0, 99)),
             ),
             ("IPv4 to a VIP: local, with the director's code loaded", udp(local)),
+            (
+                "IPv4 to an anycast member: second chance, to the director (XDP_TX)",
+                udp(member),
+            ),
+            (
+                "IPv4 to an anycast member: from the director (XDP_PASS)",
+                frames::udp4(OWN, OWN, CLIENT4, member, 4000, 53, &[0u8; 18]),
+            ),
         ] {
             let mut v = Vec::new();
             for _ in 0..size.rounds {

@@ -50,6 +50,12 @@ pub struct Options {
     pub group: String,
     /// An elected group among the nodes (else each node's group stands alone).
     pub elected: bool,
+    /// TCP-MD5 passwords of the nodes' sessions (`password_file`), by node; the
+    /// router's is `frr.password`.
+    pub passwords: Vec<(&'static str, &'static str)>,
+    /// The nodes the router must route the VIP to before `start` returns (None: a
+    /// alone for the default elected group, else every node).
+    pub announcing: Option<Vec<&'static str>>,
 }
 
 impl Default for Options {
@@ -62,6 +68,8 @@ impl Default for Options {
             nodes: vec!["a", "b"],
             group: String::new(),
             elected: true,
+            passwords: Vec::new(),
+            announcing: None,
         }
     }
 }
@@ -93,11 +101,19 @@ impl Speaker {
     }
 }
 
+impl Speaker {
+    /// The node's TCP-MD5 key file, beside (not in) the directory the agent owns.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.with_extension("key")
+    }
+}
+
 impl Drop for Speaker {
     fn drop(&mut self) {
         self.kill("guard.pid");
         self.kill("bird.pid");
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.key_file());
     }
 }
 
@@ -121,6 +137,14 @@ fn node_config(
     o: &Options,
 ) -> String {
     let extra = if me == "a" { o.a_node.as_str() } else { "" };
+    let password = if o.passwords.iter().any(|(n, _)| *n == me) {
+        format!(
+            ", password_file = \"{}\"",
+            speaker_dir.with_extension("key").display()
+        )
+    } else {
+        String::new()
+    };
     let peers: Vec<String> = o
         .nodes
         .iter()
@@ -138,7 +162,7 @@ fn node_config(
     };
     format!(
         "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n{extra}\n\n\
-         [bgp]\nlocal_as = {asn}\nneighbors = [{{ address = \"{}\", as = {ROUTER_AS}, bfd = {} }}]\nspeaker_dir = \"{}\"\n\n\
+         [bgp]\nlocal_as = {asn}\nneighbors = [{{ address = \"{}\", as = {ROUTER_AS}, bfd = {}{password} }}]\nspeaker_dir = \"{}\"\n\n\
          [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\", \"{VIP6}/128\"]\n{election}announce = \"bgp\"\n{}\n",
         lan.host("r").ip4,
         o.bfd,
@@ -181,6 +205,9 @@ impl Routed {
             ));
             let _ = std::fs::remove_dir_all(&dir);
             let speaker = Speaker { dir: dir.clone() };
+            if let Some((_, pw)) = o.passwords.iter().find(|(n, _)| *n == me) {
+                std::fs::write(speaker.key_file(), pw).context("writing a key file")?;
+            }
             let cfg = node_config(&lan, me, 65001 + i as u32, prio, &dir, o);
             for vip in [IpAddr::V4(VIP), IpAddr::V6(VIP6)] {
                 responders.push(Responder::start(
@@ -199,7 +226,9 @@ impl Routed {
             client,
             lan,
         };
-        if o.elected && o.group.is_empty() {
+        if let Some(nodes) = &o.announcing {
+            lab.wait_routed(nodes, "the nodes expected to announce do")?;
+        } else if o.elected && o.group.is_empty() {
             lab.wait_routed(&["a"], "the active alone announces")?;
         } else {
             lab.wait_routed(&o.nodes, "every node announces")?;

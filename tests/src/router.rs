@@ -93,6 +93,8 @@ pub struct FrrOptions {
     /// zebra's work-queue hold before it writes routes to the kernel (FRR's default,
     /// None, is 10 ms); bgpd's own 50 ms queue hold is compiled in.
     pub zebra_work_queue_ms: Option<u32>,
+    /// A TCP-MD5 password (RFC 2385) on every session.
+    pub password: Option<String>,
 }
 
 impl Default for FrrOptions {
@@ -105,6 +107,7 @@ impl Default for FrrOptions {
             maximum_paths: 8,
             realtime_bfd: true,
             zebra_work_queue_ms: None,
+            password: None,
         }
     }
 }
@@ -218,6 +221,9 @@ impl Frr {
             writeln!(c, " neighbor {} timers connect 1", n.addr)?;
             if n.bfd {
                 writeln!(c, " neighbor {} bfd profile lab", n.addr)?;
+            }
+            if let Some(pw) = &opts.password {
+                writeln!(c, " neighbor {} password {pw}", n.addr)?;
             }
         }
         for af in ["ipv4", "ipv6"] {

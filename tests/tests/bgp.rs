@@ -14,7 +14,8 @@
 //!   (SIGSTOP) or killed (SIGKILL) past its lease has its routes withdrawn by the
 //!   speaker's guard, while its BIRD and its session stay up;
 //! * a node whose speaker dies gives the VIP up (`track_bgp`), so the standby, which
-//!   can announce, takes it.
+//!   can announce, takes it;
+//! * a speaker without the session's TCP-MD5 key is never heard by the router.
 //!
 //! Documentation ranges only, inside the test's own namespaces.
 
@@ -467,6 +468,47 @@ fn a_reload_announces_added_vips_and_never_drops_the_session() {
     let out = reload(&original);
     assert!(out.status.success(), "{out:?}");
     watch("the VIP removed", &|| lab.frr.next_hops(extra).is_empty());
+}
+
+/// TCP-MD5 (`password_file`): a, with the router's key, gets its session and its
+/// route into the router's FIB; b, with another key, never gets a session, so its
+/// route never reaches the router (a speaker without the key cannot speak for a
+/// node: the kernels drop its segments). Then b's key file gets the right key, and a
+/// `vip reload` brings its session up in place and its route into the FIB.
+#[test]
+#[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
+fn only_a_speaker_with_the_sessions_key_is_heard() {
+    privileged();
+    const KEY: &str = "lab-md5-key";
+    let o = Options {
+        frr: lab::FrrOptions {
+            password: Some(KEY.into()),
+            ..Default::default()
+        },
+        elected: false,
+        group: "role = \"active\"".into(),
+        passwords: vec![("a", KEY), ("b", "not-the-key")],
+        announcing: Some(vec!["a"]),
+        ..Default::default()
+    };
+    let lab = Routed::start(&o).expect("the routed lab, keyed");
+    let (a_ip, b_ip) = (lab.node_ip("a"), lab.node_ip("b"));
+    // BIRD retries every second: three tries with the wrong key.
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        assert!(
+            !lab.frr.established().contains(&b_ip),
+            "b's session came up with the wrong key"
+        );
+        assert_eq!(lab.hops(), vec![a_ip], "b's route reached the router");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lab.frr.established().contains(&a_ip), "a's keyed session");
+    std::fs::write(lab.speaker("b").key_file(), KEY).expect("b's key file");
+    let out = lab.agent("b").cli(&["reload"]).expect("vip reload on b");
+    assert!(out.status.success(), "{out:?}");
+    lab.wait_routed(&["a", "b"], "b, with the right key after its reload")
+        .expect("b's keyed session");
 }
 
 /// `vip restart` (the agent exits, its pinned data plane serving, peers and the

@@ -40,6 +40,50 @@ pub struct Neighbor {
     pub address: IpAddr,
     pub remote_as: u32,
     pub bfd: bool,
+    /// The session's TCP-MD5 key (RFC 2385), read from `password_file`: without it,
+    /// any host that can reach the router's port 179 from the neighbour's address
+    /// could speak for this node.
+    pub password: Option<Password>,
+}
+
+/// A TCP-MD5 key: printable ASCII, 1 to 80 bytes (the kernel's TCP_MD5SIG_MAXKEYLEN),
+/// without `"` or `\` (it is written into the speaker's config as a string). Its
+/// `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+/// The longest TCP-MD5 key the kernel takes.
+pub const MAX_PASSWORD_LEN: usize = 80;
+
+/// Reads a neighbour's `password_file` (its bytes, surrounding whitespace trimmed);
+/// the error says what is wrong without showing the key.
+fn read_password(path: &std::path::Path) -> Result<Password, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let key = bytes.trim_ascii();
+    if key.is_empty() || key.len() > MAX_PASSWORD_LEN {
+        return Err(format!(
+            "{}: the key has {} bytes; TCP-MD5 takes 1 to {MAX_PASSWORD_LEN}",
+            path.display(),
+            key.len()
+        ));
+    }
+    if !key.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+        || key.contains(&b'"')
+        || key.contains(&b'\\')
+    {
+        return Err(format!(
+            "{}: the key must be printable ASCII without `\"` or `\\`",
+            path.display()
+        ));
+    }
+    // Checked ASCII above.
+    Ok(Password(String::from_utf8_lossy(key).into_owned()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +144,7 @@ struct RawNeighbor {
     #[serde(rename = "as")]
     remote_as: Option<i64>,
     bfd: Option<bool>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -179,10 +224,21 @@ pub(super) fn bgp(raw: Option<&RawBgp>, p: &mut impl FnMut(String, String)) -> O
             );
             continue;
         }
+        let password = match &n.password_file {
+            None => None,
+            Some(f) => match read_password(f) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    p(format!("{key}.password_file"), e);
+                    None
+                }
+            },
+        };
         neighbors.push(Neighbor {
             address,
             remote_as,
             bfd: n.bfd.unwrap_or(true),
+            password,
         });
     }
     let rb = raw.bfd.as_ref();

@@ -33,7 +33,7 @@ use std::{
 use serde::Deserialize;
 
 pub use balance::Balance;
-pub use bgp::{host_route, Announce, Bfd, Bgp, Neighbor, DEFAULT_ROUTE_TABLE};
+pub use bgp::{host_route, Announce, Bfd, Bgp, Neighbor, Password, DEFAULT_ROUTE_TABLE};
 pub use eips::Eip;
 pub use election::{load_keys, Election};
 pub use group::{network, parse_vip, AddressMode, Group, Redirect, Role, Vip};

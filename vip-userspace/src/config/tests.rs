@@ -811,6 +811,46 @@ fn bgp_keys_are_checked_and_named() {
     assert!(p[0].message.contains("[bgp]"), "{p:?}");
 }
 
+/// A neighbour's `password_file` (TCP-MD5) is read at load: a missing file, an empty
+/// or too long key, or one with a quote is refused with the key named and the key
+/// never shown; a good one reaches the config, and its `Debug` hides it.
+#[test]
+fn bgp_neighbour_passwords() {
+    let dir = std::env::temp_dir().join(format!("vip-md5-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let with = |body: Option<&str>| {
+        let f = dir.join("key");
+        let _ = std::fs::remove_file(&f);
+        if let Some(b) = body {
+            std::fs::write(&f, b).unwrap();
+        }
+        BGP.replace(
+            "as = 65000 }",
+            &format!("as = 65000, password_file = \"{}\" }}", f.display()),
+        )
+    };
+    let c = parse(&with(Some("  tcp-md5 key\n"))).unwrap();
+    let n = &c.bgp.as_ref().unwrap().neighbors[0];
+    assert_eq!(n.password.as_ref().unwrap().0, "tcp-md5 key");
+    assert!(!format!("{c:?}").contains("tcp-md5 key"));
+    let long = "k".repeat(81);
+    for (body, why) in [
+        (None, "reading"),
+        (Some("\n"), "0 bytes"),
+        (Some(long.as_str()), "81 bytes"),
+        (Some("a\"b"), "printable ASCII"),
+        (Some("tab\there"), "printable ASCII"),
+    ] {
+        let p = problems(&with(body));
+        assert_eq!(p[0].key, "bgp.neighbors[0].password_file", "{p:?}");
+        assert!(p[0].message.contains(why), "{body:?}: {p:?}");
+        if let Some(b) = body {
+            assert!(b.len() < 3 || !p[0].message.contains(b.trim()), "{p:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A VIP announced over BGP only need not be on-link; with ARP it must be. A
 /// neighbour or a VIP that is the host's own address is refused.
 #[test]

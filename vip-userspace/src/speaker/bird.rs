@@ -71,6 +71,11 @@ pub fn config_text(bgp: &Bgp, router_id: Ipv4Addr, log: &Path) -> String {
         if n.bfd {
             s.push_str("  bfd on;\n");
         }
+        // TCP-MD5 (`config::bgp::Password` holds no `"` or `\`). The config file is
+        // in the speaker's 0700 directory, as the key file is the operator's to guard.
+        if let Some(k) = &n.password {
+            s.push_str(&format!("  password \"{}\";\n", k.0));
+        }
         if bgp.graceful_restart {
             s.push_str("  graceful restart on;\n");
         }
@@ -230,11 +235,13 @@ mod tests {
                     address: "10.0.0.1".parse().unwrap(),
                     remote_as: 65000,
                     bfd: true,
+                    password: Some(crate::config::Password("s3cret key".into())),
                 },
                 Neighbor {
                     address: "2001:db8::1".parse().unwrap(),
                     remote_as: 65000,
                     bfd: false,
+                    password: None,
                 },
             ],
             bfd: BfdCfg {
@@ -282,6 +289,13 @@ mod tests {
             .unwrap()
             .contains("bfd on"));
         assert!(!t.contains("graceful restart"));
+        // TCP-MD5 on the first session only.
+        assert!(t
+            .split("protocol bgp n_10")
+            .nth(1)
+            .unwrap()
+            .contains("  password \"s3cret key\";"));
+        assert!(!second.contains("password"));
     }
 
     #[test]

@@ -211,6 +211,21 @@ pub fn check_host(
             });
         }
         for (i, n) in b.neighbors.iter().enumerate() {
+            // An eBGP session is to a directly connected neighbour (vip does not ask
+            // BIRD for multihop): one on no subnet of the interface would never come
+            // up, BIRD waiting for it to become its neighbour.
+            let connected = subnets.iter().any(|(a, p)| {
+                a.is_ipv4() == n.address.is_ipv4() && network(*a, *p) == network(n.address, *p)
+            });
+            if n.remote_as != b.local_as && !connected {
+                problems.push(Problem {
+                    key: format!("bgp.neighbors[{i}].address"),
+                    message: format!(
+                        "{} is on no subnet of interface {}: an eBGP neighbour must be directly connected (multihop sessions are not supported)",
+                        n.address, iface.name
+                    ),
+                });
+            }
             if let Some(ifname) = holder(n.address) {
                 problems.push(Problem {
                     key: format!("bgp.neighbors[{i}].address"),

@@ -892,9 +892,24 @@ fn bgp_host_rules() {
         e.contains("group[web].vips[0]") && e.contains("real address"),
         "{e}"
     );
-    // No router ID to take.
+    // No router ID to take (nor a subnet the neighbour is on).
     let e = host(&c, eth0(&[("2001:db8::11", 64)]))
         .unwrap_err()
         .to_string();
     assert!(e.contains("bgp.router_id"), "{e}");
+    // An eBGP neighbour on no subnet of the interface would never come up; an iBGP
+    // one (the same AS) may be routed.
+    let e = host(&c, eth0(&[("10.1.0.11", 24)]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bgp.neighbors[0].address") && e.contains("directly connected"),
+        "{e}"
+    );
+    let ibgp = parse(&BGP.replace("as = 65000", "as = 65001").replace(
+        "local_as = 65001",
+        "local_as = 65001\nspeaker_bin = \"/bin/sh\"",
+    ))
+    .unwrap();
+    assert!(host(&ibgp, eth0(&[("10.1.0.11", 24)])).is_ok());
 }

@@ -188,6 +188,23 @@ struct Figures {
     join: (usize, usize),
     /// Packets the members forwarded to the director (status `forwarded`).
     forwarded: u64,
+    /// While the members stayed: the requests sent on connections b and d hold, and
+    /// the packets b and d forwarded to the director meanwhile.
+    steady: (usize, u64),
+}
+
+/// What b and d forwarded to the director so far (status `forwarded`).
+fn forwarded(lab: &Routed) -> u64 {
+    ["b", "d"]
+        .iter()
+        .map(|n| {
+            lab.agent(n)
+                .vip_status(&VIP.to_string())
+                .ok()
+                .and_then(|v| v["forwarded"].as_u64())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 fn run(o: Options, what: &str) -> Figures {
@@ -198,6 +215,20 @@ fn run(o: Options, what: &str) -> Figures {
         .collect();
     let spread = shares(&udp_flows(&lab.client));
     let mut conns = Conns::open(&lab.client);
+    // Steady state: ten requests on each connection. The router's hash brings each
+    // connection's segments to the member that holds it, which serves them itself.
+    let before = forwarded(&lab);
+    let mut asked = 0;
+    for _ in 0..10 {
+        let alive = conns.alive();
+        asked += conns
+            .0
+            .iter()
+            .zip(&alive)
+            .filter(|((_, w), a)| **a && w != "a")
+            .count();
+    }
+    let steady = (asked, forwarded(&lab) - before);
     // d leaves: its agent stops (SIGTERM: its routes are withdrawn, it leaves the
     // members).
     let stopped = lab.agent_mut("d").stop();
@@ -233,21 +264,17 @@ fn run(o: Options, what: &str) -> Figures {
         "{what}: UDP flows {spread:?}; member leaving: {}/{} connections to the others survived; member joining: {}/{} survived",
         leave.0, leave.1, join.0, join.1
     );
-    let forwarded = ["b", "d"]
-        .iter()
-        .map(|n| {
-            lab.agent(n)
-                .vip_status(&VIP.to_string())
-                .ok()
-                .and_then(|v| v["forwarded"].as_u64())
-                .unwrap_or(0)
-        })
-        .sum();
+    let forwarded = forwarded(&lab);
+    eprintln!(
+        "{what}: steady state: {} requests on b's and d's connections, {} packets forwarded to the director meanwhile",
+        steady.0, steady.1
+    );
     Figures {
         spread,
         leave,
         join,
         forwarded,
+        steady,
     }
 }
 
@@ -310,6 +337,15 @@ fn anycast_members_keep_their_connections_when_the_router_rehashes() {
     assert!(
         vip.forwarded > 0,
         "no member forwarded anything to the director"
+    );
+    // A member serves the connections it holds without the director: of the
+    // requests on b's and d's connections (each a segment from the client, and its
+    // ACKs), hardly any packet went to the director.
+    assert!(
+        vip.steady.0 > 500 && vip.steady.1 * 100 <= vip.steady.0 as u64,
+        "members forwarded {} packets to the director during {} requests on their own connections",
+        vip.steady.1,
+        vip.steady.0
     );
     eprintln!(
         "plain ECMP, same run: member leaving {:.1} % survived, joining {:.1} %",

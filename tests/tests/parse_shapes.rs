@@ -76,7 +76,18 @@ fn director_shapes() {
             this_node: 0,
         }));
         let table: Vec<u16> = (0..TABLE_SIZE).map(|i| 1 + (i % 3) as u16).collect();
-        dp.set_balance(0, true, &[], &[], &rows, &table).unwrap();
+        dp.set_balance(
+            0,
+            vip::dataplane::Placement {
+                all_ports: true,
+                first_hop: false,
+            },
+            &[],
+            &[],
+            &rows,
+            &table,
+        )
+        .unwrap();
         let go = |f: &[u8]| {
             let r = dp.test_run(f).unwrap();
             (r.action, Mac(r.frame[0..6].try_into().unwrap()))

@@ -746,7 +746,15 @@ const _: () = assert!(size_of::<BalanceMember>() == 8);
 pub struct BalanceConf {
     /// 1: every TCP and UDP port is balanced; 0: only those in `BALANCE_PORTS`.
     pub all_ports: u32,
-    pub _pad: u32,
+    /// 1 (anycast over BGP): a new flow stays on the member the router handed it to:
+    /// the member whose MAC the frame carries (it forwarded the flow's first packet),
+    /// or this node when the frame came from outside the group. The router's ECMP is
+    /// then the spread, and a member serves its own connections without the
+    /// director (`director::holds_connection`). 0: the Maglev table places it.
+    pub first_hop: u8,
+    /// How many rows of `BALANCE_MEMBERS` the slot uses (the rows `first_hop` scans).
+    pub rows: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<BalanceConf>() == 8);
 

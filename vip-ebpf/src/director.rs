@@ -17,7 +17,14 @@
 //! * A member's entry forwards to the director what a client sends it directly
 //!   (its ARP cache names the member after a failover churned); see [`from_node`].
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, BPF_F_CURRENT_NETNS,
+    },
+    helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
+    programs::XdpContext,
+};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use vip_common::{
     balance_maps::{self, MAX_BALANCED_GROUPS, MAX_MEMBERS, WORDS},
@@ -88,7 +95,12 @@ pub fn member_action(
     let (index, new) = match pinned(slot, &flow) {
         Some(i) => (i, false),
         None => {
-            let Some(i) = table(slot, &flow) else {
+            let first = if conf.first_hop != 0 {
+                first_hop(ctx, slot, conf.rows, &flow, pkt)?
+            } else {
+                None
+            };
+            let Some(i) = first.or_else(|| table(slot, &flow)) else {
                 return Ok(None);
             };
             (i, !flow.frag)
@@ -144,6 +156,144 @@ pub fn from_node(ctx: &XdpContext, entry: &VipEntry) -> Result<bool, Error> {
     // SAFETY: hash-map values are replaced under RCU, never written in place.
     Ok(unsafe { BALANCE_NODES.get(key) }.is_some())
 }
+
+/// On an anycast member's forward entry, for a frame from outside the group: whether
+/// this node holds the TCP connection of the segment (established, its handshake under
+/// way, or in time-wait). The router's hash brought it to its holder, which serves it
+/// without the hop through the director and back: one socket lookup instead of two
+/// XDP passes and two frames on the wire. A listener is not a connection: a SYN, and
+/// a segment of a connection another member holds, still go to the director, whose
+/// connection and Maglev tables place them. Only TCP has a connection to find (a UDP
+/// lookup would find the bound socket, every member's); fragments and IPv6 with
+/// extension headers are left to the director.
+#[inline(always)]
+pub fn holds_connection(ctx: &XdpContext, pkt: &mut Packet) -> Result<bool, Error> {
+    // The flow as the director would key it: TCP only, no fragment (`flow` leaves out
+    // IPv6 with extension headers).
+    let l = pkt.layout(ctx);
+    if l.proto != TCP || l.fragment() {
+        return Ok(false);
+    }
+    let Some(flow) = flow(ctx, pkt)? else {
+        return Ok(false);
+    };
+    // SAFETY: plain integers; every bit pattern is a valid tuple.
+    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = match &flow.key {
+        Key::V4(k) => {
+            t.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: u32::from_ne_bytes(k.src),
+                daddr: u32::from_ne_bytes(k.dst),
+                sport: u16::from_ne_bytes(k.sport),
+                dport: u16::from_ne_bytes(k.dport),
+            };
+            core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+        }
+        Key::V6(k) => {
+            let word = |a: &[u8; 16], i: usize| {
+                u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+            };
+            t.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: [
+                    word(&k.src, 0),
+                    word(&k.src, 1),
+                    word(&k.src, 2),
+                    word(&k.src, 3),
+                ],
+                daddr: [
+                    word(&k.dst, 0),
+                    word(&k.dst, 1),
+                    word(&k.dst, 2),
+                    word(&k.dst, 3),
+                ],
+                sport: u16::from_ne_bytes(k.sport),
+                dport: u16::from_ne_bytes(k.dport),
+            };
+            core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+        }
+    };
+    // SAFETY: the helper reads `size` bytes of the tuple on our stack; the socket it
+    // returns (a reference the verifier makes us release) is read once, then released.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(
+            ctx.ctx as *mut _,
+            &mut t,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return Ok(false);
+        }
+        let state = (*sk).state;
+        bpf_sk_release(sk as *mut _);
+        Ok(state != TCP_LISTEN)
+    }
+}
+
+/// The kernel's `TCP_LISTEN` (include/net/tcp_states.h).
+const TCP_LISTEN: u32 = 10;
+
+/// The rows `first_hop` looks at, at most (a group has a few nodes; the verifier
+/// needs a bound).
+const FIRST_HOP_ROWS: u32 = 16;
+
+/// With `BalanceConf::first_hop` (anycast), the member a new flow stays on: the one
+/// that forwarded its first packet (the frame's source MAC), or this node when the
+/// router handed it to us directly. Only for what starts a flow: a UDP datagram, or
+/// a TCP SYN. A TCP segment of a connection nobody pinned (after a director change)
+/// came from a member that holds no such connection (it would have kept it), so it
+/// goes by the Maglev table; so does a fragment, and anything from a member that is
+/// not up.
+#[inline(always)]
+fn first_hop(
+    ctx: &XdpContext,
+    slot: u32,
+    rows: u8,
+    flow: &Flow,
+    pkt: &mut Packet,
+) -> Result<Option<u32>, Error> {
+    if flow.frag {
+        return Ok(None);
+    }
+    // The packet's own protocol: an ICMP error's flow (the quoted header) starts
+    // nothing.
+    let proto = pkt.layout(ctx).proto;
+    if proto == TCP {
+        let syn = pkt
+            .transport(ctx)
+            .tcp_flags()
+            .is_some_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
+        if !syn {
+            return Ok(None);
+        }
+    } else if proto != UDP {
+        return Ok(None);
+    }
+    let src = packet::src_mac(ctx)?;
+    let mut this = None;
+    let n = (rows as u32).min(FIRST_HOP_ROWS);
+    for i in 0..FIRST_HOP_ROWS {
+        if i >= n {
+            break;
+        }
+        let Some(m) = BALANCE_MEMBERS.get(slot * MAX_MEMBERS + i) else {
+            break;
+        };
+        if m.up == 0 {
+            continue;
+        }
+        if m.this_node != 0 {
+            this = Some(i);
+        } else if m.mac == src {
+            return Ok(Some(i));
+        }
+    }
+    Ok(this)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// The member the connection table holds for the flow, if it is still up.
 #[inline(always)]

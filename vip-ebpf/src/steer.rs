@@ -59,8 +59,12 @@ pub fn vip_action(
                 stats.forwarded += 1;
                 return Ok(act);
             }
-        } else if entry.action == action::FORWARD && director::from_node(ctx, entry)? {
-            // A member: what a node sends us is ours; the rest goes to the director.
+        } else if entry.action == action::FORWARD
+            && (director::from_node(ctx, entry)? || director::holds_connection(ctx, pkt)?)
+        {
+            // A member: what a node sends us is ours, and so is a TCP connection we
+            // hold (anycast: the router's hash brought it here); the rest goes to the
+            // director.
             stats.passed += 1;
             return Ok(XDP_PASS);
         }

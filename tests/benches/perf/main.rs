@@ -214,6 +214,9 @@ const ECHO_SLOT: u32 = 1;
 fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
     let ns = bench_ns("perf-paths")?;
     eip::prepare(&ns)?;
+    // The anycast member's VIP on lo, for a real TCP connection to it (below).
+    ns.ip(&["link", "set", "lo", "up"])?;
+    ns.ip(&["addr", "add", "10.9.0.54/32", "dev", "lo"])?;
     ns.run_in(|| -> Result<Vec<Value>> {
         use vip_common::{echo, peers, EchoSeen, Peer, PeerKey, Settings};
         let svc = nix::net::if_::if_nametoindex("svc")?;
@@ -424,8 +427,17 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
                 this_node: 0,
             },
         ];
-        dpb.set_balance(0, true, &[], &[], &rows, &vec![1u16; vip_common::maglev::TABLE_SIZE])?;
+        dpb.set_balance(0, vip::dataplane::Placement { all_ports: true, first_hop: false }, &[], &[], &rows, &vec![1u16; vip_common::maglev::TABLE_SIZE])?;
         let director = dpb.program();
+        // A connection the member holds (BPF_PROG_TEST_RUN looks sockets up in this
+        // namespace): its client's next segment is served here after one socket
+        // lookup; a segment of a connection it does not hold goes to the director.
+        let listener = std::net::TcpListener::bind((member, 8080))?;
+        let client = std::net::TcpStream::connect((member, 8080))?;
+        let (_server, _) = listener.accept()?;
+        let cport = client.local_addr()?.port();
+        let held = frames::tcp4(OWN, CLIENT, member, member, cport, 8080, 0x10, &[], &[]);
+        let other = frames::tcp4(OWN, CLIENT, member, member, cport, 8081, 0x10, &[], &[]);
         for (name, f) in [
             (
                 "IPv4 to a balanced VIP: director, established flow (XDP_TX)",
@@ -443,6 +455,14 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
             (
                 "IPv4 to an anycast member: from the director (XDP_PASS)",
                 frames::udp4(OWN, OWN, CLIENT4, member, 4000, 53, &[0u8; 18]),
+            ),
+            (
+                "IPv4 TCP to an anycast member, a connection it holds (XDP_PASS)",
+                held,
+            ),
+            (
+                "IPv4 TCP to an anycast member, not its connection: to the director (XDP_TX)",
+                other,
             ),
         ] {
             let mut v = Vec::new();

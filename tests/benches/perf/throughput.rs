@@ -294,7 +294,17 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
             let table: Vec<u16> = (0..vip_common::maglev::TABLE_SIZE)
                 .map(|i| 1 + (i % 3) as u16)
                 .collect();
-            dp.set_balance(0, true, &[], &[], &rows, &table)?;
+            dp.set_balance(
+                0,
+                vip::dataplane::Placement {
+                    all_ports: true,
+                    first_hop: false,
+                },
+                &[],
+                &[],
+                &rows,
+                &table,
+            )?;
             return Ok(Some(dp));
         }
         Dut::KernelBalance => {

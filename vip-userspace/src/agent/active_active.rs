@@ -87,7 +87,13 @@ pub(super) fn program_table(maps: &mut impl VipMaps, g: &mut GroupRuntime) -> Re
         .filter(|(_, u)| **u)
         .map(|(n, _)| n.addr.to_string())
         .collect();
-    maps.set_balance(slot, ports.is_empty(), &old, &ports, &rows, &table)
+    // Anycast (announced over BGP only): the router's ECMP spreads the flows, and a
+    // flow stays on the member the router first handed it to.
+    let placement = crate::dataplane::Placement {
+        all_ports: ports.is_empty(),
+        first_hop: g.cfg.announce == crate::config::Announce::Bgp,
+    };
+    maps.set_balance(slot, placement, &old, &ports, &rows, &table)
         .with_context(|| format!("group {}: programming the balance table", g.cfg.name))?;
     log::info!(
         "group {}: balancing over {} member(s): {}",

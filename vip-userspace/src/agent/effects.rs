@@ -586,7 +586,7 @@ mod tests {
         fn set_balance(
             &mut self,
             _: u32,
-            _: bool,
+            _: crate::dataplane::Placement,
             _: &[(u8, u16)],
             _: &[(u8, u16)],
             _: &[vip_common::BalanceMember],

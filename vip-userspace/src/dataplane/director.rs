@@ -14,6 +14,15 @@ use vip_common::{balance_maps, maps, BalanceConf, BalanceMember, BalanceStats};
 
 use super::{handles::Counters, io_err, map_err, sys, Dataplane, DataplaneError, Result};
 
+/// How a balance slot places flows (`BalanceConf`): which ports it balances (all, or
+/// the listed ones), and whether a new flow stays on the member the router handed it
+/// to (`first_hop`, anycast) rather than the Maglev table's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub all_ports: bool,
+    pub first_hop: bool,
+}
+
 /// The director's part of the data plane.
 pub(super) struct Director {
     table: Array<MapData, u64>,
@@ -49,13 +58,14 @@ impl Director {
 
 impl Dataplane {
     /// Programs balance slot `slot`: its ports (`all` or the listed (protocol, port)
-    /// pairs, replacing `old_ports`), its members (by index) and its Maglev table.
+    /// pairs, replacing `old_ports`, with `placement.all_ports`), how it places new
+    /// flows ([`Placement`]), its members (by index) and its Maglev table.
     /// The table is written with one batch: each word is replaced atomically, the
     /// table as a whole is not (a flow whose slot moves may see either member once).
     pub fn set_balance(
         &mut self,
         slot: u32,
-        all: bool,
+        placement: Placement,
         old_ports: &[(u8, u16)],
         ports: &[(u8, u16)],
         members: &[BalanceMember],
@@ -81,8 +91,10 @@ impl Dataplane {
             .set(
                 slot,
                 BalanceConf {
-                    all_ports: all as u32,
-                    _pad: 0,
+                    all_ports: placement.all_ports as u32,
+                    first_hop: placement.first_hop as u8,
+                    rows: members.len() as u8,
+                    _pad: [0; 2],
                 },
                 0,
             )

@@ -48,6 +48,7 @@ use aya::{
 };
 use vip_common::{maps, EchoSeen};
 
+pub use director::Placement;
 pub use leases::Extension;
 pub use program::{on_bpffs, remove_pins};
 pub use reader::Reader;

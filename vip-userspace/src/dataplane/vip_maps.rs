@@ -27,7 +27,7 @@ pub trait VipMaps {
     fn set_balance(
         &mut self,
         slot: u32,
-        all: bool,
+        placement: super::Placement,
         old_ports: &[(u8, u16)],
         ports: &[(u8, u16)],
         members: &[BalanceMember],
@@ -62,13 +62,13 @@ impl VipMaps for Dataplane {
     fn set_balance(
         &mut self,
         slot: u32,
-        all: bool,
+        placement: super::Placement,
         old_ports: &[(u8, u16)],
         ports: &[(u8, u16)],
         members: &[BalanceMember],
         table: &[u16],
     ) -> Result<()> {
-        Dataplane::set_balance(self, slot, all, old_ports, ports, members, table)
+        Dataplane::set_balance(self, slot, placement, old_ports, ports, members, table)
     }
 
     fn set_balance_nodes(&mut self, slot: u32, old: &[[u8; 6]], new: &[[u8; 6]]) -> Result<()> {

@@ -1,17 +1,19 @@
 //! Anycast active/active over BGP (`balance = {}` with `announce = "bgp"`): every
 //! healthy member of a, b and d announces the VIP, the FRR router spreads the flows
 //! over them by ECMP and rehashes whenever a next hop leaves or joins (Linux's
-//! hash-threshold moves flows between the remaining next hops too). A member the
-//! router hands a flow to forwards it to the director, whose connection table and
-//! Maglev table (the same on every node) keep each flow on the member that holds it.
+//! hash-threshold moves flows between the remaining next hops too). A new flow stays
+//! on the member the router first handed it to (the director pins it there); a member
+//! serves the TCP connections it holds itself, and hands the rest to the director,
+//! whose connection table sends each flow to the member that holds it.
 //!
 //! Judged from the client behind the router: which member answers each UDP flow and
 //! each TCP connection, before and after a member leaves (its agent stops) and joins
 //! again (a new agent). The same run measures plain ECMP without vip's forwarding
 //! (each node a static active serving whatever the router sends it, as a MetalLB
 //! user gets) and prints its figures beside vip's; that the members' forwarding
-//! carried the flows is checked on their counters, and that the router really
-//! rehashed on the join on plain ECMP's broken connections.
+//! carried the flows is checked on their counters, that in the steady state the
+//! members sent the director nothing of their own connections, and that the router
+//! really rehashed on the join on plain ECMP's broken connections.
 
 mod common;
 

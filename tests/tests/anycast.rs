@@ -13,7 +13,8 @@
 //! user gets) and prints its figures beside vip's; that the members' forwarding
 //! carried the flows is checked on their counters, that in the steady state the
 //! members sent the director nothing of their own connections, and that the router
-//! really rehashed on the join on plain ECMP's broken connections.
+//! really rehashed on the join on plain ECMP's broken connections. A second test
+//! fails the director itself.
 
 mod common;
 
@@ -32,7 +33,7 @@ use std::{
 use lab::{
     privileged,
     routed::{Options, Routed, VIP},
-    Netns,
+    wait_for, Netns,
 };
 
 const FLOWS: u16 = 3000;
@@ -361,5 +362,56 @@ fn anycast_members_keep_their_connections_when_the_router_rehashes() {
         "plain ECMP kept {}/{} connections across the join: the router did not rehash, so the test shows nothing",
         plain.join.0,
         plain.join.1
+    );
+}
+
+/// The director fails (a's link goes down): b takes over directing with an empty
+/// connection table, and the router rehashes over b and d, moving part of b's
+/// connections to d. Those reach the new director, which holds them itself (a socket
+/// lookup before its table's guess); d's stay where they are. Every connection to b
+/// and d survives.
+#[test]
+#[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
+fn anycast_connections_survive_the_directors_failure() {
+    privileged();
+    let lab = Routed::start(&Options {
+        nodes: vec!["a", "b", "d"],
+        group: "balance = {}".into(),
+        ..Options::default()
+    })
+    .expect("the anycast lab");
+    let _servers: Vec<NameServer> = ["a", "b", "d"]
+        .iter()
+        .map(|n| NameServer::start(&lab.lan.host(n).ns, n))
+        .collect();
+    let mut conns = Conns::open(&lab.client);
+    lab.lan
+        .host("a")
+        .ns
+        .ip(&["link", "set", "eth0", "down"])
+        .expect("a's link down");
+    lab.wait_routed(&["b", "d"], "the director's link went down")
+        .unwrap();
+    // b directs once a's adverts stop.
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            (common::state(lab.agent("b")) == "active").then_some(())
+        })
+        .is_some(),
+        "b never took over directing"
+    );
+    thread::sleep(Duration::from_millis(500));
+    let on_others: Vec<bool> = conns.0.iter().map(|(_, w)| w != "a").collect();
+    let alive = conns.alive();
+    let kept = on_others
+        .iter()
+        .zip(&alive)
+        .filter(|(o, a)| **o && **a)
+        .count();
+    let of = on_others.iter().filter(|o| **o).count();
+    eprintln!("the director failing: {kept}/{of} connections to b and d survived");
+    assert!(
+        of > 100 && kept == of,
+        "the director failing: only {kept}/{of} connections to b and d survived"
     );
 }

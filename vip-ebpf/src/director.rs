@@ -96,6 +96,11 @@ pub fn member_action(
         Some(i) => (i, false),
         None => {
             let first = if conf.first_hop != 0 {
+                // A segment nobody pinned (a new director's table is empty) of a
+                // connection this node holds: served here, as a member would.
+                if holds_connection(ctx, pkt)? {
+                    return Ok(None);
+                }
                 first_hop(ctx, slot, conf.rows, &flow, pkt)?
             } else {
                 None

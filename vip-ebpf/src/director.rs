@@ -16,6 +16,13 @@
 //!   stay local.
 //! * A member's entry forwards to the director what a client sends it directly
 //!   (its ARP cache names the member after a failover churned); see [`from_node`].
+//!   A TCP segment of a connection the member holds it serves itself
+//!   ([`holds_connection`]).
+//! * Anycast (`BalanceConf::first_hop`): the router spreads the flows, and a new
+//!   flow is pinned to the member that forwarded its first packet (or to this node,
+//!   if the router handed it here); an unpinned segment of a connection this node
+//!   holds is served here before the Maglev table guesses (a new director's table is
+//!   empty).
 
 use aya_ebpf::{
     bindings::{

@@ -78,10 +78,7 @@ fn director_shapes() {
         let table: Vec<u16> = (0..TABLE_SIZE).map(|i| 1 + (i % 3) as u16).collect();
         dp.set_balance(
             0,
-            vip::dataplane::Placement {
-                all_ports: true,
-                first_hop: false,
-            },
+            vip::dataplane::Placement::ALL_PORTS,
             &[],
             &[],
             &rows,

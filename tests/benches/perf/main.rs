@@ -427,7 +427,7 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
                 this_node: 0,
             },
         ];
-        dpb.set_balance(0, vip::dataplane::Placement { all_ports: true, first_hop: false }, &[], &[], &rows, &vec![1u16; vip_common::maglev::TABLE_SIZE])?;
+        dpb.set_balance(0, vip::dataplane::Placement::ALL_PORTS, &[], &[], &rows, &vec![1u16; vip_common::maglev::TABLE_SIZE])?;
         let director = dpb.program();
         // A connection the member holds (BPF_PROG_TEST_RUN looks sockets up in this
         // namespace): its client's next segment is served here after one socket

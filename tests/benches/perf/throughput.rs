@@ -296,10 +296,7 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
                 .collect();
             dp.set_balance(
                 0,
-                vip::dataplane::Placement {
-                    all_ports: true,
-                    first_hop: false,
-                },
+                vip::dataplane::Placement::ALL_PORTS,
                 &[],
                 &[],
                 &rows,

@@ -23,6 +23,14 @@ pub struct Placement {
     pub first_hop: bool,
 }
 
+impl Placement {
+    /// Every port, placed by the Maglev table: a balanced group on one segment.
+    pub const ALL_PORTS: Placement = Placement {
+        all_ports: true,
+        first_hop: false,
+    };
+}
+
 /// The director's part of the data plane.
 pub(super) struct Director {
     table: Array<MapData, u64>,

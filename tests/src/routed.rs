@@ -133,15 +133,12 @@ fn node_config(
     me: &str,
     asn: u32,
     priority: u8,
-    speaker_dir: &std::path::Path,
+    speaker: &Speaker,
     o: &Options,
 ) -> String {
     let extra = if me == "a" { o.a_node.as_str() } else { "" };
     let password = if o.passwords.iter().any(|(n, _)| *n == me) {
-        format!(
-            ", password_file = \"{}\"",
-            speaker_dir.with_extension("key").display()
-        )
+        format!(", password_file = \"{}\"", speaker.key_file().display())
     } else {
         String::new()
     };
@@ -166,7 +163,7 @@ fn node_config(
          [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\", \"{VIP6}/128\"]\n{election}announce = \"bgp\"\n{}\n",
         lan.host("r").ip4,
         o.bfd,
-        speaker_dir.display(),
+        speaker.dir.display(),
         o.group,
     )
 }
@@ -208,7 +205,7 @@ impl Routed {
             if let Some((_, pw)) = o.passwords.iter().find(|(n, _)| *n == me) {
                 std::fs::write(speaker.key_file(), pw).context("writing a key file")?;
             }
-            let cfg = node_config(&lan, me, 65001 + i as u32, prio, &dir, o);
+            let cfg = node_config(&lan, me, 65001 + i as u32, prio, &speaker, o);
             for vip in [IpAddr::V4(VIP), IpAddr::V6(VIP6)] {
                 responders.push(Responder::start(
                     &lan.host(me).ns,

@@ -105,7 +105,7 @@ pub fn member_action(
             let first = if conf.first_hop != 0 {
                 // A segment nobody pinned (a new director's table is empty) of a
                 // connection this node holds: served here, as a member would.
-                if holds_connection(ctx, pkt)? {
+                if pkt.layout(ctx).proto == TCP && !flow.frag && socket_held(ctx, &flow.key) {
                     return Ok(None);
                 }
                 first_hop(ctx, slot, conf.rows, &flow, pkt)?
@@ -189,9 +189,17 @@ pub fn holds_connection(ctx: &XdpContext, pkt: &mut Packet) -> Result<bool, Erro
     let Some(flow) = flow(ctx, pkt)? else {
         return Ok(false);
     };
+    Ok(socket_held(ctx, &flow.key))
+}
+
+/// Whether this node has a TCP socket for the flow `key` (as the client sends it)
+/// that is not a listener: the lookup under [`holds_connection`], also made by the
+/// director on a flow it already keyed.
+#[inline(always)]
+fn socket_held(ctx: &XdpContext, key: &Key) -> bool {
     // SAFETY: plain integers; every bit pattern is a valid tuple.
     let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = match &flow.key {
+    let size = match key {
         Key::V4(k) => {
             t.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
                 saddr: u32::from_ne_bytes(k.src),
@@ -235,11 +243,11 @@ pub fn holds_connection(ctx: &XdpContext, pkt: &mut Packet) -> Result<bool, Erro
             0,
         );
         if sk.is_null() {
-            return Ok(false);
+            return false;
         }
         let state = (*sk).state;
         bpf_sk_release(sk as *mut _);
-        Ok(state != TCP_LISTEN)
+        state != TCP_LISTEN
     }
 }
 

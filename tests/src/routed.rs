@@ -56,6 +56,10 @@ pub struct Options {
     /// The nodes the router must route the VIP to before `start` returns (None: a
     /// alone for the default elected group, else every node).
     pub announcing: Option<Vec<&'static str>>,
+    /// Nodes (of `nodes`) each on a segment of its own behind the router
+    /// (`Lan::segment`) rather than on the switch: their group's peers reach them
+    /// routed, and an anycast group's packets through the tunnel.
+    pub segments: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -70,6 +74,7 @@ impl Default for Options {
             elected: true,
             passwords: Vec::new(),
             announcing: None,
+            segments: Vec::new(),
         }
     }
 }
@@ -161,7 +166,7 @@ fn node_config(
         "[node]\nname = \"{me}\"\ninterface = \"eth0\"\n{extra}\n\n\
          [bgp]\nlocal_as = {asn}\nneighbors = [{{ address = \"{}\", as = {ROUTER_AS}, bfd = {}{password} }}]\nspeaker_dir = \"{}\"\n\n\
          [[group]]\nname = \"web\"\nvips = [\"{VIP}/32\", \"{VIP6}/128\"]\n{election}announce = \"bgp\"\n{}\n",
-        lan.host("r").ip4,
+        lan.gateway_of("r", me).0,
         o.bfd,
         speaker.dir.display(),
         o.group,
@@ -172,14 +177,24 @@ impl Routed {
     /// Builds the lab, starts FRR and both agents (a at priority 150, b at 100), and
     /// waits until the router routes the VIP to a alone.
     pub fn start(o: &Options) -> Result<Self> {
+        let switched: Vec<&str> = o
+            .nodes
+            .iter()
+            .copied()
+            .filter(|n| !o.segments.contains(n))
+            .collect();
         let mut names = vec!["r"];
-        names.extend(o.nodes.iter().copied());
+        names.extend(switched.iter().copied());
         let mut lan = Lan::new(&names).context("building the lab")?;
-        lan.enable_xdp_tx(&o.nodes)?;
+        lan.enable_xdp_tx(&switched)?;
         let client = lan.routed("r", "c")?;
+        for (k, n) in o.segments.iter().enumerate() {
+            lan.segment("r", n, k as u8)
+                .with_context(|| format!("building {n}'s segment"))?;
+        }
         let r = lan.host("r").ip4;
         let r6 = lan.host("r").ip6;
-        for n in &o.nodes {
+        for n in &switched {
             let ns = &lan.host(n).ns;
             ns.ip(&["route", "add", "default", "via", &r.to_string()])?;
             ns.ip(&["-6", "route", "add", "default", "via", &r6.to_string()])?;

@@ -15,7 +15,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Stdio,
     sync::atomic::{AtomicUsize, Ordering},
@@ -74,6 +74,87 @@ impl Lan {
         // Full checksums on the wire, as the lab's hosts send (see `Lan::new`).
         c.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
         Ok(c)
+    }
+}
+
+impl Lan {
+    /// A host `name` on a segment of its own behind `router`, the lab's `k`-th such
+    /// (0, 1, ...): the router's `eth{2 + k}` is 10.0.(1 + k).1/24 and
+    /// 2001:db8:(1 + k)::1/64, the host's `eth0` .10 / ::10, with its default routes
+    /// via the router. It joins the lab's hosts (`Lan::host`) without a switch port:
+    /// the router's end of its link runs `vip xdp-pass` instead, so that what the
+    /// host's XDP program sends back out (XDP_TX) reaches the router.
+    pub fn segment(&mut self, router: &str, name: &str, k: u8) -> Result<()> {
+        let ns = Netns::new(name)?;
+        let r = &self.host(router).ns;
+        let rif = format!("eth{}", 2 + k);
+        crate::veth(r, &rif, &ns, "eth0")?;
+        let (r4, ip4) = (
+            Ipv4Addr::new(10, 0, 1 + k, 1),
+            Ipv4Addr::new(10, 0, 1 + k, 10),
+        );
+        let (r6, ip6): (Ipv6Addr, Ipv6Addr) = (
+            format!("2001:db8:{}::1", 1 + k).parse()?,
+            format!("2001:db8:{}::10", 1 + k).parse()?,
+        );
+        r.ip(&["addr", "add", &format!("{r4}/24"), "dev", &rif])?;
+        r.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{r6}/64"),
+            "dev",
+            &rif,
+            "nodad",
+        ])?;
+        r.ip(&["link", "set", &rif, "up"])?;
+        r.sysctl("net.ipv4.ip_forward", "1")?;
+        r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        ns.sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
+        ns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", "eth0"])?;
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", &r4.to_string()])?;
+        ns.ip(&["-6", "route", "add", "default", "via", &r6.to_string()])?;
+        // Full checksums on the wire, as the lab's hosts send (see `Lan::new`).
+        ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        r.exec(&["ethtool", "-K", &rif, "tx", "off"])?;
+        let router_ns = r.name.clone();
+        self.xdp_pass(&router_ns, &[rif])?;
+        let mac = ns.mac("eth0")?;
+        self.hosts.push(crate::Host {
+            name: name.into(),
+            ns,
+            ip4,
+            ip6,
+            mac,
+            port: String::new(),
+        });
+        Ok(())
+    }
+
+    /// The router's address on host `name`'s segment: its own segment's (see
+    /// [`Lan::segment`]) or the switch's.
+    pub fn gateway_of(&self, router: &str, name: &str) -> (Ipv4Addr, Ipv6Addr) {
+        let h = self.host(name);
+        if h.port.is_empty() {
+            let o = h.ip4.octets();
+            let s = h.ip6.segments();
+            (
+                Ipv4Addr::new(o[0], o[1], o[2], 1),
+                Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 1),
+            )
+        } else {
+            (self.host(router).ip4, self.host(router).ip6)
+        }
     }
 }
 

@@ -415,3 +415,118 @@ fn anycast_connections_survive_the_directors_failure() {
         "the director failing: only {kept}/{of} connections to b and d survived"
     );
 }
+
+/// Anycast across segments: e sits on a segment of its own behind the router, a
+/// (the director) and b on the switch. The director and e hand each other packets
+/// inside IPIP, which their own XDP programs take apart (`tunnel`):
+/// * a new flow the router hands e goes to the director and back (e -> a -> e), so
+///   the UDP flows are answered by e for its share of the router's hash;
+/// * after b leaves and joins again, the router rehashes: connections move between
+///   e and the switch's members, and reach their holder through the tunnel;
+/// * a request of full-size segments on every connection: those the tunnel carries
+///   no longer fit the MTU, the tunnel answers with ICMP "fragmentation needed", and
+///   the client's kernel learns the smaller path MTU and resends.
+///
+/// Judged at the client: who answers each flow and connection, every big request
+/// answered, and the path MTU its kernel learned for the VIP.
+#[test]
+#[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
+fn anycast_reaches_a_member_on_another_segment_through_the_tunnel() {
+    privileged();
+    let mut lab = Routed::start(&Options {
+        nodes: vec!["a", "b", "e"],
+        segments: vec!["e"],
+        group: "balance = {}".into(),
+        ..Options::default()
+    })
+    .expect("the anycast lab across two segments");
+    let _servers: Vec<NameServer> = ["a", "b", "e"]
+        .iter()
+        .map(|n| NameServer::start(&lab.lan.host(n).ns, n))
+        .collect();
+    let spread = shares(&udp_flows(&lab.client));
+    eprintln!("across segments: UDP flows {spread:?}");
+    let total: usize = spread.values().sum();
+    for n in ["a", "b", "e"] {
+        let share = *spread.get(n).unwrap_or(&0) as f64 / total as f64;
+        assert!(
+            (0.25..=0.41).contains(&share),
+            "{n} got {:.1} % of the flows: {spread:?}",
+            share * 100.0
+        );
+    }
+    assert_eq!(spread.get("-"), None, "unanswered flows: {spread:?}");
+    // b leaves; connections opened on a and e; b joins and the router rehashes.
+    let stopped = lab.agent_mut("b").stop();
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "b's stop: {stopped:?}"
+    );
+    lab.wait_routed(&["a", "e"], "b left").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let mut conns = Conns::open(&lab.client);
+    let on_e = conns.0.iter().filter(|(_, w)| w == "e").count();
+    lab.restart_agent("b").expect("b's new agent");
+    lab.wait_routed(&["a", "b", "e"], "b joined").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let alive = conns.alive();
+    let kept = alive.iter().filter(|a| **a).count();
+    let big = conns.big(BIG);
+    let big_ok = big.iter().filter(|a| **a).count();
+    let route = lab
+        .client
+        .ip(&["route", "get", &VIP.to_string()])
+        .unwrap_or_default();
+    let global = |n: &str, k: &str| lab.agent(n).status().ok().map(|s| s["global"][k].clone());
+    eprintln!(
+        "across segments: {kept}/{} connections ({on_e} on e) survived b joining; {big_ok}/{} answered {BIG}-byte requests; client route: {}; a: encapsulated {:?}, decapsulated {:?}, too big {:?}; e: encapsulated {:?}, decapsulated {:?}, too big {:?}",
+        alive.len(),
+        big.len(),
+        route.trim(),
+        global("a", "tunnel_encapsulated"),
+        global("a", "tunnel_decapsulated"),
+        global("a", "tunnel_too_big"),
+        global("e", "tunnel_encapsulated"),
+        global("e", "tunnel_decapsulated"),
+        global("e", "tunnel_too_big"),
+    );
+    assert!(on_e > 50, "only {on_e} of {CONNECTIONS} connections on e");
+    assert!(
+        kept * 100 >= alive.len() * 99,
+        "b joining: only {kept}/{} connections survived the rehash",
+        alive.len()
+    );
+    assert_eq!(
+        big_ok,
+        big.len(),
+        "big requests answered: {big_ok}/{}",
+        big.len()
+    );
+    // The tunnel carried full-size segments only after telling the client its MTU.
+    assert!(
+        route.contains("mtu 1480"),
+        "the client learned no path MTU for the VIP from the tunnel: {route}"
+    );
+}
+
+/// A request of this many bytes: two full-size segments and a part.
+const BIG: usize = 3000;
+
+impl Conns {
+    /// Per connection: a `len`-byte request answered in full by the same member
+    /// (one line per byte).
+    fn big(&mut self, len: usize) -> Vec<bool> {
+        self.0
+            .iter_mut()
+            .map(|(r, who)| {
+                if r.get_mut().write_all(&vec![b'?'; len]).is_err() {
+                    return false;
+                }
+                (0..len).all(|_| {
+                    let mut line = String::new();
+                    r.read_line(&mut line).is_ok() && line.trim() == who.as_str()
+                })
+            })
+            .collect()
+    }
+}

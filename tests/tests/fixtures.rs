@@ -29,6 +29,8 @@ mod ipv6;
 mod resident;
 #[path = "fixtures/route6.rs"]
 mod route6;
+#[path = "fixtures/tunnel.rs"]
+mod tunnel;
 
 use common::*;
 

@@ -18,6 +18,7 @@ pub mod globals {
     pub const ECHO_PORT: &str = "ECHO_PORT";
     pub const BALANCE_ENABLED: &str = "BALANCE_ENABLED";
     pub const VIP_INDEX_SHIFT: &str = "VIP_INDEX_SHIFT";
+    pub const TUNNEL_SRC: &str = "TUNNEL_SRC";
     /// See [`crate::lease::Request::key`].
     pub const LEASE_KEY: &str = "LEASE_KEY";
 }
@@ -501,7 +502,20 @@ pub mod global {
     /// wrong address or MAC, a sequence already answered, or a token that is not
     /// the probe's. Dropped, recording nothing.
     pub const ECHO_REPLY_REFUSED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Packets of a balanced group sent to a member (or the director) on another
+    /// segment, inside IPIP (see [`crate::BalanceNode`]).
+    pub const TUNNEL_ENCAPSULATED: u32 = 12;
+    /// IPIP packets to this node's tunnel address from a node of a balanced group,
+    /// decapsulated and served.
+    pub const TUNNEL_DECAPSULATED: u32 = 13;
+    /// IPIP packets to this node's tunnel address dropped after decapsulation: the
+    /// inner packet is not for a balanced VIP, or the outer source is not a node of
+    /// its group. The tunnel is never a way to reach anything else on this host.
+    pub const TUNNEL_REFUSED: u32 = 14;
+    /// Packets too big for the tunnel's MTU once encapsulated: answered with ICMP
+    /// "fragmentation needed" (DF set) or dropped (DF clear; never fragmented).
+    pub const TUNNEL_TOO_BIG: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "parse_errors",
@@ -516,11 +530,16 @@ pub mod global {
         "election_wrong_mac",
         "election_over_budget",
         "echo_reply_refused",
+        "tunnel_encapsulated",
+        "tunnel_decapsulated",
+        "tunnel_refused",
+        "tunnel_too_big",
     ];
 }
 
 /// Program-wide settings: the read-only globals (`VIP_IFINDEX`, `EIP_ENABLED`,
-/// `ECHO_PORT`, `BALANCE_ENABLED`) the loader sets before the program is verified.
+/// `ECHO_PORT`, `BALANCE_ENABLED`, `TUNNEL_SRC`) the loader sets before the program
+/// is verified.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
@@ -535,8 +554,13 @@ pub struct Settings {
     /// Non-zero when a group balances: the director's code is verified away otherwise
     /// (so a node without a balanced group pays nothing for it).
     pub balance_enabled: u32,
+    /// This node's IPv4 address as the balanced groups' tunnel endpoint (network
+    /// order as a native-endian u32): the outer source of what it encapsulates, and
+    /// the outer destination it decapsulates. 0 when no balanced group has a node on
+    /// another segment: the tunnel's code is verified away.
+    pub tunnel_src: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 16);
+const _: () = assert!(size_of::<Settings>() == 20);
 
 /// The echo: a standby's probe of the active's data plane (BFD's echo function). The
 /// standby sends a probe to the active's election port; the active's XDP program
@@ -706,8 +730,9 @@ pub mod balance_maps {
         ((slot as u64) << 32) | ((proto as u64) << 16) | port as u64
     }
 
-    /// `BALANCE_NODES` entries: every node of every balanced group.
-    pub const MAX_NODES: u32 = MAX_BALANCED_GROUPS * MAX_MEMBERS;
+    /// `BALANCE_NODES` entries: every node of every balanced group, by its MAC and
+    /// (on another segment) by its tunnel address.
+    pub const MAX_NODES: u32 = 2 * MAX_BALANCED_GROUPS * MAX_MEMBERS;
 
     /// `BALANCE_NODES` key: a node's MAC (as on the wire, in the low 48 bits) in a
     /// group's balance slot.
@@ -722,8 +747,44 @@ pub mod balance_maps {
             | mac[5] as u64
     }
 
+    /// `BALANCE_NODES` key of a node on another segment, by its tunnel address
+    /// (network order as a native-endian u32): bit 63 set, which no [`node_key`]
+    /// has (a slot is below 2^15).
+    #[inline(always)]
+    pub const fn tunnel_key(slot: u32, addr: u32) -> u64 {
+        (1 << 63) | ((slot as u64) << 32) | addr as u64
+    }
+
+    const _: () = assert!(MAX_BALANCED_GROUPS < 1 << 15);
     const _: () = assert!(MAX_MEMBERS as usize == crate::maglev::MAX_MEMBERS);
 }
+
+/// `BALANCE_NODES` value: a node of a balanced group, under its MAC
+/// ([`balance_maps::node_key`]) and, when it is on another segment, under its
+/// tunnel address too ([`balance_maps::tunnel_key`]).
+///
+/// A node on this segment is reached by its MAC; one on another segment (behind a
+/// router: anycast over BGP across racks) inside IPIP, the outer header from this
+/// node's `TUNNEL_SRC` to `tunnel`, in a frame to `next_hop` (the router's MAC, which
+/// the agent resolves from the kernel's route and neighbour tables). Its own XDP
+/// program decapsulates it (the kernel needs no ipip module).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BalanceNode {
+    /// The node's IPv4 address, network order; all zero: on this segment.
+    pub tunnel: [u8; 4],
+    /// The MAC of the next hop towards `tunnel`; all zero while unresolved (the
+    /// packet is then served where it is rather than sent nowhere).
+    pub next_hop: [u8; 6],
+    /// The largest IPv4 packet (inner + 20 bytes of outer header) the path takes:
+    /// the interface's MTU. A larger one is answered with ICMP "fragmentation
+    /// needed" for `mtu - 20`.
+    pub mtu: u16,
+    /// The node's index in the group (its row in `BALANCE_MEMBERS`).
+    pub row: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<BalanceNode>() == 16);
 
 /// `BALANCE_MEMBERS[slot * MAX_MEMBERS + index]`: where the director sends a
 /// member's flows. `index` is the member's place in the group's node list sorted by
@@ -1083,6 +1144,8 @@ mod pod {
     unsafe impl aya::Pod for super::Peer {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BalanceMember {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BalanceNode {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BalanceConf {}
     // SAFETY: as above.

@@ -23,6 +23,9 @@
 //!   if the router handed it here); an unpinned segment of a connection this node
 //!   holds is served here before the Maglev table guesses (a new director's table is
 //!   empty).
+//! * A node on another segment (`BalanceNode::tunnel`) is reached through IPIP
+//!   (`tunnel`), both ways: the director to such a member, a member to such a
+//!   director; what comes out of the tunnel counts as sent by a node.
 
 use aya_ebpf::{
     bindings::{
@@ -35,19 +38,22 @@ use aya_ebpf::{
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use vip_common::{
     balance_maps::{self, MAX_BALANCED_GROUPS, MAX_MEMBERS, WORDS},
+    flags,
     flow::{flow_hash_v4, flow_hash_v6},
     maglev,
-    xdp::XDP_TX,
-    FlowKey, FlowKeyV4, FlowValue, VipEntry,
+    xdp::{XDP_PASS, XDP_TX},
+    BalanceNode, FlowKey, FlowKeyV4, FlowValue, VipEntry,
 };
 
 use crate::{
+    maps,
     maps::{
         BALANCE_CONF, BALANCE_FLOWS, BALANCE_FLOWS_V4, BALANCE_MEMBERS, BALANCE_NODES,
         BALANCE_PORTS, BALANCE_STATS, BALANCE_TABLE,
     },
-    packet::{self, hdr, Error},
+    packet::{self, hdr, Error, Frame},
     parse::{is_icmp_error, Addrs, Family, Layout, Packet, ICMP, ICMPV6, TCP, UDP},
+    tunnel,
 };
 
 /// A packet's flow, as the client sends it.
@@ -78,6 +84,7 @@ impl Key {
 #[inline(always)]
 pub fn member_action(
     ctx: &mut XdpContext,
+    frame: &Frame,
     entry: &VipEntry,
     pkt: &mut Packet,
 ) -> Result<Option<u32>, Error> {
@@ -108,7 +115,7 @@ pub fn member_action(
                 if pkt.layout(ctx).proto == TCP && !flow.frag && socket_held(ctx, &flow.key) {
                     return Ok(None);
                 }
-                first_hop(ctx, slot, conf.rows, &flow, pkt)?
+                first_hop(ctx, frame, slot, conf.rows, &flow, pkt)?
             } else {
                 None
             };
@@ -142,8 +149,57 @@ pub fn member_action(
     if member.this_node != 0 || member.up == 0 {
         return Ok(None);
     }
+    if tunnel::src() != 0 {
+        if let Some(node) = routed_node(slot, &member.mac) {
+            // None: it cannot go (IPv6, next hop unresolved); served here.
+            return tunnel::send(ctx, pkt.family, node, &entry.own_mac);
+        }
+    }
     packet::set_macs(ctx, &member.mac, &entry.own_mac)?;
     Ok(Some(XDP_TX))
+}
+
+/// The node of slot `slot` with MAC `mac`, if it is on another segment (reached
+/// through the tunnel).
+#[inline(always)]
+fn routed_node(slot: u32, mac: &[u8; 6]) -> Option<&'static BalanceNode> {
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    let node = unsafe { BALANCE_NODES.get(balance_maps::node_key(slot, mac)) }?;
+    (node.tunnel != [0; 4]).then_some(node)
+}
+
+/// On a member's forward entry, for what goes to the director: Some(action) when the
+/// director is on another segment (its MAC is not on this one): the packet goes to
+/// it through the tunnel, or, when it cannot (IPv6, next hop unresolved), is served
+/// here (XDP_PASS) rather than sent to a MAC nobody here has. None: the director is
+/// on this segment, and the entry's MAC rewrite applies.
+#[inline(always)]
+pub fn to_routed_director(
+    ctx: &mut XdpContext,
+    entry: &VipEntry,
+    pkt: &mut Packet,
+) -> Result<Option<u32>, Error> {
+    if tunnel::src() == 0 {
+        return Ok(None);
+    }
+    let Some(node) = routed_node(entry.ifindex, &entry.dst_mac) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        tunnel::send(ctx, pkt.family, node, &entry.own_mac)?.unwrap_or(XDP_PASS),
+    ))
+}
+
+/// Whether a packet out of the tunnel (`frame.tunnel`, its outer source) came from a
+/// node of the entry's balanced group: only those may hand us packets that way.
+#[inline(always)]
+pub fn tunneled_from_node(frame: &Frame, entry: &VipEntry) -> bool {
+    if entry.flags & flags::BALANCED == 0 || maps::settings().balance_enabled == 0 {
+        return false;
+    }
+    let key = balance_maps::tunnel_key(entry.ifindex, frame.tunnel);
+    // SAFETY: hash-map values are replaced under RCU, never written in place.
+    unsafe { BALANCE_NODES.get(key) }.is_some()
 }
 
 /// On a member's forward entry (`flags::BALANCED`, action FORWARD): whether the
@@ -158,8 +214,13 @@ pub fn member_action(
 /// that member delivers too. A client's packet is thus forwarded by a member at most
 /// once, and handed over by a director at most once after that (unless two nodes
 /// direct at once: a split election, which this check does not mend).
+///
+/// A packet out of the tunnel came from a node: `steer` let it through only then.
 #[inline(always)]
-pub fn from_node(ctx: &XdpContext, entry: &VipEntry) -> Result<bool, Error> {
+pub fn from_node(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<bool, Error> {
+    if tunnel::src() != 0 && frame.tunnel != 0 {
+        return Ok(true);
+    }
     let src = packet::src_mac(ctx)?;
     if src == entry.dst_mac {
         return Ok(true);
@@ -259,8 +320,9 @@ const TCP_LISTEN: u32 = 10;
 const FIRST_HOP_ROWS: u32 = 16;
 
 /// With `BalanceConf::first_hop` (anycast), the member a new flow stays on: the one
-/// that forwarded its first packet (the frame's source MAC), or this node when the
-/// router handed it to us directly. Only for what starts a flow: a UDP datagram, or
+/// that forwarded its first packet (the frame's source MAC, or for a member on
+/// another segment the tunnel's outer source), or this node when the router handed
+/// it to us directly. Only for what starts a flow: a UDP datagram, or
 /// a TCP SYN. A TCP segment of a connection nobody pinned (after a director change)
 /// came from a member that holds no such connection (it would have kept it), so it
 /// goes by the Maglev table; so does a fragment, and anything from a member that is
@@ -268,6 +330,7 @@ const FIRST_HOP_ROWS: u32 = 16;
 #[inline(always)]
 fn first_hop(
     ctx: &XdpContext,
+    frame: &Frame,
     slot: u32,
     rows: u8,
     flow: &Flow,
@@ -289,6 +352,19 @@ fn first_hop(
         }
     } else if proto != UDP {
         return Ok(None);
+    }
+    if tunnel::src() != 0 && frame.tunnel != 0 {
+        // SAFETY: hash-map values are replaced under RCU, never written in place.
+        let Some(node) =
+            (unsafe { BALANCE_NODES.get(balance_maps::tunnel_key(slot, frame.tunnel)) })
+        else {
+            return Ok(None);
+        };
+        let row = node.row as u32;
+        return Ok(BALANCE_MEMBERS
+            .get(slot * MAX_MEMBERS + row)
+            .filter(|m| m.up != 0 && m.this_node == 0)
+            .map(|_| row));
     }
     let src = packet::src_mac(ctx)?;
     let mut this = None;
@@ -405,7 +481,11 @@ fn quoted(ctx: &XdpContext, family: Family, l: &Layout) -> Result<Option<Flow>, 
             if inner.vihl != 0x45 || !matches!(inner.proto, TCP | UDP) {
                 return Ok(None);
             }
-            let p = hdr::<[[u8; 2]; 2]>(ctx, at + Ipv4Hdr::LEN)?;
+            // A copy LLVM must make (`black_box`): with the tunnel's code in the
+            // director it merged this read with the packet's own ports into one
+            // register that held the bounds-checked pointer on this path, which the
+            // verifier refuses.
+            let p = core::hint::black_box(*hdr::<[[u8; 2]; 2]>(ctx, at + Ipv4Hdr::LEN)?);
             Key::V4(FlowKeyV4 {
                 src: inner.dst_addr,
                 dst: inner.src_addr,

@@ -14,7 +14,8 @@
 //! Rooms: `arp`, `ipv4`, `ipv6` (neighbour solicitations) take a frame by its
 //! EtherType; `steer` acts on a VIP's entry, with `handover` (a planned handover's
 //! drain) and `director` (a balanced group's director) before it; `echo` and
-//! `peers` guard the election's port; `eip` and `route6` (IPv6 VIPs routed without NAT) are the gateway's; `lease` is the
+//! `peers` guard the election's port; `tunnel` carries a balanced group's packets
+//! between segments (IPIP, taken off before anything else looks); `eip` and `route6` (IPv6 VIPs routed without NAT) are the gateway's; `lease` is the
 //! `vip_lease` program.
 #![no_std]
 #![no_main]
@@ -34,6 +35,7 @@ mod parse;
 mod peers;
 mod route6;
 mod steer;
+mod tunnel;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use vip_common::{
@@ -72,7 +74,7 @@ pub fn vip_xdp(mut ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_vip_xdp(ctx: &mut XdpContext) -> Result<u32, Error> {
-    let frame = Frame::new(ctx)?;
+    let mut frame = Frame::new(ctx)?;
     let settings = maps::settings();
     // On a gateway the same program also runs on the external interface, where the
     // VIP rules do not apply.
@@ -85,7 +87,20 @@ fn try_vip_xdp(ctx: &mut XdpContext) -> Result<u32, Error> {
             let Some(mut pkt) = parse::ipv4(ctx)? else {
                 return Ok(XDP_PASS);
             };
-            if settings.eip_enabled != 0 {
+            // A balanced group's packet from a node on another segment: its inner
+            // packet goes on from here, as if it had come as it is (`steer` checks
+            // that it may, `frame.tunnel`).
+            if vips && tunnel::for_us(ctx, &mut pkt) {
+                frame = tunnel::decap(ctx, pkt)?;
+                pkt = match parse::ipv4(ctx)? {
+                    Some(p) => p,
+                    None => {
+                        maps::count_global(global::TUNNEL_REFUSED);
+                        return Ok(XDP_DROP);
+                    }
+                };
+            }
+            if settings.eip_enabled != 0 && frame.tunnel == 0 {
                 if let Some(act) = eip::ipv4(ctx, &frame, &mut pkt)? {
                     return Ok(act);
                 }

@@ -16,9 +16,10 @@ use aya_ebpf::{
 use vip_common::{
     action,
     balance_maps::{self, MAX_BALANCED_GROUPS, MAX_MEMBERS},
-    flags, global, index, peers, BalanceConf, BalanceMember, BalanceStats, EchoSeen, EipEntry,
-    EipStats, FlowKey, FlowKeyV4, FlowValue, IndexedEntry, IndexedEntryV6, Owner, Peer, PeerKey,
-    Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS, MAX_GROUPS, MAX_REDIRECT_DEVS,
+    flags, global, index, peers, BalanceConf, BalanceMember, BalanceNode, BalanceStats, EchoSeen,
+    EipEntry, EipStats, FlowKey, FlowKeyV4, FlowValue, IndexedEntry, IndexedEntryV6, Owner, Peer,
+    PeerKey, Settings, VipEntry, VipStats, DEFAULT_MAX_VIPS, MAX_EIPS, MAX_GROUPS,
+    MAX_REDIRECT_DEVS,
 };
 
 /// IPv4 VIP (4 bytes, network order, as a native-endian u32) -> entry.
@@ -161,10 +162,13 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 pub static BALANCE_STATS: PerCpuArray<BalanceStats> =
     PerCpuArray::with_max_entries(MAX_BALANCED_GROUPS * MAX_MEMBERS, 0);
 
-/// `balance_maps::node_key` -> 1 for every node of every balanced group (the agent's
-/// membership: each node heard, itself included): what a member delivers locally.
+/// `balance_maps::node_key` -> `BalanceNode` for every node of every balanced group
+/// (the agent's membership: each node heard, itself included): what a member
+/// delivers locally. A node on another segment is there under
+/// `balance_maps::tunnel_key` too: what may come out of the tunnel, and its row.
 #[map]
-pub static BALANCE_NODES: HashMap<u64, u32> = HashMap::with_max_entries(balance_maps::MAX_NODES, 0);
+pub static BALANCE_NODES: HashMap<u64, BalanceNode> =
+    HashMap::with_max_entries(balance_maps::MAX_NODES, 0);
 
 /// Program-wide settings (`vip_common::Settings`), written by the loader into
 /// read-only data before the program is verified: the verifier then knows them as
@@ -178,6 +182,9 @@ static EIP_ENABLED: u32 = 0;
 static ECHO_PORT: u32 = 0;
 #[unsafe(no_mangle)]
 static BALANCE_ENABLED: u32 = 0;
+/// `Settings::tunnel_src`.
+#[unsafe(no_mangle)]
+static TUNNEL_SRC: u32 = 0;
 /// 32 - log2 of the slot count of each index, IPv4's and IPv6's
 /// (`vip_common::index::bits`).
 #[unsafe(no_mangle)]
@@ -294,6 +301,7 @@ pub fn settings() -> Settings {
             eip_enabled: core::ptr::read_volatile(&EIP_ENABLED),
             echo_port: core::ptr::read_volatile(&ECHO_PORT),
             balance_enabled: core::ptr::read_volatile(&BALANCE_ENABLED),
+            tunnel_src: core::ptr::read_volatile(&TUNNEL_SRC),
         }
     }
 }

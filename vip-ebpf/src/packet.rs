@@ -100,7 +100,8 @@ pub fn hdr_mut<T: Plain>(ctx: &mut XdpContext, offset: usize) -> Result<&mut T, 
 /// from the pointer sound: `ptr_at` checked that the frame holds the whole `T`; any
 /// bytes are a valid `T` (`Plain`); and the frame's start is 2-byte aligned (the
 /// kernel starts it at its headroom, XDP_PACKET_HEADROOM = 256, plus the driver's
-/// NET_IP_ALIGN of 0 or 2, and this program never moves it), so an offset that is
+/// NET_IP_ALIGN of 0 or 2, and this program moves it only by even deltas,
+/// `tunnel`), so an offset that is
 /// a multiple of the type's alignment (at most 2) is aligned. The offset check
 /// folds away: it is constant for the one type aligned to 2 (`EthHdr`, at 0), and
 /// always true for the others.
@@ -119,6 +120,9 @@ pub struct Frame {
     pub ethertype: u16,
     /// Total frame length in bytes.
     pub len: u64,
+    /// The outer source address (network order as a native-endian u32) of a packet
+    /// `tunnel::decap` took out of IPIP; 0 for every other frame.
+    pub tunnel: u32,
 }
 
 impl Frame {
@@ -130,6 +134,7 @@ impl Frame {
             // The field holds the wire's bytes: big endian.
             ethertype: u16::from_be(eth.ether_type),
             len: (ctx.data_end() - ctx.data()) as u64,
+            tunnel: 0,
         })
     }
 }

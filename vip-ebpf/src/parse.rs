@@ -41,6 +41,8 @@ use crate::packet::{hdr, Error, Plain, ETH_HLEN};
 
 /// IP protocol numbers (the IPv4 protocol field, the IPv6 next header).
 pub const ICMP: u8 = 1;
+/// IPv4 in IPv4 (`tunnel`).
+pub const IPIP: u8 = 4;
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMPV6: u8 = 58;
@@ -291,9 +293,10 @@ pub fn ipv6(ctx: &XdpContext) -> Result<Option<Packet>, Error> {
 ///
 /// What makes the reference sound: `pkt.ip` points at that `T`, which `packet::hdr`
 /// checked is inside this frame (its other arguments hold here), and the header
-/// stays there: the program never moves the frame's start, and resizes the frame
-/// only in `ipv6::solicitation` (`packet::adjust_tail`), which reads no `Packet`
-/// after it. The shared borrow of the context that the reference keeps excludes
+/// stays there: the program moves the frame's start only in `tunnel`, whose
+/// `decap` consumes the `Packet` (the caller parses the inner one) and whose `send`
+/// is the last thing done with it, and resizes the frame only there and in
+/// `ipv6::solicitation` (`packet::adjust_tail`), which reads no `Packet` after it. The shared borrow of the context that the reference keeps excludes
 /// every `hdr_mut` reference (which borrows it mutably) while it lives.
 #[inline(always)]
 fn checked<'a, T: Plain>(pkt: &Packet, _ctx: &'a XdpContext) -> &'a T {

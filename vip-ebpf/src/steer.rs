@@ -13,6 +13,7 @@ use crate::{
     maps::{self, REDIRECT_DEVS},
     packet::{self, Error, Frame},
     parse::Packet,
+    tunnel,
 };
 
 /// What becomes of one IP packet to a VIP (counted in the VIP's stats).
@@ -28,6 +29,12 @@ pub fn vip_action(
     if frame.dst != entry.own_mac {
         maps::count_global(global::NOT_OUR_MAC);
         return Ok(XDP_PASS);
+    }
+    // Out of the tunnel (`tunnel::decap`): only a balanced VIP's packet from a node of
+    // its group.
+    if tunnel::src() != 0 && frame.tunnel != 0 && !director::tunneled_from_node(frame, entry) {
+        maps::count_global(global::TUNNEL_REFUSED);
+        return Ok(XDP_DROP);
     }
     // SAFETY: the packet's one reference to the VIP's stats.
     let Some(stats) = (unsafe { maps::stats(entry) }) else {
@@ -55,18 +62,27 @@ pub fn vip_action(
     }
     if maps::settings().balance_enabled != 0 && entry.flags & flags::BALANCED != 0 {
         if entry.action == action::LOCAL {
-            if let Some(act) = director::member_action(ctx, entry, pkt)? {
+            if let Some(act) = director::member_action(ctx, frame, entry, pkt)? {
                 stats.forwarded += 1;
                 return Ok(act);
             }
-        } else if entry.action == action::FORWARD
-            && (director::from_node(ctx, entry)? || director::holds_connection(ctx, pkt)?)
-        {
-            // A member: what a node sends us is ours, and so is a TCP connection we
-            // hold (anycast: the router's hash brought it here); the rest goes to the
-            // director.
-            stats.passed += 1;
-            return Ok(XDP_PASS);
+        } else if entry.action == action::FORWARD {
+            if director::from_node(ctx, frame, entry)? || director::holds_connection(ctx, pkt)? {
+                // A member: what a node sends us is ours, and so is a TCP connection
+                // we hold (anycast: the router's hash brought it here); the rest goes
+                // to the director.
+                stats.passed += 1;
+                return Ok(XDP_PASS);
+            }
+            // A director on another segment is reached through the tunnel.
+            if let Some(act) = director::to_routed_director(ctx, entry, pkt)? {
+                if act == XDP_PASS {
+                    stats.passed += 1;
+                } else {
+                    stats.forwarded += 1;
+                }
+                return Ok(act);
+            }
         }
     }
     match entry.action {

@@ -12,13 +12,15 @@
 //! table, and a new director keeps the old one's choices for the surviving members.
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
 
 use vip_common::{
+    balance_maps,
     maglev::{self, Member, TABLE_SIZE},
-    BalanceMember,
+    BalanceMember, BalanceNode,
 };
 
 use crate::mac::Mac;
@@ -31,6 +33,17 @@ pub struct Node {
     pub this_node: bool,
     /// When it was last heard (None: never, or it released).
     pub heard: Option<Instant>,
+    /// On another segment (behind a router): reached through the tunnel
+    /// (`vip_common::BalanceNode`), at its IPv4 address.
+    pub routed: bool,
+}
+
+/// The way to a node on another segment: the next hop's MAC on our segment (None
+/// while the kernel has none) and the MTU of the path (the interface's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop {
+    pub mac: Option<Mac>,
+    pub mtu: u16,
 }
 
 /// A balanced group's membership and what was last programmed from it.
@@ -50,8 +63,11 @@ pub struct Membership {
     /// The member rows (MACs) the data plane holds now: a member whose MAC changed
     /// is reprogrammed, or its flows would go on to the old MAC.
     pub programmed_rows: Vec<BalanceMember>,
-    /// The node MACs the data plane holds now (`BALANCE_NODES`).
-    pub programmed_nodes: Vec<[u8; 6]>,
+    /// The nodes the data plane holds now (`BALANCE_NODES`).
+    pub programmed_nodes: Vec<(u64, BalanceNode)>,
+    /// The ways to the routed nodes, as last resolved (`resolved_at`).
+    pub hops: HashMap<IpAddr, Hop>,
+    pub resolved_at: Option<Instant>,
 }
 
 pub fn member_id(addr: IpAddr) -> u64 {
@@ -77,6 +93,7 @@ impl Membership {
                 mac: None,
                 this_node: false,
                 heard: None,
+                routed: false,
             })
             .collect();
         nodes.push(Node {
@@ -84,6 +101,7 @@ impl Membership {
             mac: Some(my_mac),
             this_node: true,
             heard: None,
+            routed: false,
         });
         nodes.sort_by_key(|n| n.addr);
         nodes.dedup_by_key(|n| n.addr);
@@ -96,7 +114,26 @@ impl Membership {
             programmed_ports: Vec::new(),
             programmed_rows: Vec::new(),
             programmed_nodes: Vec::new(),
+            hops: HashMap::new(),
+            resolved_at: None,
         }
+    }
+
+    /// Marks the peers `routed` says are on another segment (not on-link here).
+    pub fn with_routed(mut self, routed: impl Fn(IpAddr) -> bool) -> Self {
+        for n in self.nodes.iter_mut().filter(|n| !n.this_node) {
+            n.routed = routed(n.addr);
+        }
+        self
+    }
+
+    /// The routed nodes' addresses (the ones [`Membership::hops`] is for).
+    pub fn routed(&self) -> Vec<IpAddr> {
+        self.nodes
+            .iter()
+            .filter(|n| n.routed)
+            .map(|n| n.addr)
+            .collect()
     }
 
     /// This node's own MAC changed (its interface's).
@@ -145,19 +182,36 @@ impl Membership {
             .collect()
     }
 
-    /// The MACs of every node ever heard, this one included, up or not: a member
-    /// delivers what they send it rather than forward it to the director (a node
-    /// that left may still be handing over flows it thinks it directs).
-    pub fn node_macs(&self) -> Vec<[u8; 6]> {
-        let mut macs: Vec<[u8; 6]> = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.mac)
-            .map(|m| m.0)
-            .collect();
-        macs.sort_unstable();
-        macs.dedup();
-        macs
+    /// The `BALANCE_NODES` entries of every node ever heard, this one included, up
+    /// or not: a member delivers what they send it rather than forward it to the
+    /// director (a node that left may still be handing over flows it thinks it
+    /// directs). Each under its MAC; a routed one also under its tunnel address,
+    /// with the way to it (all zero while unresolved: the data plane then serves its
+    /// packets where they are). Sorted by key.
+    pub fn node_entries(&self) -> Vec<(u64, BalanceNode)> {
+        let mut out = Vec::new();
+        for (row, n) in self.nodes.iter().enumerate() {
+            let Some(mac) = n.mac else { continue };
+            let mut v = BalanceNode {
+                row: row as u8,
+                ..Default::default()
+            };
+            if let (true, IpAddr::V4(a)) = (n.routed, n.addr) {
+                v.tunnel = a.octets();
+                if let Some(h) = self.hops.get(&n.addr) {
+                    v.next_hop = h.mac.map(|m| m.0).unwrap_or_default();
+                    v.mtu = h.mtu;
+                }
+                out.push((
+                    balance_maps::tunnel_key(self.slot, u32::from_ne_bytes(v.tunnel)),
+                    v,
+                ));
+            }
+            out.push((balance_maps::node_key(self.slot, &mac.0), v));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        out.dedup_by_key(|(k, _)| *k);
+        out
     }
 
     /// The data plane's member rows for `up`.
@@ -279,7 +333,7 @@ mod tests {
         assert!(after.iter().all(|&x| x != 2));
         let rows = m.rows(&[true, true, false]);
         // Every node heard is a node for the member's forward check, up or not.
-        assert_eq!(m.node_macs().len(), 3);
+        assert_eq!(m.node_entries().len(), 3);
         assert_eq!((rows[0].this_node, rows[2].up, rows[2].mac[5]), (1, 0, 3));
         // Nobody up: an empty table, never an error.
         assert!(m
@@ -287,5 +341,54 @@ mod tests {
             .unwrap()
             .iter()
             .all(|&x| x == maglev::NO_MEMBER));
+    }
+
+    /// A node on another segment is in `BALANCE_NODES` twice, under its MAC and its
+    /// tunnel address, both with its row and the way to it (unresolved: zeros);
+    /// one on this segment once, with no tunnel.
+    #[test]
+    fn a_routed_node_is_listed_under_its_mac_and_its_tunnel_address() {
+        let all = ["10.0.0.11", "10.0.0.12", "10.0.1.10"];
+        let mut m = node("10.0.0.11", &all).with_routed(|a| a == ip("10.0.1.10"));
+        assert_eq!(m.routed(), [ip("10.0.1.10")]);
+        let t0 = Instant::now();
+        m.heard(ip("10.0.0.12"), Mac([2, 0, 0, 0, 0, 2]), t0);
+        m.heard(ip("10.0.1.10"), Mac([2, 0, 0, 0, 0, 3]), t0);
+        let e = m.node_entries();
+        assert_eq!(e.len(), 4, "{e:?}");
+        let routed = u32::from_ne_bytes([10, 0, 1, 10]);
+        let by_mac = e
+            .iter()
+            .find(|(k, _)| *k == balance_maps::node_key(0, &[2, 0, 0, 0, 0, 3]))
+            .map(|(_, v)| *v);
+        let by_addr = e
+            .iter()
+            .find(|(k, _)| *k == balance_maps::tunnel_key(0, routed))
+            .map(|(_, v)| *v);
+        assert_eq!(by_mac, by_addr);
+        let v = by_mac.expect("the routed node by its MAC");
+        assert_eq!(
+            (v.tunnel, v.row, v.next_hop, v.mtu),
+            ([10, 0, 1, 10], 2, [0; 6], 0)
+        );
+        // The way to it, once resolved, is in both entries.
+        m.hops.insert(
+            ip("10.0.1.10"),
+            Hop {
+                mac: Some(Mac([2, 0, 0, 0, 0, 0x20])),
+                mtu: 1500,
+            },
+        );
+        let e = m.node_entries();
+        assert!(e
+            .iter()
+            .filter(|(_, v)| v.tunnel != [0; 4])
+            .all(|(_, v)| v.next_hop == [2, 0, 0, 0, 0, 0x20] && v.mtu == 1500));
+        // The one on this segment: no tunnel.
+        let b = e
+            .iter()
+            .find(|(k, _)| *k == balance_maps::node_key(0, &[2, 0, 0, 0, 0, 2]))
+            .expect("b by its MAC");
+        assert_eq!((b.1.tunnel, b.1.row), ([0; 4], 1));
     }
 }

@@ -67,6 +67,8 @@ pub struct LinkInfo {
     pub xdp_native: bool,
     /// IFLA_XDP: a program is attached in generic (skb) mode.
     pub xdp_generic: bool,
+    /// IFLA_MTU.
+    pub mtu: Option<u32>,
 }
 
 /// An error the kernel answered a request with: the errno and, when the kernel gave one,
@@ -227,6 +229,54 @@ impl Netlink {
             Some(e) => io::Error::new(io::ErrorKind::InvalidData, format!("link {ifindex}: {e}")),
             None => io::Error::new(io::ErrorKind::NotFound, "no link in reply"),
         })
+    }
+
+    /// Where the kernel sends a packet to `addr` (`ip route get`): the output
+    /// interface and the gateway (None: `addr` is on-link there). None when there
+    /// is no route.
+    pub fn route_to(&self, addr: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(addr);
+        m.header.destination_prefix_length = match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(addr)));
+        let replies = match self.exchange(RouteNetlinkMessage::GetRoute(m), 0) {
+            Err(e)
+                if matches!(
+                    errno(&e),
+                    Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
+                ) =>
+            {
+                return Ok(None)
+            }
+            r => r?,
+        };
+        for r in replies.into_iter().filter_map(Result::ok) {
+            let RouteNetlinkMessage::NewRoute(r) = r else {
+                continue;
+            };
+            let mut oif = None;
+            let mut gateway = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => {
+                        gateway = Some(IpAddr::V4(*g))
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => {
+                        gateway = Some(IpAddr::V6(*g))
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(oif) = oif {
+                return Ok(Some((oif, gateway)));
+            }
+        }
+        Ok(None)
     }
 
     /// The MAC the kernel's neighbour table holds for `addr` on `ifindex`, if any.
@@ -620,6 +670,7 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
         match a {
             LinkAttribute::Address(v) if v.len() == 6 => info.mac = Mac::try_from(&v[..]).ok(),
             LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Mtu(m) => info.mtu = Some(*m),
             LinkAttribute::Link(l) => info.link = Some(*l),
             LinkAttribute::LinkNetNsId(id) => info.link_netnsid = Some(*id),
             LinkAttribute::OperState(s) => info.operstate = Some(u8::from(*s)),

@@ -364,6 +364,7 @@ fn setup(l: &Lab, dut: Dut, case: Case) -> Result<Option<Dataplane>> {
                 eip_enabled: 1,
                 echo_port: 0,
                 balance_enabled: 0,
+                tunnel_src: 0,
             };
             let mut dp = l.dut.run_in(|| Dataplane::open(16, None, settings))?;
             l.dut.run_in(|| -> Result<()> {

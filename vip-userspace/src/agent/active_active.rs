@@ -2,12 +2,22 @@
 //! table kept in step with who is heard
 //! (`crate::membership` holds the membership and the table's arithmetic).
 
-use std::time::Instant;
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 
 use super::{group::GroupRuntime, Agent};
-use crate::{dataplane::VipMaps, state::State};
+use crate::{
+    config::Config,
+    dataplane::VipMaps,
+    host::Interface,
+    membership::{Hop, Membership},
+    netlink::Netlink,
+    state::State,
+};
 
 impl Agent {
     /// Due work of a balanced group: the membership's expiry (a standby's member
@@ -23,6 +33,9 @@ impl Agent {
     pub(super) fn balance_sync(&mut self, gi: usize) {
         if self.groups[gi].balance.is_none() {
             return;
+        }
+        if let Some(b) = &mut self.groups[gi].balance {
+            resolve_hops(&self.nl, &self.iface, b, Instant::now());
         }
         if let Err(e) = program_nodes(&mut self.dp, &mut self.groups[gi]) {
             log::error!("group {}: {e:#}", self.groups[gi].cfg.name);
@@ -109,18 +122,75 @@ pub(super) fn program_table(maps: &mut impl VipMaps, g: &mut GroupRuntime) -> Re
     Ok(())
 }
 
-/// Writes the group's node MACs (`BALANCE_NODES`) if a node's MAC was learned or
-/// changed: a member's forward entry delivers what they send it locally.
+/// Writes the group's nodes (`BALANCE_NODES`) if a node's MAC was learned or changed,
+/// or the way to a routed one: a member's forward entry delivers what they send it
+/// locally, and the tunnel reaches the routed ones.
 pub(super) fn program_nodes(maps: &mut impl VipMaps, g: &mut GroupRuntime) -> Result<()> {
     let Some(b) = &mut g.balance else {
         return Ok(());
     };
-    let macs = b.node_macs();
-    if macs == b.programmed_nodes {
+    let nodes = b.node_entries();
+    if nodes == b.programmed_nodes {
         return Ok(());
     }
-    maps.set_balance_nodes(b.slot, &b.programmed_nodes, &macs)
+    maps.set_balance_nodes(b.slot, &b.programmed_nodes, &nodes)
         .with_context(|| format!("group {}: programming the balance nodes", g.cfg.name))?;
-    b.programmed_nodes = macs;
+    b.programmed_nodes = nodes;
     Ok(())
+}
+
+/// How often the ways to the routed nodes are looked up again: a router replaced
+/// (its MAC) is followed within this.
+const RESOLVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Looks up the way to each routed node of the group (at most every
+/// [`RESOLVE_EVERY`]): the kernel's route to it, the MAC of that route's gateway in
+/// the neighbour table, and the interface's MTU. A route out of another interface
+/// than the group's, or a gateway without a neighbour entry yet, leaves the MAC
+/// unresolved (the data plane then serves the node's packets where they arrive).
+fn resolve_hops(nl: &Netlink, iface: &Interface, b: &mut Membership, now: Instant) {
+    let routed = b.routed();
+    if routed.is_empty() || b.resolved_at.is_some_and(|t| now < t + RESOLVE_EVERY) {
+        return;
+    }
+    b.resolved_at = Some(now);
+    let mtu = nl
+        .link(iface.index, None)
+        .ok()
+        .and_then(|l| l.mtu)
+        .unwrap_or(1500)
+        .min(u16::MAX as u32) as u16;
+    for addr in routed {
+        let mac = match nl.route_to(addr) {
+            Ok(Some((oif, gateway))) if oif == iface.index => {
+                nl.neighbour(oif, gateway.unwrap_or(addr)).ok().flatten()
+            }
+            _ => None,
+        };
+        let hop = Hop { mac, mtu };
+        if b.hops.get(&addr) != Some(&hop) {
+            match mac {
+                Some(m) => log::info!("balanced node {addr} is on another segment: tunnelled via {m}, MTU {mtu}"),
+                None => log::warn!("balanced node {addr} is on another segment, but no next hop towards it is resolved on {}: its packets are served where they arrive", iface.name),
+            }
+            b.hops.insert(addr, hop);
+        }
+    }
+}
+
+/// This node's tunnel address (`Settings::tunnel_src`): its primary IPv4 address when
+/// a balanced group has an IPv4 peer on another segment, else 0 (no tunnel code in
+/// the data plane).
+pub(super) fn tunnel_src(cfg: &Config, iface: &Interface) -> u32 {
+    let routed = cfg
+        .groups
+        .iter()
+        .filter(|g| g.balance.is_some())
+        .filter_map(|g| g.election.as_ref())
+        .flat_map(|e| e.peers.iter())
+        .any(|p| p.is_ipv4() && !super::peers::on_link(iface, *p));
+    match (routed, super::adverts::primary_address(iface, true)) {
+        (true, Some(IpAddr::V4(a))) => u32::from_ne_bytes(a.octets()),
+        _ => 0,
+    }
 }

@@ -595,7 +595,12 @@ mod tests {
             self.push(W::BalanceTable);
             Ok(())
         }
-        fn set_balance_nodes(&mut self, _: u32, _: &[[u8; 6]], _: &[[u8; 6]]) -> Result<()> {
+        fn set_balance_nodes(
+            &mut self,
+            _: u32,
+            _: &[(u64, vip_common::BalanceNode)],
+            _: &[(u64, vip_common::BalanceNode)],
+        ) -> Result<()> {
             self.push(W::BalanceNodes);
             Ok(())
         }

@@ -534,14 +534,17 @@ impl super::Agent {
             was_active &= adopted_lease.is_some();
         }
         let membership = match (&g.balance, &g.election, driver.election()) {
-            (Some(b), Some(e), Some(el)) => Some(crate::membership::Membership::new(
-                el.params().me,
-                self.iface.mac,
-                &e.peers,
-                e.advert_interval,
-                self.alloc_balance_slot()?,
-                b.ports.clone(),
-            )),
+            (Some(b), Some(e), Some(el)) => Some(
+                crate::membership::Membership::new(
+                    el.params().me,
+                    self.iface.mac,
+                    &e.peers,
+                    e.advert_interval,
+                    self.alloc_balance_slot()?,
+                    b.ports.clone(),
+                )
+                .with_routed(|a| !super::peers::on_link(&self.iface, a)),
+            ),
             _ => None,
         };
         let mut runtime = GroupRuntime::new(g, index, redirect, vips, driver, key);

@@ -113,6 +113,8 @@ pub struct Agent {
     answered: HashMap<(u32, IpAddr), Instant>,
     /// The program was loaded with the director's code (a balanced group existed).
     balance_enabled: bool,
+    /// `Settings::tunnel_src` of the loaded data plane.
+    tunnel_src: u32,
     /// Who the data plane lets reach the election's port (`peers`).
     peers: peers::Peers,
     /// The BGP speaker, when `[bgp]` is configured (`crate::speaker`).
@@ -395,8 +397,10 @@ impl Agent {
             eip_enabled: u32::from(gateway),
             echo_port: cfg.node.advert_port as u32,
             balance_enabled: u32::from(cfg.groups.iter().any(|g| g.balance.is_some())),
+            tunnel_src: active_active::tunnel_src(&cfg, &iface),
         };
         let balance_enabled = settings.balance_enabled != 0;
+        let tunnel_src = settings.tunnel_src;
         let mut dp = Dataplane::open(cfg.node.max_vips, pin.as_deref(), settings)
             .context("loading the XDP data plane")?;
         // Before the program is attached: it serves the election's port to peers only.
@@ -485,6 +489,7 @@ impl Agent {
             echo: None,
             answered: HashMap::new(),
             balance_enabled,
+            tunnel_src,
             peers: peers::Peers {
                 written: peer_plan,
                 learned: HashMap::new(),

@@ -75,6 +75,11 @@ impl Plan {
             .find(|g| g.balance.is_some())
             .map(|g| g.name.clone())
     }
+
+    /// The tunnel address the new config's data plane needs (`Settings::tunnel_src`).
+    pub(super) fn tunnel_src(&self, iface: &crate::host::Interface) -> u32 {
+        super::active_active::tunnel_src(&self.new, iface)
+    }
 }
 
 /// A reload's config as read from its file (with the command line's overrides), and

@@ -147,6 +147,14 @@ impl Agent {
                         )),
                     );
                 }
+                if plan.tunnel_src(&self.iface) != self.tunnel_src {
+                    return answer(
+                        reply,
+                        Response::error(
+                            "reload refused, running state kept: a balanced group's peers on another segment changed, and the running data plane's tunnel address (set when it was loaded) no longer matches; restart the agent (or pin the data plane)".to_string(),
+                        ),
+                    );
+                }
                 let r = match self.apply_plan(plan) {
                     Ok(s) => Response::ok(format!(
                         "{s} (applied in place: the data plane is not pinned, so the binary is not re-executed)"

@@ -10,7 +10,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
     Ebpf,
 };
-use vip_common::{balance_maps, maps, BalanceConf, BalanceMember, BalanceStats};
+use vip_common::{balance_maps, maps, BalanceConf, BalanceMember, BalanceNode, BalanceStats};
 
 use super::{handles::Counters, io_err, map_err, sys, Dataplane, DataplaneError, Result};
 
@@ -37,7 +37,7 @@ pub(super) struct Director {
     members: Array<MapData, BalanceMember>,
     conf: Array<MapData, BalanceConf>,
     ports: HashMap<MapData, u64, u32>,
-    nodes: HashMap<MapData, u64, u32>,
+    nodes: HashMap<MapData, u64, BalanceNode>,
     stats: Counters<BalanceStats>,
 }
 
@@ -134,20 +134,28 @@ impl Dataplane {
     /// Replaces balance slot `slot`'s node MACs, `old` (as last written), with `new`:
     /// a member delivers locally what these send it (see `vip_common::flags::BALANCED`).
     /// The new ones go in first, so a node that stays is never missing.
-    pub fn set_balance_nodes(&mut self, slot: u32, old: &[[u8; 6]], new: &[[u8; 6]]) -> Result<()> {
+    /// A balance slot's nodes (`Membership::node_entries`: keys of this slot), from
+    /// `old` to `new`: the changed and new entries written first, then the keys that
+    /// went removed.
+    pub fn set_balance_nodes(
+        &mut self,
+        slot: u32,
+        old: &[(u64, BalanceNode)],
+        new: &[(u64, BalanceNode)],
+    ) -> Result<()> {
         if slot >= balance_maps::MAX_BALANCED_GROUPS
-            || new.len() > balance_maps::MAX_MEMBERS as usize
+            || new.len() > 2 * balance_maps::MAX_MEMBERS as usize
         {
             return Err(DataplaneError::Missing("a balance slot"));
         }
         let nodes = &mut self.director.nodes;
-        for mac in new {
+        for (key, node) in new.iter().filter(|e| !old.contains(e)) {
             nodes
-                .insert(balance_maps::node_key(slot, mac), 1, 0)
+                .insert(key, node, 0)
                 .map_err(map_err(maps::BALANCE_NODES))?;
         }
-        for mac in old.iter().filter(|m| !new.contains(m)) {
-            let _ = nodes.remove(&balance_maps::node_key(slot, mac));
+        for (key, _) in old.iter().filter(|(k, _)| !new.iter().any(|(n, _)| n == k)) {
+            let _ = nodes.remove(key);
         }
         Ok(())
     }

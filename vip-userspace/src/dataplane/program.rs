@@ -181,6 +181,7 @@ impl Dataplane {
             .override_global(globals::EIP_ENABLED, &settings.eip_enabled, true)
             .override_global(globals::ECHO_PORT, &settings.echo_port, true)
             .override_global(globals::BALANCE_ENABLED, &settings.balance_enabled, true)
+            .override_global(globals::TUNNEL_SRC, &settings.tunnel_src, true)
             .override_global(globals::VIP_INDEX_SHIFT, &shift, true)
             .override_global(globals::LEASE_KEY, &lease_key, true)
             .map_max_entries(maps::VIP_INDEX_V4, Index::slots(max_vips))

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use vip_common::{BalanceMember, VipEntry};
+use vip_common::{BalanceMember, BalanceNode, VipEntry};
 
 use super::{Dataplane, Extension, Result};
 
@@ -33,8 +33,13 @@ pub trait VipMaps {
         members: &[BalanceMember],
         table: &[u16],
     ) -> Result<()>;
-    /// A balance slot's node MACs, from `old` to `new`.
-    fn set_balance_nodes(&mut self, slot: u32, old: &[[u8; 6]], new: &[[u8; 6]]) -> Result<()>;
+    /// A balance slot's nodes (`BALANCE_NODES`), from `old` to `new`.
+    fn set_balance_nodes(
+        &mut self,
+        slot: u32,
+        old: &[(u64, BalanceNode)],
+        new: &[(u64, BalanceNode)],
+    ) -> Result<()>;
 }
 
 /// The kernel's maps: each write is the part's own (see the module files).
@@ -71,7 +76,12 @@ impl VipMaps for Dataplane {
         Dataplane::set_balance(self, slot, placement, old_ports, ports, members, table)
     }
 
-    fn set_balance_nodes(&mut self, slot: u32, old: &[[u8; 6]], new: &[[u8; 6]]) -> Result<()> {
+    fn set_balance_nodes(
+        &mut self,
+        slot: u32,
+        old: &[(u64, BalanceNode)],
+        new: &[(u64, BalanceNode)],
+    ) -> Result<()> {
         Dataplane::set_balance_nodes(self, slot, old, new)
     }
 }

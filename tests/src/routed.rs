@@ -1,6 +1,7 @@
 //! The routed lab with vip on the nodes: router r (FRR), nodes a and b (and d, for
 //! anycast) running the agent with `[bgp]` (each its own BIRD, started by the agent's
-//! speaker guard), and a client c behind r. The group `web` holds one VIP outside every subnet of the lab
+//! speaker guard), and a client c behind r. A node named in `Options::segments` sits
+//! on a segment of its own behind r instead of on the switch (`Lan::segment`). The group `web` holds one VIP outside every subnet of the lab
 //! (TEST-NET-3), announced over BGP only: the client reaches it only through the
 //! route the active announces. Shared by the `bgp` tests and `cargo xtask bench bgp`.
 //!

@@ -14,7 +14,8 @@
 //! carried the flows is checked on their counters, that in the steady state the
 //! members sent the director nothing of their own connections, and that the router
 //! really rehashed on the join on plain ECMP's broken connections. A second test
-//! fails the director itself.
+//! fails the director itself; a third puts a member on a segment of its own behind
+//! the router, reached through the tunnel (IPIP), and sends it full-size segments.
 
 mod common;
 

@@ -103,6 +103,24 @@ pub fn check_host(
                 });
             }
         }
+        // A balanced group reaches a peer on another segment through IPv4 in IPv4
+        // (the data plane's tunnel): such a peer is named by its IPv4 address.
+        if let (Some(_), Some(e)) = (&g.balance, &g.election) {
+            for (pi, peer) in e.peers.iter().enumerate() {
+                let on_segment = subnets.iter().any(|(a, p)| {
+                    a.is_ipv4() == peer.is_ipv4() && network(*a, *p) == network(*peer, *p)
+                });
+                if peer.is_ipv6() && !on_segment {
+                    problems.push(Problem {
+                        key: format!("group[{}].peers[{pi}]", g.name),
+                        message: format!(
+                            "{peer} is in no subnet of interface {}: a balanced group reaches a peer on another segment through an IPv4 tunnel; name it by its IPv4 address",
+                            iface.name
+                        ),
+                    });
+                }
+            }
+        }
         if let Some(r) = &g.redirect {
             if lookup(&r.interface).is_none() {
                 problems.push(Problem {

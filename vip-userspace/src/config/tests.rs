@@ -913,3 +913,41 @@ fn bgp_host_rules() {
     .unwrap();
     assert!(host(&ibgp, eth0(&[("10.1.0.11", 24)])).is_ok());
 }
+
+/// An anycast group's peer on another segment is reached through the IPv4 tunnel:
+/// an IPv4 one is taken (routed), an IPv6 one on no subnet of the interface is
+/// refused with its key.
+#[test]
+fn a_balanced_groups_routed_peer_must_be_ipv4() {
+    let speaker = |s: &str| {
+        s.replace(
+            "local_as = 65001",
+            "local_as = 65001\nspeaker_bin = \"/bin/sh\"",
+        )
+    };
+    let routed = parse(&speaker(&BGP.replace(
+        "peers = [\"10.0.0.12\"]",
+        "peers = [\"10.0.0.12\", \"10.0.1.10\"]\nbalance = {}",
+    )))
+    .unwrap();
+    assert!(host(&routed, eth0(&[("10.0.0.11", 24)])).is_ok());
+    let v6 = parse(&speaker(&BGP.replace(
+        "peers = [\"10.0.0.12\"]",
+        "peers = [\"2001:db8:1::10\"]\nbalance = {}",
+    )))
+    .unwrap();
+    let e = host(&v6, eth0(&[("10.0.0.11", 24), ("2001:db8::11", 64)]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("group[web].peers[0]") && e.contains("IPv4 tunnel"),
+        "{e}"
+    );
+    // On the segment, an IPv6 peer is fine.
+    let on_link = parse(&speaker(&BGP.replace(
+        "peers = [\"10.0.0.12\"]",
+        "peers = [\"2001:db8::12\"]\nbalance = {}",
+    )))
+    .unwrap();
+    assert!(host(&on_link, eth0(&[("10.0.0.11", 24), ("2001:db8::11", 64)])).is_ok());
+}

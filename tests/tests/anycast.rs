@@ -106,6 +106,32 @@ impl Drop for NameServer {
     }
 }
 
+/// The routed lab of `o`, with a name server on each of its nodes (dropped before the
+/// lab: the field order of the tuple).
+fn anycast_lab(o: &Options, what: &str) -> (Vec<NameServer>, Routed) {
+    let lab = Routed::start(o).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    let servers = o
+        .nodes
+        .iter()
+        .map(|n| NameServer::start(&lab.lan.host(n).ns, n))
+        .collect();
+    (servers, lab)
+}
+
+/// Each of `nodes` answered 33 % +- 8 % of the flows, and no flow went unanswered.
+fn assert_spread(spread: &BTreeMap<String, usize>, nodes: &[&str]) {
+    let total: usize = spread.values().sum();
+    for n in nodes {
+        let share = *spread.get(*n).unwrap_or(&0) as f64 / total as f64;
+        assert!(
+            (0.25..=0.41).contains(&share),
+            "{n} got {:.1} % of the flows: {spread:?}",
+            share * 100.0
+        );
+    }
+    assert_eq!(spread.get("-"), None, "unanswered flows: {spread:?}");
+}
+
 /// One datagram from each of `FLOWS` source ports: who answered each (None: nobody).
 fn udp_flows(client: &Netns) -> Vec<Option<String>> {
     client.run_in(|| {
@@ -212,11 +238,7 @@ fn forwarded(lab: &Routed) -> u64 {
 }
 
 fn run(o: Options, what: &str) -> Figures {
-    let mut lab = Routed::start(&o).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    let _servers: Vec<NameServer> = ["a", "b", "d"]
-        .iter()
-        .map(|n| NameServer::start(&lab.lan.host(n).ns, n))
-        .collect();
+    let (_servers, mut lab) = anycast_lab(&o, what);
     let spread = shares(&udp_flows(&lab.client));
     let mut conns = Conns::open(&lab.client);
     // Steady state: ten requests on each connection. The router's hash brings each
@@ -305,22 +327,7 @@ fn anycast_members_keep_their_connections_when_the_router_rehashes() {
         "plain ECMP (each node serves what the router sends it)",
     );
     // 3,000 flows spread 33 % +- 8 % over the three members.
-    let total: usize = vip.spread.values().sum();
-    for n in ["a", "b", "d"] {
-        let share = *vip.spread.get(n).unwrap_or(&0) as f64 / total as f64;
-        assert!(
-            (0.25..=0.41).contains(&share),
-            "{n} got {:.1} % of the flows: {:?}",
-            share * 100.0,
-            vip.spread
-        );
-    }
-    assert_eq!(
-        vip.spread.get("-"),
-        None,
-        "unanswered flows: {:?}",
-        vip.spread
-    );
+    assert_spread(&vip.spread, &["a", "b", "d"]);
     let pct = |(ok, of): (usize, usize)| ok as f64 * 100.0 / of.max(1) as f64;
     assert!(
         pct(vip.leave) >= 99.0,
@@ -375,16 +382,12 @@ fn anycast_members_keep_their_connections_when_the_router_rehashes() {
 #[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
 fn anycast_connections_survive_the_directors_failure() {
     privileged();
-    let lab = Routed::start(&Options {
+    let o = Options {
         nodes: vec!["a", "b", "d"],
         group: "balance = {}".into(),
         ..Options::default()
-    })
-    .expect("the anycast lab");
-    let _servers: Vec<NameServer> = ["a", "b", "d"]
-        .iter()
-        .map(|n| NameServer::start(&lab.lan.host(n).ns, n))
-        .collect();
+    };
+    let (_servers, lab) = anycast_lab(&o, "the anycast lab");
     let mut conns = Conns::open(&lab.client);
     lab.lan
         .host("a")
@@ -434,29 +437,16 @@ fn anycast_connections_survive_the_directors_failure() {
 #[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
 fn anycast_reaches_a_member_on_another_segment_through_the_tunnel() {
     privileged();
-    let mut lab = Routed::start(&Options {
+    let o = Options {
         nodes: vec!["a", "b", "e"],
         segments: vec!["e"],
         group: "balance = {}".into(),
         ..Options::default()
-    })
-    .expect("the anycast lab across two segments");
-    let _servers: Vec<NameServer> = ["a", "b", "e"]
-        .iter()
-        .map(|n| NameServer::start(&lab.lan.host(n).ns, n))
-        .collect();
+    };
+    let (_servers, mut lab) = anycast_lab(&o, "the anycast lab across two segments");
     let spread = shares(&udp_flows(&lab.client));
     eprintln!("across segments: UDP flows {spread:?}");
-    let total: usize = spread.values().sum();
-    for n in ["a", "b", "e"] {
-        let share = *spread.get(n).unwrap_or(&0) as f64 / total as f64;
-        assert!(
-            (0.25..=0.41).contains(&share),
-            "{n} got {:.1} % of the flows: {spread:?}",
-            share * 100.0
-        );
-    }
-    assert_eq!(spread.get("-"), None, "unanswered flows: {spread:?}");
+    assert_spread(&spread, &["a", "b", "e"]);
     // b leaves; connections opened on a and e; b joins and the router rehashes.
     let stopped = lab.agent_mut("b").stop();
     assert!(

@@ -120,7 +120,6 @@ pub fn send(
     let h = hdr_mut::<[u8; HEAD]>(ctx, 0)?;
     h[0..6].copy_from_slice(&node.next_hop);
     h[6..12].copy_from_slice(own_mac);
-    let ip = ETH_HLEN;
     let t = (total as u16).to_be_bytes();
     let outer = [
         [0x08, 0x00],
@@ -135,13 +134,7 @@ pub fn send(
         [node.tunnel[0], node.tunnel[1]],
         [node.tunnel[2], node.tunnel[3]],
     ];
-    for (i, w) in outer.iter().enumerate() {
-        h[12 + 2 * i] = w[0];
-        h[13 + 2 * i] = w[1];
-    }
-    let c = checksum(h, ip, ip + OUTER);
-    h[ip + 10] = c[0];
-    h[ip + 11] = c[1];
+    ip_header(h, outer);
     maps::count_global(global::TUNNEL_ENCAPSULATED);
     Ok(Some(XDP_TX))
 }
@@ -208,13 +201,7 @@ fn frag_needed(ctx: &mut XdpContext, mtu: u16) -> Result<u32, Error> {
         [TTL, ICMP],
         [0, 0],
     ];
-    for (i, w) in head.iter().enumerate() {
-        h[12 + 2 * i] = w[0];
-        h[13 + 2 * i] = w[1];
-    }
-    let c = checksum(h, ETH_HLEN, ETH_HLEN + OUTER);
-    h[ETH_HLEN + 10] = c[0];
-    h[ETH_HLEN + 11] = c[1];
+    ip_header(h, head);
     let icmp = [3, 4, 0, 0, 0, 0, m[0], m[1]];
     for (i, b) in icmp.iter().enumerate() {
         h[HEAD + i] = *b;
@@ -227,6 +214,20 @@ fn frag_needed(ctx: &mut XdpContext, mtu: u16) -> Result<u32, Error> {
 
 // Both moves keep the frame's start 2-aligned.
 const _: () = assert!(OUTER.is_multiple_of(2) && ERROR_HEAD.is_multiple_of(2));
+
+/// Writes the EtherType and the first words of an IPv4 header behind it from
+/// `words` (the EtherType first), at constant offsets, then the header's checksum
+/// (the addresses already in place where `words` stops short of them).
+#[inline(always)]
+fn ip_header<const N: usize, const W: usize>(h: &mut [u8; N], words: [[u8; 2]; W]) {
+    for (i, w) in words.iter().enumerate() {
+        h[12 + 2 * i] = w[0];
+        h[13 + 2 * i] = w[1];
+    }
+    let c = checksum(h, ETH_HLEN, ETH_HLEN + OUTER);
+    h[ETH_HLEN + 10] = c[0];
+    h[ETH_HLEN + 11] = c[1];
+}
 
 /// The Internet checksum of `h[from..to]` (an even length; its checksum field
 /// zero), at constant offsets.

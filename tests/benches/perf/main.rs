@@ -195,6 +195,26 @@ fn cost(prog: &aya::programs::Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
     Ok(r.duration.as_nanos() as f64)
 }
 
+/// A `paths` record of a path timed in single runs (`single_cost`): its median less
+/// the harness's overhead, against the floor.
+fn single_runs_record(name: &str, ns: f64, overhead: f64, floor_ns: f64, size: Size) -> Value {
+    let corrected = ns - overhead;
+    let mut r = record(
+        "paths",
+        name,
+        corrected,
+        "ns/pkt",
+        Some(("XDP_PASS floor", floor_ns)),
+        true,
+    );
+    r["above_floor_ns"] = json!(corrected - floor_ns);
+    r["method"] = json!(format!(
+        "single runs x {} minus the harness overhead ({overhead:.0} ns)",
+        size.singles
+    ));
+    r
+}
+
 /// ns of single runs (for paths that rewrite their frame into another path's).
 fn single_cost(prog: &aya::programs::Xdp, frame: &[u8], n: usize) -> Result<f64> {
     let mut v = Vec::with_capacity(n);
@@ -614,21 +634,7 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
             for _ in 0..size.rounds.min(5) {
                 c.push(single_cost(prog, &f, size.singles / 5)?);
             }
-            let corrected = median(c) - overhead;
-            let mut r = record(
-                "paths",
-                name,
-                corrected,
-                "ns/pkt",
-                Some(("XDP_PASS floor", floor_ns)),
-                true,
-            );
-            r["above_floor_ns"] = json!(corrected - floor_ns);
-            r["method"] = json!(format!(
-                "single runs x {} minus the harness overhead ({overhead:.0} ns)",
-                size.singles
-            ));
-            out.push(r);
+            out.push(single_runs_record(name, median(c), overhead, floor_ns, size));
         }
         for (name, f) in answered {
             let (mut c, mut oc) = (Vec::new(), Vec::new());
@@ -638,20 +644,9 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
                     oc.push(single_cost(o.program(), &f, size.singles / 5)?);
                 }
             }
-            let corrected = median(c) - overhead;
-            let mut r = record(
-                "paths",
-                name,
-                corrected,
-                "ns/pkt",
-                Some(("XDP_PASS floor", floor_ns)),
-                true,
-            );
-            r["above_floor_ns"] = json!(corrected - floor_ns);
-            r["method"] = json!(format!(
-                "single runs x {} minus the harness overhead ({overhead:.0} ns)",
-                size.singles
-            ));
+            let ns = median(c);
+            let mut r = single_runs_record(name, ns, overhead, floor_ns, size);
+            let corrected = ns - overhead;
             if let Some(o) = &old {
                 let ons = median(oc) - overhead;
                 r["baseline_binary"] = json!(o.name);

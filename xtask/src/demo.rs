@@ -15,7 +15,8 @@
 //! the active's link goes down and the router follows within BFD's time.
 //!
 //! Act 4, anycast: the same routed lab with a balanced group over a, b and d, every
-//! member announcing the VIP; the client's TCP connections spread over them by the
+//! member announcing the VIP, b on a segment of its own behind the router (reached
+//! through the tunnel); the client's TCP connections spread over them by the
 //! router's ECMP; d's link goes down, the router rehashes, and every connection to a
 //! and b is kept.
 
@@ -204,14 +205,16 @@ fn beyond_one_segment() -> Result<()> {
 }
 
 /// Act 4: the VIP announced over BGP by every member of a balanced group (anycast)
-/// a, b and d; the router spreads connections over them by ECMP; d's link goes down,
-/// the router rehashes, and every connection to a and b is kept.
+/// a, b and d, b on another segment; the router spreads connections over them by
+/// ECMP; d's link goes down, the router rehashes, and every connection to a and b is
+/// kept.
 fn anycast() -> Result<()> {
     use lab::routed::{Options, Routed, PREFIX, VIP};
     const N: usize = 60;
-    say("act 4, anycast: a new routed lab; the group `web` on a, b and d has `balance = {}` with announce = \"bgp\": every member announces the VIP, and the router spreads flows over them by ECMP");
+    say("act 4, anycast: a new routed lab; the group `web` on a, b and d has `balance = {}` with announce = \"bgp\": every member announces the VIP, and the router spreads flows over them by ECMP; b sits on a segment of its own behind the router, and it and the director (a) hand each other packets inside IPIP, which their XDP programs take apart");
     let lab = Routed::start(&Options {
         nodes: vec!["a", "b", "d"],
+        segments: vec!["b"],
         group: "balance = {}".into(),
         ..Options::default()
     })?;
@@ -234,6 +237,18 @@ fn anycast() -> Result<()> {
         *by.entry(conn.server.clone()).or_default() += 1;
     }
     println!("    TCP connections per server: {}", shares(&by, N));
+    let tunnelled = |n: &str| {
+        lab.agent(n)
+            .status()
+            .ok()
+            .and_then(|s| s["global"]["tunnel_encapsulated"].as_u64())
+            .unwrap_or(0)
+    };
+    println!(
+        "    through the tunnel so far: a -> b {} packets, b -> a {} (each new flow the router hands b goes to the director and back)",
+        tunnelled("a"),
+        tunnelled("b")
+    );
     println!(
         "    each member serves its own connections in XDP (a socket lookup) without the director; what a rehash brings to a member that does not hold it goes to the director (a), whose connection table sends it on"
     );

@@ -767,3 +767,206 @@ fn control_socket_survives_random_messages() {
     drop(a);
     teardown(lan);
 }
+
+/// The tunnel under mutation: a member whose director is on another segment, and
+/// 50,000 frames mutated from IPIP seeds (from the director, from a stranger, to
+/// a non-VIP, with options, fragments, IPv6 inside) and from a client's datagram to
+/// the VIP. Whatever a frame holds:
+/// * never XDP_ABORTED;
+/// * XDP_PASS hands the kernel the frame as it came, or its inner packet exactly
+///   (the outer header taken off, the Ethernet header kept) and then only an IPv4
+///   packet to the balanced VIP, from the director's address, to our address and
+///   MAC: nothing else comes out of the tunnel;
+/// * XDP_TX sends only the frame's own IP packet inside IPIP from our address to the
+///   director (valid header checksum, DF), or ICMP "fragmentation needed" for it.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn the_tunnel_lets_out_only_a_balanced_vips_packets_from_its_nodes() {
+    privileged();
+    let ns = Netns::new("fuzz-tunnel").unwrap();
+    ns.run_in(tunnel_fuzz);
+}
+
+fn tunnel_fuzz() {
+    use vip_common::{balance_maps, BalanceNode};
+    let me = Ipv4Addr::new(10, 0, 0, 11);
+    let director = Ipv4Addr::new(10, 0, 1, 10);
+    let vip = Ipv4Addr::new(203, 0, 113, 80);
+    let router = Mac([0x02, 0, 0, 0, 0, 0x20]);
+    let settings = vip_common::Settings {
+        balance_enabled: 1,
+        tunnel_src: u32::from_ne_bytes(me.octets()),
+        ..vip_common::Settings::default()
+    };
+    let mut dp = Dataplane::open(64, None, settings).expect("loading the data plane with a tunnel");
+    let mut member = entry(action::FORWARD, 0, 0, 0);
+    member.flags = flags::BALANCED;
+    member.ifindex = 1;
+    dp.set_vip(IpAddr::V4(vip), &member).unwrap();
+    let node = BalanceNode {
+        tunnel: director.octets(),
+        next_hop: router.0,
+        mtu: 1500,
+        row: 0,
+        ..Default::default()
+    };
+    let key = u32::from_ne_bytes(director.octets());
+    dp.set_balance_nodes(
+        1,
+        &[],
+        &[
+            (balance_maps::node_key(1, &ACTIVE.0), node),
+            (balance_maps::tunnel_key(1, key), node),
+        ],
+    )
+    .unwrap();
+    let ipip = |inner: &[u8], src: Ipv4Addr, dst: Ipv4Addr| {
+        let mut f = frames::ethernet(OWN.0, router.0, 0x0800);
+        let t = (inner.len() as u16 - 14 + 20).to_be_bytes();
+        f.extend_from_slice(&[0x45, 0, t[0], t[1], 0, 0, 0x40, 0, 64, 4, 0, 0]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&inner[14..]);
+        frames::ipv4_checksum(&mut f);
+        f
+    };
+    let client = Ipv4Addr::new(198, 51, 100, 10);
+    let udp = |dst| frames::udp4(OWN, router, client, dst, 40000, 5000, b"payload");
+    let tcp = frames::tcp4(OWN, router, client, vip, 40001, 80, 0x10, &[], b"GET");
+    let seeds = vec![
+        ipip(&udp(vip), director, me),
+        ipip(&tcp, director, me),
+        ipip(&udp(vip), Ipv4Addr::new(10, 0, 1, 99), me),
+        ipip(&udp(Ipv4Addr::new(10, 0, 0, 99)), director, me),
+        frames::with_ip_options(&ipip(&udp(vip), director, me)),
+        frames::fragment(&ipip(&udp(vip), director, me), 0, true),
+        ipip(
+            &frames::udp6(
+                OWN,
+                router,
+                "2001:db8::1".parse().unwrap(),
+                "2001:db8::80".parse().unwrap(),
+                1,
+                2,
+                b"x",
+            ),
+            director,
+            me,
+        ),
+        udp(vip),
+        frames::udp4(OWN, router, client, vip, 40002, 5000, &[7u8; 1472]),
+    ];
+    let valid_header = |h: &[u8]| {
+        h.len() >= 20 && vip_common::csum::csum_fold(frames::csum_add(0, &h[..20])) == 0xffff
+    };
+    let mut r = Rng::new(0x7u64 << 40 | 0x7e57);
+    let mut bad = Vec::new();
+    let mut by = HashMap::<&str, usize>::new();
+    for i in 0..50_000 {
+        let f = if i < seeds.len() {
+            seeds[i].clone()
+        } else {
+            let mut f = seeds[r.below(seeds.len())].clone();
+            for _ in 0..1 + r.below(3) {
+                match r.below(4) {
+                    0 | 1 if f.len() > 14 => {
+                        let at = 14 + r.below((f.len() - 14).min(60));
+                        f[at] = r.byte();
+                    }
+                    2 => {
+                        let keep = 14 + r.below(f.len() - 13);
+                        f.truncate(keep);
+                    }
+                    // A mutated header made valid again, so the checks behind the
+                    // checksum's (the kernel's) are reached too.
+                    3 if f.len() > 14 && f.len() >= 14 + ((f[14] & 0x0f) as usize * 4).max(20) => {
+                        frames::ipv4_checksum(&mut f)
+                    }
+                    _ => {}
+                }
+            }
+            if f.len() < 14 {
+                f.resize(14, 0);
+            }
+            f
+        };
+        let got = dp
+            .test_run(&f)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on frame {i}: {e}"));
+        let out = &got.frame;
+        let verdict = match got.action {
+            XDP_PASS if *out == f => Ok("passed untouched"),
+            XDP_PASS => {
+                // Only the inner packet of IPIP from the director to us, an IPv4
+                // packet to the VIP, behind the frame's own Ethernet header.
+                let decapsulated = f.len() >= 34
+                    && out.len() + 20 == f.len()
+                    && out[..14] == f[..14]
+                    && out[14..] == f[34..];
+                let outer_ok = f.len() >= 34
+                    && f[14] == 0x45
+                    && f[23] == 4
+                    && f[26..30] == director.octets()
+                    && f[30..34] == me.octets()
+                    && f[0..6] == OWN.0;
+                let inner_ok = out.len() >= 34 && out[14] >> 4 == 4 && out[30..34] == vip.octets();
+                if decapsulated && outer_ok && inner_ok {
+                    Ok("decapsulated, delivered")
+                } else {
+                    Err("passed a changed frame that is not a balanced VIP's packet out of the director's tunnel")
+                }
+            }
+            XDP_DROP => Ok("dropped"),
+            XDP_TX => {
+                let tunnelled = out.len() == f.len() + 20
+                    && out[0..6] == router.0
+                    && out[6..12] == OWN.0
+                    && valid_header(&out[14..])
+                    && out[23] == 4
+                    && out[20] & 0x40 != 0
+                    && out[26..30] == me.octets()
+                    && out[30..34] == director.octets()
+                    && out[34..] == f[14..];
+                let icmp = out.len() == 70
+                    && out[23] == 1
+                    && out[34] == 3
+                    && out[35] == 4
+                    && valid_header(&out[14..])
+                    && out[42..70] == f[14..42]
+                    && vip_common::csum::csum_fold(frames::csum_add(0, &out[34..70])) == 0xffff;
+                if tunnelled {
+                    Ok("into the tunnel")
+                } else if icmp {
+                    Ok("fragmentation needed")
+                } else {
+                    Err("sent a frame that is neither the packet in IPIP to the director nor fragmentation needed")
+                }
+            }
+            _ => Err("an action the tunnel never takes"),
+        };
+        match verdict {
+            Ok(what) => *by.entry(what).or_default() += 1,
+            Err(why) => {
+                if bad.len() < 5 {
+                    bad.push(format!(
+                        "{why}: {} on\n  {f:02x?}\n  out {out:02x?}",
+                        action_name(got.action)
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!("tunnel fuzz: {by:?}");
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    for what in [
+        "decapsulated, delivered",
+        "into the tunnel",
+        "fragmentation needed",
+        "dropped",
+    ] {
+        assert!(
+            by.get(what).is_some_and(|n| *n > 0),
+            "no frame was {what}: {by:?}"
+        );
+    }
+}

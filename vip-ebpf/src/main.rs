@@ -9,7 +9,9 @@
 //! records, the peers' budgets, the director's connection tables; and the leases,
 //! only through `vip_lease`). Each IP packet is parsed once (`parse`). Every path
 //! funnels through `try_vip_xdp`, whose errors all become XDP_PASS: a frame we
-//! cannot make sense of is the kernel's business, never dropped by us.
+//! cannot make sense of is the kernel's business, never dropped by us. The one
+//! exception is a frame we took out of the tunnel (`tunnel`): its inner packet is
+//! no frame that came to us, and is dropped when it makes no sense.
 //!
 //! Rooms: `arp`, `ipv4`, `ipv6` (neighbour solicitations) take a frame by its
 //! EtherType; `steer` acts on a VIP's entry, with `handover` (a planned handover's
@@ -91,13 +93,18 @@ fn try_vip_xdp(ctx: &mut XdpContext) -> Result<u32, Error> {
             // packet goes on from here, as if it had come as it is (`steer` checks
             // that it may, `frame.tunnel`).
             if vips && tunnel::for_us(ctx, &mut pkt) {
-                frame = tunnel::decap(ctx, pkt)?;
-                pkt = match parse::ipv4(ctx)? {
-                    Some(p) => p,
-                    None => {
-                        maps::count_global(global::TUNNEL_REFUSED);
-                        return Ok(XDP_DROP);
-                    }
+                frame = match tunnel::decap(ctx, pkt) {
+                    Ok(f) => f,
+                    // The helper refused: the frame is as it came.
+                    Err(Error::Aborted) => return Err(Error::Aborted),
+                    Err(Error::Truncated) => return Ok(tunnel::refused()),
+                };
+                // From here the frame is the tunnel's inner packet: what cannot be
+                // made sense of is dropped, never passed (nothing else comes out of
+                // the tunnel).
+                pkt = match parse::ipv4(ctx) {
+                    Ok(Some(p)) => p,
+                    _ => return Ok(tunnel::refused()),
                 };
             }
             if settings.eip_enabled != 0 && frame.tunnel == 0 {
@@ -105,11 +112,15 @@ fn try_vip_xdp(ctx: &mut XdpContext) -> Result<u32, Error> {
                     return Ok(act);
                 }
             }
-            if vips {
+            let act = if vips {
                 ipv4::handle(ctx, &frame, &mut pkt)
             } else {
                 Ok(XDP_PASS)
+            };
+            if tunnel::src() != 0 && frame.tunnel != 0 {
+                return Ok(act.unwrap_or_else(|_| tunnel::refused()));
             }
+            act
         }
         packet::ETH_P_ARP => {
             if settings.eip_enabled != 0 {

@@ -24,17 +24,20 @@ pub fn vip_action(
     entry: &VipEntry,
     pkt: &mut Packet,
 ) -> Result<u32, Error> {
+    // Out of the tunnel (`tunnel::decap`): only a balanced VIP's packet from a node of
+    // its group, in a frame to us (a flooded one is not ours to take apart either).
+    if tunnel::src() != 0
+        && frame.tunnel != 0
+        && (frame.dst != entry.own_mac || !director::tunneled_from_node(frame, entry))
+    {
+        maps::count_global(global::TUNNEL_REFUSED);
+        return Ok(XDP_DROP);
+    }
     // A frame flooded to us for another node's MAC is not ours to act on: steering it
     // would duplicate it.
     if frame.dst != entry.own_mac {
         maps::count_global(global::NOT_OUR_MAC);
         return Ok(XDP_PASS);
-    }
-    // Out of the tunnel (`tunnel::decap`): only a balanced VIP's packet from a node of
-    // its group.
-    if tunnel::src() != 0 && frame.tunnel != 0 && !director::tunneled_from_node(frame, entry) {
-        maps::count_global(global::TUNNEL_REFUSED);
-        return Ok(XDP_DROP);
     }
     // SAFETY: the packet's one reference to the VIP's stats.
     let Some(stats) = (unsafe { maps::stats(entry) }) else {

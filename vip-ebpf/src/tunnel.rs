@@ -7,9 +7,10 @@
 //! kernel needs no ipip module, and nothing but the two programs sees the tunnel.
 //!
 //! * **What may come out of the tunnel:** an IPv4 packet to a balanced VIP, from a
-//!   node of that VIP's group (`steer` checks the outer source against
-//!   `BALANCE_NODES`); anything else that was decapsulated is dropped
-//!   (`TUNNEL_REFUSED`). The tunnel is no way into the host.
+//!   node of that VIP's group, in a frame to our MAC (`steer` checks the outer
+//!   source against `BALANCE_NODES`); anything else that was decapsulated, an inner
+//!   packet the parser or the steering cannot make sense of included, is dropped
+//!   (`TUNNEL_REFUSED`, [`refused`]). The tunnel is no way into the host.
 //! * **MTU:** the outer header costs 20 bytes. A packet that would no longer fit the
 //!   path's MTU (`BalanceNode::mtu`, the interface's) is not fragmented: with DF set
 //!   (TCP always, UDP by default on Linux) the client gets ICMP "fragmentation
@@ -85,6 +86,13 @@ pub fn decap(ctx: &mut XdpContext, pkt: Packet) -> Result<Frame, Error> {
     frame.tunnel = from;
     maps::count_global(global::TUNNEL_DECAPSULATED);
     Ok(frame)
+}
+
+/// A decapsulated packet refused (`TUNNEL_REFUSED`): dropped.
+#[inline(always)]
+pub fn refused() -> u32 {
+    maps::count_global(global::TUNNEL_REFUSED);
+    XDP_DROP
 }
 
 /// Sends the IP packet in the frame to `node` inside IPIP, with `own_mac` as the

@@ -5,6 +5,7 @@
 //! for routed VIPs ([`Frr`], [`Bird`]). Every namespace, link and process is torn
 //! down in `Drop`, also when a test fails.
 
+pub mod anycast;
 mod capture;
 pub mod chaos;
 pub mod frames;

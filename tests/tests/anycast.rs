@@ -19,104 +19,14 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeMap, thread, time::Duration};
 
 use lab::{
+    anycast::{anycast_lab, shares, udp_flows, Conns, BIG, CONNECTIONS},
     privileged,
     routed::{Options, Routed, VIP},
-    wait_for, Netns,
+    wait_for,
 };
-
-const FLOWS: u16 = 3000;
-const CONNECTIONS: usize = 240;
-const TCP_PORT: u16 = 9000;
-
-/// Answers each byte a connection sends with the node's name and a newline, until
-/// dropped (bound before the node holds the VIP).
-struct NameServer {
-    stop: Arc<AtomicBool>,
-    accept: Option<thread::JoinHandle<()>>,
-}
-
-impl NameServer {
-    fn start(ns: &Netns, name: &'static str) -> NameServer {
-        ns.sysctl("net.ipv4.ip_nonlocal_bind", "1")
-            .expect("nonlocal bind");
-        let l = ns
-            .run_in(|| TcpListener::bind((VIP, TCP_PORT)))
-            .expect("binding the VIP");
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let accept = thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut c, _)) => {
-                        let s = s.clone();
-                        thread::spawn(move || {
-                            let _ = c.set_nonblocking(false);
-                            let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
-                            let mut b = [0u8; 1];
-                            while !s.load(Ordering::Relaxed) {
-                                match std::io::Read::read(&mut c, &mut b) {
-                                    Ok(0) => return,
-                                    Ok(_) => {
-                                        if c.write_all(format!("{name}\n").as_bytes()).is_err() {
-                                            return;
-                                        }
-                                    }
-                                    Err(e)
-                                        if matches!(
-                                            e.kind(),
-                                            std::io::ErrorKind::WouldBlock
-                                                | std::io::ErrorKind::TimedOut
-                                        ) => {}
-                                    Err(_) => return,
-                                }
-                            }
-                        });
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        NameServer {
-            stop,
-            accept: Some(accept),
-        }
-    }
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The routed lab of `o`, with a name server on each of its nodes (dropped before the
-/// lab: the field order of the tuple).
-fn anycast_lab(o: &Options, what: &str) -> (Vec<NameServer>, Routed) {
-    let lab = Routed::start(o).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    let servers = o
-        .nodes
-        .iter()
-        .map(|n| NameServer::start(&lab.lan.host(n).ns, n))
-        .collect();
-    (servers, lab)
-}
 
 /// Each of `nodes` answered 33 % +- 8 % of the flows, and no flow went unanswered.
 fn assert_spread(spread: &BTreeMap<String, usize>, nodes: &[&str]) {
@@ -130,84 +40,6 @@ fn assert_spread(spread: &BTreeMap<String, usize>, nodes: &[&str]) {
         );
     }
     assert_eq!(spread.get("-"), None, "unanswered flows: {spread:?}");
-}
-
-/// One datagram from each of `FLOWS` source ports: who answered each (None: nobody).
-fn udp_flows(client: &Netns) -> Vec<Option<String>> {
-    client.run_in(|| {
-        let to = SocketAddr::new(VIP.into(), lab::routed::PORT);
-        let socks: Vec<UdpSocket> = (0..FLOWS)
-            .map(|i| {
-                let s = UdpSocket::bind(("0.0.0.0", 30000 + i)).expect("binding a flow");
-                s.set_nonblocking(true).expect("nonblocking");
-                s
-            })
-            .collect();
-        let mut out: Vec<Option<String>> = vec![None; socks.len()];
-        for _ in 0..3 {
-            for (i, s) in socks.iter().enumerate() {
-                if out[i].is_none() {
-                    let _ = s.send_to(&(i as u64).to_be_bytes(), to);
-                }
-            }
-            thread::sleep(Duration::from_millis(300));
-            let mut buf = [0u8; 64];
-            for (i, s) in socks.iter().enumerate() {
-                while let Ok(n) = s.recv(&mut buf) {
-                    if n > 8 {
-                        out[i] = Some(String::from_utf8_lossy(&buf[8..n]).into_owned());
-                    }
-                }
-            }
-        }
-        out
-    })
-}
-
-/// Open connections, each with the member that answered it.
-struct Conns(Vec<(BufReader<TcpStream>, String)>);
-
-impl Conns {
-    fn open(client: &Netns) -> Conns {
-        let to = SocketAddr::new(VIP.into(), TCP_PORT);
-        let mut v = Vec::new();
-        for _ in 0..CONNECTIONS {
-            let s = client
-                .run_in(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)))
-                .expect("connecting to the VIP");
-            s.set_read_timeout(Some(Duration::from_secs(2)))
-                .expect("timeout");
-            let mut r = BufReader::new(s);
-            let who = ask(&mut r).expect("a first answer");
-            v.push((r, who));
-        }
-        Conns(v)
-    }
-
-    /// Per connection: still answered by the same member.
-    fn alive(&mut self) -> Vec<bool> {
-        self.0
-            .iter_mut()
-            .map(|(r, who)| ask(r).as_deref() == Some(who.as_str()))
-            .collect()
-    }
-}
-
-fn ask(r: &mut BufReader<TcpStream>) -> Option<String> {
-    r.get_mut().write_all(b"?").ok()?;
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let line = line.trim().to_string();
-    (!line.is_empty()).then_some(line)
-}
-
-fn shares(who: &[Option<String>]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for w in who {
-        *m.entry(w.clone().unwrap_or_else(|| "-".into()))
-            .or_insert(0) += 1;
-    }
-    m
 }
 
 /// What one lab gave: the spread of the UDP flows, and how many of the connections
@@ -498,26 +330,4 @@ fn anycast_reaches_a_member_on_another_segment_through_the_tunnel() {
         route.contains("mtu 1480"),
         "the client learned no path MTU for the VIP from the tunnel: {route}"
     );
-}
-
-/// A request of this many bytes: two full-size segments and a part.
-const BIG: usize = 3000;
-
-impl Conns {
-    /// Per connection: a `len`-byte request answered in full by the same member
-    /// (one line per byte).
-    fn big(&mut self, len: usize) -> Vec<bool> {
-        self.0
-            .iter_mut()
-            .map(|(r, who)| {
-                if r.get_mut().write_all(&vec![b'?'; len]).is_err() {
-                    return false;
-                }
-                (0..len).all(|_| {
-                    let mut line = String::new();
-                    r.read_line(&mut line).is_ok() && line.trim() == who.as_str()
-                })
-            })
-            .collect()
-    }
 }

@@ -194,7 +194,7 @@ pub fn to_routed_director(
 /// node of the entry's balanced group: only those may hand us packets that way.
 #[inline(always)]
 pub fn tunneled_from_node(frame: &Frame, entry: &VipEntry) -> bool {
-    if entry.flags & flags::BALANCED == 0 || maps::settings().balance_enabled == 0 {
+    if entry.flags & flags::BALANCED == 0 || !maps::balance_enabled() {
         return false;
     }
     let key = balance_maps::tunnel_key(entry.ifindex, frame.tunnel);

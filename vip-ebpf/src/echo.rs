@@ -53,7 +53,7 @@ unsafe impl Plain for ProbeV6 {}
 /// (see `parse::Layout::plain`) is answered or recorded as a probe or a reply.
 #[inline(always)]
 pub fn handle(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<u32, Error> {
-    let port = maps::settings().echo_port;
+    let port = maps::echo_port();
     if port == 0 {
         return Ok(XDP_PASS);
     }

@@ -291,6 +291,28 @@ pub unsafe fn packet_u64(p: *const u8) -> u64 {
     v
 }
 
+/// One setting alone: one load where [`settings`] makes five (volatile loads all
+/// stay, used or not), on the paths that test one per packet.
+#[inline(always)]
+pub fn tunnel_src() -> u32 {
+    // SAFETY: a read-only global the loader patches; volatile keeps the load.
+    unsafe { core::ptr::read_volatile(&TUNNEL_SRC) }
+}
+
+/// See [`tunnel_src`].
+#[inline(always)]
+pub fn balance_enabled() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&BALANCE_ENABLED) != 0 }
+}
+
+/// See [`tunnel_src`].
+#[inline(always)]
+pub fn echo_port() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&ECHO_PORT) }
+}
+
 #[inline(always)]
 pub fn settings() -> Settings {
     // SAFETY: reads of read-only globals; volatile so the compiler keeps the loads the

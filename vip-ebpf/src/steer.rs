@@ -63,7 +63,7 @@ pub fn vip_action(
             return Ok(act);
         }
     }
-    if maps::settings().balance_enabled != 0 && entry.flags & flags::BALANCED != 0 {
+    if maps::balance_enabled() && entry.flags & flags::BALANCED != 0 {
         if entry.action == action::LOCAL {
             if let Some(act) = director::member_action(ctx, frame, entry, pkt)? {
                 stats.forwarded += 1;

@@ -52,7 +52,7 @@ const DF: u8 = 0x40;
 /// verifier drops every path behind a test of it.
 #[inline(always)]
 pub fn src() -> u32 {
-    maps::settings().tunnel_src
+    maps::tunnel_src()
 }
 
 /// Whether the packet is IPIP to this node's tunnel address: a whole datagram (no

@@ -104,13 +104,27 @@ pub fn check_host(
             }
         }
         // A balanced group reaches a peer on another segment through IPv4 in IPv4
-        // (the data plane's tunnel): such a peer is named by its IPv4 address.
-        if let (Some(_), Some(e)) = (&g.balance, &g.election) {
+        // (the data plane's tunnel): such a peer is named by its IPv4 address. Other
+        // groups have no tunnel: their forward entries (a planned handover's, a
+        // stale client's) reach the active by its MAC, on this segment only.
+        if let Some(e) = &g.election {
             for (pi, peer) in e.peers.iter().enumerate() {
                 let on_segment = subnets.iter().any(|(a, p)| {
                     a.is_ipv4() == peer.is_ipv4() && network(*a, *p) == network(*peer, *p)
                 });
-                if peer.is_ipv6() && !on_segment {
+                if g.balance.is_none() && !on_segment {
+                    report.warnings.push(format!(
+                        "group[{}].peers[{pi}]: {peer} is in no subnet of interface {}: what this node forwards to it as the active (during a planned handover, or a client's stale neighbour entry) is lost, since only a balanced group's nodes reach each other across segments (through the tunnel){}",
+                        g.name,
+                        iface.name,
+                        if g.announce == super::Announce::Arp {
+                            "; and a VIP announced by ARP is reachable on its own segment only"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                if g.balance.is_some() && peer.is_ipv6() && !on_segment {
                     problems.push(Problem {
                         key: format!("group[{}].peers[{pi}]", g.name),
                         message: format!(

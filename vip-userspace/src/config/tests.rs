@@ -943,6 +943,28 @@ fn a_balanced_groups_routed_peer_must_be_ipv4() {
         e.contains("group[web].peers[0]") && e.contains("IPv4 tunnel"),
         "{e}"
     );
+    // A group without balance has no tunnel: a peer on another segment is warned of.
+    let plain = parse(&speaker(&BGP.replace(
+        "peers = [\"10.0.0.12\"]",
+        "peers = [\"10.0.0.12\", \"10.0.1.10\"]",
+    )))
+    .unwrap();
+    let r = host(&plain, eth0(&[("10.0.0.11", 24)])).unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("group[web].peers[1]") && w.contains("no subnet")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(
+        !host(&routed, eth0(&[("10.0.0.11", 24)]))
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("peers[")),
+        "a balanced group's routed peer is no warning"
+    );
     // On the segment, an IPv6 peer is fine.
     let on_link = parse(&speaker(&BGP.replace(
         "peers = [\"10.0.0.12\"]",

@@ -218,7 +218,7 @@ pub fn tunneled_from_node(frame: &Frame, entry: &VipEntry) -> bool {
 /// A packet out of the tunnel came from a node: `steer` let it through only then.
 #[inline(always)]
 pub fn from_node(ctx: &XdpContext, frame: &Frame, entry: &VipEntry) -> Result<bool, Error> {
-    if tunnel::src() != 0 && frame.tunnel != 0 {
+    if tunnel::decapsulated(frame) {
         return Ok(true);
     }
     let src = packet::src_mac(ctx)?;
@@ -353,7 +353,7 @@ fn first_hop(
     } else if proto != UDP {
         return Ok(None);
     }
-    if tunnel::src() != 0 && frame.tunnel != 0 {
+    if tunnel::decapsulated(frame) {
         // SAFETY: hash-map values are replaced under RCU, never written in place.
         let Some(node) =
             (unsafe { BALANCE_NODES.get(balance_maps::tunnel_key(slot, frame.tunnel)) })

@@ -2,10 +2,7 @@
 //! UDP datagram may be the election's (see `echo`).
 
 use aya_ebpf::programs::XdpContext;
-use vip_common::{
-    global,
-    xdp::{XDP_DROP, XDP_PASS},
-};
+use vip_common::xdp::XDP_PASS;
 
 use crate::{
     echo, maps,
@@ -18,9 +15,8 @@ use crate::{
 pub fn handle(ctx: &mut XdpContext, frame: &Frame, pkt: &mut Packet) -> Result<u32, Error> {
     let Some(entry) = maps::vip_v4(pkt.dst_v4) else {
         // Out of the tunnel, only a balanced VIP's packet goes on.
-        if tunnel::src() != 0 && frame.tunnel != 0 {
-            maps::count_global(global::TUNNEL_REFUSED);
-            return Ok(XDP_DROP);
+        if tunnel::decapsulated(frame) {
+            return Ok(tunnel::refused());
         }
         // Options and first fragments too, so that neither is a way past the
         // election port's checks; a later fragment has no UDP header to judge (and

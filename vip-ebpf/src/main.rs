@@ -117,7 +117,7 @@ fn try_vip_xdp(ctx: &mut XdpContext) -> Result<u32, Error> {
             } else {
                 Ok(XDP_PASS)
             };
-            if tunnel::src() != 0 && frame.tunnel != 0 {
+            if tunnel::decapsulated(&frame) {
                 return Ok(act.unwrap_or_else(|_| tunnel::refused()));
             }
             act

@@ -11,9 +11,13 @@
 //!
 //! Writes take the context mutably, reads share it: the borrow checker then keeps
 //! a reference to a header from outliving a write into the frame, or a resize
-//! ([`adjust_tail`], the one helper here that moves the frame's end).
+//! ([`adjust_tail`], which moves the frame's end, and [`adjust_head`], its start:
+//! only `tunnel` calls it).
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use network_types::{
     arp::ArpHdr,
     eth::EthHdr,
@@ -163,6 +167,19 @@ pub fn adjust_tail(ctx: &mut XdpContext, delta: i32) -> Result<(), Error> {
     // SAFETY: the helper checks the new size itself; no reference into the frame
     // outlives the call (the context is borrowed mutably).
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Err(Error::Aborted);
+    }
+    Ok(())
+}
+
+/// Moves the frame's start by `delta` bytes (`bpf_xdp_adjust_head`): into the
+/// headroom when negative. Through a mutable borrow, as [`adjust_tail`]. An even
+/// delta keeps the frame's start 2-aligned (see `aligned`).
+#[inline(always)]
+pub fn adjust_head(ctx: &mut XdpContext, delta: i32) -> Result<(), Error> {
+    // SAFETY: the helper checks the new start itself (within the headroom, at least
+    // an Ethernet header left); no reference into the frame outlives the call.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
         return Err(Error::Aborted);
     }
     Ok(())

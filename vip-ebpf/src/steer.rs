@@ -26,12 +26,10 @@ pub fn vip_action(
 ) -> Result<u32, Error> {
     // Out of the tunnel (`tunnel::decap`): only a balanced VIP's packet from a node of
     // its group, in a frame to us (a flooded one is not ours to take apart either).
-    if tunnel::src() != 0
-        && frame.tunnel != 0
+    if tunnel::decapsulated(frame)
         && (frame.dst != entry.own_mac || !director::tunneled_from_node(frame, entry))
     {
-        maps::count_global(global::TUNNEL_REFUSED);
-        return Ok(XDP_DROP);
+        return Ok(tunnel::refused());
     }
     // A frame flooded to us for another node's MAC is not ours to act on: steering it
     // would duplicate it.

@@ -24,7 +24,7 @@
 //! comes after the last use of the packet's description (`parse::Packet` points
 //! into the frame): the callers parse again.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use network_types::eth::EthHdr;
 use vip_common::{
     csum::csum_finish,
@@ -35,7 +35,7 @@ use vip_common::{
 
 use crate::{
     maps,
-    packet::{self, hdr, hdr_mut, Error, Frame, Mac, ETH_HLEN, ETH_P_IP},
+    packet::{self, adjust_head, hdr, hdr_mut, Error, Frame, Mac, ETH_HLEN, ETH_P_IP},
     parse::{Addrs, Family, Packet, ICMP, IPIP},
 };
 
@@ -53,6 +53,13 @@ const DF: u8 = 0x40;
 #[inline(always)]
 pub fn src() -> u32 {
     maps::tunnel_src()
+}
+
+/// Whether the frame is a packet [`decap`] took out of the tunnel: the one test of
+/// `Frame::tunnel`, behind `src()` so that a node without a tunnel pays a constant.
+#[inline(always)]
+pub fn decapsulated(frame: &Frame) -> bool {
+    src() != 0 && frame.tunnel != 0
 }
 
 /// Whether the packet is IPIP to this node's tunnel address: a whole datagram (no
@@ -118,7 +125,9 @@ pub fn send(
     let total = inner + OUTER as u32;
     if total > node.mtu as u32 {
         maps::count_global(global::TUNNEL_TOO_BIG);
-        if !df {
+        // Without DF it may not be answered; with IPv4 options its quote would not
+        // be the header and 8 bytes.
+        if !df || ip[0] != 0x45 {
             return Ok(Some(XDP_DROP));
         }
         return frag_needed(ctx, node.mtu.saturating_sub(OUTER as u16)).map(Some);
@@ -170,9 +179,6 @@ const OLD_IP: usize = ERROR_HEAD + ETH_HLEN;
 /// are copied from the old headers before the new ones cover them.
 #[inline(always)]
 fn frag_needed(ctx: &mut XdpContext, mtu: u16) -> Result<u32, Error> {
-    if hdr::<u8>(ctx, ETH_HLEN).is_ok_and(|v| *v != 0x45) {
-        return Ok(XDP_DROP);
-    }
     let len = ctx.data_end() - ctx.data();
     if len < ETH_HLEN + QUOTE {
         return Ok(XDP_DROP);
@@ -248,18 +254,4 @@ fn checksum<const N: usize>(h: &[u8; N], from: usize, to: usize) -> [u8; 2] {
         i += 2;
     }
     csum_finish(sum).to_be_bytes()
-}
-
-/// Moves the frame's start by `delta` bytes (`bpf_xdp_adjust_head`): into the
-/// headroom when negative. Through a mutable borrow: every reference into the frame
-/// is dead by then. An even delta keeps the frame's start 2-aligned (see
-/// `packet::aligned`).
-#[inline(always)]
-fn adjust_head(ctx: &mut XdpContext, delta: i32) -> Result<(), Error> {
-    // SAFETY: the helper checks the new start itself (within the headroom, at least
-    // an Ethernet header left); no reference into the frame outlives the call.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
-        return Err(Error::Aborted);
-    }
-    Ok(())
 }

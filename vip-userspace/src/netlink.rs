@@ -279,12 +279,14 @@ impl Netlink {
         Ok(None)
     }
 
-    /// The MAC the kernel's neighbour table holds for `addr` on `ifindex`, if any.
-    pub fn neighbour(&self, ifindex: u32, addr: IpAddr) -> io::Result<Option<Mac>> {
+    /// The usable IPv4 neighbours on `ifindex` (address and MAC), in one dump: the
+    /// kernel's neighbour table, as `ip neigh show dev` lists it.
+    pub fn neighbours_v4(&self, ifindex: u32) -> io::Result<Vec<(IpAddr, Mac)>> {
         let mut req = NeighbourMessage::default();
-        req.header.family = family(addr);
+        req.header.family = AddressFamily::Inet;
         req.header.ifindex = ifindex;
         let replies = self.exchange(RouteNetlinkMessage::GetNeighbour(req), NLM_F_DUMP)?;
+        let mut out = Vec::new();
         for m in replies.into_iter().filter_map(Result::ok) {
             let RouteNetlinkMessage::NewNeighbour(n) = m else {
                 continue;
@@ -301,20 +303,17 @@ impl Netlink {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
                         dst = Some(IpAddr::V4(*a))
                     }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                        dst = Some(IpAddr::V6(*a))
-                    }
                     NeighbourAttribute::LinkLayerAddress(v) if v.len() == 6 => {
                         ll = Mac::try_from(&v[..]).ok()
                     }
                     _ => {}
                 }
             }
-            if dst == Some(addr) {
-                return Ok(ll);
+            if let (Some(dst), Some(ll)) = (dst, ll) {
+                out.push((dst, ll));
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// Sends one request and collects the replies up to the ack (or DONE for dumps).

@@ -145,7 +145,7 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Looks up the way to each routed node of the group (at most every
 /// [`RESOLVE_EVERY`]): the kernel's route to it, the MAC of that route's gateway in
-/// the neighbour table, and the interface's MTU. A route out of another interface
+/// the neighbour table (one dump for all of them), and the interface's MTU. A route out of another interface
 /// than the group's, or a gateway without a neighbour entry yet, leaves the MAC
 /// unresolved (the data plane then serves the node's packets where they arrive).
 fn resolve_hops(nl: &Netlink, iface: &Interface, b: &mut Membership, now: Instant) {
@@ -160,10 +160,12 @@ fn resolve_hops(nl: &Netlink, iface: &Interface, b: &mut Membership, now: Instan
         .and_then(|l| l.mtu)
         .unwrap_or(1500)
         .min(u16::MAX as u32) as u16;
+    let neighbours = nl.neighbours_v4(iface.index).unwrap_or_default();
     for addr in routed {
         let mac = match nl.route_to(addr) {
             Ok(Some((oif, gateway))) if oif == iface.index => {
-                nl.neighbour(oif, gateway.unwrap_or(addr)).ok().flatten()
+                let next = gateway.unwrap_or(addr);
+                neighbours.iter().find(|(a, _)| *a == next).map(|(_, m)| *m)
             }
             _ => None,
         };

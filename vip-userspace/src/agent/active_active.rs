@@ -145,9 +145,10 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Looks up the way to each routed node of the group (at most every
 /// [`RESOLVE_EVERY`]): the kernel's route to it, the MAC of that route's gateway in
-/// the neighbour table (one dump for all of them), and the interface's MTU. A route out of another interface
-/// than the group's, or a gateway without a neighbour entry yet, leaves the MAC
-/// unresolved (the data plane then serves the node's packets where they arrive).
+/// the neighbour table (one dump for all of them), and the interface's MTU. A route
+/// out of another interface than the group's, or a gateway without a neighbour
+/// entry yet, leaves the MAC unresolved (the data plane then serves the node's
+/// packets where they arrive).
 fn resolve_hops(nl: &Netlink, iface: &Interface, b: &mut Membership, now: Instant) {
     let routed = b.routed();
     if routed.is_empty() || b.resolved_at.is_some_and(|t| now < t + RESOLVE_EVERY) {

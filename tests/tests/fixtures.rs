@@ -6,7 +6,8 @@
 //! against real sockets), `balance` (a balanced group's member, the director's odd
 //! packets), `index` (the IPv4 VIP index), `eip` (an elastic IP's owner rule),
 //! `resident` (a resident group's entries drop what they do not serve), `route6` (an
-//! IPv6 VIP routed by a gateway). This
+//! IPv6 VIP routed by a gateway), `tunnel` (IPIP between a balanced group's nodes),
+//! `virtual_mac` (a group's virtual MAC: answered, taken, never forwarded from). This
 //! file holds what they share: the addresses, a table's row and the runner. Needs
 //! root (BPF), no traffic.
 
@@ -31,6 +32,8 @@ mod resident;
 mod route6;
 #[path = "fixtures/tunnel.rs"]
 mod tunnel;
+#[path = "fixtures/virtual_mac.rs"]
+mod virtual_mac;
 
 use common::*;
 

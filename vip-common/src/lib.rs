@@ -36,6 +36,7 @@ pub mod maps {
     pub const LEASES: &str = "LEASES";
     pub const QUIET: &str = "QUIET";
     pub const REDIRECT_DEVS: &str = "REDIRECT_DEVS";
+    pub const READDRESS: &str = "READDRESS";
     pub const EIPS_IN: &str = "EIPS_IN";
     pub const EIPS_OUT: &str = "EIPS_OUT";
     pub const OWNERS: &str = "OWNERS";
@@ -282,6 +283,18 @@ pub mod flags {
     /// dropped (XDP_DROP, counted in `lease_expired`), never passed; serving,
     /// forwarding and the drain's KEEP are as without the flag.
     pub const RESIDENT: u32 = 1 << 4;
+    /// The group has a virtual MAC (`mac = "..."`, as VRRP's): `own_mac` is that MAC,
+    /// which answers ARP/NS and moves with the group, and `src_mac` is the node's own.
+    /// A frame to either is ours; one to the virtual MAC has its destination set to
+    /// the node's before anything acts on it, so that the local stack, which knows
+    /// only the node's MAC, takes what is passed. Set on the active's entries and on
+    /// the old active's while it drains ([`KEEP`]), which the switch may still send
+    /// the virtual MAC's frames to; never on a standby's, which must not take a frame
+    /// flooded to the virtual MAC (the active has it too). Frames the program sends
+    /// itself keep their sources: an ARP/NS answer comes from `own_mac` (the active
+    /// only), a forwarded frame from `src_mac`, never from the virtual MAC, which
+    /// would pull the switch's entry for it away from the active.
+    pub const VIRTUAL_MAC: u32 = 1 << 5;
 }
 
 /// Value of the `VIPS_V4` (key: IPv4 address, 4 bytes in network order) and `VIPS_V6`

@@ -14,7 +14,7 @@ use network_types::{
 };
 use vip_common::{
     csum::csum_finish,
-    echo, global,
+    echo, flags, global,
     xdp::{XDP_DROP, XDP_PASS, XDP_TX},
 };
 
@@ -132,7 +132,12 @@ fn serving(frame: &Frame, body: &[u8; echo::LEN]) -> bool {
         }
         _ => None,
     };
-    entry.is_some_and(|e| frame.dst == e.own_mac && maps::answers(e))
+    // Probes come to the node's MAC, which is `own_mac` unless the group has a
+    // virtual one (`flags::VIRTUAL_MAC`: then `src_mac`).
+    entry.is_some_and(|e| {
+        (frame.dst == e.own_mac || (e.flags & flags::VIRTUAL_MAC != 0 && frame.dst == e.src_mac))
+            && maps::answers(e)
+    })
 }
 
 /// Sends the (plain) probe back where it came from, as a reply.

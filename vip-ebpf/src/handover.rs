@@ -130,7 +130,9 @@ pub fn drain_action(
         // The old active had no socket for it either: our kernel answers (a reset).
         return Ok(None);
     }
-    packet::set_macs(ctx, &entry.dst_mac, &entry.own_mac)?;
+    // From the node's MAC (`src_mac`: `own_mac` but for a virtual MAC, which only
+    // ARP/NS answers come from).
+    packet::set_macs(ctx, &entry.dst_mac, &entry.src_mac)?;
     stats.forwarded += 1;
     Ok(Some(XDP_TX))
 }

@@ -9,9 +9,9 @@
 //! (only `vip_lease`, which extends a lease that still runs).
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_boot_ns},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, CpuMap, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use vip_common::{
     action,
@@ -73,6 +73,28 @@ pub static QUIET: Array<u32> = Array::with_max_entries(MAX_GROUPS, 0);
 /// Redirect targets, keyed by ifindex.
 #[map]
 pub static REDIRECT_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_DEVS, 0);
+
+/// CPU -> a queue whose kernel thread builds each frame's skb anew (`pass_readdressed`).
+/// Empty unless the agent fills it (for a group's virtual MAC on a veth in native
+/// mode); sized by the agent to the host's CPUs.
+#[map]
+pub static READDRESS: CpuMap = CpuMap::with_max_entries(1, 0);
+
+/// Passes a frame whose destination we rewrote to the node's MAC (a virtual MAC's,
+/// `flags::VIRTUAL_MAC`). A driver builds the skb after the program, from the frame
+/// as it is now, so XDP_PASS is enough; but a veth in native mode hands the program
+/// an skb it has already classified as another host's (PACKET_OTHERHOST), which the
+/// IP stack drops whatever the program rewrote. There the agent fills `READDRESS`,
+/// and the frame goes through this CPU's queue, whose skb is classified anew.
+#[inline(always)]
+pub fn pass_readdressed() -> u32 {
+    // SAFETY: a plain helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // On a missing entry the helper returns XDP_PASS (the flags' low bits).
+    READDRESS
+        .redirect(cpu, vip_common::xdp::XDP_PASS as u64)
+        .unwrap_or(vip_common::xdp::XDP_PASS)
+}
 
 /// Elastic IP -> mapping (inbound).
 #[map]

@@ -160,6 +160,13 @@ pub fn set_macs(ctx: &mut XdpContext, dst: &Mac, src: &Mac) -> Result<(), Error>
     Ok(())
 }
 
+/// Rewrites the Ethernet destination in place.
+#[inline(always)]
+pub fn set_dst_mac(ctx: &mut XdpContext, dst: &Mac) -> Result<(), Error> {
+    hdr_mut::<EthHdr>(ctx, 0)?.dst_addr.copy_from_slice(dst);
+    Ok(())
+}
+
 /// Grows or shrinks the frame at its end by `delta` bytes (`bpf_xdp_adjust_tail`).
 /// Through a mutable borrow: every reference into the frame is dead by then.
 #[inline(always)]

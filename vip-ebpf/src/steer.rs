@@ -32,11 +32,34 @@ pub fn vip_action(
         return Ok(tunnel::refused());
     }
     // A frame flooded to us for another node's MAC is not ours to act on: steering it
-    // would duplicate it.
+    // would duplicate it. With a virtual MAC (`own_mac`) a frame to the node's own
+    // (`src_mac`) is ours too, and one to the virtual MAC is readdressed to the node's,
+    // the only one the local stack takes (`flags::VIRTUAL_MAC`).
     if frame.dst != entry.own_mac {
-        maps::count_global(global::NOT_OUR_MAC);
-        return Ok(XDP_PASS);
+        if entry.flags & flags::VIRTUAL_MAC == 0 || frame.dst != entry.src_mac {
+            maps::count_global(global::NOT_OUR_MAC);
+            return Ok(XDP_PASS);
+        }
+    } else if entry.flags & flags::VIRTUAL_MAC != 0 {
+        packet::set_dst_mac(ctx, &entry.src_mac)?;
+        let act = serve(ctx, frame, entry, pkt)?;
+        return Ok(if act == XDP_PASS {
+            maps::pass_readdressed()
+        } else {
+            act
+        });
     }
+    serve(ctx, frame, entry, pkt)
+}
+
+/// The action for a packet to one of our MACs (see [`vip_action`]).
+#[inline(always)]
+fn serve(
+    ctx: &mut XdpContext,
+    frame: &Frame,
+    entry: &VipEntry,
+    pkt: &mut Packet,
+) -> Result<u32, Error> {
     // SAFETY: the packet's one reference to the VIP's stats.
     let Some(stats) = (unsafe { maps::stats(entry) }) else {
         return Ok(XDP_PASS);

@@ -25,7 +25,9 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo},
     link::{LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, LinkXdp, XdpAttached},
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
@@ -316,6 +318,27 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Has the interface take frames to `mac` besides its own (`bridge fdb add MAC dev
+    /// IF self permanent`: the kernel adds it to the device's unicast filter, or puts
+    /// a device without one in promiscuous mode); idempotent. A group's virtual MAC
+    /// needs it: a NIC drops the frames to it before XDP sees them otherwise.
+    pub fn add_unicast_mac(&self, ifindex: u32, mac: Mac) -> io::Result<()> {
+        let msg = RouteNetlinkMessage::NewNeighbour(fdb_msg(ifindex, mac));
+        match self.exchange(msg, NLM_F_CREATE) {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// Undoes [`Self::add_unicast_mac`]; absent already is not an error.
+    pub fn del_unicast_mac(&self, ifindex: u32, mac: Mac) -> io::Result<()> {
+        let msg = RouteNetlinkMessage::DelNeighbour(fdb_msg(ifindex, mac));
+        match self.exchange(msg, 0) {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::EADDRNOTAVAIL)) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
     /// Sends one request and collects the replies up to the ack (or DONE for dumps).
     /// A reply that does not decode is kept as its decode error.
     fn exchange(
@@ -402,6 +425,19 @@ fn timeval(d: Duration) -> libc::timeval {
 /// 99`): not one of the kernel's or a known daemon's, so no other daemon takes them
 /// for its own.
 pub const ROUTE_PROTOCOL: u8 = 99;
+
+/// A device's own forwarding entry for `mac` (AF_BRIDGE, NTF_SELF, permanent): its
+/// unicast address list.
+fn fdb_msg(ifindex: u32, mac: Mac) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = ifindex;
+    m.header.state = NeighbourState::Permanent;
+    m.header.flags = NeighbourFlags::Own;
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+    m
+}
 
 fn route_msg(table: u32, addr: IpAddr, prefix: u8) -> RouteMessage {
     let mut m = RouteMessage::default();

@@ -123,6 +123,10 @@ pub struct GroupStatus {
     /// the VIPs) or "resident" (on lo in every role).
     #[serde(default)]
     pub addresses: String,
+    /// The group's virtual MAC (`mac`), which its active answers and announces
+    /// with; None: the node's own MAC.
+    #[serde(default)]
+    pub virtual_mac: Option<String>,
     /// How ownership is declared: "arp", "bgp" or "both".
     #[serde(default)]
     pub announce: String,
@@ -582,6 +586,9 @@ impl Status {
             if g.addresses == "resident" {
                 let _ = writeln!(s, "{:<12} addresses: resident (on lo in every role)", "");
             }
+            if let Some(m) = &g.virtual_mac {
+                let _ = writeln!(s, "{:<12} virtual MAC: {m}", "");
+            }
             if let Some(r) = &g.routes {
                 let _ = writeln!(s, "{:<12} {}", "", routes_line(r, self.bgp.as_ref(), now));
             }
@@ -689,6 +696,7 @@ pub(crate) fn example() -> Status {
         mode: "elected".into(),
         forward_to: None,
         addresses: "on_takeover".into(),
+        virtual_mac: None,
         announce: "arp".into(),
         routes: None,
         healthy: true,
@@ -816,6 +824,7 @@ mod tests {
             mode: "elected".into(),
             forward_to: None,
             addresses: "on_takeover".into(),
+            virtual_mac: None,
             announce: "arp".into(),
             routes: None,
             healthy: true,

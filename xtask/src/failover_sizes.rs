@@ -11,7 +11,10 @@
 //! (`last_takeover`), so detection and decision-to-announcement are reported too.
 //! Each size is run with the group's addresses added at the takeover (the default)
 //! and with `addresses = "resident"` (on lo on both nodes from the start: the bench
-//! waits until b holds every one before the fault). With `--baseline BIN`, each run
+//! waits until b holds every one before the fault), and resident with a virtual MAC
+//! (`mac = "..."`: the client's neighbour entries name the group's MAC, and a
+//! takeover's first frame moves the switch's entry for all the VIPs at once). With
+//! `--baseline BIN`, each run
 //! of the binary under test is followed by one of that binary (at its defaults), on
 //! the same lab. `--quick` (CI): one 1,000-VIP run of each way.
 //! `VIP_BENCH_SIZES=1000,10000` chooses the sizes; `VIP_BENCH_FAMILY=6` makes the
@@ -101,14 +104,19 @@ struct Variant<'a> {
     bin: &'a Path,
     baseline: bool,
     resident: bool,
+    virtual_mac: bool,
 }
+
+/// The bench group's virtual MAC (the `virtual_mac` variant).
+const VMAC: &str = "02:76:69:70:00:09";
 
 impl Variant<'_> {
     fn label(&self) -> &'static str {
-        match (self.baseline, self.resident) {
-            (true, _) => "baseline",
-            (false, false) => "this build",
-            (false, true) => "this build, resident",
+        match (self.baseline, self.resident, self.virtual_mac) {
+            (true, ..) => "baseline",
+            (false, false, _) => "this build",
+            (false, true, false) => "this build, resident",
+            (false, true, true) => "resident, virtual MAC",
         }
     }
 }
@@ -150,17 +158,19 @@ pub fn run(
     let runs = if quick { 1 } else { runs.max(RUNS) };
     let mut rows = Vec::new();
     for &size in &sizes {
-        let this = |resident| Variant {
+        let this = |resident, virtual_mac| Variant {
             bin: vip,
             baseline: false,
             resident,
+            virtual_mac,
         };
-        let mut bins = vec![this(false), this(true)];
+        let mut bins = vec![this(false, false), this(true, false), this(true, true)];
         if let Some(b) = baseline.filter(|_| !quick) {
             bins.push(Variant {
                 bin: b,
                 baseline: true,
                 resident: false,
+                virtual_mac: false,
             });
         }
         let mut per: Vec<Vec<Sample>> = vec![Vec::new(); bins.len()];
@@ -218,7 +228,7 @@ fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
         .collect();
     let cfg = |me: &str, peer: &str, prio: u8| {
         format!(
-            "[node]\nname = \"{me}\"\ninterface = \"eth0\"\nmax_vips = {}\n\n[[group]]\nname = \"web\"\nvips = [{}]\npeers = [\"{}\"]\npriority = {prio}\n{}",
+            "[node]\nname = \"{me}\"\ninterface = \"eth0\"\nmax_vips = {}\n\n[[group]]\nname = \"web\"\nvips = [{}]\npeers = [\"{}\"]\npriority = {prio}\n{}{}",
             size.max(4096),
             vips.join(", "),
             lan.host(peer).ip4,
@@ -226,6 +236,11 @@ fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
                 "addresses = \"resident\"\n"
             } else {
                 ""
+            },
+            if v.virtual_mac {
+                format!("mac = \"{VMAC}\"\n")
+            } else {
+                String::new()
             },
         )
     };
@@ -432,7 +447,7 @@ fn table(rows: &[Row]) -> String {
         "link down"
     };
     let mut out = format!(
-        "\nfailover by group size ({fault}, IPv{}; medians; resident: addresses = \"resident\")\n\
+        "\nfailover by group size ({fault}, IPv{}; medians; resident: addresses = \"resident\"; virtual MAC: mac = \"{VMAC}\")\n\
          | VIPs | binary | runs (failed) | outage first / middle / last | detection | decision → first announcement | a serving after start |\n\
          |---:|---|---:|---|---:|---:|---:|\n",
         if ipv6() { 6 } else { 4 },

@@ -299,6 +299,7 @@ const SERIAL: &[&str] = &[
     "security_local",
     "security",
     "upgrade",
+    "virtual_mac",
     "wire",
 ];
 

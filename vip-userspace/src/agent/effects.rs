@@ -340,7 +340,7 @@ impl Writes for Kernel<'_> {
         }
         let n = garp::FIRST_FRAMES.min(g.vips.len());
         let addrs: Vec<IpAddr> = g.vips[..n].iter().map(|v| v.vip.addr).collect();
-        let frames = garp::frames(self.iface.mac, &addrs);
+        let frames = garp::frames(g.announce_mac(self.iface.mac), &addrs);
         let stamp = takeover_stamp(g);
         g.first_announced = garp::send_now(self.socket, &frames, n, &g.gate, stamp.as_ref());
     }
@@ -432,7 +432,7 @@ impl Writes for Kernel<'_> {
         let already = if ready.is_some() { 0 } else { already };
         let (sock, mac, garp, name, refresh, gate) = (
             self.socket.clone(),
-            self.iface.mac,
+            g.announce_mac(self.iface.mac),
             g.cfg.garp,
             g.cfg.name.clone(),
             g.cfg.garp_refresh,

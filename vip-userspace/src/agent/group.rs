@@ -289,7 +289,21 @@ impl GroupRuntime {
             }
             Entries::Inert => {}
         }
+        // The group's virtual MAC is the active's, and the draining old active's,
+        // which the switch may still send it frames for (see `flags::VIRTUAL_MAC`).
+        if let Some(vmac) = self.cfg.virtual_mac {
+            if matches!(plan, Entries::Active { .. }) || e.flags & flags::KEEP != 0 {
+                e.own_mac = vmac.0;
+                e.flags |= flags::VIRTUAL_MAC;
+            }
+        }
         e
+    }
+
+    /// The MAC the group's announcements name and come from: its virtual MAC if it
+    /// has one, else the node's (`node`).
+    pub fn announce_mac(&self, node: Mac) -> Mac {
+        self.cfg.virtual_mac.unwrap_or(node)
     }
 
     /// The entries the group's VIPs should have now (for VIPs a reload adds).
@@ -547,6 +561,31 @@ impl super::Agent {
             ),
             _ => None,
         };
+        if let Some(vmac) = g.virtual_mac {
+            let native = self
+                .dp
+                .xdp_choice()
+                .is_none_or(|c| c.mode == config::XdpMode::Native);
+            if native
+                && matches!(
+                    crate::xdpmode::probe(&self.nl, self.iface.index),
+                    crate::xdpmode::Link::Veth(_)
+                )
+            {
+                self.dp
+                    .readdress_by_cpu()
+                    .with_context(|| format!("group[{}].mac", g.name))?;
+            }
+            // Taken whatever the role: a NIC's filter has it before a takeover needs it.
+            self.nl
+                .add_unicast_mac(self.iface.index, vmac)
+                .with_context(|| {
+                    format!(
+                        "group[{}].mac: adding {vmac} to {}",
+                        g.name, self.iface.name
+                    )
+                })?;
+        }
         let mut runtime = GroupRuntime::new(g, index, redirect, vips, driver, key);
         runtime.balance = membership;
         self.groups.push(runtime);
@@ -607,6 +646,15 @@ impl super::Agent {
         }
         let mut g = self.groups.remove(gi);
         g.stop_announcing();
+        if let Some(vmac) = g.cfg.virtual_mac {
+            if let Err(e) = self.nl.del_unicast_mac(self.iface.index, vmac) {
+                log::warn!(
+                    "group {}: removing {vmac} from {}: {e}",
+                    g.cfg.name,
+                    self.iface.name
+                );
+            }
+        }
         // Its balance slot may go to another group: its nodes must not stay nodes.
         if let Some(b) = &g.balance {
             if let Err(e) = self.dp.set_balance_nodes(b.slot, &b.programmed_nodes, &[]) {

@@ -63,6 +63,8 @@ fn kind(g: &Group) -> impl PartialEq {
         g.role,
         // Announced another way: the group starts anew (its routes withdrawn with it).
         g.announce,
+        // Another virtual MAC: anew too (clients learn the new one from its takeover).
+        g.virtual_mac,
     )
 }
 
@@ -419,7 +421,8 @@ impl Agent {
                     from: 0,
                 });
                 let socket = self.socket.clone();
-                let (mac, garp, name) = (self.iface.mac, g.garp, g.name.clone());
+                let mac = self.groups[gi].announce_mac(self.iface.mac);
+                let (garp, name) = (g.garp, g.name.clone());
                 let gate = self.groups[gi].gate.clone();
                 // Tracked, so that a step-down stops it.
                 self.some_routes(gi, &addrs, true);

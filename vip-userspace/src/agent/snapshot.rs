@@ -93,6 +93,7 @@ struct GroupSnap {
     mode: &'static str,
     forward_to: Option<Mac>,
     resident: bool,
+    virtual_mac: Option<Mac>,
     announce: &'static str,
     /// A routed group's routes: announced since, or not (None: not routed).
     routes: Option<Option<SystemTime>>,
@@ -150,6 +151,7 @@ impl Agent {
                 mode: g.mode(),
                 forward_to: g.forward_to().filter(|_| g.state != State::Active),
                 resident: g.own.terms().resident,
+                virtual_mac: g.cfg.virtual_mac,
                 announce: g.cfg.announce.name(),
                 routes: g.cfg.announce.bgp().then_some(g.routes),
                 healthy: g.healthy(),
@@ -322,6 +324,7 @@ impl Snapshot {
                     "on_takeover"
                 }
                 .into(),
+                virtual_mac: g.virtual_mac.map(|m| m.to_string()),
                 announce: g.announce.into(),
                 routes: g.routes.map(|since| crate::status::RoutesStatus {
                     announced: since.is_some(),

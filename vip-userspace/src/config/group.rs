@@ -38,6 +38,12 @@ pub struct Group {
     pub addresses: AddressMode,
     /// How ownership is declared: on the segment (ARP/NDP), over BGP, or both.
     pub announce: Announce,
+    /// `mac = "02:..."`: the group's virtual MAC (as VRRP's), which its active answers
+    /// ARP/NS with and announces from, so that clients' neighbour entries never
+    /// change: a takeover moves the switch's entry for the MAC with its first frame,
+    /// for every VIP of the group at once. None (`mac = "node"`, the default): the
+    /// node's own MAC, and a takeover must reach every client's entry for every VIP.
+    pub virtual_mac: Option<Mac>,
 }
 
 /// Where a group's VIP addresses are on `lo` (`addresses`): what a takeover has to
@@ -98,6 +104,8 @@ struct Seen {
     vips: HashMap<IpAddr, String>,
     /// Balanced ports and the group that balances each.
     ports: Vec<((u8, u16), String)>,
+    /// Virtual MACs and the group that has each.
+    macs: HashMap<Mac, String>,
 }
 
 /// Every `[[group]]`, in order, then the limit on balanced groups.
@@ -187,6 +195,7 @@ fn group(
     let balance = balance::balance(&gkey, g, &mut seen.ports, p);
     let addresses = addresses(&gkey, g, p);
     let announce = bgp::announce(&gkey, g.announce.as_deref(), has_bgp, p);
+    let virtual_mac = virtual_mac(&gkey, g, announce, &mut seen.macs, p);
     Group {
         name: g.name.clone(),
         vips,
@@ -202,7 +211,54 @@ fn group(
         balance,
         addresses,
         announce,
+        virtual_mac,
     }
+}
+
+/// `mac`: "node" (the default) or the group's virtual MAC, a unicast address no
+/// other group has, for groups announced on the segment whose active serves the
+/// VIPs itself (its data plane answers with the MAC and takes the frames sent to it).
+fn virtual_mac(
+    gkey: &str,
+    g: &RawGroup,
+    announce: Announce,
+    seen: &mut HashMap<Mac, String>,
+    p: &mut impl FnMut(String, String),
+) -> Option<Mac> {
+    let key = format!("{gkey}.mac");
+    let s = g.mac.as_deref().filter(|s| *s != "node")?;
+    let mac = match s.parse::<Mac>() {
+        Ok(m) if m.is_unicast() => m,
+        Ok(_) => {
+            p(key, format!("`{s}` is not a unicast MAC address"));
+            return None;
+        }
+        Err(e) => {
+            p(
+                key,
+                format!("`{s}` is neither \"node\" nor a MAC address: {e}"),
+            );
+            return None;
+        }
+    };
+    let refused = if announce == Announce::Bgp {
+        Some("is for groups announced on the segment: this one is announced over BGP only")
+    } else if g.redirect_to.is_some() {
+        Some("does not apply to a redirected group: its VIPs' frames go to another interface")
+    } else if g.balance.is_some() {
+        Some("does not apply to a balanced group: its members tell frames apart by the nodes' MACs")
+    } else {
+        None
+    };
+    if let Some(why) = refused {
+        p(key, format!("a virtual MAC {why}"));
+        return None;
+    }
+    if let Some(other) = seen.insert(mac, g.name.clone()) {
+        p(key, format!("{mac} is group {other}'s virtual MAC already"));
+        return None;
+    }
+    Some(mac)
 }
 
 /// `addresses`: "on_takeover" (the default) or "resident", for elected groups whose

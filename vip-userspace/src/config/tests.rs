@@ -682,6 +682,58 @@ fn addresses_resident_is_for_elected_local_groups() {
     assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
 }
 
+/// `mac`: the node's (the default, or "node") or a group's virtual MAC: a unicast
+/// address no other group has, for groups announced on the segment that serve
+/// locally; the key is named otherwise.
+#[test]
+fn mac_is_a_virtual_mac_for_groups_on_the_segment() {
+    let elected = |name: &str, extra: &str| {
+        format!("\n[[group]]\nname = \"{name}\"\nvips = [\"10.0.0.{}/24\"]\npeers = [\"10.0.0.12\"]\npriority = 150\n{extra}\n", 60 + name.len())
+    };
+    let c = parse(&format!("{GOOD}{}", elected("api", ""))).unwrap();
+    assert_eq!(c.groups[1].virtual_mac, None);
+    let c = parse(&format!("{GOOD}{}", elected("api", "mac = \"node\""))).unwrap();
+    assert_eq!(c.groups[1].virtual_mac, None);
+    let c = parse(&format!(
+        "{GOOD}{}",
+        elected("api", "mac = \"02:76:69:70:00:01\"")
+    ))
+    .unwrap();
+    assert_eq!(
+        c.groups[1].virtual_mac,
+        Some(Mac([2, 0x76, 0x69, 0x70, 0, 1]))
+    );
+    for (bad, why) in [
+        ("mac = \"virtual\"", "neither"),
+        ("mac = \"01:00:5e:00:00:01\"", "unicast"),
+        ("mac = \"00:00:00:00:00:00\"", "unicast"),
+        (
+            "mac = \"02:00:00:00:00:01\"\nredirect_to = \"veth1\"",
+            "redirected",
+        ),
+        ("mac = \"02:00:00:00:00:01\"\nbalance = {}", "balanced"),
+    ] {
+        let p = problems(&format!("{GOOD}{}", elected("api", bad)));
+        assert!(
+            p.iter()
+                .any(|p| p.key == "group[api].mac" && p.message.contains(why)),
+            "{bad}: {p:?}"
+        );
+    }
+    // Two groups, one MAC.
+    let two = format!(
+        "{GOOD}{}{}",
+        elected("api", "mac = \"02:00:00:00:00:01\""),
+        elected("db", "mac = \"02:00:00:00:00:01\"")
+    );
+    let p = problems(&two);
+    assert!(
+        p.iter()
+            .any(|p| p.key == "group[db].mac" && p.message.contains("group api")),
+        "{p:?}"
+    );
+}
+
 const BGP: &str = r#"
 [node]
 name = "a"
@@ -791,6 +843,12 @@ fn bgp_keys_are_checked_and_named() {
             "announce = \"ospf\"",
             "group[web].announce",
             "not a choice",
+        ),
+        (
+            "announce = \"bgp\"",
+            "announce = \"bgp\"\nmac = \"02:00:00:00:00:01\"",
+            "group[web].mac",
+            "BGP only",
         ),
     ] {
         let text = BGP.replace(from, to);

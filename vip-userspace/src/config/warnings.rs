@@ -61,6 +61,11 @@ pub fn auth_warnings(cfg: &Config) -> Vec<String> {
 /// is warned about (the size above which the agent stops waiting for the addresses).
 const BIG_GROUP: usize = 64;
 
+/// A resident group above this many VIPs, announced on the segment from the node's
+/// MAC, is told about a virtual MAC: its takeover must reach every client's entry
+/// for every VIP, a frame each.
+const MANY_ANNOUNCEMENTS: usize = 1000;
+
 /// Timing that is valid but risks false takeovers (or slow ones: a big group whose
 /// addresses are added at each takeover), explained (`vip check-config` and
 /// the agent's start-up print these).
@@ -81,6 +86,17 @@ pub fn timing_warnings(cfg: &Config) -> Vec<String> {
         if local && !g.addresses.is_resident() && g.vips.len() > BIG_GROUP {
             out.push(format!(
                 "{key}: {} VIPs whose addresses are added to lo at each takeover: the kernel takes longer for each address already there, so the last VIP is served seconds after a takeover (about 6 s for 10,000). `addresses = \"resident\"` keeps them on lo on every node, and a takeover moves every VIP in milliseconds (a standby's own processes then reach their own stack for the VIPs).",
+                g.vips.len()
+            ));
+        }
+        if local
+            && g.addresses.is_resident()
+            && g.virtual_mac.is_none()
+            && g.announce != super::bgp::Announce::Bgp
+            && g.vips.len() > MANY_ANNOUNCEMENTS
+        {
+            out.push(format!(
+                "{key}: {} VIPs announced from the node's MAC: a takeover sends a gratuitous ARP or NA for each, and clients reach the last VIP when its frame has reached them (some 70-100 ms after the first for 10,000 on a busy host). A virtual MAC (`mac = \"02:...\"`, the same on every node) is what clients resolve every VIP to: a takeover's first frame moves the switch's entry for it, and with it every VIP.",
                 g.vips.len()
             ));
         }

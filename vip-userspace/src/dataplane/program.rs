@@ -7,7 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{xdp::DevMapHash, MapData},
+    maps::{
+        xdp::{CpuMap, DevMapHash},
+        MapData,
+    },
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
@@ -84,6 +87,10 @@ pub(super) struct Program {
     /// The programs (the maps were taken out into the parts).
     ebpf: Ebpf,
     redirect: DevMapHash<MapData>,
+    /// The per-CPU queues that build skbs anew (see [`Dataplane::readdress_by_cpu`]),
+    /// and whether they are filled.
+    readdress: CpuMap<MapData>,
+    readdressing: bool,
     link: Option<XdpLinkId>,
     /// Attachments to further interfaces (a gateway's external side).
     extra_links: Vec<(String, Option<PinnedLink>)>,
@@ -159,6 +166,14 @@ impl Program {
     }
 }
 
+/// Frames each CPU's readdressing queue holds (as xdp-tools' default).
+const READDRESS_QUEUE: u32 = 2048;
+
+/// The CPUs the kernel may ever have (the size of per-CPU maps), at least 1.
+fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n.max(1) as u32)
+}
+
 impl Dataplane {
     /// Loads the program (the kernel verifier runs here) with room for `max_vips`.
     pub fn load(max_vips: u32) -> Result<Self> {
@@ -190,7 +205,8 @@ impl Dataplane {
             .map_max_entries(maps::VIP_ENTRIES_V6, vip_common::index::entries(max_vips))
             .map_max_entries(maps::VIPS_V4, max_vips)
             .map_max_entries(maps::VIPS_V6, max_vips)
-            .map_max_entries(maps::VIP_STATS, max_vips);
+            .map_max_entries(maps::VIP_STATS, max_vips)
+            .map_max_entries(maps::READDRESS, possible_cpus());
         let mut adopted = false;
         if let Some(dir) = pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Pin {
@@ -218,10 +234,13 @@ impl Dataplane {
         let echo_seen = super::take(&mut ebpf, maps::ECHO_SEEN)?;
         let global = super::take(&mut ebpf, maps::GLOBAL_STATS)?;
         let redirect = super::take(&mut ebpf, maps::REDIRECT_DEVS)?;
+        let readdress = super::take(&mut ebpf, maps::READDRESS)?;
         Ok(Dataplane {
             program: Program {
                 ebpf,
                 redirect,
+                readdress,
+                readdressing: false,
                 link: None,
                 extra_links: Vec::new(),
                 pin_dir: pin_dir.map(Path::to_path_buf),
@@ -237,6 +256,32 @@ impl Dataplane {
             echo_seen,
             global,
         })
+    }
+
+    /// Has frames readdressed from a group's virtual MAC to ours reach the local stack
+    /// through a per-CPU queue (`READDRESS`), which builds their skb anew: needed on a
+    /// veth in native mode, whose skb the kernel has classified as another host's
+    /// before the program runs (a NIC's driver builds it after). Idempotent. One
+    /// queue per online CPU, each a kernel thread.
+    pub fn readdress_by_cpu(&mut self) -> Result<()> {
+        if self.program.readdressing {
+            return Ok(());
+        }
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| DataplaneError::MapIo {
+            map: maps::READDRESS,
+            source: std::io::Error::new(e.kind(), format!("{what}: {e}")),
+        })?;
+        for cpu in cpus {
+            self.program
+                .readdress
+                .set(cpu, READDRESS_QUEUE, None, 0)
+                .map_err(|e| DataplaneError::MapIo {
+                    map: maps::READDRESS,
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        }
+        self.program.readdressing = true;
+        Ok(())
     }
 
     /// True when an earlier agent's pinned data plane was found and reused.

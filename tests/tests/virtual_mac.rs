@@ -1,0 +1,174 @@
+//! A group with a virtual MAC (`mac = "..."`): clients' neighbour entries name the
+//! group's MAC, not a node's, so a failover moves the switch's entry for that MAC
+//! instead of every client's entry for every VIP. Judged from the wire and the
+//! client: the client's kernel resolves the VIPs (IPv4 and IPv6) to the virtual MAC
+//! and still does after the failover, with the new active serving; on the switch's
+//! ports, only the active ever sends from the virtual MAC; a frame flooded to it
+//! (the switch forgot where it is) is served once, by the active, never by the
+//! standby; and the standby's echo probes still find the active's data plane (no
+//! takeover while it serves).
+
+mod common;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use common::*;
+use lab::{privileged, Agent, Capture, Netns, Prober, Responder};
+
+const VMAC: [u8; 6] = [0x02, 0x76, 0x69, 0x70, 0x00, 0x01];
+const VMAC_STR: &str = "02:76:69:70:00:01";
+const VIP6: &str = "2001:db8::50";
+
+fn config(lan: &lab::Lan, me: &str, priority: u8) -> String {
+    elected(
+        lan,
+        me,
+        &["a", "b"],
+        priority,
+        "",
+        &format!("mac = \"{VMAC_STR}\"\naddresses = \"resident\""),
+    )
+    .replacen(
+        "vips = [\"10.0.0.50/24\"]",
+        &format!("vips = [\"10.0.0.50/24\", \"{VIP6}/64\"]"),
+        1,
+    )
+}
+
+/// The MAC `cn`'s kernel resolved `vip` to (`ip neigh`), if any.
+fn resolved(cn: &Netns, vip: &str) -> Option<String> {
+    let out = cn.ip(&["neigh", "show", vip, "dev", "eth0"]).ok()?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "lladdr")?;
+    words.get(i + 1).map(|s| s.to_string())
+}
+
+/// Frames a switch port received (its host sent) from the virtual MAC, so far.
+fn from_vmac(port: &Capture) -> usize {
+    port.collect(Duration::from_millis(50), |f| {
+        f.len() >= 12 && f[6..12] == VMAC
+    })
+    .len()
+}
+
+fn open_port(lan: &lab::Lan, name: &str) -> Capture {
+    let c = Capture::open(&lan.switch, &lan.host(name).port).expect("capture on the switch");
+    c.receive_buffer(64 << 20).expect("a big receive buffer");
+    c
+}
+
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn a_virtual_mac_moves_with_the_group_and_only_the_active_sends_from_it() {
+    privileged();
+    let lan = lan();
+    let (an, bn, cn) = (&lan.host("a").ns, &lan.host("b").ns, &lan.host("c").ns);
+    let (pa, pb) = (open_port(&lan, "a"), open_port(&lan, "b"));
+    let a = Agent::start(an, "a", &config(&lan, "a", 200)).unwrap();
+    let b = Agent::start(bn, "b", &config(&lan, "b", 100)).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    let text = String::from_utf8_lossy(&a.cli(&["status"]).unwrap().stdout).into_owned();
+    assert!(
+        text.contains(&format!("virtual MAC: {VMAC_STR}")),
+        "a's status names the virtual MAC: {text}"
+    );
+    assert_eq!(a.status().unwrap()["groups"][0]["virtual_mac"], VMAC_STR);
+
+    let v4: SocketAddr = (VIP4, 7007).into();
+    let v6: SocketAddr = (VIP6.parse::<IpAddr>().unwrap(), 7007).into();
+    let _r = [
+        Responder::start(an, v4, "a").unwrap(),
+        Responder::start(bn, v4, "b").unwrap(),
+        Responder::start(an, v6, "a").unwrap(),
+        Responder::start(bn, v6, "b").unwrap(),
+    ];
+    let p4 = Prober::start(cn, v4, Duration::from_millis(1)).unwrap();
+    let p6 = Prober::start(cn, v6, Duration::from_millis(1)).unwrap();
+    for (p, to) in [(&p4, v4), (&p6, v6)] {
+        assert!(
+            p.wait_answers("a", 100, Duration::from_secs(3)),
+            "a never answered {to}: {:?} {}",
+            resolved(cn, VIP),
+            a.status().unwrap()
+        );
+    }
+    // The client's kernel resolved both VIPs to the group's MAC (a's data plane
+    // answered its ARP and NS with it).
+    for vip in [VIP, VIP6] {
+        assert_eq!(
+            resolved(cn, vip).as_deref(),
+            Some(VMAC_STR),
+            "{vip} resolved"
+        );
+    }
+    // b's echo probes go to a's own MAC: they must find a's data plane serving, or
+    // b would take over from a healthy active.
+    let before = transitions(&[("a", &a), ("b", &b)]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        transitions(&[("a", &a), ("b", &b)]),
+        before,
+        "no takeover while a serves"
+    );
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+
+    // A switch that forgot the MAC floods its frames to every port: a serves them,
+    // the standby (which holds the addresses too, resident) takes none.
+    let b_before = p4.answers_from("b") + p6.answers_from("b");
+    let a_before = p4.answers_from("a") + p6.answers_from("a");
+    lan.switch
+        .ip(&["link", "set", "br0", "type", "bridge", "ageing_time", "0"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    lan.switch
+        .ip(&[
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "ageing_time",
+            "30000",
+        ])
+        .unwrap();
+    assert_eq!(
+        p4.answers_from("b") + p6.answers_from("b"),
+        b_before,
+        "the standby answered frames flooded to the virtual MAC"
+    );
+    assert!(
+        p4.answers_from("a") + p6.answers_from("a") > a_before + 500,
+        "a did not serve the flooded frames"
+    );
+
+    // Only the active sent from the virtual MAC.
+    assert!(from_vmac(&pa) > 0, "a never sent from the virtual MAC");
+    assert_eq!(from_vmac(&pb), 0, "the standby sent from the virtual MAC");
+
+    // a fails: b serves both VIPs, and the client's entries still name the group's
+    // MAC (the switch moved, not the clients).
+    an.ip(&["link", "set", "eth0", "down"]).unwrap();
+    for (p, to) in [(&p4, v4), (&p6, v6)] {
+        assert!(
+            p.wait_answers("b", 100, Duration::from_secs(3)),
+            "b never answered {to}"
+        );
+    }
+    for vip in [VIP, VIP6] {
+        assert_eq!(
+            resolved(cn, vip).as_deref(),
+            Some(VMAC_STR),
+            "{vip} after the failover"
+        );
+    }
+    assert!(from_vmac(&pb) > 0, "b never sent from the virtual MAC");
+    for (p, name) in [(p4, "IPv4"), (p6, "IPv6")] {
+        let o = lab::outage(&p.finish(), "a", "b").expect("the client never moved to b");
+        eprintln!("virtual MAC, {name}: {o:?}");
+    }
+    drop((a, b));
+    teardown(lan);
+}

@@ -133,6 +133,10 @@ pub struct Terms {
     /// group's members announce too while they forward to the director
     /// ([`Effect::AnnounceRoutes`]: anycast).
     pub routed: bool,
+    /// The group has a virtual MAC (`mac`): its takeover's first frame moves the
+    /// switch's entry for every VIP at once, so every entry is written before the
+    /// first announcement (none may reach a node that does not take it yet).
+    pub virtual_mac: bool,
 }
 
 impl Terms {
@@ -370,16 +374,24 @@ impl Ownership {
         // for the other 9,936 entries. A resident group's addresses are in place
         // since its start: asked again (for any an operator removed) after the first
         // announcements.
+        // With a virtual MAC the first frame brings every VIP's traffic here: every
+        // entry first.
         let plan = Entries::Active {
             grace: self.grace(),
         };
-        out.push(Effect::FirstEntries(plan));
+        out.push(if self.t.virtual_mac {
+            Effect::Entries(plan)
+        } else {
+            Effect::FirstEntries(plan)
+        });
         let addresses = !self.t.redirect;
         if addresses && !self.t.resident {
             out.push(Effect::AddAddresses);
         }
         out.push(Effect::AnnounceFirst);
-        out.push(Effect::Entries(plan));
+        if !self.t.virtual_mac {
+            out.push(Effect::Entries(plan));
+        }
         if addresses && self.t.resident {
             out.push(Effect::AddAddresses);
         }
@@ -712,6 +724,7 @@ mod tests {
             resident: false,
             forward_for_drain: false,
             routed: false,
+            virtual_mac: false,
         }
     }
 
@@ -768,6 +781,38 @@ mod tests {
         );
         assert_eq!(out[lease], Effect::Lease(LeaseWrite::Grant(ms(1290))));
         assert_eq!(o.holding(), Holding::Serving);
+    }
+
+    /// With a virtual MAC, every entry is written before the first announcement: its
+    /// first frame moves the switch's entry for every VIP at once.
+    #[test]
+    fn a_virtual_mac_writes_every_entry_before_the_first_announcement() {
+        let t0 = Instant::now();
+        let mut o = Ownership::new(Terms {
+            resident: true,
+            virtual_mac: true,
+            ..terms()
+        });
+        o.advertised(ms(1000));
+        let out = o.take(t0, ms(1000), None);
+        let entries = position(&out, |e| {
+            matches!(e, Effect::Entries(Entries::Active { .. }))
+        });
+        assert!(
+            entries < position(&out, |e| *e == Effect::AnnounceFirst),
+            "{out:?}"
+        );
+        assert!(
+            !out.iter().any(|e| matches!(e, Effect::FirstEntries(_))),
+            "{out:?}"
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|e| matches!(e, Effect::Entries(Entries::Active { .. })))
+                .count(),
+            1,
+            "{out:?}"
+        );
     }
 
     /// A resident group's addresses are added when it starts (as it gives the VIPs up

@@ -18,7 +18,8 @@
 //! of the binary under test is followed by one of that binary (at its defaults), on
 //! the same lab. `--quick` (CI): one 1,000-VIP run of each way.
 //! `VIP_BENCH_SIZES=1000,10000` chooses the sizes; `VIP_BENCH_FAMILY=6` makes the
-//! VIPs IPv6 (in the lab's /64); `VIP_BENCH_FAULT=handover` makes
+//! VIPs IPv6 (in the lab's /64); `VIP_BENCH_VARIANTS=resident,virtual_mac` runs only
+//! those of `on_takeover`, `resident` and `virtual_mac`; `VIP_BENCH_FAULT=handover` makes
 //! the fault a planned handover (`vip demote web` on a) instead of a's link going
 //! down.
 
@@ -164,7 +165,15 @@ pub fn run(
             resident,
             virtual_mac,
         };
-        let mut bins = vec![this(false, false), this(true, false), this(true, true)];
+        let mut bins: Vec<Variant> = [
+            ("on_takeover", this(false, false)),
+            ("resident", this(true, false)),
+            ("virtual_mac", this(true, true)),
+        ]
+        .into_iter()
+        .filter(|(name, _)| chosen(name))
+        .map(|(_, v)| v)
+        .collect();
         if let Some(b) = baseline.filter(|_| !quick) {
             bins.push(Variant {
                 bin: b,
@@ -287,6 +296,12 @@ fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
     let s = result?;
     up?;
     Ok(s)
+}
+
+/// Whether the variant `name` runs (`VIP_BENCH_VARIANTS=resident,virtual_mac`: only
+/// those; unset: every one).
+fn chosen(name: &str) -> bool {
+    std::env::var("VIP_BENCH_VARIANTS").map_or(true, |v| v.split(',').any(|n| n.trim() == name))
 }
 
 /// The fault is a planned handover (`VIP_BENCH_FAULT=handover`), not a link down.

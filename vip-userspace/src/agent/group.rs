@@ -348,6 +348,7 @@ pub(super) fn terms(cfg: &Group, redirect: bool, elected: bool) -> Terms {
         resident: cfg.addresses.is_resident() && elected && !redirect,
         forward_for_drain: !elected && cfg.forward_to.is_none(),
         routed: cfg.announce.bgp(),
+        virtual_mac: cfg.virtual_mac.is_some(),
     }
 }
 

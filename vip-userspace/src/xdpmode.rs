@@ -83,12 +83,23 @@ pub struct Choice {
     pub reason: String,
     /// For an explicit mode that will lose frames.
     pub warning: Option<String>,
+    /// The interface is a veth.
+    pub veth: bool,
 }
 
 impl Choice {
     /// The mode and its reason, for the start-up log.
     pub fn describe(&self) -> String {
         format!("{} mode: {}", self.mode.as_str(), self.reason)
+    }
+
+    /// Whether the kernel has classified a frame's skb before the program runs (a
+    /// veth in native mode hands XDP the skb its peer sent): a frame whose destination
+    /// the program rewrote to our MAC is then still another host's to the IP stack
+    /// (see `Dataplane::readdress_by_cpu`). Generic mode and a NIC's driver classify
+    /// after the program.
+    pub fn classifies_before_xdp(&self) -> bool {
+        self.veth && self.mode == XdpMode::Native
     }
 }
 
@@ -115,12 +126,14 @@ fn native_blocker(name: &str, link: &Link) -> Option<String> {
 /// interfaces it transmits into (redirect targets, elastic-IP interfaces).
 pub fn decide(requested: XdpMode, iface: (&str, &Link), targets: &[(String, Link)]) -> Choice {
     let (name, link) = iface;
+    let veth = matches!(link, Link::Veth(_));
     match requested {
         XdpMode::Skb => Choice {
             requested,
             mode: XdpMode::Skb,
             reason: "configured (node.xdp_mode or --xdp-mode)".into(),
             warning: None,
+            veth,
         },
         XdpMode::Native => Choice {
             requested,
@@ -136,6 +149,7 @@ pub fn decide(requested: XdpMode, iface: (&str, &Link), targets: &[(String, Link
                 )),
                 _ => None,
             },
+            veth,
         },
         XdpMode::Auto => {
             let blocker = native_blocker(name, link).or_else(|| {
@@ -162,6 +176,7 @@ pub fn decide(requested: XdpMode, iface: (&str, &Link), targets: &[(String, Link
                 mode,
                 reason,
                 warning: None,
+                veth,
             }
         }
     }
@@ -281,6 +296,18 @@ mod tests {
         }
         assert_eq!(auto(Link::Unreadable("x".into())).mode, XdpMode::Skb);
         assert_eq!(auto(Link::Physical).requested, XdpMode::Auto);
+    }
+
+    /// Only a veth in native mode hands XDP an skb it has already classified (a
+    /// virtual MAC's frames are then readdressed through the cpumap).
+    #[test]
+    fn only_a_native_veth_classifies_before_xdp() {
+        assert!(auto(Link::Veth(PeerXdp::Native)).classifies_before_xdp());
+        assert!(!auto(Link::Veth(PeerXdp::None)).classifies_before_xdp());
+        assert!(!auto(Link::Physical).classifies_before_xdp());
+        let veth = Link::Veth(PeerXdp::None);
+        assert!(decide(XdpMode::Native, ("eth0", &veth), &[]).classifies_before_xdp());
+        assert!(!decide(XdpMode::Skb, ("eth0", &veth), &[]).classifies_before_xdp());
     }
 
     #[test]

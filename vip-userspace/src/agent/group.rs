@@ -563,15 +563,10 @@ impl super::Agent {
             _ => None,
         };
         if let Some(vmac) = g.virtual_mac {
-            let native = self
+            if self
                 .dp
                 .xdp_choice()
-                .is_none_or(|c| c.mode == config::XdpMode::Native);
-            if native
-                && matches!(
-                    crate::xdpmode::probe(&self.nl, self.iface.index),
-                    crate::xdpmode::Link::Veth(_)
-                )
+                .is_some_and(crate::xdpmode::Choice::classifies_before_xdp)
             {
                 self.dp
                     .readdress_by_cpu()
@@ -603,6 +598,19 @@ impl super::Agent {
         }
         let actions = self.groups[gi].driver.start(was_active, now);
         self.carry_out(gi, actions)
+    }
+
+    /// Takes a group's virtual MAC off the interface's unicast filter (what
+    /// `add_group` put there); a failure is logged.
+    pub(super) fn drop_virtual_mac(&self, g: &Group) {
+        let Some(vmac) = g.virtual_mac else { return };
+        if let Err(e) = self.nl.del_unicast_mac(self.iface.index, vmac) {
+            log::warn!(
+                "group {}: removing {vmac} from {}: {e}",
+                g.name,
+                self.iface.name
+            );
+        }
     }
 
     pub(super) fn election_params(&self, g: &Group, e: &config::Election) -> Result<Params> {
@@ -647,15 +655,7 @@ impl super::Agent {
         }
         let mut g = self.groups.remove(gi);
         g.stop_announcing();
-        if let Some(vmac) = g.cfg.virtual_mac {
-            if let Err(e) = self.nl.del_unicast_mac(self.iface.index, vmac) {
-                log::warn!(
-                    "group {}: removing {vmac} from {}: {e}",
-                    g.cfg.name,
-                    self.iface.name
-                );
-            }
-        }
+        self.drop_virtual_mac(&g.cfg);
         // Its balance slot may go to another group: its nodes must not stay nodes.
         if let Some(b) = &g.balance {
             if let Err(e) = self.dp.set_balance_nodes(b.slot, &b.programmed_nodes, &[]) {

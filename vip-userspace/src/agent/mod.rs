@@ -932,14 +932,7 @@ impl Agent {
         }
         for gi in 0..self.groups.len() {
             self.groups[gi].stop_announcing();
-            if let Some(vmac) = self.groups[gi].cfg.virtual_mac {
-                if let Err(e) = self.nl.del_unicast_mac(self.iface.index, vmac) {
-                    log::warn!(
-                        "removing the virtual MAC {vmac} from {}: {e}",
-                        self.iface.name
-                    );
-                }
-            }
+            self.drop_virtual_mac(&self.groups[gi].cfg);
             let (name, vips) = (
                 self.groups[gi].cfg.name.clone(),
                 self.groups[gi].vips.clone(),

@@ -324,3 +324,59 @@ fn with_a_virtual_mac_two_nodes_started_at_once_only_one_sends_from_it() {
         teardown(lan);
     }
 }
+
+/// The group's MAC in a's unicast filter (`bridge fdb show dev eth0`: self permanent).
+fn in_unicast_filter(ns: &Netns) -> bool {
+    ns.output(&["bridge", "fdb", "show", "dev", "eth0"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(VMAC_STR))
+        .unwrap_or(false)
+}
+
+/// The group's MAC is in the interface's unicast filter while the agent runs and is
+/// gone after a stop; an agent killed (SIGKILL) cannot remove it, and `vip agent
+/// --cleanup` does, and says so.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn the_virtual_mac_leaves_the_unicast_filter_on_stop_and_on_cleanup() {
+    privileged();
+    let lan = lan();
+    let an = &lan.host("a").ns;
+    let cfg = format!(
+        "[node]\nname = \"a\"\ninterface = \"eth0\"\n\n[[group]]\nname = \"web\"\nvips = [\"10.0.0.50/24\"]\nrole = \"active\"\nmac = \"{VMAC_STR}\"\n"
+    );
+    let mut a = Agent::start(an, "a", &cfg).unwrap();
+    assert!(in_unicast_filter(an), "the MAC is not in eth0's filter");
+    assert!(a.stop().is_some_and(|s| s.success()));
+    assert!(!in_unicast_filter(an), "a stopped agent left the MAC");
+    drop(a);
+
+    let mut a = Agent::start(an, "a", &cfg).unwrap();
+    a.proc.signal(Signal::SIGKILL).unwrap();
+    lab::wait_for(Duration::from_secs(5), || a.proc.try_status()).expect("a's exit");
+    assert!(
+        in_unicast_filter(an),
+        "nothing left to clean up: the test proves nothing"
+    );
+    let out = an
+        .output(&[
+            lab::vip_bin().to_str().unwrap(),
+            "agent",
+            "--cleanup",
+            "--config",
+            a.config.to_str().unwrap(),
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("virtual MAC {VMAC_STR}")),
+        "--cleanup said: {text}"
+    );
+    assert!(!in_unicast_filter(an), "--cleanup left the MAC");
+    drop(a);
+    teardown(lan);
+}

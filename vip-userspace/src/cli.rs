@@ -44,7 +44,7 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Do not run: remove what an agent with this config left behind (pinned data
-        /// plane, VIP addresses, socket), for an uninstall.
+        /// plane, VIP addresses, groups' virtual MACs, socket), for an uninstall.
         #[arg(long)]
         cleanup: bool,
         /// Override node.xdp_mode: auto (the default: native where it delivers, else skb),

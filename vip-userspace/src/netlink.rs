@@ -330,12 +330,15 @@ impl Netlink {
         }
     }
 
-    /// Undoes [`Self::add_unicast_mac`]; absent already is not an error.
-    pub fn del_unicast_mac(&self, ifindex: u32, mac: Mac) -> io::Result<()> {
+    /// Undoes [`Self::add_unicast_mac`]; absent already is not an error. True if
+    /// it was there (what `vip agent --cleanup` reports).
+    pub fn del_unicast_mac(&self, ifindex: u32, mac: Mac) -> io::Result<bool> {
         let msg = RouteNetlinkMessage::DelNeighbour(fdb_msg(ifindex, mac));
         match self.exchange(msg, 0) {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::EADDRNOTAVAIL)) => Ok(()),
-            r => r.map(|_| ()),
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::EADDRNOTAVAIL)) => {
+                Ok(false)
+            }
+            r => r.map(|_| true),
         }
     }
 

@@ -341,7 +341,8 @@ pub async fn run(opts: Options) -> Result<()> {
 }
 
 /// `vip agent --cleanup`: removes what an agent with this config may have left (a
-/// pinned data plane, VIP addresses), without starting one.
+/// pinned data plane, VIP addresses, a group's virtual MAC in the interface's unicast
+/// filter), without starting one.
 pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
     // The same overrides as the agent's, so `--interface X` finds X's pins.
     let cfg = parse_config(opts)?;
@@ -370,6 +371,22 @@ pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
                     nl.del_address(iface.index, v.addr, host_prefix(v.addr))?;
                     done.push(format!("removed address {} from {}", v.addr, iface.name));
                 }
+            }
+        }
+    }
+    // A group's virtual MAC stays in the interface's unicast filter after an agent
+    // that could not remove it (SIGKILL, a crash).
+    if let Ok(iface) = host::interface(&cfg.node.interface) {
+        for g in &cfg.groups {
+            let Some(vmac) = g.virtual_mac else { continue };
+            if nl
+                .del_unicast_mac(iface.index, vmac)
+                .with_context(|| format!("removing {vmac} from {}", iface.name))?
+            {
+                done.push(format!(
+                    "removed group {}'s virtual MAC {vmac} from {}",
+                    g.name, iface.name
+                ));
             }
         }
     }

@@ -169,6 +169,28 @@ impl Netns {
             .collect()
     }
 
+    /// The VIPs an agent made this namespace's stack accept: IPv4 ones are local
+    /// routes through lo of vip's protocol (99) in the local table, IPv6 ones (and an
+    /// earlier version's IPv4 ones) addresses on lo.
+    pub fn vips_on_lo(&self) -> Vec<std::net::IpAddr> {
+        let mut out = self.addresses_on("lo");
+        out.extend(
+            self.ip(&[
+                "-4", "-o", "route", "show", "table", "local", "proto", "99", "type", "local",
+            ])
+            .unwrap_or_default()
+            .lines()
+            // "local 10.0.0.50 dev lo scope host"
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(1)?
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+            }),
+        );
+        out
+    }
+
     /// True if this namespace's kernel delivers `addr` locally (`ip route get` says
     /// "local"): what decides whether its stack accepts a packet to it.
     pub fn delivers_locally(&self, addr: std::net::IpAddr) -> bool {

@@ -146,6 +146,11 @@ fn hitless_restart_loses_nothing_and_cleanup_uninstalls() {
         .ip(&["addr", "show"])
         .unwrap()
         .contains("10.0.0.50"));
+    assert!(
+        lan.host("a").ns.vips_on_lo().is_empty(),
+        "a VIP left on lo after --cleanup: {:?}",
+        lan.host("a").ns.vips_on_lo()
+    );
     drop((a, b));
     teardown(lan);
     drop(bpffs);

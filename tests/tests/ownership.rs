@@ -147,12 +147,8 @@ fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
         "this test needs an unpinned data plane"
     );
     // The VIP lives on lo, where the kernel does not announce it.
-    let lo = lan
-        .host("a")
-        .ns
-        .ip(&["-4", "addr", "show", "dev", "lo"])
-        .unwrap();
-    assert!(lo.contains("10.0.0.50/32"), "{lo}");
+    let lo = lan.host("a").ns.vips_on_lo();
+    assert!(lo.contains(&VIP4.into()), "{lo:?}");
     let eth = lan
         .host("a")
         .ns
@@ -168,12 +164,8 @@ fn a_killed_unpinned_active_leaves_only_the_new_active_answering() {
     let b_only = [("b", &b)];
     let taken = transitions(&b_only);
     // The dead agent's address is still on a's lo: its kernel must stay silent.
-    let lo = lan
-        .host("a")
-        .ns
-        .ip(&["-4", "addr", "show", "dev", "lo"])
-        .unwrap();
-    assert!(lo.contains("10.0.0.50/32"), "{lo}");
+    let lo = lan.host("a").ns.vips_on_lo();
+    assert!(lo.contains(&VIP4.into()), "{lo:?}");
     for _ in 0..2 {
         assert_eq!(
             arping_macs(&lan),
@@ -281,14 +273,11 @@ fn a_reload_that_fails_while_applying_rolls_back() {
     assert_eq!(s["groups"].as_array().unwrap().len(), 1, "{s}");
     assert_eq!(s["groups"][0]["vips"].as_array().unwrap().len(), 1, "{s}");
     assert_eq!(s["groups"][0]["state"], status_before["groups"][0]["state"]);
-    let lo = lan
-        .host("a")
-        .ns
-        .ip(&["-4", "addr", "show", "dev", "lo"])
-        .unwrap();
+    let lo = lan.host("a").ns.vips_on_lo();
+    let has = |a: &str| lo.contains(&a.parse().unwrap());
     assert!(
-        lo.contains("10.0.0.50/32") && !lo.contains("10.0.0.60") && !lo.contains("10.0.0.51"),
-        "{lo}"
+        has("10.0.0.50") && !has("10.0.0.60") && !has("10.0.0.51"),
+        "{lo:?}"
     );
     assert!(ping(&lan.host("c").ns, VIP));
     drop(a);

@@ -31,7 +31,7 @@ mod upgrade;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -341,7 +341,7 @@ pub async fn run(opts: Options) -> Result<()> {
 }
 
 /// `vip agent --cleanup`: removes what an agent with this config may have left (a
-/// pinned data plane, VIP addresses, a group's virtual MAC in the interface's unicast
+/// pinned data plane, VIP local routes and addresses, a group's virtual MAC in the interface's unicast
 /// filter), without starting one.
 pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
     // The same overrides as the agent's, so `--interface X` finds X's pins.
@@ -354,8 +354,8 @@ pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
             done.push(format!("removed {} (data plane detached)", d.display()));
         }
     }
-    // VIP addresses live on lo (and, left by an agent of an earlier version, on the
-    // interface itself).
+    // IPv6 VIP addresses live on lo (and, left by agents of earlier versions, IPv4
+    // ones too, or on the interface itself).
     let nl = Netlink::open().context("opening rtnetlink")?;
     for name in ["lo", cfg.node.interface.as_str()] {
         let Ok(iface) = host::interface(name) else {
@@ -371,6 +371,20 @@ pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
                     nl.del_address(iface.index, v.addr, host_prefix(v.addr))?;
                     done.push(format!("removed address {} from {}", v.addr, iface.name));
                 }
+            }
+        }
+    }
+    // IPv4 VIPs are local routes through lo.
+    if let Ok(lo) = host::interface("lo") {
+        for v in cfg.groups.iter().flat_map(|g| &g.vips) {
+            let IpAddr::V4(a) = v.addr else { continue };
+            if nl
+                .del_local_route(lo.index, a)
+                .with_context(|| format!("removing the local route of {a}"))?
+            {
+                done.push(format!(
+                    "removed the local route of {a} (table local, dev lo)"
+                ));
             }
         }
     }
@@ -458,8 +472,10 @@ impl Agent {
             .map(|(a, _)| *a)
             .collect();
         addrs.remove_from(iface.index, &legacy);
-        // A killed agent's addresses on lo: removed once the groups have started,
-        // unless a group holds them again (an adopted active one keeps serving).
+        // A killed agent's VIPs on lo (IPv6 addresses, IPv4 local routes, and an
+        // earlier version's IPv4 addresses): removed once the groups have started,
+        // unless a group holds them again (an adopted active one keeps serving; an
+        // IPv4 address goes anyway, the route this version adds carries it).
         let stale: Vec<IpAddr> = host::interface("lo")
             .map(|lo| {
                 lo.addrs
@@ -472,6 +488,12 @@ impl Agent {
 
         let reader = Arc::new(dp.reader().context("opening the data plane for reading")?);
         let nl = Netlink::open().context("opening rtnetlink")?;
+        let stale_routes: Vec<Ipv4Addr> = nl
+            .local_routes()
+            .context("listing the local table's routes")?
+            .into_iter()
+            .filter(|a| all_vips.contains(&IpAddr::V4(*a)))
+            .collect();
         let socket = Arc::new(
             PacketSocket::open(iface.index).context("opening a packet socket for announcements")?,
         );
@@ -537,10 +559,15 @@ impl Agent {
         }
         let stale: Vec<IpAddr> = stale
             .into_iter()
-            .filter(|a| !agent.addrs.holds(*a))
+            .filter(|a| a.is_ipv4() || !agent.addrs.holds(*a))
             .collect();
         let lo = agent.addrs.ifindex();
         agent.addrs.remove_from(lo, &stale);
+        let stale_routes = stale_routes
+            .into_iter()
+            .filter(|a| !agent.addrs.holds(IpAddr::V4(*a)))
+            .collect();
+        agent.addrs.remove_routes(stale_routes);
         agent.adopt_routes();
         agent.setup_eips(&mut warnings)?;
         agent.setup_routes6(&mut warnings)?;
@@ -793,8 +820,10 @@ impl Agent {
 
     /// A VIP address we hold was removed (an operator deleted it, or the kernel flushed
     /// it): add it back, so the local stack keeps accepting what the data plane passes.
+    /// Only IPv6 VIPs are addresses: an IPv4 one removed from lo is an earlier
+    /// version's (removed at start), our local route carries it.
     fn address_removed(&mut self, addr: IpAddr) {
-        if !self.addrs.holds(addr) {
+        if addr.is_ipv4() || !self.addrs.holds(addr) {
             return;
         }
         log::warn!("VIP address {addr} was removed from lo; adding it back");

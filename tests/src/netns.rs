@@ -171,9 +171,13 @@ impl Netns {
 
     /// The VIPs an agent made this namespace's stack accept: IPv4 ones are local
     /// routes through lo of vip's protocol (99) in the local table, IPv6 ones (and an
-    /// earlier version's IPv4 ones) addresses on lo.
+    /// earlier version's IPv4 ones) addresses on lo. Not lo's own loopback addresses.
     pub fn vips_on_lo(&self) -> Vec<std::net::IpAddr> {
-        let mut out = self.addresses_on("lo");
+        let mut out: Vec<std::net::IpAddr> = self
+            .addresses_on("lo")
+            .into_iter()
+            .filter(|a| !a.is_loopback())
+            .collect();
         out.extend(
             self.ip(&[
                 "-4", "-o", "route", "show", "table", "local", "proto", "99", "type", "local",

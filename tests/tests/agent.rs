@@ -29,12 +29,11 @@ fn sigterm_removes_everything_the_agent_added() {
     );
     let link = a.ns.ip(&["link", "show", "dev", "eth0"]).unwrap();
     assert!(link.contains("xdp"), "{link}");
-    // VIP addresses live on lo, where the kernel never announces them.
-    let addrs = a.ns.ip(&["addr", "show", "dev", "lo"]).unwrap();
-    assert!(
-        addrs.contains("10.0.0.50/32") && addrs.contains("10.0.0.51/32"),
-        "{addrs}"
-    );
+    // VIPs live on lo (IPv4 ones as local routes), where the kernel never announces
+    // them.
+    let lo = a.ns.vips_on_lo();
+    let on_lo = |v: &str| lo.contains(&v.parse().unwrap());
+    assert!(on_lo("10.0.0.50") && on_lo("10.0.0.51"), "{lo:?}");
     let eth = a.ns.ip(&["addr", "show", "dev", "eth0"]).unwrap();
     assert!(!eth.contains("10.0.0.50"), "{eth}");
     assert!(agent.socket.exists());
@@ -57,6 +56,8 @@ fn sigterm_removes_everything_the_agent_added() {
         !addrs.contains("10.0.0.50") && !addrs.contains("10.0.0.51"),
         "VIP left behind: {addrs}"
     );
+    let lo = a.ns.vips_on_lo();
+    assert!(lo.is_empty(), "VIP left on lo: {lo:?}");
     assert!(!agent.socket.exists(), "control socket left behind");
     assert!(agent.log_text().contains("SIGTERM"));
     drop(agent);

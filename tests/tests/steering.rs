@@ -97,6 +97,7 @@ fn redirect_delivers_into_a_container_namespace() {
     assert_eq!(v["passed"], 0);
     // The VIP is not an address of the host when it is redirected.
     assert!(!a.ns.ip(&["addr", "show"]).unwrap().contains("10.0.0.50"));
+    assert!(a.ns.vips_on_lo().is_empty(), "{:?}", a.ns.vips_on_lo());
     drop(active);
     drop(sock);
     drop(lan);

@@ -892,6 +892,29 @@ mod tests {
         assert_eq!(a.len(), 3);
     }
 
+    /// struct rtmsg of an IPv4 VIP's local route: family, /32, no source prefix, no
+    /// TOS, table 255 (local), protocol 99, scope host (254), type local (2); then
+    /// its destination and its device.
+    #[test]
+    fn local_route_layout() {
+        let m = body(RouteNetlinkMessage::NewRoute(local_route_msg(
+            1,
+            "10.0.0.50".parse().unwrap(),
+        )));
+        assert_eq!(
+            &m[0..8],
+            &[libc::AF_INET as u8, 32, 0, 0, 255, ROUTE_PROTOCOL, 254, 2]
+        );
+        let a = attrs(&m[12..]);
+        assert_eq!(
+            a,
+            [
+                (libc::RTA_DST, vec![10, 0, 0, 50]),
+                (libc::RTA_OIF, 1u32.to_ne_bytes().to_vec()),
+            ]
+        );
+    }
+
     #[test]
     fn ipv6_vip_is_deprecated_and_valid_forever() {
         let m = body(RouteNetlinkMessage::NewAddress(addr_msg(

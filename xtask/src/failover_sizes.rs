@@ -5,7 +5,7 @@
 //! The demo's topology (servers a at priority 200 and b at 100, client c), the VIPs
 //! in a /16 beside the lab's /24 (every host gets an address in it), both agents at
 //! the defaults. Once a serves all three probed VIPs (its start-up has put every
-//! address on lo) and b's echo is armed, c probes the three every millisecond over
+//! VIP on lo) and b's echo is armed, c probes the three every millisecond over
 //! UDP and a's link goes down; the outage of each is the time from its last answer
 //! by a to its first by b. b's status gives the decision and the first announcement
 //! (`last_takeover`), so detection and decision-to-announcement are reported too.
@@ -74,13 +74,13 @@ fn host_part(i: usize) -> String {
     }
 }
 
-/// The `ip -o addr show dev lo` family flag, and the text every bench VIP's line has.
-fn lo_listing() -> ([&'static str; 6], &'static str) {
-    let fam = if ipv6() { "-6" } else { "-4" };
-    (
-        [fam, "-o", "addr", "show", "dev", "lo"],
-        if ipv6() { " 2001:db8::9:" } else { " 10.9." },
-    )
+/// The text every bench VIP starts with.
+fn vip_mark() -> &'static str {
+    if ipv6() {
+        "2001:db8::9:"
+    } else {
+        "10.9."
+    }
 }
 
 /// The probed VIPs of a group of `n`: its first, middle and last.
@@ -278,10 +278,9 @@ fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
     }
     drop(agents);
     for h in ["a", "b"] {
-        let left = lan.host(h).ns.ip(&lo_listing().0)?;
-        let n = vips_on_lo(&left);
+        let n = vips_on_lo(&lan.host(h).ns);
         if n > 0 {
-            eprintln!("[bench failover] {h} left {n} VIP addresses on lo");
+            eprintln!("[bench failover] {h} left {n} VIPs on lo");
         }
     }
     let a_host = lan.host("a");
@@ -309,10 +308,14 @@ fn handover() -> bool {
     std::env::var("VIP_BENCH_FAULT").is_ok_and(|f| f == "handover")
 }
 
-/// How many of the bench's VIPs an `ip -4 -o addr show dev lo` lists.
-fn vips_on_lo(listing: &str) -> usize {
-    let mark = lo_listing().1;
-    listing.lines().filter(|l| l.contains(mark)).count()
+/// How many of the bench's VIPs the stack of `ns` accepts (local routes or addresses
+/// on lo: the baseline binary may use either).
+fn vips_on_lo(ns: &lab::Netns) -> usize {
+    let mark = vip_mark();
+    ns.vips_on_lo()
+        .iter()
+        .filter(|a| a.to_string().starts_with(mark))
+        .count()
 }
 
 /// `resident`: the group's size, when b must hold every address before the fault.
@@ -349,7 +352,7 @@ fn measure(
         .iter()
         .map(|t| Prober::start(c, *t, PROBE))
         .collect::<Result<_>>()?;
-    // a serves every probed VIP: its addresses are on lo.
+    // a serves every probed VIP: its VIPs are on lo.
     for (p, t) in probers.iter().zip(targets) {
         if !p.wait_answers("a", 20, settle) {
             bail!("a never answered {t}");
@@ -358,11 +361,7 @@ fn measure(
     let start_s = started.elapsed().as_secs_f64();
     if let Some(n) = resident {
         let b_ns = &lan.host("b").ns;
-        let held = || {
-            b_ns.ip(&lo_listing().0)
-                .map(|l| vips_on_lo(&l))
-                .unwrap_or(0)
-        };
+        let held = || vips_on_lo(b_ns);
         if wait_for(settle, || (held() >= n).then_some(())).is_none() {
             bail!("b holds {} of its {n} resident addresses", held());
         }

@@ -334,7 +334,7 @@ pub async fn run(opts: Options) -> Result<()> {
             agent.hand_over_all(&mut ev_rx).await;
             agent.shutdown();
             let _ = std::fs::remove_file(&socket_path);
-            log::info!("agent stopped; data plane detached, addresses removed");
+            log::info!("agent stopped; data plane detached, VIPs removed from lo");
         }
     }
     Ok(())

@@ -668,18 +668,43 @@ fn addresses_resident_is_for_elected_local_groups() {
             .any(|p| p.key == "group[api].addresses" && p.message.contains("balanced")),
         "{p:?}"
     );
-    // Above 64 VIPs, adding the addresses at each takeover is warned about.
-    let many: Vec<String> = (1..=65).map(|i| format!("\"10.0.1.{i}/24\"")).collect();
+    // Above 64 IPv6 VIPs, adding their addresses at each takeover is warned about;
+    // IPv4 VIPs are local routes, as cheap at any number.
+    let many: Vec<String> = (1..=65)
+        .map(|i| format!("\"2001:db8::1:{i:x}/64\""))
+        .collect();
     let c = parse(&elected(&many.join(", "), "")).unwrap();
     let w = timing_warnings(&c).join("\n");
     assert!(
-        w.contains("group[api]: 65 VIPs") && w.contains("addresses = \"resident\""),
+        w.contains("group[api]: 65 IPv6 VIPs") && w.contains("addresses = \"resident\""),
         "{w}"
     );
     let c = parse(&elected(&many.join(", "), "addresses = \"resident\"")).unwrap();
     assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
     let c = parse(&elected(&many[..64].join(", "), "")).unwrap();
     assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
+    let v4: Vec<String> = (1..=200).map(|i| format!("\"10.0.1.{i}/24\"")).collect();
+    let c = parse(&elected(&v4.join(", "), "")).unwrap();
+    assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
+    // Above 1,000 VIPs announced from the node's MAC, resident or not, a virtual
+    // MAC is suggested; with one, nothing is said.
+    let v4: Vec<String> = (0..1001)
+        .map(|i| format!("\"10.1.{}.{}/16\"", i / 250, 1 + i % 250))
+        .collect();
+    for extra in ["", "addresses = \"resident\""] {
+        let c = parse(&elected(&v4.join(", "), extra)).unwrap();
+        let w = timing_warnings(&c).join("\n");
+        assert!(
+            w.contains("group[api]: 1001 VIPs announced from the node's MAC"),
+            "{extra}: {w}"
+        );
+        let c = parse(&elected(
+            &v4.join(", "),
+            &format!("{extra}\nmac = \"02:76:69:70:00:01\""),
+        ))
+        .unwrap();
+        assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
+    }
 }
 
 /// `mac`: the node's (the default, or "node") or a group's virtual MAC: a unicast

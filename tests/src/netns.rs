@@ -170,28 +170,34 @@ impl Netns {
     }
 
     /// The VIPs an agent made this namespace's stack accept: IPv4 ones are local
-    /// routes through lo of vip's protocol (99) in the local table, IPv6 ones (and an
-    /// earlier version's IPv4 ones) addresses on lo. Not lo's own loopback addresses.
+    /// routes through lo of vip's protocol (99) in the local table (one route per run
+    /// of VIPs, expanded here), IPv6 ones (and an earlier version's IPv4 ones)
+    /// addresses on lo. Not lo's own loopback addresses.
     pub fn vips_on_lo(&self) -> Vec<std::net::IpAddr> {
         let mut out: Vec<std::net::IpAddr> = self
             .addresses_on("lo")
             .into_iter()
             .filter(|a| !a.is_loopback())
             .collect();
-        out.extend(
-            self.ip(&[
+        let routes = self
+            .ip(&[
                 "-4", "-o", "route", "show", "table", "local", "proto", "99", "type", "local",
             ])
-            .unwrap_or_default()
-            .lines()
-            // "local 10.0.0.50 dev lo scope host"
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .nth(1)?
-                    .parse::<std::net::IpAddr>()
-                    .ok()
-            }),
-        );
+            .unwrap_or_default();
+        // "local 10.0.0.50 dev lo scope host", or a run: "local 10.9.1.0/24 dev lo ..."
+        for l in routes.lines() {
+            let Some(dst) = l.split_whitespace().nth(1) else {
+                continue;
+            };
+            let (addr, len) = dst.split_once('/').unwrap_or((dst, "32"));
+            let (Ok(addr), Ok(len)) = (addr.parse::<std::net::Ipv4Addr>(), len.parse::<u32>())
+            else {
+                continue;
+            };
+            let first = u32::from(addr);
+            let n = 1u64 << (32 - len.min(32));
+            out.extend((0..n).map(|i| std::net::IpAddr::V4(first.wrapping_add(i as u32).into())));
+        }
         out
     }
 

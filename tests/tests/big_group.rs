@@ -57,6 +57,15 @@ fn link_down_failover(an: &Netns, cn: &Netns, to: SocketAddr) -> lab::Outage {
     lab::outage(&prober.finish(), "a", "b").expect("the client never moved to b")
 }
 
+/// vip's local routes in `ns` (`ip route` lines of protocol 99 in the local table).
+fn local_routes(ns: &Netns) -> Vec<String> {
+    ns.ip(&["-4", "-o", "route", "show", "table", "local", "proto", "99"])
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Asserts how `ns` holds the group: every VIP on lo and delivered locally exactly
 /// when `serving`, none otherwise (waited for: the worker is asynchronous).
 fn assert_holds(ns: &Netns, node: &str, serving: bool) {
@@ -96,6 +105,15 @@ fn a_big_group_is_accepted_only_where_it_is_served() {
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
     assert_holds(an, "a", true);
     assert_holds(bn, "b", false);
+    // The 100 IPv4 VIPs are one run, .100 to .199: its exact cover is five routes
+    // (/30, /29, /28, /26, /29), and the addresses just outside it are not accepted.
+    assert_eq!(local_routes(an).len(), 5, "{:?}", local_routes(an));
+    for outside in ["10.0.0.99", "10.0.0.200"] {
+        assert!(
+            !an.delivers_locally(outside.parse().unwrap()),
+            "a accepts {outside}, which is no VIP"
+        );
+    }
 
     // The client's probes to the last VIP, and TCP to an IPv6 one, across a's link
     // going down.
@@ -117,6 +135,49 @@ fn a_big_group_is_accepted_only_where_it_is_served() {
         an.run_in(|| TcpListener::bind(v6)).is_err(),
         "a's stack still has {v6}"
     );
+
+    // A reload that takes 10.0.0.150 out of the middle of the run splits its /26
+    // (new routes first, the old one last): the VIP goes, and the last VIP's
+    // probes, through the routes that stay, lose nothing.
+    let prober = lab::Prober::start(cn, last, Duration::from_millis(1)).unwrap();
+    assert!(prober.wait_answers("b", 50, Duration::from_secs(3)));
+    let cur = std::fs::read_to_string(&b.config).unwrap();
+    let sock_line = cur
+        .lines()
+        .find(|l| l.starts_with("control_socket"))
+        .unwrap()
+        .to_string();
+    let fewer = config(&lan, "b", 100).replacen("\"10.0.0.150/24\", ", "", 1);
+    std::fs::write(
+        &b.config,
+        fewer.replacen("[node]", &format!("[node]\n{sock_line}"), 1),
+    )
+    .unwrap();
+    let out = b.cli(&["reload"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gone: IpAddr = "10.0.0.150".parse().unwrap();
+    let split = wait_for(Duration::from_secs(3), || {
+        (!bn.delivers_locally(gone)).then_some(())
+    });
+    assert!(split.is_some(), "b still accepts {gone}");
+    std::thread::sleep(Duration::from_millis(50));
+    let lost = prober
+        .finish()
+        .iter()
+        .filter(|p| p.answered_by.is_none())
+        .count();
+    assert_eq!(lost, 0, "probes to {last} lost while the route split");
+    let on = bn.vips_on_lo();
+    let kept: Vec<IpAddr> = vips().into_iter().filter(|v| *v != gone).collect();
+    assert!(kept.iter().all(|v| on.contains(v)), "b lost a VIP: {on:?}");
+    assert!(!on.contains(&gone));
+    assert!(kept.iter().all(|v| bn.delivers_locally(*v)));
+    // Two runs now: .100 to .149 in six routes, .151 to .199 in four.
+    assert_eq!(local_routes(bn).len(), 6 + 4, "{:?}", local_routes(bn));
 
     // Stopped agents take the addresses with them.
     assert!(b.stop().unwrap().success());

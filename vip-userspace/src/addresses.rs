@@ -1,10 +1,10 @@
 //! The VIPs the local stack accepts, and the one rule that keeps the kernel from ever
 //! answering for them: only the XDP program answers ARP/NS for a VIP.
 //!
-//! The LVS direct-routing convention, never the interface the clients reach: an
-//! IPv4 VIP of a local group is a `local` route through `lo` in the kernel's local
-//! table (protocol 99, see `Netlink::add_local_route`), an IPv6 VIP a /128 address on
-//! `lo`. The interface gets `arp_ignore = 1` (answer ARP only for addresses
+//! The LVS direct-routing convention, never the interface the clients reach: the
+//! IPv4 VIPs held are `local` routes through `lo` in the kernel's local table
+//! (protocol 99, see `Netlink::add_local_route`), as few as cover exactly those VIPs
+//! ([`cover`]: a run of 256 is one /24), an IPv6 VIP a /128 address on `lo`. The interface gets `arp_ignore = 1` (answer ARP only for addresses
 //! configured on it) and `arp_announce = 2` (never use a VIP as the sender of our own
 //! ARP requests). The kernel's IPv6 neighbour code answers solicitations only for
 //! addresses on the receiving interface, so an IPv6 VIP on `lo` is never answered by
@@ -13,7 +13,10 @@
 //!
 //! Why a route for IPv4 and an address for IPv6: an address costs a time that grows
 //! with the device's list (adding 20,000 IPv4 addresses to lo took 9.6 s in the lab,
-//! 20,000 local routes 0.24 s), and a route does the same for the stack. IPv6 would
+//! 20,000 local /32 routes 0.24 s), and a route does the same for the stack. A route
+//! also covers a prefix: the held VIPs' exact cover needs one route per aligned run,
+//! so a takeover of 10,000 VIPs numbered in runs is a few hundred requests, not
+//! 10,000, and never makes the stack accept an address that is not a held VIP. IPv6 would
 //! gain as much (10,000: 4.05 s against 0.14 s), but its bind() accepts only addresses
 //! on a device (a service listening on the VIP would need `ip_nonlocal_bind` or
 //! `IP_FREEBIND`), so IPv6 VIPs stay addresses.
@@ -34,9 +37,9 @@
 //! repaired by the next resync.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc, Arc,
@@ -55,30 +58,80 @@ use crate::{
 /// `arp_ignore` and `arp_announce` for the VIP interface (LVS-DR values).
 const SYSCTLS: [(&str, &str); 2] = [("arp_ignore", "1"), ("arp_announce", "2")];
 
-/// Makes the local stack accept `addr` on `lo` (see the module's doc: a local route
-/// for IPv4, an address for IPv6).
-fn accept(nl: &Netlink, lo: u32, addr: IpAddr) -> io::Result<()> {
-    match addr {
-        IpAddr::V4(a) => nl.add_local_route(lo, a),
-        IpAddr::V6(_) => nl.add_address(lo, addr, host_prefix(addr)),
+/// A local route's destination: an IPv4 prefix (network address, length).
+pub type Prefix = (Ipv4Addr, u8);
+
+/// The fewest prefixes whose union is exactly `addrs`: each maximal run of
+/// consecutive addresses split into its largest aligned blocks (10.0.0.1 to
+/// 10.0.0.250 is 13 prefixes, 10.0.0.0 to 10.0.0.255 one /24). Exact, so a route of
+/// the cover never makes the stack accept an address that is not a VIP.
+pub fn cover(addrs: impl IntoIterator<Item = Ipv4Addr>) -> BTreeSet<Prefix> {
+    let sorted: BTreeSet<u32> = addrs.into_iter().map(u32::from).collect();
+    let mut out = BTreeSet::new();
+    let mut emit = |start: u64, end: u64| {
+        // [start, end] inclusive, in u64 so that 255.255.255.255 + 1 does not wrap.
+        let mut at = start;
+        while at <= end {
+            let align = if at == 0 {
+                1u64 << 32
+            } else {
+                at & at.wrapping_neg()
+            };
+            let mut size = align;
+            while size > end - at + 1 {
+                size >>= 1;
+            }
+            out.insert((Ipv4Addr::from(at as u32), 32 - size.trailing_zeros() as u8));
+            at += size;
+        }
+    };
+    let mut run: Option<(u64, u64)> = None;
+    for a in sorted.into_iter().map(u64::from) {
+        run = match run {
+            Some((s, e)) if a == e + 1 => Some((s, a)),
+            Some((s, e)) => {
+                emit(s, e);
+                Some((a, a))
+            }
+            None => Some((a, a)),
+        };
+    }
+    if let Some((s, e)) = run {
+        emit(s, e);
+    }
+    out
+}
+
+/// True if `p` contains `a`.
+fn contains((net, len): Prefix, a: Ipv4Addr) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    u32::from(a) & mask == u32::from(net) & mask
+}
+
+/// What a change of the held set asks of the local table: the routes of the new
+/// cover that were not there, added first, then the old cover's routes that are no
+/// longer in it, so a VIP that stays is never without one.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RouteChange {
+    add: Vec<Prefix>,
+    del: Vec<Prefix>,
+}
+
+impl RouteChange {
+    fn between(old: &BTreeSet<Prefix>, new: &BTreeSet<Prefix>) -> Self {
+        RouteChange {
+            add: new.difference(old).copied().collect(),
+            del: old.difference(new).copied().collect(),
+        }
     }
 }
 
-/// Undoes [`accept`]; absent already is fine.
-fn unaccept(nl: &Netlink, lo: u32, addr: IpAddr) -> io::Result<()> {
-    match addr {
-        IpAddr::V4(a) => nl.del_local_route(lo, a).map(|_| ()),
-        IpAddr::V6(_) => nl.del_address(lo, addr, host_prefix(addr)),
-    }
+fn add_route(nl: &Netlink, lo: u32, (a, len): Prefix) -> io::Result<()> {
+    nl.add_local_route(lo, a, len)
 }
 
-/// What [`accept`] makes of `addr`, for the log.
-fn form(addr: IpAddr) -> &'static str {
-    if addr.is_ipv4() {
-        "local route"
-    } else {
-        "address"
-    }
+fn del_route(nl: &Netlink, lo: u32, (a, len): Prefix) -> io::Result<()> {
+    nl.del_local_route(lo, a, len).map(|_| ())
 }
 
 /// The prefix VIP addresses are added with: a host route's, so adding one never
@@ -143,21 +196,26 @@ impl Progress {
 
 /// What the worker does, in the order asked.
 enum Job {
+    /// Makes the stack accept `addrs`, in their order (IPv6: their addresses; IPv4:
+    /// the routes of `routes.add` that carry them), then removes `routes.del`.
     Add {
         group: String,
         addrs: Vec<IpAddr>,
+        routes: RouteChange,
         progress: Option<Arc<Progress>>,
     },
+    /// Adds `routes.add`, removes the IPv6 addresses of `addrs`, then `routes.del`.
     Remove {
         group: String,
         addrs: Vec<IpAddr>,
+        routes: RouteChange,
         progress: Arc<Progress>,
     },
     /// Remove addresses from an interface (an earlier version's, or a killed
     /// agent's).
     RemoveFrom { ifindex: u32, addrs: Vec<IpAddr> },
     /// Remove a killed agent's local routes (held by no group now).
-    RemoveRoutes(Vec<std::net::Ipv4Addr>),
+    RemoveRoutes(Vec<Prefix>),
     /// Answers once every job before it is done.
     Flush(mpsc::Sender<()>),
 }
@@ -167,15 +225,18 @@ enum Job {
 /// The rtnetlink requests are made by a worker thread of its own, in the order they
 /// are asked for: an IPv6 address takes a time that grows with the addresses already
 /// on the device (about 0.4 ms each with 10,000 on lo), a local route some 12 µs, and
-/// the agent's loop must not wait for a big group's (it would delay the adverts). What the loop keeps is the
-/// set it holds; a takeover's announcer follows the worker through [`Progress`]. A
-/// change of up to [`SYNC_MAX`] addresses is still waited for (bounded), so a small
-/// group's addresses are in place when its change of state is done.
+/// the agent's loop must not wait for a big group's (it would delay the adverts). What
+/// the loop keeps is the set it holds and the routes that cover it; a takeover's
+/// announcer follows the worker through [`Progress`]. A change of up to [`SYNC_MAX`]
+/// addresses is still waited for (bounded), so a small group's addresses are in place
+/// when its change of state is done.
 pub struct Addresses {
     jobs: mpsc::Sender<Job>,
     lo: u32,
     /// Addresses we added (and keep restoring).
     held: BTreeSet<IpAddr>,
+    /// The local routes asked for: [`cover`] of the IPv4 addresses of `held`.
+    routes: BTreeSet<Prefix>,
     /// Address changes that failed (logged, repaired by the next resync).
     errors: Arc<AtomicU64>,
 }
@@ -218,6 +279,7 @@ impl Addresses {
             jobs,
             lo,
             held: BTreeSet::new(),
+            routes: BTreeSet::new(),
             errors,
         })
     }
@@ -240,15 +302,29 @@ impl Addresses {
         }
     }
 
+    /// The routes that carry the IPv4 addresses of `held` now, against those asked
+    /// for so far.
+    fn reroute(&mut self) -> RouteChange {
+        let new = cover(self.held.iter().filter_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        }));
+        let change = RouteChange::between(&self.routes, &new);
+        self.routes = new;
+        change
+    }
+
     /// Adds `addrs` (idempotent), in this order; the returned progress says how many
     /// are in place.
     pub fn add_all(&mut self, group: &str, addrs: Vec<IpAddr>) -> Arc<Progress> {
         let progress = Arc::new(Progress::default());
         let n = addrs.len();
         self.held.extend(addrs.iter().copied());
+        let routes = self.reroute();
         self.send(Job::Add {
             group: group.into(),
             addrs,
+            routes,
             progress: Some(progress.clone()),
         });
         settle(&progress, n);
@@ -265,11 +341,13 @@ impl Addresses {
         for a in &addrs {
             self.held.remove(a);
         }
+        let routes = self.reroute();
         let progress = Arc::new(Progress::default());
         let n = addrs.len();
         self.send(Job::Remove {
             group: group.into(),
             addrs,
+            routes,
             progress: progress.clone(),
         });
         settle(&progress, n);
@@ -280,11 +358,21 @@ impl Addresses {
         self.held.contains(&addr)
     }
 
-    /// Adds back every address we hold (after lost notifications or a removal).
+    /// True if one of the local routes we hold is exactly `p`.
+    pub fn holds_route(&self, p: Prefix) -> bool {
+        self.routes.contains(&p)
+    }
+
+    /// Adds back every address and route we hold (after lost notifications or a
+    /// removal).
     pub fn restore(&mut self) {
         self.send(Job::Add {
             group: "(restoring)".into(),
             addrs: self.held.iter().copied().collect(),
+            routes: RouteChange {
+                add: self.routes.iter().copied().collect(),
+                del: Vec::new(),
+            },
             progress: None,
         });
     }
@@ -301,11 +389,10 @@ impl Addresses {
         });
     }
 
-    /// Removes the local routes of `addrs` a killed agent left (see
-    /// `Netlink::local_routes`).
-    pub fn remove_routes(&mut self, addrs: Vec<std::net::Ipv4Addr>) {
-        if !addrs.is_empty() {
-            self.send(Job::RemoveRoutes(addrs));
+    /// Removes the local routes a killed agent left (see `Netlink::local_routes`).
+    pub fn remove_routes(&mut self, routes: Vec<Prefix>) {
+        if !routes.is_empty() {
+            self.send(Job::RemoveRoutes(routes));
         }
     }
 
@@ -335,23 +422,64 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
         errors.fetch_add(1, Ordering::Relaxed);
         log::error!("{what}");
     };
+    let add_routes = |group: &str, routes: &[Prefix]| {
+        for &p in routes {
+            if let Err(e) = add_route(&nl, lo, p) {
+                fail(format!(
+                    "group {group}: adding the local route of {}/{} (lo): {e}",
+                    p.0, p.1
+                ));
+            }
+        }
+    };
+    let del_routes = |group: &str, routes: &[Prefix]| {
+        for &p in routes {
+            if let Err(e) = del_route(&nl, lo, p) {
+                fail(format!(
+                    "group {group}: removing the local route of {}/{} (lo): {e}",
+                    p.0, p.1
+                ));
+            }
+        }
+    };
     while let Ok(job) = jobs.recv() {
         match job {
             Job::Add {
                 group,
                 addrs,
+                routes,
                 progress,
             } => {
+                // Each new route is added when the first address it carries comes up
+                // in `addrs`' order, so the announcer's first VIPs wait for theirs
+                // only.
+                let mut pending: BTreeMap<u32, Prefix> =
+                    routes.add.iter().map(|&p| (u32::from(p.0), p)).collect();
                 let mut chunk = CHUNK_FIRST;
                 let mut rest = &addrs[..];
                 while !rest.is_empty() {
                     let (now, later) = rest.split_at(chunk.min(rest.len()));
                     for &addr in now {
-                        if let Err(e) = accept(&nl, lo, addr) {
-                            fail(format!(
-                                "group {group}: adding VIP {addr} to lo ({}): {e}",
-                                form(addr)
-                            ));
+                        match addr {
+                            IpAddr::V4(a) => {
+                                // The routes are disjoint: the one that may carry `a`
+                                // is the last starting at or below it.
+                                let carrier = pending
+                                    .range(..=u32::from(a))
+                                    .next_back()
+                                    .filter(|(_, &p)| contains(p, a))
+                                    .map(|(&k, _)| k);
+                                if let Some(p) = carrier.and_then(|k| pending.remove(&k)) {
+                                    add_routes(&group, &[p]);
+                                }
+                            }
+                            IpAddr::V6(_) => {
+                                if let Err(e) = nl.add_address(lo, addr, 128) {
+                                    fail(format!(
+                                        "group {group}: adding VIP {addr} to lo (address): {e}"
+                                    ));
+                                }
+                            }
                         }
                     }
                     if let Some(p) = &progress {
@@ -360,21 +488,28 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
                     rest = later;
                     chunk = (chunk * 2).min(CHUNK_MAX);
                 }
+                let left: Vec<Prefix> = pending.into_values().collect();
+                add_routes(&group, &left);
+                del_routes(&group, &routes.del);
             }
             Job::Remove {
                 group,
                 addrs,
+                routes,
                 progress,
             } => {
-                for addr in addrs {
-                    if let Err(e) = unaccept(&nl, lo, addr) {
-                        fail(format!(
-                            "group {group}: removing VIP {addr} from lo ({}): {e}",
-                            form(addr)
-                        ));
+                add_routes(&group, &routes.add);
+                for &addr in &addrs {
+                    if addr.is_ipv6() {
+                        if let Err(e) = nl.del_address(lo, addr, 128) {
+                            fail(format!(
+                                "group {group}: removing VIP {addr} from lo (address): {e}"
+                            ));
+                        }
                     }
-                    progress.advance(1);
                 }
+                del_routes(&group, &routes.del);
+                progress.advance(addrs.len());
             }
             Job::RemoveFrom { ifindex, addrs } => {
                 for addr in addrs {
@@ -385,13 +520,7 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
                     }
                 }
             }
-            Job::RemoveRoutes(addrs) => {
-                for addr in addrs {
-                    if let Err(e) = nl.del_local_route(lo, addr) {
-                        fail(format!("removing the local route of VIP {addr}: {e}"));
-                    }
-                }
-            }
+            Job::RemoveRoutes(routes) => del_routes("(stale)", &routes),
             Job::Flush(done) => {
                 let _ = done.send(());
             }
@@ -442,5 +571,70 @@ mod tests {
         assert_eq!(sizes[..4], [1, 2, 4, 8]);
         assert!(sizes.iter().all(|&n| n <= CHUNK_MAX));
         assert_eq!(sizes.iter().sum::<usize>(), 600);
+    }
+
+    fn v4(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn range(first: &str, n: u32) -> Vec<Ipv4Addr> {
+        (0..n)
+            .map(|i| Ipv4Addr::from(u32::from(v4(first)) + i))
+            .collect()
+    }
+
+    fn expand(c: &BTreeSet<Prefix>) -> BTreeSet<Ipv4Addr> {
+        c.iter()
+            .flat_map(|&(a, len)| range(&a.to_string(), 1u32 << (32 - len)))
+            .collect()
+    }
+
+    /// The cover is exact and as small as aligned blocks allow: a whole /24 is one
+    /// route, the bench's .1 to .250 thirteen, scattered addresses one each.
+    #[test]
+    fn cover_is_exact_and_small() {
+        assert_eq!(
+            cover(range("10.9.1.0", 256)),
+            BTreeSet::from([(v4("10.9.1.0"), 24)])
+        );
+        let bench = range("10.9.1.1", 250);
+        let c = cover(bench.iter().copied());
+        assert_eq!(c.len(), 13, "{c:?}");
+        assert_eq!(expand(&c), bench.iter().copied().collect());
+        let scattered = [v4("10.0.0.1"), v4("10.0.0.3"), v4("192.0.2.7")];
+        assert_eq!(cover(scattered).len(), 3);
+        // The edges of the address space, and duplicates.
+        assert_eq!(
+            cover([v4("0.0.0.0"), v4("0.0.0.1"), v4("0.0.0.1")]),
+            BTreeSet::from([(v4("0.0.0.0"), 31)])
+        );
+        assert_eq!(
+            cover(range("255.255.255.252", 4)),
+            BTreeSet::from([(v4("255.255.255.252"), 30)])
+        );
+        assert!(cover([]).is_empty());
+        // Any set: its cover expands back to itself.
+        let mut seed = 7u32;
+        let mut set = BTreeSet::new();
+        for _ in 0..2000 {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            set.insert(Ipv4Addr::from(0x0a00_0000 | (seed >> 20)));
+        }
+        assert_eq!(expand(&cover(set.iter().copied())), set);
+    }
+
+    /// A change adds the new cover's routes first and removes the old ones last: a
+    /// VIP that stays keeps a route all along, one that goes loses its own.
+    #[test]
+    fn a_change_adds_before_it_removes() {
+        let old = cover(range("10.0.0.0", 4));
+        let new = cover(range("10.0.0.0", 3));
+        let c = RouteChange::between(&old, &new);
+        assert_eq!(c.add, [(v4("10.0.0.0"), 31), (v4("10.0.0.2"), 32)]);
+        assert_eq!(c.del, [(v4("10.0.0.0"), 30)]);
+        assert!(contains((v4("10.0.0.0"), 30), v4("10.0.0.3")));
+        assert!(!contains((v4("10.0.0.0"), 31), v4("10.0.0.2")));
+        assert!(contains((v4("0.0.0.0"), 0), v4("203.0.113.9")));
+        assert_eq!(RouteChange::between(&new, &new), RouteChange::default());
     }
 }

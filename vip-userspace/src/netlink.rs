@@ -207,37 +207,39 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Makes the stack accept the IPv4 address `addr` as its own without an address
-    /// on any device: a `local` host route of protocol [`ROUTE_PROTOCOL`] in the local
-    /// table, through `ifindex` (lo), as `ip route add local ADDR/32 dev lo table
-    /// local proto 99` does ("AnyIP"). The kernel delivers packets to it, binds to it
-    /// and sends from it as from an address, and its ARP code (with `arp_ignore = 1`)
-    /// answers only for addresses on the receiving interface, so never for this.
-    /// Unlike an address, it is one FIB insert whatever the number already there (an
-    /// address costs time growing with the device's list: 9.6 s for 20,000 on lo
-    /// against 0.24 s as routes). Added beside the kernel's own local route of an
+    /// Makes the stack accept every IPv4 address of `addr/len` as its own without an
+    /// address on any device: a `local` route of protocol [`ROUTE_PROTOCOL`] in the
+    /// local table, through `ifindex` (lo), as `ip route add local ADDR/LEN dev lo
+    /// table local proto 99` does ("AnyIP"). The kernel delivers packets to it, binds
+    /// to it and sends from it as from an address, and its ARP code (with
+    /// `arp_ignore = 1`) answers only for addresses on the receiving interface, so
+    /// never for this. Unlike an address, it is one FIB insert whatever the number
+    /// already there (an address costs time growing with the device's list: 9.6 s for
+    /// 20,000 on lo against 0.24 s as /32 routes), and one route carries a whole run
+    /// of VIPs (`addresses::cover`). Added beside the kernel's own local route of an
     /// address (an earlier version's), never over it; idempotent.
-    pub fn add_local_route(&self, ifindex: u32, addr: Ipv4Addr) -> io::Result<()> {
-        let msg = RouteNetlinkMessage::NewRoute(local_route_msg(ifindex, addr));
+    pub fn add_local_route(&self, ifindex: u32, addr: Ipv4Addr, len: u8) -> io::Result<()> {
+        let msg = RouteNetlinkMessage::NewRoute(local_route_msg(ifindex, addr, len));
         match self.exchange(msg, NLM_F_CREATE) {
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             r => r.map(|_| ()),
         }
     }
 
-    /// Undoes [`Self::add_local_route`] (the kernel's route of an address, of another
-    /// protocol, stays); absent already is not an error. True if it was there.
-    pub fn del_local_route(&self, ifindex: u32, addr: Ipv4Addr) -> io::Result<bool> {
-        let msg = RouteNetlinkMessage::DelRoute(local_route_msg(ifindex, addr));
+    /// Undoes [`Self::add_local_route`] of exactly `addr/len` (the kernel's route of an
+    /// address, of another protocol, stays); absent already is not an error. True if
+    /// it was there.
+    pub fn del_local_route(&self, ifindex: u32, addr: Ipv4Addr, len: u8) -> io::Result<bool> {
+        let msg = RouteNetlinkMessage::DelRoute(local_route_msg(ifindex, addr, len));
         match self.exchange(msg, 0) {
             Err(e) if matches!(errno(&e), Some(libc::ESRCH) | Some(libc::ENOENT)) => Ok(false),
             r => r.map(|_| true),
         }
     }
 
-    /// The destinations of our local routes ([`Self::add_local_route`]) in the local
-    /// table: what a killed agent left.
-    pub fn local_routes(&self) -> io::Result<Vec<Ipv4Addr>> {
+    /// The prefixes of our local routes ([`Self::add_local_route`]) in the local
+    /// table: what a killed agent left. Protocol 99 in the local table is vip's alone.
+    pub fn local_routes(&self) -> io::Result<Vec<(Ipv4Addr, u8)>> {
         let mut m = RouteMessage::default();
         m.header.address_family = AddressFamily::Inet;
         let replies = self.exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
@@ -250,8 +252,9 @@ impl Netlink {
                         && r.header.kind == RouteType::Local
                         && r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) =>
                 {
+                    let len = r.header.destination_prefix_length;
                     r.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(*a),
+                        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some((*a, len)),
                         _ => None,
                     })
                 }
@@ -523,11 +526,11 @@ fn route_msg(table: u32, addr: IpAddr, prefix: u8) -> RouteMessage {
     m
 }
 
-/// Our local route for `addr` (see [`Netlink::add_local_route`]).
-fn local_route_msg(ifindex: u32, addr: Ipv4Addr) -> RouteMessage {
+/// Our local route for `addr/len` (see [`Netlink::add_local_route`]).
+fn local_route_msg(ifindex: u32, addr: Ipv4Addr, len: u8) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = AddressFamily::Inet;
-    m.header.destination_prefix_length = 32;
+    m.header.destination_prefix_length = len;
     m.header.table = RT_TABLE_LOCAL;
     m.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
     m.header.scope = RouteScope::Host;
@@ -892,24 +895,25 @@ mod tests {
         assert_eq!(a.len(), 3);
     }
 
-    /// struct rtmsg of an IPv4 VIP's local route: family, /32, no source prefix, no
-    /// TOS, table 255 (local), protocol 99, scope host (254), type local (2); then
-    /// its destination and its device.
+    /// struct rtmsg of a run of IPv4 VIPs' local route: family, its prefix length,
+    /// no source prefix, no TOS, table 255 (local), protocol 99, scope host (254),
+    /// type local (2); then its destination and its device.
     #[test]
     fn local_route_layout() {
         let m = body(RouteNetlinkMessage::NewRoute(local_route_msg(
             1,
-            "10.0.0.50".parse().unwrap(),
+            "10.0.0.48".parse().unwrap(),
+            29,
         )));
         assert_eq!(
             &m[0..8],
-            &[libc::AF_INET as u8, 32, 0, 0, 255, ROUTE_PROTOCOL, 254, 2]
+            &[libc::AF_INET as u8, 29, 0, 0, 255, ROUTE_PROTOCOL, 254, 2]
         );
         let a = attrs(&m[12..]);
         assert_eq!(
             a,
             [
-                (libc::RTA_DST, vec![10, 0, 0, 50]),
+                (libc::RTA_DST, vec![10, 0, 0, 48]),
                 (libc::RTA_OIF, 1u32.to_ne_bytes().to_vec()),
             ]
         );

@@ -31,7 +31,7 @@ mod upgrade;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -374,16 +374,18 @@ pub fn cleanup(opts: &Options) -> Result<Vec<String>> {
             }
         }
     }
-    // IPv4 VIPs are local routes through lo.
+    // IPv4 VIPs are local routes through lo: every one of protocol 99 is vip's.
     if let Ok(lo) = host::interface("lo") {
-        for v in cfg.groups.iter().flat_map(|g| &g.vips) {
-            let IpAddr::V4(a) = v.addr else { continue };
+        let routes = nl
+            .local_routes()
+            .context("listing the local table's routes")?;
+        for (a, len) in routes {
             if nl
-                .del_local_route(lo.index, a)
-                .with_context(|| format!("removing the local route of {a}"))?
+                .del_local_route(lo.index, a, len)
+                .with_context(|| format!("removing the local route of {a}/{len}"))?
             {
                 done.push(format!(
-                    "removed the local route of {a} (table local, dev lo)"
+                    "removed the local route of {a}/{len} (table local, dev lo)"
                 ));
             }
         }
@@ -488,12 +490,11 @@ impl Agent {
 
         let reader = Arc::new(dp.reader().context("opening the data plane for reading")?);
         let nl = Netlink::open().context("opening rtnetlink")?;
-        let stale_routes: Vec<Ipv4Addr> = nl
+        // Every local route of protocol 99 is vip's (see `Netlink::local_routes`),
+        // whatever VIPs it carries: one of an earlier configuration goes too.
+        let stale_routes = nl
             .local_routes()
-            .context("listing the local table's routes")?
-            .into_iter()
-            .filter(|a| all_vips.contains(&IpAddr::V4(*a)))
-            .collect();
+            .context("listing the local table's routes")?;
         let socket = Arc::new(
             PacketSocket::open(iface.index).context("opening a packet socket for announcements")?,
         );
@@ -565,7 +566,7 @@ impl Agent {
         agent.addrs.remove_from(lo, &stale);
         let stale_routes = stale_routes
             .into_iter()
-            .filter(|a| !agent.addrs.holds(IpAddr::V4(*a)))
+            .filter(|p| !agent.addrs.holds_route(*p))
             .collect();
         agent.addrs.remove_routes(stale_routes);
         agent.adopt_routes();

@@ -10,7 +10,11 @@
 //! stops answering (a quiet or revoked lease), so no announcement leaves for VIPs we
 //! do not answer for.
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use vip_common::VipEntry;
@@ -29,6 +33,11 @@ use crate::{
     ownership::{Effect, Entries, Expired, Holding, LeaseWrite},
     speaker::Speaker,
 };
+
+/// How long a takeover's first announcement waits, on the loop, for the address
+/// worker's first VIP (its route is one request, some 30 µs): longer is left to the
+/// burst, which follows the worker.
+const FIRST_ADDRESS_WAIT: Duration = Duration::from_millis(1);
 
 /// Where a group's effects are written.
 pub(super) trait Writes {
@@ -325,24 +334,47 @@ impl Writes for Kernel<'_> {
     }
 
     /// A takeover's first announcements, for the group's first VIPs (their entries
-    /// are written: `Effect::FirstEntries`), sent from the loop now, unless some
-    /// address still waits for the worker (then the burst sends each as its address
-    /// arrives, in the worker's order).
+    /// are written: `Effect::FirstEntries`), sent from the loop now, as far as their
+    /// addresses are in place: a VIP the address worker is still adding waits for it
+    /// (at most [`FIRST_ADDRESS_WAIT`] for the first), and the burst sends the rest
+    /// as they arrive, in the worker's order.
     fn announce_first(&mut self, g: &mut GroupRuntime) {
         g.stop_announcing();
-        if g.pending_addresses
-            .as_ref()
-            .is_some_and(|(new, p)| p.done() < new.len())
-            || g.cfg.garp.count == 0
-            || !g.gate.is_open()
-        {
+        if g.cfg.garp.count == 0 || !g.gate.is_open() {
             return;
         }
         let n = garp::FIRST_FRAMES.min(g.vips.len());
-        let addrs: Vec<IpAddr> = g.vips[..n].iter().map(|v| v.vip.addr).collect();
+        // How many of the first `n` VIPs the stack accepts now: those the worker is
+        // not adding, and of those it is (a subsequence of the group's order, in
+        // that order), the first `done`.
+        let ready = match &g.pending_addresses {
+            None => n,
+            Some((new, progress)) => {
+                let deadline = Instant::now() + FIRST_ADDRESS_WAIT;
+                while progress.done() == 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                let done = progress.done();
+                let mut j = 0;
+                g.vips[..n]
+                    .iter()
+                    .take_while(|v| {
+                        if new.get(j) != Some(&v.vip.addr) {
+                            return true;
+                        }
+                        j += 1;
+                        j <= done
+                    })
+                    .count()
+            }
+        };
+        if ready == 0 {
+            return;
+        }
+        let addrs: Vec<IpAddr> = g.vips[..ready].iter().map(|v| v.vip.addr).collect();
         let frames = garp::frames(g.announce_mac(self.iface.mac), &addrs);
         let stamp = takeover_stamp(g);
-        g.first_announced = garp::send_now(self.socket, &frames, n, &g.gate, stamp.as_ref());
+        g.first_announced = garp::send_now(self.socket, &frames, ready, &g.gate, stamp.as_ref());
     }
 
     /// The group's host routes into (or out of) vip's route table, which the speaker
@@ -411,7 +443,7 @@ impl Writes for Kernel<'_> {
     /// periodic refresh if configured.
     fn announce(&mut self, g: &mut GroupRuntime) {
         // What `announce_first` sent: the first frames of this round, in the group's
-        // order (it sends only when no address waits, and then neither does this).
+        // order, as far as their addresses were in place.
         let already = g.first_announced;
         g.stop_announcing();
         // The VIPs already on lo first, then those the address worker is adding, in
@@ -429,7 +461,14 @@ impl Writes for Kernel<'_> {
             addrs.extend(new);
             garp::Ready { progress, from }
         });
-        let already = if ready.is_some() { 0 } else { already };
+        // What `announce_first` sent is the start of this order unless a VIP held
+        // before comes after one the worker adds (then all goes again).
+        let first_sent = g.vips.iter().take(already).map(|v| v.vip.addr);
+        let already = if addrs.iter().take(already).copied().eq(first_sent) {
+            already
+        } else {
+            0
+        };
         let (sock, mac, garp, name, refresh, gate) = (
             self.socket.clone(),
             g.announce_mac(self.iface.mac),

@@ -95,8 +95,12 @@ struct Sample {
     lost: [usize; 3],
     detection_ms: Option<f64>,
     announce_ms: Option<f64>,
-    /// From a's start to a serving all three probed VIPs (s).
+    /// From a's start to a serving all three probed VIPs (s): b's start (after a's)
+    /// and the probes' first answers included.
     start_s: f64,
+    /// From a's process start to its group's active state (its status's
+    /// `since_unix_ms`), b's start not included (s).
+    active_s: Option<f64>,
 }
 
 /// What is run: a binary, and the way its group holds its addresses.
@@ -201,7 +205,7 @@ pub fn run(
                     }
                 };
                 eprintln!(
-                    "[bench failover] {size:>6} VIPs {label:<20} run {}/{runs}: outage first/middle/last {:.1} / {:.1} / {:.1} ms (lost {} / {} / {}), detection {}, first announcement {} after the decision, a serving {:.2} s after its start",
+                    "[bench failover] {size:>6} VIPs {label:<20} run {}/{runs}: outage first/middle/last {:.1} / {:.1} / {:.1} ms (lost {} / {} / {}), detection {}, first announcement {} after the decision, a serving {:.2} s after its start (active after {})",
                     i + 1,
                     s.outage_ms[0],
                     s.outage_ms[1],
@@ -212,6 +216,7 @@ pub fn run(
                     opt_ms(s.detection_ms),
                     opt_ms(s.announce_ms),
                     s.start_s,
+                    s.active_s.map_or("n/a".into(), |v| format!("{v:.2} s")),
                 );
                 per[k].push(s);
             }
@@ -267,9 +272,17 @@ fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
         }
     }
     let started = Instant::now();
+    let spawned_ms = unix_ms();
     let a = Agent::start_full(&lan.host("a").ns, "a", &cfg("a", "b", 200), bin, &[], &[])?;
     let b = Agent::start_full(&lan.host("b").ns, "b", &cfg("b", "a", 100), bin, &[], &[])?;
-    let result = measure(lan, &a, &b, &targets, started, v.resident.then_some(size));
+    let result = measure(
+        lan,
+        &a,
+        &b,
+        &targets,
+        (started, spawned_ms),
+        v.resident.then_some(size),
+    );
     // Stopped together, with time to take thousands of addresses off lo (both
     // namespaces share the kernel's rtnetlink lock).
     let mut agents = [a, b];
@@ -324,7 +337,7 @@ fn measure(
     a: &Agent,
     b: &Agent,
     targets: &[SocketAddr],
-    started: Instant,
+    (started, spawned_ms): (Instant, u64),
     resident: Option<usize>,
 ) -> Result<Sample> {
     let state = |x: &Agent| -> String {
@@ -359,6 +372,10 @@ fn measure(
         }
     }
     let start_s = started.elapsed().as_secs_f64();
+    let active_s = a.status()?["groups"][0]["since_unix_ms"]
+        .as_u64()
+        .and_then(|t| t.checked_sub(spawned_ms))
+        .map(|d| d as f64 / 1e3);
     if let Some(n) = resident {
         let b_ns = &lan.host("b").ns;
         let held = || vips_on_lo(b_ns);
@@ -409,7 +426,14 @@ fn measure(
             .zip(announced)
             .map(|(d, a)| (a as i128 - d as i128) as f64 / 1e6),
         start_s,
+        active_s,
     })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn opt_ms(x: Option<f64>) -> String {
@@ -421,19 +445,30 @@ fn median(v: Vec<f64>) -> Option<f64> {
     quantiles(&v).map(|q| q[1])
 }
 
+/// A row's medians: the outages (first, middle, last VIP), detection, decision to
+/// first announcement, a serving after the start, a active after its own start.
+type Medians = (
+    [Option<f64>; 3],
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+);
+
 impl Row {
-    fn medians(&self) -> ([Option<f64>; 3], Option<f64>, Option<f64>, Option<f64>) {
+    fn medians(&self) -> Medians {
         let col = |k: usize| median(self.samples.iter().map(|s| s.outage_ms[k]).collect());
         (
             [col(0), col(1), col(2)],
             median(self.samples.iter().filter_map(|s| s.detection_ms).collect()),
             median(self.samples.iter().filter_map(|s| s.announce_ms).collect()),
             median(self.samples.iter().map(|s| s.start_s).collect()),
+            median(self.samples.iter().filter_map(|s| s.active_s).collect()),
         )
     }
 
     fn json(&self) -> Value {
-        let (o, d, a, st) = self.medians();
+        let (o, d, a, st, act) = self.medians();
         json!({
             "size": self.size,
             "binary": self.label,
@@ -443,12 +478,14 @@ impl Row {
             "detection_ms_p50": d,
             "announce_ms_p50": a,
             "start_s_p50": st,
+            "active_s_p50": act,
             "samples": self.samples.iter().map(|s| json!({
                 "outage_ms": s.outage_ms,
                 "lost": s.lost,
                 "detection_ms": s.detection_ms,
                 "announce_ms": s.announce_ms,
                 "start_s": s.start_s,
+                "active_s": s.active_s,
             })).collect::<Vec<_>>(),
         })
     }
@@ -462,16 +499,16 @@ fn table(rows: &[Row]) -> String {
     };
     let mut out = format!(
         "\nfailover by group size ({fault}, IPv{}; medians; resident: addresses = \"resident\"; virtual MAC: mac = \"{VMAC}\")\n\
-         | VIPs | binary | runs (failed) | outage first / middle / last | detection | decision → first announcement | a serving after start |\n\
-         |---:|---|---:|---|---:|---:|---:|\n",
+         | VIPs | binary | runs (failed) | outage first / middle / last | detection | decision → first announcement | a serving after start | a active after its own start |\n\
+         |---:|---|---:|---|---:|---:|---:|---:|\n",
         if ipv6() { 6 } else { 4 },
     );
     let f = |x: Option<f64>, u: &str, d: usize| x.map_or("n/a".into(), |v| format!("{v:.d$} {u}"));
     for r in rows {
-        let (o, d, a, st) = r.medians();
+        let (o, d, a, st, act) = r.medians();
         let _ = writeln!(
             out,
-            "| {} | {} | {} ({}) | {} / {} / {} | {} | {} | {} |",
+            "| {} | {} | {} ({}) | {} / {} / {} | {} | {} | {} | {} |",
             r.size,
             r.label,
             r.samples.len(),
@@ -482,6 +519,7 @@ fn table(rows: &[Row]) -> String {
             f(d, "ms", 1),
             f(a, "ms", 2),
             f(st, "s", 2),
+            f(act, "s", 2),
         );
     }
     out

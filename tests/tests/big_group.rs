@@ -114,6 +114,29 @@ fn a_big_group_is_accepted_only_where_it_is_served() {
             "a accepts {outside}, which is no VIP"
         );
     }
+    // An operator deletes the route that carries .128 to .191: the agent puts it
+    // back.
+    an.ip(&[
+        "route",
+        "del",
+        "local",
+        "10.0.0.128/26",
+        "dev",
+        "lo",
+        "table",
+        "local",
+        "proto",
+        "99",
+    ])
+    .unwrap();
+    let back = wait_for(Duration::from_secs(3), || {
+        an.delivers_locally("10.0.0.150".parse().unwrap())
+            .then_some(())
+    });
+    assert!(back.is_some(), "a's deleted route never came back");
+    assert!(a
+        .log_text()
+        .contains("the local route of VIP 10.0.0.128/26 was removed"));
 
     // The client's probes to the last VIP, and TCP to an IPv6 one, across a's link
     // going down.

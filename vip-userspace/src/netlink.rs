@@ -49,8 +49,9 @@ const RECV_BUFFER: usize = 64 * 1024;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// Length of struct nlmsghdr.
 const NLMSG_HDRLEN: usize = 16;
-/// RTNLGRP_LINK (1), RTNLGRP_IPV4_IFADDR (5), RTNLGRP_IPV6_IFADDR (9), as a bind mask.
-const MONITOR_GROUPS: u32 = (1 << 0) | (1 << 4) | (1 << 8);
+/// RTNLGRP_LINK (1), RTNLGRP_IPV4_IFADDR (5), RTNLGRP_IPV4_ROUTE (7),
+/// RTNLGRP_IPV6_IFADDR (9), as a bind mask.
+const MONITOR_GROUPS: u32 = (1 << 0) | (1 << 4) | (1 << 6) | (1 << 8);
 /// The lifetime the kernel reads as "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
 
@@ -633,6 +634,9 @@ pub enum Change {
     /// An address was removed from one of the watched interfaces (by us, an operator,
     /// or the kernel flushing IPv6 addresses when the link goes down).
     AddressRemoved { ifindex: u32, addr: IpAddr },
+    /// One of vip's local routes (protocol 99 in the local table) was removed, by us
+    /// or an operator.
+    LocalRouteRemoved { addr: Ipv4Addr, len: u8 },
     /// The main link's state: carrier, and its MAC (when the notification has it).
     Link { up: bool, mac: Option<Mac> },
     /// Notifications were lost (a burst, or one that did not decode): everything may
@@ -694,7 +698,7 @@ fn parse_changes(data: &[u8], link_ifindex: u32, addr_ifindexes: &[u32]) -> Vec<
     };
     for (header, raw) in msgs {
         let ty = header.message_type;
-        if ty != libc::RTM_NEWLINK && ty != libc::RTM_DELADDR {
+        if ty != libc::RTM_NEWLINK && ty != libc::RTM_DELADDR && ty != libc::RTM_DELROUTE {
             continue;
         }
         let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) {
@@ -720,6 +724,20 @@ fn parse_changes(data: &[u8], link_ifindex: u32, addr_ifindexes: &[u32]) -> Vec<
                 });
                 if let Some(addr) = addr {
                     out.push(Change::AddressRemoved { ifindex, addr });
+                }
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(m))
+                if m.header.table == RT_TABLE_LOCAL
+                    && m.header.kind == RouteType::Local
+                    && m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) =>
+            {
+                let len = m.header.destination_prefix_length;
+                let dst = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(*a),
+                    _ => None,
+                });
+                if let Some(addr) = dst {
+                    out.push(Change::LocalRouteRemoved { addr, len });
                 }
             }
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m))
@@ -1085,6 +1103,15 @@ mod tests {
         data.extend(deladdr(1, v4)); // lo
         data.extend(deladdr(4, v6)); // main
         data.extend(deladdr(6, v4)); // unwatched
+        let route = |m: RouteMessage| {
+            let mut raw = encode(RouteNetlinkMessage::DelRoute(m), 0, 0);
+            raw.truncate(u32::from_ne_bytes(raw[0..4].try_into().unwrap()) as usize);
+            raw
+        };
+        data.extend(route(local_route_msg(1, "10.0.0.48".parse().unwrap(), 29)));
+        let mut other = local_route_msg(1, "10.0.0.52".parse().unwrap(), 32);
+        other.header.protocol = RouteProtocol::Kernel; // an address's own: not ours
+        data.extend(route(other));
         assert_eq!(
             parse_changes(&data, 4, &[4, 1]),
             vec![
@@ -1103,6 +1130,10 @@ mod tests {
                 Change::AddressRemoved {
                     ifindex: 4,
                     addr: v6
+                },
+                Change::LocalRouteRemoved {
+                    addr: "10.0.0.48".parse().unwrap(),
+                    len: 29
                 },
             ]
         );

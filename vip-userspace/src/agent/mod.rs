@@ -710,6 +710,9 @@ impl Agent {
             Event::Kernel(crate::netlink::Change::AddressRemoved { addr, .. }) => {
                 self.address_removed(addr)
             }
+            Event::Kernel(crate::netlink::Change::LocalRouteRemoved { addr, len }) => {
+                self.local_route_removed((addr, len))
+            }
             Event::Kernel(crate::netlink::Change::Resync) => self.restore_addresses(),
             Event::Upgrade(result, reply) => self.upgrade_ready(result, reply),
             Event::ReloadRead(read, reply) => self.reload_read(*read, reply),
@@ -828,6 +831,21 @@ impl Agent {
             return;
         }
         log::warn!("VIP address {addr} was removed from lo; adding it back");
+        self.addrs.restore();
+    }
+
+    /// One of our local routes was removed: if it is one we hold (not one the worker
+    /// took out itself, a release's or a split's), an operator deleted it: add back
+    /// everything we hold.
+    fn local_route_removed(&mut self, route: crate::addresses::Prefix) {
+        if !self.addrs.holds_route(route) {
+            return;
+        }
+        log::warn!(
+            "the local route of VIP {}/{} was removed; adding it back",
+            route.0,
+            route.1
+        );
         self.addrs.restore();
     }
 

@@ -169,35 +169,52 @@ impl Netns {
             .collect()
     }
 
-    /// The VIPs an agent made this namespace's stack accept: IPv4 ones are local
-    /// routes through lo of vip's protocol (99) in the local table (one route per run
-    /// of VIPs, expanded here), IPv6 ones (and an earlier version's IPv4 ones)
-    /// addresses on lo. Not lo's own loopback addresses.
+    /// The VIPs an agent made this namespace's stack accept: local routes through lo
+    /// of vip's protocol (99) in the local table (IPv4 ones, and IPv6 ones with
+    /// `ipv6_local = "route"`; one route per aligned block of VIPs, expanded here),
+    /// and addresses on lo (IPv6 ones, an earlier version's IPv4 ones). Not lo's own
+    /// loopback addresses.
     pub fn vips_on_lo(&self) -> Vec<std::net::IpAddr> {
         let mut out: Vec<std::net::IpAddr> = self
             .addresses_on("lo")
             .into_iter()
             .filter(|a| !a.is_loopback())
             .collect();
-        let routes = self
-            .ip(&[
-                "-4", "-o", "route", "show", "table", "local", "proto", "99", "type", "local",
-            ])
-            .unwrap_or_default();
-        // "local 10.0.0.50 dev lo scope host", or a run: "local 10.9.1.0/24 dev lo ..."
-        for l in routes.lines() {
-            let Some(dst) = l.split_whitespace().nth(1) else {
-                continue;
-            };
-            let (addr, len) = dst.split_once('/').unwrap_or((dst, "32"));
-            let (Ok(addr), Ok(len)) = (addr.parse::<std::net::Ipv4Addr>(), len.parse::<u32>())
-            else {
-                continue;
-            };
-            let first = u32::from(addr);
-            let n = 1u64 << (32 - len.min(32));
-            out.extend((0..n).map(|i| std::net::IpAddr::V4(first.wrapping_add(i as u32).into())));
+        for family in ["-4", "-6"] {
+            let routes = self
+                .ip(&[
+                    family, "-o", "route", "show", "table", "local", "proto", "99", "type", "local",
+                ])
+                .unwrap_or_default();
+            // "local 10.0.0.50 dev lo scope host", or a run: "local 10.9.1.0/24 dev
+            // lo ...", "local 2001:db8::9:0/112 dev lo ..."
+            for l in routes.lines() {
+                let Some(dst) = l.split_whitespace().nth(1) else {
+                    continue;
+                };
+                let (a, len) = dst.split_once('/').unwrap_or((dst, ""));
+                let Ok(a) = a.parse::<std::net::IpAddr>() else {
+                    continue;
+                };
+                let (bits, first) = match a {
+                    std::net::IpAddr::V4(a) => (32u32, u128::from(u32::from(a))),
+                    std::net::IpAddr::V6(a) => (128, u128::from(a)),
+                };
+                let len = len.parse::<u32>().unwrap_or(bits).min(bits);
+                // A VIP set is at most 100,000: a route wider than that is no VIPs'.
+                let n = 1u128
+                    .checked_shl(bits - len)
+                    .unwrap_or(u128::MAX)
+                    .min(1 << 20);
+                out.extend((0..n).map(|i| match a {
+                    std::net::IpAddr::V4(_) => std::net::IpAddr::V4(((first + i) as u32).into()),
+                    std::net::IpAddr::V6(_) => std::net::IpAddr::V6((first + i).into()),
+                }));
+            }
         }
+        // An IPv6 VIP may be both (a route's, and a killed agent's address).
+        out.sort();
+        out.dedup();
         out
     }
 

@@ -219,6 +219,66 @@ fn a_big_group_is_accepted_only_where_it_is_served() {
     teardown(lan);
 }
 
+/// `ipv6_local = "route"`: the group's IPv6 VIPs are local routes as its IPv4 ones
+/// are, no address on lo. The stack accepts them only where the group is served, a
+/// service listening on `[::]` answers on them across a failover, and bind() to the
+/// VIP itself needs IPV6_FREEBIND (or ip_nonlocal_bind), as the README says.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn ipv6_vips_as_routes_are_accepted_only_where_served() {
+    privileged();
+    let lan = lan();
+    let (an, bn, cn) = (&lan.host("a").ns, &lan.host("b").ns, &lan.host("c").ns);
+    let routed = |me, prio| config(&lan, me, prio) + "ipv6_local = \"route\"\n";
+    let mut a = Agent::start(an, "a", &routed("a", 200)).unwrap();
+    let mut b = Agent::start(bn, "b", &routed("b", 100)).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    assert_holds(an, "a", true);
+    assert_holds(bn, "b", false);
+    let six: Vec<IpAddr> = vips().into_iter().filter(IpAddr::is_ipv6).collect();
+    let on_lo = an.addresses_on("lo");
+    assert!(
+        six.iter().all(|v| !on_lo.contains(v)),
+        "a has IPv6 VIP addresses on lo: {on_lo:?}"
+    );
+    // 2001:db8::2:1 to ::2:a: /128, /127, /126, /127, /128.
+    let routes6 = an
+        .ip(&["-6", "-o", "route", "show", "table", "local", "proto", "99"])
+        .unwrap();
+    assert_eq!(routes6.lines().count(), 5, "{routes6}");
+    let v6: SocketAddr = (six[5], 8080).into();
+    assert!(
+        an.run_in(|| TcpListener::bind(v6)).is_err(),
+        "bind() to a routed IPv6 VIP worked without IPV6_FREEBIND"
+    );
+    let any: SocketAddr = "[::]:8080".parse().unwrap();
+    let listener = an.run_in(|| TcpListener::bind(any)).unwrap();
+    assert_eq!(tcp_round_trip(cn, listener, v6), "hello vip");
+
+    // A failover: b's stack takes the VIPs, a's lets them go.
+    let last: SocketAddr = (vips()[99], 7007).into();
+    let _ra = Responder::start(an, last, "a").unwrap();
+    let _rb = Responder::start(bn, last, "b").unwrap();
+    let o = link_down_failover(an, cn, last);
+    eprintln!("110-VIP group, IPv6 as routes, last VIP: {o:?}");
+    assert_holds(bn, "b", true);
+    assert_holds(an, "a", false);
+    let listener = bn.run_in(|| TcpListener::bind(any)).unwrap();
+    assert_eq!(tcp_round_trip(cn, listener, v6), "hello vip");
+
+    assert!(b.stop().unwrap().success());
+    assert!(a.stop().unwrap().success());
+    for (ns, node) in [(an, "a"), (bn, "b")] {
+        let lo = ns.vips_on_lo();
+        assert!(
+            vips().iter().all(|v| !lo.contains(v)),
+            "{node}: VIPs left: {lo:?}"
+        );
+    }
+    drop((a, b));
+    teardown(lan);
+}
+
 /// A killed agent leaves its addresses on lo; the restarted one, not serving (b
 /// took over), removes them: its kernel stops accepting the VIPs.
 #[test]

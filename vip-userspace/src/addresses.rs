@@ -40,7 +40,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     io,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc, Arc,
@@ -52,6 +52,7 @@ use anyhow::{Context, Result};
 use tokio::sync::Notify;
 
 use crate::{
+    config::Ipv6Local,
     host::{self, Interface},
     netlink::Netlink,
 };
@@ -59,66 +60,106 @@ use crate::{
 /// `arp_ignore` and `arp_announce` for the VIP interface (LVS-DR values).
 const SYSCTLS: [(&str, &str); 2] = [("arp_ignore", "1"), ("arp_announce", "2")];
 
-/// A local route's destination: an IPv4 prefix (network address, length).
-pub type Prefix = (Ipv4Addr, u8);
+/// A local route's destination: a prefix (network address, length), of either
+/// family.
+pub type Prefix = (IpAddr, u8);
 
-/// The fewest prefixes whose union is exactly `addrs`, in ascending order: each
-/// maximal run of consecutive addresses split into its largest aligned blocks
-/// (10.0.0.1 to 10.0.0.250 is 13 prefixes, 10.0.0.0 to 10.0.0.255 one /24). Exact,
-/// so a route of the cover never makes the stack accept an address that is not a VIP.
-pub fn cover(addrs: impl IntoIterator<Item = Ipv4Addr>) -> Vec<Prefix> {
-    let mut sorted: Vec<u32> = addrs.into_iter().map(u32::from).collect();
+/// An address as a number in its family's space: (IPv6, value).
+type Key = (bool, u128);
+
+fn key(a: IpAddr) -> Key {
+    match a {
+        IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    }
+}
+
+fn addr((v6, n): Key) -> IpAddr {
+    if v6 {
+        IpAddr::V6(n.into())
+    } else {
+        IpAddr::V4((n as u32).into())
+    }
+}
+
+fn bits(v6: bool) -> u32 {
+    if v6 {
+        128
+    } else {
+        32
+    }
+}
+
+/// The fewest prefixes whose union is exactly `addrs`, in ascending order (IPv4
+/// first): each maximal run of consecutive addresses split into its largest aligned
+/// blocks (10.0.0.1 to 10.0.0.250 is 13 prefixes, 10.0.0.0 to 10.0.0.255 one /24).
+/// Exact, so a route of the cover never makes the stack accept an address that is
+/// not a VIP.
+pub fn cover(addrs: impl IntoIterator<Item = IpAddr>) -> Vec<Prefix> {
+    let mut sorted: Vec<Key> = addrs.into_iter().map(key).collect();
     // A group's VIPs usually come sorted: then this is one pass.
     if !sorted.is_sorted() {
         sorted.sort_unstable();
     }
     sorted.dedup();
     let mut out = Vec::new();
-    let mut emit = |start: u64, end: u64| {
-        // [start, end] inclusive, in u64 so that 255.255.255.255 + 1 does not wrap.
+    let mut emit = |v6: bool, start: u128, end: u128| {
+        // [start, end] inclusive; a block is at most 2^(bits - 1) (a VIP set never
+        // spans half an address space).
+        let max = 1u128 << (bits(v6) - 1);
         let mut at = start;
-        while at <= end {
+        loop {
             let align = if at == 0 {
-                1u64 << 32
+                max
             } else {
-                at & at.wrapping_neg()
+                (at & at.wrapping_neg()).min(max)
             };
             let mut size = align;
-            while size > end - at + 1 {
+            while size - 1 > end - at {
                 size >>= 1;
             }
-            out.push((Ipv4Addr::from(at as u32), 32 - size.trailing_zeros() as u8));
+            out.push((addr((v6, at)), (bits(v6) - size.trailing_zeros()) as u8));
+            if end - at < size {
+                break;
+            }
             at += size;
         }
     };
-    let mut run: Option<(u64, u64)> = None;
-    for a in sorted.into_iter().map(u64::from) {
+    let mut run: Option<(bool, u128, u128)> = None;
+    for (v6, a) in sorted {
         run = match run {
-            Some((s, e)) if a == e + 1 => Some((s, a)),
-            Some((s, e)) => {
-                emit(s, e);
-                Some((a, a))
+            Some((f, s, e)) if f == v6 && e.checked_add(1) == Some(a) => Some((f, s, a)),
+            Some((f, s, e)) => {
+                emit(f, s, e);
+                Some((v6, a, a))
             }
-            None => Some((a, a)),
+            None => Some((v6, a, a)),
         };
     }
-    if let Some((s, e)) = run {
-        emit(s, e);
+    if let Some((f, s, e)) = run {
+        emit(f, s, e);
     }
     out
 }
 
-/// The first and last address of `p`.
-fn bounds((net, len): Prefix) -> (u32, u32) {
-    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    let first = u32::from(net) & mask;
-    (first, first | !mask)
+/// The first and last address of `p`, as numbers.
+fn bounds((net, len): Prefix) -> (Key, u128) {
+    let (v6, n) = key(net);
+    let host = bits(v6) - u32::from(len).min(bits(v6));
+    let span = if host == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host) - 1
+    };
+    let first = n & !span;
+    ((v6, first), first | span)
 }
 
 /// True if `p` contains `a`.
-fn contains(p: Prefix, a: Ipv4Addr) -> bool {
-    let (first, last) = bounds(p);
-    (first..=last).contains(&u32::from(a))
+fn contains(p: Prefix, a: IpAddr) -> bool {
+    let ((v6, first), last) = bounds(p);
+    let (f, n) = key(a);
+    f == v6 && (first..=last).contains(&n)
 }
 
 /// What a change of the held set asks of the local table: `add` first, then `del`,
@@ -129,26 +170,26 @@ struct RouteChange {
     del: Vec<Prefix>,
 }
 
-/// The local routes asked for: disjoint prefixes whose union is exactly the IPv4
-/// VIPs held. A change costs what it changes, not what is held (a takeover's first
-/// announcement must not wait for the loop to go over 20,000 other VIPs): VIPs
-/// added get their own cover beside the routes there (two groups of adjacent runs
-/// keep a route each), and a VIP removed splits only the route that carried it.
+/// The local routes asked for: disjoint prefixes whose union is exactly the VIPs
+/// held as routes. A change costs what it changes, not what is held (a takeover's
+/// first announcement must not wait for the loop to go over 20,000 other VIPs):
+/// VIPs added get their own cover beside the routes there (two groups of adjacent
+/// runs keep a route each), and a VIP removed splits only the route that carried it.
 #[derive(Debug, Default)]
-struct Routes(BTreeMap<u32, Prefix>);
+struct Routes(BTreeMap<Key, Prefix>);
 
 impl Routes {
     /// The route that carries `a`, if any (the last one starting at or below it).
-    fn carrier(&self, a: Ipv4Addr) -> Option<Prefix> {
+    fn carrier(&self, a: IpAddr) -> Option<Prefix> {
         self.0
-            .range(..=u32::from(a))
+            .range(..=key(a))
             .next_back()
             .map(|(_, &p)| p)
             .filter(|&p| contains(p, a))
     }
 
     /// Routes for `addrs`, none of which a route carries yet.
-    fn add(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) -> RouteChange {
+    fn add(&mut self, addrs: impl IntoIterator<Item = IpAddr>) -> RouteChange {
         let add = cover(addrs);
         self.0.extend(add.iter().map(|&p| (bounds(p).0, p)));
         RouteChange {
@@ -159,21 +200,18 @@ impl Routes {
 
     /// Takes `addrs` out: each route that carries one is replaced by the cover of
     /// what else it carries.
-    fn remove(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) -> RouteChange {
-        let gone: BTreeSet<u32> = addrs.into_iter().map(u32::from).collect();
-        let hit: BTreeSet<Prefix> = gone
-            .iter()
-            .filter_map(|&a| self.carrier(a.into()))
-            .collect();
+    fn remove(&mut self, addrs: impl IntoIterator<Item = IpAddr>) -> RouteChange {
+        let gone: BTreeSet<Key> = addrs.into_iter().map(key).collect();
+        let hit: BTreeSet<Prefix> = gone.iter().filter_map(|&k| self.carrier(addr(k))).collect();
         let mut change = RouteChange::default();
         for p in hit {
-            let (first, last) = bounds(p);
+            let ((v6, first), last) = bounds(p);
             let rest = cover(
                 (first..=last)
-                    .filter(|a| !gone.contains(a))
-                    .map(Ipv4Addr::from),
+                    .filter(|&n| !gone.contains(&(v6, n)))
+                    .map(|n| addr((v6, n))),
             );
-            self.0.remove(&first);
+            self.0.remove(&(v6, first));
             self.0.extend(rest.iter().map(|&q| (bounds(q).0, q)));
             change.add.extend(rest);
             change.del.push(p);
@@ -260,20 +298,23 @@ impl Progress {
 
 /// What the worker does, in the order asked.
 enum Job {
-    /// Makes the stack accept `addrs`, in their order (IPv6: their addresses; IPv4:
-    /// the routes of `routes.add` that carry them), then removes `routes.del`.
+    /// Makes the stack accept `addrs`, in their order (the routes of `routes.add`
+    /// that carry them, or the address of those in `addresses`), then removes
+    /// `routes.del`.
     Add {
         group: String,
         addrs: Vec<IpAddr>,
         routes: RouteChange,
+        addresses: HashSet<IpAddr>,
         progress: Option<Arc<Progress>>,
     },
-    /// Adds `routes.add`, removes the IPv6 addresses of `addrs`, then `routes.del`.
+    /// Adds `routes.add`, removes `addresses`, then `routes.del`; `n` VIPs in all.
     Remove {
         group: String,
-        addrs: Vec<IpAddr>,
+        addresses: Vec<IpAddr>,
         routes: RouteChange,
         progress: Arc<Progress>,
+        n: usize,
     },
     /// Remove addresses from an interface (an earlier version's, or a killed
     /// agent's).
@@ -368,26 +409,35 @@ impl Addresses {
 
     /// Adds `addrs` (idempotent), in this order; the returned progress says how many
     /// are in place.
-    pub fn add_all(&mut self, group: &str, addrs: Vec<IpAddr>) -> Arc<Progress> {
+    pub fn add_all(&mut self, group: &str, addrs: Vec<IpAddr>, v6: Ipv6Local) -> Arc<Progress> {
         let progress = Arc::new(Progress::default());
         let n = addrs.len();
-        let mut new4 = Vec::new();
+        let mut routed = Vec::new();
         for &a in &addrs {
-            if self.held.insert(a) {
-                if let IpAddr::V4(a) = a {
-                    new4.push(a);
-                }
+            if self.held.insert(a) && (a.is_ipv4() || v6 == Ipv6Local::Route) {
+                routed.push(a);
             }
         }
-        let routes = self.routes.add(new4);
+        let routes = self.routes.add(routed);
+        let addresses = self.as_addresses(&addrs);
         self.send(Job::Add {
             group: group.into(),
             addrs,
             routes,
+            addresses,
             progress: Some(progress.clone()),
         });
         settle(&progress, n);
         progress
+    }
+
+    /// Those of `addrs` that are IPv6 addresses on lo, not carried by a route.
+    fn as_addresses(&self, addrs: &[IpAddr]) -> HashSet<IpAddr> {
+        addrs
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv6() && self.routes.carrier(*a).is_none())
+            .collect()
     }
 
     /// Removes a VIP address (absent already is fine).
@@ -397,22 +447,24 @@ impl Addresses {
 
     /// Removes `addrs` (absent already is fine).
     pub fn remove_all(&mut self, group: &str, addrs: Vec<IpAddr>) {
-        let mut gone4 = Vec::new();
-        for &a in &addrs {
-            if self.held.remove(&a) {
-                if let IpAddr::V4(a) = a {
-                    gone4.push(a);
-                }
-            }
-        }
-        let routes = self.routes.remove(gone4);
+        let addresses = self.as_addresses(&addrs);
+        let gone: Vec<IpAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| self.held.remove(a) && !addresses.contains(a))
+            .collect();
+        let routes = self.routes.remove(gone);
         let progress = Arc::new(Progress::default());
         let n = addrs.len();
         self.send(Job::Remove {
             group: group.into(),
-            addrs,
+            addresses: addrs
+                .into_iter()
+                .filter(|a| addresses.contains(a))
+                .collect(),
             routes,
             progress: progress.clone(),
+            n,
         });
         settle(&progress, n);
     }
@@ -420,6 +472,11 @@ impl Addresses {
     /// True if we hold (and keep restoring) this address.
     pub fn holds(&self, addr: IpAddr) -> bool {
         self.held.contains(&addr)
+    }
+
+    /// True if we hold `addr` as an address on lo (an IPv6 VIP not made a route).
+    pub fn holds_address(&self, addr: IpAddr) -> bool {
+        addr.is_ipv6() && self.holds(addr) && self.routes.carrier(addr).is_none()
     }
 
     /// True if one of the local routes we hold is exactly `p`.
@@ -430,13 +487,16 @@ impl Addresses {
     /// Adds back every address and route we hold (after lost notifications or a
     /// removal).
     pub fn restore(&mut self) {
+        let addrs: Vec<IpAddr> = self.held.iter().copied().collect();
+        let addresses = self.as_addresses(&addrs);
         self.send(Job::Add {
             group: "(restoring)".into(),
-            addrs: self.held.iter().copied().collect(),
+            addrs,
             routes: RouteChange {
                 add: self.routes.all(),
                 del: Vec::new(),
             },
+            addresses,
             progress: None,
         });
     }
@@ -512,38 +572,36 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
                 group,
                 addrs,
                 routes,
+                addresses,
                 progress,
             } => {
                 // Each new route is added when the first address it carries comes up
                 // in `addrs`' order, so the announcer's first VIPs wait for theirs
                 // only.
-                let mut pending: BTreeMap<u32, Prefix> =
-                    routes.add.iter().map(|&p| (u32::from(p.0), p)).collect();
+                let mut pending: BTreeMap<Key, Prefix> =
+                    routes.add.iter().map(|&p| (bounds(p).0, p)).collect();
                 let mut chunk = CHUNK_FIRST;
                 let mut rest = &addrs[..];
                 while !rest.is_empty() {
                     let (now, later) = rest.split_at(chunk.min(rest.len()));
                     for &addr in now {
-                        match addr {
-                            IpAddr::V4(a) => {
-                                // The routes are disjoint: the one that may carry `a`
-                                // is the last starting at or below it.
-                                let carrier = pending
-                                    .range(..=u32::from(a))
-                                    .next_back()
-                                    .filter(|(_, &p)| contains(p, a))
-                                    .map(|(&k, _)| k);
-                                if let Some(p) = carrier.and_then(|k| pending.remove(&k)) {
-                                    add_routes(&group, &[p]);
-                                }
+                        if addresses.contains(&addr) {
+                            if let Err(e) = nl.add_address(lo, addr, host_prefix(addr)) {
+                                fail(format!(
+                                    "group {group}: adding VIP {addr} to lo (address): {e}"
+                                ));
                             }
-                            IpAddr::V6(_) => {
-                                if let Err(e) = nl.add_address(lo, addr, 128) {
-                                    fail(format!(
-                                        "group {group}: adding VIP {addr} to lo (address): {e}"
-                                    ));
-                                }
-                            }
+                            continue;
+                        }
+                        // The routes are disjoint: the one that may carry `addr` is the
+                        // last starting at or below it.
+                        let carrier = pending
+                            .range(..=key(addr))
+                            .next_back()
+                            .filter(|(_, &p)| contains(p, addr))
+                            .map(|(&k, _)| k);
+                        if let Some(p) = carrier.and_then(|k| pending.remove(&k)) {
+                            add_routes(&group, &[p]);
                         }
                     }
                     if let Some(p) = &progress {
@@ -558,22 +616,21 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
             }
             Job::Remove {
                 group,
-                addrs,
+                addresses,
                 routes,
                 progress,
+                n,
             } => {
                 add_routes(&group, &routes.add);
-                for &addr in &addrs {
-                    if addr.is_ipv6() {
-                        if let Err(e) = nl.del_address(lo, addr, 128) {
-                            fail(format!(
-                                "group {group}: removing VIP {addr} from lo (address): {e}"
-                            ));
-                        }
+                for addr in addresses {
+                    if let Err(e) = nl.del_address(lo, addr, host_prefix(addr)) {
+                        fail(format!(
+                            "group {group}: removing VIP {addr} from lo (address): {e}"
+                        ));
                     }
                 }
                 del_routes(&group, &routes.del);
-                progress.advance(addrs.len());
+                progress.advance(n);
             }
             Job::RemoveFrom { ifindex, addrs } => {
                 for addr in addrs {
@@ -637,19 +694,21 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 600);
     }
 
-    fn v4(s: &str) -> Ipv4Addr {
+    fn v4(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn range(first: &str, n: u32) -> Vec<Ipv4Addr> {
-        (0..n)
-            .map(|i| Ipv4Addr::from(u32::from(v4(first)) + i))
-            .collect()
+    fn range(first: &str, n: u32) -> Vec<IpAddr> {
+        let (v6, start) = key(v4(first));
+        (0..n).map(|i| addr((v6, start + u128::from(i)))).collect()
     }
 
-    fn expand(c: &[Prefix]) -> BTreeSet<Ipv4Addr> {
+    fn expand(c: &[Prefix]) -> BTreeSet<IpAddr> {
         c.iter()
-            .flat_map(|&(a, len)| range(&a.to_string(), 1u32 << (32 - len)))
+            .flat_map(|&p| {
+                let ((v6, first), last) = bounds(p);
+                (first..=last).map(move |n| addr((v6, n)))
+            })
             .collect()
     }
 
@@ -679,9 +738,24 @@ mod tests {
         let mut set = BTreeSet::new();
         for _ in 0..2000 {
             seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            set.insert(Ipv4Addr::from(0x0a00_0000 | (seed >> 20)));
+            set.insert(addr((false, u128::from(0x0a00_0000 | (seed >> 20)))));
+            // And IPv6 beside them: a family never merges with the other.
+            set.insert(addr((
+                true,
+                (0x2001_0db8u128 << 96) | u128::from(seed >> 20),
+            )));
         }
         assert_eq!(expand(&cover(set.iter().copied())), set);
+        // IPv6 runs as IPv4 ones: 2001:db8::9:1 to 2001:db8::9:2710 (the bench's
+        // 10,000) in few prefixes.
+        let six = range("2001:db8::9:1", 10_000);
+        let c = cover(six.iter().copied());
+        assert!(c.len() < 30, "{c:?}");
+        assert_eq!(expand(&c), six.into_iter().collect());
+        assert_eq!(
+            cover(range("2001:db8::9:0", 65_536)),
+            [(v4("2001:db8::9:0"), 112)]
+        );
     }
 
     /// Added VIPs get their own cover; a removed one splits only the route that
@@ -709,7 +783,7 @@ mod tests {
         assert!(r.holds((v4("10.0.0.4"), 30)) && !r.holds((v4("10.0.0.0"), 30)));
         // Removing what no route carries changes nothing.
         assert_eq!(r.remove([v4("192.0.2.1")]), RouteChange::default());
-        let mut held: BTreeSet<Ipv4Addr> = range("10.0.0.0", 8).into_iter().collect();
+        let mut held: BTreeSet<IpAddr> = range("10.0.0.0", 8).into_iter().collect();
         held.remove(&v4("10.0.0.3"));
         assert_eq!(expand(&r.all()), held);
         // A random walk of adds and removes: the routes always carry the held set.
@@ -717,7 +791,11 @@ mod tests {
         let mut seed = 11u32;
         for _ in 0..300 {
             seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            let a = Ipv4Addr::from(0x0a00_0000 | (seed >> 26));
+            let a = if seed & 1 == 0 {
+                addr((false, u128::from(0x0a00_0000 | (seed >> 26))))
+            } else {
+                addr((true, (0x2001_0db8u128 << 96) | u128::from(seed >> 26)))
+            };
             if held.insert(a) {
                 r.add([a]);
             } else {
@@ -728,5 +806,7 @@ mod tests {
         }
         assert!(contains((v4("0.0.0.0"), 0), v4("203.0.113.9")));
         assert!(!contains((v4("10.0.0.0"), 31), v4("10.0.0.2")));
+        assert!(!contains((v4("0.0.0.0"), 0), v4("::1")));
+        assert!(contains((v4("::"), 0), v4("2001:db8::1")));
     }
 }

@@ -12,7 +12,7 @@
 
 use std::{
     fmt, io,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -50,8 +50,8 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 /// Length of struct nlmsghdr.
 const NLMSG_HDRLEN: usize = 16;
 /// RTNLGRP_LINK (1), RTNLGRP_IPV4_IFADDR (5), RTNLGRP_IPV4_ROUTE (7),
-/// RTNLGRP_IPV6_IFADDR (9), as a bind mask.
-const MONITOR_GROUPS: u32 = (1 << 0) | (1 << 4) | (1 << 6) | (1 << 8);
+/// RTNLGRP_IPV6_IFADDR (9), RTNLGRP_IPV6_ROUTE (11), as a bind mask.
+const MONITOR_GROUPS: u32 = (1 << 0) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10);
 /// The lifetime the kernel reads as "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
 
@@ -208,18 +208,19 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Makes the stack accept every IPv4 address of `addr/len` as its own without an
+    /// Makes the stack accept every address of `addr/len` as its own without an
     /// address on any device: a `local` route of protocol [`ROUTE_PROTOCOL`] in the
     /// local table, through `ifindex` (lo), as `ip route add local ADDR/LEN dev lo
-    /// table local proto 99` does ("AnyIP"). The kernel delivers packets to it, binds
-    /// to it and sends from it as from an address, and its ARP code (with
-    /// `arp_ignore = 1`) answers only for addresses on the receiving interface, so
-    /// never for this. Unlike an address, it is one FIB insert whatever the number
+    /// table local proto 99` does ("AnyIP"). The kernel delivers packets to it and
+    /// sends from it as from an address; IPv4 binds to it, IPv6 only with
+    /// `IPV6_FREEBIND` (or `net.ipv6.ip_nonlocal_bind`): its bind checks addresses.
+    /// Its ARP code (with `arp_ignore = 1`) and its neighbour discovery answer only
+    /// for addresses on the receiving interface, so never for this. Unlike an address, it is one FIB insert whatever the number
     /// already there (an address costs time growing with the device's list: 9.6 s for
     /// 20,000 on lo against 0.24 s as /32 routes), and one route carries a whole run
     /// of VIPs (`addresses::cover`). Added beside the kernel's own local route of an
     /// address (an earlier version's), never over it; idempotent.
-    pub fn add_local_route(&self, ifindex: u32, addr: Ipv4Addr, len: u8) -> io::Result<()> {
+    pub fn add_local_route(&self, ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
         let msg = RouteNetlinkMessage::NewRoute(local_route_msg(ifindex, addr, len));
         match self.exchange(msg, NLM_F_CREATE) {
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
@@ -230,7 +231,7 @@ impl Netlink {
     /// Undoes [`Self::add_local_route`] of exactly `addr/len` (the kernel's route of an
     /// address, of another protocol, stays); absent already is not an error. True if
     /// it was there.
-    pub fn del_local_route(&self, ifindex: u32, addr: Ipv4Addr, len: u8) -> io::Result<bool> {
+    pub fn del_local_route(&self, ifindex: u32, addr: IpAddr, len: u8) -> io::Result<bool> {
         let msg = RouteNetlinkMessage::DelRoute(local_route_msg(ifindex, addr, len));
         match self.exchange(msg, 0) {
             Err(e) if matches!(errno(&e), Some(libc::ESRCH) | Some(libc::ENOENT)) => Ok(false),
@@ -239,29 +240,25 @@ impl Netlink {
     }
 
     /// The prefixes of our local routes ([`Self::add_local_route`]) in the local
-    /// table: what a killed agent left. Protocol 99 in the local table is vip's alone.
-    pub fn local_routes(&self) -> io::Result<Vec<(Ipv4Addr, u8)>> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
-        let replies = self.exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
-        Ok(replies
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter_map(|r| match r {
-                RouteNetlinkMessage::NewRoute(r)
-                    if r.header.table == RT_TABLE_LOCAL
-                        && r.header.kind == RouteType::Local
-                        && r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) =>
-                {
-                    let len = r.header.destination_prefix_length;
-                    r.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some((*a, len)),
+    /// table, both families: what a killed agent left. Protocol 99 in the local table
+    /// is vip's alone.
+    pub fn local_routes(&self) -> io::Result<Vec<(IpAddr, u8)>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = family;
+            let replies = self.exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
+            out.extend(
+                replies
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .filter_map(|r| match r {
+                        RouteNetlinkMessage::NewRoute(r) => ours(&r),
                         _ => None,
-                    })
-                }
-                _ => None,
-            })
-            .collect())
+                    }),
+            );
+        }
+        Ok(out)
     }
 
     /// Empties `table` (both families); returns how many routes it removed.
@@ -527,17 +524,36 @@ fn route_msg(table: u32, addr: IpAddr, prefix: u8) -> RouteMessage {
     m
 }
 
+/// The prefix of `r` if it is one of our local routes (protocol 99 in the local
+/// table).
+fn ours(r: &RouteMessage) -> Option<(IpAddr, u8)> {
+    if r.header.table != RT_TABLE_LOCAL
+        || r.header.kind != RouteType::Local
+        || r.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL)
+    {
+        return None;
+    }
+    let len = r.header.destination_prefix_length;
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some((IpAddr::V4(*a), len)),
+        RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some((IpAddr::V6(*a), len)),
+        _ => None,
+    })
+}
+
 /// Our local route for `addr/len` (see [`Netlink::add_local_route`]).
-fn local_route_msg(ifindex: u32, addr: Ipv4Addr, len: u8) -> RouteMessage {
+fn local_route_msg(ifindex: u32, addr: IpAddr, len: u8) -> RouteMessage {
     let mut m = RouteMessage::default();
-    m.header.address_family = AddressFamily::Inet;
+    m.header.address_family = family(addr);
     m.header.destination_prefix_length = len;
     m.header.table = RT_TABLE_LOCAL;
     m.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
     m.header.scope = RouteScope::Host;
     m.header.kind = RouteType::Local;
-    m.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(addr)));
+    m.attributes.push(RouteAttribute::Destination(match addr {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }));
     m.attributes.push(RouteAttribute::Oif(ifindex));
     m
 }
@@ -636,7 +652,7 @@ pub enum Change {
     AddressRemoved { ifindex: u32, addr: IpAddr },
     /// One of vip's local routes (protocol 99 in the local table) was removed, by us
     /// or an operator.
-    LocalRouteRemoved { addr: Ipv4Addr, len: u8 },
+    LocalRouteRemoved { addr: IpAddr, len: u8 },
     /// The main link's state: carrier, and its MAC (when the notification has it).
     Link { up: bool, mac: Option<Mac> },
     /// Notifications were lost (a burst, or one that did not decode): everything may
@@ -726,17 +742,8 @@ fn parse_changes(data: &[u8], link_ifindex: u32, addr_ifindexes: &[u32]) -> Vec<
                     out.push(Change::AddressRemoved { ifindex, addr });
                 }
             }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(m))
-                if m.header.table == RT_TABLE_LOCAL
-                    && m.header.kind == RouteType::Local
-                    && m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) =>
-            {
-                let len = m.header.destination_prefix_length;
-                let dst = m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(*a),
-                    _ => None,
-                });
-                if let Some(addr) = dst {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(m)) => {
+                if let Some((addr, len)) = ours(&m) {
                     out.push(Change::LocalRouteRemoved { addr, len });
                 }
             }
@@ -1112,6 +1119,11 @@ mod tests {
         let mut other = local_route_msg(1, "10.0.0.52".parse().unwrap(), 32);
         other.header.protocol = RouteProtocol::Kernel; // an address's own: not ours
         data.extend(route(other));
+        data.extend(route(local_route_msg(
+            1,
+            "2001:db8::9:0".parse().unwrap(),
+            112,
+        )));
         assert_eq!(
             parse_changes(&data, 4, &[4, 1]),
             vec![
@@ -1134,6 +1146,10 @@ mod tests {
                 Change::LocalRouteRemoved {
                     addr: "10.0.0.48".parse().unwrap(),
                     len: 29
+                },
+                Change::LocalRouteRemoved {
+                    addr: "2001:db8::9:0".parse().unwrap(),
+                    len: 112
                 },
             ]
         );

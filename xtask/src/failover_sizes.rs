@@ -18,8 +18,9 @@
 //! of the binary under test is followed by one of that binary (at its defaults), on
 //! the same lab. `--quick` (CI): one 1,000-VIP run of each way.
 //! `VIP_BENCH_SIZES=1000,10000` chooses the sizes; `VIP_BENCH_FAMILY=6` makes the
-//! VIPs IPv6 (in the lab's /64); `VIP_BENCH_VARIANTS=resident,virtual_mac` runs only
-//! those of `on_takeover`, `resident` and `virtual_mac`; `VIP_BENCH_FAULT=handover` makes
+//! VIPs IPv6 (in the lab's /64), and adds a variant `ipv6_routes` (on takeover,
+//! `ipv6_local = "route"`); `VIP_BENCH_VARIANTS=resident,virtual_mac` runs only those
+//! of `on_takeover`, `resident`, `virtual_mac` and `ipv6_routes`; `VIP_BENCH_FAULT=handover` makes
 //! the fault a planned handover (`vip demote web` on a) instead of a's link going
 //! down.
 
@@ -110,6 +111,8 @@ struct Variant<'a> {
     baseline: bool,
     resident: bool,
     virtual_mac: bool,
+    /// `ipv6_local = "route"` (IPv6 runs only).
+    routes6: bool,
 }
 
 /// The bench group's virtual MAC (the `virtual_mac` variant).
@@ -117,6 +120,9 @@ const VMAC: &str = "02:76:69:70:00:09";
 
 impl Variant<'_> {
     fn label(&self) -> &'static str {
+        if self.routes6 {
+            return "this build, IPv6 as routes";
+        }
         match (self.baseline, self.resident, self.virtual_mac) {
             (true, ..) => "baseline",
             (false, false, _) => "this build",
@@ -168,14 +174,20 @@ pub fn run(
             baseline: false,
             resident,
             virtual_mac,
+            routes6: false,
+        };
+        let routes6 = Variant {
+            routes6: true,
+            ..this(false, false)
         };
         let mut bins: Vec<Variant> = [
             ("on_takeover", this(false, false)),
             ("resident", this(true, false)),
             ("virtual_mac", this(true, true)),
+            ("ipv6_routes", routes6),
         ]
         .into_iter()
-        .filter(|(name, _)| chosen(name))
+        .filter(|(name, v)| chosen(name) && (!v.routes6 || ipv6()))
         .map(|(_, v)| v)
         .collect();
         if let Some(b) = baseline.filter(|_| !quick) {
@@ -184,6 +196,7 @@ pub fn run(
                 baseline: true,
                 resident: false,
                 virtual_mac: false,
+                routes6: false,
             });
         }
         let mut per: Vec<Vec<Sample>> = vec![Vec::new(); bins.len()];
@@ -253,6 +266,8 @@ fn once(lan: &Lan, size: usize, v: Variant) -> Result<Sample> {
             },
             if v.virtual_mac {
                 format!("mac = \"{VMAC}\"\n")
+            } else if v.routes6 {
+                "ipv6_local = \"route\"\n".to_string()
             } else {
                 String::new()
             },

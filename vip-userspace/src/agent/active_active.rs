@@ -43,9 +43,10 @@ impl Agent {
         let state = self.groups[gi].state;
         let member = matches!(state, State::Standby | State::Active);
         if member {
-            let (name, vips) = (
+            let (name, vips, v6) = (
                 self.groups[gi].cfg.name.clone(),
                 self.groups[gi].vips.clone(),
+                self.groups[gi].cfg.ipv6_local,
             );
             let missing: Vec<_> = vips
                 .iter()
@@ -53,7 +54,7 @@ impl Agent {
                 .filter(|a| !self.addrs.holds(*a))
                 .collect();
             if !missing.is_empty() {
-                self.addrs.add_all(&name, missing);
+                self.addrs.add_all(&name, missing, v6);
             }
         } else if !self.groups[gi].own.draining() {
             let holds = self.groups[gi]

@@ -316,7 +316,9 @@ impl Writes for Kernel<'_> {
         if new.is_empty() {
             return;
         }
-        let progress = self.addrs.add_all(&g.cfg.name, new.clone());
+        let progress = self
+            .addrs
+            .add_all(&g.cfg.name, new.clone(), g.cfg.ipv6_local);
         g.pending_addresses = Some((new, progress));
     }
 

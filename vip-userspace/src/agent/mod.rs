@@ -474,10 +474,11 @@ impl Agent {
             .map(|(a, _)| *a)
             .collect();
         addrs.remove_from(iface.index, &legacy);
-        // A killed agent's VIPs on lo (IPv6 addresses, IPv4 local routes, and an
-        // earlier version's IPv4 addresses): removed once the groups have started,
-        // unless a group holds them again (an adopted active one keeps serving; an
-        // IPv4 address goes anyway, the route this version adds carries it).
+        // A killed agent's VIPs on lo (IPv6 addresses, local routes, and an earlier
+        // version's IPv4 addresses): removed once the groups have started, unless a
+        // group holds them again in that form (an adopted active one keeps serving;
+        // an IPv4 address, or an IPv6 one of a group now `ipv6_local = "route"`,
+        // goes anyway: the route this agent adds carries it).
         let stale: Vec<IpAddr> = host::interface("lo")
             .map(|lo| {
                 lo.addrs
@@ -560,7 +561,7 @@ impl Agent {
         }
         let stale: Vec<IpAddr> = stale
             .into_iter()
-            .filter(|a| a.is_ipv4() || !agent.addrs.holds(*a))
+            .filter(|a| !agent.addrs.holds_address(*a))
             .collect();
         let lo = agent.addrs.ifindex();
         agent.addrs.remove_from(lo, &stale);
@@ -824,10 +825,11 @@ impl Agent {
 
     /// A VIP address we hold was removed (an operator deleted it, or the kernel flushed
     /// it): add it back, so the local stack keeps accepting what the data plane passes.
-    /// Only IPv6 VIPs are addresses: an IPv4 one removed from lo is an earlier
-    /// version's (removed at start), our local route carries it.
+    /// Only IPv6 VIPs are addresses (unless `ipv6_local = "route"`): an IPv4 one
+    /// removed from lo is an earlier version's (removed at start), our local route
+    /// carries it.
     fn address_removed(&mut self, addr: IpAddr) {
-        if addr.is_ipv4() || !self.addrs.holds(addr) {
+        if !self.addrs.holds_address(addr) {
             return;
         }
         log::warn!("VIP address {addr} was removed from lo; adding it back");

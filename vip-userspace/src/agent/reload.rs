@@ -65,6 +65,8 @@ fn kind(g: &Group) -> impl PartialEq {
         g.announce,
         // Another virtual MAC: anew too (clients learn the new one from its takeover).
         g.virtual_mac,
+        // IPv6 VIPs made local another way: taken out one way, in the other.
+        g.ipv6_local,
     )
 }
 
@@ -417,7 +419,7 @@ impl Agent {
                 // Each announcement waits for its address (off the loop, in the
                 // address worker's order).
                 let ready = self.groups[gi].redirect.is_none().then(|| garp::Ready {
-                    progress: self.addrs.add_all(&g.name, addrs.clone()),
+                    progress: self.addrs.add_all(&g.name, addrs.clone(), g.ipv6_local),
                     from: 0,
                 });
                 let socket = self.socket.clone();
@@ -432,7 +434,7 @@ impl Agent {
             } else if resident && self.groups[gi].redirect.is_none() {
                 // In place before any takeover (the entries just written drop what
                 // reaches them unserved).
-                self.addrs.add_all(&g.name, addrs.clone());
+                self.addrs.add_all(&g.name, addrs.clone(), g.ipv6_local);
             }
         }
         if settings_changed {

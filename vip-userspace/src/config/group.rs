@@ -36,6 +36,9 @@ pub struct Group {
     /// `addresses = "resident"`: the VIP addresses stay on `lo` in every role, so a
     /// takeover changes only the data plane's entries (see [`AddressMode`]).
     pub addresses: AddressMode,
+    /// `ipv6_local = "route"`: the IPv6 VIPs are local routes, as IPv4 ones always
+    /// are, instead of addresses on `lo` (see [`Ipv6Local`]).
+    pub ipv6_local: Ipv6Local,
     /// How ownership is declared: on the segment (ARP/NDP), over BGP, or both.
     pub announce: Announce,
     /// `mac = "02:..."`: the group's virtual MAC (as VRRP's), which its active answers
@@ -69,6 +72,22 @@ impl AddressMode {
     pub fn is_resident(self) -> bool {
         self == AddressMode::Resident
     }
+}
+
+/// How a group's IPv6 VIPs are made local (`ipv6_local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ipv6Local {
+    /// A `/128` address on `lo` each (the default): a service binds the VIP as any
+    /// address. The kernel's cost grows with the addresses on the device (0.4 ms each
+    /// with 10,000 on `lo`, and removing them costs more), so a big group moves in
+    /// seconds.
+    #[default]
+    Address,
+    /// Local routes in the local table, as few as cover the VIPs (as IPv4 VIPs are):
+    /// some 30 µs each whatever the number. The stack accepts and answers the VIPs'
+    /// traffic, but IPv6's bind() checks addresses: a service listens on `[::]`, or
+    /// binds the VIP with `IPV6_FREEBIND` (or `net.ipv6.ip_nonlocal_bind = 1`).
+    Route,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,6 +213,7 @@ fn group(
     let garp = garp(&gkey, g.garp_count, g.garp_interval_ms, node_garp, p);
     let balance = balance::balance(&gkey, g, &mut seen.ports, p);
     let addresses = addresses(&gkey, g, p);
+    let ipv6_local = ipv6_local(&gkey, g, p);
     let announce = bgp::announce(&gkey, g.announce.as_deref(), has_bgp, p);
     let virtual_mac = virtual_mac(&gkey, g, announce, &mut seen.macs, p);
     Group {
@@ -210,6 +230,7 @@ fn group(
         drain,
         balance,
         addresses,
+        ipv6_local,
         announce,
         virtual_mac,
     }
@@ -290,6 +311,31 @@ fn addresses(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Ad
         return AddressMode::OnTakeover;
     }
     a
+}
+
+/// `ipv6_local`: "address" (the default) or "route", for groups whose VIPs are
+/// delivered locally.
+fn ipv6_local(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Ipv6Local {
+    let key = format!("{gkey}.ipv6_local");
+    let v = match g.ipv6_local.as_deref() {
+        None | Some("address") => return Ipv6Local::Address,
+        Some("route") => Ipv6Local::Route,
+        Some(other) => {
+            p(
+                key,
+                format!("`{other}` is not a choice (expected \"address\" or \"route\")"),
+            );
+            return Ipv6Local::Address;
+        }
+    };
+    if g.redirect_to.is_some() {
+        p(
+            key,
+            "\"route\" does not apply to a redirected group: its VIPs are never local".into(),
+        );
+        return Ipv6Local::Address;
+    }
+    v
 }
 
 /// The group's VIPs: at least one, each in no other group (`seen`: the VIPs so far).

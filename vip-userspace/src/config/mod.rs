@@ -36,7 +36,7 @@ pub use balance::Balance;
 pub use bgp::{host_route, Announce, Bfd, Bgp, Neighbor, Password, DEFAULT_ROUTE_TABLE};
 pub use eips::Eip;
 pub use election::{load_keys, Election};
-pub use group::{network, parse_vip, AddressMode, Group, Redirect, Role, Vip};
+pub use group::{network, parse_vip, AddressMode, Group, Ipv6Local, Redirect, Role, Vip};
 pub use host::{check_host, HostReport};
 pub use node::{Garp, Node, Pin, XdpMode};
 pub use routes6::Route6;

@@ -22,6 +22,7 @@ pub(super) struct RawGroup {
     pub(super) garp_refresh_ms: Option<u64>,
     pub(super) drain_ms: Option<u64>,
     pub(super) addresses: Option<String>,
+    pub(super) ipv6_local: Option<String>,
     pub(super) mac: Option<String>,
     pub(super) announce: Option<String>,
     pub(super) peers: Option<Vec<String>>,

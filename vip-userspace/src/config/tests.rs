@@ -681,6 +681,27 @@ fn addresses_resident_is_for_elected_local_groups() {
     );
     let c = parse(&elected(&many.join(", "), "addresses = \"resident\"")).unwrap();
     assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
+    assert!(w.contains("ipv6_local = \"route\""), "{w}");
+    let c = parse(&elected(&many.join(", "), "ipv6_local = \"route\"")).unwrap();
+    assert_eq!(c.groups[1].ipv6_local, Ipv6Local::Route);
+    assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
+    // `ipv6_local`: "address" or "route", not for a redirected group.
+    assert_eq!(
+        parse(&elected(one, "")).unwrap().groups[1].ipv6_local,
+        Ipv6Local::Address
+    );
+    let p = problems(&elected(one, "ipv6_local = \"both\""));
+    assert_eq!(p[0].key, "group[api].ipv6_local");
+    assert!(p[0].message.contains("`both`"), "{p:?}");
+    let p = problems(&elected(
+        one,
+        "ipv6_local = \"route\"\nredirect_to = \"veth1\"",
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.key == "group[api].ipv6_local" && p.message.contains("redirected")),
+        "{p:?}"
+    );
     let c = parse(&elected(&many[..64].join(", "), "")).unwrap();
     assert!(timing_warnings(&c).is_empty(), "{:?}", timing_warnings(&c));
     let v4: Vec<String> = (1..=200).map(|i| format!("\"10.0.1.{i}/24\"")).collect();

@@ -85,9 +85,13 @@ pub fn timing_warnings(cfg: &Config) -> Vec<String> {
         }
         let local = g.redirect.is_none() && g.balance.is_none();
         let v6 = g.vips.iter().filter(|v| v.addr.is_ipv6()).count();
-        if local && !g.addresses.is_resident() && v6 > BIG_GROUP {
+        if local
+            && !g.addresses.is_resident()
+            && g.ipv6_local == super::Ipv6Local::Address
+            && v6 > BIG_GROUP
+        {
             out.push(format!(
-                "{key}: {v6} IPv6 VIPs whose addresses are added to lo at each takeover: the kernel takes longer for each address already there (IPv4 VIPs are local routes, which do not), so the last one is served seconds after a takeover (about 4 s for 10,000). `addresses = \"resident\"` keeps them on lo on every node, and a takeover moves every VIP in milliseconds (a standby's own processes then reach their own stack for the VIPs)."
+                "{key}: {v6} IPv6 VIPs whose addresses are added to lo at each takeover: the kernel takes longer for each address already there (IPv4 VIPs are local routes, which do not), so the last one is served seconds after a takeover (about 4 s for 10,000). `addresses = \"resident\"` keeps them on lo on every node, and a takeover moves every VIP in milliseconds (a standby's own processes then reach their own stack for the VIPs); `ipv6_local = \"route\"` makes them local routes too (a service then listens on [::] or binds with IPV6_FREEBIND)."
             ));
         }
         if local

@@ -289,6 +289,40 @@ pub fn vip_v6(dst: &[u8; 16]) -> Option<&'static VipEntry> {
     unsafe { VIPS_V6.get(dst) }
 }
 
+/// Writes `v` (native-endian) to the `N` bytes at `p` of the packet in one store (8, 4
+/// or 2): LLVM turns an unaligned write into byte stores, and the verifier takes an
+/// unaligned store to the packet.
+///
+/// # Safety
+///
+/// `p..p + N` is inside the packet, within the bounds the verifier knows.
+#[inline(always)]
+pub unsafe fn packet_store<const N: usize>(p: *mut u8, v: u64) {
+    // SAFETY: a plain store to memory the caller vouches for.
+    unsafe {
+        match N {
+            8 => core::arch::asm!(
+                "*(u64 *)({p} + 0) = {v}",
+                p = in(reg) p,
+                v = in(reg) v,
+                options(nostack, preserves_flags)
+            ),
+            4 => core::arch::asm!(
+                "*(u32 *)({p} + 0) = {v}",
+                p = in(reg) p,
+                v = in(reg) v,
+                options(nostack, preserves_flags)
+            ),
+            _ => core::arch::asm!(
+                "*(u16 *)({p} + 0) = {v}",
+                p = in(reg) p,
+                v = in(reg) v,
+                options(nostack, preserves_flags)
+            ),
+        }
+    }
+}
+
 /// The 8 bytes at `p` as a native-endian u64, in one load. LLVM turns an unaligned
 /// read into 8 byte loads and shifts (a packet's IPv6 address is only 2-aligned),
 /// and a copy to the stack first costs as much plus a stalled reload; the verifier

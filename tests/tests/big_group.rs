@@ -279,6 +279,47 @@ fn ipv6_vips_as_routes_are_accepted_only_where_served() {
     teardown(lan);
 }
 
+/// 3,000 IPv6 VIPs: the active joins every one's solicited-node group on its
+/// interface (a socket holds about 2,300; the kernel refused the rest before the
+/// memberships were spread over several), and its stop leaves them all.
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn a_big_ipv6_group_joins_every_solicited_node_group() {
+    privileged();
+    let lan = lan();
+    let an = &lan.host("a").ns;
+    let vips: Vec<String> = (1..=3000u32)
+        .map(|i| format!("\"2001:db8::3:{i:x}/64\""))
+        .collect();
+    let cfg = format!(
+        "[node]\nname = \"a\"\ninterface = \"eth0\"\nmax_vips = 4096\n\n[[group]]\nname = \"many\"\nvips = [{}]\nrole = \"active\"\ngarp_count = 1\nipv6_local = \"route\"\n",
+        vips.join(", ")
+    );
+    let groups = || {
+        an.ip(&["-6", "maddr", "show", "dev", "eth0"])
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ff02::1:ff03:"))
+            .count()
+    };
+    let mut a = Agent::start(an, "a", &cfg).unwrap();
+    let all = wait_for(Duration::from_secs(10), || (groups() == 3000).then_some(()));
+    assert!(
+        all.is_some(),
+        "{} of 3,000 solicited-node groups joined",
+        groups()
+    );
+    assert!(
+        !a.log_text().contains("solicited-node groups:"),
+        "{}",
+        a.log_text()
+    );
+    assert!(a.stop().unwrap().success());
+    assert_eq!(groups(), 0, "groups left after the stop");
+    drop(a);
+    teardown(lan);
+}
+
 /// A killed agent leaves its addresses on lo; the restarted one, not serving (b
 /// took over), removes them: its kernel stops accepting the VIPs.
 #[test]

@@ -55,6 +55,7 @@ use crate::{
     config::Ipv6Local,
     host::{self, Interface},
     netlink::Netlink,
+    solicited::SolicitedNodes,
 };
 
 /// `arp_ignore` and `arp_announce` for the VIP interface (LVS-DR values).
@@ -321,6 +322,13 @@ enum Job {
     RemoveFrom { ifindex: u32, addrs: Vec<IpAddr> },
     /// Remove a killed agent's local routes (held by no group now).
     RemoveRoutes(Vec<Prefix>),
+    /// Join (or leave) the solicited-node groups of IPv6 VIPs on `ifindex`.
+    SolicitedNodes {
+        group: String,
+        ifindex: u32,
+        join: bool,
+        vips: Vec<std::net::Ipv6Addr>,
+    },
     /// Answers once every job before it is done.
     Flush(mpsc::Sender<()>),
 }
@@ -513,6 +521,25 @@ impl Addresses {
         });
     }
 
+    /// Joins (or leaves) the solicited-node groups of `vips` on `ifindex`, after the
+    /// changes asked for before (see `solicited`).
+    pub fn solicited_nodes(
+        &mut self,
+        group: &str,
+        ifindex: u32,
+        join: bool,
+        vips: Vec<std::net::Ipv6Addr>,
+    ) {
+        if !vips.is_empty() {
+            self.send(Job::SolicitedNodes {
+                group: group.into(),
+                ifindex,
+                join,
+                vips,
+            });
+        }
+    }
+
     /// Removes the local routes a killed agent left (see `Netlink::local_routes`).
     pub fn remove_routes(&mut self, routes: Vec<Prefix>) {
         if !routes.is_empty() {
@@ -566,8 +593,26 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
             }
         }
     };
+    let mut solicited: Option<SolicitedNodes> = None;
     while let Ok(job) = jobs.recv() {
         match job {
+            Job::SolicitedNodes {
+                group,
+                ifindex,
+                join,
+                vips,
+            } => {
+                let s = solicited.get_or_insert_with(|| SolicitedNodes::new(ifindex));
+                let out = if join { s.join(&vips) } else { s.leave(&vips) };
+                if let Some(e) = out.last_error {
+                    fail(format!(
+                        "group {group}: {} {} of {} solicited-node groups: {e}",
+                        if join { "joining" } else { "leaving" },
+                        out.failed,
+                        vips.len()
+                    ));
+                }
+            }
             Job::Add {
                 group,
                 addrs,

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod ownership;
 pub mod reason;
+pub mod solicited;
 pub mod speaker;
 pub mod state;
 pub mod status;

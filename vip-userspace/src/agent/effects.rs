@@ -211,8 +211,8 @@ fn program<'a>(
         .with_context(|| format!("group {}: programming its VIPs", g.cfg.name))
 }
 
-/// The kernel: the data plane, the addresses on lo, the packet socket announcements
-/// leave by, and the socket holding the solicited-node memberships.
+/// The kernel: the data plane, the addresses on lo (and the solicited-node groups,
+/// through the address worker), the packet socket announcements leave by.
 pub(super) struct Kernel<'a> {
     pub dp: &'a mut Dataplane,
     pub speaker: Option<&'a mut (dyn Speaker + 'static)>,
@@ -220,7 +220,6 @@ pub(super) struct Kernel<'a> {
     pub events: Option<&'a tokio::sync::mpsc::Sender<super::Event>>,
     pub addrs: &'a mut Addresses,
     pub socket: &'a Arc<PacketSocket>,
-    pub mcast: &'a mut Option<std::net::UdpSocket>,
     pub iface: &'a Interface,
 }
 
@@ -234,7 +233,6 @@ impl Agent {
                 events: self.events.as_ref(),
                 addrs: &mut self.addrs,
                 socket: &self.socket,
-                mcast: &mut self.mcast,
                 iface: &self.iface,
             },
             &mut self.groups,
@@ -253,11 +251,10 @@ impl Writes for Kernel<'_> {
         g.stop_announcing();
     }
 
-    /// An IPv6 VIP's address is on `lo` (or, redirected, nowhere), so the interface
-    /// does not join its solicited-node group by itself: join it, or NICs that filter
-    /// multicast and switches that snoop MLD never deliver the solicitations for it.
+    /// The solicited-node groups of the group's IPv6 VIPs, joined or left by the
+    /// address worker (`solicited`: a big group's take the loop too long).
     fn solicited_nodes(&mut self, g: &GroupRuntime, join: bool) {
-        let addrs: Vec<std::net::Ipv6Addr> = g
+        let vips: Vec<std::net::Ipv6Addr> = g
             .vips
             .iter()
             .filter_map(|v| match v.vip.addr {
@@ -265,43 +262,8 @@ impl Writes for Kernel<'_> {
                 IpAddr::V4(_) => None,
             })
             .collect();
-        if addrs.is_empty() {
-            return;
-        }
-        if self.mcast.is_none() {
-            match std::net::UdpSocket::bind("[::]:0") {
-                Ok(s) => *self.mcast = Some(s),
-                Err(e) => {
-                    log::error!("opening a socket for multicast membership: {e}");
-                    return;
-                }
-            }
-        }
-        let Some(sock) = self.mcast.as_ref() else {
-            return;
-        };
-        for a in addrs {
-            let (group, _) = crate::frames::solicited_node(a);
-            let r = if join {
-                sock.join_multicast_v6(&group, self.iface.index)
-            } else {
-                sock.leave_multicast_v6(&group, self.iface.index)
-            };
-            match r {
-                Ok(()) => {}
-                // Joining twice or leaving what was never joined: nothing to do.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EADDRINUSE) | Some(libc::EADDRNOTAVAIL) | Some(libc::EINVAL)
-                    ) => {}
-                Err(e) => log::error!(
-                    "group {}: {} solicited-node group {group}: {e}",
-                    g.cfg.name,
-                    if join { "joining" } else { "leaving" }
-                ),
-            }
-        }
+        self.addrs
+            .solicited_nodes(&g.cfg.name, self.iface.index, join, vips);
     }
 
     /// Asks the address worker for the addresses not on lo yet; the announcement

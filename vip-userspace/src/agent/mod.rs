@@ -94,8 +94,6 @@ pub struct Agent {
     slots: BTreeSet<u32>,
     slot_hint: u32,
     health_tx: Option<mpsc::Sender<health::Report>>,
-    /// Holds the solicited-node memberships of redirected IPv6 VIPs.
-    mcast: Option<std::net::UdpSocket>,
     /// The interface's last known carrier state.
     link_up: bool,
     /// Set when a control request ends the main loop.
@@ -522,7 +520,6 @@ impl Agent {
             slots: BTreeSet::new(),
             slot_hint: 0,
             health_tx: None,
-            mcast: None,
             link_up: true,
             exit: None,
             binary: None,

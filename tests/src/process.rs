@@ -204,6 +204,14 @@ impl Agent {
         }
     }
 
+    /// Writes `text` as this agent's config file (for `vip reload` or SIGHUP), with
+    /// the control socket line the lab gave it.
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        let line = format!("[node]\ncontrol_socket = \"{}\"", self.socket.display());
+        std::fs::write(&self.config, text.replacen("[node]", &line, 1))?;
+        Ok(())
+    }
+
     /// Runs `vip ARGS --socket SOCKET` (from the root namespace: the socket is a file).
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
         Command::new(vip_bin())

@@ -57,6 +57,19 @@ fn link_down_failover(an: &Netns, cn: &Netns, to: SocketAddr) -> lab::Outage {
     lab::outage(&prober.finish(), "a", "b").expect("the client never moved to b")
 }
 
+/// Stops b, then a; neither stack accepts any of the group's VIPs afterwards.
+fn stop_both(lan: &lab::Lan, mut a: Agent, mut b: Agent) {
+    assert!(b.stop().unwrap().success());
+    assert!(a.stop().unwrap().success());
+    for node in ["a", "b"] {
+        let lo = lan.host(node).ns.vips_on_lo();
+        assert!(
+            vips().iter().all(|v| !lo.contains(v)),
+            "{node}: VIPs left behind: {lo:?}"
+        );
+    }
+}
+
 /// vip's local routes in `ns` (`ip route` lines of protocol 99 in the local table).
 fn local_routes(ns: &Netns) -> Vec<String> {
     ns.ip(&["-4", "-o", "route", "show", "table", "local", "proto", "99"])
@@ -164,18 +177,8 @@ fn a_big_group_is_accepted_only_where_it_is_served() {
     // probes, through the routes that stay, lose nothing.
     let prober = lab::Prober::start(cn, last, Duration::from_millis(1)).unwrap();
     assert!(prober.wait_answers("b", 50, Duration::from_secs(3)));
-    let cur = std::fs::read_to_string(&b.config).unwrap();
-    let sock_line = cur
-        .lines()
-        .find(|l| l.starts_with("control_socket"))
-        .unwrap()
-        .to_string();
     let fewer = config(&lan, "b", 100).replacen("\"10.0.0.150/24\", ", "", 1);
-    std::fs::write(
-        &b.config,
-        fewer.replacen("[node]", &format!("[node]\n{sock_line}"), 1),
-    )
-    .unwrap();
+    b.write_config(&fewer).unwrap();
     let out = b.cli(&["reload"]).unwrap();
     assert!(
         out.status.success(),
@@ -230,8 +233,8 @@ fn ipv6_vips_as_routes_are_accepted_only_where_served() {
     let lan = lan();
     let (an, bn, cn) = (&lan.host("a").ns, &lan.host("b").ns, &lan.host("c").ns);
     let routed = |me, prio| config(&lan, me, prio) + "ipv6_local = \"route\"\n";
-    let mut a = Agent::start(an, "a", &routed("a", 200)).unwrap();
-    let mut b = Agent::start(bn, "b", &routed("b", 100)).unwrap();
+    let a = Agent::start(an, "a", &routed("a", 200)).unwrap();
+    let b = Agent::start(bn, "b", &routed("b", 100)).unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
     assert_holds(an, "a", true);
     assert_holds(bn, "b", false);
@@ -266,16 +269,7 @@ fn ipv6_vips_as_routes_are_accepted_only_where_served() {
     let listener = bn.run_in(|| TcpListener::bind(any)).unwrap();
     assert_eq!(tcp_round_trip(cn, listener, v6), "hello vip");
 
-    assert!(b.stop().unwrap().success());
-    assert!(a.stop().unwrap().success());
-    for (ns, node) in [(an, "a"), (bn, "b")] {
-        let lo = ns.vips_on_lo();
-        assert!(
-            vips().iter().all(|v| !lo.contains(v)),
-            "{node}: VIPs left: {lo:?}"
-        );
-    }
-    drop((a, b));
+    stop_both(&lan, a, b);
     teardown(lan);
 }
 
@@ -433,8 +427,8 @@ fn a_resident_group_is_accepted_only_where_it_is_served() {
     let lan = lan();
     let (an, bn, cn) = (&lan.host("a").ns, &lan.host("b").ns, &lan.host("c").ns);
     let resident = |me, prio| config(&lan, me, prio) + "addresses = \"resident\"\n";
-    let mut a = Agent::start(an, "a", &resident("a", 200)).unwrap();
-    let mut b = Agent::start(bn, "b", &resident("b", 100)).unwrap();
+    let a = Agent::start(an, "a", &resident("a", 200)).unwrap();
+    let b = Agent::start(bn, "b", &resident("b", 100)).unwrap();
     expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
     assert_resident(an, "a");
     assert_resident(bn, "b");
@@ -537,15 +531,6 @@ fn a_resident_group_is_accepted_only_where_it_is_served() {
     assert_resident(bn, "b");
 
     // Stopped agents take the addresses with them.
-    assert!(b.stop().unwrap().success());
-    assert!(a.stop().unwrap().success());
-    for (ns, node) in [(an, "a"), (bn, "b")] {
-        let on = ns.vips_on_lo();
-        assert!(
-            vips().iter().all(|v| !on.contains(v)),
-            "{node}: VIP addresses left behind"
-        );
-    }
-    drop((a, b));
+    stop_both(&lan, a, b);
     teardown(lan);
 }

@@ -207,19 +207,7 @@ fn reload_applies_a_diff_and_refuses_bad_configs() {
     let web_before = a.status().unwrap()["groups"][0].clone();
 
     // Good reload: db gains a VIP and a setting; web is not touched.
-    let cur = std::fs::read_to_string(&a.config).unwrap();
-    let sock_line = cur
-        .lines()
-        .find(|l| l.starts_with("control_socket"))
-        .unwrap()
-        .to_string();
-    let write = |text: &str| {
-        std::fs::write(
-            &a.config,
-            text.replacen("[node]", &format!("[node]\n{sock_line}"), 1),
-        )
-        .unwrap();
-    };
+    let write = |text: &str| a.write_config(text).unwrap();
     write(&two_groups("garp_count = 5", ", \"10.0.0.52/24\""));
     let out = a.cli(&["reload"]).unwrap();
     let msg = String::from_utf8_lossy(&out.stdout).to_string();

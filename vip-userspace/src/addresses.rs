@@ -573,26 +573,25 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
         errors.fetch_add(1, Ordering::Relaxed);
         log::error!("{what}");
     };
-    let add_routes = |group: &str, routes: &[Prefix]| {
+    // Adds (or removes) local routes, each failure logged and counted.
+    let change_routes = |group: &str, routes: &[Prefix], add: bool| {
         for &p in routes {
-            if let Err(e) = add_route(&nl, lo, p) {
+            let r = if add {
+                add_route(&nl, lo, p)
+            } else {
+                del_route(&nl, lo, p)
+            };
+            if let Err(e) = r {
+                let verb = if add { "adding" } else { "removing" };
                 fail(format!(
-                    "group {group}: adding the local route of {}/{} (lo): {e}",
+                    "group {group}: {verb} the local route of {}/{} (lo): {e}",
                     p.0, p.1
                 ));
             }
         }
     };
-    let del_routes = |group: &str, routes: &[Prefix]| {
-        for &p in routes {
-            if let Err(e) = del_route(&nl, lo, p) {
-                fail(format!(
-                    "group {group}: removing the local route of {}/{} (lo): {e}",
-                    p.0, p.1
-                ));
-            }
-        }
-    };
+    let add_routes = |group: &str, routes: &[Prefix]| change_routes(group, routes, true);
+    let del_routes = |group: &str, routes: &[Prefix]| change_routes(group, routes, false);
     let mut solicited: Option<SolicitedNodes> = None;
     while let Ok(job) = jobs.recv() {
         match job {

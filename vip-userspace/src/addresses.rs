@@ -4,23 +4,27 @@
 //! The LVS direct-routing convention, never the interface the clients reach: the
 //! IPv4 VIPs held are `local` routes through `lo` in the kernel's local table
 //! (protocol 99, see `Netlink::add_local_route`), each change's VIPs in as few
-//! routes as cover exactly them ([`cover`]: a run of 256 is one /24), an IPv6 VIP a
-//! /128 address on `lo`. The interface gets `arp_ignore = 1` (answer ARP only for addresses
+//! routes as cover exactly them ([`cover`]: a run of 256 is one /24); an IPv6 VIP is
+//! a /128 address on `lo`, or, in a group with `ipv6_local = "route"`, covered by
+//! routes too. The interface gets `arp_ignore = 1` (answer ARP only for addresses
 //! configured on it) and `arp_announce = 2` (never use a VIP as the sender of our own
 //! ARP requests). The kernel's IPv6 neighbour code answers solicitations only for
 //! addresses on the receiving interface, so an IPv6 VIP on `lo` is never answered by
 //! the kernel either. Both stacks still deliver packets to such a VIP whatever
-//! interface they arrive on, bind to it and reply from it.
+//! interface they arrive on and reply from it.
 //!
-//! Why a route for IPv4 and an address for IPv6: an address costs a time that grows
-//! with the device's list (adding 20,000 IPv4 addresses to lo took 9.6 s in the lab,
-//! 20,000 local /32 routes 0.24 s), and a route does the same for the stack. A route
-//! also covers a prefix: an exact cover needs one route per aligned block of a run,
-//! so a takeover of 10,000 VIPs numbered in runs is a few hundred requests, not
-//! 10,000, and never makes the stack accept an address that is not a held VIP. IPv6 would
-//! gain as much (10,000: 4.05 s against 0.14 s), but its bind() accepts only addresses
-//! on a device (a service listening on the VIP would need `ip_nonlocal_bind` or
-//! `IP_FREEBIND`), so IPv6 VIPs stay addresses.
+//! Why a route for IPv4 and, by default, an address for IPv6: an address costs a
+//! time that grows with the device's list (adding 20,000 IPv4 addresses to lo took
+//! 9.6 s in the lab, 20,000 local /32 routes 0.24 s), and a route does the same for
+//! the stack. A route also covers a prefix: an exact cover needs one route per
+//! aligned block of a run, so a takeover of 10,000 VIPs numbered in runs is a few
+//! hundred requests, not 10,000, and never makes the stack accept an address that is
+//! not a held VIP. IPv6 gains as much (10,000: 4.05 s against 0.14 s), but its bind()
+//! accepts only addresses on a device (a service bound to the VIP itself needs
+//! `IPV6_FREEBIND` or `ip_nonlocal_bind`), so routes are the group's choice.
+//!
+//! The worker also joins the solicited-node groups of the IPv6 VIPs served
+//! (`solicited`), in order with their routes and addresses.
 //!
 //! So when an agent dies without cleaning up (SIGKILL, no bpffs to keep its data
 //! plane), the routes and addresses it leaves behind cannot make its kernel answer for

@@ -193,10 +193,21 @@ impl Routes {
             .filter(|&p| contains(p, a))
     }
 
+    /// Takes in `routes`, disjoint from those there.
+    fn insert(&mut self, routes: &[Prefix]) {
+        self.0.extend(routes.iter().map(|&p| (bounds(p).0, p)));
+    }
+
+    /// Takes out the route that carries `a`, if any.
+    fn take(&mut self, a: IpAddr) -> Option<Prefix> {
+        let p = self.carrier(a)?;
+        self.0.remove(&bounds(p).0)
+    }
+
     /// Routes for `addrs`, none of which a route carries yet.
     fn add(&mut self, addrs: impl IntoIterator<Item = IpAddr>) -> RouteChange {
         let add = cover(addrs);
-        self.0.extend(add.iter().map(|&p| (bounds(p).0, p)));
+        self.insert(&add);
         RouteChange {
             add,
             del: Vec::new(),
@@ -217,7 +228,7 @@ impl Routes {
                     .map(|n| addr((v6, n))),
             );
             self.0.remove(&(v6, first));
-            self.0.extend(rest.iter().map(|&q| (bounds(q).0, q)));
+            self.insert(&rest);
             change.add.extend(rest);
             change.del.push(p);
         }
@@ -352,7 +363,8 @@ pub struct Addresses {
     lo: u32,
     /// Addresses we added (and keep restoring).
     held: HashSet<IpAddr>,
-    /// The local routes asked for: their union is the IPv4 addresses of `held`.
+    /// The local routes asked for: their union is the addresses of `held` made
+    /// routes (every IPv4 one, the IPv6 ones of `ipv6_local = "route"` groups).
     routes: Routes,
     /// Address changes that failed (logged, repaired by the next resync).
     errors: Arc<AtomicU64>,
@@ -626,8 +638,8 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
                 // Each new route is added when the first address it carries comes up
                 // in `addrs`' order, so the announcer's first VIPs wait for theirs
                 // only.
-                let mut pending: BTreeMap<Key, Prefix> =
-                    routes.add.iter().map(|&p| (bounds(p).0, p)).collect();
+                let mut pending = Routes::default();
+                pending.insert(&routes.add);
                 let mut chunk = CHUNK_FIRST;
                 let mut rest = &addrs[..];
                 while !rest.is_empty() {
@@ -641,14 +653,7 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
                             }
                             continue;
                         }
-                        // The routes are disjoint: the one that may carry `addr` is the
-                        // last starting at or below it.
-                        let carrier = pending
-                            .range(..=key(addr))
-                            .next_back()
-                            .filter(|(_, &p)| contains(p, addr))
-                            .map(|(&k, _)| k);
-                        if let Some(p) = carrier.and_then(|k| pending.remove(&k)) {
+                        if let Some(p) = pending.take(addr) {
                             add_routes(&group, &[p]);
                         }
                     }
@@ -658,7 +663,7 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
                     rest = later;
                     chunk = (chunk * 2).min(CHUNK_MAX);
                 }
-                let left: Vec<Prefix> = pending.into_values().collect();
+                let left = pending.all();
                 add_routes(&group, &left);
                 del_routes(&group, &routes.del);
             }

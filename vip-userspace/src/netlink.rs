@@ -175,35 +175,30 @@ impl Netlink {
 
     /// Every route of `table` (both families): (destination, prefix length).
     pub fn routes(&self, table: u32) -> io::Result<Vec<(IpAddr, u8)>> {
+        self.dump_routes(|r| {
+            let t = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(r.header.table as u32);
+            t == table
+        })
+    }
+
+    /// The destinations of the routes of both families that `keep` takes.
+    fn dump_routes(&self, keep: impl Fn(&RouteMessage) -> bool) -> io::Result<Vec<(IpAddr, u8)>> {
         let mut out = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut m = RouteMessage::default();
             m.header.address_family = family;
             let replies = self.exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
-            for r in replies.into_iter().filter_map(Result::ok) {
-                let RouteNetlinkMessage::NewRoute(r) = r else {
-                    continue;
-                };
-                let t = r
-                    .attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        RouteAttribute::Table(t) => Some(*t),
-                        _ => None,
-                    })
-                    .unwrap_or(r.header.table as u32);
-                if t != table {
-                    continue;
-                }
-                let dst = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
-                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
-                    _ => None,
-                });
-                if let Some(d) = dst {
-                    out.push((d, r.header.destination_prefix_length));
-                }
-            }
+            out.extend(replies.into_iter().filter_map(|r| match r {
+                Ok(RouteNetlinkMessage::NewRoute(r)) if keep(&r) => destination(&r),
+                _ => None,
+            }));
         }
         Ok(out)
     }
@@ -215,10 +210,11 @@ impl Netlink {
     /// sends from it as from an address; IPv4 binds to it, IPv6 only with
     /// `IPV6_FREEBIND` (or `net.ipv6.ip_nonlocal_bind`): its bind checks addresses.
     /// Its ARP code (with `arp_ignore = 1`) and its neighbour discovery answer only
-    /// for addresses on the receiving interface, so never for this. Unlike an address, it is one FIB insert whatever the number
-    /// already there (an address costs time growing with the device's list: 9.6 s for
-    /// 20,000 on lo against 0.24 s as /32 routes), and one route carries a whole run
-    /// of VIPs (`addresses::cover`). Added beside the kernel's own local route of an
+    /// for addresses on the receiving interface, so never for this. Unlike an
+    /// address, it is one FIB insert whatever the number already there (an address
+    /// costs time growing with the device's list: 9.6 s for 20,000 on lo against
+    /// 0.24 s as /32 routes), and one route carries a whole run of VIPs
+    /// (`addresses::cover`). Added beside the kernel's own local route of an
     /// address (an earlier version's), never over it; idempotent.
     pub fn add_local_route(&self, ifindex: u32, addr: IpAddr, len: u8) -> io::Result<()> {
         let msg = RouteNetlinkMessage::NewRoute(local_route_msg(ifindex, addr, len));
@@ -243,22 +239,7 @@ impl Netlink {
     /// table, both families: what a killed agent left. Protocol 99 in the local table
     /// is vip's alone.
     pub fn local_routes(&self) -> io::Result<Vec<(IpAddr, u8)>> {
-        let mut out = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut m = RouteMessage::default();
-            m.header.address_family = family;
-            let replies = self.exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
-            out.extend(
-                replies
-                    .into_iter()
-                    .filter_map(Result::ok)
-                    .filter_map(|r| match r {
-                        RouteNetlinkMessage::NewRoute(r) => ours(&r),
-                        _ => None,
-                    }),
-            );
-        }
-        Ok(out)
+        self.dump_routes(is_ours)
     }
 
     /// Empties `table` (both families); returns how many routes it removed.
@@ -524,15 +505,15 @@ fn route_msg(table: u32, addr: IpAddr, prefix: u8) -> RouteMessage {
     m
 }
 
-/// The prefix of `r` if it is one of our local routes (protocol 99 in the local
-/// table).
-fn ours(r: &RouteMessage) -> Option<(IpAddr, u8)> {
-    if r.header.table != RT_TABLE_LOCAL
-        || r.header.kind != RouteType::Local
-        || r.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL)
-    {
-        return None;
-    }
+/// True if `r` is one of our local routes (protocol 99 in the local table).
+fn is_ours(r: &RouteMessage) -> bool {
+    r.header.table == RT_TABLE_LOCAL
+        && r.header.kind == RouteType::Local
+        && r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+}
+
+/// A route's destination prefix.
+fn destination(r: &RouteMessage) -> Option<(IpAddr, u8)> {
     let len = r.header.destination_prefix_length;
     r.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet(a)) => Some((IpAddr::V4(*a), len)),
@@ -742,8 +723,8 @@ fn parse_changes(data: &[u8], link_ifindex: u32, addr_ifindexes: &[u32]) -> Vec<
                     out.push(Change::AddressRemoved { ifindex, addr });
                 }
             }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(m)) => {
-                if let Some((addr, len)) = ours(&m) {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(m)) if is_ours(&m) => {
+                if let Some((addr, len)) = destination(&m) {
                     out.push(Change::LocalRouteRemoved { addr, len });
                 }
             }

@@ -24,8 +24,9 @@ pub const FLOWS: u16 = 3000;
 pub const CONNECTIONS: usize = 240;
 pub const TCP_PORT: u16 = 9000;
 
-/// Answers each byte a connection sends with the node's name and a newline, until
-/// dropped (bound before the node holds the VIP).
+/// Answers each byte a connection sends with the node's name and a newline (the
+/// lines for what one read brought in one write), until dropped (bound before the
+/// node holds the VIP).
 pub struct NameServer {
     stop: Arc<AtomicBool>,
     accept: Option<thread::JoinHandle<()>>,
@@ -49,12 +50,14 @@ impl NameServer {
                         thread::spawn(move || {
                             let _ = c.set_nonblocking(false);
                             let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
-                            let mut b = [0u8; 1];
+                            let mut b = [0u8; 4096];
+                            let line = format!("{name}\n");
                             while !s.load(Ordering::Relaxed) {
                                 match std::io::Read::read(&mut c, &mut b) {
                                     Ok(0) => return,
-                                    Ok(_) => {
-                                        if c.write_all(format!("{name}\n").as_bytes()).is_err() {
+                                    // One write for what one read brought.
+                                    Ok(n) => {
+                                        if c.write_all(line.repeat(n).as_bytes()).is_err() {
                                             return;
                                         }
                                     }
@@ -184,15 +187,22 @@ pub const BIG: usize = 3000;
 
 impl Conns {
     /// Per connection: a `len`-byte request answered in full by the same member
-    /// (one line per byte).
-    pub fn big(&mut self, len: usize) -> Vec<bool> {
+    /// (one line per byte). The requests go out from connection `first` on (so the
+    /// first, which meet a path MTU the client has not learned yet, can differ from
+    /// one call to the next), all of them before any answer is read: a client's
+    /// stack that learns a smaller path MTU resends the segments it had sized before
+    /// after a retransmission timeout, and the connections wait for theirs at once.
+    pub fn big(&mut self, len: usize, first: usize) -> Vec<bool> {
+        let n = self.0.len();
+        let mut sent = vec![false; n];
+        for i in (0..n).map(|i| (first + i) % n) {
+            sent[i] = self.0[i].0.get_mut().write_all(&vec![b'?'; len]).is_ok();
+        }
         self.0
             .iter_mut()
-            .map(|(r, who)| {
-                if r.get_mut().write_all(&vec![b'?'; len]).is_err() {
-                    return false;
-                }
-                (0..len).all(|_| {
+            .zip(sent)
+            .map(|((r, who), sent)| {
+                sent && (0..len).all(|_| {
                     let mut line = String::new();
                     r.read_line(&mut line).is_ok() && line.trim() == who.as_str()
                 })

@@ -90,6 +90,29 @@ impl Netns {
             .with_context(|| format!("no MAC for {iface} in `{out}`"))
     }
 
+    /// A counter of the namespace's /proc/net/snmp (`proto` as "Udp" or "Icmp",
+    /// `field` as "RcvbufErrors"): the file is per namespace, so a namespace the
+    /// test made counts only the test's traffic.
+    pub fn snmp(&self, proto: &str, field: &str) -> Result<u64> {
+        let text = self.exec(&["cat", "/proc/net/snmp"])?;
+        let head = format!("{proto}:");
+        let mut rows = text.lines().filter(|l| l.starts_with(&head));
+        let (names, values) = (
+            rows.next().with_context(|| format!("no {proto} line"))?,
+            rows.next().with_context(|| format!("no {proto} values"))?,
+        );
+        let i = names
+            .split_whitespace()
+            .position(|n| n == field)
+            .with_context(|| format!("no {proto} field {field}"))?;
+        values
+            .split_whitespace()
+            .nth(i)
+            .with_context(|| format!("short {proto} line"))?
+            .parse()
+            .with_context(|| format!("{proto} {field}"))
+    }
+
     pub fn exists(&self) -> bool {
         Path::new("/run/netns").join(&self.name).exists()
     }

@@ -259,12 +259,15 @@ fn anycast_connections_survive_the_directors_failure() {
 ///   the UDP flows are answered by e for its share of the router's hash;
 /// * after b leaves and joins again, the router rehashes: connections move between
 ///   e and the switch's members, and reach their holder through the tunnel;
-/// * a request of full-size segments on every connection: those the tunnel carries
-///   no longer fit the MTU, the tunnel answers with ICMP "fragmentation needed", and
-///   the client's kernel learns the smaller path MTU and resends.
+/// * a request of full-size segments on every connection, three times over, the
+///   client's path MTU forgotten before each: those the tunnel carries no longer
+///   fit the MTU, the tunnel answers with ICMP "fragmentation needed" (through the
+///   router, whichever node handed the packet to the director), and the client's
+///   kernel learns the smaller path MTU and resends.
 ///
 /// Judged at the client: who answers each flow and connection, every big request
-/// answered, and the path MTU its kernel learned for the VIP.
+/// answered, every error the nodes sent received, and the path MTU its kernel
+/// learned for the VIP.
 #[test]
 #[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
 fn anycast_reaches_a_member_on_another_segment_through_the_tunnel() {
@@ -299,17 +302,51 @@ fn anycast_reaches_a_member_on_another_segment_through_the_tunnel() {
     thread::sleep(Duration::from_millis(500));
     let alive = conns.alive();
     let kept = alive.iter().filter(|a| **a).count();
-    let big = conns.big(BIG);
+    // Every error the tunnel sends reaches the client: the nodes count the packets
+    // too big for the tunnel (all TCP, with DF, so each one answered), the client's
+    // namespace the unreachables it received less those it sent (its own stack
+    // bounces the segments it sized before it learned the path MTU, over lo).
+    let too_big = |lab: &Routed| -> u64 {
+        ["a", "b", "e"]
+            .iter()
+            .map(|n| common::global(lab.agent(n), "tunnel_too_big"))
+            .sum()
+    };
+    let unreachables = |lab: &Routed| {
+        let count = |field| lab.client.snmp("Icmp", field).unwrap();
+        count("InDestUnreachs") - count("OutDestUnreachs")
+    };
+    let before = (too_big(&lab), unreachables(&lab));
+    // Three rounds, each after the client forgot the path MTU, so that the errors
+    // come from several connections (some handed to the director by b, whose
+    // kernel would drop an error sent back to it). A byte on each connection first:
+    // its socket picks up the route that forgot, and sizes the big request's
+    // segments for the interface again.
+    let mut big = vec![true; CONNECTIONS];
+    let mut routes = Vec::new();
+    for round in 0..3 {
+        lab.client.ip(&["route", "flush", "cache"]).unwrap();
+        let answered = conns.alive().iter().filter(|a| **a).count();
+        assert_eq!(answered, CONNECTIONS, "round {round}: connections answered");
+        for (all, ok) in big.iter_mut().zip(conns.big(BIG, round * CONNECTIONS / 3)) {
+            *all &= ok;
+        }
+        routes.push(
+            lab.client
+                .ip(&["route", "get", &VIP.to_string()])
+                .unwrap_or_default(),
+        );
+    }
     let big_ok = big.iter().filter(|a| **a).count();
-    let route = lab
-        .client
-        .ip(&["route", "get", &VIP.to_string()])
-        .unwrap_or_default();
+    let errors = (too_big(&lab) - before.0, unreachables(&lab) - before.1);
+    let route = routes.join(" | ").replace('\n', " ");
     let global = |n: &str, k: &str| lab.agent(n).status().ok().map(|s| s["global"][k].clone());
     eprintln!(
-        "across segments: {kept}/{} connections ({on_e} on e) survived b joining; {big_ok}/{} answered {BIG}-byte requests; client route: {}; a: encapsulated {:?}, decapsulated {:?}, too big {:?}; e: encapsulated {:?}, decapsulated {:?}, too big {:?}",
+        "across segments: {kept}/{} connections ({on_e} on e) survived b joining; {big_ok}/{} answered {BIG}-byte requests; {} too big for the tunnel, {} unreachables at the client; client route: {}; a: encapsulated {:?}, decapsulated {:?}, too big {:?}; e: encapsulated {:?}, decapsulated {:?}, too big {:?}",
         alive.len(),
         big.len(),
+        errors.0,
+        errors.1,
         route.trim(),
         global("a", "tunnel_encapsulated"),
         global("a", "tunnel_decapsulated"),
@@ -330,9 +367,16 @@ fn anycast_reaches_a_member_on_another_segment_through_the_tunnel() {
         "big requests answered: {big_ok}/{}",
         big.len()
     );
-    // The tunnel carried full-size segments only after telling the client its MTU.
     assert!(
-        route.contains("mtu 1480"),
-        "the client learned no path MTU for the VIP from the tunnel: {route}"
+        errors.0 > 0 && errors.1 == errors.0,
+        "{} packets too big for the tunnel, but {} ICMP errors reached the client",
+        errors.0,
+        errors.1
+    );
+    // The tunnel carried full-size segments only after telling the client its MTU,
+    // in every round.
+    assert!(
+        routes.iter().all(|r| r.contains("mtu 1480")),
+        "the client learned no path MTU for the VIP from the tunnel in some round: {route}"
     );
 }

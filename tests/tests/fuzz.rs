@@ -778,7 +778,8 @@ fn control_socket_survives_random_messages() {
 ///   packet to the balanced VIP, from the director's address, to our address and
 ///   MAC: nothing else comes out of the tunnel;
 /// * XDP_TX sends only the frame's own IP packet inside IPIP from our address to the
-///   director (valid header checksum, DF), or ICMP "fragmentation needed" for it.
+///   director (valid header checksum, DF), or ICMP "fragmentation needed" for it,
+///   both to the router.
 #[test]
 #[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
 fn the_tunnel_lets_out_only_a_balanced_vips_packets_from_its_nodes() {
@@ -928,6 +929,8 @@ fn tunnel_fuzz() {
                     && out[30..34] == director.octets()
                     && out[34..] == f[14..];
                 let icmp = out.len() == 70
+                    && out[0..6] == router.0
+                    && out[6..12] == OWN.0
                     && out[23] == 1
                     && out[34] == 3
                     && out[35] == 4

@@ -143,13 +143,6 @@ fn cli(agent: &Agent, args: &[&str]) {
     );
 }
 
-/// One of the data plane's program-wide counters.
-fn global(agent: &Agent, name: &str) -> u64 {
-    agent.status().expect("status")["global"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no global counter {name}"))
-}
-
 /// A counter of /proc/net/snmp6 in `ns`.
 fn snmp6(ns: &Netns, name: &str) -> u64 {
     let text = ns.exec(&["cat", "/proc/net/snmp6"]).expect("snmp6");

@@ -356,16 +356,12 @@ fn flood(lan: &Lan, frame: &[u8], sources: u32, secs: f64) -> f64 {
     sent as f64 / t0.elapsed().as_secs_f64()
 }
 
-/// UdpRcvbufErrors of a namespace (/proc/net/snmp is per namespace).
+/// UdpRcvbufErrors of a host's namespace.
 fn rcvbuf_errors(lan: &Lan, host: &str) -> u64 {
-    let snmp = lan.host(host).ns.exec(&["cat", "/proc/net/snmp"]).unwrap();
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "RcvbufErrors")
-        .unwrap();
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    lan.host(host)
+        .ns
+        .snmp("Udp", "RcvbufErrors")
+        .expect("Udp RcvbufErrors")
 }
 
 #[test]

@@ -14,7 +14,7 @@
 //! * **MTU:** the outer header costs 20 bytes. A packet that would no longer fit the
 //!   path's MTU (`BalanceNode::mtu`, the interface's) is not fragmented: with DF set
 //!   (TCP always, UDP by default on Linux) the client gets ICMP "fragmentation
-//!   needed" for `mtu - 20`, from the VIP, and sends smaller segments
+//!   needed" for `mtu - 20`, from the VIP, through the router, and sends smaller segments
 //!   ([`frag_needed`]); without DF it is dropped. Both are counted in
 //!   `TUNNEL_TOO_BIG`. No MSS clamping: the client's MSS is set by the server's SYN-ACK,
 //!   which leaves through the member's stack, out of an XDP program's reach.
@@ -130,7 +130,8 @@ pub fn send(
         if !df || ip[0] != 0x45 {
             return Ok(Some(XDP_DROP));
         }
-        return frag_needed(ctx, node.mtu.saturating_sub(OUTER as u16)).map(Some);
+        let mtu = node.mtu.saturating_sub(OUTER as u16);
+        return frag_needed(ctx, mtu, &node.next_hop, own_mac).map(Some);
     }
     adjust_head(ctx, -(OUTER as i32))?;
     let me = src().to_ne_bytes();
@@ -166,19 +167,21 @@ const ICMP_HLEN: usize = 8;
 const ERROR_HEAD: usize = OUTER + ICMP_HLEN;
 /// The whole error frame.
 const ERROR_LEN: usize = ETH_HLEN + ERROR_HEAD + QUOTE;
-/// Where the packet's own headers are once the new ones are in front: its Ethernet
-/// header, and its IPv4 header (the quote).
-const OLD_ETH: usize = ERROR_HEAD;
+/// Where the packet's own IPv4 header (the quote) is once the new headers are in
+/// front of its Ethernet header.
 const OLD_IP: usize = ERROR_HEAD + ETH_HLEN;
 
 /// Turns the frame into ICMP "fragmentation needed" (type 3, code 4) for `mtu`, from
-/// the VIP to the client, back to the frame's source (the router): the client's
-/// stack lowers its path MTU to the VIP and resends in smaller segments. The quoted
+/// the VIP to the client, in a frame from `own_mac` to `router` (the tunnel's next
+/// hop, which routes it to the client): the client's stack lowers its path MTU to
+/// the VIP and resends in smaller segments. Not back to the frame's source: on the
+/// director that is often a member that handed over a packet the router brought it,
+/// and a member's kernel does not forward. The quoted
 /// header is the packet's own, left where it is: the new headers go in front
 /// (`bpf_xdp_adjust_head`), the frame is cut behind the quote, and the addresses
 /// are copied from the old headers before the new ones cover them.
 #[inline(always)]
-fn frag_needed(ctx: &mut XdpContext, mtu: u16) -> Result<u32, Error> {
+fn frag_needed(ctx: &mut XdpContext, mtu: u16, router: &Mac, own_mac: &Mac) -> Result<u32, Error> {
     let len = ctx.data_end() - ctx.data();
     if len < ETH_HLEN + QUOTE {
         return Ok(XDP_DROP);
@@ -192,13 +195,10 @@ fn frag_needed(ctx: &mut XdpContext, mtu: u16) -> Result<u32, Error> {
     let Ok(h) = hdr_mut::<[u8; ERROR_LEN]>(ctx, 0) else {
         return Ok(XDP_DROP);
     };
+    h[0..6].copy_from_slice(router);
+    h[6..12].copy_from_slice(own_mac);
     // Byte by byte at constant offsets: the new headers lie in front of the old
     // ones they copy from, and each old byte is read before a new one covers it.
-    for i in 0..6 {
-        // Back to the frame's source, from us (its destination).
-        h[i] = h[OLD_ETH + 6 + i];
-        h[6 + i] = h[OLD_ETH + i];
-    }
     for i in 0..4 {
         // From the VIP (the quote's destination) to the client (its source).
         h[ETH_HLEN + 12 + i] = h[OLD_IP + 16 + i];

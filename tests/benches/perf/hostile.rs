@@ -172,22 +172,7 @@ impl Generator {
 }
 
 fn snmp_udp(lan: &Lan, host: &str, field: &str) -> Result<u64> {
-    let snmp = lan.host(host).ns.exec(&["cat", "/proc/net/snmp"])?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (
-        udp.next().context("no Udp line")?,
-        udp.next().context("no Udp values")?,
-    );
-    let i = names
-        .split_whitespace()
-        .position(|n| n == field)
-        .context("no such Udp field")?;
-    values
-        .split_whitespace()
-        .nth(i)
-        .context("short Udp line")?
-        .parse()
-        .context("Udp field")
+    lan.host(host).ns.snmp("Udp", field)
 }
 
 /// Packets b's eth0 received (the kernel's count, whatever the data plane did).

@@ -93,6 +93,13 @@ pub fn assert_no_transitions(agents: &[(&str, &Agent)], before: &[(String, u64)]
     assert_eq!(after, before, "{what}: transitions moved");
 }
 
+/// One of the data plane's program-wide counters (`vip status`'s `global`).
+pub fn global(agent: &Agent, name: &str) -> u64 {
+    agent.status().expect("status")["global"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no global counter {name}"))
+}
+
 /// The first group's state, or "down" when the agent does not answer.
 pub fn state(a: &Agent) -> String {
     a.status()

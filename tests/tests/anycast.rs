@@ -25,7 +25,7 @@ use lab::{
     anycast::{anycast_lab, shares, udp_flows, Conns, BIG, CONNECTIONS},
     privileged,
     routed::{Options, Routed, VIP},
-    wait_for,
+    wait_for, Capture,
 };
 
 /// Each of `nodes` answered 33 % +- 8 % of the flows, and no flow went unanswered.
@@ -379,4 +379,83 @@ fn anycast_reaches_a_member_on_another_segment_through_the_tunnel() {
         routes.iter().all(|r| r.contains("mtu 1480")),
         "the client learned no path MTU for the VIP from the tunnel in some round: {route}"
     );
+}
+
+/// Anycast UDP served where the router sends it (`balance = { udp = "as_routed" }`):
+/// every datagram is answered by the member the router handed it to, and no member
+/// hands one to the director. Judged on the switch: the ports of b and d carry no
+/// datagram to the VIP (the members' frames to the director), while the 3,000 flows
+/// spread 33 % +- 8 % over a, b and d. A reload to `udp = "pinned"` (in place, on every
+/// node) is the baseline of the same run: the members then hand the flows' first
+/// datagrams to the director, which pins them (the same spread, hundreds of datagrams
+/// on those ports). TCP connections are kept either way.
+#[test]
+#[ignore = "privileged: namespaces, XDP, BIRD and FRR (run by cargo xtask test)"]
+fn anycast_udp_is_served_where_the_router_sends_it() {
+    privileged();
+    let o = Options {
+        nodes: vec!["a", "b", "d"],
+        group: "balance = { udp = \"as_routed\" }".into(),
+        ..Options::default()
+    };
+    let (_servers, lab) = anycast_lab(&o, "the anycast lab, UDP as routed");
+    // The frames b and d send, as the switch receives them.
+    let ports: Vec<Capture> = ["b", "d"]
+        .iter()
+        .map(|n| {
+            let c = Capture::open(&lab.lan.switch, &lab.lan.host(n).port).expect("capture");
+            c.receive_buffer(8 << 20).expect("receive buffer");
+            c
+        })
+        .collect();
+    let vip = VIP.octets();
+    let handed_over = |ports: &[Capture]| -> usize {
+        ports
+            .iter()
+            .map(|c| {
+                c.collect(Duration::from_millis(300), |f| {
+                    f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[23] == 17 && f[30..34] == vip
+                })
+                .len()
+            })
+            .sum()
+    };
+    let routed = shares(&udp_flows(&lab.client));
+    let routed_over = handed_over(&ports);
+    let mut conns = Conns::open(&lab.client);
+    let alive = conns.alive().iter().filter(|a| **a).count();
+    // The baseline: UDP pinned, in place on every node.
+    for (name, agent, _) in &lab.agents {
+        let text = std::fs::read_to_string(&agent.config).expect("the config");
+        std::fs::write(
+            &agent.config,
+            text.replace("udp = \"as_routed\"", "udp = \"pinned\""),
+        )
+        .expect("writing the config");
+        let out = agent.cli(&["reload"]).expect("vip reload");
+        assert!(
+            out.status.success(),
+            "{name}'s reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for c in &ports {
+        c.clear();
+    }
+    let pinned = shares(&udp_flows(&lab.client));
+    let pinned_over = handed_over(&ports);
+    eprintln!(
+        "UDP as routed: flows {routed:?}, {routed_over} datagrams handed to the director; pinned (same run): flows {pinned:?}, {pinned_over} handed over; {alive}/{CONNECTIONS} TCP connections answered"
+    );
+    assert_spread(&routed, &["a", "b", "d"]);
+    assert_eq!(
+        routed_over, 0,
+        "members handed {routed_over} datagrams to the director"
+    );
+    assert_spread(&pinned, &["a", "b", "d"]);
+    assert!(
+        pinned_over > 500,
+        "pinned: only {pinned_over} datagrams went through the director (the capture saw nothing?)"
+    );
+    assert_eq!(alive, CONNECTIONS, "TCP connections answered");
 }

@@ -295,6 +295,12 @@ pub mod flags {
     /// only), a forwarded frame from `src_mac`, never from the virtual MAC, which
     /// would pull the switch's entry for it away from the active.
     pub const VIRTUAL_MAC: u32 = 1 << 5;
+    /// On a [`BALANCED`] entry of an anycast group (`balance.udp = "as_routed"`): a
+    /// UDP datagram (the packet's own protocol, fragments included: the router
+    /// hashes those by addresses, so all of a datagram's reach one member) is served
+    /// by the node the router handed it to, the director's connection table and the
+    /// hop to it skipped. TCP, and ICMP errors about UDP, go as without the flag.
+    pub const UDP_AS_ROUTED: u32 = 1 << 6;
 }
 
 /// Value of the `VIPS_V4` (key: IPv4 address, 4 bytes in network order) and `VIPS_V6`

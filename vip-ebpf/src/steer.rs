@@ -12,7 +12,7 @@ use crate::{
     director, handover,
     maps::{self, REDIRECT_DEVS},
     packet::{self, Error, Frame},
-    parse::Packet,
+    parse::{Packet, UDP},
     tunnel,
 };
 
@@ -85,6 +85,11 @@ fn serve(
         }
     }
     if maps::balance_enabled() && entry.flags & flags::BALANCED != 0 {
+        // Anycast UDP served where the router sent it (`flags::UDP_AS_ROUTED`).
+        if entry.flags & flags::UDP_AS_ROUTED != 0 && pkt.layout(ctx).proto == UDP {
+            stats.passed += 1;
+            return Ok(XDP_PASS);
+        }
         if entry.action == action::LOCAL {
             if let Some(act) = director::member_action(ctx, frame, entry, pkt)? {
                 stats.forwarded += 1;

@@ -435,6 +435,12 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
         m.flags = vip_common::flags::BALANCED;
         m.src_mac = CLIENT.0;
         dpb.set_vip(IpAddr::V4(member), &m)?;
+        // The same member with `balance.udp = "as_routed"`: a client's datagram is
+        // served here.
+        let as_routed = Ipv4Addr::new(10, 9, 0, 55);
+        m.flags |= vip_common::flags::UDP_AS_ROUTED;
+        m.stats_index = 6;
+        dpb.set_vip(IpAddr::V4(as_routed), &m)?;
         let rows = [
             vip_common::BalanceMember {
                 mac: OWN.0,
@@ -471,6 +477,10 @@ fn paths(size: Size, base: Option<&std::path::Path>) -> Result<Vec<Value>> {
             (
                 "IPv4 to an anycast member: second chance, to the director (XDP_TX)",
                 udp(member),
+            ),
+            (
+                "IPv4 UDP to an anycast member, UDP as routed (XDP_PASS)",
+                udp(as_routed),
             ),
             (
                 "IPv4 to an anycast member: from the director (XDP_PASS)",

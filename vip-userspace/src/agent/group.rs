@@ -265,7 +265,7 @@ impl GroupRuntime {
                     e.dst_mac = r.dst_mac.0;
                 } else {
                     if let Some(b) = &self.balance {
-                        e.flags |= flags::BALANCED;
+                        e.flags |= self.balanced_flags();
                         e.ifindex = b.slot;
                     }
                     if let Some(old_active) = grace {
@@ -283,7 +283,7 @@ impl GroupRuntime {
                 // the group's nodes send it, and forwards to the director only what
                 // a client sent it directly (see `flags::BALANCED`).
                 if let Some(b) = &self.balance {
-                    e.flags |= flags::BALANCED;
+                    e.flags |= self.balanced_flags();
                     e.ifindex = b.slot;
                 }
             }
@@ -298,6 +298,17 @@ impl GroupRuntime {
             }
         }
         e
+    }
+
+    /// The flags of a balanced group's entries, on the director and the members alike.
+    fn balanced_flags(&self) -> u32 {
+        let udp = self.cfg.balance.as_ref().map(|b| b.udp);
+        flags::BALANCED
+            | if udp == Some(crate::config::Udp::AsRouted) {
+                flags::UDP_AS_ROUTED
+            } else {
+                0
+            }
     }
 
     /// The MAC the group's announcements name and come from: its virtual MAC if it

@@ -383,6 +383,8 @@ impl Agent {
             a != b || self.groups[gi].key != key
         };
         let track_changed = self.groups[gi].cfg.track != g.track;
+        let udp = |g: &Group| g.balance.as_ref().map(|b| b.udp);
+        let udp_changed = udp(&self.groups[gi].cfg) != udp(g);
         let was_resident = self.groups[gi].own.terms().resident;
         self.groups[gi].cfg = g.clone();
         self.groups[gi].key = key;
@@ -409,6 +411,13 @@ impl Agent {
         if resident != was_resident {
             self.change_residence(gi, resident)
                 .with_context(|| format!("group[{}].addresses", g.name))?;
+        }
+        if udp_changed {
+            // A flag of every entry (`flags::UDP_AS_ROUTED`), rewritten in place for
+            // the group's current state: nothing else moves.
+            let plan = self.groups[gi].current_entries();
+            self.program_entries(gi, plan, None)
+                .with_context(|| format!("group[{}].balance.udp", g.name))?;
         }
         if !added.is_empty() {
             let addrs: Vec<IpAddr> = added.iter().map(|v| v.addr).collect();

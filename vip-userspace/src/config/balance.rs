@@ -1,13 +1,32 @@
 //! `balance` of an elected group (active/active): the ports it spreads over the group's
-//! nodes, each balanced by one group only, within the data plane's limits.
+//! nodes, each balanced by one group only, within the data plane's limits, and where
+//! an anycast group's UDP datagrams are served.
 
-use super::raw::RawGroup;
+use super::{bgp::Announce, raw::RawGroup};
 
 /// `balance = {}` (all TCP and UDP) or `balance = { ports = ["tcp/443", ...] }`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Balance {
     /// (IP protocol, port); empty: every TCP and UDP port.
     pub ports: Vec<(u8, u16)>,
+    /// `udp`: where an anycast group's UDP datagrams are served.
+    pub udp: Udp,
+}
+
+/// `balance.udp` of an anycast group (`announce = "bgp"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Udp {
+    /// "pinned" (the default): a UDP flow stays on the member it started on, as a TCP
+    /// connection does: a datagram the router hands another member goes through the
+    /// director to it. For UDP with a session (QUIC, WireGuard, RTP).
+    #[default]
+    Pinned,
+    /// "as_routed": every datagram is served by the member the router hands it to,
+    /// with no hop through the director and no entry in its connection table: for
+    /// request/response UDP (DNS, NTP, syslog), where no datagram needs the member
+    /// of the one before. What plain ECMP gives, for UDP only; TCP keeps its
+    /// connections either way.
+    AsRouted,
 }
 
 impl Balance {
@@ -22,6 +41,7 @@ impl Balance {
 pub(super) fn balance(
     gkey: &str,
     g: &RawGroup,
+    announce: Announce,
     taken: &mut Vec<((u8, u16), String)>,
     p: &mut impl FnMut(String, String),
 ) -> Option<Balance> {
@@ -88,5 +108,35 @@ pub(super) fn balance(
         );
     }
     taken.extend(ports.iter().map(|pp| (*pp, g.name.clone())));
-    Some(Balance { ports })
+    let udp = udp(gkey, raw.udp.as_deref(), announce, p);
+    Some(Balance { ports, udp })
+}
+
+/// `balance.udp`: "pinned" (the default) or "as_routed", which only an anycast group
+/// has a use for (on one segment every datagram reaches the director first).
+fn udp(
+    gkey: &str,
+    value: Option<&str>,
+    announce: Announce,
+    p: &mut impl FnMut(String, String),
+) -> Udp {
+    let key = format!("{gkey}.balance.udp");
+    match value {
+        None | Some("pinned") => Udp::Pinned,
+        Some("as_routed") if announce != Announce::Bgp => {
+            p(
+                key,
+                "\"as_routed\" is for anycast groups (announce = \"bgp\"), where the router picks a member for each datagram; on the segment every datagram reaches the director first".into(),
+            );
+            Udp::Pinned
+        }
+        Some("as_routed") => Udp::AsRouted,
+        Some(other) => {
+            p(
+                key,
+                format!("`{other}` is not a choice (expected \"pinned\" or \"as_routed\")"),
+            );
+            Udp::Pinned
+        }
+    }
 }

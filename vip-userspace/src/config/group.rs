@@ -211,10 +211,10 @@ fn group(
     let redirect = redirect(&gkey, g, p);
     let forward_to = parse_mac_key(&gkey, "forward_to", g.forward_to.as_deref(), p);
     let garp = garp(&gkey, g.garp_count, g.garp_interval_ms, node_garp, p);
-    let balance = balance::balance(&gkey, g, &mut seen.ports, p);
+    let announce = bgp::announce(&gkey, g.announce.as_deref(), has_bgp, p);
+    let balance = balance::balance(&gkey, g, announce, &mut seen.ports, p);
     let addresses = addresses(&gkey, g, p);
     let ipv6_local = ipv6_local(&gkey, g, p);
-    let announce = bgp::announce(&gkey, g.announce.as_deref(), has_bgp, p);
     let virtual_mac = virtual_mac(&gkey, g, announce, &mut seen.macs, p);
     Group {
         name: g.name.clone(),

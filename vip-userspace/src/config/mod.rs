@@ -32,7 +32,7 @@ use std::{
 
 use serde::Deserialize;
 
-pub use balance::Balance;
+pub use balance::{Balance, Udp};
 pub use bgp::{host_route, Announce, Bfd, Bgp, Neighbor, Password, DEFAULT_ROUTE_TABLE};
 pub use eips::Eip;
 pub use election::{load_keys, Election};

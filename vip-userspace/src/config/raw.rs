@@ -46,6 +46,7 @@ pub(super) struct RawGroup {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBalance {
     pub(super) ports: Option<Vec<String>>,
+    pub(super) udp: Option<String>,
 }
 
 /// A group's `track_script` or `track_tcp` table.

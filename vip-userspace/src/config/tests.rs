@@ -801,6 +801,20 @@ announce = "bgp"
 #[test]
 fn bgp_keys_are_checked_and_named() {
     let c = parse(BGP).unwrap();
+    let anycast = |udp: &str| {
+        let text = BGP.replace(
+            "announce = \"bgp\"",
+            &format!("announce = \"bgp\"\nbalance = {{ {udp} }}"),
+        );
+        parse(&text).unwrap().groups[0]
+            .balance
+            .as_ref()
+            .unwrap()
+            .udp
+    };
+    assert_eq!(anycast(""), Udp::Pinned);
+    assert_eq!(anycast("udp = \"pinned\""), Udp::Pinned);
+    assert_eq!(anycast("udp = \"as_routed\""), Udp::AsRouted);
     let b = c.bgp.as_ref().unwrap();
     assert_eq!(b.local_as, 65001);
     assert!(b.neighbors[0].bfd, "BFD on by default");
@@ -895,6 +909,18 @@ fn bgp_keys_are_checked_and_named() {
             "announce = \"bgp\"\nmac = \"02:00:00:00:00:01\"",
             "group[web].mac",
             "BGP only",
+        ),
+        (
+            "announce = \"bgp\"",
+            "announce = \"bgp\"\nbalance = { udp = \"stateless\" }",
+            "group[web].balance.udp",
+            "not a choice",
+        ),
+        (
+            "announce = \"bgp\"",
+            "announce = \"both\"\nbalance = { udp = \"as_routed\" }",
+            "group[web].balance.udp",
+            "for anycast groups",
         ),
     ] {
         let text = BGP.replace(from, to);

@@ -8,7 +8,9 @@
 //! standby; and the standby's echo probes still find the active's data plane (no
 //! takeover while it serves). Exactly one owner with the MAC shared: every ARP
 //! request is answered from one switch port only, through an active stopped past its
-//! lease, its preemptions back and two nodes started at once.
+//! lease, its preemptions back and two nodes started at once. A planned handover of
+//! a big group whose addresses come at the takeover: the client's probes of its last
+//! VIP are answered throughout.
 
 mod common;
 
@@ -378,5 +380,94 @@ fn the_virtual_mac_leaves_the_unicast_filter_on_stop_and_on_cleanup() {
     );
     assert!(!in_unicast_filter(an), "--cleanup left the MAC");
     drop(a);
+    teardown(lan);
+}
+
+/// A planned handover (`vip demote`) of a group with a virtual MAC whose VIPs are
+/// added at the takeover (the default `addresses`): the new active's first frame
+/// brings every VIP's traffic at once, and the old active, stepping down on the new
+/// one's next advert, forwards the rest to it. So the new active's stack must accept
+/// every VIP before that frame: the first announcement waits for every address
+/// (the address worker adds them while the entries are written). 600 VIPs, each its
+/// own local route (every other address: no run to cover), so the routes take some
+/// ms; the client probes the last one every millisecond. Judged at the client: at
+/// most 3 probes lost (the build before lost 7 in a row, every run; 10,000 VIPs in
+/// runs lost 7-12 of the last one's in the bench).
+#[test]
+#[ignore = "privileged: needs root, namespaces, XDP; run by `cargo xtask test`"]
+fn a_planned_handover_with_a_virtual_mac_keeps_a_big_groups_last_vip_answered() {
+    privileged();
+    let lan = lan();
+    let (an, bn, cn) = (&lan.host("a").ns, &lan.host("b").ns, &lan.host("c").ns);
+    for (ns, last) in [(an, 1), (bn, 2), (cn, 3)] {
+        ns.ip(&["addr", "add", &format!("10.9.0.{last}/16"), "dev", "eth0"])
+            .unwrap();
+    }
+    let vips: Vec<String> = (0..600)
+        .map(|i| format!("10.9.{}.{}", 1 + i / 100, 1 + 2 * (i % 100)))
+        .collect();
+    let list: Vec<String> = vips.iter().map(|v| format!("\"{v}/16\"")).collect();
+    // At the default advert interval, as the bench: 20 ms adverts and their 60 ms
+    // lease are the lab's stress setting, not this test's subject.
+    let config = |me: &str, priority: u8| {
+        elected(
+            &lan,
+            me,
+            &["a", "b"],
+            priority,
+            "",
+            &format!("mac = \"{VMAC_STR}\""),
+        )
+        .replacen(&format!("advert_interval_ms = {INTERVAL}\n"), "", 1)
+        .replacen(
+            "vips = [\"10.0.0.50/24\"]",
+            &format!("vips = [{}]", list.join(", ")),
+            1,
+        )
+    };
+    let mut a = Agent::start(an, "a", &config("a", 200)).unwrap();
+    let mut b = Agent::start(bn, "b", &config("b", 100)).unwrap();
+    expect_states(&[("a", &a), ("b", &b)], &["active", "standby"]);
+    let last: SocketAddr = (vips[599].parse::<IpAddr>().unwrap(), 7007).into();
+    let _r = [
+        Responder::start(an, last, "a").unwrap(),
+        Responder::start(bn, last, "b").unwrap(),
+    ];
+    let prober = Prober::start(cn, last, Duration::from_millis(1)).unwrap();
+    assert!(
+        prober.wait_answers("a", 100, Duration::from_secs(5)),
+        "a never answered {last}"
+    );
+    let out = a.cli(&["demote", "web"]).unwrap();
+    assert!(
+        out.status.success(),
+        "vip demote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        prober.wait_answers("b", 200, Duration::from_secs(5)),
+        "b never answered {last}"
+    );
+    let probes = prober.finish();
+    let lost: Vec<u64> = probes
+        .iter()
+        .filter(|p| p.answered_by.is_none())
+        .map(|p| p.seq)
+        .collect();
+    let by_b = probes
+        .iter()
+        .filter(|p| p.answered_by.as_deref() == Some("b"))
+        .count();
+    eprintln!(
+        "planned handover of 600 VIPs with a virtual MAC: {} probes, {by_b} answered by b, lost {lost:?}",
+        probes.len()
+    );
+    // Before the first announcement waited for every route, 7 or more in a row were
+    // lost here; 1 or 2 are still lost in about one run in fifteen, at the
+    // handover itself (not understood yet).
+    assert!(lost.len() <= 3, "probes to {last} lost: {lost:?}");
+    assert!(b.stop().unwrap().success());
+    assert!(a.stop().unwrap().success());
+    drop((a, b));
     teardown(lan);
 }

@@ -219,7 +219,8 @@ pub enum Effect {
     RemoveAddresses,
     /// The first announcements, sent at once, for the VIPs [`Effect::FirstEntries`]
     /// wrote (whose addresses are in place; none while the address worker is still
-    /// adding them).
+    /// adding them). With a virtual MAC, whose first frame brings every VIP's
+    /// traffic, they wait for every address (bounded).
     AnnounceFirst,
     /// The gratuitous ARP / unsolicited NA burst (its first round goes on from what
     /// [`Effect::AnnounceFirst`] sent), and a routed group's host routes.
@@ -375,18 +376,23 @@ impl Ownership {
         // since its start: asked again (for any an operator removed) after the first
         // announcements.
         // With a virtual MAC the first frame brings every VIP's traffic here: every
-        // entry first.
+        // entry first, and every address (asked for before the entries, so that the
+        // address worker adds them while the loop writes the entries; the first
+        // announcement waits for them all, see `Effect::AnnounceFirst`).
         let plan = Entries::Active {
             grace: self.grace(),
         };
-        out.push(if self.t.virtual_mac {
-            Effect::Entries(plan)
-        } else {
-            Effect::FirstEntries(plan)
-        });
         let addresses = !self.t.redirect;
-        if addresses && !self.t.resident {
-            out.push(Effect::AddAddresses);
+        if self.t.virtual_mac {
+            if addresses && !self.t.resident {
+                out.push(Effect::AddAddresses);
+            }
+            out.push(Effect::Entries(plan));
+        } else {
+            out.push(Effect::FirstEntries(plan));
+            if addresses && !self.t.resident {
+                out.push(Effect::AddAddresses);
+            }
         }
         out.push(Effect::AnnounceFirst);
         if !self.t.virtual_mac {
@@ -811,6 +817,23 @@ mod tests {
                 .filter(|e| matches!(e, Effect::Entries(Entries::Active { .. })))
                 .count(),
             1,
+            "{out:?}"
+        );
+        // On takeover, the addresses are asked for before the entries: the worker
+        // adds them while the entries are written.
+        let mut o = Ownership::new(Terms {
+            virtual_mac: true,
+            ..terms()
+        });
+        o.advertised(ms(1000));
+        let out = o.take(t0, ms(1000), None);
+        let addresses = position(&out, |e| *e == Effect::AddAddresses);
+        let entries = position(&out, |e| {
+            matches!(e, Effect::Entries(Entries::Active { .. }))
+        });
+        assert!(addresses < entries, "{out:?}");
+        assert!(
+            entries < position(&out, |e| *e == Effect::AnnounceFirst),
             "{out:?}"
         );
     }

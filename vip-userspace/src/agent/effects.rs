@@ -39,6 +39,13 @@ use crate::{
 /// burst, which follows the worker.
 const FIRST_ADDRESS_WAIT: Duration = Duration::from_millis(1);
 
+/// How long the first announcement of a group with a virtual MAC waits, on the loop,
+/// for every VIP's address: the worker adds them while the loop writes the entries
+/// (10,000 VIPs in runs, some 500 routes, take a few ms). A group whose addresses take
+/// longer (20,000 VIPs scattered one per route) is announced at the bound, and its
+/// last VIPs are accepted as their routes come, as without a virtual MAC.
+const VIRTUAL_MAC_ADDRESS_WAIT: Duration = Duration::from_millis(50);
+
 /// Where a group's effects are written.
 pub(super) trait Writes {
     type Maps: VipMaps;
@@ -300,8 +307,9 @@ impl Writes for Kernel<'_> {
     /// A takeover's first announcements, for the group's first VIPs (their entries
     /// are written: `Effect::FirstEntries`), sent from the loop now, as far as their
     /// addresses are in place: a VIP the address worker is still adding waits for it
-    /// (at most [`FIRST_ADDRESS_WAIT`] for the first), and the burst sends the rest
-    /// as they arrive, in the worker's order.
+    /// (at most [`FIRST_ADDRESS_WAIT`] for the first; with a virtual MAC, at most
+    /// [`VIRTUAL_MAC_ADDRESS_WAIT`] for all of them), and the burst sends the rest as
+    /// they arrive, in the worker's order.
     fn announce_first(&mut self, g: &mut GroupRuntime) {
         g.stop_announcing();
         if g.cfg.garp.count == 0 || !g.gate.is_open() {
@@ -314,8 +322,16 @@ impl Writes for Kernel<'_> {
         let ready = match &g.pending_addresses {
             None => n,
             Some((new, progress)) => {
-                let deadline = Instant::now() + FIRST_ADDRESS_WAIT;
-                while progress.done() == 0 && Instant::now() < deadline {
+                // A virtual MAC's first frame brings every VIP's traffic here (and
+                // in a planned handover our next advert sends the old active's
+                // after it): every VIP waits, for longer.
+                let (want, wait) = if g.cfg.virtual_mac.is_some() {
+                    (new.len(), VIRTUAL_MAC_ADDRESS_WAIT)
+                } else {
+                    (1, FIRST_ADDRESS_WAIT)
+                };
+                let deadline = Instant::now() + wait;
+                while progress.done() < want && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_micros(20));
                 }
                 let done = progress.done();

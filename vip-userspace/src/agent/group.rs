@@ -185,7 +185,7 @@ impl GroupRuntime {
         }
     }
 
-    /// Records a state change and its reason.
+    /// Records a state change and its reason (logged with the group's first VIPs).
     pub fn set_state(&mut self, state: State, reason: Reason) {
         if self.state != state {
             self.transitions += 1;
@@ -195,13 +195,12 @@ impl GroupRuntime {
                 .transition_reasons
                 .entry(format!("{}/{}", state.as_str(), reason.kind()))
                 .or_default() += 1;
-            let vips: Vec<String> = self.vips.iter().map(|v| v.vip.to_string()).collect();
             log::info!(
                 "group {}: {} -> {} ({reason}); VIPs {}",
                 self.cfg.name,
                 self.state.as_str(),
                 state.as_str(),
-                vips.join(", ")
+                vip_list(&self.vips)
             );
             self.last_transition = Some(Transition {
                 from: self.state,
@@ -752,4 +751,21 @@ impl super::Agent {
                 format!("no group named `{name}` (groups: {})", names.join(", "))
             })
     }
+}
+
+/// How many VIPs a state change's log line names: a line per transition must stay a
+/// line (10,000 VIPs would be 170 KB, formatted on the loop).
+const LOGGED_VIPS: usize = 8;
+
+/// The group's first [`LOGGED_VIPS`] VIPs, and how many more there are.
+fn vip_list(vips: &[VipRuntime]) -> String {
+    let mut s: Vec<String> = vips
+        .iter()
+        .take(LOGGED_VIPS)
+        .map(|v| v.vip.to_string())
+        .collect();
+    if vips.len() > LOGGED_VIPS {
+        s.push(format!("and {} more", vips.len() - LOGGED_VIPS));
+    }
+    s.join(", ")
 }

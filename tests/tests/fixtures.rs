@@ -95,6 +95,29 @@ fn entry(act: u32, slot: u32, group: u32) -> VipEntry {
     }
 }
 
+/// Programs balance slot `slot` as an anycast director's (every port, `first_hop`):
+/// row 0 this node, then `members` (all up), and a Maglev table that names row 1 for
+/// every flow nobody pinned.
+fn anycast_director(dp: &mut Dataplane, slot: u32, members: &[Mac]) {
+    use vip_common::{maglev::TABLE_SIZE, BalanceMember};
+    let mut rows = vec![BalanceMember {
+        mac: OWN.0,
+        up: 1,
+        this_node: 1,
+    }];
+    rows.extend(members.iter().map(|m| BalanceMember {
+        mac: m.0,
+        up: 1,
+        this_node: 0,
+    }));
+    let placement = vip::dataplane::Placement {
+        all_ports: true,
+        first_hop: true,
+    };
+    dp.set_balance(slot, placement, &[], &[], &rows, &vec![1u16; TABLE_SIZE])
+        .expect("the anycast director's slot");
+}
+
 fn with_macs(mut f: Vec<u8>, dst: Mac, src: Mac) -> Vec<u8> {
     f[0..6].copy_from_slice(&dst.0);
     f[6..12].copy_from_slice(&src.0);

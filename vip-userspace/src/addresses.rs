@@ -361,8 +361,11 @@ enum Job {
 pub struct Addresses {
     jobs: mpsc::Sender<Job>,
     lo: u32,
-    /// Addresses we added (and keep restoring).
-    held: HashSet<IpAddr>,
+    /// Addresses we added (and keep restoring). Hashed with foldhash rather than
+    /// SipHash: a takeover of 10,000 VIPs looks each one up and inserts it on the
+    /// loop, before its first announcement, and the addresses come from the config,
+    /// not from the network (no flooding to defend against).
+    held: HashSet<IpAddr, foldhash::fast::RandomState>,
     /// The local routes asked for: their union is the addresses of `held` made
     /// routes (every IPv4 one, the IPv6 ones of `ipv6_local = "route"` groups).
     routes: Routes,
@@ -407,7 +410,7 @@ impl Addresses {
         Ok(Addresses {
             jobs,
             lo,
-            held: HashSet::new(),
+            held: HashSet::default(),
             routes: Routes::default(),
             errors,
         })

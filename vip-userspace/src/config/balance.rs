@@ -121,22 +121,14 @@ fn udp(
     p: &mut impl FnMut(String, String),
 ) -> Udp {
     let key = format!("{gkey}.balance.udp");
-    match value {
-        None | Some("pinned") => Udp::Pinned,
-        Some("as_routed") if announce != Announce::Bgp => {
-            p(
-                key,
-                "\"as_routed\" is for anycast groups (announce = \"bgp\"), where the router picks a member for each datagram; on the segment every datagram reaches the director first".into(),
-            );
-            Udp::Pinned
-        }
-        Some("as_routed") => Udp::AsRouted,
-        Some(other) => {
-            p(
-                key,
-                format!("`{other}` is not a choice (expected \"pinned\" or \"as_routed\")"),
-            );
-            Udp::Pinned
-        }
+    let choices = [("pinned", Udp::Pinned), ("as_routed", Udp::AsRouted)];
+    let udp = super::choice(&key, value, &choices, p);
+    if udp == Udp::AsRouted && announce != Announce::Bgp {
+        p(
+            key,
+            "\"as_routed\" is for anycast groups (announce = \"bgp\"), where the router picks a member for each datagram; on the segment every datagram reaches the director first".into(),
+        );
+        return Udp::Pinned;
     }
+    udp
 }

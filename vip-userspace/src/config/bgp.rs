@@ -333,19 +333,13 @@ pub(super) fn announce(
     p: &mut impl FnMut(String, String),
 ) -> Announce {
     let key = format!("{gkey}.announce");
-    let a = match value {
-        None | Some("arp") => return Announce::Arp,
-        Some("bgp") => Announce::Bgp,
-        Some("both") => Announce::Both,
-        Some(other) => {
-            p(
-                key,
-                format!("`{other}` is not a choice (expected \"arp\", \"bgp\" or \"both\")"),
-            );
-            return Announce::Arp;
-        }
-    };
-    if !has_bgp {
+    let choices = [
+        ("arp", Announce::Arp),
+        ("bgp", Announce::Bgp),
+        ("both", Announce::Both),
+    ];
+    let a = super::choice(&key, value, &choices, p);
+    if a != Announce::Arp && !has_bgp {
         p(
             key,
             format!(

@@ -286,17 +286,14 @@ fn virtual_mac(
 /// VIPs are delivered locally.
 fn addresses(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> AddressMode {
     let key = format!("{gkey}.addresses");
-    let a = match g.addresses.as_deref() {
-        None | Some("on_takeover") => return AddressMode::OnTakeover,
-        Some("resident") => AddressMode::Resident,
-        Some(other) => {
-            p(
-                key,
-                format!("`{other}` is not a choice (expected \"on_takeover\" or \"resident\")"),
-            );
-            return AddressMode::OnTakeover;
-        }
-    };
+    let choices = [
+        ("on_takeover", AddressMode::OnTakeover),
+        ("resident", AddressMode::Resident),
+    ];
+    let a = super::choice(&key, g.addresses.as_deref(), &choices, p);
+    if a == AddressMode::OnTakeover {
+        return a;
+    }
     let refused = if g.peers.is_none() {
         Some("is for elected groups (peers): a standby's lease is what makes its data plane drop what it does not serve")
     } else if g.redirect_to.is_some() {
@@ -317,18 +314,9 @@ fn addresses(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Ad
 /// delivered locally.
 fn ipv6_local(gkey: &str, g: &RawGroup, p: &mut impl FnMut(String, String)) -> Ipv6Local {
     let key = format!("{gkey}.ipv6_local");
-    let v = match g.ipv6_local.as_deref() {
-        None | Some("address") => return Ipv6Local::Address,
-        Some("route") => Ipv6Local::Route,
-        Some(other) => {
-            p(
-                key,
-                format!("`{other}` is not a choice (expected \"address\" or \"route\")"),
-            );
-            return Ipv6Local::Address;
-        }
-    };
-    if g.redirect_to.is_some() {
+    let choices = [("address", Ipv6Local::Address), ("route", Ipv6Local::Route)];
+    let v = super::choice(&key, g.ipv6_local.as_deref(), &choices, p);
+    if v == Ipv6Local::Route && g.redirect_to.is_some() {
         p(
             key,
             "\"route\" does not apply to a redirected group: its VIPs are never local".into(),

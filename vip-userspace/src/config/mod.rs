@@ -119,6 +119,34 @@ struct RawConfig {
     bgp: Option<bgp::RawBgp>,
 }
 
+/// The value a key of fixed choices names: `choices` lists each word with its value,
+/// the default first (also what a missing key means); any other word is a problem
+/// under `key` (listing the choices), and the default.
+fn choice<T: Copy>(
+    key: &str,
+    value: Option<&str>,
+    choices: &[(&str, T)],
+    p: &mut impl FnMut(String, String),
+) -> T {
+    let default = choices[0].1;
+    let Some(word) = value else {
+        return default;
+    };
+    if let Some(&(_, v)) = choices.iter().find(|(w, _)| *w == word) {
+        return v;
+    }
+    let names: Vec<String> = choices.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+    let expected = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    };
+    p(
+        key.to_string(),
+        format!("`{word}` is not a choice (expected {expected})"),
+    );
+    default
+}
+
 /// Reads and validates (without host checks) a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

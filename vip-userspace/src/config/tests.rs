@@ -1103,3 +1103,48 @@ fn a_balanced_groups_routed_peer_must_be_ipv4() {
     .unwrap();
     assert!(host(&on_link, eth0(&[("10.0.0.11", 24), ("2001:db8::11", 64)])).is_ok());
 }
+
+/// Every key of fixed choices refuses another word naming the key and every
+/// choice, and means its default when missing.
+#[test]
+fn keys_of_fixed_choices_name_what_they_expect() {
+    for (from, to, key, says) in [
+        (
+            "announce = \"bgp\"",
+            "announce = \"ospf\"",
+            "group[web].announce",
+            "`ospf` is not a choice (expected \"arp\", \"bgp\" or \"both\")",
+        ),
+        (
+            "announce = \"bgp\"",
+            "announce = \"bgp\"\naddresses = \"always\"",
+            "group[web].addresses",
+            "`always` is not a choice (expected \"on_takeover\" or \"resident\")",
+        ),
+        (
+            "announce = \"bgp\"",
+            "announce = \"bgp\"\nipv6_local = \"both\"",
+            "group[web].ipv6_local",
+            "`both` is not a choice (expected \"address\" or \"route\")",
+        ),
+        (
+            "announce = \"bgp\"",
+            "announce = \"bgp\"\nbalance = { udp = \"stateless\" }",
+            "group[web].balance.udp",
+            "`stateless` is not a choice (expected \"pinned\" or \"as_routed\")",
+        ),
+    ] {
+        let p = problems(&BGP.replace(from, to));
+        assert!(
+            p.iter().any(|p| p.key == key && p.message == says),
+            "{to}: {p:?}"
+        );
+    }
+    let g = &parse(&BGP.replace("announce = \"bgp\"\n", ""))
+        .unwrap()
+        .groups[0];
+    assert_eq!(
+        (g.announce, g.addresses, g.ipv6_local),
+        (Announce::Arp, AddressMode::OnTakeover, Ipv6Local::Address)
+    );
+}

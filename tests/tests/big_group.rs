@@ -150,6 +150,17 @@ fn a_big_group_is_accepted_only_where_it_is_served() {
     assert!(a
         .log_text()
         .contains("the local route of VIP 10.0.0.128/26 was removed"));
+    // And an IPv6 VIP's address on lo: it comes back too.
+    let six: IpAddr = vips()[104];
+    an.ip(&["addr", "del", &format!("{six}/128"), "dev", "lo"])
+        .unwrap();
+    let back = wait_for(Duration::from_secs(3), || {
+        an.addresses_on("lo").contains(&six).then_some(())
+    });
+    assert!(back.is_some(), "a's deleted address {six} never came back");
+    assert!(a
+        .log_text()
+        .contains(&format!("VIP address {six} was removed from lo")));
 
     // The client's probes to the last VIP, and TCP to an IPv6 one, across a's link
     // going down.

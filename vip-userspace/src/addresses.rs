@@ -511,16 +511,35 @@ impl Addresses {
         self.routes.holds(p)
     }
 
-    /// Adds back every address and route we hold (after lost notifications or a
-    /// removal).
+    /// Adds back every address and route we hold (after lost notifications, when
+    /// what went is not known).
     pub fn restore(&mut self) {
         let addrs: Vec<IpAddr> = self.held.iter().copied().collect();
+        let routes = self.routes.all();
+        self.add_back(addrs, routes);
+    }
+
+    /// Adds back one address we hold (an operator deleted it): the worker redoes
+    /// only that, not every VIP of a big group.
+    pub fn restore_address(&mut self, addr: IpAddr) {
+        self.add_back(vec![addr], Vec::new());
+    }
+
+    /// Adds back one of our local routes (an operator deleted it), as
+    /// [`Self::restore_address`].
+    pub fn restore_route(&mut self, p: Prefix) {
+        self.add_back(Vec::new(), vec![p]);
+    }
+
+    /// Asks the worker for `addrs` (the IPv6 ones held as addresses go on lo) and
+    /// `routes` again; both are idempotent.
+    fn add_back(&mut self, addrs: Vec<IpAddr>, routes: Vec<Prefix>) {
         let addresses = self.as_addresses(&addrs);
         self.send(Job::Add {
             group: "(restoring)".into(),
             addrs,
             routes: RouteChange {
-                add: self.routes.all(),
+                add: routes,
                 del: Vec::new(),
             },
             addresses,

@@ -830,12 +830,12 @@ impl Agent {
             return;
         }
         log::warn!("VIP address {addr} was removed from lo; adding it back");
-        self.addrs.restore();
+        self.addrs.restore_address(addr);
     }
 
     /// One of our local routes was removed: if it is one we hold (not one the worker
-    /// took out itself, a release's or a split's), an operator deleted it: add back
-    /// everything we hold.
+    /// took out itself, a release's or a split's), an operator deleted it: add it
+    /// back.
     fn local_route_removed(&mut self, route: crate::addresses::Prefix) {
         if !self.addrs.holds_route(route) {
             return;
@@ -845,7 +845,7 @@ impl Agent {
             route.0,
             route.1
         );
-        self.addrs.restore();
+        self.addrs.restore_route(route);
     }
 
     /// The interface came back: restore what the kernel flushed while it was down

@@ -244,6 +244,12 @@ impl Routes {
     }
 }
 
+/// Whether a VIP is made accepted by a local route (every IPv4 one, the IPv6 ones
+/// of `ipv6_local = "route"` groups) rather than an address on lo.
+fn routed_as(a: IpAddr, v6: Ipv6Local) -> bool {
+    a.is_ipv4() || v6 == Ipv6Local::Route
+}
+
 fn add_route(nl: &Netlink, lo: u32, (a, len): Prefix) -> io::Result<()> {
     nl.add_local_route(lo, a, len)
 }
@@ -314,14 +320,13 @@ impl Progress {
 
 /// What the worker does, in the order asked.
 enum Job {
-    /// Makes the stack accept `addrs`, in their order (the routes of `routes.add`
-    /// that carry them, or the address of those in `addresses`), then removes
-    /// `routes.del`.
+    /// Makes the stack accept `addrs`, in their order (the routes that carry them,
+    /// or the address of those held as addresses), then removes the routes the
+    /// change drops.
     Add {
         group: String,
         addrs: Vec<IpAddr>,
-        routes: RouteChange,
-        addresses: HashSet<IpAddr>,
+        plan: Plan,
         progress: Option<Arc<Progress>>,
     },
     /// Adds `routes.add`, removes `addresses`, then `routes.del`; `n` VIPs in all.
@@ -348,14 +353,35 @@ enum Job {
     Flush(mpsc::Sender<()>),
 }
 
+/// How an [`Job::Add`] makes its addresses accepted.
+enum Plan {
+    /// The loop worked it out: `routes.add` carry the VIPs held as routes, the ones
+    /// in `addresses` go on lo.
+    Given {
+        routes: RouteChange,
+        addresses: HashSet<IpAddr>,
+    },
+    /// None of the addresses was held (a takeover's): the worker covers the routed
+    /// ones itself (every IPv4 one, the IPv6 ones with `Ipv6Local::Route`) and puts
+    /// the other IPv6 ones on lo, so that its first route does not wait for the
+    /// loop's bookkeeping of 10,000 VIPs (see [`Addresses::add_all`]).
+    New(Ipv6Local),
+}
+
+/// A change the loop asked the worker for before recording it (`Addresses::add_all`
+/// of addresses none held): recorded by [`Addresses::books`] before anything reads
+/// what is held.
+type Unrecorded = (Vec<IpAddr>, Ipv6Local);
+
 /// Owner of the VIPs the local stack accepts (local routes and addresses on `lo`).
 ///
 /// The rtnetlink requests are made by a worker thread of its own, in the order they
 /// are asked for: an IPv6 address takes a time that grows with the addresses already
 /// on the device (about 0.4 ms each with 10,000 on lo), a local route some 12 µs, and
 /// the agent's loop must not wait for a big group's (it would delay the adverts). What
-/// the loop keeps is the set it holds and the routes that cover it; a takeover's
-/// announcer follows the worker through [`Progress`]. A change of up to [`SYNC_MAX`]
+/// the loop keeps is the set it holds and the routes that cover it (a takeover's
+/// recorded after its job has left: [`Self::add_all`]); a takeover's announcer
+/// follows the worker through [`Progress`]. A change of up to [`SYNC_MAX`]
 /// addresses is still waited for (bounded), so a small group's addresses are in place
 /// when its change of state is done.
 pub struct Addresses {
@@ -369,6 +395,9 @@ pub struct Addresses {
     /// The local routes asked for: their union is the addresses of `held` made
     /// routes (every IPv4 one, the IPv6 ones of `ipv6_local = "route"` groups).
     routes: Routes,
+    /// Takeovers' additions the worker already has but `held` and `routes` do not
+    /// yet (see [`Self::add_all`]); every reader records them first.
+    unrecorded: Vec<Unrecorded>,
     /// Address changes that failed (logged, repaired by the next resync).
     errors: Arc<AtomicU64>,
 }
@@ -412,6 +441,7 @@ impl Addresses {
             lo,
             held: HashSet::default(),
             routes: Routes::default(),
+            unrecorded: Vec::new(),
             errors,
         })
     }
@@ -436,26 +466,62 @@ impl Addresses {
 
     /// Adds `addrs` (idempotent), in this order; the returned progress says how many
     /// are in place.
+    ///
+    /// When none of them is held (a takeover's, a reload's new VIPs), the worker gets
+    /// them first and covers them itself ([`Plan::New`]), and the loop records them
+    /// in `held` and `routes` later, before anything reads those: at 10,000 VIPs the
+    /// recording costs the loop 0.3-0.6 ms (a hash insert each, the cover), which
+    /// came before the worker's first route and so before the first announcement.
+    /// The worker covers the same addresses the same way, so both agree on the
+    /// routes (the cover is a function of the set).
     pub fn add_all(&mut self, group: &str, addrs: Vec<IpAddr>, v6: Ipv6Local) -> Arc<Progress> {
+        self.record();
         let progress = Arc::new(Progress::default());
         let n = addrs.len();
-        let mut routed = Vec::new();
-        for &a in &addrs {
-            if self.held.insert(a) && (a.is_ipv4() || v6 == Ipv6Local::Route) {
-                routed.push(a);
-            }
+        if !addrs.iter().any(|a| self.held.contains(a)) {
+            // Unique too (a group's VIPs are), or the held set would lose none but
+            // the worker would add one twice: harmless, both are idempotent.
+            self.send(Job::Add {
+                group: group.into(),
+                addrs: addrs.clone(),
+                plan: Plan::New(v6),
+                progress: Some(progress.clone()),
+            });
+            self.unrecorded.push((addrs, v6));
+            settle(&progress, n);
+            return progress;
         }
-        let routes = self.routes.add(routed);
+        let routes = self.hold(&addrs, v6);
         let addresses = self.as_addresses(&addrs);
         self.send(Job::Add {
             group: group.into(),
             addrs,
-            routes,
-            addresses,
+            plan: Plan::Given { routes, addresses },
             progress: Some(progress.clone()),
         });
         settle(&progress, n);
         progress
+    }
+
+    /// Puts `addrs` in `held`, and those newly held that are routed in `routes`:
+    /// what the routes must change.
+    fn hold(&mut self, addrs: &[IpAddr], v6: Ipv6Local) -> RouteChange {
+        self.held.reserve(addrs.len());
+        let mut routed = Vec::new();
+        for &a in addrs {
+            if self.held.insert(a) && routed_as(a, v6) {
+                routed.push(a);
+            }
+        }
+        self.routes.add(routed)
+    }
+
+    /// Records what [`Self::add_all`] left unrecorded: called first by everything
+    /// that reads or changes `held` and `routes`.
+    fn record(&mut self) {
+        for (addrs, v6) in std::mem::take(&mut self.unrecorded) {
+            self.hold(&addrs, v6);
+        }
     }
 
     /// Those of `addrs` that are IPv6 addresses on lo, not carried by a route.
@@ -474,6 +540,7 @@ impl Addresses {
 
     /// Removes `addrs` (absent already is fine).
     pub fn remove_all(&mut self, group: &str, addrs: Vec<IpAddr>) {
+        self.record();
         let addresses = self.as_addresses(&addrs);
         let gone: Vec<IpAddr> = addrs
             .iter()
@@ -497,23 +564,26 @@ impl Addresses {
     }
 
     /// True if we hold (and keep restoring) this address.
-    pub fn holds(&self, addr: IpAddr) -> bool {
+    pub fn holds(&mut self, addr: IpAddr) -> bool {
+        self.record();
         self.held.contains(&addr)
     }
 
     /// True if we hold `addr` as an address on lo (an IPv6 VIP not made a route).
-    pub fn holds_address(&self, addr: IpAddr) -> bool {
+    pub fn holds_address(&mut self, addr: IpAddr) -> bool {
         addr.is_ipv6() && self.holds(addr) && self.routes.carrier(addr).is_none()
     }
 
     /// True if one of the local routes we hold is exactly `p`.
-    pub fn holds_route(&self, p: Prefix) -> bool {
+    pub fn holds_route(&mut self, p: Prefix) -> bool {
+        self.record();
         self.routes.holds(p)
     }
 
     /// Adds back every address and route we hold (after lost notifications, when
     /// what went is not known).
     pub fn restore(&mut self) {
+        self.record();
         let addrs: Vec<IpAddr> = self.held.iter().copied().collect();
         let routes = self.routes.all();
         self.add_back(addrs, routes);
@@ -534,15 +604,18 @@ impl Addresses {
     /// Asks the worker for `addrs` (the IPv6 ones held as addresses go on lo) and
     /// `routes` again; both are idempotent.
     fn add_back(&mut self, addrs: Vec<IpAddr>, routes: Vec<Prefix>) {
+        self.record();
         let addresses = self.as_addresses(&addrs);
         self.send(Job::Add {
             group: "(restoring)".into(),
             addrs,
-            routes: RouteChange {
-                add: routes,
-                del: Vec::new(),
+            plan: Plan::Given {
+                routes: RouteChange {
+                    add: routes,
+                    del: Vec::new(),
+                },
+                addresses,
             },
-            addresses,
             progress: None,
         });
     }
@@ -653,10 +726,26 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
             Job::Add {
                 group,
                 addrs,
-                routes,
-                addresses,
+                plan,
                 progress,
             } => {
+                // Which addresses go on lo: a given set, or (Plan::New) every one not
+                // routed.
+                let (routes, addresses, v6) = match plan {
+                    Plan::Given { routes, addresses } => (routes, addresses, None),
+                    Plan::New(v6) => (
+                        RouteChange {
+                            add: cover(addrs.iter().copied().filter(|&a| routed_as(a, v6))),
+                            del: Vec::new(),
+                        },
+                        HashSet::new(),
+                        Some(v6),
+                    ),
+                };
+                let on_lo = |a: &IpAddr| match v6 {
+                    Some(v6) => !routed_as(*a, v6),
+                    None => addresses.contains(a),
+                };
                 // Each new route is added when the first address it carries comes up
                 // in `addrs`' order, so the announcer's first VIPs wait for theirs
                 // only.
@@ -667,7 +756,7 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
                 while !rest.is_empty() {
                     let (now, later) = rest.split_at(chunk.min(rest.len()));
                     for &addr in now {
-                        if addresses.contains(&addr) {
+                        if on_lo(&addr) {
                             if let Err(e) = nl.add_address(lo, addr, host_prefix(addr)) {
                                 fail(format!(
                                     "group {group}: adding VIP {addr} to lo (address): {e}"
@@ -749,6 +838,76 @@ mod tests {
         p.wait_for(4, Duration::from_millis(30)).await;
         assert_eq!(p.done(), 3);
         assert!(t.elapsed() >= Duration::from_millis(30));
+    }
+
+    /// Addresses whose jobs stay in `rx`, for the test to read (no worker, no
+    /// netlink: nothing reaches the host's stack).
+    fn detached() -> (Addresses, mpsc::Receiver<Job>) {
+        let (jobs, rx) = mpsc::channel();
+        let a = Addresses {
+            jobs,
+            lo: 1,
+            held: HashSet::default(),
+            routes: Routes::default(),
+            unrecorded: Vec::new(),
+            errors: Arc::new(AtomicU64::new(0)),
+        };
+        (a, rx)
+    }
+
+    /// A takeover's addresses (none held) go to the worker before the loop records
+    /// them, and are recorded before anything reads what is held: the routes the
+    /// worker covers them with are the ones the loop holds. Addresses already held
+    /// take the loop's plan.
+    #[test]
+    fn new_addresses_reach_the_worker_first_and_are_recorded_before_any_read() {
+        let (mut a, rx) = detached();
+        let mut vips = range("10.9.0.0", 300);
+        vips.push(v4("2001:db8::1"));
+        vips.push(v4("2001:db8::2"));
+        let _ = a.add_all("g", vips.clone(), Ipv6Local::Address);
+        assert!(
+            a.held.is_empty(),
+            "recorded on the loop before the job left"
+        );
+        let Ok(Job::Add {
+            plan: Plan::New(Ipv6Local::Address),
+            addrs,
+            ..
+        }) = rx.try_recv()
+        else {
+            panic!("not a new addresses' job");
+        };
+        assert_eq!(addrs, vips);
+        // The first read records them: the worker's cover is what is held.
+        let worker_cover = cover(vips.iter().copied().filter(|x| x.is_ipv4()));
+        assert!(vips.iter().all(|&x| a.holds(x)));
+        assert!(
+            worker_cover.iter().all(|&p| a.holds_route(p)),
+            "{worker_cover:?}"
+        );
+        assert_eq!(a.routes.all(), worker_cover);
+        assert!(a.holds_address(v4("2001:db8::1")));
+        assert!(!a.holds_address(v4("10.9.0.1")));
+        // One of them held already: the loop works the change out itself.
+        let _ = a.add_all(
+            "g",
+            vec![v4("10.9.0.5"), v4("10.9.9.9")],
+            Ipv6Local::Address,
+        );
+        let Ok(Job::Add {
+            plan: Plan::Given { routes, .. },
+            ..
+        }) = rx.try_recv()
+        else {
+            panic!("not the loop's plan");
+        };
+        assert_eq!(routes.add, [(v4("10.9.9.9"), 32)]);
+        // Removing records first too (nothing unrecorded is lost).
+        let _ = a.add_all("h", vec![v4("10.8.0.1")], Ipv6Local::Address);
+        a.remove_all("h", vec![v4("10.8.0.1")]);
+        assert!(!a.holds(v4("10.8.0.1")));
+        assert!(a.unrecorded.is_empty());
     }
 
     /// A takeover's addresses are added in chunks that start small (the first

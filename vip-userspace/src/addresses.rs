@@ -368,8 +368,32 @@ enum Plan {
     New(Ipv6Local),
 }
 
+impl Plan {
+    /// The routes the job adds and drops for `addrs` (taken out of a given plan).
+    fn routes(&mut self, addrs: &[IpAddr]) -> RouteChange {
+        match self {
+            Plan::Given { routes, .. } => std::mem::take(routes),
+            Plan::New(v6) => {
+                let v6 = *v6;
+                RouteChange {
+                    add: cover(addrs.iter().copied().filter(|&a| routed_as(a, v6))),
+                    del: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// Whether `a` goes on lo as an address rather than under a route.
+    fn on_lo(&self, a: IpAddr) -> bool {
+        match self {
+            Plan::Given { addresses, .. } => addresses.contains(&a),
+            Plan::New(v6) => !routed_as(a, *v6),
+        }
+    }
+}
+
 /// A change the loop asked the worker for before recording it (`Addresses::add_all`
-/// of addresses none held): recorded by [`Addresses::books`] before anything reads
+/// of addresses none held): recorded by [`Addresses::record`] before anything reads
 /// what is held.
 type Unrecorded = (Vec<IpAddr>, Ipv6Local);
 
@@ -479,8 +503,8 @@ impl Addresses {
         let progress = Arc::new(Progress::default());
         let n = addrs.len();
         if !addrs.iter().any(|a| self.held.contains(a)) {
-            // Unique too (a group's VIPs are), or the held set would lose none but
-            // the worker would add one twice: harmless, both are idempotent.
+            // A group's VIPs are unique; a repeated one would only be added twice by
+            // the worker (idempotent) and held once.
             self.send(Job::Add {
                 group: group.into(),
                 addrs: addrs.clone(),
@@ -726,26 +750,10 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
             Job::Add {
                 group,
                 addrs,
-                plan,
+                mut plan,
                 progress,
             } => {
-                // Which addresses go on lo: a given set, or (Plan::New) every one not
-                // routed.
-                let (routes, addresses, v6) = match plan {
-                    Plan::Given { routes, addresses } => (routes, addresses, None),
-                    Plan::New(v6) => (
-                        RouteChange {
-                            add: cover(addrs.iter().copied().filter(|&a| routed_as(a, v6))),
-                            del: Vec::new(),
-                        },
-                        HashSet::new(),
-                        Some(v6),
-                    ),
-                };
-                let on_lo = |a: &IpAddr| match v6 {
-                    Some(v6) => !routed_as(*a, v6),
-                    None => addresses.contains(a),
-                };
+                let routes = plan.routes(&addrs);
                 // Each new route is added when the first address it carries comes up
                 // in `addrs`' order, so the announcer's first VIPs wait for theirs
                 // only.
@@ -756,7 +764,7 @@ fn work(nl: Netlink, lo: u32, jobs: mpsc::Receiver<Job>, errors: Arc<AtomicU64>)
                 while !rest.is_empty() {
                     let (now, later) = rest.split_at(chunk.min(rest.len()));
                     for &addr in now {
-                        if on_lo(&addr) {
+                        if plan.on_lo(addr) {
                             if let Err(e) = nl.add_address(lo, addr, host_prefix(addr)) {
                                 fail(format!(
                                     "group {group}: adding VIP {addr} to lo (address): {e}"

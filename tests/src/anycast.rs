@@ -93,9 +93,14 @@ impl Drop for NameServer {
 }
 
 /// The routed lab of `o`, with a name server on each of its nodes (dropped before the
-/// lab: the field order of the tuple).
+/// lab: the field order of the tuple); an anycast group's director settled on every
+/// node ([`Routed::wait_directed`]).
 pub fn anycast_lab(o: &Options, what: &str) -> (Vec<NameServer>, Routed) {
     let lab = Routed::start(o).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    if o.group.contains("balance") {
+        lab.wait_directed(&o.nodes, what)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
     let servers = o
         .nodes
         .iter()

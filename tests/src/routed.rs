@@ -305,6 +305,49 @@ impl Routed {
         )
     }
 
+    /// Waits (5 s) until an anycast group is directed by exactly one of `nodes` whose
+    /// table holds every one of them: the router may route to a member before the
+    /// director has heard it (a member announces once its own session is up; a
+    /// director that just preempted builds its first table from the adverts of the
+    /// last 3 intervals), and meanwhile the director places the new flows that member
+    /// hands it on the others. A settled group is what a spread is measured on.
+    pub fn wait_directed(&self, nodes: &[&str], what: &str) -> Result<()> {
+        let view = |n: &str| -> Option<(String, usize)> {
+            let s = self.agent(n).status().ok()?;
+            let g = &s["groups"][0];
+            let healthy = g["balance"]["members"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["healthy"] == true)
+                .count();
+            Some((g["state"].as_str()?.to_string(), healthy))
+        };
+        let settled = || {
+            let views: Vec<Option<(String, usize)>> = nodes.iter().map(|n| view(n)).collect();
+            let directors: Vec<&(String, usize)> = views
+                .iter()
+                .flatten()
+                .filter(|(state, _)| state == "active")
+                .collect();
+            (views.iter().all(Option::is_some)
+                && directors.len() == 1
+                && directors[0].1 == nodes.len())
+            .then_some(())
+        };
+        if wait_for(Duration::from_secs(5), settled).is_some() {
+            return Ok(());
+        }
+        let views: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{n}: {:?}", view(n)))
+            .collect();
+        bail!(
+            "{what}: no single director balancing over all of {nodes:?} (state, members healthy): {}\n--- a\n{}",
+            views.join(", "),
+            self.log("a"),
+        )
+    }
+
     /// Starts a new agent on `name` with the config its current one was started with
     /// (after that one exited or was stopped), in its place.
     pub fn restart_agent(&mut self, name: &str) -> Result<()> {

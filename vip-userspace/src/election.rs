@@ -1085,7 +1085,16 @@ impl Election {
             (self.pin != Pin::Standby).then(|| now + self.master_down_interval_at(now));
         self.down_cause = DownCause::Silent { since: Some(now) };
         self.forwarding = forward_to;
-        vec![Action::StepDown { forward_to, reason }]
+        let mut out = vec![Action::StepDown { forward_to, reason }];
+        if self.healthy && self.pin != Pin::Standby {
+            // Its presence at once, as a standby: its release told every peer it
+            // left (an active/active director drops a member that released from its
+            // table), and a standby that stays one would otherwise be missing for an
+            // interval, its new flows placed on the others. Not when pinned standby
+            // (`shutdown`, `demote`): a node shutting down must stay out.
+            out.push(self.send(Kind::Standby));
+        }
+        out
     }
 
     fn forward(&mut self, mac: Option<Mac>) -> Option<Action> {
@@ -1739,6 +1748,46 @@ mod tests {
         assert!(p
             .receive(&advert(Kind::Claim, 254, 12), t0 + 1002 * MS)
             .is_empty());
+    }
+
+    /// An active that hands over (a claim) or yields (a better active) and stays a
+    /// healthy standby says so at once, right after it stepped down: its release
+    /// made every peer count it gone. One shutting down does not.
+    #[test]
+    fn a_stepped_down_active_announces_its_presence_at_once_unless_it_leaves() {
+        let t0 = Instant::now();
+        let active = |t: Instant| {
+            let mut a = node(150, 10);
+            a.start(t);
+            a.tick(t + Duration::from_secs(1));
+            assert_eq!(a.state(), State::Active);
+            a
+        };
+        let t1 = t0 + 1001 * MS;
+        // Handed over to a claimant: its claim, its first and second adverts.
+        let mut a = active(t0);
+        a.receive(&advert(Kind::Claim, 200, 12), t1);
+        a.receive(&advert(Kind::Advert, 200, 12), t1 + MS);
+        let out = a.receive(&advert(Kind::Advert, 200, 12), t1 + 2 * MS);
+        assert!(matches!(out[0], Action::StepDown { .. }), "{out:?}");
+        assert_eq!(out.last(), Some(&Action::Send(Kind::Standby)), "{out:?}");
+        assert_eq!(a.state(), State::Standby);
+        // Yielded to a better active.
+        let mut a = active(t0);
+        let out = a.receive(&advert(Kind::Advert, 200, 12), t1);
+        assert!(matches!(out[0], Action::StepDown { .. }), "{out:?}");
+        assert_eq!(out.last(), Some(&Action::Send(Kind::Standby)), "{out:?}");
+        // Shutting down: the release, and nothing after the step-down.
+        let mut a = active(t0);
+        a.receive(&advert(Kind::Standby, 100, 12), t1);
+        assert_eq!(
+            a.shutdown(t1 + MS),
+            vec![Action::Quiesce, Action::Send(Kind::Release)]
+        );
+        a.receive(&advert(Kind::Advert, 100, 12), t1 + 2 * MS);
+        let out = a.receive(&advert(Kind::Advert, 100, 12), t1 + 3 * MS);
+        assert!(matches!(out[0], Action::StepDown { .. }), "{out:?}");
+        assert!(!out.contains(&Action::Send(Kind::Standby)), "{out:?}");
     }
 
     /// A claimant that never takes the VIPs after our release: we serve again.

@@ -4,7 +4,9 @@
 //! advertisements, the standbys by the *member* advertisements they send every
 //! interval while healthy. There is no second list to keep in sync. A member not
 //! heard for 3 intervals, or that released, leaves; the director (the active, which
-//! holds the VIP) then rebuilds its Maglev table without it.
+//! holds the VIP) then rebuilds its Maglev table without it. An active that released
+//! to hand over or yield and stays a standby sends its member advertisement as it
+//! steps down (`election`): it is back within a round trip, not an interval.
 //!
 //! A member's index is its place in the group's node list (itself and its peers)
 //! sorted by address, the same on every node; the table is built from the members'

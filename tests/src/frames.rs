@@ -342,6 +342,15 @@ pub fn fragment(f: &[u8], offset: u16, more: bool) -> Vec<u8> {
     out
 }
 
+/// An IPv4 frame from `src` instead (its header checksum recomputed; a UDP checksum
+/// must be 0, as [`udp4`]'s is): a flood's frames from many sources.
+pub fn with_ipv4_source(f: &[u8], src: Ipv4Addr) -> Vec<u8> {
+    let mut out = f.to_vec();
+    out[26..30].copy_from_slice(&src.octets());
+    ipv4_checksum(&mut out);
+    out
+}
+
 /// Recomputes the IPv4 header checksum of an Ethernet frame (options included).
 pub fn ipv4_checksum(f: &mut [u8]) {
     let ihl = (f[14] & 0x0f) as usize * 4;

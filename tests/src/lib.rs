@@ -8,6 +8,7 @@
 pub mod anycast;
 mod capture;
 pub mod chaos;
+mod flood;
 pub mod frames;
 pub mod http;
 mod netns;
@@ -19,6 +20,7 @@ mod topology;
 pub mod wire;
 
 pub use capture::Capture;
+pub use flood::PacketFlood;
 pub use netns::{veth, Bpffs, Netns};
 pub use probe::{outage, unanswered, Outage, Probe, Prober, Responder};
 pub use process::{libfaketime, stop_together, vip_bin, Agent, Proc};
@@ -58,5 +60,17 @@ pub fn wait_for<T>(timeout: std::time::Duration, mut f: impl FnMut() -> Option<T
             return None;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Sets a stop flag when dropped: a scope whose body panics (a failed assertion, a
+/// tool that errs) still stops the threads that loop on the flag, so the test fails
+/// with its message instead of hanging in `std::thread::scope`, which waits for every
+/// thread it spawned before it lets the panic out.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

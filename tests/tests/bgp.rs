@@ -383,6 +383,8 @@ fn keep_alive_http_clients_lose_no_request_across_planned_handovers() {
     let stop = AtomicBool::new(false);
     let (conns, demoted, resumed) = std::thread::scope(|s| {
         let clients = s.spawn(|| clients_on(&[&lab.client], to, load, &stop));
+        // A failed step stops the clients too: the test fails, not hangs.
+        let _stop = lab::StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(1200));
         let demoted = cli(&["demote", "web"]);
         wait(["standby", "active"]);

@@ -89,6 +89,8 @@ fn handovers_under_load(lan: Lan) {
     let stop = AtomicBool::new(false);
     let (per_host, demoted, resumed) = thread::scope(|s| {
         let clients = s.spawn(|| clients_on(&[c, d], to, load, &stop));
+        // A failed step stops the clients too: the test fails, not hangs.
+        let _stop = lab::StopOnDrop(&stop);
         thread::sleep(Duration::from_millis(1200));
         // a releases, b takes over.
         let demoted = cli(&["demote", "web"]);

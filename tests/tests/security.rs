@@ -29,9 +29,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use common::*;
-use lab::{frames, privileged, wait_for, Agent, Capture, Lan};
+use lab::{frames, privileged, wait_for, Agent, Capture, Lan, PacketFlood};
 use vip::{
     advert::{Advert, Kind},
     dataplane::BenchPrograms,
@@ -329,31 +328,38 @@ fn hello(from: Ipv4Addr) -> Vec<u8> {
 }
 
 /// Floods `to` from x for `secs` with `frame` (the generator's first 60 bytes, the
-/// rest as given), spread over `sources` IPv4 sources; returns frames offered/s.
-fn flood(lan: &Lan, frame: &[u8], sources: u32, secs: f64) -> f64 {
+/// rest as given), spread over `sources` IPv4 sources (the frame's own and the ones
+/// after it); returns frames offered/s and the generator that sent them: the XDP
+/// live-frames generator, or an AF_PACKET socket where the kernel refuses live frames
+/// (a smaller flood, still far above what b's socket could take).
+fn flood(lan: &Lan, frame: &[u8], sources: u32, secs: f64) -> (f64, &'static str) {
     let x = &lan.host("x").ns;
     let mut gen = x.run_in(BenchPrograms::load).expect("the generator");
     gen.set_frame(&frame[..60]).unwrap();
     gen.set_sources(sources).unwrap();
     let ifindex = x.run_in(|| nix::net::if_::if_nametoindex("eth0")).unwrap();
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    let mut ctx = Vec::new();
-    for v in [0u32, frame.len() as u32, 0, ifindex, 0, 0] {
-        ctx.extend_from_slice(&v.to_ne_bytes());
-    }
     let t0 = Instant::now();
     let mut sent = 0u64;
     while t0.elapsed().as_secs_f64() < secs {
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.ctx_in = Some(&ctx);
-        opts.repeat = 50_000;
-        opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
-        x.run_in(|| gen.generator().test_run(opts))
+        let live = x
+            .run_in(|| gen.live_frames(frame, ifindex, 50_000))
             .expect("live-frames BPF_PROG_TEST_RUN");
+        if !live {
+            let first = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+            let frames = (0..sources.max(1))
+                .map(|k| frames::with_ipv4_source(frame, Ipv4Addr::from(u32::from(first) + k)))
+                .collect();
+            let left = secs - t0.elapsed().as_secs_f64();
+            let sent = x
+                .run_in(|| {
+                    PacketFlood::open("eth0", frames)?.send_for(left, &AtomicBool::new(false))
+                })
+                .expect("the AF_PACKET flood");
+            return (sent as f64 / t0.elapsed().as_secs_f64(), "AF_PACKET");
+        }
         sent += 50_000;
     }
-    sent as f64 / t0.elapsed().as_secs_f64()
+    (sent as f64 / t0.elapsed().as_secs_f64(), "XDP live frames")
 }
 
 /// UdpRcvbufErrors of a host's namespace.
@@ -430,22 +436,25 @@ fn a_flood_on_the_election_port_moves_nothing() {
                 }
                 n
             });
-            let offered = flood(&lan, &f, sources, 2.5);
+            // A flood that fails stops the reader too: the test fails, not hangs.
+            let stop = lab::StopOnDrop(&done);
+            let (offered, generator) = flood(&lan, &f, sources, 2.5);
             // The wire's window lies inside the status reads': every advert counted
             // on the wire was sent after `before` and, unless lost, received before
             // `after` (deliberate: what is in flight lands first).
-            done.store(true, Ordering::Relaxed);
+            drop(stop);
             let on_wire = seen.join().unwrap();
             std::thread::sleep(Duration::from_millis(3 * INTERVAL));
             let after = group(&b)["election"]["adverts_received"].as_u64().unwrap();
-            ((on_wire, after), offered)
+            ((on_wire, after), (offered, generator))
         });
+        let (offered, generator) = offered;
         let (on_wire, received_after) = adverts;
         let received = received_after - before.2;
         let dropped = global(&b, counter) - before.3;
         let overflows = rcvbuf_errors(&lan, "b") - before.4;
         eprintln!(
-            "{what}: offered {:.0} kpps, {dropped} dropped by b's data plane ({counter}), \
+            "{what}: offered {:.0} kpps ({generator}), {dropped} dropped by b's data plane ({counter}), \
              adverts on the wire {on_wire}, received by b {received}, receive-buffer errors {overflows}",
             offered / 1e3
         );

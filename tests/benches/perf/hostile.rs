@@ -3,8 +3,9 @@
 //! Lab: a (priority 200, active) and b (100) elect with 100 ms advertisements and
 //! the default echo (2 ms, 6 misses); x, the attacker, is a third host on the switch.
 //! x floods b's election port with signed-looking hellos (a random tag where the HMAC
-//! goes) from the benchmarks' XDP live-frames generator, the fastest sender here,
-//! for 10 s: from 65,536 non-peer sources, or spoofed as the active (its address,
+//! goes) from the benchmarks' XDP live-frames generator, the fastest sender here
+//! (an AF_PACKET socket where the kernel refuses live frames: rows say which), for
+//! 10 s: from 65,536 non-peer sources, or spoofed as the active (its address,
 //! x's own MAC); with and without a key on the group; native and skb mode. The
 //! flood goes through the switch as x's frames would; `direct` rows put it straight
 //! into b's switch port instead (no switch in the way: the highest rate this lab can
@@ -29,7 +30,6 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use lab::{frames, Agent, Capture, Lan};
 use serde_json::{json, Value};
 use vip::{
@@ -121,12 +121,17 @@ fn hello(from: Ipv4Addr) -> Vec<u8> {
 }
 
 /// The flood's sender: the live-frames generator in a namespace, transmitting out of
-/// one of its interfaces.
+/// one of its interfaces, or an AF_PACKET socket there where the kernel refuses live
+/// frames (a smaller flood: the rows say which sent it).
 struct Generator {
     ns_name: String,
     progs: BenchPrograms,
-    ctx: Vec<u8>,
+    iface: String,
+    ifindex: u32,
     frame: Vec<u8>,
+    sources: u32,
+    /// Set once the kernel refused live frames.
+    refused: AtomicBool,
 }
 
 impl Generator {
@@ -135,17 +140,24 @@ impl Generator {
         progs.set_frame(&frame[..60])?;
         progs.set_sources(sources)?;
         let ifindex = ns.run_in(|| nix::net::if_::if_nametoindex(iface))?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let mut ctx = Vec::new();
-        for v in [0u32, frame.len() as u32, 0, ifindex, 0, 0] {
-            ctx.extend_from_slice(&v.to_ne_bytes());
-        }
         Ok(Generator {
             ns_name: ns.name.clone(),
             progs,
-            ctx,
+            iface: iface.into(),
+            ifindex,
             frame,
+            sources,
+            refused: AtomicBool::new(false),
         })
+    }
+
+    /// Which generator sent (or will send) the flood.
+    fn name(&self) -> &'static str {
+        if self.refused.load(Ordering::Relaxed) {
+            "AF_PACKET sendmmsg (live frames refused by this kernel)"
+        } else {
+            "XDP live frames"
+        }
     }
 
     /// Sends for `secs` (or until `stop`); returns frames sent.
@@ -155,16 +167,23 @@ impl Generator {
             let t0 = Instant::now();
             let mut sent = 0u64;
             while t0.elapsed().as_secs_f64() < secs && !stop.load(Ordering::Relaxed) {
-                let mut opts = TestRunOptions::new();
-                opts.data_in = Some(&self.frame);
-                opts.ctx_in = Some(&self.ctx);
-                opts.repeat = 20_000;
-                opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
-                self.progs
-                    .generator()
-                    .test_run(opts)
-                    .context("live-frames BPF_PROG_TEST_RUN")?;
-                sent += 20_000;
+                if !self.refused.load(Ordering::Relaxed)
+                    && self
+                        .progs
+                        .live_frames(&self.frame, self.ifindex, 20_000)
+                        .context("live-frames BPF_PROG_TEST_RUN")?
+                {
+                    sent += 20_000;
+                    continue;
+                }
+                self.refused.store(true, Ordering::Relaxed);
+                let f = &self.frame;
+                let first = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+                let frames = (0..self.sources.max(1))
+                    .map(|k| lab::frames::with_ipv4_source(f, Ipv4Addr::from(u32::from(first) + k)))
+                    .collect();
+                let left = secs - t0.elapsed().as_secs_f64();
+                sent += lab::PacketFlood::open(&self.iface, frames)?.send_for(left, stop)?;
             }
             Ok(sent)
         })
@@ -186,6 +205,8 @@ fn rx_packets(lan: &Lan, host: &str) -> Result<u64> {
 
 /// What one case measured.
 struct Outcome {
+    /// Which generator sent the flood (`Generator::name`).
+    generator: &'static str,
     offered_pps: f64,
     reached_pps: f64,
     /// What a's agent sent (its counter) and what left a on the wire (a packet
@@ -383,6 +404,7 @@ fn one(case: &Case, secs: f64, det_secs: f64, dir: &Path) -> Result<Outcome> {
     drop((a, b));
     drop(lan);
     Ok(Outcome {
+        generator: gen.name(),
         offered_pps: sent as f64 / spent,
         reached_pps: reached as f64 / spent,
         adverts_sent: sent_by_a,
@@ -468,11 +490,12 @@ pub fn run(size: Size, baseline: Option<&Path>) -> Result<Vec<Value>> {
             0.0
         };
         eprintln!(
-            "[perf]   {}: offered {:.0} kpps, {:.0} kpps reached b, adverts {}/{} ({pct:.1} %; {} on the wire), \
+            "[perf]   {}: offered {:.0} kpps ({}), {:.0} kpps reached b, adverts {}/{} ({pct:.1} %; {} on the wire), \
              false transitions {} {:?}, echo's longest streak {}, UdpRcvbufErrors {}, \
              link down detected in {} ({})",
             case.label,
             o.offered_pps / 1e3,
+            o.generator,
             o.reached_pps / 1e3,
             o.adverts_received,
             sent,
@@ -498,6 +521,7 @@ pub fn run(size: Size, baseline: Option<&Path>) -> Result<Vec<Value>> {
         r["adverts_on_wire"] = json!(o.adverts_on_wire);
         r["adverts_received"] = json!(o.adverts_received);
         r["offered_kpps"] = json!(o.offered_pps / 1e3);
+        r["generator"] = json!(o.generator);
         r["reached_b_kpps"] = json!(o.reached_pps / 1e3);
         r["false_transitions"] = json!(o.false_transitions);
         r["udp_rcvbuf_errors"] = json!(o.rcvbuf_errors);

@@ -92,6 +92,39 @@ impl BenchPrograms {
         Ok(BenchPrograms { ebpf })
     }
 
+    /// Sends `repeat` frames built from `frame` (see `vip_bench_tx`) out of interface
+    /// `ifindex` of the calling thread's namespace, through the generator in
+    /// live-frames mode. `Ok(false)`: this kernel refuses the mode (EPERM, whatever the
+    /// program; seen with 6.18), and the caller sends with an AF_PACKET socket instead.
+    pub fn live_frames(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> std::result::Result<bool, ProgramError> {
+        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (the kernel wants data_end == the frame's length).
+        let mut ctx = Vec::with_capacity(24);
+        for v in [0u32, frame.len() as u32, 0, ifindex, 0, 0] {
+            ctx.extend_from_slice(&v.to_ne_bytes());
+        }
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
+        match self.generator().test_run(opts) {
+            Ok(_) => Ok(true),
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The generator, for BPF_PROG_TEST_RUN in live-frames mode.
     pub fn generator(&self) -> &Xdp {
         self.ebpf

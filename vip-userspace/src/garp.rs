@@ -22,7 +22,12 @@ use std::{
 
 use nix::sys::socket::{self, AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike};
 
-use crate::{addresses::Progress, config::Garp, frames, host, mac::Mac};
+use crate::{
+    addresses::{Progress, RoundDone},
+    config::Garp,
+    frames, host,
+    mac::Mac,
+};
 
 /// Whether a group's announcements may leave now: an elected group announces only
 /// while its serving lease runs, so a burst (or refresh) still in flight when the
@@ -337,6 +342,7 @@ pub async fn burst(
         sent: 0,
         ready,
         stamp: None,
+        done: None,
     };
     burst_rest(socket, frames(mac, &addrs), first, garp, label, gate).await;
 }
@@ -349,6 +355,20 @@ pub struct First {
     pub ready: Option<Ready>,
     /// Marked when the first frame leaves, if the caller sent none.
     pub stamp: Option<Stamp>,
+    /// Set once the first round is over (sent, given up or withheld), or the burst
+    /// stopped before (dropped with it).
+    pub done: Option<RoundGuard>,
+}
+
+/// Sets its [`RoundDone`] when dropped: after a burst's first round, or when the
+/// burst is aborted (or never starts), so that nothing waits for a round that will
+/// not come.
+pub struct RoundGuard(pub RoundDone);
+
+impl Drop for RoundGuard {
+    fn drop(&mut self) {
+        self.0.set();
+    }
 }
 
 /// The rest of a burst whose first round the caller began itself (`garp.count` is
@@ -399,6 +419,7 @@ pub async fn burst_rest(
             RoundEnd::Withheld => break,
         }
     }
+    drop(first.done);
     for _ in 1..garp.count {
         tokio::time::sleep(garp.interval).await;
         send_round(&socket, &frames, &label, &gate).await;

@@ -401,8 +401,10 @@ impl Ownership {
         if addresses && self.t.resident {
             out.push(Effect::AddAddresses);
         }
-        out.push(Effect::SolicitedNodes(true));
         out.push(Effect::Announce);
+        // After the announcement, whose first round they wait for (the worker's
+        // joins cost a big group's round time on a small host).
+        out.push(Effect::SolicitedNodes(true));
         self.holding = Holding::Serving;
         self.schedule_renewal(now, boot);
         out
@@ -1001,11 +1003,15 @@ mod tests {
             routed: true,
             ..terms()
         };
-        // A takeover announces (routes with the announcements), last.
+        // A takeover announces (routes with the announcements), last but the
+        // solicited-node joins, which wait for the announcement's first round.
         let mut o = Ownership::new(routed.clone());
         o.advertised(ms(0));
         let out = o.take(t0, ms(0), None);
-        assert_eq!(out.last(), Some(&Effect::Announce));
+        assert_eq!(
+            out[out.len() - 2..],
+            [Effect::Announce, Effect::SolicitedNodes(true)]
+        );
         assert!(!out.contains(&Effect::Withdraw));
         // A fault: withdrawn first thing, before the entries go inert.
         let out = o.give_up(t0, ms(10), State::Fault, None);

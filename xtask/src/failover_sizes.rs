@@ -15,9 +15,9 @@
 //! (`mac = "..."`: the client's neighbour entries name the group's MAC, and a
 //! takeover's first frame moves the switch's entry for all the VIPs at once). With
 //! `--baseline BIN`, each run
-//! of the binary under test is followed by one of that binary (at its defaults), on
-//! the same lab. `--quick` (CI): one 1,000-VIP run of each way.
-//! `VIP_BENCH_SIZES=1000,10000` chooses the sizes; `VIP_BENCH_FAMILY=6` makes the
+//! of the binary under test is followed by one of that binary (at its defaults, or
+//! in the one variant `VIP_BENCH_VARIANTS` names), on the same lab. `--quick` (CI):
+//! one 1,000-VIP run of each way. `VIP_BENCH_SIZES=1000,10000` chooses the sizes; `VIP_BENCH_FAMILY=6` makes the
 //! VIPs IPv6 (in the lab's /64), and adds a variant `ipv6_routes` (on takeover,
 //! `ipv6_local = "route"`); `VIP_BENCH_VARIANTS=resident,virtual_mac` runs only those
 //! of `on_takeover`, `resident`, `virtual_mac`, `virtual_mac_on_takeover` (run only
@@ -121,6 +121,9 @@ const VMAC: &str = "02:76:69:70:00:09";
 
 impl Variant<'_> {
     fn label(&self) -> &'static str {
+        if self.baseline {
+            return "baseline";
+        }
         if self.routes6 {
             return "this build, IPv6 as routes";
         }
@@ -198,12 +201,16 @@ pub fn run(
         .map(|(_, v)| v)
         .collect();
         if let Some(b) = baseline.filter(|_| !quick) {
+            // Like for like when one variant is named: the baseline runs it too;
+            // otherwise at its defaults.
+            let like = match bins[..] {
+                [one] if std::env::var("VIP_BENCH_VARIANTS").is_ok() => one,
+                _ => this(false, false),
+            };
             bins.push(Variant {
                 bin: b,
                 baseline: true,
-                resident: false,
-                virtual_mac: false,
-                routes6: false,
+                ..like
             });
         }
         let mut per: Vec<Vec<Sample>> = vec![Vec::new(); bins.len()];

@@ -54,7 +54,7 @@ pub(super) trait Writes {
     /// Stops the group's announcements in flight.
     fn stop_announcing(&mut self, g: &mut GroupRuntime);
     /// Joins (or leaves) the solicited-node groups of the group's IPv6 VIPs.
-    fn solicited_nodes(&mut self, g: &GroupRuntime, join: bool);
+    fn solicited_nodes(&mut self, g: &mut GroupRuntime, join: bool);
     /// Puts the group's VIP addresses on lo (those not there already).
     fn add_addresses(&mut self, g: &mut GroupRuntime);
     /// Takes the group's VIP addresses off lo.
@@ -260,7 +260,11 @@ impl Writes for Kernel<'_> {
 
     /// The solicited-node groups of the group's IPv6 VIPs, joined or left by the
     /// address worker (`solicited`: a big group's take the loop too long).
-    fn solicited_nodes(&mut self, g: &GroupRuntime, join: bool) {
+    fn solicited_nodes(&mut self, g: &mut GroupRuntime, join: bool) {
+        // A takeover's joins follow its announcement (`Ownership::take`): they wait
+        // for its first round. Any other join (an adopted group) goes at once; the
+        // round of an earlier announcement is over by then.
+        let after = g.first_round.take();
         let vips: Vec<std::net::Ipv6Addr> = g
             .vips
             .iter()
@@ -270,7 +274,7 @@ impl Writes for Kernel<'_> {
             })
             .collect();
         self.addrs
-            .solicited_nodes(&g.cfg.name, self.iface.index, join, vips);
+            .solicited_nodes(&g.cfg.name, self.iface.index, join, vips, after);
     }
 
     /// Asks the address worker for the addresses not on lo yet; the announcement
@@ -460,6 +464,8 @@ impl Writes for Kernel<'_> {
         // A takeover's first announcement is stamped (status: last_takeover) by
         // whichever sends it: `announce_first`, here or the task.
         let stamp = if already > 0 { None } else { takeover_stamp(g) };
+        let done = crate::addresses::RoundDone::default();
+        g.first_round = Some(done.clone());
         // The first announcements leave from here, now, as far as their addresses
         // are in place (the socket never blocks); the rest of the round, paced and
         // retried, and the other rounds are timed (and their frames built) by a
@@ -476,8 +482,14 @@ impl Writes for Kernel<'_> {
             }
         }
         g.announcer = Some(tokio::spawn(async move {
+            let done = garp::RoundGuard(done);
             if garp.count > 0 {
-                let first = garp::First { sent, ready, stamp };
+                let first = garp::First {
+                    sent,
+                    ready,
+                    stamp,
+                    done: Some(done),
+                };
                 let rest = garp::burst_rest(
                     sock.clone(),
                     garp::frames(mac, &addrs),
@@ -487,6 +499,8 @@ impl Writes for Kernel<'_> {
                     gate.clone(),
                 );
                 rest.await;
+            } else {
+                drop(done);
             }
             if let Some(every) = refresh {
                 loop {
@@ -633,7 +647,7 @@ mod tests {
         fn stop_announcing(&mut self, _: &mut GroupRuntime) {
             self.push(W::StopAnnouncing);
         }
-        fn solicited_nodes(&mut self, _: &GroupRuntime, join: bool) {
+        fn solicited_nodes(&mut self, _: &mut GroupRuntime, join: bool) {
             self.push(W::SolicitedNodes(join));
         }
         fn add_addresses(&mut self, _: &mut GroupRuntime) {
@@ -751,9 +765,10 @@ mod tests {
                 (AnnounceFirst, OPEN),
                 // The whole group's entries, before the burst names them.
                 (Entries(action::LOCAL), OPEN),
-                (SolicitedNodes(true), OPEN),
-                // Last: every VIP is answered for when the announcement says so.
+                // Every VIP is answered for when the announcement says so.
                 (Announce, OPEN),
+                // The joins wait for the announcement's first round.
+                (SolicitedNodes(true), OPEN),
             ]
         );
     }
@@ -766,7 +781,18 @@ mod tests {
         let mut g = elected_after(bgp, "announce = \"bgp\"");
         let mut rec = Recorder::new(&g);
         let out = run(&mut g, &mut rec, take);
-        assert_eq!(out.last(), Some(&(Routes(true), OPEN)), "{out:?}");
+        // Last but the solicited-node joins, which wait for the announcement.
+        let announced = |out: &[(W, bool)]| -> Vec<(W, bool)> {
+            out.iter()
+                .copied()
+                .filter(|(w, _)| !matches!(w, SolicitedNodes(_)))
+                .collect()
+        };
+        assert_eq!(
+            announced(&out).last(),
+            Some(&(Routes(true), OPEN)),
+            "{out:?}"
+        );
         assert!(!out
             .iter()
             .any(|(w, _)| matches!(w, Announce | AnnounceFirst)));
@@ -777,7 +803,7 @@ mod tests {
         // Both: the routes, then the frames.
         let mut g = elected_after(bgp, "announce = \"both\"");
         let mut rec = Recorder::new(&g);
-        let out = run(&mut g, &mut rec, take);
+        let out = announced(&run(&mut g, &mut rec, take));
         assert_eq!(
             out[out.len() - 2..],
             [(Routes(true), OPEN), (Announce, OPEN)]
@@ -855,8 +881,8 @@ mod tests {
                 (AddAddresses, OPEN),
                 (AnnounceFirst, OPEN),
                 (Entries(action::LOCAL), OPEN),
-                (SolicitedNodes(true), OPEN),
                 (Announce, OPEN),
+                (SolicitedNodes(true), OPEN),
             ]
         );
         let release = run(&mut g, &mut rec, |g, now, boot| {

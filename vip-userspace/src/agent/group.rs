@@ -80,6 +80,10 @@ pub(super) struct GroupRuntime {
     /// Announcements a takeover sent ahead of its burst (`Effect::AnnounceFirst`):
     /// the burst's first round goes on from there.
     pub first_announced: usize,
+    /// Set once the burst `announce` started has sent its first round: the
+    /// solicited-node joins that follow a takeover wait for it
+    /// (`Effect::SolicitedNodes`, `Addresses::solicited_nodes`).
+    pub first_round: Option<crate::addresses::RoundDone>,
     /// What this node holds of the VIPs, its lease and its timers: every change of
     /// the data plane's view of the group goes through it.
     pub own: Ownership,
@@ -132,6 +136,7 @@ impl GroupRuntime {
             announcer: None,
             pending_addresses: None,
             first_announced: 0,
+            first_round: None,
             announced: Default::default(),
             bursts: Vec::new(),
             driver,

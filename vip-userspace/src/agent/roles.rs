@@ -150,7 +150,7 @@ impl Agent {
     /// Joins (or leaves) the solicited-node groups of the group's IPv6 VIPs.
     pub(super) fn join_solicited_nodes(&mut self, gi: usize, join: bool) {
         let (mut kernel, groups) = self.kernel();
-        kernel.solicited_nodes(&groups[gi], join);
+        kernel.solicited_nodes(&mut groups[gi], join);
     }
 
     /// Takes the group's VIPs, in `Ownership::take`'s order.

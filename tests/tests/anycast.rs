@@ -56,6 +56,17 @@ struct Figures {
     steady: (usize, u64),
 }
 
+/// Waits until `node` directs (its group is active), at most `secs`.
+fn wait_directs(lab: &Routed, node: &str, secs: u64, why: &str) {
+    assert!(
+        wait_for(Duration::from_secs(secs), || {
+            (common::state(lab.agent(node)) == "active").then_some(())
+        })
+        .is_some(),
+        "{why}"
+    );
+}
+
 /// What b and d forwarded to the director so far (status `forwarded`).
 fn forwarded(lab: &Routed) -> u64 {
     ["b", "d"]
@@ -230,13 +241,7 @@ fn anycast_connections_survive_the_directors_failure() {
     lab.wait_routed(&["b", "d"], "the director's link went down")
         .unwrap();
     // b directs once a's adverts stop.
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            (common::state(lab.agent("b")) == "active").then_some(())
-        })
-        .is_some(),
-        "b never took over directing"
-    );
+    wait_directs(&lab, "b", 5, "b never took over directing");
     thread::sleep(Duration::from_millis(500));
     let on_others: Vec<bool> = conns.0.iter().map(|(_, w)| w != "a").collect();
     let alive = conns.alive();
@@ -282,21 +287,9 @@ fn anycast_a_director_that_hands_over_keeps_its_own_flows() {
         "a's stop: {stopped:?}"
     );
     lab.wait_routed(&["b", "d"], "a left").unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            (common::state(lab.agent("b")) == "active").then_some(())
-        })
-        .is_some(),
-        "b never took over directing"
-    );
+    wait_directs(&lab, "b", 5, "b never took over directing");
     lab.restart_agent("a").expect("a's new agent");
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            (common::state(lab.agent("a")) == "active").then_some(())
-        })
-        .is_some(),
-        "a never preempted b"
-    );
+    wait_directs(&lab, "a", 10, "a never preempted b");
     let spread = shares(&udp_flows(&lab.client));
     eprintln!("right after a preempted b: UDP flows {spread:?}");
     let total: usize = spread.values().sum();

@@ -741,8 +741,9 @@ fn settle(progress: &Progress, n: usize) {
 struct Queue {
     /// Jobs to do now, in order.
     ready: std::collections::VecDeque<Job>,
-    /// Joins waiting for their round, in order, with when they go anyway.
-    waiting: std::collections::VecDeque<(Job, std::time::Instant)>,
+    /// Joins waiting for their round, in order, with the round and when they go
+    /// anyway.
+    waiting: std::collections::VecDeque<(Job, RoundDone, std::time::Instant)>,
 }
 
 /// How often the worker looks at a waiting join's round.
@@ -756,13 +757,9 @@ impl Queue {
                 return Some(job);
             }
             // The waiting joins go in order: the first once its round is done.
-            if let Some((job, by)) = self.waiting.front() {
-                let round_done = match job {
-                    Job::SolicitedNodes { after: Some(d), .. } => d.is_set(),
-                    _ => true,
-                };
-                if round_done || std::time::Instant::now() >= *by {
-                    return self.waiting.pop_front().map(|(job, _)| job);
+            if let Some((_, round, by)) = self.waiting.front() {
+                if round.is_set() || std::time::Instant::now() >= *by {
+                    return self.waiting.pop_front().map(|(job, ..)| job);
                 }
             }
             let got = if self.waiting.is_empty() {
@@ -776,16 +773,19 @@ impl Queue {
             };
             let Some(job) = got else {
                 // Closed: what waits goes now, then the worker ends.
-                return self.waiting.pop_front().map(|(job, _)| job);
+                return self.waiting.pop_front().map(|(job, ..)| job);
             };
-            let waits = matches!(&job, Job::SolicitedNodes { after: Some(d), .. } if !d.is_set());
-            if waits {
-                self.waiting
-                    .push_back((job, std::time::Instant::now() + JOIN_WAIT));
+            let round = match &job {
+                Job::SolicitedNodes { after: Some(d), .. } if !d.is_set() => Some(d.clone()),
+                _ => None,
+            };
+            if let Some(round) = round {
+                let by = std::time::Instant::now() + JOIN_WAIT;
+                self.waiting.push_back((job, round, by));
             } else {
                 // Whatever waits goes before the job that came after it.
                 self.ready
-                    .extend(self.waiting.drain(..).map(|(job, _)| job));
+                    .extend(self.waiting.drain(..).map(|(job, ..)| job));
                 self.ready.push_back(job);
             }
         }
